@@ -1,0 +1,91 @@
+"""PyTorch backend: a ``DepthAnythingV2`` checkpoint or any module mapping (N,3,H,W) to (N,H,W)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ModelFileError, require
+from .base import Backend, InputSpec
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def resolve_device(torch: Any, device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but PyTorch sees no CUDA GPU; use device='cpu'")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise ValueError(f"the torch backend runs on 'cpu', 'cuda' or 'cuda:N', not {device!r}")
+    return device
+
+
+def resolve_precision(device: str, precision: str | None) -> str:
+    """FP16 on CUDA and FP32 on CPU unless asked; FP16 on CPU is refused (bf16 is the CPU choice)."""
+    if precision is None:
+        return "fp16" if device.startswith("cuda") else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp16" and device == "cpu":
+        raise ValueError("fp16 autocast is not supported on the CPU; use precision='bf16' or 'fp32'")
+    return precision
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, model: Any, device: str = "auto", precision: str | None = None) -> None:
+        super().__init__()
+        torch = require("torch", "torch", "PyTorch")
+        self._torch = torch
+        if isinstance(model, (str, Path)):
+            from train.models import CheckpointError, load_model
+
+            try:
+                model = load_model(model)
+            except CheckpointError as exc:
+                raise ModelFileError(str(exc)) from exc
+        if not isinstance(model, torch.nn.Module):
+            raise ModelFileError(f"the torch backend needs a torch.nn.Module, got {type(model).__name__}")
+        self._device = resolve_device(torch, device)
+        self._precision = resolve_precision(self._device, precision)
+        self._model = model.to(self._device).eval()
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return InputSpec("image", (None, 3, None, None))
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    @property
+    def precision(self) -> str:
+        return self._precision
+
+    @property
+    def module(self) -> Any:
+        return self._model
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self._precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = self._torch.float16 if self._precision == "fp16" else self._torch.bfloat16
+        return self._torch.autocast(self._device.split(":")[0], dtype=dtype)
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        x = torch.from_numpy(batch).to(self._device, non_blocking=True)
+        with torch.inference_mode(), self._autocast():
+            y = self._model(x)
+        return y.float().cpu().numpy()
+
+    def versions(self) -> dict[str, str]:
+        return {"torch": self._torch.__version__}
+
+    def _release(self) -> None:
+        self._model = None

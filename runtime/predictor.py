@@ -1,0 +1,105 @@
+"""``DepthPredictor``: one object that turns images into depth on any backend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from . import preprocessing as pre
+from .backends import backend_class, resolve_backend
+from .backends.base import describe_source
+from .errors import InputError
+
+
+class DepthPredictor:
+    """Relative inverse depth (larger = nearer) for images, at the images' own resolution.
+
+    ``model`` is a file (``.pth``/``.safetensors`` for PyTorch; the suffix picks the backend)
+    or a ``torch.nn.Module``; ``backend=`` overrides the choice. Dynamic-shape models get the
+    official keep-aspect resize with the short side at ``input_size``; fixed-shape models get
+    their own shape. Images are HxWx3 uint8 BGR (OpenCV's order; ``rgb=True`` for RGB) or
+    HxW gray. Calls are safe from several threads.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        backend: str = "auto",
+        device: str = "auto",
+        input_size: int = 518,
+        precision: str | None = None,
+        rgb: bool = False,
+        **backend_options: Any,
+    ) -> None:
+        if not isinstance(input_size, int) or input_size < pre.PATCH_SIZE:
+            raise ValueError(f"input_size must be an integer of at least {pre.PATCH_SIZE}, got {input_size!r}")
+        name = resolve_backend(model, backend)
+        self._backend = backend_class(name)(model, device=device, precision=precision, **backend_options)
+        self._source = describe_source(model)
+        self.input_size = input_size
+        self.rgb = rgb
+
+    @property
+    def backend(self) -> str:
+        return self._backend.name
+
+    @property
+    def input_shape(self) -> tuple[int | None, ...]:
+        """The model's ``(N, 3, H, W)`` input; ``None`` where a dimension is dynamic."""
+        return self._backend.input_spec.shape
+
+    def prepare(self, image: np.ndarray, rgb: bool | None = None) -> np.ndarray:
+        """The ``(1, 3, h, w)`` network input this predictor feeds its model for ``image``."""
+        rgb = self.rgb if rgb is None else rgb
+        fixed = self._backend.input_spec.fixed_hw
+        if fixed is not None:
+            return pre.prepare_fixed(image, fixed, rgb)
+        return pre.prepare_dynamic(image, self.input_size, rgb)
+
+    def predict(self, image: np.ndarray, rgb: bool | None = None) -> np.ndarray:
+        """``H x W`` float32 depth for one image."""
+        batch = self.prepare(image, rgb)
+        return pre.resize_depth(self._backend.infer(batch)[0], *image.shape[:2])
+
+    def predict_batch(self, images: Iterable[np.ndarray], rgb: bool | None = None) -> list[np.ndarray]:
+        """Depth for several images; those that share a network input size run as one batch."""
+        images = list(images)
+        if not images:
+            return []
+        inputs = []
+        for index, image in enumerate(images):
+            try:
+                inputs.append(self.prepare(image, rgb))
+            except InputError as exc:
+                raise InputError(f"image {index}: {exc}") from exc
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, tensor in enumerate(inputs):
+            groups.setdefault(tensor.shape, []).append(index)
+        chunk = self._backend.input_spec.max_batch or len(images)
+        depth: list[np.ndarray | None] = [None] * len(images)
+        for members in groups.values():
+            for start in range(0, len(members), chunk):
+                part = members[start : start + chunk]
+                outputs = self._backend.infer(np.concatenate([inputs[i] for i in part]))
+                for i, out in zip(part, outputs, strict=True):
+                    depth[i] = pre.resize_depth(out, *images[i].shape[:2])
+        return depth  # type: ignore[return-value]
+
+    def info(self) -> dict[str, Any]:
+        """Backend, device, precision, input shape and library versions."""
+        return {**self._backend.info(), "model": self._source, "input_size": self.input_size}
+
+    def close(self) -> None:
+        self._backend.close()
+
+    def __enter__(self) -> DepthPredictor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        b = self._backend
+        return f"DepthPredictor({self._source!r}, backend={b.name!r}, device={b.device!r}, precision={b.precision!r})"

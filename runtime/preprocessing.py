@@ -1,0 +1,116 @@
+"""Image pre- and post-processing shared by every backend and by training (numpy + OpenCV only).
+
+``prepare_dynamic`` is the official ``infer_image`` path: keep the aspect ratio, short side at
+least ``input_size``, each side a multiple of 14, bicubic. ``prepare_fixed`` resizes straight to
+an engine's fixed shape. ``resize_depth`` brings a depth map back to the image's size with
+bilinear ``align_corners=True`` sampling, as the official code does with PyTorch.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import cv2
+import numpy as np
+
+from .errors import InputError
+
+PATCH_SIZE = 14
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def check_image(image: object) -> np.ndarray:
+    """Return ``image`` if it is an HxWx3 or HxW uint8 array of at least one patch, else raise."""
+    if not isinstance(image, np.ndarray):
+        raise InputError(
+            f"expected a numpy array image (HxWx3 uint8 BGR or HxW gray), got {type(image).__name__}; "
+            "read files with cv2.imread"
+        )
+    if image.dtype != np.uint8:
+        raise InputError(
+            f"expected uint8 pixels, got {image.dtype}; convert with "
+            "np.clip(img * 255, 0, 255).astype(np.uint8) for [0, 1] floats"
+        )
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+        alpha = image.ndim == 3 and image.shape[2] == 4
+        hint = " (drop alpha with cv2.cvtColor(img, cv2.COLOR_BGRA2BGR))" if alpha else ""
+        raise InputError(f"expected an HxWx3 colour or HxW gray image, got shape {image.shape}{hint}")
+    if image.size == 0:
+        raise InputError(f"the image is empty (shape {image.shape})")
+    if min(image.shape[:2]) < PATCH_SIZE:
+        raise InputError(
+            f"the image is {image.shape[0]}x{image.shape[1]}; each side must be at least {PATCH_SIZE} pixels"
+        )
+    return image
+
+
+def to_rgb_float(image: np.ndarray, rgb: bool = False) -> np.ndarray:
+    """HxWx3 float32 RGB in [0, 1] from a checked BGR/RGB/gray uint8 image."""
+    image = check_image(image)
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    elif not rgb:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image.astype(np.float32) * np.float32(1.0 / 255.0)
+
+
+def _multiple_of_patch(x: float, lower_bound: int) -> int:
+    y = int(np.round(x / PATCH_SIZE) * PATCH_SIZE)
+    if y < lower_bound:
+        y = int(np.ceil(x / PATCH_SIZE) * PATCH_SIZE)
+    return y
+
+
+def dynamic_size(height: int, width: int, input_size: int = 518) -> tuple[int, int]:
+    """Network input size for an image: aspect kept, short side >= ``input_size``, multiples of 14."""
+    scale = max(input_size / height, input_size / width)
+    return _multiple_of_patch(scale * height, input_size), _multiple_of_patch(scale * width, input_size)
+
+
+def _normalise(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    height, width = size
+    resized = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_CUBIC)
+    resized -= MEAN
+    resized /= STD
+    return np.ascontiguousarray(resized.transpose(2, 0, 1))[None]
+
+
+def prepare_dynamic(image: np.ndarray, input_size: int = 518, rgb: bool = False) -> np.ndarray:
+    """``(1, 3, h, w)`` float32 network input, official keep-aspect resize."""
+    rgb_image = to_rgb_float(image, rgb)
+    return _normalise(rgb_image, dynamic_size(*rgb_image.shape[:2], input_size))
+
+
+def prepare_fixed(image: np.ndarray, shape: tuple[int, int], rgb: bool = False) -> np.ndarray:
+    """``(1, 3, H, W)`` float32 network input resized straight to a fixed engine shape."""
+    height, width = shape
+    if height % PATCH_SIZE or width % PATCH_SIZE:
+        raise InputError(f"model input shape {height}x{width} is not a multiple of {PATCH_SIZE}")
+    return _normalise(to_rgb_float(image, rgb), (height, width))
+
+
+@lru_cache(maxsize=64)
+def _align_corners_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if n_out == 1 or n_in == 1:
+        pos = np.zeros(n_out, dtype=np.float64)
+    else:
+        pos = np.arange(n_out, dtype=np.float64) * ((n_in - 1) / (n_out - 1))
+    lo = np.minimum(np.floor(pos).astype(np.intp), n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    return lo, hi, (pos - lo).astype(np.float32)
+
+
+def resize_depth(depth: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear ``align_corners=True`` resize of an ``h x w`` map to ``height x width`` (float32).
+
+    Done separably with exact weights: OpenCV's remap quantises them to 1/32, which shows up
+    as banding on smooth depth.
+    """
+    depth = np.asarray(depth, dtype=np.float32)
+    if depth.shape == (height, width):
+        return depth.copy()
+    lo, hi, w = _align_corners_taps(depth.shape[0], height)
+    rows = depth[lo] * (1.0 - w)[:, None] + depth[hi] * w[:, None]
+    lo, hi, w = _align_corners_taps(depth.shape[1], width)
+    return rows[:, lo] * (1.0 - w) + rows[:, hi] * w

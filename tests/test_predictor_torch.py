@@ -1,0 +1,164 @@
+"""DepthPredictor on the PyTorch backend: shapes, batching, threads, files and errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from runtime import DepthPredictor, InputError, ModelFileError
+from train.models import save_model
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def relative_error(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / (np.abs(b).std() + 1e-12))
+
+
+@pytest.fixture(scope="module")
+def vits_predictor(vits_model):
+    return DepthPredictor(vits_model, device="cpu")
+
+
+def test_bgr_rgb_and_gray_give_float32_depth_at_input_resolution(vits_predictor, photo):
+    depth = vits_predictor.predict(photo)
+    assert depth.dtype == np.float32 and depth.shape == photo.shape[:2]
+    assert depth.std() > 0
+    rgb = np.ascontiguousarray(photo[:, :, ::-1])
+    assert np.array_equal(vits_predictor.predict(rgb, rgb=True), depth)
+    gray = vits_predictor.predict(cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY))
+    assert gray.shape == photo.shape[:2] and gray.dtype == np.float32
+
+
+def test_predictor_equals_the_model_run_by_hand(vits_predictor, vits_model, photo):
+    from runtime.preprocessing import prepare_dynamic
+
+    x = torch.from_numpy(prepare_dynamic(photo))
+    with torch.inference_mode():
+        raw = vits_model(x)
+    expected = torch.nn.functional.interpolate(raw[:, None], photo.shape[:2], mode="bilinear", align_corners=True)
+    assert relative_error(vits_predictor.predict(photo), expected[0, 0].numpy()) < 1e-4
+
+
+def test_batch_equals_single_images(vits_predictor, photo):
+    small = cv2.resize(photo, (200, 150))
+    images = [photo, small, np.ascontiguousarray(photo[::-1]), small]
+    batch = vits_predictor.predict_batch(images)
+    assert [d.shape for d in batch] == [im.shape[:2] for im in images]
+    for image, depth in zip(images, batch, strict=True):
+        assert relative_error(depth, vits_predictor.predict(image)) < 1e-4
+    assert vits_predictor.predict_batch([]) == []
+
+
+def test_batch_error_names_the_bad_image(vits_predictor, photo):
+    with pytest.raises(InputError, match=r"image 1: expected uint8"):
+        vits_predictor.predict_batch([photo, photo.astype(np.float32)])
+
+
+def test_concurrent_calls_give_the_same_results(tiny_model, photo):
+    predictor = DepthPredictor(tiny_model, device="cpu")
+    images = [photo, np.ascontiguousarray(photo[:, ::-1]), cv2.resize(photo, (320, 240)), photo[:200, :300].copy()]
+    expected = [predictor.predict(im) for im in images]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(predictor.predict, images * 4))
+    for i, depth in enumerate(results):
+        assert np.array_equal(depth, expected[i % 4])
+
+
+def test_checkpoint_files_dispatch_to_torch(tmp_path, tiny_model, photo):
+    path = save_model(tiny_model, tmp_path / "tiny.safetensors")
+    predictor = DepthPredictor(path)
+    assert predictor.backend == "torch" and predictor.input_shape == (None, 3, None, None)
+    assert relative_error(predictor.predict(photo), DepthPredictor(tiny_model).predict(photo)) < 1e-6
+    info = predictor.info()
+    assert info["backend"] == "torch" and info["device"] == "cpu" and info["precision"] == "fp32"
+    assert info["versions"]["torch"] == torch.__version__ and info["model"] == str(path)
+
+
+def test_bf16_autocast_on_cpu_stays_close_to_fp32(tiny_model, photo):
+    fp32 = DepthPredictor(tiny_model).predict(photo)
+    bf16 = DepthPredictor(tiny_model, precision="bf16")
+    assert bf16.info()["precision"] == "bf16"
+    assert np.abs(bf16.predict(photo) - fp32).max() < 0.02 * np.abs(fp32).max()
+
+
+def test_wrong_checkpoint_is_a_model_file_error(tmp_path):
+    torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
+    with pytest.raises(ModelFileError, match="not a Depth Anything V2 checkpoint"):
+        DepthPredictor(tmp_path / "other.pth")
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"model": "model.bin"}, ModelFileError, "cannot tell the backend"),
+        ({"model": "x.pth", "backend": "tflite"}, ValueError, "unknown backend 'tflite'"),
+        ({"model": 42}, ModelFileError, "cannot run a int"),
+        ({"precision": "fp16", "device": "cpu"}, ValueError, "use precision='bf16'"),
+        ({"precision": "int4"}, ValueError, "precision must be one of"),
+        ({"device": "tpu"}, ValueError, "runs on 'cpu', 'cuda'"),
+        ({"input_size": 10}, ValueError, "at least 14"),
+    ],
+)
+def test_bad_arguments_are_clear_errors(tiny_model, kwargs, error, match):
+    kwargs = {"model": tiny_model, **kwargs}
+    with pytest.raises(error, match=match):
+        DepthPredictor(**kwargs)
+
+
+def test_cuda_request_without_a_gpu_is_explained(tiny_model):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="sees no CUDA GPU"):
+        DepthPredictor(tiny_model, device="cuda")
+
+
+def test_closed_predictor_refuses_work(tiny_model, photo):
+    with DepthPredictor(tiny_model) as predictor:
+        predictor.predict(photo)
+    with pytest.raises(RuntimeError, match="closed"):
+        predictor.predict(photo)
+
+
+def test_runtime_imports_neither_torch_nor_train():
+    code = "import sys, runtime; bad = {'torch', 'train'} & set(sys.modules); assert not bad, bad"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_cli_writes_a_depth_png(tmp_path, tiny_model, photo):
+    model = save_model(tiny_model, tmp_path / "tiny.safetensors")
+    cv2.imwrite(str(tmp_path / "in.jpg"), photo)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "runtime",
+            str(tmp_path / "in.jpg"),
+            str(tmp_path / "broken.jpg"),
+            "--model",
+            str(model),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--save-npy",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "skipped" in run.stderr and "broken.jpg" in run.stderr
+    panel = cv2.imread(str(tmp_path / "out" / "in_depth.png"))
+    assert panel.shape == (photo.shape[0], 2 * photo.shape[1], 3)
+    assert np.load(tmp_path / "out" / "in_depth.npy").shape == photo.shape[:2]
+
+
+def test_cli_usage_errors_exit_2():
+    run = subprocess.run([sys.executable, "-m", "runtime"], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 2 and "give image files" in run.stderr

@@ -1,0 +1,157 @@
+"""DINOv2 vision transformer (ViT-S/B/L/G, patch 14) returning multi-level features.
+
+Parameter names follow the official DINOv2 code so that the published Depth Anything V2
+checkpoints load without renaming (they sit under the ``pretrained.`` prefix).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .variants import PATCH_SIZE, ModelSpec
+
+LN_EPS = 1e-6
+# DINOv2 adds 0.1 to the target grid size before computing the bicubic scale factor
+# (a workaround for floating-point rounding in the output size). The sampling grid
+# follows that scale, so leaving the offset out shifts features and changes the depth
+# by several percent.
+POS_INTERP_OFFSET = 0.1
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, embed_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, embed_dim, kernel_size=PATCH_SIZE, stride=PATCH_SIZE)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class SwiGLU(nn.Module):
+    """ViT-G's feed-forward: one fused input projection split into gate and value."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.w12 = nn.Linear(dim, 2 * hidden)
+        self.w3 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, value = self.w12(x).chunk(2, dim=-1)
+        return self.w3(F.silu(gate) * value)
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class Block(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        dim = spec.embed_dim
+        self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.attn = Attention(dim, spec.num_heads)
+        self.ls1 = LayerScale(dim)
+        self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.mlp = (SwiGLU if spec.ffn == "swiglu" else Mlp)(dim, spec.mlp_hidden)
+        self.ls2 = LayerScale(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x)))
+        return x + self.ls2(self.mlp(self.norm2(x)))
+
+
+def interpolate_pos_embed(pos_embed: torch.Tensor, grid: int, patches_h: int, patches_w: int) -> torch.Tensor:
+    """Resize the patch position embeddings from ``grid x grid`` to ``patches_h x patches_w``.
+
+    Bicubic, no antialias, with the scale factor DINOv2 uses (target + 0.1) / grid: the
+    sampling positions follow that factor, not the ratio of the sizes.
+    """
+    cls_pos, patch_pos = pos_embed[:, :1], pos_embed[:, 1:]
+    dim = pos_embed.shape[-1]
+    patch_pos = patch_pos.reshape(1, grid, grid, dim).permute(0, 3, 1, 2)
+    scale = ((patches_h + POS_INTERP_OFFSET) / grid, (patches_w + POS_INTERP_OFFSET) / grid)
+    patch_pos = F.interpolate(patch_pos, scale_factor=scale, mode="bicubic", align_corners=False)
+    patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, -1, dim)
+    return torch.cat((cls_pos, patch_pos), dim=1)
+
+
+class DinoVisionTransformer(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        dim = spec.embed_dim
+        self.patch_embed = PatchEmbed(dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, spec.pos_grid**2 + 1, dim))
+        # Only used by DINOv2's masked-image pre-training; kept so official checkpoints load strictly.
+        self.mask_token = nn.Parameter(torch.zeros(1, dim))
+        self.blocks = nn.ModuleList(Block(spec) for _ in range(spec.depth))
+        self.norm = nn.LayerNorm(dim, eps=LN_EPS)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+
+    def position_embedding(self, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+        grid = self.spec.pos_grid
+        patches_h, patches_w = height // PATCH_SIZE, width // PATCH_SIZE
+        pos = self.pos_embed
+        # DINOv2 skips the resize only for square inputs with the training grid.
+        if not (patches_h == grid and patches_w == grid and height == width):
+            pos = interpolate_pos_embed(pos.float(), grid, patches_h, patches_w)
+        return pos.to(dtype)
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Normalised patch tokens ``(B, N, C)`` after each of the spec's taken layers."""
+        height, width = x.shape[-2:]
+        tokens = self.patch_embed(x)
+        tokens = torch.cat((self.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens), dim=1)
+        tokens = tokens + self.position_embedding(height, width, tokens.dtype)
+        taken = set(self.spec.layers)
+        features = []
+        for index, block in enumerate(self.blocks):
+            tokens = block(tokens)
+            if index in taken:
+                features.append(self.norm(tokens)[:, 1:])
+            if index == self.spec.layers[-1]:
+                break
+        return features
+
+    forward = forward_features

@@ -1,0 +1,251 @@
+"""Reading and writing checkpoints: official ``.pth``, Hugging Face ``-hf`` safetensors, ours.
+
+Every format is mapped to the official state-dict names in one place (``to_official``), then
+loaded strictly: a file of another model fails with its missing and unexpected keys listed,
+never as a silent partial load. Nothing is ever unpickled beyond plain tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from runtime.fileio import atomic_write
+
+from .depth_anything import DepthAnythingV2
+from .variants import VARIANTS, ModelSpec, get_spec
+
+FORMAT_TAG = "dav2-edge"
+_WRAPPER_KEYS = ("model", "state_dict", "module")
+_LIST_LIMIT = 8
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read or does not fit the model."""
+
+
+# Hugging Face ``DepthAnythingForDepthEstimation`` names -> official names. The q/k/v split
+# is undone separately. The fusion stages are numbered in reverse there (layers.0 = refinenet4).
+_HF_RULES: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(p), r)
+    for p, r in [
+        (r"^backbone\.embeddings\.cls_token$", "pretrained.cls_token"),
+        (r"^backbone\.embeddings\.mask_token$", "pretrained.mask_token"),
+        (r"^backbone\.embeddings\.position_embeddings$", "pretrained.pos_embed"),
+        (r"^backbone\.embeddings\.patch_embeddings\.projection\.", "pretrained.patch_embed.proj."),
+        (r"^backbone\.encoder\.layer\.(\d+)\.layer_scale(\d)\.lambda1$", r"pretrained.blocks.\1.ls\2.gamma"),
+        (r"^backbone\.encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"pretrained.blocks.\1.attn.proj."),
+        (r"^backbone\.encoder\.layer\.(\d+)\.mlp\.weights_in\.", r"pretrained.blocks.\1.mlp.w12."),
+        (r"^backbone\.encoder\.layer\.(\d+)\.mlp\.weights_out\.", r"pretrained.blocks.\1.mlp.w3."),
+        (r"^backbone\.encoder\.layer\.(\d+)\.", r"pretrained.blocks.\1."),
+        (r"^backbone\.layernorm\.", "pretrained.norm."),
+        (r"^neck\.reassemble_stage\.layers\.(\d)\.projection\.", r"depth_head.projects.\1."),
+        (r"^neck\.reassemble_stage\.layers\.(\d)\.resize\.", r"depth_head.resize_layers.\1."),
+        (r"^neck\.convs\.(\d)\.", lambda m: f"depth_head.scratch.layer{int(m[1]) + 1}_rn."),
+        (r"^neck\.fusion_stage\.layers\.(\d)\.", lambda m: f"depth_head.scratch.refinenet{4 - int(m[1])}."),
+        (r"^head\.conv1\.", "depth_head.scratch.output_conv1."),
+        (r"^head\.conv2\.", "depth_head.scratch.output_conv2.0."),
+        (r"^head\.conv3\.", "depth_head.scratch.output_conv2.2."),
+    ]
+]
+_HF_FUSION_PARTS = [
+    (re.compile(r"\.projection\."), ".out_conv."),
+    (re.compile(r"\.residual_layer(\d)\.convolution(\d)\."), r".resConfUnit\1.conv\2."),
+]
+_HF_QKV = re.compile(r"^backbone\.encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)$")
+
+
+def _hf_to_official(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key, value in state_dict.items():
+        match = _HF_QKV.match(key)
+        if match:
+            qkv.setdefault((match[1], match[3]), {})[match[2]] = value
+            continue
+        new = key
+        for pattern, repl in _HF_RULES:
+            new, hits = pattern.subn(repl, new, count=1)
+            if hits:
+                break
+        if new.startswith("depth_head.scratch.refinenet"):
+            for pattern, repl in _HF_FUSION_PARTS:
+                new = pattern.sub(repl, new)
+        out[new] = value
+    for (block, leaf), parts in qkv.items():
+        if set(parts) != {"query", "key", "value"}:
+            # Left under its own name so the strict check reports it instead of guessing.
+            out.update({f"backbone.encoder.layer.{block}.attention.attention.{p}.{leaf}": t for p, t in parts.items()})
+            continue
+        out[f"pretrained.blocks.{block}.attn.qkv.{leaf}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
+    return out
+
+
+def to_official(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
+    """Map a state dict from any known source to the official names; also say which source."""
+    keys = list(state_dict)
+    if keys and all(k.startswith("module.") for k in keys):  # saved from a DDP-wrapped model
+        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
+        keys = list(state_dict)
+    if any(k.startswith("backbone.embeddings.") for k in keys):
+        return _hf_to_official(state_dict), "huggingface"
+    return dict(state_dict), "official"
+
+
+def infer_spec(state_dict: Mapping[str, torch.Tensor]) -> ModelSpec:
+    """The variant whose width, depth and feed-forward type match the tensors."""
+    pos = state_dict.get("pretrained.pos_embed")
+    if pos is None:
+        raise CheckpointError(
+            "cannot tell the encoder: the file has no 'pretrained.pos_embed' tensor, so it is not a "
+            "Depth Anything V2 checkpoint (pass encoder= if it is one under other names)"
+        )
+    width = pos.shape[-1]
+    depth = 1 + max((int(m[1]) for k in state_dict if (m := re.match(r"pretrained\.blocks\.(\d+)\.", k))), default=-1)
+    ffn = "swiglu" if any(".mlp.w12." in k for k in state_dict) else "mlp"
+    for spec in VARIANTS.values():
+        if (spec.embed_dim, spec.depth, spec.ffn) == (width, depth, ffn):
+            return spec
+    raise CheckpointError(
+        f"no known encoder has width {width}, {depth} blocks and a {ffn} feed-forward; "
+        f"known: {', '.join(f'{s.name} ({s.embed_dim}x{s.depth})' for s in VARIANTS.values())}"
+    )
+
+
+def _unpickle_safely(path: Path, map_location: str | torch.device) -> object:
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: refusing to load it, it holds Python objects besides tensors and loading it "
+            "could run code (weights_only=True). Re-save only the state dict, or convert it to "
+            ".safetensors on a machine you trust"
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc.__class__.__name__}: {exc})") from exc
+
+
+def read_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The raw state dict and the metadata of a ``.pth``/``.pt``/``.bin`` or ``.safetensors`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device=str(map_location)) as f:
+                metadata = dict(f.metadata() or {})
+                state = {k: f.get_tensor(k) for k in f.keys()}
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+        return state, metadata
+    obj = _unpickle_safely(path, map_location)
+    while isinstance(obj, Mapping):
+        wrapped = [k for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)]
+        if not wrapped:
+            break
+        obj = obj[wrapped[0]]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: expected a state dict of tensors, found {type(obj).__name__}")
+    return dict(obj), {}
+
+
+def _max_depth_from_metadata(path: Path, metadata: Mapping[str, str]) -> float | None:
+    if metadata.get("max_depth"):
+        return float(metadata["max_depth"])
+    config = path.with_name("config.json")  # Hugging Face model folders keep the head type there
+    if path.suffix == ".safetensors" and config.is_file():
+        try:
+            cfg = json.loads(config.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        if cfg.get("depth_estimation_type") == "metric":
+            return float(cfg.get("max_depth", 1.0))
+    return None
+
+
+def _describe(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_LIST_LIMIT])
+    return f"{shown}, ... ({len(keys)} in all)" if len(keys) > _LIST_LIMIT else shown
+
+
+def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "") -> None:
+    """Raise ``CheckpointError`` naming every missing, unexpected and mis-shaped tensor."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong = [
+        f"{k} {tuple(state_dict[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    ]
+    if missing or unexpected or wrong:
+        parts = [
+            f"{source}: the checkpoint does not fit DepthAnythingV2({model.spec.name!r})"
+            if source
+            else f"the checkpoint does not fit DepthAnythingV2({model.spec.name!r})"
+        ]
+        if missing:
+            parts.append(f"missing keys: {_describe(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_describe(unexpected)}")
+        if wrong:
+            parts.append(f"wrong shapes: {_describe(wrong)}")
+        raise CheckpointError("; ".join(parts))
+
+
+def load_model(
+    path: str | Path,
+    encoder: str | ModelSpec | None = None,
+    max_depth: float | None = None,
+    map_location: str | torch.device = "cpu",
+) -> DepthAnythingV2:
+    """A ``DepthAnythingV2`` in eval mode from any supported checkpoint file.
+
+    The encoder comes from ``encoder``, else from our metadata, else from the tensor shapes.
+    ``max_depth`` selects the metric head (official metric checkpoints carry no marker).
+    """
+    path = Path(path)
+    raw, metadata = read_checkpoint(path, map_location)
+    state, _source = to_official(raw)
+    if encoder is not None:
+        spec = get_spec(encoder)
+    elif "spec" in metadata:
+        spec = ModelSpec.from_json(metadata["spec"])
+    else:
+        spec = infer_spec(state)
+    if max_depth is None:
+        max_depth = _max_depth_from_metadata(path, metadata)
+    model = DepthAnythingV2(spec, max_depth=max_depth)
+    check_state_dict(model, state, str(path))
+    model.load_state_dict(state, strict=True)
+    return model.to(map_location).eval()
+
+
+def save_model(model: torch.nn.Module, path: str | Path, metadata: Mapping[str, str] | None = None) -> Path:
+    """Write official-named weights and the variant to ``.safetensors``, atomically."""
+    from safetensors.torch import save_file
+
+    model = getattr(model, "module", model)  # DDP / compiled wrappers
+    if not isinstance(model, DepthAnythingV2):
+        raise TypeError(f"save_model expects a DepthAnythingV2, got {type(model).__name__}")
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"{path}: save_model writes .safetensors files; use that suffix")
+    meta = {
+        "format": FORMAT_TAG,
+        "encoder": model.spec.name,
+        "spec": model.spec.to_json(),
+        "max_depth": "" if model.max_depth is None else repr(float(model.max_depth)),
+    }
+    meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))

@@ -1,0 +1,45 @@
+"""Depth Anything V2: DINOv2 encoder + DPT decoder under the official state-dict names."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .backbone import DinoVisionTransformer
+from .decoder import DPTHead
+from .variants import PATCH_SIZE, ModelSpec, get_spec
+
+
+class DepthAnythingV2(nn.Module):
+    """Relative inverse depth ``(B, H, W)`` from normalised images ``(B, 3, H, W)``.
+
+    ``H`` and ``W`` must be multiples of 14. With ``max_depth`` set, the head ends in a
+    sigmoid and the output is metric depth in ``[0, max_depth]`` (the metric checkpoints).
+    """
+
+    def __init__(self, encoder: str | ModelSpec = "vits", max_depth: float | None = None) -> None:
+        super().__init__()
+        self.spec = get_spec(encoder)
+        if max_depth is not None and max_depth <= 0:
+            raise ValueError(f"max_depth must be positive, got {max_depth}")
+        self.max_depth = max_depth
+        self.pretrained = DinoVisionTransformer(self.spec)
+        self.depth_head = DPTHead(self.spec, metric=max_depth is not None)
+
+    @property
+    def encoder(self) -> str:
+        return self.spec.name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected a (B, 3, H, W) batch, got shape {tuple(x.shape)}")
+        height, width = x.shape[-2:]
+        if height % PATCH_SIZE or width % PATCH_SIZE:
+            raise ValueError(
+                f"input {height}x{width} is not a multiple of {PATCH_SIZE}; resize with runtime.preprocessing first"
+            )
+        features = self.pretrained(x)
+        depth = self.depth_head(features, height // PATCH_SIZE, width // PATCH_SIZE)
+        if self.max_depth is not None:
+            depth = depth * self.max_depth
+        return depth.squeeze(1)
