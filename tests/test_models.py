@@ -100,3 +100,18 @@ def test_teacher_is_frozen_and_student_trains(tiny_spec, tmp_path):
     assert student.training and all(p.requires_grad for p in student.parameters())
     with pytest.raises(ValueError, match="teacher"):
         build_student("vitg")
+
+
+@pytest.mark.parametrize("n_out", [26, 37, 46, 49, 74])
+def test_bicubic_matrix_equals_interpolate_with_a_scale_factor(n_out):
+    import torch.nn.functional as F
+
+    from train.models.backbone import POS_INTERP_OFFSET, bicubic_matrix
+
+    grid = torch.randn(1, 3, 37, 37)
+    scale = (n_out + POS_INTERP_OFFSET) / 37
+    expected = F.interpolate(grid, scale_factor=(scale, scale), mode="bicubic", align_corners=False)
+    matrix = bicubic_matrix(n_out, 37, torch.tensor(1 / scale))
+    ours = torch.einsum("ia,jb,nkab->nkij", matrix, matrix, grid)
+    assert ours.shape == expected.shape == (1, 3, n_out, n_out)
+    assert torch.allclose(ours, expected, atol=1e-5)

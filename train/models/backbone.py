@@ -92,19 +92,63 @@ class Block(nn.Module):
         return x + self.ls2(self.mlp(self.norm2(x)))
 
 
-def interpolate_pos_embed(pos_embed: torch.Tensor, grid: int, patches_h: int, patches_w: int) -> torch.Tensor:
-    """Resize the patch position embeddings from ``grid x grid`` to ``patches_h x patches_w``.
+BICUBIC_A = -0.75  # PyTorch's (and ONNX Resize's) cubic coefficient
 
-    Bicubic, no antialias, with the scale factor DINOv2 uses (target + 0.1) / grid: the
-    sampling positions follow that factor, not the ratio of the sizes.
+
+def _cubic_taps(t: torch.Tensor) -> torch.Tensor:
+    """Weights of the four neighbours at offsets -1, 0, 1, 2 for fractional positions ``t``."""
+    a = BICUBIC_A
+
+    def near(x: torch.Tensor) -> torch.Tensor:
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x: torch.Tensor) -> torch.Tensor:
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    return torch.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], dim=-1)
+
+
+def bicubic_matrix(n_out: int | torch.Tensor, n_in: int, inv_scale: torch.Tensor) -> torch.Tensor:
+    """``(n_out, n_in)`` matrix of PyTorch's bicubic resize (``align_corners=False``, given scale).
+
+    Sampling follows ``inv_scale`` (input pixels per output pixel), not ``n_in / n_out``, and
+    borders are clamped, exactly as ``F.interpolate(..., scale_factor=...)`` does.
     """
-    cls_pos, patch_pos = pos_embed[:, :1], pos_embed[:, 1:]
+    dst = torch.arange(n_out, dtype=torch.float32)
+    src = (dst + 0.5) * inv_scale - 0.5
+    base = torch.floor(src)
+    weights = _cubic_taps(src - base)
+    index = (base[:, None] + torch.arange(-1, 3, dtype=torch.float32)).clamp(0, n_in - 1)
+    onehot = (index[..., None] == torch.arange(n_in, dtype=torch.float32)).to(weights.dtype)
+    return (weights[..., None] * onehot).sum(dim=1)
+
+
+def interpolate_pos_embed(
+    pos_embed: torch.Tensor,
+    grid: int,
+    height: int | torch.Tensor,
+    width: int | torch.Tensor,
+) -> torch.Tensor:
+    """Position embeddings for an image of ``height x width`` pixels, as DINOv2 computes them.
+
+    The 37x37 patch grid is resized bicubically with DINOv2's scale factor (patches + 0.1) /
+    grid; square inputs with exactly the training grid keep the embeddings unchanged.
+
+    Written as two small matrix products built from tensor arithmetic instead of a ``Resize``
+    whose scale depends on the input: the same code then runs eagerly, traces into ONNX with
+    dynamic height and width (and into TensorRT), and matches the official numbers everywhere.
+    """
+    patches_h, patches_w = height // PATCH_SIZE, width // PATCH_SIZE
     dim = pos_embed.shape[-1]
-    patch_pos = patch_pos.reshape(1, grid, grid, dim).permute(0, 3, 1, 2)
-    scale = ((patches_h + POS_INTERP_OFFSET) / grid, (patches_w + POS_INTERP_OFFSET) / grid)
-    patch_pos = F.interpolate(patch_pos, scale_factor=scale, mode="bicubic", align_corners=False)
-    patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, -1, dim)
-    return torch.cat((cls_pos, patch_pos), dim=1)
+    cls_pos, patch_pos = pos_embed[:, :1], pos_embed[:, 1:].reshape(grid, grid, dim)
+    rows = bicubic_matrix(patches_h, grid, grid / (patches_h + POS_INTERP_OFFSET))
+    cols = bicubic_matrix(patches_w, grid, grid / (patches_w + POS_INTERP_OFFSET))
+    # Blend with an identity for the unchanged case; a tensor, not an ``if``, so tracing keeps it.
+    keep = torch.ones(()) * ((patches_h == grid) & (patches_w == grid) & (height == width))
+    rows = rows * (1 - keep) + keep * (torch.arange(patches_h)[:, None] == torch.arange(grid)).float()
+    cols = cols * (1 - keep) + keep * (torch.arange(patches_w)[:, None] == torch.arange(grid)).float()
+    resized = torch.einsum("ia,jb,abc->ijc", rows, cols, patch_pos.float())
+    return torch.cat((cls_pos.float(), resized.reshape(1, -1, dim)), dim=1)
 
 
 class DinoVisionTransformer(nn.Module):
@@ -129,21 +173,12 @@ class DinoVisionTransformer(nn.Module):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 nn.init.zeros_(module.bias)
 
-    def position_embedding(self, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
-        grid = self.spec.pos_grid
-        patches_h, patches_w = height // PATCH_SIZE, width // PATCH_SIZE
-        pos = self.pos_embed
-        # DINOv2 skips the resize only for square inputs with the training grid.
-        if not (patches_h == grid and patches_w == grid and height == width):
-            pos = interpolate_pos_embed(pos.float(), grid, patches_h, patches_w)
-        return pos.to(dtype)
-
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Normalised patch tokens ``(B, N, C)`` after each of the spec's taken layers."""
         height, width = x.shape[-2:]
         tokens = self.patch_embed(x)
         tokens = torch.cat((self.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens), dim=1)
-        tokens = tokens + self.position_embedding(height, width, tokens.dtype)
+        tokens = tokens + interpolate_pos_embed(self.pos_embed, self.spec.pos_grid, height, width).to(tokens.dtype)
         taken = set(self.spec.layers)
         features = []
         for index, block in enumerate(self.blocks):
