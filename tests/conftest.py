@@ -80,3 +80,20 @@ def photo() -> np.ndarray:
     from runtime.samples import sample_images
 
     return sample_images(("chelsea.png",))["chelsea"]
+
+
+@pytest.fixture(scope="session")
+def vits_checkpoint(tmp_path_factory, vits_state_dict):
+    """The deterministic official-format vits weights as a ``.pth`` file."""
+    import torch
+
+    path = tmp_path_factory.mktemp("ckpt") / "depth_anything_v2_vits.pth"
+    torch.save(vits_state_dict, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def vits_dynamic_onnx(tmp_path_factory, vits_model):
+    from export.onnx import export_onnx
+
+    return export_onnx(vits_model, tmp_path_factory.mktemp("onnx") / "vits_dynamic.onnx", dynamic=True)

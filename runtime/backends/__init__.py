@@ -12,11 +12,16 @@ from .base import Backend, InputSpec
 # name -> (module, class); modules are imported only when their backend is used.
 BACKENDS: dict[str, tuple[str, str]] = {
     "torch": ("runtime.backends.pytorch", "TorchBackend"),
+    "onnxruntime": ("runtime.backends.onnxruntime", "OnnxRuntimeBackend"),
+    "tensorrt": ("runtime.backends.tensorrt", "TensorRTBackend"),
 }
 SUFFIXES: dict[str, str] = {
     ".pth": "torch",
     ".pt": "torch",
     ".safetensors": "torch",
+    ".onnx": "onnxruntime",
+    ".engine": "tensorrt",
+    ".plan": "tensorrt",
 }
 
 

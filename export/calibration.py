@@ -1,0 +1,227 @@
+"""INT8 calibration samples from SA-1B: tar shards of ``sa_N.jpg`` + ``sa_N.json``, or image folders.
+
+Members are read straight from the tars (never extracted, so a hostile member name cannot
+write anywhere); unsafe names are rejected, corrupt images skipped and counted. Sampling is
+deterministic for a seed, and the preprocessing is the runtime's own fixed-shape path, so
+the calibrator sees exactly what the predictor will feed the engine. Preprocessed samples
+are cached on disk under a key made from the sample list and the shape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import cv2
+import numpy as np
+
+from runtime.fileio import atomic_write, atomic_write_bytes
+from runtime.preprocessing import prepare_fixed
+
+from .common import ExportError, check_hw
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# Bump when the preprocessing changes, so old caches are not reused.
+CACHE_VERSION = 1
+
+
+class CalibrationError(ExportError):
+    """Not enough usable calibration images, or an unusable source."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One image: a file, or a member of a tar shard (``member`` set)."""
+
+    container: Path
+    member: str | None
+    size: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.container.name}:{self.member}" if self.member else str(self.container)
+
+
+@dataclass
+class CalibrationReport:
+    requested: int
+    used: list[str] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)
+    rejected_members: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        text = f"{len(self.used)} calibration images"
+        if self.corrupt:
+            text += f", {len(self.corrupt)} corrupt skipped ({_first(self.corrupt)})"
+        if self.rejected_members:
+            text += f", {len(self.rejected_members)} unsafe tar member names rejected ({_first(self.rejected_members)})"
+        return text
+
+
+def _first(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+
+
+def safe_member_name(name: str) -> bool:
+    """Relative, no ``..``: the only names a well-formed SA-1B shard has."""
+    path = PurePosixPath(name)
+    return bool(name) and not path.is_absolute() and ".." not in path.parts and "\\" not in name
+
+
+def list_candidates(source: Path) -> tuple[list[Candidate], list[str]]:
+    """Every image under ``source`` (tar shards and loose files), sorted; and rejected member names."""
+    if not source.exists():
+        raise CalibrationError(f"{source}: calibration source does not exist (give an SA-1B folder or tar shard)")
+    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+    candidates, rejected = [], []
+    for path in files:
+        if path.suffix == ".tar":
+            try:
+                with tarfile.open(path) as tar:
+                    for member in tar.getmembers():
+                        if not member.name.lower().endswith(IMAGE_SUFFIXES):
+                            continue
+                        if not member.isfile() or not safe_member_name(member.name):
+                            rejected.append(f"{path.name}:{member.name}")
+                            continue
+                        candidates.append(Candidate(path, member.name, member.size))
+            except (tarfile.TarError, OSError) as exc:
+                raise CalibrationError(f"{path}: unreadable tar shard ({exc})") from exc
+        elif path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
+            candidates.append(Candidate(path, None, path.stat().st_size))
+    candidates.sort(key=lambda c: (str(c.container), c.member or ""))
+    return candidates, rejected
+
+
+def read_bytes(candidate: Candidate, tars: dict[Path, tarfile.TarFile]) -> bytes:
+    if candidate.member is None:
+        return candidate.container.read_bytes()
+    tar = tars.get(candidate.container)
+    if tar is None:
+        tar = tars[candidate.container] = tarfile.open(candidate.container)
+    handle = tar.extractfile(candidate.member)
+    if handle is None:
+        raise OSError(f"{candidate.name} is not a regular file")
+    return handle.read()
+
+
+def decode(data: bytes) -> np.ndarray | None:
+    """A BGR image, or ``None`` for bytes that are not a complete image."""
+    if not data:
+        return None
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return image if image is not None and min(image.shape[:2]) >= 14 else None
+
+
+def _save_npy(path: Path, data: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, data)
+
+
+class CalibrationSet:
+    """``num_samples`` preprocessed ``(1, 3, H, W)`` float32 inputs drawn from ``source``."""
+
+    def __init__(
+        self,
+        source: str | Path,
+        num_samples: int = 500,
+        input_shape: tuple[int, int] = (518, 518),
+        seed: int = 0,
+        cache_dir: str | Path | None = None,
+        allow_fewer: bool = False,
+        progress: bool = True,
+    ) -> None:
+        if num_samples < 1:
+            raise CalibrationError(f"num_samples must be at least 1, got {num_samples}")
+        self.source = Path(source)
+        self.input_shape = check_hw(*input_shape, what="calibration")
+        self.num_samples = num_samples
+        self.seed = seed
+        candidates, rejected = list_candidates(self.source)
+        order = np.random.default_rng(seed).permutation(len(candidates))
+        self._order = [candidates[i] for i in order]
+        self.report = CalibrationReport(num_samples, rejected_members=rejected)
+        # No default cache location: the source may be read-only, and an export writes only
+        # under its own output folder (the CLIs pass one there).
+        self.cache_path = Path(cache_dir) / f"calib-{self.key}.npy" if cache_dir is not None else None
+        self._data = self._load_or_build(progress)
+        if len(self.report.used) < num_samples and not allow_fewer:
+            raise CalibrationError(
+                f"{self.source}: asked for {num_samples} calibration images but found only "
+                f"{len(self.report.used)} usable ({self.report.summary()}); add images, lower "
+                "--calib-samples, or pass --allow-fewer"
+            )
+
+    @property
+    def key(self) -> str:
+        """Hash of everything the cached tensors depend on: samples in order, shape, preprocessing."""
+        digest = hashlib.sha256()
+        digest.update(json.dumps([CACHE_VERSION, self.input_shape, self.num_samples, self.seed]).encode())
+        for candidate in self._order:
+            digest.update(f"{candidate.container.resolve()}|{candidate.member}|{candidate.size}\n".encode())
+        return digest.hexdigest()[:20]
+
+    def _load_or_build(self, progress: bool) -> np.ndarray:
+        report_path = self.cache_path.with_suffix(".json") if self.cache_path else None
+        if self.cache_path is not None and self.cache_path.is_file() and report_path.is_file():
+            cached = json.loads(report_path.read_text())
+            self.report.used, self.report.corrupt = cached["used"], cached["corrupt"]
+            return np.load(self.cache_path, mmap_mode="r")
+        from tqdm import tqdm
+
+        height, width = self.input_shape
+        data = np.empty((self.num_samples, 3, height, width), np.float32)
+        tars: dict[Path, tarfile.TarFile] = {}
+        bar = tqdm(total=self.num_samples, desc="calibration images", unit="img", disable=not progress)
+        try:
+            for candidate in self._order:
+                if len(self.report.used) == self.num_samples:
+                    break
+                try:
+                    image = decode(read_bytes(candidate, tars))
+                except (OSError, tarfile.TarError, KeyError):
+                    image = None
+                if image is None:
+                    self.report.corrupt.append(candidate.name)
+                    bar.set_postfix(corrupt=len(self.report.corrupt))
+                    continue
+                data[len(self.report.used)] = prepare_fixed(image, (height, width))[0]
+                self.report.used.append(candidate.name)
+                bar.update()
+        finally:
+            bar.close()
+            for tar in tars.values():
+                tar.close()
+        data = data[: len(self.report.used)]
+        if len(data) and self.cache_path is not None:
+            atomic_write(self.cache_path, lambda tmp: _save_npy(tmp, data))
+            atomic_write_bytes(
+                report_path, json.dumps({"used": self.report.used, "corrupt": self.report.corrupt}).encode()
+            )
+        return data
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for i in range(len(self._data)):
+            yield np.ascontiguousarray(self._data[i : i + 1])
+
+    def batches(self, batch_size: int = 1) -> Iterator[np.ndarray]:
+        for start in range(0, len(self._data), batch_size):
+            yield np.ascontiguousarray(self._data[start : start + batch_size])
+
+    def describe(self) -> dict:
+        return {
+            "source": str(self.source),
+            "count": len(self),
+            "requested": self.num_samples,
+            "seed": self.seed,
+            "input_shape": list(self.input_shape),
+            "corrupt_skipped": len(self.report.corrupt),
+            "rejected_members": len(self.report.rejected_members),
+        }

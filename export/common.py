@@ -1,0 +1,84 @@
+"""Pieces every export command shares: the source model, shapes, errors, CLI plumbing."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from runtime.preprocessing import PATCH_SIZE
+
+
+class ExportError(RuntimeError):
+    """An export that cannot be done or failed its verification; the message says why."""
+
+
+def check_hw(height: int, width: int, what: str = "input") -> tuple[int, int]:
+    for name, value in (("height", height), ("width", width)):
+        if value < PATCH_SIZE or value % PATCH_SIZE:
+            near = max(PATCH_SIZE, round(value / PATCH_SIZE) * PATCH_SIZE)
+            raise ExportError(f"{what} {name} {value} must be a positive multiple of {PATCH_SIZE} (try {near})")
+    return height, width
+
+
+def patch_multiple(text: str) -> int:
+    """argparse type: a positive multiple of 14 (bad values exit with usage code 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    try:
+        check_hw(value, value, "size")
+    except ExportError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("size height", "size")) from None
+    return value
+
+
+def parse_hw(text: str) -> tuple[int, int]:
+    """argparse type: ``518x686`` or ``518`` -> (518, 686) / (518, 518), multiples of 14."""
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"{text!r} is not HxW (for example 518x518)")
+    values = [patch_multiple(p) for p in parts]
+    return (values[0], values[-1])
+
+
+def load_source_model(checkpoint: str | Path | None, encoder: str | None) -> Any:
+    """The PyTorch model to export: a checkpoint, or random weights of ``encoder`` (with a warning)."""
+    from train.models import CheckpointError, DepthAnythingV2, load_model
+
+    if checkpoint is not None:
+        try:
+            return load_model(checkpoint, encoder=encoder)
+        except CheckpointError as exc:
+            raise ExportError(str(exc)) from exc
+    if encoder is None:
+        raise ExportError("give --checkpoint (a .pth/.safetensors file) or --encoder for random weights")
+    print(
+        f"WARNING: exporting RANDOM {encoder} weights (no --checkpoint): for testing the pipeline only", file=sys.stderr
+    )
+    return DepthAnythingV2(encoder).eval()
+
+
+def add_source_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", type=Path, help="model checkpoint: official .pth, HF or own .safetensors")
+    parser.add_argument(
+        "--encoder", choices=("vits", "vitb", "vitl", "vitg"), help="encoder (read from the checkpoint if omitted)"
+    )
+
+
+def run_cli(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse, run, and turn the errors users can fix into one line and exit code 1."""
+    from runtime.errors import MissingDependencyError
+
+    args = parser.parse_args(argv)
+    try:
+        return main(args)
+    except (ExportError, MissingDependencyError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written under the output name", file=sys.stderr)
+        return 130

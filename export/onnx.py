@@ -1,0 +1,255 @@
+"""``python -m export.onnx``: a verified, self-contained ONNX file from a checkpoint.
+
+The TorchScript-based exporter is used on purpose: TensorRT 8.5 (JetPack 5) reads opset
+<= 17, which the ``torch.export`` exporter (opset 18+) cannot produce. Position embeddings
+are computed with plain tensor arithmetic (see ``train.models.backbone``), so a dynamic
+export matches PyTorch at every size, not only the traced one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.errors import require
+from runtime.metadata import library_versions, sha256_file, write_sidecar
+
+from .common import ExportError, add_source_args, check_hw, load_source_model, patch_multiple, run_cli
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "depth"
+DEFAULT_OPSET = 17
+SUPPORTED_OPSETS = range(14, 21)
+PROTOBUF_LIMIT = 2**31 - 1
+FP32_TOLERANCE = 1e-4
+
+
+@dataclass
+class Comparison:
+    """How far an output is from a reference: errors relative to the reference's peak and spread."""
+
+    max_abs: float
+    mean_abs: float
+    max_rel: float  # max |a - b| / max |ref|
+    max_rel_std: float  # max |a - b| / std(ref)
+
+    def __str__(self) -> str:
+        return f"max rel {self.max_rel:.2e} (of peak), {self.max_rel_std:.2e} (of std), mean abs {self.mean_abs:.2e}"
+
+
+def compare(output: np.ndarray, reference: np.ndarray) -> Comparison:
+    diff = np.abs(output.astype(np.float64) - reference.astype(np.float64))
+    peak = float(np.abs(reference).max()) or 1.0
+    spread = float(reference.std()) or 1.0
+    return Comparison(float(diff.max()), float(diff.mean()), float(diff.max()) / peak, float(diff.max()) / spread)
+
+
+@dataclass
+class OnnxExport:
+    path: Path
+    seconds: float
+    checks: dict[str, Comparison] = field(default_factory=dict)
+
+
+def verification_input(height: int, width: int) -> np.ndarray:
+    """A real photograph (bundled sample) when available, else a textured synthetic scene."""
+    from runtime.preprocessing import prepare_fixed
+
+    try:
+        from runtime.samples import sample_images
+
+        image = sample_images(("motorcycle_left.png",))["motorcycle_left"]
+    except ImportError:
+        rng = np.random.default_rng(0)
+        yy, xx = np.mgrid[0:480, 0:640]
+        image = np.stack([(xx * 0.4) % 255, (yy * 0.5) % 255, (xx + yy) * 0.2 % 255], -1).astype(np.uint8)
+        image[100:300, 200:400] = rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)
+    return prepare_fixed(image, (height, width))
+
+
+def check_sizes(height: int, width: int, dynamic: bool) -> list[tuple[int, int]]:
+    """Sizes to verify at: the export size, and for dynamic exports two others of other aspect."""
+    if not dynamic:
+        return [(height, width)]
+    return [(height, width), (max(14, height - 154), width + 126), (height + 98, max(14, width - 84))]
+
+
+def _torch_export(model: Any, path: Path, height: int, width: int, dynamic: bool, opset: int) -> None:
+    import torch
+
+    axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "batch", 1: "height", 2: "width"}}
+    with warnings.catch_warnings():
+        # The legacy exporter's deprecation notice and the tracer's notes on shape arithmetic,
+        # which the dynamic-size checks below verify instead of trusting.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 3, height, width),),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes=axes if dynamic else None,
+            do_constant_folding=True,
+        )
+
+
+def _finalise(raw: Path, path: Path, metadata: dict[str, str], slim: bool) -> None:
+    """Stamp metadata, optionally slim, check, and save as one file (external data past 2 GB)."""
+    onnx = require("onnx", "onnx", "onnx")
+    model = onnx.load(str(raw))
+    if slim:
+        onnxslim = require("onnxslim", "onnx", "onnxslim (for --slim)")
+        model = onnxslim.slim(model)
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    large = model.ByteSize() > PROTOBUF_LIMIT
+    onnx.save_model(
+        model, str(path), save_as_external_data=large, all_tensors_to_one_file=True, location=path.name + ".data"
+    )
+    onnx.checker.check_model(str(path))
+
+
+def run_onnxruntime(path: Path, batch: np.ndarray) -> np.ndarray:
+    ort = require("onnxruntime", "onnx", "ONNX Runtime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {INPUT_NAME: batch})[0]
+
+
+def export_onnx(
+    model: Any,
+    output: str | Path,
+    height: int = 518,
+    width: int = 518,
+    dynamic: bool = False,
+    opset: int = DEFAULT_OPSET,
+    verify: bool = True,
+    slim: bool = False,
+    tolerance: float = FP32_TOLERANCE,
+    source: str = "",
+) -> OnnxExport:
+    """Export ``model`` (a ``DepthAnythingV2``) to ``output``; verified against PyTorch before it lands.
+
+    Nothing appears under ``output`` unless the file passed ``onnx.checker`` and, with
+    ``verify``, ONNX Runtime matched PyTorch within ``tolerance`` (max error over the peak).
+    """
+    import torch
+
+    check_hw(height, width)
+    if opset not in SUPPORTED_OPSETS:
+        raise ExportError(f"opset {opset} is not supported; use {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}")
+    output = Path(output)
+    if output.suffix != ".onnx":
+        raise ExportError(f"{output}: the output name must end in .onnx")
+    model = model.eval().float().cpu()
+    started = time.perf_counter()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        raw, staged = workdir / "raw.onnx", workdir / output.name
+        _torch_export(model, raw, height, width, dynamic, opset)
+        spec = getattr(model, "spec", None)
+        metadata = {
+            "producer": "dav2-edge",
+            "encoder": getattr(spec, "name", "custom"),
+            "input_shape": "dynamic" if dynamic else f"1x3x{height}x{width}",
+            "max_depth": str(getattr(model, "max_depth", None) or ""),
+        }
+        _finalise(raw, staged, metadata, slim)
+        raw.unlink()
+        seconds = time.perf_counter() - started
+        result = OnnxExport(output, seconds)
+        if verify:
+            for h, w in check_sizes(height, width, dynamic):
+                batch = verification_input(h, w)
+                with torch.inference_mode():
+                    expected = model(torch.from_numpy(batch)).numpy()
+                result.checks[f"{h}x{w}"] = comparison = compare(run_onnxruntime(staged, batch), expected)
+                if comparison.max_rel > tolerance:
+                    raise ExportError(
+                        f"ONNX Runtime differs from PyTorch at {h}x{w}: {comparison} > {tolerance:g}; "
+                        "the file was not written"
+                    )
+        for item in sorted(workdir.iterdir(), key=lambda p: p.suffix == ".onnx"):  # data first, model last
+            item.replace(output.parent / item.name)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    write_sidecar(
+        output,
+        {
+            "format": "onnx",
+            "precision": "fp32",
+            "opset": opset,
+            "dynamic": dynamic,
+            "input_name": INPUT_NAME,
+            "input_shape": [None, 3, None, None] if dynamic else [1, 3, height, width],
+            "encoder": metadata["encoder"],
+            "source": source,
+            "sha256": sha256_file(output),
+            "export_seconds": round(result.seconds, 2),
+            "verification": {k: vars(v) for k, v in result.checks.items()},
+            "versions": library_versions("torch", "onnx", "onnxruntime"),
+        },
+    )
+    return result
+
+
+def default_output(checkpoint: Path | None, encoder: str | None, height: int, width: int, dynamic: bool) -> Path:
+    stem = checkpoint.stem if checkpoint else f"random_{encoder}"
+    return Path("artifacts") / f"{stem}_{'dynamic' if dynamic else f'{height}x{width}'}.onnx"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m export.onnx",
+        description="Export a Depth Anything V2 checkpoint to ONNX, verified against PyTorch with ONNX Runtime.",
+    )
+    add_source_args(parser)
+    parser.add_argument(
+        "--height", type=patch_multiple, default=518, help="input height, a multiple of 14 (default 518)"
+    )
+    parser.add_argument("--width", type=patch_multiple, default=518, help="input width, a multiple of 14 (default 518)")
+    parser.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
+    parser.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default 17; 16 splits LayerNorm for TensorRT 8.5)"
+    )
+    parser.add_argument("--output", type=Path, help="output .onnx (default artifacts/<checkpoint>_<HxW|dynamic>.onnx)")
+    parser.add_argument("--slim", action="store_true", help="simplify the graph with onnxslim before verifying")
+    parser.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    model = load_source_model(args.checkpoint, args.encoder)
+    output = args.output or default_output(args.checkpoint, model.spec.name, args.height, args.width, args.dynamic)
+    print(f"exporting {model.spec.name} at {'dynamic' if args.dynamic else f'{args.height}x{args.width}'} ...")
+    result = export_onnx(
+        model,
+        output,
+        args.height,
+        args.width,
+        args.dynamic,
+        args.opset,
+        not args.no_verify,
+        args.slim,
+        source=str(args.checkpoint or f"random:{args.encoder}"),
+    )
+    size_mb = output.stat().st_size / 2**20
+    print(f"wrote {output} ({size_mb:.1f} MiB) in {result.seconds:.1f} s")
+    for size, check in result.checks.items():
+        print(f"  ONNX Runtime vs PyTorch at {size}: {check}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main, build_parser(), None))

@@ -1,0 +1,133 @@
+"""ONNX Runtime backend: FP32, FP16-typed and Q/DQ INT8 ``.onnx`` models as they are.
+
+Providers follow ``device``: ``cpu``; ``cuda`` (IO binding keeps tensors on the GPU between
+calls); ``tensorrt`` (the TensorRT execution provider, with its engine cache beside the
+model); ``openvino`` (the OpenVINO execution provider, when that build is installed);
+``auto`` takes the best one available.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ModelFileError, require
+from ..metadata import read_sidecar
+from .base import Backend, InputSpec
+
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+    "openvino": ["OpenVINOExecutionProvider", "CPUExecutionProvider"],
+}
+AUTO_ORDER = ("tensorrt", "cuda", "cpu")
+
+
+def choose_providers(device: str, available: list[str]) -> list[str]:
+    """The provider list for ``device``; a device whose provider is missing is an error, not a fallback."""
+    if device == "auto":
+        for name in AUTO_ORDER:
+            if PROVIDERS[name][0] in available:
+                return [p for p in PROVIDERS[name] if p in available]
+        raise ModelFileError(f"ONNX Runtime offers none of the usual providers: {available}")
+    key = device.split(":")[0]
+    if key not in PROVIDERS:
+        raise ValueError(f"device must be auto, {', '.join(PROVIDERS)} (optionally :N), not {device!r}")
+    if PROVIDERS[key][0] not in available:
+        package = {"cuda": "onnxruntime-gpu", "tensorrt": "onnxruntime-gpu", "openvino": "onnxruntime-openvino"}
+        raise ValueError(
+            f"ONNX Runtime here has no {PROVIDERS[key][0]} (available: {', '.join(available)}); "
+            f"install {package.get(key, 'onnxruntime')} instead of onnxruntime"
+        )
+    return [p for p in PROVIDERS[key] if p in available]
+
+
+def default_threads() -> int:
+    """Intra-op threads: the physical-ish core count this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(
+        self, model: Any, device: str = "auto", precision: str | None = None, threads: int | None = None
+    ) -> None:
+        super().__init__()
+        ort = require("onnxruntime", "onnx", "ONNX Runtime")
+        self._ort = ort
+        if not isinstance(model, (str, Path)):
+            raise ModelFileError("the onnxruntime backend loads .onnx files")
+        path = Path(model)
+        if not path.is_file():
+            raise ModelFileError(f"{path}: no such ONNX file")
+        providers = choose_providers(device, ort.get_available_providers())
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or default_threads()
+        options.log_severity_level = 3  # errors only: shape-inference notes on Q/DQ models are noise
+        provider_options = []
+        for provider in providers:
+            if provider == "TensorrtExecutionProvider":
+                cache = path.with_name(path.name + ".trt_cache")
+                provider_options.append(
+                    {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache), "trt_fp16_enable": True}
+                )
+            else:
+                provider_options.append({})
+        try:
+            self._session = ort.InferenceSession(
+                str(path), options, providers=providers, provider_options=provider_options
+            )
+        except Exception as exc:  # ORT raises its own exception types for bad files
+            raise ModelFileError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from exc
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1 or inputs[0].type != "tensor(float)":
+            raise ModelFileError(f"{path}: expected one float32 image input and one output")
+        dims = inputs[0].shape
+        if len(dims) != 4:
+            raise ModelFileError(f"{path}: input {inputs[0].name!r} has shape {dims}; expected (N, 3, H, W)")
+        self._spec = InputSpec(inputs[0].name, tuple(d if isinstance(d, int) and d > 0 else None for d in dims))
+        self._output = outputs[0].name
+        self._providers = self._session.get_providers()
+        meta = read_sidecar(path) or {}
+        self._precision = precision or meta.get("precision") or "fp32"
+        self._io_binding = self._providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        self._threads = options.intra_op_num_threads
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return self._spec
+
+    @property
+    def device(self) -> str:
+        return self._providers[0].replace("ExecutionProvider", "").lower()
+
+    @property
+    def precision(self) -> str:
+        return self._precision
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        if not self._io_binding:
+            return self._session.run([self._output], {self._spec.name: batch})[0]
+        binding = self._session.io_binding()
+        binding.bind_cpu_input(self._spec.name, batch)
+        binding.bind_output(self._output, "cuda")
+        self._session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    def versions(self) -> dict[str, str]:
+        return {"onnxruntime": self._ort.__version__}
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "providers": self._providers, "threads": self._threads}
+
+    def _release(self) -> None:
+        self._session = None

@@ -1,0 +1,226 @@
+"""Every TensorRT decision, tested as plain logic (no TensorRT needed); GPU tests at the end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from export.common import ExportError
+from export.trt import (
+    BuildPlan,
+    Profile,
+    TrtVersion,
+    check_opset,
+    plan_build,
+    timing_cache_path,
+    trtexec_command,
+)
+from runtime.backends.cuda import parse_device
+from runtime.backends.tensorrt import check_engine_metadata, check_profile, spec_from_dims
+from runtime.errors import ModelFileError
+from tests.conftest import REPO
+
+
+@pytest.mark.parametrize(
+    "version,precision,typed,flags,network",
+    [
+        ("8.5.2", "fp16", False, ("FP16",), ("EXPLICIT_BATCH",)),
+        ("8.6", "int8", False, ("FP16", "INT8"), ("EXPLICIT_BATCH",)),
+        ("8.5", "fp32", False, (), ("EXPLICIT_BATCH",)),
+        ("10.3.0", "fp16", True, (), ("STRONGLY_TYPED",)),
+        ("10.3", "int8", True, (), ("STRONGLY_TYPED",)),
+        ("11.0", "int8", True, (), ("STRONGLY_TYPED",)),
+        ("11", "fp32", True, (), ("STRONGLY_TYPED",)),
+    ],
+)
+def test_plan_by_release(version, precision, typed, flags, network):
+    plan = plan_build(TrtVersion.parse(version), precision)
+    assert (plan.strongly_typed, plan.builder_flags, plan.network_flags) == (typed, flags, network)
+    assert plan.quantized == (precision == "int8")
+    assert plan.typed_fp16 == (typed and precision != "fp32")
+
+
+def test_weakly_typed_fallback_on_10_and_refusal_on_11():
+    plan = plan_build(TrtVersion.parse("10.3"), "int8", weakly_typed=True)
+    assert (plan.strongly_typed, plan.builder_flags, plan.network_flags) == (False, ("FP16", "INT8"), ())
+    with pytest.raises(ExportError, match=r"strongly typed networks only.*drop --weakly-typed"):
+        plan_build(TrtVersion.parse("11.1"), "fp16", weakly_typed=True)
+
+
+@pytest.mark.parametrize("text,match", [("8.4", "too old"), ("7", "too old"), ("ten", "not a TensorRT version")])
+def test_bad_versions(text, match):
+    with pytest.raises(ExportError, match=match):
+        TrtVersion.parse(text)
+
+
+def test_opset_and_layernorm_limits():
+    check_opset(TrtVersion.parse("8.5"), 16, has_layernorm=False)
+    with pytest.raises(ExportError, match=r"no LayerNormalization op.*--opset 16"):
+        check_opset(TrtVersion.parse("8.5"), 17, has_layernorm=True)
+    check_opset(TrtVersion.parse("8.6"), 17, has_layernorm=True)
+    with pytest.raises(ExportError, match=r"reads ONNX opset <= 17.*--opset 17"):
+        check_opset(TrtVersion.parse("8.6"), 18, has_layernorm=True)
+    check_opset(TrtVersion.parse("10.3"), 18, has_layernorm=True)
+
+
+def test_profile_validation_and_shapes():
+    profile = Profile.build((266, 266), (518, 518), (728, 1022), max_batch=4)
+    assert profile.shapes() == {"min": (1, 3, 266, 266), "opt": (1, 3, 518, 518), "max": (4, 3, 728, 1022)}
+    with pytest.raises(ExportError, match="min <= opt <= max"):
+        Profile.build((518, 518), (266, 518), (728, 728))
+    with pytest.raises(ExportError, match="--max profile width 1000 must be a positive multiple of 14"):
+        Profile.build((266, 266), (518, 518), (728, 1000))
+
+
+def test_trtexec_commands_for_each_plan(tmp_path):
+    onnx, engine, cache = Path("m.onnx"), Path("m.engine"), Path("t.cache")
+    typed = trtexec_command(onnx, engine, plan_build(TrtVersion(10, 3), "int8"), "image", None, 4096, cache)
+    assert typed == (
+        "trtexec --onnx=m.onnx --saveEngine=m.engine --stronglyTyped --memPoolSize=workspace:4096M "
+        "--timingCacheFile=t.cache"
+    )
+    profile = Profile.build((266, 266), (518, 518), (728, 728))
+    flags = trtexec_command(onnx, engine, plan_build(TrtVersion(8, 5), "int8"), "image", profile, 2048, None)
+    assert flags == (
+        "trtexec --onnx=m.onnx --saveEngine=m.engine --fp16 --int8 --minShapes=image:1x3x266x266 "
+        "--optShapes=image:1x3x518x518 --maxShapes=image:1x3x728x728 --memPoolSize=workspace:2048M"
+    )
+
+
+def test_timing_cache_is_keyed_by_release_and_gpu(tmp_path):
+    a = timing_cache_path(tmp_path, "10.3", "NVIDIA Orin (nvgpu)", (8, 7))
+    assert a.name == "timing-trt10.3-nvidia-orin-nvgpu-sm87.cache"
+    assert a != timing_cache_path(tmp_path, "10.4", "NVIDIA Orin (nvgpu)", (8, 7))
+    assert a != timing_cache_path(tmp_path, "10.3", "NVIDIA H100", (9, 0))
+
+
+def meta(trt="10.3.0.26", name="Orin", cc=(8, 7)):
+    return {"versions": {"tensorrt": trt}, "gpu": {"name": name, "compute_capability": list(cc)}}
+
+
+def test_engine_metadata_checks():
+    engine = Path("model.engine")
+    assert check_engine_metadata(engine, meta(), "10.3.0.26", "Orin", (8, 7)) == []
+    assert check_engine_metadata(engine, meta(trt="10.3.0.30"), "10.3.0.26", "Orin", (8, 7)) == []
+    with pytest.raises(ModelFileError, match=r"built with TensorRT 8.5.2.2 but 10.3.0.26 is installed.*export.trt"):
+        check_engine_metadata(engine, meta(trt="8.5.2.2"), "10.3.0.26", "Orin", (8, 7))
+    with pytest.raises(ModelFileError, match=r"built for RTX 4090 \(sm_89\) but this GPU is Orin \(sm_87\)"):
+        check_engine_metadata(engine, meta(name="RTX 4090", cc=(8, 9)), "10.3.0.26", "Orin", (8, 7))
+    (warning,) = check_engine_metadata(engine, meta(name="A10"), "10.3.0.26", "RTX 3080", (8, 7))
+    assert "tuned on A10" in warning
+    (warning,) = check_engine_metadata(engine, None, "10.3.0.26", "Orin", (8, 7))
+    assert "no model.engine.json" in warning
+
+
+def test_profile_bounds_and_dims():
+    check_profile((1, 3, 518, 518), (1, 3, 266, 266), (1, 3, 728, 728))
+    with pytest.raises(ValueError, match=r"outside the engine's profile.*--min/--max"):
+        check_profile((1, 3, 518, 742), (1, 3, 266, 266), (1, 3, 728, 728))
+    spec = spec_from_dims("image", (-1, 3, -1, -1))
+    assert spec.shape == (None, 3, None, None) and spec.fixed_hw is None
+    assert spec_from_dims("image", (1, 3, 518, 518)).fixed_hw == (518, 518)
+    with pytest.raises(ModelFileError):
+        spec_from_dims("image", (1, 518, 518))
+
+
+def test_cuda_device_names():
+    assert [parse_device(d) for d in ("auto", "cuda", "cuda:1")] == [0, 0, 1]
+    with pytest.raises(ValueError, match="CUDA GPU"):
+        parse_device("cpu")
+
+
+def test_plan_onnx_variant_names():
+    assert plan_build(TrtVersion(10, 3), "int8").onnx_suffix == ".trt-int8.onnx"
+    assert isinstance(plan_build(TrtVersion(8, 5), "fp16"), BuildPlan)
+
+
+def tensorrt_missing() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return True
+    return False
+
+
+@pytest.mark.skipif(not tensorrt_missing(), reason="TensorRT is installed here")
+def test_cli_without_tensorrt_fails_in_one_line_and_writes_nothing(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "export.trt", "--encoder", "vits", "--output", str(tmp_path / "out" / "m.engine")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 1
+    assert run.stderr.strip().count("\n") == 0 and "TensorRT is not installed" in run.stderr
+    assert "--onnx-only" in run.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--int8", "--onnx-only", "--encoder", "vits"], "--int8 needs calibration images"),
+        (["--onnx-only"], "give --onnx, --checkpoint or --encoder"),
+        (["--onnx-only", "--encoder", "vits", "--min", "266x266"], "needs all of --min, --opt and --max"),
+        (["--onnx-only", "--encoder", "vits", "--trt-version", "11", "--weakly-typed"], "strongly typed networks only"),
+    ],
+)
+def test_cli_refuses_requests_it_cannot_honour(tmp_path, argv, match):
+    run = subprocess.run(
+        [sys.executable, "-m", "export.trt", *argv],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+    )
+    assert run.returncode == 1 and match in run.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def gpu_ready() -> bool:
+    if tensorrt_missing():
+        return False
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpu_ready(), reason="needs TensorRT and a CUDA GPU")
+@pytest.mark.parametrize("precision,bound", [("fp16", 0.02), ("int8", 0.2)])
+def test_engine_builds_and_matches_pytorch(tmp_path, vits_checkpoint, precision, bound):
+    from export.onnx import compare
+    from runtime import DepthPredictor
+    from tests.sa1b import held_out_photos, make_shard
+
+    engine = tmp_path / f"vits.{precision}.engine"
+    argv = [
+        sys.executable,
+        "-m",
+        "export.trt",
+        f"--{precision}",
+        "--checkpoint",
+        str(vits_checkpoint),
+        "--output",
+        str(engine),
+    ]
+    if precision == "int8":
+        argv += ["--calib-dir", str(make_shard(tmp_path / "sa1b" / "sa_0.tar", 12).parent), "--calib-samples", "12"]
+    run = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    # the FP32 ONNX export.trt wrote beside the engine has the engine's fixed input shape
+    reference = DepthPredictor(tmp_path / "depth_anything_v2_vits.518x518.onnx", device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        predictor = DepthPredictor(engine)
+    for image in held_out_photos():
+        depth = predictor.predict(image)
+        assert depth.dtype == np.float32
+        assert compare(depth, reference.predict(image)).max_rel < bound
