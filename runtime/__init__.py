@@ -5,7 +5,16 @@ OpenVINO box with numpy, OpenCV and the one backend library installed.
 """
 
 from .errors import InputError, MissingDependencyError, ModelFileError
+from .metric import ScaleShift, fit_scale_shift
 from .predictor import DepthPredictor
 from .visualize import colorize
 
-__all__ = ["DepthPredictor", "InputError", "MissingDependencyError", "ModelFileError", "colorize"]
+__all__ = [
+    "DepthPredictor",
+    "InputError",
+    "MissingDependencyError",
+    "ModelFileError",
+    "ScaleShift",
+    "colorize",
+    "fit_scale_shift",
+]

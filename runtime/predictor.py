@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -86,6 +88,25 @@ class DepthPredictor:
                 for i, out in zip(part, outputs, strict=True):
                     depth[i] = pre.resize_depth(out, *images[i].shape[:2])
         return depth  # type: ignore[return-value]
+
+    def stream(
+        self, frames: Iterable[np.ndarray], rgb: bool | None = None, depth: int | None = None
+    ) -> Iterator[np.ndarray]:
+        """Depth for each frame of a video, in order, with pre-processing, inference and
+        post-processing of neighbouring frames overlapping.
+
+        Up to ``depth`` frames are in flight (default: the backend's concurrency + 2); frames
+        are read from the iterable only as results are consumed.
+        """
+        depth = depth or self._backend.max_concurrency + 2
+        pending: deque = deque()
+        with ThreadPoolExecutor(max_workers=depth, thread_name_prefix="depth-stream") as pool:
+            for frame in frames:
+                pending.append(pool.submit(self.predict, frame, rgb))
+                if len(pending) >= depth:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
 
     def info(self) -> dict[str, Any]:
         """Backend, device, precision, input shape and library versions."""

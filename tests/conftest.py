@@ -97,3 +97,10 @@ def vits_dynamic_onnx(tmp_path_factory, vits_model):
     from export.onnx import export_onnx
 
     return export_onnx(vits_model, tmp_path_factory.mktemp("onnx") / "vits_dynamic.onnx", dynamic=True)
+
+
+@pytest.fixture(scope="session")
+def vits_static_onnx(tmp_path_factory, vits_model):
+    from export.onnx import export_onnx
+
+    return export_onnx(vits_model, tmp_path_factory.mktemp("onnx") / "vits_518.onnx").path

@@ -14,6 +14,7 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "torch": ("runtime.backends.pytorch", "TorchBackend"),
     "onnxruntime": ("runtime.backends.onnxruntime", "OnnxRuntimeBackend"),
     "tensorrt": ("runtime.backends.tensorrt", "TensorRTBackend"),
+    "openvino": ("runtime.backends.openvino", "OpenVINOBackend"),
 }
 SUFFIXES: dict[str, str] = {
     ".pth": "torch",
@@ -22,6 +23,7 @@ SUFFIXES: dict[str, str] = {
     ".onnx": "onnxruntime",
     ".engine": "tensorrt",
     ".plan": "tensorrt",
+    ".xml": "openvino",
 }
 
 

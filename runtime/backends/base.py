@@ -43,6 +43,8 @@ def describe_source(model: Any) -> str:
 
 class Backend(ABC):
     name: ClassVar[str]
+    # How many calls may usefully run at once (OpenVINO: its infer requests); others serialise.
+    max_concurrency: int = 1
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

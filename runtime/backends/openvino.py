@@ -1,0 +1,161 @@
+"""OpenVINO backend: IR (``.xml``/``.bin``) or ONNX models on Intel CPUs, GPUs and NPUs.
+
+The inference precision is explicit. OpenVINO silently runs in bf16 on CPUs with AVX512-BF16
+or AMX (and f16 on GPUs); ``info()`` reports what the compiled model really uses, and
+``precision="fp32"`` forces f32. Several infer requests serve concurrent callers (the
+predictor's ``stream`` and threads) without one global lock.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ModelFileError, require
+from ..metadata import read_sidecar
+from .base import Backend, InputSpec
+
+PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+HINT_NAMES = {v: k for k, v in PRECISION_HINTS.items()}
+DEVICES = ("AUTO", "CPU", "GPU", "NPU")
+HINTS = ("LATENCY", "THROUGHPUT")
+
+
+def ov_device(device: str) -> str:
+    name = "AUTO" if device == "auto" else device.upper()
+    if name.split(".")[0] not in DEVICES:
+        raise ValueError(f"OpenVINO device must be one of auto, cpu, gpu, gpu.N, npu; not {device!r}")
+    return name
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dav2-edge" / "openvino"
+
+
+class OpenVINOBackend(Backend):
+    name = "openvino"
+
+    def __init__(
+        self,
+        model: Any,
+        device: str = "auto",
+        precision: str | None = None,
+        performance_hint: str = "LATENCY",
+        cache_dir: str | Path | None = "auto",
+        threads: int | None = None,
+    ) -> None:
+        super().__init__()
+        ov = require("openvino", "openvino", "OpenVINO")
+        self._ov = ov
+        if not isinstance(model, (str, Path)):
+            raise ModelFileError("the openvino backend loads .xml (IR) or .onnx files")
+        path = Path(model)
+        if not path.is_file():
+            raise ModelFileError(f"{path}: no such model file")
+        if path.suffix == ".xml" and not path.with_suffix(".bin").is_file():
+            raise ModelFileError(f"{path}: its weights {path.with_suffix('.bin').name} are missing beside it")
+        if performance_hint.upper() not in HINTS:
+            raise ValueError(f"performance_hint must be LATENCY or THROUGHPUT, not {performance_hint!r}")
+        if precision is not None and precision not in PRECISION_HINTS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISION_HINTS)}, got {precision!r}")
+        core = ov.Core()
+        if cache_dir is not None:
+            cache = default_cache_dir() if cache_dir == "auto" else Path(cache_dir)
+            cache.mkdir(parents=True, exist_ok=True)
+            core.set_property({"CACHE_DIR": str(cache)})
+        config: dict[str, Any] = {"PERFORMANCE_HINT": performance_hint.upper()}
+        if precision is not None:
+            config["INFERENCE_PRECISION_HINT"] = PRECISION_HINTS[precision]
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self._device_name = ov_device(device)
+        try:
+            model_ir = core.read_model(str(path))
+            self._compiled = core.compile_model(model_ir, self._device_name, config)
+        except RuntimeError as exc:
+            raise ModelFileError(f"{path}: OpenVINO cannot load it ({str(exc).strip().splitlines()[0]})") from exc
+        if len(self._compiled.inputs) != 1 or len(self._compiled.outputs) != 1:
+            raise ModelFileError(f"{path}: expected one image input and one output")
+        port = self._compiled.input(0)
+        shape = port.get_partial_shape()
+        if shape.rank.get_length() != 4:
+            raise ModelFileError(f"{path}: input has shape {shape}; expected (N, 3, H, W)")
+        dims = tuple(d.get_length() if d.is_static else None for d in shape)
+        self._spec = InputSpec(port.any_name, dims)  # type: ignore[arg-type]
+        try:
+            self._executing = [str(d) for d in self._compiled.get_property("EXECUTION_DEVICES")]
+        except RuntimeError:
+            self._executing = [self._device_name]
+        self._precision = self._compute_precision(core, precision)
+        self._weights = (read_sidecar(path) or {}).get("precision", "fp32")
+        try:
+            count = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        except RuntimeError:
+            count = 1
+        self._requests: queue.Queue = queue.Queue()
+        for _ in range(max(1, count)):
+            self._requests.put(self._compiled.create_infer_request())
+        self.max_concurrency = max(1, count)
+        self._hint = performance_hint.upper()
+
+    def _compute_precision(self, core: Any, asked: str | None) -> str:
+        """What the compiled model computes in: asked for, or the executing device's default."""
+        if asked is not None:
+            return asked
+        try:
+            hint = self._compiled.get_property("INFERENCE_PRECISION_HINT")
+        except RuntimeError:  # AUTO does not forward it: ask the device it picked
+            try:
+                hint = core.get_property(self._executing[0], "INFERENCE_PRECISION_HINT")
+            except RuntimeError:
+                return "device default"
+        name = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+        return HINT_NAMES.get(name, name)
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return self._spec
+
+    @property
+    def device(self) -> str:
+        return self._device_name
+
+    @property
+    def precision(self) -> str:
+        """Compute precision of the compiled model (weights may be int8/fp16: see ``info()``)."""
+        return self._precision
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        # Each caller borrows its own infer request, so concurrent callers overlap; no global lock.
+        batch = self.check_batch(batch)
+        if self._closed:
+            raise RuntimeError("the openvino backend was closed")
+        out = self._infer(batch)
+        return out.reshape(batch.shape[0], *out.shape[-2:]).astype(np.float32, copy=False)
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        request = self._requests.get()
+        try:
+            request.infer({0: batch})
+            return request.get_output_tensor(0).data.copy()
+        finally:
+            self._requests.put(request)
+
+    def versions(self) -> dict[str, str]:
+        return {"openvino": self._ov.get_version()}
+
+    def info(self) -> dict[str, Any]:
+        return {
+            **super().info(),
+            "weights": self._weights,
+            "execution_devices": self._executing,
+            "performance_hint": self._hint,
+            "infer_requests": self.max_concurrency,
+        }
+
+    def _release(self) -> None:
+        self._compiled = None
