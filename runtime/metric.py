@@ -58,7 +58,7 @@ def fit_scale_shift(relative: np.ndarray, known: np.ndarray, trim: float = 0.0) 
     if not 0.0 <= trim < 0.5:
         raise ValueError(f"trim must be in [0, 0.5), got {trim}")
     x, depth = _samples(relative, known)
-    if x.size < 2 or np.ptp(x) == 0:
+    if x.size < 2 or x.max() == x.min():
         raise InputError(f"need at least two known depths at pixels of different relative depth, got {x.size}")
     y = 1.0 / depth
 
