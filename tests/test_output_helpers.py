@@ -46,7 +46,7 @@ def test_trimming_ignores_outlier_points():
 
 @pytest.mark.parametrize(
     "known,match",
-    [(np.zeros((4, 4)), "at least two known depths"), (np.ones((3, 2)), "HxW map like the prediction")],
+    [(np.zeros((8, 8)), "at least two known depths"), (np.ones((3, 2)), "HxW map like the prediction")],
 )
 def test_bad_known_depths(known, match):
     with pytest.raises(InputError, match=match):
