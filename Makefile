@@ -1,4 +1,4 @@
-# make run   - set up and run the main job
+# make run   - set up and run the main job: the benchmark report (BENCH_ARGS=--quick for a short run)
 # make test  - set up and run the tests
 # Setup makes .venv, installs $(TORCH_SPEC) first (a CPU build where one is on disk), then the project.
 PYTHON ?= python3
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 run: setup
-	$(PY) -m runtime --sample --output-dir outputs
+	$(PY) -m benchmarks $(BENCH_ARGS)
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -30,4 +30,4 @@ lint: setup
 	$(PY) -m ruff format --check .
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) outputs reports artifacts .pytest_cache

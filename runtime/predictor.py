@@ -18,11 +18,12 @@ from .errors import InputError
 class DepthPredictor:
     """Relative inverse depth (larger = nearer) for images, at the images' own resolution.
 
-    ``model`` is a file (``.pth``/``.safetensors`` for PyTorch; the suffix picks the backend)
-    or a ``torch.nn.Module``; ``backend=`` overrides the choice. Dynamic-shape models get the
-    official keep-aspect resize with the short side at ``input_size``; fixed-shape models get
-    their own shape. Images are HxWx3 uint8 BGR (OpenCV's order; ``rgb=True`` for RGB) or
-    HxW gray. Calls are safe from several threads.
+    ``model`` is a file or a ``torch.nn.Module``; the suffix picks the backend (``.pth`` and
+    ``.safetensors``: torch, ``.onnx``: onnxruntime, ``.engine``/``.plan``: tensorrt, ``.xml``:
+    openvino) and ``backend=`` overrides it. Dynamic-shape models get the official keep-aspect
+    resize with the short side at ``input_size``; fixed-shape models get their own shape
+    (``fixed_size=(H, W)`` pins a dynamic model to one). Images are HxWx3 uint8 BGR (OpenCV's
+    order; ``rgb=True`` for RGB) or HxW gray. Calls are safe from several threads.
     """
 
     def __init__(
@@ -33,6 +34,7 @@ class DepthPredictor:
         input_size: int = 518,
         precision: str | None = None,
         rgb: bool = False,
+        fixed_size: tuple[int, int] | None = None,
         **backend_options: Any,
     ) -> None:
         if not isinstance(input_size, int) or input_size < pre.PATCH_SIZE:
@@ -42,6 +44,12 @@ class DepthPredictor:
         self._source = describe_source(model)
         self.input_size = input_size
         self.rgb = rgb
+        model_hw = self._backend.input_spec.fixed_hw
+        if fixed_size is not None and model_hw is not None and tuple(fixed_size) != model_hw:
+            raise ValueError(f"fixed_size {tuple(fixed_size)} differs from the model's fixed input {model_hw}")
+        # A fixed-shape model always gets its own shape; a dynamic one may be pinned to one
+        # (steady latency, and the same input a fixed-shape engine would see).
+        self.fixed_size = model_hw or (tuple(fixed_size) if fixed_size is not None else None)
 
     @property
     def backend(self) -> str:
@@ -55,9 +63,8 @@ class DepthPredictor:
     def prepare(self, image: np.ndarray, rgb: bool | None = None) -> np.ndarray:
         """The ``(1, 3, h, w)`` network input this predictor feeds its model for ``image``."""
         rgb = self.rgb if rgb is None else rgb
-        fixed = self._backend.input_spec.fixed_hw
-        if fixed is not None:
-            return pre.prepare_fixed(image, fixed, rgb)
+        if self.fixed_size is not None:
+            return pre.prepare_fixed(image, self.fixed_size, rgb)
         return pre.prepare_dynamic(image, self.input_size, rgb)
 
     def predict(self, image: np.ndarray, rgb: bool | None = None) -> np.ndarray:

@@ -162,3 +162,9 @@ def test_cli_writes_a_depth_png(tmp_path, tiny_model, photo):
 def test_cli_usage_errors_exit_2():
     run = subprocess.run([sys.executable, "-m", "runtime"], cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 2 and "give image files" in run.stderr
+
+
+def test_fixed_size_pins_a_dynamic_model(tiny_model, photo):
+    predictor = DepthPredictor(tiny_model, fixed_size=(140, 182))
+    assert predictor.prepare(photo).shape == (1, 3, 140, 182)
+    assert predictor.predict(photo).shape == photo.shape[:2]
