@@ -1,4 +1,7 @@
-"""Latency statistics and accuracy metrics, kept free of I/O so tests can check them exactly."""
+"""Latency statistics, kept free of I/O so tests can check them exactly.
+
+The accuracy metrics are the training core's zero-shot ones (``train.eval``), re-exported.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from train.eval import align_scale_shift, depth_metrics
+
+__all__ = ["Latency", "align_scale_shift", "depth_metrics", "summarize", "time_calls"]
 
 
 @dataclass(frozen=True)
@@ -66,33 +73,3 @@ def time_calls(
             synchronize()
         durations.append(clock() - start)
     return summarize(durations)
-
-
-def align_scale_shift(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``pred`` after the least-squares scale and shift that best match ``ref`` on ``mask``."""
-    x, y = pred[mask].astype(np.float64), ref[mask].astype(np.float64)
-    a = np.stack([x, np.ones_like(x)], axis=1)
-    (scale, shift), *_ = np.linalg.lstsq(a, y, rcond=None)
-    return scale * pred.astype(np.float64) + shift
-
-
-def depth_metrics(pred_disparity: np.ndarray, ref_disparity: np.ndarray, min_fraction: float = 1e-3) -> dict:
-    """AbsRel and delta1 of affine-invariant inverse depth, the zero-shot protocol.
-
-    The prediction is aligned to the reference in disparity space, both are turned into depth
-    (1 / disparity) and compared where the reference disparity is valid (finite and above
-    ``min_fraction`` of its maximum; aligned values are floored at the same level).
-    """
-    ref = np.asarray(ref_disparity, dtype=np.float64)
-    finite = np.isfinite(ref)
-    floor = min_fraction * (ref[finite].max() if finite.any() else 1.0)
-    mask = finite & (ref > floor)
-    if mask.sum() < 2:
-        raise ValueError("the reference has fewer than two valid pixels")
-    aligned = np.maximum(align_scale_shift(np.asarray(pred_disparity), ref, mask), floor)
-    pred_depth, ref_depth = 1.0 / aligned[mask], 1.0 / ref[mask]
-    ratio = np.maximum(pred_depth / ref_depth, ref_depth / pred_depth)
-    return {
-        "abs_rel": float(np.mean(np.abs(pred_depth - ref_depth) / ref_depth)),
-        "delta1": float(np.mean(ratio < 1.25)),
-    }

@@ -11,39 +11,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-import cv2
 import numpy as np
 
 from runtime.fileio import atomic_write, atomic_write_bytes
 from runtime.preprocessing import prepare_fixed
+from train.data import sa1b
 
 from .common import ExportError, check_hw
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # Bump when the preprocessing changes, so old caches are not reused.
 CACHE_VERSION = 1
 
 
 class CalibrationError(ExportError):
     """Not enough usable calibration images, or an unusable source."""
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One image: a file, or a member of a tar shard (``member`` set)."""
-
-    container: Path
-    member: str | None
-    size: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.container.name}:{self.member}" if self.member else str(self.container)
 
 
 @dataclass
@@ -64,57 +49,6 @@ class CalibrationReport:
 
 def _first(names: list[str], shown: int = 3) -> str:
     return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
-
-
-def safe_member_name(name: str) -> bool:
-    """Relative, no ``..``: the only names a well-formed SA-1B shard has."""
-    path = PurePosixPath(name)
-    return bool(name) and not path.is_absolute() and ".." not in path.parts and "\\" not in name
-
-
-def list_candidates(source: Path) -> tuple[list[Candidate], list[str]]:
-    """Every image under ``source`` (tar shards and loose files), sorted; and rejected member names."""
-    if not source.exists():
-        raise CalibrationError(f"{source}: calibration source does not exist (give an SA-1B folder or tar shard)")
-    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
-    candidates, rejected = [], []
-    for path in files:
-        if path.suffix == ".tar":
-            try:
-                with tarfile.open(path) as tar:
-                    for member in tar.getmembers():
-                        if not member.name.lower().endswith(IMAGE_SUFFIXES):
-                            continue
-                        if not member.isfile() or not safe_member_name(member.name):
-                            rejected.append(f"{path.name}:{member.name}")
-                            continue
-                        candidates.append(Candidate(path, member.name, member.size))
-            except (tarfile.TarError, OSError) as exc:
-                raise CalibrationError(f"{path}: unreadable tar shard ({exc})") from exc
-        elif path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
-            candidates.append(Candidate(path, None, path.stat().st_size))
-    candidates.sort(key=lambda c: (str(c.container), c.member or ""))
-    return candidates, rejected
-
-
-def read_bytes(candidate: Candidate, tars: dict[Path, tarfile.TarFile]) -> bytes:
-    if candidate.member is None:
-        return candidate.container.read_bytes()
-    tar = tars.get(candidate.container)
-    if tar is None:
-        tar = tars[candidate.container] = tarfile.open(candidate.container)
-    handle = tar.extractfile(candidate.member)
-    if handle is None:
-        raise OSError(f"{candidate.name} is not a regular file")
-    return handle.read()
-
-
-def decode(data: bytes) -> np.ndarray | None:
-    """A BGR image, or ``None`` for bytes that are not a complete image."""
-    if not data:
-        return None
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    return image if image is not None and min(image.shape[:2]) >= 14 else None
 
 
 def _save_npy(path: Path, data: np.ndarray) -> None:
@@ -141,7 +75,10 @@ class CalibrationSet:
         self.input_shape = check_hw(*input_shape, what="calibration")
         self.num_samples = num_samples
         self.seed = seed
-        candidates, rejected = list_candidates(self.source)
+        try:
+            candidates, rejected = sa1b.list_candidates(self.source)
+        except (FileNotFoundError, ValueError) as exc:
+            raise CalibrationError(str(exc)) from exc
         order = np.random.default_rng(seed).permutation(len(candidates))
         self._order = [candidates[i] for i in order]
         self.report = CalibrationReport(num_samples, rejected_members=rejected)
@@ -175,27 +112,17 @@ class CalibrationSet:
 
         height, width = self.input_shape
         data = np.empty((self.num_samples, 3, height, width), np.float32)
-        tars: dict[Path, tarfile.TarFile] = {}
         bar = tqdm(total=self.num_samples, desc="calibration images", unit="img", disable=not progress)
         try:
-            for candidate in self._order:
-                if len(self.report.used) == self.num_samples:
-                    break
-                try:
-                    image = decode(read_bytes(candidate, tars))
-                except (OSError, tarfile.TarError, KeyError):
-                    image = None
-                if image is None:
-                    self.report.corrupt.append(candidate.name)
-                    bar.set_postfix(corrupt=len(self.report.corrupt))
-                    continue
+            for candidate, image in sa1b.iter_images(self._order, self.report.corrupt):
                 data[len(self.report.used)] = prepare_fixed(image, (height, width))[0]
                 self.report.used.append(candidate.name)
+                bar.set_postfix(corrupt=len(self.report.corrupt))
                 bar.update()
+                if len(self.report.used) == self.num_samples:
+                    break
         finally:
             bar.close()
-            for tar in tars.values():
-                tar.close()
         data = data[: len(self.report.used)]
         if len(data) and self.cache_path is not None:
             atomic_write(self.cache_path, lambda tmp: _save_npy(tmp, data))

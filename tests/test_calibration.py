@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from export.calibration import CalibrationError, CalibrationSet, safe_member_name
+from export.calibration import CalibrationError, CalibrationSet
 from runtime.preprocessing import prepare_fixed
 from tests.sa1b import make_shard
+from train.data.sa1b import safe_member_name
 
 SHAPE = (140, 182)
 
@@ -71,7 +72,7 @@ def test_cache_is_reused_and_keyed_by_samples_and_shape(shard_dir, tmp_path, mon
     def no_decoding(data):
         raise AssertionError("decoded again although the cache holds these samples")
 
-    monkeypatch.setattr(calibration, "decode", no_decoding)
+    monkeypatch.setattr(calibration.sa1b, "decode", no_decoding)
     cached = CalibrationSet(shard_dir, 5, SHAPE, cache_dir=cache, progress=False)
     assert cached.report.used == first.report.used and cached.report.corrupt == first.report.corrupt
     assert np.array_equal(np.concatenate(list(cached)), np.concatenate(list(first)))

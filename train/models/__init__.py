@@ -1,6 +1,6 @@
 """Depth Anything V2 models: encoder table, model, checkpoint loading and saving."""
 
-from .checkpoint import CheckpointError, load_model, save_model, to_official
+from .checkpoint import CheckpointError, load_backbone, load_model, save_model, to_official
 from .depth_anything import DepthAnythingV2
 from .student import build_student
 from .teacher import build_teacher, freeze
@@ -16,6 +16,7 @@ __all__ = [
     "build_teacher",
     "freeze",
     "get_spec",
+    "load_backbone",
     "load_model",
     "save_model",
     "to_official",

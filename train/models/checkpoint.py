@@ -249,3 +249,39 @@ def save_model(model: torch.nn.Module, path: str | Path, metadata: Mapping[str, 
     meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+_BACKBONE_PREFIXES = ("pretrained.", "backbone.", "encoder.", "model.", "module.")
+
+
+def load_backbone(model: DepthAnythingV2, path: str | Path) -> list[str]:
+    """Initialise the encoder from DINOv2 weights (official ``dinov2_vits14.pth`` or timm naming).
+
+    Every encoder tensor must be present with the right shape (``mask_token`` may be absent:
+    timm drops it); anything else in the file (a classifier head, register tokens) is
+    returned as ignored keys. A mismatch is a ``CheckpointError`` listing what is wrong.
+    """
+    raw, _ = read_checkpoint(path)
+    state = {}
+    for key, value in raw.items():
+        for prefix in _BACKBONE_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+                break
+        state[key] = value
+    expected = model.pretrained.state_dict()
+    missing = [k for k in expected if k not in state and k != "mask_token"]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or wrong:
+        parts = [f"{path}: not DINOv2 {model.spec.name} encoder weights"]
+        if missing:
+            parts.append(f"missing keys: {_describe(missing)}")
+        if wrong:
+            parts.append(f"wrong shapes: {_describe(wrong)}")
+        raise CheckpointError("; ".join(parts))
+    model.pretrained.load_state_dict({k: state.get(k, v) for k, v in expected.items()})
+    return sorted(k for k in state if k not in expected)

@@ -30,6 +30,12 @@ class DepthAnythingV2(nn.Module):
     def encoder(self) -> str:
         return self.spec.name
 
+    def unused_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters kept for the official state-dict names that no forward pass uses:
+        DINOv2's mask token and the deepest fusion block's skip unit (it has no skip input).
+        Training freezes them; DDP would otherwise wait for their gradients forever."""
+        return [self.pretrained.mask_token, *self.depth_head.scratch.refinenet4.resConfUnit1.parameters()]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a (B, 3, H, W) batch, got shape {tuple(x.shape)}")

@@ -1,0 +1,91 @@
+"""Training datasets: ``sample(index, rng) -> (image CHW, target HW, mask HW)`` numpy arrays.
+
+Unreadable items are skipped (the next one is used) and counted, never crash a long run.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from . import sa1b
+from .synthetic import Scene
+from .transforms import to_disparity, training_sample
+
+
+class SceneDataset:
+    """Images with metric ground truth (procedural scenes or Hypersim), trained on inverse depth."""
+
+    def __init__(self, source, crop: int, jitter: bool = False) -> None:
+        self.source, self.crop, self.jitter = source, crop, jitter
+        self.skipped = 0
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def _scene(self, index: int) -> Scene:
+        for attempt in range(len(self)):
+            i = (index + attempt) % len(self)
+            scene = self.source.load(i) if hasattr(self.source, "load") else self.source[i]
+            if scene is not None:
+                return scene
+            self.skipped += 1
+        raise RuntimeError("no readable sample in the whole dataset")
+
+    def sample(self, index: int, rng: np.random.Generator):
+        scene = self._scene(index)
+        target = to_disparity(scene.depth, scene.mask)
+        return training_sample(scene.image, target, scene.mask & (target > 0), self.crop, rng, jitter=self.jitter)
+
+
+def read_label_index(labels: Path) -> list[dict]:
+    """All pseudo-label entries under ``labels`` (one ``<container>.json`` per finished shard)."""
+    entries = []
+    for index_path in sorted(labels.glob("*.json")):
+        index = json.loads(index_path.read_text())
+        for entry in index["entries"]:
+            entries.append({**entry, "container": index["container"], "labels": str(labels / index["labels"])})
+    return entries
+
+
+class PseudoLabelDataset:
+    """SA-1B images with the teacher's pseudo-labels (stage 3); colour jitter for the student."""
+
+    def __init__(self, labels: str | Path, crop: int, jitter: bool = True) -> None:
+        self.entries = read_label_index(Path(labels))
+        if not self.entries:
+            raise FileNotFoundError(f"{labels}: no pseudo-labels found (run python -m train.pseudo_label first)")
+        self.crop, self.jitter = crop, jitter
+        self.skipped = 0
+        self._tars: dict[Path, tarfile.TarFile] = {}
+        self._labels: dict[str, np.lib.npyio.NpzFile] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _load(self, entry: dict) -> tuple[np.ndarray, np.ndarray] | None:
+        candidate = sa1b.Candidate(Path(entry["container"]), entry["member"], 0)
+        try:
+            image = sa1b.decode(sa1b.read_bytes(candidate, self._tars))
+            if entry["labels"] not in self._labels:
+                self._labels[entry["labels"]] = np.load(entry["labels"])
+            label = self._labels[entry["labels"]][entry["key"]].astype(np.float32)
+        except (OSError, KeyError, ValueError, tarfile.TarError):
+            return None
+        if image is None:
+            return None
+        height, width = label.shape
+        return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA), label
+
+    def sample(self, index: int, rng: np.random.Generator):
+        for attempt in range(len(self)):
+            loaded = self._load(self.entries[(index + attempt) % len(self)])
+            if loaded is not None:
+                image, label = loaded
+                return training_sample(image, label, np.isfinite(label), self.crop, rng, jitter=self.jitter)
+            self.skipped += 1
+        raise RuntimeError("no readable pseudo-labelled image")

@@ -1,0 +1,40 @@
+"""``python -m train.distill``: stage 3, distil the student from pseudo-labelled SA-1B images.
+
+Resumable and ``torchrun``-ready like the other stages. The student starts from DINOv2
+weights when ``--init-backbone`` is given, otherwise from random weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from train.distillation import distill
+from train.engine import add_common_args, config_from_args, spec_or_encoder
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m train.distill", description=__doc__.splitlines()[0])
+    parser.add_argument("--labels", type=Path, required=True, help="pseudo-label folder (stage 2 output)")
+    parser.add_argument("--student", default="vits", choices=("vits", "vitb", "vitl"), help="default vits")
+    parser.add_argument("--init-backbone", type=Path, help="DINOv2 weights for the encoder (official or timm)")
+    parser.add_argument("--trim", type=float, default=0.1, help="fraction of worst pixels ignored (default 0.1)")
+    parser.add_argument("--alpha", type=float, default=2.0, help="gradient-matching weight (default 2)")
+    add_common_args(parser, steps=20000, crop=518)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = config_from_args(args)
+    try:
+        distill(args.labels, cfg, spec_or_encoder(args, args.student), args.init_backbone, args.trim, args.alpha)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""Stage 3: the student learns from the teacher's pseudo-labels on real images.
+
+The loss is Depth Anything V2's: scale-and-shift-invariant MAE with the worst 10% of pixels
+per image ignored (pseudo-labels are wrong in places), plus gradient matching (alpha = 2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from train.data.datasets import PseudoLabelDataset
+from train.engine import TrainConfig, train
+from train.losses import DistillationLoss
+from train.models import ModelSpec, build_student, load_backbone
+
+
+def distill(
+    labels: str | Path,
+    cfg: TrainConfig,
+    student: str | ModelSpec = "vits",
+    init_backbone: str | Path | None = None,
+    trim: float = 0.1,
+    alpha: float = 2.0,
+) -> dict:
+    model = build_student(student)
+    if init_backbone is not None:
+        load_backbone(model, init_backbone)
+    dataset = PseudoLabelDataset(labels, cfg.crop)
+    loss = DistillationLoss(alpha=alpha, trim=trim)
+    return train(model, dataset, loss, cfg, "student", {"labels": str(labels)})
