@@ -16,6 +16,18 @@ from pathlib import Path
 import numpy as np
 
 
+def peak_rss_kib() -> float:
+    """This process's peak resident memory. ``VmHWM`` belongs to this program alone; Linux
+    carries ``ru_maxrss`` over from the parent across exec, so it is only the fallback."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1])
+    except OSError:
+        pass
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
 def run(config: dict) -> dict:
     from runtime import DepthPredictor
 
@@ -44,7 +56,7 @@ def run(config: dict) -> dict:
     end_to_end = time_calls(lambda: predictor.predict(first), config["warmup"], config["runs"], synchronize=synchronize)
     outputs = {name: predictor.predict(image) for name, image in images.items()}
     info = predictor.info()
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_kib = peak_rss_kib()
     gpu_peak = None
     if synchronize is not None:
         import torch

@@ -108,7 +108,7 @@ def _finalise(raw: Path, path: Path, metadata: dict[str, str], slim: bool) -> No
     onnx = require("onnx", "onnx", "onnx")
     model = onnx.load(str(raw))
     if slim:
-        onnxslim = require("onnxslim", "onnx", "onnxslim (for --slim)")
+        onnxslim = require("onnxslim", "slim", "onnxslim (for --slim)")
         model = onnxslim.slim(model)
     for key, value in metadata.items():
         entry = model.metadata_props.add()

@@ -145,3 +145,18 @@ def test_bad_usage_exits_2(argv, match, capsys):
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2 and match in capsys.readouterr().err
+
+
+def test_peak_memory_is_the_worker_own():
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\nfrom benchmarks.worker import peak_rss_kib\n"
+        "before = peak_rss_kib()\nx = np.ones(200 * 2**20 // 8)\nprint(before, peak_rss_kib())"
+    )
+    before, after = map(
+        float, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    )
+    assert after - before > 150 * 1024  # the 200 MiB array shows up in KiB
+    assert before < 200 * 1024  # and a fresh interpreter does not start with its parent's peak

@@ -115,3 +115,24 @@ def test_distillation_loss_combines_with_alpha():
     value = loss(pred, target)
     assert value.item() == pytest.approx(loss.last["ssi"] + 2.0 * loss.last["gm"], rel=1e-5)
     assert loss.last["gm"] == pytest.approx(gradient_matching_loss(pred, target).item(), rel=1e-5)
+
+
+def test_feature_alignment_pulls_only_far_tokens():
+    from tests.conftest import make_tiny_spec
+    from train.losses import FeatureAlignedLoss
+    from train.models import DepthAnythingV2
+
+    torch.manual_seed(0)
+    student, frozen = DepthAnythingV2(make_tiny_spec()), DepthAnythingV2(make_tiny_spec())
+    base = DistillationLoss()
+    x, target = torch.randn(2, 3, 56, 56), torch.rand(2, 56, 56)
+    aligned = FeatureAlignedLoss(base, student.pretrained, frozen.pretrained, weight=1.0)
+    value = aligned(student(x), target)
+    assert value.item() == pytest.approx(base.last["ssi"] + 2 * base.last["gm"] + aligned.last["align"], rel=1e-5)
+    assert aligned.last["align"] > 0.1  # two random encoders disagree
+    value.backward()
+    assert student.pretrained.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in frozen.parameters())
+    same = FeatureAlignedLoss(DistillationLoss(), student.pretrained, student.pretrained)
+    same(student(x), target)
+    assert same.last["align"] == 0.0  # identical features are within the margin

@@ -241,8 +241,11 @@ def test_hypersim_reader_converts_distance_to_planar_depth(tmp_path):
         if colour is not None:
             with h5py.File(images / "scene_cam_00_final_hdf5" / f"{frame}.color.hdf5", "w") as f:
                 f["dataset"] = colour.astype(np.float16)
+    with h5py.File(images / "scene_cam_00_final_hdf5" / "frame.0002.color.hdf5", "w") as f:
+        f["dataset"] = np.zeros((height, width, 3), np.float16)  # colour whose depth file is missing
     data = Hypersim(tmp_path)
     assert len(data) == 1 and "no colour image" in data.skipped[0]
+    assert any("frame.0002.color.hdf5: no depth_meters file" in s for s in data.skipped)
     scene = data.load(0)
     assert scene.image.shape == (height, width, 3) and scene.image.dtype == np.uint8
     assert not scene.mask[0, 0] and scene.mask.sum() == height * width - 1

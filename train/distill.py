@@ -21,6 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--init-backbone", type=Path, help="DINOv2 weights for the encoder (official or timm)")
     parser.add_argument("--trim", type=float, default=0.1, help="fraction of worst pixels ignored (default 0.1)")
     parser.add_argument("--alpha", type=float, default=2.0, help="gradient-matching weight (default 2)")
+    parser.add_argument(
+        "--align-backbone", type=Path, help="frozen DINOv2 weights to align the student's features to (optional)"
+    )
+    parser.add_argument("--align-weight", type=float, default=1.0, help="feature-alignment weight (default 1)")
     add_common_args(parser, steps=20000, crop=518)
     return parser
 
@@ -29,7 +33,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
     try:
-        distill(args.labels, cfg, spec_or_encoder(args, args.student), args.init_backbone, args.trim, args.alpha)
+        distill(
+            args.labels,
+            cfg,
+            spec_or_encoder(args, args.student),
+            args.init_backbone,
+            args.trim,
+            args.alpha,
+            args.align_backbone,
+            args.align_weight,
+        )
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from train.data.datasets import PseudoLabelDataset
 from train.engine import TrainConfig, train
-from train.losses import DistillationLoss
-from train.models import ModelSpec, build_student, load_backbone
+from train.losses import DistillationLoss, FeatureAlignedLoss
+from train.models import DepthAnythingV2, ModelSpec, build_student, load_backbone
 
 
 def distill(
@@ -21,10 +21,18 @@ def distill(
     init_backbone: str | Path | None = None,
     trim: float = 0.1,
     alpha: float = 2.0,
+    align_backbone: str | Path | None = None,
+    align_weight: float = 1.0,
 ) -> dict:
+    """Train a student on pseudo-labels; with ``align_backbone`` (DINOv2 weights of the
+    student's size) its encoder is also kept close to that frozen encoder's features."""
     model = build_student(student)
     if init_backbone is not None:
         load_backbone(model, init_backbone)
     dataset = PseudoLabelDataset(labels, cfg.crop)
     loss = DistillationLoss(alpha=alpha, trim=trim)
+    if align_backbone is not None:
+        frozen = DepthAnythingV2(model.spec)
+        load_backbone(frozen, align_backbone)
+        loss = FeatureAlignedLoss(loss, model.pretrained, frozen.pretrained, weight=align_weight)
     return train(model, dataset, loss, cfg, "student", {"labels": str(labels)})

@@ -51,6 +51,12 @@ def _read_h5(path: Path, h5py) -> np.ndarray:
         return np.asarray(f["dataset"])
 
 
+def _frame_key(path: Path) -> tuple[Path, str, str]:
+    """(images folder, camera, frame) of any of a frame's files."""
+    camera = re.sub(r"_(final_hdf5|final_preview|geometry_hdf5)$", "", path.parent.name)
+    return path.parent.parent, camera, path.name.split(".")[0] + "." + path.name.split(".")[1]
+
+
 @dataclass
 class Hypersim:
     """Frames with colour and depth under ``root`` (any number of scenes)."""
@@ -74,6 +80,10 @@ class Hypersim:
                 self.frames.append((preview, depth))
             else:
                 self.skipped.append(f"{depth}: no colour image")
+        with_depth = {_frame_key(depth) for _, depth in self.frames}
+        for colour in sorted(self.root.rglob("*.color.hdf5")) + sorted(self.root.rglob("*.tonemap.jpg")):
+            if _frame_key(colour) not in with_depth:
+                self.skipped.append(f"{colour}: no depth_meters file")
         if not self.frames:
             raise FileNotFoundError(f"{self.root}: no Hypersim frames (*.depth_meters.hdf5 with colour) found")
 
