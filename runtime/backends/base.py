@@ -7,6 +7,7 @@ hands over to the backend's ``_infer``; pre- and post-processing live in the pre
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -85,7 +86,9 @@ class Backend(ABC):
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         batch = self.check_batch(batch)
-        with self._lock:
+        # Backends that can serve several callers at once (OpenVINO's infer requests) manage
+        # their own resources; the others run one call at a time.
+        with self._lock if self.max_concurrency == 1 else contextlib.nullcontext():
             if self._closed:
                 raise RuntimeError(f"the {self.name} backend was closed")
             out = self._infer(batch)

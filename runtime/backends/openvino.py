@@ -129,14 +129,6 @@ class OpenVINOBackend(Backend):
         """Compute precision of the compiled model (weights may be int8/fp16: see ``info()``)."""
         return self._precision
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        # Each caller borrows its own infer request, so concurrent callers overlap; no global lock.
-        batch = self.check_batch(batch)
-        if self._closed:
-            raise RuntimeError("the openvino backend was closed")
-        out = self._infer(batch)
-        return out.reshape(batch.shape[0], *out.shape[-2:]).astype(np.float32, copy=False)
-
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         request = self._requests.get()
         try:

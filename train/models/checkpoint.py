@@ -188,11 +188,8 @@ def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tens
         if k in state_dict and state_dict[k].shape != v.shape
     ]
     if missing or unexpected or wrong:
-        parts = [
-            f"{source}: the checkpoint does not fit DepthAnythingV2({model.spec.name!r})"
-            if source
-            else f"the checkpoint does not fit DepthAnythingV2({model.spec.name!r})"
-        ]
+        prefix = f"{source}: " if source else ""
+        parts = [f"{prefix}the checkpoint does not fit DepthAnythingV2({model.spec.name!r})"]
         if missing:
             parts.append(f"missing keys: {_describe(missing)}")
         if unexpected:
