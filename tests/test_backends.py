@@ -208,3 +208,21 @@ def test_openvino_int8_from_an_sa1b_shard(tmp_path, vits_checkpoint):
     predictor = DepthPredictor(out / "vits.int8.xml")
     assert predictor.info()["weights"] == "int8"
     assert predictor.predict(np.zeros((100, 100, 3), np.uint8)).shape == (100, 100)
+
+
+def test_provider_and_device_choices():
+    from runtime.backends.onnxruntime import choose_providers
+    from runtime.backends.openvino import ov_device
+
+    cpu_only = ["CPUExecutionProvider"]
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers("auto", cpu_only) == cpu_only
+    assert choose_providers("auto", gpu) == gpu
+    assert choose_providers("cuda:0", gpu) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    with pytest.raises(ValueError, match="install onnxruntime-gpu"):
+        choose_providers("cuda", cpu_only)
+    with pytest.raises(ValueError, match="device must be auto"):
+        choose_providers("tpu", cpu_only)
+    assert [ov_device(d) for d in ("auto", "cpu", "gpu.1", "npu")] == ["AUTO", "CPU", "GPU.1", "NPU"]
+    with pytest.raises(ValueError, match="OpenVINO device"):
+        ov_device("cuda")
