@@ -62,11 +62,49 @@ def load_source_model(checkpoint: str | Path | None, encoder: str | None) -> Any
     return DepthAnythingV2(encoder).eval()
 
 
-def add_source_args(parser: argparse.ArgumentParser) -> None:
+def add_source_args(parser: argparse.ArgumentParser, onnx: bool = False) -> None:
     parser.add_argument("--checkpoint", type=Path, help="model checkpoint: official .pth, HF or own .safetensors")
     parser.add_argument(
         "--encoder", choices=("vits", "vitb", "vitl", "vitg"), help="encoder (read from the checkpoint if omitted)"
     )
+    if onnx:
+        parser.add_argument("--onnx", type=Path, help="FP32 ONNX from python -m export.onnx (instead of --checkpoint)")
+
+
+def add_precision_args(parser: argparse.ArgumentParser, helps: dict[str, str], default: str) -> None:
+    """Mutually exclusive ``--fp16``/``--int8``/... flags that set ``args.precision``."""
+    group = parser.add_mutually_exclusive_group()
+    for name, text in helps.items():
+        group.add_argument(f"--{name}", dest="precision", action="store_const", const=name, help=text)
+    parser.set_defaults(precision=default)
+
+
+def check_request(args: argparse.Namespace) -> None:
+    """What every export from ``--onnx``/``--checkpoint``/``--encoder`` with a precision needs."""
+    if args.precision == "int8" and args.calib_dir is None:
+        raise ExportError("--int8 needs calibration images: pass --calib-dir with SA-1B shards or an image folder")
+    if args.onnx is None and args.checkpoint is None and args.encoder is None:
+        raise ExportError("give --onnx, --checkpoint or --encoder")
+
+
+def source_stem(args: argparse.Namespace) -> str:
+    given = args.onnx or args.checkpoint
+    return given.stem if given else f"random_{args.encoder}"
+
+
+def source_onnx(
+    args: argparse.Namespace, folder: Path, height: int, width: int, dynamic: bool, opset: int = 17
+) -> Path:
+    """``--onnx`` as given, or a verified FP32 export of the checkpoint written into ``folder``."""
+    if args.onnx is not None:
+        return args.onnx
+    from .onnx import export_onnx
+
+    path = folder / f"{source_stem(args)}.{'dynamic' if dynamic else f'{height}x{width}'}.onnx"
+    print(f"exporting ONNX (opset {opset}) -> {path}")
+    model = load_source_model(args.checkpoint, args.encoder)
+    export_onnx(model, path, height, width, dynamic=dynamic, opset=opset, source=str(args.checkpoint))
+    return path
 
 
 def run_cli(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: list[str] | None) -> int:

@@ -18,7 +18,16 @@ import numpy as np
 from runtime.errors import require
 from runtime.metadata import library_versions, read_sidecar, sha256_file, write_sidecar
 
-from .common import ExportError, add_source_args, load_source_model, parse_hw, run_cli
+from .common import (
+    ExportError,
+    add_precision_args,
+    add_source_args,
+    check_request,
+    parse_hw,
+    run_cli,
+    source_onnx,
+    source_stem,
+)
 from .onnx import compare, verification_input
 
 PRECISIONS = ("fp16", "int8", "fp32")
@@ -107,12 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m export.openvino",
         description="Convert to OpenVINO IR: FP16 (default) or INT8 calibrated with NNCF on SA-1B samples.",
     )
-    add_source_args(parser)
-    parser.add_argument("--onnx", type=Path, help="FP32 ONNX from python -m export.onnx (instead of --checkpoint)")
-    group = parser.add_mutually_exclusive_group()
-    for name in PRECISIONS:
-        group.add_argument(f"--{name}", dest="precision", action="store_const", const=name, help=f"{name.upper()} IR")
-    parser.set_defaults(precision="fp16")
+    add_source_args(parser, onnx=True)
+    add_precision_args(parser, {name: f"{name.upper()} IR" for name in PRECISIONS}, "fp16")
     parser.add_argument("--shape", type=parse_hw, default=(518, 518), help="static input HxW (default 518x518)")
     parser.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
     parser.add_argument("--calib-dir", type=Path, help="SA-1B tar shards or an image folder (INT8)")
@@ -123,21 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.precision == "int8" and args.calib_dir is None:
-        raise ExportError("--int8 needs calibration images: pass --calib-dir with SA-1B shards or an image folder")
-    if args.onnx is None and args.checkpoint is None and args.encoder is None:
-        raise ExportError("give --onnx, --checkpoint or --encoder")
-    stem = (args.onnx or args.checkpoint).stem if (args.onnx or args.checkpoint) else f"random_{args.encoder}"
-    output = args.output or Path("artifacts") / f"{stem}.{args.precision}.xml"
+    check_request(args)
+    output = args.output or Path("artifacts") / f"{source_stem(args)}.{args.precision}.xml"
     height, width = args.shape
-    source = args.onnx
-    if source is None:
-        from .onnx import export_onnx
-
-        source = output.parent / f"{stem}.{'dynamic' if args.dynamic else f'{height}x{width}'}.onnx"
-        print(f"exporting ONNX -> {source}")
-        model = load_source_model(args.checkpoint, args.encoder)
-        export_onnx(model, source, height, width, dynamic=args.dynamic, source=str(args.checkpoint))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    source = source_onnx(args, output.parent, height, width, args.dynamic)
     calibration = None
     if args.precision == "int8":
         from .calibration import CalibrationSet

@@ -26,7 +26,17 @@ from runtime.errors import MissingDependencyError, require
 from runtime.fileio import atomic_write_bytes
 from runtime.metadata import library_versions, read_sidecar, sha256_file, write_sidecar
 
-from .common import ExportError, add_source_args, check_hw, load_source_model, parse_hw, run_cli
+from .common import (
+    ExportError,
+    add_precision_args,
+    add_source_args,
+    check_hw,
+    check_request,
+    parse_hw,
+    run_cli,
+    source_onnx,
+    source_stem,
+)
 from .quantize import DEFAULT_METHOD, METHODS
 
 PRECISIONS = ("fp16", "int8", "fp32")
@@ -225,13 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m export.trt",
         description="Build a TensorRT engine (FP16 default, INT8 calibrated on SA-1B samples into explicit Q/DQ).",
     )
-    add_source_args(parser)
-    parser.add_argument("--onnx", type=Path, help="FP32 ONNX from python -m export.onnx (instead of --checkpoint)")
-    precision = parser.add_mutually_exclusive_group()
-    precision.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="FP16 (default)")
-    precision.add_argument("--int8", dest="precision", action="store_const", const="int8", help="INT8 with --calib-dir")
-    precision.add_argument("--fp32", dest="precision", action="store_const", const="fp32", help="FP32 (reference)")
-    parser.set_defaults(precision="fp16")
+    add_source_args(parser, onnx=True)
+    add_precision_args(
+        parser, {"fp16": "FP16 (default)", "int8": "INT8 with --calib-dir", "fp32": "FP32 (reference)"}, "fp16"
+    )
     parser.add_argument("--calib-dir", type=Path, help="SA-1B tar shards or image folder (INT8)")
     parser.add_argument("--calib-samples", type=int, default=500, help="calibration images (default 500)")
     parser.add_argument(
@@ -274,33 +281,22 @@ def main(args: argparse.Namespace) -> int:
             "TensorRT is not installed here: pip install 'dav2-edge[tensorrt]' (" + JETPACK_NOTE + "), "
             "or pass --onnx-only to write the TensorRT-ready ONNX and build it on the target"
         )
-    if args.precision == "int8" and args.calib_dir is None:
-        raise ExportError("--int8 needs calibration images: pass --calib-dir with SA-1B shards or an image folder")
-    if args.onnx is None and args.checkpoint is None and args.encoder is None:
-        raise ExportError("give --onnx, --checkpoint or --encoder")
+    check_request(args)
     version = TrtVersion.parse(trt.__version__ if trt is not None else (args.trt_version or DEFAULT_TARGET))
     if trt is not None and args.trt_version and TrtVersion.parse(args.trt_version) != version:
         raise ExportError(f"--trt-version {args.trt_version} differs from the installed TensorRT {trt.__version__}")
     plan = plan_build(version, args.precision, args.weakly_typed)
     profile = resolve_profile(args)
     height, width = profile.opt[1:] if profile else check_hw(*args.shape)
-    stem = (args.onnx or args.checkpoint).stem if (args.onnx or args.checkpoint) else f"random_{args.encoder}"
-    output = args.output or Path("artifacts") / f"{stem}.{args.precision}.engine"
+    output = args.output or Path("artifacts") / f"{source_stem(args)}.{args.precision}.engine"
     if output.suffix not in (".engine", ".plan"):
         raise ExportError(f"{output}: engine files end in .engine or .plan")
     folder = output.parent
     folder.mkdir(parents=True, exist_ok=True)
 
-    from .onnx import export_onnx
-
     started = time.perf_counter()
-    source = args.onnx
-    if source is None:
-        source = folder / f"{stem}.{'dynamic' if profile else f'{height}x{width}'}.onnx"
-        model = load_source_model(args.checkpoint, args.encoder)
-        opset = 17 if version.has_layernorm_op else 16
-        print(f"exporting ONNX (opset {opset}) -> {source}")
-        export_onnx(model, source, height, width, dynamic=profile is not None, opset=opset, source=str(args.checkpoint))
+    opset = 17 if version.has_layernorm_op else 16
+    source = source_onnx(args, folder, height, width, dynamic=profile is not None, opset=opset)
     opset, has_ln, input_name, dynamic = onnx_facts(source)
     check_opset(version, opset, has_ln)
     if profile is not None and not dynamic:

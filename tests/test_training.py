@@ -83,7 +83,7 @@ def test_three_stages_end_to_end(tmp_path):
         *COMMON,
     )
     source = scenes_shard(tmp_path / "sa1b" / "sa_000000.tar", 40, seed=7)
-    run = stage(
+    label = [
         "train.pseudo_label",
         "--teacher",
         str(tmp_path / "teacher" / "model.safetensors"),
@@ -93,21 +93,12 @@ def test_three_stages_end_to_end(tmp_path):
         str(tmp_path / "labels"),
         "--size",
         CROP,
-    )
+    ]
+    run = stage(*label)
     assert "40 images labelled in 1 shards" in run.stdout and "1 corrupt images skipped" in run.stdout
     index = json.loads((tmp_path / "labels" / "sa_000000.tar.json").read_text())
     assert len(index["entries"]) == 40 and np.load(tmp_path / "labels" / "sa_000000.tar.npz")["m0"].dtype == np.float16
-    again = stage(
-        "train.pseudo_label",
-        "--teacher",
-        str(tmp_path / "teacher" / "model.safetensors"),
-        "--source",
-        str(source),
-        "--output",
-        str(tmp_path / "labels"),
-        "--size",
-        CROP,
-    )
+    again = stage(*label)
     assert "1 shards already done" in again.stdout  # no work repeated
     stage(
         "train.distill",

@@ -43,25 +43,18 @@ def describe_source(model: Any) -> str:
 
 
 class Backend(ABC):
+    """Subclasses set ``input_spec`` (read from the model itself), ``device`` and ``precision``."""
+
     name: ClassVar[str]
+    input_spec: InputSpec
+    device: str
+    precision: str
     # How many calls may usefully run at once (OpenVINO: its infer requests); others serialise.
     max_concurrency: int = 1
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._closed = False
-
-    @property
-    @abstractmethod
-    def input_spec(self) -> InputSpec: ...
-
-    @property
-    @abstractmethod
-    def device(self) -> str: ...
-
-    @property
-    @abstractmethod
-    def precision(self) -> str: ...
 
     @abstractmethod
     def _infer(self, batch: np.ndarray) -> np.ndarray:

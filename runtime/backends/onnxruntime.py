@@ -94,31 +94,20 @@ class OnnxRuntimeBackend(Backend):
         dims = inputs[0].shape
         if len(dims) != 4:
             raise ModelFileError(f"{path}: input {inputs[0].name!r} has shape {dims}; expected (N, 3, H, W)")
-        self._spec = InputSpec(inputs[0].name, tuple(d if isinstance(d, int) and d > 0 else None for d in dims))
+        self.input_spec = InputSpec(inputs[0].name, tuple(d if isinstance(d, int) and d > 0 else None for d in dims))
         self._output = outputs[0].name
         self._providers = self._session.get_providers()
         meta = read_sidecar(path) or {}
-        self._precision = precision or meta.get("precision") or "fp32"
+        self.precision = precision or meta.get("precision") or "fp32"
+        self.device = self._providers[0].replace("ExecutionProvider", "").lower()
         self._io_binding = self._providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
         self._threads = options.intra_op_num_threads
 
-    @property
-    def input_spec(self) -> InputSpec:
-        return self._spec
-
-    @property
-    def device(self) -> str:
-        return self._providers[0].replace("ExecutionProvider", "").lower()
-
-    @property
-    def precision(self) -> str:
-        return self._precision
-
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         if not self._io_binding:
-            return self._session.run([self._output], {self._spec.name: batch})[0]
+            return self._session.run([self._output], {self.input_spec.name: batch})[0]
         binding = self._session.io_binding()
-        binding.bind_cpu_input(self._spec.name, batch)
+        binding.bind_cpu_input(self.input_spec.name, batch)
         binding.bind_output(self._output, "cuda")
         self._session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]

@@ -72,10 +72,10 @@ class OpenVINOBackend(Backend):
             config["INFERENCE_PRECISION_HINT"] = PRECISION_HINTS[precision]
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        self._device_name = ov_device(device)
+        self.device = ov_device(device)
         try:
             model_ir = core.read_model(str(path))
-            self._compiled = core.compile_model(model_ir, self._device_name, config)
+            self._compiled = core.compile_model(model_ir, self.device, config)
         except RuntimeError as exc:
             raise ModelFileError(f"{path}: OpenVINO cannot load it ({str(exc).strip().splitlines()[0]})") from exc
         if len(self._compiled.inputs) != 1 or len(self._compiled.outputs) != 1:
@@ -85,12 +85,12 @@ class OpenVINOBackend(Backend):
         if shape.rank.get_length() != 4:
             raise ModelFileError(f"{path}: input has shape {shape}; expected (N, 3, H, W)")
         dims = tuple(d.get_length() if d.is_static else None for d in shape)
-        self._spec = InputSpec(port.any_name, dims)  # type: ignore[arg-type]
+        self.input_spec = InputSpec(port.any_name, dims)  # type: ignore[arg-type]
         try:
             self._executing = [str(d) for d in self._compiled.get_property("EXECUTION_DEVICES")]
         except RuntimeError:
-            self._executing = [self._device_name]
-        self._precision = self._compute_precision(core, precision)
+            self._executing = [self.device]
+        self.precision = self._compute_precision(core, precision)
         self._weights = (read_sidecar(path) or {}).get("precision", "fp32")
         try:
             count = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
@@ -115,19 +115,6 @@ class OpenVINOBackend(Backend):
                 return "device default"
         name = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
         return HINT_NAMES.get(name, name)
-
-    @property
-    def input_spec(self) -> InputSpec:
-        return self._spec
-
-    @property
-    def device(self) -> str:
-        return self._device_name
-
-    @property
-    def precision(self) -> str:
-        """Compute precision of the compiled model (weights may be int8/fp16: see ``info()``)."""
-        return self._precision
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         request = self._requests.get()

@@ -51,35 +51,20 @@ class TorchBackend(Backend):
                 raise ModelFileError(str(exc)) from exc
         if not isinstance(model, torch.nn.Module):
             raise ModelFileError(f"the torch backend needs a torch.nn.Module, got {type(model).__name__}")
-        self._device = resolve_device(torch, device)
-        self._precision = resolve_precision(self._device, precision)
-        self._model = model.to(self._device).eval()
-
-    @property
-    def input_spec(self) -> InputSpec:
-        return InputSpec("image", (None, 3, None, None))
-
-    @property
-    def device(self) -> str:
-        return self._device
-
-    @property
-    def precision(self) -> str:
-        return self._precision
-
-    @property
-    def module(self) -> Any:
-        return self._model
+        self.device = resolve_device(torch, device)
+        self.precision = resolve_precision(self.device, precision)
+        self._model = model.to(self.device).eval()
+        self.input_spec = InputSpec("image", (None, 3, None, None))
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self._precision == "fp32":
+        if self.precision == "fp32":
             return contextlib.nullcontext()
-        dtype = self._torch.float16 if self._precision == "fp16" else self._torch.bfloat16
-        return self._torch.autocast(self._device.split(":")[0], dtype=dtype)
+        dtype = self._torch.float16 if self.precision == "fp16" else self._torch.bfloat16
+        return self._torch.autocast(self.device.split(":")[0], dtype=dtype)
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
-        x = torch.from_numpy(batch).to(self._device, non_blocking=True)
+        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
         with torch.inference_mode(), self._autocast():
             y = self._model(x)
         return y.float().cpu().numpy()

@@ -88,8 +88,8 @@ class TensorRTBackend(Backend):
         meta = read_sidecar(path)
         for message in check_engine_metadata(path, meta, trt.__version__, gpu_name, capability):
             warnings.warn(message, stacklevel=2)
-        self._device = f"cuda:{index} ({gpu_name})"
-        self._precision = precision or (meta or {}).get("precision", "unknown")
+        self.device = f"cuda:{index} ({gpu_name})"
+        self.precision = precision or (meta or {}).get("precision", "unknown")
         self._cuda.activate()
         try:
             self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
@@ -109,22 +109,10 @@ class TensorRTBackend(Backend):
         if len(inputs) != 1 or len(outputs) != 1:
             raise ModelFileError(f"{path}: expected one input and one output, found {inputs} and {outputs}")
         (self._input,), (self._output,) = inputs, outputs
-        self._spec = spec_from_dims(self._input, tuple(self._engine.get_tensor_shape(self._input)))
+        self.input_spec = spec_from_dims(self._input, tuple(self._engine.get_tensor_shape(self._input)))
         low, _, high = self._engine.get_tensor_profile_shape(self._input, 0)
         self._profile = (tuple(low), tuple(high))
         self._buffers: dict[str, tuple[int, int, np.ndarray, int]] = {}  # name -> (device, host ptr, host, bytes)
-
-    @property
-    def input_spec(self) -> InputSpec:
-        return self._spec
-
-    @property
-    def device(self) -> str:
-        return self._device
-
-    @property
-    def precision(self) -> str:
-        return self._precision
 
     def _buffer(self, tensor: str, nbytes: int) -> tuple[int, int, np.ndarray]:
         held = self._buffers.get(tensor)
