@@ -18,7 +18,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train.distill", description=__doc__.splitlines()[0])
     parser.add_argument("--labels", type=Path, required=True, help="pseudo-label folder (stage 2 output)")
     parser.add_argument("--student", default="vits", choices=("vits", "vitb", "vitl"), help="default vits")
-    parser.add_argument("--init-backbone", type=Path, help="DINOv2 weights for the encoder (official or timm)")
     parser.add_argument("--trim", type=float, default=0.1, help="fraction of worst pixels ignored (default 0.1)")
     parser.add_argument("--alpha", type=float, default=2.0, help="gradient-matching weight (default 2)")
     parser.add_argument(

@@ -226,6 +226,7 @@ def add_common_args(parser: argparse.ArgumentParser, steps: int, crop: int) -> N
     parser.add_argument("--workers", type=int, default=2, help="data loader workers per rank")
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="mixed precision (GPU)")
     parser.add_argument("--spec", help="custom architecture as ModelSpec JSON (small test models)")
+    parser.add_argument("--init-backbone", type=Path, help="DINOv2 weights for the encoder (official or timm)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

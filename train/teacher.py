@@ -35,7 +35,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train.teacher", description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="synthetic:1000", help="synthetic:N or hypersim:/path (default synthetic)")
     parser.add_argument("--encoder", default=TEACHER_ENCODER, help="teacher encoder (default vitg)")
-    parser.add_argument("--init-backbone", type=Path, help="DINOv2 weights for the encoder (official or timm)")
     add_common_args(parser, steps=20000, crop=518)
     return parser
 
