@@ -15,6 +15,7 @@ from export.common import parse_hw
 from .artifacts import calibration_folder, load_images, resolve_model
 from .machine import machine_facts
 from .report import rank, write_report
+from .roofline import count_macs, gemm_ceilings, lower_bounds
 from .runner import Settings, make_configs, reference_outputs, run_config
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
@@ -55,6 +56,44 @@ def has_gpu() -> bool:
         return False
 
 
+def measure_roofline(configs: list, sizes: list[tuple[int, int]]) -> dict:
+    """The model's work per frame at each size (counted on its FP32 ONNX, exported if no row
+    built it) and the CPU's measured matrix-multiply ceilings per number format."""
+    work = {}
+    for size in sizes:
+        onnx_config = next(c for c in configs if (c.backend, c.precision, c.size) == ("onnxruntime", "fp32", size))
+        try:
+            macs = count_macs(onnx_config.build())
+        except Exception as exc:  # no onnx installed, or an export that failed: the report says so
+            print(
+                f"note: no operation count for {size[0]}x{size[1]} ({exc.__class__.__name__}: {exc})", file=sys.stderr
+            )
+            continue
+        work[f"{size[0]}x{size[1]}"] = {"macs": macs, "ops": 2 * sum(macs.values())}
+    ceilings = gemm_ceilings()
+    bounds = {key: lower_bounds(w["ops"], ceilings) for key, w in work.items()}
+    return {"ceilings": ceilings, "work": work, "lower_bounds_s": bounds}
+
+
+def compute_format(precision: str) -> str:
+    """The number format a row computes in: the part after '/' where weights and compute differ."""
+    name = precision.split("/")[-1]
+    return {"f32": "fp32", "f16": "fp16"}.get(name, name)
+
+
+def add_throughput(rows: list[dict], roofline: dict) -> None:
+    """Achieved operations/s of each row's model call and its share of the format's CPU ceiling."""
+    for row in rows:
+        work = roofline["work"].get(f"{row['size'][0]}x{row['size'][1]}")
+        if not work or not row.get("model_call"):
+            continue
+        row["ops_per_s"] = work["ops"] / row["model_call"]["median"]
+        ceiling = roofline["ceilings"].get(compute_format(row["precision"]))
+        on_cpu = str((row.get("info") or {}).get("device", "cpu")).lower().startswith("cpu")
+        if ceiling and on_cpu:
+            row["share_of_ceiling"] = row["ops_per_s"] / ceiling["ops_per_s"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -87,9 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     timing_image = next(iter(images))
     images_npz = workdir / "eval_images.npz"
     np.savez(images_npz, **images)
+    every_config = make_configs(source, sizes, settings, has_gpu())
     configs = [
         c
-        for c in make_configs(source, sizes, settings, has_gpu())
+        for c in every_config
         if c.backend in backends and (not precisions or any(p in c.precision.split("/") for p in precisions))
     ]
     from tqdm import tqdm
@@ -104,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
             + (f" ({config.result['error']})" if config.result.get("error") else "")
         )
     rows = [{"backend": c.backend, "precision": c.precision, "size": list(c.size), **c.result} for c in configs]
+    tqdm.write("measuring this machine's matrix-multiply ceilings")
+    roofline = measure_roofline(every_config, sizes)
+    add_throughput(rows, roofline)
     rows, best = rank(rows, args.accuracy_budget)
     data = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -115,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         "timing_image": timing_image,
         "settings": {"warmup": warmup, "runs": runs, "sizes": [list(s) for s in sizes], "quick": quick},
         "accuracy_budget": args.accuracy_budget,
+        "roofline": roofline,
         "rows": rows,
         "fastest_within_budget": best,
         "wall_seconds": round(time.perf_counter() - started, 1),

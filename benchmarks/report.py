@@ -25,6 +25,54 @@ def _latency(stats: dict | None) -> str:
     return f"{_ms(stats['median'])} / {_ms(stats['p90'])} / {_ms(stats['p99'])}" if stats else "-"
 
 
+def _throughput(row: dict) -> str:
+    if "ops_per_s" not in row:
+        return "-"
+    share = row.get("share_of_ceiling")
+    return f"{row['ops_per_s'] / 1e9:.0f}" + (f" ({share:.0%})" if share is not None else "")
+
+
+FORMAT_NAMES = {"fp32": "FP32", "bf16": "BF16", "int8": "INT8", "fp16": "FP16"}
+
+
+def ceiling_lines(data: dict) -> list[str]:
+    """The machine's matrix-multiply ceilings and what they imply for the model call at each size."""
+    roofline = data.get("roofline") or {}
+    ceilings = roofline.get("ceilings") or {}
+    if not ceilings:
+        return []
+    formats = list(ceilings)
+    names = " / ".join(FORMAT_NAMES.get(f, f) for f in formats)
+    measured = ", ".join(
+        f"{FORMAT_NAMES.get(f, f)} {c['ops_per_s'] / 1e9:.0f} G/s ({c['library']})" for f, c in ceilings.items()
+    )
+    lines = [
+        f"- **Ceilings**: dense matrix multiply measured on this CPU ({ceilings[formats[0]]['shape']} "
+        f"M/K/N, a ViT-S MLP layer): {measured}; a multiply-accumulate counts as two operations."
+    ]
+    baselines = {
+        tuple(r["size"]): r["model_call"]["median"]
+        for r in data["rows"]
+        if (r["backend"], r["precision"]) == ("torch", "fp32") and r.get("model_call")
+    }
+    for key, work in roofline.get("work", {}).items():
+        bounds = roofline["lower_bounds_s"][key]
+        split = ", ".join(f"{op} {2 * n / 1e9:.1f}" for op, n in sorted(work["macs"].items(), key=lambda kv: -kv[1]))
+        text = (
+            f"- **Work at {key}**: {work['ops'] / 1e9:.1f} G operations per frame ({split}), so no model "
+            f"call on this CPU can take less than {' / '.join(f'{bounds[f] * 1000:.0f}' for f in formats)} ms "
+            f"in {names}"
+        )
+        baseline = baselines.get(tuple(int(v) for v in key.split("x")))
+        if baseline:
+            text += (
+                f": at most {' / '.join(f'{baseline / bounds[f]:.1f}x' for f in formats)} the PyTorch FP32 "
+                f"model call measured here ({baseline * 1000:.0f} ms), before any softmax, norm or resize"
+            )
+        lines.append(text + ".")
+    return lines
+
+
 def rank(rows: list[dict], budget: float) -> tuple[list[dict], dict | None]:
     """Rows sorted by end-to-end median latency (failed rows last), and the fastest row whose
     AbsRel against PyTorch FP32 is within ``budget``."""
@@ -56,6 +104,7 @@ def markdown(data: dict) -> str:
         "BGR image including pre- and post-processing.",
         f"- **Accuracy**: AbsRel and δ1 after least-squares scale-and-shift alignment (disparity space) "
         f"against PyTorch FP32 on the same input; budget AbsRel ≤ {data['accuracy_budget']}.",
+        *ceiling_lines(data),
         "",
     ]
     if data.get("notice"):
@@ -70,10 +119,10 @@ def markdown(data: dict) -> str:
         ]
     header = (
         "| backend | precision | size | artefact MiB | AbsRel vs FP32 | δ1 vs FP32 | AbsRel vs GT "
-        "| model p50/p90/p99 ms | e2e p50/p90/p99 ms | FPS | speedup e2e (model) | cold start s "
-        "| peak RSS MiB | status |"
+        "| model p50/p90/p99 ms | model GOP/s (% of ceiling) | e2e p50/p90/p99 ms | FPS | speedup e2e (model) "
+        "| cold start s | peak RSS MiB | status |"
     )
-    lines += [header, "|" + "---|" * 14]
+    lines += [header, "|" + "---|" * 15]
     for r in rows:
         mark = "**" if r is best else ""
         gt = r.get("vs_gt") or {}
@@ -89,7 +138,7 @@ def markdown(data: dict) -> str:
             f"| {mark}{r['backend']}{mark} | {mark}{r['precision']}{mark} | {r['size'][0]}x{r['size'][1]} "
             f"| {_num(r.get('artefact_mib'), '.1f')} | {_num((r.get('vs_fp32') or {}).get('abs_rel'))} "
             f"| {_num((r.get('vs_fp32') or {}).get('delta1'))} | {_num(gt_abs_rel)} "
-            f"| {_latency(model)} | {_latency(e2e)} "
+            f"| {_latency(model)} | {_throughput(r)} | {_latency(e2e)} "
             f"| {_num(e2e and e2e['fps'], '.2f')} | {speed} | {_num(r.get('cold_start_s'), '.2f')} "
             f"| {_num(r.get('peak_rss_mib'), '.0f')} | {status} |"
         )

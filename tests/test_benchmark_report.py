@@ -69,6 +69,13 @@ def test_report_files_and_schema(tiny_report):
     assert torch_fp32["speedup_vs_torch_fp32"] == 1.0 and torch_fp32["vs_fp32"]["abs_rel"] < 1e-6
     ort_fp32 = next(r for r in rows if (r["backend"], r["precision"]) == ("onnxruntime", "fp32"))
     assert ort_fp32["vs_fp32"]["abs_rel"] < 1e-4
+    roofline = data["roofline"]
+    work = roofline["work"]["56x84"]
+    assert work["ops"] == 2 * sum(work["macs"].values()) > 0
+    assert set(roofline["ceilings"]) == {"fp32", "bf16", "int8"}
+    for row in rows:  # achieved throughput is the counted work over the measured model call
+        assert row["ops_per_s"] == pytest.approx(work["ops"] / row["model_call"]["median"])
+        assert 0 < row["share_of_ceiling"]
 
 
 def test_markdown_table(tiny_report):
@@ -78,6 +85,7 @@ def test_markdown_table(tiny_report):
     table = [line for line in text.splitlines() if line.startswith("| ") and "backend |" not in line]
     assert len(table) == len(data["rows"])
     assert "Fastest within the accuracy budget" in text and "**Machine**" in text
+    assert "**Ceilings**" in text and "**Work at 56x84**" in text and "PyTorch FP32 model call measured" in text
     best = data["fastest_within_budget"]
     assert f"**{best['backend']}**" in text
 

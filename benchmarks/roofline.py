@@ -1,0 +1,148 @@
+"""How close a row runs to this machine's arithmetic ceiling.
+
+Two numbers make a latency table readable on any machine: the model's work per frame (the
+multiply-accumulates of every MatMul, Gemm, Conv and ConvTranspose in the FP32 ONNX graph, from
+its inferred shapes) and the machine's measured dense matrix-multiply throughput per number
+format. Their ratio bounds the model call from below: no backend runs the model's matrix work
+faster than the machine multiplies matrices, whatever else it fuses or skips.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+MATRIX_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose")
+
+
+def _static_shapes(model) -> dict[str, list[int]]:
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    graph = inferred.graph
+    shapes: dict[str, list[int]] = {}
+    for info in [*graph.input, *graph.value_info, *graph.output]:
+        dims = info.type.tensor_type.shape.dim
+        if all(d.HasField("dim_value") for d in dims):
+            shapes[info.name] = [d.dim_value for d in dims]
+    for init in graph.initializer:
+        shapes[init.name] = list(init.dims)
+    return shapes
+
+
+def count_macs(model: str | Path | object) -> dict[str, int]:
+    """Multiply-accumulates per inference by op type, for a model with static shapes.
+
+    ``model`` is a path or an ``onnx.ModelProto``. Weights need not be loaded (only their dims
+    are read), so external-data models work.
+    """
+    import onnx
+
+    if isinstance(model, (str, Path)):
+        model = onnx.load(str(model), load_external_data=False)
+    shapes = _static_shapes(model)
+    macs: Counter[str] = Counter()
+    for node in model.graph.node:
+        if node.op_type not in MATRIX_OPS:
+            continue
+        try:
+            a, b, out = shapes[node.input[0]], shapes[node.input[1]], shapes[node.output[0]]
+        except KeyError as exc:
+            raise ValueError(
+                f"{node.op_type} node {node.name or node.output[0]!r}: shape of {exc.args[0]!r} is not static; "
+                "count MACs on a fixed-size export (export.onnx without --dynamic)"
+            ) from None
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "MatMul":
+            count = math.prod(out) * a[-1]
+        elif node.op_type == "Gemm":
+            count = math.prod(out) * (a[0] if attrs.get("transA", 0) else a[1])
+        elif node.op_type == "Conv":  # weight [C_out, C_in / groups, *kernel]
+            count = math.prod(out) * math.prod(b[1:])
+        else:  # ConvTranspose, weight [C_in, C_out / groups, *kernel]: each input value feeds C_out/g x kernel
+            count = math.prod(a) * math.prod(b[1:])
+        macs[node.op_type] += int(count)
+    return dict(macs)
+
+
+def _best_seconds(fn, warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        fn()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _torch_gemm(dtype_name: str, m: int, k: int, layers: int, repeats: int) -> float:
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(m, k, generator=gen).to(dtype)
+    weights = [(torch.randn(k, k, generator=gen) / math.sqrt(k)).to(dtype) for _ in range(layers)]
+
+    def chain():
+        y = x
+        for w in weights:
+            y = y @ w
+        return y
+
+    with torch.inference_mode():
+        seconds = _best_seconds(chain, 2, repeats)
+    return 2 * m * k * k * layers / seconds
+
+
+def _openvino_int8_gemm(m: int, k: int, layers: int, repeats: int) -> float:
+    """A chain of INT8 matrix multiplies as OpenVINO's CPU plugin runs them (FakeQuantize on both
+    inputs becomes an int8 x int8 kernel), so activations stay quantized between layers."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    def fq(node, limit: float, levels: int):
+        lo, hi = ops.constant(np.float32(-limit)), ops.constant(np.float32(limit))
+        return ops.fake_quantize(node, lo, hi, lo, hi, levels)
+
+    rng = np.random.default_rng(0)
+    param = ops.parameter([m, k], np.float32)
+    y = param
+    for _ in range(layers):
+        w = ops.constant((rng.standard_normal((k, k)) / math.sqrt(k)).astype(np.float32))
+        y = ops.matmul(fq(y, 4.0, 256), fq(w, 0.1, 255), False, False)
+    compiled = ov.Core().compile_model(ov.Model([y], [param]), "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    seconds = _best_seconds(lambda: request.infer({0: x}), 2, repeats)
+    return 2 * m * k * k * layers / seconds
+
+
+def gemm_ceilings(m: int = 1370, k: int = 1536, layers: int = 4, repeats: int = 5) -> dict[str, dict]:
+    """Measured dense matrix-multiply throughput (operations/s, a multiply-accumulate counting two)
+    of this machine's CPU per number format, best of ``repeats``. The default shape is a ViT-S
+    MLP layer at 518x518. Formats whose library is missing, or whose probe fails, are left out."""
+    probes = {
+        "fp32": ("PyTorch", lambda: _torch_gemm("float32", m, k, layers, repeats)),
+        "bf16": ("PyTorch", lambda: _torch_gemm("bfloat16", m, k, layers, repeats)),
+        "int8": ("OpenVINO", lambda: _openvino_int8_gemm(m, k, layers, repeats)),
+    }
+    ceilings = {}
+    for name, (library, probe) in probes.items():
+        try:
+            ceilings[name] = {"ops_per_s": probe(), "library": library, "shape": [m, k, k]}
+        except ImportError:
+            continue
+        except Exception as exc:  # a probe that fails costs the report one line, not the run
+            print(f"note: no {name} ceiling ({exc.__class__.__name__}: {exc})", file=sys.stderr)
+    return ceilings
+
+
+def lower_bounds(ops: float, ceilings: dict[str, dict]) -> dict[str, float]:
+    """Seconds the model's matrix work takes at each format's ceiling."""
+    return {name: ops / c["ops_per_s"] for name, c in ceilings.items()}
