@@ -15,7 +15,7 @@ from export.common import parse_hw
 from .artifacts import calibration_folder, load_images, resolve_model
 from .machine import machine_facts
 from .report import rank, write_report
-from .roofline import count_macs, gemm_ceilings, lower_bounds
+from .roofline import count_macs, gemm_ceilings, lower_bounds, merge_ceilings
 from .runner import Settings, make_configs, reference_outputs, run_config
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
@@ -56,9 +56,10 @@ def has_gpu() -> bool:
         return False
 
 
-def measure_roofline(configs: list, sizes: list[tuple[int, int]]) -> dict:
+def measure_roofline(configs: list, sizes: list[tuple[int, int]], ceilings_before: dict) -> dict:
     """The model's work per frame at each size (counted on its FP32 ONNX, exported if no row
-    built it) and the CPU's measured matrix-multiply ceilings per number format."""
+    built it) and the CPU's matrix-multiply ceilings per number format: the best of a measurement
+    before the rows and one after, so a slow moment of a shared machine does not lower them."""
     work = {}
     for size in sizes:
         onnx_config = next(c for c in configs if (c.backend, c.precision, c.size) == ("onnxruntime", "fp32", size))
@@ -70,7 +71,7 @@ def measure_roofline(configs: list, sizes: list[tuple[int, int]]) -> dict:
             )
             continue
         work[f"{size[0]}x{size[1]}"] = {"macs": macs, "ops": 2 * sum(macs.values())}
-    ceilings = gemm_ceilings()
+    ceilings = merge_ceilings(ceilings_before, gemm_ceilings())
     bounds = {key: lower_bounds(w["ops"], ceilings) for key, w in work.items()}
     return {"ceilings": ceilings, "work": work, "lower_bounds_s": bounds}
 
@@ -135,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     references = {size: reference_outputs(source, images, size) for size in sizes}
+    print("measuring this machine's matrix-multiply ceilings", file=sys.stderr)
+    ceilings_before = gemm_ceilings()
     bar = tqdm(configs, desc="benchmark", unit="row")
     for config in bar:
         bar.set_postfix_str(config.label)
@@ -143,9 +146,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{config.label}: {config.result['status']}"
             + (f" ({config.result['error']})" if config.result.get("error") else "")
         )
-    rows = [{"backend": c.backend, "precision": c.precision, "size": list(c.size), **c.result} for c in configs]
+    rows = [
+        {"backend": c.backend, "variant": c.variant, "precision": c.precision, "size": list(c.size), **c.result}
+        for c in configs
+    ]
     tqdm.write("measuring this machine's matrix-multiply ceilings")
-    roofline = measure_roofline(every_config, sizes)
+    roofline = measure_roofline(every_config, sizes, ceilings_before)
     add_throughput(rows, roofline)
     rows, best = rank(rows, args.accuracy_budget)
     data = {

@@ -25,6 +25,15 @@ def _latency(stats: dict | None) -> str:
     return f"{_ms(stats['median'])} / {_ms(stats['p90'])} / {_ms(stats['p99'])}" if stats else "-"
 
 
+def is_baseline(row: dict) -> bool:
+    """The row every speedup is relative to: this toolkit's PyTorch FP32 eager."""
+    return row["backend"] == "torch" and row["precision"] == "fp32" and not row.get("variant")
+
+
+def row_name(row: dict) -> str:
+    return f"{row['backend']} ({row['variant']})" if row.get("variant") else row["backend"]
+
+
 def _throughput(row: dict) -> str:
     if "ops_per_s" not in row:
         return "-"
@@ -51,9 +60,7 @@ def ceiling_lines(data: dict) -> list[str]:
         f"M/K/N, a ViT-S MLP layer): {measured}; a multiply-accumulate counts as two operations."
     ]
     baselines = {
-        tuple(r["size"]): r["model_call"]["median"]
-        for r in data["rows"]
-        if (r["backend"], r["precision"]) == ("torch", "fp32") and r.get("model_call")
+        tuple(r["size"]): r["model_call"]["median"] for r in data["rows"] if is_baseline(r) and r.get("model_call")
     }
     for key, work in roofline.get("work", {}).items():
         bounds = roofline["lower_bounds_s"][key]
@@ -79,7 +86,7 @@ def rank(rows: list[dict], budget: float) -> tuple[list[dict], dict | None]:
     ok = sorted((r for r in rows if r.get("end_to_end")), key=lambda r: r["end_to_end"]["median"])
     rest = [r for r in rows if not r.get("end_to_end")]
     best = next((r for r in ok if r["status"] == "ok" and r["vs_fp32"]["abs_rel"] <= budget), None)
-    baseline = next((r for r in ok if r["backend"] == "torch" and r["precision"] == "fp32"), None)
+    baseline = next((r for r in ok if is_baseline(r)), None)
     for r in ok:
         if baseline and r["size"] == baseline["size"]:
             r["speedup_vs_torch_fp32"] = baseline["end_to_end"]["median"] / r["end_to_end"]["median"]
@@ -110,10 +117,24 @@ def markdown(data: dict) -> str:
     if data.get("notice"):
         lines += [f"> **{data['notice']}**", ""]
     if best:
+        reference = next(
+            (
+                r
+                for r in rows
+                if r.get("variant") and r["backend"] == "torch" and r["size"] == best["size"] and r.get("end_to_end")
+            ),
+            None,
+        )
+        versus = (
+            f"; {reference['end_to_end']['median'] / best['end_to_end']['median']:.1f}x PyTorch FP32 with "
+            f"{reference['variant']}"
+            if reference
+            else ""
+        )
         lines += [
-            f"**Fastest within the accuracy budget: {best['backend']} {best['precision']} at "
+            f"**Fastest within the accuracy budget: {row_name(best)} {best['precision']} at "
             f"{best['size'][0]}x{best['size'][1]}**, {_ms(best['end_to_end']['median'])} ms end-to-end "
-            f"({best.get('speedup_vs_torch_fp32', float('nan')):.1f}x PyTorch FP32), AbsRel vs FP32 "
+            f"({best.get('speedup_vs_torch_fp32', float('nan')):.1f}x PyTorch FP32{versus}), AbsRel vs FP32 "
             f"{best['vs_fp32']['abs_rel']:.4f}.",
             "",
         ]
@@ -135,7 +156,7 @@ def markdown(data: dict) -> str:
         )
         status = r["status"] + (f": {r['error']}" if r.get("error") else "")
         lines.append(
-            f"| {mark}{r['backend']}{mark} | {mark}{r['precision']}{mark} | {r['size'][0]}x{r['size'][1]} "
+            f"| {mark}{row_name(r)}{mark} | {mark}{r['precision']}{mark} | {r['size'][0]}x{r['size'][1]} "
             f"| {_num(r.get('artefact_mib'), '.1f')} | {_num((r.get('vs_fp32') or {}).get('abs_rel'))} "
             f"| {_num((r.get('vs_fp32') or {}).get('delta1'))} | {_num(gt_abs_rel)} "
             f"| {_latency(model)} | {_throughput(r)} | {_latency(e2e)} "
@@ -161,7 +182,7 @@ def figures(data: dict, images: dict[str, np.ndarray], folder: Path) -> list[Pat
         x, y = r["end_to_end"]["median"] * 1000, max(r["vs_fp32"]["abs_rel"], 1e-7)
         ax.scatter(x, y, s=40)
         ax.annotate(
-            f"{r['backend']} {r['precision']} {r['size'][0]}",
+            f"{row_name(r)} {r['precision']} {r['size'][0]}",
             (x, y),
             fontsize=7,
             xytext=(4, 3),
@@ -183,7 +204,7 @@ def figures(data: dict, images: dict[str, np.ndarray], folder: Path) -> list[Pat
     panels = [("input", images[name][:, :, ::-1])]
     for r in rows:
         depth = np.load(r["outputs"])[name]
-        panels.append((f"{r['backend']} {r['precision']} {r['size'][0]}", colorize(depth)[:, :, ::-1]))
+        panels.append((f"{row_name(r)} {r['precision']} {r['size'][0]}", colorize(depth)[:, :, ::-1]))
     cols = min(4, len(panels))
     grid_rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(grid_rows, cols, figsize=(3.2 * cols, 2.6 * grid_rows), squeeze=False)

@@ -22,6 +22,9 @@ STATUS_INVALID = "exported but failed validation"
 STATUS_EXPORT_FAILED = "export failed"
 STATUS_UNAVAILABLE = "unavailable"
 STATUS_RUN_FAILED = "run failed"
+# PyTorch eager as the official repository runs on a CPU (no xformers there): the speed users
+# of the official scripts see today, next to this toolkit's fused-attention PyTorch baseline.
+EXPLICIT_ATTENTION = "explicit attention, as the official code"
 
 
 @dataclass
@@ -32,11 +35,18 @@ class Config:
     build: Callable[[], Path] | None = None  # returns the artefact path
     precision_arg: str | None = None
     device: str = "auto"
+    variant: str | None = None  # a second row of the same backend and precision, e.g. a reference form
+    options: dict = field(default_factory=dict)  # extra DepthPredictor arguments for that variant
     result: dict = field(default_factory=dict)
 
     @property
     def label(self) -> str:
-        return f"{self.backend} {self.precision} {self.size[0]}x{self.size[1]}"
+        name = f"{self.backend} ({self.variant})" if self.variant else self.backend
+        return f"{name} {self.precision} {self.size[0]}x{self.size[1]}"
+
+    @property
+    def options_tag(self) -> str:
+        return "-".join(f"{k}-{v}" for k, v in sorted(self.options.items()))
 
 
 @dataclass
@@ -115,6 +125,16 @@ def make_configs(source: ModelSource, sizes: list[tuple[int, int]], settings: Se
 
         configs += [
             Config("torch", "fp32", size, lambda: source.path, "fp32", "cpu"),
+            Config(
+                "torch",
+                "fp32",
+                size,
+                lambda: source.path,
+                "fp32",
+                "cpu",
+                variant=EXPLICIT_ATTENTION,
+                options={"attention": "explicit"},
+            ),
             Config("torch", "bf16", size, lambda: source.path, "bf16", "cpu"),
             Config("onnxruntime", "fp32", size, onnx_fp32, device="cpu"),
             Config("onnxruntime", "int8", size, ort_int8, device="cpu"),
@@ -162,7 +182,8 @@ def run_config(
     if artefact.suffix == ".xml":
         size_bytes += artefact.with_suffix(".bin").stat().st_size
     result.update(artefact=str(artefact), artefact_mib=size_bytes / 2**20)
-    stem = f"{config.backend}_{config.precision.replace('/', '-')}_{config.size[0]}x{config.size[1]}"
+    variant = "_" + config.options_tag if config.variant else ""
+    stem = f"{config.backend}{variant}_{config.precision.replace('/', '-')}_{config.size[0]}x{config.size[1]}"
     config_path = settings.workdir / "runs" / f"{stem}.json"
     config_path.parent.mkdir(parents=True, exist_ok=True)
     outputs = config_path.with_suffix(".npz")
@@ -173,6 +194,7 @@ def run_config(
                 "backend": config.backend,
                 "device": config.device,
                 "precision_arg": config.precision_arg,
+                "backend_options": config.options,
                 "size": list(config.size),
                 "images": str(images_npz),
                 "timing_image": timing_image,

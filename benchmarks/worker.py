@@ -42,6 +42,7 @@ def run(config: dict) -> dict:
         device=config["device"],
         precision=config.get("precision_arg"),
         fixed_size=tuple(config["size"]),
+        **config.get("backend_options", {}),
     )
     predictor.predict(first)
     cold_start = time.perf_counter() - started

@@ -65,8 +65,10 @@ def test_report_files_and_schema(tiny_report):
         assert row["artefact_mib"] > 0 and row["peak_rss_mib"] > 0 and row["cold_start_s"] > 0
         assert 0 <= row["vs_fp32"]["abs_rel"] and 0 <= row["vs_fp32"]["delta1"] <= 1
         assert "motorcycle_left" in row["vs_gt"]
-    torch_fp32 = next(r for r in rows if (r["backend"], r["precision"]) == ("torch", "fp32"))
+    torch_fp32 = next(r for r in rows if (r["backend"], r["precision"], r["variant"]) == ("torch", "fp32", None))
     assert torch_fp32["speedup_vs_torch_fp32"] == 1.0 and torch_fp32["vs_fp32"]["abs_rel"] < 1e-6
+    explicit = next(r for r in rows if r["variant"])  # the official code's attention form, same numbers
+    assert explicit["info"]["attention"] == "explicit" and explicit["vs_fp32"]["abs_rel"] < 1e-5
     ort_fp32 = next(r for r in rows if (r["backend"], r["precision"]) == ("onnxruntime", "fp32"))
     assert ort_fp32["vs_fp32"]["abs_rel"] < 1e-4
     roofline = data["roofline"]
@@ -85,6 +87,7 @@ def test_markdown_table(tiny_report):
     table = [line for line in text.splitlines() if line.startswith("| ") and "backend |" not in line]
     assert len(table) == len(data["rows"])
     assert "Fastest within the accuracy budget" in text and "**Machine**" in text
+    assert "torch (explicit attention, as the official code) | fp32" in text
     assert "**Ceilings**" in text and "**Work at 56x84**" in text and "PyTorch FP32 model call measured" in text
     best = data["fastest_within_budget"]
     assert f"**{best['backend']}**" in text

@@ -88,6 +88,16 @@ def test_bf16_autocast_on_cpu_stays_close_to_fp32(tiny_model, photo):
     assert np.abs(bf16.predict(photo) - fp32).max() < 0.02 * np.abs(fp32).max()
 
 
+def test_explicit_attention_matches_fused(tiny_model, photo):
+    import copy
+
+    fused = DepthPredictor(tiny_model)
+    explicit = DepthPredictor(copy.deepcopy(tiny_model), attention="explicit")
+    assert (fused.info()["attention"], explicit.info()["attention"]) == ("fused", "explicit")
+    reference = fused.predict(photo)
+    assert np.abs(explicit.predict(photo) - reference).max() <= 1e-5 * np.abs(reference).max()
+
+
 def test_wrong_checkpoint_is_a_model_file_error(tmp_path):
     torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
     with pytest.raises(ModelFileError, match="not a Depth Anything V2 checkpoint"):
@@ -104,6 +114,7 @@ def test_wrong_checkpoint_is_a_model_file_error(tmp_path):
         ({"precision": "int4"}, ValueError, "precision must be one of"),
         ({"device": "tpu"}, ValueError, "runs on 'cpu', 'cuda'"),
         ({"input_size": 10}, ValueError, "at least 14"),
+        ({"attention": "flash"}, ValueError, "attention must be one of fused, explicit"),
     ],
 )
 def test_bad_arguments_are_clear_errors(tiny_model, kwargs, error, match):

@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from benchmarks.__main__ import add_throughput, compute_format
-from benchmarks.roofline import count_macs, gemm_ceilings, lower_bounds
+from benchmarks.roofline import count_macs, gemm_ceilings, lower_bounds, merge_ceilings
 
 
 def _graph_model(dynamic: bool = False) -> onnx.ModelProto:
@@ -87,6 +87,8 @@ def test_ceilings_and_bounds():
     ceilings = gemm_ceilings(m=64, k=64, layers=2, repeats=2)
     assert {"fp32", "bf16", "int8"} <= set(ceilings)
     assert all(c["ops_per_s"] > 0 for c in ceilings.values())
+    slow, fast = {"ops_per_s": 1.0, "library": "a"}, {"ops_per_s": 2.0, "library": "b"}
+    assert merge_ceilings({"fp32": slow, "int8": fast}, {"fp32": fast}) == {"fp32": fast, "int8": fast}
     bounds = lower_bounds(2e9, {"fp32": {"ops_per_s": 1e11}, "int8": {"ops_per_s": 4e11}})
     assert bounds == pytest.approx({"fp32": 0.02, "int8": 0.005})
 

@@ -38,7 +38,9 @@ def resolve_precision(device: str, precision: str | None) -> str:
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, model: Any, device: str = "auto", precision: str | None = None) -> None:
+    def __init__(
+        self, model: Any, device: str = "auto", precision: str | None = None, attention: str = "fused"
+    ) -> None:
         super().__init__()
         torch = require("torch", "torch", "PyTorch")
         self._torch = torch
@@ -53,6 +55,11 @@ class TorchBackend(Backend):
             raise ModelFileError(f"the torch backend needs a torch.nn.Module, got {type(model).__name__}")
         self.device = resolve_device(torch, device)
         self.precision = resolve_precision(self.device, precision)
+        if attention != "fused":  # the explicit reference form (train.models.Attention); fused is the default
+            if not hasattr(model, "set_attention"):
+                raise ValueError(f"attention={attention!r} needs a DepthAnythingV2 model, got {type(model).__name__}")
+            model.set_attention(attention)
+        self.attention = attention
         self._model = model.to(self.device).eval()
         self.input_spec = InputSpec("image", (None, 3, None, None))
 
@@ -71,6 +78,9 @@ class TorchBackend(Backend):
 
     def versions(self) -> dict[str, str]:
         return {"torch": self._torch.__version__}
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "attention": self.attention}
 
     def _release(self) -> None:
         self._model = None

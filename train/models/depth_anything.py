@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backbone import DinoVisionTransformer
+from .backbone import ATTENTION_KINDS, Attention, DinoVisionTransformer
 from .decoder import DPTHead
 from .variants import PATCH_SIZE, ModelSpec, get_spec
 
@@ -35,6 +35,15 @@ class DepthAnythingV2(nn.Module):
         DINOv2's mask token and the deepest fusion block's skip unit (it has no skip input).
         Training freezes them; DDP would otherwise wait for their gradients forever."""
         return [self.pretrained.mask_token, *self.depth_head.scratch.refinenet4.resConfUnit1.parameters()]
+
+    def set_attention(self, kind: str) -> DepthAnythingV2:
+        """Switch every attention layer to ``"fused"`` (default) or ``"explicit"`` (see ``Attention``)."""
+        if kind not in ATTENTION_KINDS:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION_KINDS)}, got {kind!r}")
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.kind = kind
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3:
