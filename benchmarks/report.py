@@ -10,7 +10,7 @@ import numpy as np
 
 from runtime.fileio import atomic_write, atomic_write_bytes
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: rows may repeat backend+precision with a "variant"; "roofline" section
 
 
 def _ms(value: float | None) -> str:

@@ -52,7 +52,7 @@ def test_report_files_and_schema(tiny_report):
         "depth_grid.png",
     }
     data = json.loads((folder / "report.json").read_text())
-    assert data["schema_version"] == 1 and data["notice"] is None
+    assert data["schema_version"] == 2 and data["notice"] is None
     assert {"cpu", "usable_cores", "libraries", "gpu"} <= set(data["machine"])
     rows = data["rows"]
     assert [(r["backend"], r["precision"]) for r in rows if r["status"] == "ok"]
