@@ -91,11 +91,16 @@ def test_bf16_autocast_on_cpu_stays_close_to_fp32(tiny_model, photo):
 def test_explicit_attention_matches_fused(tiny_model, photo):
     import copy
 
+    from train.models.backbone import Attention
+
     fused = DepthPredictor(tiny_model)
-    explicit = DepthPredictor(copy.deepcopy(tiny_model), attention="explicit")
+    model = copy.deepcopy(tiny_model)
+    explicit = DepthPredictor(model, attention="explicit")
     assert (fused.info()["attention"], explicit.info()["attention"]) == ("fused", "explicit")
     reference = fused.predict(photo)
     assert np.abs(explicit.predict(photo) - reference).max() <= 1e-5 * np.abs(reference).max()
+    DepthPredictor(model)  # a model handed over again runs the form asked for, not the last one
+    assert {m.kind for m in model.modules() if isinstance(m, Attention)} == {"fused"}
 
 
 def test_wrong_checkpoint_is_a_model_file_error(tmp_path):

@@ -55,10 +55,12 @@ class TorchBackend(Backend):
             raise ModelFileError(f"the torch backend needs a torch.nn.Module, got {type(model).__name__}")
         self.device = resolve_device(torch, device)
         self.precision = resolve_precision(self.device, precision)
-        if attention != "fused":  # the explicit reference form (train.models.Attention); fused is the default
-            if not hasattr(model, "set_attention"):
-                raise ValueError(f"attention={attention!r} needs a DepthAnythingV2 model, got {type(model).__name__}")
+        # "fused" (default) or the official code's "explicit" form (train.models.Attention); set on
+        # the module itself, so a model passed in runs the requested form whatever it ran before.
+        if hasattr(model, "set_attention"):
             model.set_attention(attention)
+        elif attention != "fused":
+            raise ValueError(f"attention={attention!r} needs a DepthAnythingV2 model, got {type(model).__name__}")
         self.attention = attention
         self._model = model.to(self.device).eval()
         self.input_spec = InputSpec("image", (None, 3, None, None))
