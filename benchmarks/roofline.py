@@ -57,7 +57,7 @@ def count_macs(model: str | Path | object) -> dict[str, int]:
                 f"{node.op_type} node {node.name or node.output[0]!r}: shape of {exc.args[0]!r} is not static; "
                 "count MACs on a fixed-size export (export.onnx without --dynamic)"
             ) from None
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        attrs = {attr.name: onnx.helper.get_attribute_value(attr) for attr in node.attribute}
         if node.op_type == "MatMul":
             count = math.prod(out) * a[-1]
         elif node.op_type == "Gemm":
