@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, ModelFileError
 from ..preprocessing import PATCH_SIZE
 
 
@@ -59,6 +59,15 @@ class Backend(ABC):
     @abstractmethod
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         """Run a checked ``(N, 3, H, W)`` float32 batch, return ``(N, H, W)`` float32."""
+
+    def model_path(self, model: object, loads: str, kind: str) -> Path:
+        """The file a file-only backend opens: ``loads`` names its formats, ``kind`` the file."""
+        if not isinstance(model, (str, Path)):
+            raise ModelFileError(f"the {self.name} backend loads {loads}")
+        path = Path(model)
+        if not path.is_file():
+            raise ModelFileError(f"{path}: no such {kind}")
+        return path
 
     def check_batch(self, batch: object) -> np.ndarray:
         if not isinstance(batch, np.ndarray) or batch.dtype != np.float32:

@@ -9,7 +9,6 @@ model); ``openvino`` (the OpenVINO execution provider, when that build is instal
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,11 +62,7 @@ class OnnxRuntimeBackend(Backend):
         super().__init__()
         ort = require("onnxruntime", "onnx", "ONNX Runtime")
         self._ort = ort
-        if not isinstance(model, (str, Path)):
-            raise ModelFileError("the onnxruntime backend loads .onnx files")
-        path = Path(model)
-        if not path.is_file():
-            raise ModelFileError(f"{path}: no such ONNX file")
+        path = self.model_path(model, ".onnx files", "ONNX file")
         providers = choose_providers(device, ort.get_available_providers())
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -51,11 +51,7 @@ class OpenVINOBackend(Backend):
         super().__init__()
         ov = require("openvino", "openvino", "OpenVINO")
         self._ov = ov
-        if not isinstance(model, (str, Path)):
-            raise ModelFileError("the openvino backend loads .xml (IR) or .onnx files")
-        path = Path(model)
-        if not path.is_file():
-            raise ModelFileError(f"{path}: no such model file")
+        path = self.model_path(model, ".xml (IR) or .onnx files", "model file")
         if path.suffix == ".xml" and not path.with_suffix(".bin").is_file():
             raise ModelFileError(f"{path}: its weights {path.with_suffix('.bin').name} are missing beside it")
         if performance_hint.upper() not in HINTS:

@@ -75,11 +75,7 @@ class TensorRTBackend(Backend):
 
     def __init__(self, model: Any, device: str = "auto", precision: str | None = None) -> None:
         super().__init__()
-        if not isinstance(model, (str, Path)):
-            raise ModelFileError("the tensorrt backend loads .engine/.plan files")
-        path = Path(model)
-        if not path.is_file():
-            raise ModelFileError(f"{path}: no such engine file")
+        path = self.model_path(model, ".engine/.plan files", "engine file")
         trt = require("tensorrt", "tensorrt", "TensorRT", JETPACK_NOTE)
         self._trt = trt
         index = parse_device(device)
