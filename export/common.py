@@ -71,6 +71,14 @@ def add_source_args(parser: argparse.ArgumentParser, onnx: bool = False) -> None
         parser.add_argument("--onnx", type=Path, help="FP32 ONNX from python -m export.onnx (instead of --checkpoint)")
 
 
+PRECISIONS = ("fp16", "int8", "fp32")  # what export.openvino and export.trt build
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ExportError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
 def add_precision_args(parser: argparse.ArgumentParser, helps: dict[str, str], default: str) -> None:
     """Mutually exclusive ``--fp16``/``--int8``/... flags that set ``args.precision``."""
     group = parser.add_mutually_exclusive_group()

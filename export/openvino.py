@@ -19,9 +19,11 @@ from runtime.errors import require
 from runtime.metadata import library_versions, read_sidecar, sha256_file, write_sidecar
 
 from .common import (
+    PRECISIONS,
     ExportError,
     add_precision_args,
     add_source_args,
+    check_precision,
     check_request,
     parse_hw,
     run_cli,
@@ -29,8 +31,6 @@ from .common import (
     source_stem,
 )
 from .onnx import compare, verification_input
-
-PRECISIONS = ("fp16", "int8", "fp32")
 
 
 def _compile_f32(ov, model):
@@ -47,8 +47,7 @@ def export_openvino(
     """Convert an ONNX model to IR at ``output`` (``.xml`` + ``.bin``); returns the sidecar data."""
     ov = require("openvino", "openvino", "OpenVINO")
     onnx_path, output = Path(onnx_path), Path(output)
-    if precision not in PRECISIONS:
-        raise ExportError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_precision(precision)
     if output.suffix != ".xml":
         raise ExportError(f"{output}: OpenVINO IR files end in .xml")
     if precision == "int8" and calibration is None:

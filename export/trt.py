@@ -31,6 +31,7 @@ from .common import (
     add_precision_args,
     add_source_args,
     check_hw,
+    check_precision,
     check_request,
     parse_hw,
     run_cli,
@@ -39,7 +40,6 @@ from .common import (
 )
 from .quantize import DEFAULT_METHOD, METHODS
 
-PRECISIONS = ("fp16", "int8", "fp32")
 DEFAULT_TARGET = "10.3"  # JetPack 6
 JETPACK_NOTE = "on Jetson TensorRT comes with JetPack (python3-libnvinfer), not from pip"
 
@@ -89,8 +89,7 @@ class BuildPlan:
 
 
 def plan_build(version: TrtVersion, precision: str, weakly_typed: bool = False) -> BuildPlan:
-    if precision not in PRECISIONS:
-        raise ExportError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_precision(precision)
     if version.major >= 11 and weakly_typed:
         raise ExportError(
             f"TensorRT {version} builds strongly typed networks only (precision flags were removed); "
