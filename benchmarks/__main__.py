@@ -15,7 +15,7 @@ from export.common import parse_hw
 from .artifacts import calibration_folder, load_images, resolve_model
 from .machine import machine_facts
 from .report import rank, write_report
-from .roofline import count_macs, gemm_ceilings, lower_bounds, merge_ceilings
+from .roofline import add_throughput, count_macs, gemm_ceilings, lower_bounds, merge_ceilings
 from .runner import Settings, make_configs, reference_outputs, run_config
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
@@ -74,25 +74,6 @@ def measure_roofline(configs: list, sizes: list[tuple[int, int]], ceilings_befor
     ceilings = merge_ceilings(ceilings_before, gemm_ceilings())
     bounds = {key: lower_bounds(w["ops"], ceilings) for key, w in work.items()}
     return {"ceilings": ceilings, "work": work, "lower_bounds_s": bounds}
-
-
-def compute_format(precision: str) -> str:
-    """The number format a row computes in: the part after '/' where weights and compute differ."""
-    name = precision.split("/")[-1]
-    return {"f32": "fp32", "f16": "fp16"}.get(name, name)
-
-
-def add_throughput(rows: list[dict], roofline: dict) -> None:
-    """Achieved operations/s of each row's model call and its share of the format's CPU ceiling."""
-    for row in rows:
-        work = roofline["work"].get(f"{row['size'][0]}x{row['size'][1]}")
-        if not work or not row.get("model_call"):
-            continue
-        row["ops_per_s"] = work["ops"] / row["model_call"]["median"]
-        ceiling = roofline["ceilings"].get(compute_format(row["precision"]))
-        on_cpu = str((row.get("info") or {}).get("device", "cpu")).lower().startswith("cpu")
-        if ceiling and on_cpu:
-            row["share_of_ceiling"] = row["ops_per_s"] / ceiling["ops_per_s"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -166,3 +166,22 @@ def merge_ceilings(*measurements: dict[str, dict]) -> dict[str, dict]:
 def lower_bounds(ops: float, ceilings: dict[str, dict]) -> dict[str, float]:
     """Seconds the model's matrix work takes at each format's ceiling."""
     return {name: ops / c["ops_per_s"] for name, c in ceilings.items()}
+
+
+def compute_format(precision: str) -> str:
+    """The number format a row computes in: the part after '/' where weights and compute differ."""
+    name = precision.split("/")[-1]
+    return {"f32": "fp32", "f16": "fp16"}.get(name, name)
+
+
+def add_throughput(rows: list[dict], roofline: dict) -> None:
+    """Achieved operations/s of each row's model call and its share of the format's CPU ceiling."""
+    for row in rows:
+        work = roofline["work"].get(f"{row['size'][0]}x{row['size'][1]}")
+        if not work or not row.get("model_call"):
+            continue
+        row["ops_per_s"] = work["ops"] / row["model_call"]["median"]
+        ceiling = roofline["ceilings"].get(compute_format(row["precision"]))
+        on_cpu = str((row.get("info") or {}).get("device", "cpu")).lower().startswith("cpu")
+        if ceiling and on_cpu:
+            row["share_of_ceiling"] = row["ops_per_s"] / ceiling["ops_per_s"]

@@ -7,8 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from benchmarks.__main__ import add_throughput, compute_format
-from benchmarks.roofline import count_macs, gemm_ceilings, lower_bounds, merge_ceilings
+from benchmarks.roofline import add_throughput, compute_format, count_macs, gemm_ceilings, lower_bounds, merge_ceilings
 
 
 def _graph_model(dynamic: bool = False) -> onnx.ModelProto:
