@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
-from collections.abc import Callable
+import time
+import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,18 +112,40 @@ def source_onnx(
         return args.onnx
     from .onnx import export_onnx
 
-    path = folder / f"{source_stem(args)}.{'dynamic' if dynamic else f'{height}x{width}'}.onnx"
+    suffix = "" if opset == 17 else f".opset{opset}"  # an 8.5 target's split-LayerNorm export
+    path = folder / f"{source_stem(args)}.{'dynamic' if dynamic else f'{height}x{width}'}{suffix}.onnx"
     print(f"exporting ONNX (opset {opset}) -> {path}")
     model = load_source_model(args.checkpoint, args.encoder)
     export_onnx(model, path, height, width, dynamic=dynamic, opset=opset, source=str(args.checkpoint))
     return path
 
 
+_STAGE = ["starting"]
+
+
+@contextlib.contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Name the step in progress, so an unexpected failure can say where it happened."""
+    previous, _STAGE[0] = _STAGE[0], name
+    yield  # on an exception the name stays for run_cli to report
+    _STAGE[0] = previous
+
+
+def error_log_path(prog: str) -> Path:
+    folder = Path(os.environ.get("DAV2_LOG_DIR") or Path.home() / ".cache" / "dav2-edge" / "logs")
+    return folder / f"{prog.split()[-1]}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+
+
 def run_cli(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
-    """Parse, run, and turn the errors users can fix into one line and exit code 1."""
+    """Parse, run, and turn every failure into one line and exit code 1.
+
+    Errors users can fix print their message. Anything else (a library's own exception) prints
+    the stage it happened in and the log file that holds the traceback, never the traceback.
+    """
     from runtime.errors import MissingDependencyError
 
     args = parser.parse_args(argv)
+    _STAGE[0] = "starting"
     try:
         return main(args)
     except (ExportError, MissingDependencyError, FileNotFoundError) as exc:
@@ -128,3 +154,15 @@ def run_cli(main: Callable[[argparse.Namespace], int], parser: argparse.Argument
     except KeyboardInterrupt:
         print("interrupted: nothing was written under the output name", file=sys.stderr)
         return 130
+    except Exception as exc:
+        where = _STAGE[0]
+        log = error_log_path(parser.prog)
+        try:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(f"{parser.prog} {' '.join(sys.argv[1:])}\nstage: {where}\n\n{traceback.format_exc()}")
+            details = f"details in {log}"
+        except OSError:
+            details = "no log could be written"
+        summary = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        print(f"error: {where} failed: {type(exc).__name__}: {summary} ({details})", file=sys.stderr)
+        return 1

@@ -5,13 +5,17 @@ quantize and how:
 
 - ``tensorrt`` target: symmetric INT8 activations and per-channel symmetric INT8 weights on
   Conv and on MatMul/Gemm with constant weights, explicit Q/DQ (TensorRT >= 8.5 reads it; 11
-  reads nothing else). Attention's activation x activation MatMuls, Softmax, LayerNorm, GELU
-  and residual adds are never quantized; the patch embedding and the last head convolutions
-  stay in float by default (``--keep-fp`` adds more nodes by name pattern).
+  reads nothing else). Weights stay float with a Q/DQ pair (the one form every release's
+  developer guide documents; 8.x takes no pre-quantized weights) and biases stay float (an INT32
+  bias DequantizeLinear does not parse: TensorRT dequantizes INT8 only). Attention's activation x
+  activation MatMuls, Softmax, LayerNorm, GELU and residual adds are never quantized; the patch
+  embedding and the last head convolutions stay in float by default (``--keep-fp`` adds more).
 - ``cpu`` target: unsigned INT8 activations (the VNNI-friendly U8S8 form ONNX Runtime's CPU
   provider runs fastest), per-channel signed weights, same node choice.
-- ``to_fp16``: the FP16-typed model a strongly typed TensorRT build needs for FP16, with
-  float32 inputs/outputs and the numerically sensitive ops kept in float32.
+- ``to_fp16``: the FP16-typed model a strongly typed TensorRT build (10.x, 11) needs, with
+  float32 inputs/outputs, the build-time-constant subgraphs (shape arithmetic, the position
+  embedding resize) and a split LayerNorm kept in float32. A Q/DQ model is moved to opset 19
+  first so that its scales become FP16 too: one typed graph, no Cast pair around every Q/DQ.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from runtime.fileio import atomic_write
 from runtime.metadata import library_versions, read_sidecar, sha256_file, write_sidecar
 
 from .calibration import CalibrationSet
-from .common import ExportError, parse_hw, run_cli
+from .common import ExportError, parse_hw, run_cli, stage
 
 METHODS = ("percentile", "entropy", "minmax")
 # Percentile is the default: on ViT activations (long-tailed after LayerNorm and GELU) the
@@ -42,8 +46,11 @@ TARGETS = ("tensorrt", "cpu")
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 # Node names follow the PyTorch module path ("/pretrained/patch_embed/proj/Conv", ...).
 DEFAULT_KEEP_FP = ("*/patch_embed/*", "*/output_conv1/*", "*/output_conv2/*")
-# Ops whose FP16 form loses too much (variance, exponent, normalisation sums).
-FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt", "Erf", "Resize", "Range", "Floor")
+# A LayerNorm split into ReduceMean/Pow/Sqrt (opset < 17) overflows in FP16 (the variance of
+# large activations); LayerNormalization itself computes in float32 (stash_type=1) on TensorRT.
+FP32_OPS = ("ReduceMean", "Pow", "Sqrt")
+# QuantizeLinear-19/DequantizeLinear-19 are the first to take FP16 scales.
+FP16_QDQ_OPSET = 19
 PROTOBUF_LIMIT = 2**31 - 1
 
 
@@ -66,13 +73,18 @@ def _load(path: Path):
 def select_nodes(model, keep_fp: tuple[str, ...] = DEFAULT_KEEP_FP) -> tuple[list[str], list[str]]:
     """Names of the Conv/MatMul/Gemm nodes to quantize, and of those kept in float by pattern.
 
-    MatMuls whose second input is not a constant (attention's Q.K^T and A.V) are not candidates.
+    MatMuls whose second input is not a constant (attention's Q.K^T and A.V) are not candidates,
+    nor are products that do not depend on the image (the position-embedding resize): they are
+    folded at build time, and quantizing them would only add error.
     """
+    from .fp16 import image_independent
+
     constants = {init.name for init in model.graph.initializer}
     constants |= {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
+    folded = image_independent(model)
     quantize, kept = [], []
     for node in model.graph.node:
-        if node.op_type not in QUANTIZED_OPS:
+        if node.op_type not in QUANTIZED_OPS or node.output[0] in folded:
             continue
         if node.op_type == "MatMul" and node.input[1] not in constants:
             continue
@@ -124,7 +136,8 @@ def collect_ranges(
     input_name = session.get_inputs()[0].name
     histograms = {name: AbsHistogram() for name in tensors}
     for sample in tqdm(calibration, total=len(calibration), desc="calibrating", unit="img", disable=not progress):
-        for name, value in zip(tensors, session.run(tensors, {input_name: sample}), strict=True):
+        values = session.run(tensors, {input_name: sample})
+        for name, value in zip(tensors, values):
             histograms[name].add(value)
     del session
     augmented.unlink()
@@ -176,6 +189,7 @@ def quantize_int8(
     if not quantize:
         raise ExportError(f"{onnx_path}: no Conv/MatMul/Gemm node left to quantize after --keep-fp")
     source_hash = sha256_file(onnx_path)
+    large = model.ByteSize() > PROTOBUF_LIMIT  # vitg: protobuf cannot hold it in one file
     symmetric = target == "tensorrt"
     extra = {
         "ActivationSymmetric": symmetric,
@@ -185,12 +199,25 @@ def quantize_int8(
         # need the output quantized too to fuse DQ -> Conv -> Q into QLinearConv.
         "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS) if symmetric else [],
     }
+    if target == "tensorrt":
+        # onnx-tensorrt's DequantizeLinear takes INT8 (8.x) or INT8/FP8/INT4 (10.x) inputs: an INT32
+        # bias fails the parse. Float weights with a Q/DQ pair are what the 8.x guide documents.
+        extra.update(QuantizeBias=False, AddQDQPairToWeight=True)
     started = time.perf_counter()
     output.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
         prepared = workdir / "prepared.onnx"
-        q.shape_inference.quant_pre_process(str(onnx_path), str(prepared), skip_optimization=True)
+        # Symbolic shape inference stops on the dynamic decoder ("Incomplete symbolic shape
+        # inference"); the quantizer needs types, which ONNX's own inference still gives.
+        q.shape_inference.quant_pre_process(
+            str(onnx_path),
+            str(prepared),
+            skip_optimization=True,
+            skip_symbolic_shape=has_dynamic_input(model),
+            save_as_external_data=large,
+            all_tensors_to_one_file=True,
+        )
         key = f"{source_hash[:16]}-{calibration.key}-{method}-{percentile}-{target}"
         ranges_path = (Path(cache_dir) if cache_dir is not None else workdir) / f"ranges-{key}.json"
         if not ranges_path.is_file():
@@ -209,11 +236,14 @@ def quantize_int8(
             per_channel=True,
             nodes_to_quantize=quantize,
             op_types_to_quantize=list(QUANTIZED_OPS),
+            use_external_data_format=large,
             calibrate_method=q.CalibrationMethod.MinMax,  # the label of our cached ranges
             extra_options=extra,
             calibration_cache_path=str(ranges_path),
         )
-        staged.replace(output)
+        # The external-data file (vitg) first, the model last: the name appears only when complete.
+        for item in sorted(workdir.glob(output.name + "*"), key=lambda p: p.name == output.name):
+            item.replace(output.parent / item.name)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     seconds = time.perf_counter() - started
@@ -247,23 +277,43 @@ def quantize_int8(
     return QuantizeResult(output, seconds, calibration_seconds, quantize, kept)
 
 
+def has_dynamic_input(model) -> bool:
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return any(not d.HasField("dim_value") for d in dims)
+
+
+def count_ops(path: str | Path, op_type: str) -> int:
+    return sum(node.op_type == op_type for node in _load(Path(path)).graph.node)
+
+
 def to_fp16(onnx_path: str | Path, output: str | Path, keep_fp32_ops: tuple[str, ...] = FP32_OPS) -> Path:
-    """An FP16-typed copy of ``onnx_path`` with float32 I/O, for strongly typed TensorRT builds."""
-    require("onnxruntime", "onnx", "ONNX Runtime")
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    """An FP16-typed copy of ``onnx_path`` with float32 I/O, for strongly typed TensorRT builds.
+
+    A model with Q/DQ nodes is converted to opset 19 first, where their scales can be FP16: the
+    whole quantized graph is then FP16, without a Cast pair around every Q/DQ (TensorRT >= 10).
+    """
+    from .fp16 import cast_counts, convert_opset, convert_to_fp16
 
     onnx = require("onnx", "onnx", "onnx")
     onnx_path, output = Path(onnx_path), Path(output)
     model = _load(onnx_path)
-    # Q/DQ scales must stay float32 at opset < 19, so quantize-dequantize pairs keep their type too.
-    blocked = [*keep_fp32_ops, "QuantizeLinear", "DequantizeLinear"]
-    converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked)
-    atomic_write(output, lambda tmp: onnx.save_model(converted, str(tmp)))
+    quantized = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+    opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if quantized and opset < FP16_QDQ_OPSET:
+        model = convert_opset(model, FP16_QDQ_OPSET)
+    converted = convert_to_fp16(model, keep_fp32_ops)
+    large = converted.ByteSize() > PROTOBUF_LIMIT
+    atomic_write(
+        output,
+        lambda tmp: onnx.save_model(converted, str(tmp), save_as_external_data=large, location=output.name + ".data"),
+    )
     meta = dict(read_sidecar(onnx_path) or {})
     meta.update(
         precision="fp16" if meta.get("precision", "fp32") == "fp32" else f"{meta['precision']}+fp16",
         typed_fp16=True,
+        opset=max(o.version for o in converted.opset_import if o.domain in ("", "ai.onnx")),
         fp32_ops=list(keep_fp32_ops),
+        cast_nodes=dict(zip(("total", "per_frame"), cast_counts(converted))),
         source_onnx=str(onnx_path),
         source_sha256=sha256_file(onnx_path),
         sha256=sha256_file(output),
@@ -318,7 +368,8 @@ def model_hw(onnx_path: Path) -> tuple[int, int] | None:
 def main(args: argparse.Namespace) -> int:
     if args.fp16:
         output = args.output or args.onnx.with_name(args.onnx.stem + ".fp16.onnx")
-        to_fp16(args.onnx, output)
+        with stage("converting to an FP16-typed graph"):
+            to_fp16(args.onnx, output)
         print(f"wrote {output}")
         return 0
     if args.calib_dir is None:
@@ -328,11 +379,13 @@ def main(args: argparse.Namespace) -> int:
     )
     shape = args.calib_shape or model_hw(args.onnx) or (518, 518)
     cache = output.parent / ".calib_cache"
-    calibration = CalibrationSet(args.calib_dir, args.calib_samples, shape, args.seed, cache, args.allow_fewer)
+    with stage("reading calibration images"):
+        calibration = CalibrationSet(args.calib_dir, args.calib_samples, shape, args.seed, cache, args.allow_fewer)
     print(calibration.report.summary())
-    result = quantize_int8(
-        args.onnx, calibration, output, args.method, args.target, tuple(args.keep_fp), args.percentile, cache
-    )
+    with stage("calibrating and quantizing"):
+        result = quantize_int8(
+            args.onnx, calibration, output, args.method, args.target, tuple(args.keep_fp), args.percentile, cache
+        )
     print(
         f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB): {len(result.quantized)} nodes INT8, "
         f"{len(result.kept_fp)} kept in float, {result.seconds:.1f} s"

@@ -15,13 +15,14 @@ from export.trt import (
     BuildPlan,
     Profile,
     TrtVersion,
-    check_opset,
+    export_opset,
     plan_build,
+    split_layernorm_nodes,
     timing_cache_path,
     trtexec_command,
 )
 from runtime.backends.cuda import parse_device
-from runtime.backends.tensorrt import check_engine_metadata, check_profile, spec_from_dims
+from runtime.backends.tensorrt import check_engine_metadata, check_profile, engine_profile, spec_from_dims
 from runtime.errors import ModelFileError
 from tests.conftest import REPO
 
@@ -34,8 +35,8 @@ from tests.conftest import REPO
         ("8.5", "fp32", False, (), ("EXPLICIT_BATCH",)),
         ("10.3.0", "fp16", True, (), ("STRONGLY_TYPED",)),
         ("10.3", "int8", True, (), ("STRONGLY_TYPED",)),
-        ("11.0", "int8", True, (), ("STRONGLY_TYPED",)),
-        ("11", "fp32", True, (), ("STRONGLY_TYPED",)),
+        ("11.0", "int8", True, (), ()),  # 11: every network is strongly typed, the flag is deprecated
+        ("11", "fp32", True, (), ()),
     ],
 )
 def test_plan_by_release(version, precision, typed, flags, network):
@@ -58,14 +59,42 @@ def test_bad_versions(text, match):
         TrtVersion.parse(text)
 
 
-def test_opset_and_layernorm_limits():
-    check_opset(TrtVersion.parse("8.5"), 16, has_layernorm=False)
-    with pytest.raises(ExportError, match=r"no LayerNormalization op.*--opset 16"):
-        check_opset(TrtVersion.parse("8.5"), 17, has_layernorm=True)
-    check_opset(TrtVersion.parse("8.6"), 17, has_layernorm=True)
-    with pytest.raises(ExportError, match=r"reads ONNX opset <= 17.*--opset 17"):
-        check_opset(TrtVersion.parse("8.6"), 18, has_layernorm=True)
-    check_opset(TrtVersion.parse("10.3"), 18, has_layernorm=True)
+def test_export_opset_splits_layernorm_only_for_8_5():
+    assert [export_opset(TrtVersion.parse(v)) for v in ("8.5", "8.6", "10.3", "11")] == [16, 17, 17, 17]
+
+
+@pytest.fixture(scope="module")
+def split_ln_onnx(tmp_path_factory, tiny_spec):
+    import torch
+
+    from export.onnx import export_onnx
+    from train.models import DepthAnythingV2
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ln") / "tiny16.onnx"
+    export_onnx(DepthAnythingV2(tiny_spec).eval(), path, 56, 56, opset=16)
+    return path
+
+
+def test_split_layernorm_is_pinned_to_fp32_on_8x(split_ln_onnx):
+    import onnx
+
+    graph = onnx.load(str(split_ln_onnx))
+    names = split_layernorm_nodes(graph)
+    layer_norms = 2 * 4 + 4  # norm1/norm2 per block of the tiny spec + the final norm per taken layer
+    assert len(names) == 7 * layer_norms
+    ops = {n.name: n.op_type for n in graph.graph.node}
+    assert sorted({ops[n] for n in names}) == ["Add", "Div", "Pow", "ReduceMean", "Sqrt", "Sub"]
+    # 8.5 FP16/INT8: the layers are pinned and the builder must obey
+    for precision in ("fp16", "int8"):
+        plan = plan_build(TrtVersion.parse("8.5"), precision).pin_fp32(names)
+        assert plan.fp32_layers == tuple(names) and plan.builder_flags[-1] == "OBEY_PRECISION_CONSTRAINTS"
+        command = trtexec_command(Path("m.onnx"), Path("m.engine"), plan, "image", None, 1024, None)
+        assert "--precisionConstraints=obey" in command
+        assert f"--layerPrecisions={names[0]}:fp32," in command and f"--layerOutputTypes={names[0]}:fp32," in command
+    # nothing to pin in FP32 builds or in strongly typed ones (the ONNX types decide there)
+    assert plan_build(TrtVersion.parse("8.5"), "fp32").pin_fp32(names).fp32_layers == ()
+    assert plan_build(TrtVersion.parse("10.3"), "fp16").pin_fp32(names).fp32_layers == ()
 
 
 def test_profile_validation_and_shapes():
@@ -85,6 +114,8 @@ def test_trtexec_commands_for_each_plan(tmp_path):
         "--timingCacheFile=t.cache"
     )
     profile = Profile.build((266, 266), (518, 518), (728, 728))
+    eleven = trtexec_command(onnx, engine, plan_build(TrtVersion(11, 0), "fp16"), "image", None, 4096, None)
+    assert "--stronglyTyped" not in eleven  # a deprecated no-op in 11's trtexec
     flags = trtexec_command(onnx, engine, plan_build(TrtVersion(8, 5), "int8"), "image", profile, 2048, None)
     assert flags == (
         "trtexec --onnx=m.onnx --saveEngine=m.engine --fp16 --int8 --minShapes=image:1x3x266x266 "
@@ -115,6 +146,17 @@ def test_engine_metadata_checks():
     assert "tuned on A10" in warning
     (warning,) = check_engine_metadata(engine, None, "10.3.0.26", "Orin", (8, 7))
     assert "no model.engine.json" in warning
+
+
+def test_static_engines_need_no_profile_query():
+    def no_profile():
+        raise AssertionError("a static engine's profile must not be asked for")
+
+    assert engine_profile((1, 3, 518, 518), no_profile) == ((1, 3, 518, 518), (1, 3, 518, 518))
+    assert engine_profile((-1, 3, -1, -1), lambda: ((1, 3, 266, 266), (1, 3, 518, 518), (4, 3, 728, 728))) == (
+        (1, 3, 266, 266),
+        (4, 3, 728, 728),
+    )
 
 
 def test_profile_bounds_and_dims():
@@ -216,7 +258,8 @@ def test_engine_builds_and_matches_pytorch(tmp_path, vits_checkpoint, precision,
     run = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     # the FP32 ONNX export.trt wrote beside the engine has the engine's fixed input shape
-    reference = DepthPredictor(tmp_path / "depth_anything_v2_vits.518x518.onnx", device="cpu")
+    (source,) = tmp_path.glob("depth_anything_v2_vits.518x518*.onnx")  # ".opset16" when TensorRT 8.5 is installed
+    reference = DepthPredictor(source, device="cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         predictor = DepthPredictor(engine)

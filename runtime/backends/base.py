@@ -78,7 +78,7 @@ class Backend(ABC):
         height, width = batch.shape[2:]
         if height % PATCH_SIZE or width % PATCH_SIZE:
             raise InputError(f"batch height and width must be multiples of {PATCH_SIZE}, got {height}x{width}")
-        for axis, (want, got) in enumerate(zip(self.input_spec.shape, batch.shape, strict=True)):
+        for axis, (want, got) in enumerate(zip(self.input_spec.shape, batch.shape)):  # both rank 4 here
             if want is not None and want != got:
                 raise InputError(
                     f"model input {self.input_spec.name!r} is fixed at {self.input_spec.shape}, "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -63,11 +63,21 @@ def spec_from_dims(name: str, dims: tuple[int, ...]) -> InputSpec:
 
 def check_profile(shape: tuple[int, ...], low: tuple[int, ...], high: tuple[int, ...]) -> None:
     """Reject a batch outside the engine's optimisation profile with the allowed range."""
-    if any(s < lo or s > hi for s, lo, hi in zip(shape, low, high, strict=True)):
+    if len(shape) != len(low) or any(s < lo or s > hi for s, lo, hi in zip(shape, low, high)):
         raise ValueError(
             f"input shape {tuple(shape)} is outside the engine's profile {tuple(low)}..{tuple(high)}; "
             "rebuild with a wider --min/--max profile"
         )
+
+
+def engine_profile(dims: tuple[int, ...], profile_shape: Callable[[], Any]) -> tuple[tuple[int, ...], ...]:
+    """The (lowest, highest) input shape an engine accepts. A static engine (no -1 in its input
+    dims) was built without an optimisation profile: its shape is the only one, and asking it for
+    profile 0 is not needed (nor defined in every release)."""
+    if all(d >= 0 for d in dims):
+        return tuple(dims), tuple(dims)
+    low, _, high = profile_shape()
+    return tuple(low), tuple(high)
 
 
 class TensorRTBackend(Backend):
@@ -105,9 +115,9 @@ class TensorRTBackend(Backend):
         if len(inputs) != 1 or len(outputs) != 1:
             raise ModelFileError(f"{path}: expected one input and one output, found {inputs} and {outputs}")
         (self._input,), (self._output,) = inputs, outputs
-        self.input_spec = spec_from_dims(self._input, tuple(self._engine.get_tensor_shape(self._input)))
-        low, _, high = self._engine.get_tensor_profile_shape(self._input, 0)
-        self._profile = (tuple(low), tuple(high))
+        dims = tuple(self._engine.get_tensor_shape(self._input))
+        self.input_spec = spec_from_dims(self._input, dims)
+        self._profile = engine_profile(dims, lambda: self._engine.get_tensor_profile_shape(self._input, 0))
         self._buffers: dict[str, tuple[int, int, np.ndarray, int]] = {}  # name -> (device, host ptr, host, bytes)
 
     def _buffer(self, tensor: str, nbytes: int) -> tuple[int, int, np.ndarray]:

@@ -1,5 +1,13 @@
 """Depth Anything V2 models: encoder table, model, checkpoint loading and saving."""
 
+import sys
+
+if sys.version_info < (3, 10):  # noqa: UP036 - the package installs on 3.8 for the runtime
+    raise ImportError(
+        f"the PyTorch model core and training need Python >= 3.10 (this is {sys.version.split()[0]}); "
+        "on JetPack 5's Python 3.8 only the runtime and python -m export.trt run"
+    )
+
 from .checkpoint import CheckpointError, load_backbone, load_model, save_model, to_official
 from .depth_anything import DepthAnythingV2
 from .student import build_student

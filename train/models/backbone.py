@@ -135,6 +135,12 @@ def bicubic_matrix(n_out: int | torch.Tensor, n_in: int, inv_scale: torch.Tensor
     return (weights[..., None] * onehot).sum(dim=1)
 
 
+def _as_float32(value: float | torch.Tensor) -> torch.Tensor:
+    """Scale arithmetic in float32: traced shape arithmetic with Python floats otherwise exports
+    float64 constants, which TensorRT only reads by clamping them to float32."""
+    return torch.as_tensor(value, dtype=torch.float32)
+
+
 def interpolate_pos_embed(
     pos_embed: torch.Tensor,
     grid: int,
@@ -153,13 +159,16 @@ def interpolate_pos_embed(
     patches_h, patches_w = height // PATCH_SIZE, width // PATCH_SIZE
     dim = pos_embed.shape[-1]
     cls_pos, patch_pos = pos_embed[:, :1], pos_embed[:, 1:].reshape(grid, grid, dim)
-    rows = bicubic_matrix(patches_h, grid, grid / (patches_h + POS_INTERP_OFFSET))
-    cols = bicubic_matrix(patches_w, grid, grid / (patches_w + POS_INTERP_OFFSET))
+    rows = bicubic_matrix(patches_h, grid, grid / _as_float32(patches_h + POS_INTERP_OFFSET))
+    cols = bicubic_matrix(patches_w, grid, grid / _as_float32(patches_w + POS_INTERP_OFFSET))
     # Blend with an identity for the unchanged case; a tensor, not an ``if``, so tracing keeps it.
     keep = torch.ones(()) * ((patches_h == grid) & (patches_w == grid) & (height == width))
     rows = rows * (1 - keep) + keep * (torch.arange(patches_h)[:, None] == torch.arange(grid)).float()
     cols = cols * (1 - keep) + keep * (torch.arange(patches_w)[:, None] == torch.arange(grid)).float()
-    resized = torch.einsum("ia,jb,abc->ijc", rows, cols, patch_pos.float())
+    # Two two-operand products, not one three-input einsum: TensorRT 8.x's Einsum layer takes at
+    # most two inputs (NvInfer.h 8.5/8.6, IEinsumLayer), and plain MatMuls parse on every release.
+    by_rows = (rows @ patch_pos.float().reshape(grid, grid * dim)).reshape(-1, grid, dim)  # (h, grid, dim)
+    resized = cols @ by_rows  # (w, grid) x (h, grid, dim) -> (h, w, dim)
     return torch.cat((cls_pos.float(), resized.reshape(1, -1, dim)), dim=1)
 
 

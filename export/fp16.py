@@ -1,0 +1,248 @@
+"""FP16-typed ONNX graphs for strongly typed TensorRT builds, with as few Casts as the graph allows.
+
+A strongly typed network runs each layer in the type its ONNX tensors carry, so an FP16 engine
+needs an FP16-typed graph. This pass gives every float tensor one type, decided once:
+
+- nodes that depend on the image compute in FP16, except the op types asked to stay FP32;
+- nodes that do not (shape arithmetic, the position-embedding resize: build-time constants that
+  TensorRT folds) stay FP32, so folding happens at full precision;
+- graph inputs and outputs stay FP32 (the runtime feeds and reads float32);
+
+and inserts one Cast per tensor and wanted type where a consumer needs the other type. Inputs
+that ONNX types as float32 regardless of the data (Resize's roi and scales) stay FP32.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+FLOAT, FLOAT16 = 1, 10
+PROTOBUF_LIMIT = 2**31 - 1
+# (op, input index) slots whose type ONNX fixes to float32, whatever the data type.
+ALWAYS_FP32_INPUTS = {("Resize", 1), ("Resize", 2), ("Upsample", 1)}
+# Ops that read only the shape of a float input, whatever its type.
+TYPE_AGNOSTIC = {"Shape", "Size"}
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+
+
+def weightless(model: Any, limit: int = 1 << 20) -> Any:
+    """A copy without the values of large float initializers: enough for shape and type inference,
+    and small enough to serialise when the model itself is past protobuf's 2 GB (vitg)."""
+    copy = type(model)()
+    copy.CopyFrom(model)
+    for init in copy.graph.initializer:
+        if init.data_type in (FLOAT, FLOAT16) and len(init.raw_data) > limit:
+            init.ClearField("raw_data")  # dims and type stay: they are what inference reads
+    return copy
+
+
+def convert_opset(model: Any, opset: int, limit: int = PROTOBUF_LIMIT) -> Any:
+    """``onnx.version_converter`` also for models past protobuf's limit: converted without the
+    weight values (the adapters rewrite nodes, not weights), which are put back by name."""
+    from onnx import version_converter
+
+    if model.ByteSize() <= limit:
+        return version_converter.convert_version(model, opset)
+    values = {init.name: init.raw_data for init in model.graph.initializer}
+    converted = version_converter.convert_version(weightless(model), opset)
+    for init in converted.graph.initializer:
+        if not init.raw_data and values.get(init.name):
+            init.raw_data = values[init.name]
+    return converted
+
+
+def _float_tensors(model: Any) -> dict[str, int]:
+    from onnx import shape_inference
+
+    inferred = shape_inference.infer_shapes(weightless(model))
+    types = {}
+    for info in [*inferred.graph.input, *inferred.graph.output, *inferred.graph.value_info]:
+        types[info.name] = info.type.tensor_type.elem_type
+    for init in model.graph.initializer:
+        types[init.name] = init.data_type
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    types[node.output[0]] = attr.t.data_type
+    return types
+
+
+def image_independent(model: Any) -> set[str]:
+    """Output tensors of nodes whose values do not depend on the input image."""
+    data = {i.name for i in model.graph.input}
+    constant: set[str] = set()
+    for node in model.graph.node:  # ONNX nodes are topologically sorted
+        if node.op_type not in ("Shape", "Size") and any(i in data for i in node.input):
+            data.update(node.output)
+        else:
+            constant.update(node.output)
+    return constant
+
+
+def cast_counts(model: Any) -> tuple[int, int]:
+    """Cast nodes in all, and those that run per frame (on image-dependent tensors); the others
+    act on build-time constants that TensorRT folds away."""
+    constant = image_independent(model)
+    casts = [n for n in model.graph.node if n.op_type == "Cast"]
+    return len(casts), sum(n.output[0] not in constant for n in casts)
+
+
+def convert_to_fp16(model: Any, keep_fp32_ops: Iterable[str] = ()) -> Any:
+    """An FP16-typed copy of ``model`` with float32 inputs and outputs."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    model_copy = type(model)()
+    model_copy.CopyFrom(model)
+    model = model_copy
+    graph = model.graph
+    _drop_identities(graph)
+    types = _float_tensors(model)
+    keep = set(keep_fp32_ops)
+    constant = image_independent(model)
+    graph_outputs = {o.name for o in graph.output}
+
+    def runs_fp16(node: Any) -> bool:
+        if node.op_type in keep:
+            return False
+        # Q/DQ on weights are image-independent too, but TensorRT must see DQ -> Conv/MatMul
+        # directly to fuse them into an INT8 kernel: they stay in the FP16 graph.
+        return node.op_type in QDQ_OPS or not any(o in constant for o in node.output)
+
+    # 1. The type each float tensor is produced in.
+    produced: dict[str, int] = {}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            continue
+        wanted = FLOAT16 if runs_fp16(node) else FLOAT
+        for out in node.output:
+            if types.get(out) == FLOAT:
+                produced[out] = wanted
+        if node.op_type in ("Cast", "CastLike") and wanted == FLOAT16:
+            for attr in node.attribute:
+                if attr.name == "to" and attr.i == FLOAT:
+                    attr.i = FLOAT16
+        if node.op_type == "ConstantOfShape" and wanted == FLOAT16:
+            for attr in node.attribute:
+                if attr.name == "value" and attr.t.data_type == FLOAT:
+                    attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float16)))
+
+    # 2. Constants (initializers and Constant nodes) take the type of their consumers; a constant
+    #    wanted in both types gets an FP16 twin.
+    consumers: dict[str, list[tuple[Any, int]]] = {}
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node, index))
+
+    def wanted_type(node: Any, index: int) -> int | None:
+        if node.op_type in TYPE_AGNOSTIC:
+            return None
+        if (node.op_type, index) in ALWAYS_FP32_INPUTS or not runs_fp16(node):
+            return FLOAT
+        return FLOAT16
+
+    constants = {init.name: init for init in graph.initializer}
+    constant_nodes = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+    twins: dict[str, str] = {}
+    for name in list(constants) + list(constant_nodes):
+        if types.get(name) != FLOAT or name in graph_outputs:
+            continue
+        wants = {wanted_type(node, index) for node, index in consumers.get(name, [])} - {None}
+        if wants == {FLOAT16}:
+            _retype_constant(constants.get(name), constant_nodes.get(name))
+            produced[name] = FLOAT16
+        else:
+            produced[name] = FLOAT
+            if FLOAT16 in wants:
+                twin = f"{name}__fp16"
+                value = numpy_helper.to_array(
+                    constants[name] if name in constants else constant_nodes[name].attribute[0].t
+                )
+                graph.initializer.append(numpy_helper.from_array(value.astype(np.float16), twin))
+                twins[name] = twin
+    for info in graph.input:
+        if info.type.tensor_type.elem_type == FLOAT:
+            produced[info.name] = FLOAT
+
+    # 3. Rewire consumers to a tensor of the type they need, through one Cast per (tensor, type).
+    casts: dict[tuple[str, int], str] = {}
+    new_nodes: list[Any] = []
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            have = produced.get(name)
+            if have is None:
+                continue
+            want = wanted_type(node, index)
+            if want is None or have == want:
+                continue
+            if want == FLOAT16 and name in twins:
+                node.input[index] = twins[name]
+                continue
+            key = (name, want)
+            if key not in casts:
+                casts[key] = f"{name}__to_{'fp16' if want == FLOAT16 else 'fp32'}"
+                new_nodes.append(
+                    (name, helper.make_node("Cast", [name], [casts[key]], name=f"{casts[key]}_Cast", to=want))
+                )
+            node.input[index] = casts[key]
+    # Graph outputs produced in FP16: rename the producer's output and cast back under the old name.
+    for output in graph.output:
+        if produced.get(output.name) == FLOAT16:
+            inner = f"{output.name}__fp16"
+            for node in graph.node:
+                node.output[:] = [inner if o == output.name else o for o in node.output]
+                node.input[:] = [inner if i == output.name else i for i in node.input]
+            new_nodes.append(
+                (inner, helper.make_node("Cast", [inner], [output.name], name=f"{output.name}_Cast", to=FLOAT))
+            )
+    _insert_after_producers(graph, new_nodes)
+    del graph.value_info[:]
+    return model
+
+
+def _drop_identities(graph: Any) -> None:
+    """Rewire around Identity nodes (the exporter writes one per shared weight): a copy has no
+    precision of its own, and each would otherwise need a Cast."""
+    outputs = {o.name for o in graph.output}
+    alias = {}
+    kept = []
+    for node in graph.node:
+        if node.op_type == "Identity" and node.output[0] not in outputs:
+            alias[node.output[0]] = alias.get(node.input[0], node.input[0])
+            continue
+        node.input[:] = [alias.get(i, i) for i in node.input]
+        kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
+def _retype_constant(init: Any, constant_node: Any) -> None:
+    import numpy as np
+    from onnx import numpy_helper
+
+    tensor = init if init is not None else constant_node.attribute[0].t
+    converted = numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), tensor.name)
+    tensor.CopyFrom(converted)
+
+
+def _insert_after_producers(graph: Any, new_nodes: list[tuple[str, Any]]) -> None:
+    """Place each new Cast right after the node producing its input, keeping topological order."""
+    after: dict[str, list[Any]] = {}
+    for source, node in new_nodes:
+        after.setdefault(source, []).append(node)
+    ordered = []
+    for source in [*(i.name for i in graph.input), *(i.name for i in graph.initializer)]:
+        ordered += after.pop(source, [])
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] in after:
+            ordered.append(node)
+            ordered += after.pop(node.output[0])
+            continue
+        ordered.append(node)
+        for out in node.output:
+            ordered += after.pop(out, [])
+    for rest in after.values():  # twins' sources that are initializers already placed above
+        ordered += rest
+    del graph.node[:]
+    graph.node.extend(ordered)

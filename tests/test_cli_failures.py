@@ -1,0 +1,81 @@
+"""No export command lets a traceback out: a failure in any stage prints one line naming the stage
+and a log file that holds the traceback, and exits 1."""
+
+from __future__ import annotations
+
+import pytest
+
+import export.calibration
+import export.onnx
+import export.quantize
+import export.trt
+import export.trt_rules
+from export.common import run_cli
+from tests.sa1b import make_shard
+
+
+class Injected(RuntimeError):
+    """Stands for whatever a library raises deep inside a stage."""
+
+
+def fail(*args, **kwargs):
+    raise Injected("injected failure\nsecond line that must not be printed")
+
+
+@pytest.fixture
+def log_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "logs"
+    monkeypatch.setenv("DAV2_LOG_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory, tiny_spec):
+    import torch
+
+    from train.models import DepthAnythingV2
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("cli_failures")
+    path = folder / "tiny.onnx"
+    export.onnx.export_onnx(DepthAnythingV2(tiny_spec).eval(), path, 56, 56)
+    make_shard(folder / "sa1b" / "sa_0.tar", 4, faults=False)
+    return path
+
+
+TRT = ["--onnx-only", "--trt-version", "10.3", "--shape", "56x56"]
+
+
+@pytest.mark.parametrize(
+    "module,target,argv,stage",
+    [
+        (export.trt, (export.trt, "check_onnx"), ["--fp16", *TRT], "checking the source ONNX"),
+        (export.trt, (export.calibration, "CalibrationSet"), ["--int8", *TRT], "reading calibration images"),
+        (export.trt, (export.quantize, "quantize_int8"), ["--int8", *TRT], "calibrating and quantizing"),
+        (export.trt, (export.quantize, "to_fp16"), ["--fp16", *TRT], "converting to an FP16-typed graph"),
+        (export.trt, (export.trt, "require_compatible"), ["--fp16", *TRT], "checking the TensorRT 10.3 parser rules"),
+        (export.trt, (export.onnx, "export_onnx"), ["--fp16", *TRT, "--encoder", "vits"], "exporting the ONNX model"),
+        (export.quantize, (export.quantize, "CalibrationSet"), [], "reading calibration images"),
+        (export.quantize, (export.quantize, "quantize_int8"), [], "calibrating and quantizing"),
+        (export.quantize, (export.quantize, "to_fp16"), ["--fp16"], "converting to an FP16-typed graph"),
+    ],
+)
+def test_a_failing_stage_is_one_line_and_a_log(
+    tmp_path, source, log_dir, capsys, monkeypatch, module, target, argv, stage
+):
+    monkeypatch.setattr(*target, fail)
+    calib = ["--calib-dir", str(source.parent / "sa1b"), "--calib-samples", "4"]
+    if "--encoder" in argv:
+        full = [*argv, "--output", str(tmp_path / "out" / "m.engine")]
+    elif module is export.trt:
+        full = ["--onnx", str(source), *argv, "--output", str(tmp_path / "out" / "m.engine"), *calib]
+    else:
+        full = ["--onnx", str(source), *argv, "--output", str(tmp_path / "out" / "m.onnx"), *calib]
+    assert run_cli(module.main, module.build_parser(), full) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error")]  # progress bars share stderr
+    assert len(errors) == 1 and "Traceback" not in err and "second line" not in err, err
+    assert errors[0].startswith(f"error: {stage} failed: Injected: injected failure (details in ")
+    (log,) = log_dir.iterdir()
+    text = log.read_text()
+    assert str(log) in errors[0] and "Traceback" in text and f"stage: {stage}" in text and "second line" in text

@@ -1,0 +1,66 @@
+"""What a JetPack 5 device runs (Python 3.8 with TensorRT 8.5) must parse and run on Python 3.8:
+the runtime and everything ``export.trt`` imports. No 3.8 interpreter is installed here, so vermin
+checks the syntax and library use statically, and this test checks what vermin cannot."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO
+
+# The files pyproject.toml's ruff section also holds to py38.
+PY38 = sorted(
+    [*REPO.glob("runtime/**/*.py")]
+    + [REPO / "export" / f"{name}.py" for name in ("__init__", "trt", "trt_rules", "fp16", "common", "quantize")]
+    + [REPO / "export" / f"{name}.py" for name in ("calibration", "histogram")]
+    + [REPO / "train" / "__init__.py", REPO / "train" / "data" / "__init__.py", REPO / "train" / "data" / "sa1b.py"]
+)
+
+
+def test_vermin_finds_nothing_newer_than_python_3_8():
+    vermin = Path(sys.executable).with_name("vermin")  # the dev extra's console script, beside python
+    run = subprocess.run(
+        [str(vermin), "-t=3.8-", "--violations", "--no-tips", *map(str, PY38)],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_annotations_are_never_evaluated():
+    """vermin treats annotations as unevaluated; that holds only with the __future__ import, and
+    ``list[int]`` or ``X | None`` evaluated at import time fail on 3.8."""
+    missing = []
+    for path in PY38:
+        tree = ast.parse(path.read_text())
+        has_annotations = any(
+            (isinstance(n, (ast.AnnAssign, ast.arg)) and getattr(n, "annotation", None) is not None)
+            or (isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.returns is not None)
+            for n in ast.walk(tree)
+        )
+        future = any(
+            isinstance(n, ast.ImportFrom) and n.module == "__future__" and any(a.name == "annotations" for a in n.names)
+            for n in tree.body
+        )
+        if has_annotations and not future:
+            missing.append(str(path.relative_to(REPO)))
+    assert missing == []
+
+
+def test_the_tensorrt_export_imports_without_torch():
+    """A Jetson that builds engines from a calibrated ONNX has no PyTorch: export.trt must not need it."""
+    code = (
+        "import sys, builtins\n"
+        "real = builtins.__import__\n"
+        "def guard(name, *a, **k):\n"
+        "    if name == 'torch' or name.startswith('torch.'): raise ImportError('no torch here')\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = guard\n"
+        "import export.trt, runtime\n"
+        "print('ok')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert run.stdout.strip() == "ok", run.stderr
