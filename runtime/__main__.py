@@ -1,9 +1,15 @@
-"""``python -m runtime``: depth maps for image files, written as colourised PNGs."""
+"""``python -m runtime``: depth for image files, videos and cameras, written as colourised PNGs and MP4s.
+
+Every input is checked (it exists, a folder holds images or videos, no two inputs would write
+the same output) before the model is loaded.
+"""
 
 from __future__ import annotations
 
 import argparse
+import io
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -11,23 +17,27 @@ import numpy as np
 
 from .errors import InputError, MissingDependencyError, ModelFileError
 from .fileio import atomic_write_bytes
+from .video import VIDEO_SUFFIXES, depth_frame
 
 DEFAULT_CHECKPOINT = Path("checkpoints/depth_anything_v2_vits.pth")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m runtime",
-        description="Predict relative inverse depth (near = bright) for images and save colourised PNGs.",
+        description="Predict relative inverse depth (near = bright) for images, videos or a camera. "
+        "Images give <name>_depth.png, videos and cameras <name>_depth.mp4 at the source's frame rate: "
+        "the colourised depth alone by default, next to the input with --side-by-side.",
     )
-    parser.add_argument("images", nargs="*", type=Path, help="image files or folders of images")
+    parser.add_argument("inputs", nargs="*", type=Path, help="image or video files, or folders of them")
+    parser.add_argument("--camera", type=int, metavar="INDEX", help="also record from this OpenCV camera (0, 1, ...)")
     parser.add_argument("--sample", action="store_true", help="also run on the bundled sample photographs")
     parser.add_argument(
         "--model",
         type=Path,
         default=None,
-        help=f"model file (.pth/.safetensors/...); default {DEFAULT_CHECKPOINT} when present, "
+        help=f"model file (.pth/.safetensors/.onnx/.xml/.engine); default {DEFAULT_CHECKPOINT} when present, "
         "else untrained vits weights (structure only, the depth is meaningless)",
     )
     parser.add_argument("--backend", default="auto", help="auto (from the file suffix), torch, ...")
@@ -36,21 +46,76 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--input-size", type=int, default=518, help="short side fed to the model (default 518)")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs"), help="where to write (default outputs/)")
     parser.add_argument("--colormap", default="inferno", help="inferno, turbo, viridis, magma or gray")
-    parser.add_argument("--save-npy", action="store_true", help="also write the float32 depth as .npy")
+    parser.add_argument(
+        "--side-by-side", action="store_true", help="write the input and its depth side by side (default: depth only)"
+    )
+    parser.add_argument("--save-npy", action="store_true", help="also write each image's float32 depth as .npy")
+    parser.add_argument("--max-frames", type=int, help="stop each video or camera after this many frames")
     args = parser.parse_args(argv)
-    if not args.images and not args.sample:
-        parser.error("give image files or folders, or --sample")
+    if not args.inputs and not args.sample and args.camera is None:
+        parser.error("give image files, videos or folders of them, --camera INDEX, or --sample")
+    if args.max_frames is not None and args.max_frames < 1:
+        parser.error("--max-frames must be positive")
     return args
 
 
-def collect(paths: list[Path]) -> list[Path]:
-    found = []
+@dataclass
+class Job:
+    label: str  # what the user named: a path, "camera 0" or "sample:NAME"
+    kind: str  # "image", "video" or "camera"
+    stem: str  # output name without "_depth.<ext>"
+    source: Path | int | None = None
+    image: np.ndarray | None = None  # bundled samples come decoded
+
+    @property
+    def output_name(self) -> str:
+        return f"{self.stem}_depth.{'png' if self.kind == 'image' else 'mp4'}"
+
+
+def _kind(path: Path) -> str:
+    return "video" if path.suffix.lower() in VIDEO_SUFFIXES else "image"
+
+
+def collect(paths: list[Path]) -> list[Job]:
+    """One job per image or video; a missing path or a folder with neither is an ``InputError``."""
+    jobs = []
     for path in paths:
         if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            suffixes = IMAGE_SUFFIXES + VIDEO_SUFFIXES
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+            if not found:
+                raise InputError(f"{path}: no images or videos in this folder (looked for {' '.join(suffixes)})")
+            jobs += [Job(str(p), _kind(p), p.stem, p) for p in found]
+        elif path.is_file():
+            jobs.append(Job(str(path), _kind(path), path.stem, path))
         else:
-            found.append(path)
-    return found
+            raise InputError(f"{path}: no such file or folder")
+    return jobs
+
+
+def name_outputs(jobs: list[Job]) -> list[str]:
+    """Give every job its own output name; returns notes on the names that had to change.
+
+    Inputs that differ only in their extension (``a.jpg``, ``a.png``) keep it in the name
+    (``a_jpg_depth.png``); any other clash is an ``InputError``, never a silent overwrite.
+    """
+    notes = []
+    by_name: dict[str, list[Job]] = {}
+    for job in jobs:
+        by_name.setdefault(job.output_name, []).append(job)
+    for clashing in (group for group in by_name.values() if len(group) > 1):
+        for job in clashing:
+            if isinstance(job.source, Path):
+                job.stem = f"{job.stem}_{job.source.suffix.lstrip('.').lower()}"
+                notes.append(f"{job.label} -> {job.output_name} ({len(clashing)} inputs share the name)")
+    final: dict[str, list[str]] = {}
+    for job in jobs:
+        final.setdefault(job.output_name, []).append(job.label)
+    clashes = [labels for labels in final.values() if len(labels) > 1]
+    if clashes:
+        listed = "; ".join(" and ".join(labels) for labels in clashes)
+        raise InputError(f"these inputs would write the same output file: {listed}; run them separately")
+    return notes
 
 
 def load_default_model(model: Path | None):
@@ -72,9 +137,30 @@ def load_default_model(model: Path | None):
     return DepthAnythingV2("vits")
 
 
+def _jobs(args: argparse.Namespace) -> tuple[list[Job], list[str]]:
+    jobs = collect(args.inputs)
+    if args.camera is not None:
+        jobs.append(Job(f"camera {args.camera}", "camera", f"camera{args.camera}", args.camera))
+    if args.sample:
+        from .samples import sample_images
+
+        jobs += [Job(f"sample:{name}", "image", name, image=image) for name, image in sample_images().items()]
+    return jobs, name_outputs(jobs)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from . import DepthPredictor, colorize
+    try:
+        jobs, notes = _jobs(args)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except MissingDependencyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    from . import DepthPredictor
 
     try:
         predictor = DepthPredictor(
@@ -84,45 +170,66 @@ def main(argv: list[str] | None = None) -> int:
             input_size=args.input_size,
             precision=args.precision,
         )
-        jobs: list[tuple[str, np.ndarray | None]] = [(str(p), None) for p in collect(args.images)]
-        if args.sample:
-            from .samples import sample_images
-
-            jobs += [(f"sample:{name}", image) for name, image in sample_images().items()]
-    except (ModelFileError, MissingDependencyError, ValueError, FileNotFoundError) as exc:
+    except (ModelFileError, MissingDependencyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"{predictor!r}", file=sys.stderr)
     failed = 0
-    for label, image in jobs:
-        if image is None:
-            image = cv2.imread(label, cv2.IMREAD_COLOR)
-            if image is None:
-                print(f"skipped {label}: not a readable image", file=sys.stderr)
-                failed += 1
-                continue
+    for job in jobs:
+        out = args.output_dir / job.output_name
+        replaced = " (replaced an earlier file)" if out.exists() else ""
         try:
-            depth = predictor.predict(image)
+            if job.kind == "image":
+                line, stop = _depth_image(predictor, job, out, args), False
+            else:
+                line, stop = _depth_video(predictor, job, out, args)
         except InputError as exc:
-            print(f"skipped {label}: {exc}", file=sys.stderr)
+            print(f"skipped {job.label}: {exc}", file=sys.stderr)
             failed += 1
             continue
-        stem = label.split(":", 1)[1] if label.startswith("sample:") else Path(label).stem
-        panel = np.concatenate([image, colorize(depth, args.colormap)], axis=1)
-        _, png = cv2.imencode(".png", panel)
-        out = atomic_write_bytes(args.output_dir / f"{stem}_depth.png", png.tobytes())
-        if args.save_npy:
-            atomic_write_bytes(args.output_dir / f"{stem}_depth.npy", _npy_bytes(depth))
-        print(f"{label}: {image.shape[1]}x{image.shape[0]} depth range {depth.min():.3g}..{depth.max():.3g} -> {out}")
+        except KeyboardInterrupt:
+            print(f"interrupted during {job.label}: nothing written for it", file=sys.stderr)
+            return 130
+        print(f"{line} -> {out}{replaced}")
+        if stop:  # Ctrl-C ended a recording: its file is finalised, the rest is not started
+            return 0
     return 1 if failed and failed == len(jobs) else 0
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
+def _depth_image(predictor, job: Job, out: Path, args: argparse.Namespace) -> str:
+    from .imageio import read_image
 
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
+    image = job.image if job.image is not None else read_image(job.source)
+    depth = predictor.predict(image)
+    _, png = cv2.imencode(".png", depth_frame(image, depth, args.colormap, args.side_by_side))
+    atomic_write_bytes(out, png.tobytes())
+    if args.save_npy:
+        buffer = io.BytesIO()
+        np.save(buffer, depth)
+        atomic_write_bytes(out.with_suffix(".npy"), buffer.getvalue())
+    return f"{job.label}: {image.shape[1]}x{image.shape[0]} depth range {depth.min():.3g}..{depth.max():.3g}"
+
+
+def _depth_video(predictor, job: Job, out: Path, args: argparse.Namespace) -> tuple[str, bool]:
+    from tqdm import tqdm
+
+    from .video import frame_count, open_capture, write_depth_video
+
+    capture = open_capture(job.source)
+    total = frame_count(capture)
+    if args.max_frames is not None:
+        total = min(total or args.max_frames, args.max_frames)
+    with tqdm(total=total, unit="frame", desc=job.label, dynamic_ncols=True) as bar:
+        summary = write_depth_video(
+            predictor, capture, out, args.colormap, args.side_by_side, args.max_frames, progress=bar.update
+        )
+    fps_note = "" if summary.fps_reported else " (the source reports no frame rate: assumed)"
+    stopped = ", stopped by Ctrl-C" if summary.interrupted else ""
+    line = (
+        f"{job.label}: {summary.frames} frames at {summary.fps:.3g} fps{fps_note}, "
+        f"processed at {summary.processing_fps:.2f} frames/s{stopped}"
+    )
+    return line, summary.interrupted
 
 
 if __name__ == "__main__":

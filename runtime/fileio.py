@@ -1,18 +1,78 @@
-"""Writing outputs so that a crash never leaves a half-written file under the final name."""
+"""Writing outputs so that a crash never leaves a half-written file under the final name.
+
+Temporaries live beside their output as ``.<name>.<pid>-<host>.<random>``: a later run finds
+those whose process is gone (killed, or the machine lost power) and removes them, so an
+interrupted export leaves no hidden copy of a model behind for long.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+# Host in the name: two machines sharing a folder (an NFS mount, a container volume) must not
+# take each other's live temporaries for leftovers of a dead local process.
+_HOST = socket.gethostname().replace(".", "_") or "host"
+
+
+def temp_prefix(path: Path) -> str:
+    """The name prefix of this process's temporaries for ``path``."""
+    return f".{path.name}.{os.getpid()}-{_HOST}."
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there: never remove
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove temporaries for ``path`` left by processes of this host that no longer run."""
+    path = Path(path)
+    removed = []
+    start = f".{path.name}."
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(start):
+            continue
+        pid, _, host = entry.name[len(start) :].split(".", 1)[0].partition("-")
+        if not pid.isdigit() or host != _HOST or _process_alive(int(pid)):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def staging_dir(path: str | Path) -> Path:
+    """A fresh temporary folder beside ``path`` for building it (stale ones removed first)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
+    return Path(tempfile.mkdtemp(prefix=temp_prefix(path), dir=path.parent))
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be shared like any written file
     try:

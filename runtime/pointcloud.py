@@ -1,0 +1,217 @@
+"""Point clouds from metric depth and pinhole intrinsics, written as PLY or PointCloud2 bytes.
+
+Points are in the camera's optical frame (ROS REP 103: x right, y down, z forward), in the
+units of the depth (metres for REP 118 depth images). The model's output is relative inverse
+depth, not metres: convert it first, explicitly, with ``fit_scale_shift(...).to_metric`` or a
+known ``ScaleShift``. Nothing here guesses a scale.
+
+Rays come from the intrinsics and, where the camera info carries one, its distortion model
+(``plumb_bob``, ``rational_polynomial`` or ``equidistant``), so a depth map predicted on a raw,
+distorted image gives straight walls; a rectified image's camera info has zero distortion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+
+from .errors import InputError
+from .fileio import atomic_write_bytes
+
+DISTORTION_MODELS = ("plumb_bob", "rational_polynomial", "equidistant")
+
+
+@dataclass(frozen=True)
+class Intrinsics:
+    """Pinhole camera: focal lengths and principal point in pixels, optional lens distortion.
+
+    ``distortion`` holds OpenCV's coefficients for ``model`` (ROS ``CameraInfo.d``); empty or
+    all zero means an ideal pinhole. ``width``/``height`` (0 = unknown) are the image size the
+    numbers belong to; :meth:`for_image` rescales them to another size.
+    """
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    distortion: tuple[float, ...] = ()
+    model: str = "plumb_bob"
+    width: int = 0
+    height: int = 0
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite([self.fx, self.fy, self.cx, self.cy]).all() and self.fx > 0 and self.fy > 0):
+            raise InputError(
+                f"intrinsics need positive finite focal lengths, got fx={self.fx}, fy={self.fy} "
+                "(an all-zero camera info means the camera is not calibrated)"
+            )
+        if self.model not in DISTORTION_MODELS and any(self.distortion):
+            raise InputError(
+                f"distortion model {self.model!r} is not supported; use one of {', '.join(DISTORTION_MODELS)} "
+                "or a rectified image with zero distortion"
+            )
+
+    @classmethod
+    def from_matrix(
+        cls,
+        k: Sequence[float] | np.ndarray,
+        distortion: Sequence[float] = (),
+        model: str = "plumb_bob",
+        width: int = 0,
+        height: int = 0,
+    ) -> Intrinsics:
+        """From a 3x3 camera matrix (or its 9 row-major values, as in ``CameraInfo.k``)."""
+        k = np.asarray(k, dtype=np.float64).reshape(-1)
+        if k.size != 9:
+            raise InputError(f"a camera matrix has 9 values, got {k.size}")
+        return cls(
+            float(k[0]),
+            float(k[4]),
+            float(k[2]),
+            float(k[5]),
+            tuple(float(d) for d in distortion),
+            model,
+            int(width),
+            int(height),
+        )
+
+    @property
+    def matrix(self) -> np.ndarray:
+        return np.array([[self.fx, 0, self.cx], [0, self.fy, self.cy], [0, 0, 1]], dtype=np.float64)
+
+    def for_image(self, height: int, width: int) -> Intrinsics:
+        """The intrinsics for the image resized to ``height x width`` (no change if the size is unknown)."""
+        if not self.width or not self.height or (self.width, self.height) == (width, height):
+            return self
+        sx, sy = width / self.width, height / self.height
+        # Pixel centres sit at integer coordinates, so the principal point scales about -0.5.
+        return replace(
+            self,
+            fx=self.fx * sx,
+            fy=self.fy * sy,
+            cx=(self.cx + 0.5) * sx - 0.5,
+            cy=(self.cy + 0.5) * sy - 0.5,
+            width=width,
+            height=height,
+        )
+
+
+class PointCloud(NamedTuple):
+    """``points``: N x 3 float32 (x right, y down, z forward); ``colors``: N x 3 uint8 RGB or ``None``."""
+
+    points: np.ndarray
+    colors: np.ndarray | None
+
+
+@lru_cache(maxsize=8)
+def _rays(intrinsics: Intrinsics, height: int, width: int, stride: int) -> np.ndarray:
+    """``(h, w, 2)`` float32 ``(x/z, y/z)`` of the pixels ``[::stride, ::stride]`` of an image."""
+    v, u = np.mgrid[0:height:stride, 0:width:stride].astype(np.float64)
+    if not any(intrinsics.distortion):
+        rays = np.stack([(u - intrinsics.cx) / intrinsics.fx, (v - intrinsics.cy) / intrinsics.fy], axis=-1)
+        return rays.astype(np.float32)
+    pixels = np.stack([u, v], axis=-1).reshape(-1, 1, 2)
+    coeffs = np.asarray(intrinsics.distortion, dtype=np.float64)
+    if intrinsics.model == "equidistant":
+        normalised = cv2.fisheye.undistortPoints(pixels, intrinsics.matrix, coeffs[:4])
+    else:
+        normalised = cv2.undistortPoints(pixels, intrinsics.matrix, coeffs)
+    return normalised.reshape((*u.shape, 2)).astype(np.float32)
+
+
+def depth_to_points(
+    depth_m: np.ndarray,
+    intrinsics: Intrinsics,
+    image: np.ndarray | None = None,
+    stride: int = 1,
+    max_range: float | None = None,
+) -> PointCloud:
+    """Points for every ``stride``-th pixel of a metric depth map with a finite, positive depth.
+
+    ``depth_m`` is HxW depth along the optical axis in metres (NaN or inf where invalid);
+    ``image`` (HxWx3 BGR or HxW gray uint8, the same size) gives each point its colour;
+    ``max_range`` drops points farther than that along the optical axis.
+    """
+    depth_m = np.asarray(depth_m)
+    if depth_m.ndim != 2:
+        raise InputError(f"expected an HxW depth map, got shape {depth_m.shape}")
+    if not isinstance(stride, int) or stride < 1:
+        raise InputError(f"stride must be a positive integer, got {stride!r}")
+    height, width = depth_m.shape
+    z = depth_m[::stride, ::stride].astype(np.float32)
+    valid = np.isfinite(z) & (z > 0)
+    if max_range is not None:
+        valid &= z <= max_range
+    rays = _rays(intrinsics.for_image(height, width), height, width, stride)[valid]
+    zv = z[valid]
+    points = np.empty((zv.size, 3), dtype=np.float32)
+    points[:, 0] = rays[:, 0] * zv
+    points[:, 1] = rays[:, 1] * zv
+    points[:, 2] = zv
+    colors = None
+    if image is not None:
+        if image.shape[:2] != depth_m.shape:
+            raise InputError(f"the colour image is {image.shape[:2]}, the depth map {depth_m.shape}: they must match")
+        picked = image[::stride, ::stride][valid]
+        colors = np.repeat(picked[:, None], 3, axis=1) if picked.ndim == 1 else picked[:, ::-1]
+        colors = np.ascontiguousarray(colors, dtype=np.uint8)
+    return PointCloud(points, colors)
+
+
+def ply_bytes(cloud: PointCloud) -> bytes:
+    """A binary little-endian PLY: float x, y, z and, with colours, uchar red, green, blue per vertex."""
+    points, colors = cloud
+    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
+    header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(points)}"]
+    header += ["property float x", "property float y", "property float z"]
+    if colors is not None:
+        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
+        header += ["property uchar red", "property uchar green", "property uchar blue"]
+    rows = np.empty(len(points), dtype=np.dtype(fields))
+    for axis, name in enumerate("xyz"):
+        rows[name] = points[:, axis]
+    if colors is not None:
+        for channel, name in enumerate(("red", "green", "blue")):
+            rows[name] = colors[:, channel]
+    return ("\n".join([*header, "end_header"]) + "\n").encode("ascii") + rows.tobytes()
+
+
+def write_ply(path, cloud: PointCloud):
+    """Write ``cloud`` as a binary PLY (Open3D, CloudCompare, MeshLab read it), atomically."""
+    return atomic_write_bytes(path, ply_bytes(cloud))
+
+
+# sensor_msgs/PointField datatype for FLOAT32.
+FLOAT32 = 7
+
+
+class PointCloud2Layout(NamedTuple):
+    """The fields of a ``sensor_msgs/PointCloud2`` for an unorganised cloud (height 1)."""
+
+    fields: list[tuple[str, int, int, int]]  # (name, offset, datatype, count)
+    point_step: int
+    row_step: int
+    width: int
+    data: np.ndarray  # uint8, little-endian
+
+
+def pointcloud2_layout(cloud: PointCloud) -> PointCloud2Layout:
+    """x, y, z float32 and, with colours, PCL's ``rgb``: a float32 whose bits are 0x00RRGGBB.
+
+    Only valid points are stored, so the cloud is dense (no NaN) and one row long.
+    """
+    points, colors = cloud
+    names = ["x", "y", "z"] + (["rgb"] if colors is not None else [])
+    step = 4 * len(names)
+    packed = np.empty((len(points), len(names)), dtype="<f4")
+    packed[:, :3] = points
+    if colors is not None:
+        c = colors.astype(np.uint32)
+        packed[:, 3] = ((c[:, 0] << 16) | (c[:, 1] << 8) | c[:, 2]).astype("<u4").view("<f4")
+    fields = [(name, 4 * i, FLOAT32, 1) for i, name in enumerate(names)]
+    return PointCloud2Layout(fields, step, step * len(points), len(points), packed.reshape(-1).view(np.uint8))

@@ -1,0 +1,246 @@
+"""ROS messages <-> numpy, with no ROS library imported: shared by the bag tool and the ROS 2 node.
+
+Messages are read by attribute (``msg.height``, ``msg.data``, ...), so the message objects of
+``rosbags`` (ROS 1 and ROS 2) and of ``rclpy`` work alike. Outgoing messages are built by a
+``make(type_name, **fields)`` callable the transport supplies, and their byte payloads by its
+``blob(uint8 array)``, because each library wants its own container (a numpy array for
+``rosbags``, ``array.array('B')`` for ``rclpy``).
+
+Published depth follows REP 118 and the toolkit's conventions: ``32FC1``, the source image's
+header, relative inverse depth (unitless) under its own topic and metric depth in metres only
+after an explicit conversion, NaN where invalid.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import cv2
+import numpy as np
+
+from .errors import InputError
+from .imageio import decode_image_bytes
+from .metric import ScaleShift
+from .pointcloud import Intrinsics, PointCloud, depth_to_points, pointcloud2_layout
+
+IMAGE = "sensor_msgs/msg/Image"
+COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
+CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
+POINT_CLOUD2 = "sensor_msgs/msg/PointCloud2"
+POINT_FIELD = "sensor_msgs/msg/PointField"
+
+# Camera encodings -> (channels, numpy dtype, OpenCV conversion to BGR or None). 16UC1 and 32FC1
+# are depth images (REP 118), not pictures a depth model should be given.
+_ENCODINGS = {
+    "bgr8": (3, np.uint8, None),
+    "rgb8": (3, np.uint8, cv2.COLOR_RGB2BGR),
+    "bgra8": (4, np.uint8, cv2.COLOR_BGRA2BGR),
+    "rgba8": (4, np.uint8, cv2.COLOR_RGBA2BGR),
+    "mono8": (1, np.uint8, None),
+    "mono16": (1, np.uint16, None),
+}
+ENCODINGS = tuple(_ENCODINGS)
+
+
+def _buffer(data: Any) -> np.ndarray:
+    """A uint8 view of a message's ``data`` (numpy array, bytes, ``array.array``, list)."""
+    if isinstance(data, np.ndarray):
+        return data.view(np.uint8).reshape(-1)
+    try:
+        return np.frombuffer(memoryview(data), np.uint8)
+    except TypeError:
+        return np.asarray(data, dtype=np.uint8)
+
+
+def image_to_numpy(msg: Any, max_pixels: int | None = None) -> np.ndarray:
+    """A ``sensor_msgs/Image`` as HxWx3 BGR uint8 (colour encodings) or HxW uint8 (mono).
+
+    ``mono16`` is scaled to 8 bits over the full 16-bit range. Other encodings (depth
+    ``32FC1``, Bayer, YUV) and payloads shorter than ``step * height`` raise ``InputError``.
+    """
+    encoding = str(msg.encoding)
+    if encoding not in _ENCODINGS:
+        raise InputError(f"image encoding {msg.encoding!r} is not supported; use one of {', '.join(ENCODINGS)}")
+    channels, dtype, conversion = _ENCODINGS[encoding]
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    limit = max_pixels
+    if height <= 0 or width <= 0:
+        raise InputError(f"image is {width}x{height}: empty")
+    if limit is not None and height * width > limit:
+        raise InputError(f"image is {width}x{height}, over the limit of {limit / 1e6:.1f} megapixels")
+    row = width * channels * np.dtype(dtype).itemsize
+    data = _buffer(msg.data)
+    if step < row or data.size < step * (height - 1) + row:
+        raise InputError(
+            f"{encoding} image {width}x{height} needs rows of {row} bytes; got step {step} and {data.size} bytes"
+        )
+    if data.size < step * height:  # the last row's padding may be left out
+        data = np.concatenate([data, np.zeros(step * height - data.size, np.uint8)])
+    rows = data[: step * height].reshape(height, step)[:, :row]
+    big_endian = bool(msg.is_bigendian)
+    pixels = rows.copy().view(np.dtype(dtype).newbyteorder(">" if big_endian else "<"))
+    pixels = pixels.reshape((height, width, channels) if channels > 1 else (height, width))
+    if dtype == np.uint16:
+        # Full-range scaling keeps frames comparable over a video (no per-frame stretch).
+        return ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+    return cv2.cvtColor(pixels, conversion) if conversion is not None else pixels
+
+
+def compressed_to_numpy(msg: Any, max_pixels: int | None = None) -> np.ndarray:
+    """A ``sensor_msgs/CompressedImage`` (JPEG or PNG) as HxWx3 BGR uint8."""
+    if "compresseddepth" in str(msg.format).lower():
+        raise InputError(f"compressed depth images ({msg.format!r}) are not camera images")
+    return decode_image_bytes(_buffer(msg.data), max_pixels, name=f"compressed image ({msg.format or 'no format'})")
+
+
+def message_to_image(msg: Any, msgtype: str, max_pixels: int | None = None) -> np.ndarray:
+    """Decode an ``Image`` or ``CompressedImage`` by its message type name."""
+    if msgtype == IMAGE:
+        return image_to_numpy(msg, max_pixels)
+    if msgtype == COMPRESSED_IMAGE:
+        return compressed_to_numpy(msg, max_pixels)
+    raise InputError(f"{msgtype} is not an image message; expected {IMAGE} or {COMPRESSED_IMAGE}")
+
+
+def intrinsics_from_camera_info(msg: Any) -> Intrinsics:
+    """Intrinsics from a ``sensor_msgs/CameraInfo`` (ROS 2 ``k``/``d`` or ROS 1 ``K``/``D``)."""
+    k = getattr(msg, "k", None)
+    if k is None:
+        k = msg.K
+    d = getattr(msg, "d", None)
+    if d is None:
+        d = msg.D
+    return Intrinsics.from_matrix(
+        np.asarray(k, dtype=np.float64),
+        tuple(float(x) for x in d),
+        str(msg.distortion_model) or "plumb_bob",
+        int(msg.width),
+        int(msg.height),
+    )
+
+
+def metric_depth(relative: np.ndarray, conversion: ScaleShift) -> np.ndarray:
+    """Depth in metres from relative inverse depth, NaN where the conversion gives none (REP 118)."""
+    depth = conversion.to_metric(relative)
+    depth[~np.isfinite(depth)] = np.nan
+    return depth
+
+
+def depth_message(make: Callable[..., Any], blob: Callable[[np.ndarray], Any], header: Any, depth: np.ndarray) -> Any:
+    """A ``32FC1`` little-endian ``sensor_msgs/Image`` of ``depth`` with the source's ``header``."""
+    depth = np.ascontiguousarray(depth, dtype="<f4")
+    height, width = depth.shape
+    return make(
+        IMAGE,
+        header=header,
+        height=height,
+        width=width,
+        encoding="32FC1",
+        is_bigendian=0,
+        step=4 * width,
+        data=blob(depth.reshape(-1).view(np.uint8)),
+    )
+
+
+def pointcloud2_message(
+    make: Callable[..., Any], blob: Callable[[np.ndarray], Any], header: Any, cloud: PointCloud
+) -> Any:
+    """A dense, unorganised ``sensor_msgs/PointCloud2`` (x, y, z[, rgb] float32) with ``header``."""
+    layout = pointcloud2_layout(cloud)
+    fields = [
+        make(POINT_FIELD, name=name, offset=offset, datatype=datatype, count=count)
+        for name, offset, datatype, count in layout.fields
+    ]
+    return make(
+        POINT_CLOUD2,
+        header=header,
+        height=1,
+        width=layout.width,
+        fields=fields,
+        is_bigendian=False,
+        point_step=layout.point_step,
+        row_step=layout.row_step,
+        data=blob(layout.data),
+        is_dense=True,
+    )
+
+
+@dataclass
+class Conversion:
+    """What to publish besides the model's relative inverse depth, and how."""
+
+    metric: ScaleShift | None = None  # None: relative inverse depth only, no metres, no points
+    point_stride: int = 1
+    max_range: float | None = None  # metres along z
+    colour_points: bool = True
+
+
+def depth_messages(
+    make: Callable[..., Any],
+    blob: Callable[[np.ndarray], Any],
+    header: Any,
+    relative: np.ndarray,
+    image: np.ndarray,
+    intrinsics: Intrinsics | None,
+    conversion: Conversion,
+) -> dict[str, Any]:
+    """The messages for one frame, keyed ``relative`` (always), ``metric`` (with a metric
+    conversion) and ``points`` (with a metric conversion and intrinsics)."""
+    messages = {"relative": depth_message(make, blob, header, relative)}
+    if conversion.metric is None:
+        return messages
+    depth = metric_depth(relative, conversion.metric)
+    messages["metric"] = depth_message(make, blob, header, depth)
+    if intrinsics is not None:
+        colours = image if conversion.colour_points else None
+        cloud = depth_to_points(depth, intrinsics, colours, conversion.point_stride, conversion.max_range)
+        messages["points"] = pointcloud2_message(make, blob, header, cloud)
+    return messages
+
+
+T = TypeVar("T")
+
+
+class LatestOnly(Generic[T]):
+    """A one-slot mailbox: a new item replaces one not yet taken, which is counted as dropped.
+
+    A robot wants depth for the newest frame: when inference is slower than the camera, frames
+    that arrived while the model was busy are stale by the time it is free, and queueing them
+    only adds latency. The transport's callback calls :meth:`put`; one worker calls :meth:`take`.
+    """
+
+    def __init__(self) -> None:
+        self._item: T | None = None
+        self._full = False
+        self._closed = False
+        self._cond = threading.Condition()
+        self.received = 0
+        self.dropped = 0
+
+    def put(self, item: T) -> bool:
+        """Store ``item``; ``True`` if it replaced an older item that was never taken."""
+        with self._cond:
+            replaced = self._full
+            self._item, self._full = item, True
+            self.received += 1
+            self.dropped += replaced
+            self._cond.notify()
+            return replaced
+
+    def take(self, timeout: float | None = None) -> T | None:
+        """The newest item, waiting up to ``timeout`` seconds; ``None`` on timeout or after :meth:`close`."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._full or self._closed, timeout)
+            if not self._full:
+                return None
+            item, self._item, self._full = self._item, None, False
+            return item
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()

@@ -1,0 +1,167 @@
+"""Depth videos from video files and cameras (OpenCV), written at the source's frame rate.
+
+The output is written under a hidden temporary name and renamed when it is finalised, so a
+crash never leaves a half-written video under its name. Ctrl-C stops at the frame being
+processed and finalises the file: a shorter, playable video.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .errors import InputError
+from .fileio import atomic_write
+from .visualize import colorize
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm")
+# MPEG-4 Part 2 is the codec every OpenCV build (the pip wheels' FFmpeg included) can write.
+FOURCC = "mp4v"
+DEFAULT_FPS = 30.0
+
+
+@dataclass
+class VideoSummary:
+    frames: int
+    fps: float  # the output's frame rate
+    seconds: float
+    interrupted: bool
+    fps_reported: bool  # False: the source gave no frame rate and DEFAULT_FPS was used
+
+    @property
+    def processing_fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+@contextlib.contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """Hold back OpenCV's own warnings while a capture opens: the ``InputError`` says what failed."""
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+
+
+def open_capture(source: str | os.PathLike | int) -> cv2.VideoCapture:
+    """An opened ``cv2.VideoCapture`` for a file path or a camera index, else ``InputError``."""
+    if isinstance(source, int):
+        with _quiet_opencv():
+            capture = cv2.VideoCapture(source)
+        if not capture.isOpened():
+            raise InputError(f"cannot open camera {source}: no such device, or it is in use")
+        return capture
+    path = Path(source)
+    if not path.is_file():
+        raise InputError(f"no such video file: {path}")
+    with _quiet_opencv():
+        capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise InputError(f"cannot open {path} as a video (unknown container or codec for this OpenCV build)")
+    return capture
+
+
+def frame_count(capture: cv2.VideoCapture) -> int | None:
+    """The number of frames a video file declares; ``None`` for cameras and streams that do not say."""
+    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    return count if count > 0 else None
+
+
+def source_fps(capture: cv2.VideoCapture) -> tuple[float, bool]:
+    """The capture's frame rate and whether it reported one (else :data:`DEFAULT_FPS`)."""
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    if fps and np.isfinite(fps) and 0 < fps < 1000:
+        return float(fps), True
+    return DEFAULT_FPS, False
+
+
+def depth_frame(image: np.ndarray, depth: np.ndarray, colormap: str, side_by_side: bool) -> np.ndarray:
+    """The colourised depth, or the input and it side by side, as one BGR image."""
+    coloured = colorize(depth, colormap)
+    if not side_by_side:
+        return coloured
+    left = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image
+    return np.concatenate([left, coloured], axis=1)
+
+
+def write_depth_video(
+    predictor: Any,
+    source: str | os.PathLike | int | cv2.VideoCapture,
+    output: str | os.PathLike,
+    colormap: str = "inferno",
+    side_by_side: bool = False,
+    max_frames: int | None = None,
+    progress: Callable[[int], Any] | None = None,
+) -> VideoSummary:
+    """Write the depth of every frame of ``source`` (a video file, camera index or opened capture) to ``output``.
+
+    The output (an ``.mp4``) has the source's frame rate, or :data:`DEFAULT_FPS` when the
+    source reports none (many cameras). ``predictor`` is a :class:`runtime.DepthPredictor`.
+    """
+    output = Path(output)
+    if output.suffix.lower() != ".mp4":
+        raise InputError(f"depth videos are written as .mp4, got {output.name}")
+    capture = source if isinstance(source, cv2.VideoCapture) else open_capture(source)
+    name = "the capture" if isinstance(source, cv2.VideoCapture) else str(source)
+    fps, reported = source_fps(capture)
+    summary = VideoSummary(0, fps, 0.0, False, reported)
+    start = time.perf_counter()
+
+    def write(tmp: Path) -> None:
+        # VideoWriter picks the container from the file name, so stage under the real suffix.
+        staged = tmp.with_name(tmp.name + output.suffix)
+        writer = None
+        pending: deque = deque()
+
+        def frames() -> Iterator[np.ndarray]:
+            count = 0
+            while max_frames is None or count < max_frames:
+                ok, frame = capture.read()
+                if not ok:
+                    return
+                count += 1
+                pending.append(frame)
+                yield frame
+
+        try:
+            try:
+                for depth in predictor.stream(frames()):
+                    panel = depth_frame(pending.popleft(), depth, colormap, side_by_side)
+                    if writer is None:
+                        height, width = panel.shape[:2]
+                        writer = cv2.VideoWriter(str(staged), cv2.VideoWriter_fourcc(*FOURCC), fps, (width, height))
+                        if not writer.isOpened():
+                            raise InputError(f"this OpenCV build cannot write {FOURCC} video to {output}")
+                    writer.write(panel)
+                    summary.frames += 1
+                    if progress is not None:
+                        progress(1)
+            except KeyboardInterrupt:
+                if writer is None:
+                    raise
+                summary.interrupted = True
+            if writer is None:
+                raise InputError(f"no frames could be read from {name}")
+            writer.release()
+            os.replace(staged, tmp)
+        finally:
+            if writer is not None:
+                writer.release()
+            staged.unlink(missing_ok=True)
+
+    try:
+        atomic_write(output, write)
+    finally:
+        capture.release()
+    summary.seconds = time.perf_counter() - start
+    return summary

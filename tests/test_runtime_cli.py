@@ -1,0 +1,86 @@
+"""``python -m runtime``: inputs checked before the model loads, no silent overwrite, depth-only by default."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "runtime", *args], cwd=REPO, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, tiny_spec):
+    import torch
+
+    from train.models import DepthAnythingV2, save_model
+
+    torch.manual_seed(0)
+    return save_model(DepthAnythingV2(tiny_spec).eval(), tmp_path_factory.mktemp("model") / "tiny.safetensors")
+
+
+def test_bad_inputs_are_refused_before_the_model_is_loaded(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no pictures here")
+    missing_model = str(tmp_path / "no_such_model.pth")  # loading it would fail: it is never tried
+    for inputs, message in [
+        ([tmp_path / "empty"], "no images or videos in this folder"),
+        ([tmp_path / "notes"], "no images or videos in this folder"),
+        ([tmp_path / "missing.jpg"], "missing.jpg: no such file or folder"),
+    ]:
+        run = run_cli(*map(str, inputs), "--model", missing_model)
+        assert run.returncode == 2, run.stderr
+        assert run.stderr.startswith("error: ") and message in run.stderr and run.stderr.count("\n") == 1
+        assert "WARN" not in run.stderr and "imread" not in run.stderr  # no OpenCV chatter before ours
+    nothing = run_cli()
+    assert nothing.returncode == 2 and "--camera INDEX" in nothing.stderr
+
+
+def test_two_inputs_never_write_one_output(tmp_path, photo):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        cv2.imwrite(str(tmp_path / folder / "same.png"), photo)
+    run = run_cli(str(tmp_path / "a" / "same.png"), str(tmp_path / "b" / "same.png"), "--model", "unused.pth")
+    assert run.returncode == 2 and "would write the same output file" in run.stderr
+    assert "a/same.png and " in run.stderr
+
+
+def test_images_give_depth_only_by_default_and_keep_distinct_names(tmp_path, tiny_checkpoint, photo):
+    small = cv2.resize(photo, (90, 60))
+    cv2.imwrite(str(tmp_path / "astronaut.jpg"), small)
+    cv2.imwrite(str(tmp_path / "astronaut.png"), small)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "astronaut_png_depth.png").write_bytes(b"from an earlier run")
+    common = ["--model", str(tiny_checkpoint), "--input-size", "56", "--output-dir", str(out)]
+    run = run_cli(str(tmp_path), *common, "--save-npy")
+    assert run.returncode == 0, run.stderr
+    assert "astronaut.jpg -> astronaut_jpg_depth.png (2 inputs share the name)" in run.stderr
+    assert "skipped" in run.stderr and "broken.jpg" in run.stderr and "WARN" not in run.stderr
+    assert "astronaut_png_depth.png (replaced an earlier file)" in run.stdout  # said, not silent
+    for stem in ("astronaut_jpg", "astronaut_png"):
+        assert cv2.imread(str(out / f"{stem}_depth.png")).shape == (60, 90, 3)  # the depth alone
+        assert np.load(out / f"{stem}_depth.npy").shape == (60, 90)
+    beside = run_cli(str(tmp_path / "astronaut.png"), *common, "--side-by-side")
+    assert beside.returncode == 0, beside.stderr
+    panel = cv2.imread(str(out / "astronaut_depth.png"))
+    assert panel.shape == (60, 180, 3)
+    np.testing.assert_array_equal(panel[:, :90], cv2.imread(str(tmp_path / "astronaut.png")))
+
+
+def test_help_says_what_is_written_and_the_default():
+    run = run_cli("--help")
+    assert run.returncode == 0
+    text = " ".join(run.stdout.split())
+    assert "the colourised depth alone by default, next to the input with --side-by-side" in text
+    assert "--camera INDEX" in text and "<name>_depth.mp4 at the source's frame rate" in text
