@@ -91,6 +91,50 @@ def add_precision_args(parser: argparse.ArgumentParser, helps: dict[str, str], d
     parser.set_defaults(precision=default)
 
 
+DEFAULT_ACCURACY_BUDGET = 0.01
+DEFAULT_ACCURACY_IMAGES = 8
+SMOOTH_MODES = ("auto", "on", "off")
+
+
+def accuracy_budget(text: str) -> float | None:
+    """argparse type: an AbsRel bound, or ``off``."""
+    if text.lower() in ("off", "none"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (an AbsRel such as 0.01) or 'off'") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("the accuracy budget must be positive (or 'off')")
+    return value
+
+
+def add_accuracy_args(parser: argparse.ArgumentParser) -> None:
+    """The INT8 accuracy budget every INT8 export takes (see ``export.accuracy``)."""
+    parser.add_argument(
+        "--accuracy-budget",
+        type=accuracy_budget,
+        default=DEFAULT_ACCURACY_BUDGET,
+        metavar="ABSREL",
+        help=f"largest AbsRel vs FP32 on held-out images (default {DEFAULT_ACCURACY_BUDGET}); layers that break "
+        "it go back to float; 'off' skips the check",
+    )
+    parser.add_argument(
+        "--accuracy-images",
+        type=int,
+        default=DEFAULT_ACCURACY_IMAGES,
+        metavar="N",
+        help=f"images from --calib-dir held out of calibration to measure on (default {DEFAULT_ACCURACY_IMAGES})",
+    )
+    parser.add_argument(
+        "--smooth",
+        choices=SMOOTH_MODES,
+        default="auto",
+        help="migrate activation outliers into the weights first: auto (when LayerNorm-fed layers cause the "
+        "error, default), on, off",
+    )
+
+
 def check_request(args: argparse.Namespace) -> None:
     """What every export from ``--onnx``/``--checkpoint``/``--encoder`` with a precision needs."""
     if args.precision == "int8" and args.calib_dir is None:

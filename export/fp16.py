@@ -42,12 +42,15 @@ def convert_opset(model: Any, opset: int, limit: int = PROTOBUF_LIMIT) -> Any:
     from onnx import version_converter
 
     if model.ByteSize() <= limit:
-        return version_converter.convert_version(model, opset)
-    values = {init.name: init.raw_data for init in model.graph.initializer}
-    converted = version_converter.convert_version(weightless(model), opset)
-    for init in converted.graph.initializer:
-        if not init.raw_data and values.get(init.name):
-            init.raw_data = values[init.name]
+        converted = version_converter.convert_version(model, opset)
+    else:
+        values = {init.name: init.raw_data for init in model.graph.initializer}
+        converted = version_converter.convert_version(weightless(model), opset)
+        for init in converted.graph.initializer:
+            if not init.raw_data and values.get(init.name):
+                init.raw_data = values[init.name]
+    # The converter keeps the IR version; opsets 19-20 belong to IR 9.
+    converted.ir_version = max(converted.ir_version, 9 if opset >= 19 else converted.ir_version)
     return converted
 
 
@@ -70,19 +73,27 @@ def _float_tensors(model: Any) -> dict[str, int]:
 
 def image_independent(model: Any) -> set[str]:
     """Output tensors of nodes whose values do not depend on the input image."""
+    users: dict[str, list[Any]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
     data = {i.name for i in model.graph.input}
-    constant: set[str] = set()
-    for node in model.graph.node:  # ONNX nodes are topologically sorted
-        if node.op_type not in ("Shape", "Size") and any(i in data for i in node.input):
-            data.update(node.output)
-        else:
-            constant.update(node.output)
-    return constant
+    todo = list(data)
+    while todo:  # no reliance on node order: some converters append nodes out of order
+        for node in users.get(todo.pop(), []):
+            if node.op_type in ("Shape", "Size"):
+                continue
+            for out in node.output:
+                if out not in data:
+                    data.add(out)
+                    todo.append(out)
+    return {out for node in model.graph.node for out in node.output if out not in data}
 
 
 def cast_counts(model: Any) -> tuple[int, int]:
-    """Cast nodes in all, and those that run per frame (on image-dependent tensors); the others
-    act on build-time constants that TensorRT folds away."""
+    """Cast nodes in all, and those on image data (they run on every frame). The others act on
+    values that do not depend on the image: build-time constants that TensorRT folds away in a
+    static engine, shape-dependent values it recomputes per inference in a dynamic one."""
     constant = image_independent(model)
     casts = [n for n in model.graph.node if n.op_type == "Cast"]
     return len(casts), sum(n.output[0] not in constant for n in casts)
@@ -150,7 +161,8 @@ def convert_to_fp16(model: Any, keep_fp32_ops: Iterable[str] = ()) -> Any:
             continue
         wants = {wanted_type(node, index) for node, index in consumers.get(name, [])} - {None}
         if wants == {FLOAT16}:
-            _retype_constant(constants.get(name), constant_nodes.get(name))
+            is_scale = any(node.op_type in QDQ_OPS and index == 1 for node, index in consumers.get(name, []))
+            _retype_constant(constants.get(name), constant_nodes.get(name), scale=is_scale)
             produced[name] = FLOAT16
         else:
             produced[name] = FLOAT
@@ -217,13 +229,21 @@ def _drop_identities(graph: Any) -> None:
     graph.node.extend(kept)
 
 
-def _retype_constant(init: Any, constant_node: Any) -> None:
+FP16_TINY = 2.0**-14  # the smallest normal FP16 value
+
+
+def _retype_constant(init: Any, constant_node: Any, scale: bool = False) -> None:
+    """Store a float32 constant as FP16. A Q/DQ scale below FP16's normal range is raised to its
+    bottom (a scale that small means a tensor within +-0.008, where the coarser step still resolves
+    it): in FP16 it would turn subnormal or zero, and zero scales break the quantizer."""
     import numpy as np
     from onnx import numpy_helper
 
     tensor = init if init is not None else constant_node.attribute[0].t
-    converted = numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), tensor.name)
-    tensor.CopyFrom(converted)
+    values = numpy_helper.to_array(tensor)
+    if scale:
+        values = np.maximum(values, FP16_TINY)
+    tensor.CopyFrom(numpy_helper.from_array(values.astype(np.float16), tensor.name))
 
 
 def _insert_after_producers(graph: Any, new_nodes: list[tuple[str, Any]]) -> None:

@@ -35,7 +35,7 @@ from runtime.fileio import atomic_write
 from runtime.metadata import library_versions, read_sidecar, sha256_file, write_sidecar
 
 from .calibration import CalibrationSet
-from .common import ExportError, parse_hw, run_cli, stage
+from .common import ExportError, add_accuracy_args, parse_hw, run_cli, stage
 
 METHODS = ("percentile", "entropy", "minmax")
 # Percentile is the default: on ViT activations (long-tailed after LayerNorm and GELU) the
@@ -46,9 +46,11 @@ TARGETS = ("tensorrt", "cpu")
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 # Node names follow the PyTorch module path ("/pretrained/patch_embed/proj/Conv", ...).
 DEFAULT_KEEP_FP = ("*/patch_embed/*", "*/output_conv1/*", "*/output_conv2/*")
-# A LayerNorm split into ReduceMean/Pow/Sqrt (opset < 17) overflows in FP16 (the variance of
-# large activations); LayerNormalization itself computes in float32 (stash_type=1) on TensorRT.
-FP32_OPS = ("ReduceMean", "Pow", "Sqrt")
+# LayerNorm stays in float32 in FP16-typed graphs: its variance of large activations overflows
+# FP16, and a strongly typed network computes a layer in its input's type (10.x NvInfer.h,
+# INormalizationLayer::setComputePrecision: strongly typed networks take the precision from the
+# input type), so the input itself must be float32. Likewise a LayerNorm split at opset < 17.
+FP32_OPS = ("LayerNormalization", "ReduceMean", "Pow", "Sqrt")
 # QuantizeLinear-19/DequantizeLinear-19 are the first to take FP16 scales.
 FP16_QDQ_OPSET = 19
 PROTOBUF_LIMIT = 2**31 - 1
@@ -208,20 +210,24 @@ def quantize_int8(
     workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
         prepared = workdir / "prepared.onnx"
-        # Symbolic shape inference stops on the dynamic decoder ("Incomplete symbolic shape
-        # inference"); the quantizer needs types, which ONNX's own inference still gives.
+        # No symbolic shape inference: it stops on the dynamic decoder ("Incomplete symbolic shape
+        # inference") and then drops sym_shape_infer_temp.onnx into the working directory; the
+        # quantizer needs types, which ONNX's own inference gives.
         q.shape_inference.quant_pre_process(
             str(onnx_path),
             str(prepared),
             skip_optimization=True,
-            skip_symbolic_shape=has_dynamic_input(model),
+            skip_symbolic_shape=True,
             save_as_external_data=large,
             all_tensors_to_one_file=True,
         )
         key = f"{source_hash[:16]}-{calibration.key}-{method}-{percentile}-{target}"
         ranges_path = (Path(cache_dir) if cache_dir is not None else workdir) / f"ranges-{key}.json"
         if not ranges_path.is_file():
-            tensors = calibration_tensors(_load(prepared), quantize, with_outputs=not symmetric)
+            # Ranges of every candidate, whatever --keep-fp says: the cache (keyed by model and images)
+            # then serves any later choice of layers, such as the accuracy budget's reverts.
+            candidates, _ = select_nodes(model, ())
+            tensors = calibration_tensors(_load(prepared), candidates, with_outputs=not symmetric)
             ranges = collect_ranges(prepared, tensors, calibration, method, percentile, symmetric)
             atomic_write(ranges_path, lambda tmp: _write_ort_ranges(ranges, tmp))
         calibration_seconds = time.perf_counter() - started
@@ -275,11 +281,6 @@ def quantize_int8(
         },
     )
     return QuantizeResult(output, seconds, calibration_seconds, quantize, kept)
-
-
-def has_dynamic_input(model) -> bool:
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    return any(not d.HasField("dim_value") for d in dims)
 
 
 def count_ops(path: str | Path, op_type: str) -> int:
@@ -353,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--keep-fp", action="append", default=[], metavar="PATTERN", help="node-name glob kept in float (repeatable)"
     )
+    add_accuracy_args(parser)
     parser.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
     return parser
 
@@ -377,19 +379,27 @@ def main(args: argparse.Namespace) -> int:
     output = args.output or args.onnx.with_name(
         args.onnx.stem + f".int8{'' if args.target == 'tensorrt' else '-cpu'}.onnx"
     )
+    from .accuracy import export_int8
+
     shape = args.calib_shape or model_hw(args.onnx) or (518, 518)
-    cache = output.parent / ".calib_cache"
-    with stage("reading calibration images"):
-        calibration = CalibrationSet(args.calib_dir, args.calib_samples, shape, args.seed, cache, args.allow_fewer)
-    print(calibration.report.summary())
-    with stage("calibrating and quantizing"):
-        result = quantize_int8(
-            args.onnx, calibration, output, args.method, args.target, tuple(args.keep_fp), args.percentile, cache
-        )
-    print(
-        f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB): {len(result.quantized)} nodes INT8, "
-        f"{len(result.kept_fp)} kept in float, {result.seconds:.1f} s"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    export_int8(
+        args.onnx,
+        output,
+        args.calib_dir,
+        args.calib_samples,
+        shape,
+        args.accuracy_budget,
+        args.accuracy_images,
+        args.smooth,
+        args.method,
+        args.target,
+        tuple(args.keep_fp),
+        args.seed,
+        args.allow_fewer,
+        args.percentile,
     )
+    print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
     return 0
 
 

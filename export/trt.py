@@ -32,6 +32,7 @@ from runtime.metadata import library_versions, read_sidecar, sha256_file, write_
 
 from .common import (
     ExportError,
+    add_accuracy_args,
     add_precision_args,
     add_source_args,
     check_hw,
@@ -61,6 +62,7 @@ class BuildPlan:
     builder_flags: tuple[str, ...]
     network_flags: tuple[str, ...]
     fp32_layers: tuple[str, ...] = ()  # layers pinned to FP32 (8.x: a split LayerNorm under FP16)
+    cleared_flags: tuple[str, ...] = ()  # flags on by default that this build turns off
 
     @property
     def onnx_suffix(self) -> str:
@@ -82,13 +84,15 @@ def plan_build(version: TrtVersion, precision: str, weakly_typed: bool = False) 
             "drop --weakly-typed"
         )
     quantized = precision == "int8"
+    # TF32 is on by default (NvInfer.h 8.5-11.1, BuilderFlag::kTF32): an FP32 reference would not be FP32.
+    cleared = ("TF32",) if precision == "fp32" else ()
     if version.major >= 10 and not weakly_typed:
         # 11 types every network strongly; its STRONGLY_TYPED flag is deprecated and ignored (NvInfer.h 11.1).
         network = ("STRONGLY_TYPED",) if version.major == 10 else ()
-        return BuildPlan(precision, True, precision != "fp32", quantized, (), network)
+        return BuildPlan(precision, True, precision != "fp32", quantized, (), network, cleared_flags=cleared)
     flags = {"fp32": (), "fp16": ("FP16",), "int8": ("FP16", "INT8")}[precision]
     network = ("EXPLICIT_BATCH",) if version.major < 10 else ()
-    return BuildPlan(precision, False, False, quantized, flags, network)
+    return BuildPlan(precision, False, False, quantized, flags, network, cleared_flags=cleared)
 
 
 def export_opset(version: TrtVersion) -> int:
@@ -98,8 +102,8 @@ def export_opset(version: TrtVersion) -> int:
 
 def split_layernorm_nodes(model) -> list[str]:
     """Names of the nodes of every LayerNorm written out as ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div
-    (opset < 17): the ones that overflow in FP16 on TensorRT 8.x (NVIDIA/TensorRT#2564; the 8.5
-    builder warns about it). The affine Mul/Add after them stay free."""
+    (opset < 17): the ones that overflow in FP16 on TensorRT 8.x (NVIDIA/TensorRT#2564 and #2781,
+    where the builder's own warning says so). The affine Mul/Add after them stay free."""
     from onnx import numpy_helper
 
     producer = {out: node for node in model.graph.node for out in node.output}
@@ -175,6 +179,8 @@ def trtexec_command(
     if "STRONGLY_TYPED" in plan.network_flags:  # 11's trtexec types strongly by default
         args.append("--stronglyTyped")
     args += [TRTEXEC_FLAGS[flag] for flag in plan.builder_flags]
+    if "TF32" in plan.cleared_flags:
+        args.append("--noTF32")
     if plan.fp32_layers:
         # trtexec takes exact layer names (the ONNX node names) or "*", no patterns.
         args.append("--layerPrecisions=" + ",".join(f"{name}:fp32" for name in plan.fp32_layers))
@@ -182,7 +188,7 @@ def trtexec_command(
     if profile is not None:
         for name, shape in profile.shapes().items():
             args.append(f"--{name}Shapes={input_name}:{'x'.join(map(str, shape))}")
-    args.append(f"--memPoolSize=workspace:{workspace_mib}M")
+    args.append(f"--memPoolSize=workspace:{workspace_mib}")  # MiB; 8.x's trtexec takes no unit suffix
     if timing_cache is not None:
         args.append(f"--timingCacheFile={timing_cache}")
     return shlex.join(args)
@@ -201,6 +207,7 @@ class OnnxFacts:
     dynamic: bool  # height/width dynamic
     quantized: bool  # carries Q/DQ nodes already (calibrated earlier)
     typed_fp16: bool  # carries FP16 tensors (made for a strongly typed build)
+    hw: tuple[int, int] | None  # the fixed input height and width, None when dynamic
 
 
 def onnx_facts(path: Path) -> OnnxFacts:
@@ -213,7 +220,8 @@ def onnx_facts(path: Path) -> OnnxFacts:
     dynamic = len(dims) == 4 and not (dims[2].HasField("dim_value") and dims[3].HasField("dim_value"))
     quantized = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
     typed = any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
-    return OnnxFacts(model_opset(model), graph_input.name, dynamic, quantized, typed)
+    hw = None if dynamic or len(dims) != 4 else (dims[2].dim_value, dims[3].dim_value)
+    return OnnxFacts(model_opset(model), graph_input.name, dynamic, quantized, typed, hw)
 
 
 def installed_tensorrt():
@@ -261,6 +269,8 @@ def build_engine(
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
     for flag in plan.builder_flags:
         config.set_flag(getattr(trt.BuilderFlag, flag))
+    for flag in plan.cleared_flags:
+        config.clear_flag(getattr(trt.BuilderFlag, flag))
     if plan.fp32_layers:
         pinned = pin_layers_fp32(trt, network, plan.fp32_layers)
         print(f"pinned {pinned} of {len(plan.fp32_layers)} split-LayerNorm layers to FP32")
@@ -301,7 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--keep-fp", action="append", default=[], metavar="PATTERN", help="node-name glob kept in float"
     )
-    parser.add_argument("--shape", type=parse_hw, default=(518, 518), help="static input HxW (default 518x518)")
+    add_accuracy_args(parser)
+    parser.add_argument(
+        "--shape", type=parse_hw, help="static input HxW (default: a static --onnx's own, else 518x518)"
+    )
     parser.add_argument("--min", type=parse_hw, dest="min_shape", help="dynamic profile: smallest HxW")
     parser.add_argument("--opt", type=parse_hw, dest="opt_shape", help="dynamic profile: HxW to tune and calibrate at")
     parser.add_argument("--max", type=parse_hw, dest="max_shape", help="dynamic profile: largest HxW")
@@ -380,7 +393,13 @@ def main(args: argparse.Namespace) -> int:
     version = target_version(trt, args.trt_version)
     plan = plan_build(version, args.precision, args.weakly_typed)
     profile = resolve_profile(args)
-    height, width = profile.opt[1:] if profile else check_hw(*args.shape)
+    if given is not None and given.dynamic and profile is None:
+        raise ExportError(f"{args.onnx} has a dynamic input: give --min, --opt and --max for the engine's profile")
+    if given is not None and given.hw is not None:
+        if args.shape is not None and tuple(args.shape) != given.hw:
+            raise ExportError(f"{args.onnx} takes {given.hw[0]}x{given.hw[1]} inputs; drop --shape or re-export it")
+        args.shape = given.hw
+    height, width = profile.opt[1:] if profile else check_hw(*(args.shape or (518, 518)))
     output = args.output or Path("artifacts") / f"{source_stem(args)}.{args.precision}.engine"
     if output.suffix not in (".engine", ".plan"):
         raise ExportError(f"{output}: engine files end in .engine or .plan")
@@ -406,22 +425,23 @@ def main(args: argparse.Namespace) -> int:
     ready = source
     calibration_info = (read_sidecar(source) or {}).get("calibration") if facts.quantized else None
     if plan.quantized and not facts.quantized:
-        from .calibration import CalibrationSet
-        from .quantize import quantize_int8
+        from .accuracy import export_int8
 
-        cache = folder / ".calib_cache"
-        with stage("reading calibration images"):
-            calibration = CalibrationSet(
-                args.calib_dir, args.calib_samples, (height, width), cache_dir=cache, allow_fewer=args.allow_fewer
-            )
-        print(calibration.report.summary())
-        calibration_info = calibration.describe()
         ready = output.with_name(output.stem + (".qdq-fp32.onnx" if plan.typed_fp16 else plan.onnx_suffix))
-        with stage("calibrating and quantizing"):
-            result = quantize_int8(
-                source, calibration, ready, args.calib_method, "tensorrt", tuple(args.keep_fp), cache_dir=cache
-            )
-        print(f"INT8 Q/DQ: {len(result.quantized)} nodes quantized, calibration {result.calibration_seconds:.1f} s")
+        calibration_info = export_int8(
+            source,
+            ready,
+            args.calib_dir,
+            args.calib_samples,
+            (height, width),
+            args.accuracy_budget,
+            args.accuracy_images,
+            args.smooth,
+            args.calib_method,
+            "tensorrt",
+            tuple(args.keep_fp),
+            allow_fewer=args.allow_fewer,
+        )
     if plan.typed_fp16 and not facts.typed_fp16:
         from .quantize import to_fp16
 

@@ -124,6 +124,8 @@ def release_rules(table: str) -> ReleaseRules:
         # ConstantOfShape) rejects only UINT8 values and casts INT64 down like every other constant;
         # PyTorch writes every ``expand`` with an INT64 ConstantOfShape.
         ops["ConstantOfShape"] = ops["ConstantOfShape"] | {"INT32"}
+        # ...and its Range importer takes INT32 and FP32 only, though the tables list FP16 too.
+        ops["Range"] = ops["Range"] - {"FP16"}
     return ReleaseRules(table, data["document"], low, high, ops, frozenset(data["unsupported"]))
 
 
@@ -166,15 +168,31 @@ DOC_85 = "onnx-tensorrt 8.5-GA docs/operators.md"
 SRC_85 = "onnx-tensorrt 8.5-GA/8.6-GA builtin_op_importers.cpp, QuantDequantLinearHelper"
 SRC_10 = "onnx-tensorrt 10.1-GA onnxOpImporters.cpp, QuantDequantLinearHelper"
 NVINFER_EINSUM = "TensorRT 8.5/8.6 NvInfer.h, IEinsumLayer: no ellipsis, diagonal or more than two inputs"
-NVINFER_DQ = "TensorRT 8.5 NvInfer.h, IDequantizeLayer: per-channel only for inputs rooted at a constant"
+NVINFER_DQ = "TensorRT 8.5 and 10.3 NvInfer.h, IQuantizeLayer/IDequantizeLayer: per-channel only for weights"
 ONNX_QDQ_19 = "ONNX operator spec: QuantizeLinear/DequantizeLinear take float scales only before opset 19"
 DOC_TYPES = "docs/operators.md of every release: limited DOUBLE support, cast down to FLOAT with clamping"
 RESIZE_MODES = ("nearest", "linear", "cubic")  # 8.5-GA importer implements cubic although the table omits it
 RESIZE_TRANSFORMS = ("half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners")
 # Ops whose documented types describe the value they produce, not their first input.
 TYPED_BY_OUTPUT = {"Constant", "ConstantOfShape", "RandomNormal", "RandomUniform", "EyeLike", "Shape", "Size"}
-# Inputs that the importers need as build-time constants (8.5 table: "`axes` must be an initializer").
-CONSTANT_AXES = {"Slice": 3, "Squeeze": 1, "Unsqueeze": 1}
+# Inputs the importers read as weights, so they must be initializers or Constant outputs, not
+# computed: 8.5 table ("`axes` must be an initializer"); 10.1-GA onnxOpImporters.cpp (Squeeze, Clip)
+# and importerUtils.cpp (reduce axes: "Axis input must be an initializer!").
+CONSTANT_INPUTS = {"Squeeze": (1,), "Unsqueeze": (1,), "Clip": (1, 2)}
+CONSTANT_INPUTS_8X = {"Slice": (3,)}
+REDUCE_OPS = {
+    "ReduceSum": 13,
+    "ReduceMean": 18,
+    "ReduceMax": 18,
+    "ReduceMin": 18,
+    "ReduceProd": 18,
+    "ReduceL1": 18,
+    "ReduceL2": 18,
+    "ReduceLogSum": 18,
+    "ReduceLogSumExp": 18,
+    "ReduceSumSquare": 18,
+}  # op -> first opset where axes is an input
+SRC_CONSTANTS = "onnx-tensorrt 8.5-GA docs/operators.md; 10.1-GA onnxOpImporters.cpp and importerUtils.cpp"
 
 
 class _Graph:
@@ -214,6 +232,15 @@ class _Graph:
 
     def is_constant(self, tensor: str) -> bool:
         return tensor in self.constants
+
+    def is_weights(self, tensor: str) -> bool:
+        """An initializer or Constant output, also through Identity: what the importers take as weights."""
+        while tensor not in self.constants:
+            node = self.producer.get(tensor)
+            if node is None or node.op_type != "Identity":
+                return False
+            tensor = node.input[0]
+        return True
 
     def rooted_at_constant(self, tensor: str) -> bool:
         """Whether ``tensor`` comes from constants only (the weight path of a Q/DQ pair)."""
@@ -350,11 +377,18 @@ def _check_node(node: Any, graph: _Graph, version: TrtVersion) -> list[Finding]:
             add("resize-transform", f"Resize coordinate transformation {transform!r}", DOC_85)
         if _attr(node, "antialias", 0):
             add("resize-antialias", "Resize with antialias", "onnx-tensorrt 10.15 GA docs/operators.md")
-    elif op in CONSTANT_AXES:
-        index = CONSTANT_AXES[op]
-        if len(node.input) > index and node.input[index] and not graph.rooted_at_constant(node.input[index]):
-            if version.major == 8:
-                add("constant-axes", f"{op} axes come from a computed tensor, not a constant", DOC_85)
+    indices = CONSTANT_INPUTS.get(op, ()) + (CONSTANT_INPUTS_8X.get(op, ()) if version.major == 8 else ())
+    if op in REDUCE_OPS and graph.opset >= REDUCE_OPS[op]:
+        indices += (1,)
+    if op == "Clip" and graph.type_name(node.input[0]) not in ("FP32", "FP16", "BF16"):
+        indices = ()  # the integer Clip takes tensors
+    for index in indices:
+        if len(node.input) > index and node.input[index] and not graph.is_weights(node.input[index]):
+            add(
+                "constant-input",
+                f"{op} input {index} ({node.input[index]!r}) is computed, not an initializer",
+                SRC_CONSTANTS,
+            )
     return found
 
 
@@ -383,7 +417,7 @@ def _check_qdq(node: Any, graph: _Graph, version: TrtVersion) -> list[Finding]:
             add("qdq-zero-point", f"{op} zero point is not all zeros (TensorRT quantizes symmetrically)")
         elif graph.type_name(node.input[2]) == "UINT8":
             add("qdq-uint8", f"{op} zero point is UINT8; TensorRT quantizes to signed INT8")
-    if scale is not None and scale.size > 1 and version.major == 8 and not graph.rooted_at_constant(node.input[0]):
+    if scale is not None and scale.size > 1 and not graph.rooted_at_constant(node.input[0]):
         add("qdq-per-channel-activation", f"{op} quantizes an activation per channel", NVINFER_DQ)
     return found
 

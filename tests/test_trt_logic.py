@@ -46,6 +46,14 @@ def test_plan_by_release(version, precision, typed, flags, network):
     assert plan.typed_fp16 == (typed and precision != "fp32")
 
 
+def test_fp32_references_turn_tf32_off():
+    for version in ("8.5", "10.3", "11"):
+        plan = plan_build(TrtVersion.parse(version), "fp32")
+        assert plan.cleared_flags == ("TF32",)
+        assert "--noTF32" in trtexec_command(Path("m.onnx"), Path("m.engine"), plan, "image", None, 1024, None)
+    assert plan_build(TrtVersion.parse("10.3"), "fp16").cleared_flags == ()
+
+
 def test_weakly_typed_fallback_on_10_and_refusal_on_11():
     plan = plan_build(TrtVersion.parse("10.3"), "int8", weakly_typed=True)
     assert (plan.strongly_typed, plan.builder_flags, plan.network_flags) == (False, ("FP16", "INT8"), ())
@@ -110,7 +118,7 @@ def test_trtexec_commands_for_each_plan(tmp_path):
     onnx, engine, cache = Path("m.onnx"), Path("m.engine"), Path("t.cache")
     typed = trtexec_command(onnx, engine, plan_build(TrtVersion(10, 3), "int8"), "image", None, 4096, cache)
     assert typed == (
-        "trtexec --onnx=m.onnx --saveEngine=m.engine --stronglyTyped --memPoolSize=workspace:4096M "
+        "trtexec --onnx=m.onnx --saveEngine=m.engine --stronglyTyped --memPoolSize=workspace:4096 "
         "--timingCacheFile=t.cache"
     )
     profile = Profile.build((266, 266), (518, 518), (728, 728))
@@ -119,7 +127,7 @@ def test_trtexec_commands_for_each_plan(tmp_path):
     flags = trtexec_command(onnx, engine, plan_build(TrtVersion(8, 5), "int8"), "image", profile, 2048, None)
     assert flags == (
         "trtexec --onnx=m.onnx --saveEngine=m.engine --fp16 --int8 --minShapes=image:1x3x266x266 "
-        "--optShapes=image:1x3x518x518 --maxShapes=image:1x3x728x728 --memPoolSize=workspace:2048M"
+        "--optShapes=image:1x3x518x518 --maxShapes=image:1x3x728x728 --memPoolSize=workspace:2048"
     )
 
 
