@@ -91,6 +91,44 @@ def add_precision_args(parser: argparse.ArgumentParser, helps: dict[str, str], d
     parser.set_defaults(precision=default)
 
 
+DEFAULT_CALIB_SAMPLES = 500  # TensorRT's and OpenVINO's guidance: a few hundred images at deployment size
+
+
+def add_hidden_aliases(parser: argparse.ArgumentParser, dest: str, aliases: tuple[str, ...], **kwargs: Any) -> None:
+    """Old spellings that keep working for one release without showing in --help."""
+    for alias in aliases:
+        parser.add_argument(alias, dest=dest, help=argparse.SUPPRESS, **kwargs)
+
+
+def add_size_arg(parser: argparse.ArgumentParser, default_text: str, aliases: tuple[str, ...] = ()) -> None:
+    """``--size HxW`` (or ``N`` for NxN): the network input size, in every export command."""
+    parser.add_argument("--size", type=parse_hw, metavar="HxW", help=f"network input size (default {default_text})")
+    add_hidden_aliases(parser, "size", aliases, type=parse_hw)
+
+
+def add_calibration_args(
+    parser: argparse.ArgumentParser, methods: tuple[str, ...] = (), default_method: str = "", aliases: tuple = ()
+) -> None:
+    """The calibration options of every INT8 export, under one set of names and defaults."""
+    parser.add_argument("--calib-dir", type=Path, help="SA-1B tar shards or a folder of images (INT8)")
+    parser.add_argument(
+        "--calib-samples",
+        type=int,
+        default=DEFAULT_CALIB_SAMPLES,
+        help=f"calibration images (default {DEFAULT_CALIB_SAMPLES})",
+    )
+    if methods:
+        parser.add_argument(
+            "--calib-method",
+            choices=methods,
+            default=default_method,
+            help=f"activation ranges (default {default_method})",
+        )
+        add_hidden_aliases(parser, "calib_method", aliases, choices=methods)
+    parser.add_argument("--allow-fewer", action="store_true", help="calibrate on fewer images than asked if short")
+    add_accuracy_args(parser)
+
+
 DEFAULT_ACCURACY_BUDGET = 0.01
 DEFAULT_ACCURACY_IMAGES = 8
 SMOOTH_MODES = ("auto", "on", "off")

@@ -35,7 +35,7 @@ from runtime.fileio import atomic_write
 from runtime.metadata import library_versions, read_sidecar, sha256_file, write_sidecar
 
 from .calibration import CalibrationSet
-from .common import ExportError, add_accuracy_args, parse_hw, run_cli, stage
+from .common import ExportError, add_calibration_args, add_size_arg, run_cli, stage
 
 METHODS = ("percentile", "entropy", "minmax")
 # Percentile is the default: on ViT activations (long-tailed after LayerNorm and GELU) the
@@ -333,17 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--onnx", type=Path, required=True, help="FP32 ONNX from python -m export.onnx")
     parser.add_argument("--output", type=Path, help="output .onnx (default: beside the input, .int8.onnx)")
     parser.add_argument("--fp16", action="store_true", help="write the FP16-typed model instead (no calibration)")
-    parser.add_argument("--calib-dir", type=Path, help="SA-1B tar shards or an image folder")
-    parser.add_argument("--calib-samples", type=int, default=500, help="calibration images (default 500)")
+    add_calibration_args(parser, METHODS, DEFAULT_METHOD, aliases=("--method",))
+    add_size_arg(parser, "the model's, else 518x518", aliases=("--calib-shape",))
     parser.add_argument(
-        "--calib-shape", type=parse_hw, default=None, help="HxW to calibrate at (default: the model's, else 518x518)"
-    )
-    parser.add_argument("--allow-fewer", action="store_true", help="calibrate on fewer images than asked if short")
-    parser.add_argument(
-        "--method", choices=METHODS, default=DEFAULT_METHOD, help=f"activation calibration (default {DEFAULT_METHOD})"
-    )
-    parser.add_argument(
-        "--percentile", type=float, default=DEFAULT_PERCENTILE, help=f"for --method percentile ({DEFAULT_PERCENTILE})"
+        "--percentile",
+        type=float,
+        default=DEFAULT_PERCENTILE,
+        help=f"for --calib-method percentile ({DEFAULT_PERCENTILE})",
     )
     parser.add_argument(
         "--target",
@@ -354,7 +350,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--keep-fp", action="append", default=[], metavar="PATTERN", help="node-name glob kept in float (repeatable)"
     )
-    add_accuracy_args(parser)
     parser.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
     return parser
 
@@ -381,7 +376,7 @@ def main(args: argparse.Namespace) -> int:
     )
     from .accuracy import export_int8
 
-    shape = args.calib_shape or model_hw(args.onnx) or (518, 518)
+    shape = args.size or model_hw(args.onnx) or (518, 518)
     output.parent.mkdir(parents=True, exist_ok=True)
     export_int8(
         args.onnx,
@@ -392,7 +387,7 @@ def main(args: argparse.Namespace) -> int:
         args.accuracy_budget,
         args.accuracy_images,
         args.smooth,
-        args.method,
+        args.calib_method,
         args.target,
         tuple(args.keep_fp),
         args.seed,

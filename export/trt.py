@@ -32,8 +32,9 @@ from runtime.metadata import library_versions, read_sidecar, sha256_file, write_
 
 from .common import (
     ExportError,
-    add_accuracy_args,
+    add_calibration_args,
     add_precision_args,
+    add_size_arg,
     add_source_args,
     check_hw,
     check_precision,
@@ -302,19 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_precision_args(
         parser, {"fp16": "FP16 (default)", "int8": "INT8 with --calib-dir", "fp32": "FP32 (reference)"}, "fp16"
     )
-    parser.add_argument("--calib-dir", type=Path, help="SA-1B tar shards or image folder (INT8)")
-    parser.add_argument("--calib-samples", type=int, default=500, help="calibration images (default 500)")
-    parser.add_argument(
-        "--calib-method", choices=METHODS, default=DEFAULT_METHOD, help=f"activation ranges (default {DEFAULT_METHOD})"
-    )
-    parser.add_argument("--allow-fewer", action="store_true", help="calibrate on fewer images than asked if short")
+    add_calibration_args(parser, METHODS, DEFAULT_METHOD)
     parser.add_argument(
         "--keep-fp", action="append", default=[], metavar="PATTERN", help="node-name glob kept in float"
     )
-    add_accuracy_args(parser)
-    parser.add_argument(
-        "--shape", type=parse_hw, help="static input HxW (default: a static --onnx's own, else 518x518)"
-    )
+    add_size_arg(parser, "a static --onnx's own, else 518x518", aliases=("--shape",))
     parser.add_argument("--min", type=parse_hw, dest="min_shape", help="dynamic profile: smallest HxW")
     parser.add_argument("--opt", type=parse_hw, dest="opt_shape", help="dynamic profile: HxW to tune and calibrate at")
     parser.add_argument("--max", type=parse_hw, dest="max_shape", help="dynamic profile: largest HxW")
@@ -396,10 +389,10 @@ def main(args: argparse.Namespace) -> int:
     if given is not None and given.dynamic and profile is None:
         raise ExportError(f"{args.onnx} has a dynamic input: give --min, --opt and --max for the engine's profile")
     if given is not None and given.hw is not None:
-        if args.shape is not None and tuple(args.shape) != given.hw:
-            raise ExportError(f"{args.onnx} takes {given.hw[0]}x{given.hw[1]} inputs; drop --shape or re-export it")
-        args.shape = given.hw
-    height, width = profile.opt[1:] if profile else check_hw(*(args.shape or (518, 518)))
+        if args.size is not None and tuple(args.size) != given.hw:
+            raise ExportError(f"{args.onnx} takes {given.hw[0]}x{given.hw[1]} inputs; drop --size or re-export it")
+        args.size = given.hw
+    height, width = profile.opt[1:] if profile else check_hw(*(args.size or (518, 518)))
     output = args.output or Path("artifacts") / f"{source_stem(args)}.{args.precision}.engine"
     if output.suffix not in (".engine", ".plan"):
         raise ExportError(f"{output}: engine files end in .engine or .plan")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-import export.calibration
+import export.accuracy
 import export.onnx
 import export.quantize
 import export.trt
@@ -43,19 +43,19 @@ def source(tmp_path_factory, tiny_spec):
     return path
 
 
-TRT = ["--onnx-only", "--trt-version", "10.3", "--shape", "56x56"]
+TRT = ["--onnx-only", "--trt-version", "10.3", "--size", "56x56"]
 
 
 @pytest.mark.parametrize(
     "module,target,argv,stage",
     [
         (export.trt, (export.trt, "check_onnx"), ["--fp16", *TRT], "checking the source ONNX"),
-        (export.trt, (export.calibration, "CalibrationSet"), ["--int8", *TRT], "reading calibration images"),
+        (export.trt, (export.accuracy, "CalibrationSet"), ["--int8", *TRT], "reading calibration images"),
         (export.trt, (export.quantize, "quantize_int8"), ["--int8", *TRT], "calibrating and quantizing"),
         (export.trt, (export.quantize, "to_fp16"), ["--fp16", *TRT], "converting to an FP16-typed graph"),
         (export.trt, (export.trt, "require_compatible"), ["--fp16", *TRT], "checking the TensorRT 10.3 parser rules"),
         (export.trt, (export.onnx, "export_onnx"), ["--fp16", *TRT, "--encoder", "vits"], "exporting the ONNX model"),
-        (export.quantize, (export.quantize, "CalibrationSet"), [], "reading calibration images"),
+        (export.quantize, (export.accuracy, "CalibrationSet"), [], "reading calibration images"),
         (export.quantize, (export.quantize, "quantize_int8"), [], "calibrating and quantizing"),
         (export.quantize, (export.quantize, "to_fp16"), ["--fp16"], "converting to an FP16-typed graph"),
     ],
@@ -64,7 +64,7 @@ def test_a_failing_stage_is_one_line_and_a_log(
     tmp_path, source, log_dir, capsys, monkeypatch, module, target, argv, stage
 ):
     monkeypatch.setattr(*target, fail)
-    calib = ["--calib-dir", str(source.parent / "sa1b"), "--calib-samples", "4"]
+    calib = ["--calib-dir", str(source.parent / "sa1b"), "--calib-samples", "2", "--accuracy-images", "2"]
     if "--encoder" in argv:
         full = [*argv, "--output", str(tmp_path / "out" / "m.engine")]
     elif module is export.trt:

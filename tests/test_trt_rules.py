@@ -218,9 +218,9 @@ def test_every_onnx_export_trt_writes_passes_the_rules(tmp_path, tiny_sources, c
     source = paths[16 if version.table == "8.5" else 17, dynamic]
     output = tmp_path / f"tiny.{precision}.engine"
     argv = ["--onnx", str(source), f"--{precision}", "--trt-version", release, "--onnx-only", "--output", str(output)]
-    argv += ["--min", "56x56", "--opt", "98x98", "--max", "140x140"] if dynamic else ["--shape", "98x98"]
+    argv += ["--min", "56x56", "--opt", "98x98", "--max", "140x140"] if dynamic else ["--size", "98x98"]
     if precision == "int8":
-        argv += ["--calib-dir", str(calib), "--calib-samples", "8"]
+        argv += ["--calib-dir", str(calib), "--calib-samples", "6", "--accuracy-images", "2"]
     assert main(build_parser().parse_args(argv)) == 0
     printed = capsys.readouterr().out
     ready = [line.split(": ", 1)[1].split(" (passes")[0] for line in printed.splitlines() if "TensorRT-ready" in line]
