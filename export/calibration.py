@@ -1,9 +1,11 @@
 """INT8 calibration samples from SA-1B: tar shards of ``sa_N.jpg`` + ``sa_N.json``, or image folders.
 
 Members are read straight from the tars (never extracted, so a hostile member name cannot
-write anywhere); unsafe names are rejected, corrupt images skipped and counted. Sampling is
-deterministic for a seed, and the preprocessing is the runtime's own fixed-shape path, so
-the calibrator sees exactly what the predictor will feed the engine. Preprocessed samples
+write anywhere); unsafe names are rejected, corrupt images skipped and counted, and so are
+images over a pixel limit (read from the header, so a decompression bomb is never decoded:
+``runtime.imageio``). Sampling is deterministic for a seed, and the preprocessing is the
+runtime's own fixed-shape path, so the calibrator sees exactly what the predictor will feed
+the engine. Preprocessed samples
 are cached on disk under a key made from the sample list and the shape.
 """
 
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.fileio import atomic_write, atomic_write_bytes
+from runtime.imageio import DEFAULT_MAX_PIXELS
 from runtime.preprocessing import prepare_fixed
 from train.data import sa1b
 
@@ -25,6 +28,9 @@ from .common import ExportError, check_hw
 
 # Bump when the preprocessing changes, so old caches are not reused.
 CACHE_VERSION = 1
+# The fewest usable images ``allow_fewer`` accepts (or ``num_samples`` when that is smaller):
+# scales from a handful of images are noise, and from none they are silent defaults.
+MIN_IMAGES = 10
 
 
 class CalibrationError(ExportError):
@@ -36,12 +42,15 @@ class CalibrationReport:
     requested: int
     used: list[str] = field(default_factory=list)
     corrupt: list[str] = field(default_factory=list)
+    too_large: list[str] = field(default_factory=list)
     rejected_members: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         text = f"{len(self.used)} calibration images"
         if self.corrupt:
             text += f", {len(self.corrupt)} corrupt skipped ({_first(self.corrupt)})"
+        if self.too_large:
+            text += f", {len(self.too_large)} over the pixel limit skipped ({_first(self.too_large)})"
         if self.rejected_members:
             text += f", {len(self.rejected_members)} unsafe tar member names rejected ({_first(self.rejected_members)})"
         return text
@@ -68,6 +77,7 @@ class CalibrationSet:
         cache_dir: str | Path | None = None,
         allow_fewer: bool = False,
         progress: bool = True,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         if num_samples < 1:
             raise CalibrationError(f"num_samples must be at least 1, got {num_samples}")
@@ -75,10 +85,16 @@ class CalibrationSet:
         self.input_shape = check_hw(*input_shape, what="calibration")
         self.num_samples = num_samples
         self.seed = seed
+        self.max_pixels = max_pixels
         try:
             candidates, rejected = sa1b.list_candidates(self.source)
         except (FileNotFoundError, ValueError) as exc:
             raise CalibrationError(str(exc)) from exc
+        if not candidates:
+            raise CalibrationError(
+                f"{self.source}: no images found (give SA-1B .tar shards or .jpg/.jpeg/.png files); "
+                "INT8 is never calibrated on nothing"
+            )
         order = np.random.default_rng(seed).permutation(len(candidates))
         self._order = [candidates[i] for i in order]
         self.report = CalibrationReport(num_samples, rejected_members=rejected)
@@ -86,18 +102,25 @@ class CalibrationSet:
         # under its own output folder (the CLIs pass one there).
         self.cache_path = Path(cache_dir) / f"calib-{self.key}.npy" if cache_dir is not None else None
         self._data = self._load_or_build(progress)
-        if len(self.report.used) < num_samples and not allow_fewer:
+        found = len(self.report.used)
+        floor = min(num_samples, MIN_IMAGES) if allow_fewer else num_samples
+        if found < floor:
+            hint = (
+                f"--allow-fewer accepts no fewer than {floor}; add images"
+                if allow_fewer
+                else "add images, lower --calib-samples, or pass --allow-fewer"
+            )
             raise CalibrationError(
-                f"{self.source}: asked for {num_samples} calibration images but found only "
-                f"{len(self.report.used)} usable ({self.report.summary()}); add images, lower "
-                "--calib-samples, or pass --allow-fewer"
+                f"{self.source}: asked for {num_samples} calibration images but found only {found} usable "
+                f"({self.report.summary()}); {hint}"
             )
 
     @property
     def key(self) -> str:
         """Hash of everything the cached tensors depend on: samples in order, shape, preprocessing."""
         digest = hashlib.sha256()
-        digest.update(json.dumps([CACHE_VERSION, self.input_shape, self.num_samples, self.seed]).encode())
+        key = [CACHE_VERSION, self.input_shape, self.num_samples, self.seed, self.max_pixels]
+        digest.update(json.dumps(key).encode())
         for candidate in self._order:
             digest.update(f"{candidate.container.resolve()}|{candidate.member}|{candidate.size}\n".encode())
         return digest.hexdigest()[:20]
@@ -107,6 +130,7 @@ class CalibrationSet:
         if self.cache_path is not None and self.cache_path.is_file() and report_path.is_file():
             cached = json.loads(report_path.read_text())
             self.report.used, self.report.corrupt = cached["used"], cached["corrupt"]
+            self.report.too_large = cached["too_large"]
             return np.load(self.cache_path, mmap_mode="r")
         from tqdm import tqdm
 
@@ -114,10 +138,12 @@ class CalibrationSet:
         data = np.empty((self.num_samples, 3, height, width), np.float32)
         bar = tqdm(total=self.num_samples, desc="calibration images", unit="img", disable=not progress)
         try:
-            for candidate, image in sa1b.iter_images(self._order, self.report.corrupt):
+            for candidate, image in sa1b.iter_images(
+                self._order, self.report.corrupt, self.report.too_large, self.max_pixels
+            ):
                 data[len(self.report.used)] = prepare_fixed(image, (height, width))[0]
                 self.report.used.append(candidate.name)
-                bar.set_postfix(corrupt=len(self.report.corrupt))
+                bar.set_postfix(skipped=len(self.report.corrupt) + len(self.report.too_large))
                 bar.update()
                 if len(self.report.used) == self.num_samples:
                     break
@@ -126,9 +152,7 @@ class CalibrationSet:
         data = data[: len(self.report.used)]
         if len(data) and self.cache_path is not None:
             atomic_write(self.cache_path, lambda tmp: _save_npy(tmp, data))
-            atomic_write_bytes(
-                report_path, json.dumps({"used": self.report.used, "corrupt": self.report.corrupt}).encode()
-            )
+            atomic_write_bytes(report_path, json.dumps(vars(self.report)).encode())
         return data
 
     def __len__(self) -> int:
@@ -150,5 +174,7 @@ class CalibrationSet:
             "seed": self.seed,
             "input_shape": list(self.input_shape),
             "corrupt_skipped": len(self.report.corrupt),
+            "too_large_skipped": len(self.report.too_large),
+            "max_pixels": self.max_pixels,
             "rejected_members": len(self.report.rejected_members),
         }

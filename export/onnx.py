@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -20,29 +19,36 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import require
-from runtime.metadata import library_versions, sha256_file, write_sidecar
+from runtime.fileio import staging_dir
+from runtime.metadata import library_versions, sha256_file, sidecar_path, write_sidecar
 
-from .common import ExportError, add_source_args, check_hw, load_source_model, patch_multiple, run_cli
+from .common import ExportError, add_source_args, check_hw, load_source_model, patch_multiple, run_cli, stage
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "depth"
 DEFAULT_OPSET = 17
 SUPPORTED_OPSETS = range(14, 21)
 PROTOBUF_LIMIT = 2**31 - 1
-FP32_TOLERANCE = 1e-4
+# The one error metric of every export gate, the parity tests and the README: the largest
+# difference over the reference's standard deviation, max|a - b| / std(ref).
+METRIC = "max|a-b|/std(ref)"
+# FP32 vs FP32 on the verification photo, measured with the parity weights: vits 6.5e-5 to
+# 9.3e-5, vitb 1.1e-4 to 1.6e-4, vitl 1.4e-4 (518x518 and the dynamic check sizes). Error grows
+# with depth; a damaged model (one weight tensor 10 % off) is off by 1e-2 or more.
+FP32_TOLERANCE = 5e-4
 
 
 @dataclass
 class Comparison:
-    """How far an output is from a reference: errors relative to the reference's peak and spread."""
+    """How far an output is from a reference; ``max_rel_std`` is the metric gates use."""
 
     max_abs: float
     mean_abs: float
     max_rel: float  # max |a - b| / max |ref|
-    max_rel_std: float  # max |a - b| / std(ref)
+    max_rel_std: float  # max |a - b| / std(ref): METRIC
 
     def __str__(self) -> str:
-        return f"max rel {self.max_rel:.2e} (of peak), {self.max_rel_std:.2e} (of std), mean abs {self.mean_abs:.2e}"
+        return f"max error {self.max_rel_std:.2e} of the reference's std, mean abs {self.mean_abs:.2e}"
 
 
 def compare(output: np.ndarray, reference: np.ndarray) -> Comparison:
@@ -141,7 +147,9 @@ def export_onnx(
     """Export ``model`` (a ``DepthAnythingV2``) to ``output``; verified against PyTorch before it lands.
 
     Nothing appears under ``output`` unless the file passed ``onnx.checker`` and, with
-    ``verify``, ONNX Runtime matched PyTorch within ``tolerance`` (max error over the peak).
+    ``verify``, ONNX Runtime matched PyTorch within ``tolerance`` (``METRIC``) on a photograph.
+    An interrupted export leaves the previous model or none, never a mix; its temporary folder
+    is removed by the next export to the same path.
     """
     import torch
 
@@ -153,11 +161,11 @@ def export_onnx(
         raise ExportError(f"{output}: the output name must end in .onnx")
     model = model.eval().float().cpu()
     started = time.perf_counter()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    workdir = staging_dir(output)
     try:
         raw, staged = workdir / "raw.onnx", workdir / output.name
-        _torch_export(model, raw, height, width, dynamic, opset)
+        with stage("tracing the model to ONNX"):
+            _torch_export(model, raw, height, width, dynamic, opset)
         spec = getattr(model, "spec", None)
         metadata = {
             "producer": "dav2-edge",
@@ -165,7 +173,8 @@ def export_onnx(
             "input_shape": "dynamic" if dynamic else f"1x3x{height}x{width}",
             "max_depth": str(getattr(model, "max_depth", None) or ""),
         }
-        _finalise(raw, staged, metadata, slim)
+        with stage("checking and saving the ONNX file"):
+            _finalise(raw, staged, metadata, slim)
         raw.unlink()
         seconds = time.perf_counter() - started
         result = OnnxExport(output, seconds)
@@ -174,12 +183,17 @@ def export_onnx(
                 batch = verification_input(h, w)
                 with torch.inference_mode():
                     expected = model(torch.from_numpy(batch)).numpy()
-                result.checks[f"{h}x{w}"] = comparison = compare(run_onnxruntime(staged, batch), expected)
-                if comparison.max_rel > tolerance:
+                with stage(f"verifying with ONNX Runtime at {h}x{w}"):
+                    result.checks[f"{h}x{w}"] = comparison = compare(run_onnxruntime(staged, batch), expected)
+                if not comparison.max_rel_std <= tolerance:  # NaN fails too
                     raise ExportError(
-                        f"ONNX Runtime differs from PyTorch at {h}x{w}: {comparison} > {tolerance:g}; "
-                        "the file was not written"
+                        f"ONNX Runtime differs from PyTorch at {h}x{w}: {comparison}, over the tolerance "
+                        f"{tolerance:g}; the file was not written"
                     )
+        # The old sidecar and model go first: an external .data file must never land beside an
+        # older .onnx, and a new model never sits beside an old model's metadata.
+        sidecar_path(output).unlink(missing_ok=True)
+        output.unlink(missing_ok=True)
         for item in sorted(workdir.iterdir(), key=lambda p: p.suffix == ".onnx"):  # data first, model last
             item.replace(output.parent / item.name)
     finally:
@@ -197,7 +211,12 @@ def export_onnx(
             "source": source,
             "sha256": sha256_file(output),
             "export_seconds": round(result.seconds, 2),
-            "verification": {k: vars(v) for k, v in result.checks.items()},
+            "verification": {
+                "against": "PyTorch FP32",
+                "metric": METRIC,
+                "tolerance": tolerance,
+                "checks": {k: vars(v) for k, v in result.checks.items()},
+            },
             "versions": library_versions("torch", "onnx", "onnxruntime"),
         },
     )
@@ -230,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    model = load_source_model(args.checkpoint, args.encoder)
+    with stage("loading the checkpoint"):
+        model = load_source_model(args.checkpoint, args.encoder)
     output = args.output or default_output(args.checkpoint, model.spec.name, args.height, args.width, args.dynamic)
     print(f"exporting {model.spec.name} at {'dynamic' if args.dynamic else f'{args.height}x{args.width}'} ...")
     result = export_onnx(

@@ -24,6 +24,11 @@ class DepthPredictor:
     resize with the short side at ``input_size``; fixed-shape models get their own shape
     (``fixed_size=(H, W)`` pins a dynamic model to one). Images are HxWx3 uint8 BGR (OpenCV's
     order; ``rgb=True`` for RGB) or HxW gray. Calls are safe from several threads.
+
+    ``max_long_side`` bounds the work per image on a dynamic model: the network input's long side
+    is capped there (default 4x the short side: 2072 for ``input_size=518``), keeping the aspect
+    ratio, so no image costs more than 4x the patches of an ``input_size`` square frame (see
+    ``runtime.preprocessing``). Only aspect ratios beyond 4:1 are affected.
     """
 
     def __init__(
@@ -35,10 +40,14 @@ class DepthPredictor:
         precision: str | None = None,
         rgb: bool = False,
         fixed_size: tuple[int, int] | None = None,
+        max_long_side: int | None = None,
         **backend_options: Any,
     ) -> None:
         if not isinstance(input_size, int) or input_size < pre.PATCH_SIZE:
             raise ValueError(f"input_size must be an integer of at least {pre.PATCH_SIZE}, got {input_size!r}")
+        self.max_long_side = pre.check_long_side(
+            pre.default_long_side(input_size) if max_long_side is None else max_long_side, input_size
+        )
         name = resolve_backend(model, backend)
         self._backend = backend_class(name)(model, device=device, precision=precision, **backend_options)
         self._source = describe_source(model)
@@ -65,7 +74,7 @@ class DepthPredictor:
         rgb = self.rgb if rgb is None else rgb
         if self.fixed_size is not None:
             return pre.prepare_fixed(image, self.fixed_size, rgb)
-        return pre.prepare_dynamic(image, self.input_size, rgb)
+        return pre.prepare_dynamic(image, self.input_size, rgb, self.max_long_side)
 
     def predict(self, image: np.ndarray, rgb: bool | None = None) -> np.ndarray:
         """``H x W`` float32 depth for one image."""
@@ -92,8 +101,8 @@ class DepthPredictor:
             for start in range(0, len(members), chunk):
                 part = members[start : start + chunk]
                 outputs = self._backend.infer(np.concatenate([inputs[i] for i in part]))
-                for i, out in zip(part, outputs, strict=True):
-                    depth[i] = pre.resize_depth(out, *images[i].shape[:2])
+                for row, i in enumerate(part):
+                    depth[i] = pre.resize_depth(outputs[row], *images[i].shape[:2])
         return depth  # type: ignore[return-value]
 
     def stream(
@@ -117,7 +126,12 @@ class DepthPredictor:
 
     def info(self) -> dict[str, Any]:
         """Backend, device, precision, input shape and library versions."""
-        return {**self._backend.info(), "model": self._source, "input_size": self.input_size}
+        return {
+            **self._backend.info(),
+            "model": self._source,
+            "input_size": self.input_size,
+            "max_long_side": self.max_long_side,
+        }
 
     def close(self) -> None:
         self._backend.close()

@@ -1,8 +1,12 @@
 """Image pre- and post-processing shared by every backend and by training (numpy + OpenCV only).
 
 ``prepare_dynamic`` is the official ``infer_image`` path: keep the aspect ratio, short side at
-least ``input_size``, each side a multiple of 14, bicubic. ``prepare_fixed`` resizes straight to
-an engine's fixed shape. ``resize_depth`` brings a depth map back to the image's size with
+least ``input_size``, each side a multiple of 14, bicubic; with one bound the official code
+lacks: the long side is capped (``max_long_side``, by default 4x the short side, 2072 for 518),
+so an extreme panorama (a 14x4000 strip would become a 518x148000 input) cannot cost more than
+4x the patches of an ``input_size`` square frame. A capped image keeps its aspect ratio, so its
+short side falls below ``input_size``. ``prepare_fixed`` resizes straight to an engine's fixed
+shape. ``resize_depth`` brings a depth map back to the image's size with
 bilinear ``align_corners=True`` sampling, as the official code does with PyTorch.
 """
 
@@ -18,6 +22,9 @@ from .errors import InputError
 PATCH_SIZE = 14
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+# Long side of a dynamic input, in multiples of its short side: the images' aspect ratios a
+# robot's cameras have (up to 32:9 panoramas) stay on the official rule.
+MAX_ASPECT = 4
 
 
 def check_image(image: object) -> np.ndarray:
@@ -28,10 +35,16 @@ def check_image(image: object) -> np.ndarray:
             "read files with cv2.imread"
         )
     if image.dtype != np.uint8:
-        raise InputError(
-            f"expected uint8 pixels, got {image.dtype}; convert with "
-            "np.clip(img * 255, 0, 255).astype(np.uint8) for [0, 1] floats"
-        )
+        if image.dtype == np.uint16:
+            hint = (
+                "for a 16-bit colour or gray image use (img >> 8).astype(np.uint8), or read the file with "
+                "cv2.imread(path) without IMREAD_UNCHANGED (8 bits); a depth camera's 16-bit depth map is not an input"
+            )
+        elif image.dtype.kind == "f":
+            hint = "convert with np.clip(img * 255, 0, 255).astype(np.uint8) for [0, 1] floats"
+        else:
+            hint = "the predictor takes 8-bit colour or gray images"
+        raise InputError(f"expected uint8 pixels, got {image.dtype}; {hint}")
     if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
         alpha = image.ndim == 3 and image.shape[2] == 4
         hint = " (drop alpha with cv2.cvtColor(img, cv2.COLOR_BGRA2BGR))" if alpha else ""
@@ -52,7 +65,9 @@ def to_rgb_float(image: np.ndarray, rgb: bool = False) -> np.ndarray:
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     elif not rgb:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    return image.astype(np.float32) * np.float32(1.0 / 255.0)
+    rgb_float = image.astype(np.float32)
+    rgb_float *= np.float32(1.0 / 255.0)  # in place: a large frame's float copy is 4x its bytes
+    return rgb_float
 
 
 def _multiple_of_patch(x: float, lower_bound: int) -> int:
@@ -62,10 +77,34 @@ def _multiple_of_patch(x: float, lower_bound: int) -> int:
     return y
 
 
-def dynamic_size(height: int, width: int, input_size: int = 518) -> tuple[int, int]:
-    """Network input size for an image: aspect kept, short side >= ``input_size``, multiples of 14."""
+def default_long_side(input_size: int = 518) -> int:
+    """The default cap on a dynamic input's long side: ``MAX_ASPECT`` x the rule's short side."""
+    return MAX_ASPECT * _multiple_of_patch(input_size, input_size)
+
+
+def check_long_side(max_long_side: int, input_size: int) -> int:
+    """``max_long_side`` if it is a multiple of 14 no shorter than the short side, else ``ValueError``."""
+    short = _multiple_of_patch(input_size, input_size)
+    if not isinstance(max_long_side, int) or max_long_side % PATCH_SIZE or max_long_side < short:
+        raise ValueError(
+            f"max_long_side must be a multiple of {PATCH_SIZE} of at least {short} (the short side for "
+            f"input_size={input_size}), got {max_long_side!r}"
+        )
+    return max_long_side
+
+
+def dynamic_size(height: int, width: int, input_size: int = 518, max_long_side: int | None = None) -> tuple[int, int]:
+    """Network input size for an image: aspect kept, short side >= ``input_size``, multiples of 14,
+    long side at most ``max_long_side`` (default :func:`default_long_side`; the short side then
+    follows the aspect ratio down, to one patch at least)."""
+    limit = default_long_side(input_size) if max_long_side is None else max_long_side
     scale = max(input_size / height, input_size / width)
-    return _multiple_of_patch(scale * height, input_size), _multiple_of_patch(scale * width, input_size)
+    size = _multiple_of_patch(scale * height, input_size), _multiple_of_patch(scale * width, input_size)
+    if max(size) <= limit:
+        return size
+    scale = limit / max(height, width)
+    capped_h, capped_w = (min(limit, _multiple_of_patch(scale * side, PATCH_SIZE)) for side in (height, width))
+    return capped_h, capped_w
 
 
 def _normalise(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -76,10 +115,12 @@ def _normalise(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(resized.transpose(2, 0, 1))[None]
 
 
-def prepare_dynamic(image: np.ndarray, input_size: int = 518, rgb: bool = False) -> np.ndarray:
-    """``(1, 3, h, w)`` float32 network input, official keep-aspect resize."""
+def prepare_dynamic(
+    image: np.ndarray, input_size: int = 518, rgb: bool = False, max_long_side: int | None = None
+) -> np.ndarray:
+    """``(1, 3, h, w)`` float32 network input, official keep-aspect resize (long side capped)."""
     rgb_image = to_rgb_float(image, rgb)
-    return _normalise(rgb_image, dynamic_size(*rgb_image.shape[:2], input_size))
+    return _normalise(rgb_image, dynamic_size(*rgb_image.shape[:2], input_size, max_long_side))
 
 
 def prepare_fixed(image: np.ndarray, shape: tuple[int, int], rgb: bool = False) -> np.ndarray:

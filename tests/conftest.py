@@ -1,40 +1,30 @@
-"""Shared fixtures: the official parity weights (rebuilt from ../shared), tiny models, images."""
+"""Shared fixtures: the official parity weights (rebuilt from tests/data), tiny models, images."""
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests import parity
+
 REPO = Path(__file__).resolve().parents[1]
-PARITY_DIR = Path(os.environ.get("DAV2_PARITY_FIXTURES", REPO.parent / "shared" / "fixtures" / "official_parity"))
 
 
-def parity_dir() -> Path:
-    if not (PARITY_DIR / "weights_recipe.py").is_file():
-        pytest.skip(f"official parity fixtures not found at {PARITY_DIR} (set DAV2_PARITY_FIXTURES)")
-    return PARITY_DIR
-
-
-def recipe():
-    spec = importlib.util.spec_from_file_location("weights_recipe", parity_dir() / "weights_recipe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def official_keys(encoder: str) -> list[tuple[str, list[int]]]:
-    return json.loads((parity_dir() / f"keys_{encoder}.json").read_text())
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # The parity data ships in the repository: a checkout without it fails loudly rather than
+    # letting the project's main compatibility promise go untested (no skip, in CI or anywhere).
+    missing = parity.missing_files()
+    if missing:
+        raise pytest.UsageError(f"official parity data missing from {parity.DATA}: {', '.join(missing)}")
 
 
 def official_state_dict(encoder: str) -> dict:
     import torch
 
-    return {k: torch.from_numpy(v) for k, v in recipe().deterministic_state_dict(official_keys(encoder)).items()}
+    keys = parity.official_keys(encoder)
+    return {k: torch.from_numpy(v) for k, v in parity.deterministic_state_dict(keys).items()}
 
 
 @pytest.fixture(scope="session")
@@ -72,6 +62,19 @@ def tiny_model(tiny_spec):
 
     torch.manual_seed(0)
     return DepthAnythingV2(tiny_spec).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory, tiny_spec):
+    """A verified static 56x56 ONNX export of the tiny model (seed 0)."""
+    import torch
+
+    from export.onnx import export_onnx
+    from train.models import DepthAnythingV2
+
+    torch.manual_seed(0)
+    model = DepthAnythingV2(tiny_spec).eval()
+    return export_onnx(model, tmp_path_factory.mktemp("tiny_onnx") / "tiny.onnx", 56, 56).path
 
 
 @pytest.fixture(scope="session")

@@ -15,9 +15,11 @@ from export.openvino import export_openvino
 from runtime import DepthPredictor, InputError, ModelFileError
 from tests.conftest import REPO
 
-# Stated bounds against FP32 (max error over the map's peak), measured values in comments.
-BF16_MAX_REL = 0.05  # OpenVINO bf16 compute on this CPU: measured ~1e-2
-FP16_IR_MAX_REL = 0.01  # FP16-compressed weights, f32 compute: measured 1.9e-3
+# Stated bounds against FP32 in the one metric of the project, max|a - b| / std(ref)
+# (export.onnx.METRIC), measured values on the parity weights in comments.
+FP32_MAX_REL = 2e-4  # another FP32 backend: measured 1.7e-5 (OpenVINO) to 5.4e-5 (ONNX Runtime, dynamic)
+BF16_MAX_REL = 0.5  # OpenVINO bf16 compute on this CPU: measured 0.15
+FP16_IR_MAX_REL = 0.05  # FP16-compressed weights, f32 compute: measured 1.1e-2
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +57,8 @@ def test_torch_onnxruntime_and_openvino_fp32_agree(photo, torch_fixed, vits_stat
     ov = DepthPredictor(ir_fp32, precision="fp32")
     assert (ort.backend, ov.backend) == ("onnxruntime", "openvino")
     assert ort.input_shape == ov.input_shape == (1, 3, 518, 518)
-    assert compare(ort.predict(photo), reference).max_rel <= 1e-4
-    assert compare(ov.predict(photo), reference).max_rel <= 1e-4
+    assert compare(ort.predict(photo), reference).max_rel_std <= FP32_MAX_REL
+    assert compare(ov.predict(photo), reference).max_rel_std <= FP32_MAX_REL
     assert ov.info()["precision"] == "fp32"
 
 
@@ -66,21 +68,21 @@ def test_openvino_reports_its_real_precision_and_bf16_stays_close(photo, ir_fp32
     bf16 = DepthPredictor(ir_fp32, precision="bf16")
     assert bf16.info()["precision"] == "bf16"
     fp32 = DepthPredictor(ir_fp32, precision="fp32").predict(photo)
-    assert compare(bf16.predict(photo), fp32).max_rel < BF16_MAX_REL
+    assert compare(bf16.predict(photo), fp32).max_rel_std < BF16_MAX_REL
 
 
 def test_fp16_ir_stays_close(photo, ir_fp16, ir_fp32):
     fp16 = DepthPredictor(ir_fp16, precision="fp32")
     assert fp16.info()["weights"] == "fp16"
     fp32 = DepthPredictor(ir_fp32, precision="fp32").predict(photo)
-    assert compare(fp16.predict(photo), fp32).max_rel < FP16_IR_MAX_REL
+    assert compare(fp16.predict(photo), fp32).max_rel_std < FP16_IR_MAX_REL
     assert ir_fp16.with_suffix(".bin").stat().st_size < 0.6 * ir_fp32.with_suffix(".bin").stat().st_size
 
 
 def test_openvino_runs_onnx_directly_with_backend_override(photo, vits_static_onnx, ir_fp32):
     direct = DepthPredictor(vits_static_onnx, backend="openvino", precision="fp32")
     assert direct.backend == "openvino"
-    assert compare(direct.predict(photo), DepthPredictor(ir_fp32, precision="fp32").predict(photo)).max_rel < 1e-5
+    assert compare(direct.predict(photo), DepthPredictor(ir_fp32, precision="fp32").predict(photo)).max_rel_std < 1e-5
 
 
 def test_dynamic_models_use_the_keep_aspect_resize(photo, vits_dynamic_onnx, vits_model):
@@ -88,7 +90,7 @@ def test_dynamic_models_use_the_keep_aspect_resize(photo, vits_dynamic_onnx, vit
     assert ort.input_shape == (None, 3, None, None)
     assert ort.prepare(photo).shape == (1, 3, 518, 784)
     reference = DepthPredictor(vits_model).predict(photo)
-    assert compare(ort.predict(photo), reference).max_rel <= 1e-4
+    assert compare(ort.predict(photo), reference).max_rel_std <= FP32_MAX_REL
 
 
 @pytest.mark.parametrize("kind", ["onnx_dynamic", "onnx_static", "openvino"])
@@ -98,15 +100,15 @@ def test_batch_stream_and_threads_match_single_calls(kind, photo, vits_dynamic_o
     frames = [photo, np.ascontiguousarray(photo[:, ::-1]), cv2.resize(photo, (300, 200)), photo[50:, 40:].copy()]
     single = [predictor.predict(f) for f in frames]
     for got, want in zip(predictor.predict_batch(frames), single, strict=True):
-        assert compare(got, want).max_rel <= 1e-4
+        assert compare(got, want).max_rel_std <= 1e-4
     streamed = list(predictor.stream(iter(frames * 2)))
     assert len(streamed) == 8
     for i, got in enumerate(streamed):
-        assert compare(got, single[i % 4]).max_rel <= 1e-5
+        assert compare(got, single[i % 4]).max_rel_std <= 1e-5
     with ThreadPoolExecutor(4) as pool:
         threaded = list(pool.map(predictor.predict, frames * 4))
     for i, got in enumerate(threaded):
-        assert compare(got, single[i % 4]).max_rel <= 1e-5
+        assert compare(got, single[i % 4]).max_rel_std <= 1e-5
 
 
 def test_stream_reads_frames_lazily(photo, vits_dynamic_onnx):
@@ -201,7 +203,8 @@ def test_openvino_int8_from_an_sa1b_shard(tmp_path, vits_checkpoint):
         text=True,
     )
     assert run.returncode == 0, run.stderr
-    assert "1 corrupt skipped" in run.stdout and "vs FP32 at 266x266: max rel" in run.stdout
+    assert "1 corrupt skipped" in run.stdout
+    assert "vs ONNX Runtime FP32 at 266x266: max error" in run.stdout and "(tolerance 2)" in run.stdout
     int8_size = (out / "vits.int8.bin").stat().st_size
     fp32_size = (out / "depth_anything_v2_vits.266x266.onnx").stat().st_size
     assert int8_size < 0.35 * fp32_size

@@ -13,16 +13,17 @@ import pytest
 import torch
 
 from export.common import ExportError
-from export.onnx import compare, export_onnx, run_onnxruntime, verification_input
+from export.onnx import METRIC, compare, export_onnx, run_onnxruntime, verification_input
 from runtime.metadata import read_sidecar, sha256_file
-from tests.conftest import REPO, parity_dir, recipe
+from tests.conftest import REPO
+from tests.parity import deterministic_input, reference_output
 
 
 def test_static_export_matches_pytorch_and_the_official_reference(tmp_path, vits_model):
     result = export_onnx(vits_model, tmp_path / "vits.onnx")
-    assert result.checks["518x518"].max_rel <= 1e-4
-    x = recipe().deterministic_input(518, 518)
-    official = np.load(parity_dir() / "out_vits_518x518.npy")
+    assert result.checks["518x518"].max_rel_std <= 2e-4  # the gate's metric; measured 6.5e-5
+    x = deterministic_input(518, 518)
+    official = reference_output(518, 518)
     # FP32 kernels differ at the 1e-5 level of the output's spread (measured ~4e-5 to 7e-5 for
     # both PyTorch and ONNX Runtime against a float64 run), so the std-relative bound is looser.
     assert compare(run_onnxruntime(result.path, x), official).max_rel_std <= 2e-4
@@ -33,19 +34,21 @@ def test_static_export_matches_pytorch_and_the_official_reference(tmp_path, vits
     assert props["encoder"] == "vits" and props["input_shape"] == "1x3x518x518"
     meta = read_sidecar(result.path)
     assert meta["sha256"] == sha256_file(result.path) and meta["opset"] == 17 and meta["precision"] == "fp32"
+    assert meta["verification"]["metric"] == METRIC == "max|a-b|/std(ref)"
+    assert meta["verification"]["checks"]["518x518"]["max_rel_std"] == result.checks["518x518"].max_rel_std
 
 
 def test_dynamic_export_matches_pytorch_at_several_sizes(vits_dynamic_onnx, vits_model):
     assert set(vits_dynamic_onnx.checks) == {"518x518", "364x644", "616x434"}
-    assert all(c.max_rel <= 1e-4 for c in vits_dynamic_onnx.checks.values())
+    assert all(c.max_rel_std <= 2e-4 for c in vits_dynamic_onnx.checks.values())
     for height, width in [(266, 392), (518, 700)]:
         x = verification_input(height, width)
         with torch.inference_mode():
             expected = vits_model(torch.from_numpy(x)).numpy()
-        assert compare(run_onnxruntime(vits_dynamic_onnx.path, x), expected).max_rel <= 1e-4
+        assert compare(run_onnxruntime(vits_dynamic_onnx.path, x), expected).max_rel_std <= 2e-4
     # and against the official outputs at the non-square reference size
-    x = recipe().deterministic_input(364, 644)
-    official = np.load(parity_dir() / "out_vits_364x644.npy")
+    x = deterministic_input(364, 644)
+    official = reference_output(364, 644)
     assert compare(run_onnxruntime(vits_dynamic_onnx.path, x), official).max_rel_std <= 2e-4
 
 
@@ -54,13 +57,13 @@ def test_dynamic_export_runs_batches(vits_dynamic_onnx):
     out = run_onnxruntime(vits_dynamic_onnx.path, x)
     assert out.shape == (2, 280, 420)
     single = run_onnxruntime(vits_dynamic_onnx.path, x[1:])
-    assert compare(out[1:], single).max_rel <= 1e-5
+    assert compare(out[1:], single).max_rel_std <= 1e-4
 
 
 def test_opset_16_has_no_layernorm_op_and_still_matches(tmp_path, tiny_model):
     result = export_onnx(tiny_model, tmp_path / "tiny16.onnx", 56, 84, opset=16)
     ops = {n.op_type for n in onnx.load(str(result.path)).graph.node}
-    assert "LayerNormalization" not in ops and result.checks["56x84"].max_rel <= 1e-4
+    assert "LayerNormalization" not in ops and result.checks["56x84"].max_rel_std <= 2e-4
     ops17 = {n.op_type for n in onnx.load(str(export_onnx(tiny_model, tmp_path / "t17.onnx", 56, 84).path)).graph.node}
     assert "LayerNormalization" in ops17
 
@@ -102,7 +105,7 @@ def test_cli_exports_a_checkpoint(tmp_path, vits_checkpoint):
         text=True,
     )
     assert run.returncode == 0, run.stderr
-    assert "ONNX Runtime vs PyTorch at 266x350: max rel" in run.stdout
+    assert "ONNX Runtime vs PyTorch at 266x350: max error" in run.stdout and "of the reference's std" in run.stdout
     assert json.loads((out.parent / "model.onnx.json").read_text())["source"] == str(vits_checkpoint)
     assert sorted(p.name for p in out.parent.iterdir()) == ["model.onnx", "model.onnx.json"]
 

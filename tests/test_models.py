@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import official_keys, parity_dir, recipe
+from tests.conftest import official_state_dict
+from tests.parity import deterministic_input, official_keys, reference_output
 from train.models import VARIANTS, DepthAnythingV2, build_student, build_teacher
 
 
@@ -20,8 +21,6 @@ def test_state_dict_names_and_shapes_equal_the_official(encoder):
 
 @pytest.mark.parametrize("encoder", ["vits", "vitb"])
 def test_deterministic_official_weights_load_strictly_and_run(encoder):
-    from tests.conftest import official_state_dict
-
     model = DepthAnythingV2(encoder)
     assert model.load_state_dict(official_state_dict(encoder), strict=True)
     with torch.inference_mode():
@@ -31,8 +30,8 @@ def test_deterministic_official_weights_load_strictly_and_run(encoder):
 
 @pytest.mark.parametrize("height,width", [(518, 518), (364, 644)])
 def test_parity_with_the_official_implementation(vits_model, height, width):
-    reference = np.load(parity_dir() / f"out_vits_{height}x{width}.npy")
-    x = torch.from_numpy(recipe().deterministic_input(height, width))
+    reference = reference_output(height, width)
+    x = torch.from_numpy(deterministic_input(height, width))
     with torch.inference_mode():
         ours = vits_model(x).numpy()
     assert ours.shape == reference.shape == (1, height, width)
@@ -44,8 +43,8 @@ def test_position_embedding_offset_matters(vits_model, monkeypatch):
     """Guards the +0.1: a plain size-based resize misses the reference by percents."""
     from train.models import backbone
 
-    reference = np.load(parity_dir() / "out_vits_364x644.npy")
-    x = torch.from_numpy(recipe().deterministic_input(364, 644))
+    reference = reference_output(364, 644)
+    x = torch.from_numpy(deterministic_input(364, 644))
     monkeypatch.setattr(backbone, "POS_INTERP_OFFSET", 0.0)
     with torch.inference_mode():
         wrong = vits_model(x).numpy()

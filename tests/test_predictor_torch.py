@@ -11,14 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from export.onnx import compare
 from runtime import DepthPredictor, InputError, ModelFileError
 from train.models import save_model
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
-
-
-def relative_error(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).max() / (np.abs(b).std() + 1e-12))
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +40,7 @@ def test_predictor_equals_the_model_run_by_hand(vits_predictor, vits_model, phot
     with torch.inference_mode():
         raw = vits_model(x)
     expected = torch.nn.functional.interpolate(raw[:, None], photo.shape[:2], mode="bilinear", align_corners=True)
-    assert relative_error(vits_predictor.predict(photo), expected[0, 0].numpy()) < 1e-4
+    assert compare(vits_predictor.predict(photo), expected[0, 0].numpy()).max_rel_std < 1e-4
 
 
 def test_batch_equals_single_images(vits_predictor, photo):
@@ -52,7 +49,9 @@ def test_batch_equals_single_images(vits_predictor, photo):
     batch = vits_predictor.predict_batch(images)
     assert [d.shape for d in batch] == [im.shape[:2] for im in images]
     for image, depth in zip(images, batch, strict=True):
-        assert relative_error(depth, vits_predictor.predict(image)) < 1e-4
+        # Not bit-identical on PyTorch: a batched matrix product sums in another order (measured
+        # 1.6e-5; ONNX Runtime and OpenVINO gave identical numbers), as the README says.
+        assert compare(depth, vits_predictor.predict(image)).max_rel_std < 1e-4
     assert vits_predictor.predict_batch([]) == []
 
 
@@ -75,7 +74,7 @@ def test_checkpoint_files_dispatch_to_torch(tmp_path, tiny_model, photo):
     path = save_model(tiny_model, tmp_path / "tiny.safetensors")
     predictor = DepthPredictor(path)
     assert predictor.backend == "torch" and predictor.input_shape == (None, 3, None, None)
-    assert relative_error(predictor.predict(photo), DepthPredictor(tiny_model).predict(photo)) < 1e-6
+    assert compare(predictor.predict(photo), DepthPredictor(tiny_model).predict(photo)).max_rel_std < 1e-6
     info = predictor.info()
     assert info["backend"] == "torch" and info["device"] == "cpu" and info["precision"] == "fp32"
     assert info["versions"]["torch"] == torch.__version__ and info["model"] == str(path)
@@ -170,8 +169,8 @@ def test_cli_writes_a_depth_png(tmp_path, tiny_model, photo):
     )
     assert run.returncode == 0, run.stderr
     assert "skipped" in run.stderr and "broken.jpg" in run.stderr
-    panel = cv2.imread(str(tmp_path / "out" / "in_depth.png"))
-    assert panel.shape == (photo.shape[0], 2 * photo.shape[1], 3)
+    depth_png = cv2.imread(str(tmp_path / "out" / "in_depth.png"))
+    assert depth_png.shape == photo.shape  # the colourised depth alone (--side-by-side adds the input)
     assert np.load(tmp_path / "out" / "in_depth.npy").shape == photo.shape[:2]
 
 

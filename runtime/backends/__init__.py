@@ -29,6 +29,10 @@ SUFFIXES: dict[str, str] = {
 
 def resolve_backend(model: Any, backend: str = "auto") -> str:
     """The backend name for ``model``: ``backend`` when given, else from the file suffix."""
+    if isinstance(model, (str, Path)) and Path(model).is_dir():
+        inside = sorted(p.name for p in Path(model).iterdir() if p.suffix.lower() in SUFFIXES)
+        hint = f" (it holds {', '.join(inside[:5])})" if inside else ""
+        raise ModelFileError(f"{model} is a directory: pass the model file inside it{hint}")
     if backend != "auto":
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of: auto, {', '.join(BACKENDS)}")

@@ -4,13 +4,23 @@ The inference precision is explicit. OpenVINO silently runs in bf16 on CPUs with
 or AMX (and f16 on GPUs); ``info()`` reports what the compiled model really uses, and
 ``precision="fp32"`` forces f32. Several infer requests serve concurrent callers (the
 predictor's ``stream`` and threads) without one global lock.
+
+Disk: compiled models are cached (``cache_dir``, default ``~/.cache/dav2-edge/openvino``, about
+50 MB per model, device and precision for vits), which halves the next load time; the oldest
+blobs are removed past ``CACHE_LIMIT_BYTES``, ``info()`` shows the folder and its size, and
+``cache_dir=None`` turns the cache off. OpenVINO's and NNCF's usage telemetry
+(which sends events and writes ``~/intel/`` on every import) is kept off in this toolkit's
+processes: see :func:`telemetry_off`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -32,8 +42,64 @@ def ov_device(device: str) -> str:
     return name
 
 
+# Compiled-model cache bound: a handful of models x devices x precisions.
+CACHE_LIMIT_BYTES = 1 << 30
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dav2-edge" / "openvino"
+
+
+def cache_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.glob("*") if p.is_file())
+
+
+def prune_cache(folder: Path, limit: int = CACHE_LIMIT_BYTES) -> list[Path]:
+    """Remove the least recently written blobs until ``folder`` holds at most ``limit`` bytes."""
+    blobs = sorted((p for p in folder.glob("*") if p.is_file()), key=lambda p: p.stat().st_mtime)
+    total = sum(p.stat().st_size for p in blobs)
+    removed = []
+    for blob in blobs[:-1]:  # the newest is the model just compiled
+        if total <= limit:
+            break
+        total -= blob.stat().st_size
+        blob.unlink(missing_ok=True)
+        removed.append(blob)
+    return removed
+
+
+@contextlib.contextmanager
+def telemetry_off() -> Iterator[None]:
+    """Keep OpenVINO's and NNCF's usage telemetry off for what runs inside.
+
+    Both libraries send usage events (and write ``~/intel/``) whenever ``openvino`` is imported,
+    a model is converted or NNCF is imported, unless the user ran ``opt_in_out --opt_out`` or
+    the process is a CI job; their only per-process switch is that CI check (the ``CI``
+    variable), so it is set for the duration and restored after, and nothing else in the
+    process sees it.
+    """
+    saved = os.environ.get("CI")
+    os.environ["CI"] = "true"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("CI", None)
+        else:
+            os.environ["CI"] = saved
+
+
+def import_openvino() -> ModuleType:
+    """``openvino``, imported with its telemetry off (or an error naming the extra)."""
+    with telemetry_off():
+        return require("openvino", "openvino", "OpenVINO")
+
+
+def load_error(exc: BaseException) -> str:
+    """The lines of an OpenVINO exception that say what is wrong, without its source locations."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Exception from ", "Check '"))]
+    return "; ".join(useful or lines[-1:]) or exc.__class__.__name__
 
 
 class OpenVINOBackend(Backend):
@@ -49,7 +115,7 @@ class OpenVINOBackend(Backend):
         threads: int | None = None,
     ) -> None:
         super().__init__()
-        ov = require("openvino", "openvino", "OpenVINO")
+        ov = import_openvino()
         self._ov = ov
         path = self.model_path(model, ".xml (IR) or .onnx files", "model file")
         if path.suffix == ".xml" and not path.with_suffix(".bin").is_file():
@@ -59,10 +125,10 @@ class OpenVINOBackend(Backend):
         if precision is not None and precision not in PRECISION_HINTS:
             raise ValueError(f"precision must be one of {', '.join(PRECISION_HINTS)}, got {precision!r}")
         core = ov.Core()
-        if cache_dir is not None:
-            cache = default_cache_dir() if cache_dir == "auto" else Path(cache_dir)
-            cache.mkdir(parents=True, exist_ok=True)
-            core.set_property({"CACHE_DIR": str(cache)})
+        self._cache = None if cache_dir is None else default_cache_dir() if cache_dir == "auto" else Path(cache_dir)
+        if self._cache is not None:
+            self._cache.mkdir(parents=True, exist_ok=True)
+            core.set_property({"CACHE_DIR": str(self._cache)})
         config: dict[str, Any] = {"PERFORMANCE_HINT": performance_hint.upper()}
         if precision is not None:
             config["INFERENCE_PRECISION_HINT"] = PRECISION_HINTS[precision]
@@ -73,7 +139,9 @@ class OpenVINOBackend(Backend):
             model_ir = core.read_model(str(path))
             self._compiled = core.compile_model(model_ir, self.device, config)
         except RuntimeError as exc:
-            raise ModelFileError(f"{path}: OpenVINO cannot load it ({str(exc).strip().splitlines()[0]})") from exc
+            raise ModelFileError(f"{path}: OpenVINO cannot load it ({load_error(exc)})") from exc
+        if self._cache is not None:
+            prune_cache(self._cache)
         if len(self._compiled.inputs) != 1 or len(self._compiled.outputs) != 1:
             raise ModelFileError(f"{path}: expected one image input and one output")
         port = self._compiled.input(0)
@@ -130,6 +198,8 @@ class OpenVINOBackend(Backend):
             "execution_devices": self._executing,
             "performance_hint": self._hint,
             "infer_requests": self.max_concurrency,
+            "cache_dir": str(self._cache) if self._cache is not None else None,
+            "cache_bytes": cache_size(self._cache) if self._cache is not None else 0,
         }
 
     def _release(self) -> None:

@@ -74,9 +74,7 @@ class PseudoLabelDataset:
             if entry["labels"] not in self._labels:
                 self._labels[entry["labels"]] = np.load(entry["labels"])
             label = self._labels[entry["labels"]][entry["key"]].astype(np.float32)
-        except (OSError, KeyError, ValueError, tarfile.TarError):
-            return None
-        if image is None:
+        except (OSError, KeyError, ValueError, tarfile.TarError):  # InputError is a ValueError
             return None
         height, width = label.shape
         return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA), label

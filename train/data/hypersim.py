@@ -14,10 +14,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from runtime.errors import require
+from runtime.imageio import read_image
 
 from .synthetic import Scene
 
@@ -96,9 +96,7 @@ class Hypersim:
         colour_path, depth_path = self.frames[index]
         try:
             if colour_path.suffix == ".jpg":
-                image = cv2.imread(str(colour_path), cv2.IMREAD_COLOR)
-                if image is None:
-                    raise OSError("unreadable jpeg")
+                image = read_image(colour_path)
             else:
                 image = tonemap(_read_h5(colour_path, h5py))
             distance = _read_h5(depth_path, h5py).astype(np.float32)

@@ -12,8 +12,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import cv2
 import numpy as np
+
+from runtime.errors import InputError
+from runtime.imageio import ImageTooLargeError, decode_image_bytes
+from runtime.preprocessing import check_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -88,24 +91,29 @@ def read_bytes(candidate: Candidate, tars: dict[Path, tarfile.TarFile]) -> bytes
     return handle.read()
 
 
-def decode(data: bytes) -> np.ndarray | None:
-    """A BGR image, or ``None`` for bytes that are not a complete image of at least 14 px."""
-    if not data:
-        return None
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    return image if image is not None and min(image.shape[:2]) >= 14 else None
+def decode(data: bytes, max_pixels: int | None = None) -> np.ndarray:
+    """A BGR image of at least 14 px a side; ``InputError`` otherwise (``ImageTooLargeError``
+    above ``max_pixels``, checked from the header before decoding: see ``runtime.imageio``)."""
+    return check_image(decode_image_bytes(data, max_pixels))
 
 
-def iter_images(candidates: list[Candidate], corrupt: list[str]) -> Iterator[tuple[Candidate, np.ndarray]]:
-    """Decoded images in order; unreadable ones are appended to ``corrupt`` and skipped."""
+def iter_images(
+    candidates: list[Candidate],
+    corrupt: list[str],
+    too_large: list[str] | None = None,
+    max_pixels: int | None = None,
+) -> Iterator[tuple[Candidate, np.ndarray]]:
+    """Decoded images in order; unreadable ones are appended to ``corrupt`` and skipped, as are
+    those over ``max_pixels`` (to ``too_large`` when given)."""
     tars: dict[Path, tarfile.TarFile] = {}
     try:
         for candidate in candidates:
             try:
-                image = decode(read_bytes(candidate, tars))
-            except (OSError, tarfile.TarError, KeyError):
-                image = None
-            if image is None:
+                image = decode(read_bytes(candidate, tars), max_pixels)
+            except ImageTooLargeError:
+                (corrupt if too_large is None else too_large).append(candidate.name)
+                continue
+            except (InputError, OSError, tarfile.TarError, KeyError):
                 corrupt.append(candidate.name)
                 continue
             yield candidate, image

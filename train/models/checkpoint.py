@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import struct
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -117,6 +119,51 @@ def infer_spec(state_dict: Mapping[str, torch.Tensor]) -> ModelSpec:
     )
 
 
+def sniff(path: Path) -> str:
+    """What a would-be checkpoint file is, from its first bytes: ``torch-zip`` (``torch.save``),
+    ``pickle`` (the legacy ``torch.save`` format), ``safetensors``, ``zip`` (some other archive),
+    ``damaged-zip``, ``empty``, ``html``, ``lfs-pointer``, ``text`` or ``unknown``."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        return "empty"
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile:
+            return "damaged-zip"
+        return "torch-zip" if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names) else "zip"
+    if head[0] == 0x80:  # pickle protocol 2 and later
+        return "pickle"
+    if len(head) >= 10 and head[8:9] == b"{":  # u64 header length, then the JSON header
+        (length,) = struct.unpack("<Q", head[:8])
+        if 0 < length <= path.stat().st_size - 8:
+            return "safetensors"
+    text = head.lstrip().lower()
+    if text.startswith(b"version https://git-lfs"):
+        return "lfs-pointer"
+    if text.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
+        return "html"
+    if all(32 <= c < 127 or c in b"\t\r\n" for c in head):
+        return "text"
+    return "unknown"
+
+
+_NOT_A_CHECKPOINT = {
+    "empty": "an empty file (0 bytes), not a checkpoint: an interrupted download or copy; fetch it again",
+    "damaged-zip": "a damaged zip archive (cut short by an interrupted download?); download it again",
+    "html": "an HTML page, not a checkpoint (a failed download: the server sent a web page such as a "
+    "login, error or redirect page); download the file itself again (on Hugging Face, a /resolve/ URL)",
+    "lfs-pointer": "a Git LFS pointer, not the weights: run 'git lfs pull' in the repository it came from",
+    "text": "a text file, not a checkpoint (PyTorch checkpoints are zip archives or pickles, safetensors "
+    "files start with a JSON header); check the path or download it again",
+    "zip": "a zip archive but not a PyTorch checkpoint (no data.pkl inside); check the path",
+    "unknown": "neither a PyTorch checkpoint (a zip archive or a pickle) nor a safetensors file; check the "
+    "path, or download it again if it may be damaged",
+}
+
+
 def _unpickle_safely(path: Path, map_location: str | torch.device) -> object:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
@@ -126,8 +173,11 @@ def _unpickle_safely(path: Path, map_location: str | torch.device) -> object:
             "could run code (weights_only=True). Re-save only the state dict, or convert it to "
             ".safetensors on a machine you trust"
         ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc.__class__.__name__}: {exc})") from exc
+    except Exception as exc:  # a damaged archive fails deep inside torch with many exception types
+        raise CheckpointError(
+            f"{path}: a damaged PyTorch checkpoint ({exc.__class__.__name__}: {str(exc).strip().splitlines()[0]}); "
+            "download or copy it again"
+        ) from exc
 
 
 def read_checkpoint(
@@ -135,9 +185,14 @@ def read_checkpoint(
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The raw state dict and the metadata of a ``.pth``/``.pt``/``.bin`` or ``.safetensors`` file."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory: pass the checkpoint file inside it (.pth or .safetensors)")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    if path.suffix == ".safetensors":
+    kind = sniff(path)
+    if kind in _NOT_A_CHECKPOINT:
+        raise CheckpointError(f"{path}: {_NOT_A_CHECKPOINT[kind]}")
+    if kind == "safetensors":
         from safetensors import SafetensorError, safe_open
 
         try:
@@ -218,7 +273,10 @@ def load_model(
     elif "spec" in metadata:
         spec = ModelSpec.from_json(metadata["spec"])
     else:
-        spec = infer_spec(state)
+        try:
+            spec = infer_spec(state)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
     if max_depth is None:
         max_depth = _max_depth_from_metadata(path, metadata)
     model = DepthAnythingV2(spec, max_depth=max_depth)
