@@ -22,7 +22,16 @@ from runtime.errors import require
 from runtime.fileio import staging_dir
 from runtime.metadata import library_versions, sha256_file, sidecar_path, write_sidecar
 
-from .common import ExportError, add_source_args, check_hw, load_source_model, patch_multiple, run_cli, stage
+from .common import (
+    ExportError,
+    add_size_arg,
+    add_source_args,
+    check_hw,
+    load_source_model,
+    patch_multiple,
+    run_cli,
+    stage,
+)
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "depth"
@@ -234,10 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a Depth Anything V2 checkpoint to ONNX, verified against PyTorch with ONNX Runtime.",
     )
     add_source_args(parser)
-    parser.add_argument(
-        "--height", type=patch_multiple, default=518, help="input height, a multiple of 14 (default 518)"
-    )
-    parser.add_argument("--width", type=patch_multiple, default=518, help="input width, a multiple of 14 (default 518)")
+    add_size_arg(parser, "518x518; with --dynamic the size it is traced and verified at")
+    # --height/--width: the pre-vocabulary spelling, still accepted for one release
+    parser.add_argument("--height", type=patch_multiple, help=argparse.SUPPRESS)
+    parser.add_argument("--width", type=patch_multiple, help=argparse.SUPPRESS)
     parser.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
     parser.add_argument(
         "--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default 17; 16 splits LayerNorm for TensorRT 8.5)"
@@ -249,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
+    height, width = args.size or (518, 518)
+    args.height, args.width = args.height or height, args.width or width
     with stage("loading the checkpoint"):
         model = load_source_model(args.checkpoint, args.encoder)
     output = args.output or default_output(args.checkpoint, model.spec.name, args.height, args.width, args.dynamic)

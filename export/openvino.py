@@ -25,11 +25,12 @@ from runtime.metadata import library_versions, read_sidecar, sha256_file, sideca
 from .common import (
     PRECISIONS,
     ExportError,
+    add_calibration_args,
     add_precision_args,
+    add_size_arg,
     add_source_args,
     check_precision,
     check_request,
-    parse_hw,
     run_cli,
     source_onnx,
     source_stem,
@@ -43,10 +44,60 @@ from .onnx import FP32_TOLERANCE, METRIC, compare, run_onnxruntime, verification
 # artefact (one weight tensor with its sign flipped: 7 to 11), not a loss of accuracy: that is
 # the benchmark's AbsRel column.
 TOLERANCES = {"fp32": FP32_TOLERANCE, "fp16": 0.1, "int8": 2.0}
+MAX_RESTORE_STEPS = 20
 
 
 def _compile_f32(ov, model):
     return ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+
+
+def quantize_within_budget(nncf, ov, model, onnx_path: Path, split, budget: float) -> tuple:
+    """NNCF's accuracy-controlled INT8: layers go back to float until the AbsRel against ONNX
+    Runtime FP32 on the held-out images drops by at most ``budget``; returns the model and a record."""
+    from .accuracy import METRIC, abs_rel, run_onnx
+
+    held = split.held_out_batches()
+    references = run_onnx(onnx_path, held)
+
+    def validate(compiled, items) -> tuple[float, list[float]]:
+        items = list(items)
+        per_image = [-abs_rel([np.asarray(compiled(batch)[0])], [ref]) for batch, ref in items]
+        return float(np.mean(per_image)), per_image
+
+    def error_of(candidate) -> float:
+        return -validate(_compile_f32(ov, candidate), zip(held, references, strict=True))[0]
+
+    calibration = nncf.Dataset(list(split), lambda sample: sample)
+    validation = nncf.Dataset(list(zip(held, references, strict=True)), lambda item: item[0])
+    options = {"preset": nncf.QuantizationPreset.MIXED, "model_type": nncf.ModelType.TRANSFORMER}
+    plain = nncf.quantize(model.clone(), calibration, subset_size=len(split), **options)
+    record = {"budget": budget, "metric": METRIC, "held_out_images": len(held), "plain_error": error_of(plain)}
+    if record["plain_error"] <= budget:
+        final = plain
+    else:
+        from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+        # Each iteration puts one more layer group back in float and validates: bounded, so an
+        # unreachable budget ends in minutes with the numbers instead of trying every layer.
+        restorer = AdvancedAccuracyRestorerParameters(max_num_iterations=MAX_RESTORE_STEPS, num_ranking_workers=1)
+        final = nncf.quantize_with_accuracy_control(
+            model,
+            calibration,
+            validation,
+            validate,
+            max_drop=budget,
+            subset_size=len(split),
+            advanced_accuracy_restorer_parameters=restorer,
+            **options,
+        )
+    fake_quantize = [sum(op.get_type_name() == "FakeQuantize" for op in m.get_ops()) for m in (plain, final)]
+    record.update(error=error_of(final), fake_quantize_plain=fake_quantize[0], fake_quantize=fake_quantize[1])
+    if record["error"] > budget:
+        raise ExportError(
+            f"OpenVINO INT8 misses the accuracy budget: AbsRel {record['error']:.4f} > {budget} after NNCF's accuracy "
+            f"control (plain INT8 {record['plain_error']:.4f}); raise --accuracy-budget or use FP16"
+        )
+    return final, record
 
 
 def export_openvino(
@@ -55,6 +106,7 @@ def export_openvino(
     precision: str = "fp16",
     calibration=None,
     verify_shape: tuple[int, int] | None = None,
+    budget: float | None = None,
 ) -> dict:
     """Convert an ONNX model to IR at ``output`` (``.xml`` + ``.bin``); returns the sidecar data.
 
@@ -81,16 +133,21 @@ def export_openvino(
     if precision == "int8":
         with telemetry_off():
             nncf = require("nncf", "openvino", "NNCF")
-        dataset = nncf.Dataset(list(calibration), lambda sample: sample)
-        with stage("quantizing with NNCF"):
-            model = nncf.quantize(
-                model,
-                dataset,
-                preset=nncf.QuantizationPreset.MIXED,
-                model_type=nncf.ModelType.TRANSFORMER,
-                subset_size=len(calibration),
-            )
         quantization = {"tool": "nncf", "preset": "mixed", "model_type": "transformer"}
+        if budget is not None:  # ``calibration`` is then a HeldOutSplit
+            with stage("quantizing with NNCF within the accuracy budget"), telemetry_off():
+                model, accuracy = quantize_within_budget(nncf, ov, model, onnx_path, calibration, budget)
+            quantization["accuracy"] = accuracy
+        else:
+            dataset = nncf.Dataset(list(calibration), lambda sample: sample)
+            with stage("quantizing with NNCF"):
+                model = nncf.quantize(
+                    model,
+                    dataset,
+                    preset=nncf.QuantizationPreset.MIXED,
+                    model_type=nncf.ModelType.TRANSFORMER,
+                    subset_size=len(calibration),
+                )
     workdir = staging_dir(output)
     try:
         staged = workdir / output.name
@@ -160,11 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_source_args(parser, onnx=True)
     add_precision_args(parser, {name: f"{name.upper()} IR" for name in PRECISIONS}, "fp16")
-    parser.add_argument("--shape", type=parse_hw, default=(518, 518), help="static input HxW (default 518x518)")
+    add_size_arg(parser, "518x518", aliases=("--shape",))
     parser.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
-    parser.add_argument("--calib-dir", type=Path, help="SA-1B tar shards or an image folder (INT8)")
-    parser.add_argument("--calib-samples", type=int, default=300, help="calibration images (default 300)")
-    parser.add_argument("--allow-fewer", action="store_true", help="calibrate on fewer images than asked if short")
+    add_calibration_args(parser)
     parser.add_argument("--output", type=Path, help="IR path (default artifacts/<model>.<precision>.xml)")
     return parser
 
@@ -172,23 +227,35 @@ def build_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     check_request(args)
     output = args.output or Path("artifacts") / f"{source_stem(args)}.{args.precision}.xml"
-    height, width = args.shape
+    height, width = args.size or (518, 518)
     output.parent.mkdir(parents=True, exist_ok=True)
     source = source_onnx(args, output.parent, height, width, args.dynamic)
     calibration = None
+    budget = args.accuracy_budget if args.precision == "int8" else None
     if args.precision == "int8":
+        from .accuracy import HeldOutSplit
         from .calibration import CalibrationSet
 
+        held = args.accuracy_images if budget is not None else 0
         with stage("reading the calibration images"):
             calibration = CalibrationSet(
                 args.calib_dir,
-                args.calib_samples,
+                args.calib_samples + held,
                 (height, width),
                 cache_dir=output.parent / ".calib_cache",
                 allow_fewer=args.allow_fewer,
             )
         print(calibration.report.summary())
-    data = export_openvino(source, output, args.precision, calibration, (height, width))
+        if budget is not None:
+            calibration = HeldOutSplit(calibration, held)
+    data = export_openvino(source, output, args.precision, calibration, (height, width), budget)
+    accuracy = (data.get("quantization") or {}).get("accuracy")
+    if accuracy:
+        print(
+            f"INT8 AbsRel vs FP32 on {accuracy['held_out_images']} held-out images: {accuracy['error']:.4f} "
+            f"(plain INT8 {accuracy['plain_error']:.4f}, budget {accuracy['budget']}); FakeQuantize "
+            f"{accuracy['fake_quantize']} of {accuracy['fake_quantize_plain']}"
+        )
     size = output.with_suffix(".bin").stat().st_size / 2**20
     verification = data["verification"]
     ((shape, check),) = verification["checks"].items()

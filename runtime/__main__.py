@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .cli import add_predictor_args
 from .errors import InputError, MissingDependencyError, ModelFileError
 from .fileio import atomic_write_bytes
 from .video import VIDEO_SUFFIXES, depth_frame
@@ -33,17 +34,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("inputs", nargs="*", type=Path, help="image or video files, or folders of them")
     parser.add_argument("--camera", type=int, metavar="INDEX", help="also record from this OpenCV camera (0, 1, ...)")
     parser.add_argument("--sample", action="store_true", help="also run on the bundled sample photographs")
-    parser.add_argument(
-        "--model",
+    add_predictor_args(
+        parser,
+        f"model file (.pth/.safetensors/.onnx/.xml/.engine); default {DEFAULT_CHECKPOINT} when present, "
+        "else untrained vits weights (structure only, the depth is meaningless)",
         type=Path,
         default=None,
-        help=f"model file (.pth/.safetensors/.onnx/.xml/.engine); default {DEFAULT_CHECKPOINT} when present, "
-        "else untrained vits weights (structure only, the depth is meaningless)",
     )
-    parser.add_argument("--backend", default="auto", help="auto (from the file suffix), torch, ...")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
-    parser.add_argument("--precision", default=None, help="fp32, fp16 or bf16 (default: the backend's)")
-    parser.add_argument("--input-size", type=int, default=518, help="short side fed to the model (default 518)")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs"), help="where to write (default outputs/)")
     parser.add_argument("--colormap", default="inferno", help="inferno, turbo, viridis, magma or gray")
     parser.add_argument(
@@ -167,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             load_default_model(args.model),
             backend=args.backend,
             device=args.device,
-            input_size=args.input_size,
+            input_size=args.size,
             precision=args.precision,
         )
     except (ModelFileError, MissingDependencyError, ValueError) as exc:

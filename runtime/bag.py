@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .cli import add_predictor_args
 from .errors import InputError, MissingDependencyError, ModelFileError, require
 from .fileio import staging_dir
 from .metric import ScaleShift
@@ -431,7 +432,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("input", type=Path, help="the input bag: a ROS 2 bag folder or a ROS 1 .bag file")
     parser.add_argument("--image-topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
-    parser.add_argument("--model", type=Path, required=True, help="model file (.pth, .safetensors, .onnx, .xml, ...)")
+    add_predictor_args(parser, "model file (.pth, .safetensors, .onnx, .xml, .engine)", type=Path, required=True)
     parser.add_argument("--output", type=Path, required=True, help="the new bag (same ROS version as the input)")
     parser.add_argument(
         "--camera-info-topic",
@@ -460,10 +461,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--every", type=int, default=1, help="process every Nth image message (default 1)")
     parser.add_argument("--max-frames", type=int, help="stop after this many frames (the output ends there)")
     parser.add_argument("--storage", choices=STORAGES, help="ROS 2 output storage (default: the input's)")
-    parser.add_argument("--backend", default="auto", help="auto (from the model file suffix), torch, onnxruntime, ...")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
-    parser.add_argument("--precision", default=None, help="fp32, fp16 or bf16 (default: the backend's)")
-    parser.add_argument("--input-size", type=int, default=518, help="short side fed to the model (default 518)")
     args = parser.parse_args(argv)
     if args.every < 1 or args.point_stride < 1 or (args.max_frames is not None and args.max_frames < 1):
         parser.error("--every, --point-stride and --max-frames must be positive")
@@ -523,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         predictor = DepthPredictor(
-            args.model, backend=args.backend, device=args.device, input_size=args.input_size, precision=args.precision
+            args.model, backend=args.backend, device=args.device, input_size=args.size, precision=args.precision
         )
     except (ModelFileError, MissingDependencyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

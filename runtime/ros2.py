@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .cli import add_predictor_args
 from .errors import InputError, MissingDependencyError, ModelFileError
 from .metric import ScaleShift
 from .pointcloud import Intrinsics
@@ -105,11 +106,9 @@ def parse_args(argv: list[str]) -> tuple[NodeSettings, list[str]]:
         "--ros-args -r image:=/camera/image_raw -r camera_info:=/camera/camera_info; every option is "
         "also a parameter (-p model:=...). Needs a sourced ROS 2 install (rclpy).",
     )
-    parser.add_argument("--model", default=defaults.model, help="model file (.onnx, .xml, .engine, .pth, ...)")
-    parser.add_argument("--backend", default=defaults.backend, help="auto (from the file suffix), tensorrt, ...")
-    parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda, ...")
-    parser.add_argument("--precision", default=defaults.precision, help="fp32, fp16 or bf16 (default: the backend's)")
-    parser.add_argument("--input-size", type=int, default=defaults.input_size, help="short side fed to the model")
+    add_predictor_args(parser, "model file (.onnx, .xml, .engine, .pth, ...)", default=defaults.model)
+    parser.set_defaults(backend=defaults.backend, device=defaults.device, precision=defaults.precision)
+    parser.set_defaults(size=defaults.input_size)
     parser.add_argument(
         "--metric-scale",
         type=float,
@@ -126,7 +125,7 @@ def parse_args(argv: list[str]) -> tuple[NodeSettings, list[str]]:
         args.backend,
         args.device,
         args.precision,
-        args.input_size,
+        args.size,
         args.metric_scale,
         args.metric_shift,
         args.point_stride,

@@ -126,3 +126,17 @@ def test_held_out_images_are_not_calibration_images(stressed):
     assert len(used) == 10 and len(held) == 4 and not set(used) & set(held)
     with pytest.raises(ExportError, match="held-out"):
         HeldOutSplit(calibration, 14)
+
+
+def test_openvino_int8_within_budget_uses_nncf_accuracy_control(tmp_path, stressed):
+    from export.openvino import export_openvino
+
+    paths, calibration = stressed
+    split = HeldOutSplit(calibration, 4)
+    plain = export_openvino(paths[17], tmp_path / "plain.xml", "int8", split, SIZE, budget=10.0)
+    error = plain["quantization"]["accuracy"]["plain_error"]
+    budget = error / 2
+    data = export_openvino(paths[17], tmp_path / "budget.xml", "int8", split, SIZE, budget=budget)
+    accuracy = data["quantization"]["accuracy"]
+    assert accuracy["plain_error"] > budget >= accuracy["error"]
+    assert 0 < accuracy["fake_quantize"] < accuracy["fake_quantize_plain"]  # some layers back in float, not all

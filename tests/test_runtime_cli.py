@@ -62,7 +62,7 @@ def test_images_give_depth_only_by_default_and_keep_distinct_names(tmp_path, tin
     out = tmp_path / "out"
     out.mkdir()
     (out / "astronaut_png_depth.png").write_bytes(b"from an earlier run")
-    common = ["--model", str(tiny_checkpoint), "--input-size", "56", "--output-dir", str(out)]
+    common = ["--model", str(tiny_checkpoint), "--size", "56", "--output-dir", str(out)]
     run = run_cli(str(tmp_path), *common, "--save-npy")
     assert run.returncode == 0, run.stderr
     assert "astronaut.jpg -> astronaut_jpg_depth.png (2 inputs share the name)" in run.stderr
