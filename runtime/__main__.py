@@ -15,8 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .cli import add_predictor_args
-from .errors import InputError, MissingDependencyError, ModelFileError
+from .cli import add_predictor_args, build_predictor, one_line_errors
+from .errors import InputError
 from .fileio import atomic_write_bytes
 from .video import VIDEO_SUFFIXES, depth_frame
 
@@ -145,31 +145,13 @@ def _jobs(args: argparse.Namespace) -> tuple[list[Job], list[str]]:
     return jobs, name_outputs(jobs)
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        jobs, notes = _jobs(args)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except MissingDependencyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    jobs, notes = _jobs(args)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    from . import DepthPredictor
-
-    try:
-        predictor = DepthPredictor(
-            load_default_model(args.model),
-            backend=args.backend,
-            device=args.device,
-            input_size=args.size,
-            precision=args.precision,
-        )
-    except (ModelFileError, MissingDependencyError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    predictor = build_predictor(args, load_default_model(args.model))
     print(f"{predictor!r}", file=sys.stderr)
     failed = 0
     for job in jobs:

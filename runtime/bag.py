@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from .cli import add_predictor_args
-from .errors import InputError, MissingDependencyError, ModelFileError, require
+from .cli import add_predictor_args, build_predictor, one_line_errors
+from .errors import InputError, require
 from .fileio import staging_dir
 from .metric import ScaleShift
 from .pointcloud import Intrinsics
@@ -499,16 +499,10 @@ def _check_request(args: argparse.Namespace) -> tuple[dict[str, int], Topics]:
     return counts, topics
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        counts, topics = _check_request(args)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except MissingDependencyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    counts, topics = _check_request(args)
     metric = None if args.metric_scale is None else ScaleShift(args.metric_scale, args.metric_shift, math.nan, 0)
     if metric is None:
         print("note: no --metric-scale: publishing relative inverse depth only, no metric depth or points")
@@ -516,15 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         print("note: no camera info topic in the bag: no point clouds")
     from tqdm import tqdm
 
-    from .predictor import DepthPredictor
-
-    try:
-        predictor = DepthPredictor(
-            args.model, backend=args.backend, device=args.device, input_size=args.size, precision=args.precision
-        )
-    except (ModelFileError, MissingDependencyError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    predictor = build_predictor(args, args.model)
     frames = -(-counts[topics.image] // args.every)
     total = min(frames, args.max_frames) if args.max_frames else frames
     conversion = Conversion(metric, args.point_stride, args.max_range, not args.no_point_colors)

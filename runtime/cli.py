@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import functools
+import sys
+from typing import Any, Callable
+
+from .errors import InputError, MissingDependencyError, ModelFileError
 
 DEFAULT_SIZE = 518
 
@@ -20,3 +24,29 @@ def add_predictor_args(parser: argparse.ArgumentParser, model_help: str, **model
         "--size", type=int, default=DEFAULT_SIZE, help=f"short side fed to the model (default {DEFAULT_SIZE})"
     )
     parser.add_argument("--input-size", dest="size", type=int, help=argparse.SUPPRESS)
+
+
+def one_line_errors(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+    """A command's errors as one line: bad input exits 2 (usage), a model or library problem 1."""
+
+    @functools.wraps(main)
+    def run(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except InputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except (ModelFileError, MissingDependencyError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def build_predictor(args: argparse.Namespace, model: Any):
+    """The DepthPredictor the shared options describe."""
+    from .predictor import DepthPredictor
+
+    return DepthPredictor(
+        model, backend=args.backend, device=args.device, input_size=args.size, precision=args.precision
+    )

@@ -126,7 +126,11 @@ def test_trt_int8_onnx_only_from_an_sa1b_shard(tmp_path, vits_checkpoint):
             "--calib-dir",
             str(shards),
             "--calib-samples",
-            "10",
+            "7",
+            "--accuracy-images",
+            "3",
+            "--accuracy-budget",  # measured and reported here; the repairs are tested on a small model
+            "1",
             "--trt-version",
             "10.3",
             "--output",
@@ -139,6 +143,9 @@ def test_trt_int8_onnx_only_from_an_sa1b_shard(tmp_path, vits_checkpoint):
     assert run.returncode == 0, run.stderr
     assert "1 corrupt skipped (sa_000000.tar:sa_9001.jpg)" in run.stdout
     assert "trtexec --onnx=" in run.stdout and "--stronglyTyped" in run.stdout
+    assert "AbsRel vs FP32" in run.stdout and "on 3 held-out images (budget 1.0" in run.stdout
+    report = json.loads((out / "vits.int8.qdq-fp32.onnx.quant.json").read_text())
+    assert report["held_out_images"] == 3 and report["error"] <= report["budget"]
     ready = out / "vits.int8.trt-int8.onnx"
     assert not (out / "vits.int8.engine").exists()
     # everything it wrote is inside the output folder (the shard folder is untouched)

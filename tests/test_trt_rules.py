@@ -242,3 +242,14 @@ def test_every_onnx_export_trt_writes_passes_the_rules(tmp_path, tiny_sources, c
                 if node.op_type in ("Conv", "MatMul") and node.input[1] in producer:
                     assert producer[node.input[1]].op_type != "Cast", node.name
     assert "trtexec" in printed and (("--stronglyTyped" in printed) == (version.major == 10))
+
+
+def test_opset_conversion_of_a_model_past_protobufs_limit_keeps_its_weights(tiny_sources):
+    """vitg's ONNX is over 2 GB: its opset conversion runs without the weight values, put back after."""
+    from export.fp16 import convert_opset
+
+    paths, _ = tiny_sources
+    model = onnx.load(str(paths[17, False]))
+    direct, weightless = convert_opset(model, 19), convert_opset(model, 19, limit=0)
+    assert direct.SerializeToString() == weightless.SerializeToString()
+    assert weightless.ir_version >= 9 and max(o.version for o in weightless.opset_import) == 19
