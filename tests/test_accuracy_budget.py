@@ -128,6 +128,7 @@ def test_held_out_images_are_not_calibration_images(stressed):
         HeldOutSplit(calibration, 14)
 
 
+@pytest.mark.slow  # NNCF's accuracy control ranks every quantizer: about 80 s even on the tiny model
 def test_openvino_int8_within_budget_uses_nncf_accuracy_control(tmp_path, stressed):
     from export.openvino import export_openvino
 
