@@ -1,4 +1,5 @@
-"""``python -m benchmarks``: build every artefact this machine can, measure each, write a report."""
+"""``python -m benchmarks``: build every artefact this machine can, time them all in interleaved
+rounds, check that the results can be true, write a report."""
 
 from __future__ import annotations
 
@@ -12,39 +13,93 @@ import numpy as np
 
 from export.common import parse_hw
 
-from .artifacts import calibration_folder, load_images, resolve_model
+from .artifacts import ModelSource, calibration_folder, load_images, resolve_model
+from .checks import assess
+from .cpu import detect
 from .machine import machine_facts
-from .report import rank, write_report
-from .roofline import add_throughput, count_macs, gemm_ceilings, lower_bounds, merge_ceilings
-from .runner import Settings, make_configs, reference_outputs, run_config
+from .report import fastest_cpu_path, rank, relative_to_first, write_report
+from .roofline import CeilingProbes, add_throughput, ceiling_formats, count_macs, lower_bounds
+from .rounds import time_rows
+from .runner import Config, Settings, make_configs, prepare, reference_outputs, score
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
+SWEEP = (518, 434, 364, 308)
+EXIT_UNRELIABLE = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="Latency and accuracy of Depth Anything V2 per backend, precision and input size.",
+        description="Latency and accuracy of Depth Anything V2 per backend, precision and input size. "
+        "Rows are timed in interleaved rounds, each in a worker process of its own; the report checks "
+        "that the machine was quiet and the numbers possible, and says so at the top when not.",
+        epilog=f"Exit codes: 0 report written; 1 no model or images; 2 bad usage; {EXIT_UNRELIABLE} report "
+        "written but its self-checks failed (with --strict only).",
     )
     parser.add_argument(
         "--checkpoint",
         type=Path,
         help="model (default: checkpoints/depth_anything_v2_vits.pth, "
-        "else the Hugging Face hub if reachable, else random weights with a notice)",
+        "else the Hugging Face hub or its local cache, else random weights with a notice)",
     )
     parser.add_argument("--no-hub", action="store_true", help="never try the Hugging Face hub")
     parser.add_argument("--images", type=Path, help="folder of evaluation images (default: bundled photographs)")
     parser.add_argument("--calib-dir", type=Path, help="SA-1B shards or images for INT8 calibration")
     parser.add_argument("--backends", default=",".join(BACKENDS), help="comma list (default: all available)")
     parser.add_argument("--precisions", default="", help="comma list to keep, e.g. fp32,int8 (default: all)")
-    parser.add_argument("--sizes", default=None, help="comma list of HxW (default 518x518; --quick: 518x518)")
-    parser.add_argument("--runs", type=int, default=None, help="timed runs per row (default 20; --quick: 5)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed warm-up runs (default 5; --quick: 2)")
+    parser.add_argument("--sizes", default=None, help="comma list of HxW (default 518x518)")
+    parser.add_argument(
+        "--size-sweep",
+        default=None,
+        help="short sides (multiples of 14) at which the fastest CPU row is timed again "
+        f"(default {','.join(map(str, SWEEP))}; --quick: none; 'none' to skip)",
+    )
+    parser.add_argument(
+        "--runs", type=int, help="timed runs per row, rounded up to a multiple of --rounds (default 20; --quick: 5)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, help="interleaved rounds the runs are split over (default 5, or --runs if fewer)"
+    )
+    parser.add_argument("--warmup", type=int, default=None, help="untimed calls per row first (default 5; --quick: 2)")
     parser.add_argument("--quick", action="store_true", help="short run: fewer runs, images and calibration samples")
+    parser.add_argument(
+        "--emulated-formats",
+        action="store_true",
+        help="also time formats this CPU has no units for (BF16 without AVX512-BF16/AMX: minutes per row)",
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help=f"exit {EXIT_UNRELIABLE} when the report's self-checks fail"
+    )
     parser.add_argument("--accuracy-budget", type=float, default=0.02, help="AbsRel vs FP32 budget (default 0.02)")
     parser.add_argument("--report-dir", type=Path, default=Path("reports/latest"), help="where the report goes")
     parser.add_argument("--work-dir", type=Path, default=Path("artifacts/bench"), help="artefact cache")
     return parser
+
+
+def parse_sweep(text: str | None, quick: bool) -> list[int]:
+    if text is None:
+        return [] if quick else list(SWEEP)
+    if text.strip().lower() in ("", "none"):
+        return []
+    try:
+        sides = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(s < 14 or s % 14 for s in sides):
+        raise argparse.ArgumentTypeError(f"each short side must be a positive multiple of 14, got {text!r}")
+    return sides
+
+
+def sweep_sizes(base: tuple[int, int], short_sides: list[int]) -> list[tuple[int, int]]:
+    """``base`` first, then a size per short side with base's aspect, each side a multiple of 14."""
+    height, width = base
+    sizes = [base]
+    for side in short_sides:
+        long = max(14, round(max(base) * side / min(base) / 14) * 14)
+        size = (side, long) if height <= width else (long, side)
+        if size not in sizes:
+            sizes.append(size)
+    return sizes
 
 
 def has_gpu() -> bool:
@@ -56,10 +111,8 @@ def has_gpu() -> bool:
         return False
 
 
-def measure_roofline(configs: list, sizes: list[tuple[int, int]], ceilings_before: dict) -> dict:
-    """The model's work per frame at each size (counted on its FP32 ONNX, exported if no row
-    built it) and the CPU's matrix-multiply ceilings per number format: the best of a measurement
-    before the rows and one after, so a slow moment of a shared machine does not lower them."""
+def operation_counts(configs: list[Config], sizes: list[tuple[int, int]]) -> dict:
+    """The model's work per frame at each size, counted on its FP32 ONNX (exported if no row built it)."""
     work = {}
     for size in sizes:
         onnx_config = next(c for c in configs if (c.backend, c.precision, c.size) == ("onnxruntime", "fp32", size))
@@ -71,9 +124,77 @@ def measure_roofline(configs: list, sizes: list[tuple[int, int]], ceilings_befor
             )
             continue
         work[f"{size[0]}x{size[1]}"] = {"macs": macs, "ops": 2 * sum(macs.values())}
-    ceilings = merge_ceilings(ceilings_before, gemm_ceilings())
+    return work
+
+
+def measure(
+    configs: list[Config],
+    settings: Settings,
+    source: ModelSource,
+    images: dict[str, np.ndarray],
+    ground_truth: dict[str, np.ndarray],
+    ceiling_formats: tuple[str, ...] = (),
+    group: str = "runs",
+) -> dict:
+    """Build ``configs`` (their workers' files under ``group``), time them in interleaved rounds
+    (with the matrix-multiply ceilings of ``ceiling_formats`` measured once per round), score them."""
+    from tqdm import tqdm
+
+    timing_image = next(iter(images))
+    images_npz = settings.workdir / "eval_images.npz"  # written by main
+    for config in tqdm(configs, desc="building artefacts", unit="row"):
+        prepare(config, settings, images_npz, timing_image, group)
+    with settings.phases.timed("references"):
+        references = {size: reference_outputs(source, images, size) for size in {c.size for c in configs}}
+    ready = [c for c in configs if c.job is not None]
+    probes = None
+    if ceiling_formats and ready:
+        with settings.phases.timed("ceilings"):
+            probes = CeilingProbes(ceiling_formats)
+    print(f"timing {len(ready)} rows in {settings.rounds} interleaved rounds", file=sys.stderr)
+    timed = time_rows(ready, settings, probes)
+    timed["ceilings"] = probes.summarize(timed["ceiling_rounds"]) if probes else {}
+    for config in ready:
+        if config.result.get("outputs"):
+            score(config, references[config.size], ground_truth, settings.max_abs_rel)
+        tqdm.write(
+            f"{config.label}: {config.result.get('status')}"
+            + (f" ({config.result['error']})" if config.result.get("error") else "")
+        )
+    return timed
+
+
+def roofline_section(ceilings: dict, work: dict) -> dict:
     bounds = {key: lower_bounds(w["ops"], ceilings) for key, w in work.items()}
     return {"ceilings": ceilings, "work": work, "lower_bounds_s": bounds}
+
+
+def size_sweep(
+    fastest: dict,
+    sizes: list[tuple[int, int]],
+    settings: Settings,
+    source: ModelSource,
+    images: dict[str, np.ndarray],
+    ground_truth: dict[str, np.ndarray],
+    roofline: dict,
+) -> tuple[list[dict], dict, dict]:
+    """The fastest CPU row's kind timed at each of ``sizes`` in rounds of its own; returns its rows,
+    the roofline with the work at the new sizes, and the checks on the sweep."""
+    every_config = make_configs(source, sizes, settings, False)
+    kind = (fastest["backend"], fastest["precision"], fastest.get("variant"))
+    configs = [c for c in every_config if c.kind == kind]
+    settings.phases.prefix = "size sweep: "
+    try:
+        timed = measure(configs, settings, source, images, ground_truth, group="size-sweep")
+        with settings.phases.timed("export"):
+            work = {**roofline["work"], **operation_counts(every_config, sizes[1:])}
+    finally:
+        settings.phases.prefix = ""
+    roofline = roofline_section(roofline["ceilings"], work)
+    rows = [c.row() for c in configs]
+    add_throughput(rows, roofline)
+    checks = assess(rows, {}, {"size sweep rounds": timed["machine_state"]}, settings.cpu.native("bf16"))
+    return relative_to_first(rows), roofline, checks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,77 +203,95 @@ def main(argv: list[str] | None = None) -> int:
     quick = args.quick
     warmup = args.warmup if args.warmup is not None else (2 if quick else 5)
     runs = args.runs if args.runs is not None else (5 if quick else 20)
-    if runs < 1 or warmup < 0:
-        parser.error("--runs must be at least 1 and --warmup at least 0")
+    rounds = args.rounds if args.rounds is not None else min(runs, 5)
+    if runs < 1 or warmup < 0 or not 1 <= rounds <= runs:
+        parser.error("--runs must be at least 1, --warmup at least 0, and --rounds between 1 and --runs")
     try:
         sizes = [parse_hw(s) for s in (args.sizes or "518x518").split(",")]
+        short_sides = parse_sweep(args.size_sweep, quick)
     except argparse.ArgumentTypeError as exc:
-        parser.error(f"--sizes: {exc}")
+        parser.error(f"--sizes / --size-sweep: {exc}")
     backends = {b.strip() for b in args.backends.split(",") if b.strip()}
     if unknown := backends - set(BACKENDS):
         parser.error(f"unknown backend(s) {', '.join(sorted(unknown))}; choose from {', '.join(BACKENDS)}")
     precisions = {p.strip() for p in args.precisions.split(",") if p.strip()}
     started = time.perf_counter()
+    cpu = detect()
     workdir = args.work_dir
     workdir.mkdir(parents=True, exist_ok=True)
+    calib_samples = 16 if quick else 64
+    settings = Settings(workdir, warmup, runs, rounds, args.calib_dir, calib_samples, 0.1, cpu, args.emulated_formats)
+    phases = settings.phases
     try:
-        source = resolve_model(args.checkpoint, workdir, use_hub=not args.no_hub)
-        images, ground_truth, images_text = load_images(args.images, 3 if quick else 6)
+        with phases.timed("model and images"):
+            source = resolve_model(args.checkpoint, workdir, use_hub=not args.no_hub)
+            images, ground_truth, images_text = load_images(args.images, 3 if quick else 6)
     except (FileNotFoundError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if source.notice:
         print(f"\n*** {source.notice} ***\n", file=sys.stderr)
-    settings = Settings(workdir, warmup, runs, args.calib_dir, 16 if quick else 64, max_abs_rel=0.1)
-    _, calibration_text = calibration_folder(args.calib_dir, workdir, settings.calib_samples)
-    timing_image = next(iter(images))
-    images_npz = workdir / "eval_images.npz"
-    np.savez(images_npz, **images)
+    print(f"CPU: {cpu.model}: {cpu.summary()}", file=sys.stderr)
+    _, calibration_text = calibration_folder(args.calib_dir, workdir, calib_samples)
+    np.savez(workdir / "eval_images.npz", **images)
+
     every_config = make_configs(source, sizes, settings, has_gpu())
     configs = [
         c
         for c in every_config
         if c.backend in backends and (not precisions or any(p in c.precision.split("/") for p in precisions))
     ]
-    from tqdm import tqdm
-
-    references = {size: reference_outputs(source, images, size) for size in sizes}
-    print("measuring this machine's matrix-multiply ceilings", file=sys.stderr)
-    ceilings_before = gemm_ceilings()
-    bar = tqdm(configs, desc="benchmark", unit="row")
-    for config in bar:
-        bar.set_postfix_str(config.label)
-        run_config(config, images_npz, timing_image, settings, references[config.size], ground_truth)
-        tqdm.write(
-            f"{config.label}: {config.result['status']}"
-            + (f" ({config.result['error']})" if config.result.get("error") else "")
-        )
-    rows = [
-        {"backend": c.backend, "variant": c.variant, "precision": c.precision, "size": list(c.size), **c.result}
-        for c in configs
-    ]
-    tqdm.write("measuring this machine's matrix-multiply ceilings")
-    roofline = measure_roofline(every_config, sizes, ceilings_before)
+    timed = measure(configs, settings, source, images, ground_truth, ceiling_formats(cpu, args.emulated_formats))
+    ceilings = timed["ceilings"]
+    rows = [c.row() for c in configs]
+    with phases.timed("export"):
+        roofline = roofline_section(ceilings, operation_counts(every_config, sizes))
     add_throughput(rows, roofline)
-    rows, best = rank(rows, args.accuracy_budget)
+    reliability = assess(rows, ceilings, {"main rounds": timed["machine_state"]}, cpu.native("bf16"))
+
+    sweep_rows: list[dict] = []
+    fastest = fastest_cpu_path(rows, args.accuracy_budget, sizes[0]) if short_sides else None
+    if fastest is not None:
+        sweep_rows, roofline, swept = size_sweep(
+            fastest, sweep_sizes(sizes[0], short_sides), settings, source, images, ground_truth, roofline
+        )
+        reliability["problems"] += swept["problems"]
+        reliability["reliable"] = reliability["reliable"] and swept["reliable"]
+        reliability["machine_state"].update(swept["machine_state"])
+    rows, best = rank(rows, args.accuracy_budget, reliability["reliable"])
     data = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_facts(),
+        "machine": machine_facts(cpu),
         "model": source.description,
         "notice": source.notice,
         "images": images_text,
         "calibration": calibration_text,
-        "timing_image": timing_image,
-        "settings": {"warmup": warmup, "runs": runs, "sizes": [list(s) for s in sizes], "quick": quick},
+        "timing_image": next(iter(images)),
+        "settings": {
+            "warmup": warmup,
+            "runs": runs,
+            "rounds": rounds,
+            "calls_per_round": settings.calls_per_round,
+            "sizes": [list(s) for s in sizes],
+            "quick": quick,
+            "emulated_formats": args.emulated_formats,
+        },
         "accuracy_budget": args.accuracy_budget,
         "roofline": roofline,
+        "reliability": reliability,
         "rows": rows,
         "fastest_within_budget": best,
+        "size_sweep": sweep_rows,
+        "phases": {k: round(v, 1) for k, v in phases.seconds.items()},
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
     paths = write_report(data, images, args.report_dir)
     print((args.report_dir / "report.md").read_text())
     print("wrote " + ", ".join(str(p) for p in paths) + f" in {data['wall_seconds']:.0f} s")
+    if not reliability["reliable"]:
+        print("warning: the report's self-checks failed: " + "; ".join(reliability["problems"]), file=sys.stderr)
+        if args.strict:
+            return EXIT_UNRELIABLE
     return 0
 
 

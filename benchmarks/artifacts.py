@@ -7,11 +7,11 @@ never reused after the inputs changed.
 
 from __future__ import annotations
 
-import hashlib
+import os
 import socket
-import sys
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
@@ -19,7 +19,8 @@ import numpy as np
 from runtime.metadata import read_sidecar, sha256_file
 
 DEFAULT_CHECKPOINT = Path("checkpoints/depth_anything_v2_vits.pth")
-HUB_REPO, HUB_FILE = "depth-anything/Depth-Anything-V2-Small", "model.safetensors"
+# The published ViT-S checkpoint, the same file as DEFAULT_CHECKPOINT (loaded with weights_only).
+HUB_REPO, HUB_FILE = "depth-anything/Depth-Anything-V2-Small", "depth_anything_v2_vits.pth"
 
 
 @dataclass
@@ -33,30 +34,54 @@ class ModelSource:
         return sha256_file(self.path)[:12]
 
 
-def hub_reachable(host: str = "huggingface.co", timeout: float = 1.5) -> bool:
+def hub_address() -> tuple[str, int]:
+    """Host and port of the hub ``huggingface_hub`` talks to (``HF_ENDPOINT`` moves it)."""
+    url = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+
+
+def hub_reachable(address: tuple[str, int], timeout: float = 1.5) -> bool:
     try:
-        with socket.create_connection((host, 443), timeout=timeout):
+        with socket.create_connection(address, timeout=timeout):
             return True
     except OSError:
         return False
 
 
+def from_hub() -> tuple[Path | None, str]:
+    """The published checkpoint from the hub (or the hub's local cache when offline), or why not."""
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        return None, "huggingface_hub is not installed (pip install 'dav2-edge[bench]')"
+    host, port = address = hub_address()
+    online = hub_reachable(address)
+    try:
+        return Path(hf_hub_download(HUB_REPO, HUB_FILE, local_files_only=not online)), ""
+    except Exception as exc:  # whatever the hub raises, the notice carries it
+        if not online:
+            return None, f"{host}:{port} is unreachable and the hub's local cache has no copy"
+        return None, f"the download failed ({exc.__class__.__name__}: {str(exc).strip().splitlines()[0]})"
+
+
 def resolve_model(checkpoint: Path | None, workdir: Path, use_hub: bool = True) -> ModelSource:
-    """--checkpoint, else the default location, else the hub when reachable, else random weights."""
+    """--checkpoint, else the default location, else the hub (or its cache), else random weights,
+    with a notice that says which sources were tried and why each gave nothing."""
     if checkpoint is not None:
         if not checkpoint.is_file():
             raise FileNotFoundError(f"{checkpoint}: no such checkpoint file")
         return ModelSource(checkpoint, f"{checkpoint}")
     if DEFAULT_CHECKPOINT.is_file():
         return ModelSource(DEFAULT_CHECKPOINT, f"{DEFAULT_CHECKPOINT} (default location)")
-    if use_hub and hub_reachable():
-        try:
-            from huggingface_hub import hf_hub_download
-
-            path = Path(hf_hub_download(HUB_REPO, HUB_FILE))
-            return ModelSource(path, f"{HUB_REPO} from the Hugging Face hub")
-        except Exception as exc:  # any hub failure falls through to random weights, said aloud
-            print(f"note: could not fetch {HUB_REPO} ({exc.__class__.__name__}); using random weights", file=sys.stderr)
+    tried = ["--checkpoint (not given)", f"{DEFAULT_CHECKPOINT} (no such file)"]
+    hub = f"the Hugging Face hub, {HUB_REPO}/{HUB_FILE}"
+    if use_hub:
+        path, reason = from_hub()
+        if path is not None:
+            return ModelSource(path, f"{HUB_REPO}/{HUB_FILE} from the Hugging Face hub")
+        tried.append(f"{hub} ({reason})")
+    else:
+        tried.append(f"{hub} (not tried: --no-hub)")
     import torch
 
     from train.models import DepthAnythingV2, save_model
@@ -67,8 +92,8 @@ def resolve_model(checkpoint: Path | None, workdir: Path, use_hub: bool = True) 
         save_model(DepthAnythingV2("vits"), path, metadata={"weights": "random, torch seed 0"})
     notice = (
         "NO CHECKPOINT: these are deterministic RANDOM vits weights. The accuracy columns only measure how "
-        f"closely the backends agree with each other, not depth quality. Put the published weights at "
-        f"{DEFAULT_CHECKPOINT} or pass --checkpoint."
+        f"closely the backends agree with each other, not depth quality. Tried: {'; '.join(tried)}. Put the "
+        f"published weights at {DEFAULT_CHECKPOINT} or pass --checkpoint."
     )
     return ModelSource(path, "random vits weights (torch seed 0)", notice)
 
@@ -124,7 +149,3 @@ def fresh(artefact: Path, source: Path) -> bool:
     """The artefact exists and was built from ``source`` as it is now."""
     meta = read_sidecar(artefact) if artefact.is_file() else None
     return bool(meta) and meta.get("source_sha256") == sha256_file(source)
-
-
-def digest(*parts: object) -> str:
-    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:10]

@@ -10,7 +10,19 @@ import numpy as np
 
 from runtime.fileio import atomic_write, atomic_write_bytes
 
-SCHEMA_VERSION = 2  # 2: rows may repeat backend+precision with a "variant"; "roofline" section
+from .cpu import FORMAT_NAMES, without_units
+from .roofline import on_cpu
+
+# 3: "reliability", "phases", "size_sweep"; rows carry "computes_in", "native", "round_medians"
+SCHEMA_VERSION = 3
+NO_BASELINE = "no PyTorch FP32 row to compare with"
+# The figure's lowest AbsRel: differences below it are float32 rounding, and 0 has no place on a log axis.
+ABS_REL_FLOOR = 1e-6
+QUALITY_VS_SIZE = (
+    "Accuracy here is against PyTorch FP32 at the same size, so it shows how faithfully the backend runs "
+    "the model at each size, not how depth quality changes with size: that needs the real weights and "
+    "real data with ground truth."
+)
 
 
 def _ms(value: float | None) -> str:
@@ -19,6 +31,10 @@ def _ms(value: float | None) -> str:
 
 def _num(value: float | None, fmt: str = ".4f") -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
+
+
+def _pct(value: float) -> str:
+    return f"{value:.0%}"
 
 
 def _latency(stats: dict | None) -> str:
@@ -34,6 +50,11 @@ def row_name(row: dict) -> str:
     return f"{row['backend']} ({row['variant']})" if row.get("variant") else row["backend"]
 
 
+def short_name(row: dict) -> str:
+    """A figure label: the variant cut to its first clause."""
+    return f"{row['backend']} ({row['variant'].split(',')[0]})" if row.get("variant") else row["backend"]
+
+
 def _throughput(row: dict) -> str:
     if "ops_per_s" not in row:
         return "-"
@@ -41,7 +62,61 @@ def _throughput(row: dict) -> str:
     return f"{row['ops_per_s'] / 1e9:.0f}" + (f" ({share:.0%})" if share is not None else "")
 
 
-FORMAT_NAMES = {"fp32": "FP32", "bf16": "BF16", "int8": "INT8", "fp16": "FP16"}
+def _runs_in(row: dict) -> str:
+    """The format the row's matrix work ran in (measured for OpenVINO, else named by the row), and
+    whether this CPU has units for it."""
+    fmt = row.get("computes_in")
+    if not fmt:
+        return "-"
+    text = fmt + ("" if row.get("native", True) else f" ({without_units(fmt)})")
+    layers = (row.get("execution") or {}).get("matrix_layers") or {}
+    if len(layers) > 1:
+        text += f" ({layers.get(fmt, 0)}/{sum(layers.values())} matrix layers)"
+    return text
+
+
+def same_rounds_ratio(base: dict, row: dict, kind: str) -> float | None:
+    """How many times faster ``row`` ran than ``base``: the median over rounds of the ratio of their
+    round medians, so both sides of each ratio were measured at the same moments."""
+    ratios = [
+        b / r for b, r in zip(base["round_medians"][kind], row["round_medians"][kind], strict=False) if b > 0 and r > 0
+    ]
+    return float(np.median(ratios)) if ratios else None
+
+
+def rank(rows: list[dict], budget: float, reliable: bool = True) -> tuple[list[dict], dict | None]:
+    """Rows sorted by end-to-end median latency (failed rows last), each timed row's speedup over
+    PyTorch FP32 at its size from the same rounds, and the fastest row whose AbsRel against
+    PyTorch FP32 is within ``budget``: none when the run's self-checks failed."""
+    timed = sorted((r for r in rows if r.get("end_to_end")), key=lambda r: r["end_to_end"]["median"])
+    rest = [r for r in rows if not r.get("end_to_end")]
+    baselines = {tuple(r["size"]): r for r in timed if is_baseline(r)}
+    for row in timed:
+        base = baselines.get(tuple(row["size"]))
+        if base is not None:
+            row["speedup_vs_torch_fp32"] = same_rounds_ratio(base, row, "e2e")
+            row["model_speedup_vs_torch_fp32"] = same_rounds_ratio(base, row, "model")
+    within = (r for r in timed if r["status"] == "ok" and r["vs_fp32"]["abs_rel"] <= budget)
+    return timed + rest, next(within, None) if reliable else None
+
+
+def fastest_cpu_path(rows: list[dict], budget: float, size: tuple[int, int]) -> dict | None:
+    """The fastest CPU row at ``size`` within the accuracy budget: the one the size sweep times again."""
+    candidates = [
+        r
+        for r in rows
+        if r["status"] == "ok" and tuple(r["size"]) == tuple(size) and on_cpu(r) and r["vs_fp32"]["abs_rel"] <= budget
+    ]
+    return min(candidates, key=lambda r: r["end_to_end"]["median"], default=None)
+
+
+def relative_to_first(rows: list[dict]) -> list[dict]:
+    """The size sweep's rows, each with its speedup over the first (the main size) from the same rounds."""
+    if rows and rows[0].get("end_to_end"):
+        for row in rows:
+            if row.get("end_to_end"):
+                row["speedup_vs_first"] = same_rounds_ratio(rows[0], row, "e2e")
+    return rows
 
 
 def ceiling_lines(data: dict) -> list[str]:
@@ -52,12 +127,20 @@ def ceiling_lines(data: dict) -> list[str]:
         return []
     formats = list(ceilings)
     names = " / ".join(FORMAT_NAMES.get(f, f) for f in formats)
+    native = (data["machine"].get("cpu_features") or {}).get("native") or {}
     measured = ", ".join(
-        f"{FORMAT_NAMES.get(f, f)} {c['ops_per_s'] / 1e9:.0f} G/s ({c['library']})" for f, c in ceilings.items()
+        f"{FORMAT_NAMES.get(f, f)} {c['ops_per_s'] / 1e9:.0f} G/s ({c['library']}"
+        + ("" if native.get(f, True) else f", {without_units(f)}")
+        + ")"
+        for f, c in ceilings.items()
     )
+    no_bf16 = "bf16" not in ceilings and not native.get("bf16", True)
+    skipped = "; BF16 not measured (no BF16 units on this CPU)" if no_bf16 else ""
+    rounds = len(next(iter(ceilings.values())).get("rounds", []))
     lines = [
-        f"- **Ceilings**: dense matrix multiply measured on this CPU ({ceilings[formats[0]]['shape']} "
-        f"M/K/N, a ViT-S MLP layer): {measured}; a multiply-accumulate counts as two operations."
+        f"- **Ceilings**: dense matrix multiply measured on this CPU ({ceilings[formats[0]]['shape']} M/K/N, a "
+        f"ViT-S MLP layer) once per round, best of {rounds} rounds: {measured}{skipped}; a multiply-accumulate "
+        "counts as two operations."
     ]
     baselines = {
         tuple(r["size"]): r["model_call"]["median"] for r in data["rows"] if is_baseline(r) and r.get("model_call")
@@ -80,35 +163,136 @@ def ceiling_lines(data: dict) -> list[str]:
     return lines
 
 
-def rank(rows: list[dict], budget: float) -> tuple[list[dict], dict | None]:
-    """Rows sorted by end-to-end median latency (failed rows last), and the fastest row whose
-    AbsRel against PyTorch FP32 is within ``budget``."""
-    ok = sorted((r for r in rows if r.get("end_to_end")), key=lambda r: r["end_to_end"]["median"])
-    rest = [r for r in rows if not r.get("end_to_end")]
-    best = next((r for r in ok if r["status"] == "ok" and r["vs_fp32"]["abs_rel"] <= budget), None)
-    baseline = next((r for r in ok if is_baseline(r)), None)
-    for r in ok:
-        if baseline and r["size"] == baseline["size"]:
-            r["speedup_vs_torch_fp32"] = baseline["end_to_end"]["median"] / r["end_to_end"]["median"]
-            r["model_speedup_vs_torch_fp32"] = baseline["model_call"]["median"] / r["model_call"]["median"]
-    return ok + rest, best
+def reliability_line(data: dict) -> str:
+    """One line that says whether the run's self-checks passed, with what they measured."""
+    rel = data["reliability"]
+    limits = rel["limits"]
+    parts = []
+    for phase, state in rel["machine_state"].items():
+        if state.get("measured"):
+            burst = max(state.get("rounds_others") or [state["others"]])
+            parts.append(
+                f"while the {phase} ran other programs took {_pct(state['others'])} of the CPU (at most "
+                f"{_pct(burst)} in one round) and the hypervisor {_pct(state['steal'])} (steal; limits "
+                f"{_pct(limits['others'])}, {_pct(limits['others_in_a_round'])} in a round, {_pct(limits['steal'])}); "
+                f"load average {state['load_before'][0]:.1f} before, {state['load_after'][0]:.1f} after (this run "
+                "included)"
+            )
+        else:
+            parts.append(f"the machine's load during the {phase} could not be read (no /proc)")
+    if rel["max_spread"] is not None:
+        parts.append(
+            f"rows' p90/p50 at most {rel['max_spread']:.2f} (limit {limits['p90_over_p50']}), "
+            f"coefficient of variation at most {_pct(rel['max_cv'])}"
+        )
+    if rel["max_ceiling_spread"] is not None:
+        parts.append(
+            f"ceilings' best round at most {rel['max_ceiling_spread']:.2f}x their median round "
+            f"(limit {limits['ceiling_spread']:.1f}x)"
+        )
+    verdict = "passed" if rel["reliable"] else f"FAILED ({len(rel['problems'])} problems, listed at the top)"
+    return f"- **Reliability**: {verdict}; " + "; ".join(parts) + "."
+
+
+def warning_lines(data: dict) -> list[str]:
+    rel = data["reliability"]
+    if rel["reliable"]:
+        return []
+    busy = any(p.startswith(("the machine was busy", "the hypervisor")) for p in rel["problems"])
+    lead = "the machine was busy: results are not comparable" if busy else "some results cannot be true"
+    return [
+        f"> **Results not reliable: {lead}.** The numbers are kept below, but no row is named fastest. "
+        "Rerun on a quiet machine (`--strict` makes this an error exit). What failed:",
+        ">",
+        *(f"> - {problem}" for problem in rel["problems"]),
+        "",
+    ]
+
+
+def phase_line(data: dict) -> str:
+    phases = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in data["phases"].items())
+    return f"- **Phases** (wall time): {phases}; whole run {data['wall_seconds']:.0f} s."
+
+
+def headline(best: dict | None, rows: list[dict]) -> list[str]:
+    if not best:
+        return []
+    speedup = best.get("speedup_vs_torch_fp32")
+    if speedup is None:
+        versus = NO_BASELINE
+    else:
+        versus = f"{speedup:.1f}x PyTorch FP32, same rounds"
+        reference = next(
+            (r for r in rows if r.get("variant") and r["backend"] == "torch" and r["size"] == best["size"]), None
+        )
+        if reference and reference.get("round_medians"):
+            versus += f"; {same_rounds_ratio(reference, best, 'e2e'):.1f}x PyTorch FP32 with {reference['variant']}"
+    return [
+        f"**Fastest within the accuracy budget: {row_name(best)} {best['precision']} at "
+        f"{best['size'][0]}x{best['size'][1]}**, {_ms(best['end_to_end']['median'])} ms end-to-end "
+        f"({versus}), AbsRel vs FP32 {best['vs_fp32']['abs_rel']:.4f}.",
+        "",
+    ]
+
+
+def _status(row: dict) -> str:
+    if not row.get("error"):
+        return row["status"]
+    return f"{row['status']} ({row['error']})" if row["status"] == "unavailable" else f"{row['status']}: {row['error']}"
+
+
+def sweep_lines(data: dict) -> list[str]:
+    rows = data.get("size_sweep") or []
+    if not rows:
+        return []
+    first = rows[0]
+    lines = [
+        "",
+        f"## Input size: {row_name(first)} {first['precision']}, the fastest CPU row, at {len(rows)} sizes",
+        "",
+        f"Timed in interleaved rounds of their own; speedups are against {first['size'][0]}x{first['size'][1]} "
+        f"in the same rounds. {QUALITY_VS_SIZE}",
+        "",
+        "| size | model p50/p90/p99 ms | e2e p50/p90/p99 ms | FPS | speedup e2e | AbsRel vs FP32 at this size "
+        "| model GOP/s (% of ceiling) | status |",
+        "|" + "---|" * 8,
+    ]
+    for r in rows:
+        e2e = r.get("end_to_end")
+        speed = f"{r['speedup_vs_first']:.2f}x" if r.get("speedup_vs_first") else "-"
+        lines.append(
+            f"| {r['size'][0]}x{r['size'][1]} | {_latency(r.get('model_call'))} | {_latency(e2e)} "
+            f"| {_num(e2e and e2e['fps'], '.2f')} | {speed} | {_num((r.get('vs_fp32') or {}).get('abs_rel'))} "
+            f"| {_throughput(r)} | {_status(r)} |"
+        )
+    return lines
 
 
 def markdown(data: dict) -> str:
     rows, best = data["rows"], data["fastest_within_budget"]
     machine = data["machine"]
+    settings = data["settings"]
     libs = ", ".join(f"{k} {v}" for k, v in machine["libraries"].items())
+    features = (machine.get("cpu_features") or {}).get("summary", "not read")
     lines = [
         "# Depth Anything V2 edge benchmark",
         "",
+        *warning_lines(data),
         f"- **Machine**: {machine['cpu']}, {machine['usable_cores']} usable cores"
         + (f", GPU {machine['gpu']}" if machine["gpu"] else ", no GPU"),
+        f"- **CPU features**: {features}",
         f"- **Software**: Python {machine['python']}, {libs}",
         f"- **Model**: {data['model']}",
         f"- **Images**: {data['images']}; calibration: {data['calibration']}",
-        f"- **Timing**: {data['settings']['warmup']} warm-up + {data['settings']['runs']} timed runs per row, "
-        "one process per row; *model* = the backend call on a prepared tensor, *e2e* = `predict()` on a "
-        "BGR image including pre- and post-processing.",
+        f"- **Timing**: each row in a worker process of its own, all alive at once and timed in "
+        f"{settings['rounds']} interleaved rounds (A, B, C, ..., A, B, C, ...), after {settings['warmup']} "
+        f"warm-up calls; a turn starts once the previous row's threads are idle; per round and row one "
+        f"untimed call, then {settings['calls_per_round']} timed "
+        f"pair{'s' if settings['calls_per_round'] > 1 else ''} of a model and an e2e call. *model* = the "
+        "backend call on a prepared tensor, *e2e* = `predict()` on a BGR image including pre- and "
+        "post-processing; speedups are medians of per-round ratios.",
+        reliability_line(data),
+        phase_line(data),
         f"- **Accuracy**: AbsRel and δ1 after least-squares scale-and-shift alignment (disparity space) "
         f"against PyTorch FP32 on the same input; budget AbsRel ≤ {data['accuracy_budget']}.",
         *ceiling_lines(data),
@@ -116,34 +300,13 @@ def markdown(data: dict) -> str:
     ]
     if data.get("notice"):
         lines += [f"> **{data['notice']}**", ""]
-    if best:
-        reference = next(
-            (
-                r
-                for r in rows
-                if r.get("variant") and r["backend"] == "torch" and r["size"] == best["size"] and r.get("end_to_end")
-            ),
-            None,
-        )
-        versus = (
-            f"; {reference['end_to_end']['median'] / best['end_to_end']['median']:.1f}x PyTorch FP32 with "
-            f"{reference['variant']}"
-            if reference
-            else ""
-        )
-        lines += [
-            f"**Fastest within the accuracy budget: {row_name(best)} {best['precision']} at "
-            f"{best['size'][0]}x{best['size'][1]}**, {_ms(best['end_to_end']['median'])} ms end-to-end "
-            f"({best.get('speedup_vs_torch_fp32', float('nan')):.1f}x PyTorch FP32{versus}), AbsRel vs FP32 "
-            f"{best['vs_fp32']['abs_rel']:.4f}.",
-            "",
-        ]
+    lines += headline(best, rows)
     header = (
-        "| backend | precision | size | artefact MiB | AbsRel vs FP32 | δ1 vs FP32 | AbsRel vs GT "
+        "| backend | precision | runs in | size | artefact MiB | AbsRel vs FP32 | δ1 vs FP32 | AbsRel vs GT "
         "| model p50/p90/p99 ms | model GOP/s (% of ceiling) | e2e p50/p90/p99 ms | FPS | speedup e2e (model) "
         "| cold start s | peak RSS MiB | status |"
     )
-    lines += [header, "|" + "---|" * 15]
+    lines += [header, "|" + "---|" * 16]
     for r in rows:
         mark = "**" if r is best else ""
         gt = r.get("vs_gt") or {}
@@ -151,60 +314,138 @@ def markdown(data: dict) -> str:
         model, e2e = r.get("model_call"), r.get("end_to_end")
         speed = (
             f"{r['speedup_vs_torch_fp32']:.2f}x ({r['model_speedup_vs_torch_fp32']:.2f}x)"
-            if "speedup_vs_torch_fp32" in r
+            if r.get("speedup_vs_torch_fp32") is not None
             else "-"
         )
-        status = r["status"] + (f": {r['error']}" if r.get("error") else "")
         lines.append(
-            f"| {mark}{row_name(r)}{mark} | {mark}{r['precision']}{mark} | {r['size'][0]}x{r['size'][1]} "
+            f"| {mark}{row_name(r)}{mark} | {mark}{r['precision']}{mark} | {_runs_in(r)} "
+            f"| {r['size'][0]}x{r['size'][1]} "
             f"| {_num(r.get('artefact_mib'), '.1f')} | {_num((r.get('vs_fp32') or {}).get('abs_rel'))} "
             f"| {_num((r.get('vs_fp32') or {}).get('delta1'))} | {_num(gt_abs_rel)} "
             f"| {_latency(model)} | {_throughput(r)} | {_latency(e2e)} "
             f"| {_num(e2e and e2e['fps'], '.2f')} | {speed} | {_num(r.get('cold_start_s'), '.2f')} "
-            f"| {_num(r.get('peak_rss_mib'), '.0f')} | {status} |"
+            f"| {_num(r.get('peak_rss_mib'), '.0f')} | {_status(r)} |"
         )
+    lines += sweep_lines(data)
     lines += ["", "Figures: `latency_vs_accuracy.png`, `depth_grid.png`. Machine-readable: `report.json`.", ""]
     return "\n".join(lines)
 
 
-def figures(data: dict, images: dict[str, np.ndarray], folder: Path) -> list[Path]:
+def place_labels(ax, points: list[tuple[float, float]], labels: list[str], obstacles: list, fontsize: int = 7) -> list:
+    """Annotate each data point where its label overlaps no other label, no point and none of
+    ``obstacles`` (display-space boxes): the nearest free spot among offsets to the right, left,
+    above and below, inside the axes if possible, else anywhere in the figure; a label set away
+    from its point gets a leader line. Call once the layout is final: this measures in display space."""
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    renderer = ax.figure.canvas.get_renderer()
+    taken = list(obstacles)
+    for x, y in ax.transData.transform(points):
+        taken.append(Bbox.from_bounds(x - 4, y - 4, 8, 8))
+    # Offsets in points, nearest first: labels are wide and short, so rows of them stack vertically.
+    offsets = sorted(
+        ((dx, dy) for dx in (5, -5, 15, -15, 45, -45, 90, -90) for dy in range(-150, 151, 9)),
+        key=lambda o: (abs(o[0]) + 2 * abs(o[1]), o[0] < 0),
+    )
+    annotations = []
+    for point, label in zip(points, labels, strict=True):
+        chosen = None
+        for area in (ax.bbox, ax.figure.bbox):
+            for dx, dy in offsets:
+                annotation = ax.annotate(
+                    label,
+                    point,
+                    xytext=(dx, dy),
+                    textcoords="offset points",
+                    fontsize=fontsize,
+                    ha="left" if dx > 0 else "right",
+                    va="center",
+                    arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5} if abs(dy) > 5 or abs(dx) > 5 else None,
+                )
+                annotation.update_positions(renderer)
+                box = Text.get_window_extent(annotation, renderer)  # the text alone, not its leader line
+                inside = area.x0 <= box.x0 and box.x1 <= area.x1 and area.y0 <= box.y0 and box.y1 <= area.y1
+                if inside and not any(box.overlaps(other) for other in taken):
+                    chosen = annotation
+                    break
+                annotation.remove()
+            if chosen:
+                break
+        if chosen is None:  # nowhere free: the last spot tried, with its leader line
+            chosen = ax.annotate(
+                label, point, xytext=offsets[-1], textcoords="offset points", fontsize=fontsize, ha="right"
+            )
+            chosen.update_positions(renderer)
+        taken.append(Text.get_window_extent(chosen, renderer))
+        annotations.append(chosen)
+    return annotations
+
+
+def latency_accuracy_figure(data: dict):
+    """End-to-end latency against AbsRel vs PyTorch FP32 (log axis), one labelled point per row."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from runtime import colorize
-
     rows = [r for r in data["rows"] if r.get("end_to_end") and r.get("vs_fp32")]
-    written = []
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
-        x, y = r["end_to_end"]["median"] * 1000, max(r["vs_fp32"]["abs_rel"], 1e-7)
-        ax.scatter(x, y, s=40)
-        ax.annotate(
-            f"{row_name(r)} {r['precision']} {r['size'][0]}",
-            (x, y),
-            fontsize=7,
-            xytext=(4, 3),
-            textcoords="offset points",
-        )
-    ax.set_xlabel("end-to-end latency, median (ms)")
-    ax.set_ylabel("AbsRel vs PyTorch FP32 (log)")
+    fig, ax = plt.subplots(figsize=(8, 5))
+    values = [r["vs_fp32"]["abs_rel"] for r in rows]
+    # A log axis has no zero, and below float32 rounding the differences mean nothing: such rows
+    # (the reference itself, exactly 0) sit on a floor line that the figure explains.
+    points = [(r["end_to_end"]["median"] * 1000, max(v, ABS_REL_FLOOR)) for r, v in zip(rows, values, strict=True)]
+    for (x, y), value in zip(points, values, strict=True):
+        low = value <= ABS_REL_FLOOR
+        ax.scatter(x, y, s=36, marker="v" if low else "o", color="tab:grey" if low else "tab:blue")
     ax.set_yscale("log")
     ax.axhline(data["accuracy_budget"], color="grey", linestyle="--", linewidth=0.8, label="accuracy budget")
-    ax.legend(fontsize=8)
+    floor_label = f"AbsRel ≤ {ABS_REL_FLOOR:.0e} (see note)"
+    ax.axhline(ABS_REL_FLOOR, color="grey", linestyle=":", linewidth=0.8, label=floor_label)
+    top = max([data["accuracy_budget"], *(y for _, y in points)])
+    ax.set_ylim(ABS_REL_FLOOR / 5, top * 10)
+    ax.set_xlim(0, 1.25 * max([x for x, _ in points], default=1.0))
+    ax.set_xlabel("end-to-end latency, median (ms)")
+    ax.set_ylabel("AbsRel vs PyTorch FP32 (log)")
     ax.set_title("Latency vs accuracy")
-    fig.tight_layout()
+    legend = ax.legend(fontsize=8, loc="upper right")
+    note = fig.text(
+        0.01,
+        0.01,
+        f"Triangles on the dotted line: AbsRel ≤ {ABS_REL_FLOOR:.0e}, float32 rounding: the same output as\n"
+        "PyTorch FP32 (the reference itself is exactly 0, which a log axis cannot show).",
+        fontsize=7,
+        color="dimgrey",
+    )
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    renderer = fig.canvas.get_renderer()
+    place_labels(
+        ax,
+        points,
+        [f"{short_name(r)} {r['precision']} {r['size'][0]}" for r in rows],
+        [legend.get_window_extent(renderer), note.get_window_extent(renderer)],
+    )
+    return fig
+
+
+def figures(data: dict, images: dict[str, np.ndarray], folder: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    from runtime import colorize
+
+    written = []
+    fig = latency_accuracy_figure(data)
     path = folder / "latency_vs_accuracy.png"
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     written.append(path)
 
     name = data["timing_image"]
+    rows = [r for r in data["rows"] if r.get("outputs")]
     panels = [("input", images[name][:, :, ::-1])]
     for r in rows:
         depth = np.load(r["outputs"])[name]
-        panels.append((f"{row_name(r)} {r['precision']} {r['size'][0]}", colorize(depth)[:, :, ::-1]))
+        panels.append((f"{short_name(r)} {r['precision']} {r['size'][0]}", colorize(depth)[:, :, ::-1]))
     cols = min(4, len(panels))
     grid_rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(grid_rows, cols, figsize=(3.2 * cols, 2.6 * grid_rows), squeeze=False)

@@ -14,8 +14,11 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
+
+from .cpu import CpuFeatures
 
 MATRIX_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose")
 
@@ -120,47 +123,61 @@ def _openvino_int8_gemm(m: int, k: int, layers: int):
     return (lambda: request.infer({0: x})), 2 * m * k * k * layers
 
 
-def gemm_ceilings(m: int = 1370, k: int = 1536, layers: int = 4, repeats: int = 3, rounds: int = 3) -> dict[str, dict]:
-    """Measured dense matrix-multiply throughput (operations/s, a multiply-accumulate counting two)
-    of this machine's CPU per number format. The default shape is a ViT-S MLP layer at 518x518.
-
-    A ceiling is a best case, and a shared machine has slow moments: each format is timed in
-    ``rounds`` interleaved rounds of ``repeats`` calls and the fastest call counts. Formats whose
-    library is missing, or whose probe fails, are left out."""
-    builders = {
-        "fp32": ("PyTorch", lambda: _torch_gemm("float32", m, k, layers)),
-        "bf16": ("PyTorch", lambda: _torch_gemm("bfloat16", m, k, layers)),
-        "int8": ("OpenVINO", lambda: _openvino_int8_gemm(m, k, layers)),
-    }
-    probes = {}
-    for name, (library, build) in builders.items():
-        try:
-            call, ops = build()
-            call()  # warm-up: first-call allocation and kernel selection
-        except ImportError:
-            continue
-        except Exception as exc:  # a probe that fails costs the report one line, not the run
-            print(f"note: no {name} ceiling ({exc.__class__.__name__}: {exc})", file=sys.stderr)
-            continue
-        probes[name] = (library, call, ops)
-    best: dict[str, float] = dict.fromkeys(probes, 0.0)
-    for _ in range(rounds):
-        for name, (_, call, ops) in probes.items():
-            best[name] = max(best[name], ops / _best_seconds(call, repeats))
-    return {
-        name: {"ops_per_s": best[name], "library": library, "shape": [m, k, k]}
-        for name, (library, _, _) in probes.items()
-    }
+def ceiling_formats(cpu: CpuFeatures, emulated: bool) -> tuple[str, ...]:
+    """The formats worth a ceiling on ``cpu``: BF16 only with BF16 units or when asked, since an
+    emulated BF16 probe takes minutes."""
+    return ("fp32", "bf16", "int8") if cpu.native("bf16") or emulated else ("fp32", "int8")
 
 
-def merge_ceilings(*measurements: dict[str, dict]) -> dict[str, dict]:
-    """The best of several ceiling measurements per format (for example before and after a run)."""
-    merged: dict[str, dict] = {}
-    for ceilings in measurements:
-        for name, ceiling in ceilings.items():
-            if name not in merged or ceiling["ops_per_s"] > merged[name]["ops_per_s"]:
-                merged[name] = ceiling
-    return merged
+class CeilingProbes:
+    """Dense matrix-multiply chains per number format, built once and timed once per round of the
+    benchmark, so the ceilings see the same moments of the machine as the rows. The default
+    shape is a ViT-S MLP layer at 518x518. Formats whose library is missing, or whose probe
+    fails, are left out (with a note)."""
+
+    LIBRARIES: ClassVar[dict[str, str]] = {"fp32": "PyTorch", "bf16": "PyTorch", "int8": "OpenVINO"}
+
+    def __init__(
+        self, formats: tuple[str, ...] = ("fp32", "bf16", "int8"), m: int = 1370, k: int = 1536, layers: int = 4
+    ) -> None:
+        builders = {
+            "fp32": lambda: _torch_gemm("float32", m, k, layers),
+            "bf16": lambda: _torch_gemm("bfloat16", m, k, layers),
+            "int8": lambda: _openvino_int8_gemm(m, k, layers),
+        }
+        self.shape = [m, k, k]
+        self.probes: dict[str, tuple] = {}
+        for name in formats:
+            try:
+                call, ops = builders[name]()
+                call()  # warm-up: first-call allocation and kernel selection
+            except ImportError:
+                continue
+            except Exception as exc:  # a probe that fails costs the report one line, not the run
+                print(f"note: no {name} ceiling ({exc.__class__.__name__}: {exc})", file=sys.stderr)
+                continue
+            self.probes[name] = (call, ops)
+
+    def measure(self, repeats: int = 5) -> dict[str, float]:
+        """One round: each format's best of ``repeats`` calls, in operations/s (a multiply-
+        accumulate counts two)."""
+        return {name: ops / _best_seconds(call, repeats) for name, (call, ops) in self.probes.items()}
+
+    def summarize(self, rounds: list[dict[str, float]]) -> dict[str, dict]:
+        """The ceiling per format (its best round) and how well the rounds agree: the best round
+        over the median one, so a single slow round does not count but a lasting change does."""
+        summary = {}
+        for name in self.probes:
+            values = [r[name] for r in rounds if name in r]
+            if values:
+                summary[name] = {
+                    "ops_per_s": max(values),
+                    "rounds": values,
+                    "spread": max(values) / float(np.median(values)),
+                    "library": self.LIBRARIES[name],
+                    "shape": self.shape,
+                }
+        return summary
 
 
 def lower_bounds(ops: float, ceilings: dict[str, dict]) -> dict[str, float]:
@@ -174,14 +191,19 @@ def compute_format(precision: str) -> str:
     return {"f32": "fp32", "f16": "fp16"}.get(name, name)
 
 
+def on_cpu(row: dict) -> bool:
+    """Whether a row ran on the CPU (a GPU row is not held to the CPU's ceilings)."""
+    return str((row.get("info") or {}).get("device", "cpu")).lower().startswith("cpu")
+
+
 def add_throughput(rows: list[dict], roofline: dict) -> None:
-    """Achieved operations/s of each row's model call and its share of the format's CPU ceiling."""
+    """Achieved operations/s of each row's model call and its share of the ceiling of the format it
+    computes in (as measured for OpenVINO, else as its label names)."""
     for row in rows:
         work = roofline["work"].get(f"{row['size'][0]}x{row['size'][1]}")
         if not work or not row.get("model_call"):
             continue
         row["ops_per_s"] = work["ops"] / row["model_call"]["median"]
-        ceiling = roofline["ceilings"].get(compute_format(row["precision"]))
-        on_cpu = str((row.get("info") or {}).get("device", "cpu")).lower().startswith("cpu")
-        if ceiling and on_cpu:
+        ceiling = roofline["ceilings"].get(row.get("computes_in") or compute_format(row["precision"]))
+        if ceiling and on_cpu(row):
             row["share_of_ceiling"] = row["ops_per_s"] / ceiling["ops_per_s"]

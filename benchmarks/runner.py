@@ -1,12 +1,16 @@
-"""Build the artefacts, run every backend x precision x size in its own process, score them."""
+"""The rows of a benchmark: every backend x precision x size this machine can build, built once
+(cached while their inputs are unchanged), then handed to ``benchmarks.rounds`` to time, and
+scored against PyTorch FP32."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +19,8 @@ import numpy as np
 from runtime.errors import MissingDependencyError
 
 from .artifacts import ModelSource, calibration_folder, fresh
+from .cpu import CpuFeatures
+from .roofline import compute_format
 from .stats import depth_metrics
 
 STATUS_OK = "ok"
@@ -22,9 +28,27 @@ STATUS_INVALID = "exported but failed validation"
 STATUS_EXPORT_FAILED = "export failed"
 STATUS_UNAVAILABLE = "unavailable"
 STATUS_RUN_FAILED = "run failed"
+STATUS_REFUSED = "refused"  # measured, but impossible: see benchmarks.checks
 # PyTorch eager as the official repository runs on a CPU (no xformers there): the speed users
 # of the official scripts see today, next to this toolkit's fused-attention PyTorch baseline.
 EXPLICIT_ATTENTION = "explicit attention, as the official code"
+
+
+class Phases:
+    """Wall time per phase of a run (export, calibration, rows, ...), for the report."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.prefix = ""  # e.g. "size sweep: " while the size sweep builds and times its rows
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        name = self.prefix + name
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
 @dataclass
@@ -37,6 +61,8 @@ class Config:
     device: str = "auto"
     variant: str | None = None  # a second row of the same backend and precision, e.g. a reference form
     options: dict = field(default_factory=dict)  # extra DepthPredictor arguments for that variant
+    needs: str | None = None  # a number format this row is only worth timing with native units for
+    job: Path | None = None  # the worker's config file, once the artefact is built
     result: dict = field(default_factory=dict)
 
     @property
@@ -45,8 +71,23 @@ class Config:
         return f"{name} {self.precision} {self.size[0]}x{self.size[1]}"
 
     @property
-    def options_tag(self) -> str:
-        return "-".join(f"{k}-{v}" for k, v in sorted(self.options.items()))
+    def kind(self) -> tuple[str, str, str | None]:
+        """What the row is apart from its size (the size sweep times one kind at several sizes)."""
+        return self.backend, self.precision, self.variant
+
+    @property
+    def stem(self) -> str:
+        variant = "_" + "-".join(f"{k}-{v}" for k, v in sorted(self.options.items())) if self.variant else ""
+        return f"{self.backend}{variant}_{self.precision.replace('/', '-')}_{self.size[0]}x{self.size[1]}"
+
+    def row(self) -> dict:
+        return {
+            "backend": self.backend,
+            "variant": self.variant,
+            "precision": self.precision,
+            "size": list(self.size),
+            **self.result,
+        }
 
 
 @dataclass
@@ -54,15 +95,24 @@ class Settings:
     workdir: Path
     warmup: int
     runs: int
+    rounds: int
     calib_dir: Path | None
     calib_samples: int
     max_abs_rel: float
+    cpu: CpuFeatures
+    emulated: bool = False  # time formats this CPU only emulates
+    phases: Phases = field(default_factory=Phases)
+
+    @property
+    def calls_per_round(self) -> int:
+        return -(-self.runs // self.rounds)
 
 
 def make_configs(source: ModelSource, sizes: list[tuple[int, int]], settings: Settings, gpu: bool) -> list[Config]:
     """Every configuration this machine can build, in a fixed order."""
     configs = []
     art = settings.workdir / "artifacts"
+    phases = settings.phases
     for size in sizes:
         tag = f"{source.tag}_{size[0]}x{size[1]}"
 
@@ -72,34 +122,49 @@ def make_configs(source: ModelSource, sizes: list[tuple[int, int]], settings: Se
 
             path = art / f"{tag}.onnx"
             if not path.is_file():
-                export_onnx(load_model(source.path), path, *size, source=str(source.path))
+                with phases.timed("export"):
+                    export_onnx(load_model(source.path), path, *size, source=str(source.path))
             return path
 
         def calibration(size=size):
+            """The INT8 calibration set; refuses (CalibrationError) when too few images are usable,
+            so no INT8 artefact is ever built from nothing."""
             from export.calibration import CalibrationSet
 
             folder, _ = calibration_folder(settings.calib_dir, settings.workdir, settings.calib_samples)
-            return CalibrationSet(
-                folder, settings.calib_samples, size, cache_dir=art / ".calib_cache", allow_fewer=True, progress=False
-            )
+            with phases.timed("calibration images"):
+                return CalibrationSet(
+                    folder,
+                    settings.calib_samples,
+                    size,
+                    cache_dir=art / ".calib_cache",
+                    allow_fewer=True,
+                    progress=False,
+                )
 
         def ort_int8(tag=tag, calibration=calibration, onnx_fp32=onnx_fp32) -> Path:
             from export.quantize import quantize_int8
 
-            source_onnx, path = onnx_fp32(), art / f"{tag}.int8-cpu.onnx"
+            source_onnx, calib = onnx_fp32(), calibration()
+            # Named by the calibration set's content key: other images never reuse this artefact.
+            path = art / f"{tag}.int8-cpu.{calib.key[:12]}.onnx"
             if not fresh(path, source_onnx):
-                quantize_int8(source_onnx, calibration(), path, target="cpu", cache_dir=art / ".calib_cache")
+                with phases.timed("INT8 quantization"):
+                    quantize_int8(source_onnx, calib, path, target="cpu", cache_dir=art / ".calib_cache")
             return path
 
         def ov_ir(precision: str, tag=tag, calibration=calibration, onnx_fp32=onnx_fp32) -> Path:
             from export.openvino import export_openvino
 
-            source_onnx, path = onnx_fp32(), art / f"{tag}.{precision}.xml"
+            source_onnx = onnx_fp32()
+            calib = calibration() if precision == "int8" else None
+            path = art / (f"{tag}.int8.{calib.key[:12]}.xml" if calib else f"{tag}.{precision}.xml")
             if not fresh(path, source_onnx):
-                export_openvino(source_onnx, path, precision, calibration() if precision == "int8" else None)
+                with phases.timed("INT8 quantization" if calib else "export"):
+                    export_openvino(source_onnx, path, precision, calib)
             return path
 
-        def trt_engine(precision: str, tag=tag, size=size, onnx_fp32=onnx_fp32) -> Path:
+        def trt_engine(precision: str, tag=tag, onnx_fp32=onnx_fp32) -> Path:
             source_onnx, path = onnx_fp32(), art / f"{tag}.{precision}.engine"
             if not fresh(path, art / f"{tag}.{precision}.trt-{precision}.onnx"):
                 folder, _ = calibration_folder(settings.calib_dir, settings.workdir, settings.calib_samples)
@@ -118,7 +183,8 @@ def make_configs(source: ModelSource, sizes: list[tuple[int, int]], settings: Se
                     str(settings.calib_samples),
                     "--allow-fewer",
                 ]
-                run = subprocess.run(argv, capture_output=True, text=True)
+                with phases.timed("export"):
+                    run = subprocess.run(argv, capture_output=True, text=True)
                 if run.returncode:
                     raise RuntimeError(run.stderr.strip().splitlines()[-1] if run.stderr.strip() else "failed")
             return path
@@ -135,11 +201,11 @@ def make_configs(source: ModelSource, sizes: list[tuple[int, int]], settings: Se
                 variant=EXPLICIT_ATTENTION,
                 options={"attention": "explicit"},
             ),
-            Config("torch", "bf16", size, lambda: source.path, "bf16", "cpu"),
+            Config("torch", "bf16", size, lambda: source.path, "bf16", "cpu", needs="bf16"),
             Config("onnxruntime", "fp32", size, onnx_fp32, device="cpu"),
             Config("onnxruntime", "int8", size, ort_int8, device="cpu"),
             Config("openvino", "fp16/f32", size, lambda ov_ir=ov_ir: ov_ir("fp16"), "fp32", "cpu"),
-            Config("openvino", "fp16/bf16", size, lambda ov_ir=ov_ir: ov_ir("fp16"), "bf16", "cpu"),
+            Config("openvino", "fp16/bf16", size, lambda ov_ir=ov_ir: ov_ir("fp16"), "bf16", "cpu", needs="bf16"),
             Config("openvino", "int8", size, lambda ov_ir=ov_ir: ov_ir("int8"), None, "cpu"),
         ]
         if gpu:
@@ -159,35 +225,33 @@ def reference_outputs(source: ModelSource, images: dict[str, np.ndarray], size: 
     return {name: predictor.predict(image) for name, image in images.items()}
 
 
-def run_config(
-    config: Config,
-    images_npz: Path,
-    timing_image: str,
-    settings: Settings,
-    references: dict,
-    ground_truth: dict[str, np.ndarray],
-) -> None:
-    """Fill ``config.result``: status, artefact size, latencies, memory and accuracy."""
+def prepare(config: Config, settings: Settings, images_npz: Path, timing_image: str, group: str = "runs") -> bool:
+    """Build the row's artefact and write its worker's config (under ``group`` in the work dir);
+    on failure (or a format this CPU only emulates) fill ``config.result`` with the status and
+    reason instead."""
     result = config.result
+    if config.needs and not settings.cpu.native(config.needs) and not settings.emulated:
+        result.update(
+            status=STATUS_UNAVAILABLE,
+            error=f"no native {config.needs} on this CPU; --emulated-formats times it anyway",
+        )
+        return False
     try:
         artefact = config.build()
     except MissingDependencyError as exc:
         result.update(status=STATUS_UNAVAILABLE, error=str(exc))
-        return
+        return False
     except Exception as exc:  # a failed export is a row in the report, not the end of the run
         result.update(status=STATUS_EXPORT_FAILED, error=f"{exc.__class__.__name__}: {exc}")
         result["trace"] = traceback.format_exc(limit=3)
-        return
+        return False
     size_bytes = artefact.stat().st_size
     if artefact.suffix == ".xml":
         size_bytes += artefact.with_suffix(".bin").stat().st_size
     result.update(artefact=str(artefact), artefact_mib=size_bytes / 2**20)
-    variant = "_" + config.options_tag if config.variant else ""
-    stem = f"{config.backend}{variant}_{config.precision.replace('/', '-')}_{config.size[0]}x{config.size[1]}"
-    config_path = settings.workdir / "runs" / f"{stem}.json"
-    config_path.parent.mkdir(parents=True, exist_ok=True)
-    outputs = config_path.with_suffix(".npz")
-    config_path.write_text(
+    job = settings.workdir / group / f"{config.stem}.json"
+    job.parent.mkdir(parents=True, exist_ok=True)
+    job.write_text(
         json.dumps(
             {
                 "model": str(artefact),
@@ -198,24 +262,27 @@ def run_config(
                 "size": list(config.size),
                 "images": str(images_npz),
                 "timing_image": timing_image,
-                "warmup": settings.warmup,
-                "runs": settings.runs,
-                "outputs": str(outputs),
             }
         )
     )
-    run = subprocess.run([sys.executable, "-m", "benchmarks.worker", str(config_path)], capture_output=True, text=True)
-    if run.returncode:
-        lines = run.stderr.strip().splitlines()
-        result.update(status=STATUS_RUN_FAILED, error=lines[-1] if lines else f"exit code {run.returncode}")
-        return
-    result.update(json.loads(config_path.with_suffix(".result.json").read_text()))
-    predicted = dict(np.load(outputs))
+    config.job = job
+    return True
+
+
+def computes_in(config: Config) -> str:
+    """The format a row's matrix work runs in: OpenVINO's as compiled (read by the worker from
+    the runtime model), otherwise the one its label names."""
+    execution = config.result.get("execution") or {}
+    return execution.get("format") or compute_format(config.precision)
+
+
+def score(config: Config, references: dict, ground_truth: dict[str, np.ndarray], max_abs_rel: float) -> None:
+    """Accuracy of a timed row against PyTorch FP32 at its size (and ground truth where known)."""
+    result = config.result
+    predicted = dict(np.load(result["outputs"]))
     per_image = [depth_metrics(predicted[name], ref) for name, ref in references.items()]
     result["vs_fp32"] = {k: float(np.mean([m[k] for m in per_image])) for k in ("abs_rel", "delta1")}
     result["vs_gt"] = {
         name: depth_metrics(predicted[name], gt) for name, gt in ground_truth.items() if name in predicted
     }
-    result["outputs"] = str(outputs)
-    invalid = result["vs_fp32"]["abs_rel"] > settings.max_abs_rel
-    result["status"] = STATUS_INVALID if invalid else STATUS_OK
+    result["status"] = STATUS_INVALID if result["vs_fp32"]["abs_rel"] > max_abs_rel else STATUS_OK

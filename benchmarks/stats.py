@@ -26,6 +26,7 @@ class Latency:
     p90: float
     p99: float
     min: float
+    cv: float  # coefficient of variation: standard deviation / mean
 
     @property
     def fps(self) -> float:
@@ -46,30 +47,35 @@ def summarize(durations: list[float]) -> Latency:
         p90=float(np.percentile(values, 90)),
         p99=float(np.percentile(values, 99)),
         min=float(values.min()),
+        cv=float(values.std() / values.mean()) if values.mean() > 0 else 0.0,
     )
 
 
 def time_calls(
-    fn: Callable[[], object],
-    warmup: int,
-    runs: int,
+    fns: dict[str, Callable[[], object]],
+    calls: int,
+    warmup: int = 0,
     clock: Callable[[], float] = time.perf_counter,
     synchronize: Callable[[], None] | None = None,
-) -> Latency:
-    """Call ``fn`` ``warmup`` times untimed, then time ``runs`` calls one by one.
+) -> dict[str, list[float]]:
+    """Seconds per call of each function, the functions alternating (``calls`` turns, each
+    calling every function once) so all of them see the same moments of the machine.
 
-    ``synchronize`` (for example ``torch.cuda.synchronize``) runs before each clock reading so
-    asynchronous device work is inside the measurement.
+    ``warmup`` untimed calls of the first function come before (waking its threads and filling
+    its caches). ``synchronize`` (for example ``torch.cuda.synchronize``) runs before each clock
+    reading so asynchronous device work is inside the measurement.
     """
+    first = next(iter(fns.values()))
     for _ in range(warmup):
-        fn()
-    durations = []
-    for _ in range(runs):
-        if synchronize:
-            synchronize()
-        start = clock()
-        fn()
-        if synchronize:
-            synchronize()
-        durations.append(clock() - start)
-    return summarize(durations)
+        first()
+    durations: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(calls):
+        for name, fn in fns.items():
+            if synchronize:
+                synchronize()
+            start = clock()
+            fn()
+            if synchronize:
+                synchronize()
+            durations[name].append(clock() - start)
+    return durations

@@ -1,19 +1,37 @@
-"""One benchmark configuration in a fresh process: cold start, latency, peak memory, outputs.
+"""One benchmark row (backend x precision x size) in a long-lived process of its own.
 
-Run in its own process so cold start and peak RSS belong to this configuration alone.
-Usage (internal): ``python -m benchmarks.worker CONFIG.json`` -> writes RESULT.json and
-the depth maps it predicted (``.npz``) next to the config.
+The parent (``benchmarks.rounds``) starts one worker per row and keeps them all alive while it
+times the rows in interleaved rounds: each request times a few calls of this row, then the next
+row's worker takes its turn, so every row samples the same moments of the machine. A process
+of its own keeps cold start and peak memory this row's alone.
+
+Usage (internal): ``python -m benchmarks.worker CONFIG.json PARENT_PID``. Requests arrive one
+JSON object per line on stdin; replies go one per line to the original stdout, and anything a
+library prints goes to stderr (the parent's log file for this row). The worker ends with its
+parent, however the parent ends (see ``tie_to_parent``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
 import resource
+import signal
 import sys
+import threading
 import time
+import traceback
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+# OpenVINO's runtime-model layer types that carry the model's matrix work.
+MATRIX_LAYERS = ("FullyConnected", "MatMul", "Convolution", "Deconvolution", "GroupConvolution")
+OPENVINO_TYPES = {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "i8": "int8", "u8": "int8"}
 
 
 def peak_rss_kib() -> float:
@@ -28,57 +46,160 @@ def peak_rss_kib() -> float:
     return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
-def run(config: dict) -> dict:
-    from runtime import DepthPredictor
+def watch_parent(parent_pid: int, on_orphan: Callable[[], None], interval: float = 0.5) -> threading.Thread:
+    """A daemon thread that calls ``on_orphan`` once this process's parent is no longer
+    ``parent_pid`` (it ended and the process was re-parented)."""
 
-    from .stats import time_calls
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        on_orphan()
 
-    images = dict(np.load(config["images"]))
-    first = images[config["timing_image"]]
-    started = time.perf_counter()
-    predictor = DepthPredictor(
-        config["model"],
-        backend=config["backend"],
-        device=config["device"],
-        precision=config.get("precision_arg"),
-        fixed_size=tuple(config["size"]),
-        **config.get("backend_options", {}),
-    )
-    predictor.predict(first)
-    cold_start = time.perf_counter() - started
-    synchronize = None
-    if predictor.info()["device"].startswith("cuda"):
-        import torch
+    thread = threading.Thread(target=watch, name="parent-watchdog", daemon=True)
+    thread.start()
+    return thread
 
-        synchronize = torch.cuda.synchronize
-    batch = predictor.prepare(first)
-    backend = predictor._backend
-    model_call = time_calls(lambda: backend.infer(batch), config["warmup"], config["runs"], synchronize=synchronize)
-    end_to_end = time_calls(lambda: predictor.predict(first), config["warmup"], config["runs"], synchronize=synchronize)
-    outputs = {name: predictor.predict(image) for name, image in images.items()}
-    info = predictor.info()
-    peak_kib = peak_rss_kib()
-    gpu_peak = None
-    if synchronize is not None:
-        import torch
 
-        gpu_peak = torch.cuda.max_memory_allocated() / 2**20
-    np.savez_compressed(config["outputs"], **outputs)
-    return {
-        "cold_start_s": cold_start,
-        "model_call": model_call.to_dict(),
-        "end_to_end": end_to_end.to_dict(),
-        "peak_rss_mib": peak_kib / 1024,
-        "gpu_peak_mib": gpu_peak,
-        "info": {k: v for k, v in info.items() if k != "model"},
-    }
+def tie_to_parent(parent_pid: int) -> None:
+    """End this process when the benchmark that started it ends, even by SIGKILL: a killed
+    benchmark must not leave workers running at full CPU. Linux delivers SIGKILL on the
+    parent's death (``PR_SET_PDEATHSIG``); the watchdog thread covers other systems and a
+    parent that died before this ran."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    watch_parent(parent_pid, lambda: os._exit(1))
+
+
+def openvino_execution(compiled) -> dict:
+    """What an OpenVINO compiled model really computes in: its inference precision and the
+    kernel type of each matrix layer as compiled. The kernel's name ends in the format it
+    computes in (``brgemm_avx512_bf16``, ``brgconv_avx512_I8``); its ``runtimePrecision`` is
+    the input's, which for FP16-compressed weights says f16 while the kernel computes in f32."""
+    try:
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+        hint = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+    except RuntimeError:
+        hint = None
+    layers: Counter[str] = Counter()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if "layerType" not in info or info["layerType"].astype(str) not in MATRIX_LAYERS:
+            continue
+        kernel = info["primitiveType"].astype(str).rsplit("_", 1)[-1].lower() if "primitiveType" in info else ""
+        name = kernel if kernel in OPENVINO_TYPES else info["runtimePrecision"].astype(str)
+        layers[OPENVINO_TYPES.get(name, name)] += 1
+    dominant = layers.most_common(1)[0][0] if layers else OPENVINO_TYPES.get(hint or "", hint)
+    return {"format": dominant, "hint": hint, "matrix_layers": dict(layers)}
+
+
+class Row:
+    """The predictor of one row and the calls the parent times on it."""
+
+    def __init__(self, config: dict) -> None:
+        from runtime import DepthPredictor
+
+        self.config = config
+        self.images = dict(np.load(config["images"]))
+        self.first = self.images[config["timing_image"]]
+        started = time.perf_counter()
+        self.predictor = DepthPredictor(
+            config["model"],
+            backend=config["backend"],
+            device=config["device"],
+            precision=config.get("precision_arg"),
+            fixed_size=tuple(config["size"]),
+            **config.get("backend_options", {}),
+        )
+        self.predictor.predict(self.first)
+        self.cold_start = time.perf_counter() - started
+        self.synchronize = None
+        if self.predictor.info()["device"].startswith("cuda"):
+            import torch
+
+            self.synchronize = torch.cuda.synchronize
+        self.batch = self.predictor.prepare(self.first)
+        self.backend = self.predictor._backend
+
+    def hello(self) -> dict:
+        info = {k: v for k, v in self.predictor.info().items() if k != "model"}
+        compiled = getattr(self.backend, "_compiled", None)
+        execution = openvino_execution(compiled) if self.config["backend"] == "openvino" and compiled else None
+        return {"cold_start_s": self.cold_start, "info": info, "execution": execution}
+
+    def time(self, warmup: int, calls: int) -> dict[str, list[float]]:
+        """``warmup`` untimed model calls, then ``calls`` turns of a model call on the prepared
+        tensor and an end-to-end ``predict`` on the image."""
+        from .stats import time_calls
+
+        return time_calls(
+            {"model": lambda: self.backend.infer(self.batch), "e2e": lambda: self.predictor.predict(self.first)},
+            calls,
+            warmup,
+            synchronize=self.synchronize,
+        )
+
+    def outputs(self, path: str) -> dict:
+        outputs = {name: self.predictor.predict(image) for name, image in self.images.items()}
+        np.savez_compressed(path, **outputs)
+        return {}
+
+    def finish(self) -> dict:
+        gpu_peak = None
+        if self.synchronize is not None:
+            import torch
+
+            gpu_peak = torch.cuda.max_memory_allocated() / 2**20
+        return {"peak_rss_mib": peak_rss_kib() / 1024, "gpu_peak_mib": gpu_peak}
+
+
+def error_text(exc: BaseException) -> str:
+    """The exception's class and first line; the full trace is in the row's log file."""
+    lines = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {lines[0]}" if lines else exc.__class__.__name__
+
+
+def serve(config: dict, requests, replies) -> None:
+    def reply(message: dict) -> None:
+        replies.write(json.dumps(message, default=str) + "\n")
+        replies.flush()
+
+    try:
+        row = Row(config)
+        reply(row.hello())
+    except Exception as exc:  # the parent turns this into the row's "run failed" status
+        traceback.print_exc()
+        reply({"error": error_text(exc)})
+        return
+    for line in requests:
+        request = json.loads(line)
+        try:
+            if request["op"] == "time":
+                reply(row.time(request["warmup"], request["calls"]))
+            elif request["op"] == "outputs":
+                reply(row.outputs(request["path"]))
+            elif request["op"] == "finish":
+                reply(row.finish())
+                return
+            else:
+                reply({"error": f"unknown request {request['op']!r}"})
+        except Exception as exc:
+            traceback.print_exc()
+            reply({"error": error_text(exc)})
+            return
 
 
 def main(argv: list[str]) -> int:
-    config_path = Path(argv[0])
-    config = json.loads(config_path.read_text())
-    result = run(config)
-    config_path.with_suffix(".result.json").write_text(json.dumps(result, default=str))
+    config_path, parent_pid = Path(argv[0]), int(argv[1])
+    tie_to_parent(parent_pid)
+    # Replies own the original stdout; whatever a library prints goes to stderr instead.
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    serve(json.loads(config_path.read_text()), sys.stdin, replies)
     return 0
 
 

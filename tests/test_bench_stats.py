@@ -24,7 +24,8 @@ class FakeClock:
 
 def test_latency_statistics_on_a_fake_clock():
     clock = FakeClock([9.0, 9.0] + [0.01 * i for i in range(1, 101)])  # two slow warm-up calls
-    stats = time_calls(clock.work, warmup=2, runs=100, clock=clock)
+    durations = time_calls({"work": clock.work}, calls=100, warmup=2, clock=clock)["work"]
+    stats = summarize(durations)
     assert clock.calls == 102 and stats.runs == 100
     assert stats.min == pytest.approx(0.01)
     assert stats.median == pytest.approx(0.505)  # numpy's linear interpolation between 0.50 and 0.51
@@ -32,13 +33,33 @@ def test_latency_statistics_on_a_fake_clock():
     assert stats.p99 == pytest.approx(0.9901)
     assert stats.mean == pytest.approx(0.505)
     assert stats.fps == pytest.approx(1 / 0.505)
+    assert stats.cv == pytest.approx(np.std(durations) / 0.505)
+
+
+def test_calls_alternate_and_only_the_first_function_warms_up():
+    events = []
+    clock = FakeClock([1.0, 0.1, 0.2, 0.1, 0.2])
+    durations = time_calls(
+        {
+            "model": lambda: (events.append("model"), clock.work()),
+            "e2e": lambda: (events.append("e2e"), clock.work()),
+        },
+        calls=2,
+        warmup=1,
+        clock=clock,
+    )
+    assert events == ["model", "model", "e2e", "model", "e2e"]
+    assert durations == {"model": [pytest.approx(0.1)] * 2, "e2e": [pytest.approx(0.2)] * 2}
 
 
 def test_synchronize_is_called_around_each_timed_run():
     events = []
     clock = FakeClock([0.1] * 3)
     time_calls(
-        lambda: (events.append("run"), clock.work()), 0, 3, clock=clock, synchronize=lambda: events.append("sync")
+        {"run": lambda: (events.append("run"), clock.work())},
+        3,
+        clock=clock,
+        synchronize=lambda: events.append("sync"),
     )
     assert events == ["sync", "run", "sync"] * 3
 
