@@ -14,7 +14,7 @@ quantize and how:
   provider runs fastest), per-channel signed weights, same node choice.
 - ``to_fp16``: the FP16-typed model a strongly typed TensorRT build (10.x, 11) needs, with
   float32 inputs/outputs, the build-time-constant subgraphs (shape arithmetic, the position
-  embedding resize) and a split LayerNorm kept in float32. A Q/DQ model is moved to opset 19
+  embedding resize) and LayerNorm (whole or split) kept in float32. A Q/DQ model is moved to opset 19
   first so that its scales become FP16 too: one typed graph, no Cast pair around every Q/DQ.
 """
 
@@ -281,10 +281,6 @@ def quantize_int8(
         },
     )
     return QuantizeResult(output, seconds, calibration_seconds, quantize, kept)
-
-
-def count_ops(path: str | Path, op_type: str) -> int:
-    return sum(node.op_type == op_type for node in _load(Path(path)).graph.node)
 
 
 def to_fp16(onnx_path: str | Path, output: str | Path, keep_fp32_ops: tuple[str, ...] = FP32_OPS) -> Path:

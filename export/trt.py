@@ -46,7 +46,7 @@ from .common import (
     stage,
 )
 from .quantize import DEFAULT_METHOD, METHODS
-from .trt_rules import TrtCompatibilityError, TrtVersion, check_onnx, model_opset, require_compatible, summarize
+from .trt_rules import TrtCompatibilityError, TrtVersion, check_onnx, grouped, model_opset, require_compatible
 
 DEFAULT_TARGET = "10.3"  # JetPack 6
 JETPACK_NOTE = "on Jetson TensorRT comes with JetPack (python3-libnvinfer), not from pip"
@@ -353,7 +353,8 @@ def check_command(path: Path, version: TrtVersion) -> int:
     if not findings:
         print(f"{path}: passes every TensorRT {version} parser rule this project encodes")
         return 0
-    print(f"{path}: {len(findings)} problem(s) for TensorRT {version}:\n{summarize(findings)}")
+    lines = "\n".join(grouped(findings))
+    print(f"{path}: {len(findings)} problem(s) for TensorRT {version}:\n{lines}")
     return 1
 
 

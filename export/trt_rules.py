@@ -313,9 +313,9 @@ def check_model(model: Any, version: TrtVersion) -> list[Finding]:
             )
             continue
         if op in rules.unsupported or op not in rules.ops:
-            known = "is marked unsupported" if op in rules.unsupported else "is not in the operator table"
+            known = "is marked unsupported in" if op in rules.unsupported else "is not in the operator table of"
             hint = "; export at opset 16, which splits it" if op == "LayerNormalization" else ""
-            findings.append(Finding(name, op, "operator", f"{op} {known} of {trt}{hint}", rules.document))
+            findings.append(Finding(name, op, "operator", f"{op} {known} {trt}{hint}", rules.document))
             continue
         findings += _check_types(node, graph, rules, version)
         findings += _check_node(node, graph, version)
@@ -440,7 +440,3 @@ def require_compatible(path: Path | str, version: TrtVersion) -> None:
     findings = check_onnx(path, version)
     if findings:
         raise TrtCompatibilityError(path, version, findings)
-
-
-def summarize(findings: list[Finding]) -> str:
-    return "\n".join(grouped(findings))
