@@ -115,15 +115,17 @@ def quantize_with_budget(
     keep_fp: tuple[str, ...] = (),
     cache_dir: Path | None = None,
     log=print,
+    percentile: float | None = None,
 ) -> BudgetResult:
     """Calibrated INT8 of ``source`` at ``output`` whose held-out error stays within ``budget``."""
-    from .quantize import DEFAULT_METHOD, quantize_int8, select_nodes
+    from .quantize import DEFAULT_METHOD, DEFAULT_PERCENTILE, quantize_int8, select_nodes
     from .smooth import find_sites, smooth
 
     onnx = require("onnx", "onnx", "onnx")
     if smooth_mode not in SMOOTH_MODES:
         raise ExportError(f"--smooth must be one of {', '.join(SMOOTH_MODES)}, got {smooth_mode!r}")
     method = method or DEFAULT_METHOD
+    percentile = percentile or DEFAULT_PERCENTILE
     started = time.perf_counter()
     held = split.held_out_batches()
     references = run_onnx(source, held)
@@ -134,7 +136,7 @@ def quantize_with_budget(
         record: dict = {"budget": budget, "metric": METRIC, "held_out_images": len(held), "target": target}
 
         def attempt(model: Path, keep: tuple[str, ...], path: Path = workdir / "probe.onnx") -> tuple[float, list]:
-            result = quantize_int8(model, split, path, method, target, keep, cache_dir=cache_dir)
+            result = quantize_int8(model, split, path, method, target, keep, percentile, cache_dir)
             return abs_rel(run_onnx(path, held, as_written), references), result.quantized
 
         candidates, _ = select_nodes(onnx.load(str(source)), ())
@@ -221,7 +223,7 @@ def quantize_with_budget(
                     f"AbsRel {error:.4f} with {len(reverted)} layers in float > {budget} (plain INT8 {plain:.4f}); "
                     "raise --accuracy-budget or use FP16"
                 )
-        final = quantize_int8(model, split, output, method, target, keep_fp + tuple(reverted), cache_dir=cache_dir)
+        final = quantize_int8(model, split, output, method, target, keep_fp + tuple(reverted), percentile, cache_dir)
         record.update(
             error=error,
             int8_layers=len(final.quantized),
@@ -288,7 +290,9 @@ def export_int8(
             print(f"INT8 Q/DQ: {len(result.quantized)} layers INT8, no accuracy check (--accuracy-budget off)")
             return calibration.describe()
         split = HeldOutSplit(calibration, extra)
-        checked = quantize_with_budget(source, split, output, budget, smooth_mode, method, target, keep_fp, cache)
+        checked = quantize_with_budget(
+            source, split, output, budget, smooth_mode, method, target, keep_fp, cache, percentile=percentile
+        )
     notes = f", {len(checked.reverted)} back in float" if checked.reverted else ""
     notes += ", outliers migrated" if checked.smoothed else ""
     print(
