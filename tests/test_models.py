@@ -114,3 +114,31 @@ def test_bicubic_matrix_equals_interpolate_with_a_scale_factor(n_out):
     ours = torch.einsum("ia,jb,nkab->nkij", matrix, matrix, grid)
     assert ours.shape == expected.shape == (1, 3, n_out, n_out)
     assert torch.allclose(ours, expected, atol=1e-5)
+
+
+FACTORIES = {"arange", "ones", "zeros", "empty", "full", "eye", "tensor", "as_tensor", "linspace", "rand", "randn"}
+
+
+def test_tensors_made_while_running_are_made_on_the_models_device():
+    """A tensor created in forward without ``device=`` lands on the CPU and breaks every CUDA run
+    (found on an H200: the position-embedding resize). A GPU-less machine cannot run the model on
+    CUDA, so the rule is checked in the source: outside ``__init__``, factories name the device."""
+    import ast
+    from pathlib import Path
+
+    offenders = []
+    for path in sorted((Path(__file__).resolve().parents[1] / "train" / "models").glob("*.py")):
+        for function in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(function, ast.FunctionDef) or function.name == "__init__":
+                continue
+            for call in ast.walk(function):
+                if (
+                    isinstance(call, ast.Call)
+                    and isinstance(call.func, ast.Attribute)
+                    and call.func.attr in FACTORIES
+                    and isinstance(call.func.value, ast.Name)
+                    and call.func.value.id == "torch"
+                    and not any(k.arg == "device" for k in call.keywords)
+                ):
+                    offenders.append(f"{path.name}:{call.lineno} torch.{call.func.attr} in {function.name}")
+    assert not offenders, "tensors made without device=: " + ", ".join(offenders)

@@ -120,25 +120,27 @@ def _cubic_taps(t: torch.Tensor) -> torch.Tensor:
     return torch.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], dim=-1)
 
 
-def bicubic_matrix(n_out: int | torch.Tensor, n_in: int, inv_scale: torch.Tensor) -> torch.Tensor:
+def bicubic_matrix(
+    n_out: int | torch.Tensor, n_in: int, inv_scale: torch.Tensor, device: torch.device | None = None
+) -> torch.Tensor:
     """``(n_out, n_in)`` matrix of PyTorch's bicubic resize (``align_corners=False``, given scale).
 
     Sampling follows ``inv_scale`` (input pixels per output pixel), not ``n_in / n_out``, and
     borders are clamped, exactly as ``F.interpolate(..., scale_factor=...)`` does.
     """
-    dst = torch.arange(n_out, dtype=torch.float32)
+    dst = torch.arange(n_out, dtype=torch.float32, device=device)
     src = (dst + 0.5) * inv_scale - 0.5
     base = torch.floor(src)
     weights = _cubic_taps(src - base)
-    index = (base[:, None] + torch.arange(-1, 3, dtype=torch.float32)).clamp(0, n_in - 1)
-    onehot = (index[..., None] == torch.arange(n_in, dtype=torch.float32)).to(weights.dtype)
+    index = (base[:, None] + torch.arange(-1, 3, dtype=torch.float32, device=device)).clamp(0, n_in - 1)
+    onehot = (index[..., None] == torch.arange(n_in, dtype=torch.float32, device=device)).to(weights.dtype)
     return (weights[..., None] * onehot).sum(dim=1)
 
 
-def _as_float32(value: float | torch.Tensor) -> torch.Tensor:
+def _as_float32(value: float | torch.Tensor, device: torch.device) -> torch.Tensor:
     """Scale arithmetic in float32: traced shape arithmetic with Python floats otherwise exports
     float64 constants, which TensorRT only reads by clamping them to float32."""
-    return torch.as_tensor(value, dtype=torch.float32)
+    return torch.as_tensor(value, dtype=torch.float32, device=device)
 
 
 def interpolate_pos_embed(
@@ -159,12 +161,14 @@ def interpolate_pos_embed(
     patches_h, patches_w = height // PATCH_SIZE, width // PATCH_SIZE
     dim = pos_embed.shape[-1]
     cls_pos, patch_pos = pos_embed[:, :1], pos_embed[:, 1:].reshape(grid, grid, dim)
-    rows = bicubic_matrix(patches_h, grid, grid / _as_float32(patches_h + POS_INTERP_OFFSET))
-    cols = bicubic_matrix(patches_w, grid, grid / _as_float32(patches_w + POS_INTERP_OFFSET))
+    device = pos_embed.device  # every constant beside the embeddings, or CUDA runs fail
+    rows = bicubic_matrix(patches_h, grid, grid / _as_float32(patches_h + POS_INTERP_OFFSET, device), device)
+    cols = bicubic_matrix(patches_w, grid, grid / _as_float32(patches_w + POS_INTERP_OFFSET, device), device)
     # Blend with an identity for the unchanged case; a tensor, not an ``if``, so tracing keeps it.
-    keep = torch.ones(()) * ((patches_h == grid) & (patches_w == grid) & (height == width))
-    rows = rows * (1 - keep) + keep * (torch.arange(patches_h)[:, None] == torch.arange(grid)).float()
-    cols = cols * (1 - keep) + keep * (torch.arange(patches_w)[:, None] == torch.arange(grid)).float()
+    keep = torch.ones((), device=device) * ((patches_h == grid) & (patches_w == grid) & (height == width))
+    grid_index = torch.arange(grid, device=device)
+    rows = rows * (1 - keep) + keep * (torch.arange(patches_h, device=device)[:, None] == grid_index).float()
+    cols = cols * (1 - keep) + keep * (torch.arange(patches_w, device=device)[:, None] == grid_index).float()
     # Two two-operand products, not one three-input einsum: TensorRT 8.x's Einsum layer takes at
     # most two inputs (NvInfer.h 8.5/8.6, IEinsumLayer), and plain MatMuls parse on every release.
     by_rows = (rows @ patch_pos.float().reshape(grid, grid * dim)).reshape(-1, grid, dim)  # (h, grid, dim)

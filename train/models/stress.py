@@ -50,7 +50,7 @@ def add_outliers(model: torch.nn.Module) -> torch.nn.Module:
             block.mlp.fc1.bias[hidden] += HIDDEN_BIAS
             block.mlp.fc2.weight[:, hidden] /= HIDDEN_BIAS
     tokens = [1 + t % (vit.pos_embed.shape[1] - 1) for t in TOKENS]  # +1: position 0 is the class token
-    direction = torch.linspace(-1.0, 1.0, dim)
+    direction = torch.linspace(-1.0, 1.0, dim, device=vit.pos_embed.device)
     vit.pos_embed[0, tokens] += TOKEN_NORM * direction / direction.norm() * dim**0.5
     return model
 
