@@ -180,3 +180,24 @@ def test_non_checkpoint_files_are_clear_errors(tmp_path, content, suffix):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="no such checkpoint file"):
         load_model(tmp_path / "nope.pth")
+
+
+def test_safetensors_whose_header_length_starts_like_a_pickle_still_load(tmp_path, tiny_model):
+    """The first byte of a safetensors file is its header length's low byte: 0x80 (pickle's
+    first byte) for one header in 256, as happened on a GPU machine with safetensors 0.8."""
+    import struct
+
+    from train.models.checkpoint import read_checkpoint, sniff
+
+    state = {k: v.contiguous() for k, v in tiny_model.state_dict().items()}
+    for pad in range(256):
+        path = tmp_path / f"model{pad}.safetensors"
+        save_file(state, str(path), metadata={"pad": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    else:
+        pytest.fail("no padding gave a header length ending in 0x80")
+    assert struct.unpack("<Q", path.read_bytes()[:8])[0] % 256 == 0x80
+    assert sniff(path) == "safetensors"
+    loaded, metadata = read_checkpoint(path)
+    assert metadata["pad"] == "x" * pad and all(torch.equal(loaded[k], v) for k, v in state.items())

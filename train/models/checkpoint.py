@@ -134,12 +134,14 @@ def sniff(path: Path) -> str:
         except zipfile.BadZipFile:
             return "damaged-zip"
         return "torch-zip" if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names) else "zip"
-    if head[0] == 0x80:  # pickle protocol 2 and later
-        return "pickle"
+    # safetensors before pickle: its first byte is the low byte of the header length, which is
+    # 0x80 (pickle's PROTO opcode) for one header in 256 (seen with safetensors 0.8's headers).
     if len(head) >= 10 and head[8:9] == b"{":  # u64 header length, then the JSON header
         (length,) = struct.unpack("<Q", head[:8])
         if 0 < length <= path.stat().st_size - 8:
             return "safetensors"
+    if head[0] == 0x80 and len(head) > 1 and 2 <= head[1] <= 5:  # PROTO 2-5: torch.save's legacy format
+        return "pickle"
     text = head.lstrip().lower()
     if text.startswith(b"version https://git-lfs"):
         return "lfs-pointer"
