@@ -58,6 +58,12 @@ def setup_distributed() -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda" and local_rank >= torch.cuda.device_count():
+        raise SystemExit(
+            f"error: torchrun started more processes per node than this machine has GPUs ({local_rank + 1} > "
+            f"{torch.cuda.device_count()}): use --nproc_per_node {torch.cuda.device_count()}, "
+            "or CUDA_VISIBLE_DEVICES= to train on the CPU"
+        )
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
@@ -160,6 +166,8 @@ def train(
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
     use_amp = amp_dtype is not None and env.device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    if amp_dtype is not None and not use_amp and env.main:
+        print(f"[{stage}] note: --amp {cfg.amp} applies on CUDA only; training in float32 on the {env.device.type}")
     from tqdm import tqdm
 
     bar = tqdm(total=cfg.steps, initial=start, desc=stage, unit="step", disable=not env.main)
@@ -195,6 +203,8 @@ def train(
         "steps": cfg.steps,
         "resumed_from": start,
         "world_size": env.world,
+        "device": env.device.type,
+        "amp": cfg.amp if use_amp else "none",
         "rank_checksums": sums,
         "loss_first": history[:1],
         "loss_last": history[-1:],
