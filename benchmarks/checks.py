@@ -31,8 +31,10 @@ CEILING_SPREAD_LIMIT = 1.5
 # A row may reach this multiple of its format's ceiling before it is refused: the ceiling is one
 # matrix shape measured with one library, and another library's kernels can beat it a little.
 CEILING_TOLERANCE = 1.2
-# The model call may exceed the end-to-end call containing it by this factor, or by less than the
-# jitter floor (timing noise).
+# The model call may exceed the end-to-end call containing it by this factor, by less than the
+# jitter floor, or by less than the end-to-end call's own p90 (timing noise: a --quick run has
+# five pairs per row, and on a 16-core H200 host one CPU row's model median came out 11 % above
+# its e2e median while under its e2e p90).
 MODEL_E2E_TOLERANCE = 1.1
 
 
@@ -61,7 +63,11 @@ def refuse_impossible(rows: list[dict]) -> list[str]:
                 f"(above {CEILING_TOLERANCE:.0%} is impossible)"
             )
         excess = model["median"] - e2e["median"]
-        if model["median"] > e2e["median"] * MODEL_E2E_TOLERANCE and excess > JITTER_FLOOR_S:
+        if (
+            model["median"] > e2e["median"] * MODEL_E2E_TOLERANCE
+            and excess > JITTER_FLOOR_S
+            and model["median"] > e2e["p90"]
+        ):
             reasons.append(
                 f"its model call ({_ms(model['median'])}) was slower than the end-to-end call that "
                 f"contains it ({_ms(e2e['median'])})"

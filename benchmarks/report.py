@@ -198,8 +198,13 @@ def warning_lines(data: dict) -> list[str]:
     rel = data["reliability"]
     if rel["reliable"]:
         return []
-    busy = any(p.startswith(("the machine was busy", "the hypervisor")) for p in rel["problems"])
-    lead = "the machine was busy: results are not comparable" if busy else "some results cannot be true"
+    problems = rel["problems"]
+    if any(p.startswith(("the machine was busy", "the hypervisor")) for p in problems):
+        lead = "the machine was busy: results are not comparable"
+    elif all(" was unsteady: " in p or "capacity changed" in p for p in problems):
+        lead = "timings were unsteady (something else ran at times): results are not comparable"
+    else:
+        lead = "some results cannot be true"
     return [
         f"> **Results not reliable: {lead}.** The numbers are kept below, but no row is named fastest. "
         "Rerun on a quiet machine (`--strict` makes this an error exit). What failed:",
@@ -223,7 +228,14 @@ def headline(best: dict | None, rows: list[dict]) -> list[str]:
     else:
         versus = f"{speedup:.1f}x PyTorch FP32, same rounds"
         reference = next(
-            (r for r in rows if r.get("variant") and r["backend"] == "torch" and r["size"] == best["size"]), None
+            (
+                r
+                for r in rows
+                if r["backend"] == "torch"
+                and (r.get("info") or {}).get("attention") == "explicit"
+                and r["size"] == best["size"]
+            ),
+            None,
         )
         if reference and reference.get("round_medians"):
             versus += f"; {same_rounds_ratio(reference, best, 'e2e'):.1f}x PyTorch FP32 with {reference['variant']}"

@@ -32,6 +32,7 @@ STATUS_REFUSED = "refused"  # measured, but impossible: see benchmarks.checks
 # PyTorch eager as the official repository runs on a CPU (no xformers there): the speed users
 # of the official scripts see today, next to this toolkit's fused-attention PyTorch baseline.
 EXPLICIT_ATTENTION = "explicit attention, as the official code"
+GPU = "CUDA"
 
 
 class Phases:
@@ -77,7 +78,8 @@ class Config:
 
     @property
     def stem(self) -> str:
-        variant = "_" + "-".join(f"{k}-{v}" for k, v in sorted(self.options.items())) if self.variant else ""
+        options = "-".join(f"{k}-{v}" for k, v in sorted(self.options.items())) or self.device
+        variant = f"_{options}" if self.variant else ""
         return f"{self.backend}{variant}_{self.precision.replace('/', '-')}_{self.size[0]}x{self.size[1]}"
 
     def row(self) -> dict:
@@ -210,7 +212,10 @@ def make_configs(source: ModelSource, sizes: list[tuple[int, int]], settings: Se
         ]
         if gpu:
             configs += [
-                Config("torch", "fp16", size, lambda: source.path, "fp16", "cuda"),
+                # PyTorch on the GPU at both precisions: FP32 is the GPU's own baseline (vits at batch
+                # 1 is launch-bound on a big GPU, where FP16 gains little).
+                Config("torch", "fp32", size, lambda: source.path, "fp32", "cuda", variant=GPU),
+                Config("torch", "fp16", size, lambda: source.path, "fp16", "cuda", variant=GPU),
                 Config("tensorrt", "fp16", size, lambda t=trt_engine: t("fp16"), device="cuda"),
                 Config("tensorrt", "int8", size, lambda t=trt_engine: t("int8"), device="cuda"),
             ]
