@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,19 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     missing = parity.missing_files()
     if missing:
         raise pytest.UsageError(f"official parity data missing from {parity.DATA}: {', '.join(missing)}")
+
+
+@pytest.fixture(autouse=True)
+def cpu_unless_marked_gpu(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite checks CPU numbers wherever it runs: on a GPU machine only the tests marked
+    ``gpu`` see the GPU, also in the subprocesses they start (device="auto" would otherwise pick
+    CUDA and FP16 and move every comparison)."""
+    if request.node.get_closest_marker("gpu"):
+        return
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    torch = sys.modules.get("torch")
+    if torch is not None:  # CUDA may already be initialised by a gpu test: hide it from this one
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 
 def official_state_dict(encoder: str) -> dict:
