@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -11,6 +12,15 @@ import pytest
 from tests import parity
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A shell without job control starts background jobs with SIGINT ignored, and an ignored
+    # signal is inherited: Python then installs no KeyboardInterrupt handler, here or in the
+    # tools the tests start, and the Ctrl-C tests would test nothing (a CI run started that way
+    # failed them). Ctrl-C behaves as in a terminal, whoever started pytest.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
