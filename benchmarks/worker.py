@@ -22,7 +22,6 @@ import sys
 import threading
 import time
 import traceback
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,8 +29,6 @@ import numpy as np
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 # OpenVINO's runtime-model layer types that carry the model's matrix work.
-MATRIX_LAYERS = ("FullyConnected", "MatMul", "Convolution", "Deconvolution", "GroupConvolution")
-OPENVINO_TYPES = {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "i8": "int8", "u8": "int8"}
 
 
 def peak_rss_kib() -> float:
@@ -75,28 +72,6 @@ def tie_to_parent(parent_pid: int) -> None:
     watch_parent(parent_pid, lambda: os._exit(1))
 
 
-def openvino_execution(compiled) -> dict:
-    """What an OpenVINO compiled model really computes in: its inference precision and the
-    kernel type of each matrix layer as compiled. The kernel's name ends in the format it
-    computes in (``brgemm_avx512_bf16``, ``brgconv_avx512_I8``); its ``runtimePrecision`` is
-    the input's, which for FP16-compressed weights says f16 while the kernel computes in f32."""
-    try:
-        hint = compiled.get_property("INFERENCE_PRECISION_HINT")
-        hint = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
-    except RuntimeError:
-        hint = None
-    layers: Counter[str] = Counter()
-    for op in compiled.get_runtime_model().get_ordered_ops():
-        info = op.get_rt_info()
-        if "layerType" not in info or info["layerType"].astype(str) not in MATRIX_LAYERS:
-            continue
-        kernel = info["primitiveType"].astype(str).rsplit("_", 1)[-1].lower() if "primitiveType" in info else ""
-        name = kernel if kernel in OPENVINO_TYPES else info["runtimePrecision"].astype(str)
-        layers[OPENVINO_TYPES.get(name, name)] += 1
-    dominant = layers.most_common(1)[0][0] if layers else OPENVINO_TYPES.get(hint or "", hint)
-    return {"format": dominant, "hint": hint, "matrix_layers": dict(layers)}
-
-
 class Row:
     """The predictor of one row and the calls the parent times on it."""
 
@@ -127,9 +102,7 @@ class Row:
 
     def hello(self) -> dict:
         info = {k: v for k, v in self.predictor.info().items() if k != "model"}
-        compiled = getattr(self.backend, "_compiled", None)
-        execution = openvino_execution(compiled) if self.config["backend"] == "openvino" and compiled else None
-        return {"cold_start_s": self.cold_start, "info": info, "execution": execution}
+        return {"cold_start_s": self.cold_start, "info": info, "execution": info.pop("execution", None)}
 
     def time(self, warmup: int, calls: int) -> dict[str, list[float]]:
         """``warmup`` untimed model calls, then ``calls`` turns of a model call on the prepared

@@ -13,7 +13,7 @@ from benchmarks.artifacts import ModelSource
 from benchmarks.cpu import detect, parse_cpuinfo
 from benchmarks.roofline import ceiling_formats
 from benchmarks.runner import Settings, make_configs, prepare
-from benchmarks.worker import openvino_execution, watch_parent
+from benchmarks.worker import watch_parent
 
 # /proc/cpuinfo flags as Linux prints them (abridged to the decisive ones plus some noise).
 ZEN4 = (
@@ -130,7 +130,7 @@ def test_openvino_rows_report_the_format_they_really_compute_in(tiny_onnx, preci
     from runtime import DepthPredictor
 
     predictor = DepthPredictor(tiny_onnx, backend="openvino", device="cpu", precision=precision)
-    execution = openvino_execution(predictor._backend._compiled)
+    execution = predictor.info()["execution"]
     expected = "bf16" if precision == "bf16" and detect().native("bf16") else "fp32"
     assert execution["format"] == expected and execution["matrix_layers"][expected] > 0
 

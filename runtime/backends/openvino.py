@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -102,6 +103,38 @@ def load_error(exc: BaseException) -> str:
     return "; ".join(useful or lines[-1:]) or exc.__class__.__name__
 
 
+# The layers whose kernels do the model's arithmetic, and OpenVINO's names for number formats.
+MATRIX_LAYERS = ("FullyConnected", "MatMul", "Convolution", "Deconvolution", "GroupConvolution")
+OPENVINO_TYPES = {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "i8": "int8", "u8": "int8"}
+
+
+def compiled_execution(compiled: Any) -> dict[str, Any]:
+    """What an OpenVINO compiled model really computes in: its inference precision hint (None
+    where the device does not report one, as AUTO) and the format of each matrix layer's kernel
+    as compiled. A kernel's name ends in the format it computes in (``brgemm_avx512_bf16``,
+    ``brgconv_avx512_I8``); its ``runtimePrecision`` is the input's, which for FP16-compressed
+    weights says f16 while the kernel computes in f32."""
+    try:
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+        hint = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+    except RuntimeError:
+        hint = None
+    layers: Counter[str] = Counter()
+    try:
+        ops = compiled.get_runtime_model().get_ordered_ops()
+    except RuntimeError:  # a device that exposes no runtime model
+        ops = []
+    for op in ops:
+        info = op.get_rt_info()
+        if "layerType" not in info or info["layerType"].astype(str) not in MATRIX_LAYERS:
+            continue
+        kernel = info["primitiveType"].astype(str).rsplit("_", 1)[-1].lower() if "primitiveType" in info else ""
+        name = kernel if kernel in OPENVINO_TYPES else info["runtimePrecision"].astype(str)
+        layers[OPENVINO_TYPES.get(name, name)] += 1
+    dominant = layers.most_common(1)[0][0] if layers else OPENVINO_TYPES.get(hint or "", hint)
+    return {"format": dominant, "hint": hint, "matrix_layers": dict(layers)}
+
+
 class OpenVINOBackend(Backend):
     name = "openvino"
 
@@ -154,6 +187,7 @@ class OpenVINOBackend(Backend):
             self._executing = [str(d) for d in self._compiled.get_property("EXECUTION_DEVICES")]
         except RuntimeError:
             self._executing = [self.device]
+        self._execution = compiled_execution(self._compiled)
         self.precision = self._compute_precision(core, precision)
         self._weights = (read_sidecar(path) or {}).get("precision", "fp32")
         try:
@@ -167,16 +201,21 @@ class OpenVINOBackend(Backend):
         self._hint = performance_hint.upper()
 
     def _compute_precision(self, core: Any, asked: str | None) -> str:
-        """What the compiled model computes in: asked for, or the executing device's default."""
+        """The floating-point format the compiled model computes in, as compiled, not as asked: a
+        device without units for the format asked for runs another (on a CPU without AVX512-FP16
+        an f16 hint compiles to bf16). AUTO reports no hint: then the float kernels' format."""
+        hint = self._execution["hint"]
+        if hint is not None:
+            return HINT_NAMES.get(hint, hint)
+        floats = {k: v for k, v in self._execution["matrix_layers"].items() if k != "int8"}
+        if floats:
+            return max(floats, key=lambda k: floats[k])
         if asked is not None:
             return asked
         try:
-            hint = self._compiled.get_property("INFERENCE_PRECISION_HINT")
-        except RuntimeError:  # AUTO does not forward it: ask the device it picked
-            try:
-                hint = core.get_property(self._executing[0], "INFERENCE_PRECISION_HINT")
-            except RuntimeError:
-                return "device default"
+            hint = core.get_property(self._executing[0], "INFERENCE_PRECISION_HINT")
+        except RuntimeError:
+            return "device default"
         name = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
         return HINT_NAMES.get(name, name)
 
@@ -196,6 +235,7 @@ class OpenVINOBackend(Backend):
             **super().info(),
             "weights": self._weights,
             "execution_devices": self._executing,
+            "execution": self._execution,
             "performance_hint": self._hint,
             "infer_requests": self.max_concurrency,
             "cache_dir": str(self._cache) if self._cache is not None else None,
