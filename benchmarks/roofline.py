@@ -104,8 +104,11 @@ def _torch_gemm(dtype_name: str, m: int, k: int, layers: int):
 def _openvino_int8_gemm(m: int, k: int, layers: int):
     """The same chain in INT8 as OpenVINO's CPU plugin runs it (FakeQuantize on both inputs
     becomes an int8 x int8 kernel), so activations stay quantized between layers."""
-    import openvino as ov
-    import openvino.opset13 as ops
+    from runtime.backends.openvino import import_openvino, telemetry_off
+
+    ov = import_openvino()  # telemetry off, or an error naming the extra
+    with telemetry_off():
+        import openvino.opset13 as ops
 
     def fq(node, limit: float, levels: int):
         lo, hi = ops.constant(np.float32(-limit)), ops.constant(np.float32(limit))
