@@ -226,6 +226,17 @@ def test_no_calibration_images_means_no_int8_row(tiny_run, tmp_path):
     assert "| export failed: CalibrationError:" in (tmp_path / "report" / "report.md").read_text()
 
 
+def test_openvino_int8_row_is_calibrated_timed_and_runs_int8_kernels(tiny_run, tmp_path):
+    """The row the README's table names fastest on this CPU, on the tiny model: exported with
+    calibration on the bundled photographs, timed, scored, and computing in INT8 kernels."""
+    argv = tiny_argv(tiny_run, tmp_path, "--size-sweep", "none")
+    assert main([*argv, "--backends", "openvino", "--precisions", "int8"]) == 0
+    (row,) = json.loads((tmp_path / "report.json").read_text())["rows"]
+    assert (row["backend"], row["precision"], row["status"]) == ("openvino", "int8", "ok"), row.get("error")
+    assert row["computes_in"] == "int8" and row["execution"]["matrix_layers"]["int8"] > 0
+    assert row["vs_fp32"]["abs_rel"] < 0.02 and row["end_to_end"]["median"] > 0
+
+
 def test_headline_without_a_pytorch_row(tiny_run):
     data = dict(tiny_run.data)
     rows = [dict(r) for r in data["rows"] if r["backend"] != "torch"]
