@@ -183,3 +183,12 @@ def test_fixed_size_pins_a_dynamic_model(tiny_model, photo):
     predictor = DepthPredictor(tiny_model, fixed_size=(140, 182))
     assert predictor.prepare(photo).shape == (1, 3, 140, 182)
     assert predictor.predict(photo).shape == photo.shape[:2]
+
+
+def test_bf16_on_a_gpu_without_bf16_units_is_a_clear_error():
+    from runtime.backends.pytorch import check_cuda_precision
+
+    with pytest.raises(ValueError, match=r"Xavier \(compute capability 7.2\) has no bf16 units; use precision='fp16'"):
+        check_cuda_precision("bf16", "Xavier", (7, 2))
+    check_cuda_precision("fp16", "Xavier", (7, 2))
+    check_cuda_precision("bf16", "Orin", (8, 7))

@@ -36,6 +36,15 @@ def resolve_precision(device: str, precision: str | None) -> str:
     return precision
 
 
+def check_cuda_precision(precision: str, gpu: str, capability: tuple[int, int]) -> None:
+    """BF16 needs Ampere or newer (compute capability 8.0: Jetson Orin yes, Jetson Xavier 7.2
+    no); on older GPUs PyTorch either refuses it kernel by kernel or emulates it slowly."""
+    if precision == "bf16" and tuple(capability) < (8, 0):
+        raise ValueError(
+            f"{gpu} (compute capability {capability[0]}.{capability[1]}) has no bf16 units; use precision='fp16'"
+        )
+
+
 class TorchBackend(Backend):
     name = "torch"
 
@@ -57,6 +66,11 @@ class TorchBackend(Backend):
             raise ModelFileError(f"the torch backend needs a torch.nn.Module, got {type(model).__name__}")
         self.device = resolve_device(torch, device)
         self.precision = resolve_precision(self.device, precision)
+        if self.device.startswith("cuda"):
+            index = torch.device(self.device).index or 0
+            check_cuda_precision(
+                self.precision, torch.cuda.get_device_name(index), torch.cuda.get_device_capability(index)
+            )
         # "fused" (default) or the official code's "explicit" form (train.models.Attention); set on
         # the module itself, so a model passed in runs the requested form whatever it ran before.
         if hasattr(model, "set_attention"):
