@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,17 +33,33 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         raise pytest.UsageError(f"official parity data missing from {parity.DATA}: {', '.join(missing)}")
 
 
-@pytest.fixture(autouse=True)
-def cpu_unless_marked_gpu(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(scope="session", autouse=True)
+def no_gpu_by_default() -> Iterator[dict]:
     """The suite checks CPU numbers wherever it runs: on a GPU machine only the tests marked
-    ``gpu`` see the GPU, also in the subprocesses they start (device="auto" would otherwise pick
-    CUDA and FP16 and move every comparison)."""
-    if request.node.get_closest_marker("gpu"):
-        return
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    ``gpu`` see the GPU (device="auto" would otherwise pick CUDA and FP16 and move every
+    comparison). Session-wide, so session and module fixtures (the shared benchmark run) are
+    covered too, and the processes tests start inherit it; ``gpu_for_gpu_tests`` lifts it."""
     torch = sys.modules.get("torch")
-    if torch is not None:  # CUDA may already be initialised by a gpu test: hide it from this one
-        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    real = {"env": os.environ.get("CUDA_VISIBLE_DEVICES"), "torch": torch}
+    if torch is not None:
+        real["is_available"] = torch.cuda.is_available
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CUDA_VISIBLE_DEVICES", "")
+        if torch is not None:
+            patch.setattr(torch.cuda, "is_available", lambda: False)
+        yield real
+
+
+@pytest.fixture(autouse=True)
+def gpu_for_gpu_tests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, no_gpu_by_default: dict) -> None:
+    if not request.node.get_closest_marker("gpu"):
+        return
+    if no_gpu_by_default["env"] is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", no_gpu_by_default["env"])
+    if no_gpu_by_default["torch"] is not None:
+        monkeypatch.setattr(no_gpu_by_default["torch"].cuda, "is_available", no_gpu_by_default["is_available"])
 
 
 def official_state_dict(encoder: str) -> dict:

@@ -192,3 +192,38 @@ def test_bf16_on_a_gpu_without_bf16_units_is_a_clear_error():
         check_cuda_precision("bf16", "Xavier", (7, 2))
     check_cuda_precision("fp16", "Xavier", (7, 2))
     check_cuda_precision("bf16", "Orin", (8, 7))
+
+
+def test_fp32_switch_for_cuda_restores_exactly_and_survives_the_new_tf32_api():
+    """TF32 off for what runs inside, restored exactly after, also with interleaved callers (two
+    predictors in two threads) and with TF32 set through PyTorch's per-backend API, where reading
+    the legacy flags raises. The switches are plain settings: no GPU needed to check them."""
+    from runtime.backends.pytorch import exact_fp32_cuda
+
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    saved = matmul.fp32_precision, conv.fp32_precision
+    try:
+        matmul.fp32_precision = "tf32"  # a user's choice; the legacy getters now refuse to answer
+        first, second = exact_fp32_cuda(torch), exact_fp32_cuda(torch)
+        first.__enter__()
+        assert (matmul.fp32_precision, conv.fp32_precision) == ("ieee", "ieee")
+        second.__enter__()
+        first.__exit__(None, None, None)  # the first caller leaves while the second still runs
+        assert (matmul.fp32_precision, conv.fp32_precision) == ("ieee", "ieee")
+        second.__exit__(None, None, None)
+        assert (matmul.fp32_precision, conv.fp32_precision) == ("tf32", saved[1])
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = saved
+
+
+def test_cuda_device_index_beyond_the_gpus_is_a_clear_error():
+    from types import SimpleNamespace
+
+    from runtime.backends.pytorch import resolve_device
+
+    one_gpu = SimpleNamespace(cuda=SimpleNamespace(is_available=lambda: True, device_count=lambda: 1))
+    assert resolve_device(one_gpu, "cuda:0") == "cuda:0" and resolve_device(one_gpu, "cuda") == "cuda"
+    with pytest.raises(ValueError, match=r"'cuda:1': PyTorch sees 1 GPU\(s\), cuda:0 to cuda:0"):
+        resolve_device(one_gpu, "cuda:1")
+    with pytest.raises(ValueError, match="runs on 'cpu', 'cuda' or 'cuda:N'"):
+        resolve_device(one_gpu, "cuda1")

@@ -129,7 +129,12 @@ def compiled_execution(compiled: Any) -> dict[str, Any]:
         if "layerType" not in info or info["layerType"].astype(str) not in MATRIX_LAYERS:
             continue
         kernel = info["primitiveType"].astype(str).rsplit("_", 1)[-1].lower() if "primitiveType" in info else ""
-        name = kernel if kernel in OPENVINO_TYPES else info["runtimePrecision"].astype(str)
+        if kernel in OPENVINO_TYPES:
+            name = kernel
+        elif "runtimePrecision" in info:
+            name = info["runtimePrecision"].astype(str)
+        else:  # a plugin that names neither: not counted rather than counted as ''
+            continue
         layers[OPENVINO_TYPES.get(name, name)] += 1
     dominant = layers.most_common(1)[0][0] if layers else OPENVINO_TYPES.get(hint or "", hint)
     return {"format": dominant, "hint": hint, "matrix_layers": dict(layers)}

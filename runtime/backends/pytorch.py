@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -20,9 +21,53 @@ def resolve_device(torch: Any, device: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} was asked for but PyTorch sees no CUDA GPU; use device='cpu'")
-    if not (device == "cpu" or device.startswith("cuda")):
+    if not (device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
         raise ValueError(f"the torch backend runs on 'cpu', 'cuda' or 'cuda:N', not {device!r}")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ValueError(f"device {device!r}: PyTorch sees {count} GPU(s), cuda:0 to cuda:{count - 1}")
     return device
+
+
+_TF32_LOCK = threading.Lock()
+_TF32_STATE = {"depth": 0, "saved": None}
+
+
+@contextlib.contextmanager
+def exact_fp32_cuda(torch: Any) -> Iterator[None]:
+    """CUDA matrix products and convolutions in FP32 for what runs inside: PyTorch lets cuDNN
+    convolutions use TF32 (a 10-bit mantissa) by default, which moved the official-parity error
+    on an H200 from 2.7e-5 to 1.7e-2 of the output's spread.
+
+    The switches are process-wide: the first caller to enter saves and sets them, the last to
+    leave restores them exactly (concurrent callers in other threads never restore under each
+    other; CUDA work of other threads sees FP32 meanwhile). PyTorch >= 2.9 has per-backend
+    ``fp32_precision`` settings and refuses to read the legacy ``allow_tf32`` flags once those
+    differ, so they are used where they exist."""
+    backends = torch.backends
+    modern = hasattr(backends.cuda.matmul, "fp32_precision") and hasattr(
+        getattr(backends.cudnn, "conv", None), "fp32_precision"
+    )
+    with _TF32_LOCK:
+        if _TF32_STATE["depth"] == 0:
+            if modern:
+                _TF32_STATE["saved"] = (backends.cuda.matmul.fp32_precision, backends.cudnn.conv.fp32_precision)
+                backends.cuda.matmul.fp32_precision = backends.cudnn.conv.fp32_precision = "ieee"
+            else:
+                _TF32_STATE["saved"] = (backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32)
+                backends.cuda.matmul.allow_tf32 = backends.cudnn.allow_tf32 = False
+        _TF32_STATE["depth"] += 1
+    try:
+        yield
+    finally:
+        with _TF32_LOCK:
+            _TF32_STATE["depth"] -= 1
+            if _TF32_STATE["depth"] == 0:
+                matmul, conv = _TF32_STATE["saved"]
+                if modern:
+                    backends.cuda.matmul.fp32_precision, backends.cudnn.conv.fp32_precision = matmul, conv
+                else:
+                    backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32 = matmul, conv
 
 
 def resolve_precision(device: str, precision: str | None) -> str:
@@ -67,7 +112,8 @@ class TorchBackend(Backend):
         self.device = resolve_device(torch, device)
         self.precision = resolve_precision(self.device, precision)
         if self.device.startswith("cuda"):
-            index = torch.device(self.device).index or 0
+            index = torch.device(self.device).index
+            index = torch.cuda.current_device() if index is None else index
             check_cuda_precision(
                 self.precision, torch.cuda.get_device_name(index), torch.cuda.get_device_capability(index)
             )
@@ -98,22 +144,11 @@ class TorchBackend(Backend):
         dtype = self._torch.float16 if self.precision == "fp16" else self._torch.bfloat16
         return self._torch.autocast(self.device.split(":")[0], dtype=dtype)
 
-    @contextlib.contextmanager
-    def _exact_fp32(self) -> Iterator[None]:
-        """FP32 on CUDA computes in FP32: PyTorch lets cuDNN convolutions use TF32 (a 10-bit
-        mantissa) by default, which moves the output by about 1e-3 of its spread. Turned off for
-        the call only and restored after (a process-wide switch: concurrent CUDA work in other
-        threads sees it during the call)."""
+    def _exact_fp32(self) -> contextlib.AbstractContextManager:
+        """FP32 on CUDA computes in FP32 (TF32 off for the call; see ``exact_fp32_cuda``)."""
         if self.precision != "fp32" or not self.device.startswith("cuda"):
-            yield
-            return
-        backends = self._torch.backends
-        saved = backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32
-        backends.cudnn.allow_tf32 = backends.cuda.matmul.allow_tf32 = False
-        try:
-            yield
-        finally:
-            backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = saved
+            return contextlib.nullcontext()
+        return exact_fp32_cuda(self._torch)
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
