@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-# OpenVINO's runtime-model layer types that carry the model's matrix work.
 
 
 def peak_rss_kib() -> float:

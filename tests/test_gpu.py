@@ -8,7 +8,6 @@ and parse is the gpu test in test_trt_logic.py, which also needs TensorRT instal
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from export.onnx import compare
 from tests.conftest import REPO, official_state_dict
 from tests.parity import REFERENCE_SIZES, deterministic_input, reference_output
 
@@ -23,11 +23,6 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (PyTorch sees none)"),
 ]
-
-
-def spread_error(ours: np.ndarray, reference: np.ndarray) -> float:
-    """The project's one metric: max|a - b| / std(reference)."""
-    return float(np.abs(ours - reference).max() / reference.std())
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +46,7 @@ def test_official_parity_holds_on_cuda_in_fp32(vits_weights, height, width):
     switches = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     ours = backend.infer(deterministic_input(height, width))
     assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == switches  # restored
-    error = spread_error(ours, reference_output(height, width))
+    error = compare(ours, reference_output(height, width)).max_rel_std
     print(f"{torch.cuda.get_device_name(0)} fp32 {height}x{width}: max|ours - official| / std = {error:.2e}")
     assert error <= 1e-4
 
@@ -67,9 +62,10 @@ def test_half_precisions_on_cuda_stay_near_fp32(vits_weights, photo, precision, 
     depth = predictor.predict(photo)
     assert np.isfinite(depth).all()
     assert next(model.parameters()).dtype == torch.float32  # the half copy is the predictor's own
-    assert spread_error(DepthPredictor(model, device="cuda", precision="fp32").predict(photo), reference) <= 1e-6
-    mean_error = float(np.abs(depth - reference).mean() / reference.std())
-    print(f"{precision} vs fp32 on CUDA: mean {mean_error:.2e}, max {spread_error(depth, reference):.2e} of std")
+    assert compare(DepthPredictor(model, device="cuda", precision="fp32").predict(photo), reference).max_rel_std <= 1e-6
+    error = compare(depth, reference)
+    mean_error = error.mean_abs / float(reference.std())
+    print(f"{precision} vs fp32 on CUDA: mean {mean_error:.2e}, max {error.max_rel_std:.2e} of std")
     assert mean_error <= bound
 
 
@@ -83,7 +79,7 @@ def test_cuda_is_the_default_and_batches_match_single_frames(tiny_model, photo):
     batch = exact.predict_batch([photo, photo])
     assert len(batch) == 2 and batch[0].shape == photo.shape[:2]
     for depth in batch:
-        assert spread_error(depth, single) <= 1e-4
+        assert compare(depth, single).max_rel_std <= 1e-4
 
 
 class _DeviceArray:
@@ -128,9 +124,9 @@ def test_cuda_python_layer_orders_copies_and_work_on_its_stream():
         cuda.close()
 
 
-def train_stage(*args: str, env: dict | None = None, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+def train_stage(*args: str, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     command = [sys.executable, *(launcher or ("-m",)), "train.teacher", *args]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True)
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])

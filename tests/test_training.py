@@ -34,10 +34,7 @@ def stage(module: str, *args: str, nproc: int = 1) -> subprocess.CompletedProces
         if nproc == 1
         else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", module]
     )
-    env = dict(os.environ)
-    if nproc > 1 and torch.cuda.device_count() < nproc:  # gloo on the CPU where there are too few GPUs
-        env["CUDA_VISIBLE_DEVICES"] = ""
-    run = subprocess.run([*launcher, *args], cwd=REPO, capture_output=True, text=True, env=env)
+    run = subprocess.run([*launcher, *args], cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     return run
 

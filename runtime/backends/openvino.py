@@ -108,6 +108,11 @@ MATRIX_LAYERS = ("FullyConnected", "MatMul", "Convolution", "Deconvolution", "Gr
 OPENVINO_TYPES = {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "i8": "int8", "u8": "int8"}
 
 
+def type_name(value: Any) -> str:
+    """An OpenVINO element type (or its string form) as its short name: ``bf16``, ``f32``."""
+    return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+
+
 def compiled_execution(compiled: Any) -> dict[str, Any]:
     """What an OpenVINO compiled model really computes in: its inference precision hint (None
     where the device does not report one, as AUTO) and the format of each matrix layer's kernel
@@ -115,8 +120,7 @@ def compiled_execution(compiled: Any) -> dict[str, Any]:
     ``brgconv_avx512_I8``); its ``runtimePrecision`` is the input's, which for FP16-compressed
     weights says f16 while the kernel computes in f32."""
     try:
-        hint = compiled.get_property("INFERENCE_PRECISION_HINT")
-        hint = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+        hint = type_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
     except RuntimeError:
         hint = None
     layers: Counter[str] = Counter()
@@ -214,14 +218,13 @@ class OpenVINOBackend(Backend):
             return HINT_NAMES.get(hint, hint)
         floats = {k: v for k, v in self._execution["matrix_layers"].items() if k != "int8"}
         if floats:
-            return max(floats, key=lambda k: floats[k])
+            return max(floats, key=floats.get)
         if asked is not None:
             return asked
         try:
-            hint = core.get_property(self._executing[0], "INFERENCE_PRECISION_HINT")
+            name = type_name(core.get_property(self._executing[0], "INFERENCE_PRECISION_HINT"))
         except RuntimeError:
             return "device default"
-        name = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
         return HINT_NAMES.get(name, name)
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
