@@ -11,20 +11,21 @@ from pathlib import Path
 
 import numpy as np
 
-from export.common import parse_hw
+from export.cli import parse_hw
+from runtime.commands import EXIT_UNRELIABLE, command
 
 from .artifacts import ModelSource, calibration_folder, load_images, resolve_model
 from .checks import assess
 from .cpu import detect
 from .machine import machine_facts
-from .report import fastest_cpu_path, rank, relative_to_first, write_report
+from .ranking import fastest_cpu_path, rank, relative_to_first
+from .report import write_report
 from .roofline import CeilingProbes, add_throughput, ceiling_formats, count_macs, lower_bounds
 from .rounds import time_rows
 from .runner import Config, Settings, make_configs, prepare, reference_outputs, score
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 SWEEP = (518, 434, 364, 308)
-EXIT_UNRELIABLE = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Latency and accuracy of Depth Anything V2 per backend, precision and input size. "
         "Rows are timed in interleaved rounds, each in a worker process of its own; the report checks "
         "that the machine was quiet and the numbers possible, and says so at the top when not.",
-        epilog=f"Exit codes: 0 report written; 1 no model or images; 2 bad usage; {EXIT_UNRELIABLE} report "
-        "written but its self-checks failed (with --strict only).",
+        epilog=f"Exit codes: 0 report written; 1 failed; 2 bad usage, no model or no images; {EXIT_UNRELIABLE} "
+        "report written but its self-checks failed (with --strict only).",
     )
     parser.add_argument(
         "--checkpoint",
@@ -197,6 +198,7 @@ def size_sweep(
     return relative_to_first(rows), roofline, checks
 
 
+@command("python -m benchmarks")
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -222,13 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     calib_samples = 16 if quick else 64
     settings = Settings(workdir, warmup, runs, rounds, args.calib_dir, calib_samples, 0.1, cpu, args.emulated_formats)
     phases = settings.phases
-    try:
-        with phases.timed("model and images"):
-            source = resolve_model(args.checkpoint, workdir, use_hub=not args.no_hub)
-            images, ground_truth, images_text = load_images(args.images, 3 if quick else 6)
-    except (FileNotFoundError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    with phases.timed("model and images"):
+        source = resolve_model(args.checkpoint, workdir, use_hub=not args.no_hub)
+        images, ground_truth, images_text = load_images(args.images, 3 if quick else 6)
     if source.notice:
         print(f"\n*** {source.notice} ***\n", file=sys.stderr)
     print(f"CPU: {cpu.model}: {cpu.summary()}", file=sys.stderr)

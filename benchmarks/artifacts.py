@@ -113,7 +113,7 @@ def load_images(folder: Path | None, limit: int) -> tuple[dict[str, np.ndarray],
         if not images:
             raise FileNotFoundError(f"{folder}: no readable images")
         return images, ground_truth, f"{len(images)} images from {folder}"
-    from runtime.samples import sample_dir, sample_images
+    from runtime.io.samples import sample_dir, sample_images
 
     images = dict(list(sample_images().items())[:limit])
     disparity = np.load(sample_dir() / "motorcycle_disp.npz")
@@ -127,7 +127,7 @@ def calibration_folder(calib_dir: Path | None, workdir: Path, count: int) -> tup
     """--calib-dir, or crops and flips of the bundled photos written once into the work dir."""
     if calib_dir is not None:
         return calib_dir, f"{calib_dir}"
-    from runtime.samples import sample_images
+    from runtime.io.samples import sample_images
 
     folder = workdir / "calib_from_samples"
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""report.json (machine-readable), report.md (the table people read) and two figures."""
+"""report.json (machine-readable) and report.md (the table people read); the figures are
+``benchmarks.figures``' and the ranking decisions ``benchmarks.ranking``'s."""
 
 from __future__ import annotations
 
@@ -8,16 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.fileio import atomic_write, atomic_write_bytes
+from runtime.io.files import atomic_write_bytes
 
 from .cpu import FORMAT_NAMES, without_units
-from .roofline import on_cpu
+from .figures import figures
+from .ranking import is_baseline, row_name, same_rounds_ratio
 
 # 3: "reliability", "phases", "size_sweep"; rows carry "computes_in", "native", "round_medians"
 SCHEMA_VERSION = 3
 NO_BASELINE = "no PyTorch FP32 row to compare with"
-# The figure's lowest AbsRel: differences below it are float32 rounding, and 0 has no place on a log axis.
-ABS_REL_FLOOR = 1e-6
 QUALITY_VS_SIZE = (
     "Accuracy here is against PyTorch FP32 at the same size, so it shows how faithfully the backend runs "
     "the model at each size, not how depth quality changes with size: that needs the real weights and "
@@ -41,20 +41,6 @@ def _latency(stats: dict | None) -> str:
     return f"{_ms(stats['median'])} / {_ms(stats['p90'])} / {_ms(stats['p99'])}" if stats else "-"
 
 
-def is_baseline(row: dict) -> bool:
-    """The row every speedup is relative to: this toolkit's PyTorch FP32 eager."""
-    return row["backend"] == "torch" and row["precision"] == "fp32" and not row.get("variant")
-
-
-def row_name(row: dict) -> str:
-    return f"{row['backend']} ({row['variant']})" if row.get("variant") else row["backend"]
-
-
-def short_name(row: dict) -> str:
-    """A figure label: the variant cut to its first clause."""
-    return f"{row['backend']} ({row['variant'].split(',')[0]})" if row.get("variant") else row["backend"]
-
-
 def _throughput(row: dict) -> str:
     if "ops_per_s" not in row:
         return "-"
@@ -73,50 +59,6 @@ def _runs_in(row: dict) -> str:
     if len(layers) > 1:
         text += f" ({layers.get(fmt, 0)}/{sum(layers.values())} matrix layers)"
     return text
-
-
-def same_rounds_ratio(base: dict, row: dict, kind: str) -> float | None:
-    """How many times faster ``row`` ran than ``base``: the median over rounds of the ratio of their
-    round medians, so both sides of each ratio were measured at the same moments."""
-    ratios = [
-        b / r for b, r in zip(base["round_medians"][kind], row["round_medians"][kind], strict=False) if b > 0 and r > 0
-    ]
-    return float(np.median(ratios)) if ratios else None
-
-
-def rank(rows: list[dict], budget: float, reliable: bool = True) -> tuple[list[dict], dict | None]:
-    """Rows sorted by end-to-end median latency (failed rows last), each timed row's speedup over
-    PyTorch FP32 at its size from the same rounds, and the fastest row whose AbsRel against
-    PyTorch FP32 is within ``budget``: none when the run's self-checks failed."""
-    timed = sorted((r for r in rows if r.get("end_to_end")), key=lambda r: r["end_to_end"]["median"])
-    rest = [r for r in rows if not r.get("end_to_end")]
-    baselines = {tuple(r["size"]): r for r in timed if is_baseline(r)}
-    for row in timed:
-        base = baselines.get(tuple(row["size"]))
-        if base is not None:
-            row["speedup_vs_torch_fp32"] = same_rounds_ratio(base, row, "e2e")
-            row["model_speedup_vs_torch_fp32"] = same_rounds_ratio(base, row, "model")
-    within = (r for r in timed if r["status"] == "ok" and r["vs_fp32"]["abs_rel"] <= budget)
-    return timed + rest, next(within, None) if reliable else None
-
-
-def fastest_cpu_path(rows: list[dict], budget: float, size: tuple[int, int]) -> dict | None:
-    """The fastest CPU row at ``size`` within the accuracy budget: the one the size sweep times again."""
-    candidates = [
-        r
-        for r in rows
-        if r["status"] == "ok" and tuple(r["size"]) == tuple(size) and on_cpu(r) and r["vs_fp32"]["abs_rel"] <= budget
-    ]
-    return min(candidates, key=lambda r: r["end_to_end"]["median"], default=None)
-
-
-def relative_to_first(rows: list[dict]) -> list[dict]:
-    """The size sweep's rows, each with its speedup over the first (the main size) from the same rounds."""
-    if rows and rows[0].get("end_to_end"):
-        for row in rows:
-            if row.get("end_to_end"):
-                row["speedup_vs_first"] = same_rounds_ratio(rows[0], row, "e2e")
-    return rows
 
 
 def ceiling_lines(data: dict) -> list[str]:
@@ -341,137 +283,6 @@ def markdown(data: dict) -> str:
     lines += sweep_lines(data)
     lines += ["", "Figures: `latency_vs_accuracy.png`, `depth_grid.png`. Machine-readable: `report.json`.", ""]
     return "\n".join(lines)
-
-
-def place_labels(ax, points: list[tuple[float, float]], labels: list[str], obstacles: list, fontsize: int = 7) -> list:
-    """Annotate each data point where its label overlaps no other label, no point and none of
-    ``obstacles`` (display-space boxes): the nearest free spot among offsets to the right, left,
-    above and below, inside the axes if possible, else anywhere in the figure; a label set away
-    from its point gets a leader line. Call once the layout is final: this measures in display space."""
-    from matplotlib.text import Text
-    from matplotlib.transforms import Bbox
-
-    renderer = ax.figure.canvas.get_renderer()
-    taken = list(obstacles)
-    for x, y in ax.transData.transform(points):
-        taken.append(Bbox.from_bounds(x - 4, y - 4, 8, 8))
-    # Offsets in points, nearest first: labels are wide and short, so rows of them stack vertically.
-    offsets = sorted(
-        ((dx, dy) for dx in (5, -5, 15, -15, 45, -45, 90, -90) for dy in range(-150, 151, 9)),
-        key=lambda o: (abs(o[0]) + 2 * abs(o[1]), o[0] < 0),
-    )
-    annotations = []
-    for point, label in zip(points, labels, strict=True):
-        chosen = None
-        for area in (ax.bbox, ax.figure.bbox):
-            for dx, dy in offsets:
-                annotation = ax.annotate(
-                    label,
-                    point,
-                    xytext=(dx, dy),
-                    textcoords="offset points",
-                    fontsize=fontsize,
-                    ha="left" if dx > 0 else "right",
-                    va="center",
-                    arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5} if abs(dy) > 5 or abs(dx) > 5 else None,
-                )
-                annotation.update_positions(renderer)
-                box = Text.get_window_extent(annotation, renderer)  # the text alone, not its leader line
-                inside = area.x0 <= box.x0 and box.x1 <= area.x1 and area.y0 <= box.y0 and box.y1 <= area.y1
-                if inside and not any(box.overlaps(other) for other in taken):
-                    chosen = annotation
-                    break
-                annotation.remove()
-            if chosen:
-                break
-        if chosen is None:  # nowhere free: the last spot tried, with its leader line
-            chosen = ax.annotate(
-                label, point, xytext=offsets[-1], textcoords="offset points", fontsize=fontsize, ha="right"
-            )
-            chosen.update_positions(renderer)
-        taken.append(Text.get_window_extent(chosen, renderer))
-        annotations.append(chosen)
-    return annotations
-
-
-def latency_accuracy_figure(data: dict):
-    """End-to-end latency against AbsRel vs PyTorch FP32 (log axis), one labelled point per row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in data["rows"] if r.get("end_to_end") and r.get("vs_fp32")]
-    fig, ax = plt.subplots(figsize=(8, 5))
-    values = [r["vs_fp32"]["abs_rel"] for r in rows]
-    # A log axis has no zero, and below float32 rounding the differences mean nothing: such rows
-    # (the reference itself, exactly 0) sit on a floor line that the figure explains.
-    points = [(r["end_to_end"]["median"] * 1000, max(v, ABS_REL_FLOOR)) for r, v in zip(rows, values, strict=True)]
-    for (x, y), value in zip(points, values, strict=True):
-        low = value <= ABS_REL_FLOOR
-        ax.scatter(x, y, s=36, marker="v" if low else "o", color="tab:grey" if low else "tab:blue")
-    ax.set_yscale("log")
-    ax.axhline(data["accuracy_budget"], color="grey", linestyle="--", linewidth=0.8, label="accuracy budget")
-    floor_label = f"AbsRel ≤ {ABS_REL_FLOOR:.0e} (see note)"
-    ax.axhline(ABS_REL_FLOOR, color="grey", linestyle=":", linewidth=0.8, label=floor_label)
-    top = max([data["accuracy_budget"], *(y for _, y in points)])
-    ax.set_ylim(ABS_REL_FLOOR / 5, top * 10)
-    ax.set_xlim(0, 1.25 * max([x for x, _ in points], default=1.0))
-    ax.set_xlabel("end-to-end latency, median (ms)")
-    ax.set_ylabel("AbsRel vs PyTorch FP32 (log)")
-    ax.set_title("Latency vs accuracy")
-    legend = ax.legend(fontsize=8, loc="upper right")
-    note = fig.text(
-        0.01,
-        0.01,
-        f"Triangles on the dotted line: AbsRel ≤ {ABS_REL_FLOOR:.0e}, float32 rounding: the same output as\n"
-        "PyTorch FP32 (the reference itself is exactly 0, which a log axis cannot show).",
-        fontsize=7,
-        color="dimgrey",
-    )
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    renderer = fig.canvas.get_renderer()
-    place_labels(
-        ax,
-        points,
-        [f"{short_name(r)} {r['precision']} {r['size'][0]}" for r in rows],
-        [legend.get_window_extent(renderer), note.get_window_extent(renderer)],
-    )
-    return fig
-
-
-def figures(data: dict, images: dict[str, np.ndarray], folder: Path) -> list[Path]:
-    import matplotlib.pyplot as plt
-
-    from runtime import colorize
-
-    written = []
-    fig = latency_accuracy_figure(data)
-    path = folder / "latency_vs_accuracy.png"
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
-    written.append(path)
-
-    name = data["timing_image"]
-    rows = [r for r in data["rows"] if r.get("outputs")]
-    panels = [("input", images[name][:, :, ::-1])]
-    for r in rows:
-        depth = np.load(r["outputs"])[name]
-        panels.append((f"{short_name(r)} {r['precision']} {r['size'][0]}", colorize(depth)[:, :, ::-1]))
-    cols = min(4, len(panels))
-    grid_rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(grid_rows, cols, figsize=(3.2 * cols, 2.6 * grid_rows), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, (title, picture) in zip(axes.ravel(), panels, strict=False):
-        ax.imshow(picture)
-        ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    path = folder / "depth_grid.png"
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    plt.close(fig)
-    written.append(path)
-    return written
 
 
 def write_report(data: dict, images: dict[str, np.ndarray], folder: Path) -> list[Path]:

@@ -5,8 +5,6 @@ scored against PyTorch FP32."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -131,7 +129,7 @@ def make_configs(source: ModelSource, sizes: list[tuple[int, int]], settings: Se
         def calibration(size=size):
             """The INT8 calibration set; refuses (CalibrationError) when too few images are usable,
             so no INT8 artefact is ever built from nothing."""
-            from export.calibration import CalibrationSet
+            from export.quantize.calibration import CalibrationSet
 
             folder, _ = calibration_folder(settings.calib_dir, settings.workdir, settings.calib_samples)
             with phases.timed("calibration images"):
@@ -145,7 +143,7 @@ def make_configs(source: ModelSource, sizes: list[tuple[int, int]], settings: Se
                 )
 
         def ort_int8(tag=tag, calibration=calibration, onnx_fp32=onnx_fp32) -> Path:
-            from export.quantize import quantize_int8
+            from export.quantize.qdq import quantize_int8
 
             source_onnx, calib = onnx_fp32(), calibration()
             # Named by the calibration set's content key: other images never reuse this artefact.
@@ -167,28 +165,15 @@ def make_configs(source: ModelSource, sizes: list[tuple[int, int]], settings: Se
             return path
 
         def trt_engine(precision: str, tag=tag, onnx_fp32=onnx_fp32) -> Path:
+            from export.quantize.options import Int8Options
+            from export.trt.build import TrtRequest, build_trt
+
             source_onnx, path = onnx_fp32(), art / f"{tag}.{precision}.engine"
             if not fresh(path, art / f"{tag}.{precision}.trt-{precision}.onnx"):
                 folder, _ = calibration_folder(settings.calib_dir, settings.workdir, settings.calib_samples)
-                argv = [
-                    sys.executable,
-                    "-m",
-                    "export.trt",
-                    f"--{precision}",
-                    "--onnx",
-                    str(source_onnx),
-                    "--output",
-                    str(path),
-                    "--calib-dir",
-                    str(folder),
-                    "--calib-samples",
-                    str(settings.calib_samples),
-                    "--allow-fewer",
-                ]
+                int8 = Int8Options(folder, settings.calib_samples, allow_fewer=True)
                 with phases.timed("export"):
-                    run = subprocess.run(argv, capture_output=True, text=True)
-                if run.returncode:
-                    raise RuntimeError(run.stderr.strip().splitlines()[-1] if run.stderr.strip() else "failed")
+                    build_trt(TrtRequest(precision, onnx=source_onnx, output=path, int8=int8))
             return path
 
         configs += [

@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from runtime.io.samples import sample_dir, sample_images
 from runtime.pointcloud import Intrinsics, depth_to_points
-from runtime.samples import sample_dir, sample_images
 
 # Calibration of the downscaled images, as scikit-image documents it for stereo_motorcycle().
 FOCAL, CX, CY, DOFFS, BASELINE_M = 994.978, 311.193, 254.877, 31.086, 0.193001

@@ -16,55 +16,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from runtime.commands import command, stage
 from runtime.errors import require
-from runtime.fileio import staging_dir
+from runtime.io.files import staging_dir
 from runtime.metadata import library_versions, sha256_file, sidecar_path, write_sidecar
 
-from .common import (
-    ExportError,
-    add_size_arg,
-    add_source_args,
-    check_hw,
-    load_source_model,
-    patch_multiple,
-    run_cli,
-    stage,
-)
+from .cli import add_size_arg, add_source_args, patch_multiple
+from .errors import ExportError, ExportRequestError
+from .graph import save_onnx
+from .source import check_hw, default_output, load_source_model, source_stem
+from .verify import FP32_TOLERANCE, MAX_REL_STD, Comparison, check_sizes, compare, run_onnxruntime, verification_input
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "depth"
 DEFAULT_OPSET = 17
 SUPPORTED_OPSETS = range(14, 21)
-PROTOBUF_LIMIT = 2**31 - 1
-# The one error metric of every export gate, the parity tests and the README: the largest
-# difference over the reference's standard deviation, max|a - b| / std(ref).
-METRIC = "max|a-b|/std(ref)"
-# FP32 vs FP32 on the verification photo, measured with the parity weights: vits 6.5e-5 to
-# 9.3e-5, vitb 1.1e-4 to 1.6e-4, vitl 1.4e-4 (518x518 and the dynamic check sizes). Error grows
-# with depth; a damaged model (one weight tensor 10 % off) is off by 1e-2 or more.
-FP32_TOLERANCE = 5e-4
-
-
-@dataclass
-class Comparison:
-    """How far an output is from a reference; ``max_rel_std`` is the metric gates use."""
-
-    max_abs: float
-    mean_abs: float
-    max_rel: float  # max |a - b| / max |ref|
-    max_rel_std: float  # max |a - b| / std(ref): METRIC
-
-    def __str__(self) -> str:
-        return f"max error {self.max_rel_std:.2e} of the reference's std, mean abs {self.mean_abs:.2e}"
-
-
-def compare(output: np.ndarray, reference: np.ndarray) -> Comparison:
-    diff = np.abs(output.astype(np.float64) - reference.astype(np.float64))
-    peak = float(np.abs(reference).max()) or 1.0
-    spread = float(reference.std()) or 1.0
-    return Comparison(float(diff.max()), float(diff.mean()), float(diff.max()) / peak, float(diff.max()) / spread)
 
 
 @dataclass
@@ -72,29 +38,6 @@ class OnnxExport:
     path: Path
     seconds: float
     checks: dict[str, Comparison] = field(default_factory=dict)
-
-
-def verification_input(height: int, width: int) -> np.ndarray:
-    """A real photograph (bundled sample) when available, else a textured synthetic scene."""
-    from runtime.preprocessing import prepare_fixed
-
-    try:
-        from runtime.samples import sample_images
-
-        image = sample_images(("motorcycle_left.png",))["motorcycle_left"]
-    except ImportError:
-        rng = np.random.default_rng(0)
-        yy, xx = np.mgrid[0:480, 0:640]
-        image = np.stack([(xx * 0.4) % 255, (yy * 0.5) % 255, (xx + yy) * 0.2 % 255], -1).astype(np.uint8)
-        image[100:300, 200:400] = rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)
-    return prepare_fixed(image, (height, width))
-
-
-def check_sizes(height: int, width: int, dynamic: bool) -> list[tuple[int, int]]:
-    """Sizes to verify at: the export size, and for dynamic exports two others of other aspect."""
-    if not dynamic:
-        return [(height, width)]
-    return [(height, width), (max(14, height - 154), width + 126), (height + 98, max(14, width - 84))]
 
 
 def _torch_export(model: Any, path: Path, height: int, width: int, dynamic: bool, opset: int) -> None:
@@ -128,17 +71,8 @@ def _finalise(raw: Path, path: Path, metadata: dict[str, str], slim: bool) -> No
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
-    large = model.ByteSize() > PROTOBUF_LIMIT
-    onnx.save_model(
-        model, str(path), save_as_external_data=large, all_tensors_to_one_file=True, location=path.name + ".data"
-    )
+    save_onnx(model, path)
     onnx.checker.check_model(str(path))
-
-
-def run_onnxruntime(path: Path, batch: np.ndarray) -> np.ndarray:
-    ort = require("onnxruntime", "onnx", "ONNX Runtime")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, {INPUT_NAME: batch})[0]
 
 
 def export_onnx(
@@ -156,7 +90,7 @@ def export_onnx(
     """Export ``model`` (a ``DepthAnythingV2``) to ``output``; verified against PyTorch before it lands.
 
     Nothing appears under ``output`` unless the file passed ``onnx.checker`` and, with
-    ``verify``, ONNX Runtime matched PyTorch within ``tolerance`` (``METRIC``) on a photograph.
+    ``verify``, ONNX Runtime matched PyTorch within ``tolerance`` (``MAX_REL_STD``) on a photograph.
     An interrupted export leaves the previous model or none, never a mix; its temporary folder
     is removed by the next export to the same path.
     """
@@ -164,10 +98,12 @@ def export_onnx(
 
     check_hw(height, width)
     if opset not in SUPPORTED_OPSETS:
-        raise ExportError(f"opset {opset} is not supported; use {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}")
+        raise ExportRequestError(
+            f"opset {opset} is not supported; use {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}"
+        )
     output = Path(output)
     if output.suffix != ".onnx":
-        raise ExportError(f"{output}: the output name must end in .onnx")
+        raise ExportRequestError(f"{output}: the output name must end in .onnx")
     model = model.eval().float().cpu()
     started = time.perf_counter()
     workdir = staging_dir(output)
@@ -222,7 +158,7 @@ def export_onnx(
             "export_seconds": round(result.seconds, 2),
             "verification": {
                 "against": "PyTorch FP32",
-                "metric": METRIC,
+                "metric": MAX_REL_STD,
                 "tolerance": tolerance,
                 "checks": {k: vars(v) for k, v in result.checks.items()},
             },
@@ -232,9 +168,29 @@ def export_onnx(
     return result
 
 
-def default_output(checkpoint: Path | None, encoder: str | None, height: int, width: int, dynamic: bool) -> Path:
-    stem = checkpoint.stem if checkpoint else f"random_{encoder}"
-    return Path("artifacts") / f"{stem}_{'dynamic' if dynamic else f'{height}x{width}'}.onnx"
+def source_onnx(
+    onnx: Path | None,
+    checkpoint: Path | None,
+    encoder: str | None,
+    folder: Path,
+    height: int,
+    width: int,
+    dynamic: bool,
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """The FP32 ONNX the other exports start from: ``onnx`` as given, or a verified export of the
+    checkpoint (or random ``encoder`` weights) written into ``folder``."""
+    if onnx is not None:
+        return onnx
+    suffix = "" if opset == DEFAULT_OPSET else f".opset{opset}"  # an 8.5 target's split-LayerNorm export
+    path = (
+        folder
+        / f"{source_stem(None, checkpoint, encoder)}.{'dynamic' if dynamic else f'{height}x{width}'}{suffix}.onnx"
+    )
+    print(f"exporting ONNX (opset {opset}) -> {path}")
+    model = load_source_model(checkpoint, encoder)
+    export_onnx(model, path, height, width, dynamic=dynamic, opset=opset, source=str(checkpoint))
+    return path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,12 +213,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(args: argparse.Namespace) -> int:
+@command("python -m export.onnx")
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     height, width = args.size or (518, 518)
     args.height, args.width = args.height or height, args.width or width
     with stage("loading the checkpoint"):
         model = load_source_model(args.checkpoint, args.encoder)
-    output = args.output or default_output(args.checkpoint, model.spec.name, args.height, args.width, args.dynamic)
+    stem = source_stem(None, args.checkpoint, model.spec.name)
+    output = args.output or default_output(
+        stem, f"_{'dynamic' if args.dynamic else f'{args.height}x{args.width}'}.onnx"
+    )
     print(f"exporting {model.spec.name} at {'dynamic' if args.dynamic else f'{args.height}x{args.width}'} ...")
     result = export_onnx(
         model,
@@ -283,4 +244,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main, build_parser(), None))
+    raise SystemExit(main())

@@ -4,7 +4,7 @@ INT8 is NNCF post-training quantization with its transformer preset on the same 
 ``CalibrationSet`` the TensorRT path uses. Before it lands, the IR (run with f32 inference,
 since OpenVINO otherwise runs bf16 on CPUs that have it) is verified against an independent
 reference, ONNX Runtime FP32 on the source ONNX, on a photograph, within a tolerance per
-precision; the metric is ``export.onnx.METRIC``. The .xml/.bin pair appears as a whole or not
+precision; the metric is ``export.verify.MAX_REL_STD``. The .xml/.bin pair appears as a whole or not
 at all.
 """
 
@@ -18,27 +18,27 @@ from pathlib import Path
 import numpy as np
 
 from runtime.backends.openvino import import_openvino, load_error, telemetry_off
+from runtime.commands import command, stage
 from runtime.errors import require
-from runtime.fileio import staging_dir
+from runtime.io.files import staging_dir
 from runtime.metadata import library_versions, read_sidecar, sha256_file, sidecar_path, write_sidecar
 
-from .common import (
-    PRECISIONS,
-    ExportError,
-    add_calibration_args,
-    add_precision_args,
-    add_size_arg,
-    add_source_args,
-    check_precision,
-    check_request,
-    run_cli,
-    source_onnx,
-    source_stem,
-    stage,
+from .cli import add_calibration_args, add_precision_args, add_size_arg, add_source_args, args_stem, check_request
+from .errors import ExportError, ExportRequestError
+from .onnx import source_onnx
+from .source import PRECISIONS, check_precision, default_output
+from .verify import (
+    ABS_REL_ALIGNED,
+    FP32_TOLERANCE,
+    MAX_REL_STD,
+    OnnxRuntimeRunner,
+    abs_rel,
+    compare,
+    run_onnxruntime,
+    verification_input,
 )
-from .onnx import FP32_TOLERANCE, METRIC, compare, run_onnxruntime, verification_input
 
-# Largest METRIC against ONNX Runtime FP32 an IR may show on the verification photo. Measured
+# Largest MAX_REL_STD against ONNX Runtime FP32 an IR may show on the verification photo. Measured
 # on vits with the parity weights at 98x98 / 266x266 / 518x518: fp32 2e-5 / 5e-5 / 6e-5, fp16
 # 9e-3 / 1.3e-2 / 1.9e-2, int8 0.5 / 0.6 / 0.9 (12 images). The INT8 bound catches a broken
 # artefact (one weight tensor with its sign flipped: 7 to 11), not a loss of accuracy: that is
@@ -54,10 +54,8 @@ def _compile_f32(ov, model):
 def quantize_within_budget(nncf, ov, model, onnx_path: Path, split, budget: float) -> tuple:
     """NNCF's accuracy-controlled INT8: layers go back to float until the AbsRel against ONNX
     Runtime FP32 on the held-out images drops by at most ``budget``; returns the model and a record."""
-    from .accuracy import METRIC, abs_rel, run_onnx
-
     held = split.held_out_batches()
-    references = run_onnx(onnx_path, held)
+    references = OnnxRuntimeRunner(onnx_path).run_all(held)
 
     def validate(compiled, items) -> tuple[float, list[float]]:
         items = list(items)
@@ -71,7 +69,7 @@ def quantize_within_budget(nncf, ov, model, onnx_path: Path, split, budget: floa
     validation = nncf.Dataset(list(zip(held, references, strict=True)), lambda item: item[0])
     options = {"preset": nncf.QuantizationPreset.MIXED, "model_type": nncf.ModelType.TRANSFORMER}
     plain = nncf.quantize(model.clone(), calibration, subset_size=len(split), **options)
-    record = {"budget": budget, "metric": METRIC, "held_out_images": len(held), "plain_error": error_of(plain)}
+    record = {"budget": budget, "metric": ABS_REL_ALIGNED, "held_out_images": len(held), "plain_error": error_of(plain)}
     if record["plain_error"] <= budget:
         final = plain
     else:
@@ -118,13 +116,13 @@ def export_openvino(
     onnx_path, output = Path(onnx_path), Path(output)
     check_precision(precision)
     if output.suffix != ".xml":
-        raise ExportError(f"{output}: OpenVINO IR files end in .xml")
+        raise ExportRequestError(f"{output}: OpenVINO IR files end in .xml")
     if precision == "int8" and calibration is None:
-        raise ExportError("INT8 needs calibration images: pass --calib-dir with SA-1B shards or an image folder")
+        raise ExportRequestError("INT8 needs calibration images: pass --calib-dir with SA-1B shards or an image folder")
     if precision == "int8" and len(calibration) == 0:
-        raise ExportError("INT8 needs at least one calibration image; the calibration set is empty")
+        raise ExportRequestError("INT8 needs at least one calibration image; the calibration set is empty")
     if not onnx_path.is_file():
-        raise ExportError(f"{onnx_path}: no such ONNX file")
+        raise ExportRequestError(f"{onnx_path}: no such ONNX file")
     require("onnxruntime", "onnx", "ONNX Runtime (the reference the IR is verified against)")
     started = time.perf_counter()
     with stage("converting the ONNX model to OpenVINO"), telemetry_off():
@@ -181,7 +179,7 @@ def export_openvino(
         "calibration": calibration.describe() if calibration is not None else None,
         "verification": {
             "against": "ONNX Runtime FP32 on the source ONNX (IR run with f32 inference)",
-            "metric": METRIC,
+            "metric": MAX_REL_STD,
             "tolerance": TOLERANCES[precision],
             "checks": {f"{shape[0]}x{shape[1]}": vars(check)},
         },
@@ -224,17 +222,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(args: argparse.Namespace) -> int:
+@command("python -m export.openvino")
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     check_request(args)
-    output = args.output or Path("artifacts") / f"{source_stem(args)}.{args.precision}.xml"
+    output = args.output or default_output(args_stem(args), f".{args.precision}.xml")
     height, width = args.size or (518, 518)
     output.parent.mkdir(parents=True, exist_ok=True)
-    source = source_onnx(args, output.parent, height, width, args.dynamic)
+    source = source_onnx(args.onnx, args.checkpoint, args.encoder, output.parent, height, width, args.dynamic)
     calibration = None
     budget = args.accuracy_budget if args.precision == "int8" else None
     if args.precision == "int8":
-        from .accuracy import HeldOutSplit
-        from .calibration import CalibrationSet
+        from .quantize.budget import HeldOutSplit
+        from .quantize.calibration import CalibrationSet
 
         held = args.accuracy_images if budget is not None else 0
         with stage("reading the calibration images"):
@@ -268,4 +268,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main, build_parser(), None))
+    raise SystemExit(main())

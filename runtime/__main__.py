@@ -15,10 +15,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .cli import add_predictor_args, build_predictor, one_line_errors
+from .cli import add_predictor_args, build_predictor
+from .commands import command
 from .errors import InputError
-from .fileio import atomic_write_bytes
-from .video import VIDEO_SUFFIXES, depth_frame
+from .io.files import atomic_write_bytes
+from .io.video import VIDEO_SUFFIXES, depth_frame
 
 DEFAULT_CHECKPOINT = Path("checkpoints/depth_anything_v2_vits.pth")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -139,13 +140,13 @@ def _jobs(args: argparse.Namespace) -> tuple[list[Job], list[str]]:
     if args.camera is not None:
         jobs.append(Job(f"camera {args.camera}", "camera", f"camera{args.camera}", args.camera))
     if args.sample:
-        from .samples import sample_images
+        from .io.samples import sample_images
 
         jobs += [Job(f"sample:{name}", "image", name, image=image) for name, image in sample_images().items()]
     return jobs, name_outputs(jobs)
 
 
-@one_line_errors
+@command("python -m runtime")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     jobs, notes = _jobs(args)
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _depth_image(predictor, job: Job, out: Path, args: argparse.Namespace) -> str:
-    from .imageio import read_image
+    from .io.images import read_image
 
     image = job.image if job.image is not None else read_image(job.source)
     depth = predictor.predict(image)
@@ -192,7 +193,7 @@ def _depth_image(predictor, job: Job, out: Path, args: argparse.Namespace) -> st
 def _depth_video(predictor, job: Job, out: Path, args: argparse.Namespace) -> tuple[str, bool]:
     from tqdm import tqdm
 
-    from .video import frame_count, open_capture, write_depth_video
+    from .io.video import frame_count, open_capture, write_depth_video
 
     capture = open_capture(job.source)
     total = frame_count(capture)

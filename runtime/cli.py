@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 import argparse
-import functools
-import sys
-from typing import Any, Callable
-
-from .errors import InputError, MissingDependencyError, ModelFileError
+from typing import Any
 
 DEFAULT_SIZE = 518
+
+
+def network_size(text: str) -> int | tuple[int, int]:
+    """argparse type for ``--size``: ``N`` (the short side, aspect kept: dynamic models) or ``HxW``
+    (every frame resized straight to HxW, as a static export of that size sees it)."""
+    parts = text.lower().split("x")
+    try:
+        values = [int(part) for part in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not N or HxW (for example 518 or 518x686)") from None
+    if len(values) not in (1, 2) or any(v < 14 or v % 14 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: sizes are positive multiples of 14 (for example 518 or 518x686)")
+    return values[0] if len(values) == 1 else (values[0], values[1])
+
+
+def size_options(size: int | tuple[int, int]) -> dict[str, Any]:
+    """``DepthPredictor`` keyword arguments for a ``--size`` value."""
+    if isinstance(size, tuple):
+        return {"input_size": min(size), "fixed_size": size}
+    return {"input_size": size}
 
 
 def add_predictor_args(parser: argparse.ArgumentParser, model_help: str, **model_kwargs: Any) -> None:
@@ -21,26 +37,14 @@ def add_predictor_args(parser: argparse.ArgumentParser, model_help: str, **model
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
     parser.add_argument("--precision", default=None, help="fp32, fp16 or bf16 (default: the backend's)")
     parser.add_argument(
-        "--size", type=int, default=DEFAULT_SIZE, help=f"short side fed to the model (default {DEFAULT_SIZE})"
+        "--size",
+        type=network_size,
+        default=DEFAULT_SIZE,
+        metavar="N|HxW",
+        help=f"network input: N = short side, aspect kept (default {DEFAULT_SIZE}); HxW = resized straight to HxW "
+        "(as a static export of that size); a fixed-shape model always takes its own",
     )
-    parser.add_argument("--input-size", dest="size", type=int, help=argparse.SUPPRESS)
-
-
-def one_line_errors(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
-    """A command's errors as one line: bad input exits 2 (usage), a model or library problem 1."""
-
-    @functools.wraps(main)
-    def run(argv: list[str] | None = None) -> int:
-        try:
-            return main(argv)
-        except InputError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        except (ModelFileError, MissingDependencyError, ValueError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-
-    return run
+    parser.add_argument("--input-size", dest="size", type=network_size, help=argparse.SUPPRESS)
 
 
 def build_predictor(args: argparse.Namespace, model: Any):
@@ -48,5 +52,5 @@ def build_predictor(args: argparse.Namespace, model: Any):
     from .predictor import DepthPredictor
 
     return DepthPredictor(
-        model, backend=args.backend, device=args.device, input_size=args.size, precision=args.precision
+        model, backend=args.backend, device=args.device, precision=args.precision, **size_options(args.size)
     )

@@ -12,7 +12,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-from .fileio import atomic_write_bytes
+from .io.files import atomic_write_bytes
 
 SCHEMA_VERSION = 1
 

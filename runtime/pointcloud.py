@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from .errors import InputError
-from .fileio import atomic_write_bytes
+from .io.files import atomic_write_bytes
 
 DISTORTION_MODELS = ("plumb_bob", "rational_polynomial", "equidistant")
 

@@ -122,7 +122,7 @@ def tiny_onnx(tmp_path_factory, tiny_spec):
 @pytest.fixture(scope="session")
 def photo() -> np.ndarray:
     """A real photograph, 300x451 BGR uint8."""
-    from runtime.samples import sample_images
+    from runtime.io.samples import sample_images
 
     return sample_images(("chelsea.png",))["chelsea"]
 

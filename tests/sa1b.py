@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from runtime.samples import sample_images
+from runtime.io.samples import sample_images
 
 # Held out of every shard, for measuring quantization error on unseen images.
 HELD_OUT = ("astronaut", "horse")

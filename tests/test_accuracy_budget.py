@@ -10,13 +10,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from export.accuracy import HeldOutSplit, quant_report_path, quantize_with_budget
-from export.calibration import CalibrationSet
-from export.common import ExportError
+from export.errors import ExportError
 from export.onnx import export_onnx
-from export.quantize import quantize_int8
-from export.smooth import find_sites, smooth
-from export.trt_rules import TrtVersion, check_onnx
+from export.quantize.budget import HeldOutSplit, quant_report_path, quantize_with_budget
+from export.quantize.calibration import CalibrationSet
+from export.quantize.qdq import quantize_int8
+from export.quantize.smooth import find_sites, smooth
+from export.trt.rules import TrtVersion, check_onnx
 from tests.sa1b import make_shard
 
 SIZE = (56, 56)
@@ -27,8 +27,8 @@ def stressed(tmp_path_factory, tiny_spec):
     """The tiny model with the stress outliers built in, as opset-17 and opset-16 ONNX."""
     import torch
 
+    from tests.stress import add_outliers
     from train.models import DepthAnythingV2
-    from train.models.stress import add_outliers
 
     torch.manual_seed(0)
     model = add_outliers(DepthAnythingV2(tiny_spec).eval())
@@ -59,7 +59,7 @@ def test_outlier_migration_is_exact_and_flattens_the_channels(tmp_path, stressed
     before, after = run(source, batch), run(migrated, batch)
     assert np.abs(before - after).max() <= 1e-5 * before.std()  # powers of two: in fact bit-exact
     # the LayerNorm outputs the quantizer sees lost their outlier channels
-    from export.smooth import channel_maxima
+    from export.quantize.smooth import channel_maxima
 
     tensors = layernorm_outputs(source)
     spread = [channel_maxima(p, tensors, [batch]) for p in (source, migrated)]

@@ -23,10 +23,10 @@ from rosbags.rosbag2 import Writer as Writer2
 from rosbags.typesys import Stores, get_typestore
 
 from runtime import DepthPredictor, ScaleShift
-from runtime.bag import default_topics, plan_topics, process_bag
 from runtime.errors import InputError
 from runtime.pointcloud import Intrinsics, depth_to_points
-from runtime.rosmsg import Conversion, metric_depth
+from runtime.ros.bag import default_topics, plan_topics, process_bag
+from runtime.ros.messages import Conversion, metric_depth
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE, COMPRESSED, INFO, STRING = (

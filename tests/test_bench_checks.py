@@ -6,7 +6,8 @@ import pytest
 
 from benchmarks.checks import BUSY_LIMIT, assess
 from benchmarks.machine import Snapshot, busy_shares, machine_state, parse_proc_stat
-from benchmarks.report import markdown, rank
+from benchmarks.ranking import rank
+from benchmarks.report import markdown
 
 QUIET = {"measured": True, "others": 0.01, "steal": 0.0, "load_before": (0.1, 0, 0), "load_after": (1.9, 0, 0)}
 

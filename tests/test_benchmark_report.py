@@ -19,8 +19,10 @@ from matplotlib.text import Text
 from benchmarks.__main__ import EXIT_UNRELIABLE, main
 from benchmarks.checks import BUSY_LIMIT
 from benchmarks.cpu import detect
+from benchmarks.figures import latency_accuracy_figure
 from benchmarks.machine import busy_shares, snapshot, usable_cores
-from benchmarks.report import NO_BASELINE, QUALITY_VS_SIZE, latency_accuracy_figure, markdown, rank
+from benchmarks.ranking import rank
+from benchmarks.report import NO_BASELINE, QUALITY_VS_SIZE, markdown
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--no-hub", "--quick", "--sizes", "56x84", "--runs", "3", "--warmup", "1"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from export.calibration import CalibrationError, CalibrationSet
+from export.quantize.calibration import CalibrationError, CalibrationSet
 from runtime.preprocessing import prepare_fixed
 from tests.sa1b import make_shard
 from train.data.sa1b import safe_member_name
@@ -64,7 +64,7 @@ def test_too_few_images_is_an_error_unless_allowed(shard_dir):
 
 
 def test_cache_is_reused_and_keyed_by_samples_and_shape(shard_dir, tmp_path, monkeypatch):
-    import export.calibration as calibration
+    import export.quantize.calibration as calibration
 
     cache = tmp_path / "cache"
     first = CalibrationSet(shard_dir, 5, SHAPE, cache_dir=cache, progress=False)

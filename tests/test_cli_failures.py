@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-import export.accuracy
 import export.onnx
-import export.quantize
-import export.trt
-import export.trt_rules
-from export.common import run_cli
+import export.quantize.__main__
+import export.quantize.budget
+import export.quantize.fp16
+import export.trt.__main__
+import export.trt.build
 from tests.sa1b import make_shard
 
 
@@ -43,21 +43,24 @@ def source(tmp_path_factory, tiny_spec):
     return path
 
 
-TRT = ["--onnx-only", "--trt-version", "10.3", "--size", "56x56"]
+TRT_CLI, BUILD = export.trt.__main__, export.trt.build
+QUANTIZE_CLI, BUDGET = export.quantize.__main__, export.quantize.budget
+V = "10.3"
+TRT = ["--onnx-only", "--trt-version", V, "--size", "56x56"]
 
 
 @pytest.mark.parametrize(
     "module,target,argv,stage",
     [
-        (export.trt, (export.trt, "check_onnx"), ["--fp16", *TRT], "checking the source ONNX"),
-        (export.trt, (export.accuracy, "CalibrationSet"), ["--int8", *TRT], "reading calibration images"),
-        (export.trt, (export.quantize, "quantize_int8"), ["--int8", *TRT], "calibrating and quantizing"),
-        (export.trt, (export.quantize, "to_fp16"), ["--fp16", *TRT], "converting to an FP16-typed graph"),
-        (export.trt, (export.trt, "require_compatible"), ["--fp16", *TRT], "checking the TensorRT 10.3 parser rules"),
-        (export.trt, (export.onnx, "export_onnx"), ["--fp16", *TRT, "--encoder", "vits"], "exporting the ONNX model"),
-        (export.quantize, (export.accuracy, "CalibrationSet"), [], "reading calibration images"),
-        (export.quantize, (export.quantize, "quantize_int8"), [], "calibrating and quantizing"),
-        (export.quantize, (export.quantize, "to_fp16"), ["--fp16"], "converting to an FP16-typed graph"),
+        (TRT_CLI, (BUILD, "check_onnx"), ["--fp16", *TRT], "checking the source ONNX"),
+        (TRT_CLI, (BUDGET, "CalibrationSet"), ["--int8", *TRT], "reading calibration images"),
+        (TRT_CLI, (BUDGET, "quantize_int8"), ["--int8", *TRT], "calibrating and quantizing"),
+        (TRT_CLI, (export.quantize.fp16, "to_fp16"), ["--fp16", *TRT], "converting to an FP16-typed graph"),
+        (TRT_CLI, (BUILD, "require_compatible"), ["--fp16", *TRT], f"checking the TensorRT {V} parser rules"),
+        (TRT_CLI, (export.onnx, "export_onnx"), ["--fp16", *TRT, "--encoder", "vits"], "exporting the ONNX model"),
+        (QUANTIZE_CLI, (BUDGET, "CalibrationSet"), [], "reading calibration images"),
+        (QUANTIZE_CLI, (BUDGET, "quantize_int8"), [], "calibrating and quantizing"),
+        (QUANTIZE_CLI, (QUANTIZE_CLI, "to_fp16"), ["--fp16"], "converting to an FP16-typed graph"),
     ],
 )
 def test_a_failing_stage_is_one_line_and_a_log(
@@ -67,11 +70,11 @@ def test_a_failing_stage_is_one_line_and_a_log(
     calib = ["--calib-dir", str(source.parent / "sa1b"), "--calib-samples", "2", "--accuracy-images", "2"]
     if "--encoder" in argv:
         full = [*argv, "--output", str(tmp_path / "out" / "m.engine")]
-    elif module is export.trt:
+    elif module is TRT_CLI:
         full = ["--onnx", str(source), *argv, "--output", str(tmp_path / "out" / "m.engine"), *calib]
     else:
         full = ["--onnx", str(source), *argv, "--output", str(tmp_path / "out" / "m.onnx"), *calib]
-    assert run_cli(module.main, module.build_parser(), full) == 1
+    assert module.main(full) == 1
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error")]  # progress bars share stderr
     assert len(errors) == 1 and "Traceback" not in err and "second line" not in err, err

@@ -9,8 +9,8 @@ import pytest
 
 import export.onnx
 import export.openvino
-import export.quantize
-import export.trt
+import export.quantize.__main__
+import export.trt.__main__
 from runtime import bag
 from runtime.__main__ import parse_args as runtime_parse_args
 
@@ -21,9 +21,9 @@ def help_of(parser: argparse.ArgumentParser) -> str:
 
 EXPORTS = {
     "export.onnx": export.onnx.build_parser,
-    "export.trt": export.trt.build_parser,
+    "export.trt": export.trt.__main__.build_parser,
     "export.openvino": export.openvino.build_parser,
-    "export.quantize": export.quantize.build_parser,
+    "export.quantize": export.quantize.__main__.build_parser,
 }
 INT8 = ("export.trt", "export.openvino", "export.quantize")
 
@@ -69,7 +69,7 @@ def test_export_onnx_height_and_width_still_work():
 def test_runtime_commands_share_the_predictor_options(capsys):
     """python -m runtime, runtime.bag and runtime.ros2 take --model and --size (old: --checkpoint,
     --input-size, hidden), and list them in --help."""
-    from runtime import ros2
+    from runtime.ros import node as ros2
 
     args = runtime_parse_args(["a.jpg", "--input-size", "364", "--checkpoint", "m.onnx"])
     assert args.size == 364 and str(args.model) == "m.onnx"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from export.histogram import AbsHistogram
+from export.quantize.histogram import AbsHistogram
 
 
 def test_counts_survive_range_doubling():

@@ -10,10 +10,11 @@ import numpy as np
 import onnx
 import pytest
 
-from export.accuracy import run_onnx
-from export.calibration import CalibrationSet
-from export.onnx import compare, export_onnx
-from export.quantize import DEFAULT_KEEP_FP, quantize_int8, select_nodes, to_fp16
+from export.onnx import export_onnx
+from export.quantize.calibration import CalibrationSet
+from export.quantize.fp16 import to_fp16
+from export.quantize.qdq import DEFAULT_KEEP_FP, quantize_int8, select_nodes
+from export.verify import OnnxRuntimeRunner, compare
 from runtime import DepthPredictor
 from runtime.preprocessing import prepare_fixed
 from tests.sa1b import held_out_photos, make_shard
@@ -81,11 +82,11 @@ def test_int8_stays_close_to_fp32_on_held_out_images(tmp_path, calib, fp32_onnx,
     else:  # ONNX Runtime's CPU form: INT8 weights and INT32 biases behind DequantizeLinear only
         assert 0 < quantizers < dequantizers
     batches = [prepare_fixed(image, SIZE) for image in held_out_photos()]
-    references = run_onnx(fp32_onnx, batches)
+    references = OnnxRuntimeRunner(fp32_onnx).run_all(batches)
     # The TensorRT model is measured with its Q/DQ pairs run as written: a float simulation of the
     # INT8 arithmetic that every CPU computes alike. ONNX Runtime's own INT8 kernels differ per ISA
     # (VNNI or not), which made a worst-pixel bound pass on one machine and fail on another.
-    outputs = run_onnx(result.path, batches, as_written=target == "tensorrt")
+    outputs = OnnxRuntimeRunner(result.path, as_written=target == "tensorrt").run_all(batches)
     for out, ref in zip(outputs, references, strict=True):
         if target == "tensorrt":
             assert compare(out, ref).max_rel < INT8_MAX_REL

@@ -21,8 +21,8 @@ import pytest
 
 from runtime import DepthPredictor, InputError, ModelFileError
 from runtime import preprocessing as pre
-from runtime.fileio import atomic_write_bytes, remove_stale_temporaries, staging_dir, temp_prefix
-from runtime.imageio import DEFAULT_MAX_PIXELS, ImageTooLargeError, decode_image_bytes, image_size, read_image
+from runtime.io.files import atomic_write_bytes, remove_stale_temporaries, staging_dir, temp_prefix
+from runtime.io.images import DEFAULT_MAX_PIXELS, ImageTooLargeError, decode_image_bytes, image_size, read_image
 from tests.conftest import REPO
 
 # A 30000x30000 image (2.7 GB decoded) must cost the calibration no more than this; measured
@@ -130,7 +130,7 @@ def test_calibration_skips_and_counts_a_bomb_with_bounded_memory(tmp_path, photo
         tar.addfile(info, io.BytesIO(jpeg_bomb()))
     code = textwrap.dedent(
         f"""
-        from export.calibration import CalibrationSet
+        from export.quantize.calibration import CalibrationSet
         calib = CalibrationSet({str(folder)!r}, 12, (140, 182), allow_fewer=True, progress=False)
         RESULT = {{"used": len(calib), "too_large": calib.report.too_large, "summary": calib.report.summary(),
                   "described": calib.describe()["too_large_skipped"]}}
@@ -147,7 +147,7 @@ def test_calibration_skips_and_counts_a_bomb_with_bounded_memory(tmp_path, photo
 
 
 def test_allow_fewer_still_refuses_below_the_minimum(tmp_path, photo):
-    from export.calibration import MIN_IMAGES, CalibrationError, CalibrationSet
+    from export.quantize.calibration import MIN_IMAGES, CalibrationError, CalibrationSet
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -176,7 +176,7 @@ def test_openvino_int8_from_an_empty_folder_is_one_line_error(tmp_path, tiny_onn
         capture_output=True,
         text=True,
     )
-    assert run.returncode == 1
+    assert run.returncode == 2  # an input error (README "Exit codes")
     assert run.stderr.strip().splitlines() == [
         f"error: {empty}: no images found (give SA-1B .tar shards or .jpg/.jpeg/.png files); "
         "INT8 is never calibrated on nothing"
@@ -305,7 +305,7 @@ def test_clis_given_an_html_checkpoint_end_in_one_line(tmp_path, command):
     page = tmp_path / "model.pth"
     page.write_bytes(b"<html><body>Rate limit exceeded</body></html>")
     run = subprocess.run([sys.executable, "-m", *command, str(page)], cwd=REPO, capture_output=True, text=True)
-    assert run.returncode == 1
+    assert run.returncode == 2  # an input error (README "Exit codes")
     assert "Traceback" not in run.stderr and "an HTML page, not a checkpoint" in run.stderr
 
 

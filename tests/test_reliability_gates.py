@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.common import ExportError
-from export.onnx import FP32_TOLERANCE, export_onnx
+from export.errors import ExportError
+from export.onnx import export_onnx
 from export.openvino import TOLERANCES, export_openvino
+from export.verify import FP32_TOLERANCE
 from runtime.metadata import read_sidecar
 
 SIZE = (98, 98)
@@ -53,7 +54,7 @@ def vits_small_onnx(tmp_path_factory, vits_model):
 
 @pytest.fixture(scope="module")
 def calibration(tmp_path_factory):
-    from export.calibration import CalibrationSet
+    from export.quantize.calibration import CalibrationSet
     from tests.sa1b import make_shard
 
     shard = make_shard(tmp_path_factory.mktemp("sa1b") / "sa_000000.tar", count=4, faults=False)

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.onnx import compare, export_onnx, run_onnxruntime, verification_input
+from export.onnx import export_onnx
+from export.verify import compare, run_onnxruntime, verification_input
 from runtime.metadata import read_sidecar, sha256_file
 from tests.conftest import REPO
 

@@ -16,8 +16,7 @@ import pytest
 
 from runtime import InputError, ScaleShift
 from runtime.pointcloud import Intrinsics
-from runtime.ros2 import NodeSettings, main, split_ros_args
-from runtime.rosmsg import (
+from runtime.ros.messages import (
     Conversion,
     LatestOnly,
     compressed_to_numpy,
@@ -25,6 +24,7 @@ from runtime.rosmsg import (
     image_to_numpy,
     intrinsics_from_camera_info,
 )
+from runtime.ros.node import NodeSettings, main, split_ros_args
 
 BGR = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4 * 5, 3)[np.random.default_rng(0).permutation(20)].reshape(4, 5, 3)
 
@@ -166,14 +166,14 @@ def test_node_arguments_and_settings():
 
 @pytest.mark.skipif(importlib.util.find_spec("rclpy") is not None, reason="rclpy is installed here")
 def test_the_node_without_ros_says_how_to_get_rclpy(capsys):
-    assert main(["--model", "m.onnx", "--ros-args", "-r", "image:=/cam"]) == 1
+    assert main(["--model", "m.onnx", "--ros-args", "-r", "image:=/cam"]) == 2  # a missing library
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "source /opt/ros/<distro>/setup.bash" in err
 
 
 def test_robotics_modules_import_without_ros_or_torch():
     code = (
-        "import sys, runtime.bag, runtime.ros2, runtime.rosmsg, runtime.pointcloud, runtime.video; "
+        "import sys, runtime.bag, runtime.ros2, runtime.ros.messages, runtime.pointcloud, runtime.io.video; "
         "bad = {'rosbags', 'rclpy', 'torch', 'train'} & set(sys.modules); assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

@@ -10,17 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.common import ExportError
-from export.trt import (
+from export.errors import ExportError
+from export.trt.plan import (
     BuildPlan,
     Profile,
-    TrtVersion,
     export_opset,
     plan_build,
     split_layernorm_nodes,
     timing_cache_path,
     trtexec_command,
 )
+from export.trt.rules import TrtVersion
 from runtime.backends.cuda import parse_device
 from runtime.backends.tensorrt import check_engine_metadata, check_profile, engine_profile, spec_from_dims
 from runtime.errors import ModelFileError
@@ -205,7 +205,7 @@ def test_cli_without_tensorrt_fails_in_one_line_and_writes_nothing(tmp_path):
         capture_output=True,
         text=True,
     )
-    assert run.returncode == 1
+    assert run.returncode == 2  # a missing library: nothing was attempted
     assert run.stderr.strip().count("\n") == 0 and "TensorRT is not installed" in run.stderr
     assert "--onnx-only" in run.stderr and not (tmp_path / "out").exists()
 
@@ -227,7 +227,7 @@ def test_cli_refuses_requests_it_cannot_honour(tmp_path, argv, match):
         text=True,
         env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
     )
-    assert run.returncode == 1 and match in run.stderr
+    assert run.returncode == 2 and match in run.stderr  # usage errors (README "Exit codes")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -246,7 +246,7 @@ def gpu_ready() -> bool:
 @pytest.mark.skipif(not gpu_ready(), reason="needs TensorRT and a CUDA GPU")
 @pytest.mark.parametrize("precision,bound", [("fp16", 0.02), ("int8", 0.2)])
 def test_engine_builds_and_matches_pytorch(tmp_path, vits_checkpoint, precision, bound):
-    from export.onnx import compare
+    from export.verify import compare
     from runtime import DepthPredictor
     from tests.sa1b import held_out_photos, make_shard
 

@@ -8,9 +8,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export.common import ExportError
-from export.trt import build_parser, main
-from export.trt_rules import TrtVersion, check_model, check_onnx, release_rules
+from export.errors import ExportError
+from export.trt.__main__ import main
+from export.trt.rules import TrtVersion, check_model, check_onnx, release_rules
 from tests.sa1b import make_shard
 
 RELEASES = ("8.5", "8.6", "10.3", "11")
@@ -221,7 +221,7 @@ def test_every_onnx_export_trt_writes_passes_the_rules(tmp_path, tiny_sources, c
     argv += ["--min", "56x56", "--opt", "98x98", "--max", "140x140"] if dynamic else ["--size", "98x98"]
     if precision == "int8":
         argv += ["--calib-dir", str(calib), "--calib-samples", "6", "--accuracy-images", "2"]
-    assert main(build_parser().parse_args(argv)) == 0
+    assert main(argv) == 0
     printed = capsys.readouterr().out
     ready = [line.split(": ", 1)[1].split(" (passes")[0] for line in printed.splitlines() if "TensorRT-ready" in line]
     assert check_onnx(ready[0], version) == [], printed
@@ -230,7 +230,7 @@ def test_every_onnx_export_trt_writes_passes_the_rules(tmp_path, tiny_sources, c
     assert ("QuantizeLinear" in ops) == (precision == "int8")
     assert "Einsum" not in ops
     if version.major >= 10:  # strongly typed: FP16 tensors, FP16 Q/DQ scales at opset 19, few Casts per frame
-        from export.fp16 import cast_counts
+        from export.quantize.fp16 import cast_counts
 
         assert any(i.data_type == TensorProto.FLOAT16 for i in graph.graph.initializer)
         # the input, the output, the position embedding, and into and out of each FP32 LayerNorm
@@ -246,7 +246,7 @@ def test_every_onnx_export_trt_writes_passes_the_rules(tmp_path, tiny_sources, c
 
 def test_opset_conversion_of_a_model_past_protobufs_limit_keeps_its_weights(tiny_sources):
     """vitg's ONNX is over 2 GB: its opset conversion runs without the weight values, put back after."""
-    from export.fp16 import convert_opset
+    from export.quantize.fp16 import convert_opset
 
     paths, _ = tiny_sources
     model = onnx.load(str(paths[17, False]))

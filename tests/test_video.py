@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from runtime import DepthPredictor, InputError
-from runtime.video import write_depth_video
+from runtime.io.video import write_depth_video
 
 REPO = Path(__file__).resolve().parents[1]
 

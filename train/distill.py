@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from runtime.commands import command
 from train.distillation import distill
 from train.engine import add_common_args, config_from_args, spec_or_encoder
 
@@ -28,23 +29,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command("python -m train.distill")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
-    try:
-        distill(
-            args.labels,
-            cfg,
-            spec_or_encoder(args, args.student),
-            args.init_backbone,
-            args.trim,
-            args.alpha,
-            args.align_backbone,
-            args.align_weight,
-        )
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    distill(
+        args.labels,
+        cfg,
+        spec_or_encoder(args, args.student),
+        args.init_backbone,
+        args.trim,
+        args.alpha,
+        args.align_backbone,
+        args.align_weight,
+    )
     return 0
 
 

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from runtime.fileio import atomic_write, atomic_write_bytes
+from runtime.io.files import atomic_write, atomic_write_bytes
 from train.models import DepthAnythingV2, ModelSpec, save_model
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from runtime.commands import command
+
 
 def align_scale_shift(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``pred`` after the least-squares scale and shift that best match ``ref`` on ``mask``."""
@@ -108,6 +110,7 @@ def evaluate(predict, root: Path, layout: str = "folder", max_depth: float = 80.
     }
 
 
+@command("python -m train.eval")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.eval", description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="any model file DepthPredictor reads")
@@ -117,11 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from runtime import DepthPredictor
 
-    try:
-        result = evaluate(DepthPredictor(args.model).predict, args.data, args.layout, args.max_depth)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    result = evaluate(DepthPredictor(args.model).predict, args.data, args.layout, args.max_depth)
     print(json.dumps(result, indent=2))
     return 0
 

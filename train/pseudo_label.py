@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.fileio import atomic_write_bytes
+from runtime.commands import command
+from runtime.io.files import atomic_write_bytes
 from runtime.preprocessing import prepare_dynamic
 from train.data import sa1b
 from train.engine import setup_distributed
@@ -81,15 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command("python -m train.pseudo_label")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     env = setup_distributed()
-    try:
-        teacher = build_teacher(args.teacher).to(env.device)
-        totals = label_source(teacher, args.source, args.output, args.size, env.rank, env.world, env.main)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    teacher = build_teacher(args.teacher).to(env.device)
+    totals = label_source(teacher, args.source, args.output, args.size, env.rank, env.world, env.main)
     print(
         f"rank {env.rank}: {totals['images']} images labelled in {totals['shards']} shards, "
         f"{totals['skipped_done']} shards already done, {totals['corrupt']} corrupt images skipped, "

@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from runtime.commands import command
 from train.data.datasets import SceneDataset
 from train.engine import add_common_args, config_from_args, spec_or_encoder, train
 from train.losses import DistillationLoss
@@ -39,17 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command("python -m train.teacher")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
-    try:
-        dataset = SceneDataset(open_dataset(args.data, args.seed, cfg.crop), cfg.crop)
-        model = DepthAnythingV2(spec_or_encoder(args, args.encoder))
-        if args.init_backbone:
-            load_backbone(model, args.init_backbone)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    dataset = SceneDataset(open_dataset(args.data, args.seed, cfg.crop), cfg.crop)
+    model = DepthAnythingV2(spec_or_encoder(args, args.encoder))
+    if args.init_backbone:
+        load_backbone(model, args.init_backbone)
     # Ground truth is clean: no trimming at this stage.
     train(model, dataset, DistillationLoss(trim=0.0), cfg, "teacher", {"data": args.data})
     return 0

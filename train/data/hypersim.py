@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.errors import require
-from runtime.imageio import read_image
+from runtime.io.images import read_image
 
 from .synthetic import Scene
 

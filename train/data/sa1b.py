@@ -2,7 +2,7 @@
 
 Members are read straight from the tar, never extracted: a hostile member name cannot write
 anywhere, and unsafe names (absolute, ``..``, links) are rejected. Shared by INT8
-calibration (``export.calibration``) and pseudo-labelling (``train.pseudo_label``).
+calibration (``export.quantize.calibration``) and pseudo-labelling (``train.pseudo_label``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from runtime.errors import InputError
-from runtime.imageio import ImageTooLargeError, decode_image_bytes
+from runtime.io.images import ImageTooLargeError, decode_image_bytes
 from runtime.preprocessing import check_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -93,7 +93,7 @@ def read_bytes(candidate: Candidate, tars: dict[Path, tarfile.TarFile]) -> bytes
 
 def decode(data: bytes, max_pixels: int | None = None) -> np.ndarray:
     """A BGR image of at least 14 px a side; ``InputError`` otherwise (``ImageTooLargeError``
-    above ``max_pixels``, checked from the header before decoding: see ``runtime.imageio``)."""
+    above ``max_pixels``, checked from the header before decoding: see ``runtime.io.images``)."""
     return check_image(decode_image_bytes(data, max_pixels))
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from runtime.fileio import atomic_write
+from runtime.io.files import atomic_write
 
 from .depth_anything import DepthAnythingV2
 from .variants import VARIANTS, ModelSpec, get_spec

@@ -5,7 +5,7 @@ calibration set (AbsRel after least-squares scale-and-shift alignment, the bench
 Over budget, in this order:
 
 1. LayerNorm-fed linears against the rest: when quantizing only the former costs more, the
-   outliers are migrated into the weights (``export.smooth``) and the model is quantized again.
+   outliers are migrated into the weights (``export.quantize.smooth``) and the model is quantized again.
 2. Sensitivity: each group of quantized layers (a transformer block, a DPT stage) is quantized
    alone and measured; in the worst group first, its worst layers (measured alone in turn) go
    back to float one at a time, then the next group's, until the budget holds.
@@ -29,14 +29,17 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import require
-from runtime.fileio import atomic_write_bytes
+from runtime.commands import stage
+from runtime.io.files import atomic_write_bytes
 from runtime.metadata import read_sidecar, write_sidecar
 
+from ..errors import ExportError, ExportRequestError
+from ..graph import load_onnx
+from ..verify import ABS_REL_ALIGNED, OnnxRuntimeRunner, abs_rel
 from .calibration import CalibrationSet
-from .common import DEFAULT_ACCURACY_BUDGET, SMOOTH_MODES, ExportError
-
-METRIC = "AbsRel vs FP32 after least-squares scale-and-shift alignment, mean over held-out images"
+from .options import DEFAULT_ACCURACY_BUDGET, DEFAULT_METHOD, DEFAULT_PERCENTILE, SMOOTH_MODES, Int8Options
+from .qdq import quantize_int8, select_nodes
+from .smooth import find_sites, smooth
 
 
 class HeldOutSplit:
@@ -44,7 +47,7 @@ class HeldOutSplit:
 
     def __init__(self, calibration: CalibrationSet, held_out: int) -> None:
         if len(calibration) <= held_out:
-            raise ExportError(
+            raise ExportRequestError(
                 f"{len(calibration)} images cannot give {held_out} held-out images and calibration data: "
                 "add images or lower --accuracy-images"
             )
@@ -69,22 +72,6 @@ class HeldOutSplit:
     @property
     def report(self):
         return self.base.report
-
-
-def run_onnx(path: Path, batches: list[np.ndarray], as_written: bool = False) -> list[np.ndarray]:
-    ort = require("onnxruntime", "onnx", "ONNX Runtime")
-    options = ort.SessionOptions()
-    if as_written:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return [session.run(None, {name: batch})[0] for batch in batches]
-
-
-def abs_rel(outputs: list[np.ndarray], references: list[np.ndarray]) -> float:
-    from train.eval import depth_metrics
-
-    return float(np.mean([depth_metrics(o[0], r[0])["abs_rel"] for o, r in zip(outputs, references, strict=True)]))
 
 
 def group_of(node: str) -> str:
@@ -118,33 +105,30 @@ def quantize_with_budget(
     percentile: float | None = None,
 ) -> BudgetResult:
     """Calibrated INT8 of ``source`` at ``output`` whose held-out error stays within ``budget``."""
-    from .quantize import DEFAULT_METHOD, DEFAULT_PERCENTILE, quantize_int8, select_nodes
-    from .smooth import find_sites, smooth
-
-    onnx = require("onnx", "onnx", "onnx")
     if smooth_mode not in SMOOTH_MODES:
-        raise ExportError(f"--smooth must be one of {', '.join(SMOOTH_MODES)}, got {smooth_mode!r}")
+        raise ExportRequestError(f"--smooth must be one of {', '.join(SMOOTH_MODES)}, got {smooth_mode!r}")
     method = method or DEFAULT_METHOD
     percentile = percentile or DEFAULT_PERCENTILE
     started = time.perf_counter()
     held = split.held_out_batches()
-    references = run_onnx(source, held)
+    references = OnnxRuntimeRunner(source).run_all(held)
     as_written = target == "tensorrt"
+    source_model = load_onnx(source)
     workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.budget.", dir=output.parent))
     cache_dir = cache_dir or workdir  # every attempt reuses one calibration pass per model
     try:
-        record: dict = {"budget": budget, "metric": METRIC, "held_out_images": len(held), "target": target}
+        record: dict = {"budget": budget, "metric": ABS_REL_ALIGNED, "held_out_images": len(held), "target": target}
 
         def attempt(model: Path, keep: tuple[str, ...], path: Path = workdir / "probe.onnx") -> tuple[float, list]:
             result = quantize_int8(model, split, path, method, target, keep, percentile, cache_dir)
-            return abs_rel(run_onnx(path, held, as_written), references), result.quantized
+            return abs_rel(OnnxRuntimeRunner(path, as_written).run_all(held), references), result.quantized
 
-        candidates, _ = select_nodes(onnx.load(str(source)), ())
+        candidates, _ = select_nodes(source_model, ())
         model = source
         smoothed = smooth_mode == "on"
 
         def smooth_source() -> int:
-            sites = smooth(source, workdir / "smoothed.onnx", split)
+            sites = smooth(source_model, source, workdir / "smoothed.onnx", split)
             write_sidecar(workdir / "smoothed.onnx", {**(read_sidecar(source) or {}), "smoothed": sites})
             return sites
 
@@ -157,7 +141,7 @@ def quantize_with_budget(
         log(f"INT8 error on {len(held)} held-out images: AbsRel {error:.4f} (budget {budget})")
 
         if error > budget and smooth_mode == "auto":
-            ln_fed = {m.name for s in find_sites(onnx.load(str(source))) for m in s.matmuls} & set(quantized)
+            ln_fed = {m.name for s in find_sites(source_model) for m in s.matmuls} & set(quantized)
             if ln_fed:
                 others = tuple(n for n in candidates if n not in ln_fed)
                 ln_error, _ = attempt(source, keep_fp + others)
@@ -256,42 +240,37 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def export_int8(
-    source: Path,
-    output: Path,
-    calib_dir: Path,
-    samples: int,
-    shape: tuple[int, int],
-    budget: float | None,
-    held_out: int,
-    smooth_mode: str,
-    method: str,
-    target: str,
-    keep_fp: tuple[str, ...],
-    seed: int = 0,
-    allow_fewer: bool = False,
-    percentile: float | None = None,
-) -> dict:
-    """The INT8 step of export.trt and export.quantize: calibrate on ``samples`` images (plus
-    ``held_out`` more to measure on, when a budget is set) and quantize; the calibration record."""
-    from .common import stage
-    from .quantize import DEFAULT_PERCENTILE, quantize_int8
-
+def export_int8(source: Path, output: Path, options: Int8Options, shape: tuple[int, int], target: str) -> dict:
+    """The INT8 step of export.trt and export.quantize: calibrate on ``options.samples`` images
+    (plus ``options.held_out`` more to measure on, when a budget is set) at ``shape`` and
+    quantize for ``target``; returns the calibration record."""
     cache = output.parent / ".calib_cache"
-    extra = held_out if budget is not None else 0
+    budget = options.budget
+    extra = options.held_out if budget is not None else 0
     with stage("reading calibration images"):
-        calibration = CalibrationSet(calib_dir, samples + extra, shape, seed, cache, allow_fewer)
+        calibration = CalibrationSet(
+            options.calib_dir, options.samples + extra, shape, options.seed, cache, options.allow_fewer
+        )
     print(calibration.report.summary())
     with stage("calibrating and quantizing"):
         if budget is None:
             result = quantize_int8(
-                source, calibration, output, method, target, keep_fp, percentile or DEFAULT_PERCENTILE, cache
+                source, calibration, output, options.method, target, options.keep_fp, options.percentile, cache
             )
             print(f"INT8 Q/DQ: {len(result.quantized)} layers INT8, no accuracy check (--accuracy-budget off)")
             return calibration.describe()
         split = HeldOutSplit(calibration, extra)
         checked = quantize_with_budget(
-            source, split, output, budget, smooth_mode, method, target, keep_fp, cache, percentile=percentile
+            source,
+            split,
+            output,
+            budget,
+            options.smooth,
+            options.method,
+            target,
+            options.keep_fp,
+            cache,
+            percentile=options.percentile,
         )
     notes = f", {len(checked.reverted)} back in float" if checked.reverted else ""
     notes += ", outliers migrated" if checked.smoothed else ""

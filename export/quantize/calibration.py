@@ -3,7 +3,7 @@
 Members are read straight from the tars (never extracted, so a hostile member name cannot
 write anywhere); unsafe names are rejected, corrupt images skipped and counted, and so are
 images over a pixel limit (read from the header, so a decompression bomb is never decoded:
-``runtime.imageio``). Sampling is deterministic for a seed, and the preprocessing is the
+``runtime.io.images``). Sampling is deterministic for a seed, and the preprocessing is the
 runtime's own fixed-shape path, so the calibrator sees exactly what the predictor will feed
 the engine. Preprocessed samples
 are cached on disk under a key made from the sample list and the shape.
@@ -19,12 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.fileio import atomic_write, atomic_write_bytes
-from runtime.imageio import DEFAULT_MAX_PIXELS
+from runtime.io.files import atomic_write, atomic_write_bytes
+from runtime.io.images import DEFAULT_MAX_PIXELS
 from runtime.preprocessing import prepare_fixed
 from train.data import sa1b
 
-from .common import ExportError, check_hw
+from ..errors import ExportRequestError
+from ..source import check_hw
 
 # Bump when the preprocessing changes, so old caches are not reused.
 CACHE_VERSION = 1
@@ -33,7 +34,7 @@ CACHE_VERSION = 1
 MIN_IMAGES = 10
 
 
-class CalibrationError(ExportError):
+class CalibrationError(ExportRequestError):
     """Not enough usable calibration images, or an unusable source."""
 
 

@@ -14,26 +14,38 @@ that ONNX types as float32 regardless of the data (Resize's roi and scales) stay
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
-FLOAT, FLOAT16 = 1, 10
-PROTOBUF_LIMIT = 2**31 - 1
+from runtime.io.files import atomic_write
+from runtime.metadata import read_sidecar, sha256_file, write_sidecar
+
+from ..graph import (
+    FLOAT,
+    FLOAT16,
+    PROTOBUF_LIMIT,
+    QDQ_OPS,
+    Graph,
+    inferred,
+    is_quantized,
+    load_onnx,
+    model_opset,
+    save_onnx,
+    weightless,
+)
+
+# LayerNorm stays in float32 in FP16-typed graphs: its variance of large activations overflows
+# FP16, and a strongly typed network computes a layer in its input's type (10.x NvInfer.h,
+# INormalizationLayer::setComputePrecision: strongly typed networks take the precision from the
+# input type), so the input itself must be float32. Likewise a LayerNorm split at opset < 17.
+FP32_OPS = ("LayerNormalization", "ReduceMean", "Pow", "Sqrt")
+# QuantizeLinear-19/DequantizeLinear-19 are the first to take FP16 scales.
+FP16_QDQ_OPSET = 19
 # (op, input index) slots whose type ONNX fixes to float32, whatever the data type.
 ALWAYS_FP32_INPUTS = {("Resize", 1), ("Resize", 2), ("Upsample", 1)}
 # Ops that read only the shape of a float input, whatever its type.
 TYPE_AGNOSTIC = {"Shape", "Size"}
-QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
-
-
-def weightless(model: Any, limit: int = 1 << 20) -> Any:
-    """A copy without the values of large float initializers: enough for shape and type inference,
-    and small enough to serialise when the model itself is past protobuf's 2 GB (vitg)."""
-    copy = type(model)()
-    copy.CopyFrom(model)
-    for init in copy.graph.initializer:
-        if init.data_type in (FLOAT, FLOAT16) and len(init.raw_data) > limit:
-            init.ClearField("raw_data")  # dims and type stay: they are what inference reads
-    return copy
 
 
 def convert_opset(model: Any, opset: int, limit: int = PROTOBUF_LIMIT) -> Any:
@@ -54,47 +66,11 @@ def convert_opset(model: Any, opset: int, limit: int = PROTOBUF_LIMIT) -> Any:
     return converted
 
 
-def _float_tensors(model: Any) -> dict[str, int]:
-    from onnx import shape_inference
-
-    inferred = shape_inference.infer_shapes(weightless(model))
-    types = {}
-    for info in [*inferred.graph.input, *inferred.graph.output, *inferred.graph.value_info]:
-        types[info.name] = info.type.tensor_type.elem_type
-    for init in model.graph.initializer:
-        types[init.name] = init.data_type
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value":
-                    types[node.output[0]] = attr.t.data_type
-    return types
-
-
-def image_independent(model: Any) -> set[str]:
-    """Output tensors of nodes whose values do not depend on the input image."""
-    users: dict[str, list[Any]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            users.setdefault(name, []).append(node)
-    data = {i.name for i in model.graph.input}
-    todo = list(data)
-    while todo:  # no reliance on node order: some converters append nodes out of order
-        for node in users.get(todo.pop(), []):
-            if node.op_type in ("Shape", "Size"):
-                continue
-            for out in node.output:
-                if out not in data:
-                    data.add(out)
-                    todo.append(out)
-    return {out for node in model.graph.node for out in node.output if out not in data}
-
-
 def cast_counts(model: Any) -> tuple[int, int]:
     """Cast nodes in all, and those on image data (they run on every frame). The others act on
     values that do not depend on the image: build-time constants that TensorRT folds away in a
     static engine, shape-dependent values it recomputes per inference in a dynamic one."""
-    constant = image_independent(model)
+    constant = Graph(model).image_independent()
     casts = [n for n in model.graph.node if n.op_type == "Cast"]
     return len(casts), sum(n.output[0] not in constant for n in casts)
 
@@ -109,9 +85,10 @@ def convert_to_fp16(model: Any, keep_fp32_ops: Iterable[str] = ()) -> Any:
     model = model_copy
     graph = model.graph
     _drop_identities(graph)
-    types = _float_tensors(model)
+    types = Graph(inferred(model)).types
     keep = set(keep_fp32_ops)
-    constant = image_independent(model)
+    indexed = Graph(model)
+    constant = indexed.image_independent()
     graph_outputs = {o.name for o in graph.output}
 
     def runs_fp16(node: Any) -> bool:
@@ -141,10 +118,7 @@ def convert_to_fp16(model: Any, keep_fp32_ops: Iterable[str] = ()) -> Any:
 
     # 2. Constants (initializers and Constant nodes) take the type of their consumers; a constant
     #    wanted in both types gets an FP16 twin.
-    consumers: dict[str, list[tuple[Any, int]]] = {}
-    for node in graph.node:
-        for index, name in enumerate(node.input):
-            consumers.setdefault(name, []).append((node, index))
+    consumers = indexed.consumers
 
     def wanted_type(node: Any, index: int) -> int | None:
         if node.op_type in TYPE_AGNOSTIC:
@@ -266,3 +240,32 @@ def _insert_after_producers(graph: Any, new_nodes: list[tuple[str, Any]]) -> Non
         ordered += rest
     del graph.node[:]
     graph.node.extend(ordered)
+
+
+def to_fp16(onnx_path: str | Path, output: str | Path, keep_fp32_ops: tuple[str, ...] = FP32_OPS) -> Path:
+    """An FP16-typed copy of ``onnx_path`` with float32 I/O, for strongly typed TensorRT builds.
+
+    A model with Q/DQ nodes is converted to opset 19 first, where their scales can be FP16: the
+    whole quantized graph is then FP16, without a Cast pair around every Q/DQ (TensorRT >= 10).
+    """
+    onnx_path, output = Path(onnx_path), Path(output)
+    model = load_onnx(onnx_path)
+    if is_quantized(model) and model_opset(model) < FP16_QDQ_OPSET:
+        model = convert_opset(model, FP16_QDQ_OPSET)
+    converted = convert_to_fp16(model, keep_fp32_ops)
+    atomic_write(output, lambda tmp: save_onnx(converted, tmp, location=output.name + ".data"))
+    meta = dict(read_sidecar(onnx_path) or {})
+    meta.update(
+        precision="fp16" if meta.get("precision", "fp32") == "fp32" else f"{meta['precision']}+fp16",
+        typed_fp16=True,
+        opset=model_opset(converted),
+        fp32_ops=list(keep_fp32_ops),
+        cast_nodes=dict(zip(("total", "per_frame"), cast_counts(converted))),
+        source_onnx=str(onnx_path),
+        source_sha256=sha256_file(onnx_path),
+        sha256=sha256_file(output),
+    )
+    meta.pop("artefact", None)
+    meta.pop("schema_version", None)
+    write_sidecar(output, meta)
+    return output

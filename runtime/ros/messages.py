@@ -21,10 +21,10 @@ from typing import Any, Generic, TypeVar
 import cv2
 import numpy as np
 
-from .errors import InputError
-from .imageio import decode_image_bytes
-from .metric import ScaleShift
-from .pointcloud import Intrinsics, PointCloud, depth_to_points, pointcloud2_layout
+from ..errors import InputError
+from ..io.images import decode_image_bytes
+from ..metric import ScaleShift
+from ..pointcloud import Intrinsics, PointCloud, depth_to_points, pointcloud2_layout
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"

@@ -4,7 +4,7 @@ No machine that runs the tests has TensorRT, so the parser's documented rules ar
 data and code, each with the document it comes from, and every ONNX that ``export.trt`` builds
 from or hands to ``trtexec`` is checked against the target release first:
 
-- ``trt_operators.json``: the operator support matrix (op -> supported tensor types, and the ops
+- ``operators.json``: the operator support matrix (op -> supported tensor types, and the ops
   marked unsupported) transcribed from onnx-tensorrt ``docs/operators.md`` of the 8.5-GA, 8.6-GA
   and 10.1-GA branches; the 11.x table adds what the 10.15 GA matrix and the 11.0 changelog add.
 - ``check_model``: the per-node restrictions those documents, TensorRT's ``NvInfer.h`` and the
@@ -26,31 +26,10 @@ from typing import Any
 
 from runtime.errors import require
 
-from .common import ExportError
+from ..errors import ExportError, ExportRequestError
+from ..graph import ONNX_TYPES, Graph, load_onnx, model_opset
 
-OPERATOR_TABLES = Path(__file__).with_name("trt_operators.json")
-
-# ONNX TensorProto element types by number (onnx.TensorProto.DataType), named as the parser's
-# documents name them.
-ONNX_TYPES = {
-    1: "FP32",
-    2: "UINT8",
-    3: "INT8",
-    4: "UINT16",
-    5: "INT16",
-    6: "INT32",
-    7: "INT64",
-    8: "STRING",
-    9: "BOOL",
-    10: "FP16",
-    11: "DOUBLE",
-    12: "UINT32",
-    13: "UINT64",
-    16: "BF16",
-    17: "FP8",  # FLOAT8E4M3FN, the FP8 TensorRT reads
-    22: "INT4",
-    23: "FP4",  # FLOAT4E2M1
-}
+OPERATOR_TABLES = Path(__file__).with_name("operators.json")
 
 
 @dataclass(frozen=True)
@@ -62,12 +41,14 @@ class TrtVersion:
     def parse(cls, text: str) -> TrtVersion:
         match = re.fullmatch(r"(\d+)(?:\.(\d+))?(?:\.\d+)*", str(text).strip())
         if not match:
-            raise ExportError(f"{text!r} is not a TensorRT version (for example 8.5, 10.3 or 11)")
+            raise ExportRequestError(f"{text!r} is not a TensorRT version (for example 8.5, 10.3 or 11)")
         version = cls(int(match[1]), int(match[2] or 0))
         if version < cls(8, 5):
-            raise ExportError(f"TensorRT {text} is too old: the name-based runtime API needs 8.5 (JetPack 5) or newer")
+            raise ExportRequestError(
+                f"TensorRT {text} is too old: the name-based runtime API needs 8.5 (JetPack 5) or newer"
+            )
         if cls(9, 0) <= version < cls(10, 0):
-            raise ExportError(
+            raise ExportRequestError(
                 f"TensorRT {text} was a short-lived preview; target 8.5/8.6 (JetPack 5/6.0) or 10.x (JetPack 6.1+)"
             )
         return version
@@ -195,68 +176,6 @@ REDUCE_OPS = {
 SRC_CONSTANTS = "onnx-tensorrt 8.5-GA docs/operators.md; 10.1-GA onnxOpImporters.cpp and importerUtils.cpp"
 
 
-class _Graph:
-    """Types, constants and producers of an ONNX graph, after shape inference."""
-
-    def __init__(self, model: Any) -> None:
-        from onnx import numpy_helper
-
-        graph = model.graph
-        self.opset = model_opset(model)
-        self.types: dict[str, int] = {}
-        for info in [*graph.input, *graph.output, *graph.value_info]:
-            if info.type.HasField("tensor_type"):
-                self.types[info.name] = info.type.tensor_type.elem_type
-        self.constants: dict[str, Any] = {}
-        for init in graph.initializer:
-            self.types[init.name] = init.data_type
-            self.constants[init.name] = init
-        self.producer: dict[str, Any] = {}
-        for node in graph.node:
-            for out in node.output:
-                self.producer[out] = node
-            if node.op_type == "Constant":
-                for attr in node.attribute:
-                    if attr.name == "value":
-                        self.types[node.output[0]] = attr.t.data_type
-                        self.constants[node.output[0]] = attr.t
-        self._to_array = numpy_helper.to_array
-
-    def type_name(self, tensor: str) -> str | None:
-        code = self.types.get(tensor)
-        return ONNX_TYPES.get(code, f"type {code}") if code else None
-
-    def array(self, tensor: str):
-        init = self.constants.get(tensor)
-        return None if init is None else self._to_array(init)
-
-    def is_constant(self, tensor: str) -> bool:
-        return tensor in self.constants
-
-    def is_weights(self, tensor: str) -> bool:
-        """An initializer or Constant output, also through Identity: what the importers take as weights."""
-        while tensor not in self.constants:
-            node = self.producer.get(tensor)
-            if node is None or node.op_type != "Identity":
-                return False
-            tensor = node.input[0]
-        return True
-
-    def rooted_at_constant(self, tensor: str) -> bool:
-        """Whether ``tensor`` comes from constants only (the weight path of a Q/DQ pair)."""
-        seen, todo = set(), [tensor]
-        while todo:
-            name = todo.pop()
-            if name in seen or self.is_constant(name) or not name:
-                continue
-            seen.add(name)
-            node = self.producer.get(name)
-            if node is None:  # a graph input
-                return False
-            todo.extend(node.input)
-        return True
-
-
 def _attr(node: Any, name: str, default: Any = None) -> Any:
     from onnx import helper
 
@@ -267,16 +186,12 @@ def _attr(node: Any, name: str, default: Any = None) -> Any:
     return default
 
 
-def model_opset(model: Any) -> int:
-    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
-
-
 def check_model(model: Any, version: TrtVersion) -> list[Finding]:
     """Every rule of ``version`` that ``model`` (an ``onnx.ModelProto``) breaks; empty when it parses."""
     onnx = require("onnx", "onnx", "onnx")
     rules = release_rules(version.table)
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    graph = _Graph(inferred)
+    graph = Graph(inferred)
     findings: list[Finding] = []
     trt = f"TensorRT {version}"
 
@@ -329,7 +244,7 @@ def _allowed(types: frozenset, type_name: str, version: TrtVersion) -> bool:
     return version.major == 8 and type_name == "INT64" and "INT32" in types
 
 
-def _check_types(node: Any, graph: _Graph, rules: ReleaseRules, version: TrtVersion) -> list[Finding]:
+def _check_types(node: Any, graph: Graph, rules: ReleaseRules, version: TrtVersion) -> list[Finding]:
     types = rules.ops[node.op_type]
     tensors = list(node.output[:1]) if node.op_type in TYPED_BY_OUTPUT else list(node.input[:1])
     if node.op_type in ("Cast", "CastLike"):
@@ -348,7 +263,7 @@ def _check_types(node: Any, graph: _Graph, rules: ReleaseRules, version: TrtVers
     return found
 
 
-def _check_node(node: Any, graph: _Graph, version: TrtVersion) -> list[Finding]:
+def _check_node(node: Any, graph: Graph, version: TrtVersion) -> list[Finding]:
     op, name, found = node.op_type, node.name, []
 
     def add(rule: str, message: str, source: str) -> None:
@@ -392,7 +307,7 @@ def _check_node(node: Any, graph: _Graph, version: TrtVersion) -> list[Finding]:
     return found
 
 
-def _check_qdq(node: Any, graph: _Graph, version: TrtVersion) -> list[Finding]:
+def _check_qdq(node: Any, graph: Graph, version: TrtVersion) -> list[Finding]:
     op, found = node.op_type, []
     source = SRC_85 if version.major == 8 else SRC_10
 
@@ -425,15 +340,7 @@ def _check_qdq(node: Any, graph: _Graph, version: TrtVersion) -> list[Finding]:
 def check_onnx(path: Path | str, version: TrtVersion) -> list[Finding]:
     """``check_model`` on a file; external data is not loaded (the rules never need weight values
     beyond scales and zero points, which are small initializers stored inline)."""
-    onnx = require("onnx", "onnx", "onnx")
-    path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"{path}: no such ONNX file")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # a truncated or non-ONNX file: protobuf's own errors say little
-        raise ExportError(f"{path} is not a readable ONNX file ({type(exc).__name__}: {exc})") from exc
-    return check_model(model, version)
+    return check_model(load_onnx(path, load_external_data=False), version)
 
 
 def require_compatible(path: Path | str, version: TrtVersion) -> None:

@@ -19,9 +19,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .errors import InputError
-from .fileio import atomic_write
-from .visualize import colorize
+from ..errors import InputError
+from ..visualize import colorize
+from .files import atomic_write
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm")
 # MPEG-4 Part 2 is the codec every OpenCV build (the pip wheels' FFmpeg included) can write.

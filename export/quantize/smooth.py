@@ -22,6 +22,8 @@ import numpy as np
 
 from runtime.errors import require
 
+from ..graph import Graph, load_onnx, save_onnx
+
 DEFAULT_ALPHA = 0.5
 
 
@@ -35,63 +37,55 @@ class SmoothSite:
     matmuls: list[Any]
 
 
-def constant_source(model: Any, name: str) -> str | None:
-    """The initializer behind ``name``, through the Identity nodes the exporter writes for shared weights."""
-    inits = {init.name for init in model.graph.initializer}
-    producer = {out: node for node in model.graph.node for out in node.output}
-    while name not in inits:
-        node = producer.get(name)
-        if node is None or node.op_type != "Identity":
-            return None
-        name = node.input[0]
-    return name
+def _model(source: Any) -> Any:
+    """A private copy of ``source``: an ``onnx.ModelProto`` or the path of one."""
+    if isinstance(source, (str, Path)):
+        return load_onnx(source)
+    copy = type(source)()
+    copy.CopyFrom(source)
+    return copy
 
 
 def find_sites(model: Any) -> list[SmoothSite]:
-    producer = {out: node for node in model.graph.node for out in node.output}
-    constants = {init.name for init in model.graph.initializer}
-    constants |= {
-        out
-        for node in model.graph.node
-        if node.op_type == "Identity"
-        for out in node.output
-        if constant_source(model, out)
-    }
-    users: dict[str, list[Any]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            users.setdefault(name, []).append(node)
+    graph = Graph(model)
+    initializers = {init.name for init in model.graph.initializer}
+
+    def is_weights(tensor: str) -> bool:  # an initializer, also behind Identity nodes: it can be rescaled
+        return graph.weight_source(tensor) in initializers
+
     sites = []
-    for tensor, readers in users.items():
-        if not all(n.op_type == "MatMul" and n.input[0] == tensor and n.input[1] in constants for n in readers):
+    for tensor in graph.consumers:
+        readers = graph.users(tensor)
+        if not all(n.op_type == "MatMul" and n.input[0] == tensor and is_weights(n.input[1]) for n in readers):
             continue
-        node = producer.get(tensor)
+        node = graph.producer.get(tensor)
         if node is None:
             continue
-        if node.op_type == "LayerNormalization" and len(node.input) >= 2 and node.input[1] in constants:
-            bias = (node, 2) if len(node.input) > 2 and node.input[2] in constants else None
+        if node.op_type == "LayerNormalization" and len(node.input) >= 2 and is_weights(node.input[1]):
+            bias = (node, 2) if len(node.input) > 2 and is_weights(node.input[2]) else None
             sites.append(SmoothSite(tensor, (node, 1), bias, readers))
             continue
         # split LayerNorm: Div -> Mul(gain) -> Add(bias)
-        if node.op_type == "Add" and node.input[1] in constants:
-            mul = producer.get(node.input[0])
+        if node.op_type == "Add" and is_weights(node.input[1]):
+            mul = graph.producer.get(node.input[0])
             if (
                 mul is not None
                 and mul.op_type == "Mul"
-                and mul.input[1] in constants
-                and producer.get(mul.input[0]) is not None
-                and producer[mul.input[0]].op_type == "Div"
-                and len(users.get(mul.output[0], [])) == 1
+                and is_weights(mul.input[1])
+                and graph.producer.get(mul.input[0]) is not None
+                and graph.producer[mul.input[0]].op_type == "Div"
+                and len(graph.users(mul.output[0])) == 1
             ):
                 sites.append(SmoothSite(tensor, (mul, 1), (node, 1), readers))
     return sites
 
 
-def channel_maxima(model_path: Path, tensors: list[str], samples, limit: int = 64) -> dict[str, np.ndarray]:
-    """Per-channel (last axis) max |x| of ``tensors`` over up to ``limit`` samples, with ONNX Runtime."""
+def channel_maxima(source: Any, tensors: list[str], samples, limit: int = 64) -> dict[str, np.ndarray]:
+    """Per-channel (last axis) max |x| of ``tensors`` over up to ``limit`` samples, with ONNX Runtime.
+    ``source``: an ``onnx.ModelProto`` or the path of one."""
     onnx = require("onnx", "onnx", "onnx")
     ort = require("onnxruntime", "onnx", "ONNX Runtime")
-    model = onnx.load(str(model_path))
+    model = _model(source)
     existing = {o.name for o in model.graph.output}
     for name in tensors:
         if name not in existing:
@@ -108,17 +102,18 @@ def channel_maxima(model_path: Path, tensors: list[str], samples, limit: int = 6
     return maxima
 
 
-def smooth(model_path: Path, output: Path, samples, alpha: float = DEFAULT_ALPHA) -> int:
-    """Write the migrated model to ``output``; returns how many LayerNorm sites were smoothed."""
-    onnx = require("onnx", "onnx", "onnx")
+def smooth(source: Any, output: Path, samples, alpha: float = DEFAULT_ALPHA) -> int:
+    """Write the migrated model to ``output``; returns how many LayerNorm sites were smoothed.
+    ``source``: an ``onnx.ModelProto`` (left unchanged) or the path of one."""
     from onnx import numpy_helper
 
-    model = onnx.load(str(model_path))
+    model = _model(source)
     sites = find_sites(model)
+    graph = Graph(model)
     inits = {init.name: init for init in model.graph.initializer}
-    maxima = channel_maxima(model_path, [s.output for s in sites], samples) if sites else {}
+    maxima = channel_maxima(model, [s.output for s in sites], samples) if sites else {}
     for number, site in enumerate(sites):
-        weights = [numpy_helper.to_array(inits[constant_source(model, m.input[1])]) for m in site.matmuls]
+        weights = [numpy_helper.to_array(inits[graph.weight_source(m.input[1])]) for m in site.matmuls]
         w_max = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)  # per input channel (row)
         scale = np.power(np.maximum(maxima[site.output], 1e-5), alpha) / np.power(np.maximum(w_max, 1e-5), 1 - alpha)
         # Powers of two: dividing the gain and multiplying the weight rows by them is exact in floating
@@ -130,7 +125,7 @@ def smooth(model_path: Path, output: Path, samples, alpha: float = DEFAULT_ALPHA
                 # gain is the same vector of ones), and only this LayerNorm may change.
                 node, index = place
                 name = f"{node.input[index]}__smooth_{number}"
-                scaled = numpy_helper.to_array(inits[constant_source(model, node.input[index])]) / scale
+                scaled = numpy_helper.to_array(inits[graph.weight_source(node.input[index])]) / scale
                 model.graph.initializer.append(numpy_helper.from_array(scaled.astype(np.float32), name))
                 node.input[index] = name
         for matmul, weight in zip(site.matmuls, weights, strict=True):
@@ -141,5 +136,5 @@ def smooth(model_path: Path, output: Path, samples, alpha: float = DEFAULT_ALPHA
     kept = [init for init in model.graph.initializer if init.name in used]
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
-    onnx.save_model(model, str(output))
+    save_onnx(model, output)
     return len(sites)

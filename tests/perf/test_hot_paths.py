@@ -1,7 +1,7 @@
-"""pytest-benchmark suite for the hot paths: ``pytest benchmarks/ --benchmark-only``.
+"""pytest-benchmark suite for the hot paths: ``pytest tests/perf -m perf --benchmark-only``.
 
-Kept out of the default test run (``testpaths = tests``). Uses the vits architecture with
-random weights at 518x518, which is what latency depends on.
+Kept out of the default test run (marker ``perf``). Uses the vits architecture with random
+weights at 518x518, which is what latency depends on.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import pytest
 from runtime import preprocessing as pre
 
 pytest.importorskip("pytest_benchmark")
+pytestmark = pytest.mark.perf
 
 SIZE = (518, 518)
 

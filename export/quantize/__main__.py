@@ -1,0 +1,71 @@
+"""``python -m export.quantize``: a calibrated Q/DQ INT8 ONNX within the accuracy budget (or an
+FP16-typed ONNX for strongly typed TensorRT builds)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from runtime.commands import command, stage
+
+from ..cli import add_calibration_args, add_size_arg
+from ..errors import ExportRequestError
+from ..graph import input_hw, load_onnx
+from .budget import export_int8
+from .fp16 import to_fp16
+from .options import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS, Int8Options
+from .qdq import TARGETS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m export.quantize",
+        description="Calibrate an ONNX model on SA-1B samples and write a Q/DQ INT8 ONNX (or an FP16-typed one).",
+    )
+    parser.add_argument("--onnx", type=Path, required=True, help="FP32 ONNX from python -m export.onnx")
+    parser.add_argument("--output", type=Path, help="output .onnx (default: beside the input, .int8.onnx)")
+    parser.add_argument("--fp16", action="store_true", help="write the FP16-typed model instead (no calibration)")
+    add_calibration_args(parser, METHODS, DEFAULT_METHOD, aliases=("--method",))
+    add_size_arg(parser, "the model's, else 518x518", aliases=("--calib-shape",))
+    parser.add_argument(
+        "--percentile",
+        type=float,
+        default=DEFAULT_PERCENTILE,
+        help=f"for --calib-method percentile ({DEFAULT_PERCENTILE})",
+    )
+    parser.add_argument(
+        "--target",
+        choices=TARGETS,
+        default="tensorrt",
+        help="tensorrt: symmetric int8 activations; cpu: uint8 activations for ONNX Runtime's CPU provider",
+    )
+    parser.add_argument(
+        "--keep-fp", action="append", default=[], metavar="PATTERN", help="node-name glob kept in float (repeatable)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
+    return parser
+
+
+@command("python -m export.quantize")
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.fp16:
+        output = args.output or args.onnx.with_name(args.onnx.stem + ".fp16.onnx")
+        with stage("converting to an FP16-typed graph"):
+            to_fp16(args.onnx, output)
+        print(f"wrote {output}")
+        return 0
+    if args.calib_dir is None:
+        raise ExportRequestError("INT8 needs calibration images: pass --calib-dir with SA-1B shards or an image folder")
+    output = args.output or args.onnx.with_name(
+        args.onnx.stem + f".int8{'' if args.target == 'tensorrt' else '-cpu'}.onnx"
+    )
+    shape = args.size or input_hw(load_onnx(args.onnx, load_external_data=False)) or (518, 518)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    export_int8(args.onnx, output, Int8Options.from_args(args), shape, args.target)
+    print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

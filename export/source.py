@@ -1,0 +1,55 @@
+"""What an export starts from: the source model, the sizes and precisions it may be asked for,
+and the names its outputs take by default."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from runtime.preprocessing import PATCH_SIZE
+
+from .errors import ExportRequestError
+
+PRECISIONS = ("fp16", "int8", "fp32")  # what export.openvino and export.trt build
+
+
+def check_hw(height: int, width: int, what: str = "input") -> tuple[int, int]:
+    for name, value in (("height", height), ("width", width)):
+        if value < PATCH_SIZE or value % PATCH_SIZE:
+            near = max(PATCH_SIZE, round(value / PATCH_SIZE) * PATCH_SIZE)
+            raise ExportRequestError(f"{what} {name} {value} must be a positive multiple of {PATCH_SIZE} (try {near})")
+    return height, width
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ExportRequestError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+def load_source_model(checkpoint: str | Path | None, encoder: str | None) -> Any:
+    """The PyTorch model to export: a checkpoint, or random weights of ``encoder`` (with a warning)."""
+    from train.models import CheckpointError, DepthAnythingV2, load_model
+
+    if checkpoint is not None:
+        try:
+            return load_model(checkpoint, encoder=encoder)
+        except CheckpointError as exc:
+            raise ExportRequestError(str(exc)) from exc
+    if encoder is None:
+        raise ExportRequestError("give --checkpoint (a .pth/.safetensors file) or --encoder for random weights")
+    print(
+        f"WARNING: exporting RANDOM {encoder} weights (no --checkpoint): for testing the pipeline only", file=sys.stderr
+    )
+    return DepthAnythingV2(encoder).eval()
+
+
+def source_stem(onnx: Path | None, checkpoint: Path | None, encoder: str | None) -> str:
+    """The name outputs are derived from: the given ONNX or checkpoint, else ``random_<encoder>``."""
+    given = onnx or checkpoint
+    return given.stem if given else f"random_{encoder}"
+
+
+def default_output(stem: str, suffix: str) -> Path:
+    """``artifacts/<stem><suffix>``: where an export writes when no --output is given."""
+    return Path("artifacts") / f"{stem}{suffix}"

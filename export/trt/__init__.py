@@ -1,0 +1,3 @@
+"""TensorRT engines: ``plan`` (release-dependent decisions, no TensorRT needed), ``rules`` (each
+release's ONNX parser rules as data), ``build`` (the pipeline and the TensorRT calls) and the
+``python -m export.trt`` command. Python 3.8 clean: it runs on JetPack 5."""

@@ -1,0 +1,109 @@
+"""``python -m export.trt``: TensorRT FP16/INT8 engines, explicit INT8 only.
+
+The pipeline is ``export.trt.build.build_trt``; the release-dependent decisions are plain
+functions in ``export.trt.plan`` and the parser rules data in ``export.trt.rules``. ``--onnx-only``
+writes the portable TensorRT-ready ONNX without TensorRT; ``--check MODEL.onnx`` runs the rule
+check alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from runtime.commands import command
+
+from ..cli import add_calibration_args, add_precision_args, add_size_arg, add_source_args, parse_hw
+from ..errors import ExportRequestError
+from ..quantize.options import DEFAULT_METHOD, METHODS, Int8Options
+from .build import TrtRequest, build_trt, installed_tensorrt, target_version
+from .plan import DEFAULT_TARGET, Profile
+from .rules import TrtVersion, check_onnx, grouped
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m export.trt",
+        description="Build a TensorRT engine (FP16 default, INT8 calibrated on SA-1B samples into explicit Q/DQ). "
+        "Every ONNX it builds from or hands to trtexec is first checked against the target release's parser rules.",
+    )
+    add_source_args(parser, onnx=True)
+    add_precision_args(
+        parser, {"fp16": "FP16 (default)", "int8": "INT8 with --calib-dir", "fp32": "FP32 (reference)"}, "fp16"
+    )
+    add_calibration_args(parser, METHODS, DEFAULT_METHOD)
+    parser.add_argument(
+        "--keep-fp", action="append", default=[], metavar="PATTERN", help="node-name glob kept in float"
+    )
+    add_size_arg(parser, "a static --onnx's own, else 518x518", aliases=("--shape",))
+    parser.add_argument("--min", type=parse_hw, dest="min_shape", help="dynamic profile: smallest HxW")
+    parser.add_argument("--opt", type=parse_hw, dest="opt_shape", help="dynamic profile: HxW to tune and calibrate at")
+    parser.add_argument("--max", type=parse_hw, dest="max_shape", help="dynamic profile: largest HxW")
+    parser.add_argument("--max-batch", type=int, default=1, help="dynamic profile: largest batch (default 1)")
+    parser.add_argument("--workspace", type=int, default=4096, help="builder workspace in MiB (default 4096)")
+    parser.add_argument("--timing-cache", type=Path, help="timing cache folder (default: the output folder)")
+    parser.add_argument("--weakly-typed", action="store_true", help="TensorRT 8.x-style precision flags on 10.x")
+    parser.add_argument(
+        "--trt-version",
+        help=f"target TensorRT release when it is not installed here (default {DEFAULT_TARGET}): "
+        "8.5 = JetPack 5.1, 8.6 = JetPack 6.0, 10.3 = JetPack 6.1/6.2",
+    )
+    parser.add_argument("--onnx-only", action="store_true", help="stop after the TensorRT-ready ONNX")
+    parser.add_argument(
+        "--check",
+        type=Path,
+        metavar="MODEL.onnx",
+        help="only check MODEL.onnx against the target release's parser rules (--trt-version or the installed one)",
+    )
+    parser.add_argument("--output", type=Path, help="engine path (default artifacts/<model>.<precision>.engine)")
+    return parser
+
+
+def resolve_profile(args: argparse.Namespace) -> Profile | None:
+    given = [args.min_shape, args.opt_shape, args.max_shape]
+    if not any(given):
+        return None
+    if not all(given):
+        raise ExportRequestError("a dynamic profile needs all of --min, --opt and --max")
+    return Profile.build(args.min_shape, args.opt_shape, args.max_shape, args.max_batch)
+
+
+def check_command(path: Path, version: TrtVersion) -> int:
+    findings = check_onnx(path, version)
+    if not findings:
+        print(f"{path}: passes every TensorRT {version} parser rule this project encodes")
+        return 0
+    lines = "\n".join(grouped(findings))
+    print(f"{path}: {len(findings)} problem(s) for TensorRT {version}:\n{lines}")
+    return 1
+
+
+def request_from_args(args: argparse.Namespace) -> TrtRequest:
+    return TrtRequest(
+        precision=args.precision,
+        onnx=args.onnx,
+        checkpoint=args.checkpoint,
+        encoder=args.encoder,
+        output=args.output,
+        size=args.size,
+        profile=resolve_profile(args),
+        int8=Int8Options.from_args(args) if args.calib_dir is not None else None,
+        workspace_mib=args.workspace,
+        timing_cache=args.timing_cache,
+        weakly_typed=args.weakly_typed,
+        trt_version=args.trt_version,
+        onnx_only=args.onnx_only,
+    )
+
+
+@command("python -m export.trt")
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.check is not None:
+        return check_command(args.check, target_version(installed_tensorrt(), args.trt_version))
+    build_trt(request_from_args(args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,279 @@
+"""Build a TensorRT engine: ``build_trt`` runs the whole pipeline (source ONNX, INT8 calibration,
+FP16 typing, the parser-rule check, the build, the sidecar); ``build_engine`` is the thin part
+that calls TensorRT. ``python -m export.trt`` and the benchmark both call ``build_trt``.
+
+The TensorRT-ready ONNX is always written first and is portable: ``onnx_only`` stops there
+(calibrate on a workstation, then on the Jetson ``python -m export.trt --int8 --onnx <it>`` or
+the printed ``trtexec`` command).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from runtime.commands import stage
+from runtime.errors import MissingDependencyError, require
+from runtime.io.files import atomic_write_bytes
+from runtime.metadata import library_versions, read_sidecar, sha256_file, write_sidecar
+
+from ..errors import ExportError, ExportRequestError
+from ..graph import load_onnx
+from ..onnx import source_onnx
+from ..source import check_hw, default_output, source_stem
+from .plan import (
+    DEFAULT_TARGET,
+    JETPACK_NOTE,
+    BuildPlan,
+    Profile,
+    export_opset,
+    onnx_facts,
+    plan_build,
+    split_layernorm_nodes,
+    timing_cache_path,
+    trtexec_command,
+)
+from .rules import TrtCompatibilityError, TrtVersion, check_onnx, require_compatible
+
+if TYPE_CHECKING:
+    from ..quantize.options import Int8Options
+
+
+@dataclass
+class TrtRequest:
+    """One engine to build: from ``onnx`` (an FP32 or already calibrated Q/DQ ONNX), or from
+    ``checkpoint``/``encoder`` (exported to ONNX first), at ``size`` or over ``profile``."""
+
+    precision: str = "fp16"
+    onnx: Path | None = None
+    checkpoint: Path | None = None
+    encoder: str | None = None
+    output: Path | None = None
+    size: tuple[int, int] | None = None
+    profile: Profile | None = None
+    int8: Int8Options | None = None  # calibration, for INT8 from an FP32 source
+    workspace_mib: int = 4096
+    timing_cache: Path | None = None  # folder; default: the output folder
+    weakly_typed: bool = False
+    trt_version: str | None = None  # the target when TensorRT is not installed here
+    onnx_only: bool = False
+
+
+def installed_tensorrt():
+    """The tensorrt module, or ``None`` when it is not installed."""
+    try:
+        return require("tensorrt", "tensorrt", "TensorRT", JETPACK_NOTE)
+    except MissingDependencyError:
+        return None
+
+
+def target_version(trt, requested: str | None) -> TrtVersion:
+    """The installed TensorRT, or the release named by --trt-version (default: JetPack 6's)."""
+    version = TrtVersion.parse(trt.__version__ if trt is not None else (requested or DEFAULT_TARGET))
+    if trt is not None and requested and TrtVersion.parse(requested) != version:
+        raise ExportRequestError(f"--trt-version {requested} differs from the installed TensorRT {trt.__version__}")
+    return version
+
+
+def source_hint(request: TrtRequest, version: TrtVersion) -> str:
+    """How to get an ONNX this release reads, for a --onnx that breaks its rules."""
+    opset = export_opset(version)
+    if request.onnx is None:
+        return ""
+    return (
+        f"; re-export it for TensorRT {version}: python -m export.onnx --checkpoint CKPT --opset {opset}, "
+        f"or pass export.trt --checkpoint CKPT instead of --onnx and it exports at opset {opset} itself"
+    )
+
+
+def pin_layers_fp32(trt, network, names: tuple[str, ...]) -> int:
+    """Set FP32 precision and output types on the named layers; how many were found."""
+    wanted, pinned = set(names), 0
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        if layer.name in wanted:
+            layer.precision = trt.float32
+            for output in range(layer.num_outputs):
+                layer.set_output_type(output, trt.float32)
+            pinned += 1
+    return pinned
+
+
+def build_engine(
+    trt,
+    onnx_path: Path,
+    plan: BuildPlan,
+    profile: Profile | None,
+    input_name: str,
+    workspace_mib: int,
+    timing_cache: Path | None,
+) -> bytes:
+    """Parse ``onnx_path`` and build a serialised engine, reusing and updating the timing cache."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    for name in plan.network_flags:
+        flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportError(f"TensorRT could not parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
+    for flag in plan.builder_flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    for flag in plan.cleared_flags:
+        config.clear_flag(getattr(trt.BuilderFlag, flag))
+    if plan.fp32_layers:
+        pinned = pin_layers_fp32(trt, network, plan.fp32_layers)
+        print(f"pinned {pinned} of {len(plan.fp32_layers)} split-LayerNorm layers to FP32")
+    if profile is not None:
+        optimisation = builder.create_optimization_profile()
+        shapes = profile.shapes()
+        optimisation.set_shape(input_name, shapes["min"], shapes["opt"], shapes["max"])
+        config.add_optimization_profile(optimisation)
+    if timing_cache is not None:
+        cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+        if not config.set_timing_cache(cache, ignore_mismatch=False):
+            print(f"warning: {timing_cache} does not match this TensorRT/GPU; starting a new timing cache")
+            config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ExportError("TensorRT failed to build the engine; its log above says why")
+    if timing_cache is not None:
+        atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
+    return bytes(serialized)
+
+
+def build_trt(request: TrtRequest) -> Path:
+    """Build the engine ``request`` describes (or, with ``onnx_only``, its TensorRT-ready ONNX);
+    returns the path written. Every ONNX on the way is checked against the target release's
+    parser rules before anything is built or handed to trtexec."""
+    trt = installed_tensorrt()
+    if trt is None and not request.onnx_only:
+        raise ExportRequestError(
+            "TensorRT is not installed here: pip install 'dav2-edge[tensorrt]' (" + JETPACK_NOTE + "), "
+            "or pass --onnx-only to write the TensorRT-ready ONNX and build it on the target"
+        )
+    given = onnx_facts(request.onnx) if request.onnx is not None else None
+    prequantized = given is not None and given.quantized
+    if prequantized and request.precision != "int8":
+        raise ExportRequestError(f"{request.onnx} is already quantized (Q/DQ INT8): pass --int8, or give the FP32 ONNX")
+    if not prequantized:
+        if request.precision == "int8" and request.int8 is None:
+            raise ExportRequestError(
+                "--int8 needs calibration images: pass --calib-dir with SA-1B shards or an image folder"
+            )
+        if request.onnx is None and request.checkpoint is None and request.encoder is None:
+            raise ExportRequestError("give --onnx, --checkpoint or --encoder")
+    version = target_version(trt, request.trt_version)
+    plan = plan_build(version, request.precision, request.weakly_typed)
+    profile = request.profile
+    size = request.size
+    if given is not None and given.dynamic and profile is None:
+        raise ExportRequestError(
+            f"{request.onnx} has a dynamic input: give --min, --opt and --max for the engine's profile"
+        )
+    if given is not None and given.hw is not None:
+        if size is not None and tuple(size) != given.hw:
+            raise ExportRequestError(
+                f"{request.onnx} takes {given.hw[0]}x{given.hw[1]} inputs; drop --size or re-export it"
+            )
+        size = given.hw
+    height, width = profile.opt[1:] if profile else check_hw(*(size or (518, 518)))
+    stem = source_stem(request.onnx, request.checkpoint, request.encoder)
+    output = request.output or default_output(stem, f".{request.precision}.engine")
+    if output.suffix not in (".engine", ".plan"):
+        raise ExportRequestError(f"{output}: engine files end in .engine or .plan")
+    folder = output.parent
+    folder.mkdir(parents=True, exist_ok=True)
+
+    started = time.perf_counter()
+    with stage("exporting the ONNX model"):
+        source = source_onnx(
+            request.onnx,
+            request.checkpoint,
+            request.encoder,
+            folder,
+            height,
+            width,
+            dynamic=profile is not None,
+            opset=export_opset(version),
+        )
+    facts = given or onnx_facts(source)
+    if profile is not None and not facts.dynamic:
+        raise ExportRequestError(f"{source} has a fixed input shape; export it with --dynamic to use --min/--max")
+    if facts.typed_fp16 and not plan.typed_fp16:
+        raise ExportRequestError(f"{source} is FP16-typed (made for TensorRT >= 10); give the FP32 ONNX it came from")
+    if not facts.quantized and not facts.typed_fp16:
+        with stage("checking the source ONNX"):
+            findings = check_onnx(source, version)
+        if findings:
+            raise ExportError(str(TrtCompatibilityError(source, version, findings)) + source_hint(request, version))
+
+    # The ONNX TensorRT reads: typed FP16 and/or Q/DQ INT8 variants are written beside the
+    # engine; a plain FP32 model (flag-based FP16 and FP32 builds) is used as it is.
+    ready = source
+    calibration_info = (read_sidecar(source) or {}).get("calibration") if facts.quantized else None
+    if plan.quantized and not facts.quantized:
+        from ..quantize.budget import export_int8
+
+        ready = output.with_name(output.stem + (".qdq-fp32.onnx" if plan.typed_fp16 else plan.onnx_suffix))
+        calibration_info = export_int8(source, ready, request.int8, (height, width), "tensorrt")
+    if plan.typed_fp16 and not facts.typed_fp16:
+        from ..quantize.fp16 import to_fp16
+
+        with stage("converting to an FP16-typed graph"):
+            ready = to_fp16(ready, output.with_name(output.stem + plan.onnx_suffix))
+        casts = (read_sidecar(ready) or {}).get("cast_nodes", {})
+        print(f"FP16-typed graph: {casts.get('total')} Cast nodes, {casts.get('per_frame')} of them per frame")
+    with stage(f"checking the TensorRT {version} parser rules"):
+        require_compatible(ready, version)
+    if not plan.strongly_typed:
+        plan = plan.pin_fp32(split_layernorm_nodes(load_onnx(ready, load_external_data=False)))
+    print(f"TensorRT-ready ONNX: {ready} (passes the TensorRT {version} parser rules)")
+
+    gpu_name, capability = ("<target GPU>", (0, 0))
+    if trt is not None:
+        from runtime.backends.cuda import open_cuda
+
+        cuda = open_cuda(0)
+        gpu_name, capability = cuda.device_info()
+        cuda.close()
+    cache_folder = request.timing_cache or folder
+    timing = timing_cache_path(cache_folder, str(version), gpu_name, capability) if trt is not None else None
+    command = trtexec_command(ready, output, plan, facts.input_name, profile, request.workspace_mib, timing)
+    print(f"equivalent trtexec command (build on the target device):\n  {command}")
+    if request.onnx_only:
+        return ready
+
+    print(f"building TensorRT {trt.__version__} {request.precision} engine on {gpu_name} (this takes minutes) ...")
+    with stage("building the engine"):
+        engine = build_engine(trt, ready, plan, profile, facts.input_name, request.workspace_mib, timing)
+    atomic_write_bytes(output, engine)
+    write_sidecar(
+        output,
+        {
+            "format": "tensorrt",
+            "precision": request.precision,
+            "strongly_typed": plan.strongly_typed,
+            "builder_flags": list(plan.builder_flags),
+            "fp32_layers": len(plan.fp32_layers),
+            "source_onnx": str(ready),
+            "source_sha256": sha256_file(ready),
+            "input_name": facts.input_name,
+            "input_shape": [1, 3, height, width] if profile is None else None,
+            "profile": {k: list(v) for k, v in profile.shapes().items()} if profile else None,
+            "encoder": (read_sidecar(source) or {}).get("encoder"),
+            "gpu": {"name": gpu_name, "compute_capability": list(capability)},
+            "calibration": calibration_info,
+            "trtexec": command,
+            "build_seconds": round(time.perf_counter() - started, 1),
+            "versions": {**library_versions("onnx", "onnxruntime"), "tensorrt": trt.__version__},
+        },
+    )
+    print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
+    return output

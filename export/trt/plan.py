@@ -1,0 +1,184 @@
+"""What a TensorRT build of this project is, decided without TensorRT.
+
+Every decision that depends on the TensorRT release is made by the plain functions here
+(``plan_build``, ``export_opset``, ``split_layernorm_nodes``, ``trtexec_command``...), so all of
+them are tested on machines without TensorRT; ``export.trt.build`` is the thin part that calls
+the library, and every ONNX it builds from passes ``export.trt.rules`` first.
+
+- 8.x (JetPack 5.1 ships 8.5, JetPack 6.0 8.6): explicit-batch network, precision flags; INT8
+  from FP32 Q/DQ + the INT8 flag; a LayerNorm split at opset 16 (8.5) is pinned to FP32.
+- 10.x (JetPack 6.1/6.2 ship 10.3): strongly typed network from an FP16-typed ONNX (Q/DQ with
+  FP16 scales at opset 19 for INT8); ``--weakly-typed`` falls back to the deprecated flags.
+- 11.x: strongly typed only; anything needing flags is refused with the reason.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..errors import ExportRequestError
+from ..graph import FLOAT16, Graph, is_quantized, load_onnx, model_opset
+from ..source import check_hw, check_precision
+from .rules import TrtVersion
+
+DEFAULT_TARGET = "10.3"  # JetPack 6
+JETPACK_NOTE = "on Jetson TensorRT comes with JetPack (python3-libnvinfer), not from pip"
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What to feed TensorRT and how: the ONNX variant, network and builder flags."""
+
+    precision: str
+    strongly_typed: bool
+    typed_fp16: bool  # the ONNX itself carries FP16 types
+    quantized: bool  # the ONNX carries Q/DQ INT8
+    builder_flags: tuple[str, ...]
+    network_flags: tuple[str, ...]
+    fp32_layers: tuple[str, ...] = ()  # layers pinned to FP32 (8.x: a split LayerNorm under FP16)
+    cleared_flags: tuple[str, ...] = ()  # flags on by default that this build turns off
+
+    @property
+    def onnx_suffix(self) -> str:
+        return {"fp32": ".trt-fp32.onnx", "fp16": ".trt-fp16.onnx", "int8": ".trt-int8.onnx"}[self.precision]
+
+    def pin_fp32(self, layers: list[str]) -> BuildPlan:
+        """Pin ``layers`` to FP32 where FP16 is enabled by flag; a typed network needs no pins."""
+        if not layers or self.strongly_typed or "FP16" not in self.builder_flags:
+            return self
+        flags = (*self.builder_flags, "OBEY_PRECISION_CONSTRAINTS")
+        return replace(self, builder_flags=flags, fp32_layers=tuple(layers))
+
+
+def plan_build(version: TrtVersion, precision: str, weakly_typed: bool = False) -> BuildPlan:
+    check_precision(precision)
+    if version.major >= 11 and weakly_typed:
+        raise ExportRequestError(
+            f"TensorRT {version} builds strongly typed networks only (precision flags were removed); "
+            "drop --weakly-typed"
+        )
+    quantized = precision == "int8"
+    # TF32 is on by default (NvInfer.h 8.5-11.1, BuilderFlag::kTF32): an FP32 reference would not be FP32.
+    cleared = ("TF32",) if precision == "fp32" else ()
+    if version.major >= 10 and not weakly_typed:
+        # 11 types every network strongly; its STRONGLY_TYPED flag is deprecated and ignored (NvInfer.h 11.1).
+        network = ("STRONGLY_TYPED",) if version.major == 10 else ()
+        return BuildPlan(precision, True, precision != "fp32", quantized, (), network, cleared_flags=cleared)
+    flags = {"fp32": (), "fp16": ("FP16",), "int8": ("FP16", "INT8")}[precision]
+    network = ("EXPLICIT_BATCH",) if version.major < 10 else ()
+    return BuildPlan(precision, False, False, quantized, flags, network, cleared_flags=cleared)
+
+
+def export_opset(version: TrtVersion) -> int:
+    """The opset to export at: 16 splits LayerNorm for releases without the op (8.5)."""
+    return 17 if version.has_layernorm_op else 16
+
+
+def split_layernorm_nodes(model) -> list[str]:
+    """Names of the nodes of every LayerNorm written out as ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div
+    (opset < 17): the ones that overflow in FP16 on TensorRT 8.x (NVIDIA/TensorRT#2564 and #2781,
+    where the builder's own warning says so). The affine Mul/Add after them stay free."""
+    graph = Graph(model)
+    names: list[str] = []
+    for pow_node in (n for n in model.graph.node if n.op_type == "Pow"):
+        exponent = graph.array(pow_node.input[1])
+        sub = graph.producer.get(pow_node.input[0])
+        if exponent is None or float(exponent.reshape(-1)[0]) != 2.0:
+            continue
+        if sub is None or sub.op_type != "Sub":
+            continue
+        mean = graph.producer.get(sub.input[1])
+        if mean is None or mean.op_type != "ReduceMean" or mean.input[0] != sub.input[0]:
+            continue
+        variance = graph.only_user(pow_node.output[0], "ReduceMean")
+        add = variance and graph.only_user(variance.output[0], "Add")
+        sqrt = add and graph.only_user(add.output[0], "Sqrt")
+        div = sqrt and graph.only_user(sqrt.output[0], "Div")
+        if div is None or div.input[0] != sub.output[0]:
+            continue
+        names += [node.name for node in (mean, sub, pow_node, variance, add, sqrt, div)]
+    return names
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Batch x height x width ranges of a dynamic engine (``None`` ranges: static)."""
+
+    min: tuple[int, int, int]
+    opt: tuple[int, int, int]
+    max: tuple[int, int, int]
+
+    @classmethod
+    def build(cls, low: tuple[int, ...], opt: tuple[int, ...], high: tuple[int, ...], max_batch: int = 1) -> Profile:
+        shapes = []
+        for name, hw, batch in (("min", low, 1), ("opt", opt, 1), ("max", high, max_batch)):
+            check_hw(*hw, what=f"--{name} profile")
+            shapes.append((batch, *hw))
+        for axis in (1, 2):
+            if not shapes[0][axis] <= shapes[1][axis] <= shapes[2][axis]:
+                raise ExportRequestError(f"profile must satisfy min <= opt <= max in every dimension, got {shapes}")
+        return cls(*shapes)
+
+    def shapes(self) -> dict[str, tuple[int, int, int, int]]:
+        return {k: (v[0], 3, v[1], v[2]) for k, v in (("min", self.min), ("opt", self.opt), ("max", self.max))}
+
+
+TRTEXEC_FLAGS = {"FP16": "--fp16", "INT8": "--int8", "OBEY_PRECISION_CONSTRAINTS": "--precisionConstraints=obey"}
+
+
+def trtexec_command(
+    onnx: Path,
+    engine: Path,
+    plan: BuildPlan,
+    input_name: str,
+    profile: Profile | None,
+    workspace_mib: int,
+    timing_cache: Path | None,
+) -> str:
+    """The ``trtexec`` call that builds the same engine on the target device."""
+    args = ["trtexec", f"--onnx={onnx}", f"--saveEngine={engine}"]
+    if "STRONGLY_TYPED" in plan.network_flags:  # 11's trtexec types strongly by default
+        args.append("--stronglyTyped")
+    args += [TRTEXEC_FLAGS[flag] for flag in plan.builder_flags]
+    if "TF32" in plan.cleared_flags:
+        args.append("--noTF32")
+    if plan.fp32_layers:
+        # trtexec takes exact layer names (the ONNX node names) or "*", no patterns.
+        args.append("--layerPrecisions=" + ",".join(f"{name}:fp32" for name in plan.fp32_layers))
+        args.append("--layerOutputTypes=" + ",".join(f"{name}:fp32" for name in plan.fp32_layers))
+    if profile is not None:
+        for name, shape in profile.shapes().items():
+            args.append(f"--{name}Shapes={input_name}:{'x'.join(map(str, shape))}")
+    args.append(f"--memPoolSize=workspace:{workspace_mib}")  # MiB; 8.x's trtexec takes no unit suffix
+    if timing_cache is not None:
+        args.append(f"--timingCacheFile={timing_cache}")
+    return shlex.join(args)
+
+
+def timing_cache_path(folder: Path, trt_version: str, gpu_name: str, capability: tuple[int, int]) -> Path:
+    """One cache per TensorRT release and GPU, so a cache from elsewhere is never silently reused."""
+    gpu = re.sub(r"[^A-Za-z0-9]+", "-", gpu_name).strip("-").lower()
+    return folder / f"timing-trt{trt_version}-{gpu}-sm{capability[0]}{capability[1]}.cache"
+
+
+@dataclass(frozen=True)
+class OnnxFacts:
+    opset: int
+    input_name: str
+    dynamic: bool  # height/width dynamic
+    quantized: bool  # carries Q/DQ nodes already (calibrated earlier)
+    typed_fp16: bool  # carries FP16 tensors (made for a strongly typed build)
+    hw: tuple[int, int] | None  # the fixed input height and width, None when dynamic
+
+
+def onnx_facts(path: Path) -> OnnxFacts:
+    model = load_onnx(path, load_external_data=False)
+    graph_input = model.graph.input[0]
+    dims = graph_input.type.tensor_type.shape.dim
+    dynamic = len(dims) == 4 and not (dims[2].HasField("dim_value") and dims[3].HasField("dim_value"))
+    typed = any(i.data_type == FLOAT16 for i in model.graph.initializer)
+    hw = None if dynamic or len(dims) != 4 else (dims[2].dim_value, dims[3].dim_value)
+    return OnnxFacts(model_opset(model), graph_input.name, dynamic, is_quantized(model), typed, hw)

@@ -1,0 +1,104 @@
+"""How exports measure their artefacts: the two metrics, each named for what it measures, the
+inputs they are measured on, and one way to run an ONNX model with ONNX Runtime.
+
+- ``MAX_REL_STD``, ``max|a - b| / std(ref)``: the gate of every FP32/FP16 export, the parity
+  tests, the sidecars and the CLIs' reports (``compare``).
+- ``ABS_REL_ALIGNED``: AbsRel against FP32 after least-squares scale-and-shift alignment, mean
+  over held-out images: the INT8 accuracy budget and the benchmark's accuracy columns (``abs_rel``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtime.errors import require
+
+MAX_REL_STD = "max|a-b|/std(ref)"
+ABS_REL_ALIGNED = "AbsRel vs FP32 after least-squares scale-and-shift alignment, mean over held-out images"
+# FP32 vs FP32 on the verification photo, measured with the parity weights: vits 6.5e-5 to
+# 9.3e-5, vitb 1.1e-4 to 1.6e-4, vitl 1.4e-4 (518x518 and the dynamic check sizes). Error grows
+# with depth; a damaged model (one weight tensor 10 % off) is off by 1e-2 or more.
+FP32_TOLERANCE = 5e-4
+
+
+@dataclass
+class Comparison:
+    """How far an output is from a reference; ``max_rel_std`` is the metric gates use."""
+
+    max_abs: float
+    mean_abs: float
+    max_rel: float  # max |a - b| / max |ref|
+    max_rel_std: float  # max |a - b| / std(ref): MAX_REL_STD
+
+    def __str__(self) -> str:
+        return f"max error {self.max_rel_std:.2e} of the reference's std, mean abs {self.mean_abs:.2e}"
+
+
+def compare(output: np.ndarray, reference: np.ndarray) -> Comparison:
+    diff = np.abs(output.astype(np.float64) - reference.astype(np.float64))
+    peak = float(np.abs(reference).max()) or 1.0
+    spread = float(reference.std()) or 1.0
+    return Comparison(float(diff.max()), float(diff.mean()), float(diff.max()) / peak, float(diff.max()) / spread)
+
+
+def abs_rel(outputs: list[np.ndarray], references: list[np.ndarray]) -> float:
+    """``ABS_REL_ALIGNED`` of batch-1 outputs against their references."""
+    from train.eval import depth_metrics
+
+    if len(outputs) != len(references):
+        raise ValueError(f"{len(outputs)} outputs for {len(references)} references")
+    return float(np.mean([depth_metrics(o[0], r[0])["abs_rel"] for o, r in zip(outputs, references)]))
+
+
+class OnnxRuntimeRunner:
+    """One ONNX Runtime CPU session for ``path``; call it with an NCHW float32 batch.
+
+    ``as_written`` turns ONNX Runtime's graph optimisations off, so Q/DQ pairs run as written
+    (float simulation of the INT8 arithmetic, the same on every CPU) instead of through this
+    CPU's INT8 kernels.
+    """
+
+    def __init__(self, path: str | Path, as_written: bool = False) -> None:
+        ort = require("onnxruntime", "onnx", "ONNX Runtime")
+        options = ort.SessionOptions()
+        if as_written:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: batch})[0]
+
+    def run_all(self, batches: list[np.ndarray]) -> list[np.ndarray]:
+        return [self(batch) for batch in batches]
+
+
+def run_onnxruntime(path: str | Path, batch: np.ndarray, as_written: bool = False) -> np.ndarray:
+    """The output of ``path`` for one batch (a session of its own; keep an ``OnnxRuntimeRunner`` for more)."""
+    return OnnxRuntimeRunner(path, as_written)(batch)
+
+
+def verification_input(height: int, width: int) -> np.ndarray:
+    """A real photograph (bundled sample) when available, else a textured synthetic scene."""
+    from runtime.preprocessing import prepare_fixed
+
+    try:
+        from runtime.io.samples import sample_images
+
+        image = sample_images(("motorcycle_left.png",))["motorcycle_left"]
+    except ImportError:
+        rng = np.random.default_rng(0)
+        yy, xx = np.mgrid[0:480, 0:640]
+        image = np.stack([(xx * 0.4) % 255, (yy * 0.5) % 255, (xx + yy) * 0.2 % 255], -1).astype(np.uint8)
+        image[100:300, 200:400] = rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)
+    return prepare_fixed(image, (height, width))
+
+
+def check_sizes(height: int, width: int, dynamic: bool) -> list[tuple[int, int]]:
+    """Sizes to verify at: the export size, and for dynamic exports two others of other aspect."""
+    if not dynamic:
+        return [(height, width)]
+    return [(height, width), (max(14, height - 154), width + 126), (height + 98, max(14, width - 84))]
