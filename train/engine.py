@@ -29,7 +29,7 @@ from torch import nn
 
 from runtime.io.files import atomic_write, atomic_write_bytes
 from train.models import DepthAnythingV2, ModelSpec, save_model
-from train.parallel import full_state, load_state, peak_memory_mib, shard_model, weights_checksum
+from train.parallel import full_state, load_state, peak_memory_mib, shard_model, state_mib, weights_checksum
 
 
 @dataclass
@@ -141,7 +141,7 @@ def train(
     if env.main:  # temp files of a run killed mid-write; the files under final names are whole
         for stale in cfg.output.glob(".*.tmp"):
             stale.unlink(missing_ok=True)
-    model = model.to(env.device).train()
+    model.train()
     for parameter in model.unused_parameters():
         parameter.requires_grad_(False)
     model.set_activation_checkpointing(cfg.activation_checkpointing)
@@ -150,8 +150,10 @@ def train(
     sharded = cfg.fsdp and env.world > 1
     if cfg.fsdp and not sharded and env.main:
         print(f"[{stage}] note: --fsdp with one process has nothing to shard; training unsharded")
-    if sharded:  # before the optimiser, which must hold the sharded parameters
+    if sharded:  # moves only this rank's shards to its device; before the optimiser, which holds them
         shard_model(model, amp_dtype if use_amp else None)
+    else:
+        model.to(env.device)
     optimiser = torch.optim.AdamW(parameter_groups(model, cfg), weight_decay=0.01)
     start = 0
     if state_path.is_file():
@@ -198,7 +200,8 @@ def train(
     bar.close()
     if remaining == 0 and env.main:
         print(f"[{stage}] already at step {start} of {cfg.steps}: nothing to do")
-    per_rank = [(weights_checksum(model, sharded), round(peak_memory_mib(env.device), 1))]
+    memory = round(state_mib(model, optimiser), 1), round(peak_memory_mib(env.device), 1)
+    per_rank = [(weights_checksum(model, sharded), *memory)]
     if env.world > 1:
         gathered = [None] * env.world
         dist.all_gather_object(gathered, per_rank[0])
@@ -212,9 +215,10 @@ def train(
         "amp": cfg.amp if use_amp else "none",
         "parallel": "fsdp" if sharded else "ddp" if env.world > 1 else "none",
         "activation_checkpointing": cfg.activation_checkpointing,
-        "rank_checksums": [checksum for checksum, _ in per_rank],
+        "rank_checksums": [checksum for checksum, _, _ in per_rank],
+        "rank_state_mib": [held for _, held, _ in per_rank],  # weights, gradients, Adam: this rank's part
         # GPU: peak allocated CUDA memory; CPU: peak resident memory of the process.
-        "rank_peak_memory_mib": [peak for _, peak in per_rank],
+        "rank_peak_memory_mib": [peak for _, _, peak in per_rank],
         "loss_first": history[:1],
         "loss_last": history[-1:],
         "seconds": round(time.perf_counter() - started, 1),

@@ -33,12 +33,18 @@ def shard_model(model: nn.Module, param_dtype: torch.dtype | None = None) -> nn.
     while gradients are reduced and the optimiser steps in float32.
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.tensor import Shard
+
+    def placement(parameter: nn.Parameter) -> Shard | None:
+        # Tensors of one row (position embeddings, class and mask tokens) would otherwise sit
+        # whole on rank 0: split them along their longest side instead.
+        if parameter.ndim > 1 and parameter.shape[0] == 1:
+            return Shard(max(range(parameter.ndim), key=lambda dim: parameter.shape[dim]))
+        return None
 
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
-    for block in model.pretrained.blocks:
-        fully_shard(block, mp_policy=policy)
-    fully_shard(model.depth_head, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
+    for module in (*model.pretrained.blocks, model.depth_head, model):
+        fully_shard(module, mp_policy=policy, shard_placement_fn=placement)
     return model
 
 
@@ -112,18 +118,37 @@ def load_state(model: nn.Module, optimiser: torch.optim.Optimizer, path: Path, s
 
 
 def checksum(weights: Mapping[str, torch.Tensor]) -> float:
-    """A cheap, order-sensitive fingerprint of a state dict: equal weights give equal sums."""
+    """A cheap, order-sensitive fingerprint of a state dict: equal weights give equal sums.
+
+    Linear in the elements, so the sum of the ranks' checksums of their shards is the whole's.
+    """
     with torch.no_grad():
         return float(sum(v.double().sum() * (i + 1) for i, v in enumerate(weights.values())))
 
 
 def weights_checksum(model: nn.Module, sharded: bool) -> float:
-    """:func:`checksum` of the full weights; sharded, a collective that gathers them on every rank."""
+    """:func:`checksum` of the full weights; sharded, a collective over the shards (nothing gathered)."""
     if not sharded:
         return checksum(model.state_dict())
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    from torch.distributed.tensor import DTensor
 
-    return checksum(get_model_state_dict(model, options=_options()))
+    local = {k: v.to_local() if isinstance(v, DTensor) else v for k, v in model.state_dict().items()}
+    total = torch.tensor([checksum(local)], dtype=torch.float64, device=next(model.parameters()).device)
+    dist.all_reduce(total)
+    return float(total[0])
+
+
+def state_mib(model: nn.Module, optimiser: torch.optim.Optimizer) -> float:
+    """What this rank holds of the training state: its weights, gradients and optimiser moments
+    (its shards of them under FSDP). Counted from the tensors, so allocator caching and heap
+    fragmentation do not blur it; DDP's gradient buckets (a further 4 bytes a parameter) are not in it."""
+    from torch.distributed.tensor import DTensor
+
+    parameters = list(model.parameters())
+    tensors = [*parameters, *(p.grad for p in parameters if p.grad is not None)]
+    tensors += [v for state in optimiser.state.values() for v in state.values() if torch.is_tensor(v)]
+    local = (t.to_local() if isinstance(t, DTensor) else t for t in tensors)
+    return sum(t.numel() * t.element_size() for t in local) / 2**20
 
 
 def peak_memory_mib(device: torch.device) -> float:
