@@ -256,7 +256,7 @@ def add_common_args(parser: argparse.ArgumentParser, steps: int, crop: int) -> N
     parser.add_argument(
         "--activation-checkpointing",
         action="store_true",
-        help="recompute encoder block activations in the backward pass: far less memory, ~1/3 more compute",
+        help="recompute encoder block activations in the backward pass: far less memory, ~1/4 more compute",
     )
     parser.add_argument(
         "--fsdp",
@@ -271,6 +271,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The run's config; also seeds torch, so the model built next starts the same in every run."""
     if args.crop % 14 or args.crop < 14:
         raise SystemExit(f"error: --crop {args.crop} must be a positive multiple of 14")
+    if args.fsdp:
+        try:
+            from torch.distributed.fsdp import fully_shard  # noqa: F401 - public from PyTorch 2.6
+        except ImportError:
+            raise SystemExit(f"error: --fsdp needs PyTorch >= 2.6 (fully_shard); this is {torch.__version__}") from None
     torch.manual_seed(args.seed)
     return TrainConfig(
         output=args.output,
