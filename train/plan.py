@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 import torch
 
+from runtime.commands import command
 from runtime.preprocessing import dynamic_size
 from train.models import DepthAnythingV2, ModelSpec, get_spec
 
@@ -75,7 +76,7 @@ def work_per_image(
 def real_disparity(input_size: int = 518) -> np.ndarray:
     """The Middlebury 2014 motorcycle's stereo disparity (a real inverse-depth map, bundled with
     scikit-image; NaN where unknown) at the network resolution for ``input_size``."""
-    from runtime.samples import sample_dir
+    from runtime.io.samples import sample_dir
 
     with np.load(sample_dir() / "motorcycle_disp.npz") as archive:
         label = archive[archive.files[0]].astype(np.float32)
@@ -104,7 +105,7 @@ def sa1b_sized_shard(path: Path, count: int) -> Path:
     import io
     import tarfile
 
-    from runtime.samples import sample_images
+    from runtime.io.samples import sample_images
 
     photos = list(sample_images().values())
     with tarfile.open(path, "w") as tar:
@@ -173,8 +174,8 @@ def measure_training(
 def decode_seconds(repeats: int = 5) -> float:
     """Seconds one thread takes to decode an SA-1B-sized JPEG and make its 518 network input (best of
     ``repeats``): the loader's work per image in stage 2, and in stage 3 for every sample."""
+    from runtime.io.samples import sample_images
     from runtime.preprocessing import prepare_dynamic
-    from runtime.samples import sample_images
 
     photo = cv2.resize(next(iter(sample_images().values())), SA1B_IMAGE[::-1], interpolation=cv2.INTER_CUBIC)
     data = cv2.imencode(".jpg", photo, [cv2.IMWRITE_JPEG_QUALITY, 90])[1]
@@ -287,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command("python -m train.plan")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     print(report(args))
