@@ -29,6 +29,7 @@ COMMANDS = (
     "train.pseudo_label",
     "train.distill",
     "train.eval",
+    "train.plan",
 )
 
 
