@@ -14,6 +14,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from ..errors import InputError
+
 # Host in the name: two machines sharing a folder (an NFS mount, a container volume) must not
 # take each other's live temporaries for leftovers of a dead local process.
 _HOST = socket.gethostname().replace(".", "_") or "host"
@@ -57,6 +59,25 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
             entry.unlink(missing_ok=True)
         removed.append(entry)
     return removed
+
+
+def check_writable_folder(folder: str | Path, option: str) -> None:
+    """Raise ``InputError`` unless files can be written in ``folder`` (or, if it does not exist
+    yet, in the folder it would be made in): checked before a command loads its model, so a
+    read-only folder or a file in the way ends the run at once, in one line."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{option} {folder}: {existing} is a file, not a folder; choose another {option}")
+    try:
+        with tempfile.NamedTemporaryFile(prefix=".dav2-write-check.", dir=existing):
+            pass
+    except OSError as exc:
+        raise InputError(
+            f"{option} {folder}: cannot write in {existing} ({exc.strerror}); choose another {option}"
+        ) from exc
 
 
 def staging_dir(path: str | Path) -> Path:
