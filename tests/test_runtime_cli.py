@@ -8,23 +8,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "runtime", *args], cwd=REPO, capture_output=True, text=True)
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory, tiny_spec):
-    import torch
-
-    from train.models import DepthAnythingV2, save_model
-
-    torch.manual_seed(0)
-    return save_model(DepthAnythingV2(tiny_spec).eval(), tmp_path_factory.mktemp("model") / "tiny.safetensors")
 
 
 def test_bad_inputs_are_refused_before_the_model_is_loaded(tmp_path):
@@ -64,9 +53,10 @@ def test_images_give_depth_only_by_default_and_keep_distinct_names(tmp_path, tin
     (out / "astronaut_png_depth.png").write_bytes(b"from an earlier run")
     common = ["--model", str(tiny_checkpoint), "--size", "56", "--output-dir", str(out)]
     run = run_cli(str(tmp_path), *common, "--save-npy")
-    assert run.returncode == 0, run.stderr
+    assert run.returncode == 1, run.stderr  # an input was skipped: said, and not a success
     assert "astronaut.jpg -> astronaut_jpg_depth.png (2 inputs share the name)" in run.stderr
     assert "skipped" in run.stderr and "broken.jpg" in run.stderr and "WARN" not in run.stderr
+    assert run.stderr.splitlines()[-1] == f"error: 1 of 3 inputs skipped ({tmp_path / 'broken.jpg'}): see above"
     assert "astronaut_png_depth.png (replaced an earlier file)" in run.stdout  # said, not silent
     for stem in ("astronaut_jpg", "astronaut_png"):
         assert cv2.imread(str(out / f"{stem}_depth.png")).shape == (60, 90, 3)  # the depth alone
