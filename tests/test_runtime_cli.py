@@ -8,6 +8,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
+
+from tests.tinyfs import run_with_tmpfs, unavailable
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,3 +77,19 @@ def test_help_says_what_is_written_and_the_default():
     text = " ".join(run.stdout.split())
     assert "the colourised depth alone by default, next to the input with --side-by-side" in text
     assert "--camera INDEX" in text and "<name>_depth.mp4 at the source's frame rate" in text
+
+
+@pytest.mark.skipif(bool(unavailable()), reason=str(unavailable()))
+def test_a_full_disk_stops_the_run_in_one_line_naming_the_output(tmp_path, tiny_checkpoint, photo):
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(tmp_path / name), photo[:120, :180])  # each depth PNG is bigger than the disk
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    command = [sys.executable, "-m", "runtime", str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    command += ["--model", str(tiny_checkpoint), "--size", "56", "--output-dir", str(disk)]
+    run = run_with_tmpfs(command, disk, size="4k", cwd=REPO)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.splitlines()[-1] == (
+        f"error: cannot write {disk / 'a_depth.png'}: No space left on device; nothing is left under the output name"
+    )
+    assert run.left == []  # no temporary left behind either

@@ -14,7 +14,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import InputError
+from ..commands import DISK_ERRNOS
+from ..errors import InputError, OutputError
 
 # Host in the name: two machines sharing a folder (an NFS mount, a container volume) must not
 # take each other's live temporaries for leftovers of a dead local process.
@@ -99,8 +100,10 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     try:
         write(Path(tmp))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS and exc.filename != str(path):
+            raise OutputError(exc.errno, exc.strerror, str(path)) from exc  # name the output, not its temporary
         raise
     return path
 
