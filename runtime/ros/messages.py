@@ -161,7 +161,10 @@ def depth_message(make: Callable[..., Any], blob: Callable[[np.ndarray], Any], h
 def pointcloud2_message(
     make: Callable[..., Any], blob: Callable[[np.ndarray], Any], header: Any, cloud: PointCloud
 ) -> Any:
-    """A dense, unorganised ``sensor_msgs/PointCloud2`` (x, y, z[, rgb] float32) with ``header``."""
+    """A dense, unorganised ``sensor_msgs/PointCloud2`` (x, y, z[, rgb] float32) with ``header``.
+
+    ``is_dense`` is "True if there are no invalid points" (PointCloud2.msg): ``depth_to_points``
+    keeps finite points only, so it holds."""
     layout = pointcloud2_layout(cloud)
     fields = [
         make(POINT_FIELD, name=name, offset=offset, datatype=datatype, count=count)
