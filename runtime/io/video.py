@@ -208,6 +208,8 @@ def write_depth_video(
             writer.release()
             # VideoWriter reports no write errors: a full disk leaves a file without its index.
             read = readable_frames(staged)
+            if summary.interrupted and read == summary.frames + 1:  # Ctrl-C landed between write and count
+                summary.frames = read
             if read != summary.frames:
                 free = shutil.disk_usage(staged.parent).free
                 raise OutputError(
