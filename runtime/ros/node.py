@@ -237,9 +237,10 @@ def run_node(settings: NodeSettings, ros_args: list[str]) -> int:
         kinds = {"relative": Image, "metric": Image, "points": PointCloud2}
         publishers = {key: node.create_publisher(kinds[key], TOPICS[key], 1) for key in wanted}
 
-        rate = {"done": 0, "since": time.monotonic()}
+        done, since = 0, time.monotonic()
 
         def handle(msg: Any) -> None:
+            nonlocal done, since
             image = message_to_image(msg, IMAGE)
             relative = predictor.predict(image)
             camera = intrinsics[0]
@@ -248,11 +249,11 @@ def run_node(settings: NodeSettings, ros_args: list[str]) -> int:
                 log.warning(note, throttle_duration_sec=60.0)
             for key, message in depth_messages(make, _blob, msg.header, relative, image, camera, conversion).items():
                 publishers[key].publish(message)
-            rate["done"] += 1
-            if time.monotonic() - rate["since"] >= 10.0:
-                fps = rate["done"] / (time.monotonic() - rate["since"])
-                log.info(f"{fps:.1f} frames/s; {latest.dropped} of {latest.received} frames dropped as stale")
-                rate.update(done=0, since=time.monotonic())
+            done += 1
+            if time.monotonic() - since >= 10.0:
+                rate = done / (time.monotonic() - since)
+                log.info(f"{rate:.1f} frames/s; {latest.dropped} of {latest.received} frames dropped as stale")
+                done, since = 0, time.monotonic()
 
         worker = threading.Thread(target=serve, args=(latest, handle, log, rclpy.ok), name="depth-worker", daemon=True)
         worker.start()
