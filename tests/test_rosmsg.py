@@ -27,6 +27,7 @@ from runtime.ros.messages import (
     message_to_image,
 )
 from runtime.ros.node import NodeSettings, camera_info_receiver, main, serve, split_ros_args
+from runtime.ros.node import parse_args as node_args
 
 BGR = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4 * 5, 3)[np.random.default_rng(0).permutation(20)].reshape(4, 5, 3)
 
@@ -187,6 +188,9 @@ def test_node_parameters_follow_the_bag_tool_s_rules(field, value, message, caps
         parse_args(
             ["in", "--image-topic", "/i", "--model", "m", "--output", "o", "--metric-scale", "1", flag, str(value)]
         )
+    assert capsys.readouterr().err.rstrip().endswith(message.replace(field, flag, 1))
+    with pytest.raises(SystemExit):  # the node's own command line, before rclpy is even imported
+        node_args(["--model", "m.onnx", "--metric-scale", "0.5", flag, str(value)])
     assert capsys.readouterr().err.rstrip().endswith(message.replace(field, flag, 1))
     NodeSettings(model="m.onnx", metric_scale=0.0, max_range=0.0).check()  # 0 turns them off
 

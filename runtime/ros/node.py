@@ -142,6 +142,10 @@ def parse_args(argv: list[str]) -> tuple[NodeSettings, list[str]]:
         "--max-points", type=int, default=defaults.max_points, help="most points per cloud; larger frames thinned"
     )
     args = parser.parse_args(ours)
+    try:  # ROS parameters given with -p are checked by NodeSettings.check once declared
+        check_metric_options(args.metric_scale or None, args.metric_shift, args.max_range or None)
+    except InputError as exc:
+        parser.error(str(exc))
     fixed = isinstance(args.size, tuple)
     settings = NodeSettings(
         args.model,
