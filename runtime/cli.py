@@ -1,4 +1,5 @@
-"""The predictor options every ``runtime`` command shares, under one set of names."""
+"""The predictor options every ``runtime`` command shares, under one set of names, and the checks of
+the options that commands share with each other (counts, metric conversions, topic names)."""
 
 from __future__ import annotations
 
@@ -12,24 +13,15 @@ from .errors import InputError
 DEFAULT_SIZE = 518
 
 
-def _integer(text: str, smallest: int, rule: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (counts and strides)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < smallest:
-        raise argparse.ArgumentTypeError(f"{text!r}: {rule}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 1 or more")
     return value
-
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1 (counts and strides)."""
-    return _integer(text, 1, "must be 1 or more")
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: a whole number >= 0."""
-    return _integer(text, 0, "must be 0 or more")
 
 
 def _option(name: str) -> str:
