@@ -24,7 +24,8 @@ from runtime.metadata import library_versions, sha256_file, sidecar_path, write_
 from .cli import add_size_arg, add_source_args, patch_multiple
 from .errors import ExportError, ExportRequestError
 from .graph import save_onnx
-from .source import check_hw, default_output, load_source_model, source_stem
+from .reference import other_size, torch_runner, write_reference
+from .source import check_hw, default_output, licence_note, load_source_model, model_licence, source_stem
 from .verify import FP32_TOLERANCE, MAX_REL_STD, Comparison, check_sizes, compare, run_onnxruntime, verification_input
 
 INPUT_NAME = "image"
@@ -117,6 +118,7 @@ def export_onnx(
             "encoder": getattr(spec, "name", "custom"),
             "input_shape": "dynamic" if dynamic else f"1x3x{height}x{width}",
             "max_depth": str(getattr(model, "max_depth", None) or ""),
+            "licence": model_licence(model),
         }
         with stage("checking and saving the ONNX file"):
             _finalise(raw, staged, metadata, slim)
@@ -154,6 +156,7 @@ def export_onnx(
             "input_shape": [None, 3, None, None] if dynamic else [1, 3, height, width],
             "encoder": metadata["encoder"],
             "source": source,
+            "licence": model_licence(model),
             "sha256": sha256_file(output),
             "export_seconds": round(result.seconds, 2),
             "verification": {
@@ -165,6 +168,10 @@ def export_onnx(
             "versions": library_versions("torch", "onnx", "onnxruntime"),
         },
     )
+    sizes = [(height, width), other_size(height, width)] if dynamic else [(height, width)]
+    with stage("writing the reference"):
+        write_reference(output, "fp32", sizes, torch_runner(model), "PyTorch FP32")
+    licence_note(model_licence(model), output)
     return result
 
 

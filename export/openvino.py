@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.backends.openvino import import_openvino, load_error, telemetry_off
+from runtime.backends.openvino import RT_INFO_PRECISION, import_openvino, load_error, telemetry_off
 from runtime.commands import command, stage
 from runtime.errors import require
 from runtime.io.files import staging_dir
@@ -26,7 +26,8 @@ from runtime.metadata import library_versions, read_sidecar, sha256_file, sideca
 from .cli import add_calibration_args, add_precision_args, add_size_arg, add_source_args, args_stem, check_request
 from .errors import ExportError, ExportRequestError
 from .onnx import source_onnx
-from .source import PRECISIONS, check_precision, default_output
+from .reference import onnx_runner, other_size, write_reference
+from .source import PRECISIONS, check_precision, default_output, licence_note
 from .verify import (
     ABS_REL_ALIGNED,
     FP32_TOLERANCE,
@@ -150,6 +151,7 @@ def export_openvino(
     try:
         staged = workdir / output.name
         shape = _static_hw(model) or verify_shape or (518, 518)
+        model.set_rt_info(precision, RT_INFO_PRECISION)  # the runtime keeps an FP32 IR in f32 from this
         with stage("saving and verifying the IR"):
             ov.save_model(model, str(staged), compress_to_fp16=precision != "fp32")
             check = verify_ir(ov, staged, onnx_path, shape)
@@ -173,6 +175,7 @@ def export_openvino(
         "input_name": model.input(0).any_name,
         "input_shape": [d.get_length() if d.is_static else None for d in model.input(0).get_partial_shape()],
         "encoder": source_meta.get("encoder"),
+        "licence": source_meta.get("licence", "unknown"),
         "source_onnx": str(onnx_path),
         "source_sha256": sha256_file(onnx_path),
         "quantization": quantization,
@@ -188,6 +191,18 @@ def export_openvino(
         "versions": library_versions("openvino", "nncf"),
     }
     write_sidecar(output, data)
+    with stage("writing the reference"):
+        write_reference(
+            output,
+            precision,
+            [shape] if _static_hw(model) else [shape, other_size(*shape)],
+            onnx_runner(onnx_path),
+            "ONNX Runtime FP32 on the source ONNX",
+            source=onnx_path,
+            held_out=calibration.held_out_batches() if budget is not None else (),
+            budget=budget,
+        )
+    licence_note(data["licence"], output)
     return data
 
 
