@@ -20,6 +20,7 @@ from runtime.commands import command, stage
 from runtime.errors import require
 from runtime.io.files import staging_dir
 from runtime.metadata import library_versions, sha256_file, sidecar_path, write_sidecar
+from runtime.reference import reference_path
 
 from .cli import add_size_arg, add_source_args, patch_multiple
 from .errors import ExportError, ExportRequestError
@@ -137,9 +138,10 @@ def export_onnx(
                         f"ONNX Runtime differs from PyTorch at {h}x{w}: {comparison}, over the tolerance "
                         f"{tolerance:g}; the file was not written"
                     )
-        # The old sidecar and model go first: an external .data file must never land beside an
-        # older .onnx, and a new model never sits beside an old model's metadata.
+        # The old sidecar, reference and model go first: an external .data file must never land
+        # beside an older .onnx, and a new model never sits beside an old model's metadata.
         sidecar_path(output).unlink(missing_ok=True)
+        reference_path(output).unlink(missing_ok=True)
         output.unlink(missing_ok=True)
         for item in sorted(workdir.iterdir(), key=lambda p: p.suffix == ".onnx"):  # data first, model last
             item.replace(output.parent / item.name)

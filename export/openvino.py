@@ -22,6 +22,7 @@ from runtime.commands import command, stage
 from runtime.errors import require
 from runtime.io.files import staging_dir
 from runtime.metadata import library_versions, read_sidecar, sha256_file, sidecar_path, write_sidecar
+from runtime.reference import reference_path
 
 from .cli import add_calibration_args, add_precision_args, add_size_arg, add_source_args, args_stem, check_request
 from .errors import ExportError, ExportRequestError
@@ -163,6 +164,7 @@ def export_openvino(
         # Old metadata and .xml go first, the new .xml lands last: at every moment the folder
         # holds the old pair, no loadable pair, or the new pair.
         sidecar_path(output).unlink(missing_ok=True)
+        reference_path(output).unlink(missing_ok=True)
         output.unlink(missing_ok=True)
         staged.with_suffix(".bin").replace(output.with_suffix(".bin"))
         staged.replace(output)

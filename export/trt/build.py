@@ -282,7 +282,7 @@ def build_trt(request: TrtRequest) -> Path:
         with the islands typed FP32 (written beside it by --onnx-only, or now from its source)."""
         if not plan.strongly_typed or attempt is attempts[0]:
             return ready
-        if not islands_onnx(ready).is_file():
+        if pretyped is not None:  # never an islands ONNX left by an earlier run from another source
             with stage("writing the fallback's FP16-typed graph"):
                 to_fp16(pretyped, islands_onnx(ready), FP32_OPS, attempt.fp32_nodes)
         require_compatible(islands_onnx(ready), version)
@@ -294,8 +294,6 @@ def build_trt(request: TrtRequest) -> Path:
         "format": "tensorrt",
         "precision": request.precision,
         "strongly_typed": plan.strongly_typed,
-        "source_onnx": str(ready),
-        "source_sha256": sha256_file(ready),
         "input_name": facts.input_name,
         "input_shape": [1, 3, height, width] if profile is None else None,
         "profile": {k: list(v) for k, v in profile.shapes().items()} if profile else None,
@@ -303,7 +301,6 @@ def build_trt(request: TrtRequest) -> Path:
         "licence": (read_sidecar(ready) or {}).get("licence", "unknown"),
         "gpu": {"name": gpu_name, "compute_capability": list(capability)},
         "calibration": calibration_info,
-        "trtexec": command,
         "versions": {**library_versions("onnx", "onnxruntime"), "tensorrt": trt.__version__},
     }
     workdir = staging_dir(output)
@@ -313,13 +310,22 @@ def build_trt(request: TrtRequest) -> Path:
 
         def build_candidate(attempt: EngineAttempt) -> Path:
             attempt_plan = plan.pin_fp32([*base_pins, *attempt.fp32_nodes])
+            built_from = onnx_for(attempt)
             print(f"building TensorRT {trt.__version__} {request.precision} engine on {gpu_name}, {attempt.label} ...")
             with stage("building the engine"):
                 engine = build_engine(
-                    trt, onnx_for(attempt), attempt_plan, profile, facts.input_name, request.workspace_mib, timing
+                    trt, built_from, attempt_plan, profile, facts.input_name, request.workspace_mib, timing
                 )
             staged.write_bytes(engine)
-            write_sidecar(staged, {**meta, **plan_facts(attempt_plan)})  # the backend checks release and GPU
+            meta.update(
+                source_onnx=str(built_from),
+                source_sha256=sha256_file(built_from),
+                trtexec=trtexec_command(
+                    built_from, output, attempt_plan, facts.input_name, profile, request.workspace_mib, timing
+                ),
+                **plan_facts(attempt_plan),
+            )
+            write_sidecar(staged, meta)  # the backend checks its TensorRT release and GPU
             return staged
 
         def refuse(results: list) -> str:
@@ -333,12 +339,10 @@ def build_trt(request: TrtRequest) -> Path:
             _, attempt, results = checked_build(
                 attempts, build_candidate, lambda e: run_reference(e, reference), refuse
             )
-        final_plan = plan.pin_fp32([*base_pins, *attempt.fp32_nodes])
         write_sidecar(
             staged,
             {
-                **meta,
-                **plan_facts(final_plan),
+                **meta,  # as the kept attempt left it
                 "build_seconds": round(time.perf_counter() - started, 1),
                 "verification": verification_record(reference, attempts, results, attempt),
             },
