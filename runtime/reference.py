@@ -35,10 +35,11 @@ VERSION = 1
 SUFFIX = ".reference.npz"
 METRICS = (MAX_REL_STD, ABS_REL_ALIGNED)
 # A run in bf16 (OpenVINO's default on CPUs with bf16 units, kept for FP16 IRs; precision="bf16"
-# elsewhere) rounds every matrix input to an 8-bit mantissa: vits against FP32 measured
-# max|a-b|/std 0.15 (aligned AbsRel 1e-4), where a damaged artefact is off by 1 or more. Such a
+# elsewhere) rounds every matrix input to an 8-bit mantissa. On vits at 518x518 with the parity
+# weights, against FP32 on the two reference photographs: FP16 IR in bf16 max|a-b|/std 0.31 and
+# 0.16, FP32 IR in bf16 0.26 and 0.15, where the largest weight sign-flipped gives 14 and 7. Such a
 # run is held to this bound instead of its artefact's, and the result says so.
-BF16_TOLERANCE = 0.5
+BF16_TOLERANCE = 1.0
 
 
 class ReferenceFileError(InputError):
