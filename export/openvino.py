@@ -27,7 +27,7 @@ from runtime.reference import reference_path
 from .cli import add_calibration_args, add_precision_args, add_size_arg, add_source_args, args_stem, check_request
 from .errors import ExportError, ExportRequestError
 from .onnx import source_onnx
-from .reference import onnx_runner, other_size, write_reference
+from .reference import FP16_TOLERANCE, onnx_runner, other_size, write_reference
 from .source import PRECISIONS, check_precision, default_output, licence_note
 from .verify import (
     ABS_REL_ALIGNED,
@@ -45,7 +45,7 @@ from .verify import (
 # 9e-3 / 1.3e-2 / 1.9e-2, int8 0.5 / 0.6 / 0.9 (12 images). The INT8 bound catches a broken
 # artefact (one weight tensor with its sign flipped: 7 to 11), not a loss of accuracy: that is
 # the benchmark's AbsRel column.
-TOLERANCES = {"fp32": FP32_TOLERANCE, "fp16": 0.1, "int8": 2.0}
+TOLERANCES = {"fp32": FP32_TOLERANCE, "fp16": FP16_TOLERANCE, "int8": 2.0}
 MAX_RESTORE_STEPS = 20
 
 

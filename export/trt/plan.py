@@ -200,7 +200,8 @@ def onnx_facts(path: Path) -> OnnxFacts:
 # 11 always) as FP32 types in the ONNX itself (NvInfer.h 10.3: "Strongly-typed networks reject
 # calls to method setPrecision").
 
-# Ops on the way from a tensor to the MatMul that reads it, which carry no arithmetic of their own.
+# In FP16-typed and Q/DQ graphs these sit between an attention MatMul and its Softmax; they do no
+# arithmetic of their own, so the search for the MatMuls looks through them.
 _PASS_THROUGH = ("Cast", "QuantizeLinear", "DequantizeLinear")
 ISLANDS = "LayerNorm, Softmax and the attention MatMuls"
 
@@ -210,7 +211,10 @@ def _through(graph: Graph, tensor: str, upward: bool) -> list:
     found, todo = [], [tensor]
     while todo:
         name = todo.pop()
-        nodes = [graph.producer[name]] if upward and name in graph.producer else [] if upward else graph.users(name)
+        if upward:
+            nodes = [graph.producer[name]] if name in graph.producer else []
+        else:
+            nodes = graph.users(name)
         for node in nodes:
             if node.op_type in _PASS_THROUGH:
                 todo.append(node.input[0] if upward else node.output[0])
