@@ -20,11 +20,13 @@ from runtime.commands import command, stage
 from runtime.errors import require
 from runtime.io.files import staging_dir
 from runtime.metadata import library_versions, sha256_file, sidecar_path, write_sidecar
+from runtime.reference import reference_path
 
 from .cli import add_size_arg, add_source_args, patch_multiple
 from .errors import ExportError, ExportRequestError
 from .graph import save_onnx
-from .source import check_hw, default_output, load_source_model, source_stem
+from .reference import other_size, torch_runner, write_reference
+from .source import check_hw, default_output, licence_note, load_source_model, model_licence, source_stem
 from .verify import FP32_TOLERANCE, MAX_REL_STD, Comparison, check_sizes, compare, run_onnxruntime, verification_input
 
 INPUT_NAME = "image"
@@ -117,6 +119,7 @@ def export_onnx(
             "encoder": getattr(spec, "name", "custom"),
             "input_shape": "dynamic" if dynamic else f"1x3x{height}x{width}",
             "max_depth": str(getattr(model, "max_depth", None) or ""),
+            "licence": model_licence(model),
         }
         with stage("checking and saving the ONNX file"):
             _finalise(raw, staged, metadata, slim)
@@ -135,9 +138,10 @@ def export_onnx(
                         f"ONNX Runtime differs from PyTorch at {h}x{w}: {comparison}, over the tolerance "
                         f"{tolerance:g}; the file was not written"
                     )
-        # The old sidecar and model go first: an external .data file must never land beside an
-        # older .onnx, and a new model never sits beside an old model's metadata.
+        # The old sidecar, reference and model go first: an external .data file must never land
+        # beside an older .onnx, and a new model never sits beside an old model's metadata.
         sidecar_path(output).unlink(missing_ok=True)
+        reference_path(output).unlink(missing_ok=True)
         output.unlink(missing_ok=True)
         for item in sorted(workdir.iterdir(), key=lambda p: p.suffix == ".onnx"):  # data first, model last
             item.replace(output.parent / item.name)
@@ -154,6 +158,7 @@ def export_onnx(
             "input_shape": [None, 3, None, None] if dynamic else [1, 3, height, width],
             "encoder": metadata["encoder"],
             "source": source,
+            "licence": model_licence(model),
             "sha256": sha256_file(output),
             "export_seconds": round(result.seconds, 2),
             "verification": {
@@ -165,6 +170,10 @@ def export_onnx(
             "versions": library_versions("torch", "onnx", "onnxruntime"),
         },
     )
+    sizes = [(height, width), other_size(height, width)] if dynamic else [(height, width)]
+    with stage("writing the reference"):
+        write_reference(output, "fp32", sizes, torch_runner(model), "PyTorch FP32")
+    licence_note(model_licence(model), output)
     return result
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,12 @@ class DepthPredictor:
     is capped there (default 4x the short side: 2072 for ``input_size=518``), keeping the aspect
     ratio, so no image costs more than 4x the patches of an ``input_size`` square frame (see
     ``runtime.preprocessing``). Only aspect ratios beyond 4:1 are affected.
+
+    ``verify=True`` runs the model on its reference (``<model>.reference.npz``, written by every
+    export; or pass the reference's path) when it loads, and raises
+    ``runtime.reference.ReferenceMismatch`` with the numbers when it is over the reference's
+    tolerance; ``info()["verification"]`` holds the result. It costs one inference per reference
+    input (a few) at load.
     """
 
     def __init__(
@@ -41,6 +48,7 @@ class DepthPredictor:
         rgb: bool = False,
         fixed_size: tuple[int, int] | None = None,
         max_long_side: int | None = None,
+        verify: bool | str | Path = False,
         **backend_options: Any,
     ) -> None:
         if not isinstance(input_size, int) or input_size < pre.PATCH_SIZE:
@@ -59,6 +67,16 @@ class DepthPredictor:
         # A fixed-shape model always gets its own shape; a dynamic one may be pinned to one
         # (steady latency, and the same input a fixed-shape engine would see).
         self.fixed_size = model_hw or (tuple(fixed_size) if fixed_size is not None else None)
+        self.verification = None
+        if verify:
+            from .reference import reference_for, require_within, verify_backend
+
+            try:
+                reference = reference_for(model, None if verify is True else verify)
+                self.verification = require_within(verify_backend(self._backend, reference), model)
+            except BaseException:
+                self._backend.close()
+                raise
 
     @property
     def backend(self) -> str:
@@ -131,6 +149,7 @@ class DepthPredictor:
             "model": self._source,
             "input_size": self.input_size,
             "max_long_side": self.max_long_side,
+            "verification": self.verification.to_dict() if self.verification is not None else None,
         }
 
     def close(self) -> None:

@@ -51,6 +51,8 @@ class Backend(ABC):
     precision: str
     # How many calls may usefully run at once (OpenVINO: its infer requests); others serialise.
     max_concurrency: int = 1
+    # The weights' licence, from the artefact's sidecar or the checkpoint (see train.models.checkpoint).
+    licence: str = "unknown"
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -106,6 +108,7 @@ class Backend(ABC):
             "precision": self.precision,
             "input_name": self.input_spec.name,
             "input_shape": list(self.input_spec.shape),
+            "licence": self.licence,
             "versions": self.versions(),
         }
 

@@ -105,6 +105,7 @@ class TorchBackend(Backend):
                 raise ModelFileError(str(exc)) from exc
         if not isinstance(model, torch.nn.Module):
             raise ModelFileError(f"the torch backend needs a torch.nn.Module, got {type(model).__name__}")
+        self.licence = getattr(model, "licence", None) or self.licence
         self.device = resolve_device(torch, device)
         self.precision = resolve_precision(self.device, precision)
         if self.device.startswith("cuda"):
