@@ -20,7 +20,7 @@ from runtime.io.files import atomic_write_bytes
 from runtime.metadata import library_versions, read_sidecar, sha256_file, write_sidecar
 
 from ..errors import ExportError, ExportRequestError
-from ..graph import load_onnx
+from ..graph import load_onnx, onnx_output_kind
 from ..onnx import source_onnx
 from ..source import check_hw, default_output, source_stem
 from .plan import (
@@ -268,6 +268,7 @@ def build_trt(request: TrtRequest) -> Path:
             "input_shape": [1, 3, height, width] if profile is None else None,
             "profile": {k: list(v) for k, v in profile.shapes().items()} if profile else None,
             "encoder": (read_sidecar(source) or {}).get("encoder"),
+            **onnx_output_kind(ready).sidecar(),
             "gpu": {"name": gpu_name, "compute_capability": list(capability)},
             "calibration": calibration_info,
             "trtexec": command,

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import ModelFileError, require
 from ..metadata import read_sidecar
+from ..metric import OutputKind
 from .base import Backend, InputSpec
 
 PROVIDERS = {
@@ -94,6 +95,9 @@ class OnnxRuntimeBackend(Backend):
         self._providers = self._session.get_providers()
         meta = read_sidecar(path) or {}
         self.precision = precision or meta.get("precision") or "fp32"
+        self.output_kind = OutputKind.from_metadata(
+            self._session.get_modelmeta().custom_metadata_map, "ONNX metadata"
+        ) or OutputKind.from_metadata(meta, "sidecar")
         self.device = self._providers[0].replace("ExecutionProvider", "").lower()
         self._io_binding = self._providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
         self._threads = options.intra_op_num_threads
