@@ -58,11 +58,14 @@ def render(scene: Scene, k: np.ndarray = K, height: int = HEIGHT, width: int = W
     return depth
 
 
-def encode(value: np.ndarray, gain: float = 1.0, offset: float = 0.0, texture: int = 90) -> np.ndarray:
-    """A BGR image holding ``value`` (in [0, 1], 16 bits in red and green) and the header codes."""
+def encode(value: np.ndarray, gain: float | None = None, offset: float = 0.0, texture: int = 90) -> np.ndarray:
+    """A BGR image holding ``value`` (in [0, 1], 16 bits in red and green) and, with ``gain``, the
+    header codes of the relative model in pixels (0, 0) and (0, 1)."""
     code = np.clip(np.rint(np.asarray(value, np.float64) * 65535), 0, 65535).astype(np.uint32)
     image = np.empty((*code.shape, 3), np.uint8)
     image[..., 2], image[..., 1], image[..., 0] = code >> 8, code & 255, texture
+    if gain is None:
+        return image
     for column, (number, (low, high)) in enumerate([(gain, GAIN), (offset, OFFSET)]):
         header = round((number - low) / (high - low) * 65535)
         image[0, column, 2], image[0, column, 1] = header >> 8, header & 255

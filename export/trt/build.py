@@ -268,7 +268,7 @@ def build_trt(request: TrtRequest) -> Path:
             "input_shape": [1, 3, height, width] if profile is None else None,
             "profile": {k: list(v) for k, v in profile.shapes().items()} if profile else None,
             "encoder": (read_sidecar(source) or {}).get("encoder"),
-            **onnx_output_kind(ready).sidecar(),
+            **onnx_output_kind(source).sidecar(),
             "gpu": {"name": gpu_name, "compute_capability": list(capability)},
             "calibration": calibration_info,
             "trtexec": command,
