@@ -58,9 +58,13 @@ def write_scene_bag(
     tf: bool = True,
     metric_max_depth: float | None = None,
     scene: scenes.Scene | None = None,
+    scans: dict[int, np.ndarray] | None = None,
+    depth_encoding: str = "16UC1",
+    speed: float = 0.05,
 ) -> SceneBag:
     """Write the bag; ``lidar_delay[i]`` (ns) moves frame i's lidar stamp and bag time (None: no lidar
-    message for it). ``metric_max_depth``: images encode metres for the metric test model."""
+    message for it); ``scans[i]`` replaces frame i's scan. ``metric_max_depth``: images encode metres
+    for the metric test model. The camera moves ``speed`` metres forward a frame."""
     rng = np.random.default_rng(seed)
     lidar = lidar or scenes.Lidar()
     lidar_delay = lidar_delay or [3_000_000] * frames
@@ -146,7 +150,7 @@ def write_scene_bag(
             writer.write(conns[DEPTH_INFO], START, serialize(info(START, "camera_optical"), INFO))
         for i, (gain, offset) in enumerate(_affines(frames, rng)):
             stamp = START + (i + 1) * PERIOD
-            depth = scenes.render(scene, camera=(0.0, 0.0, 0.05 * i))  # the robot creeps forward
+            depth = scenes.render(scene, camera=(0.0, 0.0, speed * i))
             if metric_max_depth is None:
                 image, relative = scenes.relative_frame(depth, gain, offset)
             else:
@@ -166,20 +170,24 @@ def write_scene_bag(
             expected.affine.append((gain, offset))
             expected.stamps.append(stamp)
             if lidar_delay[i] is not None:
-                scan = lidar.scan(depth, rng)
+                scan = lidar.scan(depth, rng) if i not in (scans or {}) else scans[i]
                 when = stamp + lidar_delay[i]
                 writer.write(conns[LIDAR], when, serialize(cloud(when, scan), CLOUD))
             if depth_camera:
-                millimetres = np.clip(np.rint(depth * 1000), 0, 65535).astype("<u2")
-                millimetres[:8] = 0  # no return: unknown
+                if depth_encoding == "32FC1":
+                    values = depth.astype("<f4")
+                    values[:8] = np.nan  # no return: unknown
+                else:
+                    values = np.clip(np.rint(depth * 1000), 0, 65535).astype("<u2")
+                    values[:8] = 0
                 dmsg = t[IMAGE](
                     header=header(stamp + 2_000_000, "camera_optical"),
                     height=scenes.HEIGHT,
                     width=scenes.WIDTH,
-                    encoding="16UC1",
+                    encoding=depth_encoding,
                     is_bigendian=0,
-                    step=2 * scenes.WIDTH,
-                    data=millimetres.view(np.uint8).reshape(-1),
+                    step=values.itemsize * scenes.WIDTH,
+                    data=values.view(np.uint8).reshape(-1),
                 )
                 writer.write(conns[DEPTH], stamp + 2_000_000, serialize(dmsg, IMAGE))
     return expected

@@ -203,3 +203,14 @@ class Lidar:
         wrong = rng.random(len(points)) < self.outliers
         points[wrong] *= rng.uniform(0.3, 2.5, (int(wrong.sum()), 1))
         return np.concatenate([points, np.full((self.nan, 3), np.nan)]).astype(np.float32)
+
+
+def extrinsics_args(matrix: np.ndarray) -> list[str]:
+    """``x y z qx qy qz qw`` of a 4x4 (as --extrinsics takes it)."""
+    r = matrix[:3, :3]
+    w = np.sqrt(max(0.0, 1 + np.trace(r))) / 2
+    if w > 1e-6:
+        q = [(r[2, 1] - r[1, 2]) / (4 * w), (r[0, 2] - r[2, 0]) / (4 * w), (r[1, 0] - r[0, 1]) / (4 * w), w]
+    else:  # a half turn: no test transform is one
+        raise ValueError("rotation by pi")
+    return [repr(float(v)) for v in [*matrix[:3, 3], *q]]
