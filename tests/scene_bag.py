@@ -42,6 +42,87 @@ class SceneBag:
     stamps: list[int] = field(default_factory=list)
 
 
+class Messages:
+    """Real rosbags message objects of one ROS version (ROS 1 or 2 type store)."""
+
+    def __init__(self, store, ros1: bool = False) -> None:
+        self.store, self.types, self.ros1 = store, store.types, ros1
+
+    def header(self, stamp: int, frame_id: str):
+        time = self.types["builtin_interfaces/msg/Time"](sec=stamp // 10**9, nanosec=stamp % 10**9)
+        fields = {"stamp": time, "frame_id": frame_id}
+        return self.types["std_msgs/msg/Header"](**({"seq": 0} | fields if self.ros1 else fields))
+
+    def info(self, stamp: int, frame_id: str):
+        roi = self.types["sensor_msgs/msg/RegionOfInterest"](
+            x_offset=0, y_offset=0, height=0, width=0, do_rectify=False
+        )
+        matrices = {"D": np.zeros(5), "K": scenes.K.reshape(-1), "R": np.eye(3).ravel(), "P": np.zeros(12)}
+        fields = {(k if self.ros1 else k.lower()): v for k, v in matrices.items()}
+        return self.types[INFO](
+            header=self.header(stamp, frame_id),
+            height=scenes.HEIGHT,
+            width=scenes.WIDTH,
+            distortion_model="plumb_bob",
+            binning_x=0,
+            binning_y=0,
+            roi=roi,
+            **fields,
+        )
+
+    def cloud(self, stamp: int, points: np.ndarray, frame_id: str = "velodyne"):
+        # x, y, z float32 and an intensity, padded to 32 bytes a point as Velodyne drivers do.
+        step = 32
+        data = np.zeros((len(points), step), np.uint8)
+        data[:, 0:12] = points.astype("<f4").view(np.uint8).reshape(len(points), 12)
+        data[:, 16:20] = np.full(len(points), 7.0, "<f4").view(np.uint8).reshape(-1, 4)
+        pf = self.types["sensor_msgs/msg/PointField"]
+        fields = [
+            pf(name=n, offset=o, datatype=7, count=1) for n, o in (("x", 0), ("y", 4), ("z", 8), ("intensity", 16))
+        ]
+        return self.types[CLOUD](
+            header=self.header(stamp, frame_id),
+            height=1,
+            width=len(points),
+            fields=fields,
+            is_bigendian=False,
+            point_step=step,
+            row_step=step * len(points),
+            data=data.reshape(-1),
+            is_dense=False,
+        )
+
+    def image(self, stamp: int, pixels: np.ndarray, encoding: str = "bgr8", frame_id: str = "camera_optical"):
+        pixels = np.ascontiguousarray(pixels)
+        return self.types[IMAGE](
+            header=self.header(stamp, frame_id),
+            height=pixels.shape[0],
+            width=pixels.shape[1],
+            encoding=encoding,
+            is_bigendian=0,
+            step=pixels.strides[0],
+            data=pixels.view(np.uint8).reshape(-1),
+        )
+
+    def tf(self, stamp: int):
+        items = []
+        for parent, child, translation, quaternion in scenes.CHAIN:
+            transform = self.types["geometry_msgs/msg/Transform"](
+                translation=self.types["geometry_msgs/msg/Vector3"](
+                    x=translation[0], y=translation[1], z=translation[2]
+                ),
+                rotation=self.types["geometry_msgs/msg/Quaternion"](
+                    x=quaternion[0], y=quaternion[1], z=quaternion[2], w=quaternion[3]
+                ),
+            )
+            items.append(
+                self.types["geometry_msgs/msg/TransformStamped"](
+                    header=self.header(stamp, parent), child_frame_id=child, transform=transform
+                )
+            )
+        return self.types[TF](transforms=items)
+
+
 def _affines(frames: int, rng: np.random.Generator) -> list[tuple[float, float]]:
     """A scale and shift that change every frame, as a relative network's do."""
     return [(float(rng.uniform(0.6, 4.0)), float(rng.uniform(-0.8, 1.5))) for _ in range(frames)]
@@ -70,7 +151,6 @@ def write_scene_bag(
     lidar_delay = lidar_delay or [3_000_000] * frames
     ros1 = kind == "rosbag1"
     store = get_typestore(Stores.ROS1_NOETIC if ros1 else Stores.ROS2_HUMBLE)
-    t = store.types
     if ros1:
         writer = Writer1(path)
     else:
@@ -79,63 +159,8 @@ def write_scene_bag(
         )
     serialize = store.serialize_ros1 if ros1 else store.serialize_cdr
 
-    def header(stamp: int, frame_id: str):
-        time = t["builtin_interfaces/msg/Time"](sec=stamp // 10**9, nanosec=stamp % 10**9)
-        fields = {"stamp": time, "frame_id": frame_id}
-        return t["std_msgs/msg/Header"](**({"seq": 0} | fields if ros1 else fields))
-
-    def info(stamp: int, frame_id: str):
-        roi = t["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
-        matrices = {"D": np.zeros(5), "K": scenes.K.reshape(-1), "R": np.eye(3).ravel(), "P": np.zeros(12)}
-        fields = {(k if ros1 else k.lower()): v for k, v in matrices.items()}
-        return t[INFO](
-            header=header(stamp, frame_id),
-            height=scenes.HEIGHT,
-            width=scenes.WIDTH,
-            distortion_model="plumb_bob",
-            binning_x=0,
-            binning_y=0,
-            roi=roi,
-            **fields,
-        )
-
-    def cloud(stamp: int, points: np.ndarray):
-        # x, y, z float32 and an intensity, padded to 32 bytes a point as Velodyne drivers do.
-        step = 32
-        data = np.zeros((len(points), step), np.uint8)
-        data[:, 0:12] = points.astype("<f4").view(np.uint8).reshape(len(points), 12)
-        data[:, 16:20] = np.full(len(points), 7.0, "<f4").view(np.uint8).reshape(-1, 4)
-        pf = t["sensor_msgs/msg/PointField"]
-        fields = [
-            pf(name=n, offset=o, datatype=7, count=1) for n, o in (("x", 0), ("y", 4), ("z", 8), ("intensity", 16))
-        ]
-        return t[CLOUD](
-            header=header(stamp, "velodyne"),
-            height=1,
-            width=len(points),
-            fields=fields,
-            is_bigendian=False,
-            point_step=step,
-            row_step=step * len(points),
-            data=data.reshape(-1),
-            is_dense=False,
-        )
-
-    def tf_message(stamp: int):
-        items = []
-        for parent, child, translation, quaternion in scenes.CHAIN:
-            transform = t["geometry_msgs/msg/Transform"](
-                translation=t["geometry_msgs/msg/Vector3"](x=translation[0], y=translation[1], z=translation[2]),
-                rotation=t["geometry_msgs/msg/Quaternion"](
-                    x=quaternion[0], y=quaternion[1], z=quaternion[2], w=quaternion[3]
-                ),
-            )
-            items.append(
-                t["geometry_msgs/msg/TransformStamped"](
-                    header=header(stamp, parent), child_frame_id=child, transform=transform
-                )
-            )
-        return t[TF](transforms=items)
+    messages = Messages(store, ros1)
+    info, cloud, tf_message = messages.info, messages.cloud, messages.tf
 
     expected = SceneBag()
     scene = scene or scenes.Scene()
@@ -155,16 +180,7 @@ def write_scene_bag(
                 image, relative = scenes.relative_frame(depth, gain, offset)
             else:
                 image, relative = scenes.encode(depth / metric_max_depth), None
-            msg = t[IMAGE](
-                header=header(stamp, "camera_optical"),
-                height=scenes.HEIGHT,
-                width=scenes.WIDTH,
-                encoding="bgr8",
-                is_bigendian=0,
-                step=3 * scenes.WIDTH,
-                data=image.reshape(-1),
-            )
-            writer.write(conns[CAMERA], stamp, serialize(msg, IMAGE))
+            writer.write(conns[CAMERA], stamp, serialize(messages.image(stamp, image), IMAGE))
             expected.depth.append(depth)
             expected.relative.append(relative)
             expected.affine.append((gain, offset))
@@ -180,14 +196,6 @@ def write_scene_bag(
                 else:
                     values = np.clip(np.rint(depth * 1000), 0, 65535).astype("<u2")
                     values[:8] = 0
-                dmsg = t[IMAGE](
-                    header=header(stamp + 2_000_000, "camera_optical"),
-                    height=scenes.HEIGHT,
-                    width=scenes.WIDTH,
-                    encoding=depth_encoding,
-                    is_bigendian=0,
-                    step=values.itemsize * scenes.WIDTH,
-                    data=values.view(np.uint8).reshape(-1),
-                )
+                dmsg = messages.image(stamp + 2_000_000, values, depth_encoding)
                 writer.write(conns[DEPTH], stamp + 2_000_000, serialize(dmsg, IMAGE))
     return expected
