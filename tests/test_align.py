@@ -140,6 +140,32 @@ def test_projection_inverts_back_projection_through_distortion_and_counts_what_i
         project_points(np.zeros((3, 2)), intr, 240, 320)
 
 
+@pytest.mark.parametrize(
+    "model,coeffs",
+    [
+        ("plumb_bob", (-0.28, 0.07, 1e-3, -5e-4, 0.01)),
+        ("rational_polynomial", (0.1, -0.2, 1e-3, 2e-3, 0.05, 0.02, -0.01, 0.003)),
+        ("equidistant", (0.05, -0.01, 0.002, -0.001)),
+    ],
+)
+def test_projection_agrees_with_opencv_for_every_lens_model(model, coeffs):
+    import cv2
+
+    intr = Intrinsics.from_matrix([500, 0, 320, 0, 510, 240, 0, 0, 1], coeffs, model)
+    rng = np.random.default_rng(0)
+    points = np.column_stack([rng.uniform(-0.5, 0.5, (500, 2)), rng.uniform(1, 5, 500)])
+    projected = project_points(points, intr, 480, 640)
+    zero = np.zeros(3)
+    if model == "equidistant":
+        want, _ = cv2.fisheye.projectPoints(points.reshape(-1, 1, 3), zero, zero, intr.matrix, np.array(coeffs))
+    else:
+        want, _ = cv2.projectPoints(points, zero, zero, intr.matrix, np.array(coeffs))
+    want = want.reshape(-1, 2)
+    inside = (want[:, 0] >= -0.5) & (want[:, 0] < 639.5) & (want[:, 1] >= -0.5) & (want[:, 1] < 479.5)
+    np.testing.assert_allclose(projected.pixels, want[inside], atol=1e-9)
+    np.testing.assert_allclose(projected.depth, points[inside, 2])
+
+
 def test_samples_keep_the_nearest_point_of_a_pixel():
     intr = Intrinsics.from_matrix(scenes.K)
     points = np.array([[0.0, 0.0, 2.0], [0.0, 0.0, 5.0], [0.0, 0.0, 500.0]])

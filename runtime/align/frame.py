@@ -101,12 +101,12 @@ def depth_errors(predicted: np.ndarray, measured: np.ndarray) -> dict[str, Any]:
 
 
 def disparity_of(prediction: np.ndarray, kind: OutputKind) -> np.ndarray:
-    """The prediction in disparity form: a relative model's output as it is, 1 / metres of a metric one."""
-    prediction = np.asarray(prediction, np.float64)
+    """The prediction in disparity form (float32): a relative model's output as it is, 1 / metres of a metric one."""
+    prediction = np.asarray(prediction, np.float32)
     if not kind.is_metric:
         return prediction
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(prediction > 0, 1.0 / prediction, np.nan)
+        return np.where(prediction > 0, np.float32(1) / prediction, np.float32(np.nan))
 
 
 @dataclass
@@ -170,11 +170,11 @@ class FrameAligner:
 
     def to_metric(self, x_map: np.ndarray, scale: float, shift: float) -> np.ndarray:
         """Metres from disparity-form values; NaN where the disparity gives no depth within range."""
-        disparity = scale * x_map + shift
+        disparity = np.float32(scale) * x_map + np.float32(shift)
         with np.errstate(divide="ignore", invalid="ignore"):
-            depth = 1.0 / disparity
-        depth[~(disparity > 1.0 / self.settings.fit.max_depth)] = np.nan
-        return depth.astype(np.float32)
+            depth = np.float32(1) / disparity
+        depth[~(disparity > np.float32(1.0 / self.settings.fit.max_depth))] = np.nan
+        return depth
 
 
 __all__ = ["DROP_REASONS", "FIT", "NONE", "AlignSettings", "FrameAligner", "FrameResult", "SparseSamples"]

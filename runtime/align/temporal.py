@@ -43,8 +43,14 @@ class FilterSettings:
 
 
 def anchors(x: np.ndarray, shift: bool = True) -> np.ndarray | None:
-    """The frame's anchors: 5th and 95th percentile of its finite prediction (median for scale only)."""
-    finite = np.asarray(x)[np.isfinite(x)]
+    """The frame's anchors: 5th and 95th percentile of its finite prediction (median for scale only).
+
+    Taken on every 4th pixel of a map in each direction: a 640x480 frame's percentiles to within a
+    fraction of a percent, at a sixteenth of the cost.
+    """
+    x = np.asarray(x)
+    x = x[::4, ::4] if x.ndim == 2 and min(x.shape) >= 64 else x
+    finite = x[np.isfinite(x)]
     if finite.size == 0:
         return None
     points = np.percentile(finite, [5, 95] if shift else [50])
@@ -84,9 +90,7 @@ class TemporalFilter:
             return None
         return ScaleShift(float(scale), float(shift), residual, count)
 
-    def update(
-        self, stamp_ns: int, fit: ScaleShift | None, points: np.ndarray | None
-    ) -> tuple[ScaleShift | None, str]:
+    def update(self, stamp_ns: int, fit: ScaleShift | None, points: np.ndarray | None) -> tuple[ScaleShift | None, str]:
         if points is None:
             return None, NONE
         if not self._fresh(stamp_ns):
