@@ -160,7 +160,7 @@ def write_depth_video(
                     image = pending.popleft()
                     meter.update(image, disparity_of(depth, kind))
                     if stabilizer is not None and np.isfinite(depth).any():
-                        low, high = np.nanpercentile(depth, [1, 99])
+                        low, high = np.nanpercentile(depth[::4, ::4], [1, 99])
                         limits[:] = [min(low, limits[0]), max(high, limits[1])] if limits else [low, high]
                     panel = depth_frame(image, depth, colormap, side_by_side, kind.kind, tuple(limits) or (None, None))
                     if writer is None:

@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -267,9 +268,7 @@ class FramePipeline:
         if aligner is not None and conversion.metric is not None:
             raise InputError("give sparse_depth (a fit per frame) or metric_scale (constants), not both")
         self.kind, self.stabilizer, self.aligner = kind, stabilizer, aligner
-        self.conversion = Conversion(
-            conversion.metric, conversion.point_stride, conversion.max_range, conversion.colour_points, kind
-        )
+        self.conversion = replace(conversion, output=kind)
 
     @property
     def outputs(self) -> list[str]:

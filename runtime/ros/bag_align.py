@@ -105,6 +105,8 @@ class BagAligner:
         wanted = {topic, camera_info_topic, *tf_topics}
         tree, stamps, sensor_frames, camera_frame = TfTree(), [], set(), None
         for conn, _, raw in reader.messages(connections=[c for c in reader.connections if c.topic in wanted]):
+            if conn.topic == camera_info_topic and camera_frame is not None:
+                continue  # the camera's frame is known; its other infos are read by the main pass
             try:
                 msg = reader.deserialize(raw, conn.msgtype)
             except Exception:
