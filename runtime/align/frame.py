@@ -17,7 +17,7 @@ import numpy as np
 from ..metric import OutputKind
 from ..pointcloud import Intrinsics, project_points
 from .fit import FitSettings, robust_fit
-from .temporal import FIT, NONE, FilterSettings, TemporalFilter, anchors
+from .temporal import FilterSettings, TemporalFilter, anchors
 
 # Why points of a sparse source were left out, in the order a summary lists them.
 DROP_REASONS = ("non_finite", "behind", "outside", "out_of_range", "occluded")
@@ -175,6 +175,3 @@ class FrameAligner:
             depth = np.float32(1) / disparity
         depth[~(disparity > np.float32(1.0 / self.settings.fit.max_depth))] = np.nan
         return depth
-
-
-__all__ = ["DROP_REASONS", "FIT", "NONE", "AlignSettings", "FrameAligner", "FrameResult", "SparseSamples"]

@@ -13,9 +13,9 @@ import bisect
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -31,6 +31,7 @@ from .tf import NoTransformError, TfTree, TransformTimeError, frame_name, stamp_
 DEFAULT_MAX_TIME_OFFSET = 0.05  # seconds between an image and the sensor message it is fitted to
 
 # camera frame, sensor frame, sensor stamp (ns) -> 4x4 taking sensor points into the camera frame
+# (typing's Callable: collections.abc's cannot be subscripted at run time on Python 3.8)
 Transforms = Callable[[str, str, int], np.ndarray]
 
 

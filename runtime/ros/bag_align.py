@@ -297,7 +297,11 @@ def add_align_args(parser: Any, metres: Callable[[str], float], max_time_offset:
         help="share of each frame's sensor points kept out of the fit to score it",
     )
     group.add_argument(
-        "--hold", type=float, default=0.5, metavar="S", help="seconds a good fit is held for frames without one"
+        "--hold",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="seconds a good fit is held for frames without one (default 0.5)",
     )
     group.add_argument(
         "--depth-range",
@@ -307,7 +311,9 @@ def add_align_args(parser: Any, metres: Callable[[str], float], max_time_offset:
         metavar=("MIN", "MAX"),
         help="sensor depths used, metres (default 0.1 100)",
     )
-    group.add_argument("--min-inliers", type=int, default=20, help="fewest inliers a frame's fit may have (default 20)")
+    group.add_argument(
+        "--min-inliers", type=int, default=20, metavar="N", help="fewest inliers a frame's fit may have (default 20)"
+    )
     parser.add_argument(
         "--stabilize",
         action="store_true",
