@@ -227,3 +227,17 @@ def test_frames_without_enough_points_hold_then_give_nothing_and_metric_models_f
     assert own.status == "model" and np.allclose(own.depth, depth)
     corrected = metric.align(depth.astype(np.float32) * 1.1, good, 100_000_000)
     assert corrected.status == FIT and np.allclose(corrected.depth, depth, rtol=1e-4)
+
+
+def test_points_given_in_code_align_a_frame():
+    depth = scenes.render(scenes.Scene())
+    relative = 2.0 * scenes.NEAREST / depth + 0.4
+    sparse = np.zeros_like(depth)
+    rng = np.random.default_rng(2)
+    rows, cols = rng.integers(0, depth.shape[0], 300), rng.integers(0, depth.shape[1], 300)
+    sparse[rows, cols] = depth[rows, cols]
+    sparse[0, :5] = [np.nan, np.inf, -1.0, 0.0, np.nan]  # unknown, however it is written
+    samples = SparseSamples.from_map(sparse)
+    assert len(samples) == np.count_nonzero(sparse[1:] > 0) + np.count_nonzero(sparse[0, 5:] > 0)
+    result = FrameAligner(OutputKind()).align(relative, samples, 0)
+    assert result.status == FIT and np.allclose(result.depth, depth, rtol=1e-4)
