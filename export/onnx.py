@@ -20,6 +20,7 @@ from runtime.commands import command, stage
 from runtime.errors import require
 from runtime.io.files import staging_dir
 from runtime.metadata import library_versions, sha256_file, sidecar_path, write_sidecar
+from runtime.metric import OutputKind
 from runtime.reference import reference_path
 
 from .cli import add_size_arg, add_source_args, patch_multiple
@@ -114,11 +115,13 @@ def export_onnx(
         with stage("tracing the model to ONNX"):
             _torch_export(model, raw, height, width, dynamic, opset)
         spec = getattr(model, "spec", None)
+        max_depth = getattr(model, "max_depth", None)
+        output_kind = OutputKind("metric", float(max_depth)) if max_depth is not None else OutputKind()
         metadata = {
             "producer": "dav2-edge",
             "encoder": getattr(spec, "name", "custom"),
             "input_shape": "dynamic" if dynamic else f"1x3x{height}x{width}",
-            "max_depth": str(getattr(model, "max_depth", None) or ""),
+            **output_kind.metadata(),  # output_kind and max_depth: what every artefact made from it outputs
             "licence": model_licence(model),
         }
         with stage("checking and saving the ONNX file"):
@@ -157,6 +160,7 @@ def export_onnx(
             "input_name": INPUT_NAME,
             "input_shape": [None, 3, None, None] if dynamic else [1, 3, height, width],
             "encoder": metadata["encoder"],
+            **output_kind.sidecar(),
             "source": source,
             "licence": model_licence(model),
             "sha256": sha256_file(output),

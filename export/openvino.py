@@ -26,6 +26,7 @@ from runtime.reference import reference_path
 
 from .cli import add_calibration_args, add_precision_args, add_size_arg, add_source_args, args_stem, check_request
 from .errors import ExportError, ExportRequestError
+from .graph import onnx_output_kind
 from .onnx import source_onnx
 from .reference import FP16_TOLERANCE, onnx_runner, other_size, write_reference
 from .source import PRECISIONS, check_precision, default_output, licence_note
@@ -129,6 +130,7 @@ def export_openvino(
     started = time.perf_counter()
     with stage("converting the ONNX model to OpenVINO"), telemetry_off():
         model = ov.convert_model(str(onnx_path))
+    output_kind = onnx_output_kind(onnx_path)
     quantization = None
     if precision == "int8":
         with telemetry_off():
@@ -154,6 +156,8 @@ def export_openvino(
         shape = _static_hw(model) or verify_shape or (518, 518)
         model.set_rt_info(precision, RT_INFO_PRECISION)  # the runtime keeps an FP32 IR in f32 from this
         with stage("saving and verifying the IR"):
+            for key, value in output_kind.metadata().items():  # read back by runtime.backends.openvino
+                model.set_rt_info(value, ["dav2_edge", key])
             ov.save_model(model, str(staged), compress_to_fp16=precision != "fp32")
             check = verify_ir(ov, staged, onnx_path, shape)
         if not check.max_rel_std <= TOLERANCES[precision]:  # NaN fails too
@@ -174,6 +178,7 @@ def export_openvino(
     data = {
         "format": "openvino",
         "precision": precision,
+        **output_kind.sidecar(),
         "input_name": model.input(0).any_name,
         "input_shape": [d.get_length() if d.is_static else None for d in model.input(0).get_partial_shape()],
         "encoder": source_meta.get("encoder"),

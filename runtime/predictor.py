@@ -14,10 +14,12 @@ from . import preprocessing as pre
 from .backends import backend_class, resolve_backend
 from .backends.base import describe_source
 from .errors import InputError
+from .metric import OutputKind, resolve_output_kind
 
 
 class DepthPredictor:
-    """Relative inverse depth (larger = nearer) for images, at the images' own resolution.
+    """Depth for images, at the images' own resolution: relative inverse depth (larger = nearer)
+    or, from a metric model, metres (``output_kind``, ``max_depth``, ``info()["output"]``).
 
     ``model`` is a file or a ``torch.nn.Module``; the suffix picks the backend (``.pth`` and
     ``.safetensors``: torch, ``.onnx``: onnxruntime, ``.engine``/``.plan``: tensorrt, ``.xml``:
@@ -36,6 +38,9 @@ class DepthPredictor:
     ``runtime.reference.ReferenceMismatch`` with the numbers when it is over the reference's
     tolerance; ``info()["verification"]`` holds the result. It costs one inference per reference
     input (a few) at load.
+    What the model outputs comes from the artefact (a checkpoint's head, ONNX metadata, OpenVINO
+    rt_info, a sidecar). A file that says nothing is relative unless ``output_kind="metric"`` and
+    ``max_depth`` say so; a request that contradicts the file is refused.
     """
 
     def __init__(
@@ -49,6 +54,8 @@ class DepthPredictor:
         fixed_size: tuple[int, int] | None = None,
         max_long_side: int | None = None,
         verify: bool | str | Path = False,
+        output_kind: str | None = None,
+        max_depth: float | None = None,
         **backend_options: Any,
     ) -> None:
         if not isinstance(input_size, int) or input_size < pre.PATCH_SIZE:
@@ -59,6 +66,13 @@ class DepthPredictor:
         name = resolve_backend(model, backend)
         self._backend = backend_class(name)(model, device=device, precision=precision, **backend_options)
         self._source = describe_source(model)
+        try:
+            self.output: OutputKind = resolve_output_kind(
+                self._backend.output_kind, output_kind, max_depth, self._source
+            )
+        except InputError:
+            self._backend.close()
+            raise
         self.input_size = input_size
         self.rgb = rgb
         model_hw = self._backend.input_spec.fixed_hw
@@ -81,6 +95,16 @@ class DepthPredictor:
     @property
     def backend(self) -> str:
         return self._backend.name
+
+    @property
+    def output_kind(self) -> str:
+        """``"relative"`` (inverse depth, unitless, larger = nearer) or ``"metric"`` (metres)."""
+        return self.output.kind
+
+    @property
+    def max_depth(self) -> float | None:
+        """A metric model's depth bound in metres; ``None`` for a relative model."""
+        return self.output.max_depth
 
     @property
     def input_shape(self) -> tuple[int | None, ...]:
@@ -124,29 +148,47 @@ class DepthPredictor:
         return depth  # type: ignore[return-value]
 
     def stream(
-        self, frames: Iterable[np.ndarray], rgb: bool | None = None, depth: int | None = None
+        self,
+        frames: Iterable[np.ndarray],
+        rgb: bool | None = None,
+        depth: int | None = None,
+        stabilize: bool | Any = False,
     ) -> Iterator[np.ndarray]:
         """Depth for each frame of a video, in order, with pre-processing, inference and
         post-processing of neighbouring frames overlapping.
 
         Up to ``depth`` frames are in flight (default: the backend's concurrency + 2); frames
-        are read from the iterable only as results are consumed.
+        are read from the iterable only as results are consumed. ``stabilize=True`` (or a
+        ``runtime.align.Stabilizer``, to read its flicker figures afterwards) puts each frame's
+        relative depth on the scale of the frames before it, so values and colours hold still.
         """
+        from .align import Stabilizer
+
+        stabilizer = Stabilizer() if stabilize is True else stabilize or None
+        if stabilizer is not None and self.output.is_metric:
+            raise InputError(f"the model outputs {self.output.describe()}: stabilize is for relative models")
         depth = depth or self._backend.max_concurrency + 2
         pending: deque = deque()
+
+        def result() -> np.ndarray:
+            frame, future = pending.popleft()
+            out = future.result()
+            return stabilizer(frame, out) if stabilizer is not None else out
+
         with ThreadPoolExecutor(max_workers=depth, thread_name_prefix="depth-stream") as pool:
             for frame in frames:
-                pending.append(pool.submit(self.predict, frame, rgb))
+                pending.append((frame, pool.submit(self.predict, frame, rgb)))
                 if len(pending) >= depth:
-                    yield pending.popleft().result()
+                    yield result()
             while pending:
-                yield pending.popleft().result()
+                yield result()
 
     def info(self) -> dict[str, Any]:
-        """Backend, device, precision, input shape and library versions."""
+        """Backend, device, precision, input shape, library versions and what the model outputs."""
         return {
             **self._backend.info(),
             "model": self._source,
+            "output": self.output.info(),
             "input_size": self.input_size,
             "max_long_side": self.max_long_side,
             "verification": self.verification.to_dict() if self.verification is not None else None,

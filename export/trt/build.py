@@ -23,7 +23,7 @@ from runtime.metadata import library_versions, read_sidecar, sha256_file, sideca
 from runtime.reference import find_reference, reference_path
 
 from ..errors import ExportError, ExportRequestError
-from ..graph import load_onnx
+from ..graph import load_onnx, onnx_output_kind
 from ..onnx import source_onnx
 from ..quantize.fp16 import FP32_OPS, to_fp16
 from ..reference import onnx_runner, write_fp16_reference, write_reference
@@ -309,6 +309,7 @@ def build_trt(request: TrtRequest) -> Path:
         "input_shape": [1, 3, height, width] if profile is None else None,
         "profile": {k: list(v) for k, v in profile.shapes().items()} if profile else None,
         "encoder": (read_sidecar(source) or {}).get("encoder"),
+        **onnx_output_kind(source).sidecar(),
         "licence": (read_sidecar(ready) or {}).get("licence", "unknown"),
         "gpu": {"name": gpu_name, "compute_capability": list(capability)},
         "calibration": calibration_info,

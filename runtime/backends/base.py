@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import InputError, ModelFileError
+from ..metric import OutputKind
 from ..preprocessing import PATCH_SIZE
 
 
@@ -53,6 +54,8 @@ class Backend(ABC):
     max_concurrency: int = 1
     # The weights' licence, from the artefact's sidecar or the checkpoint (see train.models.checkpoint).
     licence: str = "unknown"
+    # What the model outputs, as the artefact says it (None: it says nothing; the predictor decides).
+    output_kind: OutputKind | None = None
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

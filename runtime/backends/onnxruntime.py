@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import ModelFileError, require
 from ..metadata import read_sidecar
+from ..metric import OutputKind
 from .base import Backend, InputSpec
 
 PROVIDERS = {
@@ -122,6 +123,9 @@ class OnnxRuntimeBackend(Backend):
         self._providers = self._session.get_providers()
         self.precision = provider_settings(self._providers[0], artefact, precision, ort.__version__)[1]
         self.licence = meta.get("licence", self.licence)
+        self.output_kind = OutputKind.from_metadata(
+            self._session.get_modelmeta().custom_metadata_map, "ONNX metadata"
+        ) or OutputKind.from_metadata(meta, "sidecar")
         self.device = self._providers[0].replace("ExecutionProvider", "").lower()
         self._io_binding = self._providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
         self._threads = options.intra_op_num_threads

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import ModelFileError, require
 from ..metadata import read_sidecar
+from ..metric import OutputKind
 from .base import Backend, InputSpec
 
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
@@ -172,6 +173,21 @@ def compiled_execution(compiled: Any) -> dict[str, Any]:
     return {"format": dominant, "hint": hint, "matrix_layers": dict(layers)}
 
 
+def rt_info_output_kind(model: Any) -> OutputKind | None:
+    """The output kind in a model's rt_info: ``dav2_edge`` (written by export.openvino), else
+    ``framework`` (an ONNX file's metadata, as OpenVINO imports it)."""
+    for section in ("dav2_edge", "framework"):
+        values = {
+            key: model.get_rt_info([section, key]).astype(str)
+            for key in ("output_kind", "max_depth")
+            if model.has_rt_info([section, key])
+        }
+        found = OutputKind.from_metadata(values, f"OpenVINO rt_info ({section})")
+        if found is not None:
+            return found
+    return None
+
+
 class OpenVINOBackend(Backend):
     name = "openvino"
 
@@ -231,6 +247,7 @@ class OpenVINOBackend(Backend):
             self._executing = [self.device]
         self._execution = compiled_execution(self._compiled)
         self.precision = self._compute_precision(core, precision)
+        self.output_kind = rt_info_output_kind(model_ir) or OutputKind.from_metadata(read_sidecar(path), "sidecar")
         try:
             count = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         except RuntimeError:

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import ModelFileError, require
 from ..metadata import read_sidecar
+from ..metric import OutputKind
 from .base import Backend, InputSpec
 from .cuda import open_cuda, parse_device
 
@@ -104,6 +105,7 @@ class TensorRTBackend(Backend):
         self.device = f"cuda:{index} ({gpu_name})"
         self.precision = precision or built or "unknown"
         self.licence = (meta or {}).get("licence", self.licence)
+        self.output_kind = OutputKind.from_metadata(meta, "sidecar")
         self._cuda.activate()
         try:
             self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
