@@ -282,10 +282,10 @@ class _Pass:
                 summary.point_bytes += size if key == "points" else 0
         if "points" in messages:
             summary.points += 1
-            note = camera_size_note(frame.intrinsics, *relative.shape)
+            note = camera_size_note(frame.intrinsics, *prediction.shape)
             if note:
-                self.warn_once((frame.intrinsics.width, frame.intrinsics.height, relative.shape), note)
-            stride = bounded_stride(*relative.shape, self.conversion.point_stride, self.conversion.max_points)
+                self.warn_once((frame.intrinsics.width, frame.intrinsics.height, prediction.shape), note)
+            stride = bounded_stride(*prediction.shape, self.conversion.point_stride, self.conversion.max_points)
             if stride > self.conversion.point_stride:
                 summary.thinned_clouds += 1
                 summary.largest_stride = max(summary.largest_stride, stride)
