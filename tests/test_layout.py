@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import runpy
 import subprocess
 import sys
@@ -116,6 +117,31 @@ def test_every_command_answers_help(name, monkeypatch, capsys):
         runpy.run_module(name, run_name="__main__", alter_sys=True)
     assert exit_info.value.code == 0
     assert "usage:" in capsys.readouterr().out
+
+
+def test_every_command_has_a_script_that_runs_its_main():
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    targets = {}
+    for target in scripts.values():
+        module, function = target.split(":")
+        targets[module.removesuffix(".__main__")] = getattr(importlib.import_module(module), function)
+    assert sorted(targets) == sorted(COMMANDS)
+    # the command runner's main (exit codes, one-line errors), as python -m runs it
+    assert all(hasattr(main, "__wrapped__") for main in targets.values())
+
+
+@pytest.mark.skipif(
+    not (Path(sys.executable).parent / "dav2-depth").exists(), reason="the project is not pip-installed here"
+)
+def test_an_installed_script_runs_the_command():
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "dav2-depth"), "missing.png", "--model", "m.onnx"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == EXIT_USAGE and "missing.png" in one_line_error(result)
 
 
 def run(*argv: str) -> subprocess.CompletedProcess:
