@@ -33,6 +33,20 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         raise pytest.UsageError(f"official parity data missing from {parity.DATA}: {', '.join(missing)}")
 
 
+@pytest.fixture(autouse=True)
+def sigchld_as_before() -> Iterator[None]:
+    """Each test leaves SIGCHLD as it found it. PyTorch's DataLoader installs a process-wide
+    SIGCHLD handler the first time it starts workers and never removes it; in this long-lived
+    process, with OpenVINO's threads loaded by earlier tests, that handler running when a later
+    test's subprocess ended crashed the interpreter (a segfault inside subprocess.run, reproduced
+    by an OpenVINO test, the loader-workers test and a CLI test in that order, and gone with
+    this). A command runs one of these per process, so only the suite needs it."""
+    before = signal.getsignal(signal.SIGCHLD)
+    yield
+    if signal.getsignal(signal.SIGCHLD) is not before:
+        signal.signal(signal.SIGCHLD, before if before is not None else signal.SIG_DFL)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_gpu_by_default() -> Iterator[dict]:
     """The suite checks CPU numbers wherever it runs: on a GPU machine only the tests marked
