@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--strict", action="store_true", help=f"exit {EXIT_UNRELIABLE} when the report's self-checks fail"
     )
+    parser.add_argument(
+        "--no-profile",
+        action="store_true",
+        help="skip the profiled pass that splits each row's model call by kind of work (saves a second "
+        "model load and a few calls per row)",
+    )
     parser.add_argument("--accuracy-budget", type=float, default=0.02, help="AbsRel vs FP32 budget (default 0.02)")
     parser.add_argument("--report-dir", type=Path, default=Path("reports/latest"), help="where the report goes")
     parser.add_argument("--work-dir", type=Path, default=Path("artifacts/bench"), help="artefact cache")
@@ -223,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     calib_samples = 16 if quick else 64
     settings = Settings(workdir, warmup, runs, rounds, args.calib_dir, calib_samples, 0.1, cpu, args.emulated_formats)
+    settings.profile_calls = 0 if args.no_profile else settings.profile_calls
     phases = settings.phases
     with phases.timed("model and images"):
         source = resolve_model(args.checkpoint, workdir, use_hub=not args.no_hub)
@@ -273,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             "sizes": [list(s) for s in sizes],
             "quick": quick,
             "emulated_formats": args.emulated_formats,
+            "profile_calls": settings.profile_calls,
         },
         "accuracy_budget": args.accuracy_budget,
         "roofline": roofline,

@@ -9,14 +9,16 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.io.files import atomic_write_bytes
+from runtime.io.files import atomic_write, atomic_write_bytes
 
 from .cpu import FORMAT_NAMES, without_units
 from .figures import figures
+from .profile import profile_figure, profile_lines
 from .ranking import is_baseline, row_name, same_rounds_ratio
 
 # 3: "reliability", "phases", "size_sweep"; rows carry "computes_in", "native", "round_medians"
-SCHEMA_VERSION = 3
+# 4: rows carry "profile" (benchmarks.profile); "throughput" (benchmarks.throughput)
+SCHEMA_VERSION = 4
 NO_BASELINE = "no PyTorch FP32 row to compare with"
 QUALITY_VS_SIZE = (
     "Accuracy here is against PyTorch FP32 at the same size, so it shows how faithfully the backend runs "
@@ -281,6 +283,7 @@ def markdown(data: dict) -> str:
             f"| {_num(r.get('peak_rss_mib'), '.0f')} | {_status(r)} |"
         )
     lines += sweep_lines(data)
+    lines += profile_lines(data)
     lines += ["", "Figures: `latency_vs_accuracy.png`, `depth_grid.png`. Machine-readable: `report.json`.", ""]
     return "\n".join(lines)
 
@@ -292,4 +295,11 @@ def write_report(data: dict, images: dict[str, np.ndarray], folder: Path) -> lis
         atomic_write_bytes(folder / "report.json", (json.dumps(data, indent=2, default=str) + "\n").encode()),
         atomic_write_bytes(folder / "report.md", markdown(data).encode()),
     ]
-    return paths + figures(data, images, folder)
+    paths += figures(data, images, folder)
+    fig = profile_figure(data)
+    if fig is not None:
+        import matplotlib.pyplot as plt
+
+        paths.append(atomic_write(folder / "profile.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png")))
+        plt.close(fig)
+    return paths

@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .machine import machine_state, process_ticks, snapshot
+from .profile import summarize as summarize_profile
 from .roofline import CeilingProbes
 from .runner import STATUS_RUN_FAILED, Config, Settings, computes_in
 from .stats import summarize
@@ -167,12 +168,24 @@ def time_rows(configs: list[Config], settings: Settings, probes: CeilingProbes |
             outputs = {i: str(configs[i].job.with_suffix(".npz")) for i in workers}
             for index, _ in each_worker("outputs", path=outputs.get):
                 configs[index].result["outputs"] = outputs[index]
+        profiles = {}
+        if settings.profile_calls:
+            with phases.timed("profiles"):
+                profiles = dict(each_worker("profile", calls=settings.profile_calls))
+        with phases.timed("rows"):
             for index, memory in each_worker("finish"):
                 result = configs[index].result
                 result.update(memory)
                 result["model_call"] = _latency(timings[index]["model"])
                 result["end_to_end"] = _latency(timings[index]["e2e"])
                 result["round_medians"] = {k: [float(np.median(r)) for r in v] for k, v in timings[index].items()}
+                if index in profiles:
+                    reply = profiles[index]
+                    result["profile"] = (
+                        summarize_profile(reply["profile"], configs[index].backend, result["model_call"]["median"])
+                        if "profile" in reply
+                        else {"unavailable": reply["unavailable"]}
+                    )
     finally:
         for worker in workers.values():
             worker.close()

@@ -102,6 +102,7 @@ class Settings:
     cpu: CpuFeatures
     emulated: bool = False  # time formats this CPU only emulates
     phases: Phases = field(default_factory=Phases)
+    profile_calls: int = 3  # profiled model calls per row after the rounds (0: no profiles)
 
     @property
     def calls_per_round(self) -> int:

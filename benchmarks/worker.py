@@ -98,6 +98,7 @@ class Row:
             self.synchronize = torch.cuda.synchronize
         self.batch = self.predictor.prepare(self.first)
         self.backend = self.predictor._backend
+        self.memory: dict | None = None  # peak memory, read before the profiled pass adds its own
 
     def hello(self) -> dict:
         info = {k: v for k, v in self.predictor.info().items() if k != "model"}
@@ -120,13 +121,27 @@ class Row:
         np.savez_compressed(path, **outputs)
         return {}
 
-    def finish(self) -> dict:
+    def profile(self, calls: int) -> dict:
+        """Layer timings from the backend's profiler, in a pass of its own after the timed rounds
+        (its second model does not count in the row's peak memory); a backend without a profiler,
+        or one that fails, costs the row its profile only."""
+        self.memory = self.memory or self.peak_memory()
+        try:
+            return {"profile": self.backend.profile(self.batch, calls).to_dict()}
+        except Exception as exc:
+            traceback.print_exc()
+            return {"unavailable": error_text(exc)}
+
+    def peak_memory(self) -> dict:
         gpu_peak = None
         if self.synchronize is not None:
             import torch
 
             gpu_peak = torch.cuda.max_memory_allocated() / 2**20
         return {"peak_rss_mib": peak_rss_kib() / 1024, "gpu_peak_mib": gpu_peak}
+
+    def finish(self) -> dict:
+        return self.memory or self.peak_memory()
 
 
 def error_text(exc: BaseException) -> str:
@@ -154,6 +169,8 @@ def serve(config: dict, requests, replies) -> None:
                 reply(row.time(request["warmup"], request["calls"]))
             elif request["op"] == "outputs":
                 reply(row.outputs(request["path"]))
+            elif request["op"] == "profile":
+                reply(row.profile(request["calls"]))
             elif request["op"] == "finish":
                 reply(row.finish())
                 return

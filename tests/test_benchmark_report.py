@@ -83,7 +83,7 @@ def test_report_files_and_schema(tiny_run):
         "depth_grid.png",
     }
     data = tiny_run.data
-    assert data["schema_version"] == 3 and data["notice"] is None
+    assert data["schema_version"] == 4 and data["notice"] is None
     assert {"cpu", "cpu_features", "usable_cores", "libraries", "gpu"} <= set(data["machine"])
     native_bf16 = detect().native("bf16")
     assert data["machine"]["cpu_features"]["native"]["bf16"] == native_bf16

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import InputError, ModelFileError
 from ..preprocessing import PATCH_SIZE
+from .profiling import Profile
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,18 @@ class Backend(ABC):
                 raise RuntimeError(f"the {self.name} backend was closed")
             out = self._infer(batch)
         return out.reshape(batch.shape[0], *out.shape[-2:]).astype(np.float32, copy=False)
+
+    def profile(self, batch: np.ndarray, calls: int = 3) -> Profile:
+        """Layer timings of ``calls`` model calls on ``batch`` (after one warm-up) from the
+        backend's own profiler, in a pass of their own: see ``runtime.backends.profiling``."""
+        batch = self.check_batch(batch)
+        with self._lock if self.max_concurrency == 1 else contextlib.nullcontext():
+            if self._closed:
+                raise RuntimeError(f"the {self.name} backend was closed")
+            return self._profile(batch, calls)
+
+    def _profile(self, batch: np.ndarray, calls: int) -> Profile:
+        raise NotImplementedError(f"the {self.name} backend has no profiler")
 
     def versions(self) -> dict[str, str]:
         return {}

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import ModelFileError, require
 from .base import Backend, InputSpec
+from .profiling import TORCH_MARKER, Profile, timed_calls, torch_layers
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -153,6 +154,23 @@ class TorchBackend(Backend):
         with torch.inference_mode(), self._precision():
             y = self._model(x)
         return y.float().cpu().numpy()
+
+    def _profile(self, batch: np.ndarray, calls: int) -> Profile:
+        profiler = self._torch.profiler
+        cuda = self.device.startswith("cuda")
+        activities = [profiler.ProfilerActivity.CPU] + ([profiler.ProfilerActivity.CUDA] if cuda else [])
+
+        def call() -> None:
+            with profiler.record_function(TORCH_MARKER):
+                self._infer(batch)
+
+        self._infer(batch)  # warm-up outside the profiler
+        with profiler.profile(activities=activities) as prof:
+            walls = timed_calls(call, calls, warmup=0)
+        layers = torch_layers(prof.events(), calls, device=cuda)
+        # On CUDA the work is the kernels' device time, counted on the op that launched them.
+        what = "CUDA time of the kernels each op launched" if cuda else "self CPU time per op"
+        return Profile(f"PyTorch profiler, {what}", layers, walls)
 
     def versions(self) -> dict[str, str]:
         return {"torch": self._torch.__version__}
