@@ -23,6 +23,7 @@ from .report import write_report
 from .roofline import CeilingProbes, add_throughput, ceiling_formats, count_macs, lower_bounds
 from .rounds import time_rows
 from .runner import Config, Settings, make_configs, prepare, reference_outputs, score
+from .throughput import section as throughput_section
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 SWEEP = (518, 434, 364, 308)
@@ -76,6 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the profiled pass that splits each row's model call by kind of work (saves a second "
         "model load and a few calls per row)",
+    )
+    parser.add_argument(
+        "--throughput",
+        choices=("fastest", "all", "none"),
+        default="fastest",
+        help="rows whose frames per second for several cameras are measured after the rounds: each "
+        "backend's fastest (default), all, or none",
+    )
+    parser.add_argument(
+        "--cameras", default="1,2,4", help="camera counts for the frames-per-second table (default 1,2,4)"
     )
     parser.add_argument("--accuracy-budget", type=float, default=0.02, help="AbsRel vs FP32 budget (default 0.02)")
     parser.add_argument("--report-dir", type=Path, default=Path("reports/latest"), help="where the report goes")
@@ -219,6 +230,12 @@ def main(argv: list[str] | None = None) -> int:
         short_sides = parse_sweep(args.size_sweep, quick)
     except argparse.ArgumentTypeError as exc:
         parser.error(f"--sizes / --size-sweep: {exc}")
+    try:
+        cameras = tuple(int(v) for v in args.cameras.split(",") if v.strip())
+    except ValueError:
+        cameras = ()
+    if not cameras or min(cameras) < 1:
+        parser.error(f"--cameras takes positive integers separated by commas, e.g. 1,2,4; got {args.cameras!r}")
     backends = {b.strip() for b in args.backends.split(",") if b.strip()}
     if unknown := backends - set(BACKENDS):
         parser.error(f"unknown backend(s) {', '.join(sorted(unknown))}; choose from {', '.join(BACKENDS)}")
@@ -230,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     calib_samples = 16 if quick else 64
     settings = Settings(workdir, warmup, runs, rounds, args.calib_dir, calib_samples, 0.1, cpu, args.emulated_formats)
     settings.profile_calls = 0 if args.no_profile else settings.profile_calls
+    settings.throughput, settings.cameras = args.throughput, cameras
+    settings.throughput_frames = 8 if quick else settings.throughput_frames
     phases = settings.phases
     with phases.timed("model and images"):
         source = resolve_model(args.checkpoint, workdir, use_hub=not args.no_hub)
@@ -281,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             "quick": quick,
             "emulated_formats": args.emulated_formats,
             "profile_calls": settings.profile_calls,
+            "throughput": settings.throughput,
         },
         "accuracy_budget": args.accuracy_budget,
         "roofline": roofline,
@@ -288,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "fastest_within_budget": best,
         "size_sweep": sweep_rows,
+        "throughput": throughput_section(rows, settings.cameras, settings.throughput_frames),
         "phases": {k: round(v, 1) for k, v in phases.seconds.items()},
         "wall_seconds": round(time.perf_counter() - started, 1),
     }

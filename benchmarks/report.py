@@ -15,6 +15,7 @@ from .cpu import FORMAT_NAMES, without_units
 from .figures import figures
 from .profile import profile_figure, profile_lines
 from .ranking import is_baseline, row_name, same_rounds_ratio
+from .throughput import throughput_lines
 
 # 3: "reliability", "phases", "size_sweep"; rows carry "computes_in", "native", "round_medians"
 # 4: rows carry "profile" (benchmarks.profile); "throughput" (benchmarks.throughput)
@@ -283,6 +284,7 @@ def markdown(data: dict) -> str:
             f"| {_num(r.get('peak_rss_mib'), '.0f')} | {_status(r)} |"
         )
     lines += sweep_lines(data)
+    lines += throughput_lines(data)
     lines += profile_lines(data)
     lines += ["", "Figures: `latency_vs_accuracy.png`, `depth_grid.png`. Machine-readable: `report.json`.", ""]
     return "\n".join(lines)

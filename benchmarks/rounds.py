@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .machine import machine_state, process_ticks, snapshot
+from .machine import machine_state, process_ticks, snapshot, usable_cores
 from .profile import summarize as summarize_profile
 from .roofline import CeilingProbes
 from .runner import STATUS_RUN_FAILED, Config, Settings, computes_in
 from .stats import summarize
+from .throughput import pick_rows, stream_options
 
 
 class WorkerError(RuntimeError):
@@ -172,6 +173,21 @@ def time_rows(configs: list[Config], settings: Settings, probes: CeilingProbes |
         if settings.profile_calls:
             with phases.timed("profiles"):
                 profiles = dict(each_worker("profile", calls=settings.profile_calls))
+        throughput = {}
+        e2e = {i: float(np.median([d for r in timings[i]["e2e"] for d in r])) for i in workers if timings[i]["e2e"]}
+        chosen = pick_rows(configs, e2e, settings.throughput)
+        if chosen:
+            with phases.timed("throughput"):
+                for index in chosen:
+                    options = stream_options(configs[index].backend, usable_cores())
+                    cameras, frames = list(settings.cameras), settings.throughput_frames
+                    try:
+                        throughput[index] = workers[index].ask(
+                            "throughput", cameras=cameras, frames=frames, options=options
+                        )
+                    except WorkerError as exc:
+                        _fail(configs[index], exc)
+                        workers.pop(index).close()
         with phases.timed("rows"):
             for index, memory in each_worker("finish"):
                 result = configs[index].result
@@ -179,6 +195,8 @@ def time_rows(configs: list[Config], settings: Settings, probes: CeilingProbes |
                 result["model_call"] = _latency(timings[index]["model"])
                 result["end_to_end"] = _latency(timings[index]["e2e"])
                 result["round_medians"] = {k: [float(np.median(r)) for r in v] for k, v in timings[index].items()}
+                if index in throughput:
+                    result["throughput"] = throughput[index]
                 if index in profiles:
                     reply = profiles[index]
                     result["profile"] = (

@@ -103,6 +103,9 @@ class Settings:
     emulated: bool = False  # time formats this CPU only emulates
     phases: Phases = field(default_factory=Phases)
     profile_calls: int = 3  # profiled model calls per row after the rounds (0: no profiles)
+    throughput: str = "fastest"  # rows whose frames per second are measured: fastest per backend, all, none
+    cameras: tuple[int, ...] = (1, 2, 4)
+    throughput_frames: int = 12  # frames per throughput measurement
 
     @property
     def calls_per_round(self) -> int:

@@ -81,14 +81,7 @@ class Row:
         self.images = dict(np.load(config["images"]))
         self.first = self.images[config["timing_image"]]
         started = time.perf_counter()
-        self.predictor = DepthPredictor(
-            config["model"],
-            backend=config["backend"],
-            device=config["device"],
-            precision=config.get("precision_arg"),
-            fixed_size=tuple(config["size"]),
-            **config.get("backend_options", {}),
-        )
+        self.predictor = self.open(DepthPredictor)
         self.predictor.predict(self.first)
         self.cold_start = time.perf_counter() - started
         self.synchronize = None
@@ -99,6 +92,17 @@ class Row:
         self.batch = self.predictor.prepare(self.first)
         self.backend = self.predictor._backend
         self.memory: dict | None = None  # peak memory, read before the profiled pass adds its own
+
+    def open(self, predictor_class, **extra):
+        config = self.config
+        return predictor_class(
+            config["model"],
+            backend=config["backend"],
+            device=config["device"],
+            precision=config.get("precision_arg"),
+            fixed_size=tuple(config["size"]),
+            **{**config.get("backend_options", {}), **extra},
+        )
 
     def hello(self) -> dict:
         info = {k: v for k, v in self.predictor.info().items() if k != "model"}
@@ -131,6 +135,26 @@ class Row:
         except Exception as exc:
             traceback.print_exc()
             return {"unavailable": error_text(exc)}
+
+    def throughput(self, cameras: list[int], frames: int, options: dict) -> dict:
+        """Frames per second for each camera count (``benchmarks.throughput``), the in-flight
+        calls on a second predictor opened with ``options`` (``streams``) where there are any."""
+        from runtime import DepthPredictor
+
+        from .throughput import measure
+
+        self.memory = self.memory or self.peak_memory()
+        in_flight = None
+        try:
+            in_flight = self.open(DepthPredictor, **options) if options else self.predictor
+            images = list(self.images.values())
+            return {"cameras": measure(self.predictor, in_flight, images, tuple(cameras), frames), "options": options}
+        except Exception as exc:
+            traceback.print_exc()
+            return {"unavailable": error_text(exc)}
+        finally:
+            if in_flight is not None and in_flight is not self.predictor:
+                in_flight.close()
 
     def peak_memory(self) -> dict:
         gpu_peak = None
@@ -171,6 +195,8 @@ def serve(config: dict, requests, replies) -> None:
                 reply(row.outputs(request["path"]))
             elif request["op"] == "profile":
                 reply(row.profile(request["calls"]))
+            elif request["op"] == "throughput":
+                reply(row.throughput(request["cameras"], request["frames"], request["options"]))
             elif request["op"] == "finish":
                 reply(row.finish())
                 return

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,6 +29,11 @@ class DepthPredictor:
     is capped there (default 4x the short side: 2072 for ``input_size=518``), keeping the aspect
     ratio, so no image costs more than 4x the patches of an ``input_size`` square frame (see
     ``runtime.preprocessing``). Only aspect ratios beyond 4:1 are affected.
+
+    ``streams=N`` (OpenVINO, ONNX Runtime, TensorRT) lets N model calls run at once, each on its
+    share of the device: ``stream``, ``stream_batches`` and ``predict_batch`` then keep N calls in
+    flight (throughput for several cameras); the default, 1, gives each call the whole device
+    (lowest latency).
     """
 
     def __init__(
@@ -82,7 +87,11 @@ class DepthPredictor:
         return pre.resize_depth(self._backend.infer(batch)[0], *image.shape[:2])
 
     def predict_batch(self, images: Iterable[np.ndarray], rgb: bool | None = None) -> list[np.ndarray]:
-        """Depth for several images; those that share a network input size run as one batch."""
+        """Depth for several images (say one frame per camera) in as few model calls as the model
+        allows: images whose network inputs have one size run as one batch, in chunks of the
+        model's fixed batch if it has one, and chunks run at once where the backend runs several
+        calls at once (``streams``). The numbers ``predict`` gives each image, up to the float
+        rounding of a batched matrix product."""
         images = list(images)
         if not images:
             return []
@@ -95,30 +104,51 @@ class DepthPredictor:
         groups: dict[tuple[int, ...], list[int]] = {}
         for index, tensor in enumerate(inputs):
             groups.setdefault(tensor.shape, []).append(index)
-        chunk = self._backend.input_spec.max_batch or len(images)
+        size = self._backend.input_spec.max_batch or len(images)
+        chunks = [members[i : i + size] for members in groups.values() for i in range(0, len(members), size)]
+
+        def run(chunk: list[int]) -> np.ndarray:
+            return self._backend.infer(np.concatenate([inputs[i] for i in chunk]))
+
+        lanes = min(len(chunks), self._backend.max_concurrency)
+        if lanes > 1:
+            with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="depth-batch") as pool:
+                outputs = list(pool.map(run, chunks))
+        else:
+            outputs = [run(chunk) for chunk in chunks]
         depth: list[np.ndarray | None] = [None] * len(images)
-        for members in groups.values():
-            for start in range(0, len(members), chunk):
-                part = members[start : start + chunk]
-                outputs = self._backend.infer(np.concatenate([inputs[i] for i in part]))
-                for row, i in enumerate(part):
-                    depth[i] = pre.resize_depth(outputs[row], *images[i].shape[:2])
+        for chunk, output in zip(chunks, outputs):
+            for row, i in enumerate(chunk):
+                depth[i] = pre.resize_depth(output[row], *images[i].shape[:2])
         return depth  # type: ignore[return-value]
 
     def stream(
         self, frames: Iterable[np.ndarray], rgb: bool | None = None, depth: int | None = None
     ) -> Iterator[np.ndarray]:
-        """Depth for each frame of a video, in order, with pre-processing, inference and
-        post-processing of neighbouring frames overlapping.
+        """Depth for each frame of a video, in order, with several frames in flight: the
+        pre-processing, inference and post-processing of neighbouring frames overlap, and as many
+        model calls run at once as the backend allows (``streams``: OpenVINO streams, ONNX Runtime
+        concurrent runs, TensorRT execution contexts; one otherwise).
 
         Up to ``depth`` frames are in flight (default: the backend's concurrency + 2); frames
-        are read from the iterable only as results are consumed.
+        are read from the iterable only as results are consumed. Each result equals ``predict``
+        on its frame.
         """
+        return self._pipelined(frames, lambda frame: self.predict(frame, rgb), depth)
+
+    def stream_batches(
+        self, batches: Iterable[Sequence[np.ndarray]], rgb: bool | None = None, depth: int | None = None
+    ) -> Iterator[list[np.ndarray]]:
+        """``stream`` for several cameras: each item is a list of frames (say the newest frame of
+        each camera), run as one ``predict_batch``; results come back in order, one list per item."""
+        return self._pipelined(batches, lambda frames: self.predict_batch(frames, rgb), depth)
+
+    def _pipelined(self, items: Iterable[Any], work: Callable[[Any], Any], depth: int | None) -> Iterator[Any]:
         depth = depth or self._backend.max_concurrency + 2
         pending: deque = deque()
         with ThreadPoolExecutor(max_workers=depth, thread_name_prefix="depth-stream") as pool:
-            for frame in frames:
-                pending.append(pool.submit(self.predict, frame, rgb))
+            for item in items:
+                pending.append(pool.submit(work, item))
                 if len(pending) >= depth:
                     yield pending.popleft().result()
             while pending:

@@ -81,6 +81,7 @@ def test_report_files_and_schema(tiny_run):
         "report.md",
         "latency_vs_accuracy.png",
         "depth_grid.png",
+        "profile.png",
     }
     data = tiny_run.data
     assert data["schema_version"] == 4 and data["notice"] is None
@@ -123,6 +124,38 @@ def test_report_files_and_schema(tiny_run):
     reliability = data["reliability"]
     assert reliability["reliable"] == (not reliability["problems"])
     assert reliability["machine_state"]["main rounds"]["measured"]
+    assert {"profiles", "throughput"} <= set(data["phases"])
+
+
+def test_every_ok_row_carries_a_profile_of_its_model_call(tiny_run):
+    for row in tiny_run.data["rows"]:
+        if row["status"] != "ok":
+            continue
+        profile = row["profile"]
+        assert profile["calls"] == 3 and profile["source"].startswith(("PyTorch profiler", "ONNX Runtime profiling"))
+        assert sum(k["share"] for k in profile["kinds"].values()) == pytest.approx(1.0)
+        assert sum(k["ms"] for k in profile["kinds"].values()) == pytest.approx(profile["layers_ms"])
+        assert profile["hottest"] and profile["vs_timed_model_call"] > 0
+    text = (tiny_run.report / "report.md").read_text()
+    assert "## Where the model call spends its time" in text and "`profile.png`" in text
+
+
+def test_throughput_for_one_two_and_four_cameras(tiny_run):
+    """Each backend's fastest row (default --throughput fastest): PyTorch batches the cameras'
+    frames (dynamic batch); the ONNX model is fixed at batch 1, so only frames in flight count."""
+    section = tiny_run.data["throughput"]
+    assert section["cameras"] == [1, 2, 4] and section["frames"] == 8
+    rows = {r["backend"]: r for r in section["rows"]}
+    assert set(rows) == {"torch", "onnxruntime"} and all(not r["variant"] for r in rows.values())
+    for row in rows.values():
+        assert row["single_frame_fps"] > 0 and set(row["cameras"]) == {"1", "2", "4"}
+        for entry in row["cameras"].values():
+            assert entry["fps"] == max(entry.get("batched_fps", 0), entry["in_flight_fps"]) > 0
+    assert rows["onnxruntime"]["options"] == {"streams": max(2, usable_cores())}
+    assert rows["onnxruntime"]["cameras"]["4"]["batched"] == "the model's batch is fixed at 1"
+    assert rows["torch"]["cameras"]["4"]["batched_fps"] > 0 and rows["torch"]["options"] == {}
+    text = (tiny_run.report / "report.md").read_text()
+    assert "## Frames per second for several cameras" in text and "| 4 cameras |" in text
 
 
 def test_size_sweep_times_the_fastest_cpu_row_at_each_size(tiny_run):
@@ -401,3 +434,21 @@ def test_peak_memory_is_the_worker_own():
     )
     assert after - before > 150 * 1024  # the 200 MiB array shows up in KiB
     assert before < 200 * 1024  # and a fresh interpreter does not start with its parent's peak
+
+
+def test_throughput_rows_are_each_backends_fastest_unless_all_are_asked():
+    from benchmarks.runner import EXPLICIT_ATTENTION, Config
+    from benchmarks.throughput import pick_rows
+
+    configs = [
+        Config("torch", "fp32", (518, 518), device="cpu"),
+        Config("torch", "bf16", (518, 518), device="cpu"),
+        Config("torch", "fp32", (518, 518), device="cpu", variant=EXPLICIT_ATTENTION),
+        Config("torch", "fp16", (518, 518), device="cuda", variant="CUDA"),
+        Config("openvino", "int8", (518, 518), device="cpu"),
+    ]
+    e2e = {0: 0.9, 1: 0.7, 2: 0.1, 3: 0.02, 4: 0.24}  # row 2 is a reference form: never the fastest
+    assert pick_rows(configs, e2e, "fastest") == [1, 3, 4]
+    assert pick_rows(configs, e2e, "all") == [0, 1, 2, 3, 4]
+    assert pick_rows(configs, e2e, "none") == []
+    assert pick_rows(configs, {0: 0.9}, "fastest") == [0]  # a row that failed has no timings

@@ -39,6 +39,13 @@ class InputSpec:
         return self.shape[0]
 
 
+def check_streams(streams: object) -> int:
+    """``streams`` (how many model calls a backend runs at once) if it is a positive integer."""
+    if isinstance(streams, bool) or not isinstance(streams, int) or streams < 1:
+        raise ValueError(f"streams must be a positive integer (model calls run at once), got {streams!r}")
+    return streams
+
+
 def describe_source(model: Any) -> str:
     return str(model) if isinstance(model, (str, Path)) else type(model).__name__
 
@@ -55,6 +62,7 @@ class Backend(ABC):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._slots: threading.BoundedSemaphore | None = None
         self._closed = False
 
     @abstractmethod
@@ -87,11 +95,19 @@ class Backend(ABC):
                 )
         return np.ascontiguousarray(batch)
 
+    def _gate(self) -> contextlib.AbstractContextManager:
+        """One call at a time, or up to ``max_concurrency`` for backends that run several at once
+        (each manages what a call holds: OpenVINO's infer requests, TensorRT's contexts)."""
+        if self.max_concurrency == 1:
+            return self._lock
+        with self._lock:
+            if self._slots is None:
+                self._slots = threading.BoundedSemaphore(self.max_concurrency)
+        return self._slots
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
         batch = self.check_batch(batch)
-        # Backends that can serve several callers at once (OpenVINO's infer requests) manage
-        # their own resources; the others run one call at a time.
-        with self._lock if self.max_concurrency == 1 else contextlib.nullcontext():
+        with self._gate():
             if self._closed:
                 raise RuntimeError(f"the {self.name} backend was closed")
             out = self._infer(batch)
@@ -101,7 +117,7 @@ class Backend(ABC):
         """Layer timings of ``calls`` model calls on ``batch`` (after one warm-up) from the
         backend's own profiler, in a pass of their own: see ``runtime.backends.profiling``."""
         batch = self.check_batch(batch)
-        with self._lock if self.max_concurrency == 1 else contextlib.nullcontext():
+        with self._gate():
             if self._closed:
                 raise RuntimeError(f"the {self.name} backend was closed")
             return self._profile(batch, calls)

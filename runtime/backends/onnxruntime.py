@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import ModelFileError, require
 from ..metadata import read_sidecar
-from .base import Backend, InputSpec
+from .base import Backend, InputSpec, check_streams
 from .profiling import Profile, events_after, onnxruntime_events, onnxruntime_layers, onnxruntime_runs, timed_calls
 
 PROVIDERS = {
@@ -60,7 +60,12 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(
-        self, model: Any, device: str = "auto", precision: str | None = None, threads: int | None = None
+        self,
+        model: Any,
+        device: str = "auto",
+        precision: str | None = None,
+        threads: int | None = None,
+        streams: int = 1,
     ) -> None:
         super().__init__()
         ort = require("onnxruntime", "onnx", "ONNX Runtime")
@@ -69,7 +74,10 @@ class OnnxRuntimeBackend(Backend):
         providers = choose_providers(device, ort.get_available_providers())
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or default_threads()
+        # ``streams`` runs at once share the cores: a session's run is thread-safe, and each run
+        # parallelises over its own share (one thread each on a 2-core CPU with streams=2).
+        self.max_concurrency = check_streams(streams)
+        options.intra_op_num_threads = max(1, (threads or default_threads()) // streams)
         options.log_severity_level = 3  # errors only: shape-inference notes on Q/DQ models are noise
         provider_options = []
         for provider in providers:
@@ -137,7 +145,12 @@ class OnnxRuntimeBackend(Backend):
         return {"onnxruntime": self._ort.__version__}
 
     def info(self) -> dict[str, Any]:
-        return {**super().info(), "providers": self._providers, "threads": self._threads}
+        return {
+            **super().info(),
+            "providers": self._providers,
+            "threads": self._threads,
+            "streams": self.max_concurrency,
+        }
 
     def _release(self) -> None:
         self._session = None

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import ModelFileError, require
 from ..metadata import read_sidecar
-from .base import Backend, InputSpec
+from .base import Backend, InputSpec, check_streams
 from .profiling import Profile, openvino_counters, openvino_fused_types, openvino_layers, timed_calls
 
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
@@ -156,6 +156,7 @@ class OpenVINOBackend(Backend):
         performance_hint: str = "LATENCY",
         cache_dir: str | Path | None = "auto",
         threads: int | None = None,
+        streams: int | None = None,
     ) -> None:
         super().__init__()
         ov = import_openvino()
@@ -177,6 +178,8 @@ class OpenVINOBackend(Backend):
             config["INFERENCE_PRECISION_HINT"] = PRECISION_HINTS[precision]
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
+        if streams is not None:  # requests that run at once, each on its share of the cores
+            config["NUM_STREAMS"] = check_streams(streams)
         self.device = ov_device(device)
         self._path, self._config = path, config
         try:
@@ -210,6 +213,10 @@ class OpenVINOBackend(Backend):
             self._requests.put(self._compiled.create_infer_request())
         self.max_concurrency = max(1, count)
         self._hint = performance_hint.upper()
+        try:
+            self._streams = int(self._compiled.get_property("NUM_STREAMS"))
+        except RuntimeError:  # AUTO reports none: what was asked
+            self._streams = streams
 
     def _compute_precision(self, core: Any, asked: str | None) -> str:
         """The floating-point format the compiled model computes in, as compiled, not as asked: a
@@ -266,6 +273,7 @@ class OpenVINOBackend(Backend):
             "execution": self._execution,
             "performance_hint": self._hint,
             "infer_requests": self.max_concurrency,
+            "streams": self._streams,
             "cache_dir": str(self._cache) if self._cache is not None else None,
             "cache_bytes": cache_size(self._cache) if self._cache is not None else 0,
         }
