@@ -18,9 +18,10 @@ from .artifacts import ModelSource, calibration_folder, load_images, resolve_mod
 from .checks import assess
 from .cpu import detect
 from .machine import machine_facts
+from .profile import add_efficiency
 from .ranking import fastest_cpu_path, rank, relative_to_first
 from .report import write_report
-from .roofline import CeilingProbes, add_throughput, ceiling_formats, count_macs, lower_bounds
+from .roofline import CeilingProbes, add_throughput, ceiling_formats, lower_bounds, matrix_work
 from .rounds import time_rows
 from .runner import Config, Settings, make_configs, prepare, reference_outputs, score
 from .throughput import section as throughput_section
@@ -135,13 +136,13 @@ def operation_counts(configs: list[Config], sizes: list[tuple[int, int]]) -> dic
     for size in sizes:
         onnx_config = next(c for c in configs if (c.backend, c.precision, c.size) == ("onnxruntime", "fp32", size))
         try:
-            macs = count_macs(onnx_config.build())
+            macs, attention_macs = matrix_work(onnx_config.build())
         except Exception as exc:  # no onnx installed, or an export that failed: the report says so
             print(
                 f"note: no operation count for {size[0]}x{size[1]} ({exc.__class__.__name__}: {exc})", file=sys.stderr
             )
             continue
-        work[f"{size[0]}x{size[1]}"] = {"macs": macs, "ops": 2 * sum(macs.values())}
+        work[f"{size[0]}x{size[1]}"] = {"macs": macs, "ops": 2 * sum(macs.values()), "attention_macs": attention_macs}
     return work
 
 
@@ -271,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     with phases.timed("export"):
         roofline = roofline_section(ceilings, operation_counts(every_config, sizes))
     add_throughput(rows, roofline)
+    add_efficiency(rows, roofline)
     reliability = assess(rows, ceilings, {"main rounds": timed["machine_state"]}, cpu.native("bf16"))
 
     sweep_rows: list[dict] = []

@@ -186,6 +186,61 @@ def summarize(profile: dict, backend: str, model_call_s: float | None = None) ->
     }
 
 
+def add_efficiency(rows: list[dict], roofline: dict) -> None:
+    """For each profiled row whose attention ran as one fused kernel: the matrix work per second in
+    that kernel and in the other matrix layers, against the ceiling of the format the row runs in.
+    Where the matrix layers run near the ceiling and the attention far below it, the gap is the
+    softmax between the attention's two products, which no profiler splits off (the attention's
+    work: ``roofline.matrix_work``)."""
+    for row in rows:
+        profile = row.get("profile") or {}
+        kinds = profile.get("kinds") or {}
+        work = roofline["work"].get(f"{row['size'][0]}x{row['size'][1]}") or {}
+        if "attention" not in kinds or "attention_macs" not in work:
+            continue
+        ceiling = (roofline["ceilings"].get(row.get("computes_in")) or {}).get("ops_per_s")
+        attention = 2 * work["attention_macs"]
+        others = work["ops"] - attention - 2 * work["macs"].get("ConvTranspose", 0)  # ConvTranspose: "resize"
+        parts = {"attention": (attention, kinds["attention"]["ms"])}
+        matmul_ms = sum(kinds[k]["ms"] for k in ("int8_matmul", "float_matmul") if k in kinds)
+        if matmul_ms:
+            parts["other matrix products"] = (others, matmul_ms)
+        profile["efficiency"] = {
+            name: {
+                "ops": ops,
+                "ms": ms,
+                "ops_per_s": ops / (ms * 1e-3),
+                "share_of_ceiling": ops / (ms * 1e-3) / ceiling if ceiling else None,
+            }
+            for name, (ops, ms) in parts.items()
+        }
+
+
+def efficiency_lines(rows: list[dict]) -> list[str]:
+    lines = []
+    for row in rows:
+        parts = []
+        for name, e in (row["profile"].get("efficiency") or {}).items():
+            share = (
+                f", {e['share_of_ceiling']:.0%} of the {row['computes_in'].upper()} ceiling"
+                if e["share_of_ceiling"]
+                else ""
+            )
+            parts.append(
+                f"{name} {e['ops'] / 1e9:.1f} G operations in {e['ms']:.1f} ms ({e['ops_per_s'] / 1e9:.0f} G/s{share})"
+            )
+        if parts:
+            lines.append(f"- {_label(row)}: " + "; ".join(parts) + ".")
+    if lines:
+        lines.append(
+            "- The fused attention holds its softmax (exponentials of every score) between its two matrix products; "
+            "on a CPU that runs in FP32 vector units whatever the products' format: x86 BF16 extensions "
+            "(AVX512-BF16, AMX-BF16) add bf16 dot products and conversions, not bf16 arithmetic, and no CPU "
+            "computes an exponential in INT8."
+        )
+    return lines
+
+
 # Colours per kind, fixed so that figures of different runs read alike.
 COLOURS = {
     "int8_matmul": "#1f77b4",
@@ -232,6 +287,8 @@ def profile_lines(data: dict) -> list[str]:
         p = r["profile"]
         shares = " | ".join(f"{p['kinds'][k]['share']:.0%}" if k in p["kinds"] else "-" for k in used)
         lines.append(f"| {_label(r)} | {p['layers_ms']:.1f} ({p['coverage']:.0%}) | {shares} |")
+    notes = efficiency_lines(rows)
+    lines += ["", *notes] if notes else []
     missing = [r for r in data["rows"] if (r.get("profile") or {}).get("unavailable")]
     lines += [f"- {_label(r)}: no profile ({r['profile']['unavailable']})" for r in missing]
     return lines

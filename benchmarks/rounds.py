@@ -130,7 +130,7 @@ def time_rows(configs: list[Config], settings: Settings, probes: CeilingProbes |
                 _fail(configs[index], exc)
                 workers.pop(index).close()
                 continue
-            if op == "time":
+            if op in ("time", "profile"):
                 settle(workers[index].pid)
             yield index, reply
 

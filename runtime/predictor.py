@@ -75,16 +75,24 @@ class DepthPredictor:
         return self._backend.input_spec.shape
 
     def prepare(self, image: np.ndarray, rgb: bool | None = None) -> np.ndarray:
-        """The ``(1, 3, h, w)`` network input this predictor feeds its model for ``image``."""
+        """What this predictor feeds its model for ``image``: the ``(1, 3, h, w)`` network input,
+        or the ``(1, H, W, 3)`` uint8 BGR frame where the model pre-processes it itself."""
         rgb = self.rgb if rgb is None else rgb
+        if self._backend.takes_images:
+            return pre.to_bgr(image, rgb)[None]
         if self.fixed_size is not None:
             return pre.prepare_fixed(image, self.fixed_size, rgb)
         return pre.prepare_dynamic(image, self.input_size, rgb, self.max_long_side)
 
+    def network_size(self, image: np.ndarray) -> tuple[int, int]:
+        """The ``(h, w)`` the model sees ``image`` at: the fixed size, or the official keep-aspect size."""
+        if self.fixed_size is not None:
+            return self.fixed_size
+        return pre.dynamic_size(*pre.check_image(image).shape[:2], self.input_size, self.max_long_side)
+
     def predict(self, image: np.ndarray, rgb: bool | None = None) -> np.ndarray:
         """``H x W`` float32 depth for one image."""
-        batch = self.prepare(image, rgb)
-        return pre.resize_depth(self._backend.infer(batch)[0], *image.shape[:2])
+        return self.predict_batch([image], rgb)[0]
 
     def predict_batch(self, images: Iterable[np.ndarray], rgb: bool | None = None) -> list[np.ndarray]:
         """Depth for several images (say one frame per camera) in as few model calls as the model
@@ -92,23 +100,33 @@ class DepthPredictor:
         model's fixed batch if it has one, and chunks run at once where the backend runs several
         calls at once (``streams``). The numbers ``predict`` gives each image, up to the float
         rounding of a batched matrix product."""
+        rgb = self.rgb if rgb is None else rgb
         images = list(images)
-        if not images:
-            return []
-        inputs = []
+        pipeline = self._backend.pipeline  # pre- and post-processing on the model's device, if any
+        keys = []  # per image: its network input, or (its shape, its network size) for the pipeline
         for index, image in enumerate(images):
             try:
-                inputs.append(self.prepare(image, rgb))
+                if pipeline is None:
+                    keys.append(self.prepare(image, rgb))
+                else:
+                    keys.append((pre.check_image(image).shape, self.network_size(image)))
             except InputError as exc:
+                if len(images) == 1:
+                    raise
                 raise InputError(f"image {index}: {exc}") from exc
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for index, tensor in enumerate(inputs):
-            groups.setdefault(tensor.shape, []).append(index)
-        size = self._backend.input_spec.max_batch or len(images)
+        groups: dict[object, list[int]] = {}
+        for index, key in enumerate(keys):
+            groups.setdefault(key if pipeline else key.shape, []).append(index)
+        size = self._backend.input_spec.max_batch or max(len(images), 1)
         chunks = [members[i : i + size] for members in groups.values() for i in range(0, len(members), size)]
 
-        def run(chunk: list[int]) -> np.ndarray:
-            return self._backend.infer(np.concatenate([inputs[i] for i in chunk]))
+        def run(chunk: list[int]) -> list[np.ndarray]:
+            if pipeline is None:
+                output = self._backend.infer(np.concatenate([keys[i] for i in chunk]))
+                return [pre.resize_depth(output[row], *images[i].shape[:2]) for row, i in enumerate(chunk)]
+            batch = pipeline.prepare([images[i] for i in chunk], keys[chunk[0]][1], rgb)
+            output = self._backend.infer_on_device(batch)
+            return [pipeline.finish(output[row], *images[i].shape[:2]) for row, i in enumerate(chunk)]
 
         lanes = min(len(chunks), self._backend.max_concurrency)
         if lanes > 1:
@@ -116,11 +134,11 @@ class DepthPredictor:
                 outputs = list(pool.map(run, chunks))
         else:
             outputs = [run(chunk) for chunk in chunks]
-        depth: list[np.ndarray | None] = [None] * len(images)
-        for chunk, output in zip(chunks, outputs):
-            for row, i in enumerate(chunk):
-                depth[i] = pre.resize_depth(output[row], *images[i].shape[:2])
-        return depth  # type: ignore[return-value]
+        depth: list[np.ndarray] = [np.empty(0)] * len(images)
+        for chunk, maps in zip(chunks, outputs):
+            for i, depth_map in zip(chunk, maps):
+                depth[i] = depth_map
+        return depth
 
     def stream(
         self, frames: Iterable[np.ndarray], rgb: bool | None = None, depth: int | None = None

@@ -270,6 +270,11 @@ def test_openvino_int8_row_is_calibrated_timed_and_runs_int8_kernels(tiny_run, t
     assert (row["backend"], row["precision"], row["status"]) == ("openvino", "int8", "ok"), row.get("error")
     assert row["computes_in"] == "int8" and row["execution"]["matrix_layers"]["int8"] > 0
     assert row["vs_fp32"]["abs_rel"] < 0.02 and row["end_to_end"]["median"] > 0
+    if detect().native("bf16"):  # its float parts asked in bf16 (benchmarks.levers: 1.19x over f32)
+        assert row["info"]["precision"] == "bf16"
+    assert row["profile"]["source"].startswith("OpenVINO performance counters")
+    assert {"int8_matmul", "attention"} <= set(row["profile"]["kinds"])
+    assert row["throughput"]["options"] == {"streams": max(2, usable_cores())}
 
 
 def test_headline_without_a_pytorch_row(tiny_run):

@@ -25,6 +25,7 @@ COMMANDS = (
     "export.quantize",
     "export.trt",
     "benchmarks",
+    "benchmarks.levers",
     "train.teacher",
     "train.pseudo_label",
     "train.distill",

@@ -155,3 +155,22 @@ def test_tensorrt_recorder_sums_each_layer_over_calls_in_engine_order():
     assert [(x.name, x.seconds) for x in layers] == [("b", 2e-3), ("a", 1e-3)]
     profile = summarize({"source": "t", "wall_s": [3.1e-3, 2.9e-3], "layers": [vars(x) for x in layers]}, "tensorrt")
     assert profile["layers_ms"] == pytest.approx(3.0) and profile["coverage"] == pytest.approx(1.0)
+
+
+def test_efficiency_splits_the_matrix_work_between_fused_attention_and_the_rest():
+    from benchmarks.profile import add_efficiency, efficiency_lines
+
+    kinds = {"attention": {"ms": 90.0}, "int8_matmul": {"ms": 100.0}, "reorder": {"ms": 10.0}}
+    row = {"size": [518, 518], "computes_in": "int8", "backend": "openvino", "precision": "int8"}
+    row["profile"] = {"kinds": kinds}
+    work = {"ops": 115.3e9, "macs": {"MatMul": 46.45e9, "Conv": 11.15e9, "ConvTranspose": 0.05e9}}
+    roofline = {"work": {"518x518": {**work, "attention_macs": 17.3e9}}, "ceilings": {"int8": {"ops_per_s": 800e9}}}
+    add_efficiency([row], roofline)
+    attention, others = row["profile"]["efficiency"].values()
+    assert attention["ops"] == 34.6e9 and attention["ops_per_s"] == pytest.approx(34.6e9 / 0.09)
+    assert attention["share_of_ceiling"] == pytest.approx(34.6e9 / 0.09 / 800e9)
+    assert others["ops"] == pytest.approx(115.3e9 - 34.6e9 - 0.1e9) and others["ms"] == 100.0
+    assert "attention 34.6 G operations in 90.0 ms (384 G/s, 48% of the INT8 ceiling)" in efficiency_lines([row])[0]
+    no_fused = {**row, "profile": {"kinds": {"int8_matmul": {"ms": 1.0}, "softmax": {"ms": 1.0}}}}
+    add_efficiency([no_fused], roofline)
+    assert "efficiency" not in no_fused["profile"]  # attention spread over kinds: nothing to split

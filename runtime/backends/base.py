@@ -59,6 +59,10 @@ class Backend(ABC):
     precision: str
     # How many calls may usefully run at once (OpenVINO: its infer requests); others serialise.
     max_concurrency: int = 1
+    # True where the model takes uint8 (N, H, W, 3) BGR frames and pre-processes them itself.
+    takes_images: bool = False
+    # Pre- and post-processing as torch ops on the model's device (``torch_pre``), or None.
+    pipeline: Any = None
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -79,6 +83,11 @@ class Backend(ABC):
         return path
 
     def check_batch(self, batch: object) -> np.ndarray:
+        if self.takes_images:
+            if not isinstance(batch, np.ndarray) or batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[3] != 3:
+                got = f"{batch.dtype} {batch.shape}" if isinstance(batch, np.ndarray) else type(batch).__name__
+                raise InputError(f"{self.name} backend with pre-processing inside takes (N, H, W, 3) uint8, got {got}")
+            return np.ascontiguousarray(batch)
         if not isinstance(batch, np.ndarray) or batch.dtype != np.float32:
             got = batch.dtype if isinstance(batch, np.ndarray) else type(batch).__name__
             raise InputError(f"{self.name} backend expects a float32 numpy batch, got {got}")
@@ -112,6 +121,16 @@ class Backend(ABC):
                 raise RuntimeError(f"the {self.name} backend was closed")
             out = self._infer(batch)
         return out.reshape(batch.shape[0], *out.shape[-2:]).astype(np.float32, copy=False)
+
+    def infer_on_device(self, batch: Any) -> Any:
+        """Run a ``(N, 3, H, W)`` batch that ``pipeline`` made on the device; ``(N, H, W)`` there."""
+        with self._gate():
+            if self._closed:
+                raise RuntimeError(f"the {self.name} backend was closed")
+            return self._infer_on_device(batch)
+
+    def _infer_on_device(self, batch: Any) -> Any:
+        raise NotImplementedError(f"the {self.name} backend has no pre-processing on its device")
 
     def profile(self, batch: np.ndarray, calls: int = 3) -> Profile:
         """Layer timings of ``calls`` model calls on ``batch`` (after one warm-up) from the

@@ -29,6 +29,7 @@ import numpy as np
 from ..errors import ModelFileError, require
 from ..metadata import read_sidecar
 from .base import Backend, InputSpec, check_streams
+from .openvino_pre import check_preprocess, embed_preprocessing
 from .profiling import Profile, openvino_counters, openvino_fused_types, openvino_layers, timed_calls
 
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
@@ -157,6 +158,8 @@ class OpenVINOBackend(Backend):
         cache_dir: str | Path | None = "auto",
         threads: int | None = None,
         streams: int | None = None,
+        preprocess: str = "numpy",
+        properties: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         ov = import_openvino()
@@ -180,10 +183,13 @@ class OpenVINOBackend(Backend):
             config["INFERENCE_NUM_THREADS"] = threads
         if streams is not None:  # requests that run at once, each on its share of the cores
             config["NUM_STREAMS"] = check_streams(streams)
+        config.update(properties or {})  # any other OpenVINO property, as the plugin names it
         self.device = ov_device(device)
+        # preprocess="model": uint8 BGR frames in, resize and normalisation in the plugin.
+        self.takes_images = check_preprocess(preprocess) == "model"
         self._path, self._config = path, config
         try:
-            model_ir = core.read_model(str(path))
+            network, model_ir = self._read(core)
             self._compiled = core.compile_model(model_ir, self.device, config)
         except RuntimeError as exc:
             raise ModelFileError(f"{path}: OpenVINO cannot load it ({load_error(exc)})") from exc
@@ -191,7 +197,7 @@ class OpenVINOBackend(Backend):
             prune_cache(self._cache)
         if len(self._compiled.inputs) != 1 or len(self._compiled.outputs) != 1:
             raise ModelFileError(f"{path}: expected one image input and one output")
-        port = self._compiled.input(0)
+        port = network.input(0)  # the network's own input, before any pre-processing put in front
         shape = port.get_partial_shape()
         if shape.rank.get_length() != 4:
             raise ModelFileError(f"{path}: input has shape {shape}; expected (N, 3, H, W)")
@@ -244,12 +250,19 @@ class OpenVINOBackend(Backend):
         finally:
             self._requests.put(request)
 
+    def _read(self, core: Any) -> tuple[Any, Any]:
+        """The network as read, and the model to compile: the network with the pre-processing in
+        front of it where ``preprocess="model"``."""
+        network = core.read_model(str(self._path))
+        # PrePostProcessor changes the model it is given: a copy, so the network keeps its input
+        return network, embed_preprocessing(self._ov, network.clone(), self._path) if self.takes_images else network
+
     def _profile(self, batch: np.ndarray, calls: int) -> Profile:
         # PERF_COUNT is a compile-time property: a second compiled model, without the blob cache
         # (a profiled blob is not worth 50 MB of disk), so the ordinary requests stay unprofiled.
         core = self._ov.Core()
-        model = core.read_model(str(self._path))
-        compiled = core.compile_model(model, self.device, {**self._config, "PERF_COUNT": True})
+        model, compiled_from = self._read(core)
+        compiled = core.compile_model(compiled_from, self.device, {**self._config, "PERF_COUNT": True})
         request = compiled.create_infer_request()
         request.infer({0: batch})
         warm = openvino_counters(request.get_profiling_info())
@@ -274,6 +287,7 @@ class OpenVINOBackend(Backend):
             "performance_hint": self._hint,
             "infer_requests": self.max_concurrency,
             "streams": self._streams,
+            "preprocess": "model" if self.takes_images else "numpy",
             "cache_dir": str(self._cache) if self._cache is not None else None,
             "cache_bytes": cache_size(self._cache) if self._cache is not None else 0,
         }

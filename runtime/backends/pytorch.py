@@ -13,8 +13,10 @@ import numpy as np
 from ..errors import ModelFileError, require
 from .base import Backend, InputSpec
 from .profiling import TORCH_MARKER, Profile, timed_calls, torch_layers
+from .torch_pre import TorchImagePipeline
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+PREPROCESS = ("auto", "numpy", "device")
 
 
 def resolve_device(torch: Any, device: str) -> str:
@@ -91,9 +93,16 @@ class TorchBackend(Backend):
     name = "torch"
 
     def __init__(
-        self, model: Any, device: str = "auto", precision: str | None = None, attention: str = "fused"
+        self,
+        model: Any,
+        device: str = "auto",
+        precision: str | None = None,
+        attention: str = "fused",
+        preprocess: str = "auto",
     ) -> None:
         super().__init__()
+        if preprocess not in PREPROCESS:
+            raise ValueError(f"the torch backend's preprocess is one of {', '.join(PREPROCESS)}, not {preprocess!r}")
         torch = require("torch", "torch", "PyTorch")
         self._torch = torch
         owned = isinstance(model, (str, Path))  # loaded here: nobody else holds it
@@ -136,6 +145,11 @@ class TorchBackend(Backend):
         else:
             self._model = model.to(self.device).eval()
         self.input_spec = InputSpec("image", (None, 3, None, None))
+        # On a GPU, pre- and post-processing run there too ("auto"); "numpy" keeps them on the CPU.
+        on_device = preprocess == "device" or (preprocess == "auto" and self.device.startswith("cuda"))
+        self.pipeline = (
+            TorchImagePipeline(torch, self.device, self._half if self._cast else None) if on_device else None
+        )
 
     def _precision(self) -> contextlib.AbstractContextManager:
         """The call's number format: FP32 for real on CUDA (TF32 off, see ``exact_fp32_cuda``),
@@ -147,13 +161,12 @@ class TorchBackend(Backend):
         return self._torch.autocast(self.device.split(":")[0], dtype=self._half)
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
-        if self._cast:
-            x = x.to(self._half)
-        with torch.inference_mode(), self._precision():
-            y = self._model(x)
-        return y.float().cpu().numpy()
+        x = self._torch.from_numpy(batch).to(self.device, non_blocking=True)
+        return self._infer_on_device(x.to(self._half) if self._cast else x).float().cpu().numpy()
+
+    def _infer_on_device(self, batch: Any) -> Any:
+        with self._torch.inference_mode(), self._precision():
+            return self._model(batch)
 
     def _profile(self, batch: np.ndarray, calls: int) -> Profile:
         profiler = self._torch.profiler
@@ -176,7 +189,7 @@ class TorchBackend(Backend):
         return {"torch": self._torch.__version__}
 
     def info(self) -> dict[str, Any]:
-        return {**super().info(), "attention": self.attention}
+        return {**super().info(), "attention": self.attention, "preprocess": "device" if self.pipeline else "numpy"}
 
     def _release(self) -> None:
         self._model = None

@@ -16,11 +16,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import ModelFileError, require
+from ..errors import MissingDependencyError, ModelFileError, require
 from ..metadata import read_sidecar
 from .base import Backend, InputSpec, check_streams
 from .cuda import open_cuda, parse_device
 from .profiling import LayerTimeRecorder, Profile, timed_calls
+from .torch_pre import TorchImagePipeline
 
 JETPACK_NOTE = "on Jetson TensorRT comes with JetPack (python3-libnvinfer), not from pip"
 
@@ -81,6 +82,30 @@ def engine_profile(dims: tuple[int, ...], profile_shape: Callable[[], Any]) -> t
         return tuple(dims), tuple(dims)
     low, _, high = profile_shape()
     return tuple(low), tuple(high)
+
+
+PREPROCESS = ("auto", "numpy", "device")
+
+
+def device_pipeline_torch(preprocess: str) -> Any:
+    """PyTorch for pre- and post-processing on the GPU, or None for OpenCV on the CPU. ``auto`` uses
+    it where it is installed with CUDA (an x86 host); a Jetson without PyTorch keeps the CPU path:
+    a CUDA kernel compiled at run time through NVRTC (cuda-python) or nvcc (pycuda on JetPack) is
+    two toolchains to keep right, for one resize."""
+    if preprocess == "numpy":
+        return None
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None and torch.cuda.is_available():
+        return torch
+    if preprocess == "device":
+        raise MissingDependencyError(
+            "preprocess='device' with TensorRT runs PyTorch ops on the GPU: install a CUDA build of torch "
+            "(pip install 'dav2-edge[torch]'), or use preprocess='numpy'"
+        )
+    return None
 
 
 def layer_profiler(trt: Any, recorder: LayerTimeRecorder) -> Any:
@@ -144,6 +169,33 @@ class Lane:
         finally:
             cuda.deactivate()
 
+    def run_device(self, torch: Any, batch: Any) -> Any:
+        """``run`` on a float32 CUDA tensor the pipeline made (no host copies): the engine reads it and
+        writes a tensor of PyTorch's in place, ordered after the pipeline's work on the lane's stream
+        and before whatever the caller's stream does next."""
+        cuda, context = self.cuda, self.context
+        caller = torch.cuda.current_stream(batch.device)
+        lane = torch.cuda.ExternalStream(cuda.stream_handle, device=batch.device)
+        cuda.activate()
+        try:
+            lane.wait_stream(caller)
+            batch = batch.contiguous()
+            context.set_input_shape(self.input, tuple(batch.shape))
+            with torch.cuda.stream(lane):
+                out = torch.empty(
+                    tuple(context.get_tensor_shape(self.output)), dtype=torch.float32, device=batch.device
+                )
+            context.set_tensor_address(self.input, batch.data_ptr())
+            context.set_tensor_address(self.output, out.data_ptr())
+            if not context.execute_async_v3(cuda.stream_handle):
+                raise RuntimeError("TensorRT execution failed; see the TensorRT log above")
+            batch.record_stream(lane)  # not reused by PyTorch's allocator before the engine has read it
+            caller.wait_stream(lane)
+            out.record_stream(caller)
+            return out
+        finally:
+            cuda.deactivate()
+
     def close(self) -> None:
         self.cuda.activate()
         try:
@@ -160,8 +212,12 @@ class Lane:
 class TensorRTBackend(Backend):
     name = "tensorrt"
 
-    def __init__(self, model: Any, device: str = "auto", precision: str | None = None, streams: int = 1) -> None:
+    def __init__(
+        self, model: Any, device: str = "auto", precision: str | None = None, streams: int = 1, preprocess: str = "auto"
+    ) -> None:
         super().__init__()
+        if preprocess not in PREPROCESS:
+            raise ValueError(f"the tensorrt backend's preprocess is one of {', '.join(PREPROCESS)}, not {preprocess!r}")
         path = self.model_path(model, ".engine/.plan files", "engine file")
         trt = require("tensorrt", "tensorrt", "TensorRT", JETPACK_NOTE)
         self._trt = trt
@@ -195,6 +251,9 @@ class TensorRTBackend(Backend):
         dims = tuple(self._engine.get_tensor_shape(inputs[0]))
         self.input_spec = spec_from_dims(inputs[0], dims)
         self._profile_range = engine_profile(dims, lambda: self._engine.get_tensor_profile_shape(inputs[0], 0))
+        self._torch = device_pipeline_torch(preprocess)
+        if self._torch is not None:
+            self.pipeline = TorchImagePipeline(self._torch, f"cuda:{self._index}")
         # The first lane uses the stream opened above; each further one opens its own.
         self._lanes: queue.Queue = queue.Queue()
         for i in range(self.max_concurrency):
@@ -205,6 +264,14 @@ class TensorRTBackend(Backend):
         lane = self._lanes.get()
         try:
             return lane.run(batch)
+        finally:
+            self._lanes.put(lane)
+
+    def _infer_on_device(self, batch: Any) -> Any:
+        check_profile(tuple(batch.shape), *self._profile_range)
+        lane = self._lanes.get()
+        try:
+            return lane.run_device(self._torch, batch)
         finally:
             self._lanes.put(lane)
 
@@ -225,7 +292,12 @@ class TensorRTBackend(Backend):
 
     def info(self) -> dict[str, Any]:
         low, high = self._profile_range
-        return {**super().info(), "profile": [list(low), list(high)], "streams": self.max_concurrency}
+        return {
+            **super().info(),
+            "profile": [list(low), list(high)],
+            "streams": self.max_concurrency,
+            "preprocess": "device" if self.pipeline else "numpy",
+        }
 
     def _release(self) -> None:
         while not self._lanes.empty():
