@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
+
+from runtime.io.files import atomic_write
 
 # Kinds of work, in the order the report stacks them.
 KINDS = {
@@ -26,7 +29,7 @@ KINDS = {
     "gelu": "GELU",
     "resize": "resize and transposed convolution",
     "reorder": "layout reorders, copies and type conversions",
-    "other": "other (element-wise, ...)",
+    "other": "other (element-wise; PyTorch's Python between ops)",
 }
 # A fused layer is the first of these among its ops ("matmul" then splits by format).
 PRIORITY = ("attention", "matmul", "int8_matmul", "float_matmul", "resize", "softmax", "norm", "gelu", "reorder")
@@ -196,8 +199,8 @@ def add_efficiency(rows: list[dict], roofline: dict) -> None:
         profile = row.get("profile") or {}
         kinds = profile.get("kinds") or {}
         work = roofline["work"].get(f"{row['size'][0]}x{row['size'][1]}") or {}
-        if "attention" not in kinds or "attention_macs" not in work:
-            continue
+        if "attention" not in kinds or "softmax" in kinds or "attention_macs" not in work:
+            continue  # no attention kernel, or one that runs only part of the attention
         ceiling = (roofline["ceilings"].get(row.get("computes_in")) or {}).get("ops_per_s")
         attention = 2 * work["attention_macs"]
         others = work["ops"] - attention - 2 * work["macs"].get("ConvTranspose", 0)  # ConvTranspose: "resize"
@@ -304,7 +307,7 @@ def profile_figure(data: dict):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.45 * len(rows)))
+    fig, ax = plt.subplots(figsize=(11, 1.6 + 0.45 * len(rows)))
     labels = [_label(r) for r in rows]
     left = np.zeros(len(rows))
     for kind in KINDS:
@@ -315,6 +318,20 @@ def profile_figure(data: dict):
     ax.invert_yaxis()
     ax.set_xlabel("ms per model call (backend profiler, profiled pass)")
     ax.set_title("Where the model call spends its time")
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.25 if len(rows) > 3 else -0.45), ncol=3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig
+
+
+def write_profile_figure(data: dict, folder: Path) -> list[Path]:
+    """``profile.png`` in ``folder`` when any row has a profile."""
+    fig = profile_figure(data)
+    if fig is None:
+        return []
+    import matplotlib.pyplot as plt
+
+    path = atomic_write(
+        folder / "profile.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
+    )
+    plt.close(fig)
+    return [path]

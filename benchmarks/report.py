@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.io.files import atomic_write, atomic_write_bytes
+from runtime.io.files import atomic_write_bytes
 
 from .cpu import FORMAT_NAMES, without_units
 from .figures import figures
-from .profile import profile_figure, profile_lines
+from .profile import profile_lines, write_profile_figure
 from .ranking import is_baseline, row_name, same_rounds_ratio
 from .throughput import throughput_lines
 
@@ -298,10 +298,5 @@ def write_report(data: dict, images: dict[str, np.ndarray], folder: Path) -> lis
         atomic_write_bytes(folder / "report.md", markdown(data).encode()),
     ]
     paths += figures(data, images, folder)
-    fig = profile_figure(data)
-    if fig is not None:
-        import matplotlib.pyplot as plt
-
-        paths.append(atomic_write(folder / "profile.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png")))
-        plt.close(fig)
+    paths += write_profile_figure(data, folder)
     return paths

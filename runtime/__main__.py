@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .cli import add_predictor_args, build_predictor
+from .cli import add_predictor_args, add_streams_arg, build_predictor
 from .commands import command
 from .errors import InputError
 from .io.files import atomic_write_bytes
@@ -42,6 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         default=None,
     )
+    add_streams_arg(parser)
     parser.add_argument("--output-dir", type=Path, default=Path("outputs"), help="where to write (default outputs/)")
     parser.add_argument("--colormap", default="inferno", help="inferno, turbo, viridis, magma or gray")
     parser.add_argument(

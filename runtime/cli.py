@@ -47,10 +47,38 @@ def add_predictor_args(parser: argparse.ArgumentParser, model_help: str, **model
     parser.add_argument("--input-size", dest="size", type=network_size, help=argparse.SUPPRESS)
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def add_streams_arg(parser: argparse.ArgumentParser) -> None:
+    """``--streams`` for commands that run frames through ``DepthPredictor.stream``."""
+    parser.add_argument(
+        "--streams",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="model calls at once (OpenVINO, ONNX Runtime, TensorRT), each on its share of the device: more "
+        "frames per second, each a little later (default 1: the lowest latency)",
+    )
+
+
 def build_predictor(args: argparse.Namespace, model: Any):
-    """The DepthPredictor the shared options describe."""
+    """The DepthPredictor the shared options describe (and ``--streams`` where the command has it)."""
     from .predictor import DepthPredictor
 
+    streams = getattr(args, "streams", 1)
     return DepthPredictor(
-        model, backend=args.backend, device=args.device, precision=args.precision, **size_options(args.size)
+        model,
+        backend=args.backend,
+        device=args.device,
+        precision=args.precision,
+        **size_options(args.size),
+        **({"streams": streams} if streams != 1 else {}),
     )

@@ -121,3 +121,21 @@ def test_a_batch_of_equal_frames_is_one_call_on_a_dynamic_model(photo, tiny_dyna
 def test_streams_must_be_a_positive_integer(tiny_onnx, streams):
     with pytest.raises(ValueError, match="streams must be a positive integer"):
         DepthPredictor(tiny_onnx, streams=streams)
+
+
+def test_streams_option_of_the_commands(tiny_onnx, tiny_model):
+    import argparse
+
+    from runtime.cli import add_predictor_args, add_streams_arg, build_predictor
+
+    parser = argparse.ArgumentParser()
+    add_predictor_args(parser, "model")
+    add_streams_arg(parser)
+    args = parser.parse_args(["--model", str(tiny_onnx), "--streams", "2"])
+    assert build_predictor(args, tiny_onnx).info()["streams"] == 2
+    args = parser.parse_args(["--model", str(tiny_onnx)])
+    assert build_predictor(args, tiny_onnx).info()["streams"] == 1
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--streams", "0"])
+    with pytest.raises(ValueError, match="runs one call at a time"):
+        DepthPredictor(tiny_model, device="cpu", streams=2)

@@ -99,8 +99,11 @@ class TorchBackend(Backend):
         precision: str | None = None,
         attention: str = "fused",
         preprocess: str = "auto",
+        streams: int = 1,
     ) -> None:
         super().__init__()
+        if streams != 1:  # its intra-op threads are process-wide: two calls would only contend
+            raise ValueError("the torch backend runs one call at a time (streams=1); batch frames with predict_batch")
         if preprocess not in PREPROCESS:
             raise ValueError(f"the torch backend's preprocess is one of {', '.join(PREPROCESS)}, not {preprocess!r}")
         torch = require("torch", "torch", "PyTorch")
