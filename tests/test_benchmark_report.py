@@ -439,21 +439,3 @@ def test_peak_memory_is_the_worker_own():
     )
     assert after - before > 150 * 1024  # the 200 MiB array shows up in KiB
     assert before < 200 * 1024  # and a fresh interpreter does not start with its parent's peak
-
-
-def test_throughput_rows_are_each_backends_fastest_unless_all_are_asked():
-    from benchmarks.runner import EXPLICIT_ATTENTION, Config
-    from benchmarks.throughput import pick_rows
-
-    configs = [
-        Config("torch", "fp32", (518, 518), device="cpu"),
-        Config("torch", "bf16", (518, 518), device="cpu"),
-        Config("torch", "fp32", (518, 518), device="cpu", variant=EXPLICIT_ATTENTION),
-        Config("torch", "fp16", (518, 518), device="cuda", variant="CUDA"),
-        Config("openvino", "int8", (518, 518), device="cpu"),
-    ]
-    e2e = {0: 0.9, 1: 0.7, 2: 0.1, 3: 0.02, 4: 0.24}  # row 2 is a reference form: never the fastest
-    assert pick_rows(configs, e2e, "fastest") == [1, 3, 4]
-    assert pick_rows(configs, e2e, "all") == [0, 1, 2, 3, 4]
-    assert pick_rows(configs, e2e, "none") == []
-    assert pick_rows(configs, {0: 0.9}, "fastest") == [0]  # a row that failed has no timings

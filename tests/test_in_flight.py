@@ -139,3 +139,21 @@ def test_streams_option_of_the_commands(tiny_onnx, tiny_model):
         parser.parse_args(["--streams", "0"])
     with pytest.raises(ValueError, match="runs one call at a time"):
         DepthPredictor(tiny_model, device="cpu", streams=2)
+
+
+def test_throughput_rows_are_each_backends_fastest_unless_all_are_asked():
+    from benchmarks.runner import EXPLICIT_ATTENTION, Config
+    from benchmarks.throughput import pick_rows
+
+    configs = [
+        Config("torch", "fp32", (518, 518), device="cpu"),
+        Config("torch", "bf16", (518, 518), device="cpu"),
+        Config("torch", "fp32", (518, 518), device="cpu", variant=EXPLICIT_ATTENTION),
+        Config("torch", "fp16", (518, 518), device="cuda", variant="CUDA"),
+        Config("openvino", "int8", (518, 518), device="cpu"),
+    ]
+    e2e = {0: 0.9, 1: 0.7, 2: 0.1, 3: 0.02, 4: 0.24}  # row 2 is a reference form: never the fastest
+    assert pick_rows(configs, e2e, "fastest") == [1, 3, 4]
+    assert pick_rows(configs, e2e, "all") == [0, 1, 2, 3, 4]
+    assert pick_rows(configs, e2e, "none") == []
+    assert pick_rows(configs, {0: 0.9}, "fastest") == [0]  # a row that failed has no timings
