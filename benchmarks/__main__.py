@@ -203,12 +203,13 @@ def size_sweep(
     kind = (fastest["backend"], fastest["precision"], fastest.get("variant"))
     configs = [c for c in every_config if c.kind == kind]
     settings.phases.prefix = "size sweep: "
+    throughput, settings.throughput = settings.throughput, "none"  # frames per second at the main size only
     try:
         timed = measure(configs, settings, source, images, ground_truth, group="size-sweep")
         with settings.phases.timed("export"):
             work = {**roofline["work"], **operation_counts(every_config, sizes[1:])}
     finally:
-        settings.phases.prefix = ""
+        settings.phases.prefix, settings.throughput = "", throughput
     roofline = roofline_section(roofline["ceilings"], work)
     rows = [c.row() for c in configs]
     add_throughput(rows, roofline)
