@@ -47,9 +47,13 @@ def load_onnx(path: str | Path, load_external_data: bool = True) -> Any:
     if not path.is_file():
         raise ExportRequestError(f"{path}: no such ONNX file (export one with python -m export.onnx)")
     try:
-        return onnx.load(str(path), load_external_data=load_external_data)
+        model = onnx.load(str(path), load_external_data=load_external_data)
     except Exception as exc:  # a truncated or non-ONNX file: protobuf's own errors say little
         raise ExportRequestError(f"{path} is not a readable ONNX file ({type(exc).__name__}: {exc})") from exc
+    if not model.ir_version and not model.graph.node:  # protobuf reads an empty file as an empty model
+        what = "it is empty (0 bytes)" if path.stat().st_size == 0 else "it holds no model"
+        raise ExportRequestError(f"{path} is not an ONNX file: {what}; export one with python -m export.onnx")
+    return model
 
 
 def save_onnx(model: Any, path: str | Path, location: str | None = None) -> None:

@@ -11,9 +11,11 @@ import math
 import sys
 from pathlib import Path
 
-from .cli import add_predictor_args, build_predictor
-from .commands import command
+from .cli import add_predictor_args, build_predictor, check_metric_options, positive_int, topic_name
+from .commands import CommandError, command
+from .errors import InputError
 from .metric import ScaleShift
+from .pointcloud import MAX_POINTS
 from .ros.bag import (
     STORAGES,
     Summary,
@@ -49,9 +51,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="input topics copied byte for byte (default: the image and camera info topics; give none to copy none)",
     )
     parser.add_argument("--copy-all", action="store_true", help="copy every topic of the input")
-    parser.add_argument("--depth-topic", help="relative inverse depth, 32FC1 (default <ns>/depth/relative_inverse)")
-    parser.add_argument("--metric-depth-topic", help="metric depth in metres, 32FC1 (default <ns>/depth/image)")
-    parser.add_argument("--points-topic", help="PointCloud2 (default <ns>/depth/points)")
+    parser.add_argument(
+        "--depth-topic", type=topic_name, help="relative inverse depth, 32FC1 (default <ns>/depth/relative_inverse)"
+    )
+    parser.add_argument(
+        "--metric-depth-topic", type=topic_name, help="metric depth in metres, 32FC1 (default <ns>/depth/image)"
+    )
+    parser.add_argument("--points-topic", type=topic_name, help="PointCloud2 (default <ns>/depth/points)")
     parser.add_argument(
         "--metric-scale",
         type=float,
@@ -59,23 +65,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "points (fit them with runtime.fit_scale_shift on a few known distances)",
     )
     parser.add_argument("--metric-shift", type=float, default=0.0, help="see --metric-scale (default 0)")
-    parser.add_argument("--point-stride", type=int, default=1, help="use every Nth pixel in x and y for points")
+    parser.add_argument(
+        "--point-stride", type=positive_int, default=1, help="use every Nth pixel in x and y for points"
+    )
+    parser.add_argument(
+        "--max-points",
+        type=positive_int,
+        default=MAX_POINTS,
+        help=f"most points per cloud (default {MAX_POINTS:,}: a whole 1920x1080 frame); larger frames take every "
+        "Nth pixel, said in the summary",
+    )
     parser.add_argument("--max-range", type=float, help="drop points farther than this (metres, along z)")
     parser.add_argument("--no-point-colors", action="store_true", help="points without the rgb field")
-    parser.add_argument("--every", type=int, default=1, help="process every Nth image message (default 1)")
-    parser.add_argument("--max-frames", type=int, help="stop after this many frames (the output ends there)")
+    parser.add_argument("--every", type=positive_int, default=1, help="process every Nth image message (default 1)")
+    parser.add_argument("--max-frames", type=positive_int, help="stop after this many frames (the output ends there)")
     parser.add_argument("--storage", choices=STORAGES, help="ROS 2 output storage (default: the input's)")
     args = parser.parse_args(argv)
-    if args.every < 1 or args.point_stride < 1 or (args.max_frames is not None and args.max_frames < 1):
-        parser.error("--every, --point-stride and --max-frames must be positive")
-    if args.metric_scale is not None and not (math.isfinite(args.metric_scale) and args.metric_scale > 0):
-        parser.error(f"--metric-scale must be a positive number, got {args.metric_scale}")
     if args.copy_all and args.copy_topics is not None:
         parser.error("give --copy-topics or --copy-all, not both")
-    for flag in ("max_range", "metric_shift"):
-        value = getattr(args, flag)
-        if value is not None and not math.isfinite(value):
-            parser.error(f"--{flag.replace('_', '-')} must be a finite number")
+    try:
+        check_metric_options(args.metric_scale, args.metric_shift, args.max_range)
+    except InputError as exc:
+        parser.error(str(exc))
     return args
 
 
@@ -103,7 +114,7 @@ def _check_request(args: argparse.Namespace) -> tuple[dict[str, int], Topics]:
     return counts, topics
 
 
-@command("python -m runtime.bag")
+@command("python -m runtime.bag", sigterm=True)
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     counts, topics = _check_request(args)
@@ -117,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     predictor = build_predictor(args, args.model)
     frames = -(-counts[topics.image] // args.every)
     total = min(frames, args.max_frames) if args.max_frames else frames
-    conversion = Conversion(metric, args.point_stride, args.max_range, not args.no_point_colors)
+    conversion = Conversion(metric, args.point_stride, args.max_range, not args.no_point_colors, args.max_points)
     with tqdm(total=total, unit="frame", desc=topics.image, dynamic_ncols=True) as bar:
         summary = process_bag(
             predictor,
@@ -138,26 +149,36 @@ def main(argv: list[str] | None = None) -> int:
         )
     _report(args.output, topics, conversion, summary)
     if not summary.frames:
-        print(f"error: no frame of {topics.image} could be decoded", file=sys.stderr)
-        return 1
+        raise CommandError(f"no frame of {topics.image} could be decoded: nothing was written to {args.output}")
     return 0
 
 
 def _report(output: Path, topics: Topics, conversion: Conversion, summary: Summary) -> None:
-    lines = [f"wrote {output}: {summary.frames} frames at {summary.fps:.2f} frames/s"]
-    lines.append(f"  {topics.relative}: {summary.frames} relative inverse depth images (32FC1, unitless)")
-    if conversion.metric is not None:
+    lines = []
+    if summary.frames:
+        lines.append(f"wrote {output}: {summary.frames} frames at {summary.fps:.2f} frames/s")
+        lines.append(f"  {topics.relative}: {summary.frames} relative inverse depth images (32FC1, unitless)")
+    if summary.frames and conversion.metric is not None:
         lines.append(f"  {topics.metric}: {summary.frames} depth images in metres (32FC1, REP 118)")
         if summary.points:
             per_frame = summary.point_bytes / summary.points / 1e6
             lines.append(f"  {topics.points}: {summary.points} point clouds, {per_frame:.2f} MB each on average")
+        if summary.thinned_clouds:
+            lines.append(
+                f"  {summary.thinned_clouds} clouds thinned (stride up to {summary.largest_stride} in x and y) "
+                f"to stay within --max-points {conversion.max_points:,}"
+            )
         if summary.frames_without_camera_info:
             lines.append(f"  {summary.frames_without_camera_info} frames without usable camera info: no points")
-    lines.append(f"  copied {summary.copied} messages of {', '.join(topics.copy) or 'no topics'}")
+    if summary.camera_infos_skipped:
+        lines.append(f"  skipped {summary.camera_infos_skipped} camera info messages that could not be used")
+    if summary.frames:
+        lines.append(f"  copied {summary.copied} messages of {', '.join(topics.copy) or 'no topics'}")
     if summary.skipped:
         lines.append(f"  skipped {len(summary.skipped)} image messages that could not be decoded, e.g.:")
         lines += [f"    at {t} ns: {reason}" for t, reason in summary.skipped[:3]]
-    print("\n".join(lines))
+    if lines:
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":

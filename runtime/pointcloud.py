@@ -12,6 +12,7 @@ distorted image gives straight walls; a rectified image's camera info has zero d
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -23,7 +24,18 @@ import numpy as np
 from .errors import InputError
 from .io.files import atomic_write_bytes
 
-DISTORTION_MODELS = ("plumb_bob", "rational_polynomial", "equidistant")
+# Coefficients of each model in CameraInfo.d. "plumb_bob": 5, (k1, k2, t1, t2, k3), stated in
+# sensor_msgs/msg/CameraInfo.msg. The other two names of sensor_msgs/distortion_models.h are
+# OpenCV's models, which image_geometry hands D to unchanged: "rational_polynomial" is
+# cv::undistortPoints' rational model, 8 (k1, k2, p1, p2, k3, k4, k5, k6), and "equidistant" is
+# cv::fisheye's, 4 (k1, k2, k3, k4). An empty D means no distortion.
+DISTORTION_COEFFICIENTS = {"plumb_bob": 5, "rational_polynomial": 8, "equidistant": 4}
+DISTORTION_MODELS = tuple(DISTORTION_COEFFICIENTS)
+#: Most points in one cloud unless told otherwise: a whole 1920x1080 frame (2,073,600 pixels) fits;
+#: larger frames take every Nth pixel (:func:`bounded_stride`). 2^21 points are 34 MB as a
+#: coloured PointCloud2; a 64-megapixel frame at stride 1 would be 1 GB, and several times that
+#: in memory while it is built.
+MAX_POINTS = 2**21
 
 
 @dataclass(frozen=True)
@@ -50,10 +62,18 @@ class Intrinsics:
                 f"intrinsics need positive finite focal lengths, got fx={self.fx}, fy={self.fy} "
                 "(an all-zero camera info means the camera is not calibrated)"
             )
+        if not np.isfinite(self.distortion).all():
+            raise InputError(f"distortion coefficients must be finite numbers, got {list(self.distortion)}")
         if self.model not in DISTORTION_MODELS and any(self.distortion):
             raise InputError(
                 f"distortion model {self.model!r} is not supported; use one of {', '.join(DISTORTION_MODELS)} "
                 "or a rectified image with zero distortion"
+            )
+        expected = DISTORTION_COEFFICIENTS.get(self.model)
+        if expected is not None and len(self.distortion) not in (0, expected):
+            raise InputError(
+                f"{self.model} distortion has {expected} coefficients, got {len(self.distortion)} "
+                f"({list(self.distortion)}); the camera info is malformed"
             )
 
     @classmethod
@@ -113,8 +133,9 @@ def _rays(intrinsics: Intrinsics, height: int, width: int, stride: int) -> np.nd
     """``(h, w, 2)`` float32 ``(x/z, y/z)`` of the pixels ``[::stride, ::stride]`` of an image."""
     v, u = np.mgrid[0:height:stride, 0:width:stride].astype(np.float64)
     if not any(intrinsics.distortion):
-        rays = np.stack([(u - intrinsics.cx) / intrinsics.fx, (v - intrinsics.cy) / intrinsics.fy], axis=-1)
-        return rays.astype(np.float32)
+        with np.errstate(over="ignore"):  # an absurd focal length gives inf rays, dropped as points
+            rays = np.stack([(u - intrinsics.cx) / intrinsics.fx, (v - intrinsics.cy) / intrinsics.fy], axis=-1)
+            return rays.astype(np.float32)
     pixels = np.stack([u, v], axis=-1).reshape(-1, 1, 2)
     coeffs = np.asarray(intrinsics.distortion, dtype=np.float64)
     if intrinsics.model == "equidistant":
@@ -122,6 +143,44 @@ def _rays(intrinsics: Intrinsics, height: int, width: int, stride: int) -> np.nd
     else:
         normalised = cv2.undistortPoints(pixels, intrinsics.matrix, coeffs)
     return normalised.reshape((*u.shape, 2)).astype(np.float32)
+
+
+def bounded_stride(height: int, width: int, stride: int = 1, max_points: int | None = MAX_POINTS) -> int:
+    """The smallest stride >= ``stride`` that gives an HxW image at most ``max_points`` points
+    (``None``: no bound)."""
+    if max_points is None:
+        return stride
+    if max_points < 1:
+        raise InputError(f"max_points must be positive, got {max_points}")
+    stride = max(stride, math.isqrt(height * width // max_points))
+    while -(-height // stride) * -(-width // stride) > max_points:
+        stride += 1
+    return stride
+
+
+def _point_colours(image: np.ndarray, shape: tuple[int, ...], stride: int, valid: np.ndarray) -> np.ndarray:
+    """N x 3 uint8 RGB for the valid pixels of an HxW gray, HxWx3 BGR or HxWx4 BGRA image."""
+    image = np.asarray(image)
+    if image.shape[:2] != shape:
+        raise InputError(f"the colour image is {image.shape[:2]}, the depth map {shape}: they must match")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
+        raise InputError(f"colours come from an HxW gray, HxWx3 BGR or HxWx4 BGRA image, got shape {image.shape}")
+    picked = image[::stride, ::stride][valid]
+    if picked.dtype.kind == "f":
+        # OpenCV's convention for float images: [0, 1] is black to white.
+        if picked.size and not (np.all(picked >= 0) and np.all(picked <= 1)):
+            raise InputError(
+                f"a float colour image must hold values in [0, 1] (OpenCV's convention), got "
+                f"{picked.min():.3g}..{picked.max():.3g}; give uint8 for 0-255 values"
+            )
+        picked = np.rint(picked * 255)
+    elif picked.dtype != np.uint8:
+        raise InputError(f"colours come from uint8 or [0, 1] float images, got {picked.dtype}")
+    if picked.ndim == 1:
+        return np.repeat(picked[:, None], 3, axis=1).astype(np.uint8)
+    return np.ascontiguousarray(picked[:, 2::-1], dtype=np.uint8)  # BGR(A) -> RGB, alpha dropped
 
 
 def depth_to_points(
@@ -134,8 +193,9 @@ def depth_to_points(
     """Points for every ``stride``-th pixel of a metric depth map with a finite, positive depth.
 
     ``depth_m`` is HxW depth along the optical axis in metres (NaN or inf where invalid);
-    ``image`` (HxWx3 BGR or HxW gray uint8, the same size) gives each point its colour;
-    ``max_range`` drops points farther than that along the optical axis.
+    ``image`` (the same size: HxWx3 BGR, HxWx4 BGRA or HxW gray, uint8 or float in [0, 1]) gives
+    each point its colour; ``max_range`` drops points farther than that along the optical axis.
+    Every point is finite: pixels whose ray the lens model cannot undo are dropped too.
     """
     depth_m = np.asarray(depth_m)
     if depth_m.ndim != 2:
@@ -150,16 +210,15 @@ def depth_to_points(
     rays = _rays(intrinsics.for_image(height, width), height, width, stride)[valid]
     zv = z[valid]
     points = np.empty((zv.size, 3), dtype=np.float32)
-    points[:, 0] = rays[:, 0] * zv
-    points[:, 1] = rays[:, 1] * zv
+    with np.errstate(over="ignore", invalid="ignore"):
+        points[:, 0] = rays[:, 0] * zv
+        points[:, 1] = rays[:, 1] * zv
     points[:, 2] = zv
-    colors = None
-    if image is not None:
-        if image.shape[:2] != depth_m.shape:
-            raise InputError(f"the colour image is {image.shape[:2]}, the depth map {depth_m.shape}: they must match")
-        picked = image[::stride, ::stride][valid]
-        colors = np.repeat(picked[:, None], 3, axis=1) if picked.ndim == 1 else picked[:, ::-1]
-        colors = np.ascontiguousarray(colors, dtype=np.uint8)
+    finite = np.isfinite(points).all(axis=1)
+    if not finite.all():  # rays a lens model cannot undo (NaN), or beyond float32: not points
+        points = points[finite]
+        valid[valid] = finite
+    colors = None if image is None else _point_colours(image, depth_m.shape, stride, valid)
     return PointCloud(points, colors)
 
 

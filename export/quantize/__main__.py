@@ -17,6 +17,17 @@ from .options import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS, Int8Options
 from .qdq import TARGETS
 
 
+def percentile(text: str) -> float:
+    """argparse type: the share of calibration values inside the clipping range, in (0, 100]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 100:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"{text!r}: a percentile is in (0, 100], for example 99.99")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m export.quantize",
@@ -29,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_size_arg(parser, "the model's, else 518x518", aliases=("--calib-shape",))
     parser.add_argument(
         "--percentile",
-        type=float,
+        type=percentile,
         default=DEFAULT_PERCENTILE,
         help=f"for --calib-method percentile ({DEFAULT_PERCENTILE})",
     )

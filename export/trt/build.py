@@ -9,6 +9,7 @@ the printed ``trtexec`` command).
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from .plan import (
     timing_cache_path,
     trtexec_command,
 )
-from .rules import TrtCompatibilityError, TrtVersion, check_onnx, require_compatible
+from .rules import TrtCompatibilityError, TrtVersion, check_onnx, known_releases, require_compatible
 
 if TYPE_CHECKING:
     from ..quantize.options import Int8Options
@@ -70,10 +71,20 @@ def installed_tensorrt():
 
 
 def target_version(trt, requested: str | None) -> TrtVersion:
-    """The installed TensorRT, or the release named by --trt-version (default: JetPack 6's)."""
-    version = TrtVersion.parse(trt.__version__ if trt is not None else (requested or DEFAULT_TARGET))
-    if trt is not None and requested and TrtVersion.parse(requested) != version:
+    """The installed TensorRT, or the release named by --trt-version (default: JetPack 6's), which
+    must be one whose rules are known (an installed newer release is checked with the newest table)."""
+    wanted = TrtVersion.target(requested) if requested else None
+    if trt is None:
+        return wanted or TrtVersion.target(DEFAULT_TARGET)
+    version = TrtVersion.parse(trt.__version__)
+    if wanted is not None and wanted != version:
         raise ExportRequestError(f"--trt-version {requested} differs from the installed TensorRT {trt.__version__}")
+    if not version.known:
+        print(
+            f"note: TensorRT {trt.__version__} is newer than the parser rules this project encodes "
+            f"({known_releases()}); checking against the nearest table",
+            file=sys.stderr,
+        )
     return version
 
 

@@ -176,6 +176,8 @@ class OnnxFacts:
 
 def onnx_facts(path: Path) -> OnnxFacts:
     model = load_onnx(path, load_external_data=False)
+    if not model.graph.input:
+        raise ExportRequestError(f"{path} has no graph input; export.trt builds models that take an image")
     graph_input = model.graph.input[0]
     dims = graph_input.type.tensor_type.shape.dim
     dynamic = len(dims) == 4 and not (dims[2].HasField("dim_value") and dims[3].HasField("dim_value"))

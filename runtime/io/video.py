@@ -8,7 +8,10 @@ processed and finalises the file: a shorter, playable video.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
+import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -19,7 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, OutputError
 from ..visualize import colorize
 from .files import atomic_write
 
@@ -44,7 +47,10 @@ class VideoSummary:
 
 @contextlib.contextmanager
 def _quiet_opencv() -> Iterator[None]:
-    """Hold back OpenCV's own warnings while a capture opens: the ``InputError`` says what failed."""
+    """Hold back OpenCV's and FFmpeg's own messages while a capture opens: the ``InputError`` says
+    what failed. OpenCV reads OPENCV_FFMPEG_LOGLEVEL once, when FFmpeg is first used; 8 is
+    AV_LOG_FATAL, which silences "moov atom not found" and the like (a user's own setting wins)."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")
     level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     try:
@@ -64,11 +70,58 @@ def open_capture(source: str | os.PathLike | int) -> cv2.VideoCapture:
     path = Path(source)
     if not path.is_file():
         raise InputError(f"no such video file: {path}")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb"):  # permissions: FFmpeg would only say it cannot open the file
+            pass
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    if size == 0:
+        raise InputError(f"{path} is empty (0 bytes): no video in it")
     with _quiet_opencv():
         capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
-        raise InputError(f"cannot open {path} as a video (unknown container or codec for this OpenCV build)")
+        if _mp4_without_index(path):
+            raise InputError(
+                f"cannot open {path}: an MP4/MOV file without its index ('moov' box), the mark of a recording "
+                "that was never finalised (the recorder was killed or its disk filled); no frame can be read"
+            )
+        raise InputError(
+            f"cannot open {path} as a video: not a container and codec this OpenCV build reads, or damaged"
+        )
     return capture
+
+
+def _mp4_without_index(path: Path) -> bool:
+    """Whether ``path`` is an ISO media file (MP4, MOV) whose top-level boxes hold no 'moov'."""
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        position, types = 0, []
+        while position + 8 <= size and len(types) < 1000:
+            handle.seek(position)
+            length, kind = struct.unpack(">I4s", handle.read(8))
+            if length == 1 and position + 16 <= size:  # a 64-bit size follows
+                (length,) = struct.unpack(">Q", handle.read(8))
+            elif length == 0:  # the last box runs to the end of the file
+                length = size - position
+            if length < 8:
+                break
+            types.append(kind)
+            position += length
+    return bool(types) and types[0] in (b"ftyp", b"mdat", b"wide", b"free") and b"moov" not in types
+
+
+def readable_frames(path: str | os.PathLike) -> int:
+    """How many frames OpenCV can read back from a video file (0 when it cannot open it)."""
+    with _quiet_opencv():
+        capture = cv2.VideoCapture(str(path))
+    try:
+        count = 0
+        while capture.isOpened() and capture.grab():
+            count += 1
+        return count
+    finally:
+        capture.release()
 
 
 def frame_count(capture: cv2.VideoCapture) -> int | None:
@@ -153,6 +206,18 @@ def write_depth_video(
             if writer is None:
                 raise InputError(f"no frames could be read from {name}")
             writer.release()
+            # VideoWriter reports no write errors: a full disk leaves a file without its index.
+            read = readable_frames(staged)
+            if summary.interrupted and read == summary.frames + 1:  # Ctrl-C landed between write and count
+                summary.frames = read
+            if read != summary.frames:
+                free = shutil.disk_usage(staged.parent).free
+                raise OutputError(
+                    errno.ENOSPC if free < 1 << 20 else errno.EIO,
+                    f"the video writer wrote {summary.frames} frames but {read} can be read back "
+                    f"({free / 2**20:.1f} MiB free on that file system)",
+                    str(output),
+                )
             os.replace(staged, tmp)
         finally:
             if writer is not None:

@@ -28,9 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, require
-from ..io.files import staging_dir
-from ..pointcloud import Intrinsics
+from ..commands import DISK_ERRNOS
+from ..errors import InputError, OutputError, require
+from ..io.files import check_writable_folder, staging_dir
+from ..pointcloud import Intrinsics, bounded_stride
 from ..preprocessing import check_image
 from .messages import (
     CAMERA_INFO,
@@ -38,6 +39,7 @@ from .messages import (
     IMAGE,
     POINT_CLOUD2,
     Conversion,
+    camera_size_note,
     depth_messages,
     intrinsics_from_camera_info,
     message_to_image,
@@ -81,6 +83,9 @@ class Summary:
     copied: int = 0
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (bag time ns, reason)
     frames_without_camera_info: int = 0
+    camera_infos_skipped: int = 0  # camera info messages that could not be used
+    thinned_clouds: int = 0  # clouds whose stride was raised to stay within Conversion.max_points
+    largest_stride: int = 1
     seconds: float = 0.0
 
     @property
@@ -192,6 +197,7 @@ def check_output(input_path: Path, output: Path) -> None:
         raise InputError(f"{output} exists; choose another --output or remove it (bags are never overwritten)")
     if output.resolve() == input_path.resolve():
         raise InputError("the output must differ from the input bag")
+    check_writable_folder(output.parent, "--output")
 
 
 class _BagWriter:
@@ -280,6 +286,7 @@ class _Pass:
         self.reader, self.writer, self.topics, self.conversion = reader, writer, topics, conversion
         self.errors, self.progress, self.warn = errors, progress, warn
         self.summary = Summary()
+        self.said: set = set()  # warnings given once per run, not once per message
         # Messages to copy and frames sent to the predictor, in bag order: the predictor reads
         # ahead, so copies read meanwhile wait here until the depth of the frames before them is written.
         self.events: deque = deque()
@@ -319,7 +326,10 @@ class _Pass:
                 try:
                     intrinsics = intrinsics_from_camera_info(reader.deserialize(raw, conn.msgtype))
                 except (InputError, *self.errors) as exc:
-                    self.warn(f"camera info at {timestamp} ns unusable, no point clouds until a good one: {exc}")
+                    self.summary.camera_infos_skipped += 1
+                    self.warn_once(
+                        str(exc), f"camera info at {timestamp} ns skipped, no points until a good one: {exc}"
+                    )
                     intrinsics = None
             if conn.topic != topics.image:
                 continue
@@ -341,6 +351,11 @@ class _Pass:
             if max_frames is not None and taken >= max_frames:
                 return
 
+    def warn_once(self, key: object, text: str) -> None:
+        if key not in self.said:
+            self.said.add(key)
+            self.warn(text)
+
     def skip(self, timestamp: int, reason: str) -> None:
         self.summary.skipped.append((timestamp, reason))
         self.step()
@@ -360,6 +375,13 @@ class _Pass:
                 summary.point_bytes += size if key == "points" else 0
         if "points" in messages:
             summary.points += 1
+            note = camera_size_note(frame.intrinsics, *relative.shape)
+            if note:
+                self.warn_once((frame.intrinsics.width, frame.intrinsics.height, relative.shape), note)
+            stride = bounded_stride(*relative.shape, self.conversion.point_stride, self.conversion.max_points)
+            if stride > self.conversion.point_stride:
+                summary.thinned_clouds += 1
+                summary.largest_stride = max(summary.largest_stride, stride)
         elif "metric" in messages:
             summary.frames_without_camera_info += 1
 
@@ -387,9 +409,10 @@ def process_bag(
     """Write ``output``: a new bag with the depth of ``image_topic`` in ``input_path`` (see the module doc).
 
     ``predictor`` is a :class:`runtime.DepthPredictor`. Frames that cannot be decoded are
-    skipped and listed in the returned summary; ``progress(1)`` is called for every image
-    message handled, written or skipped. Raises ``InputError`` for an unusable request
-    (missing topic, output present) before anything is written.
+    skipped and listed in the returned summary, and camera infos that cannot be used are
+    counted; when no frame at all could be decoded, nothing is written (``summary.frames == 0``).
+    ``progress(1)`` is called for every image message handled, written or skipped. Raises
+    ``InputError`` for an unusable request (missing topic, output present) before anything is written.
     """
     rb = rosbags_modules()
     input_path, output = Path(input_path), Path(output)
@@ -411,9 +434,14 @@ def process_bag(
         run = _Pass(reader, writer, topics, conversion, errors, progress, warn)
         summary = run.run(predictor, every, max_frames, max_pixels)
         writer.close()
-        check_output(input_path, output)  # something else may have created it meanwhile
-        os.replace(staging / output.name, output)
+        if summary.frames:  # a bag of copies alone is no result: nothing goes under the output name
+            check_output(input_path, output)  # something else may have created it meanwhile
+            os.replace(staging / output.name, output)
         return summary
+    except OSError as exc:
+        if exc.errno in DISK_ERRNOS and not exc.filename:  # the bag writers do not say which file
+            raise OutputError(exc.errno, exc.strerror, str(output)) from exc
+        raise
     finally:
         reader.close()
         if staging is not None:

@@ -21,22 +21,24 @@ import array
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..cli import add_predictor_args, network_size, size_options
+from ..cli import add_predictor_args, check_metric_options, network_size, size_options
 from ..commands import command
 from ..errors import InputError, MissingDependencyError
 from ..metric import ScaleShift
-from ..pointcloud import Intrinsics
+from ..pointcloud import MAX_POINTS, Intrinsics
 from .messages import (
     IMAGE,
     POINT_CLOUD2,
     POINT_FIELD,
     Conversion,
     LatestOnly,
+    camera_size_note,
     depth_messages,
     intrinsics_from_camera_info,
     message_to_image,
@@ -64,16 +66,18 @@ class NodeSettings:
     point_stride: int = 1
     max_range: float = 0.0  # 0: no cut
     point_colors: bool = True
+    max_points: int = MAX_POINTS  # a larger stride beyond this many points per cloud
 
     def check(self) -> NodeSettings:
         if not self.model:
             raise InputError("no model: give --model PATH or --ros-args -p model:=PATH")
-        if self.input_size < 14 or self.point_stride < 1:
+        if self.input_size < 14 or self.point_stride < 1 or self.max_points < 1:
             raise InputError(
-                f"input_size must be >= 14 and point_stride >= 1, got {self.input_size}, {self.point_stride}"
+                f"input_size must be >= 14, point_stride and max_points >= 1, got {self.input_size}, "
+                f"{self.point_stride}, {self.max_points}"
             )
-        if self.metric_scale < 0 or self.max_range < 0:
-            raise InputError("metric_scale and max_range must not be negative (0 turns them off)")
+        # The bag tool's rules; 0 turns the scale and the range cut off (NaN is not 0: refused).
+        check_metric_options(self.metric_scale or None, self.metric_shift, self.max_range or None, str)
         self.size_options()
         return self
 
@@ -91,7 +95,7 @@ class NodeSettings:
 
     def conversion(self) -> Conversion:
         metric = ScaleShift(self.metric_scale, self.metric_shift, float("nan"), 0) if self.metric_scale else None
-        return Conversion(metric, self.point_stride, self.max_range or None, self.point_colors)
+        return Conversion(metric, self.point_stride, self.max_range or None, self.point_colors, self.max_points)
 
 
 def split_ros_args(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -134,7 +138,14 @@ def parse_args(argv: list[str]) -> tuple[NodeSettings, list[str]]:
     parser.add_argument("--point-stride", type=int, default=defaults.point_stride, help="every Nth pixel for points")
     parser.add_argument("--max-range", type=float, default=defaults.max_range, help="drop points beyond (m); 0: none")
     parser.add_argument("--no-point-colors", action="store_true", help="points without the rgb field")
+    parser.add_argument(
+        "--max-points", type=int, default=defaults.max_points, help="most points per cloud; larger frames thinned"
+    )
     args = parser.parse_args(ours)
+    try:  # ROS parameters given with -p are checked by NodeSettings.check once declared
+        check_metric_options(args.metric_scale or None, args.metric_shift, args.max_range or None)
+    except InputError as exc:
+        parser.error(str(exc))
     fixed = isinstance(args.size, tuple)
     settings = NodeSettings(
         args.model,
@@ -148,6 +159,7 @@ def parse_args(argv: list[str]) -> tuple[NodeSettings, list[str]]:
         args.point_stride,
         args.max_range,
         not args.no_point_colors,
+        args.max_points,
     )
     return settings, ros
 
@@ -155,6 +167,36 @@ def parse_args(argv: list[str]) -> tuple[NodeSettings, list[str]]:
 def _blob(data: np.ndarray) -> array.array:
     # rclpy stores uint8[] fields as array.array('B'); handing one over skips a per-element check.
     return array.array("B", data.tobytes())
+
+
+def serve(latest: LatestOnly, handle: Callable[[Any], None], log: Any, running: Callable[[], bool]) -> None:
+    """The depth worker: ``handle`` the newest frame until ``running()`` turns false. A frame that
+    fails (undecodable, a camera info the lens model refuses, a backend error) is logged with the
+    ROS logger's ``warning``/``error`` and skipped: one bad message never stops the node."""
+    while running():
+        msg = latest.take(timeout=0.5)
+        if msg is None:
+            continue
+        try:
+            handle(msg)
+        except InputError as exc:
+            log.warning(f"frame skipped: {exc}", throttle_duration_sec=5.0)
+        except Exception as exc:  # anything else: the thread must outlive it, or the node serves nothing
+            log.error(f"frame skipped: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
+
+
+def camera_info_receiver(slot: list[Intrinsics | None], log: Any) -> Callable[[Any], None]:
+    """The ``camera_info`` callback: the newest usable intrinsics in ``slot[0]``, ``None`` (no points,
+    with a warning) after one that cannot be used."""
+
+    def receive(msg: Any) -> None:
+        try:
+            slot[0] = intrinsics_from_camera_info(msg)
+        except ValueError as exc:  # InputError, or numbers that are not numbers
+            log.warning(f"camera info unusable, no points: {exc}", throttle_duration_sec=10.0)
+            slot[0] = None
+
+    return receive
 
 
 def run_node(settings: NodeSettings, ros_args: list[str]) -> int:
@@ -191,44 +233,33 @@ def run_node(settings: NodeSettings, ros_args: list[str]) -> int:
         def make(msgtype: str, **fields: Any) -> Any:
             return types[msgtype](**fields)
 
-        def on_camera_info(msg: Any) -> None:
-            try:
-                intrinsics[0] = intrinsics_from_camera_info(msg)
-            except InputError as exc:
-                log.warning(f"camera info unusable, no points: {exc}", throttle_duration_sec=10.0)
-                intrinsics[0] = None
-
         # Depth 1: a queue of camera frames behind a slow model is latency, not data.
         newest = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
         node.create_subscription(Image, "image", latest.put, newest)
-        node.create_subscription(CameraInfo, "camera_info", on_camera_info, 1)
+        node.create_subscription(CameraInfo, "camera_info", camera_info_receiver(intrinsics, log), 1)
         wanted = ["relative"] + (["metric", "points"] if conversion.metric is not None else [])
         kinds = {"relative": Image, "metric": Image, "points": PointCloud2}
         publishers = {key: node.create_publisher(kinds[key], TOPICS[key], 1) for key in wanted}
 
-        def work() -> None:
-            done, since = 0, time.monotonic()
-            while rclpy.ok():
-                msg = latest.take(timeout=0.5)
-                if msg is None:
-                    continue
-                try:
-                    image = message_to_image(msg, IMAGE)
-                    relative = predictor.predict(image)
-                except InputError as exc:
-                    log.warning(f"frame skipped: {exc}", throttle_duration_sec=5.0)
-                    continue
-                for key, message in depth_messages(
-                    make, _blob, msg.header, relative, image, intrinsics[0], conversion
-                ).items():
-                    publishers[key].publish(message)
-                done += 1
-                if time.monotonic() - since >= 10.0:
-                    rate = done / (time.monotonic() - since)
-                    log.info(f"{rate:.1f} frames/s; {latest.dropped} of {latest.received} frames dropped as stale")
-                    done, since = 0, time.monotonic()
+        done, since = 0, time.monotonic()
 
-        worker = threading.Thread(target=work, name="depth-worker", daemon=True)
+        def handle(msg: Any) -> None:
+            nonlocal done, since
+            image = message_to_image(msg, IMAGE)
+            relative = predictor.predict(image)
+            camera = intrinsics[0]
+            note = camera_size_note(camera, *relative.shape) if camera is not None else None
+            if note and conversion.metric is not None:
+                log.warning(note, throttle_duration_sec=60.0)
+            for key, message in depth_messages(make, _blob, msg.header, relative, image, camera, conversion).items():
+                publishers[key].publish(message)
+            done += 1
+            if time.monotonic() - since >= 10.0:
+                rate = done / (time.monotonic() - since)
+                log.info(f"{rate:.1f} frames/s; {latest.dropped} of {latest.received} frames dropped as stale")
+                done, since = 0, time.monotonic()
+
+        worker = threading.Thread(target=serve, args=(latest, handle, log, rclpy.ok), name="depth-worker", daemon=True)
         worker.start()
         rclpy.spin(node)
     except KeyboardInterrupt:

@@ -287,8 +287,16 @@ def load_model(
     return model.to(map_location).eval()
 
 
-def save_model(model: torch.nn.Module, path: str | Path, metadata: Mapping[str, str] | None = None) -> Path:
-    """Write official-named weights and the variant to ``.safetensors``, atomically."""
+def save_model(
+    model: torch.nn.Module,
+    path: str | Path,
+    metadata: Mapping[str, str] | None = None,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write official-named weights and the variant to ``.safetensors``, atomically.
+
+    ``state_dict`` replaces the model's own (a sharded model's weights, gathered by the caller).
+    """
     from safetensors.torch import save_file
 
     model = getattr(model, "module", model)  # DDP / compiled wrappers
@@ -304,7 +312,8 @@ def save_model(model: torch.nn.Module, path: str | Path, metadata: Mapping[str, 
         "max_depth": "" if model.max_depth is None else repr(float(model.max_depth)),
     }
     meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    weights = model.state_dict() if state_dict is None else state_dict
+    tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
