@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import require
+from runtime.metric import OutputKind
 
 from .errors import ExportRequestError
 
@@ -69,6 +70,13 @@ def save_onnx(model: Any, path: str | Path, location: str | None = None) -> None
         all_tensors_to_one_file=True,
         location=location or path.name + ".data",
     )
+
+
+def onnx_output_kind(path: str | Path) -> OutputKind:
+    """What an ONNX file outputs, from its metadata (relative when it says nothing)."""
+    model = load_onnx(path, load_external_data=False)
+    values = {entry.key: entry.value for entry in model.metadata_props}
+    return OutputKind.from_metadata(values, f"{Path(path).name} metadata") or OutputKind()
 
 
 def model_opset(model: Any) -> int:

@@ -17,16 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.backends.openvino import import_openvino, load_error, telemetry_off
+from runtime.backends.openvino import RT_INFO_PRECISION, import_openvino, load_error, telemetry_off
 from runtime.commands import command, stage
 from runtime.errors import require
 from runtime.io.files import staging_dir
 from runtime.metadata import library_versions, read_sidecar, sha256_file, sidecar_path, write_sidecar
+from runtime.reference import reference_path
 
 from .cli import add_calibration_args, add_precision_args, add_size_arg, add_source_args, args_stem, check_request
 from .errors import ExportError, ExportRequestError
+from .graph import onnx_output_kind
 from .onnx import source_onnx
-from .source import PRECISIONS, check_precision, default_output
+from .reference import FP16_TOLERANCE, onnx_runner, other_size, write_reference
+from .source import PRECISIONS, check_precision, default_output, licence_note
 from .verify import (
     ABS_REL_ALIGNED,
     FP32_TOLERANCE,
@@ -43,7 +46,7 @@ from .verify import (
 # 9e-3 / 1.3e-2 / 1.9e-2, int8 0.5 / 0.6 / 0.9 (12 images). The INT8 bound catches a broken
 # artefact (one weight tensor with its sign flipped: 7 to 11), not a loss of accuracy: that is
 # the benchmark's AbsRel column.
-TOLERANCES = {"fp32": FP32_TOLERANCE, "fp16": 0.1, "int8": 2.0}
+TOLERANCES = {"fp32": FP32_TOLERANCE, "fp16": FP16_TOLERANCE, "int8": 2.0}
 MAX_RESTORE_STEPS = 20
 
 
@@ -127,6 +130,7 @@ def export_openvino(
     started = time.perf_counter()
     with stage("converting the ONNX model to OpenVINO"), telemetry_off():
         model = ov.convert_model(str(onnx_path))
+    output_kind = onnx_output_kind(onnx_path)
     quantization = None
     if precision == "int8":
         with telemetry_off():
@@ -150,7 +154,10 @@ def export_openvino(
     try:
         staged = workdir / output.name
         shape = _static_hw(model) or verify_shape or (518, 518)
+        model.set_rt_info(precision, RT_INFO_PRECISION)  # the runtime keeps an FP32 IR in f32 from this
         with stage("saving and verifying the IR"):
+            for key, value in output_kind.metadata().items():  # read back by runtime.backends.openvino
+                model.set_rt_info(value, ["dav2_edge", key])
             ov.save_model(model, str(staged), compress_to_fp16=precision != "fp32")
             check = verify_ir(ov, staged, onnx_path, shape)
         if not check.max_rel_std <= TOLERANCES[precision]:  # NaN fails too
@@ -161,6 +168,7 @@ def export_openvino(
         # Old metadata and .xml go first, the new .xml lands last: at every moment the folder
         # holds the old pair, no loadable pair, or the new pair.
         sidecar_path(output).unlink(missing_ok=True)
+        reference_path(output).unlink(missing_ok=True)
         output.unlink(missing_ok=True)
         staged.with_suffix(".bin").replace(output.with_suffix(".bin"))
         staged.replace(output)
@@ -170,9 +178,11 @@ def export_openvino(
     data = {
         "format": "openvino",
         "precision": precision,
+        **output_kind.sidecar(),
         "input_name": model.input(0).any_name,
         "input_shape": [d.get_length() if d.is_static else None for d in model.input(0).get_partial_shape()],
         "encoder": source_meta.get("encoder"),
+        "licence": source_meta.get("licence", "unknown"),
         "source_onnx": str(onnx_path),
         "source_sha256": sha256_file(onnx_path),
         "quantization": quantization,
@@ -188,6 +198,18 @@ def export_openvino(
         "versions": library_versions("openvino", "nncf"),
     }
     write_sidecar(output, data)
+    with stage("writing the reference"):
+        write_reference(
+            output,
+            precision,
+            [shape] if _static_hw(model) else [shape, other_size(*shape)],
+            onnx_runner(onnx_path),
+            "ONNX Runtime FP32 on the source ONNX",
+            source=onnx_path,
+            held_out=calibration.held_out_batches() if budget is not None else (),
+            budget=budget,
+        )
+    licence_note(data["licence"], output)
     return data
 
 

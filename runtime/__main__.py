@@ -17,6 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .align.stabilize import flicker_lines
 from .cli import add_predictor_args, add_streams_arg, build_predictor
 from .commands import CommandError, command, exit_code
 from .errors import InputError
@@ -30,7 +31,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m runtime",
-        description="Predict relative inverse depth (near = bright) for images, videos or a camera. "
+        description="Predict depth (near = bright) for images, videos or a camera: relative inverse depth, or metres "
+        "from a metric model (--save-npy keeps the numbers). "
         "Images give <name>_depth.png, videos and cameras <name>_depth.mp4 at the source's frame rate: "
         "the colourised depth alone by default, next to the input with --side-by-side.",
     )
@@ -52,6 +54,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--save-npy", action="store_true", help="also write each image's float32 depth as .npy")
     parser.add_argument("--max-frames", type=int, help="stop each video or camera after this many frames")
+    parser.add_argument(
+        "--stabilize",
+        action="store_true",
+        help="videos and cameras: relative depth on the scale of the frames before it, so values and colours "
+        "stop flickering (the flicker figure is reported either way)",
+    )
     args = parser.parse_args(argv)
     if not args.inputs and not args.sample and args.camera is None:
         parser.error("give image files, videos or folders of them, --camera INDEX, or --sample")
@@ -186,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     check_writable_folder(args.output_dir, "--output-dir")
     open_sources(jobs)
     predictor = build_predictor(args, load_default_model(args.model))
-    print(f"{predictor!r}", file=sys.stderr)
+    print(f"{predictor!r}: {predictor.output.describe()}", file=sys.stderr)
+    if args.stabilize and predictor.output.is_metric:
+        raise InputError(f"the model outputs {predictor.output.describe()}: --stabilize is for relative models")
     skipped = []
     for index, job in enumerate(jobs):
         out = args.output_dir / job.output_name
@@ -218,13 +228,15 @@ def _depth_image(predictor, job: Job, out: Path, args: argparse.Namespace) -> st
 
     image = job.image if job.image is not None else read_image(job.source)
     depth = predictor.predict(image)
-    _, png = cv2.imencode(".png", depth_frame(image, depth, args.colormap, args.side_by_side))
+    kind = predictor.output
+    _, png = cv2.imencode(".png", depth_frame(image, depth, args.colormap, args.side_by_side, kind.kind))
     atomic_write_bytes(out, png.tobytes())
     if args.save_npy:
         buffer = io.BytesIO()
         np.save(buffer, depth)
         atomic_write_bytes(out.with_suffix(".npy"), buffer.getvalue())
-    return f"{job.label}: {image.shape[1]}x{image.shape[0]} depth range {depth.min():.3g}..{depth.max():.3g}"
+    unit = " m" if kind.is_metric else " (relative inverse depth)"
+    return f"{job.label}: {image.shape[1]}x{image.shape[0]} depth range {depth.min():.3g}..{depth.max():.3g}{unit}"
 
 
 def _depth_video(predictor, job: Job, out: Path, args: argparse.Namespace) -> tuple[str, bool]:
@@ -238,7 +250,14 @@ def _depth_video(predictor, job: Job, out: Path, args: argparse.Namespace) -> tu
         total = min(total or args.max_frames, args.max_frames)
     with tqdm(total=total, unit="frame", desc=job.label, dynamic_ncols=True) as bar:
         summary = write_depth_video(
-            predictor, capture, out, args.colormap, args.side_by_side, args.max_frames, progress=bar.update
+            predictor,
+            capture,
+            out,
+            args.colormap,
+            args.side_by_side,
+            args.max_frames,
+            progress=bar.update,
+            stabilize=args.stabilize,
         )
     fps_note = "" if summary.fps_reported else " (the source reports no frame rate: assumed)"
     stopped = ", stopped by Ctrl-C" if summary.interrupted else ""
@@ -246,6 +265,7 @@ def _depth_video(predictor, job: Job, out: Path, args: argparse.Namespace) -> tu
         f"{job.label}: {summary.frames} frames at {summary.fps:.3g} fps{fps_note}, "
         f"processed at {summary.processing_fps:.2f} frames/s{stopped}"
     )
+    line += "".join(f";{text[1:]}" for text in flicker_lines(summary.flicker, summary.flicker_unstabilized))
     return line, summary.interrupted
 
 

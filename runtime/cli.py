@@ -102,6 +102,29 @@ def add_predictor_args(parser: argparse.ArgumentParser, model_help: str, **model
         "(as a static export of that size); a fixed-shape model always takes its own",
     )
     parser.add_argument("--input-size", dest="size", type=network_size, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--output-kind",
+        choices=("relative", "metric"),
+        help="what a model file without metadata outputs (default: what the file says, else relative); "
+        "metric needs --max-depth",
+    )
+    parser.add_argument(
+        "--max-depth",
+        type=positive_metres,
+        metavar="M",
+        help="a metric model's depth bound in metres (20 indoor, 80 outdoor)",
+    )
+
+
+def positive_metres(text: str) -> float:
+    """argparse type for a distance in metres: a positive finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of metres") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of metres")
+    return value
 
 
 def add_streams_arg(parser: argparse.ArgumentParser) -> None:
@@ -126,6 +149,8 @@ def build_predictor(args: argparse.Namespace, model: Any):
         backend=args.backend,
         device=args.device,
         precision=args.precision,
+        output_kind=args.output_kind,
+        max_depth=args.max_depth,
         **size_options(args.size),
         **({"streams": streams} if streams != 1 else {}),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,10 +14,12 @@ from . import preprocessing as pre
 from .backends import backend_class, resolve_backend
 from .backends.base import describe_source
 from .errors import InputError
+from .metric import OutputKind, resolve_output_kind
 
 
 class DepthPredictor:
-    """Relative inverse depth (larger = nearer) for images, at the images' own resolution.
+    """Depth for images, at the images' own resolution: relative inverse depth (larger = nearer)
+    or, from a metric model, metres (``output_kind``, ``max_depth``, ``info()["output"]``).
 
     ``model`` is a file or a ``torch.nn.Module``; the suffix picks the backend (``.pth`` and
     ``.safetensors``: torch, ``.onnx``: onnxruntime, ``.engine``/``.plan``: tensorrt, ``.xml``:
@@ -34,6 +37,14 @@ class DepthPredictor:
     share of the device: ``stream``, ``stream_batches`` and ``predict_batch`` then keep N calls in
     flight (throughput for several cameras); the default, 1, gives each call the whole device
     (lowest latency).
+    ``verify=True`` runs the model on its reference (``<model>.reference.npz``, written by every
+    export; or pass the reference's path) when it loads, and raises
+    ``runtime.reference.ReferenceMismatch`` with the numbers when it is over the reference's
+    tolerance; ``info()["verification"]`` holds the result. It costs one inference per reference
+    input (a few) at load.
+    What the model outputs comes from the artefact (a checkpoint's head, ONNX metadata, OpenVINO
+    rt_info, a sidecar). A file that says nothing is relative unless ``output_kind="metric"`` and
+    ``max_depth`` say so; a request that contradicts the file is refused.
     """
 
     def __init__(
@@ -46,6 +57,9 @@ class DepthPredictor:
         rgb: bool = False,
         fixed_size: tuple[int, int] | None = None,
         max_long_side: int | None = None,
+        verify: bool | str | Path = False,
+        output_kind: str | None = None,
+        max_depth: float | None = None,
         **backend_options: Any,
     ) -> None:
         if not isinstance(input_size, int) or input_size < pre.PATCH_SIZE:
@@ -56,6 +70,13 @@ class DepthPredictor:
         name = resolve_backend(model, backend)
         self._backend = backend_class(name)(model, device=device, precision=precision, **backend_options)
         self._source = describe_source(model)
+        try:
+            self.output: OutputKind = resolve_output_kind(
+                self._backend.output_kind, output_kind, max_depth, self._source
+            )
+        except InputError:
+            self._backend.close()
+            raise
         self.input_size = input_size
         self.rgb = rgb
         model_hw = self._backend.input_spec.fixed_hw
@@ -64,10 +85,30 @@ class DepthPredictor:
         # A fixed-shape model always gets its own shape; a dynamic one may be pinned to one
         # (steady latency, and the same input a fixed-shape engine would see).
         self.fixed_size = model_hw or (tuple(fixed_size) if fixed_size is not None else None)
+        self.verification = None
+        if verify:
+            from .reference import reference_for, require_within, verify_backend
+
+            try:
+                reference = reference_for(model, None if verify is True else verify)
+                self.verification = require_within(verify_backend(self._backend, reference), model)
+            except BaseException:
+                self._backend.close()
+                raise
 
     @property
     def backend(self) -> str:
         return self._backend.name
+
+    @property
+    def output_kind(self) -> str:
+        """``"relative"`` (inverse depth, unitless, larger = nearer) or ``"metric"`` (metres)."""
+        return self.output.kind
+
+    @property
+    def max_depth(self) -> float | None:
+        """A metric model's depth bound in metres; ``None`` for a relative model."""
+        return self.output.max_depth
 
     @property
     def input_shape(self) -> tuple[int | None, ...]:
@@ -141,7 +182,11 @@ class DepthPredictor:
         return depth
 
     def stream(
-        self, frames: Iterable[np.ndarray], rgb: bool | None = None, depth: int | None = None
+        self,
+        frames: Iterable[np.ndarray],
+        rgb: bool | None = None,
+        depth: int | None = None,
+        stabilize: bool | Any = False,
     ) -> Iterator[np.ndarray]:
         """Depth for each frame of a video, in order, with several frames in flight: the
         pre-processing, inference and post-processing of neighbouring frames overlap, and as many
@@ -150,9 +195,16 @@ class DepthPredictor:
 
         Up to ``depth`` frames are in flight (default: the backend's concurrency + 2); frames
         are read from the iterable only as results are consumed. Each result equals ``predict``
-        on its frame.
+        on its frame. ``stabilize=True`` (or a ``runtime.align.Stabilizer``, to read its flicker
+        figures afterwards) puts each frame's relative depth on the scale of the frames before it,
+        so values and colours hold still.
         """
-        return self._pipelined(frames, lambda frame: self.predict(frame, rgb), depth)
+        from .align import Stabilizer
+
+        stabilizer = Stabilizer() if stabilize is True else stabilize or None
+        if stabilizer is not None and self.output.is_metric:
+            raise InputError(f"the model outputs {self.output.describe()}: stabilize is for relative models")
+        return self._pipelined(frames, lambda frame: self.predict(frame, rgb), depth, stabilizer)
 
     def stream_batches(
         self, batches: Iterable[Sequence[np.ndarray]], rgb: bool | None = None, depth: int | None = None
@@ -161,24 +213,38 @@ class DepthPredictor:
         each camera), run as one ``predict_batch``; results come back in order, one list per item."""
         return self._pipelined(batches, lambda frames: self.predict_batch(frames, rgb), depth)
 
-    def _pipelined(self, items: Iterable[Any], work: Callable[[Any], Any], depth: int | None) -> Iterator[Any]:
+    def _pipelined(
+        self,
+        items: Iterable[Any],
+        work: Callable[[Any], Any],
+        depth: int | None,
+        finish: Callable[[Any, Any], Any] | None = None,
+    ) -> Iterator[Any]:
         depth = depth or self._backend.max_concurrency + 2
         pending: deque = deque()
+
+        def result() -> Any:
+            item, future = pending.popleft()
+            out = future.result()
+            return finish(item, out) if finish is not None else out
+
         with ThreadPoolExecutor(max_workers=depth, thread_name_prefix="depth-stream") as pool:
             for item in items:
-                pending.append(pool.submit(work, item))
+                pending.append((item, pool.submit(work, item)))
                 if len(pending) >= depth:
-                    yield pending.popleft().result()
+                    yield result()
             while pending:
-                yield pending.popleft().result()
+                yield result()
 
     def info(self) -> dict[str, Any]:
-        """Backend, device, precision, input shape and library versions."""
+        """Backend, device, precision, input shape, library versions and what the model outputs."""
         return {
             **self._backend.info(),
             "model": self._source,
+            "output": self.output.info(),
             "input_size": self.input_size,
             "max_long_side": self.max_long_side,
+            "verification": self.verification.to_dict() if self.verification is not None else None,
         }
 
     def close(self) -> None:

@@ -25,8 +25,9 @@ from rosbags.typesys import Stores, get_typestore
 from runtime import ScaleShift
 from runtime.errors import InputError
 from runtime.pointcloud import Intrinsics, depth_to_points
-from runtime.ros.bag import default_topics, plan_topics, process_bag
+from runtime.ros.bag import process_bag
 from runtime.ros.messages import Conversion, metric_depth
+from runtime.ros.topics import default_topics, plan_topics
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE, COMPRESSED, INFO, STRING = (

@@ -20,6 +20,7 @@ COMMANDS = (
     "runtime",
     "runtime.bag",
     "runtime.ros2",
+    "runtime.verify",
     "export.onnx",
     "export.openvino",
     "export.quantize",

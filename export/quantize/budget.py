@@ -35,6 +35,7 @@ from runtime.metadata import read_sidecar, write_sidecar
 
 from ..errors import ExportError, ExportRequestError
 from ..graph import load_onnx
+from ..reference import write_int8_reference
 from ..verify import ABS_REL_ALIGNED, OnnxRuntimeRunner, abs_rel
 from .calibration import CalibrationSet
 from .options import DEFAULT_ACCURACY_BUDGET, DEFAULT_METHOD, DEFAULT_PERCENTILE, SMOOTH_MODES, Int8Options
@@ -258,6 +259,7 @@ def export_int8(source: Path, output: Path, options: Int8Options, shape: tuple[i
                 source, calibration, output, options.method, target, options.keep_fp, options.percentile, cache
             )
             print(f"INT8 Q/DQ: {len(result.quantized)} layers INT8, no accuracy check (--accuracy-budget off)")
+            write_int8_reference(output, source, shape, (), None)
             return calibration.describe()
         split = HeldOutSplit(calibration, extra)
         checked = quantize_with_budget(
@@ -278,4 +280,5 @@ def export_int8(source: Path, output: Path, options: Int8Options, shape: tuple[i
         f"INT8 Q/DQ: {len(checked.quantized)} layers INT8{notes}; AbsRel vs FP32 {checked.error:.4f} on {extra} "
         f"held-out images (budget {budget}; report {quant_report_path(output)})"
     )
+    write_int8_reference(output, source, shape, split.held_out_batches(), budget)
     return split.describe()

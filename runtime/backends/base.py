@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import InputError, ModelFileError
+from ..metric import OutputKind
 from ..preprocessing import PATCH_SIZE
 from .profiling import Profile
 
@@ -63,6 +64,10 @@ class Backend(ABC):
     takes_images: bool = False
     # Pre- and post-processing as torch ops on the model's device (``torch_pre``), or None.
     pipeline: Any = None
+    # The weights' licence, from the artefact's sidecar or the checkpoint (see train.models.checkpoint).
+    licence: str = "unknown"
+    # What the model outputs, as the artefact says it (None: it says nothing; the predictor decides).
+    output_kind: OutputKind | None = None
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -154,6 +159,7 @@ class Backend(ABC):
             "precision": self.precision,
             "input_name": self.input_spec.name,
             "input_shape": list(self.input_spec.shape),
+            "licence": self.licence,
             "versions": self.versions(),
         }
 

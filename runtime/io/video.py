@@ -2,7 +2,8 @@
 
 The output is written under a hidden temporary name and renamed when it is finalised, so a
 crash never leaves a half-written video under its name. Ctrl-C stops at the frame being
-processed and finalises the file: a shorter, playable video.
+processed and finalises the file: a shorter, playable video. Every video's flicker figure is
+measured (``runtime.align.stabilize``); ``stabilize=True`` holds relative depth on one scale.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..align import FlickerMeter, Stabilizer
+from ..align.frame import disparity_of
 from ..errors import InputError, OutputError
+from ..metric import OutputKind
 from ..visualize import colorize
 from .files import atomic_write
 
@@ -39,6 +43,8 @@ class VideoSummary:
     seconds: float
     interrupted: bool
     fps_reported: bool  # False: the source gave no frame rate and DEFAULT_FPS was used
+    flicker: float | None = None  # of the depth written (runtime.align.stabilize)
+    flicker_unstabilized: float | None = None  # of the model's output, when stabilised
 
     @property
     def processing_fps(self) -> float:
@@ -138,9 +144,16 @@ def source_fps(capture: cv2.VideoCapture) -> tuple[float, bool]:
     return DEFAULT_FPS, False
 
 
-def depth_frame(image: np.ndarray, depth: np.ndarray, colormap: str, side_by_side: bool) -> np.ndarray:
-    """The colourised depth, or the input and it side by side, as one BGR image."""
-    coloured = colorize(depth, colormap)
+def depth_frame(
+    image: np.ndarray,
+    depth: np.ndarray,
+    colormap: str,
+    side_by_side: bool,
+    kind: str = "relative",
+    limits: tuple[float | None, float | None] = (None, None),
+) -> np.ndarray:
+    """The colourised depth (near bright, for either ``kind``), or the input and it side by side, as one BGR image."""
+    coloured = colorize(depth, colormap, *limits, kind=kind)
     if not side_by_side:
         return coloured
     left = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image
@@ -155,12 +168,19 @@ def write_depth_video(
     side_by_side: bool = False,
     max_frames: int | None = None,
     progress: Callable[[int], Any] | None = None,
+    stabilize: bool = False,
 ) -> VideoSummary:
     """Write the depth of every frame of ``source`` (a video file, camera index or opened capture) to ``output``.
 
     The output (an ``.mp4``) has the source's frame rate, or :data:`DEFAULT_FPS` when the
     source reports none (many cameras). ``predictor`` is a :class:`runtime.DepthPredictor`.
+    ``stabilize``: relative depth on the scale of the frames before it, and its colours on one
+    range that only widens, so neither values nor colours flicker.
     """
+    kind: OutputKind = getattr(predictor, "output", OutputKind())
+    stabilizer = Stabilizer() if stabilize else None
+    meter = FlickerMeter()
+    limits: list[float] = []  # a stabilised video's colour range: the widest of the frames' 1st/99th percentiles
     output = Path(output)
     if output.suffix.lower() != ".mp4":
         raise InputError(f"depth videos are written as .mp4, got {output.name}")
@@ -188,8 +208,14 @@ def write_depth_video(
 
         try:
             try:
-                for depth in predictor.stream(frames()):
-                    panel = depth_frame(pending.popleft(), depth, colormap, side_by_side)
+                stream = predictor.stream(frames(), stabilize=stabilizer) if stabilizer else predictor.stream(frames())
+                for depth in stream:
+                    image = pending.popleft()
+                    meter.update(image, disparity_of(depth, kind))
+                    if stabilizer is not None and np.isfinite(depth).any():
+                        low, high = np.nanpercentile(depth[::4, ::4], [1, 99])
+                        limits[:] = [min(low, limits[0]), max(high, limits[1])] if limits else [low, high]
+                    panel = depth_frame(image, depth, colormap, side_by_side, kind.kind, tuple(limits) or (None, None))
                     if writer is None:
                         height, width = panel.shape[:2]
                         writer = cv2.VideoWriter(str(staged), cv2.VideoWriter_fourcc(*FOURCC), fps, (width, height))
@@ -229,4 +255,7 @@ def write_depth_video(
     finally:
         capture.release()
     summary.seconds = time.perf_counter() - start
+    summary.flicker = meter.figure
+    if stabilizer is not None:
+        summary.flicker_unstabilized = stabilizer.flicker_in.figure
     return summary

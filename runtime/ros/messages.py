@@ -8,14 +8,14 @@ Messages are read by attribute (``msg.height``, ``msg.data``, ...), so the messa
 
 Published depth follows REP 118 and the toolkit's conventions: ``32FC1``, the source image's
 header, relative inverse depth (unitless) under its own topic and metric depth in metres only
-after an explicit conversion, NaN where invalid.
+from a metric model or after an explicit conversion, NaN where invalid.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import cv2
@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io.images import decode_image_bytes
-from ..metric import ScaleShift
+from ..metric import OutputKind, ScaleShift
 from ..pointcloud import MAX_POINTS, Intrinsics, PointCloud, bounded_stride, depth_to_points, pointcloud2_layout
 
 IMAGE = "sensor_msgs/msg/Image"
@@ -193,6 +193,7 @@ class Conversion:
     max_range: float | None = None  # metres along z
     colour_points: bool = True
     max_points: int | None = MAX_POINTS  # a larger stride beyond this many points per cloud; None: no bound
+    output: OutputKind = field(default_factory=OutputKind)  # what the model's output is
 
 
 def depth_messages(
@@ -204,17 +205,40 @@ def depth_messages(
     intrinsics: Intrinsics | None,
     conversion: Conversion,
 ) -> dict[str, Any]:
-    """The messages for one frame, keyed ``relative`` (always), ``metric`` (with a metric
-    conversion) and ``points`` (with a metric conversion and intrinsics)."""
-    messages = {"relative": depth_message(make, blob, header, relative)}
-    if conversion.metric is None:
+    """The messages for one frame of the model's output, keyed ``relative`` (a relative model's
+    output), ``metric`` (a metric model's output, or a relative one's through the conversion's
+    scale and shift) and ``points`` (with metric depth and intrinsics)."""
+    if conversion.output.is_metric:
+        return output_messages(make, blob, header, image, intrinsics, conversion, None, model_metres(relative))
+    metres = None if conversion.metric is None else metric_depth(relative, conversion.metric)
+    return output_messages(make, blob, header, image, intrinsics, conversion, relative, metres)
+
+
+def model_metres(depth: np.ndarray) -> np.ndarray:
+    """A metric model's output as published: metres, NaN where not positive and finite (REP 118)."""
+    depth = np.asarray(depth, np.float32)
+    return np.where(np.isfinite(depth) & (depth > 0), depth, np.float32(np.nan)).astype(np.float32)
+
+
+def output_messages(
+    make: Callable[..., Any],
+    blob: Callable[[np.ndarray], Any],
+    header: Any,
+    image: np.ndarray,
+    intrinsics: Intrinsics | None,
+    conversion: Conversion,
+    relative: np.ndarray | None,
+    metres: np.ndarray | None,
+) -> dict[str, Any]:
+    """The messages for relative inverse depth and/or metres (``None``: not published)."""
+    messages = {} if relative is None else {"relative": depth_message(make, blob, header, relative)}
+    if metres is None:
         return messages
-    depth = metric_depth(relative, conversion.metric)
-    messages["metric"] = depth_message(make, blob, header, depth)
+    messages["metric"] = depth_message(make, blob, header, metres)
     if intrinsics is not None:
         colours = image if conversion.colour_points else None
-        stride = bounded_stride(*depth.shape, conversion.point_stride, conversion.max_points)
-        cloud = depth_to_points(depth, intrinsics, colours, stride, conversion.max_range)
+        stride = bounded_stride(*metres.shape, conversion.point_stride, conversion.max_points)
+        cloud = depth_to_points(metres, intrinsics, colours, stride, conversion.max_range)
         messages["points"] = pointcloud2_message(make, blob, header, cloud)
     return messages
 
