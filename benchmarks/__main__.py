@@ -18,11 +18,13 @@ from .artifacts import ModelSource, calibration_folder, load_images, resolve_mod
 from .checks import assess
 from .cpu import detect
 from .machine import machine_facts
+from .profile import add_efficiency
 from .ranking import fastest_cpu_path, rank, relative_to_first
 from .report import write_report
-from .roofline import CeilingProbes, add_throughput, ceiling_formats, count_macs, lower_bounds
+from .roofline import CeilingProbes, add_throughput, ceiling_formats, lower_bounds, matrix_work
 from .rounds import time_rows
 from .runner import Config, Settings, make_configs, prepare, reference_outputs, score
+from .throughput import section as throughput_section
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 SWEEP = (518, 434, 364, 308)
@@ -80,6 +82,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--strict", action="store_true", help=f"exit {EXIT_UNRELIABLE} when the report's self-checks fail"
     )
+    parser.add_argument(
+        "--no-profile",
+        action="store_true",
+        help="skip the profiled pass that splits each row's model call by kind of work (saves a second "
+        "model load and a few calls per row)",
+    )
+    parser.add_argument(
+        "--throughput",
+        choices=("fastest", "all", "none"),
+        default="fastest",
+        help="rows whose frames per second for several cameras are measured after the rounds: each "
+        "backend's fastest (default), all, or none",
+    )
+    parser.add_argument(
+        "--cameras", default="1,2,4", help="camera counts for the frames-per-second table (default 1,2,4)"
+    )
     parser.add_argument("--accuracy-budget", type=float, default=0.02, help="AbsRel vs FP32 budget (default 0.02)")
     parser.add_argument("--report-dir", type=Path, default=Path("reports/latest"), help="where the report goes")
     parser.add_argument("--work-dir", type=Path, default=Path("artifacts/bench"), help="artefact cache")
@@ -127,13 +145,13 @@ def operation_counts(configs: list[Config], sizes: list[tuple[int, int]]) -> dic
     for size in sizes:
         onnx_config = next(c for c in configs if (c.backend, c.precision, c.size) == ("onnxruntime", "fp32", size))
         try:
-            macs = count_macs(onnx_config.build())
+            macs, attention_macs = matrix_work(onnx_config.build())
         except Exception as exc:  # no onnx installed, or an export that failed: the report says so
             print(
                 f"note: no operation count for {size[0]}x{size[1]} ({exc.__class__.__name__}: {exc})", file=sys.stderr
             )
             continue
-        work[f"{size[0]}x{size[1]}"] = {"macs": macs, "ops": 2 * sum(macs.values())}
+        work[f"{size[0]}x{size[1]}"] = {"macs": macs, "ops": 2 * sum(macs.values()), "attention_macs": attention_macs}
     return work
 
 
@@ -194,12 +212,13 @@ def size_sweep(
     kind = (fastest["backend"], fastest["precision"], fastest.get("variant"))
     configs = [c for c in every_config if c.kind == kind]
     settings.phases.prefix = "size sweep: "
+    throughput, settings.throughput = settings.throughput, "none"  # frames per second at the main size only
     try:
         timed = measure(configs, settings, source, images, ground_truth, group="size-sweep")
         with settings.phases.timed("export"):
             work = {**roofline["work"], **operation_counts(every_config, sizes[1:])}
     finally:
-        settings.phases.prefix = ""
+        settings.phases.prefix, settings.throughput = "", throughput
     roofline = roofline_section(roofline["ceilings"], work)
     rows = [c.row() for c in configs]
     add_throughput(rows, roofline)
@@ -231,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
         short_sides = parse_sweep(args.size_sweep, quick)
     except argparse.ArgumentTypeError as exc:
         parser.error(f"--sizes / --size-sweep: {exc}")
+    try:
+        cameras = tuple(int(v) for v in args.cameras.split(",") if v.strip())
+    except ValueError:
+        cameras = ()
+    if not cameras or min(cameras) < 1:
+        parser.error(f"--cameras takes positive integers separated by commas, e.g. 1,2,4; got {args.cameras!r}")
     backends = {b.strip() for b in args.backends.split(",") if b.strip()}
     if unknown := backends - set(BACKENDS):
         parser.error(f"unknown backend(s) {', '.join(sorted(unknown))}; choose from {', '.join(BACKENDS)}")
@@ -241,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     calib_samples = 16 if quick else 64
     settings = Settings(workdir, warmup, runs, rounds, args.calib_dir, calib_samples, 0.1, cpu, args.emulated_formats)
+    settings.profile_calls = 0 if args.no_profile else settings.profile_calls
+    settings.throughput, settings.cameras = args.throughput, cameras
+    settings.throughput_frames = 8 if quick else settings.throughput_frames
     phases = settings.phases
     with phases.timed("model and images"):
         source = resolve_model(args.checkpoint, workdir, use_hub=not args.no_hub)
@@ -263,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     with phases.timed("export"):
         roofline = roofline_section(ceilings, operation_counts(every_config, sizes))
     add_throughput(rows, roofline)
+    add_efficiency(rows, roofline)
     reliability = assess(rows, ceilings, {"main rounds": timed["machine_state"]}, cpu.native("bf16"))
 
     sweep_rows: list[dict] = []
@@ -291,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
             "sizes": [list(s) for s in sizes],
             "quick": quick,
             "emulated_formats": args.emulated_formats,
+            "profile_calls": settings.profile_calls,
+            "throughput": settings.throughput,
         },
         "accuracy_budget": args.accuracy_budget,
         "roofline": roofline,
@@ -298,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "fastest_within_budget": best,
         "size_sweep": sweep_rows,
+        "throughput": throughput_section(rows, settings.cameras, settings.throughput_frames),
         "phases": {k: round(v, 1) for k, v in phases.seconds.items()},
         "wall_seconds": round(time.perf_counter() - started, 1),
     }

@@ -15,10 +15,13 @@ from runtime.io.files import atomic_write_bytes
 from .cpu import FORMAT_NAMES, without_units
 from .figures import figures
 from .jetson import jetson_line
+from .profile import profile_lines, write_profile_figure
 from .ranking import is_baseline, row_name, same_rounds_ratio
+from .throughput import throughput_lines
 
 # 3: "reliability", "phases", "size_sweep"; rows carry "computes_in", "native", "round_medians"
-SCHEMA_VERSION = 3
+# 4: rows carry "profile" (benchmarks.profile); "throughput" (benchmarks.throughput)
+SCHEMA_VERSION = 4
 NO_BASELINE = "no PyTorch FP32 row to compare with"
 QUALITY_VS_SIZE = (
     "Accuracy here is against PyTorch FP32 at the same size, so it shows how faithfully the backend runs "
@@ -345,6 +348,8 @@ def markdown(data: dict) -> str:
             f"| {_num(r.get('peak_rss_mib'), '.0f')} |{f' {_energy(r)} |' if energy else ''} {_cell(_status(r))} |"
         )
     lines += sweep_lines(data)
+    lines += throughput_lines(data)
+    lines += profile_lines(data)
     shown = "Figures: `latency_vs_accuracy.png`, `depth_grid.png`. " if will_draw(data) else ""
     lines += ["", f"{shown}Machine-readable: `report.json`.", ""]
     return "\n".join(lines)
@@ -357,4 +362,6 @@ def write_report(data: dict, images: dict[str, np.ndarray], folder: Path) -> lis
         atomic_write_bytes(folder / "report.json", (json.dumps(data, indent=2, default=str) + "\n").encode()),
         atomic_write_bytes(folder / "report.md", markdown(data).encode()),
     ]
-    return paths + (figures(data, images, folder) if will_draw(data) else [])
+    paths += figures(data, images, folder) if will_draw(data) else []
+    paths += write_profile_figure(data, folder)
+    return paths

@@ -44,12 +44,51 @@ def count_macs(model: str | Path | object) -> dict[str, int]:
     ``model`` is a path or an ``onnx.ModelProto``. Weights need not be loaded (only their dims
     are read), so external-data models work.
     """
+    return matrix_work(model)[0]
+
+
+# Between an attention product and its softmax: the scale, a mask, a cast.
+_ATTENTION_STEPS = ("Mul", "Div", "Add", "Cast")
+
+
+def _attention_products(model) -> set[int]:
+    """The MatMuls on either side of a Softmax: a transformer's QK^T (whose output reaches the
+    softmax, through a scale or mask at most) and the product of the softmax with V."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def reaches_softmax(name: str, steps: int = 2) -> bool:
+        for node in consumers.get(name, []):
+            if node.op_type == "Softmax" or (
+                steps and node.op_type in _ATTENTION_STEPS and reaches_softmax(node.output[0], steps - 1)
+            ):
+                return True
+        return False
+
+    found = set()
+    for node in model.graph.node:
+        if node.op_type != "MatMul":
+            continue
+        fed = producer.get(node.input[0])
+        if reaches_softmax(node.output[0]) or (fed is not None and fed.op_type == "Softmax"):
+            found.add(id(node))
+    return found
+
+
+def matrix_work(model: str | Path | object) -> tuple[dict[str, int], int]:
+    """``count_macs`` and, of those, the multiply-accumulates of the attention's products (QK^T and
+    the softmax times V): work the attention kernels do around the softmax."""
     import onnx
 
     if isinstance(model, (str, Path)):
         model = onnx.load(str(model), load_external_data=False)
     shapes = _static_shapes(model)
+    attention_products = _attention_products(model)
     macs: Counter[str] = Counter()
+    attention = 0
     for node in model.graph.node:
         if node.op_type not in MATRIX_OPS:
             continue
@@ -70,7 +109,9 @@ def count_macs(model: str | Path | object) -> dict[str, int]:
         else:  # ConvTranspose, weight [C_in, C_out / groups, *kernel]: each input value feeds C_out/g x kernel
             count = math.prod(a) * math.prod(b[1:])
         macs[node.op_type] += int(count)
-    return dict(macs)
+        if id(node) in attention_products:
+            attention += int(count)
+    return dict(macs), attention
 
 
 def _best_seconds(fn, repeats: int) -> float:

@@ -22,10 +22,12 @@ import numpy as np
 from tqdm import tqdm
 
 from .jetson import PowerSampler, energy_per_frame
-from .machine import machine_state, process_ticks, snapshot
+from .machine import machine_state, process_ticks, snapshot, usable_cores
+from .profile import summarize as summarize_profile
 from .roofline import CeilingProbes
 from .runner import STATUS_RUN_FAILED, Config, Settings, computes_in
 from .stats import summarize
+from .throughput import pick_rows, stream_options
 
 
 class WorkerError(RuntimeError):
@@ -138,7 +140,7 @@ def time_rows(configs: list[Config], settings: Settings, probes: CeilingProbes |
             if record:
                 frames = int(arguments["warmup"]) + 2 * int(arguments["calls"])
                 turns.setdefault(index, []).append((start, time.monotonic(), frames))
-            if op == "time":
+            if op in ("time", "profile"):
                 settle(workers[index].pid)
             yield index, reply
 
@@ -177,12 +179,41 @@ def time_rows(configs: list[Config], settings: Settings, probes: CeilingProbes |
             outputs = {i: str(configs[i].job.with_suffix(".npz")) for i in workers}
             for index, _ in each_worker("outputs", path=outputs.get):
                 configs[index].result["outputs"] = outputs[index]
+        profiles = {}
+        if settings.profile_calls:
+            with phases.timed("profiles"):
+                profiles = dict(each_worker("profile", calls=settings.profile_calls))
+        throughput = {}
+        e2e = {i: float(np.median([d for r in timings[i]["e2e"] for d in r])) for i in workers if timings[i]["e2e"]}
+        chosen = pick_rows(configs, e2e, settings.throughput)
+        if chosen:
+            with phases.timed("throughput"):
+                for index in chosen:
+                    options = stream_options(configs[index].backend, usable_cores())
+                    cameras, frames = list(settings.cameras), settings.throughput_frames
+                    try:
+                        throughput[index] = workers[index].ask(
+                            "throughput", cameras=cameras, frames=frames, options=options
+                        )
+                    except WorkerError as exc:
+                        _fail(configs[index], exc)
+                        workers.pop(index).close()
+        with phases.timed("rows"):
             for index, memory in each_worker("finish"):
                 result = configs[index].result
                 result.update(memory)
                 result["model_call"] = _latency(timings[index]["model"])
                 result["end_to_end"] = _latency(timings[index]["e2e"])
                 result["round_medians"] = {k: [float(np.median(r)) for r in v] for k, v in timings[index].items()}
+                if index in throughput:
+                    result["throughput"] = throughput[index]
+                if index in profiles:
+                    reply = profiles[index]
+                    result["profile"] = (
+                        summarize_profile(reply["profile"], configs[index].backend, result["model_call"]["median"])
+                        if "profile" in reply
+                        else {"unavailable": reply["unavailable"]}
+                    )
                 if power.samples:
                     result["energy"] = energy_per_frame(power.samples, turns.get(index, []))
     finally:

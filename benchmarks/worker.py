@@ -81,14 +81,7 @@ class Row:
         self.images = dict(np.load(config["images"]))
         self.first = self.images[config["timing_image"]]
         started = time.perf_counter()
-        self.predictor = DepthPredictor(
-            config["model"],
-            backend=config["backend"],
-            device=config["device"],
-            precision=config.get("precision_arg"),
-            fixed_size=tuple(config["size"]),
-            **config.get("backend_options", {}),
-        )
+        self.predictor = self.open(DepthPredictor)
         self.predictor.predict(self.first)
         self.cold_start = time.perf_counter() - started
         self.synchronize = None
@@ -106,6 +99,18 @@ class Row:
             self.verification = verify_backend(self.predictor._backend, reference).to_dict()
         self.batch = self.predictor.prepare(self.first)
         self.backend = self.predictor._backend
+        self.memory: dict | None = None  # peak memory, read before the profiled pass adds its own
+
+    def open(self, predictor_class, **extra):
+        config = self.config
+        return predictor_class(
+            config["model"],
+            backend=config["backend"],
+            device=config["device"],
+            precision=config.get("precision_arg"),
+            fixed_size=tuple(config["size"]),
+            **{**config.get("backend_options", {}), **extra},
+        )
 
     def hello(self) -> dict:
         info = {k: v for k, v in self.predictor.info().items() if k != "model"}
@@ -133,13 +138,47 @@ class Row:
         np.savez_compressed(path, **outputs)
         return {}
 
-    def finish(self) -> dict:
+    def profile(self, calls: int) -> dict:
+        """Layer timings from the backend's profiler, in a pass of its own after the timed rounds
+        (its second model does not count in the row's peak memory); a backend without a profiler,
+        or one that fails, costs the row its profile only."""
+        self.memory = self.memory or self.peak_memory()
+        try:
+            return {"profile": self.backend.profile(self.batch, calls).to_dict()}
+        except Exception as exc:
+            traceback.print_exc()
+            return {"unavailable": error_text(exc)}
+
+    def throughput(self, cameras: list[int], frames: int, options: dict) -> dict:
+        """Frames per second for each camera count (``benchmarks.throughput``), the in-flight
+        calls on a second predictor opened with ``options`` (``streams``) where there are any."""
+        from runtime import DepthPredictor
+
+        from .throughput import measure
+
+        self.memory = self.memory or self.peak_memory()
+        in_flight = None
+        try:
+            in_flight = self.open(DepthPredictor, **options) if options else self.predictor
+            images = list(self.images.values())
+            return {"cameras": measure(self.predictor, in_flight, images, tuple(cameras), frames), "options": options}
+        except Exception as exc:
+            traceback.print_exc()
+            return {"unavailable": error_text(exc)}
+        finally:
+            if in_flight is not None and in_flight is not self.predictor:
+                in_flight.close()
+
+    def peak_memory(self) -> dict:
         gpu_peak = None
         if self.synchronize is not None:
             import torch
 
             gpu_peak = torch.cuda.max_memory_allocated() / 2**20
         return {"peak_rss_mib": peak_rss_kib() / 1024, "gpu_peak_mib": gpu_peak}
+
+    def finish(self) -> dict:
+        return self.memory or self.peak_memory()
 
 
 def error_text(exc: BaseException) -> str:
@@ -167,6 +206,10 @@ def serve(config: dict, requests, replies) -> None:
                 reply(row.time(request["warmup"], request["calls"]))
             elif request["op"] == "outputs":
                 reply(row.outputs(request["path"]))
+            elif request["op"] == "profile":
+                reply(row.profile(request["calls"]))
+            elif request["op"] == "throughput":
+                reply(row.throughput(request["cameras"], request["frames"], request["options"]))
             elif request["op"] == "finish":
                 reply(row.finish())
                 return

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from .align.stabilize import flicker_lines
-from .cli import add_predictor_args, build_predictor
+from .cli import add_predictor_args, add_streams_arg, build_predictor
 from .commands import CommandError, command, exit_code
 from .errors import InputError
 from .io.files import atomic_write_bytes, check_writable_folder
@@ -46,6 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         default=None,
     )
+    add_streams_arg(parser)
     parser.add_argument("--output-dir", type=Path, default=Path("outputs"), help="where to write (default outputs/)")
     parser.add_argument("--colormap", default="inferno", help="inferno, turbo, viridis, magma or gray")
     parser.add_argument(

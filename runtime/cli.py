@@ -127,10 +127,23 @@ def positive_metres(text: str) -> float:
     return value
 
 
+def add_streams_arg(parser: argparse.ArgumentParser) -> None:
+    """``--streams`` for commands that run frames through ``DepthPredictor.stream``."""
+    parser.add_argument(
+        "--streams",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="model calls at once (OpenVINO, ONNX Runtime, TensorRT), each on its share of the device: more "
+        "frames per second, each a little later (default 1: the lowest latency)",
+    )
+
+
 def build_predictor(args: argparse.Namespace, model: Any):
-    """The DepthPredictor the shared options describe."""
+    """The DepthPredictor the shared options describe (and ``--streams`` where the command has it)."""
     from .predictor import DepthPredictor
 
+    streams = getattr(args, "streams", 1)
     return DepthPredictor(
         model,
         backend=args.backend,
@@ -139,4 +152,5 @@ def build_predictor(args: argparse.Namespace, model: Any):
         output_kind=args.output_kind,
         max_depth=args.max_depth,
         **size_options(args.size),
+        **({"streams": streams} if streams != 1 else {}),
     )

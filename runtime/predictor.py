@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,10 @@ class DepthPredictor:
     ratio, so no image costs more than 4x the patches of an ``input_size`` square frame (see
     ``runtime.preprocessing``). Only aspect ratios beyond 4:1 are affected.
 
+    ``streams=N`` (OpenVINO, ONNX Runtime, TensorRT) lets N model calls run at once, each on its
+    share of the device: ``stream``, ``stream_batches`` and ``predict_batch`` then keep N calls in
+    flight (throughput for several cameras); the default, 1, gives each call the whole device
+    (lowest latency).
     ``verify=True`` runs the model on its reference (``<model>.reference.npz``, written by every
     export; or pass the reference's path) when it loads, and raises
     ``runtime.reference.ReferenceMismatch`` with the numbers when it is over the reference's
@@ -112,40 +116,70 @@ class DepthPredictor:
         return self._backend.input_spec.shape
 
     def prepare(self, image: np.ndarray, rgb: bool | None = None) -> np.ndarray:
-        """The ``(1, 3, h, w)`` network input this predictor feeds its model for ``image``."""
+        """What this predictor feeds its model for ``image``: the ``(1, 3, h, w)`` network input,
+        or the ``(1, H, W, 3)`` uint8 BGR frame where the model pre-processes it itself."""
         rgb = self.rgb if rgb is None else rgb
+        if self._backend.takes_images:
+            return pre.to_bgr(image, rgb)[None]
         if self.fixed_size is not None:
             return pre.prepare_fixed(image, self.fixed_size, rgb)
         return pre.prepare_dynamic(image, self.input_size, rgb, self.max_long_side)
 
+    def network_size(self, image: np.ndarray) -> tuple[int, int]:
+        """The ``(h, w)`` the model sees ``image`` at: the fixed size, or the official keep-aspect size."""
+        if self.fixed_size is not None:
+            return self.fixed_size
+        return pre.dynamic_size(*pre.check_image(image).shape[:2], self.input_size, self.max_long_side)
+
     def predict(self, image: np.ndarray, rgb: bool | None = None) -> np.ndarray:
         """``H x W`` float32 depth for one image."""
-        batch = self.prepare(image, rgb)
-        return pre.resize_depth(self._backend.infer(batch)[0], *image.shape[:2])
+        return self.predict_batch([image], rgb)[0]
 
     def predict_batch(self, images: Iterable[np.ndarray], rgb: bool | None = None) -> list[np.ndarray]:
-        """Depth for several images; those that share a network input size run as one batch."""
+        """Depth for several images (say one frame per camera) in as few model calls as the model
+        allows: images whose network inputs have one size run as one batch, in chunks of the
+        model's fixed batch if it has one, and chunks run at once where the backend runs several
+        calls at once (``streams``). The numbers ``predict`` gives each image, up to the float
+        rounding of a batched matrix product."""
+        rgb = self.rgb if rgb is None else rgb
         images = list(images)
-        if not images:
-            return []
-        inputs = []
+        pipeline = self._backend.pipeline  # pre- and post-processing on the model's device, if any
+        keys = []  # per image: its network input, or (its shape, its network size) for the pipeline
         for index, image in enumerate(images):
             try:
-                inputs.append(self.prepare(image, rgb))
+                if pipeline is None:
+                    keys.append(self.prepare(image, rgb))
+                else:
+                    keys.append((pre.check_image(image).shape, self.network_size(image)))
             except InputError as exc:
+                if len(images) == 1:
+                    raise
                 raise InputError(f"image {index}: {exc}") from exc
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for index, tensor in enumerate(inputs):
-            groups.setdefault(tensor.shape, []).append(index)
-        chunk = self._backend.input_spec.max_batch or len(images)
-        depth: list[np.ndarray | None] = [None] * len(images)
-        for members in groups.values():
-            for start in range(0, len(members), chunk):
-                part = members[start : start + chunk]
-                outputs = self._backend.infer(np.concatenate([inputs[i] for i in part]))
-                for row, i in enumerate(part):
-                    depth[i] = pre.resize_depth(outputs[row], *images[i].shape[:2])
-        return depth  # type: ignore[return-value]
+        groups: dict[object, list[int]] = {}
+        for index, key in enumerate(keys):
+            groups.setdefault(key if pipeline else key.shape, []).append(index)
+        size = self._backend.input_spec.max_batch or max(len(images), 1)
+        chunks = [members[i : i + size] for members in groups.values() for i in range(0, len(members), size)]
+
+        def run(chunk: list[int]) -> list[np.ndarray]:
+            if pipeline is None:
+                output = self._backend.infer(np.concatenate([keys[i] for i in chunk]))
+                return [pre.resize_depth(output[row], *images[i].shape[:2]) for row, i in enumerate(chunk)]
+            batch = pipeline.prepare([images[i] for i in chunk], keys[chunk[0]][1], rgb)
+            output = self._backend.infer_on_device(batch)
+            return [pipeline.finish(output[row], *images[i].shape[:2]) for row, i in enumerate(chunk)]
+
+        lanes = min(len(chunks), self._backend.max_concurrency)
+        if lanes > 1:
+            with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="depth-batch") as pool:
+                outputs = list(pool.map(run, chunks))
+        else:
+            outputs = [run(chunk) for chunk in chunks]
+        depth: list[np.ndarray] = [np.empty(0)] * len(images)
+        for chunk, maps in zip(chunks, outputs):
+            for i, depth_map in zip(chunk, maps):
+                depth[i] = depth_map
+        return depth
 
     def stream(
         self,
@@ -154,30 +188,49 @@ class DepthPredictor:
         depth: int | None = None,
         stabilize: bool | Any = False,
     ) -> Iterator[np.ndarray]:
-        """Depth for each frame of a video, in order, with pre-processing, inference and
-        post-processing of neighbouring frames overlapping.
+        """Depth for each frame of a video, in order, with several frames in flight: the
+        pre-processing, inference and post-processing of neighbouring frames overlap, and as many
+        model calls run at once as the backend allows (``streams``: OpenVINO streams, ONNX Runtime
+        concurrent runs, TensorRT execution contexts; one otherwise).
 
         Up to ``depth`` frames are in flight (default: the backend's concurrency + 2); frames
-        are read from the iterable only as results are consumed. ``stabilize=True`` (or a
-        ``runtime.align.Stabilizer``, to read its flicker figures afterwards) puts each frame's
-        relative depth on the scale of the frames before it, so values and colours hold still.
+        are read from the iterable only as results are consumed. Each result equals ``predict``
+        on its frame. ``stabilize=True`` (or a ``runtime.align.Stabilizer``, to read its flicker
+        figures afterwards) puts each frame's relative depth on the scale of the frames before it,
+        so values and colours hold still.
         """
         from .align import Stabilizer
 
         stabilizer = Stabilizer() if stabilize is True else stabilize or None
         if stabilizer is not None and self.output.is_metric:
             raise InputError(f"the model outputs {self.output.describe()}: stabilize is for relative models")
+        return self._pipelined(frames, lambda frame: self.predict(frame, rgb), depth, stabilizer)
+
+    def stream_batches(
+        self, batches: Iterable[Sequence[np.ndarray]], rgb: bool | None = None, depth: int | None = None
+    ) -> Iterator[list[np.ndarray]]:
+        """``stream`` for several cameras: each item is a list of frames (say the newest frame of
+        each camera), run as one ``predict_batch``; results come back in order, one list per item."""
+        return self._pipelined(batches, lambda frames: self.predict_batch(frames, rgb), depth)
+
+    def _pipelined(
+        self,
+        items: Iterable[Any],
+        work: Callable[[Any], Any],
+        depth: int | None,
+        finish: Callable[[Any, Any], Any] | None = None,
+    ) -> Iterator[Any]:
         depth = depth or self._backend.max_concurrency + 2
         pending: deque = deque()
 
-        def result() -> np.ndarray:
-            frame, future = pending.popleft()
+        def result() -> Any:
+            item, future = pending.popleft()
             out = future.result()
-            return stabilizer(frame, out) if stabilizer is not None else out
+            return finish(item, out) if finish is not None else out
 
         with ThreadPoolExecutor(max_workers=depth, thread_name_prefix="depth-stream") as pool:
-            for frame in frames:
-                pending.append((frame, pool.submit(self.predict, frame, rgb)))
+            for item in items:
+                pending.append((item, pool.submit(work, item)))
                 if len(pending) >= depth:
                     yield result()
             while pending:

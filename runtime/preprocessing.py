@@ -58,6 +58,15 @@ def check_image(image: object) -> np.ndarray:
     return image
 
 
+def to_bgr(image: np.ndarray, rgb: bool = False) -> np.ndarray:
+    """HxWx3 uint8 BGR from a checked BGR/RGB/gray image: what a model with the pre-processing
+    inside it takes (OpenVINO's ``preprocess="model"``)."""
+    image = check_image(image)
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    return np.ascontiguousarray(image[:, :, ::-1]) if rgb else image
+
+
 def to_rgb_float(image: np.ndarray, rgb: bool = False) -> np.ndarray:
     """HxWx3 float32 RGB in [0, 1] from a checked BGR/RGB/gray uint8 image."""
     image = check_image(image)

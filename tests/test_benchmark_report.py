@@ -81,9 +81,10 @@ def test_report_files_and_schema(tiny_run):
         "report.md",
         "latency_vs_accuracy.png",
         "depth_grid.png",
+        "profile.png",
     }
     data = tiny_run.data
-    assert data["schema_version"] == 3 and data["notice"] is None
+    assert data["schema_version"] == 4 and data["notice"] is None
     assert {"cpu", "cpu_features", "usable_cores", "libraries", "gpu"} <= set(data["machine"])
     native_bf16 = detect().native("bf16")
     assert data["machine"]["cpu_features"]["native"]["bf16"] == native_bf16
@@ -123,6 +124,38 @@ def test_report_files_and_schema(tiny_run):
     reliability = data["reliability"]
     assert reliability["reliable"] == (not reliability["problems"])
     assert reliability["machine_state"]["main rounds"]["measured"]
+    assert {"profiles", "throughput"} <= set(data["phases"])
+
+
+def test_every_ok_row_carries_a_profile_of_its_model_call(tiny_run):
+    for row in tiny_run.data["rows"]:
+        if row["status"] != "ok":
+            continue
+        profile = row["profile"]
+        assert profile["calls"] == 3 and profile["source"].startswith(("PyTorch profiler", "ONNX Runtime profiling"))
+        assert sum(k["share"] for k in profile["kinds"].values()) == pytest.approx(1.0)
+        assert sum(k["ms"] for k in profile["kinds"].values()) == pytest.approx(profile["layers_ms"])
+        assert profile["hottest"] and profile["vs_timed_model_call"] > 0
+    text = (tiny_run.report / "report.md").read_text()
+    assert "## Where the model call spends its time" in text and "`profile.png`" in text
+
+
+def test_throughput_for_one_two_and_four_cameras(tiny_run):
+    """Each backend's fastest row (default --throughput fastest): PyTorch batches the cameras'
+    frames (dynamic batch); the ONNX model is fixed at batch 1, so only frames in flight count."""
+    section = tiny_run.data["throughput"]
+    assert section["cameras"] == [1, 2, 4] and section["frames"] == 8
+    rows = {r["backend"]: r for r in section["rows"]}
+    assert set(rows) == {"torch", "onnxruntime"} and all(not r["variant"] for r in rows.values())
+    for row in rows.values():
+        assert row["single_frame_fps"] > 0 and set(row["cameras"]) == {"1", "2", "4"}
+        for entry in row["cameras"].values():
+            assert entry["fps"] == max(entry.get("batched_fps", 0), entry["in_flight_fps"]) > 0
+    assert rows["onnxruntime"]["options"] == {"streams": max(2, usable_cores())}
+    assert rows["onnxruntime"]["cameras"]["4"]["batched"] == "the model's batch is fixed at 1"
+    assert rows["torch"]["cameras"]["4"]["batched_fps"] > 0 and rows["torch"]["options"] == {}
+    text = (tiny_run.report / "report.md").read_text()
+    assert "## Frames per second for several cameras" in text and "| 4 cameras |" in text
 
 
 def test_size_sweep_times_the_fastest_cpu_row_at_each_size(tiny_run):
@@ -237,6 +270,11 @@ def test_openvino_int8_row_is_calibrated_timed_and_runs_int8_kernels(tiny_run, t
     assert (row["backend"], row["precision"], row["status"]) == ("openvino", "int8", "ok"), row.get("error")
     assert row["computes_in"] == "int8" and row["execution"]["matrix_layers"]["int8"] > 0
     assert row["vs_fp32"]["abs_rel"] < 0.02 and row["end_to_end"]["median"] > 0
+    if detect().native("bf16"):  # its float parts asked in bf16 (benchmarks.levers: 1.19x over f32)
+        assert row["info"]["precision"] == "bf16"
+    assert row["profile"]["source"].startswith("OpenVINO performance counters")
+    assert {"int8_matmul", "attention"} <= set(row["profile"]["kinds"])
+    assert row["throughput"]["options"] == {"streams": max(2, usable_cores())}
 
 
 def test_headline_without_a_pytorch_row(tiny_run):

@@ -27,6 +27,7 @@ COMMANDS = (
     "export.quantize",
     "export.trt",
     "benchmarks",
+    "benchmarks.levers",
     "train.teacher",
     "train.pseudo_label",
     "train.distill",

@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from benchmarks.roofline import CeilingProbes, add_throughput, compute_format, count_macs, lower_bounds
+from benchmarks.roofline import CeilingProbes, add_throughput, compute_format, count_macs, lower_bounds, matrix_work
 
 
 def _graph_model(dynamic: bool = False) -> onnx.ModelProto:
@@ -56,6 +56,7 @@ def test_macs_match_hand_counts():
         "MatMul": 2 * 8 * 8 * 10,
         "Gemm": 5 * 16 * 8,
     }
+    assert matrix_work(_graph_model()) == (macs, 0)  # a product of two activations, but no softmax
 
 
 def test_dynamic_shapes_are_refused_with_the_fix():
@@ -83,6 +84,8 @@ def test_exported_model_count_matches_the_architecture(tmp_path):
     resize = rows * grid * grid * dim + rows * cols * grid * dim
     assert macs["MatMul"] == depth * per_block + resize
     assert macs["Conv"] > 0 and macs["ConvTranspose"] > 0
+    # of which the attention's two products per block, around its softmax (not the position-embedding resize)
+    assert matrix_work(path)[1] == depth * 2 * tokens * tokens * dim
 
 
 def test_ceilings_and_bounds():

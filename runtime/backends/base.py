@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import InputError, ModelFileError
 from ..metric import OutputKind
 from ..preprocessing import PATCH_SIZE
+from .profiling import Profile
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,13 @@ class InputSpec:
         return self.shape[0]
 
 
+def check_streams(streams: object) -> int:
+    """``streams`` (how many model calls a backend runs at once) if it is a positive integer."""
+    if isinstance(streams, bool) or not isinstance(streams, int) or streams < 1:
+        raise ValueError(f"streams must be a positive integer (model calls run at once), got {streams!r}")
+    return streams
+
+
 def describe_source(model: Any) -> str:
     return str(model) if isinstance(model, (str, Path)) else type(model).__name__
 
@@ -52,6 +60,10 @@ class Backend(ABC):
     precision: str
     # How many calls may usefully run at once (OpenVINO: its infer requests); others serialise.
     max_concurrency: int = 1
+    # True where the model takes uint8 (N, H, W, 3) BGR frames and pre-processes them itself.
+    takes_images: bool = False
+    # Pre- and post-processing as torch ops on the model's device (``torch_pre``), or None.
+    pipeline: Any = None
     # The weights' licence, from the artefact's sidecar or the checkpoint (see train.models.checkpoint).
     licence: str = "unknown"
     # What the model outputs, as the artefact says it (None: it says nothing; the predictor decides).
@@ -59,6 +71,7 @@ class Backend(ABC):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._slots: threading.BoundedSemaphore | None = None
         self._closed = False
 
     @abstractmethod
@@ -75,6 +88,11 @@ class Backend(ABC):
         return path
 
     def check_batch(self, batch: object) -> np.ndarray:
+        if self.takes_images:
+            if not isinstance(batch, np.ndarray) or batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[3] != 3:
+                got = f"{batch.dtype} {batch.shape}" if isinstance(batch, np.ndarray) else type(batch).__name__
+                raise InputError(f"{self.name} backend with pre-processing inside takes (N, H, W, 3) uint8, got {got}")
+            return np.ascontiguousarray(batch)
         if not isinstance(batch, np.ndarray) or batch.dtype != np.float32:
             got = batch.dtype if isinstance(batch, np.ndarray) else type(batch).__name__
             raise InputError(f"{self.name} backend expects a float32 numpy batch, got {got}")
@@ -91,15 +109,45 @@ class Backend(ABC):
                 )
         return np.ascontiguousarray(batch)
 
+    def _gate(self) -> contextlib.AbstractContextManager:
+        """One call at a time, or up to ``max_concurrency`` for backends that run several at once
+        (each manages what a call holds: OpenVINO's infer requests, TensorRT's contexts)."""
+        if self.max_concurrency == 1:
+            return self._lock
+        with self._lock:
+            if self._slots is None:
+                self._slots = threading.BoundedSemaphore(self.max_concurrency)
+        return self._slots
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
         batch = self.check_batch(batch)
-        # Backends that can serve several callers at once (OpenVINO's infer requests) manage
-        # their own resources; the others run one call at a time.
-        with self._lock if self.max_concurrency == 1 else contextlib.nullcontext():
+        with self._gate():
             if self._closed:
                 raise RuntimeError(f"the {self.name} backend was closed")
             out = self._infer(batch)
         return out.reshape(batch.shape[0], *out.shape[-2:]).astype(np.float32, copy=False)
+
+    def infer_on_device(self, batch: Any) -> Any:
+        """Run a ``(N, 3, H, W)`` batch that ``pipeline`` made on the device; ``(N, H, W)`` there."""
+        with self._gate():
+            if self._closed:
+                raise RuntimeError(f"the {self.name} backend was closed")
+            return self._infer_on_device(batch)
+
+    def _infer_on_device(self, batch: Any) -> Any:
+        raise NotImplementedError(f"the {self.name} backend has no pre-processing on its device")
+
+    def profile(self, batch: np.ndarray, calls: int = 3) -> Profile:
+        """Layer timings of ``calls`` model calls on ``batch`` (after one warm-up) from the
+        backend's own profiler, in a pass of their own: see ``runtime.backends.profiling``."""
+        batch = self.check_batch(batch)
+        with self._gate():
+            if self._closed:
+                raise RuntimeError(f"the {self.name} backend was closed")
+            return self._profile(batch, calls)
+
+    def _profile(self, batch: np.ndarray, calls: int) -> Profile:
+        raise NotImplementedError(f"the {self.name} backend has no profiler")
 
     def versions(self) -> dict[str, str]:
         return {}

@@ -14,6 +14,8 @@ turned off for FP32 models. A precision the provider cannot run the model in is 
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +23,8 @@ import numpy as np
 from ..errors import ModelFileError, require
 from ..metadata import read_sidecar
 from ..metric import OutputKind
-from .base import Backend, InputSpec
+from .base import Backend, InputSpec, check_streams
+from .profiling import Profile, events_after, onnxruntime_events, onnxruntime_layers, onnxruntime_runs, timed_calls
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -86,7 +89,12 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(
-        self, model: Any, device: str = "auto", precision: str | None = None, threads: int | None = None
+        self,
+        model: Any,
+        device: str = "auto",
+        precision: str | None = None,
+        threads: int | None = None,
+        streams: int = 1,
     ) -> None:
         super().__init__()
         ort = require("onnxruntime", "onnx", "ONNX Runtime")
@@ -95,7 +103,10 @@ class OnnxRuntimeBackend(Backend):
         providers = choose_providers(device, ort.get_available_providers())
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or default_threads()
+        # ``streams`` runs at once share the cores: a session's run is thread-safe, and each run
+        # parallelises over its own share (one thread each on a 2-core CPU with streams=2).
+        self.max_concurrency = check_streams(streams)
+        options.intra_op_num_threads = max(1, (threads or default_threads()) // streams)
         options.log_severity_level = 3  # errors only: shape-inference notes on Q/DQ models are noise
         meta = read_sidecar(path) or {}
         artefact = artefact_precision(meta.get("precision"))
@@ -106,10 +117,9 @@ class OnnxRuntimeBackend(Backend):
                 cache = path.with_name(path.name + ".trt_cache")
                 settings.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache))
             provider_options.append(settings)
+        self._load = (path, providers, provider_options)
         try:
-            self._session = ort.InferenceSession(
-                str(path), options, providers=providers, provider_options=provider_options
-            )
+            self._session = self._new_session(options)
         except Exception as exc:  # ORT raises its own exception types for bad files
             raise ModelFileError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from exc
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
@@ -130,20 +140,49 @@ class OnnxRuntimeBackend(Backend):
         self._io_binding = self._providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
         self._threads = options.intra_op_num_threads
 
-    def _infer(self, batch: np.ndarray) -> np.ndarray:
+    def _new_session(self, options: Any) -> Any:
+        path, providers, provider_options = self._load
+        return self._ort.InferenceSession(str(path), options, providers=providers, provider_options=provider_options)
+
+    def _infer(self, batch: np.ndarray, session: Any = None) -> np.ndarray:
+        session = session or self._session
         if not self._io_binding:
-            return self._session.run([self._output], {self.input_spec.name: batch})[0]
-        binding = self._session.io_binding()
+            return session.run([self._output], {self.input_spec.name: batch})[0]
+        binding = session.io_binding()
         binding.bind_cpu_input(self.input_spec.name, batch)
         binding.bind_output(self._output, "cuda")
-        self._session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
+
+    def _profile(self, batch: np.ndarray, calls: int) -> Profile:
+        # Profiling is a session option: a second session, whose trace goes to a temporary folder.
+        options = self._ort.SessionOptions()
+        options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = self._threads
+        options.log_severity_level = 3
+        options.enable_profiling = True
+        with tempfile.TemporaryDirectory(prefix="dav2-ort-profile-") as folder:
+            options.profile_file_prefix = str(Path(folder) / "profile")
+            session = self._new_session(options)
+            self._infer(batch, session)  # warm-up: its events are dropped below
+            walls = timed_calls(lambda: self._infer(batch, session), calls, warmup=0)
+            events = onnxruntime_events(session.end_profiling())
+        runs = onnxruntime_runs(events)
+        profiled = events_after(events, float(runs[-calls]["ts"])) if len(runs) > calls else events
+        return Profile(
+            "ONNX Runtime profiling (enable_profiling), a second session", onnxruntime_layers(profiled, calls), walls
+        )
 
     def versions(self) -> dict[str, str]:
         return {"onnxruntime": self._ort.__version__}
 
     def info(self) -> dict[str, Any]:
-        return {**super().info(), "providers": self._providers, "threads": self._threads}
+        return {
+            **super().info(),
+            "providers": self._providers,
+            "threads": self._threads,
+            "streams": self.max_concurrency,
+        }
 
     def _release(self) -> None:
         self._session = None

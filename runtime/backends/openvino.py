@@ -32,7 +32,9 @@ import numpy as np
 from ..errors import ModelFileError, require
 from ..metadata import read_sidecar
 from ..metric import OutputKind
-from .base import Backend, InputSpec
+from .base import Backend, InputSpec, check_streams
+from .openvino_pre import check_preprocess, embed_preprocessing
+from .profiling import Profile, openvino_counters, openvino_fused_types, openvino_layers, timed_calls
 
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 HINT_NAMES = {v: k for k, v in PRECISION_HINTS.items()}
@@ -199,6 +201,9 @@ class OpenVINOBackend(Backend):
         performance_hint: str = "LATENCY",
         cache_dir: str | Path | None = "auto",
         threads: int | None = None,
+        streams: int | None = None,
+        preprocess: str = "numpy",
+        properties: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         ov = import_openvino()
@@ -218,13 +223,19 @@ class OpenVINOBackend(Backend):
         config: dict[str, Any] = {"PERFORMANCE_HINT": performance_hint.upper()}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
+        if streams is not None:  # requests that run at once, each on its share of the cores
+            config["NUM_STREAMS"] = check_streams(streams)
+        config.update(properties or {})  # any other OpenVINO property, as the plugin names it
         self.device = ov_device(device)
+        # preprocess="model": uint8 BGR frames in, resize and normalisation in the plugin.
+        self.takes_images = check_preprocess(preprocess) == "model"
+        self._path, self._config = path, config
         meta = read_sidecar(path) or {}
         self.licence = meta.get("licence", self.licence)
         try:
-            model_ir = core.read_model(str(path))
-            self._weights = artefact_precision(model_ir, meta)
-            if precision is None and float_format(model_ir, self._weights) == "fp32":
+            network, model_ir = self._read(core)
+            self._weights = artefact_precision(network, meta)
+            if precision is None and float_format(network, self._weights) == "fp32":
                 precision = "fp32"  # the device's bf16/f16 default would change an FP32 artefact's numbers
             if precision is not None:
                 config["INFERENCE_PRECISION_HINT"] = PRECISION_HINTS[precision]
@@ -235,7 +246,7 @@ class OpenVINOBackend(Backend):
             prune_cache(self._cache)
         if len(self._compiled.inputs) != 1 or len(self._compiled.outputs) != 1:
             raise ModelFileError(f"{path}: expected one image input and one output")
-        port = self._compiled.input(0)
+        port = network.input(0)  # the network's own input, before any pre-processing put in front
         shape = port.get_partial_shape()
         if shape.rank.get_length() != 4:
             raise ModelFileError(f"{path}: input has shape {shape}; expected (N, 3, H, W)")
@@ -247,7 +258,7 @@ class OpenVINOBackend(Backend):
             self._executing = [self.device]
         self._execution = compiled_execution(self._compiled)
         self.precision = self._compute_precision(core, precision)
-        self.output_kind = rt_info_output_kind(model_ir) or OutputKind.from_metadata(read_sidecar(path), "sidecar")
+        self.output_kind = rt_info_output_kind(network) or OutputKind.from_metadata(read_sidecar(path), "sidecar")
         try:
             count = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         except RuntimeError:
@@ -257,6 +268,10 @@ class OpenVINOBackend(Backend):
             self._requests.put(self._compiled.create_infer_request())
         self.max_concurrency = max(1, count)
         self._hint = performance_hint.upper()
+        try:
+            self._streams = int(self._compiled.get_property("NUM_STREAMS"))
+        except RuntimeError:  # AUTO reports none: what was asked
+            self._streams = streams
 
     def _compute_precision(self, core: Any, asked: str | None) -> str:
         """The floating-point format the compiled model computes in, as compiled, not as asked: a
@@ -284,6 +299,31 @@ class OpenVINOBackend(Backend):
         finally:
             self._requests.put(request)
 
+    def _read(self, core: Any) -> tuple[Any, Any]:
+        """The network as read, and the model to compile: the network with the pre-processing in
+        front of it where ``preprocess="model"``."""
+        network = core.read_model(str(self._path))
+        # PrePostProcessor changes the model it is given: a copy, so the network keeps its input
+        return network, embed_preprocessing(self._ov, network.clone(), self._path) if self.takes_images else network
+
+    def _profile(self, batch: np.ndarray, calls: int) -> Profile:
+        # PERF_COUNT is a compile-time property: a second compiled model, without the blob cache
+        # (a profiled blob is not worth 50 MB of disk), so the ordinary requests stay unprofiled.
+        core = self._ov.Core()
+        model, compiled_from = self._read(core)
+        compiled = core.compile_model(compiled_from, self.device, {**self._config, "PERF_COUNT": True})
+        request = compiled.create_infer_request()
+        request.infer({0: batch})
+        warm = openvino_counters(request.get_profiling_info())
+        walls = timed_calls(lambda: request.infer({0: batch}), calls, warmup=0)
+        after = openvino_counters(request.get_profiling_info())
+        try:
+            fused = openvino_fused_types(model, compiled.get_runtime_model())
+        except RuntimeError:  # a device that exposes no runtime model (AUTO)
+            fused = {}
+        layers = openvino_layers(warm, after, 1, calls, fused)
+        return Profile("OpenVINO performance counters (PERF_COUNT), a second compiled model", layers, walls)
+
     def versions(self) -> dict[str, str]:
         return {"openvino": self._ov.get_version()}
 
@@ -295,6 +335,8 @@ class OpenVINOBackend(Backend):
             "execution": self._execution,
             "performance_hint": self._hint,
             "infer_requests": self.max_concurrency,
+            "streams": self._streams,
+            "preprocess": "model" if self.takes_images else "numpy",
             "cache_dir": str(self._cache) if self._cache is not None else None,
             "cache_bytes": cache_size(self._cache) if self._cache is not None else 0,
         }

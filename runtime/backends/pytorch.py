@@ -13,8 +13,11 @@ import numpy as np
 from ..errors import ModelFileError, require
 from ..metric import OutputKind
 from .base import Backend, InputSpec
+from .profiling import TORCH_MARKER, Profile, timed_calls, torch_layers
+from .torch_pre import TorchImagePipeline
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+PREPROCESS = ("auto", "numpy", "device")
 
 
 def resolve_device(torch: Any, device: str) -> str:
@@ -91,9 +94,19 @@ class TorchBackend(Backend):
     name = "torch"
 
     def __init__(
-        self, model: Any, device: str = "auto", precision: str | None = None, attention: str = "fused"
+        self,
+        model: Any,
+        device: str = "auto",
+        precision: str | None = None,
+        attention: str = "fused",
+        preprocess: str = "auto",
+        streams: int = 1,
     ) -> None:
         super().__init__()
+        if streams != 1:  # its intra-op threads are process-wide: two calls would only contend
+            raise ValueError("the torch backend runs one call at a time (streams=1); batch frames with predict_batch")
+        if preprocess not in PREPROCESS:
+            raise ValueError(f"the torch backend's preprocess is one of {', '.join(PREPROCESS)}, not {preprocess!r}")
         torch = require("torch", "torch", "PyTorch")
         self._torch = torch
         owned = isinstance(model, (str, Path))  # loaded here: nobody else holds it
@@ -137,6 +150,11 @@ class TorchBackend(Backend):
         else:
             self._model = model.to(self.device).eval()
         self.input_spec = InputSpec("image", (None, 3, None, None))
+        # On a GPU, pre- and post-processing run there too ("auto"); "numpy" keeps them on the CPU.
+        on_device = preprocess == "device" or (preprocess == "auto" and self.device.startswith("cuda"))
+        self.pipeline = (
+            TorchImagePipeline(torch, self.device, self._half if self._cast else None) if on_device else None
+        )
         if hasattr(model, "max_depth"):  # a DepthAnythingV2: its head says what it outputs
             kind = "metric" if model.max_depth is not None else "relative"
             self.output_kind = OutputKind(kind, model.max_depth, "checkpoint")
@@ -151,19 +169,35 @@ class TorchBackend(Backend):
         return self._torch.autocast(self.device.split(":")[0], dtype=self._half)
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
-        if self._cast:
-            x = x.to(self._half)
-        with torch.inference_mode(), self._precision():
-            y = self._model(x)
-        return y.float().cpu().numpy()
+        x = self._torch.from_numpy(batch).to(self.device, non_blocking=True)
+        return self._infer_on_device(x.to(self._half) if self._cast else x).float().cpu().numpy()
+
+    def _infer_on_device(self, batch: Any) -> Any:
+        with self._torch.inference_mode(), self._precision():
+            return self._model(batch)
+
+    def _profile(self, batch: np.ndarray, calls: int) -> Profile:
+        profiler = self._torch.profiler
+        cuda = self.device.startswith("cuda")
+        activities = [profiler.ProfilerActivity.CPU] + ([profiler.ProfilerActivity.CUDA] if cuda else [])
+
+        def call() -> None:
+            with profiler.record_function(TORCH_MARKER):
+                self._infer(batch)
+
+        self._infer(batch)  # warm-up outside the profiler
+        with profiler.profile(activities=activities) as prof:
+            walls = timed_calls(call, calls, warmup=0)
+        layers = torch_layers(prof.events(), calls, device=cuda)
+        # On CUDA the work is the kernels' device time, counted on the op that launched them.
+        what = "CUDA time of the kernels each op launched" if cuda else "self CPU time per op"
+        return Profile(f"PyTorch profiler, {what}", layers, walls)
 
     def versions(self) -> dict[str, str]:
         return {"torch": self._torch.__version__}
 
     def info(self) -> dict[str, Any]:
-        return {**super().info(), "attention": self.attention}
+        return {**super().info(), "attention": self.attention, "preprocess": "device" if self.pipeline else "numpy"}
 
     def _release(self) -> None:
         self._model = None

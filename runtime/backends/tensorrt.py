@@ -1,4 +1,5 @@
-"""TensorRT backend: one engine, one execution context and one CUDA stream per predictor.
+"""TensorRT backend: one engine; an execution context and a CUDA stream per call in flight
+(``streams``, default 1), and one more with an ``IProfiler`` for a profiled pass.
 
 Uses only the name-based API that TensorRT 8.5 through 11 share (``num_io_tensors``,
 ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``). Before deserialising, the
@@ -8,17 +9,20 @@ plan built elsewhere either fails obscurely or runs slowly.
 
 from __future__ import annotations
 
+import queue
 import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import ModelFileError, require
+from ..errors import MissingDependencyError, ModelFileError, require
 from ..metadata import read_sidecar
 from ..metric import OutputKind
-from .base import Backend, InputSpec
+from .base import Backend, InputSpec, check_streams
 from .cuda import open_cuda, parse_device
+from .profiling import LayerTimeRecorder, Profile, timed_calls
+from .torch_pre import TorchImagePipeline
 
 JETPACK_NOTE = "on Jetson TensorRT comes with JetPack (python3-libnvinfer), not from pip"
 
@@ -81,15 +85,145 @@ def engine_profile(dims: tuple[int, ...], profile_shape: Callable[[], Any]) -> t
     return tuple(low), tuple(high)
 
 
+PREPROCESS = ("auto", "numpy", "device")
+
+
+def device_pipeline_torch(preprocess: str) -> Any:
+    """PyTorch for pre- and post-processing on the GPU, or None for OpenCV on the CPU. ``auto`` uses
+    it where it is installed with CUDA (an x86 host); a Jetson without PyTorch keeps the CPU path:
+    a CUDA kernel compiled at run time through NVRTC (cuda-python) or nvcc (pycuda on JetPack) is
+    two toolchains to keep right, for one resize."""
+    if preprocess == "numpy":
+        return None
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None and torch.cuda.is_available():
+        return torch
+    if preprocess == "device":
+        raise MissingDependencyError(
+            "preprocess='device' with TensorRT runs PyTorch ops on the GPU: install a CUDA build of torch "
+            "(pip install 'dav2-edge[torch]'), or use preprocess='numpy'"
+        )
+    return None
+
+
+def layer_profiler(trt: Any, recorder: LayerTimeRecorder) -> Any:
+    """A ``trt.IProfiler`` that hands each ``report_layer_time`` to ``recorder`` (the Python
+    binding needs ``IProfiler.__init__`` called explicitly)."""
+
+    class Profiler(trt.IProfiler):
+        def __init__(self) -> None:
+            trt.IProfiler.__init__(self)
+
+        def report_layer_time(self, layer_name: str, ms: float) -> None:
+            recorder.record(layer_name, ms)
+
+    return Profiler()
+
+
+class Lane:
+    """One execution context on a CUDA stream of its own, with its own buffers: one call in
+    flight. Several lanes let several calls overlap on the GPU (``streams``)."""
+
+    def __init__(self, engine: Any, cuda: Any, tensors: tuple[str, str], profiler: Any = None) -> None:
+        self.cuda, (self.input, self.output) = cuda, tensors
+        self.buffers: dict[str, tuple[int, int, np.ndarray, int]] = {}  # name -> (device, host ptr, host, bytes)
+        cuda.activate()
+        try:
+            self.context = engine.create_execution_context()
+            if profiler is not None:
+                self.context.profiler = profiler  # execute_async_v3 then reports, synchronously
+        finally:
+            cuda.deactivate()
+
+    def _buffer(self, tensor: str, nbytes: int) -> tuple[int, int, np.ndarray]:
+        held = self.buffers.get(tensor)
+        if held is None or held[3] < nbytes:
+            if held is not None:
+                self.cuda.free(held[0])
+                self.cuda.free_pinned(held[1])
+            host_ptr, host = self.cuda.pinned(nbytes)
+            held = (self.cuda.alloc(nbytes), host_ptr, host, nbytes)
+            self.buffers[tensor] = held
+        return held[0], held[1], held[2]
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        cuda, context = self.cuda, self.context
+        cuda.activate()
+        try:
+            context.set_input_shape(self.input, batch.shape)
+            out_shape = tuple(context.get_tensor_shape(self.output))
+            out_bytes = int(np.prod(out_shape)) * 4
+            in_dev, in_ptr, in_host = self._buffer(self.input, batch.nbytes)
+            out_dev, out_ptr, out_host = self._buffer(self.output, out_bytes)
+            in_host[: batch.nbytes] = batch.reshape(-1).view(np.uint8)
+            cuda.to_device(in_dev, in_ptr, batch.nbytes)
+            context.set_tensor_address(self.input, in_dev)
+            context.set_tensor_address(self.output, out_dev)
+            if not context.execute_async_v3(cuda.stream_handle):
+                raise RuntimeError("TensorRT execution failed; see the TensorRT log above")
+            cuda.to_host(out_ptr, out_dev, out_bytes)
+            cuda.synchronize()
+            return out_host[:out_bytes].view(np.float32).reshape(out_shape).copy()
+        finally:
+            cuda.deactivate()
+
+    def run_device(self, torch: Any, batch: Any) -> Any:
+        """``run`` on a float32 CUDA tensor the pipeline made (no host copies): the engine reads it and
+        writes a tensor of PyTorch's in place, ordered after the pipeline's work on the lane's stream
+        and before whatever the caller's stream does next."""
+        cuda, context = self.cuda, self.context
+        caller = torch.cuda.current_stream(batch.device)
+        lane = torch.cuda.ExternalStream(cuda.stream_handle, device=batch.device)
+        cuda.activate()
+        try:
+            lane.wait_stream(caller)
+            batch = batch.contiguous()
+            context.set_input_shape(self.input, tuple(batch.shape))
+            with torch.cuda.stream(lane):
+                out = torch.empty(
+                    tuple(context.get_tensor_shape(self.output)), dtype=torch.float32, device=batch.device
+                )
+            context.set_tensor_address(self.input, batch.data_ptr())
+            context.set_tensor_address(self.output, out.data_ptr())
+            if not context.execute_async_v3(cuda.stream_handle):
+                raise RuntimeError("TensorRT execution failed; see the TensorRT log above")
+            batch.record_stream(lane)  # not reused by PyTorch's allocator before the engine has read it
+            caller.wait_stream(lane)
+            out.record_stream(caller)
+            return out
+        finally:
+            cuda.deactivate()
+
+    def close(self) -> None:
+        self.cuda.activate()
+        try:
+            for device, host_ptr, _, _ in self.buffers.values():
+                self.cuda.free(device)
+                self.cuda.free_pinned(host_ptr)
+            self.buffers.clear()
+            self.context = None
+        finally:
+            self.cuda.deactivate()
+        self.cuda.close()
+
+
 class TensorRTBackend(Backend):
     name = "tensorrt"
 
-    def __init__(self, model: Any, device: str = "auto", precision: str | None = None) -> None:
+    def __init__(
+        self, model: Any, device: str = "auto", precision: str | None = None, streams: int = 1, preprocess: str = "auto"
+    ) -> None:
         super().__init__()
+        if preprocess not in PREPROCESS:
+            raise ValueError(f"the tensorrt backend's preprocess is one of {', '.join(PREPROCESS)}, not {preprocess!r}")
         path = self.model_path(model, ".engine/.plan files", "engine file")
         trt = require("tensorrt", "tensorrt", "TensorRT", JETPACK_NOTE)
         self._trt = trt
-        index = parse_device(device)
+        self._index = parse_device(device)
+        self.max_concurrency = check_streams(streams)
         meta = read_sidecar(path)
         built = (meta or {}).get("precision")
         if precision is not None and built is not None and precision != built:
@@ -98,11 +232,11 @@ class TensorRTBackend(Backend):
                 f"{path} was built in {built} and runs in {built}, not {precision}: "
                 f"build a {precision} engine (python -m export.trt --{precision}) or pass precision=None"
             )
-        self._cuda = open_cuda(index)
+        self._cuda = open_cuda(self._index)
         gpu_name, capability = self._cuda.device_info()
         for message in check_engine_metadata(path, meta, trt.__version__, gpu_name, capability):
             warnings.warn(message, stacklevel=2)
-        self.device = f"cuda:{index} ({gpu_name})"
+        self.device = f"cuda:{self._index} ({gpu_name})"
         self.precision = precision or built or "unknown"
         self.licence = (meta or {}).get("licence", self.licence)
         self.output_kind = OutputKind.from_metadata(meta, "sidecar")
@@ -112,7 +246,6 @@ class TensorRTBackend(Backend):
             self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
             if self._engine is None:
                 raise ModelFileError(f"{path}: TensorRT could not deserialise it; {rebuild_hint(path)}")
-            self._context = self._engine.create_execution_context()
         finally:
             self._cuda.deactivate()
         inputs, outputs = [], []
@@ -124,58 +257,59 @@ class TensorRTBackend(Backend):
                 raise ModelFileError(f"{path}: tensor {tensor!r} is not float32; export engines with FP32 I/O")
         if len(inputs) != 1 or len(outputs) != 1:
             raise ModelFileError(f"{path}: expected one input and one output, found {inputs} and {outputs}")
-        (self._input,), (self._output,) = inputs, outputs
-        dims = tuple(self._engine.get_tensor_shape(self._input))
-        self.input_spec = spec_from_dims(self._input, dims)
-        self._profile = engine_profile(dims, lambda: self._engine.get_tensor_profile_shape(self._input, 0))
-        self._buffers: dict[str, tuple[int, int, np.ndarray, int]] = {}  # name -> (device, host ptr, host, bytes)
-
-    def _buffer(self, tensor: str, nbytes: int) -> tuple[int, int, np.ndarray]:
-        held = self._buffers.get(tensor)
-        if held is None or held[3] < nbytes:
-            if held is not None:
-                self._cuda.free(held[0])
-                self._cuda.free_pinned(held[1])
-            host_ptr, host = self._cuda.pinned(nbytes)
-            held = (self._cuda.alloc(nbytes), host_ptr, host, nbytes)
-            self._buffers[tensor] = held
-        return held[0], held[1], held[2]
+        self._tensors = (inputs[0], outputs[0])
+        dims = tuple(self._engine.get_tensor_shape(inputs[0]))
+        self.input_spec = spec_from_dims(inputs[0], dims)
+        self._profile_range = engine_profile(dims, lambda: self._engine.get_tensor_profile_shape(inputs[0], 0))
+        self._torch = device_pipeline_torch(preprocess)
+        if self._torch is not None:
+            self.pipeline = TorchImagePipeline(self._torch, f"cuda:{self._index}")
+        # The first lane uses the stream opened above; each further one opens its own.
+        self._lanes: queue.Queue = queue.Queue()
+        for i in range(self.max_concurrency):
+            self._lanes.put(Lane(self._engine, self._cuda if i == 0 else open_cuda(self._index), self._tensors))
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        check_profile(batch.shape, *self._profile)
-        self._cuda.activate()
+        check_profile(batch.shape, *self._profile_range)
+        lane = self._lanes.get()
         try:
-            self._context.set_input_shape(self._input, batch.shape)
-            out_shape = tuple(self._context.get_tensor_shape(self._output))
-            out_bytes = int(np.prod(out_shape)) * 4
-            in_dev, in_ptr, in_host = self._buffer(self._input, batch.nbytes)
-            out_dev, out_ptr, out_host = self._buffer(self._output, out_bytes)
-            in_host[: batch.nbytes] = batch.reshape(-1).view(np.uint8)
-            self._cuda.to_device(in_dev, in_ptr, batch.nbytes)
-            self._context.set_tensor_address(self._input, in_dev)
-            self._context.set_tensor_address(self._output, out_dev)
-            if not self._context.execute_async_v3(self._cuda.stream_handle):
-                raise RuntimeError("TensorRT execution failed; see the TensorRT log above")
-            self._cuda.to_host(out_ptr, out_dev, out_bytes)
-            self._cuda.synchronize()
-            return out_host[:out_bytes].view(np.float32).reshape(out_shape).copy()
+            return lane.run(batch)
         finally:
-            self._cuda.deactivate()
+            self._lanes.put(lane)
+
+    def _infer_on_device(self, batch: Any) -> Any:
+        check_profile(tuple(batch.shape), *self._profile_range)
+        lane = self._lanes.get()
+        try:
+            return lane.run_device(self._torch, batch)
+        finally:
+            self._lanes.put(lane)
+
+    def _profile(self, batch: np.ndarray, calls: int) -> Profile:
+        check_profile(batch.shape, *self._profile_range)
+        recorder = LayerTimeRecorder()
+        lane = Lane(self._engine, open_cuda(self._index), self._tensors, layer_profiler(self._trt, recorder))
+        try:
+            lane.run(batch)  # warm-up, not counted
+            recorder.reset()
+            walls = timed_calls(lambda: lane.run(batch), calls, warmup=0)
+        finally:
+            lane.close()
+        return Profile("TensorRT IProfiler, an execution context of its own", recorder.layers(calls), walls)
 
     def versions(self) -> dict[str, str]:
         return {"tensorrt": self._trt.__version__}
 
     def info(self) -> dict[str, Any]:
-        return {**super().info(), "profile": [list(self._profile[0]), list(self._profile[1])]}
+        low, high = self._profile_range
+        return {
+            **super().info(),
+            "profile": [list(low), list(high)],
+            "streams": self.max_concurrency,
+            "preprocess": "device" if self.pipeline else "numpy",
+        }
 
     def _release(self) -> None:
-        self._cuda.activate()
-        try:
-            for device, host_ptr, _, _ in self._buffers.values():
-                self._cuda.free(device)
-                self._cuda.free_pinned(host_ptr)
-            self._buffers.clear()
-            self._context = self._engine = self._runtime = None
-        finally:
-            self._cuda.deactivate()
-        self._cuda.close()
+        while not self._lanes.empty():
+            self._lanes.get().close()  # the first lane closes the CUDA helper the engine was loaded with
+        self._engine = self._runtime = None

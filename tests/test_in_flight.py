@@ -1,0 +1,159 @@
+"""Several model calls in flight (``streams``) and batched calls for several cameras give the
+numbers single calls give, in order, on real ONNX Runtime and OpenVINO; and they really overlap."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+import cv2
+import numpy as np
+import pytest
+
+from export.openvino import export_openvino
+from export.verify import compare
+from runtime import DepthPredictor
+
+# Same model, same input: a run with its own share of the threads sums in another order at most.
+ROUNDING = 1e-5
+
+
+@pytest.fixture(scope="module")
+def tiny_ir(tmp_path_factory, tiny_onnx):
+    out = tmp_path_factory.mktemp("ir") / "tiny.xml"
+    export_openvino(tiny_onnx, out, "fp32")
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_dynamic_onnx(tmp_path_factory, tiny_spec):
+    import torch
+
+    from export.onnx import export_onnx
+    from train.models import DepthAnythingV2
+
+    torch.manual_seed(0)
+    return export_onnx(
+        DepthAnythingV2(tiny_spec).eval(), tmp_path_factory.mktemp("dyn") / "tiny.onnx", dynamic=True
+    ).path
+
+
+def cameras(photo: np.ndarray) -> list[np.ndarray]:
+    """Four cameras' frames: two of one size, two of others."""
+    return [photo, np.ascontiguousarray(photo[::-1]), cv2.resize(photo, (320, 240)), photo[40:, 60:].copy()]
+
+
+def open_predictor(kind: str, tiny_onnx, tiny_ir, tiny_dynamic_onnx, streams: int) -> DepthPredictor:
+    if kind == "openvino":
+        return DepthPredictor(tiny_ir, device="cpu", precision="fp32", streams=streams, cache_dir=None, input_size=56)
+    model = tiny_onnx if kind == "onnxruntime static" else tiny_dynamic_onnx
+    return DepthPredictor(model, streams=streams, input_size=56)
+
+
+class Overlap:
+    """Counts how many model calls run at once, around the backend's own call."""
+
+    def __init__(self, predictor: DepthPredictor, monkeypatch) -> None:
+        backend = predictor._backend
+        inner = backend._infer
+        self.now = self.most = 0
+        self.lock = threading.Lock()
+
+        def counted(batch, *args):
+            with self.lock:
+                self.now += 1
+                self.most = max(self.most, self.now)
+            try:
+                return inner(batch, *args)
+            finally:
+                with self.lock:
+                    self.now -= 1
+
+        monkeypatch.setattr(backend, "_infer", counted)
+
+
+@pytest.mark.parametrize("kind", ["openvino", "onnxruntime static", "onnxruntime dynamic"])
+def test_streams_keep_calls_in_flight_with_the_numbers_of_single_calls(
+    kind, photo, tiny_onnx, tiny_ir, tiny_dynamic_onnx, monkeypatch
+):
+    frames = cameras(photo)
+    single = open_predictor(kind, tiny_onnx, tiny_ir, tiny_dynamic_onnx, streams=1)
+    reference = [single.predict(f) for f in frames]
+    predictor = open_predictor(kind, tiny_onnx, tiny_ir, tiny_dynamic_onnx, streams=2)
+    assert predictor.info()["streams"] == 2 and predictor._backend.max_concurrency == 2
+    overlap = Overlap(predictor, monkeypatch)
+    streamed = list(predictor.stream(iter(frames * 6)))
+    assert len(streamed) == 24
+    for i, depth in enumerate(streamed):  # in order, each the single call's numbers
+        assert depth.shape == frames[i % 4].shape[:2]
+        assert compare(depth, reference[i % 4]).max_rel_std <= ROUNDING
+    assert overlap.most == 2  # two calls at once, never more than the backend runs
+    for got, want in zip(predictor.predict_batch(frames), reference, strict=True):
+        assert compare(got, want).max_rel_std <= ROUNDING
+    cycles = list(predictor.stream_batches([frames, frames[::-1], frames[1:]]))
+    assert [len(c) for c in cycles] == [4, 4, 3]
+    for got, want in zip(cycles[1], reference[::-1], strict=True):
+        assert compare(got, want).max_rel_std <= ROUNDING
+
+
+def test_one_stream_serialises_calls(photo, tiny_onnx, tiny_ir, tiny_dynamic_onnx, monkeypatch):
+    predictor = open_predictor("onnxruntime static", tiny_onnx, tiny_ir, tiny_dynamic_onnx, streams=1)
+    overlap = Overlap(predictor, monkeypatch)
+    assert len(list(predictor.stream([photo] * 6))) == 6
+    assert overlap.most == 1
+
+
+def test_a_batch_of_equal_frames_is_one_call_on_a_dynamic_model(photo, tiny_dynamic_onnx, monkeypatch):
+    predictor = DepthPredictor(tiny_dynamic_onnx, input_size=56)
+    shapes = []
+    inner = predictor._backend._infer
+    monkeypatch.setattr(predictor._backend, "_infer", lambda batch: shapes.append(batch.shape) or inner(batch))
+    frames = cameras(photo)
+    sizes = Counter(predictor.prepare(f).shape for f in frames)
+    depth = predictor.predict_batch(frames)
+    assert sorted(s[0] for s in shapes) == sorted(sizes.values()) and max(sizes.values()) > 1  # a call per size
+    assert len(depth) == 4
+    for got, frame in zip(depth, frames, strict=True):
+        assert compare(got, predictor.predict(frame)).max_rel_std <= ROUNDING
+
+
+@pytest.mark.parametrize("streams", [0, -1, 1.5, True, "2"])
+def test_streams_must_be_a_positive_integer(tiny_onnx, streams):
+    with pytest.raises(ValueError, match="streams must be a positive integer"):
+        DepthPredictor(tiny_onnx, streams=streams)
+
+
+def test_streams_option_of_the_commands(tiny_onnx, tiny_model):
+    import argparse
+
+    from runtime.cli import add_predictor_args, add_streams_arg, build_predictor
+
+    parser = argparse.ArgumentParser()
+    add_predictor_args(parser, "model")
+    add_streams_arg(parser)
+    args = parser.parse_args(["--model", str(tiny_onnx), "--streams", "2"])
+    assert build_predictor(args, tiny_onnx).info()["streams"] == 2
+    args = parser.parse_args(["--model", str(tiny_onnx)])
+    assert build_predictor(args, tiny_onnx).info()["streams"] == 1
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--streams", "0"])
+    with pytest.raises(ValueError, match="runs one call at a time"):
+        DepthPredictor(tiny_model, device="cpu", streams=2)
+
+
+def test_throughput_rows_are_each_backends_fastest_unless_all_are_asked():
+    from benchmarks.runner import EXPLICIT_ATTENTION, Config
+    from benchmarks.throughput import pick_rows
+
+    configs = [
+        Config("torch", "fp32", (518, 518), device="cpu"),
+        Config("torch", "bf16", (518, 518), device="cpu"),
+        Config("torch", "fp32", (518, 518), device="cpu", variant=EXPLICIT_ATTENTION),
+        Config("torch", "fp16", (518, 518), device="cuda", variant="CUDA"),
+        Config("openvino", "int8", (518, 518), device="cpu"),
+    ]
+    e2e = {0: 0.9, 1: 0.7, 2: 0.1, 3: 0.02, 4: 0.24}  # row 2 is a reference form: never the fastest
+    assert pick_rows(configs, e2e, "fastest") == [1, 3, 4]
+    assert pick_rows(configs, e2e, "all") == [0, 1, 2, 3, 4]
+    assert pick_rows(configs, e2e, "none") == []
+    assert pick_rows(configs, {0: 0.9}, "fastest") == [0]  # a row that failed has no timings
