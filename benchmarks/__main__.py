@@ -43,6 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="model (default: checkpoints/depth_anything_v2_vits.pth, "
         "else the Hugging Face hub or its local cache, else random weights with a notice)",
     )
+    parser.add_argument(
+        "--model",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="benchmark this artefact as it is (engine, OpenVINO IR or ONNX file; repeatable) instead of building "
+        "artefacts from a checkpoint: timed, and scored against the reference beside it; needs no PyTorch",
+    )
     parser.add_argument("--no-hub", action="store_true", help="never try the Hugging Face hub")
     parser.add_argument("--images", type=Path, help="folder of evaluation images (default: bundled photographs)")
     parser.add_argument("--calib-dir", type=Path, help="SA-1B shards or images for INT8 calibration")
@@ -208,6 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds if args.rounds is not None else min(runs, 5)
     if runs < 1 or warmup < 0 or not 1 <= rounds <= runs:
         parser.error("--runs must be at least 1, --warmup at least 0, and --rounds between 1 and --runs")
+    if args.model:
+        clashing = [
+            f"--{n.replace('_', '-')}" for n in ("checkpoint", "images", "calib_dir", "sizes") if getattr(args, n)
+        ]
+        if clashing:
+            parser.error(f"{', '.join(clashing)} build artefacts from a checkpoint; --model benchmarks given ones")
+        from .given import run_artefacts
+
+        return run_artefacts(args.model, args, warmup, runs, rounds)
     try:
         sizes = [parse_hw(s) for s in (args.sizes or "518x518").split(",")]
         short_sides = parse_sweep(args.size_sweep, quick)

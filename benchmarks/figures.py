@@ -33,7 +33,7 @@ def place_labels(ax, points: list[tuple[float, float]], labels: list[str], obsta
         key=lambda o: (abs(o[0]) + 2 * abs(o[1]), o[0] < 0),
     )
     annotations = []
-    for point, label in zip(points, labels, strict=True):
+    for point, label in zip(points, labels):
         chosen = None
         for area in (ax.bbox, ax.figure.bbox):
             for dx, dy in offsets:
@@ -78,8 +78,8 @@ def latency_accuracy_figure(data: dict):
     values = [r["vs_fp32"]["abs_rel"] for r in rows]
     # A log axis has no zero, and below float32 rounding the differences mean nothing: such rows
     # (the reference itself, exactly 0) sit on a floor line that the figure explains.
-    points = [(r["end_to_end"]["median"] * 1000, max(v, ABS_REL_FLOOR)) for r, v in zip(rows, values, strict=True)]
-    for (x, y), value in zip(points, values, strict=True):
+    points = [(r["end_to_end"]["median"] * 1000, max(v, ABS_REL_FLOOR)) for r, v in zip(rows, values)]
+    for (x, y), value in zip(points, values):
         low = value <= ABS_REL_FLOOR
         ax.scatter(x, y, s=36, marker="v" if low else "o", color="tab:grey" if low else "tab:blue")
     ax.set_yscale("log")
@@ -135,7 +135,7 @@ def figures(data: dict, images: dict[str, np.ndarray], folder: Path) -> list[Pat
     fig, axes = plt.subplots(grid_rows, cols, figsize=(3.2 * cols, 2.6 * grid_rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, (title, picture) in zip(axes.ravel(), panels, strict=False):
+    for ax, (title, picture) in zip(axes.ravel(), panels):
         ax.imshow(picture)
         ax.set_title(title, fontsize=8)
     fig.tight_layout()

@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 import platform
 from dataclasses import dataclass
-from itertools import pairwise
 from pathlib import Path
 
 from runtime.metadata import library_versions
 
 from .cpu import CpuFeatures, detect
+from .jetson import jetson_facts
 
 LIBRARIES = ("numpy", "opencv-python-headless", "torch", "onnxruntime", "openvino", "nncf", "tensorrt")
 # /proc/stat's per-CPU columns: user nice system idle iowait irq softirq steal (guest time is
@@ -55,6 +55,7 @@ def machine_facts(cpu: CpuFeatures | None = None) -> dict:
         "python": platform.python_version(),
         "libraries": library_versions(*LIBRARIES),
         "threads": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
+        "jetson": jetson_facts(),
     }
 
 
@@ -64,7 +65,7 @@ def parse_proc_stat(text: str) -> dict[str, int]:
         parts = line.split()
         if parts and parts[0] == "cpu":
             values = [int(v) for v in parts[1 : 1 + len(STAT_FIELDS)]]
-            return dict(zip(STAT_FIELDS, values + [0] * (len(STAT_FIELDS) - len(values)), strict=True))
+            return dict(zip(STAT_FIELDS, values + [0] * (len(STAT_FIELDS) - len(values))))
     raise ValueError("no 'cpu' line in /proc/stat")
 
 
@@ -122,7 +123,7 @@ def machine_state(snapshots: list[Snapshot | None]) -> dict:
     other work in one round slows only the rows timed in it."""
     if len(snapshots) < 2 or any(s is None for s in snapshots):
         return {"measured": False}
-    rounds = [busy_shares(a, b) for a, b in pairwise(snapshots)]
+    rounds = [busy_shares(a, b) for a, b in zip(snapshots, snapshots[1:])]
     return {
         "measured": True,
         "load_before": snapshots[0].load,

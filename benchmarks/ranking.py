@@ -16,9 +16,7 @@ def is_baseline(row: dict) -> bool:
 def same_rounds_ratio(base: dict, row: dict, kind: str) -> float | None:
     """How many times faster ``row`` ran than ``base``: the median over rounds of the ratio of their
     round medians, so both sides of each ratio were measured at the same moments."""
-    ratios = [
-        b / r for b, r in zip(base["round_medians"][kind], row["round_medians"][kind], strict=False) if b > 0 and r > 0
-    ]
+    ratios = [b / r for b, r in zip(base["round_medians"][kind], row["round_medians"][kind]) if b > 0 and r > 0]
     return float(np.median(ratios)) if ratios else None
 
 
@@ -34,7 +32,7 @@ def rank(rows: list[dict], budget: float, reliable: bool = True) -> tuple[list[d
         if base is not None:
             row["speedup_vs_torch_fp32"] = same_rounds_ratio(base, row, "e2e")
             row["model_speedup_vs_torch_fp32"] = same_rounds_ratio(base, row, "model")
-    within = (r for r in timed if r["status"] == "ok" and r["vs_fp32"]["abs_rel"] <= budget)
+    within = (r for r in timed if r["status"] == "ok" and (r.get("vs_fp32") or {}).get("abs_rel", budget + 1) <= budget)
     return timed + rest, next(within, None) if reliable else None
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -13,6 +14,7 @@ from runtime.io.files import atomic_write_bytes
 
 from .cpu import FORMAT_NAMES, without_units
 from .figures import figures
+from .jetson import jetson_line
 from .ranking import is_baseline, row_name, same_rounds_ratio
 
 # 3: "reliability", "phases", "size_sweep"; rows carry "computes_in", "native", "round_medians"
@@ -217,15 +219,74 @@ def sweep_lines(data: dict) -> list[str]:
         lines.append(
             f"| {r['size'][0]}x{r['size'][1]} | {_latency(r.get('model_call'))} | {_latency(e2e)} "
             f"| {_num(e2e and e2e['fps'], '.2f')} | {speed} | {_num((r.get('vs_fp32') or {}).get('abs_rel'))} "
-            f"| {_throughput(r)} | {_status(r)} |"
+            f"| {_throughput(r)} | {_cell(_status(r))} |"
         )
     return lines
+
+
+def accuracy_line(data: dict) -> str:
+    if data.get("mode") == "artefacts":
+        against = (
+            "each artefact's reference (the FP32 outputs its export wrote beside it, `<artefact>.reference.npz`), on "
+            "its inputs; *status* is the reference's own check (its metric within its tolerance)"
+        )
+    else:
+        against = "PyTorch FP32 on the same input"
+    return (
+        f"- **Accuracy**: AbsRel and δ1 after least-squares scale-and-shift alignment (disparity space) against "
+        f"{against}; budget AbsRel ≤ {data['accuracy_budget']}."
+    )
+
+
+def artefact_lines(data: dict) -> list[str]:
+    """The artefacts of a ``--model`` run: file, sidecar facts, reference and its check."""
+    facts = data.get("artefacts") or []
+    if not facts:
+        return []
+    lines = [
+        "| artefact | backend | precision | calibration | TensorRT | licence | verify against its reference |",
+        "|" + "---|" * 7,
+    ]
+    for fact in facts:
+        check = fact.get("verification")
+        if not fact.get("reference"):
+            verdict = "no reference beside it: not checked"
+        elif not check:
+            verdict = "not run"
+        else:
+            verdict = (
+                f"{'passed' if check['passed'] else 'FAILED'}: {_cell(check['metric'])} {check['value']:.3g} "
+                f"(tolerance {check['tolerance']:g}, {len(check['inputs'])} inputs, "
+                f"ran {check['ran'].get('precision')})"
+            )
+        built = f" (built on {fact['built_on']})" if fact.get("built_on") else ""
+        lines.append(
+            f"| `{fact['artefact']}` | {fact['backend']} | {fact['precision']} | {fact.get('calibration') or '-'} "
+            f"| {(fact.get('tensorrt') or '-') + built} | {fact['licence']} | {verdict} |"
+        )
+    return ["", "## Artefacts", "", *lines, ""]
+
+
+def _cell(text: str) -> str:
+    """``text`` inside a markdown table cell, where a bare ``|`` would end the cell."""
+    return text.replace("|", "\\|")
+
+
+def _energy(row: dict) -> str:
+    energy = row.get("energy")
+    return f"{energy['mj_per_frame']:.0f} ({energy['mean_w']:.1f} W)" if energy else "-"
+
+
+def will_draw(data: dict) -> bool:
+    """Figures need matplotlib (absent on a lean device) and one image every row ran on."""
+    return bool(data.get("timing_image")) and importlib.util.find_spec("matplotlib") is not None
 
 
 def markdown(data: dict) -> str:
     rows, best = data["rows"], data["fastest_within_budget"]
     machine = data["machine"]
     settings = data["settings"]
+    energy = any(r.get("energy") for r in rows)
     libs = ", ".join(f"{k} {v}" for k, v in machine["libraries"].items())
     features = (machine.get("cpu_features") or {}).get("summary", "not read")
     lines = [
@@ -236,6 +297,7 @@ def markdown(data: dict) -> str:
         + (f", GPU {machine['gpu']}" if machine["gpu"] else ", no GPU"),
         f"- **CPU features**: {features}",
         f"- **Software**: Python {machine['python']}, {libs}",
+        *[line for line in [jetson_line(machine.get("jetson"))] if line],
         f"- **Model**: {data['model']}",
         f"- **Images**: {data['images']}; calibration: {data['calibration']}",
         f"- **Timing**: each row in a worker process of its own, all alive at once and timed in "
@@ -247,9 +309,9 @@ def markdown(data: dict) -> str:
         "post-processing; speedups are medians of per-round ratios.",
         reliability_line(data),
         phase_line(data),
-        f"- **Accuracy**: AbsRel and δ1 after least-squares scale-and-shift alignment (disparity space) "
-        f"against PyTorch FP32 on the same input; budget AbsRel ≤ {data['accuracy_budget']}.",
+        accuracy_line(data),
         *ceiling_lines(data),
+        *artefact_lines(data),
         "",
     ]
     if data.get("notice"):
@@ -260,7 +322,9 @@ def markdown(data: dict) -> str:
         "| model p50/p90/p99 ms | model GOP/s (% of ceiling) | e2e p50/p90/p99 ms | FPS | speedup e2e (model) "
         "| cold start s | peak RSS MiB | status |"
     )
-    lines += [header, "|" + "---|" * 16]
+    if energy:  # board power monitors (a Jetson): energy of the row's turns per frame computed
+        header = header.replace("| status |", "| energy mJ/frame (mean power) | status |")
+    lines += [header, "|" + "---|" * (17 if energy else 16)]
     for r in rows:
         mark = "**" if r is best else ""
         gt = r.get("vs_gt") or {}
@@ -278,10 +342,11 @@ def markdown(data: dict) -> str:
             f"| {_num((r.get('vs_fp32') or {}).get('delta1'))} | {_num(gt_abs_rel)} "
             f"| {_latency(model)} | {_throughput(r)} | {_latency(e2e)} "
             f"| {_num(e2e and e2e['fps'], '.2f')} | {speed} | {_num(r.get('cold_start_s'), '.2f')} "
-            f"| {_num(r.get('peak_rss_mib'), '.0f')} | {_status(r)} |"
+            f"| {_num(r.get('peak_rss_mib'), '.0f')} |{f' {_energy(r)} |' if energy else ''} {_cell(_status(r))} |"
         )
     lines += sweep_lines(data)
-    lines += ["", "Figures: `latency_vs_accuracy.png`, `depth_grid.png`. Machine-readable: `report.json`.", ""]
+    shown = "Figures: `latency_vs_accuracy.png`, `depth_grid.png`. " if will_draw(data) else ""
+    lines += ["", f"{shown}Machine-readable: `report.json`.", ""]
     return "\n".join(lines)
 
 
@@ -292,4 +357,4 @@ def write_report(data: dict, images: dict[str, np.ndarray], folder: Path) -> lis
         atomic_write_bytes(folder / "report.json", (json.dumps(data, indent=2, default=str) + "\n").encode()),
         atomic_write_bytes(folder / "report.md", markdown(data).encode()),
     ]
-    return paths + figures(data, images, folder)
+    return paths + (figures(data, images, folder) if will_draw(data) else [])

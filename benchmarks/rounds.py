@@ -4,7 +4,9 @@ A shared machine has slow moments. Rows timed one after another each see differe
 here every round visits every row once (A, B, C, ..., then A, B, C, ... again) and the CPU's
 matrix-multiply ceilings once, so rows and ceilings sample the same moments, and a speedup is a
 ratio of times measured in the same rounds. The machine's CPU counters are read before and
-after the rounds, so the report can say how much of the CPU other programs took meanwhile.
+after the rounds, so the report can say how much of the CPU other programs took meanwhile. On a
+board with power monitors (a Jetson) the board's power is sampled meanwhile, and each row's
+energy in its own turns is divided by the frames it computed in them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .jetson import PowerSampler, energy_per_frame
 from .machine import machine_state, process_ticks, snapshot
 from .roofline import CeilingProbes
 from .runner import STATUS_RUN_FAILED, Config, Settings, computes_in
@@ -117,17 +120,24 @@ def time_rows(configs: list[Config], settings: Settings, probes: CeilingProbes |
     workers: dict[int, WorkerProcess] = {}
     timings: dict[int, dict[str, list[list[float]]]] = {}
     ceiling_rounds: list[dict[str, float]] = []
+    power = PowerSampler().start()  # samples only where the board has power monitors
+    turns: dict[int, list[tuple[float, float, int]]] = {}  # row -> (start, end, frames) of its timed turns
 
-    def each_worker(op: str, **arguments: object):
+    def each_worker(op: str, record: bool = False, **arguments: object):
         """Ask every live worker in turn; a worker that fails leaves the rounds with its reason.
-        After a timing turn the next one waits for the worker's threads to go idle."""
+        After a timing turn the next one waits for the worker's threads to go idle; ``record``
+        keeps the turn's time span and frames (untimed calls, then a model and an e2e call each)."""
         for index in list(workers):
+            start = time.monotonic()
             try:
                 reply = workers[index].ask(op, **{k: v(index) if callable(v) else v for k, v in arguments.items()})
             except WorkerError as exc:
                 _fail(configs[index], exc)
                 workers.pop(index).close()
                 continue
+            if record:
+                frames = int(arguments["warmup"]) + 2 * int(arguments["calls"])
+                turns.setdefault(index, []).append((start, time.monotonic(), frames))
             if op == "time":
                 settle(workers[index].pid)
             yield index, reply
@@ -154,7 +164,7 @@ def time_rows(configs: list[Config], settings: Settings, probes: CeilingProbes |
             with phases.timed("rows"):
                 # One untimed call per turn: the first call after another row ran wakes this
                 # row's threads and refills its caches.
-                for index, durations in each_worker("time", warmup=1, calls=settings.calls_per_round):
+                for index, durations in each_worker("time", True, warmup=1, calls=settings.calls_per_round):
                     for kind in ("model", "e2e"):
                         timings[index][kind].append(durations[kind])
                     bar.update()
@@ -173,7 +183,10 @@ def time_rows(configs: list[Config], settings: Settings, probes: CeilingProbes |
                 result["model_call"] = _latency(timings[index]["model"])
                 result["end_to_end"] = _latency(timings[index]["e2e"])
                 result["round_medians"] = {k: [float(np.median(r)) for r in v] for k, v in timings[index].items()}
+                if power.samples:
+                    result["energy"] = energy_per_frame(power.samples, turns.get(index, []))
     finally:
+        power.stop()
         for worker in workers.values():
             worker.close()
     return {"ceiling_rounds": ceiling_rounds, "machine_state": machine_state(snapshots)}

@@ -61,6 +61,7 @@ class Config:
     variant: str | None = None  # a second row of the same backend and precision, e.g. a reference form
     options: dict = field(default_factory=dict)  # extra DepthPredictor arguments for that variant
     needs: str | None = None  # a number format this row is only worth timing with native units for
+    reference: Path | None = None  # the artefact's reference: its worker checks it against it (--model)
     job: Path | None = None  # the worker's config file, once the artefact is built
     result: dict = field(default_factory=dict)
 
@@ -252,6 +253,7 @@ def prepare(config: Config, settings: Settings, images_npz: Path, timing_image: 
                 "size": list(config.size),
                 "images": str(images_npz),
                 "timing_image": timing_image,
+                "reference": str(config.reference) if config.reference else None,
             }
         )
     )

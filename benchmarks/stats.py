@@ -1,6 +1,6 @@
 """Latency statistics, kept free of I/O so tests can check them exactly.
 
-The accuracy metrics are the training core's zero-shot ones (``train.eval``), re-exported.
+The accuracy metrics are the runtime's zero-shot ones (``runtime.accuracy``), re-exported.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from train.eval import align_scale_shift, depth_metrics
+from runtime.accuracy import align_scale_shift, depth_metrics
 
 __all__ = ["Latency", "align_scale_shift", "depth_metrics", "summarize", "time_calls"]
 

@@ -92,16 +92,29 @@ class Row:
         self.predictor.predict(self.first)
         self.cold_start = time.perf_counter() - started
         self.synchronize = None
-        if self.predictor.info()["device"].startswith("cuda"):
+        # PyTorch's CUDA work is asynchronous; the other backends return once their outputs are on
+        # the host (and a Jetson running an engine has no PyTorch to import).
+        if self.predictor.backend == "torch" and self.predictor.info()["device"].startswith("cuda"):
             import torch
 
             self.synchronize = torch.cuda.synchronize
+        self.verification = None
+        if config.get("reference"):
+            from runtime.reference import load_reference, verify_backend
+
+            reference = load_reference(config["reference"])
+            self.verification = verify_backend(self.predictor._backend, reference).to_dict()
         self.batch = self.predictor.prepare(self.first)
         self.backend = self.predictor._backend
 
     def hello(self) -> dict:
         info = {k: v for k, v in self.predictor.info().items() if k != "model"}
-        return {"cold_start_s": self.cold_start, "info": info, "execution": info.pop("execution", None)}
+        return {
+            "cold_start_s": self.cold_start,
+            "info": info,
+            "execution": info.pop("execution", None),
+            "verification": self.verification,
+        }
 
     def time(self, warmup: int, calls: int) -> dict[str, list[float]]:
         """``warmup`` untimed model calls, then ``calls`` turns of a model call on the prepared

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from runtime.cli import positive_int
+
 from .errors import ExportRequestError
 from .quantize.options import DEFAULT_ACCURACY_BUDGET, DEFAULT_ACCURACY_IMAGES, DEFAULT_CALIB_SAMPLES, SMOOTH_MODES
 from .source import check_hw, source_stem
@@ -69,7 +71,7 @@ def add_calibration_args(
     parser.add_argument("--calib-dir", type=Path, help="SA-1B tar shards or a folder of images (INT8)")
     parser.add_argument(
         "--calib-samples",
-        type=int,
+        type=positive_int,
         default=DEFAULT_CALIB_SAMPLES,
         help=f"calibration images (default {DEFAULT_CALIB_SAMPLES})",
     )
@@ -114,7 +116,7 @@ def add_accuracy_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--accuracy-images",
-        type=int,
+        type=positive_int,
         default=DEFAULT_ACCURACY_IMAGES,
         metavar="N",
         help=f"images from --calib-dir held out of calibration to measure on (default {DEFAULT_ACCURACY_IMAGES})",

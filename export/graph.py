@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import require
+from runtime.metric import OutputKind
 
 from .errors import ExportRequestError
 
@@ -47,9 +48,13 @@ def load_onnx(path: str | Path, load_external_data: bool = True) -> Any:
     if not path.is_file():
         raise ExportRequestError(f"{path}: no such ONNX file (export one with python -m export.onnx)")
     try:
-        return onnx.load(str(path), load_external_data=load_external_data)
+        model = onnx.load(str(path), load_external_data=load_external_data)
     except Exception as exc:  # a truncated or non-ONNX file: protobuf's own errors say little
         raise ExportRequestError(f"{path} is not a readable ONNX file ({type(exc).__name__}: {exc})") from exc
+    if not model.ir_version and not model.graph.node:  # protobuf reads an empty file as an empty model
+        what = "it is empty (0 bytes)" if path.stat().st_size == 0 else "it holds no model"
+        raise ExportRequestError(f"{path} is not an ONNX file: {what}; export one with python -m export.onnx")
+    return model
 
 
 def save_onnx(model: Any, path: str | Path, location: str | None = None) -> None:
@@ -65,6 +70,13 @@ def save_onnx(model: Any, path: str | Path, location: str | None = None) -> None
         all_tensors_to_one_file=True,
         location=location or path.name + ".data",
     )
+
+
+def onnx_output_kind(path: str | Path) -> OutputKind:
+    """What an ONNX file outputs, from its metadata (relative when it says nothing)."""
+    model = load_onnx(path, load_external_data=False)
+    values = {entry.key: entry.value for entry in model.metadata_props}
+    return OutputKind.from_metadata(values, f"{Path(path).name} metadata") or OutputKind()
 
 
 def model_opset(model: Any) -> int:

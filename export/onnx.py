@@ -20,11 +20,14 @@ from runtime.commands import command, stage
 from runtime.errors import require
 from runtime.io.files import staging_dir
 from runtime.metadata import library_versions, sha256_file, sidecar_path, write_sidecar
+from runtime.metric import OutputKind
+from runtime.reference import reference_path
 
 from .cli import add_size_arg, add_source_args, patch_multiple
 from .errors import ExportError, ExportRequestError
 from .graph import save_onnx
-from .source import check_hw, default_output, load_source_model, source_stem
+from .reference import other_size, torch_runner, write_reference
+from .source import check_hw, default_output, licence_note, load_source_model, model_licence, source_stem
 from .verify import FP32_TOLERANCE, MAX_REL_STD, Comparison, check_sizes, compare, run_onnxruntime, verification_input
 
 INPUT_NAME = "image"
@@ -112,11 +115,14 @@ def export_onnx(
         with stage("tracing the model to ONNX"):
             _torch_export(model, raw, height, width, dynamic, opset)
         spec = getattr(model, "spec", None)
+        max_depth = getattr(model, "max_depth", None)
+        output_kind = OutputKind("metric", float(max_depth)) if max_depth is not None else OutputKind()
         metadata = {
             "producer": "dav2-edge",
             "encoder": getattr(spec, "name", "custom"),
             "input_shape": "dynamic" if dynamic else f"1x3x{height}x{width}",
-            "max_depth": str(getattr(model, "max_depth", None) or ""),
+            **output_kind.metadata(),  # output_kind and max_depth: what every artefact made from it outputs
+            "licence": model_licence(model),
         }
         with stage("checking and saving the ONNX file"):
             _finalise(raw, staged, metadata, slim)
@@ -135,9 +141,10 @@ def export_onnx(
                         f"ONNX Runtime differs from PyTorch at {h}x{w}: {comparison}, over the tolerance "
                         f"{tolerance:g}; the file was not written"
                     )
-        # The old sidecar and model go first: an external .data file must never land beside an
-        # older .onnx, and a new model never sits beside an old model's metadata.
+        # The old sidecar, reference and model go first: an external .data file must never land
+        # beside an older .onnx, and a new model never sits beside an old model's metadata.
         sidecar_path(output).unlink(missing_ok=True)
+        reference_path(output).unlink(missing_ok=True)
         output.unlink(missing_ok=True)
         for item in sorted(workdir.iterdir(), key=lambda p: p.suffix == ".onnx"):  # data first, model last
             item.replace(output.parent / item.name)
@@ -153,7 +160,9 @@ def export_onnx(
             "input_name": INPUT_NAME,
             "input_shape": [None, 3, None, None] if dynamic else [1, 3, height, width],
             "encoder": metadata["encoder"],
+            **output_kind.sidecar(),
             "source": source,
+            "licence": model_licence(model),
             "sha256": sha256_file(output),
             "export_seconds": round(result.seconds, 2),
             "verification": {
@@ -165,6 +174,10 @@ def export_onnx(
             "versions": library_versions("torch", "onnx", "onnxruntime"),
         },
     )
+    sizes = [(height, width), other_size(height, width)] if dynamic else [(height, width)]
+    with stage("writing the reference"):
+        write_reference(output, "fp32", sizes, torch_runner(model), "PyTorch FP32")
+    licence_note(model_licence(model), output)
     return result
 
 

@@ -41,7 +41,25 @@ def load_source_model(checkpoint: str | Path | None, encoder: str | None) -> Any
     print(
         f"WARNING: exporting RANDOM {encoder} weights (no --checkpoint): for testing the pipeline only", file=sys.stderr
     )
-    return DepthAnythingV2(encoder).eval()
+    model = DepthAnythingV2(encoder).eval()
+    model.licence = RANDOM_WEIGHTS
+    return model
+
+
+RANDOM_WEIGHTS = "none (random weights)"
+NON_COMMERCIAL = ("CC-BY-NC",)
+
+
+def model_licence(model: Any) -> str:
+    """The licence ``train.models.load_model`` found for the weights; ``unknown`` for a module built
+    elsewhere."""
+    return getattr(model, "licence", None) or "unknown"
+
+
+def licence_note(licence: str | None, artefact: str | Path) -> None:
+    """One line on stderr when the weights behind ``artefact`` may not be used commercially."""
+    if licence and licence.upper().startswith(NON_COMMERCIAL):
+        print(f"note: {artefact} carries {licence} weights: non-commercial use only", file=sys.stderr)
 
 
 def source_stem(onnx: Path | None, checkpoint: Path | None, encoder: str | None) -> str:

@@ -9,48 +9,33 @@ inputs they are measured on, and one way to run an ONNX model with ONNX Runtime.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+# The metrics live in the runtime, which checks artefacts against their references without
+# PyTorch; the exports use them under these names.
+from runtime.accuracy import ABS_REL_ALIGNED, MAX_REL_STD, Comparison, abs_rel, compare
 from runtime.errors import require
 
-MAX_REL_STD = "max|a-b|/std(ref)"
-ABS_REL_ALIGNED = "AbsRel vs FP32 after least-squares scale-and-shift alignment, mean over held-out images"
+__all__ = [
+    "ABS_REL_ALIGNED",
+    "FP32_TOLERANCE",
+    "MAX_REL_STD",
+    "Comparison",
+    "OnnxRuntimeRunner",
+    "abs_rel",
+    "check_sizes",
+    "compare",
+    "run_onnxruntime",
+    "verification_input",
+    "verification_photos",
+]
+
 # FP32 vs FP32 on the verification photo, measured with the parity weights: vits 6.5e-5 to
 # 9.3e-5, vitb 1.1e-4 to 1.6e-4, vitl 1.4e-4 (518x518 and the dynamic check sizes). Error grows
 # with depth; a damaged model (one weight tensor 10 % off) is off by 1e-2 or more.
 FP32_TOLERANCE = 5e-4
-
-
-@dataclass
-class Comparison:
-    """How far an output is from a reference; ``max_rel_std`` is the metric gates use."""
-
-    max_abs: float
-    mean_abs: float
-    max_rel: float  # max |a - b| / max |ref|
-    max_rel_std: float  # max |a - b| / std(ref): MAX_REL_STD
-
-    def __str__(self) -> str:
-        return f"max error {self.max_rel_std:.2e} of the reference's std, mean abs {self.mean_abs:.2e}"
-
-
-def compare(output: np.ndarray, reference: np.ndarray) -> Comparison:
-    diff = np.abs(output.astype(np.float64) - reference.astype(np.float64))
-    peak = float(np.abs(reference).max()) or 1.0
-    spread = float(reference.std()) or 1.0
-    return Comparison(float(diff.max()), float(diff.mean()), float(diff.max()) / peak, float(diff.max()) / spread)
-
-
-def abs_rel(outputs: list[np.ndarray], references: list[np.ndarray]) -> float:
-    """``ABS_REL_ALIGNED`` of batch-1 outputs against their references."""
-    from train.eval import depth_metrics
-
-    if len(outputs) != len(references):
-        raise ValueError(f"{len(outputs)} outputs for {len(references)} references")
-    return float(np.mean([depth_metrics(o[0], r[0])["abs_rel"] for o, r in zip(outputs, references)]))
 
 
 class OnnxRuntimeRunner:
@@ -85,20 +70,26 @@ def run_onnxruntime(path: str | Path, batch: np.ndarray, as_written: bool = Fals
     return OnnxRuntimeRunner(path, as_written)(batch)
 
 
-def verification_input(height: int, width: int) -> np.ndarray:
-    """A real photograph (bundled sample) when available, else a textured synthetic scene."""
-    from runtime.preprocessing import prepare_fixed
-
+def verification_photos(names: tuple[str, ...] = ("motorcycle_left.png",)) -> dict[str, np.ndarray]:
+    """Real photographs (bundled samples, BGR) when scikit-image is installed, else one textured
+    synthetic scene: the inputs exports check and write references on."""
     try:
         from runtime.io.samples import sample_images
 
-        image = sample_images(("motorcycle_left.png",))["motorcycle_left"]
+        return sample_images(names)
     except ImportError:
         rng = np.random.default_rng(0)
         yy, xx = np.mgrid[0:480, 0:640]
         image = np.stack([(xx * 0.4) % 255, (yy * 0.5) % 255, (xx + yy) * 0.2 % 255], -1).astype(np.uint8)
         image[100:300, 200:400] = rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)
-    return prepare_fixed(image, (height, width))
+        return {"synthetic_scene": image}
+
+
+def verification_input(height: int, width: int) -> np.ndarray:
+    """A real photograph (bundled sample) when available, else a textured synthetic scene."""
+    from runtime.preprocessing import prepare_fixed
+
+    return prepare_fixed(next(iter(verification_photos().values())), (height, width))
 
 
 def check_sizes(height: int, width: int, dynamic: bool) -> list[tuple[int, int]]:

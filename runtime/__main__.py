@@ -1,7 +1,8 @@
 """``python -m runtime``: depth for image files, videos and cameras, written as colourised PNGs and MP4s.
 
 Every input is checked (it exists, a folder holds images or videos, no two inputs would write
-the same output) before the model is loaded.
+the same output, every video and camera opens) and the output folder tried before the model is
+loaded. The run exits 1 when an input was skipped, 130 when Ctrl-C left inputs unprocessed.
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
+from .align.stabilize import flicker_lines
 from .cli import add_predictor_args, build_predictor
-from .commands import command
+from .commands import CommandError, command, exit_code
 from .errors import InputError
-from .io.files import atomic_write_bytes
+from .io.files import atomic_write_bytes, check_writable_folder
 from .io.video import VIDEO_SUFFIXES, depth_frame
 
 DEFAULT_CHECKPOINT = Path("checkpoints/depth_anything_v2_vits.pth")
@@ -28,7 +31,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m runtime",
-        description="Predict relative inverse depth (near = bright) for images, videos or a camera. "
+        description="Predict depth (near = bright) for images, videos or a camera: relative inverse depth, or metres "
+        "from a metric model (--save-npy keeps the numbers). "
         "Images give <name>_depth.png, videos and cameras <name>_depth.mp4 at the source's frame rate: "
         "the colourised depth alone by default, next to the input with --side-by-side.",
     )
@@ -49,6 +53,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--save-npy", action="store_true", help="also write each image's float32 depth as .npy")
     parser.add_argument("--max-frames", type=int, help="stop each video or camera after this many frames")
+    parser.add_argument(
+        "--stabilize",
+        action="store_true",
+        help="videos and cameras: relative depth on the scale of the frames before it, so values and colours "
+        "stop flickering (the flicker figure is reported either way)",
+    )
     args = parser.parse_args(argv)
     if not args.inputs and not args.sample and args.camera is None:
         parser.error("give image files, videos or folders of them, --camera INDEX, or --sample")
@@ -64,6 +74,7 @@ class Job:
     stem: str  # output name without "_depth.<ext>"
     source: Path | int | None = None
     image: np.ndarray | None = None  # bundled samples come decoded
+    capture: Any = None  # a camera stays open from the check before the model loads
 
     @property
     def output_name(self) -> str:
@@ -146,16 +157,47 @@ def _jobs(args: argparse.Namespace) -> tuple[list[Job], list[str]]:
     return jobs, name_outputs(jobs)
 
 
-@command("python -m runtime")
+def open_sources(jobs: list[Job]) -> None:
+    """Open every video and camera before the model loads; ``InputError`` naming each that does not open."""
+    from .io.video import open_capture
+
+    problems = []
+    for job in (job for job in jobs if job.kind != "image"):
+        try:
+            capture = open_capture(job.source)
+        except InputError as exc:
+            problems.append(str(exc))
+            continue
+        if job.kind == "camera":
+            job.capture = capture
+        else:  # reopened when its turn comes: a folder of videos must not hold every decoder at once
+            capture.release()
+    if problems:
+        raise InputError("; ".join(problems) + ("" if len(problems) == 1 else f" ({len(problems)} inputs)"))
+
+
+def _listed(labels: list[str]) -> str:
+    return ", ".join(labels[:3]) + (", ..." if len(labels) > 3 else "")
+
+
+def _not_done(jobs: list[Job]) -> str:
+    return f"{len(jobs)} input{'s' if len(jobs) > 1 else ''} not processed ({_listed([j.label for j in jobs])})"
+
+
+@command("python -m runtime", sigterm=True)
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     jobs, notes = _jobs(args)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
+    check_writable_folder(args.output_dir, "--output-dir")
+    open_sources(jobs)
     predictor = build_predictor(args, load_default_model(args.model))
-    print(f"{predictor!r}", file=sys.stderr)
-    failed = 0
-    for job in jobs:
+    print(f"{predictor!r}: {predictor.output.describe()}", file=sys.stderr)
+    if args.stabilize and predictor.output.is_metric:
+        raise InputError(f"the model outputs {predictor.output.describe()}: --stabilize is for relative models")
+    skipped = []
+    for index, job in enumerate(jobs):
         out = args.output_dir / job.output_name
         replaced = " (replaced an earlier file)" if out.exists() else ""
         try:
@@ -165,15 +207,19 @@ def main(argv: list[str] | None = None) -> int:
                 line, stop = _depth_video(predictor, job, out, args)
         except InputError as exc:
             print(f"skipped {job.label}: {exc}", file=sys.stderr)
-            failed += 1
+            skipped.append(job.label)
             continue
-        except KeyboardInterrupt:
-            print(f"interrupted during {job.label}: nothing written for it", file=sys.stderr)
-            return 130
+        except KeyboardInterrupt as exc:
+            left = f"; {_not_done(jobs[index + 1 :])}" if index + 1 < len(jobs) else ""
+            print(f"interrupted during {job.label}: nothing written for it{left}", file=sys.stderr)
+            return exit_code(exc)
         print(f"{line} -> {out}{replaced}")
-        if stop:  # Ctrl-C ended a recording: its file is finalised, the rest is not started
-            return 0
-    return 1 if failed and failed == len(jobs) else 0
+        if stop and index + 1 < len(jobs):  # Ctrl-C ended a recording: finalised; the rest never started
+            print(f"stopped by Ctrl-C: {_not_done(jobs[index + 1 :])}", file=sys.stderr)
+            return exit_code(KeyboardInterrupt())
+    if skipped:
+        raise CommandError(f"{len(skipped)} of {len(jobs)} inputs skipped ({_listed(skipped)}): see above")
+    return 0
 
 
 def _depth_image(predictor, job: Job, out: Path, args: argparse.Namespace) -> str:
@@ -181,13 +227,15 @@ def _depth_image(predictor, job: Job, out: Path, args: argparse.Namespace) -> st
 
     image = job.image if job.image is not None else read_image(job.source)
     depth = predictor.predict(image)
-    _, png = cv2.imencode(".png", depth_frame(image, depth, args.colormap, args.side_by_side))
+    kind = predictor.output
+    _, png = cv2.imencode(".png", depth_frame(image, depth, args.colormap, args.side_by_side, kind.kind))
     atomic_write_bytes(out, png.tobytes())
     if args.save_npy:
         buffer = io.BytesIO()
         np.save(buffer, depth)
         atomic_write_bytes(out.with_suffix(".npy"), buffer.getvalue())
-    return f"{job.label}: {image.shape[1]}x{image.shape[0]} depth range {depth.min():.3g}..{depth.max():.3g}"
+    unit = " m" if kind.is_metric else " (relative inverse depth)"
+    return f"{job.label}: {image.shape[1]}x{image.shape[0]} depth range {depth.min():.3g}..{depth.max():.3g}{unit}"
 
 
 def _depth_video(predictor, job: Job, out: Path, args: argparse.Namespace) -> tuple[str, bool]:
@@ -195,13 +243,20 @@ def _depth_video(predictor, job: Job, out: Path, args: argparse.Namespace) -> tu
 
     from .io.video import frame_count, open_capture, write_depth_video
 
-    capture = open_capture(job.source)
+    capture = job.capture if job.capture is not None else open_capture(job.source)
     total = frame_count(capture)
     if args.max_frames is not None:
         total = min(total or args.max_frames, args.max_frames)
     with tqdm(total=total, unit="frame", desc=job.label, dynamic_ncols=True) as bar:
         summary = write_depth_video(
-            predictor, capture, out, args.colormap, args.side_by_side, args.max_frames, progress=bar.update
+            predictor,
+            capture,
+            out,
+            args.colormap,
+            args.side_by_side,
+            args.max_frames,
+            progress=bar.update,
+            stabilize=args.stabilize,
         )
     fps_note = "" if summary.fps_reported else " (the source reports no frame rate: assumed)"
     stopped = ", stopped by Ctrl-C" if summary.interrupted else ""
@@ -209,6 +264,7 @@ def _depth_video(predictor, job: Job, out: Path, args: argparse.Namespace) -> tu
         f"{job.label}: {summary.frames} frames at {summary.fps:.3g} fps{fps_note}, "
         f"processed at {summary.processing_fps:.2f} frames/s{stopped}"
     )
+    line += "".join(f";{text[1:]}" for text in flicker_lines(summary.flicker, summary.flicker_unstabilized))
     return line, summary.interrupted
 
 

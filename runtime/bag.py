@@ -11,21 +11,17 @@ import math
 import sys
 from pathlib import Path
 
-from .cli import add_predictor_args, build_predictor
-from .commands import command
-from .metric import ScaleShift
-from .ros.bag import (
-    STORAGES,
-    Summary,
-    Topics,
-    check_output,
-    open_bag,
-    output_kind,
-    plan_topics,
-    process_bag,
-    rosbags_modules,
-)
+from .align.stabilize import flicker_lines
+from .cli import add_predictor_args, build_predictor, check_metric_options, positive_int, positive_metres, topic_name
+from .commands import CommandError, command
+from .errors import InputError
+from .metric import OutputKind, ScaleShift
+from .pointcloud import MAX_POINTS
+from .ros.align import DEFAULT_MAX_TIME_OFFSET
+from .ros.bag import STORAGES, Summary, check_output, open_bag, output_kind, process_bag, rosbags_modules
+from .ros.bag_align import BagAligner, add_align_args, align_request
 from .ros.messages import Conversion
+from .ros.topics import Topics, plan_topics
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -49,9 +45,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="input topics copied byte for byte (default: the image and camera info topics; give none to copy none)",
     )
     parser.add_argument("--copy-all", action="store_true", help="copy every topic of the input")
-    parser.add_argument("--depth-topic", help="relative inverse depth, 32FC1 (default <ns>/depth/relative_inverse)")
-    parser.add_argument("--metric-depth-topic", help="metric depth in metres, 32FC1 (default <ns>/depth/image)")
-    parser.add_argument("--points-topic", help="PointCloud2 (default <ns>/depth/points)")
+    parser.add_argument(
+        "--depth-topic", type=topic_name, help="relative inverse depth, 32FC1 (default <ns>/depth/relative_inverse)"
+    )
+    parser.add_argument(
+        "--metric-depth-topic", type=topic_name, help="metric depth in metres, 32FC1 (default <ns>/depth/image)"
+    )
+    parser.add_argument("--points-topic", type=topic_name, help="PointCloud2 (default <ns>/depth/points)")
     parser.add_argument(
         "--metric-scale",
         type=float,
@@ -59,28 +59,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "points (fit them with runtime.fit_scale_shift on a few known distances)",
     )
     parser.add_argument("--metric-shift", type=float, default=0.0, help="see --metric-scale (default 0)")
-    parser.add_argument("--point-stride", type=int, default=1, help="use every Nth pixel in x and y for points")
+    parser.add_argument(
+        "--point-stride", type=positive_int, default=1, help="use every Nth pixel in x and y for points"
+    )
+    parser.add_argument(
+        "--max-points",
+        type=positive_int,
+        default=MAX_POINTS,
+        help=f"most points per cloud (default {MAX_POINTS:,}: a whole 1920x1080 frame); larger frames take every "
+        "Nth pixel, said in the summary",
+    )
     parser.add_argument("--max-range", type=float, help="drop points farther than this (metres, along z)")
     parser.add_argument("--no-point-colors", action="store_true", help="points without the rgb field")
-    parser.add_argument("--every", type=int, default=1, help="process every Nth image message (default 1)")
-    parser.add_argument("--max-frames", type=int, help="stop after this many frames (the output ends there)")
+    parser.add_argument("--every", type=positive_int, default=1, help="process every Nth image message (default 1)")
+    parser.add_argument("--max-frames", type=positive_int, help="stop after this many frames (the output ends there)")
     parser.add_argument("--storage", choices=STORAGES, help="ROS 2 output storage (default: the input's)")
+    add_align_args(parser, positive_metres, DEFAULT_MAX_TIME_OFFSET)
     args = parser.parse_args(argv)
-    if args.every < 1 or args.point_stride < 1 or (args.max_frames is not None and args.max_frames < 1):
-        parser.error("--every, --point-stride and --max-frames must be positive")
-    if args.metric_scale is not None and not (math.isfinite(args.metric_scale) and args.metric_scale > 0):
-        parser.error(f"--metric-scale must be a positive number, got {args.metric_scale}")
     if args.copy_all and args.copy_topics is not None:
         parser.error("give --copy-topics or --copy-all, not both")
-    for flag in ("max_range", "metric_shift"):
-        value = getattr(args, flag)
-        if value is not None and not math.isfinite(value):
-            parser.error(f"--{flag.replace('_', '-')} must be a finite number")
+    if args.align_to is not None and args.metric_scale is not None:
+        parser.error("give --align-to (a fit per frame) or --metric-scale (constants for the whole bag), not both")
+    try:
+        check_metric_options(args.metric_scale, args.metric_shift, args.max_range)
+    except InputError as exc:
+        parser.error(str(exc))
     return args
 
 
-def _check_request(args: argparse.Namespace) -> tuple[dict[str, int], Topics]:
-    """Check the bag, its topics and the output before the model is loaded."""
+def _check_request(args: argparse.Namespace) -> tuple[dict[str, int], Topics, BagAligner | None]:
+    """Check the bag, its topics, the sensor and its transforms, and the output before the model is loaded."""
+    align = align_request(args)  # usage errors in the alignment options, before the bag is read
     rb = rosbags_modules()
     check_output(args.input, args.output)
     reader = open_bag(rb, args.input)
@@ -98,26 +107,33 @@ def _check_request(args: argparse.Namespace) -> tuple[dict[str, int], Topics]:
             args.copy_all,
         )
         output_kind(args.input, args.output, args.storage, reader.is2)
+        aligner = None
+        if args.align_to is not None:
+            aligner = BagAligner.prepare(reader, args.align_to, topics.camera_info, **align)
     finally:
         reader.close()
-    return counts, topics
+    return counts, topics, aligner
 
 
-@command("python -m runtime.bag")
+@command("python -m runtime.bag", sigterm=True)
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    counts, topics = _check_request(args)
+    counts, topics, aligner = _check_request(args)
     metric = None if args.metric_scale is None else ScaleShift(args.metric_scale, args.metric_shift, math.nan, 0)
-    if metric is None:
-        print("note: no --metric-scale: publishing relative inverse depth only, no metric depth or points")
-    elif topics.camera_info is None:
-        print("note: no camera info topic in the bag: no point clouds")
     from tqdm import tqdm
 
     predictor = build_predictor(args, args.model)
+    if predictor.output.is_metric:
+        print(f"note: the model outputs {predictor.output.describe()} ({predictor.output.source}): published as it is")
+    elif metric is None and aligner is None:
+        print(
+            "note: no --metric-scale or --align-to: publishing relative inverse depth only, no metric depth or points"
+        )
+    if topics.camera_info is None and (metric is not None or predictor.output.is_metric):
+        print("note: no camera info topic in the bag: no point clouds")
     frames = -(-counts[topics.image] // args.every)
     total = min(frames, args.max_frames) if args.max_frames else frames
-    conversion = Conversion(metric, args.point_stride, args.max_range, not args.no_point_colors)
+    conversion = Conversion(metric, args.point_stride, args.max_range, not args.no_point_colors, args.max_points)
     with tqdm(total=total, unit="frame", desc=topics.image, dynamic_ncols=True) as bar:
         summary = process_bag(
             predictor,
@@ -135,29 +151,50 @@ def main(argv: list[str] | None = None) -> int:
             storage=args.storage,
             progress=bar.update,
             warn=lambda text: bar.write(f"warning: {text}", file=sys.stderr),
+            align_to=args.align_to,
+            align_options={"aligner": aligner},
+            stabilize=args.stabilize,
         )
-    _report(args.output, topics, conversion, summary)
+    _report(args.output, topics, conversion, summary, predictor.output)
     if not summary.frames:
-        print(f"error: no frame of {topics.image} could be decoded", file=sys.stderr)
-        return 1
+        raise CommandError(f"no frame of {topics.image} could be decoded: nothing was written to {args.output}")
     return 0
 
 
-def _report(output: Path, topics: Topics, conversion: Conversion, summary: Summary) -> None:
-    lines = [f"wrote {output}: {summary.frames} frames at {summary.fps:.2f} frames/s"]
-    lines.append(f"  {topics.relative}: {summary.frames} relative inverse depth images (32FC1, unitless)")
-    if conversion.metric is not None:
-        lines.append(f"  {topics.metric}: {summary.frames} depth images in metres (32FC1, REP 118)")
+def _report(output: Path, topics: Topics, conversion: Conversion, summary: Summary, kind: OutputKind) -> None:
+    lines = []
+    if summary.frames:
+        lines.append(f"wrote {output}: {summary.frames} frames at {summary.fps:.2f} frames/s")
+        if not kind.is_metric:
+            lines.append(f"  {topics.relative}: {summary.frames} relative inverse depth images (32FC1, unitless)")
+    if summary.frames and (summary.metric or summary.alignment is not None):
+        source = (
+            "the model's output" if kind.is_metric else "a fit per frame" if summary.alignment else "--metric-scale"
+        )
+        lines.append(f"  {topics.metric}: {summary.metric} depth images in metres (32FC1, REP 118) from {source}")
         if summary.points:
             per_frame = summary.point_bytes / summary.points / 1e6
             lines.append(f"  {topics.points}: {summary.points} point clouds, {per_frame:.2f} MB each on average")
+        if summary.thinned_clouds:
+            lines.append(
+                f"  {summary.thinned_clouds} clouds thinned (stride up to {summary.largest_stride} in x and y) "
+                f"to stay within --max-points {conversion.max_points:,}"
+            )
         if summary.frames_without_camera_info:
             lines.append(f"  {summary.frames_without_camera_info} frames without usable camera info: no points")
-    lines.append(f"  copied {summary.copied} messages of {', '.join(topics.copy) or 'no topics'}")
+    if summary.camera_infos_skipped:
+        lines.append(f"  skipped {summary.camera_infos_skipped} camera info messages that could not be used")
+    if summary.alignment is not None:
+        lines += summary.alignment.log.lines(summary.alignment.topic)
+        lines.append(f"    per-frame record: {summary.alignment_json}")
+    lines += flicker_lines(summary.flicker, summary.flicker_unstabilized)
+    if summary.frames:
+        lines.append(f"  copied {summary.copied} messages of {', '.join(topics.copy) or 'no topics'}")
     if summary.skipped:
         lines.append(f"  skipped {len(summary.skipped)} image messages that could not be decoded, e.g.:")
         lines += [f"    at {t} ns: {reason}" for t, reason in summary.skipped[:3]]
-    print("\n".join(lines))
+    if lines:
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":

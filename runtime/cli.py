@@ -1,11 +1,68 @@
-"""The predictor options every ``runtime`` command shares, under one set of names."""
+"""The predictor options every ``runtime`` command shares, under one set of names, and the checks of
+the options that commands share with each other (counts, metric conversions, topic names)."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import math
+import re
+from typing import Any, Callable
+
+from .errors import InputError
 
 DEFAULT_SIZE = 518
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (counts and strides)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 1 or more")
+    return value
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_metric_options(
+    scale: float | None, shift: float, max_range: float | None, name: Callable[[str], str] = _option
+) -> None:
+    """The rules of a metric conversion, the same for the bag tool's options and the node's parameters
+    (``name`` spells them): ``InputError`` for a scale that is not positive and finite (``None``: no
+    conversion), a shift that is not finite, a range that is not a positive number of metres."""
+    if scale is not None and not (math.isfinite(scale) and scale > 0):
+        raise InputError(f"{name('metric_scale')} must be a positive finite number, got {scale}")
+    if not math.isfinite(shift):
+        raise InputError(f"{name('metric_shift')} must be a finite number, got {shift}")
+    if max_range is not None and not (math.isfinite(max_range) and max_range > 0):
+        raise InputError(f"{name('max_range')} must be a positive number of metres, got {max_range}")
+
+
+# ROS 2's rules for a fully qualified topic name (design.ros2.org "Topic and Service name mapping to
+# DDS", checked by rmw_validate_full_topic_name): starts with '/', only [A-Za-z0-9_/], no '//', no
+# trailing '/', no token starting with a digit, at most 247 characters. ROS 1 names (wiki.ros.org/Names)
+# accept all of these.
+_TOPIC_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_TOPIC_LENGTH = 247
+
+
+def topic_name(text: str) -> str:
+    """argparse type: a fully qualified ROS topic name, refused with the rule it breaks."""
+    if not text.startswith("/"):
+        raise argparse.ArgumentTypeError(f"{text!r}: a topic in a bag is fully qualified, starting with '/'")
+    tokens = text[1:].split("/")
+    bad = [t for t in tokens if not _TOPIC_TOKEN.fullmatch(t)]
+    if bad or len(text) > MAX_TOPIC_LENGTH:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a valid ROS topic name: names between '/' are letters, digits and '_', "
+            f"not starting with a digit, with no empty name ('//' or a trailing '/'), {MAX_TOPIC_LENGTH} "
+            "characters at most"
+        )
+    return text
 
 
 def network_size(text: str) -> int | tuple[int, int]:
@@ -45,6 +102,29 @@ def add_predictor_args(parser: argparse.ArgumentParser, model_help: str, **model
         "(as a static export of that size); a fixed-shape model always takes its own",
     )
     parser.add_argument("--input-size", dest="size", type=network_size, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--output-kind",
+        choices=("relative", "metric"),
+        help="what a model file without metadata outputs (default: what the file says, else relative); "
+        "metric needs --max-depth",
+    )
+    parser.add_argument(
+        "--max-depth",
+        type=positive_metres,
+        metavar="M",
+        help="a metric model's depth bound in metres (20 indoor, 80 outdoor)",
+    )
+
+
+def positive_metres(text: str) -> float:
+    """argparse type for a distance in metres: a positive finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of metres") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of metres")
+    return value
 
 
 def build_predictor(args: argparse.Namespace, model: Any):
@@ -52,5 +132,11 @@ def build_predictor(args: argparse.Namespace, model: Any):
     from .predictor import DepthPredictor
 
     return DepthPredictor(
-        model, backend=args.backend, device=args.device, precision=args.precision, **size_options(args.size)
+        model,
+        backend=args.backend,
+        device=args.device,
+        precision=args.precision,
+        output_kind=args.output_kind,
+        max_depth=args.max_depth,
+        **size_options(args.size),
     )

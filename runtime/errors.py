@@ -16,6 +16,11 @@ class ModelFileError(ValueError):
     """A model file that does not exist, is not a model, or does not fit this machine."""
 
 
+class OutputError(OSError):
+    """An output that could not be written whole (a full disk, a writer that failed quietly);
+    nothing is left under its name. ``OSError(errno, what happened, path)``."""
+
+
 class MissingDependencyError(ImportError):
     """An optional library is not installed; the message names the pip extra."""
 

@@ -1,18 +1,128 @@
-"""From relative to metric depth with a few known distances (sparse lidar, a known floor, ...).
+"""What a model outputs, and from relative to metric depth with a few known distances.
 
-The model predicts relative inverse depth: up to an unknown scale and shift in disparity
-space. Given metric depth at some pixels, ``fit_scale_shift`` finds them by least squares in
-disparity (optionally trimming the worst residuals once, for noisy or misregistered points)
-and ``to_metric`` applies them.
+Two kinds of output (``OutputKind``): relative inverse depth (unitless, larger = nearer: the
+published relative checkpoints) and metric depth (metres, bounded by ``max_depth``: the metric
+checkpoints). Every artefact says which: the checkpoint (``max_depth``), the ONNX metadata
+(``output_kind``, ``max_depth``), the OpenVINO IR's rt_info and every sidecar; a file that says
+nothing is relative unless the user says otherwise.
+
+A relative model predicts depth up to an unknown scale and shift in disparity space. Given
+metric depth at some pixels, ``fit_scale_shift`` finds them by least squares in disparity
+(optionally trimming the worst residuals once, for noisy or misregistered points) and
+``to_metric`` applies them. Per-frame, outlier-robust fits and their temporal filter are in
+``runtime.align``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import numpy as np
 
 from .errors import InputError
+
+RELATIVE = "relative"
+METRIC = "metric"
+OUTPUT_KINDS = (RELATIVE, METRIC)
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """``relative`` (inverse depth, unitless, larger = nearer) or ``metric`` (metres up to ``max_depth``).
+
+    ``source`` says where it was read (``onnx metadata``, ``sidecar``, ``checkpoint``, ``given``,
+    ``default``: a file that says nothing); it does not take part in comparisons.
+    """
+
+    kind: str = RELATIVE
+    max_depth: float | None = None
+    source: str = field(default="default", compare=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in OUTPUT_KINDS:
+            raise InputError(f"output kind must be {' or '.join(OUTPUT_KINDS)}, got {self.kind!r}")
+        if self.kind == METRIC and not (
+            self.max_depth is not None and math.isfinite(self.max_depth) and self.max_depth > 0
+        ):
+            raise InputError(f"a metric model needs a positive max_depth in metres, got {self.max_depth!r}")
+        if self.kind == RELATIVE and self.max_depth is not None:
+            raise InputError(f"max_depth ({self.max_depth}) belongs to metric models; a relative model has none")
+
+    @property
+    def is_metric(self) -> bool:
+        return self.kind == METRIC
+
+    @property
+    def unit(self) -> str | None:
+        return "m" if self.is_metric else None
+
+    def describe(self) -> str:
+        if self.is_metric:
+            return f"metric depth in metres (up to {self.max_depth:g} m)"
+        return "relative inverse depth (unitless, larger = nearer)"
+
+    def metadata(self) -> dict[str, str]:
+        """String key/values for ONNX ``metadata_props`` and OpenVINO rt_info."""
+        return {"output_kind": self.kind, "max_depth": "" if self.max_depth is None else repr(float(self.max_depth))}
+
+    def sidecar(self) -> dict[str, Any]:
+        """The fields every artefact's ``.json`` carries."""
+        return {"output_kind": self.kind, "max_depth": self.max_depth}
+
+    def info(self) -> dict[str, Any]:
+        return {"kind": self.kind, "max_depth": self.max_depth, "unit": self.unit, "source": self.source}
+
+    @classmethod
+    def from_metadata(cls, values: Mapping[str, Any] | None, source: str) -> OutputKind | None:
+        """From ONNX metadata, rt_info or a sidecar; ``None`` when they say nothing about the output.
+
+        Exports before ``output_kind`` existed wrote ``max_depth`` alone (empty for relative models).
+        """
+        values = values or {}
+        kind = values.get("output_kind")
+        raw = values.get("max_depth")
+        if raw in ("", None):
+            max_depth = None
+        else:
+            try:
+                max_depth = float(raw)
+            except (TypeError, ValueError):
+                raise InputError(f"{source}: max_depth {raw!r} is not a number") from None
+        if kind in (None, ""):
+            if "max_depth" not in values:
+                return None
+            kind = METRIC if max_depth is not None else RELATIVE
+        try:
+            return cls(str(kind), max_depth, source)
+        except InputError as exc:
+            raise InputError(f"{source}: {exc}") from None
+
+
+def resolve_output_kind(found: OutputKind | None, kind: str | None, max_depth: float | None, model: str) -> OutputKind:
+    """The output kind of ``model``: what its file says (``found``), else what the user gave, else relative.
+
+    A user's ``kind``/``max_depth`` that contradicts the file is refused: the artefact is the
+    authority on what it computes.
+    """
+    if kind is None and max_depth is not None:
+        kind = METRIC
+    if found is None:
+        if kind is None:
+            return OutputKind(source="default")
+        if kind == METRIC and max_depth is None:
+            raise InputError(
+                f"{model} does not say its depth range: give --max-depth M (metres) with --output-kind metric"
+            )
+        return OutputKind(kind, max_depth if kind == METRIC else None, "given")
+    if kind is not None and (kind != found.kind or (max_depth is not None and max_depth != found.max_depth)):
+        said = OutputKind(kind, max_depth if kind == METRIC else None).describe() if kind in OUTPUT_KINDS else kind
+        raise InputError(
+            f"{model} outputs {found.describe()} (its {found.source}), but {said} was asked for; "
+            "drop --output-kind/--max-depth, or re-export the model"
+        )
+    return found
 
 
 @dataclass(frozen=True)
@@ -26,31 +136,40 @@ class ScaleShift:
 
     def to_metric(self, relative: np.ndarray, max_depth: float = 1e4) -> np.ndarray:
         disparity = self.scale * np.asarray(relative, np.float64) + self.shift
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"):
             depth = np.where(disparity > 1.0 / max_depth, 1.0 / disparity, np.inf)
         return depth.astype(np.float32)
 
 
 def _samples(relative: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(relative, depth) pairs at the known pixels; unknown depths (0, negative, NaN, inf) and
+    non-finite predictions are left out."""
     known = np.asarray(known, dtype=np.float64)
     if known.shape == relative.shape:  # a sparse depth map: 0 or NaN where unknown
-        valid = np.isfinite(known) & (known > 0)
-        return relative[valid].astype(np.float64), known[valid]
-    if known.ndim == 2 and known.shape[1] == 3:  # rows of (y, x, depth)
-        ys, xs = known[:, 0].astype(int), known[:, 1].astype(int)
-        inside = (ys >= 0) & (ys < relative.shape[0]) & (xs >= 0) & (xs < relative.shape[1]) & (known[:, 2] > 0)
-        return relative[ys[inside], xs[inside]].astype(np.float64), known[inside, 2]
-    raise InputError(
-        f"known depth must be an HxW map like the prediction {relative.shape} (0/NaN = unknown) "
-        f"or an (N, 3) array of (y, x, depth) rows, got shape {known.shape}"
-    )
+        x, depth = relative.reshape(-1).astype(np.float64), known.reshape(-1)
+    elif known.ndim == 2 and known.shape[1] == 3:  # rows of (y, x, depth), pixel centres at integers
+        rows = known[np.isfinite(known[:, :2]).all(axis=1)]
+        ys, xs = np.rint(rows[:, 0]).astype(np.int64), np.rint(rows[:, 1]).astype(np.int64)
+        inside = (ys >= 0) & (ys < relative.shape[0]) & (xs >= 0) & (xs < relative.shape[1])
+        x, depth = relative[ys[inside], xs[inside]].astype(np.float64), rows[inside, 2]
+    else:
+        raise InputError(
+            f"known depth must be an HxW map like the prediction {relative.shape} (0/NaN = unknown) "
+            f"or an (N, 3) array of (y, x, depth) rows, got shape {known.shape}"
+        )
+    valid = np.isfinite(depth) & (depth > 0) & np.isfinite(x)
+    return x[valid], depth[valid]
 
 
 def fit_scale_shift(relative: np.ndarray, known: np.ndarray, trim: float = 0.0) -> ScaleShift:
     """Least-squares scale and shift mapping ``relative`` to the inverse of ``known`` depths.
 
-    ``trim`` in [0, 0.5): after a first fit, drop that fraction of points with the largest
-    residuals and fit again.
+    ``known`` is an HxW map (0, NaN or inf where unknown) or (N, 3) rows of (y, x, depth) with
+    pixel coordinates rounded to the nearest pixel. Pairs where the prediction is not finite
+    are left out. ``trim`` in [0, 0.5): after a first fit, drop that fraction of points with
+    the largest residuals and fit again. A fit whose scale is not positive (larger relative
+    values must be nearer) is refused with ``InputError``, as the commands refuse such a scale.
+    For per-frame, outlier-robust fits see ``runtime.align.robust_fit``.
     """
     relative = np.asarray(relative)
     if relative.ndim != 2:
@@ -73,5 +192,11 @@ def fit_scale_shift(relative: np.ndarray, known: np.ndarray, trim: float = 0.0) 
         keep = residual <= np.quantile(residual, 1.0 - trim)
         x, y = x[keep], y[keep]
         scale, shift = solve(x, y)
+    if not scale > 0:
+        raise InputError(
+            f"the known depths give a scale of {scale:.3g}: farther points have larger relative values, "
+            "which a relative inverse depth map never has; check that the depths are registered to this "
+            "image (pixel rows are (y, x, depth)) and that the map is relative inverse depth, not metres"
+        )
     rms = float(np.sqrt(np.mean((scale * x + shift - y) ** 2)))
     return ScaleShift(scale, shift, rms, int(x.size))

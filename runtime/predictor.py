@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,10 +14,12 @@ from . import preprocessing as pre
 from .backends import backend_class, resolve_backend
 from .backends.base import describe_source
 from .errors import InputError
+from .metric import OutputKind, resolve_output_kind
 
 
 class DepthPredictor:
-    """Relative inverse depth (larger = nearer) for images, at the images' own resolution.
+    """Depth for images, at the images' own resolution: relative inverse depth (larger = nearer)
+    or, from a metric model, metres (``output_kind``, ``max_depth``, ``info()["output"]``).
 
     ``model`` is a file or a ``torch.nn.Module``; the suffix picks the backend (``.pth`` and
     ``.safetensors``: torch, ``.onnx``: onnxruntime, ``.engine``/``.plan``: tensorrt, ``.xml``:
@@ -29,6 +32,15 @@ class DepthPredictor:
     is capped there (default 4x the short side: 2072 for ``input_size=518``), keeping the aspect
     ratio, so no image costs more than 4x the patches of an ``input_size`` square frame (see
     ``runtime.preprocessing``). Only aspect ratios beyond 4:1 are affected.
+
+    ``verify=True`` runs the model on its reference (``<model>.reference.npz``, written by every
+    export; or pass the reference's path) when it loads, and raises
+    ``runtime.reference.ReferenceMismatch`` with the numbers when it is over the reference's
+    tolerance; ``info()["verification"]`` holds the result. It costs one inference per reference
+    input (a few) at load.
+    What the model outputs comes from the artefact (a checkpoint's head, ONNX metadata, OpenVINO
+    rt_info, a sidecar). A file that says nothing is relative unless ``output_kind="metric"`` and
+    ``max_depth`` say so; a request that contradicts the file is refused.
     """
 
     def __init__(
@@ -41,6 +53,9 @@ class DepthPredictor:
         rgb: bool = False,
         fixed_size: tuple[int, int] | None = None,
         max_long_side: int | None = None,
+        verify: bool | str | Path = False,
+        output_kind: str | None = None,
+        max_depth: float | None = None,
         **backend_options: Any,
     ) -> None:
         if not isinstance(input_size, int) or input_size < pre.PATCH_SIZE:
@@ -51,6 +66,13 @@ class DepthPredictor:
         name = resolve_backend(model, backend)
         self._backend = backend_class(name)(model, device=device, precision=precision, **backend_options)
         self._source = describe_source(model)
+        try:
+            self.output: OutputKind = resolve_output_kind(
+                self._backend.output_kind, output_kind, max_depth, self._source
+            )
+        except InputError:
+            self._backend.close()
+            raise
         self.input_size = input_size
         self.rgb = rgb
         model_hw = self._backend.input_spec.fixed_hw
@@ -59,10 +81,30 @@ class DepthPredictor:
         # A fixed-shape model always gets its own shape; a dynamic one may be pinned to one
         # (steady latency, and the same input a fixed-shape engine would see).
         self.fixed_size = model_hw or (tuple(fixed_size) if fixed_size is not None else None)
+        self.verification = None
+        if verify:
+            from .reference import reference_for, require_within, verify_backend
+
+            try:
+                reference = reference_for(model, None if verify is True else verify)
+                self.verification = require_within(verify_backend(self._backend, reference), model)
+            except BaseException:
+                self._backend.close()
+                raise
 
     @property
     def backend(self) -> str:
         return self._backend.name
+
+    @property
+    def output_kind(self) -> str:
+        """``"relative"`` (inverse depth, unitless, larger = nearer) or ``"metric"`` (metres)."""
+        return self.output.kind
+
+    @property
+    def max_depth(self) -> float | None:
+        """A metric model's depth bound in metres; ``None`` for a relative model."""
+        return self.output.max_depth
 
     @property
     def input_shape(self) -> tuple[int | None, ...]:
@@ -106,31 +148,50 @@ class DepthPredictor:
         return depth  # type: ignore[return-value]
 
     def stream(
-        self, frames: Iterable[np.ndarray], rgb: bool | None = None, depth: int | None = None
+        self,
+        frames: Iterable[np.ndarray],
+        rgb: bool | None = None,
+        depth: int | None = None,
+        stabilize: bool | Any = False,
     ) -> Iterator[np.ndarray]:
         """Depth for each frame of a video, in order, with pre-processing, inference and
         post-processing of neighbouring frames overlapping.
 
         Up to ``depth`` frames are in flight (default: the backend's concurrency + 2); frames
-        are read from the iterable only as results are consumed.
+        are read from the iterable only as results are consumed. ``stabilize=True`` (or a
+        ``runtime.align.Stabilizer``, to read its flicker figures afterwards) puts each frame's
+        relative depth on the scale of the frames before it, so values and colours hold still.
         """
+        from .align import Stabilizer
+
+        stabilizer = Stabilizer() if stabilize is True else stabilize or None
+        if stabilizer is not None and self.output.is_metric:
+            raise InputError(f"the model outputs {self.output.describe()}: stabilize is for relative models")
         depth = depth or self._backend.max_concurrency + 2
         pending: deque = deque()
+
+        def result() -> np.ndarray:
+            frame, future = pending.popleft()
+            out = future.result()
+            return stabilizer(frame, out) if stabilizer is not None else out
+
         with ThreadPoolExecutor(max_workers=depth, thread_name_prefix="depth-stream") as pool:
             for frame in frames:
-                pending.append(pool.submit(self.predict, frame, rgb))
+                pending.append((frame, pool.submit(self.predict, frame, rgb)))
                 if len(pending) >= depth:
-                    yield pending.popleft().result()
+                    yield result()
             while pending:
-                yield pending.popleft().result()
+                yield result()
 
     def info(self) -> dict[str, Any]:
-        """Backend, device, precision, input shape and library versions."""
+        """Backend, device, precision, input shape, library versions and what the model outputs."""
         return {
             **self._backend.info(),
             "model": self._source,
+            "output": self.output.info(),
             "input_size": self.input_size,
             "max_long_side": self.max_long_side,
+            "verification": self.verification.to_dict() if self.verification is not None else None,
         }
 
     def close(self) -> None:

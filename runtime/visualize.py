@@ -15,17 +15,28 @@ COLORMAPS = {
 
 
 def colorize(
-    depth: np.ndarray, colormap: str = "inferno", vmin: float | None = None, vmax: float | None = None
+    depth: np.ndarray,
+    colormap: str = "inferno",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    kind: str = "relative",
 ) -> np.ndarray:
     """HxWx3 uint8 BGR image of a depth map, min..max (or ``vmin``..``vmax``) stretched over the colormap.
 
-    Non-finite pixels are drawn black. For relative inverse depth, near is bright.
+    Near is bright for both kinds of output: ``kind="relative"`` (inverse depth, larger = nearer)
+    and ``kind="metric"`` (metres, smaller = nearer; ``vmin``/``vmax`` in metres). Non-finite
+    pixels, and metres that are not positive, are drawn black.
     """
     if colormap not in COLORMAPS:
         raise ValueError(f"unknown colormap {colormap!r}; choose one of {', '.join(COLORMAPS)}")
+    if kind not in ("relative", "metric"):
+        raise ValueError(f"kind must be 'relative' or 'metric', got {kind!r}")
     depth = np.asarray(depth, dtype=np.float32)
     if depth.ndim != 2:
         raise ValueError(f"expected an HxW depth map, got shape {depth.shape}")
+    if kind == "metric":  # nearer = larger, as relative inverse depth has it
+        depth = np.where(depth > 0, -depth, np.nan).astype(np.float32)
+        vmin, vmax = (None if vmax is None else -vmax), (None if vmin is None else -vmin)
     finite = np.isfinite(depth)
     values = depth[finite]
     lo = float(vmin) if vmin is not None else float(values.min()) if values.size else 0.0

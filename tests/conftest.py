@@ -106,6 +106,25 @@ def tiny_model(tiny_spec):
     return DepthAnythingV2(tiny_spec).eval()
 
 
+@pytest.fixture
+def predictor(tiny_model):
+    """A DepthPredictor on the tiny model, 56 pixels on the short side."""
+    from runtime import DepthPredictor
+
+    return DepthPredictor(tiny_model, input_size=56)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_spec):
+    """The tiny model (seed 0) as a ``.safetensors`` file, for the commands' tests."""
+    import torch
+
+    from train.models import DepthAnythingV2, save_model
+
+    torch.manual_seed(0)
+    return save_model(DepthAnythingV2(tiny_spec).eval(), tmp_path_factory.mktemp("model") / "tiny.safetensors")
+
+
 @pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory, tiny_spec):
     """A verified static 56x56 ONNX export of the tiny model (seed 0)."""

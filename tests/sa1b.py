@@ -31,9 +31,14 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes, kind: bytes = tarfile.REG
     tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
 
 
-def make_shard(path: Path, count: int = 12, seed: int = 0, faults: bool = True) -> Path:
+def make_shard(
+    path: Path, count: int = 12, seed: int = 0, faults: bool = True, aspects: tuple[float, ...] = ()
+) -> Path:
     """``sa_N.jpg`` + ``sa_N.json`` pairs (random crops and flips of real photos), plus a
-    truncated jpeg, a ``../escape.jpg`` member, an absolute member and a symlink member."""
+    truncated jpeg, a ``../escape.jpg`` member, an absolute member and a symlink member.
+
+    With ``aspects`` (width / height), image ``i`` is cropped to ``aspects[i % len(aspects)]``:
+    SA-1B's mix of landscape, square and portrait photos."""
     rng = np.random.default_rng(seed)
     photos = shard_photos()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,7 +47,13 @@ def make_shard(path: Path, count: int = 12, seed: int = 0, faults: bool = True) 
         for i in range(count):
             photo = photos[i % len(photos)]
             h, w = photo.shape[:2]
-            y, x = int(rng.integers(0, h // 4)), int(rng.integers(0, w // 4))
+            if aspects:
+                aspect = aspects[i % len(aspects)]
+                h, w = min(h, int(w / aspect)), min(w, int(h * aspect))
+            y, x = (
+                int(rng.integers(0, photo.shape[0] - 3 * h // 4 + 1)),
+                int(rng.integers(0, photo.shape[1] - 3 * w // 4 + 1)),
+            )
             crop = photo[y : y + 3 * h // 4, x : x + 3 * w // 4]
             if rng.random() < 0.5:
                 crop = crop[:, ::-1]

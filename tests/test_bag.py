@@ -22,11 +22,12 @@ from rosbags.rosbag2 import StoragePlugin
 from rosbags.rosbag2 import Writer as Writer2
 from rosbags.typesys import Stores, get_typestore
 
-from runtime import DepthPredictor, ScaleShift
+from runtime import ScaleShift
 from runtime.errors import InputError
 from runtime.pointcloud import Intrinsics, depth_to_points
-from runtime.ros.bag import default_topics, plan_topics, process_bag
+from runtime.ros.bag import process_bag
 from runtime.ros.messages import Conversion, metric_depth
+from runtime.ros.topics import default_topics, plan_topics
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE, COMPRESSED, INFO, STRING = (
@@ -71,9 +72,13 @@ def encode(image: np.ndarray, encoding: str) -> tuple[np.ndarray, np.ndarray, in
     return padded.reshape(-1), expected, step
 
 
-def write_bag(path: Path, kind: str, frames: int = 6) -> dict:
+def write_bag(
+    path: Path, kind: str, frames: int = 6, camera_infos: dict[int, dict] | None = None, jpeg_segment: bytes = b""
+) -> dict:
     """A bag with raw images (every encoding), JPEGs, camera info, a text topic and broken messages.
 
+    ``camera_infos`` adds a camera info before frame i with those fields changed (``D``, ``K``,
+    ``width``, ...); ``jpeg_segment`` goes into every JPEG after its start marker (an EXIF block).
     Returns what the tool should find: per image topic, (bag time, stamp, decoded image) of
     every good frame, and the number of broken ones.
     """
@@ -109,6 +114,10 @@ def write_bag(path: Path, kind: str, frames: int = 6) -> dict:
         for i in range(frames):
             t = START + (i + 1) * 100_000_000
             stamp_t = t - 5_000_000  # header stamps differ from bag times; both must be kept
+            if camera_infos and i in camera_infos:
+                changed = {(k if ros1 or len(k) > 1 else k.lower()): v for k, v in camera_infos[i].items()}
+                update = types[INFO](header=header(t - 10, i), **(info_fields | changed))
+                writer.write(conns[INFO_TOPIC], t - 10, serialize(update, INFO))
             image = frame(i)
             encoding = ENCODINGS[i % len(ENCODINGS)]
             data, decoded, step = encode(image, encoding)
@@ -123,10 +132,12 @@ def write_bag(path: Path, kind: str, frames: int = 6) -> dict:
             )
             writer.write(conns[RAW], t, serialize(msg, IMAGE))
             expected[RAW].append((t, stamp_t, decoded))
-            jpeg = cv2.imencode(".jpg", image)[1].reshape(-1)
+            jpeg = cv2.imencode(".jpg", image)[1].tobytes()
+            jpeg = np.frombuffer(jpeg[:2] + jpeg_segment + jpeg[2:], np.uint8)
             compressed = types[COMPRESSED](header=header(stamp_t, i), format="jpeg", data=jpeg)
             writer.write(conns[JPEG], t, serialize(compressed, COMPRESSED))
-            expected[JPEG].append((t, stamp_t, cv2.imdecode(jpeg, cv2.IMREAD_COLOR)))
+            stored = cv2.imdecode(jpeg, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)  # as the camera sent it
+            expected[JPEG].append((t, stamp_t, stored))
             writer.write(conns[NOTE], t + 1, serialize(types[STRING](data=f"frame {i}"), STRING))
             if i == 2:  # a raw image whose payload was cut short, and a message cut in half
                 short = types[IMAGE](
@@ -183,11 +194,6 @@ def decode_pointcloud2(msg) -> tuple[np.ndarray, np.ndarray | None]:
         packed = data[:, offsets["rgb"][0] : offsets["rgb"][0] + 4].copy().view("<u4")[:, 0]
         colors = np.stack([(packed >> 16) & 255, (packed >> 8) & 255, packed & 255], axis=1).astype(np.uint8)
     return points, colors
-
-
-@pytest.fixture
-def predictor(tiny_model):
-    return DepthPredictor(tiny_model, input_size=56)
 
 
 def stamp_ns(msg) -> int:
@@ -268,16 +274,6 @@ def test_requests_that_cannot_work_are_refused_before_writing(tmp_path, predicto
     assert plan_topics({RAW: IMAGE, "/cam/info": INFO}, RAW).camera_info == "/cam/info"
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory, tiny_spec):
-    import torch
-
-    from train.models import DepthAnythingV2, save_model
-
-    torch.manual_seed(0)
-    return save_model(DepthAnythingV2(tiny_spec).eval(), tmp_path_factory.mktemp("model") / "tiny.safetensors")
-
-
 def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "runtime.bag", *args], cwd=REPO, capture_output=True, text=True, **kwargs
@@ -304,7 +300,7 @@ def test_cli_summary_and_usage_errors(tmp_path, tiny_checkpoint):
     assert run_cli(str(bag), "--output", "x.bag", *common).returncode == 2  # no --image-topic
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
 def test_an_interrupted_run_leaves_no_bag_under_the_output_name(tmp_path, tiny_checkpoint, sig):
     bag = tmp_path / "in"
     write_bag(bag, "mcap", frames=600)
@@ -327,9 +323,14 @@ def test_an_interrupted_run_leaves_no_bag_under_the_output_name(tmp_path, tiny_c
     assert proc.poll() is None, "the run finished before it could be interrupted; make the bag bigger"
     os.kill(proc.pid, sig)
     _, stderr = proc.communicate(timeout=60)
-    assert not out.exists()
-    if sig == signal.SIGINT:
-        assert proc.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr
-        assert not any(p.name.startswith(".out.") for p in tmp_path.iterdir())  # cleaned up
-    else:
-        assert proc.returncode == -signal.SIGKILL
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL and not out.exists()
+        assert any(p.name.startswith(".out.") for p in tmp_path.iterdir())  # nothing could clean up
+        # The next run (here a short one) removes the staging folder the killed process left.
+        rerun = run_cli(*command[3:], "--model", str(tiny_checkpoint), "--input-size", "56", "--max-frames", "1")
+        assert rerun.returncode == 0, rerun.stderr
+    else:  # SIGTERM (a supervisor stopping it) is handled like Ctrl-C
+        word, code = ("interrupted", 130) if sig == signal.SIGINT else ("terminated (SIGTERM)", 143)
+        assert proc.returncode == code and word in stderr and "Traceback" not in stderr
+        assert not out.exists()
+    assert not any(p.name.startswith(".out.") for p in tmp_path.iterdir())  # cleaned up

@@ -108,7 +108,7 @@ def test_cli_exports_a_checkpoint(tmp_path, vits_checkpoint):
     assert run.returncode == 0, run.stderr
     assert "ONNX Runtime vs PyTorch at 266x350: max error" in run.stdout and "of the reference's std" in run.stdout
     assert json.loads((out.parent / "model.onnx.json").read_text())["source"] == str(vits_checkpoint)
-    assert sorted(p.name for p in out.parent.iterdir()) == ["model.onnx", "model.onnx.json"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model.onnx", "model.onnx.json", "model.onnx.reference.npz"]
 
 
 @pytest.mark.parametrize(

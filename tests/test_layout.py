@@ -20,6 +20,7 @@ COMMANDS = (
     "runtime",
     "runtime.bag",
     "runtime.ros2",
+    "runtime.verify",
     "export.onnx",
     "export.openvino",
     "export.quantize",
@@ -29,6 +30,7 @@ COMMANDS = (
     "train.pseudo_label",
     "train.distill",
     "train.eval",
+    "train.plan",
 )
 
 
@@ -174,5 +176,5 @@ def test_a_run_with_nothing_usable_exits_1(tiny_onnx, tmp_path):
 def test_the_readme_has_the_exit_code_table():
     text = (REPO / "README.md").read_text()
     table = text.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
-    for code in ("| 0 |", "| 1 |", "| 2 |", "| 3 |", "| 130 |"):
+    for code in ("| 0 |", "| 1 |", "| 2 |", "| 3 |", "| 130 |", "| 143 |"):
         assert code in table

@@ -7,7 +7,16 @@ import numpy as np
 import pytest
 
 from runtime import InputError, fit_scale_shift
-from runtime.pointcloud import Intrinsics, PointCloud, depth_to_points, ply_bytes, pointcloud2_layout, write_ply
+from runtime.pointcloud import (
+    MAX_POINTS,
+    Intrinsics,
+    PointCloud,
+    bounded_stride,
+    depth_to_points,
+    ply_bytes,
+    pointcloud2_layout,
+    write_ply,
+)
 
 FX, FY, CX, CY = 100.0, 120.0, 31.5, 23.5
 H, W = 48, 64
@@ -66,6 +75,71 @@ def test_colours_come_from_the_same_pixels_as_rgb():
     ).all()
     with pytest.raises(InputError, match="must match"):
         depth_to_points(depth, Intrinsics(FX, FY, CX, CY), bgr[:-1])
+
+
+def test_bgra_and_float_images_colour_points_as_their_pixels():
+    rng = np.random.default_rng(2)
+    bgr = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    depth = np.ones((H, W), np.float32)
+    camera = Intrinsics(FX, FY, CX, CY)
+    want = depth_to_points(depth, camera, bgr).colors
+    np.testing.assert_array_equal(want, bgr[..., ::-1].reshape(-1, 3))
+    bgra = np.dstack([bgr, np.full((H, W), 7, np.uint8)])  # alpha is not red
+    np.testing.assert_array_equal(depth_to_points(depth, camera, bgra).colors, want)
+    as_float = bgr.astype(np.float32) / 255  # OpenCV's float convention: [0, 1]
+    np.testing.assert_array_equal(depth_to_points(depth, camera, as_float).colors, want)
+    np.testing.assert_array_equal(depth_to_points(depth, camera, bgr[..., :1]).colors[:, 0], bgr[..., 0].ravel())
+    with pytest.raises(InputError, match=r"values in \[0, 1\].*got 0..255"):
+        depth_to_points(depth, camera, bgr.astype(np.float32))
+    nan = as_float.copy()
+    nan[3, 3, 0] = np.nan
+    with pytest.raises(InputError, match=r"values in \[0, 1\]"):
+        depth_to_points(depth, camera, nan)
+    with pytest.raises(InputError, match="uint8 or \\[0, 1\\] float images, got uint16"):
+        depth_to_points(depth, camera, bgr.astype(np.uint16))
+    with pytest.raises(InputError, match="HxWx4 BGRA image, got shape"):
+        depth_to_points(depth, camera, np.zeros((H, W, 2), np.uint8))
+
+
+@pytest.mark.parametrize(
+    "model,coeffs",
+    [
+        ("plumb_bob", (0.1,) * 6),
+        ("plumb_bob", (0.1, 0.0, 0.0)),
+        ("rational_polynomial", (0.1,) * 6),
+        ("equidistant", (0.1, 0.0)),
+    ],
+)
+def test_a_distortion_of_the_wrong_length_for_its_model_is_refused(model, coeffs):
+    expected = {"plumb_bob": 5, "rational_polynomial": 8, "equidistant": 4}[model]
+    with pytest.raises(InputError, match=rf"^{model} distortion has {expected} coefficients, got {len(coeffs)} "):
+        Intrinsics(FX, FY, CX, CY, coeffs, model)
+    Intrinsics(FX, FY, CX, CY, (0.1,) + (0.0,) * (expected - 1), model)  # the documented count
+    Intrinsics(FX, FY, CX, CY, (), model)  # none: a rectified image
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_distortion_is_refused(bad):
+    with pytest.raises(InputError, match="distortion coefficients must be finite numbers"):
+        Intrinsics(FX, FY, CX, CY, (0.1, bad, 0.0, 0.0, 0.0))
+
+
+def test_points_are_finite_whatever_the_rays():
+    # A focal length so small that most rays overflow to inf: those pixels give no point (a
+    # PointCloud2 built from these is marked dense, which promises no NaN or inf).
+    cloud = depth_to_points(np.full((4, 5), 2.0, np.float32), Intrinsics(1e-320, 1.0, 2.0, 1.5), np.zeros((4, 5, 3)))
+    assert np.isfinite(cloud.points).all() and len(cloud.points) == len(cloud.colors) == 4  # column u = cx only
+    np.testing.assert_array_equal(cloud.points[:, 0], 0.0)
+
+
+@pytest.mark.parametrize("height,width,stride", [(1080, 1920, 1), (2160, 3840, 2), (7900, 7900, 6), (480, 640, 3)])
+def test_the_stride_grows_only_as_far_as_the_point_bound_needs(height, width, stride):
+    requested = 3 if (height, width) == (480, 640) else 1
+    got = bounded_stride(height, width, requested)
+    assert got == stride and -(-height // got) * -(-width // got) <= MAX_POINTS
+    if got > requested:  # the smallest stride that keeps the bound
+        assert -(-height // (got - 1)) * -(-width // (got - 1)) > MAX_POINTS
+    assert bounded_stride(7900, 7900, 1, None) == 1
 
 
 @pytest.mark.parametrize(

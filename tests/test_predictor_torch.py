@@ -167,7 +167,7 @@ def test_cli_writes_a_depth_png(tmp_path, tiny_model, photo):
         capture_output=True,
         text=True,
     )
-    assert run.returncode == 0, run.stderr
+    assert run.returncode == 1, run.stderr  # an input was skipped (README "Exit codes"); the good one is written
     assert "skipped" in run.stderr and "broken.jpg" in run.stderr
     depth_png = cv2.imread(str(tmp_path / "out" / "in_depth.png"))
     assert depth_png.shape == photo.shape  # the colourised depth alone (--side-by-side adds the input)

@@ -29,6 +29,10 @@ def test_the_py38_list_covers_what_a_jetson_imports():
     names = {str(p.relative_to(REPO)) for p in PY38}
     for needed in ("runtime/predictor.py", "runtime/commands.py", "export/trt/build.py", "export/trt/rules.py"):
         assert needed in names
+    # python -m runtime.verify and python -m benchmarks --model run on the device too
+    for needed in ("runtime/verify.py", "runtime/reference.py", "export/reference.py", "benchmarks/given.py"):
+        assert needed in names
+    assert {str(p.relative_to(REPO)) for p in (REPO / "benchmarks").glob("*.py")} <= names
 
 
 def test_vermin_finds_nothing_newer_than_python_3_8():
@@ -62,7 +66,8 @@ def test_annotations_are_never_evaluated():
 
 
 def test_the_tensorrt_export_imports_without_torch():
-    """A Jetson that builds engines from a calibrated ONNX has no PyTorch: export.trt must not need it."""
+    """A Jetson that builds engines from a calibrated ONNX, checks them and benchmarks them has no
+    PyTorch: export.trt, runtime.verify and the benchmark of given artefacts must not need it."""
     code = (
         "import sys, builtins\n"
         "real = builtins.__import__\n"
@@ -70,7 +75,8 @@ def test_the_tensorrt_export_imports_without_torch():
         "    if name == 'torch' or name.startswith('torch.'): raise ImportError('no torch here')\n"
         "    return real(name, *a, **k)\n"
         "builtins.__import__ = guard\n"
-        "import export.trt.__main__, export.trt.build, runtime\n"
+        "import export.trt.__main__, export.trt.build, runtime, runtime.verify\n"
+        "import benchmarks.__main__, benchmarks.given, benchmarks.worker, benchmarks.jetson\n"
         "print('ok')\n"
     )
     run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)

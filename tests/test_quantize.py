@@ -17,6 +17,7 @@ from export.quantize.qdq import DEFAULT_KEEP_FP, quantize_int8, select_nodes
 from export.verify import OnnxRuntimeRunner, compare
 from runtime import DepthPredictor
 from runtime.preprocessing import prepare_fixed
+from runtime.reference import load_reference, reference_path
 from tests.sa1b import held_out_photos, make_shard
 
 # Stated bounds for INT8 (and FP16) against FP32 on held-out photographs, calibrated and run
@@ -149,6 +150,11 @@ def test_trt_int8_onnx_only_from_an_sa1b_shard(tmp_path, vits_checkpoint):
     assert report["held_out_images"] == 3 and report["error"] <= report["budget"]
     ready = out / "vits.int8.trt-int8.onnx"
     assert not (out / "vits.int8.engine").exists()
+    # what travels to the device: the reference (photos and held-out images, the INT8 budget) and
+    # the strongly typed fallback's ONNX, which the device cannot make from an FP16-typed graph
+    reference = load_reference(reference_path(ready))
+    assert reference.meta["precision"] == "int8" and reference.tolerance == 1.0 and len(reference.names) == 4
+    assert (out / "vits.int8.trt-int8.onnx.fp32-islands.onnx").is_file()
     # everything it wrote is inside the output folder (the shard folder is untouched)
     assert {p.name for p in tmp_path.iterdir()} == {"sa1b", "out"}
     assert [p.name for p in (tmp_path / "sa1b").iterdir()] == ["sa_000000.tar"]

@@ -22,7 +22,9 @@ import pytest
 
 from export.onnx import export_onnx
 from export.verify import compare, run_onnxruntime, verification_input
+from runtime import DepthPredictor
 from runtime.metadata import read_sidecar, sha256_file
+from runtime.reference import reference_path
 from tests.conftest import REPO
 
 SIZE = 56
@@ -103,13 +105,15 @@ def staged(folder: Path, name: str) -> Callable[[], bool]:
 
 
 def assert_sound(path: Path, computes: Callable[[Path], int | None], digest_of: Path) -> None:
-    """Nothing, or an artefact that computes model A or B with metadata that fits it."""
+    """Nothing, or an artefact that computes model A or B with metadata and a reference that fit it."""
     if not path.exists():
         return
     assert computes(path) is not None, f"{path} is loadable but computes neither model"
     meta = read_sidecar(path)
     if meta is not None:
         assert meta["sha256"] == sha256_file(digest_of), "the sidecar describes another file"
+    if reference_path(path).exists():  # an old model's reference beside a new model would fail it
+        assert DepthPredictor(path, verify=True).info()["verification"]["passed"]
 
 
 def interrupt_everywhere(argv_a, argv_b, path, computes, digest_of) -> None:
@@ -148,7 +152,7 @@ def test_killed_onnx_exports_leave_no_wrong_model_and_no_debris(tmp_path, tiny_s
     path = out / "m.onnx"
     argv = ["export.onnx", "--height", str(SIZE), "--width", str(SIZE), "--output", str(path), "--checkpoint"]
     interrupt_everywhere([*argv, str(checkpoints[0])], [*argv, str(checkpoints[1])], path, computes, path)
-    assert sorted(p.name for p in out.iterdir()) == ["m.onnx", "m.onnx.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["m.onnx", "m.onnx.json", "m.onnx.reference.npz"]
 
 
 def test_killed_openvino_exports_leave_no_mixed_pair_and_no_debris(tmp_path, tiny_spec):
@@ -170,4 +174,4 @@ def test_killed_openvino_exports_leave_no_mixed_pair_and_no_debris(tmp_path, tin
     xml = out / "m.xml"
     argv = ["export.openvino", "--fp16", "--shape", f"{SIZE}x{SIZE}", "--output", str(xml), "--onnx"]
     interrupt_everywhere([*argv, str(sources[0])], [*argv, str(sources[1])], xml, computes, xml.with_suffix(".bin"))
-    assert sorted(p.name for p in out.iterdir()) == ["m.bin", "m.xml", "m.xml.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["m.bin", "m.xml", "m.xml.json", "m.xml.reference.npz"]

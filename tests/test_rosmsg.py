@@ -17,14 +17,17 @@ import pytest
 from runtime import InputError, ScaleShift
 from runtime.pointcloud import Intrinsics
 from runtime.ros.messages import (
+    IMAGE,
     Conversion,
     LatestOnly,
     compressed_to_numpy,
     depth_messages,
     image_to_numpy,
     intrinsics_from_camera_info,
+    message_to_image,
 )
-from runtime.ros.node import NodeSettings, main, split_ros_args
+from runtime.ros.node import NodeSettings, camera_info_receiver, main, serve, split_ros_args
+from runtime.ros.node import parse_args as node_args
 
 BGR = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4 * 5, 3)[np.random.default_rng(0).permutation(20)].reshape(4, 5, 3)
 
@@ -162,6 +165,99 @@ def test_node_arguments_and_settings():
         NodeSettings().check()
     with pytest.raises(InputError, match="point_stride"):
         NodeSettings(model="m", point_stride=0).check()
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("metric_scale", float("nan"), "metric_scale must be a positive finite number, got nan"),
+        ("metric_scale", float("inf"), "metric_scale must be a positive finite number, got inf"),
+        ("metric_scale", -1.0, "metric_scale must be a positive finite number, got -1.0"),
+        ("metric_shift", float("nan"), "metric_shift must be a finite number, got nan"),
+        ("max_range", float("nan"), "max_range must be a positive number of metres, got nan"),
+        ("max_range", -5.0, "max_range must be a positive number of metres, got -5.0"),
+    ],
+)
+def test_node_parameters_follow_the_bag_tool_s_rules(field, value, message, capsys):
+    with pytest.raises(InputError, match=f"^{message}$"):
+        NodeSettings(**{"model": "m.onnx", "metric_scale": 0.5, field: value}).check()
+    flag = "--" + field.replace("_", "-")  # the bag tool refuses the same value with the same words
+    from runtime.bag import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(
+            ["in", "--image-topic", "/i", "--model", "m", "--output", "o", "--metric-scale", "1", flag, str(value)]
+        )
+    assert capsys.readouterr().err.rstrip().endswith(message.replace(field, flag, 1))
+    with pytest.raises(SystemExit):  # the node's own command line, before rclpy is even imported
+        node_args(["--model", "m.onnx", "--metric-scale", "0.5", flag, str(value)])
+    assert capsys.readouterr().err.rstrip().endswith(message.replace(field, flag, 1))
+    NodeSettings(model="m.onnx", metric_scale=0.0, max_range=0.0).check()  # 0 turns them off
+
+
+class RosLog:
+    """What the node writes to its ROS logger (rclpy's ``warning``/``error`` with throttling)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def warning(self, text: str, **throttle) -> None:
+        self.lines.append(("warning", text))
+
+    def error(self, text: str, **throttle) -> None:
+        self.lines.append(("error", text))
+
+
+def test_a_camera_info_the_lens_model_refuses_means_no_points_not_a_dead_node():
+    log, slot = RosLog(), [None]
+    receive = camera_info_receiver(slot, log)
+    common = {"k": [500.0, 0, 320.5, 0, 510.0, 240.5, 0, 0, 1], "width": 640, "height": 480}
+    receive(SimpleNamespace(d=[0.1] * 5, distortion_model="plumb_bob", **common))
+    assert slot[0] is not None and not log.lines
+    receive(SimpleNamespace(d=[0.1] * 6, distortion_model="plumb_bob", **common))
+    assert slot[0] is None
+    assert log.lines == [
+        (
+            "warning",
+            "camera info unusable, no points: plumb_bob distortion has 5 coefficients, "
+            "got 6 ([0.1, 0.1, 0.1, 0.1, 0.1, 0.1]); the camera info is malformed",
+        )
+    ]
+
+
+def test_the_depth_worker_logs_a_failing_frame_and_keeps_serving(predictor):
+    log, latest, handled, published = RosLog(), LatestOnly(), [], []
+    conversion = Conversion(ScaleShift(0.5, 0.1, float("nan"), 0))
+
+    def handle(msg):  # what the node does with a frame, publishing into a list
+        handled.append(msg)
+        if msg == "device lost":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        image = message_to_image(msg, IMAGE)
+        relative = predictor.predict(image)
+        published.append(
+            depth_messages(record, bytes, None, relative, image, Intrinsics(9.0, 9.0, 7.0, 7.0), conversion)
+        )
+
+    running = [True]
+    worker = threading.Thread(target=serve, args=(latest, handle, log, lambda: running[0]))
+    worker.start()
+    good = image_msg(np.zeros((16, 16, 3), np.uint8), "bgr8")
+    for msg in [image_msg(BGR, "32FC1"), "device lost", good]:
+        latest.put(msg)
+        deadline = time.monotonic() + 30
+        while (not handled or handled[-1] is not msg) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    deadline = time.monotonic() + 30
+    while not published and time.monotonic() < deadline:
+        time.sleep(0.01)
+    running[0] = False
+    worker.join(timeout=5)
+    assert not worker.is_alive()  # ended because it was told to, not by an error
+    assert [level for level, _ in log.lines] == ["warning", "error"]
+    assert "'32FC1' is not supported" in log.lines[0][1]
+    assert log.lines[1][1] == "frame skipped: RuntimeError: CUDA error: an illegal memory access was encountered"
+    assert len(published) == 1 and set(published[0]) == {"relative", "metric", "points"}  # still serving
 
 
 @pytest.mark.skipif(importlib.util.find_spec("rclpy") is not None, reason="rclpy is installed here")

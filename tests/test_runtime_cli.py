@@ -10,21 +10,13 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.tinyfs import run_with_tmpfs, unavailable
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "runtime", *args], cwd=REPO, capture_output=True, text=True)
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory, tiny_spec):
-    import torch
-
-    from train.models import DepthAnythingV2, save_model
-
-    torch.manual_seed(0)
-    return save_model(DepthAnythingV2(tiny_spec).eval(), tmp_path_factory.mktemp("model") / "tiny.safetensors")
 
 
 def test_bad_inputs_are_refused_before_the_model_is_loaded(tmp_path):
@@ -64,9 +56,10 @@ def test_images_give_depth_only_by_default_and_keep_distinct_names(tmp_path, tin
     (out / "astronaut_png_depth.png").write_bytes(b"from an earlier run")
     common = ["--model", str(tiny_checkpoint), "--size", "56", "--output-dir", str(out)]
     run = run_cli(str(tmp_path), *common, "--save-npy")
-    assert run.returncode == 0, run.stderr
+    assert run.returncode == 1, run.stderr  # an input was skipped: said, and not a success
     assert "astronaut.jpg -> astronaut_jpg_depth.png (2 inputs share the name)" in run.stderr
     assert "skipped" in run.stderr and "broken.jpg" in run.stderr and "WARN" not in run.stderr
+    assert run.stderr.splitlines()[-1] == f"error: 1 of 3 inputs skipped ({tmp_path / 'broken.jpg'}): see above"
     assert "astronaut_png_depth.png (replaced an earlier file)" in run.stdout  # said, not silent
     for stem in ("astronaut_jpg", "astronaut_png"):
         assert cv2.imread(str(out / f"{stem}_depth.png")).shape == (60, 90, 3)  # the depth alone
@@ -84,3 +77,19 @@ def test_help_says_what_is_written_and_the_default():
     text = " ".join(run.stdout.split())
     assert "the colourised depth alone by default, next to the input with --side-by-side" in text
     assert "--camera INDEX" in text and "<name>_depth.mp4 at the source's frame rate" in text
+
+
+@pytest.mark.skipif(bool(unavailable()), reason=str(unavailable()))
+def test_a_full_disk_stops_the_run_in_one_line_naming_the_output(tmp_path, tiny_checkpoint, photo):
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(tmp_path / name), photo[:120, :180])  # each depth PNG is bigger than the disk
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    command = [sys.executable, "-m", "runtime", str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    command += ["--model", str(tiny_checkpoint), "--size", "56", "--output-dir", str(disk)]
+    run = run_with_tmpfs(command, disk, size="4k", cwd=REPO)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.splitlines()[-1] == (
+        f"error: cannot write {disk / 'a_depth.png'}: No space left on device; nothing is left under the output name"
+    )
+    assert run.left == []  # no temporary left behind either

@@ -67,6 +67,29 @@ def test_bad_versions(text, match):
         TrtVersion.parse(text)
 
 
+KNOWN = "known: 8.5, 8.6, 10.0-10.16, 11.0, 11.1"
+
+
+@pytest.mark.parametrize("text", ["99", "8.99", "10.17", "11.2", "12"])
+def test_a_release_whose_rules_are_not_known_is_refused_with_the_known_ones(text):
+    with pytest.raises(
+        ExportError, match=rf"^TensorRT {text} is not a release whose parser rules this project knows; {KNOWN}$"
+    ):
+        TrtVersion.target(text)
+
+
+def test_known_releases_are_targets_with_their_tables():
+    assert [TrtVersion.target(v).table for v in ("8.5", "8.6.1", "10.0", "10.3.0.26", "10.16", "11", "11.1")] == [
+        "8.5",
+        "8.6",
+        "10",
+        "10",
+        "11",
+        "11",
+        "11",
+    ]
+
+
 def test_export_opset_splits_layernorm_only_for_8_5():
     assert [export_opset(TrtVersion.parse(v)) for v in ("8.5", "8.6", "10.3", "11")] == [16, 17, 17, 17]
 
@@ -217,6 +240,13 @@ def test_cli_without_tensorrt_fails_in_one_line_and_writes_nothing(tmp_path):
         (["--onnx-only"], "give --onnx, --checkpoint or --encoder"),
         (["--onnx-only", "--encoder", "vits", "--min", "266x266"], "needs all of --min, --opt and --max"),
         (["--onnx-only", "--encoder", "vits", "--trt-version", "11", "--weakly-typed"], "strongly typed networks only"),
+        (
+            ["--onnx-only", "--encoder", "vits", "--trt-version", "99"],
+            f"TensorRT 99 is not a release whose parser rules this project knows; {KNOWN}",
+        ),
+        (["--onnx-only", "--encoder", "vits", "--trt-version", "8.99"], "TensorRT 8.99 is not a release whose"),
+        (["--calib-samples", "0", "--encoder", "vits"], "argument --calib-samples: '0': must be 1 or more"),
+        (["--accuracy-images", "-1", "--encoder", "vits"], "argument --accuracy-images: '-1': must be 1 or more"),
     ],
 )
 def test_cli_refuses_requests_it_cannot_honour(tmp_path, argv, match):
@@ -229,6 +259,24 @@ def test_cli_refuses_requests_it_cannot_honour(tmp_path, argv, match):
     )
     assert run.returncode == 2 and match in run.stderr  # usage errors (README "Exit codes")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, not a model\n"])
+def test_a_file_that_is_not_onnx_is_one_line_for_check_and_build(tmp_path, content, capsys):
+    from export.trt.__main__ import main
+
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(content)
+    for argv in (
+        ["--check", str(empty)],
+        ["--onnx", str(empty), "--onnx-only", "--output", str(tmp_path / "m.engine")],
+    ):
+        assert main([*argv, "--trt-version", "10.3"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err and "opset" not in err, err
+        expected = "is not an ONNX file: it is empty (0 bytes)" if not content else "is not a readable ONNX file"
+        assert err.startswith(f"error: {empty} {expected}"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.onnx"]
 
 
 def gpu_ready() -> bool:

@@ -6,6 +6,10 @@
 - Rank 0 writes ``state.pt`` (weights, optimiser, step) and ``model.safetensors`` atomically
   every ``save_every`` steps and at the end; a killed run resumes from the last one.
 - AMP (bf16/fp16) on GPU.
+- For models too large for DDP's full copy per rank: ``--fsdp`` shards weights, gradients and
+  optimiser state over the ranks (``train.parallel``) and ``--activation-checkpointing``
+  recomputes the encoder blocks' activations in the backward pass. Checkpoints are the same
+  files either way, so a run resumes under DDP or FSDP whichever wrote them.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from torch import nn
 
 from runtime.io.files import atomic_write, atomic_write_bytes
 from train.models import DepthAnythingV2, ModelSpec, save_model
+from train.parallel import full_state, load_state, peak_memory_mib, shard_model, state_mib, weights_checksum
 
 
 @dataclass
@@ -40,6 +45,8 @@ class TrainConfig:
     log_every: int = 10
     workers: int = 2
     amp: str = "none"  # none, bf16, fp16 (GPU only)
+    activation_checkpointing: bool = False
+    fsdp: bool = False
 
 
 @dataclass
@@ -119,12 +126,6 @@ def parameter_groups(model: DepthAnythingV2, cfg: TrainConfig) -> list[dict]:
     return [{"params": encoder, "lr": cfg.lr}, {"params": head, "lr": cfg.lr * cfg.head_lr_scale}]
 
 
-def checksum(model: nn.Module) -> float:
-    """A cheap fingerprint of the weights, to confirm DDP ranks agree."""
-    with torch.no_grad():
-        return float(sum(p.double().sum() * (i + 1) for i, p in enumerate(model.parameters())))
-
-
 def train(
     model: DepthAnythingV2,
     dataset,
@@ -140,19 +141,26 @@ def train(
     if env.main:  # temp files of a run killed mid-write; the files under final names are whole
         for stale in cfg.output.glob(".*.tmp"):
             stale.unlink(missing_ok=True)
-    model = model.to(env.device).train()
+    model.train()
     for parameter in model.unused_parameters():
         parameter.requires_grad_(False)
+    model.set_activation_checkpointing(cfg.activation_checkpointing)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+    use_amp = amp_dtype is not None and env.device.type == "cuda"
+    sharded = cfg.fsdp and env.world > 1
+    if cfg.fsdp and not sharded and env.main:
+        print(f"[{stage}] note: --fsdp with one process has nothing to shard; training unsharded")
+    if sharded:  # moves only this rank's shards to its device; before the optimiser, which holds them
+        shard_model(model, amp_dtype if use_amp else None)
+    else:
+        model.to(env.device)
     optimiser = torch.optim.AdamW(parameter_groups(model, cfg), weight_decay=0.01)
     start = 0
     if state_path.is_file():
-        state = torch.load(state_path, map_location=env.device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
-        start = int(state["step"])
+        start = load_state(model, optimiser, state_path, sharded, env.main)
         if env.main:
             print(f"[{stage}] resuming from step {start} ({state_path})")
-    wrapped = nn.parallel.DistributedDataParallel(model) if env.world > 1 else model
+    wrapped = nn.parallel.DistributedDataParallel(model) if env.world > 1 and not sharded else model
     remaining = max(0, cfg.steps - start)
     plan_iter = batches(len(dataset), cfg.batch_size, env.rank, env.world, cfg.seed, start)
     plan = [next(plan_iter) for _ in range(remaining)]
@@ -163,8 +171,7 @@ def train(
         num_workers=cfg.workers,
         persistent_workers=False,
     )
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
-    use_amp = amp_dtype is not None and env.device.type == "cuda"
+    # Works on FSDP's sharded gradients too: DTensor reduces the inf/NaN flag over the ranks.
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     if amp_dtype is not None and not use_amp and env.main:
         print(f"[{stage}] note: --amp {cfg.amp} applies on CUDA only; training in float32 on the {env.device.type}")
@@ -189,15 +196,16 @@ def train(
         if step % cfg.log_every == 0:
             bar.set_postfix(loss=f"{np.mean(history[-cfg.log_every :]):.4f}")
         if step % cfg.save_every == 0 or step == cfg.steps:
-            save_checkpoint(model, optimiser, step, cfg, stage, env, extra_metadata)
+            save_checkpoint(model, optimiser, step, cfg, stage, env, extra_metadata, sharded)
     bar.close()
     if remaining == 0 and env.main:
         print(f"[{stage}] already at step {start} of {cfg.steps}: nothing to do")
-    sums = [checksum(model)]
+    memory = round(state_mib(model, optimiser), 1), round(peak_memory_mib(env.device), 1)
+    per_rank = [(weights_checksum(model, sharded), *memory)]
     if env.world > 1:
         gathered = [None] * env.world
-        dist.all_gather_object(gathered, sums[0])
-        sums = gathered
+        dist.all_gather_object(gathered, per_rank[0])
+        per_rank = gathered
     summary = {
         "stage": stage,
         "steps": cfg.steps,
@@ -205,7 +213,12 @@ def train(
         "world_size": env.world,
         "device": env.device.type,
         "amp": cfg.amp if use_amp else "none",
-        "rank_checksums": sums,
+        "parallel": "fsdp" if sharded else "ddp" if env.world > 1 else "none",
+        "activation_checkpointing": cfg.activation_checkpointing,
+        "rank_checksums": [checksum for checksum, _, _ in per_rank],
+        "rank_state_mib": [held for _, held, _ in per_rank],  # weights, gradients, Adam: this rank's part
+        # GPU: peak allocated CUDA memory; CPU: peak resident memory of the process.
+        "rank_peak_memory_mib": [peak for _, _, peak in per_rank],
         "loss_first": history[:1],
         "loss_last": history[-1:],
         "seconds": round(time.perf_counter() - started, 1),
@@ -217,12 +230,17 @@ def train(
     return summary
 
 
-def save_checkpoint(model, optimiser, step, cfg: TrainConfig, stage: str, env: Dist, extra: dict | None) -> None:
+def save_checkpoint(
+    model, optimiser, step, cfg: TrainConfig, stage: str, env: Dist, extra: dict | None, sharded: bool = False
+) -> None:
+    """Rank 0 writes ``state.pt`` and ``model.safetensors``; sharded, every rank must call this."""
+    weights, optim = full_state(model, optimiser, sharded)
     if not env.main:
         return
-    state = {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step}
+    state = {"model": weights, "optimiser": optim, "step": step}
     atomic_write(cfg.output / "state.pt", lambda tmp: torch.save(state, tmp))
-    save_model(model, cfg.output / "model.safetensors", metadata={"stage": stage, "step": step, **(extra or {})})
+    metadata = {"stage": stage, "step": step, **(extra or {})}
+    save_model(model, cfg.output / "model.safetensors", metadata=metadata, state_dict=weights)
 
 
 def add_common_args(parser: argparse.ArgumentParser, steps: int, crop: int) -> None:
@@ -235,6 +253,16 @@ def add_common_args(parser: argparse.ArgumentParser, steps: int, crop: int) -> N
     parser.add_argument("--save-every", type=int, default=100, help="checkpoint interval in steps")
     parser.add_argument("--workers", type=int, default=2, help="data loader workers per rank")
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="mixed precision (GPU)")
+    parser.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="recompute encoder block activations in the backward pass: far less memory, ~1/4 more compute",
+    )
+    parser.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="shard weights, gradients and optimiser state over the torchrun ranks (FSDP) instead of DDP",
+    )
     parser.add_argument("--spec", help="custom architecture as ModelSpec JSON (small test models)")
     parser.add_argument("--init-backbone", type=Path, help="DINOv2 weights for the encoder (official or timm)")
 
@@ -243,6 +271,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The run's config; also seeds torch, so the model built next starts the same in every run."""
     if args.crop % 14 or args.crop < 14:
         raise SystemExit(f"error: --crop {args.crop} must be a positive multiple of 14")
+    if args.fsdp:
+        try:
+            from torch.distributed.fsdp import fully_shard  # noqa: F401 - public from PyTorch 2.6
+        except ImportError:
+            raise SystemExit(f"error: --fsdp needs PyTorch >= 2.6 (fully_shard); this is {torch.__version__}") from None
     torch.manual_seed(args.seed)
     return TrainConfig(
         output=args.output,
@@ -254,6 +287,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         save_every=args.save_every,
         workers=args.workers,
         amp=args.amp,
+        activation_checkpointing=args.activation_checkpointing,
+        fsdp=args.fsdp,
     )
 
 

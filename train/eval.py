@@ -20,37 +20,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from runtime.accuracy import align_scale_shift, depth_metrics
 from runtime.commands import command
 
-
-def align_scale_shift(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``pred`` after the least-squares scale and shift that best match ``ref`` on ``mask``."""
-    x, y = pred[mask].astype(np.float64), ref[mask].astype(np.float64)
-    a = np.stack([x, np.ones_like(x)], axis=1)
-    (scale, shift), *_ = np.linalg.lstsq(a, y, rcond=None)
-    return scale * pred.astype(np.float64) + shift
-
-
-def depth_metrics(pred_disparity: np.ndarray, ref_disparity: np.ndarray, min_fraction: float = 1e-3) -> dict:
-    """AbsRel and delta1 of affine-invariant inverse depth, the zero-shot protocol.
-
-    The prediction is aligned to the reference in disparity space, both are turned into depth
-    (1 / disparity) and compared where the reference disparity is valid (finite and above
-    ``min_fraction`` of its maximum; aligned values are floored at the same level).
-    """
-    ref = np.asarray(ref_disparity, dtype=np.float64)
-    finite = np.isfinite(ref)
-    floor = min_fraction * (ref[finite].max() if finite.any() else 1.0)
-    mask = finite & (ref > floor)
-    if mask.sum() < 2:
-        raise ValueError("the reference has fewer than two valid pixels")
-    aligned = np.maximum(align_scale_shift(np.asarray(pred_disparity), ref, mask), floor)
-    pred_depth, ref_depth = 1.0 / aligned[mask], 1.0 / ref[mask]
-    ratio = np.maximum(pred_depth / ref_depth, ref_depth / pred_depth)
-    return {
-        "abs_rel": float(np.mean(np.abs(pred_depth - ref_depth) / ref_depth)),
-        "delta1": float(np.mean(ratio < 1.25)),
-    }
+__all__ = ["align_scale_shift", "depth_metrics", "evaluate", "main"]
 
 
 def _depth_file(image: Path, layout: str) -> Path:

@@ -1,27 +1,138 @@
 """``python -m train.pseudo_label``: stage 2, the frozen teacher labels SA-1B images.
 
-Work is split by rank over shards (``torchrun`` sets the rank); each finished shard gets a
-float16 ``<shard>.npz`` of inverse depth at the network resolution and, written last, its
+Work is split by rank over shards (``torchrun`` sets the rank). ``--workers`` loader processes
+read, decode and resize the images; the main process groups them by network input size (the
+keep-aspect rule gives every image of one aspect ratio the same size, so they batch without
+padding) and runs the teacher on batches of ``--batch-size``, in ``--amp`` precision, from pinned
+memory on CUDA. A batch's labels are the one-at-a-time labels up to float rounding. Each finished
+shard gets its label file (``--label-format``, see ``train.data.labels``) and, written last, its
 ``<shard>.json`` index: a restarted run skips every shard that has its index.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
+import contextlib
 import json
 import sys
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from runtime.commands import command
-from runtime.io.files import atomic_write_bytes
+from runtime.io.files import atomic_write, atomic_write_bytes
 from runtime.preprocessing import prepare_dynamic
 from train.data import sa1b
+from train.data.labels import FORMATS, SUFFIX, LabelWriter
 from train.engine import setup_distributed
 from train.models import build_teacher
+
+AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class ShardImages(torch.utils.data.Dataset):
+    """Item ``i``: ``(i, network input (3, h, w) float32)``, or ``(i, None)`` when unreadable."""
+
+    def __init__(self, candidates: list[sa1b.Candidate], size: int) -> None:
+        self.candidates, self.size = candidates, size
+        self._tars: dict = {}  # per process: each loader worker opens the shard itself
+
+    def __len__(self) -> int:
+        return len(self.candidates)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None]:
+        try:
+            image = sa1b.decode(sa1b.read_bytes(self.candidates[i], self._tars))
+        except sa1b.UNREADABLE:
+            return i, None
+        return i, torch.from_numpy(prepare_dynamic(image, self.size)[0])
+
+    def close(self) -> None:
+        for tar in self._tars.values():
+            tar.close()
+        self._tars.clear()
+
+
+def group_by_size(
+    items: Iterable[tuple[int, torch.Tensor | None]], batch_size: int, max_waiting: int | None = None
+) -> Iterator[list[tuple[int, torch.Tensor | None]]]:
+    """Batches of same-shape inputs, each emitted as soon as it is full.
+
+    An unreadable item (``None``) is passed on alone at once. When more than ``max_waiting``
+    inputs (default ``4 * batch_size``) wait in partial batches, the fullest goes out early, so a
+    shard of many aspect ratios cannot pile up memory; the rest go out at the end.
+    """
+    max_waiting = 4 * batch_size if max_waiting is None else max_waiting
+    waiting: dict[tuple[int, ...], list] = {}
+    for index, tensor in items:
+        if tensor is None:
+            yield [(index, None)]
+            continue
+        group = waiting.setdefault(tuple(tensor.shape), [])
+        group.append((index, tensor))
+        if len(group) == batch_size:
+            yield waiting.pop(tuple(tensor.shape))
+        elif sum(len(g) for g in waiting.values()) > max_waiting:
+            yield waiting.pop(max(waiting, key=lambda shape: len(waiting[shape])))
+    yield from waiting.values()
+
+
+def check_precision(amp: str, device: torch.device) -> None:
+    """``ValueError`` for a precision the device cannot run: fp16 on the CPU, bf16 before Ampere."""
+    if amp == "fp16" and device.type == "cpu":
+        raise ValueError("--amp fp16 needs a CUDA GPU; on the CPU use --amp bf16 or none")
+    if amp != "none" and device.type == "cuda":
+        from runtime.backends.pytorch import check_cuda_precision
+
+        try:
+            check_cuda_precision(amp, torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device))
+        except ValueError as exc:
+            raise ValueError(str(exc).replace("precision='fp16'", "--amp fp16")) from None
+
+
+def precision(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The teacher's number format: autocast for bf16/fp16; FP32 for real otherwise (no TF32 on CUDA)."""
+    if AMP[amp] is not None:
+        return torch.autocast(device.type, dtype=AMP[amp])
+    if device.type == "cuda":
+        from runtime.backends.pytorch import exact_fp32_cuda
+
+        return exact_fp32_cuda(torch)
+    return contextlib.nullcontext()
+
+
+def label_images(
+    teacher: torch.nn.Module,
+    candidates: list[sa1b.Candidate],
+    size: int,
+    batch_size: int = 1,
+    workers: int = 0,
+    amp: str = "none",
+) -> Iterator[tuple[int, np.ndarray | None]]:
+    """``(i, float32 label at the network resolution)`` for ``candidates[i]``, ``(i, None)`` for an
+    unreadable image; in completion order (batches fill at different times)."""
+    device = next(teacher.parameters()).device
+    check_precision(amp, device)
+    images = ShardImages(candidates, size)
+    loader = torch.utils.data.DataLoader(images, batch_size=None, num_workers=workers)
+    pinned = device.type == "cuda"
+    try:
+        for group in group_by_size(loader, batch_size):
+            if group[0][1] is None:
+                yield group[0][0], None
+                continue
+            inputs = [tensor for _, tensor in group]
+            batch = torch.empty((len(inputs), *inputs[0].shape), pin_memory=pinned)
+            torch.stack(inputs, out=batch)
+            with torch.inference_mode(), precision(amp, device):
+                labels = teacher(batch.to(device, non_blocking=True)).float().cpu().numpy()
+            for (index, _), label in zip(group, labels, strict=True):
+                yield index, label
+    finally:
+        images.close()
 
 
 def label_source(
@@ -32,37 +143,52 @@ def label_source(
     rank: int = 0,
     world: int = 1,
     progress: bool = True,
+    batch_size: int = 1,
+    workers: int = 0,
+    amp: str = "none",
+    label_format: str = "float16",
 ) -> dict:
     from tqdm import tqdm
 
     output.mkdir(parents=True, exist_ok=True)
     containers = sa1b.containers(source)[rank::world]
-    device = next(teacher.parameters()).device
     totals = {"shards": 0, "skipped_done": 0, "images": 0, "corrupt": 0, "rejected": 0}
-    for container in tqdm(containers, desc=f"pseudo-labels (rank {rank})", unit="shard", disable=not progress):
+    bar = tqdm(desc=f"pseudo-labels (rank {rank})", total=0, unit="img", disable=not progress)
+    started = time.perf_counter()
+    for container in containers:
         index_path = output / f"{container.name}.json"
         if index_path.is_file():
             totals["skipped_done"] += 1
             continue
         found, rejected = sa1b.members(container)
+        bar.total += len(found)
+        bar.set_postfix(shard=container.name)
         corrupt: list[str] = []
-        labels, entries = {}, []
-        for candidate, image in sa1b.iter_images(found, corrupt):
-            x = torch.from_numpy(prepare_dynamic(image, size)).to(device)
-            with torch.inference_mode():
-                disparity = teacher(x)[0].float().cpu().numpy()
-            key = f"m{len(entries)}"
-            labels[key] = disparity.astype(np.float16)
-            entries.append({"member": candidate.member, "key": key, "shape": list(disparity.shape)})
-        buffer = io.BytesIO()
-        np.savez(buffer, **labels)
-        atomic_write_bytes(output / f"{container.name}.npz", buffer.getvalue())
+        entries: list[dict] = []
+
+        def write(tmp: Path, found=found, corrupt=corrupt, entries=entries) -> None:
+            writer = LabelWriter(tmp, label_format)
+            try:
+                for i, label in label_images(teacher, found, size, batch_size, workers, amp):
+                    bar.update()
+                    if label is None:
+                        corrupt.append(found[i].name)
+                    else:
+                        writer.add({"member": found[i].member, "key": f"m{i}", "shape": list(label.shape)}, label)
+            finally:
+                entries += writer.close()
+
+        labels_name = f"{container.name}{SUFFIX[label_format]}"
+        atomic_write(output / labels_name, write)
+        entries.sort(key=lambda entry: int(entry["key"][1:]))
         index = {
             "container": str(container.resolve()),
-            "labels": f"{container.name}.npz",
+            "labels": labels_name,
+            "format": label_format,
+            "amp": amp,
             "size": size,
             "entries": entries,
-            "corrupt": corrupt,
+            "corrupt": sorted(corrupt),
             "rejected": rejected,
         }
         atomic_write_bytes(index_path, json.dumps(index, indent=1).encode())
@@ -70,7 +196,16 @@ def label_source(
         totals["images"] += len(entries)
         totals["corrupt"] += len(corrupt)
         totals["rejected"] += len(rejected)
+    bar.close()
+    totals["seconds"] = time.perf_counter() - started
     return totals
+
+
+def count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,19 +214,54 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--source", type=Path, required=True, help="SA-1B tar shards or an image folder")
     parser.add_argument("--output", type=Path, required=True, help="pseudo-label folder")
     parser.add_argument("--size", type=int, default=518, help="short side fed to the teacher (default 518)")
+    parser.add_argument(
+        "--batch-size", type=count, default=8, help="images per teacher call, of one input size (default 8)"
+    )
+    parser.add_argument(
+        "--workers", type=count, default=4, help="loader processes decoding and resizing images (default 4)"
+    )
+    parser.add_argument(
+        "--amp",
+        choices=tuple(AMP),
+        default="none",
+        help="teacher precision: none (FP32, no TF32), bf16 (GPU or CPU) or fp16 (GPU); default none",
+    )
+    parser.add_argument(
+        "--label-format",
+        choices=FORMATS,
+        default="float16",
+        help="float16 (.npz, 2 bytes a pixel), float16z (the same values deflated, ~0.8 bytes a pixel) or "
+        "png16 (16-bit PNGs with a per-image offset and scale, ~1.15 bytes a pixel); default float16",
+    )
     return parser
 
 
 @command("python -m train.pseudo_label")
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
     env = setup_distributed()
     teacher = build_teacher(args.teacher).to(env.device)
-    totals = label_source(teacher, args.source, args.output, args.size, env.rank, env.world, env.main)
+    totals = label_source(
+        teacher,
+        args.source,
+        args.output,
+        args.size,
+        env.rank,
+        env.world,
+        env.main,
+        args.batch_size,
+        args.workers,
+        args.amp,
+        args.label_format,
+    )
+    rate = totals["images"] / totals["seconds"] if totals["seconds"] > 0 else 0.0
     print(
-        f"rank {env.rank}: {totals['images']} images labelled in {totals['shards']} shards, "
-        f"{totals['skipped_done']} shards already done, {totals['corrupt']} corrupt images skipped, "
-        f"{totals['rejected']} unsafe members rejected"
+        f"rank {env.rank}: {totals['images']} images labelled in {totals['shards']} shards "
+        f"({rate:.2f} images/s), {totals['skipped_done']} shards already done, {totals['corrupt']} corrupt images "
+        f"skipped, {totals['rejected']} unsafe members rejected"
     )
     return 0
 

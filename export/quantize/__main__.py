@@ -11,10 +11,22 @@ from runtime.commands import command, stage
 from ..cli import add_calibration_args, add_size_arg
 from ..errors import ExportRequestError
 from ..graph import input_hw, load_onnx
+from ..reference import write_fp16_reference
 from .budget import export_int8
 from .fp16 import to_fp16
 from .options import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS, Int8Options
 from .qdq import TARGETS
+
+
+def percentile(text: str) -> float:
+    """argparse type: the share of calibration values inside the clipping range, in (0, 100]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 100:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"{text!r}: a percentile is in (0, 100], for example 99.99")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_size_arg(parser, "the model's, else 518x518", aliases=("--calib-shape",))
     parser.add_argument(
         "--percentile",
-        type=float,
+        type=percentile,
         default=DEFAULT_PERCENTILE,
         help=f"for --calib-method percentile ({DEFAULT_PERCENTILE})",
     )
@@ -53,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         output = args.output or args.onnx.with_name(args.onnx.stem + ".fp16.onnx")
         with stage("converting to an FP16-typed graph"):
             to_fp16(args.onnx, output)
+        write_fp16_reference(output, args.onnx)
         print(f"wrote {output}")
         return 0
     if args.calib_dir is None:

@@ -32,6 +32,7 @@ from runtime.metadata import read_sidecar, sha256_file, sidecar_path, write_side
 
 from ..errors import ExportError, ExportRequestError
 from ..graph import load_onnx, save_onnx
+from ..reference import write_int8_reference
 from ..verify import ABS_REL_ALIGNED, OnnxRuntimeRunner
 from .calibration import MIN_IMAGES, CalibrationError, CalibrationSet
 from .options import DEFAULT_ACCURACY_BUDGET, DEFAULT_METHOD, DEFAULT_PERCENTILE, SMOOTH_MODES, Int8Options
@@ -265,6 +266,7 @@ def export_int8(source: Path, output: Path, options: Int8Options, shape: tuple[i
             check_float_layers(options.float_layers, select_nodes(load_onnx(source), ())[0], "ONNX Q/DQ")
             result = quantize_int8(source, images, output, options.method, target, keep, options.percentile, cache)
             print(f"INT8 Q/DQ: {len(result.quantized)} layers INT8, no accuracy check (--accuracy-budget off)")
+            write_int8_reference(output, source, shape, (), None)
             return images.describe()
     checked = quantize_with_budget(
         source,
@@ -287,4 +289,5 @@ def export_int8(source: Path, output: Path, options: Int8Options, shape: tuple[i
         f"{images.held_out} held-out images (budget {options.budget}; report {quant_report_path(output)}, "
         f"{checked.seconds:.0f} s)"
     )
+    write_int8_reference(output, source, shape, images.held_out_batches(), options.budget)
     return images.describe()

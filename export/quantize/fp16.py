@@ -75,8 +75,9 @@ def cast_counts(model: Any) -> tuple[int, int]:
     return len(casts), sum(n.output[0] not in constant for n in casts)
 
 
-def convert_to_fp16(model: Any, keep_fp32_ops: Iterable[str] = ()) -> Any:
-    """An FP16-typed copy of ``model`` with float32 inputs and outputs."""
+def convert_to_fp16(model: Any, keep_fp32_ops: Iterable[str] = (), keep_fp32_nodes: Iterable[str] = ()) -> Any:
+    """An FP16-typed copy of ``model`` with float32 inputs and outputs; nodes of ``keep_fp32_ops``
+    and the nodes named in ``keep_fp32_nodes`` compute in FP32."""
     import numpy as np
     from onnx import helper, numpy_helper
 
@@ -87,12 +88,13 @@ def convert_to_fp16(model: Any, keep_fp32_ops: Iterable[str] = ()) -> Any:
     _drop_identities(graph)
     types = Graph(inferred(model)).types
     keep = set(keep_fp32_ops)
+    keep_nodes = set(keep_fp32_nodes)
     indexed = Graph(model)
     constant = indexed.image_independent()
     graph_outputs = {o.name for o in graph.output}
 
     def runs_fp16(node: Any) -> bool:
-        if node.op_type in keep:
+        if node.op_type in keep or node.name in keep_nodes:
             return False
         # Q/DQ on weights are image-independent too, but TensorRT must see DQ -> Conv/MatMul
         # directly to fuse them into an INT8 kernel: they stay in the FP16 graph.
@@ -242,8 +244,14 @@ def _insert_after_producers(graph: Any, new_nodes: list[tuple[str, Any]]) -> Non
     graph.node.extend(ordered)
 
 
-def to_fp16(onnx_path: str | Path, output: str | Path, keep_fp32_ops: tuple[str, ...] = FP32_OPS) -> Path:
-    """An FP16-typed copy of ``onnx_path`` with float32 I/O, for strongly typed TensorRT builds.
+def to_fp16(
+    onnx_path: str | Path,
+    output: str | Path,
+    keep_fp32_ops: tuple[str, ...] = FP32_OPS,
+    keep_fp32_nodes: tuple[str, ...] = (),
+) -> Path:
+    """An FP16-typed copy of ``onnx_path`` with float32 I/O, for strongly typed TensorRT builds;
+    ``keep_fp32_nodes`` (node names) also stay FP32 (``export.trt``'s FP32 islands, --fp32-layers).
 
     A model with Q/DQ nodes is converted to opset 19 first, where their scales can be FP16: the
     whole quantized graph is then FP16, without a Cast pair around every Q/DQ (TensorRT >= 10).
@@ -252,7 +260,7 @@ def to_fp16(onnx_path: str | Path, output: str | Path, keep_fp32_ops: tuple[str,
     model = load_onnx(onnx_path)
     if is_quantized(model) and model_opset(model) < FP16_QDQ_OPSET:
         model = convert_opset(model, FP16_QDQ_OPSET)
-    converted = convert_to_fp16(model, keep_fp32_ops)
+    converted = convert_to_fp16(model, keep_fp32_ops, keep_fp32_nodes)
     atomic_write(output, lambda tmp: save_onnx(converted, tmp, location=output.name + ".data"))
     meta = dict(read_sidecar(onnx_path) or {})
     meta.update(
@@ -260,6 +268,7 @@ def to_fp16(onnx_path: str | Path, output: str | Path, keep_fp32_ops: tuple[str,
         typed_fp16=True,
         opset=model_opset(converted),
         fp32_ops=list(keep_fp32_ops),
+        fp32_nodes=len(set(keep_fp32_nodes)),
         cast_nodes=dict(zip(("total", "per_frame"), cast_counts(converted))),
         source_onnx=str(onnx_path),
         source_sha256=sha256_file(onnx_path),

@@ -247,6 +247,7 @@ def quantize_int8(
             "input_name": input_name,
             "input_shape": source_meta.get("input_shape"),
             "encoder": source_meta.get("encoder"),
+            "licence": source_meta.get("licence", "unknown"),
             "sha256": sha256_file(output),
             "seconds": round(seconds, 2),
             "calibration_seconds": round(calibration_seconds, 2),

@@ -35,6 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--keep-fp", action="append", default=[], metavar="PATTERN", help="node-name glob kept in float"
     )
+    parser.add_argument(
+        "--fp32-layers",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="ONNX node names (globs, repeatable) built in FP32: pinned layers (weakly typed) or FP32 types in "
+        "the TensorRT-ready ONNX (strongly typed)",
+    )
     add_size_arg(parser, "a static --onnx's own, else 518x518", aliases=("--shape",))
     parser.add_argument("--min", type=parse_hw, dest="min_shape", help="dynamic profile: smallest HxW")
     parser.add_argument("--opt", type=parse_hw, dest="opt_shape", help="dynamic profile: HxW to tune and calibrate at")
@@ -93,6 +101,7 @@ def request_from_args(args: argparse.Namespace) -> TrtRequest:
         weakly_typed=args.weakly_typed,
         trt_version=args.trt_version,
         onnx_only=args.onnx_only,
+        fp32_layers=tuple(args.fp32_layers),
     )
 
 

@@ -9,6 +9,8 @@ the printed ``trtexec`` command).
 
 from __future__ import annotations
 
+import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,26 +18,35 @@ from typing import TYPE_CHECKING
 
 from runtime.commands import stage
 from runtime.errors import MissingDependencyError, require
-from runtime.io.files import atomic_write_bytes
-from runtime.metadata import library_versions, read_sidecar, sha256_file, write_sidecar
+from runtime.io.files import atomic_write_bytes, staging_dir
+from runtime.metadata import library_versions, read_sidecar, sha256_file, sidecar_path, write_sidecar
+from runtime.reference import find_reference, reference_path
 
 from ..errors import ExportError, ExportRequestError
-from ..graph import load_onnx
+from ..graph import load_onnx, onnx_output_kind
 from ..onnx import source_onnx
-from ..source import check_hw, default_output, source_stem
+from ..quantize.fp16 import FP32_OPS, to_fp16
+from ..reference import onnx_runner, write_fp16_reference, write_reference
+from ..source import check_hw, default_output, licence_note, source_stem
 from .plan import (
     DEFAULT_TARGET,
     JETPACK_NOTE,
     BuildPlan,
+    EngineAttempt,
     Profile,
+    checked_build,
+    engine_attempts,
     export_opset,
+    fp32_island_nodes,
+    match_layers,
     onnx_facts,
     plan_build,
+    refusal_message,
     split_layernorm_nodes,
     timing_cache_path,
     trtexec_command,
 )
-from .rules import TrtCompatibilityError, TrtVersion, check_onnx, require_compatible
+from .rules import TrtCompatibilityError, TrtVersion, check_onnx, known_releases, require_compatible
 
 if TYPE_CHECKING:
     from ..quantize.options import Int8Options
@@ -59,6 +70,7 @@ class TrtRequest:
     weakly_typed: bool = False
     trt_version: str | None = None  # the target when TensorRT is not installed here
     onnx_only: bool = False
+    fp32_layers: tuple[str, ...] = ()  # node-name globs built in FP32 (--fp32-layers)
 
 
 def installed_tensorrt():
@@ -70,10 +82,20 @@ def installed_tensorrt():
 
 
 def target_version(trt, requested: str | None) -> TrtVersion:
-    """The installed TensorRT, or the release named by --trt-version (default: JetPack 6's)."""
-    version = TrtVersion.parse(trt.__version__ if trt is not None else (requested or DEFAULT_TARGET))
-    if trt is not None and requested and TrtVersion.parse(requested) != version:
+    """The installed TensorRT, or the release named by --trt-version (default: JetPack 6's), which
+    must be one whose rules are known (an installed newer release is checked with the newest table)."""
+    wanted = TrtVersion.target(requested) if requested else None
+    if trt is None:
+        return wanted or TrtVersion.target(DEFAULT_TARGET)
+    version = TrtVersion.parse(trt.__version__)
+    if wanted is not None and wanted != version:
         raise ExportRequestError(f"--trt-version {requested} differs from the installed TensorRT {trt.__version__}")
+    if not version.known:
+        print(
+            f"note: TensorRT {trt.__version__} is newer than the parser rules this project encodes "
+            f"({known_releases()}); checking against the nearest table",
+            file=sys.stderr,
+        )
     return version
 
 
@@ -129,7 +151,7 @@ def build_engine(
         config.clear_flag(getattr(trt.BuilderFlag, flag))
     if plan.fp32_layers:
         pinned = pin_layers_fp32(trt, network, plan.fp32_layers)
-        print(f"pinned {pinned} of {len(plan.fp32_layers)} split-LayerNorm layers to FP32")
+        print(f"pinned {pinned} of {len(plan.fp32_layers)} layers to FP32")
     if profile is not None:
         optimisation = builder.create_optimization_profile()
         shapes = profile.shapes()
@@ -217,23 +239,37 @@ def build_trt(request: TrtRequest) -> Path:
     # The ONNX TensorRT reads: typed FP16 and/or Q/DQ INT8 variants are written beside the
     # engine; a plain FP32 model (flag-based FP16 and FP32 builds) is used as it is.
     ready = source
+    sizes = engine_sizes(height, width, profile)
     calibration_info = (read_sidecar(source) or {}).get("calibration") if facts.quantized else None
     if plan.quantized and not facts.quantized:
         from ..quantize.budget import export_int8
 
         ready = output.with_name(output.stem + (".qdq-fp32.onnx" if plan.typed_fp16 else plan.onnx_suffix))
         calibration_info = export_int8(source, ready, request.int8, (height, width), "tensorrt")
+    pretyped = ready if not facts.typed_fp16 else typed_from(ready)
+    nodes_of = load_onnx(pretyped or ready, load_external_data=False)
+    if request.fp32_layers and pretyped is None:
+        raise ExportRequestError(
+            f"{ready} is FP16-typed already: --fp32-layers needs the FP32 or Q/DQ ONNX it was typed from"
+        )
+    attempts = engine_attempts(plan, fp32_island_nodes(nodes_of), match_layers(nodes_of, request.fp32_layers))
     if plan.typed_fp16 and not facts.typed_fp16:
-        from ..quantize.fp16 import to_fp16
-
         with stage("converting to an FP16-typed graph"):
-            ready = to_fp16(ready, output.with_name(output.stem + plan.onnx_suffix))
+            ready = to_fp16(
+                pretyped, output.with_name(output.stem + plan.onnx_suffix), FP32_OPS, attempts[0].fp32_nodes
+            )
+            write_fp16_reference(ready, pretyped, sizes)
         casts = (read_sidecar(ready) or {}).get("cast_nodes", {})
         print(f"FP16-typed graph: {casts.get('total')} Cast nodes, {casts.get('per_frame')} of them per frame")
+    elif find_reference(ready) is None and not facts.quantized and not facts.typed_fp16:
+        write_reference(ready, "fp32", sizes, onnx_runner(ready), "ONNX Runtime FP32 on the source ONNX")
     with stage(f"checking the TensorRT {version} parser rules"):
         require_compatible(ready, version)
-    if not plan.strongly_typed:
-        plan = plan.pin_fp32(split_layernorm_nodes(load_onnx(ready, load_external_data=False)))
+    base_pins = () if plan.strongly_typed else tuple(split_layernorm_nodes(load_onnx(ready, load_external_data=False)))
+    if plan.typed_fp16 and len(attempts) > 1 and request.onnx_only and pretyped is not None:
+        # The fallback's ONNX travels with the TensorRT-ready one: the device cannot retype it.
+        with stage("writing the fallback's FP16-typed graph"):
+            to_fp16(pretyped, islands_onnx(ready), FP32_OPS, attempts[1].fp32_nodes)
     print(f"TensorRT-ready ONNX: {ready} (passes the TensorRT {version} parser rules)")
 
     gpu_name, capability = ("<target GPU>", (0, 0))
@@ -245,35 +281,150 @@ def build_trt(request: TrtRequest) -> Path:
         cuda.close()
     cache_folder = request.timing_cache or folder
     timing = timing_cache_path(cache_folder, str(version), gpu_name, capability) if trt is not None else None
-    command = trtexec_command(ready, output, plan, facts.input_name, profile, request.workspace_mib, timing)
+    first_plan = plan.pin_fp32([*base_pins, *attempts[0].fp32_nodes])
+    command = trtexec_command(ready, output, first_plan, facts.input_name, profile, request.workspace_mib, timing)
     print(f"equivalent trtexec command (build on the target device):\n  {command}")
+    licence_note((read_sidecar(ready) or {}).get("licence"), ready)
     if request.onnx_only:
         return ready
 
-    print(f"building TensorRT {trt.__version__} {request.precision} engine on {gpu_name} (this takes minutes) ...")
-    with stage("building the engine"):
-        engine = build_engine(trt, ready, plan, profile, facts.input_name, request.workspace_mib, timing)
-    atomic_write_bytes(output, engine)
-    write_sidecar(
-        output,
-        {
-            "format": "tensorrt",
-            "precision": request.precision,
-            "strongly_typed": plan.strongly_typed,
-            "builder_flags": list(plan.builder_flags),
-            "fp32_layers": len(plan.fp32_layers),
-            "source_onnx": str(ready),
-            "source_sha256": sha256_file(ready),
-            "input_name": facts.input_name,
-            "input_shape": [1, 3, height, width] if profile is None else None,
-            "profile": {k: list(v) for k, v in profile.shapes().items()} if profile else None,
-            "encoder": (read_sidecar(source) or {}).get("encoder"),
-            "gpu": {"name": gpu_name, "compute_capability": list(capability)},
-            "calibration": calibration_info,
-            "trtexec": command,
-            "build_seconds": round(time.perf_counter() - started, 1),
-            "versions": {**library_versions("onnx", "onnxruntime"), "tensorrt": trt.__version__},
-        },
-    )
+    def onnx_for(attempt: EngineAttempt) -> Path:
+        """The ONNX an attempt builds from: the ready one, or for a strongly typed fallback the one
+        with the islands typed FP32 (written beside it by --onnx-only, or now from its source)."""
+        if not plan.strongly_typed or attempt is attempts[0]:
+            return ready
+        if pretyped is not None:  # never an islands ONNX left by an earlier run from another source
+            with stage("writing the fallback's FP16-typed graph"):
+                to_fp16(pretyped, islands_onnx(ready), FP32_OPS, attempt.fp32_nodes)
+        require_compatible(islands_onnx(ready), version)
+        return islands_onnx(ready)
+
+    if plan.strongly_typed and pretyped is None and not islands_onnx(ready).is_file():
+        attempts = attempts[:1]  # an FP16-typed ONNX without its source: nothing to retype
+    meta = {
+        "format": "tensorrt",
+        "precision": request.precision,
+        "strongly_typed": plan.strongly_typed,
+        "input_name": facts.input_name,
+        "input_shape": [1, 3, height, width] if profile is None else None,
+        "profile": {k: list(v) for k, v in profile.shapes().items()} if profile else None,
+        "encoder": (read_sidecar(source) or {}).get("encoder"),
+        **onnx_output_kind(source).sidecar(),
+        "licence": (read_sidecar(ready) or {}).get("licence", "unknown"),
+        "gpu": {"name": gpu_name, "compute_capability": list(capability)},
+        "calibration": calibration_info,
+        "versions": {**library_versions("onnx", "onnxruntime"), "tensorrt": trt.__version__},
+    }
+    workdir = staging_dir(output)
+    try:
+        staged = workdir / output.name
+        reference = engine_reference(staged, request.precision, sizes, ready)
+
+        def build_candidate(attempt: EngineAttempt) -> Path:
+            attempt_plan = plan.pin_fp32([*base_pins, *attempt.fp32_nodes])
+            built_from = onnx_for(attempt)
+            print(f"building TensorRT {trt.__version__} {request.precision} engine on {gpu_name}, {attempt.label} ...")
+            with stage("building the engine"):
+                engine = build_engine(
+                    trt, built_from, attempt_plan, profile, facts.input_name, request.workspace_mib, timing
+                )
+            staged.write_bytes(engine)
+            meta.update(
+                source_onnx=str(built_from),
+                source_sha256=sha256_file(built_from),
+                trtexec=trtexec_command(
+                    built_from, output, attempt_plan, facts.input_name, profile, request.workspace_mib, timing
+                ),
+                **plan_facts(attempt_plan),
+            )
+            write_sidecar(staged, meta)  # the backend checks its TensorRT release and GPU
+            return staged
+
+        def refuse(results: list) -> str:
+            return refusal_message(attempts, results, version, output, plan.strongly_typed)
+
+        if reference is None:
+            print(f"warning: no reference for {ready}: the engine is NOT checked (export it with this toolkit)")
+            attempt, results = attempts[0], []
+            build_candidate(attempt)
+        else:
+            _, attempt, results = checked_build(
+                attempts, build_candidate, lambda e: run_reference(e, reference), refuse
+            )
+        write_sidecar(
+            staged,
+            {
+                **meta,  # as the kept attempt left it
+                "build_seconds": round(time.perf_counter() - started, 1),
+                "verification": verification_record(reference, attempts, results, attempt),
+            },
+        )
+        # Old files go first and the engine lands last: never a new engine beside old metadata.
+        for old in (output, sidecar_path(output), reference_path(output)):
+            old.unlink(missing_ok=True)
+        for item in (reference_path(staged), sidecar_path(staged), staged):
+            if item.is_file():
+                item.replace(output.parent / item.name)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if results:
+        print(f"engine checked against its reference, {attempt.label}: {results[-1].summary()}")
     print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
     return output
+
+
+def engine_sizes(height: int, width: int, profile: Profile | None) -> list[tuple[int, int]]:
+    """The sizes an engine's reference holds: its own, or the profile's opt size and one other."""
+    if profile is None:
+        return [(height, width)]
+    other = profile.min[1:] if profile.min[1:] != profile.opt[1:] else profile.max[1:]
+    return [(height, width)] if other == (height, width) else [(height, width), tuple(other)]
+
+
+def typed_from(ready: Path) -> Path | None:
+    """The FP32 or Q/DQ ONNX an FP16-typed one was made from, when it is on this machine."""
+    source = (read_sidecar(ready) or {}).get("source_onnx")
+    return Path(source) if source and Path(source).is_file() else None
+
+
+def islands_onnx(ready: Path) -> Path:
+    """Where the FP16-typed ONNX with the FP32 islands goes: named after the ready one, so a copy
+    of ``<ready>*`` takes it along."""
+    return ready.with_name(ready.name + ".fp32-islands.onnx")
+
+
+def engine_reference(staged: Path, precision: str, sizes: list, ready: Path):
+    """The engine's reference (written beside the staged engine), from the ready ONNX's."""
+    from runtime.reference import load_reference
+
+    written = write_reference(staged, precision, sizes, None, source=ready)
+    return load_reference(written) if written is not None else None
+
+
+def run_reference(engine: Path, reference):
+    """The engine on its reference's inputs, through the runtime's TensorRT backend."""
+    from runtime.backends.tensorrt import TensorRTBackend
+    from runtime.reference import verify_backend
+
+    with stage("running the engine on its reference"), TensorRTBackend(engine) as backend:
+        return verify_backend(backend, reference)
+
+
+def plan_facts(plan: BuildPlan) -> dict:
+    return {"builder_flags": list(plan.builder_flags), "fp32_layers": len(plan.fp32_layers)}
+
+
+def verification_record(reference, attempts: list, results: list, chosen: EngineAttempt) -> dict:
+    """What the engine's sidecar says about its check: every attempt's error and the one kept."""
+    if reference is None:
+        return {"checked": False, "why": "no reference beside the TensorRT-ready ONNX"}
+    final = results[-1]
+    return {
+        "checked": True,
+        "against": reference.meta.get("outputs_from"),
+        "metric": final.metric,
+        "tolerance": final.tolerance,
+        "error": final.value,
+        "attempts": [{"build": a.label, "error": r.value} for a, r in zip(attempts, results)],
+        "fp32_nodes": len(chosen.fp32_nodes),
+    }

@@ -14,12 +14,14 @@ the library, and every ONNX it builds from passes ``export.trt.rules`` first.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import shlex
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
-from ..errors import ExportRequestError
+from ..errors import ExportError, ExportRequestError
 from ..graph import FLOAT16, Graph, is_quantized, load_onnx, model_opset
 from ..source import check_hw, check_precision
 from .rules import TrtVersion
@@ -176,9 +178,155 @@ class OnnxFacts:
 
 def onnx_facts(path: Path) -> OnnxFacts:
     model = load_onnx(path, load_external_data=False)
+    if not model.graph.input:
+        raise ExportRequestError(f"{path} has no graph input; export.trt builds models that take an image")
     graph_input = model.graph.input[0]
     dims = graph_input.type.tensor_type.shape.dim
     dynamic = len(dims) == 4 and not (dims[2].HasField("dim_value") and dims[3].HasField("dim_value"))
     typed = any(i.data_type == FLOAT16 for i in model.graph.initializer)
     hw = None if dynamic or len(dims) != 4 else (dims[2].dim_value, dims[3].dim_value)
     return OnnxFacts(model_opset(model), graph_input.name, dynamic, is_quantized(model), typed, hw)
+
+
+# ----------------------------------------------------------------------------------------------
+# The engine's check against its reference, and the FP32 fallback when it fails.
+#
+# TensorRT 10.3 and 10.4 (JetPack 6.1/6.2 ship 10.3) build DINOv2 / Depth Anything V2 engines
+# whose FP16 output is wrong while 8.6 and 10.12 build them right (NVIDIA/TensorRT#4723, #4742;
+# spacewalk01/depth-anything-tensorrt#49 on an AGX Orin); the overflow-prone parts of a ViT in
+# FP16 are LayerNorm and attention (NVIDIA/TensorRT#2564: "set it to FP32 manually"). So an engine
+# over its reference's tolerance is built once more with LayerNorm, Softmax and the attention
+# MatMuls in FP32, in the form the release accepts: weakly typed (8.x, --weakly-typed on 10.x)
+# as layer precisions and output types with OBEY_PRECISION_CONSTRAINTS (NvInfer.h 8.5-10.x,
+# ILayer::setPrecision: hints unless a precision-constraints flag is set); strongly typed (10.x,
+# 11 always) as FP32 types in the ONNX itself (NvInfer.h 10.3: "Strongly-typed networks reject
+# calls to method setPrecision").
+
+# In FP16-typed and Q/DQ graphs these sit between an attention MatMul and its Softmax; they do no
+# arithmetic of their own, so the search for the MatMuls looks through them.
+_PASS_THROUGH = ("Cast", "QuantizeLinear", "DequantizeLinear")
+ISLANDS = "LayerNorm, Softmax and the attention MatMuls"
+
+
+def _through(graph: Graph, tensor: str, upward: bool) -> list:
+    """The nodes reached from ``tensor`` through Cast and Q/DQ: its producer (``upward``) or its readers."""
+    found, todo = [], [tensor]
+    while todo:
+        name = todo.pop()
+        if upward:
+            nodes = [graph.producer[name]] if name in graph.producer else []
+        else:
+            nodes = graph.users(name)
+        for node in nodes:
+            if node.op_type in _PASS_THROUGH:
+                todo.append(node.input[0] if upward else node.output[0])
+            else:
+                found.append(node)
+    return found
+
+
+def fp32_island_nodes(model) -> list[str]:
+    """Names of the nodes a FP32 fallback keeps in FP32: every LayerNorm (the op, or split at
+    opset < 17), every Softmax, the MatMul before it (Q x K^T) with the scale Muls on its inputs,
+    and the MatMul after it (x V). Q/DQ and Cast nodes between them are looked through."""
+    graph = Graph(model)
+    names = [n.name for n in model.graph.node if n.op_type == "LayerNormalization"]
+    names += split_layernorm_nodes(model)
+    for softmax in (n for n in model.graph.node if n.op_type == "Softmax"):
+        names.append(softmax.name)
+        for scores in _through(graph, softmax.input[0], upward=True):
+            if scores.op_type != "MatMul":
+                continue
+            names.append(scores.name)
+            for operand in scores.input:
+                names += [n.name for n in _through(graph, operand, upward=True) if n.op_type in ("Mul", "Div")]
+        names += [n.name for n in _through(graph, softmax.output[0], upward=False) if n.op_type == "MatMul"]
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def match_layers(model, patterns: tuple[str, ...]) -> list[str]:
+    """Node names matching any of the ``--fp32-layers`` globs; a glob that matches nothing is an error."""
+    names = [n.name for n in model.graph.node if n.name]
+    found: list[str] = []
+    for pattern in patterns:
+        hits = fnmatch.filter(names, pattern)
+        if not hits:
+            raise ExportRequestError(
+                f"--fp32-layers {pattern!r} matches no node of the model (node names look like {names[0]!r})"
+                if names
+                else f"--fp32-layers {pattern!r}: the model's nodes have no names"
+            )
+        found += hits
+    return list(dict.fromkeys(found))
+
+
+@dataclass(frozen=True)
+class EngineAttempt:
+    """One build of the engine: its name in messages and the node names it keeps in FP32."""
+
+    label: str
+    fp32_nodes: tuple[str, ...]
+
+
+def engine_attempts(plan: BuildPlan, islands: list[str], asked: list[str]) -> list[EngineAttempt]:
+    """The builds to try in turn: as planned (with the ``--fp32-layers`` asked for), then, where the
+    build has FP16 arithmetic to take back, with the FP32 islands too. An FP32 build has none."""
+    first = EngineAttempt("as built" if not asked else f"with {len(asked)} --fp32-layers nodes in FP32", tuple(asked))
+    wider = tuple(dict.fromkeys([*asked, *islands]))
+    has_fp16 = plan.typed_fp16 or "FP16" in plan.builder_flags
+    if not has_fp16 or set(wider) == set(asked):
+        return [first]
+    return [first, EngineAttempt(f"rebuilt with {ISLANDS} in FP32 ({len(wider)} nodes)", wider)]
+
+
+class EngineOverTolerance(ExportError):
+    """Every build of the engine was over its reference's tolerance: nothing written (exit code 1)."""
+
+    def __init__(self, message: str, results: list) -> None:
+        super().__init__(message)
+        self.results = results
+
+
+def refusal_message(
+    attempts: list[EngineAttempt], results: list, version: TrtVersion, engine: Path, strongly_typed: bool
+) -> str:
+    """Both errors, the release and what to try, for an engine no build got within tolerance."""
+    tried = "; ".join(f"{a.label}: {r.summary()}" for a, r in zip(attempts, results))
+    hints = [
+        "a newer TensorRT (10.3 and 10.4 build wrong FP16 DINOv2 / Depth Anything engines, NVIDIA/TensorRT#4723 "
+        "and #4742; later releases fixed related bugs, NVIDIA/TensorRT#4419)",
+        "more layers in FP32 with --fp32-layers 'GLOB' (node names of the ONNX, repeatable)",
+        "an FP32 engine (--fp32)",
+    ]
+    if len(attempts) == 1 and strongly_typed:
+        hints.insert(1, "the FP32 or Q/DQ ONNX this FP16-typed one came from, so the fallback can retype it")
+    return (
+        f"the TensorRT {version} engine is over its reference's tolerance ({tried}); no engine was written to "
+        f"{engine}. Try {', or '.join(hints)}"
+    )
+
+
+def checked_build(
+    attempts: list[EngineAttempt],
+    build: Callable[[EngineAttempt], Path],
+    measure: Callable[[Path], object],
+    refuse: Callable[[list], str],
+) -> tuple[Path, EngineAttempt, list]:
+    """Build each attempt in turn until one is within tolerance; return its file, the attempt and
+    every result. ``build`` writes a candidate under a temporary name, ``measure`` scores it
+    against the reference (a ``runtime.reference.VerifyResult``). A candidate over tolerance is
+    deleted; when all are, ``EngineOverTolerance`` carries ``refuse(results)``."""
+    results = []
+    for attempt in attempts:
+        candidate = build(attempt)
+        try:
+            result = measure(candidate)
+        except BaseException:
+            candidate.unlink(missing_ok=True)
+            raise
+        results.append(result)
+        if result.passed:
+            return candidate, attempt, results
+        print(f"engine {attempt.label}: {result.summary()}")
+        candidate.unlink(missing_ok=True)
+    raise EngineOverTolerance(refuse(results), results)

@@ -30,6 +30,10 @@ from ..errors import ExportError, ExportRequestError
 from ..graph import ONNX_TYPES, Graph, load_onnx, model_opset
 
 OPERATOR_TABLES = Path(__file__).with_name("operators.json")
+# The releases these rules describe (NVIDIA/TensorRT release branches and release notes): 8.5 and
+# 8.6 GA, 10.0 GA to 10.16, 11.0 and 11.1. A target outside them is refused rather than checked
+# against the nearest table: a later parser may accept or reject what none of the tables says.
+KNOWN_RELEASES = {8: (5, 6), 10: tuple(range(17)), 11: (0, 1)}
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,20 @@ class TrtVersion:
                 f"TensorRT {text} was a short-lived preview; target 8.5/8.6 (JetPack 5/6.0) or 10.x (JetPack 6.1+)"
             )
         return version
+
+    @classmethod
+    def target(cls, text: str) -> TrtVersion:
+        """A release to check and build for (``--trt-version``): one of :data:`KNOWN_RELEASES`."""
+        version = cls.parse(text)
+        if not version.known:
+            raise ExportRequestError(
+                f"TensorRT {text} is not a release whose parser rules this project knows; known: {known_releases()}"
+            )
+        return version
+
+    @property
+    def known(self) -> bool:
+        return self.minor in KNOWN_RELEASES.get(self.major, ())
 
     def __lt__(self, other: TrtVersion) -> bool:
         return (self.major, self.minor) < (other.major, other.minor)
@@ -81,6 +99,17 @@ class TrtVersion:
     def fp16_qdq_scales(self) -> bool:
         """Q/DQ with FP16 scales: ONNX opset >= 19 (QuantizeLinear-19) and a parser that reads it (10.x)."""
         return self.major >= 10
+
+
+def known_releases() -> str:
+    """``8.5, 8.6, 10.0-10.16, 11.0, 11.1``: the releases of :data:`KNOWN_RELEASES`, for messages."""
+    parts = []
+    for major, minors in KNOWN_RELEASES.items():
+        if len(minors) > 2:
+            parts.append(f"{major}.{minors[0]}-{major}.{minors[-1]}")
+        else:
+            parts += [f"{major}.{minor}" for minor in minors]
+    return ", ".join(parts)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import InputError, ModelFileError
+from ..metric import OutputKind
 from ..preprocessing import PATCH_SIZE
 
 
@@ -51,6 +52,10 @@ class Backend(ABC):
     precision: str
     # How many calls may usefully run at once (OpenVINO: its infer requests); others serialise.
     max_concurrency: int = 1
+    # The weights' licence, from the artefact's sidecar or the checkpoint (see train.models.checkpoint).
+    licence: str = "unknown"
+    # What the model outputs, as the artefact says it (None: it says nothing; the predictor decides).
+    output_kind: OutputKind | None = None
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -106,6 +111,7 @@ class Backend(ABC):
             "precision": self.precision,
             "input_name": self.input_spec.name,
             "input_shape": list(self.input_spec.shape),
+            "licence": self.licence,
             "versions": self.versions(),
         }
 

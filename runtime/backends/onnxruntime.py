@@ -4,6 +4,11 @@ Providers follow ``device``: ``cpu``; ``cuda`` (IO binding keeps tensors on the 
 calls); ``tensorrt`` (the TensorRT execution provider, with its engine cache beside the
 model); ``openvino`` (the OpenVINO execution provider, when that build is installed);
 ``auto`` takes the best one available.
+
+The precision is the artefact's: an FP32 ONNX runs FP32 on every provider unless ``precision=
+"fp16"`` asks the TensorRT provider for FP16, and the CUDA provider's TF32 default (FP32 matrix
+products with a 10-bit mantissa, ``use_tf32``, on from ONNX Runtime 1.18: onnxruntime#19357) is
+turned off for FP32 models. A precision the provider cannot run the model in is an error.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import numpy as np
 
 from ..errors import ModelFileError, require
 from ..metadata import read_sidecar
+from ..metric import OutputKind
 from .base import Backend, InputSpec
 
 PROVIDERS = {
@@ -24,6 +30,23 @@ PROVIDERS = {
     "openvino": ["OpenVINOExecutionProvider", "CPUExecutionProvider"],
 }
 AUTO_ORDER = ("tensorrt", "cuda", "cpu")
+USE_TF32_SINCE = (1, 18)  # the CUDA provider's use_tf32 option (onnxruntime#19357)
+
+
+def provider_settings(provider: str, artefact: str, asked: str | None, ort_version: str) -> tuple[dict, str]:
+    """The options for ``provider`` that keep ``artefact``'s precision (or give the one ``asked``),
+    and the precision that then runs. An FP16 or INT8 ONNX carries its types and runs as written."""
+    release = tuple(int(v) for v in ort_version.split(".")[:2] if v.isdigit())
+    if asked is not None and asked != artefact and not (provider == "TensorrtExecutionProvider" and asked == "fp16"):
+        raise ValueError(
+            f"ONNX Runtime's {provider} runs this {artefact} model as {artefact}, not {asked}: export a {asked} "
+            "model, or pass precision=None"
+        )
+    if provider == "TensorrtExecutionProvider":
+        return {"trt_fp16_enable": asked == "fp16"}, asked or artefact
+    if provider == "CUDAExecutionProvider" and artefact == "fp32" and release >= USE_TF32_SINCE:
+        return {"use_tf32": 0}, artefact
+    return {}, artefact
 
 
 def choose_providers(device: str, available: list[str]) -> list[str]:
@@ -43,6 +66,12 @@ def choose_providers(device: str, available: list[str]) -> list[str]:
             f"install {package.get(key, 'onnxruntime')} instead of onnxruntime"
         )
     return [p for p in PROVIDERS[key] if p in available]
+
+
+def artefact_precision(recorded: str | None) -> str:
+    """fp32, fp16 or int8 from a sidecar's precision (``int8+fp16`` is an INT8 model)."""
+    recorded = recorded or "fp32"
+    return "int8" if "int8" in recorded else "fp16" if "fp16" in recorded else "fp32"
 
 
 def default_threads() -> int:
@@ -68,15 +97,15 @@ class OnnxRuntimeBackend(Backend):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or default_threads()
         options.log_severity_level = 3  # errors only: shape-inference notes on Q/DQ models are noise
+        meta = read_sidecar(path) or {}
+        artefact = artefact_precision(meta.get("precision"))
         provider_options = []
-        for provider in providers:
+        for index, provider in enumerate(providers):  # the first provider runs what was asked; fallbacks as written
+            settings = provider_settings(provider, artefact, precision if index == 0 else None, ort.__version__)[0]
             if provider == "TensorrtExecutionProvider":
                 cache = path.with_name(path.name + ".trt_cache")
-                provider_options.append(
-                    {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache), "trt_fp16_enable": True}
-                )
-            else:
-                provider_options.append({})
+                settings.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache))
+            provider_options.append(settings)
         try:
             self._session = ort.InferenceSession(
                 str(path), options, providers=providers, provider_options=provider_options
@@ -92,8 +121,11 @@ class OnnxRuntimeBackend(Backend):
         self.input_spec = InputSpec(inputs[0].name, tuple(d if isinstance(d, int) and d > 0 else None for d in dims))
         self._output = outputs[0].name
         self._providers = self._session.get_providers()
-        meta = read_sidecar(path) or {}
-        self.precision = precision or meta.get("precision") or "fp32"
+        self.precision = provider_settings(self._providers[0], artefact, precision, ort.__version__)[1]
+        self.licence = meta.get("licence", self.licence)
+        self.output_kind = OutputKind.from_metadata(
+            self._session.get_modelmeta().custom_metadata_map, "ONNX metadata"
+        ) or OutputKind.from_metadata(meta, "sidecar")
         self.device = self._providers[0].replace("ExecutionProvider", "").lower()
         self._io_binding = self._providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
         self._threads = options.intra_op_num_threads

@@ -1,8 +1,11 @@
 """OpenVINO backend: IR (``.xml``/``.bin``) or ONNX models on Intel CPUs, GPUs and NPUs.
 
-The inference precision is explicit. OpenVINO silently runs in bf16 on CPUs with AVX512-BF16
-or AMX (and f16 on GPUs); ``info()`` reports what the compiled model really uses, and
-``precision="fp32"`` forces f32. Several infer requests serve concurrent callers (the
+The inference precision is the artefact's. OpenVINO by default runs in bf16 on CPUs with
+AVX512-BF16 or AMX (and f16 on GPUs), which would silently change the numbers of a model exported
+in FP32: an FP32 model (by its sidecar, else the precision ``export.openvino`` writes into the IR,
+else its weights' element types) runs f32 unless ``precision=`` asks for another format; FP16
+models (and INT8 ones, whose float layers are FP16-compressed) keep the device's default.
+``info()`` reports what the compiled model really uses. Several infer requests serve concurrent callers (the
 predictor's ``stream`` and threads) without one global lock.
 
 Disk: compiled models are cached (``cache_dir``, default ``~/.cache/dav2-edge/openvino``, about
@@ -28,12 +31,38 @@ import numpy as np
 
 from ..errors import ModelFileError, require
 from ..metadata import read_sidecar
+from ..metric import OutputKind
 from .base import Backend, InputSpec
 
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 HINT_NAMES = {v: k for k, v in PRECISION_HINTS.items()}
 DEVICES = ("AUTO", "CPU", "GPU", "NPU")
 HINTS = ("LATENCY", "THROUGHPUT")
+
+
+RT_INFO_PRECISION = ["dav2_edge", "precision"]  # where export.openvino records the IR's precision
+
+
+def artefact_precision(model: Any, meta: dict[str, Any]) -> str:
+    """The precision a model was exported in: its sidecar's, else the IR's own record (rt_info),
+    else read from its weights (FakeQuantize or integer weights: int8; FP16 weights: fp16)."""
+    if meta.get("precision"):
+        return str(meta["precision"])
+    if model.has_rt_info(RT_INFO_PRECISION):
+        return str(model.get_rt_info(RT_INFO_PRECISION).astype(str))
+    kinds = {type_name(op.get_element_type()) for op in model.get_ops() if op.get_type_name() == "Constant"}
+    if any(op.get_type_name() == "FakeQuantize" for op in model.get_ops()) or kinds & {"i8", "u8"}:
+        return "int8"
+    return "fp16" if "f16" in kinds else "fp32"
+
+
+def float_format(model: Any, precision: str) -> str:
+    """The format the model's float arithmetic was exported in: FP16 when its float weights are
+    stored in FP16 (FP16 IRs, and INT8 IRs whose float layers were compressed), else FP32."""
+    if precision in ("fp32", "fp16"):
+        return precision
+    constants = (op for op in model.get_ops() if op.get_type_name() == "Constant")
+    return "fp16" if any(type_name(op.get_element_type()) == "f16" for op in constants) else "fp32"
 
 
 def ov_device(device: str) -> str:
@@ -144,6 +173,21 @@ def compiled_execution(compiled: Any) -> dict[str, Any]:
     return {"format": dominant, "hint": hint, "matrix_layers": dict(layers)}
 
 
+def rt_info_output_kind(model: Any) -> OutputKind | None:
+    """The output kind in a model's rt_info: ``dav2_edge`` (written by export.openvino), else
+    ``framework`` (an ONNX file's metadata, as OpenVINO imports it)."""
+    for section in ("dav2_edge", "framework"):
+        values = {
+            key: model.get_rt_info([section, key]).astype(str)
+            for key in ("output_kind", "max_depth")
+            if model.has_rt_info([section, key])
+        }
+        found = OutputKind.from_metadata(values, f"OpenVINO rt_info ({section})")
+        if found is not None:
+            return found
+    return None
+
+
 class OpenVINOBackend(Backend):
     name = "openvino"
 
@@ -172,13 +216,18 @@ class OpenVINOBackend(Backend):
             self._cache.mkdir(parents=True, exist_ok=True)
             core.set_property({"CACHE_DIR": str(self._cache)})
         config: dict[str, Any] = {"PERFORMANCE_HINT": performance_hint.upper()}
-        if precision is not None:
-            config["INFERENCE_PRECISION_HINT"] = PRECISION_HINTS[precision]
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self.device = ov_device(device)
+        meta = read_sidecar(path) or {}
+        self.licence = meta.get("licence", self.licence)
         try:
             model_ir = core.read_model(str(path))
+            self._weights = artefact_precision(model_ir, meta)
+            if precision is None and float_format(model_ir, self._weights) == "fp32":
+                precision = "fp32"  # the device's bf16/f16 default would change an FP32 artefact's numbers
+            if precision is not None:
+                config["INFERENCE_PRECISION_HINT"] = PRECISION_HINTS[precision]
             self._compiled = core.compile_model(model_ir, self.device, config)
         except RuntimeError as exc:
             raise ModelFileError(f"{path}: OpenVINO cannot load it ({load_error(exc)})") from exc
@@ -198,7 +247,7 @@ class OpenVINOBackend(Backend):
             self._executing = [self.device]
         self._execution = compiled_execution(self._compiled)
         self.precision = self._compute_precision(core, precision)
-        self._weights = (read_sidecar(path) or {}).get("precision", "fp32")
+        self.output_kind = rt_info_output_kind(model_ir) or OutputKind.from_metadata(read_sidecar(path), "sidecar")
         try:
             count = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         except RuntimeError:

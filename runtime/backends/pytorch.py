@@ -11,6 +11,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import ModelFileError, require
+from ..metric import OutputKind
 from .base import Backend, InputSpec
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -105,6 +106,7 @@ class TorchBackend(Backend):
                 raise ModelFileError(str(exc)) from exc
         if not isinstance(model, torch.nn.Module):
             raise ModelFileError(f"the torch backend needs a torch.nn.Module, got {type(model).__name__}")
+        self.licence = getattr(model, "licence", None) or self.licence
         self.device = resolve_device(torch, device)
         self.precision = resolve_precision(self.device, precision)
         if self.device.startswith("cuda"):
@@ -135,6 +137,9 @@ class TorchBackend(Backend):
         else:
             self._model = model.to(self.device).eval()
         self.input_spec = InputSpec("image", (None, 3, None, None))
+        if hasattr(model, "max_depth"):  # a DepthAnythingV2: its head says what it outputs
+            kind = "metric" if model.max_depth is not None else "relative"
+            self.output_kind = OutputKind(kind, model.max_depth, "checkpoint")
 
     def _precision(self) -> contextlib.AbstractContextManager:
         """The call's number format: FP32 for real on CUDA (TF32 off, see ``exact_fp32_cuda``),

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import ModelFileError, require
 from ..metadata import read_sidecar
+from ..metric import OutputKind
 from .base import Backend, InputSpec
 from .cuda import open_cuda, parse_device
 
@@ -89,13 +90,22 @@ class TensorRTBackend(Backend):
         trt = require("tensorrt", "tensorrt", "TensorRT", JETPACK_NOTE)
         self._trt = trt
         index = parse_device(device)
+        meta = read_sidecar(path)
+        built = (meta or {}).get("precision")
+        if precision is not None and built is not None and precision != built:
+            # An engine's precision is fixed when it is built; a label that says otherwise would lie.
+            raise ValueError(
+                f"{path} was built in {built} and runs in {built}, not {precision}: "
+                f"build a {precision} engine (python -m export.trt --{precision}) or pass precision=None"
+            )
         self._cuda = open_cuda(index)
         gpu_name, capability = self._cuda.device_info()
-        meta = read_sidecar(path)
         for message in check_engine_metadata(path, meta, trt.__version__, gpu_name, capability):
             warnings.warn(message, stacklevel=2)
         self.device = f"cuda:{index} ({gpu_name})"
-        self.precision = precision or (meta or {}).get("precision", "unknown")
+        self.precision = precision or built or "unknown"
+        self.licence = (meta or {}).get("licence", self.licence)
+        self.output_kind = OutputKind.from_metadata(meta, "sidecar")
         self._cuda.activate()
         try:
             self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))

@@ -14,6 +14,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from ..commands import DISK_ERRNOS
+from ..errors import InputError, OutputError
+
 # Host in the name: two machines sharing a folder (an NFS mount, a container volume) must not
 # take each other's live temporaries for leftovers of a dead local process.
 _HOST = socket.gethostname().replace(".", "_") or "host"
@@ -59,6 +62,25 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
     return removed
 
 
+def check_writable_folder(folder: str | Path, option: str) -> None:
+    """Raise ``InputError`` unless files can be written in ``folder`` (or, if it does not exist
+    yet, in the folder it would be made in): checked before a command loads its model, so a
+    read-only folder or a file in the way ends the run at once, in one line."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{option} {folder}: {existing} is a file, not a folder; choose another {option}")
+    try:
+        with tempfile.NamedTemporaryFile(prefix=".dav2-write-check.", dir=existing):
+            pass
+    except OSError as exc:
+        raise InputError(
+            f"{option} {folder}: cannot write in {existing} ({exc.strerror}); choose another {option}"
+        ) from exc
+
+
 def staging_dir(path: str | Path) -> Path:
     """A fresh temporary folder beside ``path`` for building it (stale ones removed first)."""
     path = Path(path)
@@ -78,8 +100,10 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     try:
         write(Path(tmp))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS and exc.filename != str(path):
+            raise OutputError(exc.errno, exc.strerror, str(path)) from exc  # name the output, not its temporary
         raise
     return path
 

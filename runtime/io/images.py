@@ -170,13 +170,17 @@ def _check_limit(max_pixels: int | None) -> int:
     return limit
 
 
-def decode_image_bytes(data, max_pixels: int | None = None, name: str = "image") -> np.ndarray:
+def decode_image_bytes(
+    data, max_pixels: int | None = None, name: str = "image", exif_orientation: bool = True
+) -> np.ndarray:
     """Decode an encoded image to an HxWx3 BGR uint8 array, refusing one over ``max_pixels``.
 
     ``data`` is anything with the buffer protocol (bytes, memoryview, mmap, uint8 array).
     ``max_pixels`` defaults to :data:`DEFAULT_MAX_PIXELS`. Raises :class:`InputError` for empty,
     undecodable or over-limit data; the size is read from the header, so an over-limit image
-    costs nothing to refuse. ``name`` is used in the messages.
+    costs nothing to refuse. ``name`` is used in the messages. ``exif_orientation=False`` keeps
+    the pixels as stored: a camera's frames must match its calibration, whatever a JPEG's EXIF
+    orientation tag says (a photo is shown upright, as viewers show it).
     """
     limit = _check_limit(max_pixels)
     if len(data) == 0:
@@ -192,7 +196,8 @@ def decode_image_bytes(data, max_pixels: int | None = None, name: str = "image")
         )
     encoded = np.frombuffer(data, np.uint8)
     try:
-        image = cv2.imdecode(encoded, cv2.IMREAD_COLOR)
+        flags = cv2.IMREAD_COLOR | (0 if exif_orientation else cv2.IMREAD_IGNORE_ORIENTATION)
+        image = cv2.imdecode(encoded, flags)
     except cv2.error as exc:
         raise InputError(f"cannot decode {name} ({width}x{height}): {str(exc).strip().splitlines()[-1]}") from None
     finally:

@@ -6,8 +6,9 @@ image topic through ``DepthPredictor.stream`` and writes a new bag of the same R
 
 - the chosen input topics, copied byte for byte (default: the image and camera info topics);
 - ``<ns>/depth/relative_inverse``: the model's relative inverse depth, ``32FC1``, unitless;
-- with ``--metric-scale``: ``<ns>/depth/image``, depth in metres (REP 118, NaN = invalid) and,
-  with camera info, ``<ns>/depth/points`` (``PointCloud2``, the camera's optical frame).
+- with ``--metric-scale``, ``--align-to`` or a metric model: ``<ns>/depth/image``, depth in
+  metres (REP 118, NaN = invalid) and, with camera info, ``<ns>/depth/points`` (``PointCloud2``,
+  the camera's optical frame). A metric model's output is never published as relative depth.
 
 Every output message keeps its source image's header (stamp, frame_id) and bag time. The
 input is only read; the output is written under a hidden temporary name beside it and renamed
@@ -28,22 +29,27 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, require
-from ..io.files import staging_dir
-from ..pointcloud import Intrinsics
+from ..align import FlickerMeter, Stabilizer
+from ..align.frame import disparity_of
+from ..commands import DISK_ERRNOS
+from ..errors import InputError, OutputError, require
+from ..io.files import check_writable_folder, staging_dir
+from ..metric import OutputKind
+from ..pointcloud import Intrinsics, bounded_stride
 from ..preprocessing import check_image
+from .bag_writer import BagWriter
 from .messages import (
-    CAMERA_INFO,
-    COMPRESSED_IMAGE,
     IMAGE,
     POINT_CLOUD2,
     Conversion,
+    camera_size_note,
     depth_messages,
     intrinsics_from_camera_info,
     message_to_image,
+    output_messages,
 )
+from .topics import Topics, plan_topics
 
-IMAGE_TYPES = (IMAGE, COMPRESSED_IMAGE)
 STORAGES = ("mcap", "sqlite3")
 _STORAGE_SUFFIX = {".mcap": "mcap", ".db3": "sqlite3"}
 _ROSBAGS_NOTE = "rosbags needs Python >= 3.10"
@@ -62,18 +68,6 @@ def rosbags_modules() -> Any:
 
 
 @dataclass
-class Topics:
-    """Which topics go in and come out of one run."""
-
-    image: str
-    camera_info: str | None
-    relative: str
-    metric: str
-    points: str
-    copy: list[str]
-
-
-@dataclass
 class Summary:
     frames: int = 0
     points: int = 0
@@ -81,75 +75,19 @@ class Summary:
     copied: int = 0
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (bag time ns, reason)
     frames_without_camera_info: int = 0
+    camera_infos_skipped: int = 0  # camera info messages that could not be used
+    thinned_clouds: int = 0  # clouds whose stride was raised to stay within Conversion.max_points
+    largest_stride: int = 1
     seconds: float = 0.0
+    metric: int = 0  # frames with metric depth published
+    flicker: float | None = None  # of the published depth (runtime.align.stabilize)
+    flicker_unstabilized: float | None = None  # of the model's output, when stabilised
+    alignment: Any = None  # the BagAligner of an --align-to run
+    alignment_json: Path | None = None
 
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
-
-
-def base_topic(topic: str, msgtype: str) -> str:
-    """The image topic without image_transport's ``/compressed`` suffix."""
-    if msgtype == COMPRESSED_IMAGE and topic.endswith("/compressed"):
-        return topic[: -len("/compressed")]
-    return topic
-
-
-def default_topics(image_topic: str, image_type: str) -> tuple[str, str, str]:
-    """``(relative, metric, points)`` topic names beside the camera's image topic."""
-    namespace = base_topic(image_topic, image_type).rsplit("/", 1)[0]
-    return f"{namespace}/depth/relative_inverse", f"{namespace}/depth/image", f"{namespace}/depth/points"
-
-
-def find_camera_info(image_topic: str, image_type: str, types: dict[str, str]) -> str | None:
-    """The camera info beside the image (``<ns>/camera_info``), else the bag's only one."""
-    sibling = base_topic(image_topic, image_type).rsplit("/", 1)[0] + "/camera_info"
-    if types.get(sibling) == CAMERA_INFO:
-        return sibling
-    infos = [topic for topic, kind in types.items() if kind == CAMERA_INFO]
-    return infos[0] if len(infos) == 1 else None
-
-
-def plan_topics(
-    types: dict[str, str],
-    image: str,
-    camera_info: str | None = None,
-    relative: str | None = None,
-    metric: str | None = None,
-    points: str | None = None,
-    copy: list[str] | None = None,
-    copy_all: bool = False,
-) -> Topics:
-    """Check the requested topics against the bag's ``{topic: msgtype}`` and fill in defaults.
-
-    ``copy`` lists the topics copied unchanged (default: the image and camera info topics);
-    ``copy_all`` copies every topic except the ones this run writes.
-    """
-    images = sorted(t for t, kind in types.items() if kind in IMAGE_TYPES)
-    if image not in types:
-        raise InputError(f"no topic {image!r} in the bag; image topics there: {', '.join(images) or 'none'}")
-    if types[image] not in IMAGE_TYPES:
-        raise InputError(f"{image} holds {types[image]}, not images; image topics there: {', '.join(images) or 'none'}")
-    if camera_info is None:
-        camera_info = find_camera_info(image, types[image], types)
-    elif types.get(camera_info) != CAMERA_INFO:
-        raise InputError(f"{camera_info} is not a {CAMERA_INFO} topic in the bag (it holds {types.get(camera_info)})")
-    default_relative, default_metric, default_points = default_topics(image, types[image])
-    relative, metric, points = relative or default_relative, metric or default_metric, points or default_points
-    if copy_all:
-        copy = sorted(t for t in types if t not in (relative, metric, points))
-    elif copy is None:
-        copy = [image] + ([camera_info] if camera_info else [])
-    missing = [t for t in copy if t not in types]
-    if missing:
-        raise InputError(f"cannot copy {', '.join(missing)}: not in the bag")
-    outputs = [relative, metric, points]
-    clash = [t for t in outputs if t in copy]
-    if len(set(outputs)) < 3 or clash:
-        raise InputError(
-            f"output topics must be distinct and not among the copied topics: {', '.join(clash or outputs)}"
-        )
-    return Topics(image, camera_info, relative, metric, points, list(copy))
 
 
 def output_kind(input_path: Path, output: Path, storage: str | None, is_ros2: bool) -> str:
@@ -192,65 +130,7 @@ def check_output(input_path: Path, output: Path) -> None:
         raise InputError(f"{output} exists; choose another --output or remove it (bags are never overwritten)")
     if output.resolve() == input_path.resolve():
         raise InputError("the output must differ from the input bag")
-
-
-class _BagWriter:
-    """A rosbags writer for one output bag: copied connections and the new depth topics."""
-
-    def __init__(self, rb: Any, path: Path, kind: str, reader: Any) -> None:
-        self._reader, self.kind = reader, kind
-        if kind == "rosbag1":
-            self._writer = rb.rosbag1.Writer(path)
-            self.store = rb.typesys.get_typestore(rb.typesys.Stores.ROS1_NOETIC)
-        else:
-            plugin = rb.rosbag2.StoragePlugin.MCAP if kind == "mcap" else rb.rosbag2.StoragePlugin.SQLITE3
-            self._writer = rb.rosbag2.Writer(path, version=8, storage_plugin=plugin)
-            # Image and PointCloud2 are the same in every ROS 2 release.
-            self.store = rb.typesys.get_typestore(rb.typesys.Stores.ROS2_HUMBLE)
-        self._writer.open()
-        self._copies: dict[int, Any] = {}
-        self._new: dict[str, Any] = {}
-
-    def copy_connection(self, conn: Any) -> Any:
-        """The output connection for an input connection, with its definition and QoS."""
-        key = id(conn)
-        if key in self._copies:
-            return self._copies[key]
-        defined = conn.msgdef.data and conn.digest
-        if self.kind == "rosbag1":
-            extra = {"callerid": conn.ext.callerid, "latching": conn.ext.latching}
-            extra.update({"msgdef": conn.msgdef.data, "md5sum": conn.digest} if defined else {})
-        else:
-            extra = {
-                "serialization_format": conn.ext.serialization_format,
-                "offered_qos_profiles": conn.ext.offered_qos_profiles,
-            }
-            extra.update({"msgdef": conn.msgdef.data, "rihs01": conn.digest} if defined else {})
-        if not defined:
-            extra["typestore"] = self._reader.typestore
-        out = self._writer.add_connection(conn.topic, conn.msgtype, **extra)
-        self._copies[key] = out
-        return out
-
-    def copy(self, conn: Any, timestamp: int, raw: bytes) -> None:
-        self._writer.write(self.copy_connection(conn), timestamp, raw)
-
-    def make(self, msgtype: str, **fields: Any) -> Any:
-        return self.store.types[msgtype](**fields)
-
-    def publish(self, topic: str, msgtype: str, timestamp: int, msg: Any) -> int:
-        """Serialise and write ``msg``; returns its size in bytes."""
-        if topic not in self._new:
-            self._new[topic] = self._writer.add_connection(topic, msgtype, typestore=self.store)
-        if self.kind == "rosbag1":
-            raw = self.store.serialize_ros1(msg, msgtype)
-        else:
-            raw = self.store.serialize_cdr(msg, msgtype, little_endian=True)
-        self._writer.write(self._new[topic], timestamp, raw)
-        return len(raw)
-
-    def close(self) -> None:
-        self._writer.close()
+    check_writable_folder(output.parent, "--output")
 
 
 _blob = np.ascontiguousarray  # rosbags' message classes hold uint8[] fields as numpy arrays
@@ -270,56 +150,85 @@ class _Pass:
     def __init__(
         self,
         reader: Any,
-        writer: _BagWriter,
+        writer: BagWriter,
         topics: Topics,
         conversion: Conversion,
         errors: tuple[type[Exception], ...],
         progress: Callable[[int], Any] | None,
         warn: Callable[[str], None],
+        aligner: Any = None,
+        stabilizer: Stabilizer | None = None,
     ) -> None:
         self.reader, self.writer, self.topics, self.conversion = reader, writer, topics, conversion
         self.errors, self.progress, self.warn = errors, progress, warn
-        self.summary = Summary()
+        self.aligner, self.stabilizer = aligner, stabilizer
+        self.summary = Summary(alignment=aligner)
+        self.said: set = set()  # warnings given once per run, not once per message
+        self.results: deque = deque()  # predictions of frames not yet written
+        self.meter = FlickerMeter()
         # Messages to copy and frames sent to the predictor, in bag order: the predictor reads
         # ahead, so copies read meanwhile wait here until the depth of the frames before them is written.
         self.events: deque = deque()
 
     def run(self, predictor: Any, every: int, max_frames: int | None, max_pixels: int | None) -> Summary:
         start = time.perf_counter()
-        for relative in predictor.stream(self.frames(every, max_frames, max_pixels)):
-            self.flush_copies()
-            _, frame = self.events.popleft()
-            self.publish(frame, relative)
-            self.summary.frames += 1
-            self.step()
-        self.flush_copies()
+        frames = self.frames(every, max_frames, max_pixels)
+        stream = predictor.stream(frames, stabilize=self.stabilizer) if self.stabilizer else predictor.stream(frames)
+        for prediction in stream:
+            self.results.append(prediction)
+            self.flush()
+        if self.aligner is not None:
+            self.aligner.read_rest(self.reader)
+        self.flush()
         self.summary.seconds = time.perf_counter() - start
+        self.summary.flicker = self.meter.figure
+        if self.stabilizer is not None:
+            self.summary.flicker_unstabilized = self.stabilizer.flicker_in.figure
+            self.summary.flicker = self.stabilizer.flicker_out.figure
         return self.summary
 
     def step(self) -> None:
         if self.progress is not None:
             self.progress(1)
 
-    def flush_copies(self) -> None:
-        while self.events and self.events[0][0] == "copy":
-            _, conn, timestamp, raw = self.events.popleft()
-            self.writer.copy(conn, timestamp, raw)
-            self.summary.copied += 1
+    def flush(self) -> None:
+        """Write, in bag order, the copies and the frames whose depth (and sensor message) is in."""
+        while self.events:
+            if self.events[0][0] == "copy":
+                _, conn, timestamp, raw = self.events.popleft()
+                self.writer.copy(conn, timestamp, raw)
+                self.summary.copied += 1
+                continue
+            frame = self.events[0][1]
+            if not self.results or (self.aligner is not None and not self.aligner.ready(frame)):
+                return
+            self.events.popleft()
+            self.publish(frame, self.results.popleft())
+            self.summary.frames += 1
+            self.step()
 
     def frames(self, every: int, max_frames: int | None, max_pixels: int | None) -> Iterator[np.ndarray]:
         """Yield the frames to process, queueing them and the messages to copy."""
         topics, reader = self.topics, self.reader
         wanted = {topics.image, *topics.copy} | ({topics.camera_info} if topics.camera_info else set())
+        sensor = self.aligner.topics if self.aligner is not None else set()
         intrinsics: Intrinsics | None = None
         seen = taken = 0
-        for conn, timestamp, raw in reader.messages(connections=[c for c in reader.connections if c.topic in wanted]):
+        for conn, timestamp, raw in reader.messages(
+            connections=[c for c in reader.connections if c.topic in wanted | sensor]
+        ):
+            if conn.topic in sensor:
+                self.aligner.observe(conn.topic, timestamp, raw, lambda: reader.deserialize(raw, conn.msgtype))  # noqa: B023
             if conn.topic in topics.copy:
                 self.events.append(("copy", conn, timestamp, raw))
             if conn.topic == topics.camera_info:
                 try:
                     intrinsics = intrinsics_from_camera_info(reader.deserialize(raw, conn.msgtype))
                 except (InputError, *self.errors) as exc:
-                    self.warn(f"camera info at {timestamp} ns unusable, no point clouds until a good one: {exc}")
+                    self.summary.camera_infos_skipped += 1
+                    self.warn_once(
+                        str(exc), f"camera info at {timestamp} ns skipped, no points until a good one: {exc}"
+                    )
                     intrinsics = None
             if conn.topic != topics.image:
                 continue
@@ -336,20 +245,33 @@ class _Pass:
                 self.skip(timestamp, f"cannot deserialise {conn.msgtype}: {exc}")
                 continue
             self.events.append(("frame", _Frame(timestamp, msg.header, image, intrinsics)))
+            if self.aligner is not None:
+                self.aligner.match(self.events[-1][1])
             yield image
             taken += 1
             if max_frames is not None and taken >= max_frames:
                 return
 
+    def warn_once(self, key: object, text: str) -> None:
+        if key not in self.said:
+            self.said.add(key)
+            self.warn(text)
+
     def skip(self, timestamp: int, reason: str) -> None:
         self.summary.skipped.append((timestamp, reason))
         self.step()
 
-    def publish(self, frame: _Frame, relative: np.ndarray) -> None:
-        topics, summary = self.topics, self.summary
-        messages = depth_messages(
-            self.writer.make, _blob, frame.header, relative, frame.image, frame.intrinsics, self.conversion
-        )
+    def publish(self, frame: _Frame, prediction: np.ndarray) -> None:
+        topics, summary, args = self.topics, self.summary, (self.writer.make, _blob, frame.header)
+        if self.aligner is None:
+            messages = depth_messages(*args, prediction, frame.image, frame.intrinsics, self.conversion)
+        else:  # metres from this frame's fit, or none; a metric model's output is never relative
+            relative = None if self.conversion.output.is_metric else prediction
+            metres = self.aligner.align(frame, prediction).depth
+            messages = output_messages(*args, frame.image, frame.intrinsics, self.conversion, relative, metres)
+        summary.metric += "metric" in messages
+        if self.stabilizer is None:
+            self.meter.update(frame.image, disparity_of(prediction, self.conversion.output))
         for key, topic, msgtype in [
             ("relative", topics.relative, IMAGE),
             ("metric", topics.metric, IMAGE),
@@ -360,6 +282,13 @@ class _Pass:
                 summary.point_bytes += size if key == "points" else 0
         if "points" in messages:
             summary.points += 1
+            note = camera_size_note(frame.intrinsics, *prediction.shape)
+            if note:
+                self.warn_once((frame.intrinsics.width, frame.intrinsics.height, prediction.shape), note)
+            stride = bounded_stride(*prediction.shape, self.conversion.point_stride, self.conversion.max_points)
+            if stride > self.conversion.point_stride:
+                summary.thinned_clouds += 1
+                summary.largest_stride = max(summary.largest_stride, stride)
         elif "metric" in messages:
             summary.frames_without_camera_info += 1
 
@@ -383,17 +312,27 @@ def process_bag(
     max_pixels: int | None = None,
     progress: Callable[[int], Any] | None = None,
     warn: Callable[[str], None] = lambda text: print(f"warning: {text}", file=sys.stderr),
+    align_to: str | None = None,
+    align_options: dict[str, Any] | None = None,
+    stabilize: bool = False,
 ) -> Summary:
     """Write ``output``: a new bag with the depth of ``image_topic`` in ``input_path`` (see the module doc).
 
     ``predictor`` is a :class:`runtime.DepthPredictor`. Frames that cannot be decoded are
-    skipped and listed in the returned summary; ``progress(1)`` is called for every image
-    message handled, written or skipped. Raises ``InputError`` for an unusable request
-    (missing topic, output present) before anything is written.
+    skipped and listed in the returned summary, and camera infos that cannot be used are
+    counted; when no frame at all could be decoded, nothing is written (``summary.frames == 0``).
+    ``progress(1)`` is called for every image message handled, written or skipped. Raises
+    ``InputError`` for an unusable request (missing topic, output present) before anything is
+    written. ``align_to``: a PointCloud2 or depth image topic fitted per frame
+    (``runtime.ros.bag_align``; ``align_options`` are ``BagAligner.prepare``'s, or
+    ``{"aligner": prepared}``), its per-frame record written beside the output; ``stabilize``:
+    relative depth on the scale of the frames before it.
     """
+    from .bag_align import BagAligner, alignment_json_path, check_conversion
+
     rb = rosbags_modules()
     input_path, output = Path(input_path), Path(output)
-    conversion = conversion or Conversion()
+    conversion = check_conversion(conversion or Conversion(), getattr(predictor, "output", OutputKind()), stabilize)
     if every < 1 or (max_frames is not None and max_frames < 1):
         raise InputError(f"every and max_frames must be positive, got {every} and {max_frames}")
     check_output(input_path, output)
@@ -406,14 +345,31 @@ def process_bag(
         )
         kind = output_kind(input_path, output, storage, reader.is2)
         staging = staging_dir(output)
-        writer = _BagWriter(rb, staging / output.name, kind, reader)
+        writer = BagWriter(rb, staging / output.name, kind, reader)
         errors = (rb.highlevel.AnyReaderError, rb.serde.SerdeError)
-        run = _Pass(reader, writer, topics, conversion, errors, progress, warn)
+        options = dict(align_options or {})
+        aligner = options.pop("aligner", None)
+        if align_to is not None and aligner is None:
+            aligner = BagAligner.prepare(reader, align_to, topics.camera_info, **options)
+        if aligner is not None:
+            aligner.start(conversion.output)
+        stabilizer = Stabilizer() if stabilize else None
+        run = _Pass(reader, writer, topics, conversion, errors, progress, warn, aligner, stabilizer)
         summary = run.run(predictor, every, max_frames, max_pixels)
         writer.close()
-        check_output(input_path, output)  # something else may have created it meanwhile
-        os.replace(staging / output.name, output)
+        if summary.frames:  # a bag of copies alone is no result: nothing goes under the output name
+            check_output(input_path, output)  # something else may have created it meanwhile
+            if aligner is not None:  # the record lands first: a bag under its name is always complete
+                summary.alignment_json = alignment_json_path(output)
+                os.replace(
+                    aligner.write_json(staging / summary.alignment_json.name, output.name), summary.alignment_json
+                )
+            os.replace(staging / output.name, output)
         return summary
+    except OSError as exc:
+        if exc.errno in DISK_ERRNOS and not exc.filename:  # the bag writers do not say which file
+            raise OutputError(exc.errno, exc.strerror, str(output)) from exc
+        raise
     finally:
         reader.close()
         if staging is not None:

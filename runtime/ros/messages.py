@@ -8,14 +8,14 @@ Messages are read by attribute (``msg.height``, ``msg.data``, ...), so the messa
 
 Published depth follows REP 118 and the toolkit's conventions: ``32FC1``, the source image's
 header, relative inverse depth (unitless) under its own topic and metric depth in metres only
-after an explicit conversion, NaN where invalid.
+from a metric model or after an explicit conversion, NaN where invalid.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import cv2
@@ -23,8 +23,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..io.images import decode_image_bytes
-from ..metric import ScaleShift
-from ..pointcloud import Intrinsics, PointCloud, depth_to_points, pointcloud2_layout
+from ..metric import OutputKind, ScaleShift
+from ..pointcloud import MAX_POINTS, Intrinsics, PointCloud, bounded_stride, depth_to_points, pointcloud2_layout
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
@@ -94,7 +94,9 @@ def compressed_to_numpy(msg: Any, max_pixels: int | None = None) -> np.ndarray:
     """A ``sensor_msgs/CompressedImage`` (JPEG or PNG) as HxWx3 BGR uint8."""
     if "compresseddepth" in str(msg.format).lower():
         raise InputError(f"compressed depth images ({msg.format!r}) are not camera images")
-    return decode_image_bytes(_buffer(msg.data), max_pixels, name=f"compressed image ({msg.format or 'no format'})")
+    name = f"compressed image ({msg.format or 'no format'})"
+    # Camera frames stay as the sensor stored them: an EXIF rotation would no longer match the camera info.
+    return decode_image_bytes(_buffer(msg.data), max_pixels, name=name, exif_orientation=False)
 
 
 def message_to_image(msg: Any, msgtype: str, max_pixels: int | None = None) -> np.ndarray:
@@ -123,6 +125,16 @@ def intrinsics_from_camera_info(msg: Any) -> Intrinsics:
     )
 
 
+def camera_size_note(intrinsics: Intrinsics, height: int, width: int) -> str | None:
+    """What to tell the user when a camera info describes another image size than the frame's."""
+    if not intrinsics.width or not intrinsics.height or (intrinsics.width, intrinsics.height) == (width, height):
+        return None
+    sizes = f"the camera info is for {intrinsics.width}x{intrinsics.height} images, the frames are {width}x{height}"
+    if abs(intrinsics.width * height / (intrinsics.height * width) - 1) > 0.01:
+        return f"{sizes}: another aspect ratio, so the points use intrinsics stretched to fit; check the topics"
+    return f"{sizes}: the intrinsics are scaled to the frames"
+
+
 def metric_depth(relative: np.ndarray, conversion: ScaleShift) -> np.ndarray:
     """Depth in metres from relative inverse depth, NaN where the conversion gives none (REP 118)."""
     depth = conversion.to_metric(relative)
@@ -149,7 +161,10 @@ def depth_message(make: Callable[..., Any], blob: Callable[[np.ndarray], Any], h
 def pointcloud2_message(
     make: Callable[..., Any], blob: Callable[[np.ndarray], Any], header: Any, cloud: PointCloud
 ) -> Any:
-    """A dense, unorganised ``sensor_msgs/PointCloud2`` (x, y, z[, rgb] float32) with ``header``."""
+    """A dense, unorganised ``sensor_msgs/PointCloud2`` (x, y, z[, rgb] float32) with ``header``.
+
+    ``is_dense`` is "True if there are no invalid points" (PointCloud2.msg): ``depth_to_points``
+    keeps finite points only, so it holds."""
     layout = pointcloud2_layout(cloud)
     fields = [
         make(POINT_FIELD, name=name, offset=offset, datatype=datatype, count=count)
@@ -177,6 +192,8 @@ class Conversion:
     point_stride: int = 1
     max_range: float | None = None  # metres along z
     colour_points: bool = True
+    max_points: int | None = MAX_POINTS  # a larger stride beyond this many points per cloud; None: no bound
+    output: OutputKind = field(default_factory=OutputKind)  # what the model's output is
 
 
 def depth_messages(
@@ -188,16 +205,40 @@ def depth_messages(
     intrinsics: Intrinsics | None,
     conversion: Conversion,
 ) -> dict[str, Any]:
-    """The messages for one frame, keyed ``relative`` (always), ``metric`` (with a metric
-    conversion) and ``points`` (with a metric conversion and intrinsics)."""
-    messages = {"relative": depth_message(make, blob, header, relative)}
-    if conversion.metric is None:
+    """The messages for one frame of the model's output, keyed ``relative`` (a relative model's
+    output), ``metric`` (a metric model's output, or a relative one's through the conversion's
+    scale and shift) and ``points`` (with metric depth and intrinsics)."""
+    if conversion.output.is_metric:
+        return output_messages(make, blob, header, image, intrinsics, conversion, None, model_metres(relative))
+    metres = None if conversion.metric is None else metric_depth(relative, conversion.metric)
+    return output_messages(make, blob, header, image, intrinsics, conversion, relative, metres)
+
+
+def model_metres(depth: np.ndarray) -> np.ndarray:
+    """A metric model's output as published: metres, NaN where not positive and finite (REP 118)."""
+    depth = np.asarray(depth, np.float32)
+    return np.where(np.isfinite(depth) & (depth > 0), depth, np.float32(np.nan)).astype(np.float32)
+
+
+def output_messages(
+    make: Callable[..., Any],
+    blob: Callable[[np.ndarray], Any],
+    header: Any,
+    image: np.ndarray,
+    intrinsics: Intrinsics | None,
+    conversion: Conversion,
+    relative: np.ndarray | None,
+    metres: np.ndarray | None,
+) -> dict[str, Any]:
+    """The messages for relative inverse depth and/or metres (``None``: not published)."""
+    messages = {} if relative is None else {"relative": depth_message(make, blob, header, relative)}
+    if metres is None:
         return messages
-    depth = metric_depth(relative, conversion.metric)
-    messages["metric"] = depth_message(make, blob, header, depth)
+    messages["metric"] = depth_message(make, blob, header, metres)
     if intrinsics is not None:
         colours = image if conversion.colour_points else None
-        cloud = depth_to_points(depth, intrinsics, colours, conversion.point_stride, conversion.max_range)
+        stride = bounded_stride(*metres.shape, conversion.point_stride, conversion.max_points)
+        cloud = depth_to_points(metres, intrinsics, colours, stride, conversion.max_range)
         messages["points"] = pointcloud2_message(make, blob, header, cloud)
     return messages
 

@@ -4,9 +4,11 @@
         -r camera_info:=/camera/camera_info
 
 Subscribes to ``image`` (``sensor_msgs/Image``) and ``camera_info``; publishes, with each
-source image's header, ``depth/relative_inverse`` (32FC1, unitless) and, given a metric
-conversion (``metric_scale``, ``metric_shift``), ``depth/image`` (32FC1 metres, REP 118) and
-``depth/points`` (``PointCloud2`` in the camera's optical frame). When inference is slower
+source image's header, ``depth/relative_inverse`` (32FC1, unitless; not for a metric model)
+and, from a metric model, a metric conversion (``metric_scale``, ``metric_shift``) or a fit per
+frame to ``sparse_depth`` (``sparse_depth_type:=points`` for a PointCloud2, ``image`` for a
+depth image; transforms from tf or ``extrinsics``), ``depth/image`` (32FC1 metres, REP 118)
+and ``depth/points`` (``PointCloud2`` in the camera's optical frame). When inference is slower
 than the camera, only the newest frame waits: older ones are dropped, never queued.
 
 The node is a thin shell: decoding, message building, point clouds and the frame-dropping
@@ -18,29 +20,33 @@ from __future__ import annotations
 
 import argparse
 import array
+import math
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..cli import add_predictor_args, network_size, size_options
+from ..cli import add_predictor_args, check_metric_options, network_size, size_options
 from ..commands import command
 from ..errors import InputError, MissingDependencyError
 from ..metric import ScaleShift
-from ..pointcloud import Intrinsics
+from ..pointcloud import MAX_POINTS, Intrinsics
+from .align import FramePipeline, LiveAligner, buffer_transforms, fixed_transform
 from .messages import (
     IMAGE,
     POINT_CLOUD2,
     POINT_FIELD,
     Conversion,
     LatestOnly,
-    depth_messages,
+    camera_size_note,
     intrinsics_from_camera_info,
     message_to_image,
 )
+from .tf import parse_extrinsics
 
 TOPICS = {"relative": "depth/relative_inverse", "metric": "depth/image", "points": "depth/points"}
 RCLPY_MISSING = (
@@ -64,16 +70,60 @@ class NodeSettings:
     point_stride: int = 1
     max_range: float = 0.0  # 0: no cut
     point_colors: bool = True
+    max_points: int = MAX_POINTS  # a larger stride beyond this many points per cloud
+    output_kind: str = ""  # "": what the model file says (else relative); "relative" or "metric"
+    max_depth: float = 0.0  # a metric model file without metadata: its bound in metres
+    sparse_depth_type: str = ""  # "": no alignment; "points" (PointCloud2) or "image" (depth Image)
+    extrinsics: str = ""  # the sensor's pose in the camera frame (6 or 7 numbers); "": from tf
+    max_time_offset: float = 0.05  # seconds between an image and its sensor message
+    held_out: float = 0.2  # share of each frame's sensor points that scores the fit
+    hold: float = 0.5  # seconds a good fit is held for frames without one
+    stabilize: bool = False  # relative depth on the scale of the frames before it
+
+    def check_alignment(self) -> None:
+        """The output kind, alignment and stabilising parameters (``InputError`` naming the bad one)."""
+        if self.output_kind not in ("", "relative", "metric"):
+            raise InputError(f"output_kind must be '', 'relative' or 'metric', got {self.output_kind!r}")
+        if self.sparse_depth_type not in ("", "points", "image"):
+            raise InputError(f"sparse_depth_type must be '', 'points' or 'image', got {self.sparse_depth_type!r}")
+        for name in ("max_depth", "max_time_offset", "hold"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise InputError(f"{name} must be a finite number >= 0, got {value}")
+        if not 0 <= self.held_out < 0.9:
+            raise InputError(f"held_out must be in [0, 0.9), got {self.held_out}")
+        if self.extrinsics and not self.sparse_depth_type:
+            raise InputError("extrinsics describe the sparse_depth sensor: set sparse_depth_type too")
+        if self.extrinsics:
+            parse_extrinsics(self.extrinsics)
+
+    def predictor_options(self) -> dict[str, Any]:
+        """``DepthPredictor`` keyword arguments for ``output_kind`` and ``max_depth``."""
+        return {"output_kind": self.output_kind or None, "max_depth": self.max_depth or None}
+
+    def pipeline(self, kind: Any, transforms: Any) -> FramePipeline:
+        """The frame pipeline for a model of ``kind``; ``transforms`` serve ``sparse_depth``."""
+        from ..align import AlignSettings, FilterSettings, Stabilizer
+
+        aligner = None
+        if self.sparse_depth_type:
+            settings = AlignSettings(temporal=FilterSettings(hold=self.hold), held_out=self.held_out)
+            msgtype = POINT_CLOUD2 if self.sparse_depth_type == "points" else IMAGE
+            aligner = LiveAligner(kind, msgtype, transforms, settings, self.max_time_offset)
+        stabilizer = Stabilizer() if self.stabilize else None
+        return FramePipeline(kind, self.conversion(), stabilizer, aligner)
 
     def check(self) -> NodeSettings:
         if not self.model:
             raise InputError("no model: give --model PATH or --ros-args -p model:=PATH")
-        if self.input_size < 14 or self.point_stride < 1:
+        if self.input_size < 14 or self.point_stride < 1 or self.max_points < 1:
             raise InputError(
-                f"input_size must be >= 14 and point_stride >= 1, got {self.input_size}, {self.point_stride}"
+                f"input_size must be >= 14, point_stride and max_points >= 1, got {self.input_size}, "
+                f"{self.point_stride}, {self.max_points}"
             )
-        if self.metric_scale < 0 or self.max_range < 0:
-            raise InputError("metric_scale and max_range must not be negative (0 turns them off)")
+        # The bag tool's rules; 0 turns the scale and the range cut off (NaN is not 0: refused).
+        check_metric_options(self.metric_scale or None, self.metric_shift, self.max_range or None, str)
+        self.check_alignment()
         self.size_options()
         return self
 
@@ -91,7 +141,7 @@ class NodeSettings:
 
     def conversion(self) -> Conversion:
         metric = ScaleShift(self.metric_scale, self.metric_shift, float("nan"), 0) if self.metric_scale else None
-        return Conversion(metric, self.point_stride, self.max_range or None, self.point_colors)
+        return Conversion(metric, self.point_stride, self.max_range or None, self.point_colors, self.max_points)
 
 
 def split_ros_args(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -134,7 +184,25 @@ def parse_args(argv: list[str]) -> tuple[NodeSettings, list[str]]:
     parser.add_argument("--point-stride", type=int, default=defaults.point_stride, help="every Nth pixel for points")
     parser.add_argument("--max-range", type=float, default=defaults.max_range, help="drop points beyond (m); 0: none")
     parser.add_argument("--no-point-colors", action="store_true", help="points without the rgb field")
+    parser.add_argument(
+        "--max-points", type=int, default=defaults.max_points, help="most points per cloud; larger frames thinned"
+    )
+    parser.add_argument(
+        "--sparse-depth-type",
+        choices=("points", "image"),
+        default=None,
+        help="fit metric depth per frame to 'sparse_depth': a PointCloud2 (points) or a depth image (image)",
+    )
+    parser.add_argument("--extrinsics", default="", help="the sensor's pose in the camera frame instead of tf")
+    parser.add_argument("--max-time-offset", type=float, default=defaults.max_time_offset, help="seconds")
+    parser.add_argument("--held-out", type=float, default=defaults.held_out, help="share of points that scores a fit")
+    parser.add_argument("--hold", type=float, default=defaults.hold, help="seconds a good fit is held")
+    parser.add_argument("--stabilize", action="store_true", help="relative depth on one scale across frames")
     args = parser.parse_args(ours)
+    try:  # ROS parameters given with -p are checked by NodeSettings.check once declared
+        check_metric_options(args.metric_scale or None, args.metric_shift, args.max_range or None)
+    except InputError as exc:
+        parser.error(str(exc))
     fixed = isinstance(args.size, tuple)
     settings = NodeSettings(
         args.model,
@@ -148,6 +216,15 @@ def parse_args(argv: list[str]) -> tuple[NodeSettings, list[str]]:
         args.point_stride,
         args.max_range,
         not args.no_point_colors,
+        args.max_points,
+        output_kind=args.output_kind or "",
+        max_depth=args.max_depth or 0.0,
+        sparse_depth_type=args.sparse_depth_type or "",
+        extrinsics=args.extrinsics,
+        max_time_offset=args.max_time_offset,
+        held_out=args.held_out,
+        hold=args.hold,
+        stabilize=args.stabilize,
     )
     return settings, ros
 
@@ -155,6 +232,36 @@ def parse_args(argv: list[str]) -> tuple[NodeSettings, list[str]]:
 def _blob(data: np.ndarray) -> array.array:
     # rclpy stores uint8[] fields as array.array('B'); handing one over skips a per-element check.
     return array.array("B", data.tobytes())
+
+
+def serve(latest: LatestOnly, handle: Callable[[Any], None], log: Any, running: Callable[[], bool]) -> None:
+    """The depth worker: ``handle`` the newest frame until ``running()`` turns false. A frame that
+    fails (undecodable, a camera info the lens model refuses, a backend error) is logged with the
+    ROS logger's ``warning``/``error`` and skipped: one bad message never stops the node."""
+    while running():
+        msg = latest.take(timeout=0.5)
+        if msg is None:
+            continue
+        try:
+            handle(msg)
+        except InputError as exc:
+            log.warning(f"frame skipped: {exc}", throttle_duration_sec=5.0)
+        except Exception as exc:  # anything else: the thread must outlive it, or the node serves nothing
+            log.error(f"frame skipped: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
+
+
+def camera_info_receiver(slot: list[Intrinsics | None], log: Any) -> Callable[[Any], None]:
+    """The ``camera_info`` callback: the newest usable intrinsics in ``slot[0]``, ``None`` (no points,
+    with a warning) after one that cannot be used."""
+
+    def receive(msg: Any) -> None:
+        try:
+            slot[0] = intrinsics_from_camera_info(msg)
+        except ValueError as exc:  # InputError, or numbers that are not numbers
+            log.warning(f"camera info unusable, no points: {exc}", throttle_duration_sec=10.0)
+            slot[0] = None
+
+    return receive
 
 
 def run_node(settings: NodeSettings, ros_args: list[str]) -> int:
@@ -181,54 +288,75 @@ def run_node(settings: NodeSettings, ros_args: list[str]) -> int:
             backend=settings.backend,
             device=settings.device,
             precision=settings.precision or None,
+            **settings.predictor_options(),
             **settings.size_options(),
         )
-        log.info(f"{predictor!r}")
+        log.info(f"{predictor!r}: {predictor.output.describe()}")
         types = {IMAGE: Image, POINT_CLOUD2: PointCloud2, POINT_FIELD: PointField}
-        conversion = settings.conversion()
+        transforms = None
+        if settings.extrinsics:
+            transforms = fixed_transform(parse_extrinsics(settings.extrinsics))
+        elif settings.sparse_depth_type:
+            import tf2_ros
+            from rclpy.time import Time
+
+            tf_buffer = tf2_ros.Buffer()
+            tf_listener = tf2_ros.TransformListener(tf_buffer, node)  # noqa: F841 - it feeds the buffer while alive
+            transforms = buffer_transforms(
+                tf_buffer.lookup_transform,
+                lambda ns: Time(nanoseconds=ns),
+                (tf2_ros.LookupException, tf2_ros.ConnectivityException),
+                (tf2_ros.TransformException,),
+            )
+        pipeline = settings.pipeline(predictor.output, transforms)
         intrinsics: list[Intrinsics | None] = [None]
 
         def make(msgtype: str, **fields: Any) -> Any:
             return types[msgtype](**fields)
 
-        def on_camera_info(msg: Any) -> None:
-            try:
-                intrinsics[0] = intrinsics_from_camera_info(msg)
-            except InputError as exc:
-                log.warning(f"camera info unusable, no points: {exc}", throttle_duration_sec=10.0)
-                intrinsics[0] = None
-
         # Depth 1: a queue of camera frames behind a slow model is latency, not data.
         newest = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
         node.create_subscription(Image, "image", latest.put, newest)
-        node.create_subscription(CameraInfo, "camera_info", on_camera_info, 1)
-        wanted = ["relative"] + (["metric", "points"] if conversion.metric is not None else [])
-        kinds = {"relative": Image, "metric": Image, "points": PointCloud2}
-        publishers = {key: node.create_publisher(kinds[key], TOPICS[key], 1) for key in wanted}
+        node.create_subscription(CameraInfo, "camera_info", camera_info_receiver(intrinsics, log), 1)
+        if pipeline.aligner is not None:
+            aligner = pipeline.aligner
+            sensor_type = PointCloud2 if aligner.msgtype == POINT_CLOUD2 else Image
+            node.create_subscription(sensor_type, "sparse_depth", aligner.add_sensor, 5)
 
-        def work() -> None:
-            done, since = 0, time.monotonic()
-            while rclpy.ok():
-                msg = latest.take(timeout=0.5)
-                if msg is None:
-                    continue
+            def on_sensor_info(msg: Any) -> None:
                 try:
-                    image = message_to_image(msg, IMAGE)
-                    relative = predictor.predict(image)
-                except InputError as exc:
-                    log.warning(f"frame skipped: {exc}", throttle_duration_sec=5.0)
-                    continue
-                for key, message in depth_messages(
-                    make, _blob, msg.header, relative, image, intrinsics[0], conversion
-                ).items():
-                    publishers[key].publish(message)
-                done += 1
-                if time.monotonic() - since >= 10.0:
-                    rate = done / (time.monotonic() - since)
-                    log.info(f"{rate:.1f} frames/s; {latest.dropped} of {latest.received} frames dropped as stale")
-                    done, since = 0, time.monotonic()
+                    aligner.set_sensor_info(intrinsics_from_camera_info(msg))
+                except InputError:
+                    aligner.set_sensor_info(None)
 
-        worker = threading.Thread(target=work, name="depth-worker", daemon=True)
+            node.create_subscription(CameraInfo, "sparse_depth/camera_info", on_sensor_info, 1)
+        kinds = {"relative": Image, "metric": Image, "points": PointCloud2}
+        publishers = {key: node.create_publisher(kinds[key], TOPICS[key], 1) for key in pipeline.outputs}
+
+        done, since = 0, time.monotonic()
+
+        def handle(msg: Any) -> None:
+            nonlocal done, since
+            image = message_to_image(msg, IMAGE)
+            relative = predictor.predict(image)
+            camera = intrinsics[0]
+            note = camera_size_note(camera, *relative.shape) if camera is not None else None
+            if note and "points" in pipeline.outputs:
+                log.warning(note, throttle_duration_sec=60.0)
+            for key, message in pipeline.messages(make, _blob, msg.header, image, relative, camera).items():
+                publishers[key].publish(message)
+            done += 1
+            if time.monotonic() - since >= 10.0:
+                rate = done / (time.monotonic() - since)
+                aligned = ""
+                if pipeline.aligner is not None:
+                    status = pipeline.aligner.log.statuses
+                    aligned = f"; metric depth: {status['fit']} fitted, {status['held'] + status['gated']} held, "
+                    aligned += f"{status['none']} without"
+                log.info(f"{rate:.1f} frames/s; {latest.dropped} of {latest.received} frames dropped as stale{aligned}")
+                done, since = 0, time.monotonic()
+
+        worker = threading.Thread(target=serve, args=(latest, handle, log, rclpy.ok), name="depth-worker", daemon=True)
         worker.start()
         rclpy.spin(node)
     except KeyboardInterrupt:

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import tarfile
+import zipfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from . import sa1b
+from .labels import LabelReader
 from .synthetic import Scene
 from .transforms import to_disparity, training_sample
 
@@ -48,7 +50,14 @@ def read_label_index(labels: Path) -> list[dict]:
     for index_path in sorted(labels.glob("*.json")):
         index = json.loads(index_path.read_text())
         for entry in index["entries"]:
-            entries.append({**entry, "container": index["container"], "labels": str(labels / index["labels"])})
+            entries.append(
+                {
+                    **entry,
+                    "container": index["container"],
+                    "labels": str(labels / index["labels"]),
+                    "format": index.get("format", "float16"),
+                }
+            )
     return entries
 
 
@@ -62,7 +71,7 @@ class PseudoLabelDataset:
         self.crop, self.jitter = crop, jitter
         self.skipped = 0
         self._tars: dict[Path, tarfile.TarFile] = {}
-        self._labels: dict[str, np.lib.npyio.NpzFile] = {}
+        self._labels = LabelReader()
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -71,10 +80,8 @@ class PseudoLabelDataset:
         candidate = sa1b.Candidate(Path(entry["container"]), entry["member"], 0)
         try:
             image = sa1b.decode(sa1b.read_bytes(candidate, self._tars))
-            if entry["labels"] not in self._labels:
-                self._labels[entry["labels"]] = np.load(entry["labels"])
-            label = self._labels[entry["labels"]][entry["key"]].astype(np.float32)
-        except (OSError, KeyError, ValueError, tarfile.TarError):  # InputError is a ValueError
+            label = self._labels.read(entry)
+        except (OSError, KeyError, ValueError, tarfile.TarError, zipfile.BadZipFile):  # InputError: ValueError
             return None
         height, width = label.shape
         return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA), label

@@ -19,6 +19,9 @@ from runtime.io.images import ImageTooLargeError, decode_image_bytes
 from runtime.preprocessing import check_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# What an unreadable image raises (InputError covers undecodable and too-large images): a long
+# job counts these and moves on.
+UNREADABLE = (InputError, OSError, tarfile.TarError, KeyError)
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ def iter_images(
             except ImageTooLargeError:
                 (corrupt if too_large is None else too_large).append(candidate.name)
                 continue
-            except (InputError, OSError, tarfile.TarError, KeyError):
+            except UNREADABLE:
                 corrupt.append(candidate.name)
                 continue
             yield candidate, image

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from .variants import PATCH_SIZE, ModelSpec
@@ -188,6 +189,9 @@ class DinoVisionTransformer(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, dim))
         self.blocks = nn.ModuleList(Block(spec) for _ in range(spec.depth))
         self.norm = nn.LayerNorm(dim, eps=LN_EPS)
+        # Recompute each block's activations in the backward pass instead of keeping them: a
+        # ViT-G's 40 blocks of saved activations do not fit beside its weights otherwise.
+        self.activation_checkpointing = False
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -206,8 +210,13 @@ class DinoVisionTransformer(nn.Module):
         tokens = tokens + interpolate_pos_embed(self.pos_embed, self.spec.pos_grid, height, width).to(tokens.dtype)
         taken = set(self.spec.layers)
         features = []
+        recompute = self.activation_checkpointing and torch.is_grad_enabled()
         for index, block in enumerate(self.blocks):
-            tokens = block(tokens)
+            if recompute:
+                # Non-reentrant: the form that composes with FSDP, autocast and frozen inputs.
+                tokens = torch.utils.checkpoint.checkpoint(block, tokens, use_reentrant=False)
+            else:
+                tokens = block(tokens)
             if index in taken:
                 features.append(self.norm(tokens)[:, 1:])
             if index == self.spec.layers[-1]:

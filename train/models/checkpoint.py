@@ -27,6 +27,24 @@ _WRAPPER_KEYS = ("model", "state_dict", "module")
 _LIST_LIMIT = 8
 
 
+# The published weights' licences, by encoder. Depth-Anything-V2's README (DepthAnything/
+# Depth-Anything-V2 @ 049f021, "LICENSE"): "Depth-Anything-V2-Small model is under the Apache-2.0
+# license. Depth-Anything-V2-Base/Large/Giant models are under the CC-BY-NC-4.0 license."; the
+# Hugging Face cards agree (depth-anything/Depth-Anything-V2-Small and -Small-hf: apache-2.0;
+# -Large and -Large-hf: cc-by-nc-4.0). The metric checkpoints' cards are tagged apache-2.0 even for
+# Base/Large, which the README does not say: the README's stricter rule is kept for them too.
+OFFICIAL_LICENCES = {"vits": "Apache-2.0", "vitb": "CC-BY-NC-4.0", "vitl": "CC-BY-NC-4.0", "vitg": "CC-BY-NC-4.0"}
+UNKNOWN_LICENCE = "unknown"
+
+
+def checkpoint_licence(metadata: Mapping[str, str], spec: ModelSpec) -> str:
+    """Ours: what the file's metadata says (``license``), else unknown; the published ones (official
+    ``.pth``, Hugging Face ``-hf``): by encoder."""
+    if metadata.get("format") == FORMAT_TAG:
+        return metadata.get("license") or metadata.get("licence") or UNKNOWN_LICENCE
+    return OFFICIAL_LICENCES.get(spec.name, UNKNOWN_LICENCE)
+
+
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be read or does not fit the model."""
 
@@ -284,11 +302,20 @@ def load_model(
     model = DepthAnythingV2(spec, max_depth=max_depth)
     check_state_dict(model, state, str(path))
     model.load_state_dict(state, strict=True)
+    model.licence = checkpoint_licence(metadata, spec)  # travels into every artefact's sidecar
     return model.to(map_location).eval()
 
 
-def save_model(model: torch.nn.Module, path: str | Path, metadata: Mapping[str, str] | None = None) -> Path:
-    """Write official-named weights and the variant to ``.safetensors``, atomically."""
+def save_model(
+    model: torch.nn.Module,
+    path: str | Path,
+    metadata: Mapping[str, str] | None = None,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write official-named weights and the variant to ``.safetensors``, atomically.
+
+    ``state_dict`` replaces the model's own (a sharded model's weights, gathered by the caller).
+    """
     from safetensors.torch import save_file
 
     model = getattr(model, "module", model)  # DDP / compiled wrappers
@@ -304,7 +331,8 @@ def save_model(model: torch.nn.Module, path: str | Path, metadata: Mapping[str, 
         "max_depth": "" if model.max_depth is None else repr(float(model.max_depth)),
     }
     meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    weights = model.state_dict() if state_dict is None else state_dict
+    tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 

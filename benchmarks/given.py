@@ -1,0 +1,172 @@
+"""``python -m benchmarks --model A --model B ...``: the artefacts you have, timed and scored as they are.
+
+Nothing is exported or built: the engine a team built on its Jetson, the IR on its OpenVINO box,
+each runs on the backend that loads it, in a worker process of its own, in the same interleaved
+rounds as every benchmark (``benchmarks.rounds``). Accuracy is against each artefact's own
+reference (the FP32 outputs its export wrote beside it, ``runtime.reference``), not against
+PyTorch, so this needs only the runtime's dependencies: numpy, OpenCV, tqdm and each artefact's
+backend library (no PyTorch; no OpenVINO unless an IR is given), on the runtime's Python 3.8.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from runtime.backends import resolve_backend
+from runtime.errors import ModelFileError
+from runtime.metadata import read_sidecar
+from runtime.reference import find_reference, load_reference
+
+from .checks import assess
+from .cpu import detect
+from .machine import machine_facts
+from .ranking import rank
+from .report import write_report
+from .rounds import time_rows
+from .runner import STATUS_INVALID, STATUS_OK, Config, Settings, prepare
+
+MODE = "artefacts"
+
+
+def calibration_text(meta: dict) -> str | None:
+    """What an INT8 artefact was calibrated on, from its sidecar."""
+    calibration = meta.get("calibration")
+    if not calibration:
+        return None
+    quantization = meta.get("quantization") or {}
+    method = quantization.get("method") or quantization.get("tool")
+    held = f", {calibration['held_out']} held out" if calibration.get("held_out") else ""
+    return f"{calibration.get('count')} images from {calibration.get('source')}{held}" + (
+        f" ({method})" if method else ""
+    )
+
+
+def artefact_facts(path: Path, backend: str, meta: dict, reference: Path | None) -> dict:
+    """What the report says about an artefact: its sidecar's facts and its reference."""
+    gpu = meta.get("gpu") or {}
+    return {
+        "artefact": str(path),
+        "backend": backend,
+        "precision": meta.get("precision", "unknown (no sidecar)"),
+        "calibration": calibration_text(meta),
+        "tensorrt": (meta.get("versions") or {}).get("tensorrt"),
+        "built_on": gpu.get("name"),
+        "licence": meta.get("licence", "unknown"),
+        "sidecar": bool(meta),
+        "reference": str(reference) if reference else None,
+    }
+
+
+def artefact_config(path: Path, index: int, settings: Settings) -> tuple[Config, dict]:
+    """The row of one artefact, its worker's job (with its reference's images to time on) written
+    under ``artefacts/<index>`` in the work folder, and its facts. A missing file, or one no
+    backend loads, is a usage error (exit code 2)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file")
+    backend = resolve_backend(path)
+    meta = read_sidecar(path) or {}
+    found = find_reference(path)
+    reference = load_reference(found) if found else None
+    shape = meta.get("input_shape") or []
+    if reference is not None:
+        size = reference.sizes[0]
+        images = {n: cv2.cvtColor(i, cv2.COLOR_RGB2BGR) for n, i in zip(reference.names, reference.images)}
+    else:  # no reference: timed on the bundled photo (or a synthetic scene), not scored
+        from export.verify import verification_photos
+
+        size = tuple(shape[2:]) if len(shape) == 4 and None not in shape[2:] else (518, 518)
+        images = verification_photos()
+    config = Config(backend, str(meta.get("precision", "?")), tuple(size), lambda: path, variant=path.name)
+    config.reference = found
+    folder = settings.workdir / "artefacts" / str(index)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "images.npz", **images)
+    prepare(config, settings, folder / "images.npz", next(iter(images)), f"artefacts/{index}")
+    return config, artefact_facts(path, backend, meta, found)
+
+
+def score_artefact(config: Config) -> None:
+    """A timed row's accuracy: its check against its reference (done in its worker)."""
+    result = config.result
+    verification = result.get("verification")
+    if not result.get("end_to_end"):
+        return
+    if not verification:
+        result.update(status=STATUS_OK, error="not scored: no reference beside it")
+        return
+    inputs = verification["inputs"]
+    result["vs_fp32"] = {k: float(np.mean([i[k] for i in inputs])) for k in ("abs_rel", "delta1")}
+    result["status"] = STATUS_OK if verification["passed"] else STATUS_INVALID
+    if not verification["passed"]:
+        result["error"] = (
+            f"{verification['metric']} {verification['value']:.3g} over its reference's tolerance "
+            f"{verification['tolerance']:g}"
+        )
+
+
+def run_artefacts(models: list[Path], args, warmup: int, runs: int, rounds: int) -> int:
+    """Time and score ``models``, write the report; 0, or ``EXIT_UNRELIABLE`` with ``--strict``."""
+    from runtime.commands import EXIT_UNRELIABLE
+
+    started = time.perf_counter()
+    cpu = detect()
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    settings = Settings(args.work_dir, warmup, runs, rounds, None, 0, 0.1, cpu)
+    configs, facts = [], []
+    for index, path in enumerate(models):
+        try:
+            config, fact = artefact_config(path, index, settings)
+        except ValueError as exc:  # a reference or sidecar that cannot be read: a usage error
+            raise ModelFileError(f"{path}: {exc}") from exc
+        configs.append(config)
+        facts.append(fact)
+    ready = [c for c in configs if c.job is not None]
+    print(f"timing {len(ready)} artefacts in {rounds} interleaved rounds", file=sys.stderr)
+    timed = time_rows(ready, settings)
+    for config, fact in zip(configs, facts):
+        score_artefact(config)
+        fact["verification"] = config.result.get("verification")
+    rows = [c.row() for c in configs]
+    reliability = assess(rows, {}, {"main rounds": timed["machine_state"]}, cpu.native("bf16"))
+    rows, best = rank(rows, args.accuracy_budget, reliability["reliable"])
+    data = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "mode": MODE,
+        "machine": machine_facts(cpu),
+        "model": "the artefacts given with --model, as they are (their own weights)",
+        "notice": None,
+        "images": "each artefact's reference inputs (bundled photographs and held-out calibration images)",
+        "calibration": "as each artefact's sidecar records it (below)",
+        "timing_image": None,
+        "artefacts": facts,
+        "settings": {
+            "warmup": warmup,
+            "runs": runs,
+            "rounds": rounds,
+            "calls_per_round": settings.calls_per_round,
+            "sizes": sorted({tuple(c.size) for c in configs}),
+            "quick": args.quick,
+        },
+        "accuracy_budget": args.accuracy_budget,
+        "roofline": {},
+        "reliability": reliability,
+        "rows": rows,
+        "fastest_within_budget": best,
+        "size_sweep": [],
+        "phases": {k: round(v, 1) for k, v in settings.phases.seconds.items()},
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    paths = write_report(data, {}, args.report_dir)
+    print((args.report_dir / "report.md").read_text())
+    print("wrote " + ", ".join(str(p) for p in paths) + f" in {data['wall_seconds']:.0f} s")
+    if not reliability["reliable"]:
+        print("warning: the report's self-checks failed: " + "; ".join(reliability["problems"]), file=sys.stderr)
+        if args.strict:
+            return EXIT_UNRELIABLE
+    return 0

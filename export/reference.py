@@ -1,0 +1,184 @@
+"""The reference every export writes beside its artefact (the file format is ``runtime.reference``'s).
+
+A reference holds a few network inputs at the artefact's input size (bundled photographs, and for
+INT8 the images held out of calibration), their FP32 outputs, and the metric and tolerance of the
+artefact's precision. ``write_reference`` makes one from an FP32 runner (PyTorch for
+``export.onnx``, ONNX Runtime on the FP32 source ONNX for the others), reusing the source's own
+reference where it has inputs at the wanted sizes: so an engine built on a Jetson from a Q/DQ ONNX
+(where neither PyTorch nor the FP32 model exist) inherits the reference that travelled with it.
+
+Python 3.8 clean: ``export.trt`` writes references on JetPack 5.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+
+from runtime.accuracy import ABS_REL_ALIGNED, MAX_REL_STD
+from runtime.reference import (
+    Reference,
+    find_reference,
+    image_of,
+    load_reference,
+    make_meta,
+    network_input,
+    reference_path,
+    save_reference,
+)
+
+from .quantize.options import DEFAULT_ACCURACY_BUDGET
+from .verify import FP32_TOLERANCE, verification_photos
+
+# FP16 against FP32 by MAX_REL_STD: FP16-compressed IRs measured 9e-3 to 1.9e-2 on vits (98 to
+# 518 pixels); a wrong engine (NVIDIA/TensorRT#4723, a sign-flipped weight) is off by 1 or more.
+FP16_TOLERANCE = 0.1
+PHOTOS = ("motorcycle_left.png", "chelsea.png")
+MAX_HELD_OUT = 2  # held-out calibration images a reference keeps: enough to see INT8 error, few MB
+
+Runner = Callable[[np.ndarray], np.ndarray]  # (1, 3, H, W) float32 -> (1, H, W) FP32 output
+
+
+def precision_rule(precision: str, budget: float | None = None) -> tuple[str, float]:
+    """The metric and tolerance an artefact of ``precision`` is held to against FP32."""
+    if "int8" in precision:
+        return ABS_REL_ALIGNED, float(budget if budget is not None else DEFAULT_ACCURACY_BUDGET)
+    if "fp16" in precision or "bf16" in precision:
+        return MAX_REL_STD, FP16_TOLERANCE
+    return MAX_REL_STD, FP32_TOLERANCE
+
+
+def other_size(height: int, width: int) -> tuple[int, int]:
+    """The second size of a dynamic artefact's reference: 3/4 the height, 5/4 the width (another
+    aspect ratio, about the same work), in multiples of 14."""
+    return max(14, round(height * 0.75 / 14) * 14), max(14, round(width * 1.25 / 14) * 14)
+
+
+def _photos_at(size: tuple[int, int], names: tuple[str, ...]) -> list[tuple[str, np.ndarray]]:
+    photos = verification_photos(names)
+    height, width = size
+    return [
+        (name, cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), (width, height), interpolation=cv2.INTER_CUBIC))
+        for name, bgr in photos.items()
+    ]
+
+
+def write_reference(
+    artefact: str | Path,
+    precision: str,
+    sizes: Sequence[tuple[int, int]],
+    runner: Runner | None = None,
+    against: str = "",
+    source: str | Path | None = None,
+    held_out: Sequence[np.ndarray] = (),
+    budget: float | None = None,
+    **extra,
+) -> Path | None:
+    """Write ``<artefact>.reference.npz`` and return its path (``None``, with a note, when neither
+    the source's reference nor an FP32 runner can give one).
+
+    ``sizes``: the artefact's input size, or for a dynamic artefact its main size and one other.
+    Inputs come from the reference beside ``source`` at those sizes; sizes it lacks get bundled
+    photographs (two for a static artefact, one per size for a dynamic one) and ``held_out``
+    calibration batches (normalised ``(1, 3, H, W)``) are added, both run through ``runner``.
+    """
+    sizes = [tuple(int(v) for v in s) for s in sizes]
+    images, outputs, inputs = [], [], []
+    base = find_reference(source) if source is not None else None
+    base_ref: Reference | None = load_reference(base) if base is not None else None
+    if base_ref is not None:
+        for image, output, item in zip(base_ref.images, base_ref.outputs, base_ref.meta["inputs"]):
+            if tuple(image.shape[:2]) in sizes:
+                images.append(image)
+                outputs.append(output)
+                inputs.append({"outputs_from": base_ref.meta.get("outputs_from", ""), **item})
+        if budget is None and base_ref.metric == ABS_REL_ALIGNED:
+            budget = base_ref.tolerance  # an INT8 source's budget carries over to what is built from it
+    # A static artefact gets two photographs; a dynamic one a photograph per size.
+    names = {sizes[0]: PHOTOS} if len(sizes) == 1 else {s: (PHOTOS[i % len(PHOTOS)],) for i, s in enumerate(sizes)}
+    new: list[tuple[str, str, np.ndarray]] = []
+    for size in sizes:
+        if all(tuple(i.shape[:2]) != size for i in images):
+            new += [(name, "bundled photograph", image) for name, image in _photos_at(size, names[size])]
+    for index, batch in enumerate(list(held_out)[:MAX_HELD_OUT]):
+        image = image_of(batch)
+        if tuple(image.shape[:2]) not in sizes:
+            image = cv2.resize(image, (sizes[0][1], sizes[0][0]), interpolation=cv2.INTER_CUBIC)
+        new.append((f"held_out_{index}", "calibration image held out of calibration", image))
+    if new and runner is None:
+        print(
+            f"note: no FP32 model here to compute reference outputs for {len(new)} inputs of {Path(artefact).name}; "
+            "its reference keeps what its source's reference holds",
+            file=sys.stderr,
+        )
+        new = []
+    for name, origin, image in new:
+        images.append(image)
+        outputs.append(np.asarray(runner(network_input(image)), dtype=np.float32).reshape(image.shape[:2]))
+        inputs.append({"name": name, "source": origin, "size": list(image.shape[:2]), "outputs_from": against})
+    if not images:
+        print(f"note: {Path(artefact).name} has no reference (no source reference, no FP32 model)", file=sys.stderr)
+        return None
+    metric, tolerance = precision_rule(precision, budget)
+    origins = "; ".join(dict.fromkeys(item["outputs_from"] for item in inputs))
+    meta = make_meta(artefact, precision, metric, tolerance, inputs, origins, **extra)
+    return save_reference(reference_path(artefact), Reference(images, outputs, meta))
+
+
+def torch_runner(model) -> Runner:
+    """An FP32 runner of a ``DepthAnythingV2`` on the CPU."""
+    import torch
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(batch)).numpy()
+
+    return run
+
+
+def onnx_runner(path: str | Path) -> Runner | None:
+    """ONNX Runtime FP32 on ``path``, or ``None`` where ONNX Runtime is not installed (a Jetson)."""
+    from runtime.errors import MissingDependencyError
+
+    from .verify import OnnxRuntimeRunner
+
+    try:
+        return OnnxRuntimeRunner(path)
+    except MissingDependencyError:
+        return None
+
+
+def write_int8_reference(
+    output: Path, source: Path, shape: tuple[int, int], held_out: Sequence[np.ndarray], budget: float | None
+) -> Path | None:
+    """The reference of an INT8 Q/DQ ONNX quantized from the FP32 ``source`` at ``shape``: FP32
+    outputs of the source on photographs and the held-out calibration images, held to ``budget``."""
+    from .graph import input_hw, load_onnx
+
+    dynamic = input_hw(load_onnx(source, load_external_data=False)) is None
+    sizes = [shape, other_size(*shape)] if dynamic else [shape]
+    against = "ONNX Runtime FP32 on the source ONNX"
+    return write_reference(output, "int8", sizes, onnx_runner(source), against, source, held_out, budget)
+
+
+def write_fp16_reference(output: Path, source: Path, sizes: Sequence[tuple[int, int]] | None = None) -> Path | None:
+    """The reference of an FP16-typed copy of ``source`` (FP32 or Q/DQ INT8): the source's inputs
+    and FP32 outputs (ONNX Runtime on an FP32 source where the source has none), held to FP16's
+    bound, or to the INT8 budget for a Q/DQ source. ``sizes``: default the source's input size."""
+    from .graph import input_hw, is_quantized, load_onnx
+
+    model = load_onnx(source, load_external_data=False)
+    known = find_reference(source)
+    if sizes is None and known is not None:
+        sizes = list(dict.fromkeys(load_reference(known).sizes))
+    if sizes is None:
+        hw = input_hw(model) or (518, 518)
+        sizes = [hw] if input_hw(model) else [hw, other_size(*hw)]
+    quantized = is_quantized(model)
+    runner = None if quantized else onnx_runner(source)  # a Q/DQ model's outputs are not FP32 outputs
+    against = "ONNX Runtime FP32 on the source ONNX"
+    return write_reference(output, "int8" if quantized else "fp16", sizes, runner, against, source)

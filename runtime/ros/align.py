@@ -1,0 +1,295 @@
+"""Per-frame alignment to a sparse sensor, shared by the bag tool and the ROS 2 node.
+
+A frame (its header, intrinsics and prediction) is matched to the sensor message nearest in
+time within ``max_time_offset``; the message's points go through the transform between the
+sensor's frame and the camera's (the tf tree, or extrinsics given by hand), are projected into
+the image and fitted (``runtime.align``). What could not be used is counted by reason in an
+``AlignmentLog``, which also keeps the per-frame records the bag tool writes as JSON.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any, Callable
+
+import numpy as np
+
+from ..align import AlignSettings, FrameAligner, FrameResult, SparseSamples, Stabilizer, sample_points
+from ..align.frame import DROP_REASONS
+from ..errors import InputError
+from ..metric import OutputKind
+from ..pointcloud import Intrinsics
+from .messages import Conversion, depth_messages, output_messages
+from .sparse import sensor_frame
+from .tf import NoTransformError, TfTree, TransformTimeError, frame_name, stamp_ns, transform_msg_matrix
+
+DEFAULT_MAX_TIME_OFFSET = 0.05  # seconds between an image and the sensor message it is fitted to
+
+# camera frame, sensor frame, sensor stamp (ns) -> 4x4 taking sensor points into the camera frame
+# (typing's Callable: collections.abc's cannot be subscripted at run time on Python 3.8)
+Transforms = Callable[[str, str, int], np.ndarray]
+
+
+def tree_transforms(tree: TfTree) -> Transforms:
+    return lambda camera, sensor, stamp: tree.lookup(camera, sensor, stamp)
+
+
+def fixed_transform(matrix: np.ndarray) -> Transforms:
+    """Extrinsics given by hand: the same sensor-to-camera transform whatever the frames are called."""
+    return lambda camera, sensor, stamp: matrix
+
+
+def nearest(stamps: Sequence[int], stamp: int, max_offset_ns: int) -> tuple[int | None, int | None]:
+    """Index of the sorted ``stamps`` nearest to ``stamp`` if within ``max_offset_ns``, and the offset."""
+    if not len(stamps):
+        return None, None
+    i = bisect.bisect_left(stamps, stamp)
+    best = min((j for j in (i - 1, i) if 0 <= j < len(stamps)), key=lambda j: abs(stamps[j] - stamp))
+    offset = abs(stamps[best] - stamp)
+    return (best if offset <= max_offset_ns else None), offset
+
+
+def frame_samples(
+    msg: Any,
+    msgtype: str,
+    camera_frame: str,
+    intrinsics: Intrinsics,
+    size: tuple[int, int],
+    transforms: Transforms,
+    aligner: FrameAligner,
+    sensor_intrinsics: Intrinsics | None = None,
+) -> SparseSamples:
+    """The samples a sensor message gives one image: decoded, moved into the camera frame, projected.
+
+    Raises ``InputError`` (an unusable message, no transform path) or ``TransformTimeError``.
+    """
+    sensor = sensor_frame(msg, msgtype, sensor_intrinsics or intrinsics)
+    matrix = transforms(frame_name(camera_frame), sensor.frame_id, sensor.stamp)
+    points = sensor.points @ matrix[:3, :3].T + matrix[:3, 3]
+    fit = aligner.settings.fit
+    return sample_points(points, intrinsics, size[0], size[1], fit.min_depth, fit.max_depth)
+
+
+def _category(reason: str) -> str:
+    return reason.split(" (")[0].split(":")[0]
+
+
+class AlignmentLog:
+    """Counts and per-frame records of one run's alignment."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.statuses: Counter = Counter()
+        self.reasons: Counter = Counter()
+        self.dropped: Counter = Counter()
+        self.seconds = 0.0
+
+    def add(self, result: FrameResult, seconds: float, **extra: Any) -> None:
+        record = {**result.record, **extra}
+        self.records.append(record)
+        self.statuses[result.status] += 1
+        if "reason" in record:
+            self.reasons[_category(record["reason"])] += 1
+        for key in DROP_REASONS:
+            self.dropped[key] += record.get("points", {}).get(key, 0)
+        self.seconds += seconds
+
+    def held_out(self) -> dict[str, float | None]:
+        """Medians over the frames of the held-out AbsRel, delta1 and RMSE."""
+        scores = [r["held_out"] for r in self.records if r.get("held_out", {}).get("abs_rel") is not None]
+        return {
+            key: (float(np.median([s[key] for s in scores])) if scores else None)
+            for key in ("abs_rel", "delta1", "rmse")
+        }
+
+    def summary(self) -> dict[str, Any]:
+        frames = len(self.records)
+        return {
+            "frames": frames,
+            "status": dict(self.statuses),
+            "reasons": dict(self.reasons),
+            "points_dropped": {k: v for k, v in self.dropped.items() if v},
+            "held_out_median": self.held_out(),
+            "ms_per_frame": round(1e3 * self.seconds / frames, 3) if frames else None,
+        }
+
+    def lines(self, topic: str) -> list[str]:
+        """The command summary's lines."""
+        s = self.summary()
+        status = s["status"]
+        lines = [
+            f"  aligned to {topic}: {status.get('fit', 0)} frames fitted, {status.get('gated', 0)} jumps held back, "
+            f"{status.get('held', 0)} on a held fit, {status.get('none', 0)} without metric depth"
+            + (f", {status['model']} with the model's own metres" if status.get("model") else "")
+            + (f" ({s['ms_per_frame']:.1f} ms a frame)" if s["ms_per_frame"] is not None else "")
+        ]
+        if s["reasons"]:
+            lines.append("    frames without a fit: " + ", ".join(f"{n} {r}" for r, n in sorted(s["reasons"].items())))
+        if s["points_dropped"]:
+            named = {
+                "non_finite": "not finite",
+                "behind": "behind the camera",
+                "outside": "outside the image",
+                "out_of_range": "outside the depth range",
+                "occluded": "hidden behind nearer points",
+            }
+            lines.append(
+                "    sensor points left out: " + ", ".join(f"{n} {named[k]}" for k, n in s["points_dropped"].items())
+            )
+        scores = s["held_out_median"]
+        if scores["abs_rel"] is not None:
+            lines.append(
+                f"    held-out sensor points (median over frames): AbsRel {scores['abs_rel']:.4f}, "
+                f"delta1 {scores['delta1']:.3f}, RMSE {scores['rmse']:.3f} m"
+            )
+        return lines
+
+
+class LiveAligner:
+    """The node's alignment: sensor messages arrive on one thread, frames are aligned on another.
+
+    Sensor messages are kept (undecoded) for ``keep`` seconds behind the newest one; a frame
+    takes the one nearest its stamp within ``max_time_offset`` and decodes it then.
+    """
+
+    def __init__(
+        self,
+        kind: OutputKind,
+        msgtype: str,
+        transforms: Transforms,
+        settings: AlignSettings | None = None,
+        max_time_offset: float = DEFAULT_MAX_TIME_OFFSET,
+        keep: float = 2.0,
+    ) -> None:
+        if not max_time_offset >= 0:
+            raise InputError(f"max_time_offset must be >= 0 seconds, got {max_time_offset}")
+        self.aligner = FrameAligner(kind, settings)
+        self.msgtype, self.transforms = msgtype, transforms
+        self.max_offset = int(max_time_offset * 1e9)
+        self.keep = int(keep * 1e9)
+        self.sensor_intrinsics: Intrinsics | None = None
+        self.log = AlignmentLog()
+        self._messages: deque = deque()  # (stamp, msg), in arrival order
+        self._lock = threading.Lock()
+
+    def add_sensor(self, msg: Any) -> None:
+        stamp = stamp_ns(msg.header)
+        with self._lock:
+            self._messages.append((stamp, msg))
+            while self._messages and self._messages[0][0] < stamp - self.keep:
+                self._messages.popleft()
+
+    def set_sensor_info(self, intrinsics: Intrinsics | None) -> None:
+        self.sensor_intrinsics = intrinsics
+
+    def align(self, header: Any, prediction: np.ndarray, intrinsics: Intrinsics | None) -> FrameResult:
+        start = time.perf_counter()
+        stamp = stamp_ns(header)
+        with self._lock:
+            held = sorted(self._messages, key=lambda item: item[0])
+        index, offset = nearest([s for s, _ in held], stamp, self.max_offset)
+        samples, missing = None, ""
+        if intrinsics is None:
+            missing = "no camera info"
+        elif index is None:
+            missing = self._no_message(offset)
+        else:
+            try:
+                samples = frame_samples(
+                    held[index][1],
+                    self.msgtype,
+                    header.frame_id,
+                    intrinsics,
+                    prediction.shape,
+                    self.transforms,
+                    self.aligner,
+                    self.sensor_intrinsics,
+                )
+            except (NoTransformError, TransformTimeError) as exc:
+                missing = f"no transform: {exc}"
+            except InputError as exc:
+                missing = f"sensor message unusable: {exc}"
+        result = self.aligner.align(prediction, samples, stamp, missing)
+        self.log.add(result, time.perf_counter() - start)
+        return result
+
+    def _no_message(self, offset: int | None) -> str:
+        limit = self.max_offset / 1e6
+        if offset is None:
+            return f"no sensor message within {limit:.0f} ms (none received)"
+        return f"no sensor message within {limit:.0f} ms (nearest {offset / 1e6:.0f} ms)"
+
+
+def buffer_transforms(
+    lookup_transform: Callable[[str, str, Any], Any],
+    to_time: Callable[[int], Any],
+    no_path: tuple[type[BaseException], ...],
+    no_time: tuple[type[BaseException], ...],
+) -> Transforms:
+    """Transforms from a tf2 buffer (the node's listener on /tf and /tf_static): ``lookup_transform``
+    is ``tf2_ros.Buffer.lookup_transform``, its lookup and connectivity errors ``no_path``, its
+    extrapolation errors ``no_time``."""
+
+    def lookup(camera: str, sensor: str, stamp: int) -> np.ndarray:
+        try:
+            stamped = lookup_transform(camera, sensor, to_time(stamp))
+        except no_path as exc:
+            raise NoTransformError(f"no transform between '{sensor}' and '{camera}': {exc}") from None
+        except no_time as exc:
+            raise TransformTimeError(str(exc)) from None
+        return transform_msg_matrix(stamped.transform)
+
+    return lookup
+
+
+class FramePipeline:
+    """What the node does with a frame after inference: stabilise, align, build the messages.
+
+    ``kind`` is the model's output; ``conversion`` its constants (relative models only);
+    ``stabilizer`` and ``aligner`` are optional. A metric model's output is never published
+    as relative depth; a relative model gets metres only from constants or a fit.
+    """
+
+    def __init__(
+        self,
+        kind: OutputKind,
+        conversion: Conversion,
+        stabilizer: Stabilizer | None = None,
+        aligner: LiveAligner | None = None,
+    ) -> None:
+        if kind.is_metric and conversion.metric is not None:
+            raise InputError(f"the model outputs {kind.describe()}: metric_scale/metric_shift are for relative models")
+        if kind.is_metric and stabilizer is not None:
+            raise InputError(f"the model outputs {kind.describe()}: stabilize is for relative models")
+        if aligner is not None and conversion.metric is not None:
+            raise InputError("give sparse_depth (a fit per frame) or metric_scale (constants), not both")
+        self.kind, self.stabilizer, self.aligner = kind, stabilizer, aligner
+        self.conversion = replace(conversion, output=kind)
+
+    @property
+    def outputs(self) -> list[str]:
+        """The message keys this pipeline may publish: ``relative``, ``metric``, ``points``."""
+        metres = self.kind.is_metric or self.conversion.metric is not None or self.aligner is not None
+        return ([] if self.kind.is_metric else ["relative"]) + (["metric", "points"] if metres else [])
+
+    def messages(
+        self,
+        make: Callable[..., Any],
+        blob: Callable[[np.ndarray], Any],
+        header: Any,
+        image: np.ndarray,
+        prediction: np.ndarray,
+        intrinsics: Intrinsics | None,
+    ) -> dict[str, Any]:
+        if self.stabilizer is not None:
+            prediction = self.stabilizer(image, prediction)
+        if self.aligner is None:
+            return depth_messages(make, blob, header, prediction, image, intrinsics, self.conversion)
+        metres = self.aligner.align(header, prediction, intrinsics).depth
+        relative = None if self.kind.is_metric else prediction
+        return output_messages(make, blob, header, image, intrinsics, self.conversion, relative, metres)
