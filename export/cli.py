@@ -83,7 +83,11 @@ def add_calibration_args(
             help=f"activation ranges (default {default_method})",
         )
         add_hidden_aliases(parser, "calib_method", aliases, choices=methods)
-    parser.add_argument("--allow-fewer", action="store_true", help="calibrate on fewer images than asked if short")
+    parser.add_argument(
+        "--allow-fewer",
+        action="store_true",
+        help="if short of images, hold out fewer accuracy images (down to 2), then calibrate on fewer (down to 10)",
+    )
     add_accuracy_args(parser)
 
 
@@ -123,6 +127,13 @@ def add_accuracy_args(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="migrate activation outliers into the weights first: auto (when LayerNorm-fed layers cause the "
         "error, default), on, off",
+    )
+    parser.add_argument(
+        "--float-layers",
+        action="append",
+        metavar="NAMES",
+        help="layers to keep in float, comma-separated or repeated: ONNX node names as the .quant.json report "
+        "names them (a refused export names a set that met the budget)",
     )
 
 

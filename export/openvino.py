@@ -1,7 +1,8 @@
 """``python -m export.openvino``: OpenVINO IR in FP16 (compressed weights) or INT8 (NNCF).
 
 INT8 is NNCF post-training quantization with its transformer preset on the same SA-1B
-``CalibrationSet`` the TensorRT path uses. Before it lands, the IR (run with f32 inference,
+``CalibrationSet`` the TensorRT path uses, held to the accuracy budget by the same method
+(``export.quantize.openvino_int8``). Before it lands, the IR (run with f32 inference,
 since OpenVINO otherwise runs bf16 on CPUs that have it) is verified against an independent
 reference, ONNX Runtime FP32 on the source ONNX, on a photograph, within a tolerance per
 precision; the metric is ``export.verify.MAX_REL_STD``. The .xml/.bin pair appears as a whole or not
@@ -28,18 +29,11 @@ from .cli import add_calibration_args, add_precision_args, add_size_arg, add_sou
 from .errors import ExportError, ExportRequestError
 from .graph import onnx_output_kind
 from .onnx import source_onnx
+from .quantize.openvino_int8 import compile_f32 as _compile_f32
+from .quantize.options import ACCURACY_METHODS, Int8Options
 from .reference import FP16_TOLERANCE, onnx_runner, other_size, write_reference
 from .source import PRECISIONS, check_precision, default_output, licence_note
-from .verify import (
-    ABS_REL_ALIGNED,
-    FP32_TOLERANCE,
-    MAX_REL_STD,
-    OnnxRuntimeRunner,
-    abs_rel,
-    compare,
-    run_onnxruntime,
-    verification_input,
-)
+from .verify import FP32_TOLERANCE, MAX_REL_STD, compare, run_onnxruntime, verification_input
 
 # Largest MAX_REL_STD against ONNX Runtime FP32 an IR may show on the verification photo. Measured
 # on vits with the parity weights at 98x98 / 266x266 / 518x518: fp32 2e-5 / 5e-5 / 6e-5, fp16
@@ -47,58 +41,6 @@ from .verify import (
 # artefact (one weight tensor with its sign flipped: 7 to 11), not a loss of accuracy: that is
 # the benchmark's AbsRel column.
 TOLERANCES = {"fp32": FP32_TOLERANCE, "fp16": FP16_TOLERANCE, "int8": 2.0}
-MAX_RESTORE_STEPS = 20
-
-
-def _compile_f32(ov, model):
-    return ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-
-
-def quantize_within_budget(nncf, ov, model, onnx_path: Path, split, budget: float) -> tuple:
-    """NNCF's accuracy-controlled INT8: layers go back to float until the AbsRel against ONNX
-    Runtime FP32 on the held-out images drops by at most ``budget``; returns the model and a record."""
-    held = split.held_out_batches()
-    references = OnnxRuntimeRunner(onnx_path).run_all(held)
-
-    def validate(compiled, items) -> tuple[float, list[float]]:
-        items = list(items)
-        per_image = [-abs_rel([np.asarray(compiled(batch)[0])], [ref]) for batch, ref in items]
-        return float(np.mean(per_image)), per_image
-
-    def error_of(candidate) -> float:
-        return -validate(_compile_f32(ov, candidate), zip(held, references, strict=True))[0]
-
-    calibration = nncf.Dataset(list(split), lambda sample: sample)
-    validation = nncf.Dataset(list(zip(held, references, strict=True)), lambda item: item[0])
-    options = {"preset": nncf.QuantizationPreset.MIXED, "model_type": nncf.ModelType.TRANSFORMER}
-    plain = nncf.quantize(model.clone(), calibration, subset_size=len(split), **options)
-    record = {"budget": budget, "metric": ABS_REL_ALIGNED, "held_out_images": len(held), "plain_error": error_of(plain)}
-    if record["plain_error"] <= budget:
-        final = plain
-    else:
-        from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
-
-        # Each iteration puts one more layer group back in float and validates: bounded, so an
-        # unreachable budget ends in minutes with the numbers instead of trying every layer.
-        restorer = AdvancedAccuracyRestorerParameters(max_num_iterations=MAX_RESTORE_STEPS, num_ranking_workers=1)
-        final = nncf.quantize_with_accuracy_control(
-            model,
-            calibration,
-            validation,
-            validate,
-            max_drop=budget,
-            subset_size=len(split),
-            advanced_accuracy_restorer_parameters=restorer,
-            **options,
-        )
-    fake_quantize = [sum(op.get_type_name() == "FakeQuantize" for op in m.get_ops()) for m in (plain, final)]
-    record.update(error=error_of(final), fake_quantize_plain=fake_quantize[0], fake_quantize=fake_quantize[1])
-    if record["error"] > budget:
-        raise ExportError(
-            f"OpenVINO INT8 misses the accuracy budget: AbsRel {record['error']:.4f} > {budget} after NNCF's accuracy "
-            f"control (plain INT8 {record['plain_error']:.4f}); raise --accuracy-budget or use FP16"
-        )
-    return final, record
 
 
 def export_openvino(
@@ -107,9 +49,12 @@ def export_openvino(
     precision: str = "fp16",
     calibration=None,
     verify_shape: tuple[int, int] | None = None,
-    budget: float | None = None,
+    int8: Int8Options | None = None,
 ) -> dict:
     """Convert an ONNX model to IR at ``output`` (``.xml`` + ``.bin``); returns the sidecar data.
+
+    INT8 follows ``int8`` (the accuracy budget, float layers, method; its images are
+    ``calibration``, a ``HeldOutSplit`` when a budget is set); without it, no budget.
 
     Nothing is written unless the saved IR, read back, matches ONNX Runtime FP32 on the source
     ONNX within ``TOLERANCES[precision]``. An interrupted export leaves the previous pair or
@@ -131,25 +76,17 @@ def export_openvino(
     with stage("converting the ONNX model to OpenVINO"), telemetry_off():
         model = ov.convert_model(str(onnx_path))
     output_kind = onnx_output_kind(onnx_path)
-    quantization = None
+    quantization = budget = None
     if precision == "int8":
-        with telemetry_off():
-            nncf = require("nncf", "openvino", "NNCF")
-        quantization = {"tool": "nncf", "preset": "mixed", "model_type": "transformer"}
-        if budget is not None:  # ``calibration`` is then a HeldOutSplit
-            with stage("quantizing with NNCF within the accuracy budget"), telemetry_off():
-                model, accuracy = quantize_within_budget(nncf, ov, model, onnx_path, calibration, budget)
-            quantization["accuracy"] = accuracy
-        else:
-            dataset = nncf.Dataset(list(calibration), lambda sample: sample)
-            with stage("quantizing with NNCF"):
-                model = nncf.quantize(
-                    model,
-                    dataset,
-                    preset=nncf.QuantizationPreset.MIXED,
-                    model_type=nncf.ModelType.TRANSFORMER,
-                    subset_size=len(calibration),
-                )
+        from .quantize.openvino_int8 import quantize_openvino
+
+        options = int8 or Int8Options(Path(), len(calibration), budget=None)
+        budget = options.budget
+        if options.budget is not None and not hasattr(calibration, "held_out_batches"):
+            raise ExportRequestError(
+                "an accuracy budget needs held-out images: pass export.quantize.budget's read_int8_images"
+            )
+        model, quantization = quantize_openvino(ov, model, onnx_path, calibration, output, options)
     workdir = staging_dir(output)
     try:
         staged = workdir / output.name
@@ -240,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_size_arg(parser, "518x518", aliases=("--shape",))
     parser.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
     add_calibration_args(parser)
+    parser.add_argument(
+        "--accuracy-method",
+        choices=ACCURACY_METHODS,
+        default="sensitivity",
+        help="how INT8 holds the budget: sensitivity (this project's per-layer probes, default) or nncf "
+        "(NNCF's accuracy control)",
+    )
     parser.add_argument("--output", type=Path, help="IR path (default artifacts/<model>.<precision>.xml)")
     return parser
 
@@ -252,31 +196,22 @@ def main(argv: list[str] | None = None) -> int:
     height, width = args.size or (518, 518)
     output.parent.mkdir(parents=True, exist_ok=True)
     source = source_onnx(args.onnx, args.checkpoint, args.encoder, output.parent, height, width, args.dynamic)
-    calibration = None
-    budget = args.accuracy_budget if args.precision == "int8" else None
+    calibration = options = None
     if args.precision == "int8":
-        from .quantize.budget import HeldOutSplit
-        from .quantize.calibration import CalibrationSet
+        from .quantize.budget import read_int8_images
 
-        held = args.accuracy_images if budget is not None else 0
+        options = Int8Options.from_args(args)
         with stage("reading the calibration images"):
-            calibration = CalibrationSet(
-                args.calib_dir,
-                args.calib_samples + held,
-                (height, width),
-                cache_dir=output.parent / ".calib_cache",
-                allow_fewer=args.allow_fewer,
-            )
-        print(calibration.report.summary())
-        if budget is not None:
-            calibration = HeldOutSplit(calibration, held)
-    data = export_openvino(source, output, args.precision, calibration, (height, width), budget)
+            calibration = read_int8_images(options, (height, width), output.parent / ".calib_cache")
+    data = export_openvino(source, output, args.precision, calibration, (height, width), options)
     accuracy = (data.get("quantization") or {}).get("accuracy")
     if accuracy:
+        floats = f", {len(accuracy['float_layers'])} in float" if accuracy["float_layers"] else ""
         print(
             f"INT8 AbsRel vs FP32 on {accuracy['held_out_images']} held-out images: {accuracy['error']:.4f} "
-            f"(plain INT8 {accuracy['plain_error']:.4f}, budget {accuracy['budget']}); FakeQuantize "
-            f"{accuracy['fake_quantize']} of {accuracy['fake_quantize_plain']}"
+            f"(plain INT8 {accuracy['plain_error']:.4f}, budget {accuracy['budget']}); {accuracy['int8_layers']} "
+            f"layers INT8{floats}{', outliers migrated' if accuracy['smoothed'] else ''} "
+            f"(report {output}.quant.json)"
         )
     size = output.with_suffix(".bin").stat().st_size / 2**20
     verification = data["verification"]

@@ -182,3 +182,24 @@ def vits_static_onnx(tmp_path_factory, vits_model):
     from export.onnx import export_onnx
 
     return export_onnx(vits_model, tmp_path_factory.mktemp("onnx") / "vits_518.onnx").path
+
+
+# Seed of the tiny stress weights whose INT8 misses the default accuracy budget at 56x56 on both
+# paths (plain AbsRel 0.013 as Q/DQ ONNX, 0.019 on OpenVINO), mostly through one MLP layer.
+STRESS_SEED = 2
+
+
+@pytest.fixture(scope="session")
+def stress_tiny(tmp_path_factory, tiny_spec):
+    """The tiny model with the stress outliers (``tests.stress.stress_model``) as a 56x56 ONNX, and
+    14 SA-1B images for it: 10 to calibrate on, 4 held out."""
+    from export.onnx import export_onnx
+    from export.quantize.budget import HeldOutSplit
+    from export.quantize.calibration import CalibrationSet
+    from tests.sa1b import make_shard
+    from tests.stress import stress_model
+
+    folder = tmp_path_factory.mktemp("stress_tiny")
+    path = export_onnx(stress_model(tiny_spec, STRESS_SEED), folder / "stress.onnx", 56, 56).path
+    make_shard(folder / "sa1b" / "sa_0.tar", 14, faults=False)
+    return path, HeldOutSplit(CalibrationSet(folder / "sa1b", 14, (56, 56), progress=False), 4)

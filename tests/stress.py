@@ -17,9 +17,15 @@ channels a handful of INT8 levels. ``add_outliers`` builds three such patterns i
    are scaled down by the same factor. Not LayerNorm-fed: only keeping that ``fc2`` in float helps.
 3. Token outliers: ``TOKENS`` patch positions get ``TOKEN_NORM`` added to their position embedding,
    so a few tokens of the residual stream are far larger than the rest, as register-like tokens are.
+
+As a checkpoint for the export commands: ``python -m tests.stress --output stress_vits.safetensors
+[--encoder vits] [--seed 0]`` (this project's ``.safetensors``, read by ``--checkpoint``).
 """
 
 from __future__ import annotations
+
+import argparse
+from pathlib import Path
 
 import torch
 
@@ -64,7 +70,7 @@ def stress_model(encoder: str = "vits", seed: int = 0) -> torch.nn.Module:
     residual stream), and the head's last bias is lowered to ``HEAD_BIAS`` (the official 0.5 leaves a
     map that varies by under 1 %, which no INT8 error can move far).
     """
-    from .depth_anything import DepthAnythingV2
+    from train.models import DepthAnythingV2
 
     torch.manual_seed(seed)
     model = DepthAnythingV2(encoder).eval()
@@ -74,3 +80,23 @@ def stress_model(encoder: str = "vits", seed: int = 0) -> torch.nn.Module:
     # The official head's output bias (0.5) drowns the random features: the map would vary by <1 %.
     model.depth_head.scratch.output_conv2[2].bias.fill_(HEAD_BIAS)
     return add_outliers(model)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.stress",
+        description="Write the stress weights (seeded random weights with ViT activation outliers) as a checkpoint.",
+    )
+    parser.add_argument("--output", type=Path, required=True, help="the .safetensors file to write")
+    parser.add_argument("--encoder", choices=("vits", "vitb", "vitl", "vitg"), default="vits", help="default vits")
+    parser.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
+    args = parser.parse_args(argv)
+    from train.models import save_model
+
+    save_model(stress_model(args.encoder, args.seed), args.output, {"weights": "tests.stress (not a trained model)"})
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

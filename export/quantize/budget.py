@@ -1,28 +1,25 @@
-"""INT8 held to an accuracy budget: measure on held-out images, find the harmful layers, repair.
+"""INT8 held to an accuracy budget: the images, the ONNX Q/DQ path of the method, and its report.
 
 After calibration the INT8 model is compared with the FP32 model on images held out of the
-calibration set (AbsRel after least-squares scale-and-shift alignment, the benchmark's metric).
-Over budget, in this order:
+calibration set (AbsRel after least-squares scale-and-shift alignment, the benchmark's metric);
+over budget, ``export.quantize.search`` decides on outlier migration (``export.quantize.smooth``)
+and which layers go back to float, measuring each choice by removing Q/DQ pairs from one
+quantized graph (``export.quantize.probes``). The last probe's model is the artefact: nothing is
+quantized again at the end.
 
-1. LayerNorm-fed linears against the rest: when quantizing only the former costs more, the
-   outliers are migrated into the weights (``export.quantize.smooth``) and the model is quantized again.
-2. Sensitivity: each group of quantized layers (a transformer block, a DPT stage) is quantized
-   alone and measured; in the worst group first, its worst layers (measured alone in turn) go
-   back to float one at a time, then the next group's, until the budget holds.
-3. If even that fails, the export stops with the numbers.
-
-Everything is written to ``<artefact>.quant.json`` and summarised in the artefact's sidecar. The
-TensorRT target's Q/DQ model is measured with ONNX Runtime's graph optimisations off, so the Q/DQ
-pairs run as written (float simulation of the INT8 arithmetic, the same on every CPU) instead of
-through this CPU's INT8 kernels; the ``cpu`` target is measured as ONNX Runtime runs it.
+Everything is written to ``<artefact>.quant.json``, also when the export is refused, and
+summarised in the artefact's sidecar. The TensorRT target's Q/DQ model is measured with ONNX
+Runtime running the Q/DQ pairs as written (float simulation of the INT8 arithmetic, the same on
+every CPU) instead of through this CPU's INT8 kernels; the ``cpu`` target as ONNX Runtime runs it.
 """
 
 from __future__ import annotations
 
+import difflib
+import glob
 import json
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,17 +27,22 @@ from pathlib import Path
 import numpy as np
 
 from runtime.commands import stage
-from runtime.io.files import atomic_write_bytes
-from runtime.metadata import read_sidecar, write_sidecar
+from runtime.io.files import atomic_write, atomic_write_bytes
+from runtime.metadata import read_sidecar, sha256_file, sidecar_path, write_sidecar
 
 from ..errors import ExportError, ExportRequestError
-from ..graph import load_onnx
+from ..graph import load_onnx, save_onnx
 from ..reference import write_int8_reference
-from ..verify import ABS_REL_ALIGNED, OnnxRuntimeRunner, abs_rel
-from .calibration import CalibrationSet
+from ..verify import ABS_REL_ALIGNED, OnnxRuntimeRunner
+from .calibration import MIN_IMAGES, CalibrationError, CalibrationSet
 from .options import DEFAULT_ACCURACY_BUDGET, DEFAULT_METHOD, DEFAULT_PERCENTILE, SMOOTH_MODES, Int8Options
+from .probes import QdqProbes
 from .qdq import quantize_int8, select_nodes
+from .search import Search, suggestion
 from .smooth import find_sites, smooth
+
+# With --allow-fewer, the held-out share shrinks first, to no fewer than this many images.
+MIN_HELD_OUT = 2
 
 
 class HeldOutSplit:
@@ -74,11 +76,56 @@ class HeldOutSplit:
     def report(self):
         return self.base.report
 
+    def summary(self) -> str:
+        return self.report.summary(f"{len(self)} calibration + {self.held_out} held-out accuracy images")
 
-def group_of(node: str) -> str:
-    """``/pretrained/blocks.3/attn/qkv/MatMul`` -> ``pretrained/blocks.3``; DPT fusion stages by refinenet."""
-    parts = node.strip("/").split("/")
-    return "/".join(parts[:3] if len(parts) > 3 and parts[1] == "scratch" else parts[:2])
+
+def read_int8_images(
+    options: Int8Options, shape: tuple[int, int], cache_dir: Path | None, progress: bool = True
+) -> CalibrationSet | HeldOutSplit:
+    """``options.samples`` calibration images from ``options.calib_dir`` at ``shape``, and with a
+    budget ``options.held_out`` more to measure on (a ``HeldOutSplit``).
+
+    Short of usable images the request is refused, saying what was asked and found; with
+    ``allow_fewer`` the held-out share shrinks first (to ``MIN_HELD_OUT``), then the calibration
+    share (to ``min(samples, MIN_IMAGES)``), and below that it is refused too.
+    """
+    held = options.held_out if options.budget is not None else 0
+    calibration, wanted = options.samples, options.samples + held
+    images = CalibrationSet(options.calib_dir, wanted, shape, options.seed, cache_dir, progress=progress, minimum=0)
+    found = len(images)
+    asked = f"{calibration} calibration" + (f" + {held} held-out accuracy" if held else "") + " images"
+    if found < wanted:
+        if not options.allow_fewer:
+            lower = "--calib-samples or --accuracy-images" if held else "--calib-samples"
+            raise CalibrationError(
+                f"{options.calib_dir}: asked for {asked}, {found} found usable ({images.report.summary()}); "
+                f"add images, lower {lower}, or pass --allow-fewer"
+            )
+        held = min(held, max(MIN_HELD_OUT, found - calibration))
+        floor = min(calibration, MIN_IMAGES)
+        if found - held < floor:
+            least = f"{floor} calibration" + (f" + {held} held-out accuracy" if held else "") + " images"
+            raise CalibrationError(
+                f"{options.calib_dir}: asked for {asked}, {found} found usable ({images.report.summary()}); "
+                f"--allow-fewer accepts no fewer than {least}: add images"
+            )
+        print(f"--allow-fewer: asked for {asked}, {found} found usable; using {found - held} + {held}")
+    if not held:
+        print(images.report.summary())
+        return images
+    split = HeldOutSplit(images, held)
+    print(split.summary())
+    return split
+
+
+def check_float_layers(names: tuple[str, ...], known: list[str], what: str) -> None:
+    """Every name of ``--float-layers`` must be one of ``known`` (the layers INT8 would quantize)."""
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else f" ({len(known)} such layers in this model)"
+            raise ExportRequestError(f"--float-layers: {name!r} is not a layer {what} quantizes{hint}")
 
 
 @dataclass
@@ -87,7 +134,7 @@ class BudgetResult:
     error: float
     plain_error: float
     smoothed: bool
-    reverted: list[str] = field(default_factory=list)  # node names back in float
+    reverted: list[str] = field(default_factory=list)  # node names the search put back in float
     quantized: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -104,129 +151,94 @@ def quantize_with_budget(
     cache_dir: Path | None = None,
     log=print,
     percentile: float | None = None,
+    float_layers: tuple[str, ...] = (),
 ) -> BudgetResult:
-    """Calibrated INT8 of ``source`` at ``output`` whose held-out error stays within ``budget``."""
+    """Calibrated INT8 of ``source`` at ``output`` whose held-out error stays within ``budget``,
+    with ``float_layers`` (node names) in float from the start."""
     if smooth_mode not in SMOOTH_MODES:
         raise ExportRequestError(f"--smooth must be one of {', '.join(SMOOTH_MODES)}, got {smooth_mode!r}")
-    method = method or DEFAULT_METHOD
-    percentile = percentile or DEFAULT_PERCENTILE
-    started = time.perf_counter()
-    held = split.held_out_batches()
-    references = OnnxRuntimeRunner(source).run_all(held)
-    as_written = target == "tensorrt"
+    method, percentile = method or DEFAULT_METHOD, percentile or DEFAULT_PERCENTILE
     source_model = load_onnx(source)
+    check_float_layers(float_layers, select_nodes(source_model, ())[0], "ONNX Q/DQ")
+    # Exact names as patterns: glob.escape keeps a name with [ or * meaning itself.
+    keep = tuple(keep_fp) + tuple(glob.escape(name) for name in float_layers)
+    held = split.held_out_batches()
+    with stage("running the FP32 model on the held-out images"):
+        references = OnnxRuntimeRunner(source).run_all(held)
     workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.budget.", dir=output.parent))
-    cache_dir = cache_dir or workdir  # every attempt reuses one calibration pass per model
-    try:
-        record: dict = {"budget": budget, "metric": ABS_REL_ALIGNED, "held_out_images": len(held), "target": target}
+    cache_dir = cache_dir or workdir  # every base model is calibrated once
+    bases: dict[bool, tuple[Path, list[str]]] = {}
 
-        def attempt(model: Path, keep: tuple[str, ...], path: Path = workdir / "probe.onnx") -> tuple[float, list]:
-            result = quantize_int8(model, split, path, method, target, keep, percentile, cache_dir)
-            return abs_rel(OnnxRuntimeRunner(path, as_written).run_all(held), references), result.quantized
-
-        candidates, _ = select_nodes(source_model, ())
+    def make(smoothed: bool) -> QdqProbes:
         model = source
-        smoothed = smooth_mode == "on"
-
-        def smooth_source() -> int:
-            sites = smooth(source_model, source, workdir / "smoothed.onnx", split)
-            write_sidecar(workdir / "smoothed.onnx", {**(read_sidecar(source) or {}), "smoothed": sites})
-            return sites
-
         if smoothed:
-            sites = smooth_source()
             model = workdir / "smoothed.onnx"
-            record["smoothing"] = {"used": True, "why": "asked (--smooth on)", "sites": sites}
-        error, quantized = attempt(model, keep_fp)
-        record["plain_error"] = plain = error
-        log(f"INT8 error on {len(held)} held-out images: AbsRel {error:.4f} (budget {budget})")
+            sites = smooth(source_model, model, split)
+            write_sidecar(model, {**(read_sidecar(source) or {}), "smoothed": sites})
+        base = workdir / ("smoothed" if smoothed else "plain") / output.name
+        base.parent.mkdir()
+        with stage("calibrating and quantizing"):
+            result = quantize_int8(model, split, base, method, target, keep, percentile, cache_dir)
+        bases[smoothed] = (base, result.quantized)
+        return QdqProbes(base, model, result.quantized, target, held, references, workdir)
 
-        if error > budget and smooth_mode == "auto":
-            ln_fed = {m.name for s in find_sites(source_model) for m in s.matmuls} & set(quantized)
-            if ln_fed:
-                others = tuple(n for n in candidates if n not in ln_fed)
-                ln_error, _ = attempt(source, keep_fp + others)
-                rest_error, _ = attempt(source, keep_fp + tuple(ln_fed))
-                record["smoothing"] = {"ln_fed_only_error": ln_error, "others_only_error": rest_error}
-                if ln_error > rest_error:
-                    sites = smooth_source()
-                    smooth_error, smooth_quantized = attempt(workdir / "smoothed.onnx", keep_fp)
-                    record["smoothing"].update(sites=sites, error=smooth_error)
-                    log(
-                        f"LayerNorm-fed linears dominate (alone {ln_error:.4f} vs the rest {rest_error:.4f}): "
-                        f"outliers migrated at {sites} LayerNorms -> AbsRel {smooth_error:.4f}"
-                    )
-                    if smooth_error < error:
-                        model, smoothed, error, quantized = (
-                            workdir / "smoothed.onnx",
-                            True,
-                            smooth_error,
-                            smooth_quantized,
-                        )
-                record["smoothing"]["used"] = smoothed
-
-        reverted: list[str] = []
-        if error > budget:
-            groups: dict[str, list[str]] = {}
-            for name in quantized:
-                groups.setdefault(group_of(name), []).append(name)
-            log(f"over budget: measuring {len(groups)} groups of quantized layers one at a time ...")
-            sensitivity = {}
-            for group, names in groups.items():
-                alone = tuple(n for n in candidates if n not in names)
-                sensitivity[group], _ = attempt(model, keep_fp + alone)
-            ranked = sorted(sensitivity, key=sensitivity.get, reverse=True)
-            record["sensitivity"] = [
-                {"group": g, "layers": len(groups[g]), "error_alone": sensitivity[g]} for g in ranked
-            ]
-            log(_table(record["sensitivity"]))
-            steps = []
-            in_int8 = len(quantized)
-            for group in ranked:
-                # Within the group, the layers that hurt most alone go back first, and only those
-                # that hurt at least half as much as its worst: the others cost speed for nothing.
-                order = groups[group]
-                if len(order) > 1:
-                    alone = {n: attempt(model, keep_fp + tuple(c for c in candidates if c != n))[0] for n in order}
-                    worst = max(alone.values())
-                    order = sorted((n for n in order if alone[n] >= worst / 2), key=alone.get, reverse=True)
-                for name in order:
-                    if len(reverted) + 1 >= in_int8:  # nothing would be left in INT8
-                        break
-                    reverted.append(name)
-                    error, quantized = attempt(model, keep_fp + tuple(reverted))
-                    steps.append({"reverted": name, "error": error})
-                    log(f"  {name} back to float: AbsRel {error:.4f}")
-                    if error <= budget:
-                        break
-                if error <= budget:
-                    break
-            record["reverts"] = steps
-            if error > budget:
-                raise ExportError(
-                    f"INT8 misses the accuracy budget even with the harmful layers of every group back in float: "
-                    f"AbsRel {error:.4f} with {len(reverted)} layers in float > {budget} (plain INT8 {plain:.4f}); "
-                    "raise --accuracy-budget or use FP16"
-                )
-        final = quantize_int8(model, split, output, method, target, keep_fp + tuple(reverted), percentile, cache_dir)
-        record.update(
-            error=error,
-            int8_layers=len(final.quantized),
-            float_layers=len(reverted),
-            reverted=reverted,
-            smoothed=smoothed,
-            seconds=round(time.perf_counter() - started, 1),
-        )
-        atomic_write_bytes(quant_report_path(output), (json.dumps(record, indent=2) + "\n").encode())
-        meta = read_sidecar(output) or {}
+    try:
+        search = Search(make, budget, log, float_layers)
+        with stage("measuring INT8 layers against the held-out images"):
+            outcome = search.run(smooth_mode, {m.name for s in find_sites(source_model) for m in s.matmuls})
+        base, quantized = bases[outcome.smoothed]
+        record = {
+            "budget": budget,
+            "metric": ABS_REL_ALIGNED,
+            "method": "sensitivity",
+            "target": target,
+            "calibration_images": len(split),
+            "held_out_images": len(held),
+            **search.report(outcome),
+            "error": outcome.error,
+            "int8_layers": len(quantized) - len(outcome.floats),
+            "float_layers": [*float_layers, *outcome.floats],
+            "reverted": outcome.floats,
+            "smoothed": outcome.smoothed,
+            "accepted": outcome.met,
+        }
+        report = quant_report_path(output)
+        if not outcome.met:
+            write_report(report, record)
+            raise ExportError(
+                f"INT8 misses the accuracy budget: AbsRel {outcome.error:.4f} > {budget} with {len(outcome.floats)} "
+                f"layers back in float (plain INT8 {outcome.plain_error:.4f}); "
+                f"{suggestion(record['would_meet_budget'], str(report))}; nothing was written. "
+                "Raise --accuracy-budget, or use FP16"
+            )
+        if outcome.floats:  # the last probe's model is the artefact
+            probe = outcome.prober.build(frozenset(outcome.floats))
+            atomic_write(output, lambda tmp: save_onnx(probe, tmp, location=output.name + ".data"))
+        else:  # the calibrated model as quantize_int8 wrote it (with its external data, if any)
+            for item in sorted(base.parent.glob(base.name + "*"), key=lambda p: p.name == base.name):
+                if item != sidecar_path(base):
+                    item.replace(output.parent / item.name)
+        write_report(report, record)
+        meta = read_sidecar(base) or {}
+        meta["quantization"].update(quantized_nodes=record["int8_layers"], float_layers=record["float_layers"])
+        meta.update(source_onnx=str(source), source_sha256=sha256_file(source), sha256=sha256_file(output))
         meta["accuracy"] = {
             k: record[k]
-            for k in ("budget", "metric", "error", "plain_error", "int8_layers", "float_layers", "smoothed")
+            for k in ("budget", "metric", "method", "error", "plain_error", "int8_layers", "float_layers", "smoothed")
         }
-        meta.pop("artefact", None)
-        meta.pop("schema_version", None)
+        for key in ("artefact", "schema_version", "smoothed"):
+            meta.pop(key, None)
         write_sidecar(output, meta)
-        return BudgetResult(output, error, plain, smoothed, reverted, final.quantized, record["seconds"])
+        quantized_now = [n for n in quantized if n not in outcome.floats]
+        return BudgetResult(
+            output,
+            outcome.error,
+            outcome.plain_error,
+            outcome.smoothed,
+            outcome.floats,
+            quantized_now,
+            record["seconds"],
+        )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -235,50 +247,47 @@ def quant_report_path(artefact: Path) -> Path:
     return artefact.with_name(artefact.name + ".quant.json")
 
 
-def _table(rows: list[dict]) -> str:
-    lines = ["  | layer group | INT8 layers | AbsRel with only it in INT8 |", "  |---|---|---|"]
-    lines += [f"  | {r['group']} | {r['layers']} | {r['error_alone']:.4f} |" for r in rows]
-    return "\n".join(lines)
+def write_report(path: Path, record: dict) -> None:
+    atomic_write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())
 
 
 def export_int8(source: Path, output: Path, options: Int8Options, shape: tuple[int, int], target: str) -> dict:
     """The INT8 step of export.trt and export.quantize: calibrate on ``options.samples`` images
     (plus ``options.held_out`` more to measure on, when a budget is set) at ``shape`` and
     quantize for ``target``; returns the calibration record."""
+    if options.accuracy_method != "sensitivity":
+        raise ExportRequestError("--accuracy-method nncf is OpenVINO's (python -m export.openvino --int8)")
     cache = output.parent / ".calib_cache"
-    budget = options.budget
-    extra = options.held_out if budget is not None else 0
     with stage("reading calibration images"):
-        calibration = CalibrationSet(
-            options.calib_dir, options.samples + extra, shape, options.seed, cache, options.allow_fewer
-        )
-    print(calibration.report.summary())
+        images = read_int8_images(options, shape, cache)
+    keep = tuple(options.keep_fp) + tuple(glob.escape(name) for name in options.float_layers)
     with stage("calibrating and quantizing"):
-        if budget is None:
-            result = quantize_int8(
-                source, calibration, output, options.method, target, options.keep_fp, options.percentile, cache
-            )
+        if options.budget is None:
+            check_float_layers(options.float_layers, select_nodes(load_onnx(source), ())[0], "ONNX Q/DQ")
+            result = quantize_int8(source, images, output, options.method, target, keep, options.percentile, cache)
             print(f"INT8 Q/DQ: {len(result.quantized)} layers INT8, no accuracy check (--accuracy-budget off)")
             write_int8_reference(output, source, shape, (), None)
-            return calibration.describe()
-        split = HeldOutSplit(calibration, extra)
-        checked = quantize_with_budget(
-            source,
-            split,
-            output,
-            budget,
-            options.smooth,
-            options.method,
-            target,
-            options.keep_fp,
-            cache,
-            percentile=options.percentile,
-        )
-    notes = f", {len(checked.reverted)} back in float" if checked.reverted else ""
+            return images.describe()
+    checked = quantize_with_budget(
+        source,
+        images,
+        output,
+        options.budget,
+        options.smooth,
+        options.method,
+        target,
+        options.keep_fp,
+        cache,
+        percentile=options.percentile,
+        float_layers=options.float_layers,
+    )
+    floats = len(checked.reverted) + len(options.float_layers)
+    notes = f", {floats} back in float" if floats else ""
     notes += ", outliers migrated" if checked.smoothed else ""
     print(
-        f"INT8 Q/DQ: {len(checked.quantized)} layers INT8{notes}; AbsRel vs FP32 {checked.error:.4f} on {extra} "
-        f"held-out images (budget {budget}; report {quant_report_path(output)})"
+        f"INT8 Q/DQ: {len(checked.quantized)} layers INT8{notes}; AbsRel vs FP32 {checked.error:.4f} on "
+        f"{images.held_out} held-out images (budget {options.budget}; report {quant_report_path(output)}, "
+        f"{checked.seconds:.0f} s)"
     )
-    write_int8_reference(output, source, shape, split.held_out_batches(), budget)
-    return split.describe()
+    write_int8_reference(output, source, shape, images.held_out_batches(), options.budget)
+    return images.describe()

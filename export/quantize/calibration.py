@@ -46,8 +46,9 @@ class CalibrationReport:
     too_large: list[str] = field(default_factory=list)
     rejected_members: list[str] = field(default_factory=list)
 
-    def summary(self) -> str:
-        text = f"{len(self.used)} calibration images"
+    def summary(self, what: str | None = None) -> str:
+        """``what`` (default: "N calibration images"), then what was skipped and why."""
+        text = what or f"{len(self.used)} calibration images"
         if self.corrupt:
             text += f", {len(self.corrupt)} corrupt skipped ({_first(self.corrupt)})"
         if self.too_large:
@@ -79,7 +80,10 @@ class CalibrationSet:
         allow_fewer: bool = False,
         progress: bool = True,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        minimum: int | None = None,
     ) -> None:
+        """``minimum``: the fewest usable images accepted (default ``num_samples``, with ``allow_fewer``
+        ``min(num_samples, MIN_IMAGES)``); a caller that splits the images checks the counts itself."""
         if num_samples < 1:
             raise CalibrationError(f"num_samples must be at least 1, got {num_samples}")
         self.source = Path(source)
@@ -105,6 +109,7 @@ class CalibrationSet:
         self._data = self._load_or_build(progress)
         found = len(self.report.used)
         floor = min(num_samples, MIN_IMAGES) if allow_fewer else num_samples
+        floor = floor if minimum is None else minimum
         if found < floor:
             hint = (
                 f"--allow-fewer accepts no fewer than {floor}; add images"

@@ -18,12 +18,16 @@ METHODS = ("percentile", "entropy", "minmax")
 # KL/entropy rule clips too hard; measured on vits at 266x350 it gave 4x the error of 99.99 %.
 DEFAULT_METHOD = "percentile"
 DEFAULT_PERCENTILE = 99.99
+# How the budget is held: this project's sensitivity analysis on every path, or on OpenVINO NNCF's
+# own accuracy control (``nncf.quantize_with_accuracy_control``).
+ACCURACY_METHODS = ("sensitivity", "nncf")
 
 
 @dataclass(frozen=True)
 class Int8Options:
     """Calibration on ``samples`` images of ``calib_dir`` (plus ``held_out`` more to measure on when
-    a ``budget`` is set), activation ranges by ``method``, layers matching ``keep_fp`` in float."""
+    a ``budget`` is set), activation ranges by ``method``, layers matching ``keep_fp`` and the layers
+    named in ``float_layers`` (ONNX node names, as the ``.quant.json`` report names them) in float."""
 
     calib_dir: Path
     samples: int = DEFAULT_CALIB_SAMPLES
@@ -35,6 +39,8 @@ class Int8Options:
     keep_fp: tuple[str, ...] = field(default_factory=tuple)
     seed: int = 0
     allow_fewer: bool = False
+    float_layers: tuple[str, ...] = field(default_factory=tuple)
+    accuracy_method: str = "sensitivity"
 
     @classmethod
     def from_args(cls, args) -> Int8Options:
@@ -50,4 +56,12 @@ class Int8Options:
             keep_fp=tuple(getattr(args, "keep_fp", None) or ()),
             seed=getattr(args, "seed", 0),
             allow_fewer=args.allow_fewer,
+            float_layers=split_names(getattr(args, "float_layers", None) or ()),
+            accuracy_method=getattr(args, "accuracy_method", None) or "sensitivity",
         )
+
+
+def split_names(values) -> tuple[str, ...]:
+    """``--float-layers`` values, comma-separated or repeated, as one tuple without repeats."""
+    names = (name.strip() for value in values for name in value.split(","))
+    return tuple(dict.fromkeys(name for name in names if name))
