@@ -18,10 +18,19 @@ from .errors import InputError
 from .metric import OutputKind, ScaleShift
 from .pointcloud import MAX_POINTS
 from .ros.align import DEFAULT_MAX_TIME_OFFSET
-from .ros.bag import STORAGES, Summary, check_output, open_bag, output_kind, process_bag, rosbags_modules
+from .ros.bag import (
+    ONE_CAMERA_ALIGNMENT,
+    STORAGES,
+    Summary,
+    check_output,
+    open_bag,
+    output_kind,
+    process_bag,
+    rosbags_modules,
+)
 from .ros.bag_align import BagAligner, add_align_args, align_request
 from .ros.messages import Conversion
-from .ros.topics import Topics, plan_topics
+from .ros.topics import Topics, plan_cameras
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -31,12 +40,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(.mcap or sqlite3 .db3 folder) or ROS 1 (.bag). Needs: pip install 'dav2-edge[ros]'.",
     )
     parser.add_argument("input", type=Path, help="the input bag: a ROS 2 bag folder or a ROS 1 .bag file")
-    parser.add_argument("--image-topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
+    parser.add_argument(
+        "--image-topic",
+        action="append",
+        required=True,
+        help="sensor_msgs/Image or CompressedImage topic; repeat it for several cameras (one pass, each camera's "
+        "depth under its own namespace, frames of equal size run as one batch)",
+    )
     add_predictor_args(parser, "model file (.pth, .safetensors, .onnx, .xml, .engine)", type=Path, required=True)
     parser.add_argument("--output", type=Path, required=True, help="the new bag (same ROS version as the input)")
     parser.add_argument(
         "--camera-info-topic",
-        help="sensor_msgs/CameraInfo for point clouds (default: <ns>/camera_info, else the bag's only one)",
+        action="append",
+        help="sensor_msgs/CameraInfo for point clouds (default: <ns>/camera_info, else, with one camera, the bag's "
+        "only one). This and the three output topics below: once per --image-topic, in the same order, or not at all",
     )
     parser.add_argument(
         "--copy-topics",
@@ -46,12 +63,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--copy-all", action="store_true", help="copy every topic of the input")
     parser.add_argument(
-        "--depth-topic", type=topic_name, help="relative inverse depth, 32FC1 (default <ns>/depth/relative_inverse)"
+        "--depth-topic",
+        action="append",
+        type=topic_name,
+        help="relative inverse depth, 32FC1 (default <ns>/depth/relative_inverse)",
     )
     parser.add_argument(
-        "--metric-depth-topic", type=topic_name, help="metric depth in metres, 32FC1 (default <ns>/depth/image)"
+        "--metric-depth-topic",
+        action="append",
+        type=topic_name,
+        help="metric depth in metres, 32FC1 (default <ns>/depth/image)",
     )
-    parser.add_argument("--points-topic", type=topic_name, help="PointCloud2 (default <ns>/depth/points)")
+    parser.add_argument(
+        "--points-topic", action="append", type=topic_name, help="PointCloud2 (default <ns>/depth/points)"
+    )
     parser.add_argument(
         "--metric-scale",
         type=float,
@@ -71,8 +96,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--max-range", type=float, help="drop points farther than this (metres, along z)")
     parser.add_argument("--no-point-colors", action="store_true", help="points without the rgb field")
-    parser.add_argument("--every", type=positive_int, default=1, help="process every Nth image message (default 1)")
-    parser.add_argument("--max-frames", type=positive_int, help="stop after this many frames (the output ends there)")
+    parser.add_argument(
+        "--every", type=positive_int, default=1, help="process every Nth image message of each camera (default 1)"
+    )
+    parser.add_argument(
+        "--max-frames", type=positive_int, help="stop after this many frames of each camera (the output ends there)"
+    )
     parser.add_argument("--storage", choices=STORAGES, help="ROS 2 output storage (default: the input's)")
     add_align_args(parser, positive_metres, DEFAULT_MAX_TIME_OFFSET)
     args = parser.parse_args(argv)
@@ -87,8 +116,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _check_request(args: argparse.Namespace) -> tuple[dict[str, int], Topics, BagAligner | None]:
+def _check_request(args: argparse.Namespace) -> tuple[dict[str, int], list[Topics], BagAligner | None]:
     """Check the bag, its topics, the sensor and its transforms, and the output before the model is loaded."""
+    if args.align_to is not None and len(args.image_topic) > 1:
+        raise InputError(ONE_CAMERA_ALIGNMENT)
     align = align_request(args)  # usage errors in the alignment options, before the bag is read
     rb = rosbags_modules()
     check_output(args.input, args.output)
@@ -96,7 +127,7 @@ def _check_request(args: argparse.Namespace) -> tuple[dict[str, int], Topics, Ba
     try:
         types = {c.topic: c.msgtype for c in reader.connections}
         counts = {t: sum(c.msgcount for c in reader.connections if c.topic == t) for t in types}
-        topics = plan_topics(
+        cameras = plan_cameras(
             types,
             args.image_topic,
             args.camera_info_topic,
@@ -109,16 +140,16 @@ def _check_request(args: argparse.Namespace) -> tuple[dict[str, int], Topics, Ba
         output_kind(args.input, args.output, args.storage, reader.is2)
         aligner = None
         if args.align_to is not None:
-            aligner = BagAligner.prepare(reader, args.align_to, topics.camera_info, **align)
+            aligner = BagAligner.prepare(reader, args.align_to, cameras[0].camera_info, **align)
     finally:
         reader.close()
-    return counts, topics, aligner
+    return counts, cameras, aligner
 
 
 @command("python -m runtime.bag", sigterm=True)
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    counts, topics, aligner = _check_request(args)
+    counts, cameras, aligner = _check_request(args)
     metric = None if args.metric_scale is None else ScaleShift(args.metric_scale, args.metric_shift, math.nan, 0)
     from tqdm import tqdm
 
@@ -129,22 +160,26 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "note: no --metric-scale or --align-to: publishing relative inverse depth only, no metric depth or points"
         )
-    if topics.camera_info is None and (metric is not None or predictor.output.is_metric):
-        print("note: no camera info topic in the bag: no point clouds")
-    frames = -(-counts[topics.image] // args.every)
-    total = min(frames, args.max_frames) if args.max_frames else frames
+    for topics in cameras:
+        if topics.camera_info is None and (metric is not None or predictor.output.is_metric):
+            print(f"note: no camera info for {topics.image} in the bag: no point clouds for it")
+    total = 0
+    for topics in cameras:
+        frames = -(-counts[topics.image] // args.every)
+        total += min(frames, args.max_frames) if args.max_frames else frames
     conversion = Conversion(metric, args.point_stride, args.max_range, not args.no_point_colors, args.max_points)
-    with tqdm(total=total, unit="frame", desc=topics.image, dynamic_ncols=True) as bar:
+    desc = ", ".join(topics.image for topics in cameras)
+    with tqdm(total=total, unit="frame", desc=desc, dynamic_ncols=True) as bar:
         summary = process_bag(
             predictor,
             args.input,
             args.output,
-            topics.image,
-            camera_info_topic=topics.camera_info,
-            depth_topic=topics.relative,
-            metric_depth_topic=topics.metric,
-            points_topic=topics.points,
-            copy_topics=topics.copy,
+            [topics.image for topics in cameras],
+            camera_info_topic=[topics.camera_info for topics in cameras],
+            depth_topic=[topics.relative for topics in cameras],
+            metric_depth_topic=[topics.metric for topics in cameras],
+            points_topic=[topics.points for topics in cameras],
+            copy_topics=cameras[0].copy,
             conversion=conversion,
             every=args.every,
             max_frames=args.max_frames,
@@ -155,46 +190,63 @@ def main(argv: list[str] | None = None) -> int:
             align_options={"aligner": aligner},
             stabilize=args.stabilize,
         )
-    _report(args.output, topics, conversion, summary, predictor.output)
+    _report(args.output, cameras, conversion, summary, predictor.output)
+    empty = [topics.image for topics in cameras if not summary.cameras[topics.image].frames]
     if not summary.frames:
-        raise CommandError(f"no frame of {topics.image} could be decoded: nothing was written to {args.output}")
+        raise CommandError(f"no frame of {', '.join(empty)} could be decoded: nothing was written to {args.output}")
+    if empty:
+        raise CommandError(
+            f"no frame of {', '.join(empty)} could be decoded: {args.output} holds the other cameras' depth"
+        )
     return 0
 
 
-def _report(output: Path, topics: Topics, conversion: Conversion, summary: Summary, kind: OutputKind) -> None:
+def _report(output: Path, cameras: list[Topics], conversion: Conversion, summary: Summary, kind: OutputKind) -> None:
     lines = []
     if summary.frames:
-        lines.append(f"wrote {output}: {summary.frames} frames at {summary.fps:.2f} frames/s")
-        if not kind.is_metric:
-            lines.append(f"  {topics.relative}: {summary.frames} relative inverse depth images (32FC1, unitless)")
-    if summary.frames and (summary.metric or summary.alignment is not None):
-        source = (
-            "the model's output" if kind.is_metric else "a fit per frame" if summary.alignment else "--metric-scale"
-        )
-        lines.append(f"  {topics.metric}: {summary.metric} depth images in metres (32FC1, REP 118) from {source}")
-        if summary.points:
-            per_frame = summary.point_bytes / summary.points / 1e6
-            lines.append(f"  {topics.points}: {summary.points} point clouds, {per_frame:.2f} MB each on average")
-        if summary.thinned_clouds:
-            lines.append(
-                f"  {summary.thinned_clouds} clouds thinned (stride up to {summary.largest_stride} in x and y) "
-                f"to stay within --max-points {conversion.max_points:,}"
-            )
-        if summary.frames_without_camera_info:
-            lines.append(f"  {summary.frames_without_camera_info} frames without usable camera info: no points")
-    if summary.camera_infos_skipped:
-        lines.append(f"  skipped {summary.camera_infos_skipped} camera info messages that could not be used")
+        several = f" of {len(cameras)} cameras" if len(cameras) > 1 else ""
+        lines.append(f"wrote {output}: {summary.frames} frames{several} at {summary.fps:.2f} frames/s")
+    for topics in cameras:
+        camera = summary.cameras[topics.image]
+        if len(cameras) > 1:  # a heading per camera; the lines under it name its own topics
+            lines.append(f"  {topics.image}: {camera.frames} frames")
+        lines += _camera_lines(topics, conversion, camera, kind, summary.alignment)
     if summary.alignment is not None:
         lines += summary.alignment.log.lines(summary.alignment.topic)
         lines.append(f"    per-frame record: {summary.alignment_json}")
-    lines += flicker_lines(summary.flicker, summary.flicker_unstabilized)
     if summary.frames:
-        lines.append(f"  copied {summary.copied} messages of {', '.join(topics.copy) or 'no topics'}")
-    if summary.skipped:
-        lines.append(f"  skipped {len(summary.skipped)} image messages that could not be decoded, e.g.:")
-        lines += [f"    at {t} ns: {reason}" for t, reason in summary.skipped[:3]]
+        lines.append(f"  copied {summary.copied} messages of {', '.join(cameras[0].copy) or 'no topics'}")
     if lines:
         print("\n".join(lines))
+
+
+def _camera_lines(
+    topics: Topics, conversion: Conversion, camera: Summary, kind: OutputKind, alignment: object
+) -> list[str]:
+    """The summary's lines on one camera's topics."""
+    lines = []
+    if camera.frames and not kind.is_metric:
+        lines.append(f"  {topics.relative}: {camera.frames} relative inverse depth images (32FC1, unitless)")
+    if camera.frames and (camera.metric or alignment is not None):
+        source = "the model's output" if kind.is_metric else "a fit per frame" if alignment else "--metric-scale"
+        lines.append(f"  {topics.metric}: {camera.metric} depth images in metres (32FC1, REP 118) from {source}")
+        if camera.points:
+            per_frame = camera.point_bytes / camera.points / 1e6
+            lines.append(f"  {topics.points}: {camera.points} point clouds, {per_frame:.2f} MB each on average")
+        if camera.thinned_clouds:
+            lines.append(
+                f"  {camera.thinned_clouds} clouds thinned (stride up to {camera.largest_stride} in x and y) "
+                f"to stay within --max-points {conversion.max_points:,}"
+            )
+        if camera.frames_without_camera_info:
+            lines.append(f"  {camera.frames_without_camera_info} frames without usable camera info: no points")
+    if camera.camera_infos_skipped:
+        lines.append(f"  skipped {camera.camera_infos_skipped} camera info messages that could not be used")
+    lines += flicker_lines(camera.flicker, camera.flicker_unstabilized)
+    if camera.skipped:
+        lines.append(f"  skipped {len(camera.skipped)} image messages that could not be decoded, e.g.:")
+        lines += [f"    at {t} ns: {reason}" for t, reason in camera.skipped[:3]]
+    return lines
 
 
 if __name__ == "__main__":

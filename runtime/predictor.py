@@ -138,7 +138,8 @@ class DepthPredictor:
     def predict_batch(self, images: Iterable[np.ndarray], rgb: bool | None = None) -> list[np.ndarray]:
         """Depth for several images (say one frame per camera) in as few model calls as the model
         allows: images whose network inputs have one size run as one batch, in chunks of the
-        model's fixed batch if it has one, and chunks run at once where the backend runs several
+        most the model takes a call (a fixed batch, a TensorRT profile's maximum; a short chunk is
+        padded to the fewest it takes), and chunks run at once where the backend runs several
         calls at once (``streams``). The numbers ``predict`` gives each image, up to the float
         rounding of a batched matrix product."""
         rgb = self.rgb if rgb is None else rgb
@@ -158,14 +159,18 @@ class DepthPredictor:
         groups: dict[object, list[int]] = {}
         for index, key in enumerate(keys):
             groups.setdefault(key if pipeline else key.shape, []).append(index)
-        size = self._backend.input_spec.max_batch or max(len(images), 1)
+        spec = self._backend.input_spec
+        size = spec.max_batch or max(len(images), 1)
         chunks = [members[i : i + size] for members in groups.values() for i in range(0, len(members), size)]
 
         def run(chunk: list[int]) -> list[np.ndarray]:
+            # A model that takes no fewer than N images a call (a fixed batch, a profile's minimum)
+            # gets the last image again; the rows it gives for the copies are dropped.
+            padded = chunk + chunk[-1:] * (spec.min_batch - len(chunk))
             if pipeline is None:
-                output = self._backend.infer(np.concatenate([keys[i] for i in chunk]))
+                output = self._backend.infer(np.concatenate([keys[i] for i in padded]))
                 return [pre.resize_depth(output[row], *images[i].shape[:2]) for row, i in enumerate(chunk)]
-            batch = pipeline.prepare([images[i] for i in chunk], keys[chunk[0]][1], rgb)
+            batch = pipeline.prepare([images[i] for i in padded], keys[chunk[0]][1], rgb)
             output = self._backend.infer_on_device(batch)
             return [pipeline.finish(output[row], *images[i].shape[:2]) for row, i in enumerate(chunk)]
 

@@ -53,16 +53,19 @@ class Messages:
         fields = {"stamp": time, "frame_id": frame_id}
         return self.types["std_msgs/msg/Header"](**({"seq": 0} | fields if self.ros1 else fields))
 
-    def info(self, stamp: int, frame_id: str):
+    def info(self, stamp: int, frame_id: str, matrix: np.ndarray | None = None, size: tuple[int, int] | None = None):
+        """A plumb_bob camera info: the scenes' camera, or the 3x3 ``matrix`` for images of ``size`` (h, w)."""
         roi = self.types["sensor_msgs/msg/RegionOfInterest"](
             x_offset=0, y_offset=0, height=0, width=0, do_rectify=False
         )
-        matrices = {"D": np.zeros(5), "K": scenes.K.reshape(-1), "R": np.eye(3).ravel(), "P": np.zeros(12)}
+        matrix = scenes.K if matrix is None else np.asarray(matrix, np.float64)
+        matrices = {"D": np.zeros(5), "K": matrix.reshape(-1), "R": np.eye(3).ravel(), "P": np.zeros(12)}
         fields = {(k if self.ros1 else k.lower()): v for k, v in matrices.items()}
+        height, width = size or (scenes.HEIGHT, scenes.WIDTH)
         return self.types[INFO](
             header=self.header(stamp, frame_id),
-            height=scenes.HEIGHT,
-            width=scenes.WIDTH,
+            height=height,
+            width=width,
             distortion_model="plumb_bob",
             binning_x=0,
             binning_y=0,

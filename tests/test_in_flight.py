@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -157,3 +158,61 @@ def test_throughput_rows_are_each_backends_fastest_unless_all_are_asked():
     assert pick_rows(configs, e2e, "all") == [0, 1, 2, 3, 4]
     assert pick_rows(configs, e2e, "none") == []
     assert pick_rows(configs, {0: 0.9}, "fastest") == [0]  # a row that failed has no timings
+
+
+def fixed_batch_onnx(dynamic: Path, out: Path, batch: int) -> Path:
+    """The dynamic tiny model with its batch dimension fixed, as a model exported for N cameras is."""
+    import onnx
+
+    model = onnx.load(dynamic)
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = batch
+    onnx.save(model, out)
+    return out
+
+
+def counted_batches(predictor: DepthPredictor, monkeypatch) -> list[int]:
+    """The batch of every model call, recorded around the real backend's own call."""
+    sizes: list[int] = []
+    inner = predictor._backend._infer
+    monkeypatch.setattr(predictor._backend, "_infer", lambda batch: sizes.append(batch.shape[0]) or inner(batch))
+    return sizes
+
+
+def test_a_fixed_batch_model_gets_full_batches_padded_with_the_last_frame(
+    tmp_path, photo, tiny_dynamic_onnx, monkeypatch
+):
+    single = DepthPredictor(tiny_dynamic_onnx, input_size=56)
+    predictor = DepthPredictor(fixed_batch_onnx(tiny_dynamic_onnx, tmp_path / "b2.onnx", 2), input_size=56)
+    assert predictor.input_shape == (2, 3, None, None)
+    calls = counted_batches(predictor, monkeypatch)
+    frames = [photo, photo[::-1].copy(), photo[:, ::-1].copy()]  # one size: batches of 2, 2 (the last padded)
+    for got, frame in zip(predictor.predict_batch(frames), frames, strict=True):
+        assert compare(got, single.predict(frame)).max_rel_std <= ROUNDING
+    assert calls == [2, 2]
+    assert compare(predictor.predict(photo), single.predict(photo)).max_rel_std <= ROUNDING  # alone: padded too
+    assert calls == [2, 2, 2]
+
+
+def test_an_engine_profile_bounds_the_batch_predict_batch_sends(photo, tiny_dynamic_onnx, monkeypatch):
+    """The TensorRT backend's input spec from a profile of batch 1..2 (``export.trt --batch 2``) and
+    from one of batch 2..4, on a real backend: chunks of at most the profile's maximum, padded to its minimum."""
+    from runtime.backends.tensorrt import spec_from_dims
+
+    single = DepthPredictor(tiny_dynamic_onnx, input_size=56)
+    frames = [photo, photo[::-1].copy(), photo[:, ::-1].copy()]
+    want = [single.predict(f) for f in frames]
+    for profile, batches in [
+        (((1, 3, 14, 14), (2, 3, 2072, 2072)), [2, 1]),
+        (((2, 3, 14, 14), (4, 3, 2072, 2072)), [3]),
+        (((3, 3, 14, 14), (3, 3, 2072, 2072)), [3]),
+    ]:
+        predictor = DepthPredictor(tiny_dynamic_onnx, input_size=56)
+        spec = spec_from_dims("image", (-1, 3, -1, -1), profile)
+        assert (spec.min_batch, spec.max_batch) == (profile[0][0], profile[1][0])
+        predictor._backend.input_spec = spec
+        calls = counted_batches(predictor, monkeypatch)
+        for got, expected in zip(predictor.predict_batch(frames), want, strict=True):
+            assert compare(got, expected).max_rel_std <= ROUNDING
+        predictor.predict_batch(frames[:1])
+        assert calls == [*batches, profile[0][0]]  # one frame alone: padded to the profile's minimum

@@ -323,3 +323,46 @@ def test_engine_builds_and_matches_pytorch(tmp_path, vits_checkpoint, precision,
         depth = predictor.predict(image)
         assert depth.dtype == np.float32
         assert compare(depth, reference.predict(image)).max_rel < bound
+
+
+def test_a_batch_profile_is_tuned_at_its_batch_and_the_engine_takes_up_to_it():
+    from export.trt.__main__ import build_parser, resolve_profile
+
+    def profile(*argv):
+        return resolve_profile(build_parser().parse_args(["--encoder", "vits", *argv]))
+
+    assert profile("--batch", "4").shapes() == {
+        "min": (1, 3, 518, 518),
+        "opt": (4, 3, 518, 518),  # TensorRT picks the kernels fastest at the opt shape
+        "max": (4, 3, 518, 518),
+    }
+    assert profile("--batch", "2", "--size", "364x644").shapes()["max"] == (2, 3, 364, 644)
+    ranged = profile("--batch", "3", "--min", "266x266", "--opt", "518x518", "--max", "728x728")
+    assert (ranged.min[0], ranged.opt[0], ranged.max[0]) == (1, 3, 3)
+    assert profile("--max-batch", "4", "--min", "266x266", "--opt", "518x518", "--max", "728x728").opt[0] == 1
+    assert profile("--batch", "1") is None and profile() is None  # batch 1 at one size: a static engine
+    for argv, match in [
+        (["--batch", "2", "--max-batch", "2"], "not both"),
+        (["--max-batch", "4"], "goes with --min/--opt/--max"),
+    ]:
+        with pytest.raises(ExportError, match=match):
+            profile(*argv)
+    with pytest.raises(ExportError, match="1 <= opt <= max"):
+        Profile.build((518, 518), (518, 518), (518, 518), max_batch=2, opt_batch=4)
+    command = trtexec_command(
+        Path("m.onnx"),
+        Path("m.engine"),
+        plan_build(TrtVersion(10, 3), "fp16"),
+        "image",
+        profile("--batch", "2"),
+        1024,
+        None,
+    )
+    assert "--minShapes=image:1x3x518x518 --optShapes=image:2x3x518x518 --maxShapes=image:2x3x518x518" in command
+    # What the runtime reads back from such an engine: up to 2 frames a call, from 1.
+    spec = spec_from_dims("image", (-1, 3, 518, 518), ((1, 3, 518, 518), (2, 3, 518, 518)))
+    assert (spec.min_batch, spec.max_batch, spec.fixed_hw) == (1, 2, (518, 518))
+    static = spec_from_dims("image", (2, 3, 518, 518), ((2, 3, 518, 518), (2, 3, 518, 518)))
+    assert (static.min_batch, static.max_batch) == (2, 2)
+    unbounded = spec_from_dims("image", (-1, 3, -1, -1))
+    assert (unbounded.min_batch, unbounded.max_batch) == (1, None)

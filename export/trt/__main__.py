@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from runtime.cli import positive_int
 from runtime.commands import command
 
 from ..cli import add_calibration_args, add_precision_args, add_size_arg, add_source_args, parse_hw
@@ -47,7 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min", type=parse_hw, dest="min_shape", help="dynamic profile: smallest HxW")
     parser.add_argument("--opt", type=parse_hw, dest="opt_shape", help="dynamic profile: HxW to tune and calibrate at")
     parser.add_argument("--max", type=parse_hw, dest="max_shape", help="dynamic profile: largest HxW")
-    parser.add_argument("--max-batch", type=int, default=1, help="dynamic profile: largest batch (default 1)")
+    parser.add_argument(
+        "--max-batch", type=positive_int, help="dynamic profile: largest batch, tuned at batch 1 (default 1)"
+    )
+    parser.add_argument(
+        "--batch",
+        type=positive_int,
+        metavar="N",
+        help="images per call, say one per camera: a profile of batch 1 to N tuned at N, at --size (or over "
+        "--min/--opt/--max); runtime.DepthPredictor.predict_batch then runs up to N frames a call",
+    )
     parser.add_argument("--workspace", type=int, default=4096, help="builder workspace in MiB (default 4096)")
     parser.add_argument("--timing-cache", type=Path, help="timing cache folder (default: the output folder)")
     parser.add_argument("--weakly-typed", action="store_true", help="TensorRT 8.x-style precision flags on 10.x")
@@ -69,11 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_profile(args: argparse.Namespace) -> Profile | None:
     given = [args.min_shape, args.opt_shape, args.max_shape]
+    if args.batch is not None and args.max_batch is not None:
+        raise ExportRequestError("give --batch N (batch 1 to N, tuned at N) or --max-batch (tuned at 1), not both")
     if not any(given):
-        return None
+        if args.max_batch is not None:
+            raise ExportRequestError("--max-batch goes with --min/--opt/--max; for a batch alone give --batch")
+        if args.batch is None or args.batch == 1:
+            return None
+        size = args.size or (518, 518)  # a static --onnx's own size: build_trt refuses a fixed batch
+        return Profile.build(size, size, size, args.batch, args.batch)
     if not all(given):
         raise ExportRequestError("a dynamic profile needs all of --min, --opt and --max")
-    return Profile.build(args.min_shape, args.opt_shape, args.max_shape, args.max_batch)
+    if args.batch is not None:
+        return Profile.build(args.min_shape, args.opt_shape, args.max_shape, args.batch, args.batch)
+    return Profile.build(args.min_shape, args.opt_shape, args.max_shape, args.max_batch or 1)
 
 
 def check_command(path: Path, version: TrtVersion) -> int:

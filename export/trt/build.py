@@ -227,7 +227,9 @@ def build_trt(request: TrtRequest) -> Path:
         )
     facts = given or onnx_facts(source)
     if profile is not None and not facts.dynamic:
-        raise ExportRequestError(f"{source} has a fixed input shape; export it with --dynamic to use --min/--max")
+        raise ExportRequestError(
+            f"{source} has a fixed input shape (batch 1); export it with --dynamic to use --min/--max or --batch"
+        )
     if facts.typed_fp16 and not plan.typed_fp16:
         raise ExportRequestError(f"{source} is FP16-typed (made for TensorRT >= 10); give the FP32 ONNX it came from")
     if not facts.quantized and not facts.typed_fp16:

@@ -114,9 +114,16 @@ class Profile:
     max: tuple[int, int, int]
 
     @classmethod
-    def build(cls, low: tuple[int, ...], opt: tuple[int, ...], high: tuple[int, ...], max_batch: int = 1) -> Profile:
+    def build(
+        cls, low: tuple[int, ...], opt: tuple[int, ...], high: tuple[int, ...], max_batch: int = 1, opt_batch: int = 1
+    ) -> Profile:
+        """Batch 1 to ``max_batch``, tuned at ``opt_batch``: TensorRT picks the kernels fastest at the
+        opt shape among those valid over min..max (``tensorrt.IOptimizationProfile``), so an engine
+        for N cameras is tuned at batch N (``--batch N``)."""
+        if not 1 <= opt_batch <= max_batch:
+            raise ExportRequestError(f"a profile's batch needs 1 <= opt <= max, got opt {opt_batch}, max {max_batch}")
         shapes = []
-        for name, hw, batch in (("min", low, 1), ("opt", opt, 1), ("max", high, max_batch)):
+        for name, hw, batch in (("min", low, 1), ("opt", opt, opt_batch), ("max", high, max_batch)):
             check_hw(*hw, what=f"--{name} profile")
             shapes.append((batch, *hw))
         for axis in (1, 2):

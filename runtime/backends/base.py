@@ -24,10 +24,14 @@ from .profiling import Profile
 
 @dataclass(frozen=True)
 class InputSpec:
-    """Name and ``(N, 3, H, W)`` shape of the model input; ``None`` marks a dynamic dimension."""
+    """Name and ``(N, 3, H, W)`` shape of the model input; ``None`` marks a dynamic dimension.
+
+    ``batch_range``: the fewest and most images one call takes where the model bounds a dynamic
+    batch (a TensorRT engine's optimisation profile); a fixed batch is its own range."""
 
     name: str
     shape: tuple[int | None, int | None, int | None, int | None]
+    batch_range: tuple[int, int] | None = None
 
     @property
     def fixed_hw(self) -> tuple[int, int] | None:
@@ -36,8 +40,18 @@ class InputSpec:
         return (height, width) if height is not None and width is not None else None
 
     @property
+    def min_batch(self) -> int:
+        """The fewest images a call takes: shorter batches are padded up to it."""
+        if self.shape[0] is not None:
+            return self.shape[0]
+        return self.batch_range[0] if self.batch_range else 1
+
+    @property
     def max_batch(self) -> int | None:
-        return self.shape[0]
+        """The most images a call takes; ``None``: any number."""
+        if self.shape[0] is not None:
+            return self.shape[0]
+        return self.batch_range[1] if self.batch_range else None
 
 
 def check_streams(streams: object) -> int:

@@ -59,11 +59,16 @@ def check_engine_metadata(
     return []
 
 
-def spec_from_dims(name: str, dims: tuple[int, ...]) -> InputSpec:
-    """TensorRT marks dynamic dimensions with -1."""
+def spec_from_dims(
+    name: str, dims: tuple[int, ...], profile: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+) -> InputSpec:
+    """TensorRT marks dynamic dimensions with -1; a dynamic batch takes the batches of the
+    engine's ``profile`` (its lowest and highest shape): an engine built for batch N (profile
+    max N, ``export.trt --batch N``) gets up to N images a call, never more."""
     if len(dims) != 4:
         raise ModelFileError(f"engine input {name!r} has shape {dims}; expected (N, 3, H, W)")
-    return InputSpec(name, tuple(None if d < 0 else int(d) for d in dims))  # type: ignore[arg-type]
+    batches = (int(profile[0][0]), int(profile[1][0])) if profile is not None and dims[0] < 0 else None
+    return InputSpec(name, tuple(None if d < 0 else int(d) for d in dims), batches)  # type: ignore[arg-type]
 
 
 def check_profile(shape: tuple[int, ...], low: tuple[int, ...], high: tuple[int, ...]) -> None:
@@ -259,8 +264,8 @@ class TensorRTBackend(Backend):
             raise ModelFileError(f"{path}: expected one input and one output, found {inputs} and {outputs}")
         self._tensors = (inputs[0], outputs[0])
         dims = tuple(self._engine.get_tensor_shape(inputs[0]))
-        self.input_spec = spec_from_dims(inputs[0], dims)
         self._profile_range = engine_profile(dims, lambda: self._engine.get_tensor_profile_shape(inputs[0], 0))
+        self.input_spec = spec_from_dims(inputs[0], dims, self._profile_range)
         self._torch = device_pipeline_torch(preprocess)
         if self._torch is not None:
             self.pipeline = TorchImagePipeline(self._torch, f"cuda:{self._index}")

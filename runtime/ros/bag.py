@@ -1,8 +1,9 @@
 """Depth and point clouds for the images in a ROS bag, written to a new bag (``python -m runtime.bag``).
 
 Reads ROS 2 bags (a folder with ``metadata.yaml`` and ``.mcap`` or sqlite3 ``.db3`` files) and
-ROS 1 ``.bag`` files with ``rosbags`` (pure Python, no ROS install), runs the frames of one
-image topic through ``DepthPredictor.stream`` and writes a new bag of the same ROS version:
+ROS 1 ``.bag`` files with ``rosbags`` (pure Python, no ROS install), runs the frames of one or
+more cameras' image topics through ``DepthPredictor.stream_batches`` (``runtime.ros.bag_pass``)
+and writes a new bag of the same ROS version, with per camera (``<ns>``: its image topic's namespace):
 
 - the chosen input topics, copied byte for byte (default: the image and camera info topics);
 - ``<ns>/depth/relative_inverse``: the model's relative inverse depth, ``32FC1``, unitless;
@@ -20,39 +21,25 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
-import numpy as np
-
-from ..align import FlickerMeter, Stabilizer
-from ..align.frame import disparity_of
 from ..commands import DISK_ERRNOS
 from ..errors import InputError, OutputError, require
 from ..io.files import check_writable_folder, staging_dir
 from ..metric import OutputKind
-from ..pointcloud import Intrinsics, bounded_stride
-from ..preprocessing import check_image
+from .bag_pass import BagPass, Summary
 from .bag_writer import BagWriter
-from .messages import (
-    IMAGE,
-    POINT_CLOUD2,
-    Conversion,
-    camera_size_note,
-    depth_messages,
-    intrinsics_from_camera_info,
-    message_to_image,
-    output_messages,
-)
-from .topics import Topics, plan_topics
+from .messages import Conversion
+from .topics import plan_cameras
+
+__all__ = ["STORAGES", "Summary", "check_output", "open_bag", "output_kind", "process_bag", "rosbags_modules"]
 
 STORAGES = ("mcap", "sqlite3")
 _STORAGE_SUFFIX = {".mcap": "mcap", ".db3": "sqlite3"}
 _ROSBAGS_NOTE = "rosbags needs Python >= 3.10"
+ONE_CAMERA_ALIGNMENT = "--align-to fits one camera's frames to the sensor: give one --image-topic (run once per camera)"
 
 
 def rosbags_modules() -> Any:
@@ -65,29 +52,6 @@ def rosbags_modules() -> Any:
     import rosbags.typesys
 
     return rosbags
-
-
-@dataclass
-class Summary:
-    frames: int = 0
-    points: int = 0
-    point_bytes: int = 0
-    copied: int = 0
-    skipped: list[tuple[int, str]] = field(default_factory=list)  # (bag time ns, reason)
-    frames_without_camera_info: int = 0
-    camera_infos_skipped: int = 0  # camera info messages that could not be used
-    thinned_clouds: int = 0  # clouds whose stride was raised to stay within Conversion.max_points
-    largest_stride: int = 1
-    seconds: float = 0.0
-    metric: int = 0  # frames with metric depth published
-    flicker: float | None = None  # of the published depth (runtime.align.stabilize)
-    flicker_unstabilized: float | None = None  # of the model's output, when stabilised
-    alignment: Any = None  # the BagAligner of an --align-to run
-    alignment_json: Path | None = None
-
-    @property
-    def fps(self) -> float:
-        return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
 def output_kind(input_path: Path, output: Path, storage: str | None, is_ros2: bool) -> str:
@@ -133,176 +97,23 @@ def check_output(input_path: Path, output: Path) -> None:
     check_writable_folder(output.parent, "--output")
 
 
-_blob = np.ascontiguousarray  # rosbags' message classes hold uint8[] fields as numpy arrays
+TopicOrTopics = Union[str, Sequence[str]]  # typing's Union: the alias is evaluated at run time on Python 3.8
 
 
-@dataclass
-class _Frame:
-    timestamp: int
-    header: Any
-    image: np.ndarray
-    intrinsics: Intrinsics | None
-
-
-class _Pass:
-    """One pass over the bag: read, predict (pipelined), write, in bag-time order."""
-
-    def __init__(
-        self,
-        reader: Any,
-        writer: BagWriter,
-        topics: Topics,
-        conversion: Conversion,
-        errors: tuple[type[Exception], ...],
-        progress: Callable[[int], Any] | None,
-        warn: Callable[[str], None],
-        aligner: Any = None,
-        stabilizer: Stabilizer | None = None,
-    ) -> None:
-        self.reader, self.writer, self.topics, self.conversion = reader, writer, topics, conversion
-        self.errors, self.progress, self.warn = errors, progress, warn
-        self.aligner, self.stabilizer = aligner, stabilizer
-        self.summary = Summary(alignment=aligner)
-        self.said: set = set()  # warnings given once per run, not once per message
-        self.results: deque = deque()  # predictions of frames not yet written
-        self.meter = FlickerMeter()
-        # Messages to copy and frames sent to the predictor, in bag order: the predictor reads
-        # ahead, so copies read meanwhile wait here until the depth of the frames before them is written.
-        self.events: deque = deque()
-
-    def run(self, predictor: Any, every: int, max_frames: int | None, max_pixels: int | None) -> Summary:
-        start = time.perf_counter()
-        frames = self.frames(every, max_frames, max_pixels)
-        stream = predictor.stream(frames, stabilize=self.stabilizer) if self.stabilizer else predictor.stream(frames)
-        for prediction in stream:
-            self.results.append(prediction)
-            self.flush()
-        if self.aligner is not None:
-            self.aligner.read_rest(self.reader)
-        self.flush()
-        self.summary.seconds = time.perf_counter() - start
-        self.summary.flicker = self.meter.figure
-        if self.stabilizer is not None:
-            self.summary.flicker_unstabilized = self.stabilizer.flicker_in.figure
-            self.summary.flicker = self.stabilizer.flicker_out.figure
-        return self.summary
-
-    def step(self) -> None:
-        if self.progress is not None:
-            self.progress(1)
-
-    def flush(self) -> None:
-        """Write, in bag order, the copies and the frames whose depth (and sensor message) is in."""
-        while self.events:
-            if self.events[0][0] == "copy":
-                _, conn, timestamp, raw = self.events.popleft()
-                self.writer.copy(conn, timestamp, raw)
-                self.summary.copied += 1
-                continue
-            frame = self.events[0][1]
-            if not self.results or (self.aligner is not None and not self.aligner.ready(frame)):
-                return
-            self.events.popleft()
-            self.publish(frame, self.results.popleft())
-            self.summary.frames += 1
-            self.step()
-
-    def frames(self, every: int, max_frames: int | None, max_pixels: int | None) -> Iterator[np.ndarray]:
-        """Yield the frames to process, queueing them and the messages to copy."""
-        topics, reader = self.topics, self.reader
-        wanted = {topics.image, *topics.copy} | ({topics.camera_info} if topics.camera_info else set())
-        sensor = self.aligner.topics if self.aligner is not None else set()
-        intrinsics: Intrinsics | None = None
-        seen = taken = 0
-        for conn, timestamp, raw in reader.messages(
-            connections=[c for c in reader.connections if c.topic in wanted | sensor]
-        ):
-            if conn.topic in sensor:
-                self.aligner.observe(conn.topic, timestamp, raw, lambda: reader.deserialize(raw, conn.msgtype))  # noqa: B023
-            if conn.topic in topics.copy:
-                self.events.append(("copy", conn, timestamp, raw))
-            if conn.topic == topics.camera_info:
-                try:
-                    intrinsics = intrinsics_from_camera_info(reader.deserialize(raw, conn.msgtype))
-                except (InputError, *self.errors) as exc:
-                    self.summary.camera_infos_skipped += 1
-                    self.warn_once(
-                        str(exc), f"camera info at {timestamp} ns skipped, no points until a good one: {exc}"
-                    )
-                    intrinsics = None
-            if conn.topic != topics.image:
-                continue
-            seen += 1
-            if (seen - 1) % every:
-                continue
-            try:
-                msg = reader.deserialize(raw, conn.msgtype)
-                image = check_image(message_to_image(msg, conn.msgtype, max_pixels))
-            except InputError as exc:
-                self.skip(timestamp, str(exc))
-                continue
-            except self.errors as exc:
-                self.skip(timestamp, f"cannot deserialise {conn.msgtype}: {exc}")
-                continue
-            self.events.append(("frame", _Frame(timestamp, msg.header, image, intrinsics)))
-            if self.aligner is not None:
-                self.aligner.match(self.events[-1][1])
-            yield image
-            taken += 1
-            if max_frames is not None and taken >= max_frames:
-                return
-
-    def warn_once(self, key: object, text: str) -> None:
-        if key not in self.said:
-            self.said.add(key)
-            self.warn(text)
-
-    def skip(self, timestamp: int, reason: str) -> None:
-        self.summary.skipped.append((timestamp, reason))
-        self.step()
-
-    def publish(self, frame: _Frame, prediction: np.ndarray) -> None:
-        topics, summary, args = self.topics, self.summary, (self.writer.make, _blob, frame.header)
-        if self.aligner is None:
-            messages = depth_messages(*args, prediction, frame.image, frame.intrinsics, self.conversion)
-        else:  # metres from this frame's fit, or none; a metric model's output is never relative
-            relative = None if self.conversion.output.is_metric else prediction
-            metres = self.aligner.align(frame, prediction).depth
-            messages = output_messages(*args, frame.image, frame.intrinsics, self.conversion, relative, metres)
-        summary.metric += "metric" in messages
-        if self.stabilizer is None:
-            self.meter.update(frame.image, disparity_of(prediction, self.conversion.output))
-        for key, topic, msgtype in [
-            ("relative", topics.relative, IMAGE),
-            ("metric", topics.metric, IMAGE),
-            ("points", topics.points, POINT_CLOUD2),
-        ]:
-            if key in messages:
-                size = self.writer.publish(topic, msgtype, frame.timestamp, messages[key])
-                summary.point_bytes += size if key == "points" else 0
-        if "points" in messages:
-            summary.points += 1
-            note = camera_size_note(frame.intrinsics, *prediction.shape)
-            if note:
-                self.warn_once((frame.intrinsics.width, frame.intrinsics.height, prediction.shape), note)
-            stride = bounded_stride(*prediction.shape, self.conversion.point_stride, self.conversion.max_points)
-            if stride > self.conversion.point_stride:
-                summary.thinned_clouds += 1
-                summary.largest_stride = max(summary.largest_stride, stride)
-        elif "metric" in messages:
-            summary.frames_without_camera_info += 1
+def _per_camera(value: TopicOrTopics | None) -> list[str] | None:
+    return None if value is None else [value] if isinstance(value, str) else list(value)
 
 
 def process_bag(
     predictor: Any,
     input_path: str | os.PathLike,
     output: str | os.PathLike,
-    image_topic: str,
+    image_topic: TopicOrTopics,
     *,
-    camera_info_topic: str | None = None,
-    depth_topic: str | None = None,
-    metric_depth_topic: str | None = None,
-    points_topic: str | None = None,
+    camera_info_topic: TopicOrTopics | None = None,
+    depth_topic: TopicOrTopics | None = None,
+    metric_depth_topic: TopicOrTopics | None = None,
+    points_topic: TopicOrTopics | None = None,
     copy_topics: list[str] | None = None,
     copy_all: bool = False,
     conversion: Conversion | None = None,
@@ -318,31 +129,40 @@ def process_bag(
 ) -> Summary:
     """Write ``output``: a new bag with the depth of ``image_topic`` in ``input_path`` (see the module doc).
 
+    ``image_topic`` is one camera's topic or a list of several cameras' (one pass: each frame's
+    depth goes under its own camera's ``<ns>/depth/...``, each camera takes its own camera info,
+    and frames of equal size run as one batch); the camera info and output topics are then
+    ``None`` (beside each camera) or lists in the same order. ``every`` and ``max_frames`` count
+    each camera's frames.
+
     ``predictor`` is a :class:`runtime.DepthPredictor`. Frames that cannot be decoded are
-    skipped and listed in the returned summary, and camera infos that cannot be used are
-    counted; when no frame at all could be decoded, nothing is written (``summary.frames == 0``).
+    skipped and listed in the returned summary (per camera in ``summary.cameras``), and camera
+    infos that cannot be used are counted; when no frame at all could be decoded, nothing is
+    written (``summary.frames == 0``).
     ``progress(1)`` is called for every image message handled, written or skipped. Raises
     ``InputError`` for an unusable request (missing topic, output present) before anything is
-    written. ``align_to``: a PointCloud2 or depth image topic fitted per frame
+    written. ``align_to`` (one camera only): a PointCloud2 or depth image topic fitted per frame
     (``runtime.ros.bag_align``; ``align_options`` are ``BagAligner.prepare``'s, or
     ``{"aligner": prepared}``), its per-frame record written beside the output; ``stabilize``:
-    relative depth on the scale of the frames before it.
+    relative depth on the scale of the frames before it, per camera.
     """
     from .bag_align import BagAligner, alignment_json_path, check_conversion
 
     rb = rosbags_modules()
     input_path, output = Path(input_path), Path(output)
+    images = _per_camera(image_topic) or []
     conversion = check_conversion(conversion or Conversion(), getattr(predictor, "output", OutputKind()), stabilize)
     if every < 1 or (max_frames is not None and max_frames < 1):
         raise InputError(f"every and max_frames must be positive, got {every} and {max_frames}")
+    if len(images) > 1 and (align_to is not None or (align_options or {}).get("aligner") is not None):
+        raise InputError(ONE_CAMERA_ALIGNMENT)
     check_output(input_path, output)
     reader = open_bag(rb, input_path)
     staging = None
     try:
         types = {c.topic: c.msgtype for c in reader.connections}
-        topics = plan_topics(
-            types, image_topic, camera_info_topic, depth_topic, metric_depth_topic, points_topic, copy_topics, copy_all
-        )
+        per_camera = (camera_info_topic, depth_topic, metric_depth_topic, points_topic)
+        cameras = plan_cameras(types, images, *map(_per_camera, per_camera), copy=copy_topics, copy_all=copy_all)
         kind = output_kind(input_path, output, storage, reader.is2)
         staging = staging_dir(output)
         writer = BagWriter(rb, staging / output.name, kind, reader)
@@ -350,11 +170,10 @@ def process_bag(
         options = dict(align_options or {})
         aligner = options.pop("aligner", None)
         if align_to is not None and aligner is None:
-            aligner = BagAligner.prepare(reader, align_to, topics.camera_info, **options)
+            aligner = BagAligner.prepare(reader, align_to, cameras[0].camera_info, **options)
         if aligner is not None:
             aligner.start(conversion.output)
-        stabilizer = Stabilizer() if stabilize else None
-        run = _Pass(reader, writer, topics, conversion, errors, progress, warn, aligner, stabilizer)
+        run = BagPass(reader, writer, cameras, conversion, errors, progress, warn, aligner, stabilize)
         summary = run.run(predictor, every, max_frames, max_pixels)
         writer.close()
         if summary.frames:  # a bag of copies alone is no result: nothing goes under the output name

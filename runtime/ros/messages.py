@@ -254,11 +254,12 @@ class LatestOnly(Generic[T]):
     only adds latency. The transport's callback calls :meth:`put`; one worker calls :meth:`take`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, condition: threading.Condition | None = None) -> None:
         self._item: T | None = None
         self._full = False
         self._closed = False
-        self._cond = threading.Condition()
+        # Shared by the cameras of runtime.ros.cameras.CameraSlots: one wait serves them all.
+        self._cond = condition or threading.Condition()
         self.received = 0
         self.dropped = 0
 
@@ -271,6 +272,11 @@ class LatestOnly(Generic[T]):
             self.dropped += replaced
             self._cond.notify()
             return replaced
+
+    @property
+    def pending(self) -> bool:
+        """An item waits to be taken."""
+        return self._full
 
     def take(self, timeout: float | None = None) -> T | None:
         """The newest item, waiting up to ``timeout`` seconds; ``None`` on timeout or after :meth:`close`."""

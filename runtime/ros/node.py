@@ -14,16 +14,22 @@ than the camera, only the newest frame waits: older ones are dropped, never queu
 The node is a thin shell: decoding, message building, point clouds and the frame-dropping
 policy live in :mod:`runtime.ros.messages` and :mod:`runtime.pointcloud`, shared with the bag tool
 and tested without ROS. ``rclpy`` comes with a ROS 2 install, not from pip.
+
+Several cameras: ``--image-topic`` repeated (parameter ``image_topics``, separated by spaces);
+each camera's camera info at ``<ns>/camera_info`` and its depth at ``<ns>/depth/...``, and each
+cycle runs the newest frame of every camera as one batched call (:mod:`runtime.ros.cameras`).
 """
 
 from __future__ import annotations
 
 import argparse
 import array
+import functools
 import math
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,19 +42,17 @@ from ..errors import InputError, MissingDependencyError
 from ..metric import ScaleShift
 from ..pointcloud import MAX_POINTS, Intrinsics
 from .align import FramePipeline, LiveAligner, buffer_transforms, fixed_transform
+from .cameras import CameraSlots, plan_cameras, run_cycle, split_topics
 from .messages import (
     IMAGE,
     POINT_CLOUD2,
     POINT_FIELD,
     Conversion,
     LatestOnly,
-    camera_size_note,
     intrinsics_from_camera_info,
-    message_to_image,
 )
 from .tf import parse_extrinsics
 
-TOPICS = {"relative": "depth/relative_inverse", "metric": "depth/image", "points": "depth/points"}
 RCLPY_MISSING = (
     "rclpy is not importable: it comes with a ROS 2 install, not from pip. Run "
     "`source /opt/ros/<distro>/setup.bash` in this shell first, and use the Python that ROS 2 uses"
@@ -79,6 +83,7 @@ class NodeSettings:
     held_out: float = 0.2  # share of each frame's sensor points that scores the fit
     hold: float = 0.5  # seconds a good fit is held for frames without one
     stabilize: bool = False  # relative depth on the scale of the frames before it
+    image_topics: str = ""  # several cameras: their image topics, separated by spaces; "": one, on 'image'
 
     def check_alignment(self) -> None:
         """The output kind, alignment and stabilising parameters (``InputError`` naming the bad one)."""
@@ -125,6 +130,7 @@ class NodeSettings:
         check_metric_options(self.metric_scale or None, self.metric_shift, self.max_range or None, str)
         self.check_alignment()
         self.size_options()
+        plan_cameras(split_topics(self.image_topics))
         return self
 
     def size_options(self) -> dict[str, Any]:
@@ -198,6 +204,14 @@ def parse_args(argv: list[str]) -> tuple[NodeSettings, list[str]]:
     parser.add_argument("--held-out", type=float, default=defaults.held_out, help="share of points that scores a fit")
     parser.add_argument("--hold", type=float, default=defaults.hold, help="seconds a good fit is held")
     parser.add_argument("--stabilize", action="store_true", help="relative depth on one scale across frames")
+    parser.add_argument(
+        "--image-topic",
+        action="append",
+        default=[],
+        help="a camera's image topic, repeated for several cameras (parameter image_topics, separated by spaces): "
+        "each camera's camera info at <ns>/camera_info and depth at <ns>/depth/...; a cycle takes the newest frame "
+        "of every camera, one batched model call",
+    )
     args = parser.parse_args(ours)
     try:  # ROS parameters given with -p are checked by NodeSettings.check once declared
         check_metric_options(args.metric_scale or None, args.metric_shift, args.max_range or None)
@@ -225,6 +239,7 @@ def parse_args(argv: list[str]) -> tuple[NodeSettings, list[str]]:
         held_out=args.held_out,
         hold=args.hold,
         stabilize=args.stabilize,
+        image_topics=" ".join(args.image_topic),
     )
     return settings, ros
 
@@ -234,10 +249,13 @@ def _blob(data: np.ndarray) -> array.array:
     return array.array("B", data.tobytes())
 
 
-def serve(latest: LatestOnly, handle: Callable[[Any], None], log: Any, running: Callable[[], bool]) -> None:
-    """The depth worker: ``handle`` the newest frame until ``running()`` turns false. A frame that
-    fails (undecodable, a camera info the lens model refuses, a backend error) is logged with the
-    ROS logger's ``warning``/``error`` and skipped: one bad message never stops the node."""
+def serve(
+    latest: LatestOnly | CameraSlots, handle: Callable[[Any], None], log: Any, running: Callable[[], bool]
+) -> None:
+    """The depth worker: ``handle`` the newest frame (or cycle of the cameras' newest frames) until
+    ``running()`` turns false. A frame that fails (undecodable, a camera info the lens model refuses,
+    a backend error) is logged with the ROS logger's ``warning``/``error`` and skipped: one bad
+    message never stops the node."""
     while running():
         msg = latest.take(timeout=0.5)
         if msg is None:
@@ -276,7 +294,7 @@ def run_node(settings: NodeSettings, ros_args: list[str]) -> int:
 
     rclpy.init(args=["runtime.ros2", *ros_args])
     node = rclpy.create_node("depth_anything_v2")
-    latest: LatestOnly = LatestOnly()
+    latest: CameraSlots | None = None
     worker = predictor = None
     try:
         for name, default in vars(settings).items():
@@ -308,49 +326,56 @@ def run_node(settings: NodeSettings, ros_args: list[str]) -> int:
                 (tf2_ros.LookupException, tf2_ros.ConnectivityException),
                 (tf2_ros.TransformException,),
             )
-        pipeline = settings.pipeline(predictor.output, transforms)
-        intrinsics: list[Intrinsics | None] = [None]
+        cameras = plan_cameras(split_topics(settings.image_topics))
+        for camera in cameras:  # each its own stabiliser and fit state
+            camera.pipeline = settings.pipeline(predictor.output, transforms)
+        pipeline = cameras[0].pipeline
+        latest = CameraSlots(len(cameras))
 
         def make(msgtype: str, **fields: Any) -> Any:
             return types[msgtype](**fields)
 
         # Depth 1: a queue of camera frames behind a slow model is latency, not data.
         newest = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
-        node.create_subscription(Image, "image", latest.put, newest)
-        node.create_subscription(CameraInfo, "camera_info", camera_info_receiver(intrinsics, log), 1)
-        if pipeline.aligner is not None:
-            aligner = pipeline.aligner
-            sensor_type = PointCloud2 if aligner.msgtype == POINT_CLOUD2 else Image
-            node.create_subscription(sensor_type, "sparse_depth", aligner.add_sensor, 5)
+        kinds = {"relative": Image, "metric": Image, "points": PointCloud2}
+        for index, camera in enumerate(cameras):
+            node.create_subscription(Image, camera.image, functools.partial(latest.put, index), newest)
+            node.create_subscription(CameraInfo, camera.camera_info, camera_info_receiver(camera.slot, log), 1)
+            camera.publishers = {
+                key: node.create_publisher(kinds[key], camera.outputs[key], 1) for key in pipeline.outputs
+            }
+        aligners = [camera.pipeline.aligner for camera in cameras if camera.pipeline.aligner is not None]
+        if aligners:  # one sensor feeds every camera's fit
+            sensor_type = PointCloud2 if aligners[0].msgtype == POINT_CLOUD2 else Image
+
+            def on_sensor(msg: Any) -> None:
+                for aligner in aligners:
+                    aligner.add_sensor(msg)
 
             def on_sensor_info(msg: Any) -> None:
                 try:
-                    aligner.set_sensor_info(intrinsics_from_camera_info(msg))
+                    info = intrinsics_from_camera_info(msg)
                 except InputError:
-                    aligner.set_sensor_info(None)
+                    info = None
+                for aligner in aligners:
+                    aligner.set_sensor_info(info)
 
+            node.create_subscription(sensor_type, "sparse_depth", on_sensor, 5)
             node.create_subscription(CameraInfo, "sparse_depth/camera_info", on_sensor_info, 1)
-        kinds = {"relative": Image, "metric": Image, "points": PointCloud2}
-        publishers = {key: node.create_publisher(kinds[key], TOPICS[key], 1) for key in pipeline.outputs}
+        log.info(f"cameras: {', '.join(camera.image for camera in cameras)}")
 
         done, since = 0, time.monotonic()
 
-        def handle(msg: Any) -> None:
+        def handle(cycle: list[tuple[int, Any]]) -> None:
             nonlocal done, since
-            image = message_to_image(msg, IMAGE)
-            relative = predictor.predict(image)
-            camera = intrinsics[0]
-            note = camera_size_note(camera, *relative.shape) if camera is not None else None
-            if note and "points" in pipeline.outputs:
-                log.warning(note, throttle_duration_sec=60.0)
-            for key, message in pipeline.messages(make, _blob, msg.header, image, relative, camera).items():
-                publishers[key].publish(message)
-            done += 1
+            done += run_cycle(
+                predictor, cameras, cycle, make, _blob, lambda text: log.warning(text, throttle_duration_sec=5.0)
+            )
             if time.monotonic() - since >= 10.0:
                 rate = done / (time.monotonic() - since)
                 aligned = ""
-                if pipeline.aligner is not None:
-                    status = pipeline.aligner.log.statuses
+                if aligners:
+                    status = sum((aligner.log.statuses for aligner in aligners), Counter())
                     aligned = f"; metric depth: {status['fit']} fitted, {status['held'] + status['gated']} held, "
                     aligned += f"{status['none']} without"
                 log.info(f"{rate:.1f} frames/s; {latest.dropped} of {latest.received} frames dropped as stale{aligned}")
@@ -362,7 +387,8 @@ def run_node(settings: NodeSettings, ros_args: list[str]) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        latest.close()
+        if latest is not None:
+            latest.close()
         node.destroy_node()
         if rclpy.ok():  # Ctrl-C may have shut the context down already
             rclpy.shutdown()

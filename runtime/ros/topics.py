@@ -3,6 +3,7 @@ topics beside it (``<ns>/depth/...``), checked against the bag's ``{topic: msgty
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..errors import InputError
@@ -36,13 +37,17 @@ def default_topics(image_topic: str, image_type: str) -> tuple[str, str, str]:
     return f"{namespace}/depth/relative_inverse", f"{namespace}/depth/image", f"{namespace}/depth/points"
 
 
-def find_camera_info(image_topic: str, image_type: str, types: dict[str, str]) -> str | None:
-    """The camera info beside the image (``<ns>/camera_info``), else the bag's only one."""
+def find_camera_info(image_topic: str, image_type: str, types: dict[str, str], guess: bool = True) -> str | None:
+    """The camera info beside the image (``<ns>/camera_info``), else (``guess``) the bag's only one."""
     sibling = base_topic(image_topic, image_type).rsplit("/", 1)[0] + "/camera_info"
     if types.get(sibling) == CAMERA_INFO:
         return sibling
     infos = [topic for topic, kind in types.items() if kind == CAMERA_INFO]
-    return infos[0] if len(infos) == 1 else None
+    return infos[0] if guess and len(infos) == 1 else None
+
+
+# Options given once per camera (per --image-topic, in the same order), in plan_cameras' order.
+PER_CAMERA = ("--camera-info-topic", "--depth-topic", "--metric-depth-topic", "--points-topic")
 
 
 def plan_topics(
@@ -55,33 +60,81 @@ def plan_topics(
     copy: list[str] | None = None,
     copy_all: bool = False,
 ) -> Topics:
-    """Check the requested topics against the bag's ``{topic: msgtype}`` and fill in defaults.
+    """One camera's :func:`plan_cameras`."""
+    lists = [None if topic is None else [topic] for topic in (camera_info, relative, metric, points)]
+    return plan_cameras(types, [image], *lists, copy=copy, copy_all=copy_all)[0]
 
-    ``copy`` lists the topics copied unchanged (default: the image and camera info topics);
-    ``copy_all`` copies every topic except the ones this run writes.
+
+def plan_cameras(
+    types: dict[str, str],
+    images: Sequence[str],
+    camera_infos: Sequence[str] | None = None,
+    relatives: Sequence[str] | None = None,
+    metrics: Sequence[str] | None = None,
+    points: Sequence[str] | None = None,
+    copy: list[str] | None = None,
+    copy_all: bool = False,
+) -> list[Topics]:
+    """Check the requested topics of each camera against the bag's ``{topic: msgtype}`` and fill in
+    defaults; one :class:`Topics` per image topic, in order, sharing one list of copied topics.
+
+    The per-camera lists (camera info, output topics) are ``None`` (defaults beside each image
+    topic) or hold one topic per image topic, in the same order. A camera's info defaults to
+    ``<ns>/camera_info``, and with one camera to the bag's only camera info. ``copy`` lists the
+    topics copied unchanged (default: the image and camera info topics); ``copy_all`` copies
+    every topic except the ones this run writes.
     """
-    images = sorted(t for t, kind in types.items() if kind in IMAGE_TYPES)
-    if image not in types:
-        raise InputError(f"no topic {image!r} in the bag; image topics there: {', '.join(images) or 'none'}")
-    if types[image] not in IMAGE_TYPES:
-        raise InputError(f"{image} holds {types[image]}, not images; image topics there: {', '.join(images) or 'none'}")
-    if camera_info is None:
-        camera_info = find_camera_info(image, types[image], types)
-    elif types.get(camera_info) != CAMERA_INFO:
-        raise InputError(f"{camera_info} is not a {CAMERA_INFO} topic in the bag (it holds {types.get(camera_info)})")
-    default_relative, default_metric, default_points = default_topics(image, types[image])
-    relative, metric, points = relative or default_relative, metric or default_metric, points or default_points
+    images = list(images)
+    if not images:
+        raise InputError("no image topic given")
+    twice = sorted({topic for topic in images if images.count(topic) > 1})
+    if twice:
+        raise InputError(f"image topic {twice[0]} given twice: give each camera once")
+    given = dict(zip(PER_CAMERA, (camera_infos, relatives, metrics, points)))
+    for flag, topics in given.items():
+        if topics is not None and len(topics) != len(images):
+            raise InputError(
+                f"{flag} given {len(topics)} times for {len(images)} image topics: give it once per "
+                "--image-topic, in the same order, or leave it out (defaults beside each camera)"
+            )
+    listed = sorted(t for t, kind in types.items() if kind in IMAGE_TYPES)
+    cameras = []
+    for k, image in enumerate(images):
+        if image not in types:
+            raise InputError(f"no topic {image!r} in the bag; image topics there: {', '.join(listed) or 'none'}")
+        if types[image] not in IMAGE_TYPES:
+            raise InputError(
+                f"{image} holds {types[image]}, not images; image topics there: {', '.join(listed) or 'none'}"
+            )
+        mine = {flag: None if topics is None else topics[k] for flag, topics in given.items()}
+        camera_info = mine["--camera-info-topic"]
+        if camera_info is None:
+            camera_info = find_camera_info(image, types[image], types, guess=len(images) == 1)
+        elif types.get(camera_info) != CAMERA_INFO:
+            raise InputError(
+                f"{camera_info} is not a {CAMERA_INFO} topic in the bag (it holds {types.get(camera_info)})"
+            )
+        defaults = default_topics(image, types[image])
+        outputs = [mine[flag] or default for flag, default in zip(PER_CAMERA[1:], defaults)]
+        cameras.append(Topics(image, camera_info, *outputs, []))
+    outputs = [topic for camera in cameras for topic in (camera.relative, camera.metric, camera.points)]
     if copy_all:
-        copy = sorted(t for t in types if t not in (relative, metric, points))
+        copy = sorted(t for t in types if t not in outputs)
     elif copy is None:
-        copy = [image] + ([camera_info] if camera_info else [])
+        inputs = [topic for camera in cameras for topic in (camera.image, camera.camera_info) if topic]
+        copy = list(dict.fromkeys(inputs))
     missing = [t for t in copy if t not in types]
     if missing:
         raise InputError(f"cannot copy {', '.join(missing)}: not in the bag")
-    outputs = [relative, metric, points]
     clash = [t for t in outputs if t in copy]
-    if len(set(outputs)) < 3 or clash:
-        raise InputError(
-            f"output topics must be distinct and not among the copied topics: {', '.join(clash or outputs)}"
+    repeated = sorted({t for t in outputs if outputs.count(t) > 1})
+    if repeated or clash:
+        hint = (
+            " (cameras in one namespace: give --depth-topic etc. once per camera)" if repeated and cameras[1:] else ""
         )
-    return Topics(image, camera_info, relative, metric, points, list(copy))
+        raise InputError(
+            f"output topics must be distinct and not among the copied topics: {', '.join(clash or repeated)}{hint}"
+        )
+    for camera in cameras:
+        camera.copy = list(copy)
+    return cameras

@@ -1,0 +1,276 @@
+"""One pass of ``runtime.bag`` over a bag: read the frames of one or more cameras in bag order,
+predict them in batches (one ``predict_batch`` per cycle of one frame per camera, several cycles
+in flight), and write each frame's depth under its own camera's topics, in bag order, with the
+copied messages in between."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..align import FlickerMeter, Stabilizer
+from ..align.frame import disparity_of
+from ..errors import InputError
+from ..pointcloud import Intrinsics, bounded_stride
+from ..preprocessing import check_image
+from .bag_writer import BagWriter
+from .messages import (
+    IMAGE,
+    POINT_CLOUD2,
+    Conversion,
+    camera_size_note,
+    depth_messages,
+    intrinsics_from_camera_info,
+    message_to_image,
+    output_messages,
+)
+from .topics import Topics
+
+_blob = np.ascontiguousarray  # rosbags' message classes hold uint8[] fields as numpy arrays
+
+
+@dataclass
+class Summary:
+    """What a run did: totals over its cameras, and per image topic in ``cameras``."""
+
+    frames: int = 0
+    points: int = 0
+    point_bytes: int = 0
+    copied: int = 0
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (bag time ns, reason)
+    frames_without_camera_info: int = 0
+    camera_infos_skipped: int = 0  # camera info messages that could not be used
+    thinned_clouds: int = 0  # clouds whose stride was raised to stay within Conversion.max_points
+    largest_stride: int = 1
+    seconds: float = 0.0
+    metric: int = 0  # frames with metric depth published
+    flicker: float | None = None  # of the published depth (runtime.align.stabilize); one camera's
+    flicker_unstabilized: float | None = None  # of the model's output, when stabilised
+    alignment: Any = None  # the BagAligner of an --align-to run
+    alignment_json: Path | None = None
+    cameras: dict[str, Summary] = field(default_factory=dict)  # image topic -> that camera's summary
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def add(self, camera: Summary) -> None:
+        """Count one camera's summary in the totals."""
+        for counter in fields(self):
+            value = getattr(camera, counter.name)
+            if counter.name == "largest_stride":
+                self.largest_stride = max(self.largest_stride, value)
+            elif isinstance(value, int):
+                setattr(self, counter.name, getattr(self, counter.name) + value)
+        self.skipped = sorted(self.skipped + camera.skipped)
+
+
+@dataclass
+class _Frame:
+    timestamp: int
+    header: Any
+    image: np.ndarray
+    intrinsics: Intrinsics | None
+    camera: _Camera
+
+
+class _Camera:
+    """One camera's topics and what the pass keeps for it: its latest intrinsics, its stabiliser
+    and flicker meter, its counts."""
+
+    def __init__(self, topics: Topics, stabilize: bool) -> None:
+        self.topics = topics
+        self.intrinsics: Intrinsics | None = None
+        self.stabilizer = Stabilizer() if stabilize else None
+        self.meter = FlickerMeter()
+        self.summary = Summary()
+        self.seen = self.taken = 0  # image messages read; frames sent to the model
+
+    def finish(self) -> Summary:
+        self.summary.flicker = self.meter.figure
+        if self.stabilizer is not None:
+            self.summary.flicker_unstabilized = self.stabilizer.flicker_in.figure
+            self.summary.flicker = self.stabilizer.flicker_out.figure
+        return self.summary
+
+
+def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Lists of ``size`` consecutive items (the last one shorter), read lazily."""
+    iterator = iter(items)
+    while True:
+        batch = list(itertools.islice(iterator, size))
+        if not batch:
+            return
+        yield batch
+
+
+class BagPass:
+    """One pass over the bag: read, predict (batched and pipelined), write, in bag-time order."""
+
+    def __init__(
+        self,
+        reader: Any,
+        writer: BagWriter,
+        cameras: list[Topics],
+        conversion: Conversion,
+        errors: tuple[type[Exception], ...],
+        progress: Callable[[int], Any] | None,
+        warn: Callable[[str], None],
+        aligner: Any = None,
+        stabilize: bool = False,
+    ) -> None:
+        self.reader, self.writer, self.conversion = reader, writer, conversion
+        self.cameras = {topics.image: _Camera(topics, stabilize) for topics in cameras}
+        self.copy_topics = set(cameras[0].copy)
+        self.errors, self.progress, self.warn = errors, progress, warn
+        self.aligner = aligner  # one camera only (runtime.ros.bag refuses more)
+        self.copied = 0
+        self.said: set = set()  # warnings given once per run, not once per message
+        self.results: deque = deque()  # predictions of frames not yet written
+        # Messages to copy and frames sent to the predictor, in bag order: the predictor reads
+        # ahead, so copies read meanwhile wait here until the depth of the frames before them is written.
+        self.events: deque = deque()
+
+    def run(self, predictor: Any, every: int, max_frames: int | None, max_pixels: int | None) -> Summary:
+        start = time.perf_counter()
+        # A cycle holds as many frames as there are cameras, in bag order: with cameras that fire
+        # together, one frame of each, their equal sizes one model call (predict_batch).
+        cycles = batched(self.frames(every, max_frames, max_pixels), len(self.cameras))
+        for predictions in predictor.stream_batches(cycles):
+            self.results.extend(predictions)
+            self.flush()
+        if self.aligner is not None:
+            self.aligner.read_rest(self.reader)
+        self.flush()
+        summary = Summary(alignment=self.aligner, copied=self.copied)
+        for image, camera in self.cameras.items():
+            summary.cameras[image] = camera.finish()
+            summary.add(summary.cameras[image])
+        if len(self.cameras) == 1:
+            summary.flicker = camera.summary.flicker
+            summary.flicker_unstabilized = camera.summary.flicker_unstabilized
+        summary.seconds = time.perf_counter() - start
+        return summary
+
+    def step(self) -> None:
+        if self.progress is not None:
+            self.progress(1)
+
+    def flush(self) -> None:
+        """Write, in bag order, the copies and the frames whose depth (and sensor message) is in."""
+        while self.events:
+            if self.events[0][0] == "copy":
+                _, conn, timestamp, raw = self.events.popleft()
+                self.writer.copy(conn, timestamp, raw)
+                self.copied += 1
+                continue
+            frame = self.events[0][1]
+            if not self.results or (self.aligner is not None and not self.aligner.ready(frame)):
+                return
+            self.events.popleft()
+            self.publish(frame, self.results.popleft())
+            frame.camera.summary.frames += 1
+            self.step()
+
+    def frames(self, every: int, max_frames: int | None, max_pixels: int | None) -> Iterator[np.ndarray]:
+        """Yield the frames to process, queueing them and the messages to copy. ``every`` and
+        ``max_frames`` count each camera's own frames; the pass ends when every camera has its
+        ``max_frames``."""
+        reader, cameras = self.reader, self.cameras
+        infos = {camera.topics.camera_info: camera for camera in cameras.values() if camera.topics.camera_info}
+        wanted = set(cameras) | self.copy_topics | set(infos)
+        sensor = self.aligner.topics if self.aligner is not None else set()
+        done = 0
+        for conn, timestamp, raw in reader.messages(
+            connections=[c for c in reader.connections if c.topic in wanted | sensor]
+        ):
+            if conn.topic in sensor:
+                self.aligner.observe(conn.topic, timestamp, raw, lambda: reader.deserialize(raw, conn.msgtype))  # noqa: B023
+            if conn.topic in self.copy_topics:
+                self.events.append(("copy", conn, timestamp, raw))
+            if conn.topic in infos:
+                self.camera_info(infos[conn.topic], conn, timestamp, raw)
+            camera = cameras.get(conn.topic)
+            if camera is None or (max_frames is not None and camera.taken >= max_frames):
+                continue
+            camera.seen += 1
+            if (camera.seen - 1) % every:
+                continue
+            try:
+                msg = reader.deserialize(raw, conn.msgtype)
+                image = check_image(message_to_image(msg, conn.msgtype, max_pixels))
+            except InputError as exc:
+                self.skip(camera, timestamp, str(exc))
+                continue
+            except self.errors as exc:
+                self.skip(camera, timestamp, f"cannot deserialise {conn.msgtype}: {exc}")
+                continue
+            self.events.append(("frame", _Frame(timestamp, msg.header, image, camera.intrinsics, camera)))
+            if self.aligner is not None:
+                self.aligner.match(self.events[-1][1])
+            yield image
+            camera.taken += 1
+            done += max_frames is not None and camera.taken == max_frames
+            if done == len(cameras):
+                return
+
+    def camera_info(self, camera: _Camera, conn: Any, timestamp: int, raw: Any) -> None:
+        try:
+            camera.intrinsics = intrinsics_from_camera_info(self.reader.deserialize(raw, conn.msgtype))
+        except (InputError, *self.errors) as exc:
+            camera.summary.camera_infos_skipped += 1
+            self.warn_once(
+                (conn.topic, str(exc)),
+                f"camera info on {conn.topic} at {timestamp} ns skipped, no points until a good one: {exc}",
+            )
+            camera.intrinsics = None
+
+    def warn_once(self, key: object, text: str) -> None:
+        if key not in self.said:
+            self.said.add(key)
+            self.warn(text)
+
+    def skip(self, camera: _Camera, timestamp: int, reason: str) -> None:
+        camera.summary.skipped.append((timestamp, reason))
+        self.step()
+
+    def publish(self, frame: _Frame, prediction: np.ndarray) -> None:
+        camera, args = frame.camera, (self.writer.make, _blob, frame.header)
+        topics, summary = camera.topics, camera.summary
+        if camera.stabilizer is not None:
+            prediction = camera.stabilizer(frame.image, prediction)
+        if self.aligner is None:
+            messages = depth_messages(*args, prediction, frame.image, frame.intrinsics, self.conversion)
+        else:  # metres from this frame's fit, or none; a metric model's output is never relative
+            relative = None if self.conversion.output.is_metric else prediction
+            metres = self.aligner.align(frame, prediction).depth
+            messages = output_messages(*args, frame.image, frame.intrinsics, self.conversion, relative, metres)
+        summary.metric += "metric" in messages
+        if camera.stabilizer is None:
+            camera.meter.update(frame.image, disparity_of(prediction, self.conversion.output))
+        for key, topic, msgtype in [
+            ("relative", topics.relative, IMAGE),
+            ("metric", topics.metric, IMAGE),
+            ("points", topics.points, POINT_CLOUD2),
+        ]:
+            if key in messages:
+                size = self.writer.publish(topic, msgtype, frame.timestamp, messages[key])
+                summary.point_bytes += size if key == "points" else 0
+        if "points" in messages:
+            summary.points += 1
+            note = camera_size_note(frame.intrinsics, *prediction.shape)
+            if note:
+                self.warn_once((frame.intrinsics.width, frame.intrinsics.height, prediction.shape), note)
+            stride = bounded_stride(*prediction.shape, self.conversion.point_stride, self.conversion.max_points)
+            if stride > self.conversion.point_stride:
+                summary.thinned_clouds += 1
+                summary.largest_stride = max(summary.largest_stride, stride)
+        elif "metric" in messages:
+            summary.frames_without_camera_info += 1

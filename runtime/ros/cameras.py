@@ -1,0 +1,134 @@
+"""The ROS 2 node's cameras: one or several, each with its image, camera info and depth topics;
+the newest frame of each waits in its own slot, and a cycle takes the newest frame of every camera
+that has one and runs them as one ``predict_batch`` (frames of equal size in one model call).
+
+Plain logic, tested without rclpy; the node (``runtime.ros.node``) subscribes and publishes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..pointcloud import Intrinsics
+from .align import FramePipeline
+from .messages import IMAGE, LatestOnly, camera_size_note, message_to_image
+from .topics import default_topics
+
+# One camera without image_topics: relative names, set with --ros-args -r image:=... as before.
+RELATIVE = {"relative": "depth/relative_inverse", "metric": "depth/image", "points": "depth/points"}
+
+
+@dataclass
+class Camera:
+    """One camera of the node: what it subscribes to and publishes, its pipeline and intrinsics."""
+
+    image: str
+    camera_info: str
+    outputs: dict[str, str]  # "relative", "metric", "points" -> topic
+    pipeline: Any = None  # its FramePipeline (its own stabiliser and fit state)
+    # Its newest usable camera info's intrinsics, in the slot node.camera_info_receiver fills.
+    slot: list[Intrinsics | None] = field(default_factory=lambda: [None])
+    publishers: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def intrinsics(self) -> Intrinsics | None:
+        return self.slot[0]
+
+
+def split_topics(text: str) -> list[str]:
+    """``image_topics`` as given in a ROS parameter: names separated by spaces or commas."""
+    return [topic for topic in text.replace(",", " ").split() if topic]
+
+
+def plan_cameras(image_topics: Sequence[str]) -> list[Camera]:
+    """The node's cameras: none named, the remappable ``image``/``camera_info``; else per image topic
+    ``<ns>/camera_info`` and ``<ns>/depth/...`` beside it, as the bag tool names them."""
+    topics = list(image_topics)
+    if not topics:
+        return [Camera("image", "camera_info", dict(RELATIVE))]
+    twice = sorted({topic for topic in topics if topics.count(topic) > 1})
+    if twice:
+        raise InputError(f"image_topics: {twice[0]} given twice; give each camera once")
+    cameras = []
+    for topic in topics:
+        namespace = topic.rsplit("/", 1)[0] if "/" in topic.strip("/") else ""
+        if not namespace:
+            raise InputError(
+                f"image_topics: {topic!r} has no namespace to put its depth topics in; name it as the "
+                "camera driver does, /<camera>/image_raw"
+            )
+        outputs = dict(zip(("relative", "metric", "points"), default_topics(topic, IMAGE)))
+        cameras.append(Camera(topic, f"{namespace}/camera_info", outputs))
+    return cameras
+
+
+class CameraSlots:
+    """The newest frame of each camera (a ``LatestOnly`` each, one condition for all): ``take``
+    waits for any camera's frame and returns ``[(camera index, message), ...]`` for every camera
+    with one, oldest frames replaced and counted as dropped, never queued."""
+
+    def __init__(self, count: int) -> None:
+        self._cond = threading.Condition()
+        self.slots: list[LatestOnly] = [LatestOnly(self._cond) for _ in range(count)]
+        self._closed = False
+
+    def put(self, index: int, message: Any) -> bool:
+        return self.slots[index].put(message)
+
+    def take(self, timeout: float | None = None) -> list[tuple[int, Any]] | None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._closed or any(slot.pending for slot in self.slots), timeout)
+            cycle = [(index, slot.take(0)) for index, slot in enumerate(self.slots) if slot.pending]
+        return cycle or None
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            for slot in self.slots:
+                slot.close()
+
+    @property
+    def received(self) -> int:
+        return sum(slot.received for slot in self.slots)
+
+    @property
+    def dropped(self) -> int:
+        return sum(slot.dropped for slot in self.slots)
+
+
+def run_cycle(
+    predictor: Any,
+    cameras: list[Camera],
+    cycle: list[tuple[int, Any]],
+    make: Callable[..., Any],
+    blob: Callable[[np.ndarray], Any],
+    warn: Callable[[str], None],
+) -> int:
+    """Depth for one cycle: decode each camera's frame (one that cannot be decoded is warned about
+    and left out, the others go on), one ``predict_batch`` for all, then each camera's messages
+    through its own pipeline to its own publishers. Returns the frames published."""
+    taken, images = [], []
+    for index, message in cycle:
+        try:
+            images.append(message_to_image(message, IMAGE))
+        except InputError as exc:
+            warn(f"{cameras[index].image}: frame skipped: {exc}")
+            continue
+        taken.append((cameras[index], message))
+    if not images:
+        return 0
+    for (camera, message), image, depth in zip(taken, images, predictor.predict_batch(images)):
+        pipeline: FramePipeline = camera.pipeline
+        if camera.intrinsics is not None and "points" in pipeline.outputs:
+            note = camera_size_note(camera.intrinsics, *depth.shape)
+            if note:
+                warn(f"{camera.camera_info}: {note}")
+        for key, out in pipeline.messages(make, blob, message.header, image, depth, camera.intrinsics).items():
+            camera.publishers[key].publish(out)
+    return len(images)
