@@ -20,7 +20,7 @@ from .cpu import detect
 from .machine import machine_facts
 from .profile import add_efficiency
 from .ranking import fastest_cpu_path, rank, relative_to_first
-from .report import write_report
+from .report import publish
 from .roofline import CeilingProbes, add_throughput, ceiling_formats, lower_bounds, matrix_work
 from .rounds import time_rows
 from .runner import Config, Settings, make_configs, prepare, reference_outputs, score
@@ -333,14 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         "phases": {k: round(v, 1) for k, v in phases.seconds.items()},
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
-    paths = write_report(data, images, args.report_dir)
-    print((args.report_dir / "report.md").read_text())
-    print("wrote " + ", ".join(str(p) for p in paths) + f" in {data['wall_seconds']:.0f} s")
-    if not reliability["reliable"]:
-        print("warning: the report's self-checks failed: " + "; ".join(reliability["problems"]), file=sys.stderr)
-        if args.strict:
-            return EXIT_UNRELIABLE
-    return 0
+    return publish(data, images, args.report_dir, reliability, args.strict)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from .checks import assess
 from .cpu import detect
 from .machine import machine_facts
 from .ranking import rank
-from .report import write_report
+from .report import publish
 from .rounds import time_rows
 from .runner import STATUS_INVALID, STATUS_OK, Config, Settings, prepare
 
@@ -112,7 +112,6 @@ def score_artefact(config: Config) -> None:
 
 def run_artefacts(models: list[Path], args, warmup: int, runs: int, rounds: int) -> int:
     """Time and score ``models``, write the report; 0, or ``EXIT_UNRELIABLE`` with ``--strict``."""
-    from runtime.commands import EXIT_UNRELIABLE
 
     started = time.perf_counter()
     cpu = detect()
@@ -162,11 +161,4 @@ def run_artefacts(models: list[Path], args, warmup: int, runs: int, rounds: int)
         "phases": {k: round(v, 1) for k, v in settings.phases.seconds.items()},
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
-    paths = write_report(data, {}, args.report_dir)
-    print((args.report_dir / "report.md").read_text())
-    print("wrote " + ", ".join(str(p) for p in paths) + f" in {data['wall_seconds']:.0f} s")
-    if not reliability["reliable"]:
-        print("warning: the report's self-checks failed: " + "; ".join(reliability["problems"]), file=sys.stderr)
-        if args.strict:
-            return EXIT_UNRELIABLE
-    return 0
+    return publish(data, {}, args.report_dir, reliability, args.strict)

@@ -6,10 +6,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from runtime.commands import EXIT_UNRELIABLE
 from runtime.io.files import atomic_write_bytes
 
 from .cpu import FORMAT_NAMES, without_units
@@ -365,3 +367,15 @@ def write_report(data: dict, images: dict[str, np.ndarray], folder: Path) -> lis
     paths += figures(data, images, folder) if will_draw(data) else []
     paths += write_profile_figure(data, folder)
     return paths
+
+
+def publish(data: dict, images: dict, folder: Path, reliability: dict, strict: bool) -> int:
+    """Write the report, print it and what was written; the command's exit code: 0, or
+    ``EXIT_UNRELIABLE`` when its self-checks failed and ``strict`` asks for that."""
+    paths = write_report(data, images, folder)
+    print((folder / "report.md").read_text())
+    print("wrote " + ", ".join(str(p) for p in paths) + f" in {data['wall_seconds']:.0f} s")
+    if reliability["reliable"]:
+        return 0
+    print("warning: the report's self-checks failed: " + "; ".join(reliability["problems"]), file=sys.stderr)
+    return EXIT_UNRELIABLE if strict else 0

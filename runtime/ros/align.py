@@ -63,16 +63,19 @@ def frame_samples(
     transforms: Transforms,
     aligner: FrameAligner,
     sensor_intrinsics: Intrinsics | None = None,
-) -> SparseSamples:
-    """The samples a sensor message gives one image: decoded, moved into the camera frame, projected.
-
-    Raises ``InputError`` (an unusable message, no transform path) or ``TransformTimeError``.
-    """
-    sensor = sensor_frame(msg, msgtype, sensor_intrinsics or intrinsics)
-    matrix = transforms(frame_name(camera_frame), sensor.frame_id, sensor.stamp)
-    points = sensor.points @ matrix[:3, :3].T + matrix[:3, 3]
+) -> tuple[SparseSamples | None, str]:
+    """The samples a sensor message gives one image (decoded, moved into the camera frame,
+    projected), or None and why not: no transform path or none at that time, an unusable message."""
     fit = aligner.settings.fit
-    return sample_points(points, intrinsics, size[0], size[1], fit.min_depth, fit.max_depth)
+    try:
+        sensor = sensor_frame(msg, msgtype, sensor_intrinsics or intrinsics)
+        matrix = transforms(frame_name(camera_frame), sensor.frame_id, sensor.stamp)
+        points = sensor.points @ matrix[:3, :3].T + matrix[:3, 3]
+        return sample_points(points, intrinsics, size[0], size[1], fit.min_depth, fit.max_depth), ""
+    except (NoTransformError, TransformTimeError) as exc:
+        return None, f"no transform: {exc}"
+    except InputError as exc:
+        return None, f"sensor message unusable: {exc}"
 
 
 def _category(reason: str) -> str:
@@ -199,21 +202,16 @@ class LiveAligner:
         elif index is None:
             missing = self._no_message(offset)
         else:
-            try:
-                samples = frame_samples(
-                    held[index][1],
-                    self.msgtype,
-                    header.frame_id,
-                    intrinsics,
-                    prediction.shape,
-                    self.transforms,
-                    self.aligner,
-                    self.sensor_intrinsics,
-                )
-            except (NoTransformError, TransformTimeError) as exc:
-                missing = f"no transform: {exc}"
-            except InputError as exc:
-                missing = f"sensor message unusable: {exc}"
+            samples, missing = frame_samples(
+                held[index][1],
+                self.msgtype,
+                header.frame_id,
+                intrinsics,
+                prediction.shape,
+                self.transforms,
+                self.aligner,
+                self.sensor_intrinsics,
+            )
         result = self.aligner.align(prediction, samples, stamp, missing)
         self.log.add(result, time.perf_counter() - start)
         return result

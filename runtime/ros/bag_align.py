@@ -32,7 +32,7 @@ from .align import (
 )
 from .messages import CAMERA_INFO, IMAGE, POINT_CLOUD2, intrinsics_from_camera_info
 from .sparse import SPARSE_TYPES
-from .tf import TF_TYPES, NoTransformError, TfTree, TransformTimeError, frame_name, stamp_ns
+from .tf import TF_TYPES, TfTree, frame_name, stamp_ns
 
 
 def sensor_camera_info(topic: str, types: dict[str, str]) -> str | None:
@@ -204,21 +204,16 @@ class BagAligner:
             if isinstance(msg, str):
                 missing = f"sensor message unusable: {msg}"
             else:
-                try:
-                    samples = frame_samples(
-                        msg,
-                        self.msgtype,
-                        frame.header.frame_id,
-                        frame.intrinsics,
-                        prediction.shape,
-                        self.transforms,
-                        self.aligner,
-                        self.sensor_intrinsics,
-                    )
-                except (NoTransformError, TransformTimeError) as exc:
-                    missing = f"no transform: {exc}"
-                except InputError as exc:
-                    missing = f"sensor message unusable: {exc}"
+                samples, missing = frame_samples(
+                    msg,
+                    self.msgtype,
+                    frame.header.frame_id,
+                    frame.intrinsics,
+                    prediction.shape,
+                    self.transforms,
+                    self.aligner,
+                    self.sensor_intrinsics,
+                )
             self._needed[index] -= 1
             self._evict()
         result = self.aligner.align(prediction, samples, stamp_ns(frame.header), missing)
