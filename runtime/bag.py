@@ -19,9 +19,9 @@ from .metric import OutputKind, ScaleShift
 from .pointcloud import MAX_POINTS
 from .ros.align import DEFAULT_MAX_TIME_OFFSET
 from .ros.bag import (
-    ONE_CAMERA_ALIGNMENT,
     STORAGES,
     Summary,
+    camera_infos,
     check_output,
     open_bag,
     output_kind,
@@ -118,8 +118,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _check_request(args: argparse.Namespace) -> tuple[dict[str, int], list[Topics], BagAligner | None]:
     """Check the bag, its topics, the sensor and its transforms, and the output before the model is loaded."""
-    if args.align_to is not None and len(args.image_topic) > 1:
-        raise InputError(ONE_CAMERA_ALIGNMENT)
     align = align_request(args)  # usage errors in the alignment options, before the bag is read
     rb = rosbags_modules()
     check_output(args.input, args.output)
@@ -140,7 +138,7 @@ def _check_request(args: argparse.Namespace) -> tuple[dict[str, int], list[Topic
         output_kind(args.input, args.output, args.storage, reader.is2)
         aligner = None
         if args.align_to is not None:
-            aligner = BagAligner.prepare(reader, args.align_to, cameras[0].camera_info, **align)
+            aligner = BagAligner.prepare(reader, args.align_to, camera_infos(cameras), **align)
     finally:
         reader.close()
     return counts, cameras, aligner
@@ -211,8 +209,9 @@ def _report(output: Path, cameras: list[Topics], conversion: Conversion, summary
         if len(cameras) > 1:  # a heading per camera; the lines under it name its own topics
             lines.append(f"  {topics.image}: {camera.frames} frames")
         lines += _camera_lines(topics, conversion, camera, kind, summary.alignment)
+        if summary.alignment is not None and topics.image in summary.alignment.logs:  # its own fits
+            lines += summary.alignment.logs[topics.image].lines(summary.alignment.topic)
     if summary.alignment is not None:
-        lines += summary.alignment.log.lines(summary.alignment.topic)
         lines.append(f"    per-frame record: {summary.alignment_json}")
     if summary.frames:
         lines.append(f"  copied {summary.copied} messages of {', '.join(cameras[0].copy) or 'no topics'}")

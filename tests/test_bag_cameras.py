@@ -169,7 +169,7 @@ def test_cli_two_cameras_and_its_errors(tmp_path, tiny_checkpoint):
         (["--image-topic", "/cam0/image_raw"], "image topic /cam0/image_raw given twice"),
         (["--image-topic", "/cam7/image_raw"], "no topic '/cam7/image_raw' in the bag"),
         (["--depth-topic", "/d0"], "--depth-topic given 1 times for 2 image topics"),
-        (["--align-to", "/lidar/points"], "--align-to fits one camera"),
+        (["--align-to", "/lidar/points"], "--align-to /lidar/points: no such topic"),  # two cameras are fine
     ]:
         refused = run_cli(str(bag), *cameras, *extra, "--output", str(tmp_path / "refused"), *common)
         assert refused.returncode == 2 and match in refused.stderr and refused.stderr.count("\n") == 1, refused.stderr

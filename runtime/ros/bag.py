@@ -34,12 +34,25 @@ from .bag_writer import BagWriter
 from .messages import Conversion
 from .topics import plan_cameras
 
-__all__ = ["STORAGES", "Summary", "check_output", "open_bag", "output_kind", "process_bag", "rosbags_modules"]
+__all__ = [
+    "STORAGES",
+    "Summary",
+    "camera_infos",
+    "check_output",
+    "open_bag",
+    "output_kind",
+    "process_bag",
+    "rosbags_modules",
+]
 
 STORAGES = ("mcap", "sqlite3")
 _STORAGE_SUFFIX = {".mcap": "mcap", ".db3": "sqlite3"}
 _ROSBAGS_NOTE = "rosbags needs Python >= 3.10"
-ONE_CAMERA_ALIGNMENT = "--align-to fits one camera's frames to the sensor: give one --image-topic (run once per camera)"
+
+
+def camera_infos(cameras: Sequence[Any]) -> dict[str, str | None]:
+    """``{image topic: camera info topic}`` of the planned cameras, as ``BagAligner.prepare`` takes them."""
+    return {topics.image: topics.camera_info for topics in cameras}
 
 
 def rosbags_modules() -> Any:
@@ -141,9 +154,10 @@ def process_bag(
     written (``summary.frames == 0``).
     ``progress(1)`` is called for every image message handled, written or skipped. Raises
     ``InputError`` for an unusable request (missing topic, output present) before anything is
-    written. ``align_to`` (one camera only): a PointCloud2 or depth image topic fitted per frame
-    (``runtime.ros.bag_align``; ``align_options`` are ``BagAligner.prepare``'s, or
-    ``{"aligner": prepared}``), its per-frame record written beside the output; ``stabilize``:
+    written. ``align_to``: a PointCloud2 or depth image topic each camera's frames are fitted to,
+    frame by frame and camera by camera (``runtime.ros.bag_align``; ``align_options`` are
+    ``BagAligner.prepare``'s, or ``{"aligner": prepared}``), its per-frame record written beside
+    the output; ``stabilize``:
     relative depth on the scale of the frames before it, per camera.
     """
     from .bag_align import BagAligner, alignment_json_path, check_conversion
@@ -154,8 +168,6 @@ def process_bag(
     conversion = check_conversion(conversion or Conversion(), getattr(predictor, "output", OutputKind()), stabilize)
     if every < 1 or (max_frames is not None and max_frames < 1):
         raise InputError(f"every and max_frames must be positive, got {every} and {max_frames}")
-    if len(images) > 1 and (align_to is not None or (align_options or {}).get("aligner") is not None):
-        raise InputError(ONE_CAMERA_ALIGNMENT)
     check_output(input_path, output)
     reader = open_bag(rb, input_path)
     staging = None
@@ -170,7 +182,7 @@ def process_bag(
         options = dict(align_options or {})
         aligner = options.pop("aligner", None)
         if align_to is not None and aligner is None:
-            aligner = BagAligner.prepare(reader, align_to, cameras[0].camera_info, **options)
+            aligner = BagAligner.prepare(reader, align_to, camera_infos(cameras), **options)
         if aligner is not None:
             aligner.start(conversion.output)
         run = BagPass(reader, writer, cameras, conversion, errors, progress, warn, aligner, stabilize)

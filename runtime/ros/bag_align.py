@@ -6,6 +6,11 @@ sensor stamp and the tf tree, and checks that the sensor's frame and the camera'
 matched to the sensor message nearest its stamp within ``max_time_offset``; frames wait (with
 the messages to copy behind them) until that message has been read, so a lidar recorded after
 its image is still used. Messages no frame can use any more are dropped as the pass goes.
+
+With several cameras the sensor index and tf tree are shared, but each camera (its image topic)
+has its own fit and temporal filter (the network's scale and shift differ between cameras), its
+own intrinsics and optical frame (its frames' ``header.frame_id``), its own log, and its per-frame
+records carry its topic. Frames of several cameras may wait for the same sensor message.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,6 +47,16 @@ def sensor_camera_info(topic: str, types: dict[str, str]) -> str | None:
     return sibling if types.get(sibling) == CAMERA_INFO else None
 
 
+# How far (seconds of image stamp) a camera's frames may trail the newest frame of any camera and
+# still hold back sensor messages for its next frames; a camera further behind (stopped, done
+# with --max-frames) holds nothing back, so the buffer stays bounded.
+CAMERA_LAG = 1.0
+SEVERAL_EXTRINSICS = (
+    "--extrinsics gives the sensor's pose in one camera's optical frame: with several --image-topic, "
+    "record the cameras and the sensor in the bag's tf (/tf_static) and leave --extrinsics out"
+)
+
+
 def alignment_json_path(output: Path) -> Path:
     """Where the per-frame alignment record goes: beside the output bag."""
     return output.with_name(output.name + ".alignment.json")
@@ -59,6 +75,7 @@ class BagAligner:
         sensor_info_topic: str | None,
         settings: AlignSettings,
         max_time_offset: float,
+        cameras: list[str] | None = None,
     ) -> None:
         self.topic, self.msgtype = topic, msgtype
         self.order = sorted(range(len(stamps)), key=lambda k: stamps[k])  # sorted position -> bag index
@@ -67,13 +84,15 @@ class BagAligner:
         self.sensor_info_topic = sensor_info_topic
         self.settings, self.max_offset = settings, int(max_time_offset * 1e9)
         self.sensor_intrinsics = None
-        self.aligner: FrameAligner | None = None
-        self.log = AlignmentLog()
+        self.kind: OutputKind | None = None
+        self.aligners: dict[str | None, FrameAligner] = {}  # per camera (image topic): fits never mix
+        self.log = AlignmentLog()  # every camera's frames, in the order they were written
+        self.logs: dict[str | None, AlignmentLog] = {camera: AlignmentLog() for camera in cameras or []}
         self.read = 0  # sensor messages read by the main pass
         self._last_time: tuple[int, int] = (-1, 0)  # bag time of the last one, and how many shared it
         self._buffer: dict[int, Any] = {}  # bag index -> message (or why it could not be read)
-        self._needed: Counter = Counter()
-        self._highest = -1  # highest index a frame has been matched to
+        self._needed: Counter = Counter()  # bag index -> frames matched to it and not yet aligned
+        self._latest: dict[str | None, tuple[int, int]] = {}  # camera -> (stamp, index) of its last match
         self._matches: dict[int, tuple[int | None, int | None]] = {}
 
     @classmethod
@@ -81,12 +100,19 @@ class BagAligner:
         cls,
         reader: Any,
         topic: str,
-        camera_info_topic: str | None,
+        camera_info_topic: str | Mapping[str, str | None] | None,
         extrinsics: np.ndarray | None = None,
         settings: AlignSettings | None = None,
         max_time_offset: float = DEFAULT_MAX_TIME_OFFSET,
     ) -> BagAligner:
-        """Index the sensor topic and read the tf tree; ``InputError`` for a request that cannot work."""
+        """Index the sensor topic and read the tf tree; ``InputError`` for a request that cannot work.
+
+        ``camera_info_topic``: one camera's, or ``{image topic: its camera info topic}`` of the
+        cameras aligned (each checked for a transform path to the sensor)."""
+        if isinstance(camera_info_topic, Mapping):
+            infos, cameras = dict(camera_info_topic), list(camera_info_topic)
+        else:
+            infos, cameras = {None: camera_info_topic}, None
         types = {c.topic: c.msgtype for c in reader.connections}
         if types.get(topic) not in SPARSE_TYPES:
             sources = sorted(t for t, kind in types.items() if kind == POINT_CLOUD2)
@@ -94,19 +120,23 @@ class BagAligner:
                 f"--align-to {topic}: {'no such topic' if topic not in types else f'it holds {types[topic]}'}; "
                 f"it takes a PointCloud2 or a depth Image (PointCloud2 topics there: {', '.join(sources) or 'none'})"
             )
-        if camera_info_topic is None:
-            raise InputError(
-                "--align-to needs the camera's intrinsics: the bag has no camera info beside the image "
-                "topic; name it with --camera-info-topic"
-            )
+        for image, info in infos.items():
+            if info is None:
+                beside = "the image topic" if image is None else image
+                raise InputError(
+                    f"--align-to needs the camera's intrinsics: the bag has no camera info beside {beside}; "
+                    "name it with --camera-info-topic"
+                )
+        if len(infos) > 1 and extrinsics is not None:
+            raise InputError(SEVERAL_EXTRINSICS)
         if not max_time_offset >= 0:
             raise InputError(f"--max-time-offset must be >= 0 seconds, got {max_time_offset}")
         tf_topics = [t for t, kind in types.items() if kind in TF_TYPES]
-        wanted = {topic, camera_info_topic, *tf_topics}
-        tree, stamps, sensor_frames, camera_frame = TfTree(), [], set(), None
+        wanted = {topic, *infos.values(), *tf_topics}
+        tree, stamps, sensor_frames, camera_frames = TfTree(), [], set(), {}
         for conn, _, raw in reader.messages(connections=[c for c in reader.connections if c.topic in wanted]):
-            if conn.topic == camera_info_topic and camera_frame is not None:
-                continue  # the camera's frame is known; its other infos are read by the main pass
+            if conn.topic in camera_frames:
+                continue  # that camera's frame is known; its other infos are read by the main pass
             try:
                 msg = reader.deserialize(raw, conn.msgtype)
             except Exception:
@@ -116,8 +146,8 @@ class BagAligner:
             if conn.topic == topic:
                 stamps.append(stamp_ns(msg.header))
                 sensor_frames.add(frame_name(msg.header.frame_id))
-            elif conn.topic == camera_info_topic:
-                camera_frame = camera_frame or frame_name(msg.header.frame_id)
+            elif conn.topic in infos.values():
+                camera_frames[conn.topic] = frame_name(msg.header.frame_id)
             if conn.topic in tf_topics:
                 tree.add_message(msg, static=conn.topic.endswith("tf_static"))
         if not stamps:
@@ -126,11 +156,12 @@ class BagAligner:
             transforms, note = fixed_transform(extrinsics), "--extrinsics"
         else:
             for sensor in sorted(sensor_frames):
-                if camera_frame is not None:
+                for camera_frame in sorted(set(camera_frames.values())):
                     tree.path(camera_frame, sensor)  # NoTransformError: one line, nothing written
             transforms, note = tree_transforms(tree), f"tf ({len(tree.edges)} transforms)"
         info = sensor_camera_info(topic, types) if types[topic] == IMAGE else None
-        return cls(topic, types[topic], stamps, transforms, note, info, settings or AlignSettings(), max_time_offset)
+        settings = settings or AlignSettings()
+        return cls(topic, types[topic], stamps, transforms, note, info, settings, max_time_offset, cameras)
 
     @property
     def topics(self) -> set[str]:
@@ -138,7 +169,16 @@ class BagAligner:
         return {self.topic} | ({self.sensor_info_topic} if self.sensor_info_topic else set())
 
     def start(self, kind: OutputKind) -> None:
-        self.aligner = FrameAligner(kind, self.settings)
+        self.kind = kind
+        self.aligners = {camera: FrameAligner(kind, self.settings) for camera in self.logs}
+
+    def _camera(self, camera: str | None) -> FrameAligner:
+        """That camera's fit and filter (made at its first frame when the cameras were not named)."""
+        assert self.kind is not None, "start() first"
+        if camera not in self.aligners:
+            self.aligners[camera] = FrameAligner(self.kind, self.settings)
+            self.logs.setdefault(camera, AlignmentLog())
+        return self.aligners[camera]
 
     def observe(self, topic: str, timestamp: int, raw: Any, deserialize: Callable[[], Any]) -> None:
         """A message of :attr:`topics` read by the main pass, in bag order."""
@@ -151,7 +191,7 @@ class BagAligner:
         index, self.read = self.read, self.read + 1
         same = self._last_time[1] + 1 if timestamp == self._last_time[0] else 1
         self._last_time = (timestamp, same)
-        if index < self._highest and not self._needed[index]:
+        if index < self._bound() and not self._needed[index]:
             return  # no frame can still use it
         try:
             self._buffer[index] = deserialize()
@@ -166,7 +206,8 @@ class BagAligner:
         self._matches[id(frame)] = (index, offset)
         if index is not None:
             self._needed[index] += 1
-            self._highest = max(self._highest, index)
+            last = self._latest.get(frame.topic, (stamp, index))
+            self._latest[frame.topic] = (max(last[0], stamp), max(last[1], index))
             self._evict()
 
     def ready(self, frame: Any) -> bool:
@@ -190,7 +231,7 @@ class BagAligner:
 
     def align(self, frame: Any, prediction: np.ndarray) -> FrameResult:
         """Metric depth for a frame whose sensor message has been read (or that has none)."""
-        assert self.aligner is not None, "start() first"
+        aligner = self._camera(frame.topic)
         started = time.perf_counter()
         index, offset = self._matches.pop(id(frame))
         samples, missing = None, ""
@@ -211,20 +252,32 @@ class BagAligner:
                     frame.intrinsics,
                     prediction.shape,
                     self.transforms,
-                    self.aligner,
+                    aligner,
                     self.sensor_intrinsics,
                 )
             self._needed[index] -= 1
             self._evict()
-        result = self.aligner.align(prediction, samples, stamp_ns(frame.header), missing)
-        extra = {"bag_time_ns": int(frame.timestamp)}
+        result = aligner.align(prediction, samples, stamp_ns(frame.header), missing)
+        extra = {"camera": frame.topic, "bag_time_ns": int(frame.timestamp)}
         if offset is not None:
             extra["sensor_offset_ms"] = round(offset / 1e6, 3)
-        self.log.add(result, time.perf_counter() - started, **extra)
+        seconds = time.perf_counter() - started
+        self.log.add(result, seconds, **extra)
+        self.logs[frame.topic].add(result, seconds, **extra)
         return result
 
+    def _bound(self) -> int:
+        """The lowest sensor index a frame still to be read may match: each camera's frames come in
+        stamp order, so none matches below the index its last frame matched; a camera whose frames
+        trail the newest by more than ``CAMERA_LAG`` (or that has matched none yet) holds none back."""
+        if not self._latest:
+            return -1
+        newest = max(stamp for stamp, _ in self._latest.values())
+        return min(index for stamp, index in self._latest.values() if stamp >= newest - CAMERA_LAG * 1e9)
+
     def _evict(self) -> None:
-        for index in [k for k in self._buffer if k < self._highest and not self._needed[k]]:
+        bound = self._bound()
+        for index in [k for k in self._buffer if k < bound and not self._needed[k]]:
             del self._buffer[index]
 
     def write_json(self, path: Path, output_name: str) -> Path:
@@ -235,6 +288,7 @@ class BagAligner:
             "max_time_offset_s": self.max_offset / 1e9,
             "held_out_share": self.settings.held_out,
             "summary": self.log.summary(),
+            "cameras": {camera: log.summary() for camera, log in self.logs.items() if camera is not None},
             "frames": self.log.records,
         }
         return atomic_write_bytes(path, (json.dumps(document, indent=1, default=_plain) + "\n").encode())
@@ -268,7 +322,8 @@ def add_align_args(parser: Any, metres: Callable[[str], float], max_time_offset:
         "--align-to",
         metavar="TOPIC",
         help="a PointCloud2 (lidar) or depth Image (16UC1 mm, 32FC1 m) topic: metric depth and points per frame "
-        "from that frame's fit, transforms from the bag's /tf_static and /tf",
+        "from that frame's fit (with several --image-topic: a fit per camera, each with its own camera info and "
+        "optical frame), transforms from the bag's /tf_static and /tf",
     )
     group.add_argument(
         "--extrinsics",
@@ -276,7 +331,7 @@ def add_align_args(parser: Any, metres: Callable[[str], float], max_time_offset:
         type=float,
         metavar="N",
         help="the sensor's pose in the camera's optical frame, instead of tf: x y z yaw pitch roll, "
-        "or x y z qx qy qz qw",
+        "or x y z qx qy qz qw (one camera only: several cameras take their transforms from tf)",
     )
     group.add_argument(
         "--max-time-offset",

@@ -80,6 +80,11 @@ class _Frame:
     intrinsics: Intrinsics | None
     camera: _Camera
 
+    @property
+    def topic(self) -> str:
+        """The frame's camera: its image topic."""
+        return self.camera.topics.image
+
 
 class _Camera:
     """One camera's topics and what the pass keeps for it: its latest intrinsics, its stabiliser
@@ -130,7 +135,7 @@ class BagPass:
         self.cameras = {topics.image: _Camera(topics, stabilize) for topics in cameras}
         self.copy_topics = set(cameras[0].copy)
         self.errors, self.progress, self.warn = errors, progress, warn
-        self.aligner = aligner  # one camera only (runtime.ros.bag refuses more)
+        self.aligner = aligner  # a BagAligner: one sensor for every camera, a fit per camera
         self.copied = 0
         self.said: set = set()  # warnings given once per run, not once per message
         self.results: deque = deque()  # predictions of frames not yet written
