@@ -107,9 +107,10 @@ class Messages:
             data=pixels.view(np.uint8).reshape(-1),
         )
 
-    def tf(self, stamp: int):
+    def tf(self, stamp: int, chain: list | None = None):
+        """A TFMessage of ``chain`` (default: the test robot's, scenes.CHAIN)."""
         items = []
-        for parent, child, translation, quaternion in scenes.CHAIN:
+        for parent, child, translation, quaternion in chain or scenes.CHAIN:
             transform = self.types["geometry_msgs/msg/Transform"](
                 translation=self.types["geometry_msgs/msg/Vector3"](
                     x=translation[0], y=translation[1], z=translation[2]
