@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,8 +21,10 @@ from rosbags.rosbag2 import Writer as Writer2
 from rosbags.typesys import Stores, get_typestore
 
 from runtime import DepthPredictor
+from runtime.align import AlignSettings
+from runtime.metric import OutputKind
 from runtime.ros.bag import process_bag
-from runtime.ros.bag_align import SEVERAL_EXTRINSICS
+from runtime.ros.bag_align import SEVERAL_EXTRINSICS, BagAligner
 from tests import scenes
 from tests.scene_bag import CLOUD, IMAGE, INFO, LIDAR, PERIOD, START, TF, Messages
 from tests.test_bag_align import abs_rel, images, run_bag
@@ -132,3 +135,29 @@ def test_the_command_aligns_two_cameras_and_refuses_one_camera_extrinsics(tmp_pa
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
     assert SEVERAL_EXTRINSICS in refused.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_a_camera_that_stops_holds_no_scans_back_and_frames_without_camera_info_release_theirs():
+    """The buffer with a camera whose frames stop after three (a driver that died): once it trails
+    the other by over CAMERA_LAG its old match no longer pins every later scan. The frames carry no
+    camera info (they get no fit) but still release the scans they were matched to."""
+    scans = [START + k * PERIOD for k in range(40)]
+    cameras = [CAM0, CAM1]
+    aligner = BagAligner(LIDAR, CLOUD, scans, lambda *_: np.eye(4), "tf", None, AlignSettings(), 0.05, cameras)
+    aligner.start(OutputKind())
+    header = Messages(get_typestore(Stores.ROS2_HUMBLE)).header
+    waiting, largest = [], 0
+    for k, stamp in enumerate(scans):
+        aligner.observe(LIDAR, stamp, b"", lambda k=k: SimpleNamespace(scan=k))
+        for camera in cameras[: 2 if k < 3 else 1]:
+            frame = SimpleNamespace(
+                header=header(stamp + 1_000_000, "x"), topic=camera, timestamp=stamp, intrinsics=None
+            )
+            aligner.match(frame)
+            waiting.append(frame)
+        while waiting and aligner.ready(waiting[0]):
+            aligner.align(waiting.pop(0), np.ones((4, 4), np.float32))
+        largest = max(largest, len(aligner._buffer))
+    assert not waiting and aligner.logs[CAM0].statuses == {"none": 40} and len(aligner.logs[CAM1].records) == 3
+    assert largest <= 12 and list(aligner._buffer) == [39]  # held back for a second of cam1's lag, then let go
+    assert all(r["reason"] == "no camera info" for r in aligner.log.records)

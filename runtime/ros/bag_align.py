@@ -255,6 +255,7 @@ class BagAligner:
                     aligner,
                     self.sensor_intrinsics,
                 )
+        if index is not None:  # a frame without camera info was matched too: release its message all the same
             self._needed[index] -= 1
             self._evict()
         result = aligner.align(prediction, samples, stamp_ns(frame.header), missing)
