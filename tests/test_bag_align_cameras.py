@@ -22,8 +22,9 @@ from rosbags.typesys import Stores, get_typestore
 
 from runtime import DepthPredictor
 from runtime.align import AlignSettings
+from runtime.errors import InputError
 from runtime.metric import OutputKind
-from runtime.ros.bag import process_bag
+from runtime.ros.bag import open_bag, process_bag, rosbags_modules
 from runtime.ros.bag_align import SEVERAL_EXTRINSICS, BagAligner
 from tests import scenes
 from tests.scene_bag import CLOUD, IMAGE, INFO, LIDAR, PERIOD, START, TF, Messages
@@ -135,6 +136,12 @@ def test_the_command_aligns_two_cameras_and_refuses_one_camera_extrinsics(tmp_pa
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
     assert SEVERAL_EXTRINSICS in refused.stderr
     assert not (tmp_path / "x").exists()
+    reader = open_bag(rosbags_modules(), bag)
+    try:  # a camera without camera info (none beside it, none named) is refused by its topic
+        with pytest.raises(InputError, match=f"no camera info beside {CAM1}; name it with --camera-info-topic"):
+            BagAligner.prepare(reader, LIDAR, {CAM0: "/cam0/camera_info", CAM1: None})
+    finally:
+        reader.close()
 
 
 def test_a_camera_that_stops_holds_no_scans_back_and_frames_without_camera_info_release_theirs():
