@@ -36,16 +36,10 @@ from .align import (
     nearest,
     tree_transforms,
 )
-from .messages import CAMERA_INFO, IMAGE, POINT_CLOUD2, intrinsics_from_camera_info
+from .messages import IMAGE, POINT_CLOUD2, intrinsics_from_camera_info
 from .sparse import SPARSE_TYPES
 from .tf import TF_TYPES, TfTree, frame_name, stamp_ns
-
-
-def sensor_camera_info(topic: str, types: dict[str, str]) -> str | None:
-    """A depth image's own camera info: ``<ns>/camera_info`` beside it."""
-    sibling = topic.rsplit("/", 1)[0] + "/camera_info"
-    return sibling if types.get(sibling) == CAMERA_INFO else None
-
+from .topics import find_camera_info
 
 # How far (seconds of image stamp) a camera's frames may trail the newest frame of any camera and
 # still hold back sensor messages for its next frames; a camera further behind (stopped, done
@@ -159,7 +153,7 @@ class BagAligner:
                 for camera_frame in sorted(set(camera_frames.values())):
                     tree.path(camera_frame, sensor)  # NoTransformError: one line, nothing written
             transforms, note = tree_transforms(tree), f"tf ({len(tree.edges)} transforms)"
-        info = sensor_camera_info(topic, types) if types[topic] == IMAGE else None
+        info = find_camera_info(topic, IMAGE, types, guess=False) if types[topic] == IMAGE else None  # its own
         settings = settings or AlignSettings()
         return cls(topic, types[topic], stamps, transforms, note, info, settings, max_time_offset, cameras)
 

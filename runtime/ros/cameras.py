@@ -18,7 +18,7 @@ from ..errors import InputError
 from ..pointcloud import Intrinsics
 from .align import FramePipeline
 from .messages import IMAGE, LatestOnly, camera_size_note, message_to_image
-from .topics import default_topics
+from .topics import camera_namespace, default_topics, repeated
 
 # One camera without image_topics: relative names, set with --ros-args -r image:=... as before.
 RELATIVE = {"relative": "depth/relative_inverse", "metric": "depth/image", "points": "depth/points"}
@@ -52,12 +52,12 @@ def plan_cameras(image_topics: Sequence[str]) -> list[Camera]:
     topics = list(image_topics)
     if not topics:
         return [Camera("image", "camera_info", dict(RELATIVE))]
-    twice = sorted({topic for topic in topics if topics.count(topic) > 1})
+    twice = repeated(topics)
     if twice:
         raise InputError(f"image_topics: {twice[0]} given twice; give each camera once")
     cameras = []
     for topic in topics:
-        namespace = topic.rsplit("/", 1)[0] if "/" in topic.strip("/") else ""
+        namespace = camera_namespace(topic) if "/" in topic.strip("/") else ""
         if not namespace:
             raise InputError(
                 f"image_topics: {topic!r} has no namespace to put its depth topics in; name it as the "

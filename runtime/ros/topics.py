@@ -3,7 +3,8 @@ topics beside it (``<ns>/depth/...``), checked against the bag's ``{topic: msgty
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..errors import InputError
@@ -31,15 +32,25 @@ def base_topic(topic: str, msgtype: str) -> str:
     return topic
 
 
+def camera_namespace(image_topic: str, image_type: str = IMAGE) -> str:
+    """The namespace a camera's topics share: its image topic's parent ("" for a top-level name)."""
+    return base_topic(image_topic, image_type).rsplit("/", 1)[0]
+
+
+def repeated(topics: Iterable[str]) -> list[str]:
+    """The names given more than once, sorted."""
+    return sorted(topic for topic, count in Counter(topics).items() if count > 1)
+
+
 def default_topics(image_topic: str, image_type: str) -> tuple[str, str, str]:
     """``(relative, metric, points)`` topic names beside the camera's image topic."""
-    namespace = base_topic(image_topic, image_type).rsplit("/", 1)[0]
+    namespace = camera_namespace(image_topic, image_type)
     return f"{namespace}/depth/relative_inverse", f"{namespace}/depth/image", f"{namespace}/depth/points"
 
 
 def find_camera_info(image_topic: str, image_type: str, types: dict[str, str], guess: bool = True) -> str | None:
     """The camera info beside the image (``<ns>/camera_info``), else (``guess``) the bag's only one."""
-    sibling = base_topic(image_topic, image_type).rsplit("/", 1)[0] + "/camera_info"
+    sibling = camera_namespace(image_topic, image_type) + "/camera_info"
     if types.get(sibling) == CAMERA_INFO:
         return sibling
     infos = [topic for topic, kind in types.items() if kind == CAMERA_INFO]
@@ -87,7 +98,7 @@ def plan_cameras(
     images = list(images)
     if not images:
         raise InputError("no image topic given")
-    twice = sorted({topic for topic in images if images.count(topic) > 1})
+    twice = repeated(images)
     if twice:
         raise InputError(f"image topic {twice[0]} given twice: give each camera once")
     given = dict(zip(PER_CAMERA, (camera_infos, relatives, metrics, points)))
@@ -127,13 +138,11 @@ def plan_cameras(
     if missing:
         raise InputError(f"cannot copy {', '.join(missing)}: not in the bag")
     clash = [t for t in outputs if t in copy]
-    repeated = sorted({t for t in outputs if outputs.count(t) > 1})
-    if repeated or clash:
-        hint = (
-            " (cameras in one namespace: give --depth-topic etc. once per camera)" if repeated and cameras[1:] else ""
-        )
+    twice = repeated(outputs)
+    if twice or clash:
+        hint = " (cameras in one namespace: give --depth-topic etc. once per camera)" if twice and cameras[1:] else ""
         raise InputError(
-            f"output topics must be distinct and not among the copied topics: {', '.join(clash or repeated)}{hint}"
+            f"output topics must be distinct and not among the copied topics: {', '.join(clash or twice)}{hint}"
         )
     for camera in cameras:
         camera.copy = list(copy)
