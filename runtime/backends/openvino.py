@@ -258,7 +258,7 @@ class OpenVINOBackend(Backend):
             self._executing = [self.device]
         self._execution = compiled_execution(self._compiled)
         self.precision = self._compute_precision(core, precision)
-        self.output_kind = rt_info_output_kind(network) or OutputKind.from_metadata(read_sidecar(path), "sidecar")
+        self.output_kind = rt_info_output_kind(network) or OutputKind.from_metadata(meta, "sidecar")
         try:
             count = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         except RuntimeError:
