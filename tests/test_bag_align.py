@@ -212,12 +212,12 @@ def test_a_depth_camera_aligns_frame_by_frame(tmp_path, relative_model, encoding
     assert max(errors) <= 0.01, errors
 
 
-def test_an_unhandled_depth_encoding_is_counted_per_frame(tmp_path, relative_model):
+def test_a_depth_encoding_that_can_never_give_metres_is_refused_before_the_run(tmp_path, relative_model):
     bag = tmp_path / "in"
     write_scene_bag(bag, "mcap", frames=2, depth_camera=True, depth_encoding="mono8")
-    summary = process_bag(DepthPredictor(relative_model), bag, tmp_path / "out", CAMERA, align_to=DEPTH)
-    assert summary.metric == 0 and summary.alignment.log.reasons == {"sensor message unusable": 2}
-    assert "'mono8' is not handled" in summary.alignment.log.records[0]["reason"]
+    with pytest.raises(InputError, match=r"--align-to /depth/image_rect_raw can never give metres: .*'mono8'"):
+        process_bag(DepthPredictor(relative_model), bag, tmp_path / "out", CAMERA, align_to=DEPTH)
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_scan_recorded_after_the_last_frame_read_is_still_used(tmp_path, relative_model):

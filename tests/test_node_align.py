@@ -150,6 +150,10 @@ def test_extrinsics_and_a_depth_camera_without_tf():
     millimetres = np.rint(depth * 1000).astype("<u2")
     pipeline.aligner.add_sensor(MESSAGES.image(T0 + 5_000_000, millimetres, "16UC1", "depth_optical"))
     header = MESSAGES.header(T0, "camera_optical")
+    # Before the depth camera's own camera info: no metres (never the colour camera's intrinsics).
+    early = pipeline.messages(make, np.ascontiguousarray, header, image, relative.astype(np.float32), INTRINSICS)
+    assert "metric" not in early and "own camera info" in pipeline.aligner.log.records[-1]["reason"]
+    pipeline.aligner.set_sensor_info(INTRINSICS)
     messages = pipeline.messages(make, np.ascontiguousarray, header, image, relative.astype(np.float32), INTRINSICS)
     metres = metres_of(messages["metric"])
     assert np.mean(np.abs(metres[1:] - depth[1:]) / depth[1:]) < 0.01

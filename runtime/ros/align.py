@@ -68,7 +68,7 @@ def frame_samples(
     projected), or None and why not: no transform path or none at that time, an unusable message."""
     fit = aligner.settings.fit
     try:
-        sensor = sensor_frame(msg, msgtype, sensor_intrinsics or intrinsics)
+        sensor = sensor_frame(msg, msgtype, sensor_intrinsics)  # its own camera info only
         matrix = transforms(frame_name(camera_frame), sensor.frame_id, sensor.stamp)
         points = sensor.points @ matrix[:3, :3].T + matrix[:3, 3]
         return sample_points(points, intrinsics, size[0], size[1], fit.min_depth, fit.max_depth), ""

@@ -184,6 +184,8 @@ def process_bag(
         if align_to is not None and aligner is None:
             aligner = BagAligner.prepare(reader, align_to, camera_infos(cameras), **options)
         if aligner is not None:
+            for note in aligner.notes:  # re-parented frames, invalid transforms, frames that disagree
+                warn(note)
             aligner.start(conversion.output)
         run = BagPass(reader, writer, cameras, conversion, errors, progress, warn, aligner, stabilize)
         summary = run.run(predictor, every, max_frames, max_pixels)

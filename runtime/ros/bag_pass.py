@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -31,8 +31,10 @@ from .messages import (
     message_to_image,
     output_messages,
 )
+from .tf import stamp_ns
 from .topics import Topics
 
+CAMERA_INFOS = 32  # a camera's camera infos kept by stamp
 _blob = np.ascontiguousarray  # rosbags' message classes hold uint8[] fields as numpy arrays
 
 
@@ -77,8 +79,13 @@ class _Frame:
     timestamp: int
     header: Any
     image: np.ndarray
-    intrinsics: Intrinsics | None
+    intrinsics: Intrinsics | None  # the camera's newest before it; one with its own stamp replaces it
     camera: _Camera
+    seq: int = 0  # the camera's messages read when it was read
+
+    @property
+    def stamp(self) -> int:
+        return stamp_ns(self.header)
 
     @property
     def topic(self) -> str:
@@ -92,7 +99,9 @@ class _Camera:
 
     def __init__(self, topics: Topics, stabilize: bool) -> None:
         self.topics = topics
-        self.intrinsics: Intrinsics | None = None
+        self.intrinsics: Intrinsics | None = None  # the newest camera info's
+        self.infos: OrderedDict = OrderedDict()  # stamp -> intrinsics (None: unusable), the newest few
+        self.seq = 0  # its image and camera info messages read
         self.stabilizer = Stabilizer() if stabilize else None
         self.meter = FlickerMeter()
         self.summary = Summary()
@@ -137,6 +146,7 @@ class BagPass:
         self.errors, self.progress, self.warn = errors, progress, warn
         self.aligner = aligner  # a BagAligner: one sensor for every camera, a fit per camera
         self.copied = 0
+        self.ended = False  # every message the pass reads has been read
         self.said: set = set()  # warnings given once per run, not once per message
         self.results: deque = deque()  # predictions of frames not yet written
         # Messages to copy and frames sent to the predictor, in bag order: the predictor reads
@@ -151,6 +161,7 @@ class BagPass:
         for predictions in predictor.stream_batches(cycles):
             self.results.extend(predictions)
             self.flush()
+        self.ended = True
         if self.aligner is not None:
             self.aligner.read_rest(self.reader)
         self.flush()
@@ -177,12 +188,20 @@ class BagPass:
                 self.copied += 1
                 continue
             frame = self.events[0][1]
-            if not self.results or (self.aligner is not None and not self.aligner.ready(frame)):
+            if not self.results or not self.ready(frame):
                 return
             self.events.popleft()
             self.publish(frame, self.results.popleft())
             frame.camera.summary.frames += 1
             self.step()
+
+    def ready(self, frame: _Frame) -> bool:
+        """A frame is written once its camera's next message is read (a camera info recorded just
+        after its image, with its stamp, serves it, as message_filters pairs them) and its sensor
+        message and transforms are in."""
+        if not self.ended and frame.camera.seq <= frame.seq:
+            return False
+        return self.aligner is None or self.aligner.ready(frame)
 
     def frames(self, every: int, max_frames: int | None, max_pixels: int | None) -> Iterator[np.ndarray]:
         """Yield the frames to process, queueing them and the messages to copy. ``every`` and
@@ -205,6 +224,7 @@ class BagPass:
             camera = cameras.get(conn.topic)
             if camera is None or (max_frames is not None and camera.taken >= max_frames):
                 continue
+            camera.seq += 1
             camera.seen += 1
             if (camera.seen - 1) % every:
                 continue
@@ -217,7 +237,7 @@ class BagPass:
             except self.errors as exc:
                 self.skip(camera, timestamp, f"cannot deserialise {conn.msgtype}: {exc}")
                 continue
-            self.events.append(("frame", _Frame(timestamp, msg.header, image, camera.intrinsics, camera)))
+            self.events.append(("frame", _Frame(timestamp, msg.header, image, camera.intrinsics, camera, camera.seq)))
             if self.aligner is not None:
                 self.aligner.match(self.events[-1][1])
             yield image
@@ -227,15 +247,24 @@ class BagPass:
                 return
 
     def camera_info(self, camera: _Camera, conn: Any, timestamp: int, raw: Any) -> None:
+        camera.seq += 1
+        stamp = None
         try:
-            camera.intrinsics = intrinsics_from_camera_info(self.reader.deserialize(raw, conn.msgtype))
+            msg = self.reader.deserialize(raw, conn.msgtype)
+            stamp = stamp_ns(msg.header)
+            camera.intrinsics = intrinsics_from_camera_info(msg)
+            camera.infos[stamp] = camera.intrinsics
         except (InputError, *self.errors) as exc:
+            if stamp is not None:
+                camera.infos[stamp] = None
             camera.summary.camera_infos_skipped += 1
             self.warn_once(
                 (conn.topic, str(exc)),
                 f"camera info on {conn.topic} at {timestamp} ns skipped, no points until a good one: {exc}",
             )
             camera.intrinsics = None
+        while len(camera.infos) > CAMERA_INFOS:
+            camera.infos.popitem(last=False)
 
     def warn_once(self, key: object, text: str) -> None:
         if key not in self.said:
@@ -247,6 +276,7 @@ class BagPass:
         self.step()
 
     def publish(self, frame: _Frame, prediction: np.ndarray) -> None:
+        frame.intrinsics = frame.camera.infos.get(frame.stamp, frame.intrinsics)  # its own stamp's, if any
         camera, args = frame.camera, (self.writer.make, _blob, frame.header)
         topics, summary = camera.topics, camera.summary
         if camera.stabilizer is not None:
