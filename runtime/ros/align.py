@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Callable
@@ -29,6 +29,7 @@ from .sparse import sensor_frame
 from .tf import NoTransformError, TfTree, TransformTimeError, frame_name, stamp_ns, transform_msg_matrix
 
 DEFAULT_MAX_TIME_OFFSET = 0.05  # seconds between an image and the sensor message it is fitted to
+MAX_SENSOR_MESSAGES = 100  # the node's sensor buffer, whatever the stamps say (2 s of a 50 Hz sensor)
 
 # camera frame, sensor frame, sensor stamp (ns) -> 4x4 taking sensor points into the camera frame
 # (typing's Callable: collections.abc's cannot be subscripted at run time on Python 3.8)
@@ -156,8 +157,12 @@ class AlignmentLog:
 class LiveAligner:
     """The node's alignment: sensor messages arrive on one thread, frames are aligned on another.
 
-    Sensor messages are kept (undecoded) for ``keep`` seconds behind the newest one; a frame
-    takes the one nearest its stamp within ``max_time_offset`` and decodes it then.
+    Sensor messages are kept (undecoded, sorted by stamp whatever order they arrive in) for
+    ``keep`` seconds behind the newest one and at most ``MAX_SENSOR_MESSAGES`` of them; a frame
+    takes the one nearest its stamp within ``max_time_offset`` and decodes it then. A stamp more
+    than ``keep`` behind the newest (a clock that jumped back: a looping bag, a restarted driver)
+    or ahead of it (a far-future stamp) empties the buffer and starts again from it, said once
+    through ``warn``: no stamp can stop the pruning.
     """
 
     def __init__(
@@ -168,6 +173,7 @@ class LiveAligner:
         settings: AlignSettings | None = None,
         max_time_offset: float = DEFAULT_MAX_TIME_OFFSET,
         keep: float = 2.0,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         if not max_time_offset >= 0:
             raise InputError(f"max_time_offset must be >= 0 seconds, got {max_time_offset}")
@@ -177,15 +183,36 @@ class LiveAligner:
         self.keep = int(keep * 1e9)
         self.sensor_intrinsics: Intrinsics | None = None
         self.log = AlignmentLog()
-        self._messages: deque = deque()  # (stamp, msg), in arrival order
+        self.warn = warn or (lambda text: None)
+        self.resets = 0  # times the sensor's clock jumped and the buffer started again
+        self._stamps: list[int] = []  # sorted
+        self._messages: list[Any] = []  # in the order of _stamps
         self._lock = threading.Lock()
 
     def add_sensor(self, msg: Any) -> None:
         stamp = stamp_ns(msg.header)
         with self._lock:
-            self._messages.append((stamp, msg))
-            while self._messages and self._messages[0][0] < stamp - self.keep:
-                self._messages.popleft()
+            stamps = self._stamps
+            if stamps and not stamps[-1] - self.keep <= stamp <= stamps[-1] + self.keep:
+                jump = (stamp - stamps[-1]) / 1e9
+                if not self.resets:
+                    self.warn(
+                        f"sensor stamps jumped {jump:+.1f} s (a clock that went back, a restarted driver or a "
+                        "far-future stamp): its buffer starts again (said once)"
+                    )
+                self.resets += 1
+                stamps.clear(), self._messages.clear()
+            i = bisect.bisect_right(stamps, stamp)
+            stamps.insert(i, stamp)
+            self._messages.insert(i, msg)
+            stale = bisect.bisect_left(stamps, stamps[-1] - self.keep)
+            stale = max(stale, len(stamps) - MAX_SENSOR_MESSAGES)
+            if stale > 0:
+                del stamps[:stale], self._messages[:stale]
+
+    @property
+    def buffered(self) -> int:
+        return len(self._stamps)
 
     def set_sensor_info(self, intrinsics: Intrinsics | None) -> None:
         self.sensor_intrinsics = intrinsics
@@ -194,16 +221,16 @@ class LiveAligner:
         start = time.perf_counter()
         stamp = stamp_ns(header)
         with self._lock:
-            held = sorted(self._messages, key=lambda item: item[0])
-        index, offset = nearest([s for s, _ in held], stamp, self.max_offset)
+            index, offset = nearest(self._stamps, stamp, self.max_offset)
+            msg = None if index is None else self._messages[index]
         samples, missing = None, ""
         if intrinsics is None:
             missing = "no camera info"
-        elif index is None:
+        elif msg is None:
             missing = self._no_message(offset)
         else:
             samples, missing = frame_samples(
-                held[index][1],
+                msg,
                 self.msgtype,
                 header.frame_id,
                 intrinsics,

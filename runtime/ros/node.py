@@ -29,7 +29,7 @@ import math
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -51,8 +51,9 @@ from .messages import (
     LatestOnly,
     intrinsics_from_camera_info,
 )
-from .tf import parse_extrinsics
+from .tf import parse_extrinsics, stamp_ns
 
+CAMERA_INFOS = 16  # a camera's camera infos kept by stamp
 RCLPY_MISSING = (
     "rclpy is not importable: it comes with a ROS 2 install, not from pip. Run "
     "`source /opt/ros/<distro>/setup.bash` in this shell first, and use the Python that ROS 2 uses"
@@ -268,9 +269,12 @@ def serve(
             log.error(f"frame skipped: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
 
 
-def camera_info_receiver(slot: list[Intrinsics | None], log: Any) -> Callable[[Any], None]:
+def camera_info_receiver(
+    slot: list[Intrinsics | None], log: Any, by_stamp: OrderedDict | None = None
+) -> Callable[[Any], None]:
     """The ``camera_info`` callback: the newest usable intrinsics in ``slot[0]``, ``None`` (no points,
-    with a warning) after one that cannot be used."""
+    with a warning) after one that cannot be used; with ``by_stamp``, the last ``CAMERA_INFOS`` by
+    their stamps too (a frame takes the one with its own stamp)."""
 
     def receive(msg: Any) -> None:
         try:
@@ -278,6 +282,10 @@ def camera_info_receiver(slot: list[Intrinsics | None], log: Any) -> Callable[[A
         except ValueError as exc:  # InputError, or numbers that are not numbers
             log.warning(f"camera info unusable, no points: {exc}", throttle_duration_sec=10.0)
             slot[0] = None
+        if by_stamp is not None and getattr(msg, "header", None) is not None:
+            by_stamp[stamp_ns(msg.header)] = slot[0]
+            while len(by_stamp) > CAMERA_INFOS:
+                by_stamp.popitem(last=False)
 
     return receive
 
@@ -329,6 +337,8 @@ def run_node(settings: NodeSettings, ros_args: list[str]) -> int:
         cameras = plan_cameras(split_topics(settings.image_topics))
         for camera in cameras:  # each its own stabiliser and fit state
             camera.pipeline = settings.pipeline(predictor.output, transforms)
+            if camera.pipeline.aligner is not None:
+                camera.pipeline.aligner.warn = log.warning
         pipeline = cameras[0].pipeline
         latest = CameraSlots(len(cameras))
 
@@ -340,7 +350,9 @@ def run_node(settings: NodeSettings, ros_args: list[str]) -> int:
         kinds = {"relative": Image, "metric": Image, "points": PointCloud2}
         for index, camera in enumerate(cameras):
             node.create_subscription(Image, camera.image, functools.partial(latest.put, index), newest)
-            node.create_subscription(CameraInfo, camera.camera_info, camera_info_receiver(camera.slot, log), 1)
+            node.create_subscription(
+                CameraInfo, camera.camera_info, camera_info_receiver(camera.slot, log, camera.infos), 1
+            )
             camera.publishers = {
                 key: node.create_publisher(kinds[key], camera.outputs[key], 1) for key in pipeline.outputs
             }
