@@ -241,7 +241,7 @@ def _camera_lines(
             lines.append(f"  {camera.frames_without_camera_info} frames without usable camera info: no points")
     if camera.camera_infos_skipped:
         lines.append(f"  skipped {camera.camera_infos_skipped} camera info messages that could not be used")
-    lines += flicker_lines(camera.flicker, camera.flicker_unstabilized)
+    lines += flicker_lines(camera.flicker, camera.flicker_unstabilized, camera.flicker_collapsed)
     if camera.skipped:
         lines.append(f"  skipped {len(camera.skipped)} image messages that could not be decoded, e.g.:")
         lines += [f"    at {t} ns: {reason}" for t, reason in camera.skipped[:3]]

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from ..align import FlickerMeter, Stabilizer
-from ..align.frame import disparity_of
 from ..errors import InputError
 from ..pointcloud import Intrinsics, bounded_stride
 from ..preprocessing import check_image
@@ -29,6 +28,7 @@ from .messages import (
     depth_messages,
     intrinsics_from_camera_info,
     message_to_image,
+    metric_depth,
     output_messages,
 )
 from .tf import stamp_ns
@@ -55,6 +55,7 @@ class Summary:
     metric: int = 0  # frames with metric depth published
     flicker: float | None = None  # of the published depth (runtime.align.stabilize); one camera's
     flicker_unstabilized: float | None = None  # of the model's output, when stabilised
+    flicker_collapsed: int = 0  # published frames that were flat maps (no flicker figure then)
     alignment: Any = None  # the BagAligner of an --align-to run
     alignment_json: Path | None = None
     cameras: dict[str, Summary] = field(default_factory=dict)  # image topic -> that camera's summary
@@ -108,10 +109,10 @@ class _Camera:
         self.seen = self.taken = 0  # image messages read; frames sent to the model
 
     def finish(self) -> Summary:
-        self.summary.flicker = self.meter.figure
+        self.summary.flicker = self.meter.figure  # of what was published (metres when there are any)
+        self.summary.flicker_collapsed = self.meter.collapsed
         if self.stabilizer is not None:
             self.summary.flicker_unstabilized = self.stabilizer.flicker_in.figure
-            self.summary.flicker = self.stabilizer.flicker_out.figure
         return self.summary
 
 
@@ -283,13 +284,15 @@ class BagPass:
             prediction = camera.stabilizer(frame.image, prediction)
         if self.aligner is None:
             messages = depth_messages(*args, prediction, frame.image, frame.intrinsics, self.conversion)
+            metres = self.conversion.metric and metric_depth(prediction, self.conversion.metric)
+            published = prediction if metres is None else metres
         else:  # metres from this frame's fit, or none; a metric model's output is never relative
             relative = None if self.conversion.output.is_metric else prediction
-            metres = self.aligner.align(frame, prediction).depth
+            published = metres = self.aligner.align(frame, prediction).depth
             messages = output_messages(*args, frame.image, frame.intrinsics, self.conversion, relative, metres)
         summary.metric += "metric" in messages
-        if camera.stabilizer is None:
-            camera.meter.update(frame.image, disparity_of(prediction, self.conversion.output))
+        if published is not None:  # the flicker of what is published: metres when there are any
+            camera.meter.update(frame.image, published)
         for key, topic, msgtype in [
             ("relative", topics.relative, IMAGE),
             ("metric", topics.metric, IMAGE),
