@@ -174,7 +174,12 @@ def process_bag(
     try:
         types = {c.topic: c.msgtype for c in reader.connections}
         per_camera = (camera_info_topic, depth_topic, metric_depth_topic, points_topic)
-        cameras = plan_cameras(types, images, *map(_per_camera, per_camera), copy=copy_topics, copy_all=copy_all)
+        aligned = align_to is not None or (align_options or {}).get("aligner") is not None
+        metres = conversion.output.is_metric or conversion.metric is not None or aligned
+        writes = ([] if conversion.output.is_metric else ["relative"]) + (["metric", "points"] if metres else [])
+        cameras = plan_cameras(
+            types, images, *map(_per_camera, per_camera), copy=copy_topics, copy_all=copy_all, writes=writes
+        )
         kind = output_kind(input_path, output, storage, reader.is2)
         staging = staging_dir(output)
         writer = BagWriter(rb, staging / output.name, kind, reader)
