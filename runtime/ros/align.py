@@ -14,7 +14,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any, Callable
 
 import numpy as np
@@ -25,10 +24,11 @@ from ..errors import InputError
 from ..metric import OutputKind
 from ..pointcloud import Intrinsics
 from .messages import Conversion, depth_messages, output_messages
+from .settings import DEFAULTS, check_model_rules
 from .sparse import sensor_frame
 from .tf import NoTransformError, TfTree, TransformTimeError, frame_name, stamp_ns, transform_msg_matrix
 
-DEFAULT_MAX_TIME_OFFSET = 0.05  # seconds between an image and the sensor message it is fitted to
+DEFAULT_MAX_TIME_OFFSET = DEFAULTS.max_time_offset  # seconds between an image and its sensor message
 MAX_SENSOR_MESSAGES = 100  # the node's sensor buffer, whatever the stamps say (2 s of a 50 Hz sensor)
 
 # camera frame, sensor frame, sensor stamp (ns) -> 4x4 taking sensor points into the camera frame
@@ -287,14 +287,8 @@ class FramePipeline:
         stabilizer: Stabilizer | None = None,
         aligner: LiveAligner | None = None,
     ) -> None:
-        if kind.is_metric and conversion.metric is not None:
-            raise InputError(f"the model outputs {kind.describe()}: metric_scale/metric_shift are for relative models")
-        if kind.is_metric and stabilizer is not None:
-            raise InputError(f"the model outputs {kind.describe()}: stabilize is for relative models")
-        if aligner is not None and conversion.metric is not None:
-            raise InputError("give sparse_depth (a fit per frame) or metric_scale (constants), not both")
+        self.conversion = check_model_rules(kind, conversion, stabilizer is not None, aligner is not None, str)
         self.kind, self.stabilizer, self.aligner = kind, stabilizer, aligner
-        self.conversion = replace(conversion, output=kind)
 
     @property
     def outputs(self) -> list[str]:

@@ -40,6 +40,7 @@ from .align import (
 )
 from .bag_index import index_sensor
 from .messages import intrinsics_from_camera_info
+from .settings import DEFAULTS, RobotAlign, align_settings, check_model_rules
 from .tf import TfTree, frame_name, stamp_ns
 
 # How far (seconds of image stamp) a camera's frames may trail the newest frame of any camera and
@@ -336,18 +337,8 @@ def _plain(value: Any) -> Any:
 
 
 def check_conversion(conversion: Any, kind: OutputKind, stabilize: bool) -> Any:
-    """The run's conversion for a model of ``kind``: constants and stabilising are for relative
-    models; a metric model's metres are published as they are (``--align-to`` corrects their scale)."""
-    from dataclasses import replace
-
-    if kind.is_metric and conversion.metric is not None:
-        raise InputError(
-            f"the model outputs {kind.describe()} ({kind.source}): --metric-scale/--metric-shift convert relative "
-            "inverse depth and do not apply; drop them (--align-to corrects a metric model's scale per frame)"
-        )
-    if kind.is_metric and stabilize:
-        raise InputError(f"the model outputs {kind.describe()}: --stabilize is for relative models")
-    return replace(conversion, output=kind)
+    """The run's conversion for a model of ``kind`` (the rules: ``runtime.ros.settings.check_model_rules``)."""
+    return check_model_rules(kind, conversion, stabilize, aligned=False)
 
 
 def add_align_args(parser: Any, metres: Callable[[str], float], max_time_offset: float) -> None:
@@ -378,26 +369,30 @@ def add_align_args(parser: Any, metres: Callable[[str], float], max_time_offset:
     group.add_argument(
         "--held-out",
         type=float,
-        default=0.2,
+        default=DEFAULTS.held_out,
         help="share of each frame's sensor points kept out of the fit to score it",
     )
     group.add_argument(
         "--hold",
         type=float,
-        default=0.5,
+        default=DEFAULTS.hold,
         metavar="S",
-        help="seconds a good fit is held for frames without one (default 0.5)",
+        help=f"seconds a good fit is held for frames without one (default {DEFAULTS.hold})",
     )
     group.add_argument(
         "--depth-range",
         nargs=2,
         type=metres,
-        default=(0.1, 100.0),
+        default=(DEFAULTS.min_depth, DEFAULTS.max_depth),
         metavar=("MIN", "MAX"),
-        help="sensor depths used, metres (default 0.1 100)",
+        help=f"sensor depths used, metres (default {DEFAULTS.min_depth} {DEFAULTS.max_depth:g})",
     )
     group.add_argument(
-        "--min-inliers", type=int, default=20, metavar="N", help="fewest inliers a frame's fit may have (default 20)"
+        "--min-inliers",
+        type=int,
+        default=DEFAULTS.min_inliers,
+        metavar="N",
+        help=f"fewest inliers a frame's fit may have (default {DEFAULTS.min_inliers})",
     )
     parser.add_argument(
         "--stabilize",
@@ -408,7 +403,6 @@ def add_align_args(parser: Any, metres: Callable[[str], float], max_time_offset:
 
 def align_request(args: Any) -> dict[str, Any]:
     """``BagAligner.prepare`` keyword arguments from the command's options; ``InputError`` for bad ones."""
-    from ..align import FilterSettings, FitSettings
     from .tf import parse_extrinsics
 
     if args.align_to is None:
@@ -416,14 +410,9 @@ def align_request(args: Any) -> dict[str, Any]:
         if given:
             raise InputError(f"--{given[0]} describes the sensor of --align-to; give --align-to TOPIC too")
         return {}
-    try:
-        settings = AlignSettings(
-            FitSettings(min_inliers=args.min_inliers, min_depth=args.depth_range[0], max_depth=args.depth_range[1]),
-            FilterSettings(hold=args.hold),
-            held_out=args.held_out,
-        )
-    except ValueError as exc:
-        raise InputError(f"alignment options: {exc}") from None
+    low, high = args.depth_range
+    values = RobotAlign(DEFAULTS.max_time_offset, args.held_out, args.hold, low, high, args.min_inliers)
+    settings = align_settings(values)
     if not 0 <= args.max_time_offset < float("inf"):
         raise InputError(f"--max-time-offset must be a number of seconds >= 0, got {args.max_time_offset}")
     extrinsics = None if args.extrinsics is None else parse_extrinsics(args.extrinsics)

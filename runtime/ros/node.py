@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from ..align import AlignSettings
 from ..cli import add_predictor_args, check_metric_options, network_size, size_options
 from ..commands import command
 from ..errors import InputError, MissingDependencyError
@@ -51,6 +52,7 @@ from .messages import (
     LatestOnly,
     intrinsics_from_camera_info,
 )
+from .settings import DEFAULTS, RobotAlign, align_settings
 from .tf import parse_extrinsics, stamp_ns
 
 CAMERA_INFOS = 16  # a camera's camera infos kept by stamp
@@ -80,9 +82,12 @@ class NodeSettings:
     max_depth: float = 0.0  # a metric model file without metadata: its bound in metres
     sparse_depth_type: str = ""  # "": no alignment; "points" (PointCloud2) or "image" (depth Image)
     extrinsics: str = ""  # the sensor's pose in the camera frame (6 or 7 numbers); "": from tf
-    max_time_offset: float = 0.05  # seconds between an image and its sensor message
-    held_out: float = 0.2  # share of each frame's sensor points that scores the fit
-    hold: float = 0.5  # seconds a good fit is held for frames without one
+    max_time_offset: float = DEFAULTS.max_time_offset  # seconds between an image and its sensor message
+    held_out: float = DEFAULTS.held_out  # share of each frame's sensor points that scores the fit
+    hold: float = DEFAULTS.hold  # seconds a good fit is held for frames without one
+    min_sensor_depth: float = DEFAULTS.min_depth  # sensor depths used, metres (the bag tool's --depth-range)
+    max_sensor_depth: float = DEFAULTS.max_depth
+    min_inliers: int = DEFAULTS.min_inliers  # fewest inliers a frame's fit may have
     stabilize: bool = False  # relative depth on the scale of the frames before it
     image_topics: str = ""  # several cameras: their image topics, separated by spaces; "": one, on 'image'
 
@@ -92,16 +97,27 @@ class NodeSettings:
             raise InputError(f"output_kind must be '', 'relative' or 'metric', got {self.output_kind!r}")
         if self.sparse_depth_type not in ("", "points", "image"):
             raise InputError(f"sparse_depth_type must be '', 'points' or 'image', got {self.sparse_depth_type!r}")
-        for name in ("max_depth", "max_time_offset", "hold"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise InputError(f"{name} must be a finite number >= 0, got {value}")
-        if not 0 <= self.held_out < 0.9:
-            raise InputError(f"held_out must be in [0, 0.9), got {self.held_out}")
+        if not (math.isfinite(self.max_depth) and self.max_depth >= 0):
+            raise InputError(f"max_depth must be a finite number >= 0, got {self.max_depth}")
+        self.align_settings()
         if self.extrinsics and not self.sparse_depth_type:
             raise InputError("extrinsics describe the sparse_depth sensor: set sparse_depth_type too")
         if self.extrinsics:
             parse_extrinsics(self.extrinsics)
+
+    def align_settings(self) -> AlignSettings:
+        """The alignment settings (the bag tool's rules and defaults: ``runtime.ros.settings``)."""
+        values = RobotAlign(
+            self.max_time_offset,
+            self.held_out,
+            self.hold,
+            self.min_sensor_depth,
+            self.max_sensor_depth,
+            self.min_inliers,
+        )
+        return align_settings(
+            values, lambda name: "min_sensor_depth/max_sensor_depth" if name == "depth_range" else name
+        )
 
     def predictor_options(self) -> dict[str, Any]:
         """``DepthPredictor`` keyword arguments for ``output_kind`` and ``max_depth``."""
@@ -109,11 +125,11 @@ class NodeSettings:
 
     def pipeline(self, kind: Any, transforms: Any) -> FramePipeline:
         """The frame pipeline for a model of ``kind``; ``transforms`` serve ``sparse_depth``."""
-        from ..align import AlignSettings, FilterSettings, Stabilizer
+        from ..align import Stabilizer
 
         aligner = None
         if self.sparse_depth_type:
-            settings = AlignSettings(temporal=FilterSettings(hold=self.hold), held_out=self.held_out)
+            settings = self.align_settings()
             msgtype = POINT_CLOUD2 if self.sparse_depth_type == "points" else IMAGE
             aligner = LiveAligner(kind, msgtype, transforms, settings, self.max_time_offset)
         stabilizer = Stabilizer() if self.stabilize else None
@@ -204,6 +220,17 @@ def parse_args(argv: list[str]) -> tuple[NodeSettings, list[str]]:
     parser.add_argument("--max-time-offset", type=float, default=defaults.max_time_offset, help="seconds")
     parser.add_argument("--held-out", type=float, default=defaults.held_out, help="share of points that scores a fit")
     parser.add_argument("--hold", type=float, default=defaults.hold, help="seconds a good fit is held")
+    parser.add_argument(
+        "--depth-range",
+        nargs=2,
+        type=float,
+        default=(defaults.min_sensor_depth, defaults.max_sensor_depth),
+        metavar=("MIN", "MAX"),
+        help="sensor depths used, metres (parameters min_sensor_depth, max_sensor_depth)",
+    )
+    parser.add_argument(
+        "--min-inliers", type=int, default=defaults.min_inliers, help="fewest inliers a frame's fit may have"
+    )
     parser.add_argument("--stabilize", action="store_true", help="relative depth on one scale across frames")
     parser.add_argument(
         "--image-topic",
@@ -239,6 +266,9 @@ def parse_args(argv: list[str]) -> tuple[NodeSettings, list[str]]:
         max_time_offset=args.max_time_offset,
         held_out=args.held_out,
         hold=args.hold,
+        min_sensor_depth=args.depth_range[0],
+        max_sensor_depth=args.depth_range[1],
+        min_inliers=args.min_inliers,
         stabilize=args.stabilize,
         image_topics=" ".join(args.image_topic),
     )
