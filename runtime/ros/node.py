@@ -24,12 +24,9 @@ from __future__ import annotations
 
 import argparse
 import array
-import functools
 import math
 import sys
 import threading
-import time
-from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,25 +34,24 @@ from typing import Any
 import numpy as np
 
 from ..align import AlignSettings
-from ..cli import add_predictor_args, check_metric_options, network_size, size_options
+from ..cli import add_predictor_args, build_predictor, check_metric_options, network_size, size_options
 from ..commands import command
 from ..errors import InputError, MissingDependencyError
 from ..metric import ScaleShift
-from ..pointcloud import MAX_POINTS, Intrinsics
+from ..pointcloud import MAX_POINTS
 from .align import FramePipeline, LiveAligner, buffer_transforms, fixed_transform
-from .cameras import CameraSlots, plan_cameras, run_cycle, split_topics
+from .cameras import CameraSlots, plan_cameras, split_topics
 from .messages import (
     IMAGE,
     POINT_CLOUD2,
     POINT_FIELD,
     Conversion,
     LatestOnly,
-    intrinsics_from_camera_info,
 )
+from .node_core import CAMERA_INFOS, NodeCore, camera_info_receiver  # noqa: F401 - the callback lives with the core
 from .settings import DEFAULTS, RobotAlign, align_settings
-from .tf import parse_extrinsics, stamp_ns
+from .tf import parse_extrinsics
 
-CAMERA_INFOS = 16  # a camera's camera infos kept by stamp
 RCLPY_MISSING = (
     "rclpy is not importable: it comes with a ROS 2 install, not from pip. Run "
     "`source /opt/ros/<distro>/setup.bash` in this shell first, and use the Python that ROS 2 uses"
@@ -117,6 +113,18 @@ class NodeSettings:
         )
         return align_settings(
             values, lambda name: "min_sensor_depth/max_sensor_depth" if name == "depth_range" else name
+        )
+
+    def predictor_args(self) -> argparse.Namespace:
+        """The shared predictor options (``runtime.cli.build_predictor``) these parameters give."""
+        size = network_size(self.fixed_size) if self.fixed_size else self.input_size
+        return argparse.Namespace(
+            backend=self.backend,
+            device=self.device,
+            precision=self.precision or None,
+            output_kind=self.output_kind or None,
+            max_depth=self.max_depth or None,
+            size=size,
         )
 
     def predictor_options(self) -> dict[str, Any]:
@@ -299,54 +307,25 @@ def serve(
             log.error(f"frame skipped: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
 
 
-def camera_info_receiver(
-    slot: list[Intrinsics | None], log: Any, by_stamp: OrderedDict | None = None
-) -> Callable[[Any], None]:
-    """The ``camera_info`` callback: the newest usable intrinsics in ``slot[0]``, ``None`` (no points,
-    with a warning) after one that cannot be used; with ``by_stamp``, the last ``CAMERA_INFOS`` by
-    their stamps too (a frame takes the one with its own stamp)."""
-
-    def receive(msg: Any) -> None:
-        try:
-            slot[0] = intrinsics_from_camera_info(msg)
-        except ValueError as exc:  # InputError, or numbers that are not numbers
-            log.warning(f"camera info unusable, no points: {exc}", throttle_duration_sec=10.0)
-            slot[0] = None
-        if by_stamp is not None and getattr(msg, "header", None) is not None:
-            by_stamp[stamp_ns(msg.header)] = slot[0]
-            while len(by_stamp) > CAMERA_INFOS:
-                by_stamp.popitem(last=False)
-
-    return receive
-
-
 def run_node(settings: NodeSettings, ros_args: list[str]) -> int:
-    """Run the node until Ctrl-C or ROS shutdown."""
+    """Run the node until Ctrl-C or ROS shutdown: the rclpy shell around :class:`NodeCore`."""
     try:
         import rclpy
         from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
     except ImportError as exc:
         raise MissingDependencyError(RCLPY_MISSING) from exc
-    from ..predictor import DepthPredictor
 
     rclpy.init(args=["runtime.ros2", *ros_args])
     node = rclpy.create_node("depth_anything_v2")
-    latest: CameraSlots | None = None
+    core: NodeCore | None = None
     worker = predictor = None
     try:
         for name, default in vars(settings).items():
             setattr(settings, name, node.declare_parameter(name, default).value)
         settings.check()
         log = node.get_logger()
-        predictor = DepthPredictor(
-            settings.model,
-            backend=settings.backend,
-            device=settings.device,
-            precision=settings.precision or None,
-            **settings.predictor_options(),
-            **settings.size_options(),
-        )
+        predictor = build_predictor(settings.predictor_args(), settings.model)
         log.info(f"{predictor!r}: {predictor.output.describe()}")
         types = {IMAGE: Image, POINT_CLOUD2: PointCloud2, POINT_FIELD: PointField}
         transforms = None
@@ -364,73 +343,36 @@ def run_node(settings: NodeSettings, ros_args: list[str]) -> int:
                 (tf2_ros.LookupException, tf2_ros.ConnectivityException),
                 (tf2_ros.TransformException,),
             )
-        cameras = plan_cameras(split_topics(settings.image_topics))
-        for camera in cameras:  # each its own stabiliser and fit state
-            camera.pipeline = settings.pipeline(predictor.output, transforms)
-            if camera.pipeline.aligner is not None:
-                camera.pipeline.aligner.warn = log.warning
-        pipeline = cameras[0].pipeline
-        latest = CameraSlots(len(cameras))
-
-        def make(msgtype: str, **fields: Any) -> Any:
-            return types[msgtype](**fields)
-
+        kinds = {"relative": Image, "metric": Image, "points": PointCloud2}
+        core = NodeCore(
+            settings,
+            predictor,
+            transforms,
+            lambda msgtype, **fields: types[msgtype](**fields),
+            _blob,
+            log,
+            lambda key, topic: node.create_publisher(kinds[key], topic, 1),
+        )
         # Depth 1: a queue of camera frames behind a slow model is latency, not data.
         newest = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
-        kinds = {"relative": Image, "metric": Image, "points": PointCloud2}
-        for index, camera in enumerate(cameras):
-            node.create_subscription(Image, camera.image, functools.partial(latest.put, index), newest)
-            node.create_subscription(
-                CameraInfo, camera.camera_info, camera_info_receiver(camera.slot, log, camera.infos), 1
-            )
-            camera.publishers = {
-                key: node.create_publisher(kinds[key], camera.outputs[key], 1) for key in pipeline.outputs
-            }
-        aligners = [camera.pipeline.aligner for camera in cameras if camera.pipeline.aligner is not None]
-        if aligners:  # one sensor feeds every camera's fit
-            sensor_type = PointCloud2 if aligners[0].msgtype == POINT_CLOUD2 else Image
-
-            def on_sensor(msg: Any) -> None:
-                for aligner in aligners:
-                    aligner.add_sensor(msg)
-
-            def on_sensor_info(msg: Any) -> None:
-                try:
-                    info = intrinsics_from_camera_info(msg)
-                except InputError:
-                    info = None
-                for aligner in aligners:
-                    aligner.set_sensor_info(info)
-
-            node.create_subscription(sensor_type, "sparse_depth", on_sensor, 5)
-            node.create_subscription(CameraInfo, "sparse_depth/camera_info", on_sensor_info, 1)
-        log.info(f"cameras: {', '.join(camera.image for camera in cameras)}")
-
-        done, since = 0, time.monotonic()
-
-        def handle(cycle: list[tuple[int, Any]]) -> None:
-            nonlocal done, since
-            done += run_cycle(
-                predictor, cameras, cycle, make, _blob, lambda text: log.warning(text, throttle_duration_sec=5.0)
-            )
-            if time.monotonic() - since >= 10.0:
-                rate = done / (time.monotonic() - since)
-                aligned = ""
-                if aligners:
-                    status = sum((aligner.log.statuses for aligner in aligners), Counter())
-                    aligned = f"; metric depth: {status['fit']} fitted, {status['held'] + status['gated']} held, "
-                    aligned += f"{status['none']} without"
-                log.info(f"{rate:.1f} frames/s; {latest.dropped} of {latest.received} frames dropped as stale{aligned}")
-                done, since = 0, time.monotonic()
-
-        worker = threading.Thread(target=serve, args=(latest, handle, log, rclpy.ok), name="depth-worker", daemon=True)
+        for index, camera in enumerate(core.cameras):
+            node.create_subscription(Image, camera.image, core.image(index), newest)
+            node.create_subscription(CameraInfo, camera.camera_info, core.camera_info(index), 1)
+        if core.sensor_msgtype is not None:
+            sensor_type = PointCloud2 if core.sensor_msgtype == POINT_CLOUD2 else Image
+            node.create_subscription(sensor_type, "sparse_depth", core.sensor, 5)
+            node.create_subscription(CameraInfo, "sparse_depth/camera_info", core.sensor_info, 1)
+        log.info(f"cameras: {', '.join(camera.image for camera in core.cameras)}")
+        worker = threading.Thread(
+            target=serve, args=(core.latest, core.handle, log, rclpy.ok), name="depth-worker", daemon=True
+        )
         worker.start()
         rclpy.spin(node)
     except KeyboardInterrupt:
         pass
     finally:
-        if latest is not None:
-            latest.close()
+        if core is not None:
+            core.close()
         node.destroy_node()
         if rclpy.ok():  # Ctrl-C may have shut the context down already
             rclpy.shutdown()
