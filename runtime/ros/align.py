@@ -23,7 +23,7 @@ from ..align.frame import DROP_REASONS
 from ..errors import InputError
 from ..metric import OutputKind
 from ..pointcloud import Intrinsics
-from .messages import Conversion, depth_messages, output_messages
+from .messages import Conversion, depth_messages, metric_depth, output_messages
 from .settings import DEFAULTS, check_model_rules
 from .sparse import sensor_frame
 from .tf import NoTransformError, TfTree, TransformTimeError, frame_name, stamp_ns, transform_msg_matrix
@@ -273,11 +273,14 @@ def buffer_transforms(
 
 
 class FramePipeline:
-    """What the node does with a frame after inference: stabilise, align, build the messages.
+    """What happens to a frame after inference, in the bag tool and the node alike: stabilise,
+    then align (a fit per frame) or convert (constants, or a metric model's own metres), then
+    the messages.
 
     ``kind`` is the model's output; ``conversion`` its constants (relative models only);
-    ``stabilizer`` and ``aligner`` are optional. A metric model's output is never published
-    as relative depth; a relative model gets metres only from constants or a fit.
+    ``stabilizer`` and ``aligner`` (the node's :class:`LiveAligner`) are optional; the bag tool
+    hands its own alignment to :meth:`process` per frame. A metric model's output is never
+    published as relative depth; a relative model gets metres only from constants or a fit.
     """
 
     def __init__(
@@ -286,15 +289,45 @@ class FramePipeline:
         conversion: Conversion,
         stabilizer: Stabilizer | None = None,
         aligner: LiveAligner | None = None,
+        aligned: bool = False,
     ) -> None:
-        self.conversion = check_model_rules(kind, conversion, stabilizer is not None, aligner is not None, str)
-        self.kind, self.stabilizer, self.aligner = kind, stabilizer, aligner
+        aligned = aligned or aligner is not None
+        self.conversion = check_model_rules(kind, conversion, stabilizer is not None, aligned, str)
+        self.kind, self.stabilizer, self.aligner, self.aligned = kind, stabilizer, aligner, aligned
 
     @property
     def outputs(self) -> list[str]:
         """The message keys this pipeline may publish: ``relative``, ``metric``, ``points``."""
-        metres = self.kind.is_metric or self.conversion.metric is not None or self.aligner is not None
+        metres = self.kind.is_metric or self.conversion.metric is not None or self.aligned
         return ([] if self.kind.is_metric else ["relative"]) + (["metric", "points"] if metres else [])
+
+    def process(
+        self,
+        make: Callable[..., Any],
+        blob: Callable[[np.ndarray], Any],
+        header: Any,
+        image: np.ndarray,
+        prediction: np.ndarray,
+        intrinsics: Intrinsics | None,
+        align: Callable[[np.ndarray], FrameResult] | None = None,
+    ) -> tuple[dict[str, Any], np.ndarray | None]:
+        """The frame's messages, and what they publish as depth (metres when there are any; the
+        relative depth otherwise; ``None`` for an aligned frame without metres). ``align`` fits a
+        (stabilised) prediction; default: the pipeline's own aligner at the frame's header."""
+        if self.stabilizer is not None:
+            prediction = self.stabilizer(image, prediction)
+        if align is None and self.aligner is not None:
+            aligner = self.aligner
+            align = lambda values: aligner.align(header, values, intrinsics)  # noqa: E731
+        if align is None:
+            messages = depth_messages(make, blob, header, prediction, image, intrinsics, self.conversion)
+            if self.kind.is_metric:
+                return messages, prediction
+            metric = self.conversion.metric
+            return messages, prediction if metric is None else metric_depth(prediction, metric)
+        metres = align(prediction).depth
+        relative = None if self.kind.is_metric else prediction
+        return output_messages(make, blob, header, image, intrinsics, self.conversion, relative, metres), metres
 
     def messages(
         self,
@@ -305,10 +338,4 @@ class FramePipeline:
         prediction: np.ndarray,
         intrinsics: Intrinsics | None,
     ) -> dict[str, Any]:
-        if self.stabilizer is not None:
-            prediction = self.stabilizer(image, prediction)
-        if self.aligner is None:
-            return depth_messages(make, blob, header, prediction, image, intrinsics, self.conversion)
-        metres = self.aligner.align(header, prediction, intrinsics).depth
-        relative = None if self.kind.is_metric else prediction
-        return output_messages(make, blob, header, image, intrinsics, self.conversion, relative, metres)
+        return self.process(make, blob, header, image, prediction, intrinsics)[0]

@@ -19,17 +19,15 @@ from ..align import FlickerMeter, Stabilizer
 from ..errors import InputError
 from ..pointcloud import Intrinsics, bounded_stride
 from ..preprocessing import check_image
+from .align import FramePipeline
 from .bag_writer import BagWriter
 from .messages import (
     IMAGE,
     POINT_CLOUD2,
     Conversion,
     camera_size_note,
-    depth_messages,
     intrinsics_from_camera_info,
     message_to_image,
-    metric_depth,
-    output_messages,
 )
 from .tf import stamp_ns
 from .topics import Topics
@@ -95,15 +93,16 @@ class _Frame:
 
 
 class _Camera:
-    """One camera's topics and what the pass keeps for it: its latest intrinsics, its stabiliser
-    and flicker meter, its counts."""
+    """One camera's topics and what the pass keeps for it: its latest intrinsics, its frame
+    pipeline (its own stabiliser; the node's ``FramePipeline``), its flicker meter, its counts."""
 
-    def __init__(self, topics: Topics, stabilize: bool) -> None:
+    def __init__(self, topics: Topics, stabilize: bool, conversion: Conversion, aligned: bool) -> None:
         self.topics = topics
         self.intrinsics: Intrinsics | None = None  # the newest camera info's
         self.infos: OrderedDict = OrderedDict()  # stamp -> intrinsics (None: unusable), the newest few
         self.seq = 0  # its image and camera info messages read
-        self.stabilizer = Stabilizer() if stabilize else None
+        self.pipeline = FramePipeline(conversion.output, conversion, Stabilizer() if stabilize else None, None, aligned)
+        self.stabilizer = self.pipeline.stabilizer
         self.meter = FlickerMeter()
         self.summary = Summary()
         self.seen = self.taken = 0  # image messages read; frames sent to the model
@@ -142,7 +141,8 @@ class BagPass:
         stabilize: bool = False,
     ) -> None:
         self.reader, self.writer, self.conversion = reader, writer, conversion
-        self.cameras = {topics.image: _Camera(topics, stabilize) for topics in cameras}
+        aligned = aligner is not None
+        self.cameras = {topics.image: _Camera(topics, stabilize, conversion, aligned) for topics in cameras}
         self.copy_topics = set(cameras[0].copy)
         self.errors, self.progress, self.warn = errors, progress, warn
         self.aligner = aligner  # a BagAligner: one sensor for every camera, a fit per camera
@@ -278,18 +278,11 @@ class BagPass:
 
     def publish(self, frame: _Frame, prediction: np.ndarray) -> None:
         frame.intrinsics = frame.camera.infos.get(frame.stamp, frame.intrinsics)  # its own stamp's, if any
-        camera, args = frame.camera, (self.writer.make, _blob, frame.header)
-        topics, summary = camera.topics, camera.summary
-        if camera.stabilizer is not None:
-            prediction = camera.stabilizer(frame.image, prediction)
-        if self.aligner is None:
-            messages = depth_messages(*args, prediction, frame.image, frame.intrinsics, self.conversion)
-            metres = self.conversion.metric and metric_depth(prediction, self.conversion.metric)
-            published = prediction if metres is None else metres
-        else:  # metres from this frame's fit, or none; a metric model's output is never relative
-            relative = None if self.conversion.output.is_metric else prediction
-            published = metres = self.aligner.align(frame, prediction).depth
-            messages = output_messages(*args, frame.image, frame.intrinsics, self.conversion, relative, metres)
+        camera, topics, summary = frame.camera, frame.camera.topics, frame.camera.summary
+        align = None if self.aligner is None else (lambda values: self.aligner.align(frame, values))
+        messages, published = camera.pipeline.process(
+            self.writer.make, _blob, frame.header, frame.image, prediction, frame.intrinsics, align
+        )
         summary.metric += "metric" in messages
         if published is not None:  # the flicker of what is published: metres when there are any
             camera.meter.update(frame.image, published)
