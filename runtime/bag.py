@@ -24,7 +24,7 @@ from .ros.bag import (
     camera_infos,
     check_output,
     open_bag,
-    output_kind,
+    output_storage,
     process_bag,
     rosbags_modules,
 )
@@ -138,7 +138,7 @@ def _check_request(args: argparse.Namespace) -> tuple[dict[str, int], list[Topic
             # outputs are checked again once it is: runtime.ros.bag.process_bag)
             ["relative"] + (["metric", "points"] if args.metric_scale is not None or args.align_to else []),
         )
-        output_kind(args.input, args.output, args.storage, reader.is2)
+        output_storage(args.input, args.output, args.storage, reader.is2)
         aligner = None
         if args.align_to is not None:
             aligner = BagAligner.prepare(reader, args.align_to, camera_infos(cameras), **align)

@@ -16,7 +16,7 @@ pytest.importorskip("rosbags", reason="the bag tool needs the 'ros' extra (rosba
 
 from runtime import DepthPredictor, InputError
 from runtime.ros.bag import process_bag
-from runtime.ros.cameras import plan_cameras, run_cycle, split_topics
+from runtime.ros.cameras import node_cameras, run_cycle, split_topics
 from runtime.ros.node import NodeSettings
 from tests import scenes
 from tests.robot_bags import Robot
@@ -129,7 +129,7 @@ def test_a_metric_models_per_frame_correction_is_said(tmp_path):
 
 def test_the_nodes_cycle_leaves_out_only_the_camera_whose_frame_is_bad(predictor):
     settings = NodeSettings(model="m", image_topics="/cam0/image_raw /cam1/image_raw")
-    cameras = plan_cameras(split_topics(settings.image_topics))
+    cameras = node_cameras(split_topics(settings.image_topics))
     for camera in cameras:
         camera.pipeline = settings.pipeline(predictor.output, None)
         camera.publishers = {key: Sink() for key in camera.pipeline.outputs}

@@ -15,7 +15,7 @@ from runtime import DepthPredictor
 from runtime.metric import OutputKind
 from runtime.ros.align import MAX_SENSOR_MESSAGES, LiveAligner, tree_transforms
 from runtime.ros.bag import process_bag
-from runtime.ros.cameras import plan_cameras
+from runtime.ros.cameras import node_cameras
 from runtime.ros.node import CAMERA_INFOS, camera_info_receiver
 from tests import scenes
 from tests.robot_bags import PERIOD, Robot
@@ -95,7 +95,7 @@ def test_a_camera_whose_stamps_run_slightly_backwards_keeps_every_lidar_fit(tmp_
 
 
 def test_the_node_pairs_a_frame_with_the_camera_info_of_its_stamp():
-    camera = plan_cameras([])[0]
+    camera = node_cameras([])[0]
     receive = camera_info_receiver(camera.slot, SimpleNamespace(warning=print), camera.infos)
     first, second = scenes.K.copy(), scenes.K.copy()
     second[0, 0] = second[1, 1] = 150.0

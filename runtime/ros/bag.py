@@ -40,7 +40,7 @@ __all__ = [
     "camera_infos",
     "check_output",
     "open_bag",
-    "output_kind",
+    "output_storage",
     "process_bag",
     "rosbags_modules",
 ]
@@ -67,7 +67,7 @@ def rosbags_modules() -> Any:
     return rosbags
 
 
-def output_kind(input_path: Path, output: Path, storage: str | None, is_ros2: bool) -> str:
+def output_storage(input_path: Path, output: Path, storage: str | None, is_ros2: bool) -> str:
     """``"rosbag1"``, ``"mcap"`` or ``"sqlite3"`` for the output, checked against the input."""
     if not is_ros2:
         if output.suffix != ".bag":
@@ -180,7 +180,7 @@ def process_bag(
         cameras = plan_cameras(
             types, images, *map(_per_camera, per_camera), copy=copy_topics, copy_all=copy_all, writes=writes
         )
-        kind = output_kind(input_path, output, storage, reader.is2)
+        kind = output_storage(input_path, output, storage, reader.is2)
         staging = staging_dir(output)
         writer = BagWriter(rb, staging / output.name, kind, reader)
         errors = (rb.highlevel.AnyReaderError, rb.serde.SerdeError)

@@ -56,7 +56,7 @@ def split_topics(text: str) -> list[str]:
     return [topic for topic in text.replace(",", " ").split() if topic]
 
 
-def plan_cameras(image_topics: Sequence[str]) -> list[Camera]:
+def node_cameras(image_topics: Sequence[str]) -> list[Camera]:
     """The node's cameras: none named, the remappable ``image``/``camera_info``; else per image topic
     ``<ns>/camera_info`` and ``<ns>/depth/...`` beside it, as the bag tool names them."""
     topics = list(image_topics)

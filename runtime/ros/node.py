@@ -40,7 +40,7 @@ from ..errors import InputError, MissingDependencyError
 from ..metric import ScaleShift
 from ..pointcloud import MAX_POINTS
 from .align import FramePipeline, LiveAligner, buffer_transforms, fixed_transform
-from .cameras import CameraSlots, plan_cameras, split_topics
+from .cameras import CameraSlots, node_cameras, split_topics
 from .messages import (
     IMAGE,
     POINT_CLOUD2,
@@ -155,7 +155,7 @@ class NodeSettings:
         check_metric_options(self.metric_scale or None, self.metric_shift, self.max_range or None, str)
         self.check_alignment()
         self.size_options()
-        plan_cameras(split_topics(self.image_topics))
+        node_cameras(split_topics(self.image_topics))
         return self
 
     def size_options(self) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from ..errors import InputError
 from ..pointcloud import Intrinsics
-from .cameras import CameraSlots, plan_cameras, run_cycle, split_topics
+from .cameras import CameraSlots, node_cameras, run_cycle, split_topics
 from .messages import intrinsics_from_camera_info
 from .tf import stamp_ns
 
@@ -66,7 +66,7 @@ class NodeCore:
         publisher: Callable[[str, str], Any],
     ) -> None:
         self.settings, self.predictor, self.make, self.blob, self.log = settings, predictor, make, blob, log
-        self.cameras = plan_cameras(split_topics(settings.image_topics))
+        self.cameras = node_cameras(split_topics(settings.image_topics))
         for camera in self.cameras:  # each its own stabiliser and fit state
             camera.pipeline = settings.pipeline(predictor.output, transforms)
             if camera.pipeline.aligner is not None:
