@@ -1,16 +1,19 @@
 """``--align-to``: metric depth for each frame of a bag from the bag's own lidar or depth camera.
 
-Before anything is written, one pass over the sensor topic and the tf topics records every
-sensor stamp and the tf tree, and checks that the sensor's frame and the camera's are connected
-(else one line naming both and the transforms found). During the main pass each frame is
-matched to the sensor message nearest its stamp within ``max_time_offset``; frames wait (with
-the messages to copy behind them) until that message has been read, so a lidar recorded after
-its image is still used. Messages no frame can use any more are dropped as the pass goes.
+Before anything is written, ``runtime.ros.bag_index`` reads the sensor topic, the camera infos
+and the tf topics once: every sensor stamp, the frames of the data, the tf structure, and
+whether the request can ever give metres (else one line, exit 2). During the main pass each
+frame is matched to the sensor message nearest its stamp within ``max_time_offset``; ``/tf``
+records are streamed into the tree's bounded history; a frame waits (with the messages to copy
+behind it) until its sensor message and the ``/tf`` records past its stamp have been read, so a
+lidar or a transform recorded after its image is still used. Messages no frame can use any more
+(older than the newest frame's stamp less a 0.5 s reorder window) are dropped as the pass goes.
 
 With several cameras the sensor index and tf tree are shared, but each camera (its image topic)
 has its own fit and temporal filter (the network's scale and shift differ between cameras), its
 own intrinsics and optical frame (its frames' ``header.frame_id``), its own log, and its per-frame
-records carry its topic. Frames of several cameras may wait for the same sensor message.
+records carry its topic. Frames of several cameras may wait for the same sensor message. A depth
+image is projected with its own camera info only (the one with its stamp, else the newest before it).
 """
 
 from __future__ import annotations

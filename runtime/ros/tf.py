@@ -1,12 +1,15 @@
-"""A small tf tree: transforms from ``/tf_static`` and ``/tf`` (``tf2_msgs/TFMessage``), chained
-through parents such as ``base_link``, or given by hand as static_transform_publisher takes them.
+"""A tf tree as tf2 keeps one: transforms from ``/tf_static`` and ``/tf`` (``tf2_msgs/TFMessage``),
+chained through parents such as ``base_link``, or given by hand as static_transform_publisher takes them.
 
 A transform (parent, child) is the child frame's pose in the parent: it maps points in the child
 frame into the parent (REP 103 axes; REP 105 names such as ``base_link``, ``odom``, ``map``).
-``TfTree.lookup(target, source, stamp)`` composes the edges along the path between the two
-frames, in either direction; edges from ``/tf`` are interpolated at the stamp (linear in
-translation, slerp in rotation) and refused past the ends of their records. No ROS library is
-imported: messages are read by attribute, as everywhere in ``runtime.ros``.
+Each frame has one parent, the newest given; static edges hold for all time; a ``/tf`` edge keeps
+a sorted history of ``cache`` seconds (tf2's 10 s) behind its newest record, looked up by
+bisection, interpolated at the stamp (linear in translation, slerp in rotation) and refused past
+the ends of what is kept. ``TfTree.lookup(target, source, stamp)`` composes the edges through the
+frames' nearest common parent. Invalid transforms are counted where they were found and named by
+any refusal they cause. No ROS library is imported: messages are read by attribute, as
+everywhere in ``runtime.ros``.
 """
 
 from __future__ import annotations
