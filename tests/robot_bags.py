@@ -62,9 +62,9 @@ class Robot:
         pixels = pixels if image is None else image
         self.add(stamp if time is None else time, CAMERA, IMAGE, self.messages.image(stamp, pixels, frame_id=frame_id))
         self.depth.append(depth)
-        if lidar_delay is not None:
-            when = stamp + lidar_delay
-            self.add(when, LIDAR, CLOUD, self.messages.cloud(when, scenes.Lidar().scan(depth, self.rng)))
+        if lidar_delay is not None:  # its scan: stamped and recorded lidar_delay after the image
+            scan = self.messages.cloud(stamp + lidar_delay, scenes.Lidar().scan(depth, self.rng))
+            self.add((stamp if time is None else time) + lidar_delay, LIDAR, CLOUD, scan)
         return stamp
 
     def write(self, path: Path) -> Path:

@@ -18,6 +18,7 @@ image is projected with its own camera info only (the one with its stamp, else t
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import time
@@ -38,7 +39,6 @@ from .align import (
     AlignmentLog,
     fixed_transform,
     frame_samples,
-    nearest,
     tree_transforms,
 )
 from .bag_index import index_sensor
@@ -50,7 +50,8 @@ from .tf import TfTree, frame_name, stamp_ns
 # still hold back sensor messages for its next frames; a camera further behind (stopped, done
 # with --max-frames) holds nothing back, so the buffer stays bounded.
 CAMERA_LAG = 1.0
-REORDER = 0.5  # seconds a camera's frame stamps may run backwards and still find their sensor message
+REORDER = 0.5  # seconds of bag time a frame's sensor message may be recorded before it (stamps in any order)
+SEARCH = 10.0  # seconds of bag time after a frame its sensor message is looked for
 TF_WAIT = 2.0  # seconds of bag time a frame waits for /tf records past its sensor stamp
 SENSOR_INFOS = 32  # the sensor's own camera infos kept by stamp
 SEVERAL_EXTRINSICS = (
@@ -81,11 +82,11 @@ class BagAligner:
         tree: TfTree | None = None,
         tf_topics: Sequence[str] = (),
         notes: Sequence[str] = (),
+        times: Sequence[int] | None = None,
     ) -> None:
         self.topic, self.msgtype = topic, msgtype
         self.stamps = list(stamps)  # bag index -> stamp
-        self.order = sorted(range(len(stamps)), key=lambda k: stamps[k])  # sorted position -> bag index
-        self.sorted_stamps = [stamps[k] for k in self.order]
+        self.times = list(stamps if times is None else times)  # bag index -> bag time (sorted: bag order)
         self.transforms, self.transform_note = transforms, transform_note
         self.sensor_info_topic = sensor_info_topic
         self.tree, self.tf_topics, self.notes = tree, list(tf_topics), list(notes)
@@ -102,7 +103,7 @@ class BagAligner:
         self._at_time: Counter = Counter()  # topics observed at that bag time (read_rest skips them)
         self._buffer: dict[int, Any] = {}  # bag index -> (message, its camera info) or why it could not be read
         self._needed: Counter = Counter()  # bag index -> frames matched to it and not yet aligned
-        self._latest: dict[str | None, int] = {}  # camera -> the newest stamp of its frames matched
+        self._latest: dict[str | None, int] = {}  # camera -> the newest bag time of its frames matched
         self._matches: dict[int, tuple[int | None, int | None, Any]] = {}  # frame id -> (index, offset, frame)
         self._dynamic: dict[tuple[str, str], set[str]] = {}  # (camera frame, sensor frame) -> /tf edges on the path
 
@@ -156,6 +157,7 @@ class BagAligner:
             tree=tree,
             tf_topics=tf_topics,
             notes=found.notes,
+            times=found.times,
         )
 
     @property
@@ -197,7 +199,7 @@ class BagAligner:
                 self.sensor_intrinsics = None
             return
         index, self.read = self.read, self.read + 1
-        if self.stamps[index] < self._bound() and not self._needed[index]:
+        if self.times[index] < self._bound() and not self._needed[index]:
             return  # no frame can still use it
         try:
             self._buffer[index] = (deserialize(), self.sensor_intrinsics)
@@ -206,14 +208,27 @@ class BagAligner:
 
     def match(self, frame: Any) -> None:
         """Note the sensor message a frame (just read) will be fitted to."""
-        stamp = stamp_ns(frame.header)
-        position, offset = nearest(self.sorted_stamps, stamp, self.max_offset)
-        index = None if position is None else self.order[position]
+        index, offset = self._nearest(int(frame.timestamp), stamp_ns(frame.header))
         self._matches[id(frame)] = (index, offset, frame)
         if index is not None:
             self._needed[index] += 1
-            self._latest[frame.topic] = max(self._latest.get(frame.topic, stamp), stamp)
+            self._latest[frame.topic] = max(self._latest.get(frame.topic, frame.timestamp), frame.timestamp)
             self._evict()
+
+    def _nearest(self, bag_time: int, stamp: int) -> tuple[int | None, int | None]:
+        """The sensor message nearest the frame's stamp among those recorded near the frame (from
+        ``REORDER`` seconds of bag time before it to ``SEARCH`` after), and its offset: a clock that
+        jumps back or a far-future stamp never pairs a frame with a message from another part of
+        the bag."""
+        low = bisect.bisect_left(self.times, bag_time - REORDER * 1e9 - self.max_offset)
+        high = bisect.bisect_right(self.times, bag_time + SEARCH * 1e9)
+        best, key = None, None
+        for k in range(low, high):  # nearest in stamp; of equal stamps (a looping clock), nearest in the bag
+            here = (abs(self.stamps[k] - stamp), abs(self.times[k] - bag_time))
+            if key is None or here < key:
+                best, key = k, here
+        offset = None if key is None else key[0]
+        return (best if offset is not None and offset <= self.max_offset else None), offset
 
     def _tf_edges(self, frame: Any, index: int) -> set[str]:
         """The ``/tf`` edges between the frame's camera and its sensor message's frame."""
@@ -272,10 +287,12 @@ class BagAligner:
         limit = self.max_offset / 1e6
         if frame.intrinsics is None:
             missing = "no camera info"
+        elif index is None and offset is None:
+            missing = f"no sensor message within {limit:.0f} ms (none recorded within {SEARCH:.0f} s of the frame)"
         elif index is None:
             missing = f"no sensor message within {limit:.0f} ms (nearest {offset / 1e6:.0f} ms)"
         else:
-            held = self._buffer.get(index, "released before its frame (image stamps out of order by over 0.5 s)")
+            held = self._buffer.get(index, "released before its frame (recorded over 0.5 s before it)")
             if isinstance(held, str):
                 missing = f"sensor message unusable: {held}"
             else:
@@ -304,19 +321,19 @@ class BagAligner:
         return result
 
     def _bound(self) -> float:
-        """The lowest sensor stamp a frame still to be read may match: each camera's frames come in
-        stamp order give or take ``REORDER`` seconds, so none matches below its newest frame's stamp
-        less that and ``max_time_offset``; a camera whose frames trail the newest by more than
-        ``CAMERA_LAG`` (or that has matched none yet) holds none back."""
+        """The earliest bag time a sensor message a frame still to be read may match was recorded
+        at (see :meth:`_nearest`): no frame of a camera comes before its newest one in the bag; a
+        camera whose frames trail the newest by more than ``CAMERA_LAG`` seconds of bag time (or
+        that has matched none yet) holds none back."""
         if not self._latest:
             return -math.inf
         newest = max(self._latest.values())
-        active = [stamp for stamp in self._latest.values() if stamp >= newest - CAMERA_LAG * 1e9]
+        active = [time for time in self._latest.values() if time >= newest - CAMERA_LAG * 1e9]
         return min(active) - REORDER * 1e9 - self.max_offset
 
     def _evict(self) -> None:
         bound = self._bound()
-        for index in [k for k in self._buffer if self.stamps[k] < bound and not self._needed[k]]:
+        for index in [k for k in self._buffer if self.times[k] < bound and not self._needed[k]]:
             del self._buffer[index]
 
     def write_json(self, path: Path, output_name: str) -> Path:

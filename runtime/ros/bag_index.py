@@ -38,6 +38,7 @@ class SensorIndex:
     camera_frames: dict[str, str] = field(default_factory=dict)  # image topic -> its images' frame
     sensor_frames: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)  # said once before the run
+    times: list[int] = field(default_factory=list)  # the sensor messages' bag times (in bag order)
 
 
 def _first_header(reader: Any, topic: str) -> Any:
@@ -81,9 +82,11 @@ def index_sensor(
     index = SensorIndex(topic, msgtype, [], tree, sensor_info, [])
     info_frames: dict[str, str] = {}
     usable, problem = 0, ""
-    for conn, _, raw in reader.messages(connections=[c for c in reader.connections if c.topic in wanted]):
+    for conn, timestamp, raw in reader.messages(connections=[c for c in reader.connections if c.topic in wanted]):
         if conn.topic in info_frames:
             continue  # that camera info's frame is known; the main pass reads them
+        if conn.topic == topic:
+            index.times.append(timestamp)
         try:
             msg = reader.deserialize(raw, conn.msgtype)
         except Exception:
