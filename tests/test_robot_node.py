@@ -55,3 +55,15 @@ def test_the_core_publishes_each_cameras_fitted_metres_without_rclpy(tmp_path):
     assert "metric depth: 3 fitted, 0 held, 0 without" in core.status()
     assert core.step(timeout=0.01) == 0  # nothing new: nothing published
     core.close()
+
+
+def test_the_core_says_once_when_the_sensor_can_never_give_metres(tmp_path):
+    model = scenes.affine_onnx(tmp_path / "relative.onnx")
+    settings = NodeSettings(model=str(model), sparse_depth_type="image").check()
+    log = Log()
+    errors: list[str] = []
+    log.error = lambda text, **_: errors.append(text)
+    core = NodeCore(settings, DepthPredictor(model), None, make, np.ascontiguousarray, log, lambda *_: Sink())
+    for k in range(3):  # an 8-bit "depth" image: no metres whatever the transforms
+        core.sensor(MESSAGES.image(T0 + k, np.full((8, 8), 3, np.uint8), "8UC1"))
+    assert len(errors) == 1 and "sparse_depth can never give metres as sent" in errors[0] and "'8UC1'" in errors[0]

@@ -20,6 +20,7 @@ from ..errors import InputError
 from ..pointcloud import Intrinsics
 from .cameras import CameraSlots, node_cameras, run_cycle, split_topics
 from .messages import intrinsics_from_camera_info
+from .sparse import sensor_problem
 from .tf import stamp_ns
 
 STATUS_EVERY = 10.0  # seconds between the log's rate lines
@@ -76,6 +77,7 @@ class NodeCore:
         self.latest = CameraSlots(len(self.cameras))
         self._infos = [camera_info_receiver(c.slot, log, c.infos) for c in self.cameras]
         self.published = 0
+        self._sensor_usable = self._sensor_said = False
         self._done, self._since = 0, time.monotonic()
 
     @property
@@ -95,7 +97,15 @@ class NodeCore:
         return self._infos[index]
 
     def sensor(self, msg: Any) -> None:
-        """The sparse sensor's callback: one sensor feeds every camera's fit."""
+        """The sparse sensor's callback: one sensor feeds every camera's fit. Until one message is
+        usable, each is checked for what can never give metres (a depth encoding that is not
+        metric, coordinates that are not floats, a broken layout), said once in the log."""
+        if not self._sensor_usable and self.aligners:
+            problem = sensor_problem(msg, self.aligners[0].msgtype)
+            self._sensor_usable = not problem
+            if problem and not self._sensor_said:
+                self._sensor_said = True
+                self.log.error(f"sparse_depth can never give metres as sent: {problem}")
         for aligner in self.aligners:
             aligner.add_sensor(msg)
 
