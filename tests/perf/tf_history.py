@@ -84,6 +84,30 @@ def measure(rounds: int = 15) -> dict[str, float]:
     }
 
 
+def measure_old(path: str, seconds: int = SECONDS) -> dict[str, float]:
+    """An older ``runtime/ros/tf.py`` (``git show REV:runtime/ros/tf.py > FILE``) fed the same hour:
+    its lookup time, for the record."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("runtime.ros._tf_before", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    tree = module.TfTree()
+    tree.add("base_link", "camera_optical", (0, 0, 0), OPTICAL)
+    for k in range(RATE * seconds):
+        tree.add("base_link", "velodyne", (0, 0, 0), OPTICAL, stamp=k * SECOND // RATE, static=False)
+    stamp = (seconds - 5) * SECOND + SECOND // 300
+    started = time.perf_counter()
+    for _ in range(20):
+        tree.lookup("camera_optical", "velodyne", stamp)
+    return {"before_lookup_ms": 1e3 * (time.perf_counter() - started) / 20}
+
+
 if __name__ == "__main__":
-    for key, value in measure().items():
+    import sys
+
+    results = measure()
+    if len(sys.argv) > 1:  # the tf.py to compare with
+        results.update(measure_old(sys.argv[1]))
+    for key, value in results.items():
         print(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}")
