@@ -33,6 +33,7 @@ from .tf import stamp_ns
 from .topics import Topics
 
 CAMERA_INFOS = 32  # a camera's camera infos kept by stamp
+INFO_WAIT = 0.5  # seconds of bag time a frame waits for its camera's next message (a camera info of its stamp)
 _blob = np.ascontiguousarray  # rosbags' message classes hold uint8[] fields as numpy arrays
 
 
@@ -148,6 +149,7 @@ class BagPass:
         self.aligner = aligner  # a BagAligner: one sensor for every camera, a fit per camera
         self.copied = 0
         self.ended = False  # every message the pass reads has been read
+        self.read_time = -1  # bag time of the last message read
         self.said: set = set()  # warnings given once per run, not once per message
         self.results: deque = deque()  # predictions of frames not yet written
         # Messages to copy and frames sent to the predictor, in bag order: the predictor reads
@@ -200,7 +202,8 @@ class BagPass:
         """A frame is written once its camera's next message is read (a camera info recorded just
         after its image, with its stamp, serves it, as message_filters pairs them) and its sensor
         message and transforms are in."""
-        if not self.ended and frame.camera.seq <= frame.seq:
+        waited = self.read_time > frame.timestamp + INFO_WAIT * 1e9  # a camera that stopped holds nothing back
+        if not self.ended and frame.camera.seq <= frame.seq and not waited:
             return False
         return self.aligner is None or self.aligner.ready(frame)
 
@@ -216,6 +219,7 @@ class BagPass:
         for conn, timestamp, raw in reader.messages(
             connections=[c for c in reader.connections if c.topic in wanted | sensor]
         ):
+            self.read_time = timestamp
             if conn.topic in sensor:
                 self.aligner.observe(conn.topic, timestamp, raw, lambda: reader.deserialize(raw, conn.msgtype))  # noqa: B023
             if conn.topic in self.copy_topics:
@@ -223,9 +227,11 @@ class BagPass:
             if conn.topic in infos:
                 self.camera_info(infos[conn.topic], conn, timestamp, raw)
             camera = cameras.get(conn.topic)
-            if camera is None or (max_frames is not None and camera.taken >= max_frames):
+            if camera is None:
                 continue
-            camera.seq += 1
+            camera.seq += 1  # its frame before this message may be written now (see ready)
+            if max_frames is not None and camera.taken >= max_frames:
+                continue
             camera.seen += 1
             if (camera.seen - 1) % every:
                 continue
