@@ -24,7 +24,7 @@ from .ros.bag import (
     camera_infos,
     check_output,
     open_bag,
-    output_kind,
+    output_storage,
     process_bag,
     rosbags_modules,
 )
@@ -134,8 +134,11 @@ def _check_request(args: argparse.Namespace) -> tuple[dict[str, int], list[Topic
             args.points_topic,
             args.copy_topics,
             args.copy_all,
+            # what the run writes, as far as it is known before the model loads (a metric model's
+            # outputs are checked again once it is: runtime.ros.bag.process_bag)
+            ["relative"] + (["metric", "points"] if args.metric_scale is not None or args.align_to else []),
         )
-        output_kind(args.input, args.output, args.storage, reader.is2)
+        output_storage(args.input, args.output, args.storage, reader.is2)
         aligner = None
         if args.align_to is not None:
             aligner = BagAligner.prepare(reader, args.align_to, camera_infos(cameras), **align)
@@ -152,7 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     predictor = build_predictor(args, args.model)
-    if predictor.output.is_metric:
+    if predictor.output.is_metric and aligner is not None:
+        print(
+            f"note: the model outputs {predictor.output.describe()} ({predictor.output.source}): its scale is "
+            f"corrected frame by frame against {args.align_to} (frames without a fit: the model's own metres)"
+        )
+    elif predictor.output.is_metric:
         print(f"note: the model outputs {predictor.output.describe()} ({predictor.output.source}): published as it is")
     elif metric is None and aligner is None:
         print(
@@ -196,6 +204,11 @@ def main(argv: list[str] | None = None) -> int:
         raise CommandError(
             f"no frame of {', '.join(empty)} could be decoded: {args.output} holds the other cameras' depth"
         )
+    if aligner is not None and not summary.metric:
+        raise CommandError(
+            f"no frame got metric depth from --align-to {args.align_to} (the reasons are above): {args.output} "
+            "holds no metres; check the sensor's topic, its transform and --max-time-offset"
+        )
     return 0
 
 
@@ -227,7 +240,9 @@ def _camera_lines(
     if camera.frames and not kind.is_metric:
         lines.append(f"  {topics.relative}: {camera.frames} relative inverse depth images (32FC1, unitless)")
     if camera.frames and (camera.metric or alignment is not None):
-        source = "the model's output" if kind.is_metric else "a fit per frame" if alignment else "--metric-scale"
+        source = "a fit per frame" if alignment else "--metric-scale"
+        if kind.is_metric:
+            source = "the model's output" + (", its scale corrected per frame" if alignment else "")
         lines.append(f"  {topics.metric}: {camera.metric} depth images in metres (32FC1, REP 118) from {source}")
         if camera.points:
             per_frame = camera.point_bytes / camera.points / 1e6
@@ -241,7 +256,7 @@ def _camera_lines(
             lines.append(f"  {camera.frames_without_camera_info} frames without usable camera info: no points")
     if camera.camera_infos_skipped:
         lines.append(f"  skipped {camera.camera_infos_skipped} camera info messages that could not be used")
-    lines += flicker_lines(camera.flicker, camera.flicker_unstabilized)
+    lines += flicker_lines(camera.flicker, camera.flicker_unstabilized, camera.flicker_collapsed)
     if camera.skipped:
         lines.append(f"  skipped {len(camera.skipped)} image messages that could not be decoded, e.g.:")
         lines += [f"    at {t} ns: {reason}" for t, reason in camera.skipped[:3]]

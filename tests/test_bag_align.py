@@ -170,7 +170,7 @@ def test_no_transform_path_is_refused_before_anything_is_written_and_extrinsics_
     for extra, message in [
         (["--metric-scale", "0.5"], "not both"),
         (["--max-time-offset", "-1"], "--max-time-offset must be"),
-        (["--held-out", "0.95"], "held_out must be in"),
+        (["--held-out", "0.95"], "--held-out must be in"),
         (["--extrinsics", "1", "2"], "6 numbers"),
     ]:
         bad = run_bag(str(bag), *common, "--output", str(tmp_path / "bad.bag"), *extra)
@@ -212,12 +212,12 @@ def test_a_depth_camera_aligns_frame_by_frame(tmp_path, relative_model, encoding
     assert max(errors) <= 0.01, errors
 
 
-def test_an_unhandled_depth_encoding_is_counted_per_frame(tmp_path, relative_model):
+def test_a_depth_encoding_that_can_never_give_metres_is_refused_before_the_run(tmp_path, relative_model):
     bag = tmp_path / "in"
     write_scene_bag(bag, "mcap", frames=2, depth_camera=True, depth_encoding="mono8")
-    summary = process_bag(DepthPredictor(relative_model), bag, tmp_path / "out", CAMERA, align_to=DEPTH)
-    assert summary.metric == 0 and summary.alignment.log.reasons == {"sensor message unusable": 2}
-    assert "'mono8' is not handled" in summary.alignment.log.records[0]["reason"]
+    with pytest.raises(InputError, match=r"--align-to /depth/image_rect_raw can never give metres: .*'mono8'"):
+        process_bag(DepthPredictor(relative_model), bag, tmp_path / "out", CAMERA, align_to=DEPTH)
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_scan_recorded_after_the_last_frame_read_is_still_used(tmp_path, relative_model):

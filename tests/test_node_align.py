@@ -50,7 +50,9 @@ def test_parameters_are_checked_one_by_one():
     for fields, match in [
         ({"sparse_depth_type": "lidar"}, "sparse_depth_type must be"),
         ({"output_kind": "disparity"}, "output_kind must be"),
-        ({"max_time_offset": float("nan")}, "max_time_offset must be a finite number"),
+        ({"max_time_offset": float("nan")}, "max_time_offset must be a number of seconds >= 0"),
+        ({"min_sensor_depth": 5.0, "max_sensor_depth": 1.0}, "min_sensor_depth/max_sensor_depth: the sensor depth"),
+        ({"min_inliers": 1}, "min_inliers must be >= 2"),
         ({"hold": -1.0}, "hold must be"),
         ({"held_out": 0.95}, "held_out must be in"),
         ({"extrinsics": "0 0 0 0 0 0"}, "set sparse_depth_type too"),
@@ -73,8 +75,15 @@ def test_parameters_are_checked_one_by_one():
             "20",
             "--extrinsics",
             "0 0 0 0 0 0",
+            "--depth-range",
+            "0.5",
+            "30",
+            "--min-inliers",
+            "50",
         ]
     )
+    fit = settings.align_settings().fit  # the bag tool's options, the bag tool's rules
+    assert (fit.min_depth, fit.max_depth, fit.min_inliers) == (0.5, 30.0, 50)
     assert (settings.sparse_depth_type, settings.max_time_offset, settings.stabilize) == ("image", 0.02, True)
     assert settings.predictor_options() == {"output_kind": "metric", "max_depth": 20.0}
     assert NodeSettings(model="m").predictor_options() == {"output_kind": None, "max_depth": None}
@@ -150,6 +159,10 @@ def test_extrinsics_and_a_depth_camera_without_tf():
     millimetres = np.rint(depth * 1000).astype("<u2")
     pipeline.aligner.add_sensor(MESSAGES.image(T0 + 5_000_000, millimetres, "16UC1", "depth_optical"))
     header = MESSAGES.header(T0, "camera_optical")
+    # Before the depth camera's own camera info: no metres (never the colour camera's intrinsics).
+    early = pipeline.messages(make, np.ascontiguousarray, header, image, relative.astype(np.float32), INTRINSICS)
+    assert "metric" not in early and "own camera info" in pipeline.aligner.log.records[-1]["reason"]
+    pipeline.aligner.set_sensor_info(INTRINSICS)
     messages = pipeline.messages(make, np.ascontiguousarray, header, image, relative.astype(np.float32), INTRINSICS)
     metres = metres_of(messages["metric"])
     assert np.mean(np.abs(metres[1:] - depth[1:]) / depth[1:]) < 0.01

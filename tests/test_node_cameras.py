@@ -16,7 +16,7 @@ from rosbags.typesys import Stores, get_typestore
 
 from runtime import InputError, ScaleShift
 from runtime.pointcloud import Intrinsics, depth_to_points
-from runtime.ros.cameras import CameraSlots, plan_cameras, run_cycle, split_topics
+from runtime.ros.cameras import CameraSlots, node_cameras, run_cycle, split_topics
 from runtime.ros.messages import metric_depth
 from runtime.ros.node import NodeSettings, camera_info_receiver, parse_args
 from tests.scene_bag import Messages
@@ -51,9 +51,9 @@ class Log:
 
 
 def test_cameras_are_named_by_their_image_topics_or_remapped_as_one():
-    (one,) = plan_cameras([])
+    (one,) = node_cameras([])
     assert (one.image, one.camera_info, one.outputs["relative"]) == ("image", "camera_info", "depth/relative_inverse")
-    left, right = plan_cameras(split_topics("/stereo/left/image_raw, /stereo/right/image_raw"))
+    left, right = node_cameras(split_topics("/stereo/left/image_raw, /stereo/right/image_raw"))
     assert (left.camera_info, right.camera_info) == ("/stereo/left/camera_info", "/stereo/right/camera_info")
     assert right.outputs == {
         "relative": "/stereo/right/depth/relative_inverse",
@@ -93,7 +93,7 @@ def test_one_batched_call_per_cycle_with_each_cameras_numbers_intrinsics_and_top
     settings = NodeSettings(
         model="m", metric_scale=0.5, metric_shift=0.1, image_topics="/cam0/image_raw /cam1/image_raw"
     )
-    cameras = plan_cameras(split_topics(settings.image_topics))
+    cameras = node_cameras(split_topics(settings.image_topics))
     log = Log()
     matrices = [[[40.0, 0, 23.5], [0, 42.0, 15.5], [0, 0, 1]], [[60.0, 0, 20.0], [0, 61.0, 17.0], [0, 0, 1]]]
     for camera, matrix in zip(cameras, matrices, strict=True):

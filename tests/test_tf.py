@@ -177,7 +177,7 @@ def test_depth_images_in_millimetres_and_metres():
         depth_image_metres(depth_msg(mm, "rgb8"))
     frame = sensor_frame(depth_msg(mm, "16UC1"), "sensor_msgs/msg/Image", Intrinsics(2.0, 2.0, 0.5, 0.5))
     assert frame.frame_id == "depth_optical" and frame.stamp == 3_000_000_005 and len(frame.points) == 3
-    with pytest.raises(InputError, match="needs camera info"):
+    with pytest.raises(InputError, match="its own camera info, and none has arrived"):
         sensor_frame(depth_msg(mm, "16UC1"), "sensor_msgs/msg/Image", None)
 
 

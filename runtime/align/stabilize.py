@@ -20,6 +20,10 @@ import numpy as np
 from .fit import ransac_linear
 
 GRID = 160  # long side of the grid that fits and measures work on: a fit needs no more pixels
+COLLAPSED = 0.01  # an output whose depth range is under this share of the usual one is a flat map
+SPREAD_RATIO = 4.0  # a fit that shrinks or stretches the frame's range by more than this is no fit
+MIN_INLIERS = 0.3  # share of the pixels fitted a fit must agree with, else the scene changed
+HOLD_FRAMES = 30  # consecutive flat frames (black, constant) the reference is held for
 
 
 def _small(values: np.ndarray, grid: int = GRID) -> np.ndarray:
@@ -60,6 +64,9 @@ class FlickerMeter:
     def __init__(self, change: float = 4.0, grid: int = GRID) -> None:
         self.change, self.grid = change, grid
         self.values: list[float] = []
+        self.frames = 0  # outputs seen with finite values
+        self.collapsed = 0  # of them, maps (near) constant: no depth, however steady
+        self._spreads: list[float] = []
         self._previous: tuple[np.ndarray, np.ndarray] | None = None
 
     def update(self, image: np.ndarray, output: np.ndarray) -> float | None:
@@ -68,6 +75,15 @@ class FlickerMeter:
 
     def add(self, gray: np.ndarray, values: np.ndarray) -> float | None:
         """:meth:`update` with the image and output already on the working grid."""
+        spread = _spread(values)
+        if np.isfinite(values).any():
+            self.frames += 1
+            typical = float(np.median(self._spreads)) if self._spreads else 0.0
+            if spread <= COLLAPSED * typical or spread == 0:
+                self.collapsed += 1  # a flat map is not a steady one: never scored as stable
+                self._previous = None
+                return None
+            self._spreads = [*self._spreads, spread][-50:]
         previous, self._previous = self._previous, (gray, values)
         if previous is None or previous[0].shape != gray.shape:
             return None
@@ -81,8 +97,9 @@ class FlickerMeter:
 
     @property
     def figure(self) -> float | None:
-        """Median flicker over the frame pairs, as a share of the depth range (0.01 = 1 %)."""
-        return float(np.median(self.values)) if self.values else None
+        """Median flicker over the frame pairs, as a share of the depth range (0.01 = 1 %); ``None``
+        when none could be measured or when any output collapsed to a flat map."""
+        return float(np.median(self.values)) if self.values and not self.collapsed else None
 
 
 class Stabilizer:
@@ -109,7 +126,8 @@ class Stabilizer:
         self._rng = np.random.default_rng(seed)
         self._reference: np.ndarray | None = None
         self._gray: np.ndarray | None = None
-        self.frames = self.moving = self.resets = 0
+        self.frames = self.moving = self.resets = self.flat = 0  # resets: cuts and degenerate fits
+        self.hold_frames, self._flat_run = HOLD_FRAMES, 0
         self.last: tuple[float, float] = (1.0, 0.0)  # the last frame's scale and shift
         self.flicker_in, self.flicker_out = FlickerMeter(change, grid), FlickerMeter(change, grid)
 
@@ -125,6 +143,14 @@ class Stabilizer:
     def _align(self, gray: np.ndarray, values: np.ndarray, relative: np.ndarray) -> np.ndarray:
         if self._reference is None or self._reference.shape != values.shape:
             return self._restart(gray, values, relative)
+        new_spread = _spread(values)
+        if new_spread <= 0 or _spread(gray) <= 0:  # a black or constant frame: nothing to fit, nothing to learn
+            self.flat += 1
+            self._flat_run += 1
+            if self._flat_run > self.hold_frames:  # held long enough: the next frame starts afresh
+                self._reference = None
+            return relative.copy()
+        self._flat_run = 0
         finite = np.isfinite(values) & np.isfinite(self._reference)
         static = finite & (np.abs(gray - self._gray) <= self.change)
         use = static
@@ -137,10 +163,14 @@ class Stabilizer:
         if x.size >= 20 and spread > 0:
             a = np.stack([x, np.ones_like(x)], axis=1)
             found = ransac_linear(a, y, self.inlier * spread, self._rng)
-        if found is None or found[1].sum() < 20:
-            self.resets += 1
+        if found is None or found[1].sum() < max(20, MIN_INLIERS * x.size):
+            self.resets += 1  # a cut: the new scene starts from its own scale
             return self._restart(gray, values, relative)
         scale, shift = (float(v) for v in found[0])
+        ratio = scale * new_spread / spread
+        if not 1 / SPREAD_RATIO <= ratio <= SPREAD_RATIO:  # a degenerate fit would flatten (or blow up) the map
+            self.resets += 1
+            return self._restart(gray, values, relative)
         self.last = (scale, shift)
         aligned_small = scale * values + shift
         blended = (1 - self.blend) * self._reference + self.blend * aligned_small
@@ -153,8 +183,10 @@ class Stabilizer:
         return relative.copy()
 
 
-def flicker_lines(flicker: float | None, unstabilized: float | None = None) -> list[str]:
+def flicker_lines(flicker: float | None, unstabilized: float | None = None, collapsed: int = 0) -> list[str]:
     """A command summary's line on flicker (see the module doc for the figure)."""
+    if collapsed:
+        return [f"  flicker: not measured: {collapsed} frames of the published depth are flat maps (no depth)"]
     if flicker is None:
         return []
     line = f"  flicker: {100 * flicker:.2f} % of the depth range (median change between frames on unchanged pixels)"

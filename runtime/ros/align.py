@@ -12,9 +12,8 @@ from __future__ import annotations
 import bisect
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any, Callable
 
 import numpy as np
@@ -24,11 +23,13 @@ from ..align.frame import DROP_REASONS
 from ..errors import InputError
 from ..metric import OutputKind
 from ..pointcloud import Intrinsics
-from .messages import Conversion, depth_messages, output_messages
+from .messages import Conversion, depth_messages, metric_depth, output_messages
+from .settings import DEFAULTS, check_model_rules
 from .sparse import sensor_frame
 from .tf import NoTransformError, TfTree, TransformTimeError, frame_name, stamp_ns, transform_msg_matrix
 
-DEFAULT_MAX_TIME_OFFSET = 0.05  # seconds between an image and the sensor message it is fitted to
+DEFAULT_MAX_TIME_OFFSET = DEFAULTS.max_time_offset  # seconds between an image and its sensor message
+MAX_SENSOR_MESSAGES = 100  # the node's sensor buffer, whatever the stamps say (2 s of a 50 Hz sensor)
 
 # camera frame, sensor frame, sensor stamp (ns) -> 4x4 taking sensor points into the camera frame
 # (typing's Callable: collections.abc's cannot be subscripted at run time on Python 3.8)
@@ -68,7 +69,7 @@ def frame_samples(
     projected), or None and why not: no transform path or none at that time, an unusable message."""
     fit = aligner.settings.fit
     try:
-        sensor = sensor_frame(msg, msgtype, sensor_intrinsics or intrinsics)
+        sensor = sensor_frame(msg, msgtype, sensor_intrinsics)  # its own camera info only
         matrix = transforms(frame_name(camera_frame), sensor.frame_id, sensor.stamp)
         points = sensor.points @ matrix[:3, :3].T + matrix[:3, 3]
         return sample_points(points, intrinsics, size[0], size[1], fit.min_depth, fit.max_depth), ""
@@ -156,8 +157,12 @@ class AlignmentLog:
 class LiveAligner:
     """The node's alignment: sensor messages arrive on one thread, frames are aligned on another.
 
-    Sensor messages are kept (undecoded) for ``keep`` seconds behind the newest one; a frame
-    takes the one nearest its stamp within ``max_time_offset`` and decodes it then.
+    Sensor messages are kept (undecoded, sorted by stamp whatever order they arrive in) for
+    ``keep`` seconds behind the newest one and at most ``MAX_SENSOR_MESSAGES`` of them; a frame
+    takes the one nearest its stamp within ``max_time_offset`` and decodes it then. A stamp more
+    than ``keep`` behind the newest (a clock that jumped back: a looping bag, a restarted driver)
+    or ahead of it (a far-future stamp) empties the buffer and starts again from it, said once
+    through ``warn``: no stamp can stop the pruning.
     """
 
     def __init__(
@@ -168,6 +173,7 @@ class LiveAligner:
         settings: AlignSettings | None = None,
         max_time_offset: float = DEFAULT_MAX_TIME_OFFSET,
         keep: float = 2.0,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         if not max_time_offset >= 0:
             raise InputError(f"max_time_offset must be >= 0 seconds, got {max_time_offset}")
@@ -177,15 +183,36 @@ class LiveAligner:
         self.keep = int(keep * 1e9)
         self.sensor_intrinsics: Intrinsics | None = None
         self.log = AlignmentLog()
-        self._messages: deque = deque()  # (stamp, msg), in arrival order
+        self.warn = warn or (lambda text: None)
+        self.resets = 0  # times the sensor's clock jumped and the buffer started again
+        self._stamps: list[int] = []  # sorted
+        self._messages: list[Any] = []  # in the order of _stamps
         self._lock = threading.Lock()
 
     def add_sensor(self, msg: Any) -> None:
         stamp = stamp_ns(msg.header)
         with self._lock:
-            self._messages.append((stamp, msg))
-            while self._messages and self._messages[0][0] < stamp - self.keep:
-                self._messages.popleft()
+            stamps = self._stamps
+            if stamps and not stamps[-1] - self.keep <= stamp <= stamps[-1] + self.keep:
+                jump = (stamp - stamps[-1]) / 1e9
+                if not self.resets:
+                    self.warn(
+                        f"sensor stamps jumped {jump:+.1f} s (a clock that went back, a restarted driver or a "
+                        "far-future stamp): its buffer starts again (said once)"
+                    )
+                self.resets += 1
+                stamps.clear(), self._messages.clear()
+            i = bisect.bisect_right(stamps, stamp)
+            stamps.insert(i, stamp)
+            self._messages.insert(i, msg)
+            stale = bisect.bisect_left(stamps, stamps[-1] - self.keep)
+            stale = max(stale, len(stamps) - MAX_SENSOR_MESSAGES)
+            if stale > 0:
+                del stamps[:stale], self._messages[:stale]
+
+    @property
+    def buffered(self) -> int:
+        return len(self._stamps)
 
     def set_sensor_info(self, intrinsics: Intrinsics | None) -> None:
         self.sensor_intrinsics = intrinsics
@@ -194,16 +221,16 @@ class LiveAligner:
         start = time.perf_counter()
         stamp = stamp_ns(header)
         with self._lock:
-            held = sorted(self._messages, key=lambda item: item[0])
-        index, offset = nearest([s for s, _ in held], stamp, self.max_offset)
+            index, offset = nearest(self._stamps, stamp, self.max_offset)
+            msg = None if index is None else self._messages[index]
         samples, missing = None, ""
         if intrinsics is None:
             missing = "no camera info"
-        elif index is None:
+        elif msg is None:
             missing = self._no_message(offset)
         else:
             samples, missing = frame_samples(
-                held[index][1],
+                msg,
                 self.msgtype,
                 header.frame_id,
                 intrinsics,
@@ -246,11 +273,14 @@ def buffer_transforms(
 
 
 class FramePipeline:
-    """What the node does with a frame after inference: stabilise, align, build the messages.
+    """What happens to a frame after inference, in the bag tool and the node alike: stabilise,
+    then align (a fit per frame) or convert (constants, or a metric model's own metres), then
+    the messages.
 
     ``kind`` is the model's output; ``conversion`` its constants (relative models only);
-    ``stabilizer`` and ``aligner`` are optional. A metric model's output is never published
-    as relative depth; a relative model gets metres only from constants or a fit.
+    ``stabilizer`` and ``aligner`` (the node's :class:`LiveAligner`) are optional; the bag tool
+    hands its own alignment to :meth:`process` per frame. A metric model's output is never
+    published as relative depth; a relative model gets metres only from constants or a fit.
     """
 
     def __init__(
@@ -259,21 +289,45 @@ class FramePipeline:
         conversion: Conversion,
         stabilizer: Stabilizer | None = None,
         aligner: LiveAligner | None = None,
+        aligned: bool = False,
     ) -> None:
-        if kind.is_metric and conversion.metric is not None:
-            raise InputError(f"the model outputs {kind.describe()}: metric_scale/metric_shift are for relative models")
-        if kind.is_metric and stabilizer is not None:
-            raise InputError(f"the model outputs {kind.describe()}: stabilize is for relative models")
-        if aligner is not None and conversion.metric is not None:
-            raise InputError("give sparse_depth (a fit per frame) or metric_scale (constants), not both")
-        self.kind, self.stabilizer, self.aligner = kind, stabilizer, aligner
-        self.conversion = replace(conversion, output=kind)
+        aligned = aligned or aligner is not None
+        self.conversion = check_model_rules(kind, conversion, stabilizer is not None, aligned, str)
+        self.kind, self.stabilizer, self.aligner, self.aligned = kind, stabilizer, aligner, aligned
 
     @property
     def outputs(self) -> list[str]:
         """The message keys this pipeline may publish: ``relative``, ``metric``, ``points``."""
-        metres = self.kind.is_metric or self.conversion.metric is not None or self.aligner is not None
+        metres = self.kind.is_metric or self.conversion.metric is not None or self.aligned
         return ([] if self.kind.is_metric else ["relative"]) + (["metric", "points"] if metres else [])
+
+    def process(
+        self,
+        make: Callable[..., Any],
+        blob: Callable[[np.ndarray], Any],
+        header: Any,
+        image: np.ndarray,
+        prediction: np.ndarray,
+        intrinsics: Intrinsics | None,
+        align: Callable[[np.ndarray], FrameResult] | None = None,
+    ) -> tuple[dict[str, Any], np.ndarray | None]:
+        """The frame's messages, and what they publish as depth (metres when there are any; the
+        relative depth otherwise; ``None`` for an aligned frame without metres). ``align`` fits a
+        (stabilised) prediction; default: the pipeline's own aligner at the frame's header."""
+        if self.stabilizer is not None:
+            prediction = self.stabilizer(image, prediction)
+        if align is None and self.aligner is not None:
+            aligner = self.aligner
+            align = lambda values: aligner.align(header, values, intrinsics)  # noqa: E731
+        if align is None:
+            messages = depth_messages(make, blob, header, prediction, image, intrinsics, self.conversion)
+            if self.kind.is_metric:
+                return messages, prediction
+            metric = self.conversion.metric
+            return messages, prediction if metric is None else metric_depth(prediction, metric)
+        metres = align(prediction).depth
+        relative = None if self.kind.is_metric else prediction
+        return output_messages(make, blob, header, image, intrinsics, self.conversion, relative, metres), metres
 
     def messages(
         self,
@@ -284,10 +338,4 @@ class FramePipeline:
         prediction: np.ndarray,
         intrinsics: Intrinsics | None,
     ) -> dict[str, Any]:
-        if self.stabilizer is not None:
-            prediction = self.stabilizer(image, prediction)
-        if self.aligner is None:
-            return depth_messages(make, blob, header, prediction, image, intrinsics, self.conversion)
-        metres = self.aligner.align(header, prediction, intrinsics).depth
-        relative = None if self.kind.is_metric else prediction
-        return output_messages(make, blob, header, image, intrinsics, self.conversion, relative, metres)
+        return self.process(make, blob, header, image, prediction, intrinsics)[0]

@@ -40,7 +40,7 @@ __all__ = [
     "camera_infos",
     "check_output",
     "open_bag",
-    "output_kind",
+    "output_storage",
     "process_bag",
     "rosbags_modules",
 ]
@@ -67,7 +67,7 @@ def rosbags_modules() -> Any:
     return rosbags
 
 
-def output_kind(input_path: Path, output: Path, storage: str | None, is_ros2: bool) -> str:
+def output_storage(input_path: Path, output: Path, storage: str | None, is_ros2: bool) -> str:
     """``"rosbag1"``, ``"mcap"`` or ``"sqlite3"`` for the output, checked against the input."""
     if not is_ros2:
         if output.suffix != ".bag":
@@ -174,8 +174,13 @@ def process_bag(
     try:
         types = {c.topic: c.msgtype for c in reader.connections}
         per_camera = (camera_info_topic, depth_topic, metric_depth_topic, points_topic)
-        cameras = plan_cameras(types, images, *map(_per_camera, per_camera), copy=copy_topics, copy_all=copy_all)
-        kind = output_kind(input_path, output, storage, reader.is2)
+        aligned = align_to is not None or (align_options or {}).get("aligner") is not None
+        metres = conversion.output.is_metric or conversion.metric is not None or aligned
+        writes = ([] if conversion.output.is_metric else ["relative"]) + (["metric", "points"] if metres else [])
+        cameras = plan_cameras(
+            types, images, *map(_per_camera, per_camera), copy=copy_topics, copy_all=copy_all, writes=writes
+        )
+        kind = output_storage(input_path, output, storage, reader.is2)
         staging = staging_dir(output)
         writer = BagWriter(rb, staging / output.name, kind, reader)
         errors = (rb.highlevel.AnyReaderError, rb.serde.SerdeError)
@@ -184,6 +189,8 @@ def process_bag(
         if align_to is not None and aligner is None:
             aligner = BagAligner.prepare(reader, align_to, camera_infos(cameras), **options)
         if aligner is not None:
+            for note in aligner.notes:  # re-parented frames, invalid transforms, frames that disagree
+                warn(note)
             aligner.start(conversion.output)
         run = BagPass(reader, writer, cameras, conversion, errors, progress, warn, aligner, stabilize)
         summary = run.run(predictor, every, max_frames, max_pixels)

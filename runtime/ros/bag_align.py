@@ -1,24 +1,29 @@
 """``--align-to``: metric depth for each frame of a bag from the bag's own lidar or depth camera.
 
-Before anything is written, one pass over the sensor topic and the tf topics records every
-sensor stamp and the tf tree, and checks that the sensor's frame and the camera's are connected
-(else one line naming both and the transforms found). During the main pass each frame is
-matched to the sensor message nearest its stamp within ``max_time_offset``; frames wait (with
-the messages to copy behind them) until that message has been read, so a lidar recorded after
-its image is still used. Messages no frame can use any more are dropped as the pass goes.
+Before anything is written, ``runtime.ros.bag_index`` reads the sensor topic, the camera infos
+and the tf topics once: every sensor stamp, the frames of the data, the tf structure, and
+whether the request can ever give metres (else one line, exit 2). During the main pass each
+frame is matched to the sensor message nearest its stamp within ``max_time_offset``; ``/tf``
+records are streamed into the tree's bounded history; a frame waits (with the messages to copy
+behind it) until its sensor message and the ``/tf`` records past its stamp have been read, so a
+lidar or a transform recorded after its image is still used. Messages no frame can use any more
+(older than the newest frame's stamp less a 0.5 s reorder window) are dropped as the pass goes.
 
 With several cameras the sensor index and tf tree are shared, but each camera (its image topic)
 has its own fit and temporal filter (the network's scale and shift differ between cameras), its
 own intrinsics and optical frame (its frames' ``header.frame_id``), its own log, and its per-frame
-records carry its topic. Frames of several cameras may wait for the same sensor message.
+records carry its topic. Frames of several cameras may wait for the same sensor message. A depth
+image is projected with its own camera info only (the one with its stamp, else the newest before it).
 """
 
 from __future__ import annotations
 
+import bisect
 import json
+import math
 import time
-from collections import Counter
-from collections.abc import Mapping
+from collections import Counter, OrderedDict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,23 +33,27 @@ from ..align import AlignSettings, FrameAligner, FrameResult
 from ..errors import InputError
 from ..io.files import atomic_write_bytes
 from ..metric import OutputKind
+from ..pointcloud import Intrinsics
 from .align import (
     DEFAULT_MAX_TIME_OFFSET,
     AlignmentLog,
     fixed_transform,
     frame_samples,
-    nearest,
     tree_transforms,
 )
-from .messages import IMAGE, POINT_CLOUD2, intrinsics_from_camera_info
-from .sparse import SPARSE_TYPES
-from .tf import TF_TYPES, TfTree, frame_name, stamp_ns
-from .topics import find_camera_info
+from .bag_index import index_sensor
+from .messages import intrinsics_from_camera_info
+from .settings import DEFAULTS, RobotAlign, align_settings, check_model_rules
+from .tf import TfTree, frame_name, stamp_ns
 
 # How far (seconds of image stamp) a camera's frames may trail the newest frame of any camera and
 # still hold back sensor messages for its next frames; a camera further behind (stopped, done
 # with --max-frames) holds nothing back, so the buffer stays bounded.
 CAMERA_LAG = 1.0
+REORDER = 0.5  # seconds of bag time a frame's sensor message may be recorded before it (stamps in any order)
+SEARCH = 10.0  # seconds of bag time after a frame its sensor message is looked for
+TF_WAIT = 2.0  # seconds of bag time a frame waits for /tf records past its sensor stamp
+SENSOR_INFOS = 32  # the sensor's own camera infos kept by stamp
 SEVERAL_EXTRINSICS = (
     "--extrinsics gives the sensor's pose in one camera's optical frame: with several --image-topic, "
     "record the cameras and the sensor in the bag's tf (/tf_static) and leave --extrinsics out"
@@ -70,24 +79,33 @@ class BagAligner:
         settings: AlignSettings,
         max_time_offset: float,
         cameras: list[str] | None = None,
+        tree: TfTree | None = None,
+        tf_topics: Sequence[str] = (),
+        notes: Sequence[str] = (),
+        times: Sequence[int] | None = None,
     ) -> None:
         self.topic, self.msgtype = topic, msgtype
-        self.order = sorted(range(len(stamps)), key=lambda k: stamps[k])  # sorted position -> bag index
-        self.sorted_stamps = [stamps[k] for k in self.order]
+        self.stamps = list(stamps)  # bag index -> stamp
+        self.times = list(stamps if times is None else times)  # bag index -> bag time (sorted: bag order)
         self.transforms, self.transform_note = transforms, transform_note
         self.sensor_info_topic = sensor_info_topic
+        self.tree, self.tf_topics, self.notes = tree, list(tf_topics), list(notes)
         self.settings, self.max_offset = settings, int(max_time_offset * 1e9)
-        self.sensor_intrinsics = None
+        self.sensor_intrinsics: Intrinsics | None = None  # the newest of the sensor's own camera infos
+        self._sensor_infos: OrderedDict = OrderedDict()  # stamp -> intrinsics, the newest few
         self.kind: OutputKind | None = None
         self.aligners: dict[str | None, FrameAligner] = {}  # per camera (image topic): fits never mix
         self.log = AlignmentLog()  # every camera's frames, in the order they were written
         self.logs: dict[str | None, AlignmentLog] = {camera: AlignmentLog() for camera in cameras or []}
         self.read = 0  # sensor messages read by the main pass
-        self._last_time: tuple[int, int] = (-1, 0)  # bag time of the last one, and how many shared it
-        self._buffer: dict[int, Any] = {}  # bag index -> message (or why it could not be read)
+        self.ended = False  # the bag has been read to its end
+        self.bag_time = -1  # bag time of the last message observed
+        self._at_time: Counter = Counter()  # topics observed at that bag time (read_rest skips them)
+        self._buffer: dict[int, Any] = {}  # bag index -> (message, its camera info) or why it could not be read
         self._needed: Counter = Counter()  # bag index -> frames matched to it and not yet aligned
-        self._latest: dict[str | None, tuple[int, int]] = {}  # camera -> (stamp, index) of its last match
-        self._matches: dict[int, tuple[int | None, int | None]] = {}
+        self._latest: dict[str | None, int] = {}  # camera -> the newest bag time of its frames matched
+        self._matches: dict[int, tuple[int | None, int | None, Any]] = {}  # frame id -> (index, offset, frame)
+        self._dynamic: dict[tuple[str, str], set[str]] = {}  # (camera frame, sensor frame) -> /tf edges on the path
 
     @classmethod
     def prepare(
@@ -99,7 +117,8 @@ class BagAligner:
         settings: AlignSettings | None = None,
         max_time_offset: float = DEFAULT_MAX_TIME_OFFSET,
     ) -> BagAligner:
-        """Index the sensor topic and read the tf tree; ``InputError`` for a request that cannot work.
+        """Index the sensor topic and the tf structure (``runtime.ros.bag_index``); ``InputError``
+        for a request that cannot work.
 
         ``camera_info_topic``: one camera's, or ``{image topic: its camera info topic}`` of the
         cameras aligned (each checked for a transform path to the sensor)."""
@@ -107,13 +126,6 @@ class BagAligner:
             infos, cameras = dict(camera_info_topic), list(camera_info_topic)
         else:
             infos, cameras = {None: camera_info_topic}, None
-        types = {c.topic: c.msgtype for c in reader.connections}
-        if types.get(topic) not in SPARSE_TYPES:
-            sources = sorted(t for t, kind in types.items() if kind == POINT_CLOUD2)
-            raise InputError(
-                f"--align-to {topic}: {'no such topic' if topic not in types else f'it holds {types[topic]}'}; "
-                f"it takes a PointCloud2 or a depth Image (PointCloud2 topics there: {', '.join(sources) or 'none'})"
-            )
         for image, info in infos.items():
             if info is None:
                 beside = "the image topic" if image is None else image
@@ -125,42 +137,33 @@ class BagAligner:
             raise InputError(SEVERAL_EXTRINSICS)
         if not max_time_offset >= 0:
             raise InputError(f"--max-time-offset must be >= 0 seconds, got {max_time_offset}")
-        tf_topics = [t for t, kind in types.items() if kind in TF_TYPES]
-        wanted = {topic, *infos.values(), *tf_topics}
-        tree, stamps, sensor_frames, camera_frames = TfTree(), [], set(), {}
-        for conn, _, raw in reader.messages(connections=[c for c in reader.connections if c.topic in wanted]):
-            if conn.topic in camera_frames:
-                continue  # that camera's frame is known; its other infos are read by the main pass
-            try:
-                msg = reader.deserialize(raw, conn.msgtype)
-            except Exception:
-                if conn.topic == topic:
-                    stamps.append(-(10**19))  # unreadable: never the nearest to a frame
-                continue
-            if conn.topic == topic:
-                stamps.append(stamp_ns(msg.header))
-                sensor_frames.add(frame_name(msg.header.frame_id))
-            elif conn.topic in infos.values():
-                camera_frames[conn.topic] = frame_name(msg.header.frame_id)
-            if conn.topic in tf_topics:
-                tree.add_message(msg, static=conn.topic.endswith("tf_static"))
-        if not stamps:
-            raise InputError(f"--align-to {topic}: the topic holds no messages")
+        images = [image for image in infos if image is not None]
+        found = index_sensor(reader, topic, infos, images, check_paths=extrinsics is None)  # type: ignore[arg-type]
         if extrinsics is not None:
-            transforms, note = fixed_transform(extrinsics), "--extrinsics"
+            transforms, note, tree, tf_topics = fixed_transform(extrinsics), "--extrinsics", None, []
         else:
-            for sensor in sorted(sensor_frames):
-                for camera_frame in sorted(set(camera_frames.values())):
-                    tree.path(camera_frame, sensor)  # NoTransformError: one line, nothing written
+            tree, tf_topics = found.tree, found.tf_topics
             transforms, note = tree_transforms(tree), f"tf ({len(tree.edges)} transforms)"
-        info = find_camera_info(topic, IMAGE, types, guess=False) if types[topic] == IMAGE else None  # its own
-        settings = settings or AlignSettings()
-        return cls(topic, types[topic], stamps, transforms, note, info, settings, max_time_offset, cameras)
+        return cls(
+            topic,
+            found.msgtype,
+            found.stamps,
+            transforms,
+            note,
+            found.sensor_info_topic,
+            settings or AlignSettings(),
+            max_time_offset,
+            cameras,
+            tree=tree,
+            tf_topics=tf_topics,
+            notes=found.notes,
+            times=found.times,
+        )
 
     @property
     def topics(self) -> set[str]:
         """Topics the main pass must hand to :meth:`observe`."""
-        return {self.topic} | ({self.sensor_info_topic} if self.sensor_info_topic else set())
+        return {self.topic, *self.tf_topics} | ({self.sensor_info_topic} if self.sensor_info_topic else set())
 
     def start(self, kind: OutputKind) -> None:
         self.kind = kind
@@ -176,69 +179,125 @@ class BagAligner:
 
     def observe(self, topic: str, timestamp: int, raw: Any, deserialize: Callable[[], Any]) -> None:
         """A message of :attr:`topics` read by the main pass, in bag order."""
+        if timestamp != self.bag_time:
+            self.bag_time, self._at_time = timestamp, Counter()
+        self._at_time[topic] += 1
+        if topic in self.tf_topics and self.tree is not None:
+            try:
+                self.tree.feed(deserialize())
+            except Exception:
+                pass  # counted when the structure was read
+            return
         if topic == self.sensor_info_topic:
             try:
-                self.sensor_intrinsics = intrinsics_from_camera_info(deserialize())
+                msg = deserialize()
+                self.sensor_intrinsics = intrinsics_from_camera_info(msg)
+                self._sensor_infos[stamp_ns(msg.header)] = self.sensor_intrinsics
+                while len(self._sensor_infos) > SENSOR_INFOS:
+                    self._sensor_infos.popitem(last=False)
             except Exception:
                 self.sensor_intrinsics = None
             return
         index, self.read = self.read, self.read + 1
-        same = self._last_time[1] + 1 if timestamp == self._last_time[0] else 1
-        self._last_time = (timestamp, same)
-        if index < self._bound() and not self._needed[index]:
+        if self.times[index] < self._bound() and not self._needed[index]:
             return  # no frame can still use it
         try:
-            self._buffer[index] = deserialize()
+            self._buffer[index] = (deserialize(), self.sensor_intrinsics)
         except Exception as exc:
             self._buffer[index] = f"cannot deserialise: {exc}"
 
     def match(self, frame: Any) -> None:
         """Note the sensor message a frame (just read) will be fitted to."""
-        stamp = stamp_ns(frame.header)
-        position, offset = nearest(self.sorted_stamps, stamp, self.max_offset)
-        index = None if position is None else self.order[position]
-        self._matches[id(frame)] = (index, offset)
+        index, offset = self._nearest(int(frame.timestamp), stamp_ns(frame.header))
+        self._matches[id(frame)] = (index, offset, frame)
         if index is not None:
             self._needed[index] += 1
-            last = self._latest.get(frame.topic, (stamp, index))
-            self._latest[frame.topic] = (max(last[0], stamp), max(last[1], index))
+            self._latest[frame.topic] = max(self._latest.get(frame.topic, frame.timestamp), frame.timestamp)
             self._evict()
 
+    def _nearest(self, bag_time: int, stamp: int) -> tuple[int | None, int | None]:
+        """The sensor message nearest the frame's stamp among those recorded near the frame (from
+        ``REORDER`` seconds of bag time before it to ``SEARCH`` after), and its offset: a clock that
+        jumps back or a far-future stamp never pairs a frame with a message from another part of
+        the bag."""
+        low = bisect.bisect_left(self.times, bag_time - REORDER * 1e9 - self.max_offset)
+        high = bisect.bisect_right(self.times, bag_time + SEARCH * 1e9)
+        best, key = None, None
+        for k in range(low, high):  # nearest in stamp; of equal stamps (a looping clock), nearest in the bag
+            here = (abs(self.stamps[k] - stamp), abs(self.times[k] - bag_time))
+            if key is None or here < key:
+                best, key = k, here
+        offset = None if key is None else key[0]
+        return (best if offset is not None and offset <= self.max_offset else None), offset
+
+    def _tf_edges(self, frame: Any, index: int) -> set[str]:
+        """The ``/tf`` edges between the frame's camera and its sensor message's frame."""
+        if self.tree is None or not self.tf_topics:
+            return set()
+        msg = self._buffer.get(index)
+        if not isinstance(msg, tuple):
+            return set()
+        key = (frame_name(frame.header.frame_id), frame_name(msg[0].header.frame_id))
+        if key not in self._dynamic:
+            try:
+                self._dynamic[key] = self.tree.dynamic_on_path(*key)
+            except InputError:
+                self._dynamic[key] = set()
+        return self._dynamic[key]
+
     def ready(self, frame: Any) -> bool:
+        """Whether the frame's sensor message and the ``/tf`` records around its stamp are in (a
+        ``/tf`` edge that stopped is waited for ``TF_WAIT`` seconds of bag time at most)."""
         index = self._matches[id(frame)][0]
-        return index is None or index < self.read
+        if index is None or self.ended:
+            return True
+        if index >= self.read:
+            return False
+        edges = self._tf_edges(frame, index)
+        if not edges:
+            return True
+        newest = self.tree.newest_on(edges)  # type: ignore[union-attr]
+        stamp = self.stamps[index] + self.tree.tolerance  # type: ignore[union-attr]
+        return (newest is not None and newest >= stamp) or self.bag_time > frame.timestamp + TF_WAIT * 1e9
+
+    def waiting(self) -> bool:
+        return any(not self.ready(frame) for _, _, frame in self._matches.values())
 
     def read_rest(self, reader: Any) -> None:
-        """After the frames ran out: read on until every waiting frame's sensor message is in."""
-        if not any(k >= self.read for k in self._needed if self._needed[k]):
+        """After the frames ran out: read on until every waiting frame's sensor message (and tf) is in."""
+        if not self.waiting():
             return
         connections = [c for c in reader.connections if c.topic in self.topics]
-        skip = self._last_time[1] if self._last_time[0] >= 0 else 0
-        start = max(self._last_time[0], 0)
+        start, skip = max(self.bag_time, 0), Counter(self._at_time)
         for conn, timestamp, raw in reader.messages(connections=connections, start=start):
-            if skip and timestamp == start and conn.topic == self.topic:
-                skip -= 1
+            if timestamp == start and skip[conn.topic]:
+                skip[conn.topic] -= 1
                 continue
             self.observe(conn.topic, timestamp, raw, lambda raw=raw, conn=conn: reader.deserialize(raw, conn.msgtype))
-            if not any(k >= self.read for k in self._needed if self._needed[k]):
+            if not self.waiting():
                 return
+        self.ended = True
 
     def align(self, frame: Any, prediction: np.ndarray) -> FrameResult:
         """Metric depth for a frame whose sensor message has been read (or that has none)."""
         aligner = self._camera(frame.topic)
         started = time.perf_counter()
-        index, offset = self._matches.pop(id(frame))
+        index, offset, _ = self._matches.pop(id(frame))
         samples, missing = None, ""
         limit = self.max_offset / 1e6
         if frame.intrinsics is None:
             missing = "no camera info"
+        elif index is None and offset is None:
+            missing = f"no sensor message within {limit:.0f} ms (none recorded within {SEARCH:.0f} s of the frame)"
         elif index is None:
             missing = f"no sensor message within {limit:.0f} ms (nearest {offset / 1e6:.0f} ms)"
         else:
-            msg = self._buffer.get(index, "released before its frame (image stamps out of order)")
-            if isinstance(msg, str):
-                missing = f"sensor message unusable: {msg}"
+            held = self._buffer.get(index, "released before its frame (recorded over 0.5 s before it)")
+            if isinstance(held, str):
+                missing = f"sensor message unusable: {held}"
             else:
+                msg, info = held
+                info = self._sensor_infos.get(self.stamps[index], info)  # one with its stamp serves it
                 samples, missing = frame_samples(
                     msg,
                     self.msgtype,
@@ -247,7 +306,7 @@ class BagAligner:
                     prediction.shape,
                     self.transforms,
                     aligner,
-                    self.sensor_intrinsics,
+                    info,
                 )
         if index is not None:  # a frame without camera info was matched too: release its message all the same
             self._needed[index] -= 1
@@ -261,18 +320,20 @@ class BagAligner:
         self.logs[frame.topic].add(result, seconds, **extra)
         return result
 
-    def _bound(self) -> int:
-        """The lowest sensor index a frame still to be read may match: each camera's frames come in
-        stamp order, so none matches below the index its last frame matched; a camera whose frames
-        trail the newest by more than ``CAMERA_LAG`` (or that has matched none yet) holds none back."""
+    def _bound(self) -> float:
+        """The earliest bag time a sensor message a frame still to be read may match was recorded
+        at (see :meth:`_nearest`): no frame of a camera comes before its newest one in the bag; a
+        camera whose frames trail the newest by more than ``CAMERA_LAG`` seconds of bag time (or
+        that has matched none yet) holds none back."""
         if not self._latest:
-            return -1
-        newest = max(stamp for stamp, _ in self._latest.values())
-        return min(index for stamp, index in self._latest.values() if stamp >= newest - CAMERA_LAG * 1e9)
+            return -math.inf
+        newest = max(self._latest.values())
+        active = [time for time in self._latest.values() if time >= newest - CAMERA_LAG * 1e9]
+        return min(active) - REORDER * 1e9 - self.max_offset
 
     def _evict(self) -> None:
         bound = self._bound()
-        for index in [k for k in self._buffer if k < bound and not self._needed[k]]:
+        for index in [k for k in self._buffer if self.times[k] < bound and not self._needed[k]]:
             del self._buffer[index]
 
     def write_json(self, path: Path, output_name: str) -> Path:
@@ -296,18 +357,8 @@ def _plain(value: Any) -> Any:
 
 
 def check_conversion(conversion: Any, kind: OutputKind, stabilize: bool) -> Any:
-    """The run's conversion for a model of ``kind``: constants and stabilising are for relative
-    models; a metric model's metres are published as they are (``--align-to`` corrects their scale)."""
-    from dataclasses import replace
-
-    if kind.is_metric and conversion.metric is not None:
-        raise InputError(
-            f"the model outputs {kind.describe()} ({kind.source}): --metric-scale/--metric-shift convert relative "
-            "inverse depth and do not apply; drop them (--align-to corrects a metric model's scale per frame)"
-        )
-    if kind.is_metric and stabilize:
-        raise InputError(f"the model outputs {kind.describe()}: --stabilize is for relative models")
-    return replace(conversion, output=kind)
+    """The run's conversion for a model of ``kind`` (the rules: ``runtime.ros.settings.check_model_rules``)."""
+    return check_model_rules(kind, conversion, stabilize, aligned=False)
 
 
 def add_align_args(parser: Any, metres: Callable[[str], float], max_time_offset: float) -> None:
@@ -338,26 +389,30 @@ def add_align_args(parser: Any, metres: Callable[[str], float], max_time_offset:
     group.add_argument(
         "--held-out",
         type=float,
-        default=0.2,
+        default=DEFAULTS.held_out,
         help="share of each frame's sensor points kept out of the fit to score it",
     )
     group.add_argument(
         "--hold",
         type=float,
-        default=0.5,
+        default=DEFAULTS.hold,
         metavar="S",
-        help="seconds a good fit is held for frames without one (default 0.5)",
+        help=f"seconds a good fit is held for frames without one (default {DEFAULTS.hold})",
     )
     group.add_argument(
         "--depth-range",
         nargs=2,
         type=metres,
-        default=(0.1, 100.0),
+        default=(DEFAULTS.min_depth, DEFAULTS.max_depth),
         metavar=("MIN", "MAX"),
-        help="sensor depths used, metres (default 0.1 100)",
+        help=f"sensor depths used, metres (default {DEFAULTS.min_depth} {DEFAULTS.max_depth:g})",
     )
     group.add_argument(
-        "--min-inliers", type=int, default=20, metavar="N", help="fewest inliers a frame's fit may have (default 20)"
+        "--min-inliers",
+        type=int,
+        default=DEFAULTS.min_inliers,
+        metavar="N",
+        help=f"fewest inliers a frame's fit may have (default {DEFAULTS.min_inliers})",
     )
     parser.add_argument(
         "--stabilize",
@@ -368,7 +423,6 @@ def add_align_args(parser: Any, metres: Callable[[str], float], max_time_offset:
 
 def align_request(args: Any) -> dict[str, Any]:
     """``BagAligner.prepare`` keyword arguments from the command's options; ``InputError`` for bad ones."""
-    from ..align import FilterSettings, FitSettings
     from .tf import parse_extrinsics
 
     if args.align_to is None:
@@ -376,14 +430,9 @@ def align_request(args: Any) -> dict[str, Any]:
         if given:
             raise InputError(f"--{given[0]} describes the sensor of --align-to; give --align-to TOPIC too")
         return {}
-    try:
-        settings = AlignSettings(
-            FitSettings(min_inliers=args.min_inliers, min_depth=args.depth_range[0], max_depth=args.depth_range[1]),
-            FilterSettings(hold=args.hold),
-            held_out=args.held_out,
-        )
-    except ValueError as exc:
-        raise InputError(f"alignment options: {exc}") from None
+    low, high = args.depth_range
+    values = RobotAlign(DEFAULTS.max_time_offset, args.held_out, args.hold, low, high, args.min_inliers)
+    settings = align_settings(values)
     if not 0 <= args.max_time_offset < float("inf"):
         raise InputError(f"--max-time-offset must be a number of seconds >= 0, got {args.max_time_offset}")
     extrinsics = None if args.extrinsics is None else parse_extrinsics(args.extrinsics)

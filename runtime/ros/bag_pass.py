@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -16,23 +16,24 @@ from typing import Any
 import numpy as np
 
 from ..align import FlickerMeter, Stabilizer
-from ..align.frame import disparity_of
 from ..errors import InputError
 from ..pointcloud import Intrinsics, bounded_stride
 from ..preprocessing import check_image
+from .align import FramePipeline
 from .bag_writer import BagWriter
 from .messages import (
     IMAGE,
     POINT_CLOUD2,
     Conversion,
     camera_size_note,
-    depth_messages,
     intrinsics_from_camera_info,
     message_to_image,
-    output_messages,
 )
+from .tf import stamp_ns
 from .topics import Topics
 
+CAMERA_INFOS = 32  # a camera's camera infos kept by stamp
+INFO_WAIT = 0.5  # seconds of bag time a frame waits for its camera's next message (a camera info of its stamp)
 _blob = np.ascontiguousarray  # rosbags' message classes hold uint8[] fields as numpy arrays
 
 
@@ -53,6 +54,7 @@ class Summary:
     metric: int = 0  # frames with metric depth published
     flicker: float | None = None  # of the published depth (runtime.align.stabilize); one camera's
     flicker_unstabilized: float | None = None  # of the model's output, when stabilised
+    flicker_collapsed: int = 0  # published frames that were flat maps (no flicker figure then)
     alignment: Any = None  # the BagAligner of an --align-to run
     alignment_json: Path | None = None
     cameras: dict[str, Summary] = field(default_factory=dict)  # image topic -> that camera's summary
@@ -77,8 +79,13 @@ class _Frame:
     timestamp: int
     header: Any
     image: np.ndarray
-    intrinsics: Intrinsics | None
+    intrinsics: Intrinsics | None  # the camera's newest before it; one with its own stamp replaces it
     camera: _Camera
+    seq: int = 0  # the camera's messages read when it was read
+
+    @property
+    def stamp(self) -> int:
+        return stamp_ns(self.header)
 
     @property
     def topic(self) -> str:
@@ -87,22 +94,25 @@ class _Frame:
 
 
 class _Camera:
-    """One camera's topics and what the pass keeps for it: its latest intrinsics, its stabiliser
-    and flicker meter, its counts."""
+    """One camera's topics and what the pass keeps for it: its latest intrinsics, its frame
+    pipeline (its own stabiliser; the node's ``FramePipeline``), its flicker meter, its counts."""
 
-    def __init__(self, topics: Topics, stabilize: bool) -> None:
+    def __init__(self, topics: Topics, stabilize: bool, conversion: Conversion, aligned: bool) -> None:
         self.topics = topics
-        self.intrinsics: Intrinsics | None = None
-        self.stabilizer = Stabilizer() if stabilize else None
+        self.intrinsics: Intrinsics | None = None  # the newest camera info's
+        self.infos: OrderedDict = OrderedDict()  # stamp -> intrinsics (None: unusable), the newest few
+        self.seq = 0  # its image and camera info messages read
+        self.pipeline = FramePipeline(conversion.output, conversion, Stabilizer() if stabilize else None, None, aligned)
+        self.stabilizer = self.pipeline.stabilizer
         self.meter = FlickerMeter()
         self.summary = Summary()
         self.seen = self.taken = 0  # image messages read; frames sent to the model
 
     def finish(self) -> Summary:
-        self.summary.flicker = self.meter.figure
+        self.summary.flicker = self.meter.figure  # of what was published (metres when there are any)
+        self.summary.flicker_collapsed = self.meter.collapsed
         if self.stabilizer is not None:
             self.summary.flicker_unstabilized = self.stabilizer.flicker_in.figure
-            self.summary.flicker = self.stabilizer.flicker_out.figure
         return self.summary
 
 
@@ -132,11 +142,14 @@ class BagPass:
         stabilize: bool = False,
     ) -> None:
         self.reader, self.writer, self.conversion = reader, writer, conversion
-        self.cameras = {topics.image: _Camera(topics, stabilize) for topics in cameras}
+        aligned = aligner is not None
+        self.cameras = {topics.image: _Camera(topics, stabilize, conversion, aligned) for topics in cameras}
         self.copy_topics = set(cameras[0].copy)
         self.errors, self.progress, self.warn = errors, progress, warn
         self.aligner = aligner  # a BagAligner: one sensor for every camera, a fit per camera
         self.copied = 0
+        self.ended = False  # every message the pass reads has been read
+        self.read_time = -1  # bag time of the last message read
         self.said: set = set()  # warnings given once per run, not once per message
         self.results: deque = deque()  # predictions of frames not yet written
         # Messages to copy and frames sent to the predictor, in bag order: the predictor reads
@@ -151,6 +164,7 @@ class BagPass:
         for predictions in predictor.stream_batches(cycles):
             self.results.extend(predictions)
             self.flush()
+        self.ended = True
         if self.aligner is not None:
             self.aligner.read_rest(self.reader)
         self.flush()
@@ -177,12 +191,21 @@ class BagPass:
                 self.copied += 1
                 continue
             frame = self.events[0][1]
-            if not self.results or (self.aligner is not None and not self.aligner.ready(frame)):
+            if not self.results or not self.ready(frame):
                 return
             self.events.popleft()
             self.publish(frame, self.results.popleft())
             frame.camera.summary.frames += 1
             self.step()
+
+    def ready(self, frame: _Frame) -> bool:
+        """A frame is written once its camera's next message is read (a camera info recorded just
+        after its image, with its stamp, serves it, as message_filters pairs them) and its sensor
+        message and transforms are in."""
+        waited = self.read_time > frame.timestamp + INFO_WAIT * 1e9  # a camera that stopped holds nothing back
+        if not self.ended and frame.camera.seq <= frame.seq and not waited:
+            return False
+        return self.aligner is None or self.aligner.ready(frame)
 
     def frames(self, every: int, max_frames: int | None, max_pixels: int | None) -> Iterator[np.ndarray]:
         """Yield the frames to process, queueing them and the messages to copy. ``every`` and
@@ -196,6 +219,7 @@ class BagPass:
         for conn, timestamp, raw in reader.messages(
             connections=[c for c in reader.connections if c.topic in wanted | sensor]
         ):
+            self.read_time = timestamp
             if conn.topic in sensor:
                 self.aligner.observe(conn.topic, timestamp, raw, lambda: reader.deserialize(raw, conn.msgtype))  # noqa: B023
             if conn.topic in self.copy_topics:
@@ -203,7 +227,10 @@ class BagPass:
             if conn.topic in infos:
                 self.camera_info(infos[conn.topic], conn, timestamp, raw)
             camera = cameras.get(conn.topic)
-            if camera is None or (max_frames is not None and camera.taken >= max_frames):
+            if camera is None:
+                continue
+            camera.seq += 1  # its frame before this message may be written now (see ready)
+            if max_frames is not None and camera.taken >= max_frames:
                 continue
             camera.seen += 1
             if (camera.seen - 1) % every:
@@ -217,7 +244,7 @@ class BagPass:
             except self.errors as exc:
                 self.skip(camera, timestamp, f"cannot deserialise {conn.msgtype}: {exc}")
                 continue
-            self.events.append(("frame", _Frame(timestamp, msg.header, image, camera.intrinsics, camera)))
+            self.events.append(("frame", _Frame(timestamp, msg.header, image, camera.intrinsics, camera, camera.seq)))
             if self.aligner is not None:
                 self.aligner.match(self.events[-1][1])
             yield image
@@ -227,15 +254,24 @@ class BagPass:
                 return
 
     def camera_info(self, camera: _Camera, conn: Any, timestamp: int, raw: Any) -> None:
+        camera.seq += 1
+        stamp = None
         try:
-            camera.intrinsics = intrinsics_from_camera_info(self.reader.deserialize(raw, conn.msgtype))
+            msg = self.reader.deserialize(raw, conn.msgtype)
+            stamp = stamp_ns(msg.header)
+            camera.intrinsics = intrinsics_from_camera_info(msg)
+            camera.infos[stamp] = camera.intrinsics
         except (InputError, *self.errors) as exc:
+            if stamp is not None:
+                camera.infos[stamp] = None
             camera.summary.camera_infos_skipped += 1
             self.warn_once(
                 (conn.topic, str(exc)),
                 f"camera info on {conn.topic} at {timestamp} ns skipped, no points until a good one: {exc}",
             )
             camera.intrinsics = None
+        while len(camera.infos) > CAMERA_INFOS:
+            camera.infos.popitem(last=False)
 
     def warn_once(self, key: object, text: str) -> None:
         if key not in self.said:
@@ -247,19 +283,15 @@ class BagPass:
         self.step()
 
     def publish(self, frame: _Frame, prediction: np.ndarray) -> None:
-        camera, args = frame.camera, (self.writer.make, _blob, frame.header)
-        topics, summary = camera.topics, camera.summary
-        if camera.stabilizer is not None:
-            prediction = camera.stabilizer(frame.image, prediction)
-        if self.aligner is None:
-            messages = depth_messages(*args, prediction, frame.image, frame.intrinsics, self.conversion)
-        else:  # metres from this frame's fit, or none; a metric model's output is never relative
-            relative = None if self.conversion.output.is_metric else prediction
-            metres = self.aligner.align(frame, prediction).depth
-            messages = output_messages(*args, frame.image, frame.intrinsics, self.conversion, relative, metres)
+        frame.intrinsics = frame.camera.infos.get(frame.stamp, frame.intrinsics)  # its own stamp's, if any
+        camera, topics, summary = frame.camera, frame.camera.topics, frame.camera.summary
+        align = None if self.aligner is None else (lambda values: self.aligner.align(frame, values))
+        messages, published = camera.pipeline.process(
+            self.writer.make, _blob, frame.header, frame.image, prediction, frame.intrinsics, align
+        )
         summary.metric += "metric" in messages
-        if camera.stabilizer is None:
-            camera.meter.update(frame.image, disparity_of(prediction, self.conversion.output))
+        if published is not None:  # the flicker of what is published: metres when there are any
+            camera.meter.update(frame.image, published)
         for key, topic, msgtype in [
             ("relative", topics.relative, IMAGE),
             ("metric", topics.metric, IMAGE),

@@ -8,6 +8,7 @@ Plain logic, tested without rclpy; the node (``runtime.ros.node``) subscribes an
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,8 +17,10 @@ import numpy as np
 
 from ..errors import InputError
 from ..pointcloud import Intrinsics
+from ..preprocessing import check_image
 from .align import FramePipeline
 from .messages import IMAGE, LatestOnly, camera_size_note, message_to_image
+from .tf import stamp_ns
 from .topics import camera_namespace, default_topics, repeated
 
 # One camera without image_topics: relative names, set with --ros-args -r image:=... as before.
@@ -32,13 +35,20 @@ class Camera:
     camera_info: str
     outputs: dict[str, str]  # "relative", "metric", "points" -> topic
     pipeline: Any = None  # its FramePipeline (its own stabiliser and fit state)
-    # Its newest usable camera info's intrinsics, in the slot node.camera_info_receiver fills.
+    # Its newest usable camera info's intrinsics, in the slot node.camera_info_receiver fills,
+    # and the last few by stamp (a frame takes the one with its own stamp, as message_filters pairs them).
     slot: list[Intrinsics | None] = field(default_factory=lambda: [None])
+    infos: OrderedDict = field(default_factory=OrderedDict)
     publishers: dict[str, Any] = field(default_factory=dict)
+    said: set = field(default_factory=set)  # warnings given once
 
     @property
     def intrinsics(self) -> Intrinsics | None:
         return self.slot[0]
+
+    def intrinsics_at(self, stamp: int) -> Intrinsics | None:
+        """The camera info with the frame's stamp, else the newest."""
+        return self.infos.get(stamp, self.slot[0])
 
 
 def split_topics(text: str) -> list[str]:
@@ -46,7 +56,7 @@ def split_topics(text: str) -> list[str]:
     return [topic for topic in text.replace(",", " ").split() if topic]
 
 
-def plan_cameras(image_topics: Sequence[str]) -> list[Camera]:
+def node_cameras(image_topics: Sequence[str]) -> list[Camera]:
     """The node's cameras: none named, the remappable ``image``/``camera_info``; else per image topic
     ``<ns>/camera_info`` and ``<ns>/depth/...`` beside it, as the bag tool names them."""
     topics = list(image_topics)
@@ -115,20 +125,28 @@ def run_cycle(
     through its own pipeline to its own publishers. Returns the frames published."""
     taken, images = [], []
     for index, message in cycle:
-        try:
-            images.append(message_to_image(message, IMAGE))
+        try:  # decoded and checked here, so a bad frame leaves out its own camera, named, not the cycle
+            images.append(check_image(message_to_image(message, IMAGE)))
         except InputError as exc:
             warn(f"{cameras[index].image}: frame skipped: {exc}")
             continue
         taken.append((cameras[index], message))
     if not images:
         return 0
+    published = 0
     for (camera, message), image, depth in zip(taken, images, predictor.predict_batch(images)):
         pipeline: FramePipeline = camera.pipeline
-        if camera.intrinsics is not None and "points" in pipeline.outputs:
-            note = camera_size_note(camera.intrinsics, *depth.shape)
+        intrinsics = camera.intrinsics_at(stamp_ns(message.header))
+        if intrinsics is not None and "points" in pipeline.outputs:
+            note = camera_size_note(intrinsics, *depth.shape)
             if note:
                 warn(f"{camera.camera_info}: {note}")
-        for key, out in pipeline.messages(make, blob, message.header, image, depth, camera.intrinsics).items():
+        try:
+            messages = pipeline.messages(make, blob, message.header, image, depth, intrinsics)
+        except InputError as exc:
+            warn(f"{camera.image}: frame skipped: {exc}")
+            continue
+        for key, out in messages.items():
             camera.publishers[key].publish(out)
-    return len(images)
+        published += 1
+    return published

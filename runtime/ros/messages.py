@@ -109,19 +109,35 @@ def message_to_image(msg: Any, msgtype: str, max_pixels: int | None = None) -> n
 
 
 def intrinsics_from_camera_info(msg: Any) -> Intrinsics:
-    """Intrinsics from a ``sensor_msgs/CameraInfo`` (ROS 2 ``k``/``d`` or ROS 1 ``K``/``D``)."""
+    """Intrinsics from a ``sensor_msgs/CameraInfo`` (ROS 2 ``k``/``d`` or ROS 1 ``K``/``D``) for the
+    images the camera publishes, as image_geometry's ``PinholeCameraModel`` reads them: ``K`` is for
+    the full sensor, so a region of interest moves the principal point by its offset and binning
+    divides focal lengths and principal point (0 and 1 mean none); the size is the ROI's (else the
+    full width and height) over the binning."""
     k = getattr(msg, "k", None)
     if k is None:
         k = msg.K
     d = getattr(msg, "d", None)
     if d is None:
         d = msg.D
+    k = np.array(k, dtype=np.float64).reshape(-1)
+    width, height = int(msg.width), int(msg.height)
+    bx, by = (max(1, int(getattr(msg, name, 0) or 0)) for name in ("binning_x", "binning_y"))
+    roi = getattr(msg, "roi", None)
+    x0, y0, roi_w, roi_h = (int(getattr(roi, name, 0) or 0) for name in ("x_offset", "y_offset", "width", "height"))
+    if roi_w and roi_h:
+        if width and height and (x0 + roi_w > width or y0 + roi_h > height):
+            raise InputError(
+                f"camera info ROI {roi_w}x{roi_h} at ({x0}, {y0}) lies outside the {width}x{height} sensor"
+            )
+        width, height = roi_w, roi_h
+    else:
+        x0 = y0 = 0
+    if k.size == 9:
+        k[2], k[5] = k[2] - x0, k[5] - y0
+        k[0], k[2], k[4], k[5] = k[0] / bx, k[2] / bx, k[4] / by, k[5] / by
     return Intrinsics.from_matrix(
-        np.asarray(k, dtype=np.float64),
-        tuple(float(x) for x in d),
-        str(msg.distortion_model) or "plumb_bob",
-        int(msg.width),
-        int(msg.height),
+        k, tuple(float(x) for x in d), str(msg.distortion_model) or "plumb_bob", width // bx, height // by
     )
 
 

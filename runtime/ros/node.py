@@ -24,33 +24,32 @@ from __future__ import annotations
 
 import argparse
 import array
-import functools
 import math
 import sys
 import threading
-import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..cli import add_predictor_args, check_metric_options, network_size, size_options
+from ..align import AlignSettings
+from ..cli import add_predictor_args, build_predictor, check_metric_options, network_size, size_options
 from ..commands import command
 from ..errors import InputError, MissingDependencyError
 from ..metric import ScaleShift
-from ..pointcloud import MAX_POINTS, Intrinsics
+from ..pointcloud import MAX_POINTS
 from .align import FramePipeline, LiveAligner, buffer_transforms, fixed_transform
-from .cameras import CameraSlots, plan_cameras, run_cycle, split_topics
+from .cameras import CameraSlots, node_cameras, split_topics
 from .messages import (
     IMAGE,
     POINT_CLOUD2,
     POINT_FIELD,
     Conversion,
     LatestOnly,
-    intrinsics_from_camera_info,
 )
+from .node_core import CAMERA_INFOS, NodeCore, camera_info_receiver  # noqa: F401 - the callback lives with the core
+from .settings import DEFAULTS, RobotAlign, align_settings
 from .tf import parse_extrinsics
 
 RCLPY_MISSING = (
@@ -79,9 +78,12 @@ class NodeSettings:
     max_depth: float = 0.0  # a metric model file without metadata: its bound in metres
     sparse_depth_type: str = ""  # "": no alignment; "points" (PointCloud2) or "image" (depth Image)
     extrinsics: str = ""  # the sensor's pose in the camera frame (6 or 7 numbers); "": from tf
-    max_time_offset: float = 0.05  # seconds between an image and its sensor message
-    held_out: float = 0.2  # share of each frame's sensor points that scores the fit
-    hold: float = 0.5  # seconds a good fit is held for frames without one
+    max_time_offset: float = DEFAULTS.max_time_offset  # seconds between an image and its sensor message
+    held_out: float = DEFAULTS.held_out  # share of each frame's sensor points that scores the fit
+    hold: float = DEFAULTS.hold  # seconds a good fit is held for frames without one
+    min_sensor_depth: float = DEFAULTS.min_depth  # sensor depths used, metres (the bag tool's --depth-range)
+    max_sensor_depth: float = DEFAULTS.max_depth
+    min_inliers: int = DEFAULTS.min_inliers  # fewest inliers a frame's fit may have
     stabilize: bool = False  # relative depth on the scale of the frames before it
     image_topics: str = ""  # several cameras: their image topics, separated by spaces; "": one, on 'image'
 
@@ -91,16 +93,39 @@ class NodeSettings:
             raise InputError(f"output_kind must be '', 'relative' or 'metric', got {self.output_kind!r}")
         if self.sparse_depth_type not in ("", "points", "image"):
             raise InputError(f"sparse_depth_type must be '', 'points' or 'image', got {self.sparse_depth_type!r}")
-        for name in ("max_depth", "max_time_offset", "hold"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise InputError(f"{name} must be a finite number >= 0, got {value}")
-        if not 0 <= self.held_out < 0.9:
-            raise InputError(f"held_out must be in [0, 0.9), got {self.held_out}")
+        if not (math.isfinite(self.max_depth) and self.max_depth >= 0):
+            raise InputError(f"max_depth must be a finite number >= 0, got {self.max_depth}")
+        self.align_settings()
         if self.extrinsics and not self.sparse_depth_type:
             raise InputError("extrinsics describe the sparse_depth sensor: set sparse_depth_type too")
         if self.extrinsics:
             parse_extrinsics(self.extrinsics)
+
+    def align_settings(self) -> AlignSettings:
+        """The alignment settings (the bag tool's rules and defaults: ``runtime.ros.settings``)."""
+        values = RobotAlign(
+            self.max_time_offset,
+            self.held_out,
+            self.hold,
+            self.min_sensor_depth,
+            self.max_sensor_depth,
+            self.min_inliers,
+        )
+        return align_settings(
+            values, lambda name: "min_sensor_depth/max_sensor_depth" if name == "depth_range" else name
+        )
+
+    def predictor_args(self) -> argparse.Namespace:
+        """The shared predictor options (``runtime.cli.build_predictor``) these parameters give."""
+        size = network_size(self.fixed_size) if self.fixed_size else self.input_size
+        return argparse.Namespace(
+            backend=self.backend,
+            device=self.device,
+            precision=self.precision or None,
+            output_kind=self.output_kind or None,
+            max_depth=self.max_depth or None,
+            size=size,
+        )
 
     def predictor_options(self) -> dict[str, Any]:
         """``DepthPredictor`` keyword arguments for ``output_kind`` and ``max_depth``."""
@@ -108,11 +133,11 @@ class NodeSettings:
 
     def pipeline(self, kind: Any, transforms: Any) -> FramePipeline:
         """The frame pipeline for a model of ``kind``; ``transforms`` serve ``sparse_depth``."""
-        from ..align import AlignSettings, FilterSettings, Stabilizer
+        from ..align import Stabilizer
 
         aligner = None
         if self.sparse_depth_type:
-            settings = AlignSettings(temporal=FilterSettings(hold=self.hold), held_out=self.held_out)
+            settings = self.align_settings()
             msgtype = POINT_CLOUD2 if self.sparse_depth_type == "points" else IMAGE
             aligner = LiveAligner(kind, msgtype, transforms, settings, self.max_time_offset)
         stabilizer = Stabilizer() if self.stabilize else None
@@ -130,7 +155,7 @@ class NodeSettings:
         check_metric_options(self.metric_scale or None, self.metric_shift, self.max_range or None, str)
         self.check_alignment()
         self.size_options()
-        plan_cameras(split_topics(self.image_topics))
+        node_cameras(split_topics(self.image_topics))
         return self
 
     def size_options(self) -> dict[str, Any]:
@@ -203,6 +228,17 @@ def parse_args(argv: list[str]) -> tuple[NodeSettings, list[str]]:
     parser.add_argument("--max-time-offset", type=float, default=defaults.max_time_offset, help="seconds")
     parser.add_argument("--held-out", type=float, default=defaults.held_out, help="share of points that scores a fit")
     parser.add_argument("--hold", type=float, default=defaults.hold, help="seconds a good fit is held")
+    parser.add_argument(
+        "--depth-range",
+        nargs=2,
+        type=float,
+        default=(defaults.min_sensor_depth, defaults.max_sensor_depth),
+        metavar=("MIN", "MAX"),
+        help="sensor depths used, metres (parameters min_sensor_depth, max_sensor_depth)",
+    )
+    parser.add_argument(
+        "--min-inliers", type=int, default=defaults.min_inliers, help="fewest inliers a frame's fit may have"
+    )
     parser.add_argument("--stabilize", action="store_true", help="relative depth on one scale across frames")
     parser.add_argument(
         "--image-topic",
@@ -238,6 +274,9 @@ def parse_args(argv: list[str]) -> tuple[NodeSettings, list[str]]:
         max_time_offset=args.max_time_offset,
         held_out=args.held_out,
         hold=args.hold,
+        min_sensor_depth=args.depth_range[0],
+        max_sensor_depth=args.depth_range[1],
+        min_inliers=args.min_inliers,
         stabilize=args.stabilize,
         image_topics=" ".join(args.image_topic),
     )
@@ -268,47 +307,25 @@ def serve(
             log.error(f"frame skipped: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
 
 
-def camera_info_receiver(slot: list[Intrinsics | None], log: Any) -> Callable[[Any], None]:
-    """The ``camera_info`` callback: the newest usable intrinsics in ``slot[0]``, ``None`` (no points,
-    with a warning) after one that cannot be used."""
-
-    def receive(msg: Any) -> None:
-        try:
-            slot[0] = intrinsics_from_camera_info(msg)
-        except ValueError as exc:  # InputError, or numbers that are not numbers
-            log.warning(f"camera info unusable, no points: {exc}", throttle_duration_sec=10.0)
-            slot[0] = None
-
-    return receive
-
-
 def run_node(settings: NodeSettings, ros_args: list[str]) -> int:
-    """Run the node until Ctrl-C or ROS shutdown."""
+    """Run the node until Ctrl-C or ROS shutdown: the rclpy shell around :class:`NodeCore`."""
     try:
         import rclpy
         from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
     except ImportError as exc:
         raise MissingDependencyError(RCLPY_MISSING) from exc
-    from ..predictor import DepthPredictor
 
     rclpy.init(args=["runtime.ros2", *ros_args])
     node = rclpy.create_node("depth_anything_v2")
-    latest: CameraSlots | None = None
+    core: NodeCore | None = None
     worker = predictor = None
     try:
         for name, default in vars(settings).items():
             setattr(settings, name, node.declare_parameter(name, default).value)
         settings.check()
         log = node.get_logger()
-        predictor = DepthPredictor(
-            settings.model,
-            backend=settings.backend,
-            device=settings.device,
-            precision=settings.precision or None,
-            **settings.predictor_options(),
-            **settings.size_options(),
-        )
+        predictor = build_predictor(settings.predictor_args(), settings.model)
         log.info(f"{predictor!r}: {predictor.output.describe()}")
         types = {IMAGE: Image, POINT_CLOUD2: PointCloud2, POINT_FIELD: PointField}
         transforms = None
@@ -326,69 +343,36 @@ def run_node(settings: NodeSettings, ros_args: list[str]) -> int:
                 (tf2_ros.LookupException, tf2_ros.ConnectivityException),
                 (tf2_ros.TransformException,),
             )
-        cameras = plan_cameras(split_topics(settings.image_topics))
-        for camera in cameras:  # each its own stabiliser and fit state
-            camera.pipeline = settings.pipeline(predictor.output, transforms)
-        pipeline = cameras[0].pipeline
-        latest = CameraSlots(len(cameras))
-
-        def make(msgtype: str, **fields: Any) -> Any:
-            return types[msgtype](**fields)
-
+        kinds = {"relative": Image, "metric": Image, "points": PointCloud2}
+        core = NodeCore(
+            settings,
+            predictor,
+            transforms,
+            lambda msgtype, **fields: types[msgtype](**fields),
+            _blob,
+            log,
+            lambda key, topic: node.create_publisher(kinds[key], topic, 1),
+        )
         # Depth 1: a queue of camera frames behind a slow model is latency, not data.
         newest = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
-        kinds = {"relative": Image, "metric": Image, "points": PointCloud2}
-        for index, camera in enumerate(cameras):
-            node.create_subscription(Image, camera.image, functools.partial(latest.put, index), newest)
-            node.create_subscription(CameraInfo, camera.camera_info, camera_info_receiver(camera.slot, log), 1)
-            camera.publishers = {
-                key: node.create_publisher(kinds[key], camera.outputs[key], 1) for key in pipeline.outputs
-            }
-        aligners = [camera.pipeline.aligner for camera in cameras if camera.pipeline.aligner is not None]
-        if aligners:  # one sensor feeds every camera's fit
-            sensor_type = PointCloud2 if aligners[0].msgtype == POINT_CLOUD2 else Image
-
-            def on_sensor(msg: Any) -> None:
-                for aligner in aligners:
-                    aligner.add_sensor(msg)
-
-            def on_sensor_info(msg: Any) -> None:
-                try:
-                    info = intrinsics_from_camera_info(msg)
-                except InputError:
-                    info = None
-                for aligner in aligners:
-                    aligner.set_sensor_info(info)
-
-            node.create_subscription(sensor_type, "sparse_depth", on_sensor, 5)
-            node.create_subscription(CameraInfo, "sparse_depth/camera_info", on_sensor_info, 1)
-        log.info(f"cameras: {', '.join(camera.image for camera in cameras)}")
-
-        done, since = 0, time.monotonic()
-
-        def handle(cycle: list[tuple[int, Any]]) -> None:
-            nonlocal done, since
-            done += run_cycle(
-                predictor, cameras, cycle, make, _blob, lambda text: log.warning(text, throttle_duration_sec=5.0)
-            )
-            if time.monotonic() - since >= 10.0:
-                rate = done / (time.monotonic() - since)
-                aligned = ""
-                if aligners:
-                    status = sum((aligner.log.statuses for aligner in aligners), Counter())
-                    aligned = f"; metric depth: {status['fit']} fitted, {status['held'] + status['gated']} held, "
-                    aligned += f"{status['none']} without"
-                log.info(f"{rate:.1f} frames/s; {latest.dropped} of {latest.received} frames dropped as stale{aligned}")
-                done, since = 0, time.monotonic()
-
-        worker = threading.Thread(target=serve, args=(latest, handle, log, rclpy.ok), name="depth-worker", daemon=True)
+        for index, camera in enumerate(core.cameras):
+            node.create_subscription(Image, camera.image, core.image(index), newest)
+            node.create_subscription(CameraInfo, camera.camera_info, core.camera_info(index), 1)
+        if core.sensor_msgtype is not None:
+            sensor_type = PointCloud2 if core.sensor_msgtype == POINT_CLOUD2 else Image
+            node.create_subscription(sensor_type, "sparse_depth", core.sensor, 5)
+            node.create_subscription(CameraInfo, "sparse_depth/camera_info", core.sensor_info, 1)
+        log.info(f"cameras: {', '.join(camera.image for camera in core.cameras)}")
+        worker = threading.Thread(
+            target=serve, args=(core.latest, core.handle, log, rclpy.ok), name="depth-worker", daemon=True
+        )
         worker.start()
         rclpy.spin(node)
     except KeyboardInterrupt:
         pass
     finally:
-        if latest is not None:
-            latest.close()
+        if core is not None:
+            core.close()
         node.destroy_node()
         if rclpy.ok():  # Ctrl-C may have shut the context down already
             rclpy.shutdown()

@@ -116,13 +116,25 @@ def depth_image_points(depth: np.ndarray, intrinsics: Intrinsics, max_points: in
 
 def sensor_frame(msg: Any, msgtype: str, intrinsics: Intrinsics | None) -> SensorFrame:
     """Decode a sparse source's message. A depth image needs the intrinsics of the camera that
-    took it (its own camera info, or the colour camera's when it is registered to it)."""
+    took it: its own camera info (a registered depth image's own is the colour camera's K)."""
     if msgtype == POINT_CLOUD2:
         points = pointcloud2_points(msg)
     elif msgtype == IMAGE:
         if intrinsics is None:
-            raise InputError("a depth image needs camera info: its own, or the colour camera's when registered")
+            raise InputError("a depth image is projected with its own camera info, and none has arrived for it")
         points = depth_image_points(depth_image_metres(msg), intrinsics)
     else:
         raise InputError(f"{msgtype} is not a sparse depth source; use {' or '.join(SPARSE_TYPES)}")
     return SensorFrame(stamp_ns(msg.header), frame_name(msg.header.frame_id), points)
+
+
+def sensor_problem(msg: Any, msgtype: str) -> str:
+    """Why a sensor message can give no metres whatever the transforms and intrinsics ("" if it can):
+    a depth encoding that is not metric, coordinates that are not floats, an inconsistent layout."""
+    try:
+        points = pointcloud2_points(msg) if msgtype == POINT_CLOUD2 else depth_image_metres(msg)
+    except InputError as exc:
+        return str(exc)
+    if not np.isfinite(points).any():
+        return "it holds no finite depth"
+    return ""

@@ -4,13 +4,14 @@ topics beside it (``<ns>/depth/...``), checked against the bag's ``{topic: msgty
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from ..errors import InputError
 from .messages import CAMERA_INFO, COMPRESSED_IMAGE, IMAGE
 
 IMAGE_TYPES = (IMAGE, COMPRESSED_IMAGE)
+WRITES = ("relative", "metric", "points")  # every output a run may write
 
 
 @dataclass
@@ -85,6 +86,7 @@ def plan_cameras(
     points: Sequence[str] | None = None,
     copy: list[str] | None = None,
     copy_all: bool = False,
+    writes: Collection[str] = WRITES,
 ) -> list[Topics]:
     """Check the requested topics of each camera against the bag's ``{topic: msgtype}`` and fill in
     defaults; one :class:`Topics` per image topic, in order, sharing one list of copied topics.
@@ -93,7 +95,10 @@ def plan_cameras(
     topic) or hold one topic per image topic, in the same order. A camera's info defaults to
     ``<ns>/camera_info``, and with one camera to the bag's only camera info. ``copy`` lists the
     topics copied unchanged (default: the image and camera info topics); ``copy_all`` copies
-    every topic except the ones this run writes.
+    every topic except the ones this run writes. ``writes``: which outputs the run publishes
+    (``relative``, ``metric``, ``points``; points only for a camera with camera info): a recorded
+    topic under an output's name the run does not write is copied like any other, and only a
+    topic the run does write and also copies is refused.
     """
     images = list(images)
     if not images:
@@ -128,9 +133,21 @@ def plan_cameras(
         defaults = default_topics(image, types[image])
         outputs = [mine[flag] or default for flag, default in zip(PER_CAMERA[1:], defaults)]
         cameras.append(Topics(image, camera_info, *outputs, []))
-    outputs = [topic for camera in cameras for topic in (camera.relative, camera.metric, camera.points)]
+    outputs = [
+        topic
+        for camera in cameras
+        for key, topic in (("relative", camera.relative), ("metric", camera.metric), ("points", camera.points))
+        if key in writes and (key != "points" or camera.camera_info is not None)
+    ]
     if copy_all:
-        copy = sorted(t for t in types if t not in outputs)
+        recorded = [t for t in outputs if t in types]
+        if recorded:  # copying it would mix two streams under one name, leaving it out would lose it
+            raise InputError(
+                f"--copy-all: {', '.join(recorded)} is recorded in the bag and this run writes it too: give its "
+                "output another name (--depth-topic, --metric-depth-topic, --points-topic), or list the topics "
+                "to copy with --copy-topics"
+            )
+        copy = sorted(types)
     elif copy is None:
         inputs = [topic for camera in cameras for topic in (camera.image, camera.camera_info) if topic]
         copy = list(dict.fromkeys(inputs))

@@ -1,0 +1,69 @@
+"""The node's core, built and driven without rclpy: real message objects, a real model, the tf
+chain of the test robot; its callbacks fed as rclpy would, its worker's step run by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rosbags", reason="real message objects come from rosbags' type store")
+
+from runtime import DepthPredictor
+from runtime.ros.align import tree_transforms
+from runtime.ros.node import NodeSettings
+from runtime.ros.node_core import NodeCore
+from tests import scenes
+from tests.test_node_align import MESSAGES, T0, make, metres_of, tree
+from tests.test_node_cameras import Log, Sink
+
+PERIOD = 100_000_000
+
+
+def test_the_core_publishes_each_cameras_fitted_metres_without_rclpy(tmp_path):
+    model = scenes.affine_onnx(tmp_path / "relative.onnx")
+    settings = NodeSettings(model=str(model), sparse_depth_type="points", min_inliers=30).check()
+    sinks: dict[str, Sink] = {}
+    log = Log()
+    log.info = log.warning
+    core = NodeCore(
+        settings,
+        DepthPredictor(model),
+        tree_transforms(tree()),
+        make,
+        np.ascontiguousarray,
+        log,
+        lambda key, topic: sinks.setdefault(topic, Sink()),
+    )
+    assert sorted(sinks) == ["depth/image", "depth/points", "depth/relative_inverse"]
+    assert core.sensor_msgtype == "sensor_msgs/msg/PointCloud2"
+    rng = np.random.default_rng(0)
+    core.camera_info(0)(MESSAGES.info(T0, "camera_optical"))
+    truths = []
+    for i, (gain, offset) in enumerate([(1.5, 0.2), (3.0, -0.5), (0.8, 1.0)]):
+        stamp = T0 + i * PERIOD
+        depth = scenes.render(scenes.Scene(), camera=(0, 0, 0.05 * i))
+        image, _ = scenes.relative_frame(depth, gain, offset)
+        core.sensor(MESSAGES.cloud(stamp + 4_000_000, scenes.Lidar().scan(depth, rng)))
+        core.image(0)(MESSAGES.image(stamp, image))
+        assert core.step(timeout=5) == 1
+        truths.append(depth)
+    metres = [metres_of(m) for m in sinks["depth/image"].messages]
+    assert len(metres) == 3 and len(sinks["depth/points"].messages) == 3
+    for got, truth in zip(metres, truths, strict=True):
+        assert np.mean(np.abs(got[1:] - truth[1:]) / truth[1:]) < 0.02
+    assert core.aligners[0].aligner.settings.fit.min_inliers == 30  # the node's --min-inliers
+    assert "metric depth: 3 fitted, 0 held, 0 without" in core.status()
+    assert core.step(timeout=0.01) == 0  # nothing new: nothing published
+    core.close()
+
+
+def test_the_core_says_once_when_the_sensor_can_never_give_metres(tmp_path):
+    model = scenes.affine_onnx(tmp_path / "relative.onnx")
+    settings = NodeSettings(model=str(model), sparse_depth_type="image").check()
+    log = Log()
+    errors: list[str] = []
+    log.error = lambda text, **_: errors.append(text)
+    core = NodeCore(settings, DepthPredictor(model), None, make, np.ascontiguousarray, log, lambda *_: Sink())
+    for k in range(3):  # an 8-bit "depth" image: no metres whatever the transforms
+        core.sensor(MESSAGES.image(T0 + k, np.full((8, 8), 3, np.uint8), "8UC1"))
+    assert len(errors) == 1 and "sparse_depth can never give metres as sent" in errors[0] and "'8UC1'" in errors[0]
