@@ -176,7 +176,7 @@ def test_openvino_int8_from_an_empty_folder_is_one_line_error(tmp_path, tiny_onn
         capture_output=True,
         text=True,
     )
-    assert run.returncode == 2  # an input error (README "Exit codes")
+    assert run.returncode == 2  # an input error (docs/exit-codes.md)
     assert run.stderr.strip().splitlines() == [
         f"error: {empty}: no images found (give SA-1B .tar shards or .jpg/.jpeg/.png files); "
         "INT8 is never calibrated on nothing"
@@ -305,7 +305,7 @@ def test_clis_given_an_html_checkpoint_end_in_one_line(tmp_path, command):
     page = tmp_path / "model.pth"
     page.write_bytes(b"<html><body>Rate limit exceeded</body></html>")
     run = subprocess.run([sys.executable, "-m", *command, str(page)], cwd=REPO, capture_output=True, text=True)
-    assert run.returncode == 2  # an input error (README "Exit codes")
+    assert run.returncode == 2  # an input error (docs/exit-codes.md)
     assert "Traceback" not in run.stderr and "an HTML page, not a checkpoint" in run.stderr
 
 

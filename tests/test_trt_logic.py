@@ -257,7 +257,7 @@ def test_cli_refuses_requests_it_cannot_honour(tmp_path, argv, match):
         text=True,
         env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
     )
-    assert run.returncode == 2 and match in run.stderr  # usage errors (README "Exit codes")
+    assert run.returncode == 2 and match in run.stderr  # usage errors (docs/exit-codes.md)
     assert list(tmp_path.iterdir()) == []
 
 
