@@ -16,6 +16,7 @@ from runtime.commands import command
 
 from ..cli import add_calibration_args, add_precision_args, add_size_arg, add_source_args, parse_hw
 from ..errors import ExportRequestError
+from ..formats import FORMATS
 from ..quantize.options import DEFAULT_METHOD, METHODS, Int8Options
 from .build import TrtRequest, build_trt, installed_tensorrt, target_version
 from .plan import DEFAULT_TARGET, Profile
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m export.trt",
         description="Build a TensorRT engine (FP16 default, INT8 calibrated on SA-1B samples into explicit Q/DQ). "
         "Every ONNX it builds from or hands to trtexec is first checked against the target release's parser rules.",
+        epilog=FORMATS["tensorrt"].help(),
     )
     add_source_args(parser, onnx=True)
     add_precision_args(
