@@ -18,8 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from commands.errors import ModelFileError
 from runtime.backends import resolve_backend
-from runtime.errors import ModelFileError
 from runtime.metadata import read_sidecar
 from runtime.reference import find_reference, load_reference
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import MissingDependencyError
+from commands.errors import MissingDependencyError
 
 from .artifacts import ModelSource, calibration_folder, fresh
 from .cpu import CpuFeatures

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import require
+from commands.errors import require
 
 from .errors import ExportRequestError
 

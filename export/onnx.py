@@ -16,8 +16,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from runtime.commands import command, stage
-from runtime.errors import require
+from commands.errors import require
+from commands.runner import command, stage
 from runtime.io.files import staging_dir
 from runtime.metadata import library_versions, sha256_file, sidecar_path
 from runtime.metric import OutputKind

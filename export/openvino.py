@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from commands.errors import require
+from commands.runner import command, stage
 from runtime.backends.openvino import RT_INFO_PRECISION, import_openvino, load_error, telemetry_off
-from runtime.commands import command, stage
-from runtime.errors import require
 from runtime.io.files import staging_dir
 from runtime.metadata import library_versions, sha256_file, sidecar_path
 from runtime.reference import reference_path

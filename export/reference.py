@@ -142,7 +142,7 @@ def torch_runner(model) -> Runner:
 
 def onnx_runner(path: str | Path) -> Runner | None:
     """ONNX Runtime FP32 on ``path``, or ``None`` where ONNX Runtime is not installed (a Jetson)."""
-    from runtime.errors import MissingDependencyError
+    from commands.errors import MissingDependencyError
 
     from .verify import OnnxRuntimeRunner
 

@@ -13,13 +13,13 @@ import pytest
 import export.openvino
 import export.quantize.__main__
 import export.trt.__main__
-from runtime.commands import (
+from commands.errors import OutputError
+from commands.runner import (
     EXIT_FAILED,
     EXIT_TERMINATED,
     command,
     error_log_path,
 )
-from runtime.errors import OutputError
 from tests.conftest import REPO
 
 EXPORTS = [export.quantize.__main__, export.trt.__main__, export.openvino]
@@ -62,7 +62,7 @@ def test_every_int8_export_refuses_counts_below_one(module, option, value, messa
 # OpenVINO tests (a segfault inside kill()), a state no command process is in.
 SIGTERM_PROBE = """
 import os, signal, sys
-from runtime.commands import Terminated, command, sigterm_as_interrupt
+from commands.runner import Terminated, command, sigterm_as_interrupt
 
 @command("test-command", sigterm=True)
 def terminated_while_writing(argv):

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from runtime.commands import EXIT_FAILED, EXIT_USAGE
+from commands.runner import EXIT_FAILED, EXIT_USAGE
 from tests.conftest import REPO
 
-PACKAGES = ("train", "export", "runtime", "benchmarks")
+PACKAGES = ("commands", "train", "export", "runtime", "benchmarks")
 MAX_LINES = 450
 COMMANDS = (
     "runtime",

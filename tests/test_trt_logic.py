@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from commands.errors import ModelFileError
 from export.errors import ExportError
 from export.trt.plan import (
     BuildPlan,
@@ -23,7 +24,6 @@ from export.trt.plan import (
 from export.trt.rules import TrtVersion
 from runtime.backends.cuda import parse_device
 from runtime.backends.tensorrt import check_engine_metadata, check_profile, engine_profile, spec_from_dims
-from runtime.errors import ModelFileError
 from tests.conftest import REPO
 
 

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from runtime.commands import command
+from commands.runner import command
 from train.distillation import distill
 from train.engine import add_common_args, config_from_args, spec_or_encoder
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from runtime.commands import command, stage
+from commands.runner import command, stage
 
 from ..artefact import Artefact
 from ..cli import add_calibration_args, add_size_arg

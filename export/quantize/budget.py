@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.commands import stage
+from commands.runner import stage
 from runtime.io.files import atomic_write, atomic_write_bytes
 from runtime.metadata import sha256_file, sidecar_path
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.commands import stage
+from commands.runner import stage
 
 from ..errors import ExportError
 from ..graph import load_onnx
@@ -213,8 +213,8 @@ class Nncf:
     ``images``, with the ONNX nodes ``fixed`` always in float (NNCF's ignored scope)."""
 
     def __init__(self, model, images, names: dict[str, str], fixed) -> None:
+        from commands.errors import require
         from runtime.backends.openvino import telemetry_off
-        from runtime.errors import require
 
         with telemetry_off():
             self.nncf = require("nncf", "openvino", "NNCF")

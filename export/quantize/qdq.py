@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import require
+from commands.errors import require
 from runtime.io.files import atomic_write
 from runtime.metadata import library_versions, sha256_file
 

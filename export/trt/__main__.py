@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from commands.runner import command
 from runtime.cli import positive_int
-from runtime.commands import command
 
 from ..cli import add_calibration_args, add_precision_args, add_size_arg, add_source_args, parse_hw
 from ..errors import ExportRequestError

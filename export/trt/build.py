@@ -16,8 +16,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runtime.commands import stage
-from runtime.errors import MissingDependencyError, require
+from commands.errors import MissingDependencyError, require
+from commands.runner import stage
 from runtime.io.files import atomic_write_bytes, staging_dir
 from runtime.metadata import library_versions, sha256_file, sidecar_path, write_sidecar
 from runtime.reference import find_reference, reference_path

@@ -24,8 +24,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from commands.errors import InputError
+
 from ..align import AlignSettings, FrameAligner, FrameResult
-from ..errors import InputError
 from ..io.files import atomic_write_bytes
 from ..metric import OutputKind
 from .align import (

@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from commands.errors import InputError
+
 from ..align import FlickerMeter, Stabilizer
 from ..align.frame import disparity_of
-from ..errors import InputError
 from ..pointcloud import Intrinsics, bounded_stride
 from ..preprocessing import check_image
 from .bag_writer import BagWriter

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from commands.errors import InputError
+
 from ..pointcloud import Intrinsics
 from .align import FramePipeline
 from .messages import IMAGE, LatestOnly, camera_size_note, message_to_image

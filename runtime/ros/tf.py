@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from commands.errors import InputError
 
 TF_TYPES = ("tf2_msgs/msg/TFMessage", "tf/msg/tfMessage")
 
