@@ -28,9 +28,9 @@ from .cli import add_size_arg, add_source_args, patch_multiple
 from .errors import ExportError, ExportRequestError
 from .formats import FORMATS
 from .graph import save_onnx
+from .metrics import FP32_TOLERANCE, MAX_REL_STD, Comparison, check_sizes, compare, run_onnxruntime, verification_input
 from .reference import other_size, torch_runner, write_reference
 from .source import check_hw, default_output, licence_note, load_source_model, model_licence, source_stem
-from .verify import FP32_TOLERANCE, MAX_REL_STD, Comparison, check_sizes, compare, run_onnxruntime, verification_input
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "depth"

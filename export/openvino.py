@@ -5,7 +5,7 @@ INT8 is NNCF post-training quantization with its transformer preset on the same 
 (``export.quantize.openvino_int8``). Before it lands, the IR (run with f32 inference,
 since OpenVINO otherwise runs bf16 on CPUs that have it) is verified against an independent
 reference, ONNX Runtime FP32 on the source ONNX, on a photograph, within a tolerance per
-precision; the metric is ``export.verify.MAX_REL_STD``. The .xml/.bin pair appears as a whole or not
+precision; the metric is ``export.metrics.MAX_REL_STD``. The .xml/.bin pair appears as a whole or not
 at all.
 """
 
@@ -30,12 +30,12 @@ from .artefact import Artefact
 from .cli import add_calibration_args, add_precision_args, add_size_arg, add_source_args, args_stem, check_request
 from .errors import ExportError, ExportRequestError
 from .formats import FORMATS
+from .metrics import FP32_TOLERANCE, MAX_REL_STD, compare, run_onnxruntime, verification_input
 from .onnx import source_onnx
 from .quantize.openvino_int8 import compile_f32 as _compile_f32
 from .quantize.options import ACCURACY_METHODS, Int8Options
 from .reference import FP16_TOLERANCE, onnx_runner, other_size, write_reference
 from .source import PRECISIONS, check_precision, default_output, licence_note
-from .verify import FP32_TOLERANCE, MAX_REL_STD, compare, run_onnxruntime, verification_input
 
 # Largest MAX_REL_STD against ONNX Runtime FP32 an IR may show on the verification photo. Measured
 # on vits with the parity weights at 98x98 / 266x266 / 518x518: fp32 2e-5 / 5e-5 / 6e-5, fp16

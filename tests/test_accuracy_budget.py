@@ -15,6 +15,7 @@ import onnxruntime as ort
 import pytest
 
 from export.errors import ExportError, ExportRequestError
+from export.metrics import OnnxRuntimeRunner
 from export.onnx import export_onnx
 from export.quantize import search
 from export.quantize.budget import MIN_HELD_OUT, HeldOutSplit, quant_report_path, quantize_with_budget
@@ -25,7 +26,6 @@ from export.quantize.qdq import quantize_int8
 from export.quantize.search import MAX_REVERTS, group_of
 from export.quantize.smooth import find_sites, smooth
 from export.trt.rules import TrtVersion, check_onnx
-from export.verify import OnnxRuntimeRunner
 from tests.sa1b import make_shard
 
 SIZE = (56, 56)

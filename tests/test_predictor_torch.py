@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from export.verify import compare
+from export.metrics import compare
 from runtime import DepthPredictor, InputError, ModelFileError
 from train.models import save_model
 

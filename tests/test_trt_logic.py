@@ -294,7 +294,7 @@ def gpu_ready() -> bool:
 @pytest.mark.skipif(not gpu_ready(), reason="needs TensorRT and a CUDA GPU")
 @pytest.mark.parametrize("precision,bound", [("fp16", 0.02), ("int8", 0.2)])
 def test_engine_builds_and_matches_pytorch(tmp_path, vits_checkpoint, precision, bound):
-    from export.verify import compare
+    from export.metrics import compare
     from runtime import DepthPredictor
     from tests.sa1b import held_out_photos, make_shard
 

@@ -33,8 +33,8 @@ from runtime.metadata import sha256_file, sidecar_path
 from ..artefact import Artefact
 from ..errors import ExportError, ExportRequestError
 from ..graph import load_onnx, save_onnx
+from ..metrics import ABS_REL_ALIGNED, OnnxRuntimeRunner
 from ..reference import write_int8_reference
-from ..verify import ABS_REL_ALIGNED, OnnxRuntimeRunner
 from .calibration import MIN_IMAGES, CalibrationError, CalibrationSet
 from .options import BUDGET_DEFAULTS, Int8Options
 from .probes import QdqProbes

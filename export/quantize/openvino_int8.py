@@ -36,7 +36,7 @@ from commands.runner import stage
 
 from ..errors import ExportError
 from ..graph import load_onnx
-from ..verify import ABS_REL_ALIGNED, OnnxRuntimeRunner, abs_rel
+from ..metrics import ABS_REL_ALIGNED, OnnxRuntimeRunner, abs_rel
 from .budget import check_float_layers, quant_report_path, write_report
 from .options import Int8Options
 from .qdq import DEFAULT_KEEP_FP
