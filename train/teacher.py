@@ -15,7 +15,7 @@ from train.data.datasets import SceneDataset
 from train.engine import add_common_args, config_from_args, spec_or_encoder, train
 from train.losses import DistillationLoss
 from train.models import DepthAnythingV2, load_backbone
-from train.models.teacher import TEACHER_ENCODER
+from train.models.teacher_model import TEACHER_ENCODER
 
 
 def open_dataset(spec: str, seed: int, crop: int):
