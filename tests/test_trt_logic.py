@@ -12,7 +12,7 @@ import pytest
 
 from commands.errors import ModelFileError
 from export.errors import ExportError
-from export.trt.plan import (
+from export.trt.decisions import (
     BuildPlan,
     Profile,
     export_opset,

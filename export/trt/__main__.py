@@ -1,7 +1,7 @@
 """``python -m export.trt``: TensorRT FP16/INT8 engines, explicit INT8 only.
 
 The pipeline is ``export.trt.build.build_trt``; the release-dependent decisions are plain
-functions in ``export.trt.plan`` and the parser rules data in ``export.trt.rules``. ``--onnx-only``
+functions in ``export.trt.decisions`` and the parser rules data in ``export.trt.rules``. ``--onnx-only``
 writes the portable TensorRT-ready ONNX without TensorRT; ``--check MODEL.onnx`` runs the rule
 check alone.
 """
@@ -19,7 +19,7 @@ from ..errors import ExportRequestError
 from ..formats import FORMATS
 from ..quantize.options import DEFAULT_METHOD, METHODS, Int8Options
 from .build import TrtRequest, build_trt, installed_tensorrt, target_version
-from .plan import DEFAULT_TARGET, Profile
+from .decisions import DEFAULT_TARGET, Profile
 from .rules import TrtVersion, check_onnx, grouped
 
 

@@ -29,7 +29,7 @@ from ..onnx import source_onnx
 from ..quantize.fp16 import FP32_OPS, fp16_artefact
 from ..reference import onnx_runner, write_fp16_reference, write_reference
 from ..source import check_hw, default_output, licence_note, source_stem
-from .plan import (
+from .decisions import (
     DEFAULT_TARGET,
     JETPACK_NOTE,
     BuildPlan,
