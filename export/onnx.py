@@ -24,7 +24,7 @@ from runtime.metric import OutputKind
 from runtime.reference import reference_path
 
 from .artefact import Artefact
-from .cli import add_size_arg, add_source_args, patch_multiple
+from .cli import add_size_arg, add_source_args, patch_multiple, speaks_flags
 from .errors import ExportError, ExportRequestError
 from .formats import FORMATS
 from .graph import save_onnx
@@ -232,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @command("python -m export.onnx")
+@speaks_flags
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     height, width = args.size or (518, 518)

@@ -27,7 +27,15 @@ from runtime.metadata import library_versions, sha256_file, sidecar_path
 from runtime.reference import reference_path
 
 from .artefact import Artefact
-from .cli import add_calibration_args, add_precision_args, add_size_arg, add_source_args, args_stem, check_request
+from .cli import (
+    add_calibration_args,
+    add_precision_args,
+    add_size_arg,
+    add_source_args,
+    args_stem,
+    check_request,
+    speaks_flags,
+)
 from .errors import ExportError, ExportRequestError
 from .formats import FORMATS
 from .metrics import FP32_TOLERANCE, MAX_REL_STD, compare, run_onnxruntime, verification_input
@@ -73,7 +81,9 @@ def export_openvino(
     if output.suffix != ".xml":
         raise ExportRequestError(f"{output}: OpenVINO IR files end in .xml")
     if precision == "int8" and calibration is None:
-        raise ExportRequestError("precision='int8' needs calibration images: pass calibration (a CalibrationSet)")
+        raise ExportRequestError(
+            "`precision='int8'` needs calibration images: pass `calibration` (SA-1B shards or an image folder)"
+        )
     if precision == "int8" and len(calibration) == 0:
         raise ExportRequestError("INT8 needs at least one calibration image; the calibration set is empty")
     require("onnxruntime", "onnx", "ONNX Runtime (the reference the IR is verified against)")
@@ -193,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @command("python -m export.openvino")
+@speaks_flags
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_request(args)

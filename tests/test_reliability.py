@@ -152,7 +152,7 @@ def test_allow_fewer_still_refuses_below_the_minimum(tmp_path, photo):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "broken.jpg").write_bytes(b"")
-    with pytest.raises(CalibrationError, match=r"found only 0 usable.*--allow-fewer accepts no fewer than 10"):
+    with pytest.raises(CalibrationError, match=r"found only 0 usable.*`allow_fewer` accepts no fewer than 10"):
         CalibrationSet(empty, 300, (140, 182), allow_fewer=True, progress=False)
     few = tmp_path / "few"
     few.mkdir()

@@ -9,7 +9,7 @@ from pathlib import Path
 from commands.runner import command, stage
 
 from ..artefact import Artefact
-from ..cli import add_calibration_args, add_size_arg
+from ..cli import add_calibration_args, add_size_arg, speaks_flags
 from ..errors import ExportRequestError
 from ..formats import FORMATS
 from ..graph import input_hw, load_onnx
@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @command("python -m export.quantize")
+@speaks_flags
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.fp16:

@@ -98,10 +98,10 @@ def read_int8_images(
     asked = f"{calibration} calibration" + (f" + {held} held-out accuracy" if held else "") + " images"
     if found < wanted:
         if not options.allow_fewer:
-            lower = "--calib-samples or --accuracy-images" if held else "--calib-samples"
+            lower = "`int8.samples` or `int8.held_out`" if held else "`int8.samples`"
             raise CalibrationError(
                 f"{options.calib_dir}: asked for {asked}, {found} found usable ({images.report.summary()}); "
-                f"add images, lower {lower}, or pass --allow-fewer"
+                f"add images, lower {lower}, or pass `int8.allow_fewer`"
             )
         held = min(held, max(MIN_HELD_OUT, found - calibration))
         floor = min(calibration, MIN_IMAGES)
@@ -109,7 +109,7 @@ def read_int8_images(
             least = f"{floor} calibration" + (f" + {held} held-out accuracy" if held else "") + " images"
             raise CalibrationError(
                 f"{options.calib_dir}: asked for {asked}, {found} found usable ({images.report.summary()}); "
-                f"--allow-fewer accepts no fewer than {least}: add images"
+                f"`int8.allow_fewer` accepts no fewer than {least}: add images"
             )
         print(f"--allow-fewer: asked for {asked}, {found} found usable; using {found - held} + {held}")
     if not held:
@@ -126,7 +126,7 @@ def check_float_layers(names: tuple[str, ...], known: list[str], what: str) -> N
         if name not in known:
             close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(close)}?" if close else f" ({len(known)} such layers in this model)"
-            raise ExportRequestError(f"--float-layers: {name!r} is not a layer {what} quantizes{hint}")
+            raise ExportRequestError(f"`int8.float_layers`: {name!r} is not a layer {what} quantizes{hint}")
 
 
 @dataclass
@@ -256,7 +256,7 @@ def export_int8(source: Artefact, output: Path, options: Int8Options, shape: tup
     (plus ``options.held_out`` more to measure on, when a budget is set) at ``shape`` and
     quantize ``source`` for ``target``; returns the record of the INT8 ONNX (its sidecar written)."""
     if options.accuracy_method != "sensitivity":
-        raise ExportRequestError("accuracy_method='nncf' is OpenVINO's (the openvino format's INT8)")
+        raise ExportRequestError("`accuracy_method='nncf'` is OpenVINO's (python -m export.openvino --int8)")
     cache = output.parent / ".calib_cache"
     with stage("reading calibration images"):
         images = read_int8_images(options, shape, cache)

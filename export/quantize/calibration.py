@@ -112,7 +112,7 @@ class CalibrationSet:
         floor = floor if minimum is None else minimum
         if found < floor:
             hint = (
-                f"--allow-fewer accepts no fewer than {floor}; add images"
+                f"`allow_fewer` accepts no fewer than {floor}; add images"
                 if allow_fewer
                 else "add images, lower --calib-samples, or pass --allow-fewer"
             )

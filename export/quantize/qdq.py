@@ -169,7 +169,7 @@ def quantize_int8(
     input_name = model.graph.input[0].name
     quantize, kept = select_nodes(model, DEFAULT_KEEP_FP + tuple(keep_fp))
     if not quantize:
-        raise ExportRequestError(f"{onnx_path}: no Conv/MatMul/Gemm node left to quantize after --keep-fp")
+        raise ExportRequestError(f"{onnx_path}: no Conv/MatMul/Gemm node left to quantize after `keep_fp`")
     source_hash = sha256_file(onnx_path)
     large = model.ByteSize() > PROTOBUF_LIMIT  # vitg: protobuf cannot hold it in one file
     symmetric = target == "tensorrt"

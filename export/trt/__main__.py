@@ -14,7 +14,7 @@ from pathlib import Path
 from commands.runner import command
 from runtime.cli import positive_int
 
-from ..cli import add_calibration_args, add_precision_args, add_size_arg, add_source_args, parse_hw
+from ..cli import add_calibration_args, add_precision_args, add_size_arg, add_source_args, parse_hw, speaks_flags
 from ..errors import ExportRequestError
 from ..formats import FORMATS
 from ..quantize.options import DEFAULT_METHOD, METHODS, Int8Options
@@ -127,6 +127,7 @@ def request_from_args(args: argparse.Namespace) -> TrtRequest:
 
 
 @command("python -m export.trt")
+@speaks_flags
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.check is not None:

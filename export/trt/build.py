@@ -90,7 +90,7 @@ def target_version(trt, requested: str | None) -> TrtVersion:
         return wanted or TrtVersion.target(DEFAULT_TARGET)
     version = TrtVersion.parse(trt.__version__)
     if wanted is not None and wanted != version:
-        raise ExportRequestError(f"--trt-version {requested} differs from the installed TensorRT {trt.__version__}")
+        raise ExportRequestError(f"`trt_version` {requested} differs from the installed TensorRT {trt.__version__}")
     if not version.known:
         print(
             f"note: TensorRT {trt.__version__} is newer than the parser rules this project encodes "
@@ -106,8 +106,8 @@ def source_hint(request: TrtRequest, version: TrtVersion) -> str:
     if request.onnx is None:
         return ""
     return (
-        f"; re-export it for TensorRT {version}: python -m export.onnx --checkpoint CKPT --opset {opset}, "
-        f"or pass export.trt --checkpoint CKPT instead of --onnx and it exports at opset {opset} itself"
+        f"; re-export it for TensorRT {version} with `opset` {opset}, "
+        f"or give `checkpoint` instead of `onnx` and it exports at opset {opset} itself"
     )
 
 
@@ -184,26 +184,26 @@ def build_trt(request: TrtRequest) -> Artefact:
     given = onnx_facts(request.onnx) if request.onnx is not None else None
     prequantized = given is not None and given.quantized
     if prequantized and request.precision != "int8":
-        raise ExportRequestError(f"{request.onnx} is already quantized (Q/DQ INT8): pass --int8, or give the FP32 ONNX")
+        raise ExportRequestError(
+            f"{request.onnx} is already quantized (Q/DQ INT8): pass `precision='int8'` or the FP32 ONNX"
+        )
     if not prequantized:
         if request.precision == "int8" and request.int8 is None:
             raise ExportRequestError(
-                "--int8 needs calibration images: pass --calib-dir with SA-1B shards or an image folder"
+                "`precision='int8'` needs calibration images: pass `int8.calib_dir`, SA-1B shards or an image folder"
             )
         if request.onnx is None and request.checkpoint is None and request.encoder is None:
-            raise ExportRequestError("give --onnx, --checkpoint or --encoder")
+            raise ExportRequestError("give `onnx`, `checkpoint` or `encoder`")
     version = target_version(trt, request.trt_version)
     plan = plan_build(version, request.precision, request.weakly_typed)
     profile = request.profile
     size = request.size
     if given is not None and given.dynamic and profile is None:
-        raise ExportRequestError(
-            f"{request.onnx} has a dynamic input: give --min, --opt and --max for the engine's profile"
-        )
+        raise ExportRequestError(f"{request.onnx} has a dynamic input: give `profile` for the engine")
     if given is not None and given.hw is not None:
         if size is not None and tuple(size) != given.hw:
             raise ExportRequestError(
-                f"{request.onnx} takes {given.hw[0]}x{given.hw[1]} inputs; drop --size or re-export it"
+                f"{request.onnx} takes {given.hw[0]}x{given.hw[1]} inputs; drop `size` or re-export it"
             )
         size = given.hw
     height, width = profile.opt[1:] if profile else check_hw(*(size or (518, 518)))
@@ -230,7 +230,7 @@ def build_trt(request: TrtRequest) -> Artefact:
     facts = given or onnx_facts(source)
     if profile is not None and not facts.dynamic:
         raise ExportRequestError(
-            f"{source} has a fixed input shape (batch 1); export it with --dynamic to use --min/--max or --batch"
+            f"{source} has a fixed input shape (batch 1); export it with `dynamic` to give it a `profile`"
         )
     if facts.typed_fp16 and not plan.typed_fp16:
         raise ExportRequestError(f"{source} is FP16-typed (made for TensorRT >= 10); give the FP32 ONNX it came from")
@@ -256,7 +256,7 @@ def build_trt(request: TrtRequest) -> Artefact:
     nodes_of = load_onnx(pretyped or ready, load_external_data=False)
     if request.fp32_layers and pretyped is None:
         raise ExportRequestError(
-            f"{ready} is FP16-typed already: --fp32-layers needs the FP32 or Q/DQ ONNX it was typed from"
+            f"{ready} is FP16-typed already: `fp32_layers` needs the FP32 or Q/DQ ONNX it was typed from"
         )
     attempts = engine_attempts(plan, fp32_island_nodes(nodes_of), match_layers(nodes_of, request.fp32_layers))
     if plan.typed_fp16 and not facts.typed_fp16:
