@@ -19,6 +19,7 @@ Errors name the parameters; the commands say the same in their flags.
 from __future__ import annotations
 
 import difflib
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ class Format:
     precisions: tuple[str, ...]
     options: tuple[str, ...]  # parameters of export() beyond source, output and precision
     requires: tuple[tuple[str, str, str], ...]  # (module, pip extra, what) that must import
-    maker: str  # "module:function" taking (source, output, precision, options)
+    maker: str  # "module:function" taking (source, output, precision, options); see export.makers
 
     def help(self) -> str:
         """One paragraph for a command's ``--help``."""
@@ -63,7 +64,7 @@ FORMATS = {
             ("fp32",),
             ("size", "dynamic", "opset", "slim", "verify"),
             (TORCH, ONNX, ORT),
-            "export.formats:make_onnx",
+            "export.makers:make_onnx",
         ),
         Format(
             "onnx-quantized",
@@ -73,7 +74,7 @@ FORMATS = {
             ("int8", "fp16"),
             INT8,
             (ONNX, ORT),
-            "export.formats:make_quantized",
+            "export.makers:make_quantized",
         ),
         Format(
             "openvino",
@@ -83,7 +84,7 @@ FORMATS = {
             ("fp32", "fp16", "int8"),
             ("calibration", "int8", "size"),
             (ONNX, ORT, OPENVINO),
-            "export.formats:make_openvino",
+            "export.makers:make_openvino",
         ),
         Format(
             "tensorrt",
@@ -103,7 +104,7 @@ FORMATS = {
                 "fp32_layers",
             ),
             (ONNX,),
-            "export.formats:make_tensorrt",
+            "export.makers:make_tensorrt",
         ),
     )
 }
@@ -131,64 +132,5 @@ def export(name: str, source: Any, output: str | Path, precision: str | None = N
     for module, extra, what in row.requires:
         require(module, extra, what)
     module, function = row.maker.split(":")
-    maker = getattr(__import__(module, fromlist=[function]), function)
+    maker = getattr(importlib.import_module(module), function)  # by name: the makers import the commands
     return maker(source, Path(output), precision, options)
-
-
-def make_onnx(source, output: Path, precision: str, options: dict):
-    from train.models import load_model
-
-    from .onnx import export_onnx
-
-    model = load_model(source) if isinstance(source, (str, Path)) else source
-    size = options.get("size") or (518, 518)
-    return export_onnx(
-        model,
-        output,
-        *size,
-        dynamic=options.get("dynamic", False),
-        **{k: options[k] for k in ("opset", "slim", "verify") if k in options},
-        source=str(source) if isinstance(source, (str, Path)) else "",
-    ).artefact
-
-
-def make_quantized(source, output: Path, precision: str, options: dict):
-    from .artefact import Artefact
-
-    record = Artefact.of(source)
-    if precision == "fp16":
-        from .quantize.fp16 import fp16_artefact
-
-        return fp16_artefact(record, output)
-    target = options.get("target", "tensorrt")
-    if options.get("int8") is not None:  # calibration images read from int8.calib_dir, the budget held
-        from .graph import input_hw, load_onnx
-        from .quantize.budget import export_int8
-
-        size = options.get("size") or input_hw(load_onnx(record.path, load_external_data=False)) or (518, 518)
-        return export_int8(record, output, options["int8"], size, target)
-    if options.get("calibration") is None:
-        raise ExportRequestError("precision 'int8' needs int8 (Int8Options with calib_dir) or calibration images")
-    from .quantize.qdq import quantize_int8
-
-    return quantize_int8(
-        record, options["calibration"], output, target=target, cache_dir=options.get("cache_dir")
-    ).artefact
-
-
-def make_openvino(source, output: Path, precision: str, options: dict):
-    from .openvino import export_openvino
-
-    return export_openvino(
-        source, output, precision, options.get("calibration"), options.get("size"), options.get("int8")
-    )
-
-
-def make_tensorrt(source, output: Path, precision: str, options: dict):
-    from .artefact import Artefact
-    from .trt.build import TrtRequest, build_trt
-
-    onnx = source.path if isinstance(source, Artefact) else source
-    if isinstance(onnx, (str, Path)) and Path(onnx).suffix != ".onnx":
-        return build_trt(TrtRequest(precision, checkpoint=Path(onnx), output=output, **options))
-    return build_trt(TrtRequest(precision, onnx=Path(onnx), output=output, **options))
