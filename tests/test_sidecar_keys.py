@@ -44,7 +44,7 @@ def keys(value, prefix: str = "") -> set[str]:
 def sidecars(tmp_path_factory, tiny_checkpoint) -> dict[str, list[str]]:
     folder = tmp_path_factory.mktemp("exports")
     make_shard(folder / "calib" / "sa_000000.tar", count=10, faults=False)
-    calib = ["--calib-dir", str(folder / "calib"), *INT8]
+    calib = ["--calib-dir", str(folder / "calib"), *INT8, *SIZE]
     onnx = folder / "m.onnx"
     run("export.onnx", "--checkpoint", str(tiny_checkpoint), *SIZE, "--output", str(onnx))
     run("export.quantize", "--onnx", str(onnx), "--fp16", "--output", str(folder / "q.fp16.onnx"))
@@ -53,7 +53,7 @@ def sidecars(tmp_path_factory, tiny_checkpoint) -> dict[str, list[str]]:
     run("export.openvino", "--onnx", str(onnx), "--fp16", "--output", str(folder / "v.fp16.xml"))
     run("export.openvino", "--onnx", str(onnx), "--int8", *calib, "--output", str(folder / "v.int8.xml"))
     run("export.trt", "--onnx", str(onnx), "--onnx-only", "--trt-version", "10.3", "--output", str(folder / "t.engine"))
-    run("export.trt", "--onnx", str(onnx), "--int8", "--onnx-only", "--trt-version", "8.5", *calib,
+    run("export.trt", "--checkpoint", str(tiny_checkpoint), "--int8", "--onnx-only", "--trt-version", "8.5", *calib,
         "--output", str(folder / "t8.engine"))  # fmt: skip
     return {
         path.name.replace(".json", ""): sorted(keys(json.loads(path.read_text())))
