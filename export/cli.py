@@ -161,6 +161,7 @@ PARAMETER_FLAGS = {
     "int8.calib_dir": "--calib-dir",
     "calibration": "--calib-dir",
     "int8.samples": "--calib-samples",
+    "num_samples": "--calib-samples",
     "int8.held_out": "--accuracy-images",
     "int8.allow_fewer": "--allow-fewer",
     "allow_fewer": "--allow-fewer",

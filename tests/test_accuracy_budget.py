@@ -260,7 +260,7 @@ def test_image_counts_say_what_was_asked_and_allow_fewer_shrinks_the_held_out_sh
     ask = Int8Options(tmp_path, samples=6, held_out=8)
     message = r"asked for 6 calibration \+ 8 held-out accuracy images, 9 found usable \(9 calibration images, 1 corrupt"
     with pytest.raises(
-        CalibrationError, match=message + r".*lower --calib-samples or --accuracy-images, or pass --allow-fewer"
+        CalibrationError, match=message + r".*lower `int8.samples` or `int8.held_out`, or pass `int8.allow_fewer`"
     ):
         read_int8_images(ask, SIZE, None, progress=False)
     fewer = read_int8_images(replace(ask, allow_fewer=True), SIZE, None, progress=False)

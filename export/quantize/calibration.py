@@ -114,7 +114,7 @@ class CalibrationSet:
             hint = (
                 f"`allow_fewer` accepts no fewer than {floor}; add images"
                 if allow_fewer
-                else "add images, lower --calib-samples, or pass --allow-fewer"
+                else "add images, lower `num_samples`, or pass `allow_fewer`"
             )
             raise CalibrationError(
                 f"{self.source}: asked for {num_samples} calibration images but found only {found} usable "
