@@ -1,5 +1,6 @@
 # make run   - set up and run the main job: the benchmark report (BENCH_ARGS=--quick for a short run)
 # make test  - set up and run the tests
+# make docs  - build the docs site with MkDocs, strict: every link and anchor checked (-> site/)
 # Setup makes .venv, installs $(TORCH_SPEC) first (a CPU build where one is on disk), then the project.
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test docs lint clean
 
 setup: $(STAMP)
 
@@ -25,9 +26,12 @@ run: setup
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+docs: setup
+	$(PY) -m mkdocs build --strict
+
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
 clean:
-	rm -rf $(VENV) outputs reports artifacts .pytest_cache
+	rm -rf $(VENV) outputs reports artifacts site .pytest_cache

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from commands.runner import EXIT_UNRELIABLE, command
 from export.cli import parse_hw
-from runtime.commands import EXIT_UNRELIABLE, command
 
 from .artifacts import ModelSource, calibration_folder, load_images, resolve_model
 from .checks import assess

@@ -18,8 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from commands.errors import ModelFileError
 from runtime.backends import resolve_backend
-from runtime.errors import ModelFileError
 from runtime.metadata import read_sidecar
 from runtime.reference import find_reference, load_reference
 
@@ -78,7 +78,7 @@ def artefact_config(path: Path, index: int, settings: Settings) -> tuple[Config,
         size = reference.sizes[0]
         images = {n: cv2.cvtColor(i, cv2.COLOR_RGB2BGR) for n, i in zip(reference.names, reference.images)}
     else:  # no reference: timed on the bundled photo (or a synthetic scene), not scored
-        from export.verify import verification_photos
+        from export.metrics import verification_photos
 
         size = tuple(shape[2:]) if len(shape) == 4 and None not in shape[2:] else (518, 518)
         images = verification_photos()

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from commands.runner import command
 from export.cli import parse_hw
-from export.verify import abs_rel, compare
-from runtime.commands import command
+from export.metrics import abs_rel, compare
 from runtime.io.files import atomic_write_bytes
 
 from .__main__ import measure, operation_counts, roofline_section

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.commands import EXIT_UNRELIABLE
+from commands.runner import EXIT_UNRELIABLE
 from runtime.io.files import atomic_write_bytes
 
 from .cpu import FORMAT_NAMES, without_units

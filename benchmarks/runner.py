@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import MissingDependencyError
+from commands.errors import MissingDependencyError
 
 from .artifacts import ModelSource, calibration_folder, fresh
 from .cpu import CpuFeatures
@@ -125,13 +125,12 @@ def make_configs(source: ModelSource, sizes: list[tuple[int, int]], settings: Se
         tag = f"{source.tag}_{size[0]}x{size[1]}"
 
         def onnx_fp32(size=size, tag=tag) -> Path:
-            from export.onnx import export_onnx
-            from train.models import load_model
+            from export.formats import export
 
             path = art / f"{tag}.onnx"
             if not path.is_file():
                 with phases.timed("export"):
-                    export_onnx(load_model(source.path), path, *size, source=str(source.path))
+                    export("onnx", source.path, path, size=size)
             return path
 
         def calibration(size=size):
@@ -151,37 +150,45 @@ def make_configs(source: ModelSource, sizes: list[tuple[int, int]], settings: Se
                 )
 
         def ort_int8(tag=tag, calibration=calibration, onnx_fp32=onnx_fp32) -> Path:
-            from export.quantize.qdq import quantize_int8
+            from export.formats import export
 
             source_onnx, calib = onnx_fp32(), calibration()
             # Named by the calibration set's content key: other images never reuse this artefact.
             path = art / f"{tag}.int8-cpu.{calib.key[:12]}.onnx"
             if not fresh(path, source_onnx):
                 with phases.timed("INT8 quantization"):
-                    quantize_int8(source_onnx, calib, path, target="cpu", cache_dir=art / ".calib_cache")
+                    export(
+                        "onnx-quantized",
+                        source_onnx,
+                        path,
+                        "int8",
+                        calibration=calib,
+                        target="cpu",
+                        cache_dir=art / ".calib_cache",
+                    )
             return path
 
         def ov_ir(precision: str, tag=tag, calibration=calibration, onnx_fp32=onnx_fp32) -> Path:
-            from export.openvino import export_openvino
+            from export.formats import export
 
             source_onnx = onnx_fp32()
             calib = calibration() if precision == "int8" else None
             path = art / (f"{tag}.int8.{calib.key[:12]}.xml" if calib else f"{tag}.{precision}.xml")
             if not fresh(path, source_onnx):
                 with phases.timed("INT8 quantization" if calib else "export"):
-                    export_openvino(source_onnx, path, precision, calib)
+                    export("openvino", source_onnx, path, precision, calibration=calib)
             return path
 
         def trt_engine(precision: str, tag=tag, onnx_fp32=onnx_fp32) -> Path:
+            from export.formats import export
             from export.quantize.options import Int8Options
-            from export.trt.build import TrtRequest, build_trt
 
             source_onnx, path = onnx_fp32(), art / f"{tag}.{precision}.engine"
             if not fresh(path, art / f"{tag}.{precision}.trt-{precision}.onnx"):
                 folder, _ = calibration_folder(settings.calib_dir, settings.workdir, settings.calib_samples)
                 int8 = Int8Options(folder, settings.calib_samples, allow_fewer=True)
                 with phases.timed("export"):
-                    build_trt(TrtRequest(precision, onnx=source_onnx, output=path, int8=int8))
+                    export("tensorrt", source_onnx, path, precision, int8=int8)
             return path
 
         configs += [

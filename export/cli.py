@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -150,3 +152,50 @@ def check_request(args: argparse.Namespace) -> None:
 def args_stem(args: argparse.Namespace) -> str:
     """``source_stem`` of the ``--onnx``/``--checkpoint``/``--encoder`` options."""
     return source_stem(getattr(args, "onnx", None), args.checkpoint, args.encoder)
+
+
+# Library errors name parameters in backticks (`int8.calib_dir`); the commands say the same in
+# their flags. One table, read by ``speaks_flags``.
+PARAMETER_FLAGS = {
+    "precision='int8'": "--int8",
+    "int8.calib_dir": "--calib-dir",
+    "calibration": "--calib-dir",
+    "int8.samples": "--calib-samples",
+    "num_samples": "--calib-samples",
+    "int8.held_out": "--accuracy-images",
+    "int8.allow_fewer": "--allow-fewer",
+    "allow_fewer": "--allow-fewer",
+    "int8.float_layers": "--float-layers",
+    "int8.smooth": "--smooth",
+    "accuracy_method='nncf'": "--accuracy-method nncf",
+    "keep_fp": "--keep-fp",
+    "onnx": "--onnx",
+    "checkpoint": "--checkpoint",
+    "encoder": "--encoder",
+    "size": "--size",
+    "dynamic": "--dynamic",
+    "opset": "--opset",
+    "profile": "--min, --opt and --max",
+    "trt_version": "--trt-version",
+    "fp32_layers": "--fp32-layers",
+}
+
+
+def in_flags(message: str) -> str:
+    """A library message with its parameters named as the commands' flags."""
+    return re.sub(r"`([^`]+)`", lambda m: PARAMETER_FLAGS.get(m.group(1), m.group(0)), message)
+
+
+def speaks_flags(main):
+    """Wrap an export command's ``main``: the errors it ends with name flags, not parameters."""
+
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except Exception as exc:
+            if exc.args and isinstance(exc.args[0], str) and "`" in exc.args[0]:
+                exc.args = (in_flags(exc.args[0]), *exc.args[1:])
+            raise
+
+    return wrapped

@@ -1,9 +1,9 @@
-"""The two errors every export raises; ``runtime.commands`` turns them into exit codes 1 and 2."""
+"""The two errors every export raises; ``commands.runner`` turns them into exit codes 1 and 2."""
 
 from __future__ import annotations
 
-from runtime.commands import CommandError
-from runtime.errors import InputError
+from commands.errors import InputError
+from commands.runner import CommandError
 
 
 class ExportError(CommandError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import require
+from commands.errors import require
 from runtime.metric import OutputKind
 
 from .errors import ExportRequestError

@@ -12,23 +12,25 @@ import argparse
 import shutil
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from runtime.commands import command, stage
-from runtime.errors import require
+from commands.errors import require
+from commands.runner import command, stage
 from runtime.io.files import staging_dir
-from runtime.metadata import library_versions, sha256_file, sidecar_path, write_sidecar
+from runtime.metadata import library_versions, sha256_file, sidecar_path
 from runtime.metric import OutputKind
 from runtime.reference import reference_path
 
-from .cli import add_size_arg, add_source_args, patch_multiple
+from .artefact import Artefact
+from .cli import add_size_arg, add_source_args, patch_multiple, speaks_flags
 from .errors import ExportError, ExportRequestError
+from .formats import FORMATS
 from .graph import save_onnx
+from .metrics import FP32_TOLERANCE, MAX_REL_STD, Comparison, check_sizes, compare, run_onnxruntime, verification_input
 from .reference import other_size, torch_runner, write_reference
 from .source import check_hw, default_output, licence_note, load_source_model, model_licence, source_stem
-from .verify import FP32_TOLERANCE, MAX_REL_STD, Comparison, check_sizes, compare, run_onnxruntime, verification_input
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "depth"
@@ -41,6 +43,7 @@ class OnnxExport:
     path: Path
     seconds: float
     checks: dict[str, Comparison] = field(default_factory=dict)
+    artefact: Artefact | None = None  # the record of what was written (its sidecar's facts)
 
 
 def _torch_export(model: Any, path: Path, height: int, width: int, dynamic: bool, opset: int) -> None:
@@ -150,7 +153,7 @@ def export_onnx(
             item.replace(output.parent / item.name)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    write_sidecar(
+    record = Artefact(
         output,
         {
             "format": "onnx",
@@ -173,11 +176,12 @@ def export_onnx(
             },
             "versions": library_versions("torch", "onnx", "onnxruntime"),
         },
-    )
+    ).write()
     sizes = [(height, width), other_size(height, width)] if dynamic else [(height, width)]
     with stage("writing the reference"):
-        write_reference(output, "fp32", sizes, torch_runner(model), "PyTorch FP32")
-    licence_note(model_licence(model), output)
+        reference = write_reference(output, "fp32", sizes, torch_runner(model), "PyTorch FP32")
+    licence_note(record.licence, output)
+    result.artefact = replace(record, reference=reference)
     return result
 
 
@@ -190,11 +194,12 @@ def source_onnx(
     width: int,
     dynamic: bool,
     opset: int = DEFAULT_OPSET,
-) -> Path:
-    """The FP32 ONNX the other exports start from: ``onnx`` as given, or a verified export of the
-    checkpoint (or random ``encoder`` weights) written into ``folder``."""
+) -> Artefact:
+    """The record of the FP32 ONNX the other exports start from: ``onnx`` as given (its sidecar
+    read once), or a verified export of the checkpoint (or random ``encoder`` weights) written
+    into ``folder``."""
     if onnx is not None:
-        return onnx
+        return Artefact.read(onnx)
     suffix = "" if opset == DEFAULT_OPSET else f".opset{opset}"  # an 8.5 target's split-LayerNorm export
     path = (
         folder
@@ -202,14 +207,14 @@ def source_onnx(
     )
     print(f"exporting ONNX (opset {opset}) -> {path}")
     model = load_source_model(checkpoint, encoder)
-    export_onnx(model, path, height, width, dynamic=dynamic, opset=opset, source=str(checkpoint))
-    return path
+    return export_onnx(model, path, height, width, dynamic=dynamic, opset=opset, source=str(checkpoint)).artefact
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m export.onnx",
         description="Export a Depth Anything V2 checkpoint to ONNX, verified against PyTorch with ONNX Runtime.",
+        epilog=FORMATS["onnx"].help(),
     )
     add_source_args(parser)
     add_size_arg(parser, "518x518; with --dynamic the size it is traced and verified at")
@@ -227,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @command("python -m export.onnx")
+@speaks_flags
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     height, width = args.size or (518, 518)

@@ -5,7 +5,7 @@ INT8 is NNCF post-training quantization with its transformer preset on the same 
 (``export.quantize.openvino_int8``). Before it lands, the IR (run with f32 inference,
 since OpenVINO otherwise runs bf16 on CPUs that have it) is verified against an independent
 reference, ONNX Runtime FP32 on the source ONNX, on a photograph, within a tolerance per
-precision; the metric is ``export.verify.MAX_REL_STD``. The .xml/.bin pair appears as a whole or not
+precision; the metric is ``export.metrics.MAX_REL_STD``. The .xml/.bin pair appears as a whole or not
 at all.
 """
 
@@ -14,26 +14,36 @@ from __future__ import annotations
 import argparse
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from commands.errors import require
+from commands.runner import command, stage
 from runtime.backends.openvino import RT_INFO_PRECISION, import_openvino, load_error, telemetry_off
-from runtime.commands import command, stage
-from runtime.errors import require
 from runtime.io.files import staging_dir
-from runtime.metadata import library_versions, read_sidecar, sha256_file, sidecar_path, write_sidecar
+from runtime.metadata import library_versions, sha256_file, sidecar_path
 from runtime.reference import reference_path
 
-from .cli import add_calibration_args, add_precision_args, add_size_arg, add_source_args, args_stem, check_request
+from .artefact import Artefact
+from .cli import (
+    add_calibration_args,
+    add_precision_args,
+    add_size_arg,
+    add_source_args,
+    args_stem,
+    check_request,
+    speaks_flags,
+)
 from .errors import ExportError, ExportRequestError
-from .graph import onnx_output_kind
+from .formats import FORMATS
+from .metrics import FP32_TOLERANCE, MAX_REL_STD, compare, run_onnxruntime, verification_input
 from .onnx import source_onnx
 from .quantize.openvino_int8 import compile_f32 as _compile_f32
 from .quantize.options import ACCURACY_METHODS, Int8Options
 from .reference import FP16_TOLERANCE, onnx_runner, other_size, write_reference
 from .source import PRECISIONS, check_precision, default_output, licence_note
-from .verify import FP32_TOLERANCE, MAX_REL_STD, compare, run_onnxruntime, verification_input
 
 # Largest MAX_REL_STD against ONNX Runtime FP32 an IR may show on the verification photo. Measured
 # on vits with the parity weights at 98x98 / 266x266 / 518x518: fp32 2e-5 / 5e-5 / 6e-5, fp16
@@ -44,14 +54,15 @@ TOLERANCES = {"fp32": FP32_TOLERANCE, "fp16": FP16_TOLERANCE, "int8": 2.0}
 
 
 def export_openvino(
-    onnx_path: str | Path,
+    onnx_path: str | Path | Artefact,
     output: str | Path,
     precision: str = "fp16",
     calibration=None,
     verify_shape: tuple[int, int] | None = None,
     int8: Int8Options | None = None,
-) -> dict:
-    """Convert an ONNX model to IR at ``output`` (``.xml`` + ``.bin``); returns the sidecar data.
+) -> Artefact:
+    """Convert an ONNX model (a path, or its record) to IR at ``output`` (``.xml`` + ``.bin``);
+    returns the IR's record, also written to its sidecar.
 
     INT8 follows ``int8`` (the accuracy budget, float layers, method; its images are
     ``calibration``, a ``HeldOutSplit`` when a budget is set); without it, no budget.
@@ -61,21 +72,25 @@ def export_openvino(
     none (never a new .bin beside an old .xml); the next export removes its temporary folder.
     """
     ov = import_openvino()
-    onnx_path, output = Path(onnx_path), Path(output)
+    output = Path(output)
+    if not (onnx_path.path if isinstance(onnx_path, Artefact) else Path(onnx_path)).is_file():
+        raise ExportRequestError(f"{onnx_path}: no such ONNX file")
+    source = Artefact.of(onnx_path)
+    onnx_path = source.path
     check_precision(precision)
     if output.suffix != ".xml":
         raise ExportRequestError(f"{output}: OpenVINO IR files end in .xml")
     if precision == "int8" and calibration is None:
-        raise ExportRequestError("INT8 needs calibration images: pass --calib-dir with SA-1B shards or an image folder")
+        raise ExportRequestError(
+            "`precision='int8'` needs calibration images: pass `calibration` (SA-1B shards or an image folder)"
+        )
     if precision == "int8" and len(calibration) == 0:
         raise ExportRequestError("INT8 needs at least one calibration image; the calibration set is empty")
-    if not onnx_path.is_file():
-        raise ExportRequestError(f"{onnx_path}: no such ONNX file")
     require("onnxruntime", "onnx", "ONNX Runtime (the reference the IR is verified against)")
     started = time.perf_counter()
     with stage("converting the ONNX model to OpenVINO"), telemetry_off():
         model = ov.convert_model(str(onnx_path))
-    output_kind = onnx_output_kind(onnx_path)
+    output_kind = source.output_kind()
     quantization = budget = None
     if precision == "int8":
         from .quantize.openvino_int8 import quantize_openvino
@@ -111,17 +126,15 @@ def export_openvino(
         staged.replace(output)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    source_meta = read_sidecar(onnx_path) or {}
     data = {
         "format": "openvino",
         "precision": precision,
         **output_kind.sidecar(),
         "input_name": model.input(0).any_name,
         "input_shape": [d.get_length() if d.is_static else None for d in model.input(0).get_partial_shape()],
-        "encoder": source_meta.get("encoder"),
-        "licence": source_meta.get("licence", "unknown"),
-        "source_onnx": str(onnx_path),
-        "source_sha256": sha256_file(onnx_path),
+        "encoder": source.encoder,
+        "licence": source.licence,
+        **source.source_facts(),
         "quantization": quantization,
         "calibration": calibration.describe() if calibration is not None else None,
         "verification": {
@@ -134,9 +147,9 @@ def export_openvino(
         "sha256": sha256_file(output.with_suffix(".bin")),
         "versions": library_versions("openvino", "nncf"),
     }
-    write_sidecar(output, data)
+    record = source.made(output, data).write()
     with stage("writing the reference"):
-        write_reference(
+        reference = write_reference(
             output,
             precision,
             [shape] if _static_hw(model) else [shape, other_size(*shape)],
@@ -146,8 +159,8 @@ def export_openvino(
             held_out=calibration.held_out_batches() if budget is not None else (),
             budget=budget,
         )
-    licence_note(data["licence"], output)
-    return data
+    licence_note(record.licence, output)
+    return replace(record, reference=reference)
 
 
 def verify_ir(ov, xml: Path, onnx_path: Path, shape: tuple[int, int]):
@@ -171,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m export.openvino",
         description="Convert to OpenVINO IR: FP16 (default) or INT8 calibrated with NNCF on SA-1B samples.",
+        epilog=FORMATS["openvino"].help(),
     )
     add_source_args(parser, onnx=True)
     add_precision_args(parser, {name: f"{name.upper()} IR" for name in PRECISIONS}, "fp16")
@@ -189,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @command("python -m export.openvino")
+@speaks_flags
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_request(args)

@@ -31,8 +31,8 @@ from runtime.reference import (
     save_reference,
 )
 
+from .metrics import FP32_TOLERANCE, verification_photos
 from .quantize.options import DEFAULT_ACCURACY_BUDGET
-from .verify import FP32_TOLERANCE, verification_photos
 
 # FP16 against FP32 by MAX_REL_STD: FP16-compressed IRs measured 9e-3 to 1.9e-2 on vits (98 to
 # 518 pixels); a wrong engine (NVIDIA/TensorRT#4723, a sign-flipped weight) is off by 1 or more.
@@ -142,9 +142,9 @@ def torch_runner(model) -> Runner:
 
 def onnx_runner(path: str | Path) -> Runner | None:
     """ONNX Runtime FP32 on ``path``, or ``None`` where ONNX Runtime is not installed (a Jetson)."""
-    from runtime.errors import MissingDependencyError
+    from commands.errors import MissingDependencyError
 
-    from .verify import OnnxRuntimeRunner
+    from .metrics import OnnxRuntimeRunner
 
     try:
         return OnnxRuntimeRunner(path)

@@ -37,7 +37,7 @@ def load_source_model(checkpoint: str | Path | None, encoder: str | None) -> Any
         except CheckpointError as exc:
             raise ExportRequestError(str(exc)) from exc
     if encoder is None:
-        raise ExportRequestError("give --checkpoint (a .pth/.safetensors file) or --encoder for random weights")
+        raise ExportRequestError("give `checkpoint` (a .pth/.safetensors file) or `encoder` for random weights")
     print(
         f"WARNING: exporting RANDOM {encoder} weights (no --checkpoint): for testing the pipeline only", file=sys.stderr
     )

@@ -4,7 +4,8 @@ Imports neither torch nor the training code at module level, so it runs on a Jet
 OpenVINO box with numpy, OpenCV and the one backend library installed.
 """
 
-from .errors import InputError, MissingDependencyError, ModelFileError
+from commands.errors import InputError, MissingDependencyError, ModelFileError
+
 from .metric import ScaleShift, fit_scale_shift
 from .predictor import DepthPredictor
 from .visualize import colorize

@@ -17,10 +17,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+from commands.errors import InputError
+from commands.runner import CommandError, command, exit_code
+
 from .align.stabilize import flicker_lines
 from .cli import add_predictor_args, add_streams_arg, build_predictor
-from .commands import CommandError, command, exit_code
-from .errors import InputError
 from .io.files import atomic_write_bytes, check_writable_folder
 from .io.video import VIDEO_SUFFIXES, depth_frame
 

@@ -11,10 +11,11 @@ import math
 import sys
 from pathlib import Path
 
+from commands.errors import InputError
+from commands.runner import CommandError, command
+
 from .align.stabilize import flicker_lines
 from .cli import add_predictor_args, build_predictor, check_metric_options, positive_int, positive_metres, topic_name
-from .commands import CommandError, command
-from .errors import InputError
 from .metric import OutputKind, ScaleShift
 from .pointcloud import MAX_POINTS
 from .ros.align import DEFAULT_MAX_TIME_OFFSET

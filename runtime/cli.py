@@ -8,7 +8,7 @@ import math
 import re
 from typing import Any, Callable
 
-from .errors import InputError
+from commands.errors import InputError
 
 DEFAULT_SIZE = 518
 

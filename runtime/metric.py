@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .errors import InputError
+from commands.errors import InputError
 
 RELATIVE = "relative"
 METRIC = "metric"

@@ -21,7 +21,8 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from .errors import InputError
+from commands.errors import InputError
+
 from .io.files import atomic_write_bytes
 
 # Coefficients of each model in CameraInfo.d. "plumb_bob": 5, (k1, k2, t1, t2, k3), stated in

@@ -10,10 +10,11 @@ from typing import Any
 
 import numpy as np
 
+from commands.errors import InputError
+
 from . import preprocessing as pre
 from .backends import backend_class, resolve_backend
 from .backends.base import describe_source
-from .errors import InputError
 from .metric import OutputKind, resolve_output_kind
 
 

@@ -17,7 +17,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from .errors import InputError
+from commands.errors import InputError
 
 PATCH_SIZE = 14
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)

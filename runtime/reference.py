@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from commands.errors import InputError
+from commands.runner import CommandError
+
 from .accuracy import ABS_REL_ALIGNED, MAX_REL_STD, compare, depth_metrics
-from .commands import CommandError
-from .errors import InputError
 from .io.files import atomic_write
 from .preprocessing import MEAN, STD
 

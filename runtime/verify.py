@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .commands import command, stage
+from commands.runner import command, stage
+
 from .reference import reference_for, require_within, verify_backend
 
 

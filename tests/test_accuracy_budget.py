@@ -15,17 +15,17 @@ import onnxruntime as ort
 import pytest
 
 from export.errors import ExportError, ExportRequestError
+from export.metrics import OnnxRuntimeRunner
 from export.onnx import export_onnx
 from export.quantize import search
 from export.quantize.budget import MIN_HELD_OUT, HeldOutSplit, quant_report_path, quantize_with_budget
 from export.quantize.calibration import CalibrationSet
-from export.quantize.options import DEFAULT_ACCURACY_BUDGET
+from export.quantize.options import DEFAULT_ACCURACY_BUDGET, Int8Options
 from export.quantize.probes import QdqProbes
 from export.quantize.qdq import quantize_int8
 from export.quantize.search import MAX_REVERTS, group_of
 from export.quantize.smooth import find_sites, smooth
 from export.trt.rules import TrtVersion, check_onnx
-from export.verify import OnnxRuntimeRunner
 from tests.sa1b import make_shard
 
 SIZE = (56, 56)
@@ -80,7 +80,9 @@ def test_budget_met_means_plain_int8_bit_for_bit(tmp_path, stressed):
     """Nothing to repair: the budgeted export is the plain INT8 model, and INT8 exports repeat exactly."""
     paths, calibration = stressed
     split = HeldOutSplit(calibration, 4)
-    checked = quantize_with_budget(paths[17], split, tmp_path / "budget.onnx", budget=10.0, log=lambda *_: None)
+    checked = quantize_with_budget(
+        paths[17], split, tmp_path / "budget.onnx", Int8Options(budget=10.0), log=lambda *_: None
+    )
     plain = quantize_int8(paths[17], split, tmp_path / "plain.onnx")
     quantize_int8(paths[17], split, tmp_path / "again.onnx")
     assert checked.reverted == [] and not checked.smoothed
@@ -96,9 +98,11 @@ def test_over_budget_the_harmful_layers_go_back_to_float(tmp_path, stressed):
     paths, calibration = stressed
     split = HeldOutSplit(calibration, 4)
     lines = []
-    plain = quantize_with_budget(paths[17], split, tmp_path / "p.onnx", budget=10.0, log=lines.append).error
+    plain = quantize_with_budget(
+        paths[17], split, tmp_path / "p.onnx", Int8Options(budget=10.0), log=lines.append
+    ).error
     budget = plain / 2
-    checked = quantize_with_budget(paths[17], split, tmp_path / "b.onnx", budget=budget, log=lines.append)
+    checked = quantize_with_budget(paths[17], split, tmp_path / "b.onnx", Int8Options(budget=budget), log=lines.append)
     assert checked.error <= budget < checked.plain_error
     report = json.loads(quant_report_path(tmp_path / "b.onnx").read_text())
     assert report["int8_layers"] == len(checked.quantized) and report["float_layers"] == checked.reverted
@@ -117,8 +121,7 @@ def test_an_impossible_budget_is_refused_and_leaves_its_report(tmp_path, stresse
             paths[17],
             HeldOutSplit(calibration, 4),
             tmp_path / "x.onnx",
-            budget=1e-12,
-            smooth_mode="off",
+            Int8Options(budget=1e-12, smooth="off"),
             log=lambda *_: None,
         )
     assert "no probe met the budget" in str(error.value)
@@ -224,8 +227,7 @@ def test_refusal_names_float_layers_that_met_the_budget_and_they_do(tmp_path, st
         source,
         split,
         tmp_path / "m.onnx",
-        smooth_mode=would["smooth"],
-        float_layers=tuple(would["float_layers"]),
+        Int8Options(smooth=would["smooth"], float_layers=tuple(would["float_layers"])),
         log=lambda *_: None,
     )
     assert again.error == pytest.approx(would["error"], rel=1e-5) and again.reverted == []
@@ -235,7 +237,7 @@ def test_refusal_names_float_layers_that_met_the_budget_and_they_do(tmp_path, st
 def test_float_layers_are_honoured_and_checked(tmp_path, stress_tiny):
     source, split = stress_tiny
     chosen = ("/pretrained/blocks.1/attn/qkv/MatMul", "/depth_head/refinenet2/out_conv/Conv")
-    checked = quantize_with_budget(source, split, tmp_path / "m.onnx", budget=10.0, float_layers=chosen)
+    checked = quantize_with_budget(source, split, tmp_path / "m.onnx", Int8Options(budget=10.0, float_layers=chosen))
     assert not set(chosen) & set(checked.quantized)
     report = json.loads(quant_report_path(tmp_path / "m.onnx").read_text())
     assert report["float_layers"] == list(chosen) and report["int8_layers"] == len(checked.quantized)
@@ -244,7 +246,9 @@ def test_float_layers_are_honoured_and_checked(tmp_path, stress_tiny):
     with pytest.raises(
         ExportRequestError, match=r"'/pretrained/blocks.1/attn/qkv/Matmul' is not a layer .* did you mean"
     ):
-        quantize_with_budget(source, split, tmp_path / "x.onnx", float_layers=("/pretrained/blocks.1/attn/qkv/Matmul",))
+        quantize_with_budget(
+            source, split, tmp_path / "x.onnx", Int8Options(float_layers=("/pretrained/blocks.1/attn/qkv/Matmul",))
+        )
 
 
 def test_image_counts_say_what_was_asked_and_allow_fewer_shrinks_the_held_out_share(tmp_path):
@@ -256,7 +260,7 @@ def test_image_counts_say_what_was_asked_and_allow_fewer_shrinks_the_held_out_sh
     ask = Int8Options(tmp_path, samples=6, held_out=8)
     message = r"asked for 6 calibration \+ 8 held-out accuracy images, 9 found usable \(9 calibration images, 1 corrupt"
     with pytest.raises(
-        CalibrationError, match=message + r".*lower --calib-samples or --accuracy-images, or pass --allow-fewer"
+        CalibrationError, match=message + r".*lower `int8.samples` or `int8.held_out`, or pass `int8.allow_fewer`"
     ):
         read_int8_images(ask, SIZE, None, progress=False)
     fewer = read_int8_images(replace(ask, allow_fewer=True), SIZE, None, progress=False)

@@ -12,13 +12,13 @@ import openvino
 import pytest
 
 from benchmarks.cpu import detect
+from export.metrics import compare
 from export.openvino import export_openvino
-from export.verify import compare
 from runtime import DepthPredictor, InputError, ModelFileError
 from tests.conftest import REPO
 
 # Stated bounds against FP32 in the one metric of the project, max|a - b| / std(ref)
-# (export.verify.MAX_REL_STD), measured values on the parity weights in comments.
+# (export.metrics.MAX_REL_STD), measured values on the parity weights in comments.
 FP32_MAX_REL = 2e-4  # another FP32 backend: measured 1.7e-5 (OpenVINO) to 5.4e-5 (ONNX Runtime, dynamic)
 BF16_MAX_REL = 0.5  # OpenVINO bf16 compute on this CPU: measured 0.15
 FP16_IR_MAX_REL = 0.05  # FP16-compressed weights, f32 compute: measured 1.1e-2

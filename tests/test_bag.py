@@ -22,8 +22,8 @@ from rosbags.rosbag2 import StoragePlugin
 from rosbags.rosbag2 import Writer as Writer2
 from rosbags.typesys import Stores, get_typestore
 
+from commands.errors import InputError
 from runtime import ScaleShift
-from runtime.errors import InputError
 from runtime.pointcloud import Intrinsics, depth_to_points
 from runtime.ros.bag import process_bag
 from runtime.ros.messages import Conversion, metric_depth

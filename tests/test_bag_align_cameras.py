@@ -20,9 +20,9 @@ from rosbags.rosbag2 import StoragePlugin
 from rosbags.rosbag2 import Writer as Writer2
 from rosbags.typesys import Stores, get_typestore
 
+from commands.errors import InputError
 from runtime import DepthPredictor
 from runtime.align import AlignSettings
-from runtime.errors import InputError
 from runtime.metric import OutputKind
 from runtime.ros.bag import open_bag, process_bag, rosbags_modules
 from runtime.ros.bag_align import REORDER, SEVERAL_EXTRINSICS, BagAligner

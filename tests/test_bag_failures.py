@@ -162,7 +162,7 @@ def test_huge_frames_give_clouds_within_the_point_bound(tmp_path, predictor, tin
 
 # Measured peak of the bag tool on one 7900x7900 frame (62 MP, under the 64 MP decode limit) with
 # metric depth and points, tiny model: 2.5 GB (6.5 GB before clouds were bounded); 2.0 GB with
-# relative depth only. README "Bags" states it; this bound leaves room for allocator noise.
+# relative depth only. docs/ros.md "Bags" states it; this bound leaves room for allocator noise.
 BAG_64MP_PEAK_MB = 3200
 RUN_BAG = """
 import runpy, sys

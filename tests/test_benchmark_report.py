@@ -262,7 +262,7 @@ def test_no_calibration_images_means_no_int8_row(tiny_run, tmp_path):
 
 
 def test_openvino_int8_row_is_calibrated_timed_and_runs_int8_kernels(tiny_run, tmp_path):
-    """The row the README's table names fastest on this CPU, on the tiny model: exported with
+    """The row the report in docs/measurements.md names fastest on this CPU, on the tiny model: exported with
     calibration on the bundled photographs, timed, scored, and computing in INT8 kernels."""
     argv = tiny_argv(tiny_run, tmp_path, "--size-sweep", "none")
     assert main([*argv, "--backends", "openvino", "--precisions", "int8"]) == 0

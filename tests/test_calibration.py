@@ -58,7 +58,7 @@ def test_samples_are_the_runtime_preprocessing_of_the_member(shard_dir):
 
 
 def test_too_few_images_is_an_error_unless_allowed(shard_dir):
-    with pytest.raises(CalibrationError, match=r"asked for 40 .* found only 16 usable.*--allow-fewer"):
+    with pytest.raises(CalibrationError, match=r"asked for 40 .* found only 16 usable.*`allow_fewer`"):
         CalibrationSet(shard_dir, 40, SHAPE, progress=False)
     assert len(CalibrationSet(shard_dir, 40, SHAPE, allow_fewer=True, progress=False)) == 16
 

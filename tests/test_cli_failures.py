@@ -55,7 +55,7 @@ TRT = ["--onnx-only", "--trt-version", V, "--size", "56x56"]
         (TRT_CLI, (BUILD, "check_onnx"), ["--fp16", *TRT], "checking the source ONNX"),
         (TRT_CLI, (BUDGET, "CalibrationSet"), ["--int8", *TRT], "reading calibration images"),
         (TRT_CLI, (BUDGET, "quantize_int8"), ["--int8", *TRT], "calibrating and quantizing"),
-        (TRT_CLI, (BUILD, "to_fp16"), ["--fp16", *TRT], "converting to an FP16-typed graph"),
+        (TRT_CLI, (BUILD, "fp16_artefact"), ["--fp16", *TRT], "converting to an FP16-typed graph"),
         (TRT_CLI, (BUILD, "require_compatible"), ["--fp16", *TRT], f"checking the TensorRT {V} parser rules"),
         (TRT_CLI, (export.onnx, "export_onnx"), ["--fp16", *TRT, "--encoder", "vits"], "exporting the ONNX model"),
         (QUANTIZE_CLI, (BUDGET, "CalibrationSet"), [], "reading calibration images"),

@@ -1,5 +1,5 @@
 """Rules every command keeps: options that cannot work refused when parsed, SIGTERM handled like
-Ctrl-C where outputs are staged, a full disk as one line, and error logs where the README says."""
+Ctrl-C where outputs are staged, a full disk as one line, and error logs where docs/exit-codes.md says."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import pytest
 import export.openvino
 import export.quantize.__main__
 import export.trt.__main__
-from runtime.commands import (
+from commands.errors import OutputError
+from commands.runner import (
     EXIT_FAILED,
     EXIT_TERMINATED,
     command,
     error_log_path,
 )
-from runtime.errors import OutputError
 from tests.conftest import REPO
 
 EXPORTS = [export.quantize.__main__, export.trt.__main__, export.openvino]
@@ -62,7 +62,7 @@ def test_every_int8_export_refuses_counts_below_one(module, option, value, messa
 # OpenVINO tests (a segfault inside kill()), a state no command process is in.
 SIGTERM_PROBE = """
 import os, signal, sys
-from runtime.commands import Terminated, command, sigterm_as_interrupt
+from commands.runner import Terminated, command, sigterm_as_interrupt
 
 @command("test-command", sigterm=True)
 def terminated_while_writing(argv):
@@ -115,7 +115,7 @@ def test_a_full_disk_is_one_line_without_a_log(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "logs").exists()
 
 
-def test_error_logs_go_where_the_readme_says(tmp_path, monkeypatch):
+def test_error_logs_go_where_the_docs_say(tmp_path, monkeypatch):
     monkeypatch.delenv("DAV2_LOG_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert error_log_path("python -m export.trt").parent == tmp_path / "cache" / "dav2-edge" / "logs"
@@ -125,7 +125,5 @@ def test_error_logs_go_where_the_readme_says(tmp_path, monkeypatch):
     monkeypatch.setenv("DAV2_LOG_DIR", str(tmp_path / "mine"))
     assert error_log_path("python -m export.trt").name.startswith("export.trt-")
     assert error_log_path("python -m export.trt").parent == tmp_path / "mine"
-    readme = " ".join((REPO / "README.md").read_text().split())
-    assert (
-        "the traceback of an unexpected error goes to `$DAV2_LOG_DIR`, else `$XDG_CACHE_HOME/dav2-edge/logs`" in readme
-    )
+    docs = " ".join((REPO / "docs" / "exit-codes.md").read_text().split())
+    assert "the traceback of an unexpected error goes to `$DAV2_LOG_DIR`, else `$XDG_CACHE_HOME/dav2-edge/logs`" in docs

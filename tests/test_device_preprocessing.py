@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from export.verify import compare
+from export.metrics import compare
 from runtime import DepthPredictor, MissingDependencyError
 from runtime import preprocessing as pre
 from runtime.backends.tensorrt import device_pipeline_torch

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from export.errors import ExportError
+from export.metrics import MAX_REL_STD, compare, run_onnxruntime, verification_input
 from export.onnx import export_onnx
-from export.verify import MAX_REL_STD, compare, run_onnxruntime, verification_input
 from runtime.metadata import read_sidecar, sha256_file
 from tests.conftest import REPO
 from tests.parity import deterministic_input, reference_output

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from export.verify import compare
+from export.metrics import compare
 from tests.conftest import REPO, official_state_dict
 from tests.parity import REFERENCE_SIZES, deterministic_input, reference_output
 

@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
+from export.metrics import compare
 from export.openvino import export_openvino
-from export.verify import compare
 from runtime import DepthPredictor
 
 # Same model, same input: a run with its own share of the threads sums in another order at most.

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from benchmarks.profile import summarize
+from export.metrics import abs_rel, compare
 from export.openvino import export_openvino
-from export.verify import abs_rel, compare
 from runtime import DepthPredictor, InputError, ModelFileError
 
 # preprocess="model" against the OpenCV path, both in f32: OpenVINO's cubic Interpolate and

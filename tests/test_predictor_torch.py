@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from export.verify import compare
+from export.metrics import compare
 from runtime import DepthPredictor, InputError, ModelFileError
 from train.models import save_model
 
@@ -50,7 +50,7 @@ def test_batch_equals_single_images(vits_predictor, photo):
     assert [d.shape for d in batch] == [im.shape[:2] for im in images]
     for image, depth in zip(images, batch, strict=True):
         # Not bit-identical on PyTorch: a batched matrix product sums in another order (measured
-        # 1.6e-5; ONNX Runtime and OpenVINO gave identical numbers), as the README says.
+        # 1.6e-5; ONNX Runtime and OpenVINO gave identical numbers), as docs/measurements.md says.
         assert compare(depth, vits_predictor.predict(image)).max_rel_std < 1e-4
     assert vits_predictor.predict_batch([]) == []
 
@@ -167,7 +167,7 @@ def test_cli_writes_a_depth_png(tmp_path, tiny_model, photo):
         capture_output=True,
         text=True,
     )
-    assert run.returncode == 1, run.stderr  # an input was skipped (README "Exit codes"); the good one is written
+    assert run.returncode == 1, run.stderr  # an input was skipped (docs/exit-codes.md); the good one is written
     assert "skipped" in run.stderr and "broken.jpg" in run.stderr
     depth_png = cv2.imread(str(tmp_path / "out" / "in_depth.png"))
     assert depth_png.shape == photo.shape  # the colourised depth alone (--side-by-side adds the input)

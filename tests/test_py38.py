@@ -27,7 +27,7 @@ PY38 = sorted({path for pattern in _py38_patterns() for path in REPO.glob(patter
 
 def test_the_py38_list_covers_what_a_jetson_imports():
     names = {str(p.relative_to(REPO)) for p in PY38}
-    for needed in ("runtime/predictor.py", "runtime/commands.py", "export/trt/build.py", "export/trt/rules.py"):
+    for needed in ("runtime/predictor.py", "commands/runner.py", "export/trt/build.py", "export/trt/rules.py"):
         assert needed in names
     # python -m runtime.verify and python -m benchmarks --model run on the device too
     for needed in ("runtime/verify.py", "runtime/reference.py", "export/reference.py", "benchmarks/given.py"):

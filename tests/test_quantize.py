@@ -10,11 +10,11 @@ import numpy as np
 import onnx
 import pytest
 
+from export.metrics import OnnxRuntimeRunner, compare
 from export.onnx import export_onnx
 from export.quantize.calibration import CalibrationSet
 from export.quantize.fp16 import to_fp16
 from export.quantize.qdq import DEFAULT_KEEP_FP, quantize_int8, select_nodes
-from export.verify import OnnxRuntimeRunner, compare
 from runtime import DepthPredictor
 from runtime.preprocessing import prepare_fixed
 from runtime.reference import load_reference, reference_path

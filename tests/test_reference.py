@@ -14,9 +14,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from export.metrics import FP32_TOLERANCE
 from export.openvino import export_openvino
 from export.reference import FP16_TOLERANCE
-from export.verify import FP32_TOLERANCE
 from runtime import DepthPredictor
 from runtime.accuracy import ABS_REL_ALIGNED, MAX_REL_STD
 from runtime.reference import ReferenceMismatch, load_reference, reference_path

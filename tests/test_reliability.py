@@ -152,7 +152,7 @@ def test_allow_fewer_still_refuses_below_the_minimum(tmp_path, photo):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "broken.jpg").write_bytes(b"")
-    with pytest.raises(CalibrationError, match=r"found only 0 usable.*--allow-fewer accepts no fewer than 10"):
+    with pytest.raises(CalibrationError, match=r"found only 0 usable.*`allow_fewer` accepts no fewer than 10"):
         CalibrationSet(empty, 300, (140, 182), allow_fewer=True, progress=False)
     few = tmp_path / "few"
     few.mkdir()
@@ -176,7 +176,7 @@ def test_openvino_int8_from_an_empty_folder_is_one_line_error(tmp_path, tiny_onn
         capture_output=True,
         text=True,
     )
-    assert run.returncode == 2  # an input error (README "Exit codes")
+    assert run.returncode == 2  # an input error (docs/exit-codes.md)
     assert run.stderr.strip().splitlines() == [
         f"error: {empty}: no images found (give SA-1B .tar shards or .jpg/.jpeg/.png files); "
         "INT8 is never calibrated on nothing"
@@ -305,7 +305,7 @@ def test_clis_given_an_html_checkpoint_end_in_one_line(tmp_path, command):
     page = tmp_path / "model.pth"
     page.write_bytes(b"<html><body>Rate limit exceeded</body></html>")
     run = subprocess.run([sys.executable, "-m", *command, str(page)], cwd=REPO, capture_output=True, text=True)
-    assert run.returncode == 2  # an input error (README "Exit codes")
+    assert run.returncode == 2  # an input error (docs/exit-codes.md)
     assert "Traceback" not in run.stderr and "an HTML page, not a checkpoint" in run.stderr
 
 

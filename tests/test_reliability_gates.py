@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from export.errors import ExportError
+from export.metrics import FP32_TOLERANCE
 from export.onnx import export_onnx
 from export.openvino import TOLERANCES, export_openvino
-from export.verify import FP32_TOLERANCE
 from runtime.metadata import read_sidecar
 
 SIZE = (98, 98)

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from export.metrics import compare, run_onnxruntime, verification_input
 from export.onnx import export_onnx
-from export.verify import compare, run_onnxruntime, verification_input
 from runtime import DepthPredictor
 from runtime.metadata import read_sidecar, sha256_file
 from runtime.reference import reference_path

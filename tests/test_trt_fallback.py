@@ -2,7 +2,7 @@
 more with LayerNorm, Softmax and the attention MatMuls in FP32, and still over, writes nothing.
 
 No machine that runs these tests has TensorRT: the decisions are plain functions
-(``export.trt.plan``) and are driven here on real damaged results (a sign-flipped weight) run by
+(``export.trt.decisions``) and are driven here on real damaged results (a sign-flipped weight) run by
 ONNX Runtime; the gpu test drives the same path on a real TensorRT."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 from export.graph import FLOAT, Graph, inferred
 from export.quantize.fp16 import FP32_OPS, to_fp16
 from export.reference import write_reference
-from export.trt.plan import (
+from export.trt.decisions import (
     EngineOverTolerance,
     checked_build,
     engine_attempts,

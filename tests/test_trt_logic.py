@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from commands.errors import ModelFileError
 from export.errors import ExportError
-from export.trt.plan import (
+from export.trt.decisions import (
     BuildPlan,
     Profile,
     export_opset,
@@ -23,7 +24,6 @@ from export.trt.plan import (
 from export.trt.rules import TrtVersion
 from runtime.backends.cuda import parse_device
 from runtime.backends.tensorrt import check_engine_metadata, check_profile, engine_profile, spec_from_dims
-from runtime.errors import ModelFileError
 from tests.conftest import REPO
 
 
@@ -257,7 +257,7 @@ def test_cli_refuses_requests_it_cannot_honour(tmp_path, argv, match):
         text=True,
         env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
     )
-    assert run.returncode == 2 and match in run.stderr  # usage errors (README "Exit codes")
+    assert run.returncode == 2 and match in run.stderr  # usage errors (docs/exit-codes.md)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -294,7 +294,7 @@ def gpu_ready() -> bool:
 @pytest.mark.skipif(not gpu_ready(), reason="needs TensorRT and a CUDA GPU")
 @pytest.mark.parametrize("precision,bound", [("fp16", 0.02), ("int8", 0.2)])
 def test_engine_builds_and_matches_pytorch(tmp_path, vits_checkpoint, precision, bound):
-    from export.verify import compare
+    from export.metrics import compare
     from runtime import DepthPredictor
     from tests.sa1b import held_out_photos, make_shard
 

@@ -10,9 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from runtime.commands import command
-from train.distillation import distill
+from commands.runner import command
 from train.engine import add_common_args, config_from_args, spec_or_encoder
+from train.student_training import distill
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,8 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from commands.runner import command
 from runtime.accuracy import align_scale_shift, depth_metrics
-from runtime.commands import command
 
 __all__ = ["align_scale_shift", "depth_metrics", "evaluate", "main"]
 

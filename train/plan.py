@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import torch
 
-from runtime.commands import command
+from commands.runner import command
 from runtime.preprocessing import dynamic_size
 from train.models import DepthAnythingV2, ModelSpec, get_spec
 

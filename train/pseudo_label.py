@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.commands import command
+from commands.runner import command
 from runtime.io.files import atomic_write, atomic_write_bytes
 from runtime.preprocessing import prepare_dynamic
 from train.data import sa1b

@@ -10,12 +10,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from runtime.commands import command
+from commands.runner import command
 from train.data.datasets import SceneDataset
 from train.engine import add_common_args, config_from_args, spec_or_encoder, train
 from train.losses import DistillationLoss
 from train.models import DepthAnythingV2, load_backbone
-from train.models.teacher import TEACHER_ENCODER
+from train.models.teacher_model import TEACHER_ENCODER
 
 
 def open_dataset(spec: str, seed: int, crop: int):

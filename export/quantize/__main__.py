@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from runtime.commands import command, stage
+from commands.runner import command, stage
 
-from ..cli import add_calibration_args, add_size_arg
+from ..artefact import Artefact
+from ..cli import add_calibration_args, add_size_arg, speaks_flags
 from ..errors import ExportRequestError
+from ..formats import FORMATS
 from ..graph import input_hw, load_onnx
 from ..reference import write_fp16_reference
 from .budget import export_int8
@@ -33,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m export.quantize",
         description="Calibrate an ONNX model on SA-1B samples and write a Q/DQ INT8 ONNX (or an FP16-typed one).",
+        epilog=FORMATS["onnx-quantized"].help(),
     )
     parser.add_argument("--onnx", type=Path, required=True, help="FP32 ONNX from python -m export.onnx")
     parser.add_argument("--output", type=Path, help="output .onnx (default: beside the input, .int8.onnx)")
@@ -59,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @command("python -m export.quantize")
+@speaks_flags
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.fp16:
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     shape = args.size or input_hw(load_onnx(args.onnx, load_external_data=False)) or (518, 518)
     output.parent.mkdir(parents=True, exist_ok=True)
-    export_int8(args.onnx, output, Int8Options.from_args(args), shape, args.target)
+    export_int8(Artefact.read(args.onnx), output, Int8Options.from_args(args), shape, args.target)
     print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
     return 0
 

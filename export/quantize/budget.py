@@ -21,21 +21,22 @@ import json
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from runtime.commands import stage
+from commands.runner import stage
 from runtime.io.files import atomic_write, atomic_write_bytes
-from runtime.metadata import read_sidecar, sha256_file, sidecar_path, write_sidecar
+from runtime.metadata import sha256_file, sidecar_path
 
+from ..artefact import Artefact
 from ..errors import ExportError, ExportRequestError
 from ..graph import load_onnx, save_onnx
+from ..metrics import ABS_REL_ALIGNED, OnnxRuntimeRunner
 from ..reference import write_int8_reference
-from ..verify import ABS_REL_ALIGNED, OnnxRuntimeRunner
 from .calibration import MIN_IMAGES, CalibrationError, CalibrationSet
-from .options import DEFAULT_ACCURACY_BUDGET, DEFAULT_METHOD, DEFAULT_PERCENTILE, SMOOTH_MODES, Int8Options
+from .options import BUDGET_DEFAULTS, Int8Options
 from .probes import QdqProbes
 from .qdq import quantize_int8, select_nodes
 from .search import Search, suggestion
@@ -97,10 +98,10 @@ def read_int8_images(
     asked = f"{calibration} calibration" + (f" + {held} held-out accuracy" if held else "") + " images"
     if found < wanted:
         if not options.allow_fewer:
-            lower = "--calib-samples or --accuracy-images" if held else "--calib-samples"
+            lower = "`int8.samples` or `int8.held_out`" if held else "`int8.samples`"
             raise CalibrationError(
                 f"{options.calib_dir}: asked for {asked}, {found} found usable ({images.report.summary()}); "
-                f"add images, lower {lower}, or pass --allow-fewer"
+                f"add images, lower {lower}, or pass `int8.allow_fewer`"
             )
         held = min(held, max(MIN_HELD_OUT, found - calibration))
         floor = min(calibration, MIN_IMAGES)
@@ -108,7 +109,7 @@ def read_int8_images(
             least = f"{floor} calibration" + (f" + {held} held-out accuracy" if held else "") + " images"
             raise CalibrationError(
                 f"{options.calib_dir}: asked for {asked}, {found} found usable ({images.report.summary()}); "
-                f"--allow-fewer accepts no fewer than {least}: add images"
+                f"`int8.allow_fewer` accepts no fewer than {least}: add images"
             )
         print(f"--allow-fewer: asked for {asked}, {found} found usable; using {found - held} + {held}")
     if not held:
@@ -125,7 +126,7 @@ def check_float_layers(names: tuple[str, ...], known: list[str], what: str) -> N
         if name not in known:
             close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(close)}?" if close else f" ({len(known)} such layers in this model)"
-            raise ExportRequestError(f"--float-layers: {name!r} is not a layer {what} quantizes{hint}")
+            raise ExportRequestError(f"`int8.float_layers`: {name!r} is not a layer {what} quantizes{hint}")
 
 
 @dataclass
@@ -137,34 +138,30 @@ class BudgetResult:
     reverted: list[str] = field(default_factory=list)  # node names the search put back in float
     quantized: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    artefact: Artefact | None = None
 
 
 def quantize_with_budget(
-    source: Path,
+    source: Path | Artefact,
     split: HeldOutSplit,
     output: Path,
-    budget: float = DEFAULT_ACCURACY_BUDGET,
-    smooth_mode: str = "auto",
-    method: str | None = None,
+    options: Int8Options = BUDGET_DEFAULTS,
     target: str = "tensorrt",
-    keep_fp: tuple[str, ...] = (),
     cache_dir: Path | None = None,
     log=print,
-    percentile: float | None = None,
-    float_layers: tuple[str, ...] = (),
 ) -> BudgetResult:
-    """Calibrated INT8 of ``source`` at ``output`` whose held-out error stays within ``budget``,
-    with ``float_layers`` (node names) in float from the start."""
-    if smooth_mode not in SMOOTH_MODES:
-        raise ExportRequestError(f"--smooth must be one of {', '.join(SMOOTH_MODES)}, got {smooth_mode!r}")
-    method, percentile = method or DEFAULT_METHOD, percentile or DEFAULT_PERCENTILE
-    source_model = load_onnx(source)
+    """Calibrated INT8 of ``source`` (a path, or its record) at ``output`` whose held-out error
+    stays within ``options.budget``, with ``options.float_layers`` (node names) in float from the
+    start; the result carries the artefact's record, written to its sidecar once, at the end."""
+    source = Artefact.of(source)
+    budget, method, percentile, float_layers = options.budget, options.method, options.percentile, options.float_layers
+    source_model = load_onnx(source.path)
     check_float_layers(float_layers, select_nodes(source_model, ())[0], "ONNX Q/DQ")
     # Exact names as patterns: glob.escape keeps a name with [ or * meaning itself.
-    keep = tuple(keep_fp) + tuple(glob.escape(name) for name in float_layers)
+    keep = tuple(options.keep_fp) + tuple(glob.escape(name) for name in float_layers)
     held = split.held_out_batches()
     with stage("running the FP32 model on the held-out images"):
-        references = OnnxRuntimeRunner(source).run_all(held)
+        references = OnnxRuntimeRunner(source.path).run_all(held)
     workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.budget.", dir=output.parent))
     cache_dir = cache_dir or workdir  # every base model is calibrated once
     bases: dict[bool, tuple[Path, list[str]]] = {}
@@ -172,21 +169,20 @@ def quantize_with_budget(
     def make(smoothed: bool) -> QdqProbes:
         model = source
         if smoothed:
-            model = workdir / "smoothed.onnx"
-            sites = smooth(source_model, model, split)
-            write_sidecar(model, {**(read_sidecar(source) or {}), "smoothed": sites})
+            model = replace(source, path=workdir / "smoothed.onnx")
+            smooth(source_model, model.path, split)
         base = workdir / ("smoothed" if smoothed else "plain") / output.name
         base.parent.mkdir()
         with stage("calibrating and quantizing"):
-            result = quantize_int8(model, split, base, method, target, keep, percentile, cache_dir)
-        bases[smoothed] = (base, result.quantized)
-        return QdqProbes(base, model, result.quantized, target, held, references, workdir)
+            result = quantize_int8(model, split, base, method, target, keep, percentile, cache_dir, write=False)
+        bases[smoothed] = (base, result.quantized, result.artefact)
+        return QdqProbes(base, model.path, result.quantized, target, held, references, workdir)
 
     try:
         search = Search(make, budget, log, float_layers)
         with stage("measuring INT8 layers against the held-out images"):
-            outcome = search.run(smooth_mode, {m.name for s in find_sites(source_model) for m in s.matmuls})
-        base, quantized = bases[outcome.smoothed]
+            outcome = search.run(options.smooth, {m.name for s in find_sites(source_model) for m in s.matmuls})
+        base, quantized, based = bases[outcome.smoothed]
         record = {
             "budget": budget,
             "metric": ABS_REL_ALIGNED,
@@ -219,16 +215,19 @@ def quantize_with_budget(
                 if item != sidecar_path(base):
                     item.replace(output.parent / item.name)
         write_report(report, record)
-        meta = read_sidecar(base) or {}
-        meta["quantization"].update(quantized_nodes=record["int8_layers"], float_layers=record["float_layers"])
-        meta.update(source_onnx=str(source), source_sha256=sha256_file(source), sha256=sha256_file(output))
-        meta["accuracy"] = {
+        quantization = {
+            **based.get("quantization"),
+            "quantized_nodes": record["int8_layers"],
+            "float_layers": record["float_layers"],
+        }
+        accuracy = {
             k: record[k]
             for k in ("budget", "metric", "method", "error", "plain_error", "int8_layers", "float_layers", "smoothed")
         }
-        for key in ("artefact", "schema_version", "smoothed"):
-            meta.pop(key, None)
-        write_sidecar(output, meta)
+        made = replace(based, path=output).updated(
+            quantization=quantization, **source.source_facts(), sha256=sha256_file(output), accuracy=accuracy
+        )
+        made.write()
         quantized_now = [n for n in quantized if n not in outcome.floats]
         return BudgetResult(
             output,
@@ -238,6 +237,7 @@ def quantize_with_budget(
             outcome.floats,
             quantized_now,
             record["seconds"],
+            made,
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -251,36 +251,24 @@ def write_report(path: Path, record: dict) -> None:
     atomic_write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())
 
 
-def export_int8(source: Path, output: Path, options: Int8Options, shape: tuple[int, int], target: str) -> dict:
+def export_int8(source: Artefact, output: Path, options: Int8Options, shape: tuple[int, int], target: str) -> Artefact:
     """The INT8 step of export.trt and export.quantize: calibrate on ``options.samples`` images
     (plus ``options.held_out`` more to measure on, when a budget is set) at ``shape`` and
-    quantize for ``target``; returns the calibration record."""
+    quantize ``source`` for ``target``; returns the record of the INT8 ONNX (its sidecar written)."""
     if options.accuracy_method != "sensitivity":
-        raise ExportRequestError("--accuracy-method nncf is OpenVINO's (python -m export.openvino --int8)")
+        raise ExportRequestError("`accuracy_method='nncf'` is OpenVINO's (python -m export.openvino --int8)")
     cache = output.parent / ".calib_cache"
     with stage("reading calibration images"):
         images = read_int8_images(options, shape, cache)
     keep = tuple(options.keep_fp) + tuple(glob.escape(name) for name in options.float_layers)
     with stage("calibrating and quantizing"):
         if options.budget is None:
-            check_float_layers(options.float_layers, select_nodes(load_onnx(source), ())[0], "ONNX Q/DQ")
+            check_float_layers(options.float_layers, select_nodes(load_onnx(source.path), ())[0], "ONNX Q/DQ")
             result = quantize_int8(source, images, output, options.method, target, keep, options.percentile, cache)
-            print(f"INT8 Q/DQ: {len(result.quantized)} layers INT8, no accuracy check (--accuracy-budget off)")
-            write_int8_reference(output, source, shape, (), None)
-            return images.describe()
-    checked = quantize_with_budget(
-        source,
-        images,
-        output,
-        options.budget,
-        options.smooth,
-        options.method,
-        target,
-        options.keep_fp,
-        cache,
-        percentile=options.percentile,
-        float_layers=options.float_layers,
-    )
+            print(f"INT8 Q/DQ: {len(result.quantized)} layers INT8, no accuracy check (accuracy budget off)")
+            reference = write_int8_reference(output, source.path, shape, (), None)
+            return replace(result.artefact, reference=reference)
+    checked = quantize_with_budget(source, images, output, options, target, cache)
     floats = len(checked.reverted) + len(options.float_layers)
     notes = f", {floats} back in float" if floats else ""
     notes += ", outliers migrated" if checked.smoothed else ""
@@ -289,5 +277,5 @@ def export_int8(source: Path, output: Path, options: Int8Options, shape: tuple[i
         f"{images.held_out} held-out images (budget {options.budget}; report {quant_report_path(output)}, "
         f"{checked.seconds:.0f} s)"
     )
-    write_int8_reference(output, source, shape, images.held_out_batches(), options.budget)
-    return images.describe()
+    reference = write_int8_reference(output, source.path, shape, images.held_out_batches(), options.budget)
+    return replace(checked.artefact, reference=reference)

@@ -112,9 +112,9 @@ class CalibrationSet:
         floor = floor if minimum is None else minimum
         if found < floor:
             hint = (
-                f"--allow-fewer accepts no fewer than {floor}; add images"
+                f"`allow_fewer` accepts no fewer than {floor}; add images"
                 if allow_fewer
-                else "add images, lower --calib-samples, or pass --allow-fewer"
+                else "add images, lower `num_samples`, or pass `allow_fewer`"
             )
             raise CalibrationError(
                 f"{self.source}: asked for {num_samples} calibration images but found only {found} usable "

@@ -15,12 +15,14 @@ that ONNX types as float32 regardless of the data (Resize's roi and scales) stay
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from runtime.io.files import atomic_write
-from runtime.metadata import read_sidecar, sha256_file, write_sidecar
+from runtime.metadata import sha256_file
 
+from ..artefact import Artefact
 from ..graph import (
     FLOAT,
     FLOAT16,
@@ -250,31 +252,37 @@ def to_fp16(
     keep_fp32_ops: tuple[str, ...] = FP32_OPS,
     keep_fp32_nodes: tuple[str, ...] = (),
 ) -> Path:
-    """An FP16-typed copy of ``onnx_path`` with float32 I/O, for strongly typed TensorRT builds;
-    ``keep_fp32_nodes`` (node names) also stay FP32 (``export.trt``'s FP32 islands, --fp32-layers).
+    """``fp16_artefact`` of a file given by its path; returns the path written."""
+    return fp16_artefact(Artefact.read(onnx_path), output, keep_fp32_ops, keep_fp32_nodes).path
+
+
+def fp16_artefact(
+    source: Artefact,
+    output: str | Path,
+    keep_fp32_ops: tuple[str, ...] = FP32_OPS,
+    keep_fp32_nodes: tuple[str, ...] = (),
+) -> Artefact:
+    """An FP16-typed copy of ``source`` with float32 I/O, for strongly typed TensorRT builds;
+    ``keep_fp32_nodes`` (node names) also stay FP32 (``export.trt``'s FP32 islands, ``fp32_layers``).
+    Returns the copy's record, written to its sidecar.
 
     A model with Q/DQ nodes is converted to opset 19 first, where their scales can be FP16: the
     whole quantized graph is then FP16, without a Cast pair around every Q/DQ (TensorRT >= 10).
     """
-    onnx_path, output = Path(onnx_path), Path(output)
+    onnx_path, output = source.path, Path(output)
     model = load_onnx(onnx_path)
     if is_quantized(model) and model_opset(model) < FP16_QDQ_OPSET:
         model = convert_opset(model, FP16_QDQ_OPSET)
     converted = convert_to_fp16(model, keep_fp32_ops, keep_fp32_nodes)
     atomic_write(output, lambda tmp: save_onnx(converted, tmp, location=output.name + ".data"))
-    meta = dict(read_sidecar(onnx_path) or {})
-    meta.update(
-        precision="fp16" if meta.get("precision", "fp32") == "fp32" else f"{meta['precision']}+fp16",
+    made = replace(source, path=output, reference=None).updated(
+        precision="fp16" if source.precision == "fp32" else f"{source.precision}+fp16",
         typed_fp16=True,
         opset=model_opset(converted),
         fp32_ops=list(keep_fp32_ops),
         fp32_nodes=len(set(keep_fp32_nodes)),
         cast_nodes=dict(zip(("total", "per_frame"), cast_counts(converted))),
-        source_onnx=str(onnx_path),
-        source_sha256=sha256_file(onnx_path),
+        **source.source_facts(),
         sha256=sha256_file(output),
     )
-    meta.pop("artefact", None)
-    meta.pop("schema_version", None)
-    write_sidecar(output, meta)
-    return output
+    return made.write()

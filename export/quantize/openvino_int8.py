@@ -32,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.commands import stage
+from commands.runner import stage
 
 from ..errors import ExportError
 from ..graph import load_onnx
-from ..verify import ABS_REL_ALIGNED, OnnxRuntimeRunner, abs_rel
+from ..metrics import ABS_REL_ALIGNED, OnnxRuntimeRunner, abs_rel
 from .budget import check_float_layers, quant_report_path, write_report
 from .options import Int8Options
 from .qdq import DEFAULT_KEEP_FP
@@ -213,8 +213,8 @@ class Nncf:
     ``images``, with the ONNX nodes ``fixed`` always in float (NNCF's ignored scope)."""
 
     def __init__(self, model, images, names: dict[str, str], fixed) -> None:
+        from commands.errors import require
         from runtime.backends.openvino import telemetry_off
-        from runtime.errors import require
 
         with telemetry_off():
             self.nncf = require("nncf", "openvino", "NNCF")

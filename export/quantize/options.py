@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import ExportRequestError
+
 DEFAULT_CALIB_SAMPLES = 500  # TensorRT's and OpenVINO's guidance: a few hundred images at deployment size
 DEFAULT_ACCURACY_BUDGET = 0.01
 DEFAULT_ACCURACY_IMAGES = 8
@@ -29,7 +31,7 @@ class Int8Options:
     a ``budget`` is set), activation ranges by ``method``, layers matching ``keep_fp`` and the layers
     named in ``float_layers`` (ONNX node names, as the ``.quant.json`` report names them) in float."""
 
-    calib_dir: Path
+    calib_dir: Path | None = None  # None: the caller hands the images over itself
     samples: int = DEFAULT_CALIB_SAMPLES
     budget: float | None = DEFAULT_ACCURACY_BUDGET  # AbsRel vs FP32 on held-out images; None: no check
     held_out: int = DEFAULT_ACCURACY_IMAGES
@@ -41,6 +43,16 @@ class Int8Options:
     allow_fewer: bool = False
     float_layers: tuple[str, ...] = field(default_factory=tuple)
     accuracy_method: str = "sensitivity"
+
+    def __post_init__(self) -> None:
+        """Checked once, here: every step below takes the options whole and trusts them."""
+        for name, value, allowed in (
+            ("smooth", self.smooth, SMOOTH_MODES),
+            ("method", self.method, METHODS),
+            ("accuracy_method", self.accuracy_method, ACCURACY_METHODS),
+        ):
+            if value not in allowed:
+                raise ExportRequestError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
 
     @classmethod
     def from_args(cls, args) -> Int8Options:
@@ -65,3 +77,7 @@ def split_names(values) -> tuple[str, ...]:
     """``--float-layers`` values, comma-separated or repeated, as one tuple without repeats."""
     names = (name.strip() for value in values for name in value.split(","))
     return tuple(dict.fromkeys(name for name in names if name))
+
+
+# The budget's defaults, for callers that hand over the images themselves (the tests, the benchmark).
+BUDGET_DEFAULTS = Int8Options()

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..graph import PROTOBUF_LIMIT, Graph, load_onnx, save_onnx
-from ..verify import OnnxRuntimeRunner, abs_rel
+from ..metrics import OnnxRuntimeRunner, abs_rel
 
 # The most held-out activations ``warm`` keeps in memory (vits at 518x518 needs about 0.3 GiB).
 CACHE_BYTES = 2 << 30

@@ -25,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import require
+from commands.errors import require
 from runtime.io.files import atomic_write
-from runtime.metadata import library_versions, read_sidecar, sha256_file, write_sidecar
+from runtime.metadata import library_versions, sha256_file
 
+from ..artefact import Artefact
 from ..errors import ExportRequestError
 from ..graph import PROTOBUF_LIMIT, Graph, load_onnx
 from .calibration import CalibrationSet
@@ -48,6 +49,7 @@ class QuantizeResult:
     calibration_seconds: float
     quantized: list[str] = field(default_factory=list)
     kept_fp: list[str] = field(default_factory=list)
+    artefact: Artefact | None = None  # the record of what was written (its sidecar's facts)
 
 
 def select_nodes(model, keep_fp: tuple[str, ...] = DEFAULT_KEEP_FP) -> tuple[list[str], list[str]]:
@@ -137,7 +139,7 @@ def _write_ort_ranges(ranges: dict[str, tuple[float, float]], path: Path) -> Non
 
 
 def quantize_int8(
-    onnx_path: str | Path,
+    onnx_path: str | Path | Artefact,
     calibration: CalibrationSet,
     output: str | Path,
     method: str = DEFAULT_METHOD,
@@ -145,8 +147,12 @@ def quantize_int8(
     keep_fp: tuple[str, ...] = (),
     percentile: float = DEFAULT_PERCENTILE,
     cache_dir: str | Path | None = None,
+    *,
+    write: bool = True,
 ) -> QuantizeResult:
-    """Calibrate ``onnx_path`` on ``calibration`` and write a Q/DQ INT8 model to ``output``, atomically.
+    """Calibrate ``onnx_path`` (a path, or the record of the source) on ``calibration`` and write a
+    Q/DQ INT8 model to ``output``, atomically; the result carries the new file's record, which is
+    also written to its sidecar unless ``write`` is off (a step whose caller finishes the record).
 
     Activation ranges are cached in ``cache_dir`` under a key made of the model's hash, the
     calibration set's key and the method, so a rerun skips the slow part and a changed input
@@ -157,12 +163,13 @@ def quantize_int8(
     if target not in TARGETS:
         raise ExportRequestError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     q = require("onnxruntime.quantization", "onnx", "ONNX Runtime")
-    onnx_path, output = Path(onnx_path), Path(output)
+    source = Artefact.of(onnx_path)
+    onnx_path, output = source.path, Path(output)
     model = load_onnx(onnx_path)
     input_name = model.graph.input[0].name
     quantize, kept = select_nodes(model, DEFAULT_KEEP_FP + tuple(keep_fp))
     if not quantize:
-        raise ExportRequestError(f"{onnx_path}: no Conv/MatMul/Gemm node left to quantize after --keep-fp")
+        raise ExportRequestError(f"{onnx_path}: no Conv/MatMul/Gemm node left to quantize after `keep_fp`")
     source_hash = sha256_file(onnx_path)
     large = model.ByteSize() > PROTOBUF_LIMIT  # vitg: protobuf cannot hold it in one file
     symmetric = target == "tensorrt"
@@ -226,8 +233,7 @@ def quantize_int8(
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     seconds = time.perf_counter() - started
-    source_meta = read_sidecar(onnx_path) or {}
-    write_sidecar(
+    record = source.made(
         output,
         {
             "format": "onnx",
@@ -245,13 +251,15 @@ def quantize_int8(
             "source_onnx": str(onnx_path),
             "source_sha256": source_hash,
             "input_name": input_name,
-            "input_shape": source_meta.get("input_shape"),
-            "encoder": source_meta.get("encoder"),
-            "licence": source_meta.get("licence", "unknown"),
+            "input_shape": source.get("input_shape"),
+            "encoder": source.encoder,
+            "licence": source.licence,
             "sha256": sha256_file(output),
             "seconds": round(seconds, 2),
             "calibration_seconds": round(calibration_seconds, 2),
             "versions": library_versions("onnx", "onnxruntime"),
         },
     )
-    return QuantizeResult(output, seconds, calibration_seconds, quantize, kept)
+    if write:
+        record.write()
+    return QuantizeResult(output, seconds, calibration_seconds, quantize, kept, record)

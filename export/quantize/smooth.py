@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import require
+from commands.errors import require
 
 from ..graph import Graph, load_onnx, save_onnx
 

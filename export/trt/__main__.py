@@ -1,7 +1,7 @@
 """``python -m export.trt``: TensorRT FP16/INT8 engines, explicit INT8 only.
 
 The pipeline is ``export.trt.build.build_trt``; the release-dependent decisions are plain
-functions in ``export.trt.plan`` and the parser rules data in ``export.trt.rules``. ``--onnx-only``
+functions in ``export.trt.decisions`` and the parser rules data in ``export.trt.rules``. ``--onnx-only``
 writes the portable TensorRT-ready ONNX without TensorRT; ``--check MODEL.onnx`` runs the rule
 check alone.
 """
@@ -11,14 +11,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from commands.runner import command
 from runtime.cli import positive_int
-from runtime.commands import command
 
-from ..cli import add_calibration_args, add_precision_args, add_size_arg, add_source_args, parse_hw
+from ..cli import add_calibration_args, add_precision_args, add_size_arg, add_source_args, parse_hw, speaks_flags
 from ..errors import ExportRequestError
+from ..formats import FORMATS
 from ..quantize.options import DEFAULT_METHOD, METHODS, Int8Options
 from .build import TrtRequest, build_trt, installed_tensorrt, target_version
-from .plan import DEFAULT_TARGET, Profile
+from .decisions import DEFAULT_TARGET, Profile
 from .rules import TrtVersion, check_onnx, grouped
 
 
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m export.trt",
         description="Build a TensorRT engine (FP16 default, INT8 calibrated on SA-1B samples into explicit Q/DQ). "
         "Every ONNX it builds from or hands to trtexec is first checked against the target release's parser rules.",
+        epilog=FORMATS["tensorrt"].help(),
     )
     add_source_args(parser, onnx=True)
     add_precision_args(
@@ -125,6 +127,7 @@ def request_from_args(args: argparse.Namespace) -> TrtRequest:
 
 
 @command("python -m export.trt")
+@speaks_flags
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.check is not None:

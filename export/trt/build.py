@@ -12,23 +12,24 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runtime.commands import stage
-from runtime.errors import MissingDependencyError, require
+from commands.errors import MissingDependencyError, require
+from commands.runner import stage
 from runtime.io.files import atomic_write_bytes, staging_dir
-from runtime.metadata import library_versions, read_sidecar, sha256_file, sidecar_path, write_sidecar
+from runtime.metadata import library_versions, sha256_file, sidecar_path, write_sidecar
 from runtime.reference import find_reference, reference_path
 
+from ..artefact import Artefact
 from ..errors import ExportError, ExportRequestError
-from ..graph import load_onnx, onnx_output_kind
+from ..graph import load_onnx
 from ..onnx import source_onnx
-from ..quantize.fp16 import FP32_OPS, to_fp16
+from ..quantize.fp16 import FP32_OPS, fp16_artefact
 from ..reference import onnx_runner, write_fp16_reference, write_reference
 from ..source import check_hw, default_output, licence_note, source_stem
-from .plan import (
+from .decisions import (
     DEFAULT_TARGET,
     JETPACK_NOTE,
     BuildPlan,
@@ -89,7 +90,7 @@ def target_version(trt, requested: str | None) -> TrtVersion:
         return wanted or TrtVersion.target(DEFAULT_TARGET)
     version = TrtVersion.parse(trt.__version__)
     if wanted is not None and wanted != version:
-        raise ExportRequestError(f"--trt-version {requested} differs from the installed TensorRT {trt.__version__}")
+        raise ExportRequestError(f"`trt_version` {requested} differs from the installed TensorRT {trt.__version__}")
     if not version.known:
         print(
             f"note: TensorRT {trt.__version__} is newer than the parser rules this project encodes "
@@ -105,8 +106,8 @@ def source_hint(request: TrtRequest, version: TrtVersion) -> str:
     if request.onnx is None:
         return ""
     return (
-        f"; re-export it for TensorRT {version}: python -m export.onnx --checkpoint CKPT --opset {opset}, "
-        f"or pass export.trt --checkpoint CKPT instead of --onnx and it exports at opset {opset} itself"
+        f"; re-export it for TensorRT {version} with `opset` {opset}, "
+        f"or give `checkpoint` instead of `onnx` and it exports at opset {opset} itself"
     )
 
 
@@ -170,9 +171,9 @@ def build_engine(
     return bytes(serialized)
 
 
-def build_trt(request: TrtRequest) -> Path:
+def build_trt(request: TrtRequest) -> Artefact:
     """Build the engine ``request`` describes (or, with ``onnx_only``, its TensorRT-ready ONNX);
-    returns the path written. Every ONNX on the way is checked against the target release's
+    returns the record of what it wrote. Every ONNX on the way is checked against the target release's
     parser rules before anything is built or handed to trtexec."""
     trt = installed_tensorrt()
     if trt is None and not request.onnx_only:
@@ -183,26 +184,26 @@ def build_trt(request: TrtRequest) -> Path:
     given = onnx_facts(request.onnx) if request.onnx is not None else None
     prequantized = given is not None and given.quantized
     if prequantized and request.precision != "int8":
-        raise ExportRequestError(f"{request.onnx} is already quantized (Q/DQ INT8): pass --int8, or give the FP32 ONNX")
+        raise ExportRequestError(
+            f"{request.onnx} is already quantized (Q/DQ INT8): pass `precision='int8'` or the FP32 ONNX"
+        )
     if not prequantized:
         if request.precision == "int8" and request.int8 is None:
             raise ExportRequestError(
-                "--int8 needs calibration images: pass --calib-dir with SA-1B shards or an image folder"
+                "`precision='int8'` needs calibration images: pass `int8.calib_dir`, SA-1B shards or an image folder"
             )
         if request.onnx is None and request.checkpoint is None and request.encoder is None:
-            raise ExportRequestError("give --onnx, --checkpoint or --encoder")
+            raise ExportRequestError("give `onnx`, `checkpoint` or `encoder`")
     version = target_version(trt, request.trt_version)
     plan = plan_build(version, request.precision, request.weakly_typed)
     profile = request.profile
     size = request.size
     if given is not None and given.dynamic and profile is None:
-        raise ExportRequestError(
-            f"{request.onnx} has a dynamic input: give --min, --opt and --max for the engine's profile"
-        )
+        raise ExportRequestError(f"{request.onnx} has a dynamic input: give `profile` for the engine")
     if given is not None and given.hw is not None:
         if size is not None and tuple(size) != given.hw:
             raise ExportRequestError(
-                f"{request.onnx} takes {given.hw[0]}x{given.hw[1]} inputs; drop --size or re-export it"
+                f"{request.onnx} takes {given.hw[0]}x{given.hw[1]} inputs; drop `size` or re-export it"
             )
         size = given.hw
     height, width = profile.opt[1:] if profile else check_hw(*(size or (518, 518)))
@@ -215,7 +216,7 @@ def build_trt(request: TrtRequest) -> Path:
 
     started = time.perf_counter()
     with stage("exporting the ONNX model"):
-        source = source_onnx(
+        source_record = source_onnx(
             request.onnx,
             request.checkpoint,
             request.encoder,
@@ -225,10 +226,11 @@ def build_trt(request: TrtRequest) -> Path:
             dynamic=profile is not None,
             opset=export_opset(version),
         )
+    source = source_record.path
     facts = given or onnx_facts(source)
     if profile is not None and not facts.dynamic:
         raise ExportRequestError(
-            f"{source} has a fixed input shape (batch 1); export it with --dynamic to use --min/--max or --batch"
+            f"{source} has a fixed input shape (batch 1); export it with `dynamic` to give it a `profile`"
         )
     if facts.typed_fp16 and not plan.typed_fp16:
         raise ExportRequestError(f"{source} is FP16-typed (made for TensorRT >= 10); give the FP32 ONNX it came from")
@@ -240,28 +242,31 @@ def build_trt(request: TrtRequest) -> Path:
 
     # The ONNX TensorRT reads: typed FP16 and/or Q/DQ INT8 variants are written beside the
     # engine; a plain FP32 model (flag-based FP16 and FP32 builds) is used as it is.
-    ready = source
+    record = source_record  # the record of the ONNX TensorRT reads, step by step
     sizes = engine_sizes(height, width, profile)
-    calibration_info = (read_sidecar(source) or {}).get("calibration") if facts.quantized else None
     if plan.quantized and not facts.quantized:
         from ..quantize.budget import export_int8
 
-        ready = output.with_name(output.stem + (".qdq-fp32.onnx" if plan.typed_fp16 else plan.onnx_suffix))
-        calibration_info = export_int8(source, ready, request.int8, (height, width), "tensorrt")
-    pretyped = ready if not facts.typed_fp16 else typed_from(ready)
+        qdq = output.with_name(output.stem + (".qdq-fp32.onnx" if plan.typed_fp16 else plan.onnx_suffix))
+        record = export_int8(source_record, qdq, request.int8, (height, width), "tensorrt")
+    calibration_info = record.calibration if plan.quantized or facts.quantized else None
+    pretyped_record = record if not facts.typed_fp16 else typed_from(record)
+    ready = record.path
+    pretyped = pretyped_record.path if pretyped_record is not None else None
     nodes_of = load_onnx(pretyped or ready, load_external_data=False)
     if request.fp32_layers and pretyped is None:
         raise ExportRequestError(
-            f"{ready} is FP16-typed already: --fp32-layers needs the FP32 or Q/DQ ONNX it was typed from"
+            f"{ready} is FP16-typed already: `fp32_layers` needs the FP32 or Q/DQ ONNX it was typed from"
         )
     attempts = engine_attempts(plan, fp32_island_nodes(nodes_of), match_layers(nodes_of, request.fp32_layers))
     if plan.typed_fp16 and not facts.typed_fp16:
         with stage("converting to an FP16-typed graph"):
-            ready = to_fp16(
-                pretyped, output.with_name(output.stem + plan.onnx_suffix), FP32_OPS, attempts[0].fp32_nodes
+            record = fp16_artefact(
+                pretyped_record, output.with_name(output.stem + plan.onnx_suffix), FP32_OPS, attempts[0].fp32_nodes
             )
+            ready = record.path
             write_fp16_reference(ready, pretyped, sizes)
-        casts = (read_sidecar(ready) or {}).get("cast_nodes", {})
+        casts = record.get("cast_nodes", {})
         print(f"FP16-typed graph: {casts.get('total')} Cast nodes, {casts.get('per_frame')} of them per frame")
     elif find_reference(ready) is None and not facts.quantized and not facts.typed_fp16:
         write_reference(ready, "fp32", sizes, onnx_runner(ready), "ONNX Runtime FP32 on the source ONNX")
@@ -271,7 +276,7 @@ def build_trt(request: TrtRequest) -> Path:
     if plan.typed_fp16 and len(attempts) > 1 and request.onnx_only and pretyped is not None:
         # The fallback's ONNX travels with the TensorRT-ready one: the device cannot retype it.
         with stage("writing the fallback's FP16-typed graph"):
-            to_fp16(pretyped, islands_onnx(ready), FP32_OPS, attempts[1].fp32_nodes)
+            fp16_artefact(pretyped_record, islands_onnx(ready), FP32_OPS, attempts[1].fp32_nodes)
     print(f"TensorRT-ready ONNX: {ready} (passes the TensorRT {version} parser rules)")
 
     gpu_name, capability = ("<target GPU>", (0, 0))
@@ -286,9 +291,9 @@ def build_trt(request: TrtRequest) -> Path:
     first_plan = plan.pin_fp32([*base_pins, *attempts[0].fp32_nodes])
     command = trtexec_command(ready, output, first_plan, facts.input_name, profile, request.workspace_mib, timing)
     print(f"equivalent trtexec command (build on the target device):\n  {command}")
-    licence_note((read_sidecar(ready) or {}).get("licence"), ready)
+    licence_note(record.get("licence"), ready)
     if request.onnx_only:
-        return ready
+        return record
 
     def onnx_for(attempt: EngineAttempt) -> Path:
         """The ONNX an attempt builds from: the ready one, or for a strongly typed fallback the one
@@ -297,7 +302,7 @@ def build_trt(request: TrtRequest) -> Path:
             return ready
         if pretyped is not None:  # never an islands ONNX left by an earlier run from another source
             with stage("writing the fallback's FP16-typed graph"):
-                to_fp16(pretyped, islands_onnx(ready), FP32_OPS, attempt.fp32_nodes)
+                fp16_artefact(pretyped_record, islands_onnx(ready), FP32_OPS, attempt.fp32_nodes)
         require_compatible(islands_onnx(ready), version)
         return islands_onnx(ready)
 
@@ -310,9 +315,9 @@ def build_trt(request: TrtRequest) -> Path:
         "input_name": facts.input_name,
         "input_shape": [1, 3, height, width] if profile is None else None,
         "profile": {k: list(v) for k, v in profile.shapes().items()} if profile else None,
-        "encoder": (read_sidecar(source) or {}).get("encoder"),
-        **onnx_output_kind(source).sidecar(),
-        "licence": (read_sidecar(ready) or {}).get("licence", "unknown"),
+        "encoder": source_record.encoder,
+        **source_record.output_kind().sidecar(),
+        "licence": record.licence,
         "gpu": {"name": gpu_name, "compute_capability": list(capability)},
         "calibration": calibration_info,
         "versions": {**library_versions("onnx", "onnxruntime"), "tensorrt": trt.__version__},
@@ -353,14 +358,15 @@ def build_trt(request: TrtRequest) -> Path:
             _, attempt, results = checked_build(
                 attempts, build_candidate, lambda e: run_reference(e, reference), refuse
             )
-        write_sidecar(
-            staged,
+        engine = Artefact(
+            output,
             {
                 **meta,  # as the kept attempt left it
                 "build_seconds": round(time.perf_counter() - started, 1),
                 "verification": verification_record(reference, attempts, results, attempt),
             },
         )
+        write_sidecar(staged, dict(engine.facts))
         # Old files go first and the engine lands last: never a new engine beside old metadata.
         for old in (output, sidecar_path(output), reference_path(output)):
             old.unlink(missing_ok=True)
@@ -372,7 +378,7 @@ def build_trt(request: TrtRequest) -> Path:
     if results:
         print(f"engine checked against its reference, {attempt.label}: {results[-1].summary()}")
     print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
-    return output
+    return replace(engine, reference=find_reference(output))
 
 
 def engine_sizes(height: int, width: int, profile: Profile | None) -> list[tuple[int, int]]:
@@ -383,10 +389,10 @@ def engine_sizes(height: int, width: int, profile: Profile | None) -> list[tuple
     return [(height, width)] if other == (height, width) else [(height, width), tuple(other)]
 
 
-def typed_from(ready: Path) -> Path | None:
-    """The FP32 or Q/DQ ONNX an FP16-typed one was made from, when it is on this machine."""
-    source = (read_sidecar(ready) or {}).get("source_onnx")
-    return Path(source) if source and Path(source).is_file() else None
+def typed_from(ready: Artefact) -> Artefact | None:
+    """The record of the FP32 or Q/DQ ONNX an FP16-typed one was made from, when it is on this machine."""
+    source = ready.get("source_onnx")
+    return Artefact.read(source) if source and Path(source).is_file() else None
 
 
 def islands_onnx(ready: Path) -> Path:

@@ -24,7 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import require
+from commands.errors import require
 
 from ..errors import ExportError, ExportRequestError
 from ..graph import ONNX_TYPES, Graph, load_onnx, model_opset

@@ -6,7 +6,8 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelFileError
+from commands.errors import ModelFileError
+
 from .base import Backend, InputSpec
 
 # name -> (module, class); modules are imported only when their backend is used.

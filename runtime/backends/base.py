@@ -16,7 +16,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import InputError, ModelFileError
+from commands.errors import InputError, ModelFileError
+
 from ..metric import OutputKind
 from ..preprocessing import PATCH_SIZE
 from .profiling import Profile

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MissingDependencyError
+from commands.errors import MissingDependencyError
 
 CUDA_NOTE = "on Jetson use JetPack's python3-libnvinfer and pycuda; elsewhere pip install cuda-python"
 

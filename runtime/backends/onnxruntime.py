@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ModelFileError, require
+from commands.errors import ModelFileError, require
+
 from ..metadata import read_sidecar
 from ..metric import OutputKind
 from .base import Backend, InputSpec, check_streams

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import ModelFileError
+from commands.errors import ModelFileError
+
 from ..preprocessing import MEAN, STD
 
 MODES = ("numpy", "model")

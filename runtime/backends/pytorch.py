@@ -10,7 +10,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..errors import ModelFileError, require
+from commands.errors import ModelFileError, require
+
 from ..metric import OutputKind
 from .base import Backend, InputSpec
 from .profiling import TORCH_MARKER, Profile, timed_calls, torch_layers

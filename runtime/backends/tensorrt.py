@@ -16,7 +16,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import MissingDependencyError, ModelFileError, require
+from commands.errors import MissingDependencyError, ModelFileError, require
+
 from ..metadata import read_sidecar
 from ..metric import OutputKind
 from .base import Backend, InputSpec, check_streams

@@ -14,8 +14,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from ..commands import DISK_ERRNOS
-from ..errors import InputError, OutputError
+from commands.errors import InputError, OutputError
+from commands.runner import DISK_ERRNOS
 
 # Host in the name: two machines sharing a folder (an NFS mount, a container volume) must not
 # take each other's live temporaries for leftovers of a dead local process.

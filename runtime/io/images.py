@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..errors import InputError
+from commands.errors import InputError
 
 #: Largest image decoded by default: 64 megapixels (8000x8000), 192 MB once decoded to BGR
 #: uint8. Above any camera a robot carries, well below what breaks an 8 GB Jetson.

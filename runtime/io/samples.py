@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..errors import require
+from commands.errors import require
 
 # Photographs bundled with scikit-image's wheel (its other samples are fetched on demand).
 SAMPLE_FILES = ("motorcycle_left.png", "chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "horse.png")

@@ -23,9 +23,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from commands.errors import InputError, OutputError
+
 from ..align import FlickerMeter, Stabilizer
 from ..align.frame import disparity_of
-from ..errors import InputError, OutputError
 from ..metric import OutputKind
 from ..visualize import colorize
 from .files import atomic_write

@@ -18,9 +18,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from commands.errors import InputError
+
 from ..align import AlignSettings, FrameAligner, FrameResult, SparseSamples, Stabilizer, sample_points
 from ..align.frame import DROP_REASONS
-from ..errors import InputError
 from ..metric import OutputKind
 from ..pointcloud import Intrinsics
 from .messages import Conversion, depth_messages, metric_depth, output_messages

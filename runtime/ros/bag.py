@@ -25,8 +25,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Union
 
-from ..commands import DISK_ERRNOS
-from ..errors import InputError, OutputError, require
+from commands.errors import InputError, OutputError, require
+from commands.runner import DISK_ERRNOS
+
 from ..io.files import check_writable_folder, staging_dir
 from ..metric import OutputKind
 from .bag_pass import BagPass, Summary

@@ -29,8 +29,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from commands.errors import InputError
+
 from ..align import AlignSettings, FrameAligner, FrameResult
-from ..errors import InputError
 from ..io.files import atomic_write_bytes
 from ..metric import OutputKind
 from ..pointcloud import Intrinsics

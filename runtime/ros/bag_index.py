@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import InputError
+from commands.errors import InputError
+
 from .messages import IMAGE, POINT_CLOUD2
 from .sparse import SPARSE_TYPES, sensor_problem
 from .tf import TF_TYPES, TfTree, frame_name, stamp_ns

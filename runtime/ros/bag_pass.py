@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from commands.errors import InputError
+
 from ..align import FlickerMeter, Stabilizer
-from ..errors import InputError
 from ..pointcloud import Intrinsics, bounded_stride
 from ..preprocessing import check_image
 from .align import FramePipeline

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from commands.errors import InputError
+
 from ..pointcloud import Intrinsics
 from ..preprocessing import check_image
 from .align import FramePipeline

@@ -21,7 +21,8 @@ from typing import Any, Generic, TypeVar
 import cv2
 import numpy as np
 
-from ..errors import InputError
+from commands.errors import InputError
+
 from ..io.images import decode_image_bytes
 from ..metric import OutputKind, ScaleShift
 from ..pointcloud import MAX_POINTS, Intrinsics, PointCloud, bounded_stride, depth_to_points, pointcloud2_layout

@@ -33,10 +33,11 @@ from typing import Any
 
 import numpy as np
 
+from commands.errors import InputError, MissingDependencyError
+from commands.runner import command
+
 from ..align import AlignSettings
 from ..cli import add_predictor_args, build_predictor, check_metric_options, network_size, size_options
-from ..commands import command
-from ..errors import InputError, MissingDependencyError
 from ..metric import ScaleShift
 from ..pointcloud import MAX_POINTS
 from .align import FramePipeline, LiveAligner, buffer_transforms, fixed_transform

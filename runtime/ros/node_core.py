@@ -16,7 +16,8 @@ import time
 from collections import Counter, OrderedDict
 from typing import Any, Callable
 
-from ..errors import InputError
+from commands.errors import InputError
+
 from ..pointcloud import Intrinsics
 from .cameras import CameraSlots, node_cameras, run_cycle, split_topics
 from .messages import intrinsics_from_camera_info

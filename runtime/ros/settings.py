@@ -14,8 +14,9 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
+from commands.errors import InputError
+
 from ..align import AlignSettings, FilterSettings, FitSettings
-from ..errors import InputError
 from ..metric import OutputKind
 
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from commands.errors import InputError
+
 from ..pointcloud import Intrinsics, depth_to_points
 from .messages import IMAGE, POINT_CLOUD2, _buffer
 from .tf import frame_name, stamp_ns

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from commands.errors import InputError
 
 TF_TYPES = ("tf2_msgs/msg/TFMessage", "tf/msg/tfMessage")
 DEFAULT_CACHE = 10.0  # seconds of /tf history kept per edge, as tf2's buffer keeps by default

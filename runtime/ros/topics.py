@@ -7,7 +7,8 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
-from ..errors import InputError
+from commands.errors import InputError
+
 from .messages import CAMERA_INFO, COMPRESSED_IMAGE, IMAGE
 
 IMAGE_TYPES = (IMAGE, COMPRESSED_IMAGE)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import require
+from commands.errors import require
 from runtime.io.images import read_image
 
 from .synthetic import Scene

@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from runtime.errors import InputError
+from commands.errors import InputError
 from runtime.io.images import ImageTooLargeError, decode_image_bytes
 from runtime.preprocessing import check_image
 

@@ -11,7 +11,7 @@ if sys.version_info < (3, 10):  # noqa: UP036 - the package installs on 3.8 for 
 from .checkpoint import CheckpointError, load_backbone, load_model, save_model, to_official
 from .depth_anything import DepthAnythingV2
 from .student import build_student
-from .teacher import build_teacher, freeze
+from .teacher_model import build_teacher, freeze
 from .variants import PATCH_SIZE, VARIANTS, ModelSpec, get_spec
 
 __all__ = [

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .checkpoint import load_model
 from .depth_anything import DepthAnythingV2
-from .teacher import TEACHER_ENCODER
+from .teacher_model import TEACHER_ENCODER
 from .variants import ModelSpec, get_spec
 
 STUDENT_ENCODER = "vits"

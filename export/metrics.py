@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from commands.errors import require
+
 # The metrics live in the runtime, which checks artefacts against their references without
 # PyTorch; the exports use them under these names.
 from runtime.accuracy import ABS_REL_ALIGNED, MAX_REL_STD, Comparison, abs_rel, compare
-from runtime.errors import require
 
 __all__ = [
     "ABS_REL_ALIGNED",
