@@ -24,6 +24,36 @@ def positive_int(text: str) -> int:
     return value
 
 
+def number(low: float | None = None, high: float | None = None, integer: bool = False, above: bool = False):
+    """argparse type: a finite number in ``[low, high]`` (``(low, high]`` with ``above``), whole with
+    ``integer``; argparse names the option in its one-line error (exit code 2)."""
+    kind = "a whole number" if integer else "a number"
+
+    def show(v: float) -> str:
+        return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else f"{v:g}"
+
+    if low is not None and high is not None:
+        bounds = f"{'above' if above else 'from'} {show(low)} {'and up to' if above else 'to'} {show(high)}"
+    elif low is not None:
+        bounds = f"{'above' if above else 'at least'} {show(low)}"
+    else:
+        bounds = f"at most {show(high)}" if high is not None else "finite"
+    rule = f"{kind} {bounds}"
+
+    def parse(text: str) -> float:
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind}: give {rule}") from None
+        inside = math.isfinite(value) and (low is None or (value > low if above else value >= low))
+        if not inside or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range: give {rule}")
+        return value
+
+    parse.__name__ = "whole number" if integer else "number"
+    return parse
+
+
 def _option(name: str) -> str:
     return "--" + name.replace("_", "-")
 

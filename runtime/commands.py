@@ -115,7 +115,8 @@ def run_command(main: Callable[[list[str] | None], int], argv: list[str] | None,
         return main(argv)
     except KeyboardInterrupt as exc:
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-        print(f"{what}: nothing was written under the output name", file=sys.stderr)
+        kept = str(exc) or "nothing was written under the output name"  # a command may say what it kept
+        print(f"{what}: {kept}", file=sys.stderr)
         return exit_code(exc)
     except (CommandError, *USAGE_ERRORS) as exc:
         print(f"error: {exc}", file=sys.stderr)
