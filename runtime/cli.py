@@ -146,14 +146,17 @@ def add_predictor_args(parser: argparse.ArgumentParser, model_help: str, **model
     )
 
 
+MIN_METRES, MAX_METRES = 0.001, 100000.0  # a millimetre to 100 km: depth ranges and bounds
+
+
 def positive_metres(text: str) -> float:
     """argparse type for a distance in metres: a positive finite number."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of metres") from None
-    if not (value > 0 and value < float("inf")):
-        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of metres")
+    if not (MIN_METRES <= value <= MAX_METRES):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of metres from {MIN_METRES:g} to {MAX_METRES:g}")
     return value
 
 
