@@ -27,7 +27,7 @@ from runtime.reference import reference_path
 
 from .cli import add_calibration_args, add_precision_args, add_size_arg, add_source_args, args_stem, check_request
 from .errors import ExportError, ExportRequestError
-from .graph import onnx_output_kind
+from .graph import input_hw, load_onnx, onnx_output_kind
 from .onnx import source_onnx
 from .quantize.openvino_int8 import compile_f32 as _compile_f32
 from .quantize.options import ACCURACY_METHODS, Int8Options
@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_source_args(parser, onnx=True)
     add_precision_args(parser, {name: f"{name.upper()} IR" for name in PRECISIONS}, "fp16")
-    add_size_arg(parser, "518x518", aliases=("--shape",))
+    add_size_arg(parser, "a static ONNX's own, else 518x518", aliases=("--shape",))
     parser.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
     add_calibration_args(parser)
     parser.add_argument(
@@ -196,6 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     height, width = args.size or (518, 518)
     output.parent.mkdir(parents=True, exist_ok=True)
     source = source_onnx(args.onnx, args.checkpoint, args.encoder, output.parent, height, width, args.dynamic)
+    fixed = input_hw(load_onnx(source, load_external_data=False))  # a static ONNX's own size, as export.quantize
+    if fixed is not None and args.size is not None and tuple(args.size) != fixed:
+        raise ExportRequestError(
+            f"{source} takes {fixed[0]}x{fixed[1]} images (a static ONNX), not --size {args.size[0]}x{args.size[1]}: "
+            "drop --size, or export the ONNX at that size (or --dynamic)"
+        )
+    height, width = fixed or (height, width)
     calibration = options = None
     if args.precision == "int8":
         from .quantize.budget import read_int8_images

@@ -122,7 +122,12 @@ def add_predictor_args(parser: argparse.ArgumentParser, model_help: str, **model
     parser.add_argument("--checkpoint", dest="model", type=model_kwargs.get("type"), help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="auto", help="auto (from the model file suffix), torch, onnxruntime, ...")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
-    parser.add_argument("--precision", default=None, help="fp32, fp16 or bf16 (default: the backend's)")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "bf16"),
+        default=None,
+        help="fp32, fp16 or bf16 (default: the artefact's)",
+    )
     parser.add_argument(
         "--size",
         type=network_size,

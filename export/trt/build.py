@@ -20,7 +20,7 @@ from runtime.commands import stage
 from runtime.errors import MissingDependencyError, require
 from runtime.io.files import atomic_write_bytes, staging_dir
 from runtime.metadata import library_versions, read_sidecar, sha256_file, sidecar_path, write_sidecar
-from runtime.reference import find_reference, reference_path
+from runtime.reference import find_reference, reference_path, stamp_reference
 
 from ..errors import ExportError, ExportRequestError
 from ..graph import load_onnx, onnx_output_kind
@@ -272,6 +272,7 @@ def build_trt(request: TrtRequest) -> Path:
         # The fallback's ONNX travels with the TensorRT-ready one: the device cannot retype it.
         with stage("writing the fallback's FP16-typed graph"):
             to_fp16(pretyped, islands_onnx(ready), FP32_OPS, attempts[1].fp32_nodes)
+            write_fp16_reference(islands_onnx(ready), pretyped, sizes)  # every file written has its reference
     print(f"TensorRT-ready ONNX: {ready} (passes the TensorRT {version} parser rules)")
 
     gpu_name, capability = ("<target GPU>", (0, 0))
@@ -361,6 +362,8 @@ def build_trt(request: TrtRequest) -> Path:
                 "verification": verification_record(reference, attempts, results, attempt),
             },
         )
+        if reference_path(staged).is_file():
+            stamp_reference(staged)  # the reference names the engine it was checked with
         # Old files go first and the engine lands last: never a new engine beside old metadata.
         for old in (output, sidecar_path(output), reference_path(output)):
             old.unlink(missing_ok=True)
