@@ -4,9 +4,12 @@ Work is split by rank over shards (``torchrun`` sets the rank). ``--workers`` lo
 read, decode and resize the images; the main process groups them by network input size (the
 keep-aspect rule gives every image of one aspect ratio the same size, so they batch without
 padding) and runs the teacher on batches of ``--batch-size``, in ``--amp`` precision, from pinned
-memory on CUDA. A batch's labels are the one-at-a-time labels up to float rounding. Each finished
-shard gets its label file (``--label-format``, see ``train.data.labels``) and, written last, its
-``<shard>.json`` index: a restarted run skips every shard that has its index.
+memory on CUDA. A batch's labels are the one-at-a-time labels up to float rounding. A shard is a
+tar file or the loose images of one folder, keyed by its path relative to ``--source``
+(``<output>/<dir>/<name>.tar.json``, ``<output>/<dir>/_images.json``). Each finished shard gets
+its label file (``--label-format``, see ``train.data.labels``) and, written last, its index, which
+records the size, format, precision and teacher: a restarted run skips every shard whose index and
+label file are there, and refuses to mix in labels made with other settings.
 """
 
 from __future__ import annotations
