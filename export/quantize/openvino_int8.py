@@ -271,7 +271,7 @@ def quantize_openvino(ov, model, onnx_path: Path, images, output: Path, options:
     onnx_model = load_onnx(onnx_path)
     names = layer_names(model, onnx_model)
     # Only layers INT8 quantizes can be kept in float (as on the Q/DQ path): a Sqrt or Reshape never is.
-    kinds = (*QUANTIZED_OPS, "ConvTranspose")  # NNCF also quantizes the head's transposed convolutions
+    kinds = (*QUANTIZED_OPS, "ConvTranspose", "Resize")  # NNCF also quantizes the head's upsampling layers
     quantizable = {node.name for node in onnx_model.graph.node if node.op_type in kinds}
     check_float_layers(options.float_layers, sorted(set(names.values()) & quantizable), "OpenVINO")
     nncf = Nncf(model, images, names, kept_in_float(names, options))
