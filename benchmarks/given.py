@@ -134,7 +134,7 @@ def run_artefacts(models: list[Path], args, warmup: int, runs: int, rounds: int)
         try:
             config, fact = artefact_config(path, index, settings, labels[index])
         except ValueError as exc:  # a reference or sidecar that cannot be read: a usage error
-            raise ModelFileError(f"{path}: {exc}") from exc
+            raise ModelFileError(str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}") from exc
         configs.append(config)
         facts.append(fact)
     ready = [c for c in configs if c.job is not None]

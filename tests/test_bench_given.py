@@ -134,6 +134,7 @@ def test_every_row_failed_and_unusable_files_exit_as_the_table_says(tmp_path, ar
     (tmp_path / "corrupt.bin").write_bytes((artefacts / "m32.bin").read_bytes())
     done, data = bench(tmp_path / "two", env, corrupt)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "OpenVINO cannot load it" in done.stderr
+    assert done.stderr.count(str(corrupt)) == 1
     assert not data
     truncated = tmp_path / "t.onnx"  # a truncated reference beside the model: exit 1 "unexpected" before
     truncated.write_bytes((artefacts / "m.onnx").read_bytes())
