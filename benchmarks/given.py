@@ -19,9 +19,9 @@ import cv2
 import numpy as np
 
 from commands.errors import ModelFileError
-from runtime.backends import resolve_backend
+from runtime.backends import backend_class, resolve_backend
 from runtime.metadata import read_sidecar
-from runtime.reference import find_reference, load_reference
+from runtime.reference import check_belongs, find_reference, load_reference
 
 from .checks import assess
 from .cpu import detect
@@ -63,26 +63,34 @@ def artefact_facts(path: Path, backend: str, meta: dict, reference: Path | None)
     }
 
 
-def artefact_config(path: Path, index: int, settings: Settings) -> tuple[Config, dict]:
-    """The row of one artefact, its worker's job (with its reference's images to time on) written
-    under ``artefacts/<index>`` in the work folder, and its facts. A missing file, or one no
-    backend loads, is a usage error (exit code 2)."""
+def model_input_hw(path: Path, backend: str) -> tuple[int, int] | None:
+    """The fixed input size the model file itself declares (``None``: dynamic), read by loading it
+    once here: a file no backend loads (a corrupt IR) is a usage error before anything is timed."""
+    with backend_class(backend)(path) as loaded:
+        return loaded.input_spec.fixed_hw
+
+
+def artefact_config(path: Path, index: int, settings: Settings, label: str | None = None) -> tuple[Config, dict]:
+    """The row of one artefact (``label``: its name in the report, default the file name), its
+    worker's job (with its reference's images to time on) written under ``artefacts/<index>`` in the
+    work folder, and its facts. A missing file, or one no backend loads, is a usage error (exit code 2)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file")
     backend = resolve_backend(path)
     meta = read_sidecar(path) or {}
+    fixed = model_input_hw(path, backend)
     found = find_reference(path)
-    reference = load_reference(found) if found else None
-    shape = meta.get("input_shape") or []
+    reference = check_belongs(load_reference(found), path) if found else None
     if reference is not None:
+        reference.fits(fixed)
         size = reference.sizes[0]
         images = {n: cv2.cvtColor(i, cv2.COLOR_RGB2BGR) for n, i in zip(reference.names, reference.images)}
-    else:  # no reference: timed on the bundled photo (or a synthetic scene), not scored
+    else:  # no reference: timed on the bundled photo at the model's own size, not scored
         from export.metrics import verification_photos
 
-        size = tuple(shape[2:]) if len(shape) == 4 and None not in shape[2:] else (518, 518)
+        size = fixed or (518, 518)
         images = verification_photos()
-    config = Config(backend, str(meta.get("precision", "?")), tuple(size), lambda: path, variant=path.name)
+    config = Config(backend, str(meta.get("precision", "?")), tuple(size), lambda: path, variant=label or path.name)
     config.reference = found
     folder = settings.workdir / "artefacts" / str(index)
     folder.mkdir(parents=True, exist_ok=True)
@@ -117,12 +125,16 @@ def run_artefacts(models: list[Path], args, warmup: int, runs: int, rounds: int)
     cpu = detect()
     args.work_dir.mkdir(parents=True, exist_ok=True)
     settings = Settings(args.work_dir, warmup, runs, rounds, None, 0, 0.1, cpu)
+    settings.profile_calls = 0 if args.no_profile else settings.profile_calls  # ignored before
+    settings.throughput = args.throughput
+    models = distinct(models)
+    labels = row_labels(models)
     configs, facts = [], []
     for index, path in enumerate(models):
         try:
-            config, fact = artefact_config(path, index, settings)
+            config, fact = artefact_config(path, index, settings, labels[index])
         except ValueError as exc:  # a reference or sidecar that cannot be read: a usage error
-            raise ModelFileError(f"{path}: {exc}") from exc
+            raise ModelFileError(str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}") from exc
         configs.append(config)
         facts.append(fact)
     ready = [c for c in configs if c.job is not None]
@@ -161,4 +173,27 @@ def run_artefacts(models: list[Path], args, warmup: int, runs: int, rounds: int)
         "phases": {k: round(v, 1) for k, v in settings.phases.seconds.items()},
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
-    return publish(data, {}, args.report_dir, reliability, args.strict)
+    code = publish(data, {}, args.report_dir, reliability, args.strict)
+    failed = [f"{c.variant} ({c.result.get('status')})" for c in configs if c.result.get("status") != STATUS_OK]
+    if failed:  # the report is written; the command says the check failed (exit code 1)
+        print(f"error: {len(failed)} of {len(configs)} artefacts failed: {', '.join(failed)}", file=sys.stderr)
+        return max(code, 1)
+    return code
+
+
+def distinct(models: list[Path]) -> list[Path]:
+    """``models`` with each file once (the same file given twice, by any path, is timed once)."""
+    seen: dict[Path, Path] = {}
+    for path in models:
+        key = path.resolve()
+        if key in seen:
+            print(f"note: {path} is {seen[key]}, given twice: timed once", file=sys.stderr)
+            continue
+        seen[key] = path
+    return list(seen.values())
+
+
+def row_labels(models: list[Path]) -> list[str]:
+    """Each row's name: the file name, or where two files share one, the path as given."""
+    names = [path.name for path in models]
+    return [path.name if names.count(path.name) == 1 else str(path) for path in models]

@@ -67,6 +67,7 @@ DISK_ERRNOS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "E
 USAGE_ERRORS = (InputError, ModelFileError, MissingDependencyError, FileNotFoundError, ValueError)
 
 _STAGE = ["starting"]
+_DONE = [""]  # the last step that finished, for a failure between steps
 
 
 @contextlib.contextmanager
@@ -74,7 +75,14 @@ def stage(name: str) -> Iterator[None]:
     """Name the step in progress, so an unexpected failure can say where it happened."""
     previous, _STAGE[0] = _STAGE[0], name
     yield  # on an exception the name stays for run_command to report
-    _STAGE[0] = previous
+    _STAGE[0], _DONE[0] = previous, name
+
+
+def _where() -> str:
+    """The step a failure happened in: the named one, else the one after the last that finished."""
+    if _STAGE[0] != "starting" or not _DONE[0]:
+        return _STAGE[0]
+    return f"the step after {_DONE[0]}"
 
 
 def error_log_path(prog: str) -> Path:
@@ -110,12 +118,13 @@ def run_command(main: Callable[[list[str] | None], int], argv: list[str] | None,
     the stage it happened in and the log file that holds the traceback, never the traceback.
     argparse's own usage errors (``SystemExit(2)``) pass through unchanged.
     """
-    _STAGE[0] = "starting"
+    _STAGE[0], _DONE[0] = "starting", ""
     try:
         return main(argv)
     except KeyboardInterrupt as exc:
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-        print(f"{what}: nothing was written under the output name", file=sys.stderr)
+        kept = str(exc) or "nothing was written under the output name"  # a command may say what it kept
+        print(f"{what}: {kept}", file=sys.stderr)
         return exit_code(exc)
     except (CommandError, *USAGE_ERRORS) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -125,7 +134,7 @@ def run_command(main: Callable[[list[str] | None], int], argv: list[str] | None,
             where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
             print(f"error: cannot write{where}: {exc.strerror}; nothing is left under the output name", file=sys.stderr)
             return EXIT_FAILED
-        where = _STAGE[0]
+        where = _where()
         log = error_log_path(prog)
         try:
             log.parent.mkdir(parents=True, exist_ok=True)

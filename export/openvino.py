@@ -38,6 +38,7 @@ from .cli import (
 )
 from .errors import ExportError, ExportRequestError
 from .formats import FORMATS
+from .graph import input_hw, load_onnx
 from .metrics import FP32_TOLERANCE, MAX_REL_STD, compare, run_onnxruntime, verification_input
 from .onnx import source_onnx
 from .quantize.openvino_int8 import compile_f32 as _compile_f32
@@ -188,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_source_args(parser, onnx=True)
     add_precision_args(parser, {name: f"{name.upper()} IR" for name in PRECISIONS}, "fp16")
-    add_size_arg(parser, "518x518", aliases=("--shape",))
+    add_size_arg(parser, "a static ONNX's own, else 518x518", aliases=("--shape",))
     parser.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
     add_calibration_args(parser)
     parser.add_argument(
@@ -211,6 +212,13 @@ def main(argv: list[str] | None = None) -> int:
     height, width = args.size or (518, 518)
     output.parent.mkdir(parents=True, exist_ok=True)
     source = source_onnx(args.onnx, args.checkpoint, args.encoder, output.parent, height, width, args.dynamic)
+    fixed = input_hw(load_onnx(source.path, load_external_data=False))  # a static ONNX's own size, as export.quantize
+    if fixed is not None and args.size is not None and tuple(args.size) != fixed:
+        raise ExportRequestError(
+            f"{source.path} takes {fixed[0]}x{fixed[1]} images (a static ONNX), not --size {args.size[0]}x{args.size[1]}: "
+            "drop --size, or export the ONNX at that size (or --dynamic)"
+        )
+    height, width = fixed or (height, width)
     calibration = options = None
     if args.precision == "int8":
         from .quantize.budget import read_int8_images

@@ -22,6 +22,7 @@ import numpy as np
 from runtime.accuracy import ABS_REL_ALIGNED, MAX_REL_STD
 from runtime.reference import (
     Reference,
+    artefact_digest,
     find_reference,
     image_of,
     load_reference,
@@ -38,6 +39,10 @@ from .quantize.options import DEFAULT_ACCURACY_BUDGET
 # 518 pixels); a wrong engine (NVIDIA/TensorRT#4723, a sign-flipped weight) is off by 1 or more.
 FP16_TOLERANCE = 0.1
 PHOTOS = ("motorcycle_left.png", "chelsea.png")
+# An INT8 export made with --accuracy-budget off has no measured accuracy: its reference holds it to
+# this loose bound (aligned AbsRel on the photographs), which tells a broken artefact from a working
+# one and says nothing of how precise it is; the reference records "measured": false.
+UNMEASURED_INT8_TOLERANCE = 0.2
 MAX_HELD_OUT = 2  # held-out calibration images a reference keeps: enough to see INT8 error, few MB
 
 Runner = Callable[[np.ndarray], np.ndarray]  # (1, 3, H, W) float32 -> (1, H, W) FP32 output
@@ -98,6 +103,8 @@ def write_reference(
                 inputs.append({"outputs_from": base_ref.meta.get("outputs_from", ""), **item})
         if budget is None and base_ref.metric == ABS_REL_ALIGNED:
             budget = base_ref.tolerance  # an INT8 source's budget carries over to what is built from it
+            if base_ref.meta.get("measured", True) is False:
+                extra = {"measured": False, **extra}  # and so does an unmeasured one's loose bound
     # A static artefact gets two photographs; a dynamic one a photograph per size.
     names = {sizes[0]: PHOTOS} if len(sizes) == 1 else {s: (PHOTOS[i % len(PHOTOS)],) for i, s in enumerate(sizes)}
     new: list[tuple[str, str, np.ndarray]] = []
@@ -126,6 +133,8 @@ def write_reference(
     metric, tolerance = precision_rule(precision, budget)
     origins = "; ".join(dict.fromkeys(item["outputs_from"] for item in inputs))
     meta = make_meta(artefact, precision, metric, tolerance, inputs, origins, **extra)
+    if Path(artefact).is_file():  # which artefact this is the reference of (an engine: stamped once built)
+        meta["artefact_sha256"] = artefact_digest(artefact)
     return save_reference(reference_path(artefact), Reference(images, outputs, meta))
 
 
@@ -156,13 +165,17 @@ def write_int8_reference(
     output: Path, source: Path, shape: tuple[int, int], held_out: Sequence[np.ndarray], budget: float | None
 ) -> Path | None:
     """The reference of an INT8 Q/DQ ONNX quantized from the FP32 ``source`` at ``shape``: FP32
-    outputs of the source on photographs and the held-out calibration images, held to ``budget``."""
+    outputs of the source on photographs and the held-out calibration images, held to ``budget``.
+    ``budget=None`` (``--accuracy-budget off``, nothing measured): the reference says it is
+    unmeasured and holds the artefact only to ``UNMEASURED_INT8_TOLERANCE``, a broken-artefact bound."""
     from .graph import input_hw, load_onnx
 
     dynamic = input_hw(load_onnx(source, load_external_data=False)) is None
     sizes = [shape, other_size(*shape)] if dynamic else [shape]
     against = "ONNX Runtime FP32 on the source ONNX"
-    return write_reference(output, "int8", sizes, onnx_runner(source), against, source, held_out, budget)
+    extra = {} if budget is not None else {"measured": False}
+    budget = budget if budget is not None else UNMEASURED_INT8_TOLERANCE
+    return write_reference(output, "int8", sizes, onnx_runner(source), against, source, held_out, budget, **extra)
 
 
 def write_fp16_reference(output: Path, source: Path, sizes: Sequence[tuple[int, int]] | None = None) -> Path | None:

@@ -225,7 +225,7 @@ def _report(output: Path, cameras: list[Topics], conversion: Conversion, summary
         lines += _camera_lines(topics, conversion, camera, kind, summary.alignment)
         if summary.alignment is not None and topics.image in summary.alignment.logs:  # its own fits
             lines += summary.alignment.logs[topics.image].lines(summary.alignment.topic)
-    if summary.alignment is not None:
+    if summary.alignment is not None and summary.alignment_json is not None:  # none when nothing was written
         lines.append(f"    per-frame record: {summary.alignment_json}")
     if summary.frames:
         lines.append(f"  copied {summary.copied} messages of {', '.join(cameras[0].copy) or 'no topics'}")

@@ -24,6 +24,36 @@ def positive_int(text: str) -> int:
     return value
 
 
+def number(low: float | None = None, high: float | None = None, integer: bool = False, above: bool = False):
+    """argparse type: a finite number in ``[low, high]`` (``(low, high]`` with ``above``), whole with
+    ``integer``; argparse names the option in its one-line error (exit code 2)."""
+    kind = "a whole number" if integer else "a number"
+
+    def show(v: float) -> str:
+        return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else f"{v:g}"
+
+    if low is not None and high is not None:
+        bounds = f"{'above' if above else 'from'} {show(low)} {'and up to' if above else 'to'} {show(high)}"
+    elif low is not None:
+        bounds = f"{'above' if above else 'at least'} {show(low)}"
+    else:
+        bounds = f"at most {show(high)}" if high is not None else "finite"
+    rule = f"{kind} {bounds}"
+
+    def parse(text: str) -> float:
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind}: give {rule}") from None
+        inside = math.isfinite(value) and (low is None or (value > low if above else value >= low))
+        if not inside or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range: give {rule}")
+        return value
+
+    parse.__name__ = "whole number" if integer else "number"
+    return parse
+
+
 def _option(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -92,7 +122,12 @@ def add_predictor_args(parser: argparse.ArgumentParser, model_help: str, **model
     parser.add_argument("--checkpoint", dest="model", type=model_kwargs.get("type"), help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="auto", help="auto (from the model file suffix), torch, onnxruntime, ...")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
-    parser.add_argument("--precision", default=None, help="fp32, fp16 or bf16 (default: the backend's)")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "bf16"),
+        default=None,
+        help="fp32, fp16 or bf16 (default: the artefact's)",
+    )
     parser.add_argument(
         "--size",
         type=network_size,
@@ -116,14 +151,17 @@ def add_predictor_args(parser: argparse.ArgumentParser, model_help: str, **model
     )
 
 
+MIN_METRES, MAX_METRES = 0.001, 100000.0  # a millimetre to 100 km: depth ranges and bounds
+
+
 def positive_metres(text: str) -> float:
     """argparse type for a distance in metres: a positive finite number."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of metres") from None
-    if not (value > 0 and value < float("inf")):
-        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of metres")
+    if not (MIN_METRES <= value <= MAX_METRES):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of metres from {MIN_METRES:g} to {MAX_METRES:g}")
     return value
 
 

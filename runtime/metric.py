@@ -106,7 +106,17 @@ def resolve_output_kind(found: OutputKind | None, kind: str | None, max_depth: f
     A user's ``kind``/``max_depth`` that contradicts the file is refused: the artefact is the
     authority on what it computes.
     """
+    if kind == RELATIVE and max_depth is not None:
+        raise InputError(
+            f"--max-depth {max_depth:g} is a metric model's depth range; a relative model has none: drop --max-depth, "
+            "or give --output-kind metric"
+        )
     if kind is None and max_depth is not None:
+        if found is None:
+            raise InputError(
+                f"{model} does not say what it outputs, and --max-depth alone does not make it metric: give "
+                f"--output-kind metric --max-depth {max_depth:g} for a metric model, or drop --max-depth"
+            )
         kind = METRIC
     if found is None:
         if kind is None:

@@ -17,6 +17,8 @@ from .backends import backend_class, resolve_backend
 from .backends.base import describe_source
 from .metric import OutputKind, resolve_output_kind
 
+RUN_PRECISIONS = ("fp32", "fp16", "bf16")  # what precision= may ask a backend to run in
+
 
 class DepthPredictor:
     """Depth for images, at the images' own resolution: relative inverse depth (larger = nearer)
@@ -68,6 +70,10 @@ class DepthPredictor:
         self.max_long_side = pre.check_long_side(
             pre.default_long_side(input_size) if max_long_side is None else max_long_side, input_size
         )
+        if precision is not None and precision not in RUN_PRECISIONS:
+            raise ValueError(
+                f"precision must be one of {', '.join(RUN_PRECISIONS)} (or None: the artefact's own), got {precision!r}"
+            )
         name = resolve_backend(model, backend)
         self._backend = backend_class(name)(model, device=device, precision=precision, **backend_options)
         self._source = describe_source(model)

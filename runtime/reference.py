@@ -15,9 +15,12 @@ its FP32 output (``H x W`` float32), and ``meta`` a JSON string.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import time
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +87,7 @@ class Reference:
     outputs: list[np.ndarray]
     meta: dict[str, Any]
     path: Path | None = None
+    other_file: str = ""  # set by reference_for: the model is not the file this reference was written for
 
     @property
     def metric(self) -> str:
@@ -120,6 +124,43 @@ class Reference:
                 f"{self.path or 'the reference'} holds inputs at {sizes} but the model takes "
                 f"{fixed_hw[0]}x{fixed_hw[1]}: it belongs to another artefact; pass the model's own with --reference"
             )
+
+
+def artefact_files(artefact: str | Path) -> list[Path]:
+    """The artefact's file and the weights beside it (an IR's ``.bin``, an ONNX's ``<name>.data``)."""
+    artefact = Path(artefact)
+    weights = artefact.with_suffix(".bin") if artefact.suffix == ".xml" else artefact.with_name(artefact.name + ".data")
+    return [artefact] + ([weights] if weights.is_file() else [])
+
+
+def artefact_digest(artefact: str | Path) -> str:
+    """sha256 over the artefact's files (``artefact_files``): which artefact a reference belongs to."""
+    digest = hashlib.sha256()
+    for path in artefact_files(artefact):
+        with open(path, "rb") as f:
+            for block in iter(lambda f=f: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def stamp_reference(artefact: str | Path) -> None:
+    """Record in the reference beside ``artefact`` the digest of the artefact as it is now (for
+    artefacts written after their reference: a TensorRT engine)."""
+    path = reference_path(artefact)
+    reference = load_reference(path)
+    reference.meta["artefact_sha256"] = artefact_digest(artefact)
+    save_reference(path, reference)
+
+
+def unmeasured_note(meta: dict[str, Any]) -> str:
+    """What the reference of an artefact whose accuracy was not measured checks, or ``""``."""
+    if meta.get("measured", True):
+        return ""
+    return (
+        f"unmeasured {meta.get('precision')} export (--accuracy-budget off): its reference checks only that it is "
+        f"not broken ({meta.get('metric', '').split(',')[0]} <= {float(meta.get('tolerance', 0)):g} on photographs), "
+        "not its accuracy; export with --accuracy-budget to measure it"
+    )
 
 
 def make_meta(
@@ -167,26 +208,67 @@ def save_reference(path: str | Path, reference: Reference) -> Path:
     return atomic_write(path, write)
 
 
+# What reading a damaged .npz raises: a truncated or empty file (BadZipFile, EOFError), flipped bits
+# (zlib.error, BadZipFile's CRC check), arrays of the wrong kind (ValueError), missing ones (KeyError).
+UNREADABLE = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def _damaged(path: Path, what: str) -> ReferenceFileError:
+    return ReferenceFileError(
+        f"{path}: damaged reference: {what}; copy it again with its artefact, or re-export the model"
+    )
+
+
+def _check_meta(path: Path, meta: Any) -> int:
+    """The number of inputs ``meta`` lists; ``ReferenceFileError`` for a meta this toolkit did not write."""
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ReferenceFileError(f"{path}: not a {FORMAT} file (write one by exporting the model again)")
+    version = meta.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise _damaged(path, f"its format version is {version!r}, not a whole number")
+    if version > VERSION:
+        raise ReferenceFileError(f"{path}: reference format {version} is newer than this toolkit reads ({VERSION})")
+    if meta.get("metric") not in METRICS:
+        raise _damaged(path, f"unknown metric {meta.get('metric')!r}")
+    tolerance = meta.get("tolerance")
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < float("inf"):
+        raise _damaged(path, f"its tolerance {tolerance!r} is not a number >= 0")
+    inputs = meta.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise _damaged(path, "it lists no inputs")
+    if not all(isinstance(item, dict) and isinstance(item.get("name"), str) for item in inputs):
+        raise _damaged(path, "its inputs are not a list of named entries")
+    return len(inputs)
+
+
 def load_reference(path: str | Path) -> Reference:
-    """Read a reference; ``ReferenceFileError`` (a usage error, exit code 2) for anything unreadable."""
+    """Read a reference; ``ReferenceFileError`` (a usage error, exit code 2), one line naming the file
+    and what is wrong, for anything missing, unreadable or inconsistent."""
     path = Path(path)
     if not path.is_file():
         raise ReferenceFileError(f"{path}: no such reference file")
+    if path.stat().st_size == 0:
+        raise _damaged(path, "the file is empty")
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
-            count = len(meta["inputs"])
+            count = _check_meta(path, meta)
             images = [np.asarray(data[f"image_{i}"]) for i in range(count)]
-            outputs = [np.asarray(data[f"output_{i}"], dtype=np.float32) for i in range(count)]
-    except (OSError, ValueError, KeyError, TypeError) as exc:  # not an npz, pickled data, missing arrays
-        raise ReferenceFileError(f"{path}: not a readable reference ({exc.__class__.__name__}: {exc})") from exc
-    if meta.get("format") != FORMAT or meta.get("metric") not in METRICS or not images:
-        raise ReferenceFileError(f"{path}: not a {FORMAT} file (write one by exporting the model again)")
-    if meta.get("version", 0) > VERSION:
-        raise ReferenceFileError(
-            f"{path}: reference format {meta['version']} is newer than this toolkit reads ({VERSION})"
-        )
-    return Reference(images, outputs, meta, path)
+            outputs = [np.asarray(data[f"output_{i}"]) for i in range(count)]
+    except ReferenceFileError:
+        raise
+    except UNREADABLE as exc:  # not an npz, truncated, flipped bits, pickled data, missing arrays
+        what = f"{exc.__class__.__name__}: {exc}".strip().splitlines()[0][:200]
+        raise _damaged(path, f"it cannot be read ({what})") from None
+    for index, (image, output) in enumerate(zip(images, outputs)):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
+            raise _damaged(path, f"image_{index} is {image.dtype} {image.shape}, not an HxWx3 uint8 image")
+        if output.shape != image.shape[:2] or output.dtype.kind != "f":
+            want = f"the {image.shape[:2]} float map of its input"
+            raise _damaged(path, f"output_{index} is {output.dtype} {output.shape}, not {want}")
+        if not np.isfinite(output).all():
+            raise _damaged(path, f"output_{index} holds values that are not finite")
+    return Reference(images, [o.astype(np.float32) for o in outputs], meta, path)
 
 
 @dataclass
@@ -211,6 +293,7 @@ class VerifyResult:
     ran: dict[str, Any] = field(default_factory=dict)  # backend, device, precision that ran
     seconds: float = 0.0
     note: str = ""  # why the tolerance is not the artefact's own
+    other_file: str = ""  # the reference records another file's digest (``check_belongs``)
 
     @property
     def passed(self) -> bool:
@@ -269,13 +352,16 @@ def score(reference: Reference, outputs: list[np.ndarray], ran: str | None = Non
     if reference.metric == ABS_REL_ALIGNED:
         value = float(np.mean(values))
     tolerance = reference.tolerance_for(ran)
-    note = ""
+    notes = [unmeasured_note(reference.meta), reference.other_file]
     if tolerance != reference.tolerance:
-        note = (
+        notes.append(
             f"ran in {ran}, coarser than the {reference.meta.get('precision')} artefact: held to the {ran} bound "
             f"{tolerance:g} instead of {reference.tolerance:g}"
         )
-    return VerifyResult(reference.metric, tolerance, checks, value, str(reference.path or ""), note=note)
+    note = "; ".join(n for n in notes if n)
+    result = VerifyResult(reference.metric, tolerance, checks, value, str(reference.path or ""), note=note)
+    result.other_file = reference.other_file
+    return result
 
 
 class ReferenceMismatch(CommandError):
@@ -286,10 +372,28 @@ class ReferenceMismatch(CommandError):
         self.result = result
 
 
+def check_belongs(reference: Reference, model: Any) -> Reference:
+    """``reference``, with ``other_file`` set where it records the digest of another file than
+    ``model``: another artefact's reference, or the artefact changed since its export (the file
+    alone cannot tell which); the check then says so instead of calling the artefact damaged."""
+    recorded = reference.meta.get("artefact_sha256")
+    if not isinstance(recorded, str) or not isinstance(model, (str, Path)) or not Path(model).is_file():
+        return reference
+    digest = artefact_digest(model)
+    if digest != recorded:
+        reference.other_file = (
+            f"{reference.path} was written for {reference.meta.get('artefact')} (sha256 {recorded[:12]}) and "
+            f"{model} is another file (sha256 {digest[:12]}): another artefact's reference, or a file changed since "
+            "its export"
+        )
+    return reference
+
+
 def reference_for(model: Any, reference: str | Path | None = None) -> Reference:
-    """``reference`` when given, else the one beside the model file; ``ReferenceFileError`` when none."""
+    """``reference`` when given, else the one beside the model file; ``ReferenceFileError`` when none,
+    or when it belongs to another artefact (``check_belongs``)."""
     if reference is not None:
-        return load_reference(reference)
+        return check_belongs(load_reference(reference), model)
     if not isinstance(model, (str, Path)):
         raise ReferenceFileError(f"a {type(model).__name__} has no reference beside it: pass one (--reference FILE)")
     found = find_reference(model)
@@ -298,7 +402,7 @@ def reference_for(model: Any, reference: str | Path | None = None) -> Reference:
             f"{model}: no reference beside it ({reference_path(model).name}); every export writes one "
             "(re-export the model, copy the .reference.npz along with it) or pass --reference FILE"
         )
-    return load_reference(found)
+    return check_belongs(load_reference(found), model)
 
 
 def verify_backend(backend: Any, reference: Reference) -> VerifyResult:
@@ -323,11 +427,16 @@ def require_within(result: VerifyResult, model: Any) -> VerifyResult:
     if result.passed:
         return result
     ran = result.ran
+    why = (
+        "The artefact is damaged or runs in another precision than it was exported for: re-export it, or check "
+        "the precision= it runs with"
+    )
+    if result.other_file:
+        why = f"{result.other_file}: pass the model's own reference (--reference FILE), or re-export the model"
+    notes = "; ".join(n for n in result.note.split("; ") if n and n != result.other_file)
     raise ReferenceMismatch(
         f"{model} is over its reference's tolerance: {result.summary()} running on {ran.get('backend')} "
-        f"({ran.get('device')}, {ran.get('precision')}); worst input "
-        f"{worst_input(result)}. The artefact is "
-        "damaged or runs in another precision than it was exported for: re-export it, or check the "
-        "precision= it runs with",
+        f"({ran.get('device')}, {ran.get('precision')}); worst input {worst_input(result)}. {why}"
+        f"{'; note: ' + notes if notes else ''}",
         result,
     )

@@ -31,7 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", default="auto", help="auto (from the suffix), onnxruntime, openvino, tensorrt")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, gpu, ... (default: auto)")
     parser.add_argument(
-        "--precision", default=None, help="run in this precision instead of the artefact's (e.g. bf16 on OpenVINO)"
+        "--precision",
+        choices=("fp32", "fp16", "bf16"),
+        default=None,
+        help="run in this precision instead of the artefact's (e.g. bf16 on OpenVINO)",
     )
     return parser
 

@@ -10,7 +10,7 @@ import numpy as np
 from rosbags.rosbag1 import Writer as Writer1
 from rosbags.rosbag2 import StoragePlugin
 from rosbags.rosbag2 import Writer as Writer2
-from rosbags.typesys import Stores, get_typestore
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from tests import scenes
 
@@ -146,15 +146,19 @@ def write_scene_bag(
     scans: dict[int, np.ndarray] | None = None,
     depth_encoding: str = "16UC1",
     speed: float = 0.05,
+    image_encoding: str = "bgr8",
 ) -> SceneBag:
     """Write the bag; ``lidar_delay[i]`` (ns) moves frame i's lidar stamp and bag time (None: no lidar
     message for it); ``scans[i]`` replaces frame i's scan. ``metric_max_depth``: images encode metres
-    for the metric test model. The camera moves ``speed`` metres forward a frame."""
+    for the metric test model. The camera moves ``speed`` metres forward a frame. ``image_encoding``
+    labels the images (another than bgr8: frames no decoder takes)."""
     rng = np.random.default_rng(seed)
     lidar = lidar or scenes.Lidar()
     lidar_delay = lidar_delay or [3_000_000] * frames
     ros1 = kind == "rosbag1"
     store = get_typestore(Stores.ROS1_NOETIC if ros1 else Stores.ROS2_HUMBLE)
+    if ros1 and TF not in store.types:  # ROS 1's tf2_msgs/TFMessage: the same definition, not in the Noetic store
+        store.register(get_types_from_msg("geometry_msgs/TransformStamped[] transforms", TF))
     if ros1:
         writer = Writer1(path)
     else:
@@ -184,7 +188,7 @@ def write_scene_bag(
                 image, relative = scenes.relative_frame(depth, gain, offset)
             else:
                 image, relative = scenes.encode(depth / metric_max_depth), None
-            writer.write(conns[CAMERA], stamp, serialize(messages.image(stamp, image), IMAGE))
+            writer.write(conns[CAMERA], stamp, serialize(messages.image(stamp, image, image_encoding), IMAGE))
             expected.depth.append(depth)
             expected.relative.append(relative)
             expected.affine.append((gain, offset))

@@ -47,8 +47,11 @@ def without(tmp_path: Path, *modules: str) -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), str(REPO)])}
 
 
-def bench(tmp_path: Path, env: dict, *models: Path) -> tuple[subprocess.CompletedProcess, dict]:
-    argv = [sys.executable, "-m", "benchmarks", *[a for m in models for a in ("--model", str(m))], *QUICK]
+def bench(tmp_path: Path, env: dict, *models: Path | str) -> tuple[subprocess.CompletedProcess, dict]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    options = [m for m in models if isinstance(m, str)]
+    models = tuple(m for m in models if not isinstance(m, str))
+    argv = [sys.executable, "-m", "benchmarks", *[a for m in models for a in ("--model", str(m))], *QUICK, *options]
     argv += ["--work-dir", str(tmp_path / "work"), "--report-dir", str(tmp_path / "report")]
     done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True)
     report = tmp_path / "report" / "report.json"
@@ -60,7 +63,8 @@ def test_onnx_and_ir_rows_without_pytorch(tmp_path, artefacts):
     check = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
     assert check.returncode != 0 and "torch is not installed here" in check.stderr  # the block holds
     done, data = bench(tmp_path, env, artefacts / "m.onnx", artefacts / "m32.xml", artefacts / "damaged.onnx")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr  # a row failed its check: exit code 1, with the report written
+    assert "error: 1 of 3 artefacts failed: damaged.onnx (exported but failed validation)" in done.stderr
     rows = {row["variant"]: row for row in data["rows"]}
     assert set(rows) == {"m.onnx", "m32.xml", "damaged.onnx"}
     for name in ("m.onnx", "m32.xml"):
@@ -104,3 +108,37 @@ def test_model_files_that_cannot_be_used_exit_2(tmp_path, artefacts):
         text=True,
     )
     assert done.returncode == 2 and "--model benchmarks given ones" in done.stderr
+
+
+def test_given_files_at_their_own_size_each_once_told_apart_without_profiles(tmp_path, artefacts):
+    plain = tmp_path / "a" / "m.onnx"  # a static 56x84 ONNX with no sidecar and no reference
+    plain.parent.mkdir()
+    plain.write_bytes((artefacts / "m.onnx").read_bytes())
+    argv = ["--no-profile", "--throughput", "none"]
+    done, data = bench(tmp_path, {**os.environ, "PYTHONPATH": str(REPO)}, plain, artefacts / "m.onnx", plain, *argv)
+    assert done.returncode == 0, done.stderr  # 518x518 and a failed row before
+    assert f"note: {plain} is {plain}, given twice: timed once" in done.stderr
+    rows = {row["variant"]: row for row in data["rows"]}
+    assert set(rows) == {str(plain), str(artefacts / "m.onnx")}  # two m.onnx told apart by their paths
+    assert all(row["size"] == [56, 84] and row["status"] == "ok" for row in rows.values())
+    assert rows[str(plain)]["error"] == "not scored: no reference beside it"
+    assert not any(row.get("profile") for row in rows.values())  # --no-profile honoured
+
+
+def test_every_row_failed_and_unusable_files_exit_as_the_table_says(tmp_path, artefacts):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done, data = bench(tmp_path / "one", env, artefacts / "damaged.onnx")
+    assert done.returncode == 1 and data["rows"][0]["status"] == "exported but failed validation"
+    corrupt = tmp_path / "corrupt.xml"  # a half-written IR: exit 2 before anything is timed
+    corrupt.write_text((artefacts / "m32.xml").read_text()[:500])
+    (tmp_path / "corrupt.bin").write_bytes((artefacts / "m32.bin").read_bytes())
+    done, data = bench(tmp_path / "two", env, corrupt)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "OpenVINO cannot load it" in done.stderr
+    assert done.stderr.count(str(corrupt)) == 1
+    assert not data
+    truncated = tmp_path / "t.onnx"  # a truncated reference beside the model: exit 1 "unexpected" before
+    truncated.write_bytes((artefacts / "m.onnx").read_bytes())
+    good = (artefacts / "m.onnx.reference.npz").read_bytes()
+    Path(f"{truncated}.reference.npz").write_bytes(good[: len(good) // 2])
+    done, data = bench(tmp_path / "three", env, truncated)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "damaged reference" in done.stderr

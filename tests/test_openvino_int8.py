@@ -120,6 +120,24 @@ def test_float_layers_are_honoured_with_and_without_a_budget(tmp_path, stress_ti
         export_openvino(source, tmp_path / "c.xml", "int8", split, SIZE, replace(OPTIONS, float_layers=("nope",)))
 
 
+def test_float_layers_refuses_nodes_int8_never_quantizes_as_the_qdq_path_does(tmp_path, stress_tiny):
+    import onnx
+
+    from export.quantize.budget import check_float_layers
+    from export.quantize.qdq import select_nodes
+
+    source, split = stress_tiny
+    nodes = onnx.load(str(source)).graph.node
+    for kind in ("Sqrt", "Reshape"):  # reported "in float" on OpenVINO before
+        never = next(n.name for n in nodes if n.op_type == kind)
+        options = replace(OPTIONS, budget=None, float_layers=(never,))
+        with pytest.raises(ExportRequestError, match=f"--float-layers: '{never}' is not a layer OpenVINO quantizes"):
+            export_openvino(source, tmp_path / "m.xml", "int8", split.base, SIZE, options)
+        with pytest.raises(ExportRequestError, match="is not a layer ONNX Q/DQ quantizes"):
+            check_float_layers((never,), select_nodes(onnx.load(str(source)), ())[0], "ONNX Q/DQ")
+    assert not list(tmp_path.iterdir()) or not (tmp_path / "m.xml").exists()
+
+
 def test_the_command_takes_float_layers_and_writes_its_report(tmp_path, stress_tiny, tiny_spec):
     from tests.conftest import STRESS_SEED
     from tests.stress import stress_model

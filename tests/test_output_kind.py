@@ -53,7 +53,12 @@ def test_inconsistent_metadata_is_refused(values, match):
 def test_what_the_user_says_fills_in_for_a_silent_file_and_never_overrides_one():
     assert resolve_output_kind(None, None, None, "m.onnx") == OutputKind()
     assert resolve_output_kind(None, "metric", 10.0, "m.onnx") == OutputKind("metric", 10.0)
-    assert resolve_output_kind(None, None, 10.0, "m.onnx").is_metric  # --max-depth alone means metric
+    # --max-depth alone (metric before) and with relative (ignored before) are refused; 1e-300 m too.
+    with pytest.raises(InputError, match="--max-depth alone does not make it metric: give --output-kind metric"):
+        resolve_output_kind(None, None, 10.0, "m.onnx")
+    with pytest.raises(InputError, match="a relative model has none: drop --max-depth"):
+        resolve_output_kind(None, "relative", 20.0, "m.onnx")
+    assert resolve_output_kind(OutputKind("metric", 20.0), None, 20.0, "m.onnx").max_depth == 20.0
     with pytest.raises(InputError, match="give --max-depth"):
         resolve_output_kind(None, "metric", None, "m.onnx")
     found = OutputKind("metric", 20.0, "ONNX metadata")
@@ -191,6 +196,9 @@ def test_python_m_runtime_writes_a_metric_models_metres(tmp_path, metric_onnx, r
         str(tmp_path / "wrong"),
     )
     assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1 and "outputs metric depth" in wrong.stderr
-    bad = run_cli(str(tmp_path / "scene.png"), "--model", str(relative_onnx), "--max-depth", "-3")
-    assert bad.returncode == 2 and "positive number of metres" in bad.stderr
+    for value in ("-3", "1e-300"):
+        bad = run_cli(str(tmp_path / "scene.png"), "--model", str(relative_onnx), "--max-depth", value)
+        assert bad.returncode == 2 and "give a number of metres from 0.001 to 100000" in bad.stderr
+    alone = run_cli(str(tmp_path / "scene.png"), "--model", str(relative_onnx), "--max-depth", "20")
+    assert alone.returncode == 2 and alone.stderr.count("\n") == 1 and "--max-depth alone" in alone.stderr
     assert json.loads(json.dumps(DepthPredictor(metric_onnx).info()["output"]))["unit"] == "m"

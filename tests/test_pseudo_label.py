@@ -3,7 +3,9 @@ formats and what they cost, on real SA-1B-format shards made here."""
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO, make_tiny_spec
-from tests.sa1b import make_shard
+from tests.sa1b import make_shard, shard_photos
 from train.data import sa1b
 from train.data.labels import FORMATS, LabelReader, LabelWriter, decode, encode
 from train.plan import real_disparity
@@ -145,7 +147,10 @@ def test_amp_bf16_on_the_cpu_and_clear_errors(teacher, mixed_shard):
         check_precision("fp16", torch.device("cpu"))
     command = [sys.executable, "-m", "train.pseudo_label", "--teacher", "x", "--source", "y", "--output", "z"]
     run = subprocess.run([*command, "--batch-size", "0"], cwd=REPO, capture_output=True, text=True)
-    assert run.returncode == 2 and "--batch-size must be at least 1" in run.stderr
+    assert run.returncode == 2 and "--batch-size: '0' is out of range: give a whole number from 1" in run.stderr
+    for size in ("0", "-14", "100000"):  # an OpenCV assertion, a 160 GB allocation before
+        run = subprocess.run([*command, "--size", size], cwd=REPO, capture_output=True, text=True)
+        assert run.returncode == 2 and f"--size: '{size}' is out of range: give a whole number from 14 to" in run.stderr
 
 
 def test_label_formats_round_trip_and_their_bytes_per_image(tmp_path):
@@ -244,3 +249,90 @@ def test_batched_bf16_stage2_on_cuda(teacher, mixed_shard):
             assert sum(1 for _ in label_images(vits, photos, 518, **options)) == 32
             rates[name] = 32 / (time.perf_counter() - started)
     print(f"{torch.cuda.get_device_name(0)} vits stage 2 at 518, images/s (measured, not asserted): {rates}")
+
+
+def _photo_folder(root: Path, names: list[str], seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    photos = shard_photos()
+    for i, name in enumerate(names):
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        photo = photos[i % len(photos)]
+        y, x = int(rng.integers(0, 20)), int(rng.integers(0, 20))
+        cv2.imwrite(str(path), np.ascontiguousarray(photo[y : y + 150, x : x + 200]))
+
+
+def test_folder_images_are_keyed_by_their_path_and_grouped_by_folder(tmp_path, teacher):
+    model, checkpoint = teacher
+    source = tmp_path / "images"
+    _photo_folder(source, ["a/x.jpg", "b/x.jpg", "b/y.jpg", "b/z.png", "top.jpg"])
+    totals = label_source(model, source, tmp_path / "labels", SIZE, progress=False, checkpoint=checkpoint)
+    # Five images in three folders: three shards, none "already done", the two x.jpg both labelled.
+    assert (totals["images"], totals["shards"], totals["skipped_done"]) == (5, 3, 0)
+    from train.data.datasets import PseudoLabelDataset, read_label_index
+
+    entries = read_label_index(tmp_path / "labels")
+    assert sorted(str(Path(e["container"]).name) + "/" + e["member"] for e in entries) == [
+        "a/x.jpg",
+        "b/x.jpg",
+        "b/y.jpg",
+        "b/z.png",
+        "images/top.jpg",
+    ]
+    index = json.loads((tmp_path / "labels" / "b" / "_images.json").read_text())
+    assert index["teacher"]["checkpoint"] == str(checkpoint) and len(index["teacher"]["sha256"]) == 64
+    assert PseudoLabelDataset(tmp_path / "labels", crop=SIZE).sample(1, np.random.default_rng(0))[2].any()
+    # Same options again: everything already done. A label file gone: its shard is not trusted.
+    assert label_source(model, source, tmp_path / "labels", SIZE, progress=False)["skipped_done"] == 3
+    (tmp_path / "labels" / index["labels"]).unlink()
+    again = label_source(model, source, tmp_path / "labels", SIZE, progress=False, checkpoint=checkpoint)
+    assert (again["shards"], again["images"], again["skipped_done"]) == (1, 3, 2)
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        ({"size": 2 * SIZE}, "--size 224"),
+        ({"label_format": "png16"}, "--label-format png16"),
+        ({"amp": "bf16"}, "--amp bf16"),
+        ({"teacher": "other"}, "teacher"),
+    ],
+)
+def test_a_resume_with_other_settings_is_refused(tmp_path, teacher, change, says):
+    from commands.errors import InputError
+
+    model, _ = teacher
+    source = tmp_path / "images"
+    _photo_folder(source, ["p.jpg", "q.jpg"])
+    label_source(model, source, tmp_path / "labels", SIZE, progress=False)
+    before = sorted(p.name for p in (tmp_path / "labels").iterdir())
+    options = {"size": SIZE, "label_format": "float16", "amp": "none", **change}
+    other = model
+    if options.pop("teacher", None):
+        other = copy.deepcopy(model)
+        with torch.no_grad():
+            next(other.parameters()).add_(1e-3)
+    (source / "new").mkdir()
+    _photo_folder(source / "new", ["r.jpg"])
+    with pytest.raises(InputError, match=re.escape(says)) as caught:
+        label_source(other, source, tmp_path / "labels", progress=False, **options)
+    assert "label into another --output" in str(caught.value)
+    assert sorted(p.name for p in (tmp_path / "labels").iterdir()) == before  # nothing written
+
+
+def test_a_truncated_tar_shard_is_skipped_and_counted(tmp_path, teacher):
+    _, checkpoint = teacher
+    source = tmp_path / "sa1b"
+    make_shard(source / "sa_000000.tar", count=3, faults=False)
+    whole = make_shard(source / "sa_000001.tar", count=3, seed=1, faults=False)
+    data = whole.read_bytes()
+    (source / "sa_000002.tar").write_bytes(data[: len(data) // 2 + 100])  # a half-copied shard
+    command = [sys.executable, "-m", "train.pseudo_label", "--teacher", str(checkpoint), "--source", str(source)]
+    command += ["--output", str(tmp_path / "labels"), "--size", str(SIZE), "--workers", "0"]
+    for _ in range(2):  # every rerun labels what it can and names the same shard
+        run = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+        assert run.returncode == 1, run.stderr[-2000:]
+        assert "1 unreadable shards skipped" in run.stdout and "sa_000002.tar: unreadable tar shard" in run.stdout
+        assert "1 shards could not be read" in run.stderr and "Traceback" not in run.stderr
+    assert "0 images labelled in 0 shards" in run.stdout and "2 shards already done" in run.stdout
+    assert sorted(p.name for p in (tmp_path / "labels").glob("*.json")) == ["sa_000000.tar.json", "sa_000001.tar.json"]

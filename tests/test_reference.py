@@ -133,6 +133,12 @@ def test_trt_onnx_only_writes_the_reference_that_travels(tmp_path, artefacts, ve
     assert reference.sizes == [(56, 84), (56, 84)]
     assert reference.meta["precision"] == ("fp16" if typed else "fp32")
     assert not out.exists()
+    islands = ready.with_name(ready.name + ".fp32-islands.onnx")  # the fallback travels with its reference
+    assert islands.is_file() == typed
+    if typed:
+        assert load_reference(reference_path(islands)).meta["artefact"] == islands.name
+        verified = run("runtime.verify", str(islands))
+        assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
 def test_verify_passes_on_onnxruntime_and_openvino_artefacts(artefacts):
@@ -181,7 +187,7 @@ def test_verify_usage_errors_exit_2(tmp_path, artefacts):
     np.savez(pickled, meta=np.array([{"format": "x"}], dtype=object))
     for bad in (garbage, pickled):
         done = run("runtime.verify", str(lone), "--reference", str(bad))
-        assert done.returncode == 2 and "not a readable reference" in done.stderr, done.stderr
+        assert done.returncode == 2 and "damaged reference: it cannot be read" in done.stderr, done.stderr
     # a static model with another artefact's reference (made at another size)
     done = run("runtime.verify", str(lone), "--reference", str(reference_path(artefacts / "d.onnx")))
     assert done.returncode == 2 and "but the model takes 56x84" in done.stderr

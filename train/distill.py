@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from commands.runner import command
+from runtime.cli import number
 from train.engine import add_common_args, config_from_args, spec_or_encoder
 from train.student_training import distill
 
@@ -19,12 +20,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train.distill", description=__doc__.splitlines()[0])
     parser.add_argument("--labels", type=Path, required=True, help="pseudo-label folder (stage 2 output)")
     parser.add_argument("--student", default="vits", choices=("vits", "vitb", "vitl"), help="default vits")
-    parser.add_argument("--trim", type=float, default=0.1, help="fraction of worst pixels ignored (default 0.1)")
-    parser.add_argument("--alpha", type=float, default=2.0, help="gradient-matching weight (default 2)")
+    parser.add_argument(
+        "--trim", type=number(0, 0.99), default=0.1, help="fraction of worst pixels ignored (default 0.1)"
+    )
+    parser.add_argument("--alpha", type=number(0, 1000), default=2.0, help="gradient-matching weight (default 2)")
     parser.add_argument(
         "--align-backbone", type=Path, help="frozen DINOv2 weights to align the student's features to (optional)"
     )
-    parser.add_argument("--align-weight", type=float, default=1.0, help="feature-alignment weight (default 1)")
+    parser.add_argument(
+        "--align-weight", type=number(0, 1000), default=1.0, help="feature-alignment weight (default 1)"
+    )
     add_common_args(parser, steps=20000, crop=518)
     return parser
 

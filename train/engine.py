@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from runtime.cli import number
 from runtime.io.files import atomic_write, atomic_write_bytes
 from train.models import DepthAnythingV2, ModelSpec, save_model
 from train.parallel import full_state, load_state, peak_memory_mib, shard_model, state_mib, weights_checksum
@@ -243,15 +244,34 @@ def save_checkpoint(
     save_model(model, cfg.output / "model.safetensors", metadata=metadata, state_dict=weights)
 
 
+MAX_CROP = 4088
+
+
+def crop_size(text: str) -> int:
+    """argparse type for ``--crop``: a multiple of 14 from 14 to ``MAX_CROP``."""
+    value = number(14, MAX_CROP, integer=True)(text)
+    if value % 14:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a multiple of 14: give 14, 28, ... up to {MAX_CROP}")
+    return value
+
+
 def add_common_args(parser: argparse.ArgumentParser, steps: int, crop: int) -> None:
     parser.add_argument("--output", type=Path, required=True, help="run folder: checkpoints, state, summary")
-    parser.add_argument("--steps", type=int, default=steps, help=f"optimiser steps (default {steps})")
-    parser.add_argument("--batch-size", type=int, default=4, help="per rank (default 4)")
-    parser.add_argument("--lr", type=float, default=5e-6, help="encoder learning rate; the head gets 10x")
-    parser.add_argument("--crop", type=int, default=crop, help=f"training crop, a multiple of 14 (default {crop})")
+    parser.add_argument(
+        "--steps", type=number(1, 10**9, integer=True), default=steps, help=f"optimiser steps (default {steps})"
+    )
+    parser.add_argument("--batch-size", type=number(1, 4096, integer=True), default=4, help="per rank (default 4)")
+    parser.add_argument(
+        "--lr", type=number(0, 1, above=True), default=5e-6, help="encoder learning rate; the head gets 10x"
+    )
+    parser.add_argument(
+        "--crop", type=crop_size, default=crop, help=f"training crop, a multiple of 14 (default {crop})"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--save-every", type=int, default=100, help="checkpoint interval in steps")
-    parser.add_argument("--workers", type=int, default=2, help="data loader workers per rank")
+    parser.add_argument(
+        "--save-every", type=number(1, 10**9, integer=True), default=100, help="checkpoint interval in steps"
+    )
+    parser.add_argument("--workers", type=number(0, 256, integer=True), default=2, help="data loader workers per rank")
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="mixed precision (GPU)")
     parser.add_argument(
         "--activation-checkpointing",
@@ -269,8 +289,6 @@ def add_common_args(parser: argparse.ArgumentParser, steps: int, crop: int) -> N
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The run's config; also seeds torch, so the model built next starts the same in every run."""
-    if args.crop % 14 or args.crop < 14:
-        raise SystemExit(f"error: --crop {args.crop} must be a positive multiple of 14")
     if args.fsdp:
         try:
             from torch.distributed.fsdp import fully_shard  # noqa: F401 - public from PyTorch 2.6

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from commands.runner import command
+from runtime.cli import number
 from runtime.preprocessing import dynamic_size
 from train.models import DepthAnythingV2, ModelSpec, get_spec
 
@@ -270,8 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train.plan", description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", default="vitg", help="teacher encoder (default vitg)")
     parser.add_argument("--student", default="vits", help="student encoder (default vits)")
-    parser.add_argument("--peak-tflops", type=float, default=H100_BF16_TFLOPS, help="the GPU's peak (default H100)")
-    parser.add_argument("--utilisation", type=float, default=0.4, help="assumed share of the peak (default 0.4)")
+    parser.add_argument(
+        "--peak-tflops", type=number(0, 1e6, above=True), default=H100_BF16_TFLOPS, help="the GPU's peak (default H100)"
+    )
+    parser.add_argument(
+        "--utilisation", type=number(0, 1, above=True), default=0.4, help="assumed share of the peak (default 0.4)"
+    )
     parser.add_argument(
         "--activation-checkpointing", action="store_true", help="count the teacher's recomputed forward pass"
     )
@@ -280,11 +285,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="precision measured")
-    parser.add_argument("--batch-size", type=int, default=8, help="stage 2 batch measured (default 8)")
-    parser.add_argument("--workers", type=int, default=4, help="stage 2 loader workers measured (default 4)")
-    parser.add_argument("--images", type=int, default=16, help="SA-1B-sized images per round (default 16)")
-    parser.add_argument("--train-batch", type=int, default=2, help="training batch measured (default 2)")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best counts (default 2)")
+    parser.add_argument(
+        "--batch-size", type=number(1, 4096, integer=True), default=8, help="stage 2 batch measured (default 8)"
+    )
+    parser.add_argument(
+        "--workers", type=number(0, 256, integer=True), default=4, help="stage 2 loader workers measured (default 4)"
+    )
+    parser.add_argument(
+        "--images", type=number(1, 100000, integer=True), default=16, help="SA-1B-sized images per round (default 16)"
+    )
+    parser.add_argument(
+        "--train-batch", type=number(1, 4096, integer=True), default=2, help="training batch measured (default 2)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=number(1, 1000, integer=True),
+        default=2,
+        help="interleaved rounds; the best counts (default 2)",
+    )
     return parser
 
 

@@ -4,25 +4,32 @@ Work is split by rank over shards (``torchrun`` sets the rank). ``--workers`` lo
 read, decode and resize the images; the main process groups them by network input size (the
 keep-aspect rule gives every image of one aspect ratio the same size, so they batch without
 padding) and runs the teacher on batches of ``--batch-size``, in ``--amp`` precision, from pinned
-memory on CUDA. A batch's labels are the one-at-a-time labels up to float rounding. Each finished
-shard gets its label file (``--label-format``, see ``train.data.labels``) and, written last, its
-``<shard>.json`` index: a restarted run skips every shard that has its index.
+memory on CUDA. A batch's labels are the one-at-a-time labels up to float rounding. A shard is a
+tar file or the loose images of one folder, keyed by its path relative to ``--source``
+(``<output>/<dir>/<name>.tar.json``, ``<output>/<dir>/_images.json``). Each finished shard gets
+its label file (``--label-format``, see ``train.data.labels``) and, written last, its index, which
+records the size, format, precision and teacher: a restarted run skips every shard whose index and
+label file are there, and refuses to mix in labels made with other settings.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from commands.errors import InputError
 from commands.runner import command
+from runtime.cli import number
 from runtime.io.files import atomic_write, atomic_write_bytes
 from runtime.preprocessing import prepare_dynamic
 from train.data import sa1b
@@ -135,6 +142,85 @@ def label_images(
         images.close()
 
 
+FOLDER_SHARD = "_images"  # the index of a folder's loose images: <folder>/_images.json (never a tar's name)
+
+
+@dataclass
+class Shard:
+    """One unit of work and of resume: a tar shard, or the loose images of one folder."""
+
+    name: str  # the index's path relative to --output, without ".json"
+    container: Path  # the tar, or the folder
+    loose: list[Path] = field(default_factory=list)  # a folder's images
+
+    def members(self) -> tuple[list[sa1b.Candidate], list[str]]:
+        if not self.loose:
+            return sa1b.members(self.container)
+        return [sa1b.Candidate(self.container, p.name, p.stat().st_size) for p in self.loose], []
+
+
+def plan_shards(source: Path, output: Path) -> list[Shard]:
+    """Every tar shard and image folder under ``source``, keyed by its path relative to ``source``
+    (two ``sa_1.tar`` or ``a.jpg`` in different folders are different work); nothing under ``output``."""
+    root = source if source.is_dir() else source.parent
+    inside = output.resolve()
+    tars, folders = [], {}
+    for path in sa1b.containers(source):
+        if path.resolve().is_relative_to(inside):
+            continue
+        relative = path.relative_to(root)
+        if path.suffix == ".tar":
+            tars.append(Shard(relative.as_posix(), path))
+        else:
+            folders.setdefault(relative.parent, []).append(path)
+    loose = [Shard((folder / FOLDER_SHARD).as_posix(), root / folder, files) for folder, files in folders.items()]
+    return sorted(tars + loose, key=lambda shard: shard.name)
+
+
+def teacher_digest(teacher: torch.nn.Module) -> str:
+    """sha256 of the teacher's weights (names, shapes and values): which teacher made a label set."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(teacher.state_dict().items()):
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _settings_text(settings: dict) -> str:
+    teacher = settings.get("teacher") or {}
+    who = f"teacher {teacher.get('checkpoint') or 'in memory'} (sha256 {str(teacher.get('sha256'))[:12]})"
+    return f"--size {settings['size']} --label-format {settings['format']} --amp {settings['amp']}, {who}"
+
+
+def already_done(shard: Shard, output: Path, settings: dict) -> bool:
+    """Whether ``shard``'s labels are finished: its index is there, its label file too (and for a
+    folder, the same images). ``InputError`` when they were made with other settings: one output
+    folder holds one label set."""
+    index_path = output / f"{shard.name}.json"
+    if not index_path.is_file():
+        return False
+    try:
+        index = json.loads(index_path.read_text())
+        made = {key: index[key] for key in ("size", "format", "amp")}
+    except (OSError, ValueError, KeyError, TypeError):
+        print(f"note: {index_path} is not a readable index: its shard is labelled again", file=sys.stderr)
+        return False
+    made["teacher"] = index.get("teacher")
+    same_teacher = made["teacher"] is None or made["teacher"].get("sha256") == settings["teacher"]["sha256"]
+    if any(made[key] != settings[key] for key in ("size", "format", "amp")) or not same_teacher:
+        raise InputError(
+            f"{output} holds labels made with {_settings_text(made)} ({index_path.name}); this run asks "
+            f"{_settings_text(settings)}: label into another --output, or resume with the same options and teacher"
+        )
+    if not (output / index["labels"]).is_file():
+        print(f"note: {index_path}: its label file {index['labels']} is gone: the shard is labelled again")
+        return False
+    if shard.loose and sorted(index.get("members", [])) != sorted(p.name for p in shard.loose):
+        print(f"note: {shard.container} holds other images than when it was labelled: labelled again")
+        return False
+    return True
+
+
 def label_source(
     teacher: torch.nn.Module,
     source: Path,
@@ -147,22 +233,29 @@ def label_source(
     workers: int = 0,
     amp: str = "none",
     label_format: str = "float16",
+    checkpoint: Path | None = None,
 ) -> dict:
+    """Label every shard of this rank without an index; ``totals`` counts what was done and skipped
+    (``unreadable``: the tar shards that could not be listed, named)."""
     from tqdm import tqdm
 
     output.mkdir(parents=True, exist_ok=True)
-    containers = sa1b.containers(source)[rank::world]
-    totals = {"shards": 0, "skipped_done": 0, "images": 0, "corrupt": 0, "rejected": 0}
+    shards = plan_shards(source, output)[rank::world]
+    settings = {"size": size, "format": label_format, "amp": amp}
+    settings["teacher"] = {"checkpoint": str(checkpoint) if checkpoint else None, "sha256": teacher_digest(teacher)}
+    todo = [shard for shard in shards if not already_done(shard, output, settings)]  # refused before any work
+    totals = {"shards": 0, "skipped_done": len(shards) - len(todo), "images": 0, "corrupt": 0, "rejected": 0}
+    totals["unreadable"] = []
     bar = tqdm(desc=f"pseudo-labels (rank {rank})", total=0, unit="img", disable=not progress)
     started = time.perf_counter()
-    for container in containers:
-        index_path = output / f"{container.name}.json"
-        if index_path.is_file():
-            totals["skipped_done"] += 1
+    for shard in todo:
+        try:
+            found, rejected = shard.members()
+        except ValueError as exc:  # a truncated or damaged tar: counted, the other shards go on
+            totals["unreadable"].append(str(exc))
             continue
-        found, rejected = sa1b.members(container)
         bar.total += len(found)
-        bar.set_postfix(shard=container.name)
+        bar.set_postfix(shard=shard.name)
         corrupt: list[str] = []
         entries: list[dict] = []
 
@@ -178,20 +271,21 @@ def label_source(
             finally:
                 entries += writer.close()
 
-        labels_name = f"{container.name}{SUFFIX[label_format]}"
+        labels_name = f"{shard.name}{SUFFIX[label_format]}"
+        (output / labels_name).parent.mkdir(parents=True, exist_ok=True)
         atomic_write(output / labels_name, write)
         entries.sort(key=lambda entry: int(entry["key"][1:]))
         index = {
-            "container": str(container.resolve()),
+            "container": str(shard.container.resolve()),
             "labels": labels_name,
-            "format": label_format,
-            "amp": amp,
-            "size": size,
+            **settings,
             "entries": entries,
             "corrupt": sorted(corrupt),
             "rejected": rejected,
         }
-        atomic_write_bytes(index_path, json.dumps(index, indent=1).encode())
+        if shard.loose:
+            index["members"] = [c.member for c in found]
+        atomic_write_bytes(output / f"{shard.name}.json", json.dumps(index, indent=1).encode())
         totals["shards"] += 1
         totals["images"] += len(entries)
         totals["corrupt"] += len(corrupt)
@@ -201,11 +295,7 @@ def label_source(
     return totals
 
 
-def count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+MAX_SIZE = 2044  # the teacher's input short side: 518 in the paper; 2044 is already 15x the work
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,12 +303,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--teacher", type=Path, required=True, help="teacher checkpoint (stage 1 output)")
     parser.add_argument("--source", type=Path, required=True, help="SA-1B tar shards or an image folder")
     parser.add_argument("--output", type=Path, required=True, help="pseudo-label folder")
-    parser.add_argument("--size", type=int, default=518, help="short side fed to the teacher (default 518)")
     parser.add_argument(
-        "--batch-size", type=count, default=8, help="images per teacher call, of one input size (default 8)"
+        "--size",
+        type=number(14, MAX_SIZE, integer=True),
+        default=518,
+        help=f"short side fed to the teacher, 14 to {MAX_SIZE} (default 518)",
     )
     parser.add_argument(
-        "--workers", type=count, default=4, help="loader processes decoding and resizing images (default 4)"
+        "--batch-size",
+        type=number(1, 1024, integer=True),
+        default=8,
+        help="images per teacher call, of one input size (default 8)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=number(0, 256, integer=True),
+        default=4,
+        help="loader processes decoding and resizing images (default 4)",
     )
     parser.add_argument(
         "--amp",
@@ -238,31 +339,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 @command("python -m train.pseudo_label")
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error("--batch-size must be at least 1")
+    args = build_parser().parse_args(argv)
     env = setup_distributed()
     teacher = build_teacher(args.teacher).to(env.device)
-    totals = label_source(
-        teacher,
-        args.source,
-        args.output,
-        args.size,
-        env.rank,
-        env.world,
-        env.main,
-        args.batch_size,
-        args.workers,
-        args.amp,
-        args.label_format,
-    )
+    try:
+        totals = label_source(
+            teacher,
+            args.source,
+            args.output,
+            args.size,
+            env.rank,
+            env.world,
+            env.main,
+            args.batch_size,
+            args.workers,
+            args.amp,
+            args.label_format,
+            args.teacher,
+        )
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(
+            f"finished shards are kept in {args.output} (each with its index), the shard in progress was not "
+            "written: rerun the same command to continue"
+        ) from None
     rate = totals["images"] / totals["seconds"] if totals["seconds"] > 0 else 0.0
     print(
         f"rank {env.rank}: {totals['images']} images labelled in {totals['shards']} shards "
         f"({rate:.2f} images/s), {totals['skipped_done']} shards already done, {totals['corrupt']} corrupt images "
-        f"skipped, {totals['rejected']} unsafe members rejected"
+        f"skipped, {totals['rejected']} unsafe members rejected, {len(totals['unreadable'])} unreadable shards skipped"
     )
+    for problem in totals["unreadable"]:
+        print(f"  skipped: {problem}")
+    if totals["unreadable"]:
+        print(
+            f"error: {len(totals['unreadable'])} shards could not be read (above) and have no labels; the others are "
+            "done: replace them and rerun the same command",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

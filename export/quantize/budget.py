@@ -19,7 +19,6 @@ import difflib
 import glob
 import json
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from commands.runner import stage
-from runtime.io.files import atomic_write, atomic_write_bytes
+from runtime.io.files import atomic_write, atomic_write_bytes, staging_dir
 from runtime.metadata import sha256_file, sidecar_path
 
 from ..artefact import Artefact
@@ -162,7 +161,7 @@ def quantize_with_budget(
     held = split.held_out_batches()
     with stage("running the FP32 model on the held-out images"):
         references = OnnxRuntimeRunner(source.path).run_all(held)
-    workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.budget.", dir=output.parent))
+    workdir = staging_dir(output)  # .<name>.<pid>-<host>.<random>: the next run removes it if this one is killed
     cache_dir = cache_dir or workdir  # every base model is calibrated once
     bases: dict[bool, tuple[Path, list[str]]] = {}
 

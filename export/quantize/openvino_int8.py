@@ -39,7 +39,7 @@ from ..graph import load_onnx
 from ..metrics import ABS_REL_ALIGNED, OnnxRuntimeRunner, abs_rel
 from .budget import check_float_layers, quant_report_path, write_report
 from .options import Int8Options
-from .qdq import DEFAULT_KEEP_FP
+from .qdq import DEFAULT_KEEP_FP, QUANTIZED_OPS
 from .search import Search, suggestion
 from .smooth import find_sites
 
@@ -270,7 +270,10 @@ def quantize_openvino(ov, model, onnx_path: Path, images, output: Path, options:
     With a budget, ``<output>.quant.json`` is written whatever the outcome."""
     onnx_model = load_onnx(onnx_path)
     names = layer_names(model, onnx_model)
-    check_float_layers(options.float_layers, sorted(set(names.values())), "OpenVINO")
+    # Only layers INT8 quantizes can be kept in float (as on the Q/DQ path): a Sqrt or Reshape never is.
+    kinds = (*QUANTIZED_OPS, "ConvTranspose", "Resize")  # NNCF also quantizes the head's upsampling layers
+    quantizable = {node.name for node in onnx_model.graph.node if node.op_type in kinds}
+    check_float_layers(options.float_layers, sorted(set(names.values()) & quantizable), "OpenVINO")
     nncf = Nncf(model, images, names, kept_in_float(names, options))
     if options.budget is None:
         smoothed = options.smooth != "off"  # nothing measured to decide by: NNCF's default for transformers

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import fnmatch
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from commands.errors import require
-from runtime.io.files import atomic_write
+from runtime.io.files import atomic_write, staging_dir
 from runtime.metadata import library_versions, sha256_file
 
 from ..artefact import Artefact
@@ -187,7 +186,7 @@ def quantize_int8(
         extra.update(QuantizeBias=False, AddQDQPairToWeight=True)
     started = time.perf_counter()
     output.parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    workdir = staging_dir(output)  # .<name>.<pid>-<host>.<random>: the next run removes it if this one is killed
     try:
         prepared = workdir / "prepared.onnx"
         # No symbolic shape inference: it stops on the dynamic decoder ("Incomplete symbolic shape

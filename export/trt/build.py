@@ -20,7 +20,7 @@ from commands.errors import MissingDependencyError, require
 from commands.runner import stage
 from runtime.io.files import atomic_write_bytes, staging_dir
 from runtime.metadata import library_versions, sha256_file, sidecar_path, write_sidecar
-from runtime.reference import find_reference, reference_path
+from runtime.reference import find_reference, reference_path, stamp_reference
 
 from ..artefact import Artefact
 from ..errors import ExportError, ExportRequestError
@@ -277,6 +277,7 @@ def build_trt(request: TrtRequest) -> Artefact:
         # The fallback's ONNX travels with the TensorRT-ready one: the device cannot retype it.
         with stage("writing the fallback's FP16-typed graph"):
             fp16_artefact(pretyped_record, islands_onnx(ready), FP32_OPS, attempts[1].fp32_nodes)
+            write_fp16_reference(islands_onnx(ready), pretyped, sizes)  # every file written has its reference
     print(f"TensorRT-ready ONNX: {ready} (passes the TensorRT {version} parser rules)")
 
     gpu_name, capability = ("<target GPU>", (0, 0))
@@ -367,6 +368,8 @@ def build_trt(request: TrtRequest) -> Artefact:
             },
         )
         write_sidecar(staged, dict(engine.facts))
+        if reference_path(staged).is_file():
+            stamp_reference(staged)  # the reference names the engine it was checked with
         # Old files go first and the engine lands last: never a new engine beside old metadata.
         for old in (output, sidecar_path(output), reference_path(output)):
             old.unlink(missing_ok=True)

@@ -12,7 +12,7 @@ import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
@@ -53,6 +53,20 @@ class InputSpec:
         if self.shape[0] is not None:
             return self.shape[0]
         return self.batch_range[1] if self.batch_range else None
+
+
+def check_depth_output(model: object, dims: Sequence[object]) -> None:
+    """``ModelFileError`` unless an output of shape ``dims`` (a dynamic dimension: ``None``, a name or
+    -1) is a depth model's: ``(N, H, W)`` or ``(N, 1, H, W)``, one map per image. A classifier's
+    logits or an image-to-image model would otherwise be published as depth."""
+    shape = [d if isinstance(d, int) and d >= 0 else None for d in dims]
+    if len(shape) == 3 or (len(shape) == 4 and shape[1] in (1, None)):
+        return
+    shown = "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+    raise ModelFileError(
+        f"{describe_source(model)}: its output has shape {shown}, not a depth map: a depth model outputs "
+        "(N, H, W) or (N, 1, H, W), one map per image; pass a depth model (relative or metric)"
+    )
 
 
 def check_streams(streams: object) -> int:

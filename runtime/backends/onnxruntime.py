@@ -24,7 +24,7 @@ from commands.errors import ModelFileError, require
 
 from ..metadata import read_sidecar
 from ..metric import OutputKind
-from .base import Backend, InputSpec, check_streams
+from .base import Backend, InputSpec, check_depth_output, check_streams
 from .profiling import Profile, events_after, onnxruntime_events, onnxruntime_layers, onnxruntime_runs, timed_calls
 
 PROVIDERS = {
@@ -130,6 +130,7 @@ class OnnxRuntimeBackend(Backend):
         if len(dims) != 4:
             raise ModelFileError(f"{path}: input {inputs[0].name!r} has shape {dims}; expected (N, 3, H, W)")
         self.input_spec = InputSpec(inputs[0].name, tuple(d if isinstance(d, int) and d > 0 else None for d in dims))
+        check_depth_output(path, outputs[0].shape or ())
         self._output = outputs[0].name
         self._providers = self._session.get_providers()
         self.precision = provider_settings(self._providers[0], artefact, precision, ort.__version__)[1]

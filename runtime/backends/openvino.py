@@ -33,7 +33,7 @@ from commands.errors import ModelFileError, require
 
 from ..metadata import read_sidecar
 from ..metric import OutputKind
-from .base import Backend, InputSpec, check_streams
+from .base import Backend, InputSpec, check_depth_output, check_streams
 from .openvino_pre import check_preprocess, embed_preprocessing
 from .profiling import Profile, openvino_counters, openvino_fused_types, openvino_layers, timed_calls
 
@@ -253,6 +253,9 @@ class OpenVINOBackend(Backend):
             raise ModelFileError(f"{path}: input has shape {shape}; expected (N, 3, H, W)")
         dims = tuple(d.get_length() if d.is_static else None for d in shape)
         self.input_spec = InputSpec(port.any_name, dims)  # type: ignore[arg-type]
+        out = network.output(0).get_partial_shape()
+        rank = out.rank.get_length() if out.rank.is_static else 0
+        check_depth_output(path, [out[i].get_length() if out[i].is_static else None for i in range(rank)])
         try:
             self._executing = [str(d) for d in self._compiled.get_property("EXECUTION_DEVICES")]
         except RuntimeError:

@@ -20,7 +20,7 @@ from commands.errors import MissingDependencyError, ModelFileError, require
 
 from ..metadata import read_sidecar
 from ..metric import OutputKind
-from .base import Backend, InputSpec, check_streams
+from .base import Backend, InputSpec, check_depth_output, check_streams
 from .cuda import open_cuda, parse_device
 from .profiling import LayerTimeRecorder, Profile, timed_calls
 from .torch_pre import TorchImagePipeline
@@ -264,6 +264,7 @@ class TensorRTBackend(Backend):
         if len(inputs) != 1 or len(outputs) != 1:
             raise ModelFileError(f"{path}: expected one input and one output, found {inputs} and {outputs}")
         self._tensors = (inputs[0], outputs[0])
+        check_depth_output(path, tuple(self._engine.get_tensor_shape(outputs[0])))
         dims = tuple(self._engine.get_tensor_shape(inputs[0]))
         self._profile_range = engine_profile(dims, lambda: self._engine.get_tensor_profile_shape(inputs[0], 0))
         self.input_spec = spec_from_dims(inputs[0], dims, self._profile_range)

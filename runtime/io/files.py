@@ -7,6 +7,7 @@ interrupted export leaves no hidden copy of a model behind for long.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import socket
@@ -81,12 +82,26 @@ def check_writable_folder(folder: str | Path, option: str) -> None:
         ) from exc
 
 
+def named_for_output(exc: OSError, path: Path) -> BaseException:
+    """The error to raise for ``exc``, met writing a temporary of ``path``: it names the output and
+    its folder, never the hidden temporary. A folder this user may not write in is a usage error
+    (``InputError``, exit code 2); a full or read-only disk an ``OutputError`` (exit code 1)."""
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return InputError(f"{path}: cannot write in {path.parent} ({exc.strerror}); choose another output folder")
+    if exc.errno in DISK_ERRNOS:
+        return OutputError(exc.errno, exc.strerror, str(path))
+    return exc
+
+
 def staging_dir(path: str | Path) -> Path:
     """A fresh temporary folder beside ``path`` for building it (stale ones removed first)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
-    return Path(tempfile.mkdtemp(prefix=temp_prefix(path), dir=path.parent))
+    try:
+        return Path(tempfile.mkdtemp(prefix=temp_prefix(path), dir=path.parent))
+    except OSError as exc:
+        raise named_for_output(exc, path) from exc
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
@@ -94,7 +109,10 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise named_for_output(exc, path) from exc
     os.close(fd)
     os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be shared like any written file
     try:
@@ -102,8 +120,10 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS and exc.filename != str(path):
-            raise OutputError(exc.errno, exc.strerror, str(path)) from exc  # name the output, not its temporary
+        if isinstance(exc, OSError) and exc.filename != str(path):
+            named = named_for_output(exc, path)  # name the output, not its temporary
+            if named is not exc:
+                raise named from exc
         raise
     return path
 

@@ -32,6 +32,7 @@ import numpy as np
 from commands.errors import InputError
 
 from ..align import AlignSettings, FrameAligner, FrameResult
+from ..cli import number
 from ..io.files import atomic_write_bytes
 from ..metric import OutputKind
 from ..pointcloud import Intrinsics
@@ -362,6 +363,9 @@ def check_conversion(conversion: Any, kind: OutputKind, stabilize: bool) -> Any:
     return check_model_rules(kind, conversion, stabilize, aligned=False)
 
 
+MAX_TIME_OFFSET = 60.0  # seconds: a sensor message farther from its image is no match for it
+
+
 def add_align_args(parser: Any, metres: Callable[[str], float], max_time_offset: float) -> None:
     """The bag command's options for per-frame alignment and stabilising."""
     group = parser.add_argument_group("metric depth per frame from the bag's own sensor")
@@ -375,17 +379,18 @@ def add_align_args(parser: Any, metres: Callable[[str], float], max_time_offset:
     group.add_argument(
         "--extrinsics",
         nargs="+",
-        type=float,
+        type=number(-1e6, 1e6),
         metavar="N",
         help="the sensor's pose in the camera's optical frame, instead of tf: x y z yaw pitch roll, "
         "or x y z qx qy qz qw (one camera only: several cameras take their transforms from tf)",
     )
     group.add_argument(
         "--max-time-offset",
-        type=float,
+        type=number(0, MAX_TIME_OFFSET),
         default=max_time_offset,
         metavar="S",
-        help=f"longest time between an image and its sensor message, seconds (default {max_time_offset})",
+        help=f"longest time between an image and its sensor message, 0 to {MAX_TIME_OFFSET:g} seconds "
+        f"(default {max_time_offset})",
     )
     group.add_argument(
         "--held-out",

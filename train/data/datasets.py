@@ -45,9 +45,10 @@ class SceneDataset:
 
 
 def read_label_index(labels: Path) -> list[dict]:
-    """All pseudo-label entries under ``labels`` (one ``<container>.json`` per finished shard)."""
+    """All pseudo-label entries under ``labels`` (one ``<shard>.json`` per finished shard, in the
+    folders of the source's layout)."""
     entries = []
-    for index_path in sorted(labels.glob("*.json")):
+    for index_path in sorted(labels.rglob("*.json")):
         index = json.loads(index_path.read_text())
         for entry in index["entries"]:
             entries.append(

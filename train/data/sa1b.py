@@ -28,7 +28,7 @@ UNREADABLE = (InputError, OSError, tarfile.TarError, KeyError)
 class Candidate:
     """One image: a file, or a member of a tar shard (``member`` set)."""
 
-    container: Path
+    container: Path  # a tar shard, an image file, or the folder of ``member``
     member: str | None
     size: int
 
@@ -85,6 +85,8 @@ def read_bytes(candidate: Candidate, tars: dict[Path, tarfile.TarFile]) -> bytes
     """The member's bytes; ``tars`` caches open shards across calls."""
     if candidate.member is None:
         return candidate.container.read_bytes()
+    if candidate.container.is_dir():  # a loose image of a folder shard (train.pseudo_label)
+        return (candidate.container / candidate.member).read_bytes()
     tar = tars.get(candidate.container)
     if tar is None:
         tar = tars[candidate.container] = tarfile.open(candidate.container)
