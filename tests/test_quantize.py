@@ -14,7 +14,7 @@ from export.onnx import export_onnx
 from export.quantize.calibration import CalibrationSet
 from export.quantize.fp16 import to_fp16
 from export.quantize.qdq import DEFAULT_KEEP_FP, quantize_int8, select_nodes
-from export.verify import OnnxRuntimeRunner, compare
+from export.verify import OnnxRuntimeRunner, abs_rel, compare
 from runtime import DepthPredictor
 from runtime.preprocessing import prepare_fixed
 from runtime.reference import load_reference, reference_path
@@ -29,6 +29,9 @@ from tests.sa1b import held_out_photos, make_shard
 # that INT8 is far closer to FP32 than an unrelated depth map is.
 INT8_MAX_REL = 0.2
 INT8_ALIGNED_REL = 0.15
+# ONNX Runtime's INT8 kernels on this CPU against the same graph run as written (issue 29's bound):
+# they compute the arithmetic the model was made for, whichever x86 CPU runs the test.
+NATIVE_RATIO, NATIVE_SLACK = 1.25, 0.005
 FP16_MAX_REL = 0.01
 SIZE = (518, 518)
 
@@ -84,15 +87,19 @@ def test_int8_stays_close_to_fp32_on_held_out_images(tmp_path, calib, fp32_onnx,
         assert 0 < quantizers < dequantizers
     batches = [prepare_fixed(image, SIZE) for image in held_out_photos()]
     references = OnnxRuntimeRunner(fp32_onnx).run_all(batches)
-    # The TensorRT model is measured with its Q/DQ pairs run as written: a float simulation of the
+    # Both are held to the bound with their Q/DQ pairs run as written: a float simulation of the
     # INT8 arithmetic that every CPU computes alike. ONNX Runtime's own INT8 kernels differ per ISA
-    # (VNNI or not), which made a worst-pixel bound pass on one machine and fail on another.
-    outputs = OnnxRuntimeRunner(result.path, as_written=target == "tensorrt").run_all(batches)
-    for out, ref in zip(outputs, references, strict=True):
+    # (VNNI sums in 32 bits, AVX2 without VNNI in saturating 16-bit pairs); the cpu model, made for
+    # this CPU's arithmetic (--int8-arithmetic auto), must give by them what the graph says.
+    written = OnnxRuntimeRunner(result.path, as_written=True).run_all(batches)
+    for out, ref in zip(written, references, strict=True):
         if target == "tensorrt":
             assert compare(out, ref).max_rel < INT8_MAX_REL
         assert aligned_rel(out, ref) < INT8_ALIGNED_REL
         assert aligned_rel(out, ref) < 0.25 * aligned_rel(np.ascontiguousarray(ref[..., ::-1]), ref)
+    if target == "cpu":
+        native = OnnxRuntimeRunner(result.path).run_all(batches)
+        assert abs_rel(native, references) <= NATIVE_RATIO * abs_rel(written, references) + NATIVE_SLACK
     meta = json.loads(result.path.with_name(result.path.name + ".json").read_text())
     assert meta["precision"] == "int8" and meta["calibration"]["count"] == 12
     assert meta["quantization"]["quantized_nodes"] == len(result.quantized)

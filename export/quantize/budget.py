@@ -10,7 +10,9 @@ quantized again at the end.
 Everything is written to ``<artefact>.quant.json``, also when the export is refused, and
 summarised in the artefact's sidecar. The TensorRT target's Q/DQ model is measured with ONNX
 Runtime running the Q/DQ pairs as written (float simulation of the INT8 arithmetic, the same on
-every CPU) instead of through this CPU's INT8 kernels; the ``cpu`` target as ONNX Runtime runs it.
+every CPU) instead of through this CPU's INT8 kernels; the ``cpu`` target with the arithmetic of the
+CPUs it is for (``export.quantize.arithmetic``): ONNX Runtime's kernels where this CPU is of that
+class, else as written.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from ..errors import ExportError, ExportRequestError
 from ..graph import load_onnx, save_onnx
 from ..reference import write_int8_reference
 from ..verify import ABS_REL_ALIGNED, OnnxRuntimeRunner
+from .arithmetic import CpuPlan
 from .calibration import MIN_IMAGES, CalibrationError, CalibrationSet
 from .options import DEFAULT_ACCURACY_BUDGET, DEFAULT_METHOD, DEFAULT_PERCENTILE, SMOOTH_MODES, Int8Options
 from .probes import QdqProbes
@@ -152,9 +155,11 @@ def quantize_with_budget(
     log=print,
     percentile: float | None = None,
     float_layers: tuple[str, ...] = (),
+    arithmetic: str = "auto",
 ) -> BudgetResult:
     """Calibrated INT8 of ``source`` at ``output`` whose held-out error stays within ``budget``,
-    with ``float_layers`` (node names) in float from the start."""
+    with ``float_layers`` (node names) in float from the start; for the ``cpu`` target, for the
+    CPUs of INT8 ``arithmetic`` and measured with it."""
     if smooth_mode not in SMOOTH_MODES:
         raise ExportRequestError(f"--smooth must be one of {', '.join(SMOOTH_MODES)}, got {smooth_mode!r}")
     method, percentile = method or DEFAULT_METHOD, percentile or DEFAULT_PERCENTILE
@@ -178,9 +183,12 @@ def quantize_with_budget(
         base = workdir / ("smoothed" if smoothed else "plain") / output.name
         base.parent.mkdir()
         with stage("calibrating and quantizing"):
-            result = quantize_int8(model, split, base, method, target, keep, percentile, cache_dir)
+            result = quantize_int8(
+                model, split, base, method, target, keep, percentile, cache_dir, arithmetic=arithmetic
+            )
         bases[smoothed] = (base, result.quantized)
-        return QdqProbes(base, model, result.quantized, target, held, references, workdir)
+        as_written = target == "tensorrt" or not CpuPlan.of(arithmetic).native
+        return QdqProbes(base, model, result.quantized, target, held, references, workdir, as_written)
 
     try:
         search = Search(make, budget, log, float_layers)
@@ -264,7 +272,10 @@ def export_int8(source: Path, output: Path, options: Int8Options, shape: tuple[i
     with stage("calibrating and quantizing"):
         if options.budget is None:
             check_float_layers(options.float_layers, select_nodes(load_onnx(source), ())[0], "ONNX Q/DQ")
-            result = quantize_int8(source, images, output, options.method, target, keep, options.percentile, cache)
+            arithmetic = options.int8_arithmetic if target == "cpu" else "auto"
+            result = quantize_int8(
+                source, images, output, options.method, target, keep, options.percentile, cache, arithmetic=arithmetic
+            )
             print(f"INT8 Q/DQ: {len(result.quantized)} layers INT8, no accuracy check (--accuracy-budget off)")
             write_int8_reference(output, source, shape, (), None)
             return images.describe()
@@ -280,6 +291,7 @@ def export_int8(source: Path, output: Path, options: Int8Options, shape: tuple[i
         cache,
         percentile=options.percentile,
         float_layers=options.float_layers,
+        arithmetic=options.int8_arithmetic if target == "cpu" else "auto",
     )
     floats = len(checked.reverted) + len(options.float_layers)
     notes = f", {floats} back in float" if floats else ""
