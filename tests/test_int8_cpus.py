@@ -34,6 +34,7 @@ QEMU = shutil.which("qemu-x86_64")
 HOST = this_cpu()
 # ONNX Runtime's kernels against the same graph as written: the acceptance bound of issue 29.
 NATIVE_RATIO, NATIVE_SLACK = 1.25, 0.005
+OUT_SCALE = 1024.0
 
 
 def test_classify_reads_cpuid_and_trusts_cpuinfo_only_where_it_agrees():
@@ -51,7 +52,8 @@ def test_classify_reads_cpuid_and_trusts_cpuinfo_only_where_it_agrees():
 
 
 def _saturating_matmul_model(k: int = 64, n: int = 16):
-    """DQ(u8 x) @ DQ(s8 w) -> Q -> DQ, unit scales: ONNX Runtime fuses it into its u8s8 kernel."""
+    """DQ(u8 x) @ DQ(s8 w) -> Q -> DQ with unit input scales: ONNX Runtime fuses it into its u8s8
+    kernel. The output step ``OUT_SCALE`` keeps the sums' differences visible."""
     rng = np.random.default_rng(0)
     weights = rng.integers(-127, 128, (k, n)).astype(np.int8)
     scalar = numpy_helper.from_array
@@ -59,15 +61,16 @@ def _saturating_matmul_model(k: int = 64, n: int = 16):
         helper.make_node("DequantizeLinear", ["x", "one", "zx"], ["xf"]),
         helper.make_node("DequantizeLinear", ["w", "one", "zw"], ["wf"]),
         helper.make_node("MatMul", ["xf", "wf"], ["y"]),
-        helper.make_node("QuantizeLinear", ["y", "one", "zy"], ["yq"]),
-        helper.make_node("DequantizeLinear", ["yq", "one", "zy"], ["out"]),
+        helper.make_node("QuantizeLinear", ["y", "step", "zy"], ["yq"]),
+        helper.make_node("DequantizeLinear", ["yq", "step", "zy"], ["out"]),
     ]
     inits = [
         scalar(np.array(1.0, np.float32), "one"),
         scalar(np.array(0, np.uint8), "zx"),
         scalar(weights, "w"),
         scalar(np.array(0, np.int8), "zw"),
-        scalar(np.array(0, np.int32), "zy"),  # int32 output: no clipping hides the sums
+        scalar(np.array(OUT_SCALE, np.float32), "step"),
+        scalar(np.array(128, np.uint8), "zy"),
     ]
     graph = helper.make_graph(
         nodes,
@@ -76,7 +79,12 @@ def _saturating_matmul_model(k: int = 64, n: int = 16):
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [4, n])],
         inits,
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), weights
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), weights
+
+
+def requantized(sums: np.ndarray) -> np.ndarray:
+    """The output Q -> DQ of ``_saturating_matmul_model`` on exact integer ``sums``."""
+    return (np.clip(np.rint(sums / OUT_SCALE) + 128, 0, 255) - 128) * OUT_SCALE
 
 
 def vpmaddubsw(x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -192,8 +200,10 @@ def test_avx2_kernels_under_emulation_saturate_full_range_weights_not_seven_bit(
     assert cpu["kind"] == "avx2" and cpu["class"] == "avx2"
     emulated = np.load(tmp_path / "mm.npz")["0"]
     exact = x.astype(np.int64) @ weights.astype(np.int64)
-    assert np.array_equal(OnnxRuntimeRunner(model.SerializeToString())(x), exact)  # this CPU: 32-bit sums
-    assert np.array_equal(emulated, vpmaddubsw(x, weights)) and not np.array_equal(emulated, exact)
+    host = OnnxRuntimeRunner(model.SerializeToString())(x)
+    assert np.array_equal(host, requantized(exact))  # this CPU: 32-bit sums
+    assert np.array_equal(emulated, requantized(vpmaddubsw(x, weights)))
+    assert not np.array_equal(emulated, host)
 
     # 2. The tiny model's INT8 for AVX2 CPUs: their kernels compute it as written; full range does not.
     forms = {
