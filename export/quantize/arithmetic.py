@@ -25,6 +25,10 @@ from runtime.int8_cpu import resolve, this_cpu
 
 from ..errors import ExportRequestError
 
+# The cpu target's weight forms: (weight type, 7-bit weights). U8U8 (unsigned weights, widened to
+# 16 bits before the products) does not saturate either; it is measured in docs/int8-cpus.md.
+CPU_FORMS = {"u8s8": ("QInt8", False), "u8s7": ("QInt8", True), "u8u8": ("QUInt8", False)}
+FORM_FOR = {"vnni": "u8s8", "avx2": "u8s7"}  # the INT8 arithmetic of the CPUs -> the form
 INT16_MAX = 32767
 U8_MAX = 255
 
@@ -32,13 +36,11 @@ U8_MAX = 255
 @dataclass(frozen=True)
 class CpuPlan:
     arithmetic: str  # the class of the CPUs the export is for: vnni or avx2
-    form: str  # the weight form (a key of qdq.CPU_FORMS)
+    form: str  # the weight form (a key of CPU_FORMS)
     native: bool  # the budget is measured with this CPU's kernels (else as written)
 
     @classmethod
     def of(cls, arithmetic: str) -> CpuPlan:
-        from .qdq import FORM_FOR
-
         try:
             target = resolve(arithmetic)
         except ValueError as exc:

@@ -34,15 +34,12 @@ from runtime.metadata import library_versions, read_sidecar, sha256_file, write_
 
 from ..errors import ExportRequestError
 from ..graph import PROTOBUF_LIMIT, Graph, load_onnx
+from .arithmetic import CPU_FORMS, CpuPlan
 from .calibration import CalibrationSet
 from .histogram import AbsHistogram
 from .options import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS
 
 TARGETS = ("tensorrt", "cpu")
-# The cpu target's weight forms: (weight type, 7-bit weights). U8U8 (unsigned weights, widened to
-# 16 bits before the products) does not saturate either; it is measured in docs/int8-cpus.md.
-CPU_FORMS = {"u8s8": ("QInt8", False), "u8s7": ("QInt8", True), "u8u8": ("QUInt8", False)}
-FORM_FOR = {"vnni": "u8s8", "avx2": "u8s7"}  # the INT8 arithmetic of the CPUs -> the form
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 # Node names follow the PyTorch module path ("/pretrained/patch_embed/proj/Conv", ...).
 DEFAULT_KEEP_FP = ("*/patch_embed/*", "*/output_conv1/*", "*/output_conv2/*")
@@ -171,8 +168,6 @@ def quantize_int8(
         raise ExportRequestError("the INT8 arithmetic (weight form) is the cpu target's; TensorRT has its own kernels")
     plan = None
     if target == "cpu":
-        from .arithmetic import CpuPlan
-
         plan = CpuPlan.of(arithmetic)
         form = form or plan.form
         if form not in CPU_FORMS:
