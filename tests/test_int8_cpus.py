@@ -224,3 +224,32 @@ def test_avx2_kernels_under_emulation_saturate_full_range_weights_not_seven_bit(
             assert abs(avx2 - written) <= 0.1 * written
         else:  # full-range weights: the outputs AVX2 gives are not what the graph says
             assert not np.allclose(outputs[:1], OnnxRuntimeRunner(path)(batch[:1]), atol=1e-3)
+
+
+RUN_OPENVINO = """
+import sys, numpy as np, openvino as ov
+batch = np.load(sys.argv[1])
+model = ov.Core().compile_model(sys.argv[3], "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+np.save(sys.argv[2], np.concatenate([model(batch[i:i + 1])[0] for i in range(len(batch))]))
+"""
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the AVX2 kernels are x86-64's")
+@pytest.mark.skipif(HOST["class"] == "avx2", reason="this CPU has no VNNI: the other tests run the AVX2 kernels")
+@pytest.mark.skipif(QEMU is None, reason="qemu-x86_64 not installed (Debian: apt-get install qemu-user; .ci/run does)")
+def test_openvino_int8_gives_the_same_numbers_on_avx2_and_vnni(tmp_path, calib_tiny, tiny_onnx):
+    # export.openvino's INT8 stores 7-bit weights (NNCF's overflow fix on every layer): oneDNN's AVX2
+    # kernels, which saturate full-range weights like ONNX Runtime's, then compute what VNNI does.
+    from export.openvino import export_openvino
+
+    ir = tmp_path / "tiny.int8.xml"
+    export_openvino(tiny_onnx, ir, "int8", calib_tiny)
+    batch = np.concatenate([prepare_fixed(image, SIZE) for image in held_out_photos()])
+    np.save(tmp_path / "held.npy", batch)
+    _emulated(RUN_OPENVINO, str(tmp_path / "held.npy"), str(tmp_path / "avx2.npy"), str(ir))
+    import openvino as ov
+
+    model = ov.Core().compile_model(str(ir), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    here = np.concatenate([model(batch[i : i + 1])[0] for i in range(len(batch))])
+    emulated = np.load(tmp_path / "avx2.npy")
+    assert np.abs(emulated - here).max() <= 1e-3 * np.abs(here).max()
