@@ -143,7 +143,11 @@ class OnnxRuntimeBackend(Backend):
         self._io_binding = self._providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
         self._threads = options.intra_op_num_threads
         # An INT8 model made (and measured) for another class of CPU than this one: say so, once.
-        self.int8_cpu = meta.get("int8_cpu") if artefact == "int8" and self.device == "cpu" else None
+        # One exported before the arithmetic was recorded has full-range weights: a VNNI model.
+        unrecorded = {"class": "vnni", "form": "u8s8", "measured_on": "an unrecorded CPU"}
+        self.int8_cpu = None
+        if artefact == "int8" and self.device == "cpu":
+            self.int8_cpu = meta.get("int8_cpu") or (unrecorded if meta.get("target") == "cpu" else None)
         message = mismatch(self.int8_cpu)
         if message and str(path.resolve()) not in _warned:
             _warned.add(str(path.resolve()))
