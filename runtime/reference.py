@@ -335,8 +335,8 @@ def require_within(result: VerifyResult, model: Any) -> VerifyResult:
             else "re-export it, or check the precision= it runs with"
         )
         raise ReferenceMismatch(
-            f"{model} breaks its INT8 budget on this CPU's {ran['int8_arithmetic']}{missing}: {result.summary()}; "
-            f"{why}",
+            f"{model} breaks its INT8 budget (is over its reference's tolerance) on this CPU's "
+            f"{ran['int8_arithmetic']}{missing}: {result.summary()}; {why}",
             result,
         )
     raise ReferenceMismatch(
