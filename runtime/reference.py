@@ -308,7 +308,8 @@ def verify_backend(backend: Any, reference: Reference) -> VerifyResult:
     info = backend.info()
     result = score(reference, outputs, info.get("precision"))
     result.seconds = time.perf_counter() - started
-    result.ran = {k: info.get(k) for k in ("backend", "device", "precision", "int8_arithmetic", "int8_made_for")}
+    result.ran = {k: info.get(k) for k in ("backend", "device", "precision")}
+    result.ran.update({k: info[k] for k in ("int8_arithmetic", "int8_made_for") if k in info})
     return result
 
 
