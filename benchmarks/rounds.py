@@ -157,7 +157,8 @@ def time_rows(configs: list[Config], settings: Settings, probes: CeilingProbes |
                 config.result.update(worker.hello)
                 config.result["computes_in"] = computes_in(config)
                 config.result["native"] = settings.cpu.native(config.result["computes_in"])
-                if config.result["computes_in"] == "int8" and config.device == "cpu":
+                ran_on = str((config.result.get("info") or {}).get("device") or config.device).lower()
+                if config.result["computes_in"] == "int8" and ran_on.startswith("cpu"):
                     # what this CPU's INT8 kernels compute (VNNI, AVX2's saturating pairs, AMX, ...)
                     config.result["int8_arithmetic"] = this_cpu()["arithmetic"]
                 timings[index] = {"model": [], "e2e": []}
