@@ -62,6 +62,8 @@ def _runs_in(row: dict) -> str:
     if not fmt:
         return "-"
     text = fmt + ("" if row.get("native", True) else f" ({without_units(fmt)})")
+    if row.get("int8_arithmetic"):  # an INT8 row on a CPU: the arithmetic its kernels computed
+        text = f"{fmt} ({row['int8_arithmetic']})"
     layers = (row.get("execution") or {}).get("matrix_layers") or {}
     if len(layers) > 1:
         text += f" ({layers.get(fmt, 0)}/{sum(layers.values())} matrix layers)"

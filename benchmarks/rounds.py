@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from runtime.int8_cpu import this_cpu
+
 from .jetson import PowerSampler, energy_per_frame
 from .machine import machine_state, process_ticks, snapshot, usable_cores
 from .profile import summarize as summarize_profile
@@ -155,6 +157,10 @@ def time_rows(configs: list[Config], settings: Settings, probes: CeilingProbes |
                 config.result.update(worker.hello)
                 config.result["computes_in"] = computes_in(config)
                 config.result["native"] = settings.cpu.native(config.result["computes_in"])
+                ran_on = str((config.result.get("info") or {}).get("device") or config.device).lower()
+                if config.result["computes_in"] == "int8" and ran_on.startswith("cpu"):
+                    # what this CPU's INT8 kernels compute (VNNI, AVX2's saturating pairs, AMX, ...)
+                    config.result["int8_arithmetic"] = this_cpu()["arithmetic"]
                 timings[index] = {"model": [], "e2e": []}
         with phases.timed("rows"):
             for _ in each_worker("time", warmup=settings.warmup, calls=0):

@@ -215,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     fixed = input_hw(load_onnx(source.path, load_external_data=False))  # a static ONNX's own size, as export.quantize
     if fixed is not None and args.size is not None and tuple(args.size) != fixed:
         raise ExportRequestError(
-            f"{source.path} takes {fixed[0]}x{fixed[1]} images (a static ONNX), not --size {args.size[0]}x{args.size[1]}: "
-            "drop --size, or export the ONNX at that size (or --dynamic)"
+            f"{source.path} takes {fixed[0]}x{fixed[1]} images (a static ONNX), "
+            f"not --size {args.size[0]}x{args.size[1]}: drop --size, or export the ONNX at that size (or --dynamic)"
         )
     height, width = fixed or (height, width)
     calibration = options = None

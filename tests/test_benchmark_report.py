@@ -23,6 +23,7 @@ from benchmarks.figures import latency_accuracy_figure
 from benchmarks.machine import busy_shares, snapshot, usable_cores
 from benchmarks.ranking import rank
 from benchmarks.report import NO_BASELINE, QUALITY_VS_SIZE, markdown
+from runtime.int8_cpu import this_cpu
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--no-hub", "--quick", "--sizes", "56x84", "--runs", "3", "--warmup", "1"]
@@ -269,6 +270,9 @@ def test_openvino_int8_row_is_calibrated_timed_and_runs_int8_kernels(tiny_run, t
     (row,) = json.loads((tmp_path / "report.json").read_text())["rows"]
     assert (row["backend"], row["precision"], row["status"]) == ("openvino", "int8", "ok"), row.get("error")
     assert row["computes_in"] == "int8" and row["execution"]["matrix_layers"]["int8"] > 0
+    # the INT8 arithmetic of the CPU it ran on (VNNI, AVX2's saturating pairs, AMX, ARM dot product)
+    assert row["int8_arithmetic"] == this_cpu()["arithmetic"]
+    assert f"| int8 ({this_cpu()['arithmetic']}) |" in (tmp_path / "report.md").read_text()
     assert row["vs_fp32"]["abs_rel"] < 0.02 and row["end_to_end"]["median"] > 0
     if detect().native("bf16"):  # its float parts asked in bf16 (benchmarks.levers: 1.19x over f32)
         assert row["info"]["precision"] == "bf16"

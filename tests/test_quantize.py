@@ -10,12 +10,13 @@ import numpy as np
 import onnx
 import pytest
 
-from export.metrics import OnnxRuntimeRunner, compare
+from export.metrics import OnnxRuntimeRunner, abs_rel, compare
 from export.onnx import export_onnx
 from export.quantize.calibration import CalibrationSet
 from export.quantize.fp16 import to_fp16
 from export.quantize.qdq import DEFAULT_KEEP_FP, quantize_int8, select_nodes
 from runtime import DepthPredictor
+from runtime.int8_cpu import this_cpu
 from runtime.preprocessing import prepare_fixed
 from runtime.reference import load_reference, reference_path
 from tests.sa1b import held_out_photos, make_shard
@@ -29,6 +30,12 @@ from tests.sa1b import held_out_photos, make_shard
 # that INT8 is far closer to FP32 than an unrelated depth map is.
 INT8_MAX_REL = 0.2
 INT8_ALIGNED_REL = 0.15
+# The cpu target for CPUs without VNNI stores 7-bit weights (export.quantize.arithmetic): half the
+# weight resolution, measured 0.159 and 0.056 on the two photographs (full range: 0.113, 0.043).
+INT8_ALIGNED_REL_7BIT = 0.2
+# ONNX Runtime's INT8 kernels on this CPU against the same graph run as written (issue 29's bound):
+# they compute the arithmetic the model was made for, whichever x86 CPU runs the test.
+NATIVE_RATIO, NATIVE_SLACK = 1.25, 0.005
 FP16_MAX_REL = 0.01
 SIZE = (518, 518)
 
@@ -84,16 +91,22 @@ def test_int8_stays_close_to_fp32_on_held_out_images(tmp_path, calib, fp32_onnx,
         assert 0 < quantizers < dequantizers
     batches = [prepare_fixed(image, SIZE) for image in held_out_photos()]
     references = OnnxRuntimeRunner(fp32_onnx).run_all(batches)
-    # The TensorRT model is measured with its Q/DQ pairs run as written: a float simulation of the
+    # Both are held to the bound with their Q/DQ pairs run as written: a float simulation of the
     # INT8 arithmetic that every CPU computes alike. ONNX Runtime's own INT8 kernels differ per ISA
-    # (VNNI or not), which made a worst-pixel bound pass on one machine and fail on another.
-    outputs = OnnxRuntimeRunner(result.path, as_written=target == "tensorrt").run_all(batches)
-    for out, ref in zip(outputs, references, strict=True):
+    # (VNNI sums in 32 bits, AVX2 without VNNI in saturating 16-bit pairs); the cpu model, made for
+    # this CPU's arithmetic (--int8-arithmetic auto), must give by them what the graph says.
+    meta = json.loads(result.path.with_name(result.path.name + ".json").read_text())
+    written = OnnxRuntimeRunner(result.path, as_written=True).run_all(batches)
+    for out, ref in zip(written, references, strict=True):
         if target == "tensorrt":
             assert compare(out, ref).max_rel < INT8_MAX_REL
-        assert aligned_rel(out, ref) < INT8_ALIGNED_REL
+        bound = INT8_ALIGNED_REL_7BIT if meta.get("int8_cpu", {}).get("form") == "u8s7" else INT8_ALIGNED_REL
+        assert aligned_rel(out, ref) < bound
         assert aligned_rel(out, ref) < 0.25 * aligned_rel(np.ascontiguousarray(ref[..., ::-1]), ref)
-    meta = json.loads(result.path.with_name(result.path.name + ".json").read_text())
+    if target == "cpu":
+        native = OnnxRuntimeRunner(result.path).run_all(batches)
+        assert abs_rel(native, references) <= NATIVE_RATIO * abs_rel(written, references) + NATIVE_SLACK
+        assert meta["int8_cpu"]["form"] == ("u8s7" if this_cpu()["class"] == "avx2" else "u8s8")
     assert meta["precision"] == "int8" and meta["calibration"]["count"] == 12
     assert meta["quantization"]["quantized_nodes"] == len(result.quantized)
 

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from commands.runner import command, stage
+from runtime.int8_cpu import CHOICES as INT8_ARITHMETICS
 
 from ..artefact import Artefact
 from ..cli import add_calibration_args, add_size_arg, speaks_flags
@@ -55,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="tensorrt: symmetric int8 activations; cpu: uint8 activations for ONNX Runtime's CPU provider",
     )
     parser.add_argument(
+        "--int8-arithmetic",
+        choices=INT8_ARITHMETICS,
+        default="auto",
+        help="--target cpu: the INT8 arithmetic of the CPUs it is for; vnni: VNNI, AMX or ARM dot product "
+        "(full-range weights); avx2: x86 without VNNI, whose 16-bit pair sums saturate (7-bit weights); "
+        "auto: this CPU's (default). See docs/int8-cpus.md",
+    )
+    parser.add_argument(
         "--keep-fp", action="append", default=[], metavar="PATTERN", help="node-name glob kept in float (repeatable)"
     )
     parser.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
@@ -72,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         write_fp16_reference(output, args.onnx)
         print(f"wrote {output}")
         return 0
+    if args.target != "cpu" and args.int8_arithmetic != "auto":
+        raise ExportRequestError(
+            "--int8-arithmetic is for --target cpu (ONNX Runtime's CPU kernels); TensorRT has its own"
+        )
     if args.calib_dir is None:
         raise ExportRequestError("INT8 needs calibration images: pass --calib-dir with SA-1B shards or an image folder")
     output = args.output or args.onnx.with_name(

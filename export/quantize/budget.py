@@ -10,7 +10,9 @@ quantized again at the end.
 Everything is written to ``<artefact>.quant.json``, also when the export is refused, and
 summarised in the artefact's sidecar. The TensorRT target's Q/DQ model is measured with ONNX
 Runtime running the Q/DQ pairs as written (float simulation of the INT8 arithmetic, the same on
-every CPU) instead of through this CPU's INT8 kernels; the ``cpu`` target as ONNX Runtime runs it.
+every CPU) instead of through this CPU's INT8 kernels; the ``cpu`` target with the arithmetic of the
+CPUs it is for (``export.quantize.arithmetic``): ONNX Runtime's kernels where this CPU is of that
+class, else as written.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from ..errors import ExportError, ExportRequestError
 from ..graph import load_onnx, save_onnx
 from ..metrics import ABS_REL_ALIGNED, OnnxRuntimeRunner
 from ..reference import write_int8_reference
+from .arithmetic import CpuPlan
 from .calibration import MIN_IMAGES, CalibrationError, CalibrationSet
 from .options import BUDGET_DEFAULTS, Int8Options
 from .probes import QdqProbes
@@ -151,9 +154,11 @@ def quantize_with_budget(
 ) -> BudgetResult:
     """Calibrated INT8 of ``source`` (a path, or its record) at ``output`` whose held-out error
     stays within ``options.budget``, with ``options.float_layers`` (node names) in float from the
-    start; the result carries the artefact's record, written to its sidecar once, at the end."""
+    start; for the ``cpu`` target, for the CPUs of ``options.int8_arithmetic`` and measured with
+    it. The result carries the artefact's record, written to its sidecar once, at the end."""
     source = Artefact.of(source)
     budget, method, percentile, float_layers = options.budget, options.method, options.percentile, options.float_layers
+    arithmetic = options.int8_arithmetic if target == "cpu" else "auto"
     source_model = load_onnx(source.path)
     check_float_layers(float_layers, select_nodes(source_model, ())[0], "ONNX Q/DQ")
     # Exact names as patterns: glob.escape keeps a name with [ or * meaning itself.
@@ -173,9 +178,12 @@ def quantize_with_budget(
         base = workdir / ("smoothed" if smoothed else "plain") / output.name
         base.parent.mkdir()
         with stage("calibrating and quantizing"):
-            result = quantize_int8(model, split, base, method, target, keep, percentile, cache_dir, write=False)
+            result = quantize_int8(
+                model, split, base, method, target, keep, percentile, cache_dir, write=False, arithmetic=arithmetic
+            )
         bases[smoothed] = (base, result.quantized, result.artefact)
-        return QdqProbes(base, model.path, result.quantized, target, held, references, workdir)
+        as_written = target == "tensorrt" or not CpuPlan.of(arithmetic).native
+        return QdqProbes(base, model.path, result.quantized, target, held, references, workdir, as_written)
 
     try:
         search = Search(make, budget, log, float_layers)
@@ -263,7 +271,10 @@ def export_int8(source: Artefact, output: Path, options: Int8Options, shape: tup
     with stage("calibrating and quantizing"):
         if options.budget is None:
             check_float_layers(options.float_layers, select_nodes(load_onnx(source.path), ())[0], "ONNX Q/DQ")
-            result = quantize_int8(source, images, output, options.method, target, keep, options.percentile, cache)
+            arithmetic = options.int8_arithmetic if target == "cpu" else "auto"
+            result = quantize_int8(
+                source, images, output, options.method, target, keep, options.percentile, cache, arithmetic=arithmetic
+            )
             print(f"INT8 Q/DQ: {len(result.quantized)} layers INT8, no accuracy check (accuracy budget off)")
             reference = write_int8_reference(output, source.path, shape, (), None)
             return replace(result.artefact, reference=reference)

@@ -43,6 +43,8 @@ class Int8Options:
     allow_fewer: bool = False
     float_layers: tuple[str, ...] = field(default_factory=tuple)
     accuracy_method: str = "sensitivity"
+    # The cpu target's INT8 arithmetic (``runtime.int8_cpu``): auto (this CPU), vnni or avx2.
+    int8_arithmetic: str = "auto"
 
     def __post_init__(self) -> None:
         """Checked once, here: every step below takes the options whole and trusts them."""
@@ -70,6 +72,7 @@ class Int8Options:
             allow_fewer=args.allow_fewer,
             float_layers=split_names(getattr(args, "float_layers", None) or ()),
             accuracy_method=getattr(args, "accuracy_method", None) or "sensitivity",
+            int8_arithmetic=getattr(args, "int8_arithmetic", None) or "auto",
         )
 
 

@@ -54,12 +54,14 @@ class QdqProbes:
         held: list[np.ndarray],
         references: list[np.ndarray],
         workdir: Path,
+        as_written: bool | None = None,
     ) -> None:
         self.path, self.layers, self.held, self.references = quantized, list(layers), held, references
         self.model = load_onnx(quantized)
         # The TensorRT target's pairs run as written (float simulation, the same on every CPU); the
-        # cpu target as ONNX Runtime runs it. Outputs are quantized only for the cpu target.
-        self.as_written = target == "tensorrt"
+        # cpu target as ONNX Runtime runs it, unless ``as_written`` says this CPU computes another
+        # arithmetic than the target's. Outputs are quantized only for the cpu target.
+        self.as_written = target == "tensorrt" if as_written is None else as_written
         self.source = load_onnx(source)
         self.pairs = self._pairs(self.source, outputs_quantized=target == "cpu")
         present = {init.name for init in self.model.graph.initializer}

@@ -10,8 +10,11 @@ quantize and how:
   bias DequantizeLinear does not parse: TensorRT dequantizes INT8 only). Attention's activation x
   activation MatMuls, Softmax, LayerNorm, GELU and residual adds are never quantized; the patch
   embedding and the last head convolutions stay in float by default (``--keep-fp`` adds more).
-- ``cpu`` target: unsigned INT8 activations (the VNNI-friendly U8S8 form ONNX Runtime's CPU
-  provider runs fastest), per-channel signed weights, same node choice.
+- ``cpu`` target: unsigned INT8 activations, per-channel weights, same node choice, in the form
+  of the CPUs it is for (``CPU_FORMS``, chosen by the INT8 arithmetic, ``runtime.int8_cpu``):
+  full-range signed weights (U8S8, what VNNI, AMX and ARM dot-product CPUs run fastest) or, for
+  x86 CPUs without VNNI, whose pairwise 16-bit sums saturate on full-range weights, 7-bit signed
+  weights (``reduce_range``). ``docs/int8-cpus.md`` has the measured error and speed of each form.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from runtime.metadata import library_versions, sha256_file
 from ..artefact import Artefact
 from ..errors import ExportRequestError
 from ..graph import PROTOBUF_LIMIT, Graph, load_onnx
+from .arithmetic import CPU_FORMS, CpuPlan
 from .calibration import CalibrationSet
 from .histogram import AbsHistogram
 from .options import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS
@@ -146,6 +150,8 @@ def quantize_int8(
     keep_fp: tuple[str, ...] = (),
     percentile: float = DEFAULT_PERCENTILE,
     cache_dir: str | Path | None = None,
+    form: str | None = None,
+    arithmetic: str = "auto",
     *,
     write: bool = True,
 ) -> QuantizeResult:
@@ -155,12 +161,22 @@ def quantize_int8(
 
     Activation ranges are cached in ``cache_dir`` under a key made of the model's hash, the
     calibration set's key and the method, so a rerun skips the slow part and a changed input
-    never reuses stale ranges.
+    never reuses stale ranges. The cpu target's weights take the form of the CPUs of ``arithmetic``
+    (``auto``: this CPU's class; ``export.quantize.arithmetic``) unless ``form`` (a key of
+    ``CPU_FORMS``) names one.
     """
     if method not in METHODS:
         raise ExportRequestError(f"calibration method must be one of {', '.join(METHODS)}, got {method!r}")
     if target not in TARGETS:
         raise ExportRequestError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+    if target == "tensorrt" and (form is not None or arithmetic != "auto"):
+        raise ExportRequestError("the INT8 arithmetic (weight form) is the cpu target's; TensorRT has its own kernels")
+    plan = None
+    if target == "cpu":
+        plan = CpuPlan.of(arithmetic)
+        form = form or plan.form
+        if form not in CPU_FORMS:
+            raise ExportRequestError(f"the cpu target's form must be one of {', '.join(CPU_FORMS)}, got {form!r}")
     q = require("onnxruntime.quantization", "onnx", "ONNX Runtime")
     source = Artefact.of(onnx_path)
     onnx_path, output = source.path, Path(output)
@@ -217,8 +233,9 @@ def quantize_int8(
             None,
             quant_format=q.QuantFormat.QDQ,
             activation_type=q.QuantType.QInt8 if symmetric else q.QuantType.QUInt8,
-            weight_type=q.QuantType.QInt8,
+            weight_type=getattr(q.QuantType, CPU_FORMS[form][0] if form else "QInt8"),
             per_channel=True,
+            reduce_range=bool(form and CPU_FORMS[form][1]),
             nodes_to_quantize=quantize,
             op_types_to_quantize=list(QUANTIZED_OPS),
             use_external_data_format=large,
@@ -242,10 +259,13 @@ def quantize_int8(
                 "method": method,
                 "percentile": percentile if method == "percentile" else None,
                 "activations": "int8 symmetric" if target == "tensorrt" else "uint8 asymmetric",
-                "weights": "int8 symmetric per-channel",
+                "weights": {None: "int8", "u8s8": "int8", "u8s7": "int7 (reduce_range)", "u8u8": "uint8"}[form]
+                + " symmetric per-channel",
+                "form": form,
                 "quantized_nodes": len(quantize),
                 "kept_fp": kept,
             },
+            **({"int8_cpu": {**plan.record(), "form": form}} if plan is not None else {}),
             "calibration": calibration.describe(),
             "source_onnx": str(onnx_path),
             "source_sha256": source_hash,

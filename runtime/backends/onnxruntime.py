@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import numpy as np
 
 from commands.errors import ModelFileError, require
 
+from ..int8_cpu import mismatch, this_cpu
 from ..metadata import read_sidecar
 from ..metric import OutputKind
 from .base import Backend, InputSpec, check_depth_output, check_streams
@@ -35,6 +37,7 @@ PROVIDERS = {
 }
 AUTO_ORDER = ("tensorrt", "cuda", "cpu")
 USE_TF32_SINCE = (1, 18)  # the CUDA provider's use_tf32 option (onnxruntime#19357)
+_warned: set = set()  # INT8 artefacts already warned about in this process (once each)
 
 
 def provider_settings(provider: str, artefact: str, asked: str | None, ort_version: str) -> tuple[dict, str]:
@@ -141,6 +144,16 @@ class OnnxRuntimeBackend(Backend):
         self.device = self._providers[0].replace("ExecutionProvider", "").lower()
         self._io_binding = self._providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
         self._threads = options.intra_op_num_threads
+        # An INT8 model made (and measured) for another class of CPU than this one: say so, once.
+        # One exported before the arithmetic was recorded has full-range weights: a VNNI model.
+        unrecorded = {"class": "vnni", "form": "u8s8", "measured_on": "an unrecorded CPU"}
+        self.int8_cpu = None
+        if artefact == "int8" and self.device == "cpu":
+            self.int8_cpu = meta.get("int8_cpu") or (unrecorded if meta.get("target") == "cpu" else None)
+        message = mismatch(self.int8_cpu)
+        if message and str(path.resolve()) not in _warned:
+            _warned.add(str(path.resolve()))
+            warnings.warn(f"{path.name}: {message}", stacklevel=3)
 
     def _new_session(self, options: Any) -> Any:
         path, providers, provider_options = self._load
@@ -184,6 +197,12 @@ class OnnxRuntimeBackend(Backend):
             "providers": self._providers,
             "threads": self._threads,
             "streams": self.max_concurrency,
+            **(
+                {"int8_arithmetic": this_cpu()["arithmetic"]}
+                if self.precision == "int8" and self.device == "cpu"
+                else {}
+            ),
+            **({"int8_made_for": self.int8_cpu.get("class")} if self.int8_cpu else {}),
         }
 
     def _release(self) -> None:
