@@ -47,30 +47,39 @@ class PostProcess:
     """What a robot does with each depth map after ``predict`` when asked: metres from a per-frame
     fit to sparse metric points (``runtime.align``), then a point cloud (``runtime.pointcloud``)."""
 
-    def __init__(self, images: list[np.ndarray], points: int = 2000) -> None:
-        from runtime.align.frame import FrameAligner, SparseSamples
+    def __init__(self, points: int = 2000) -> None:
+        from runtime.align.frame import FrameAligner
         from runtime.metric import OutputKind
-        from runtime.pointcloud import Intrinsics, bounded_stride
 
         self.aligner = FrameAligner(OutputKind())
-        height, width = images[0].shape[:2]
-        rng = np.random.default_rng(0)
-        rows, cols = rng.integers(0, height, points), rng.integers(0, width, points)
-        # A plane tilted away from the camera stands in for the lidar: the fit's cost does not
-        # depend on the scene, only on the number of points.
-        metres = 2.0 + 6.0 * (1.0 - rows / height)
-        self.samples = SparseSamples(rows, cols, metres, points, {})
-        self.intrinsics = Intrinsics(fx=width, fy=width, cx=width / 2, cy=height / 2, width=width, height=height)
-        self.stride = bounded_stride(height, width)
+        self.points = points
+        self.by_shape: dict[tuple[int, int], tuple] = {}
         self.frame = 0
+
+    def _for(self, height: int, width: int) -> tuple:
+        """Sparse points, intrinsics and stride for images of one size (made once per size)."""
+        from runtime.align.frame import SparseSamples
+        from runtime.pointcloud import Intrinsics, bounded_stride
+
+        if (height, width) not in self.by_shape:
+            rng = np.random.default_rng(0)
+            rows, cols = rng.integers(0, height, self.points), rng.integers(0, width, self.points)
+            # A plane tilted away from the camera stands in for the lidar: the fit's cost does not
+            # depend on the scene, only on the number of points.
+            metres = 2.0 + 6.0 * (1.0 - rows / height)
+            samples = SparseSamples(rows, cols, metres, self.points, {})
+            intrinsics = Intrinsics(fx=width, fy=width, cx=width / 2, cy=height / 2, width=width, height=height)
+            self.by_shape[(height, width)] = (samples, intrinsics, bounded_stride(height, width))
+        return self.by_shape[(height, width)]
 
     def __call__(self, depth: np.ndarray, image: np.ndarray) -> None:
         from runtime.pointcloud import depth_to_points
 
+        samples, intrinsics, stride = self._for(*depth.shape)
         self.frame += 1
-        result = self.aligner.align(depth, self.samples, self.frame * 100_000_000)
+        result = self.aligner.align(depth, samples, self.frame * 100_000_000)
         if result.depth is not None:
-            depth_to_points(result.depth, self.intrinsics, image, stride=self.stride)
+            depth_to_points(result.depth, intrinsics, image, stride=stride)
 
 
 def frames_per_second(predictor, frames: list[np.ndarray], post: PostProcess | None, streamed: bool) -> float:
@@ -142,7 +151,7 @@ def search(
     from train.models import load_model
 
     reference = reference_outputs(source, images, base)
-    post = PostProcess(list(images.values())) if points else None
+    post = PostProcess() if points else None
     frames = max(4 * cameras, settings.throughput_frames)
     grid = side_grid(min(base))
     all_points, skipped = [], {}
