@@ -93,36 +93,57 @@ def frames_per_second(predictor, frames: list[np.ndarray], post: PostProcess | N
     return len(frames) / (time.perf_counter() - start)
 
 
-def measure_point(config: Config, images: dict, reference: dict, frames: int, cameras: int, post) -> dict:
-    """One configuration: its rate with 1 frame in flight and with one per core, the faster
-    counting (frames per second per camera), and its AbsRel against the reference."""
+def measure_artefact(job: dict) -> dict:
+    """In a process of its own (a backend that crashes takes only it along): the artefact's rate
+    with 1 frame in flight and with one per core, the faster counting (frames per second per
+    camera), and its AbsRel against the reference."""
     from runtime import DepthPredictor
 
-    artefact = config.build()
-    opts = {"backend": config.backend, "device": config.device, "precision": config.precision_arg}
-    opts.update(fixed_size=config.size, **config.options)
-    sequence = [list(images.values())[i % len(images)] for i in range(max(frames, 2))]
-    predictor = DepthPredictor(artefact, **opts)
+    images, opts, cameras = job["images"], job["options"], job["cameras"]
+    post = PostProcess() if job["points"] else None
+    sequence = [list(images.values())[i % len(images)] for i in range(max(job["frames"], 2))]
+    predictor = DepthPredictor(job["artefact"], **opts)
     predicted = {name: predictor.predict(image) for name, image in images.items()}
     rates = {1: frames_per_second(predictor, sequence, post, False)}
-    extra = stream_options(config.backend, usable_cores())
+    extra = stream_options(opts["backend"], usable_cores())
     if extra:
-        flying = DepthPredictor(artefact, **opts, **extra)
+        flying = DepthPredictor(job["artefact"], **opts, **extra)
         list(flying.stream(sequence[:2]))  # the streams' first calls
         rates[extra["streams"]] = frames_per_second(flying, sequence, post, True)
         flying.close()
     predictor.close()
     in_flight = max(rates, key=rates.get)
-    scores = [depth_metrics(predicted[name], ref)["abs_rel"] for name, ref in reference.items()]
+    scores = [depth_metrics(predicted[name], ref)["abs_rel"] for name, ref in job["reference"].items()]
+    return {
+        "frames_in_flight": in_flight,
+        "fps": rates[in_flight] / cameras,
+        "fps_by_in_flight": {str(k): v / cameras for k, v in rates.items()},
+        "abs_rel": float(np.mean(scores)),
+    }
+
+
+def measure_point(config: Config, images: dict, reference: dict, frames: int, cameras: int, points: bool) -> dict:
+    """One configuration: its artefact built (and cached) here, measured in a fresh process."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    artefact = config.build()
+    options = {"backend": config.backend, "device": config.device, "precision": config.precision_arg}
+    options.update(fixed_size=config.size, **config.options)
+    job = {"artefact": str(artefact), "options": options, "images": images, "reference": reference}
+    job.update(frames=frames, cameras=cameras, points=points)
+    try:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            measured = pool.submit(measure_artefact, job).result()
+    except BrokenProcessPool:
+        raise RuntimeError("the measuring process crashed inside the backend (see its output above)") from None
     return {
         "backend": config.backend,
         "precision": config.precision,
         "size": list(config.size),
         "side": min(config.size),
-        "frames_in_flight": in_flight,
-        "fps": rates[in_flight] / cameras,
-        "fps_by_in_flight": {str(k): v / cameras for k, v in rates.items()},
-        "abs_rel": float(np.mean(scores)),
+        **measured,
         "artefact": str(artefact),
     }
 
@@ -151,7 +172,6 @@ def search(
     from train.models import load_model
 
     reference = reference_outputs(source, images, base)
-    post = PostProcess() if points else None
     frames = max(4 * cameras, settings.throughput_frames)
     grid = side_grid(min(base))
     all_points, skipped = [], {}
@@ -166,7 +186,7 @@ def search(
     def run(student_name: str, config: Config) -> dict | None:
         print(f"target: {student_name} {config.label}", file=sys.stderr)
         try:
-            point = measure_point(config, images, reference, frames, cameras, post)
+            point = measure_point(config, images, reference, frames, cameras, points)
         except Exception as exc:  # a kind that fails to build or run is left out, and said so
             skipped[f"{student_name} {config.label}"] = f"{exc.__class__.__name__}: {exc}"
             return None
