@@ -96,7 +96,35 @@ def build_parser() -> argparse.ArgumentParser:
         "backend's fastest (default), all, or none",
     )
     parser.add_argument(
-        "--cameras", default="1,2,4", help="camera counts for the frames-per-second table (default 1,2,4)"
+        "--cameras",
+        help="camera counts for the frames-per-second table (default 1,2,4); with --target-fps, the largest "
+        "is the number of cameras the target is for (default 1)",
+    )
+    parser.add_argument(
+        "--target-fps",
+        type=float,
+        help="find the configuration (student, input size, backend, precision, frames in flight) that runs "
+        "this many frames/s per camera end to end here within --target-budget (report.json's 'target')",
+    )
+    parser.add_argument(
+        "--target-budget",
+        type=float,
+        default=0.1,
+        help="AbsRel against the largest model timed that a --target-fps configuration may reach (default 0.1)",
+    )
+    parser.add_argument(
+        "--target-points",
+        action="store_true",
+        help="with --target-fps: each frame also gets metres from a fit to sparse points and a point cloud",
+    )
+    parser.add_argument(
+        "--student",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="with --target-fps: a distilled student checkpoint (e.g. vitt) to search too (repeatable; "
+        "default: a vitt selected from the model's weights, not distilled)",
     )
     parser.add_argument("--accuracy-budget", type=float, default=0.02, help="AbsRel vs FP32 budget (default 0.02)")
     parser.add_argument("--report-dir", type=Path, default=Path("reports/latest"), help="where the report goes")
@@ -251,11 +279,17 @@ def main(argv: list[str] | None = None) -> int:
     except argparse.ArgumentTypeError as exc:
         parser.error(f"--sizes / --size-sweep: {exc}")
     try:
-        cameras = tuple(int(v) for v in args.cameras.split(",") if v.strip())
+        cameras = tuple(int(v) for v in (args.cameras or "1,2,4").split(",") if v.strip())
     except ValueError:
         cameras = ()
     if not cameras or min(cameras) < 1:
         parser.error(f"--cameras takes positive integers separated by commas, e.g. 1,2,4; got {args.cameras!r}")
+    if args.target_fps is not None and not (args.target_fps > 0 and args.target_budget > 0):
+        parser.error("--target-fps and --target-budget must be positive")
+    if args.target_fps is None and (args.target_points or args.student):
+        parser.error("--target-points and --student belong to a --target-fps search; add --target-fps N")
+    if missing := [str(p) for p in args.student if not p.is_file()]:
+        parser.error(f"--student: no such checkpoint file: {', '.join(missing)}")
     backends = {b.strip() for b in args.backends.split(",") if b.strip()}
     if unknown := backends - set(BACKENDS):
         parser.error(f"unknown backend(s) {', '.join(sorted(unknown))}; choose from {', '.join(BACKENDS)}")
@@ -330,9 +364,31 @@ def main(argv: list[str] | None = None) -> int:
         "fastest_within_budget": best,
         "size_sweep": sweep_rows,
         "throughput": throughput_section(rows, settings.cameras, settings.throughput_frames),
+        "target": None,
         "phases": {k: round(v, 1) for k, v in phases.seconds.items()},
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
+    if args.target_fps is not None:
+        from .target_run import search, selected_student
+
+        students = [ModelSource(p, str(p)) for p in args.student] or [selected_student(source, workdir)]
+        with phases.timed("target search"):
+            data["target"] = search(
+                source,
+                students,
+                sizes[0],
+                settings,
+                images,
+                args.target_fps,
+                max(cameras) if args.cameras else 1,
+                args.target_budget,
+                args.target_points,
+                ceilings,
+                steps=2 if quick else 4,
+                walked=1 if quick else 2,
+            )
+        data["phases"] = {k: round(v, 1) for k, v in phases.seconds.items()}
+        data["wall_seconds"] = round(time.perf_counter() - started, 1)
     return publish(data, images, args.report_dir, reliability, args.strict)
 
 

@@ -53,6 +53,20 @@ def without_units(fmt: str) -> str:
     return "no INT8 dot-product units" if fmt == "int8" else "emulated"
 
 
+def why_not_worth_it(cpu: CpuFeatures, fmt: str) -> str | None:
+    """The CPU class decision for one number format: None when computing in ``fmt`` can pay on
+    this CPU, else why it cannot. INT8 pays only with INT8 dot products (VNNI, AMX, ARM dotprod or
+    I8MM): without them it runs through widening multiply-adds at about FP32's rate, and OpenVINO's
+    INT8 measured slower than its FP32 on such a CPU (AVX2 Zen 3, issue 32). BF16 and FP16 without
+    their units are converted to FP32 and back around every product (emulated: slower than FP32).
+    A format that can pay still has to win on the clock: the recommendation compares measurements."""
+    if fmt == "fp32" or cpu.native(fmt):
+        return None
+    if fmt == "int8":
+        return "no INT8 dot-product units (VNNI, AMX or ARM dot product): INT8 does not pay on this CPU"
+    return f"no {FORMAT_NAMES.get(fmt, fmt)} units: {FORMAT_NAMES.get(fmt, fmt)} is emulated on this CPU"
+
+
 @dataclass(frozen=True)
 class CpuFeatures:
     family: str  # "x86", "arm" or the machine name as Python reports it

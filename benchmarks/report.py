@@ -19,6 +19,7 @@ from .figures import figures
 from .jetson import jetson_line
 from .profile import profile_lines, write_profile_figure
 from .ranking import is_baseline, row_name, same_rounds_ratio
+from .target import target_lines, write_frontier_figure
 from .throughput import throughput_lines
 
 # 3: "reliability", "phases", "size_sweep"; rows carry "computes_in", "native", "round_medians"
@@ -353,6 +354,7 @@ def markdown(data: dict) -> str:
         )
     lines += sweep_lines(data)
     lines += throughput_lines(data)
+    lines += target_lines(data)
     lines += profile_lines(data)
     shown = "Figures: `latency_vs_accuracy.png`, `depth_grid.png`. " if will_draw(data) else ""
     lines += ["", f"{shown}Machine-readable: `report.json`.", ""]
@@ -368,6 +370,7 @@ def write_report(data: dict, images: dict[str, np.ndarray], folder: Path) -> lis
     ]
     paths += figures(data, images, folder) if will_draw(data) else []
     paths += write_profile_figure(data, folder)
+    paths += write_frontier_figure(data, folder) if will_draw(data) else []
     return paths
 
 

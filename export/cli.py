@@ -40,7 +40,9 @@ def parse_hw(text: str) -> tuple[int, int]:
 def add_source_args(parser: argparse.ArgumentParser, onnx: bool = False) -> None:
     parser.add_argument("--checkpoint", type=Path, help="model checkpoint: official .pth, HF or own .safetensors")
     parser.add_argument(
-        "--encoder", choices=("vits", "vitb", "vitl", "vitg"), help="encoder (read from the checkpoint if omitted)"
+        "--encoder",
+        choices=("vitt", "vits", "vitb", "vitl", "vitg"),
+        help="encoder (read from the checkpoint if omitted)",
     )
     if onnx:
         parser.add_argument("--onnx", type=Path, help="FP32 ONNX from python -m export.onnx (instead of --checkpoint)")

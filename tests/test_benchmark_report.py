@@ -425,6 +425,9 @@ def test_figure_labels_never_collide_and_the_floor_is_explained():
         (["--sizes", "500"], "multiple"),
         (["--size-sweep", "500"], "multiple of 14"),
         (["--runs", "3", "--rounds", "4"], "--rounds between 1 and --runs"),
+        (["--target-fps", "0"], "must be positive"),
+        (["--target-points"], "add --target-fps N"),
+        (["--target-fps", "10", "--student", "no/such.safetensors"], "no such checkpoint file"),
     ],
 )
 def test_bad_usage_exits_2(argv, match, capsys):

@@ -80,6 +80,7 @@ def test_unknown_encoder_lists_the_known_ones():
 
 def test_variant_table_matches_the_design():
     assert {n: (s.depth, s.embed_dim, s.num_heads, s.features, s.layers) for n, s in VARIANTS.items()} == {
+        "vitt": (12, 192, 3, 32, (2, 5, 8, 11)),
         "vits": (12, 384, 6, 64, (2, 5, 8, 11)),
         "vitb": (12, 768, 12, 128, (2, 5, 8, 11)),
         "vitl": (24, 1024, 16, 256, (4, 11, 17, 23)),

@@ -11,7 +11,8 @@ from pathlib import Path
 from train.data.datasets import PseudoLabelDataset
 from train.engine import TrainConfig, train
 from train.losses import DistillationLoss, FeatureAlignedLoss
-from train.models import DepthAnythingV2, ModelSpec, build_student, load_backbone
+from train.models import DepthAnythingV2, ModelSpec, build_student, load_backbone, load_model
+from train.models.selection import select_weights
 
 
 def distill(
@@ -23,10 +24,14 @@ def distill(
     alpha: float = 2.0,
     align_backbone: str | Path | None = None,
     align_weight: float = 1.0,
+    init_from: str | Path | None = None,
 ) -> dict:
     """Train a student on pseudo-labels; with ``align_backbone`` (DINOv2 weights of the
-    student's size) its encoder is also kept close to that frozen encoder's features."""
+    student's size) its encoder is also kept close to that frozen encoder's features; with
+    ``init_from`` (a larger Depth Anything V2 checkpoint) it starts from a selection of its weights."""
     model = build_student(student)
+    if init_from is not None:
+        select_weights(model, load_model(init_from))
     if init_backbone is not None:
         load_backbone(model, init_backbone)
     dataset = PseudoLabelDataset(labels, cfg.crop)

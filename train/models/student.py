@@ -1,4 +1,4 @@
-"""The student: a small encoder (ViT-S by default; B and L selectable) with DPT, trainable."""
+"""The student: a small encoder (ViT-S by default; T, B and L selectable) with DPT, trainable."""
 
 from __future__ import annotations
 
@@ -16,6 +16,6 @@ def build_student(encoder: str | ModelSpec = STUDENT_ENCODER, checkpoint: str | 
     """A student in training mode, from a checkpoint when given, else randomly initialised."""
     spec = get_spec(encoder)
     if spec.name == TEACHER_ENCODER:
-        raise ValueError(f"{TEACHER_ENCODER} is the teacher's encoder; pick a smaller student (vits, vitb, vitl)")
+        raise ValueError(f"{TEACHER_ENCODER} is the teacher's encoder; pick a smaller student (vitt, vits, vitb, vitl)")
     model = load_model(checkpoint, encoder=spec) if checkpoint is not None else DepthAnythingV2(spec)
     return model.train()

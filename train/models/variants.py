@@ -53,6 +53,10 @@ class ModelSpec:
 
 
 VARIANTS: dict[str, ModelSpec] = {
+    # No published Depth Anything weights: a student for CPUs too slow for vits (DeiT-Tiny's width,
+    # depth and heads, so 64-wide heads as vits; the DPT head at half of vits' widths), distilled by
+    # train.distill, optionally initialised from a vits by weight selection (train.models.selection).
+    "vitt": ModelSpec("vitt", 12, 192, 3, 32, (24, 48, 96, 192), (2, 5, 8, 11)),
     "vits": ModelSpec("vits", 12, 384, 6, 64, (48, 96, 192, 384), (2, 5, 8, 11)),
     "vitb": ModelSpec("vitb", 12, 768, 12, 128, (96, 192, 384, 768), (2, 5, 8, 11)),
     "vitl": ModelSpec("vitl", 24, 1024, 16, 256, (256, 512, 1024, 1024), (4, 11, 17, 23)),
