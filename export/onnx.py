@@ -27,7 +27,15 @@ from .cli import add_size_arg, add_source_args, patch_multiple
 from .errors import ExportError, ExportRequestError
 from .graph import save_onnx
 from .reference import other_size, torch_runner, write_reference
-from .source import check_hw, default_output, licence_note, load_source_model, model_licence, source_stem
+from .source import (
+    check_hw,
+    default_output,
+    licence_note,
+    load_source_model,
+    model_identity,
+    model_licence,
+    source_stem,
+)
 from .verify import FP32_TOLERANCE, MAX_REL_STD, Comparison, check_sizes, compare, run_onnxruntime, verification_input
 
 INPUT_NAME = "image"
@@ -117,12 +125,15 @@ def export_onnx(
         spec = getattr(model, "spec", None)
         max_depth = getattr(model, "max_depth", None)
         output_kind = OutputKind("metric", float(max_depth)) if max_depth is not None else OutputKind()
+        if isinstance(getattr(model, "output_kind", None), str):  # Depth Anything 3: the network says
+            output_kind = OutputKind(model.output_kind)
         metadata = {
             "producer": "dav2-edge",
             "encoder": getattr(spec, "name", "custom"),
             "input_shape": "dynamic" if dynamic else f"1x3x{height}x{width}",
             **output_kind.metadata(),  # output_kind and max_depth: what every artefact made from it outputs
             "licence": model_licence(model),
+            **model_identity(model),
         }
         with stage("checking and saving the ONNX file"):
             _finalise(raw, staged, metadata, slim)
@@ -163,6 +174,7 @@ def export_onnx(
             **output_kind.sidecar(),
             "source": source,
             "licence": model_licence(model),
+            **model_identity(model),
             "sha256": sha256_file(output),
             "export_seconds": round(result.seconds, 2),
             "verification": {
@@ -232,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     height, width = args.size or (518, 518)
     args.height, args.width = args.height or height, args.width or width
     with stage("loading the checkpoint"):
-        model = load_source_model(args.checkpoint, args.encoder)
+        model = load_source_model(args.checkpoint, args.encoder, args.variant)
     stem = source_stem(None, args.checkpoint, model.spec.name)
     output = args.output or default_output(
         stem, f"_{'dynamic' if args.dynamic else f'{args.height}x{args.width}'}.onnx"

@@ -95,6 +95,9 @@ def export_openvino(
         with stage("saving and verifying the IR"):
             for key, value in output_kind.metadata().items():  # read back by runtime.backends.openvino
                 model.set_rt_info(value, ["dav2_edge", key])
+            for key, value in (read_sidecar(onnx_path) or {}).items():  # what the model is, and its licence
+                if key in ("family", "variant", "licence") and isinstance(value, str):
+                    model.set_rt_info(value, ["dav2_edge", key])
             ov.save_model(model, str(staged), compress_to_fp16=precision != "fp32")
             check = verify_ir(ov, staged, onnx_path, shape)
         if not check.max_rel_std <= TOLERANCES[precision]:  # NaN fails too
@@ -120,6 +123,8 @@ def export_openvino(
         "input_shape": [d.get_length() if d.is_static else None for d in model.input(0).get_partial_shape()],
         "encoder": source_meta.get("encoder"),
         "licence": source_meta.get("licence", "unknown"),
+        "family": source_meta.get("family", "depth-anything-v2" if source_meta.get("encoder") else "unknown"),
+        "variant": source_meta.get("variant", source_meta.get("encoder") or "unknown"),
         "source_onnx": str(onnx_path),
         "source_sha256": sha256_file(onnx_path),
         "quantization": quantization,

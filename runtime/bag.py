@@ -152,14 +152,21 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     predictor = build_predictor(args, args.model)
-    if predictor.output.is_metric:
+    if predictor.output.needs_focal:
+        print(
+            f"note: the model outputs {predictor.output.describe()}: metres from each frame's camera info, "
+            "none for frames without one"
+        )
+    elif predictor.output.is_metric:
         print(f"note: the model outputs {predictor.output.describe()} ({predictor.output.source}): published as it is")
     elif metric is None and aligner is None:
         print(
             "note: no --metric-scale or --align-to: publishing relative inverse depth only, no metric depth or points"
         )
     for topics in cameras:
-        if topics.camera_info is None and (metric is not None or predictor.output.is_metric):
+        if topics.camera_info is None and predictor.output.needs_focal:
+            print(f"note: no camera info for {topics.image} in the bag: no metres for it (they need the focal length)")
+        elif topics.camera_info is None and (metric is not None or predictor.output.is_metric):
             print(f"note: no camera info for {topics.image} in the bag: no point clouds for it")
     total = 0
     for topics in cameras:

@@ -313,6 +313,7 @@ def build_trt(request: TrtRequest) -> Path:
         "encoder": (read_sidecar(source) or {}).get("encoder"),
         **onnx_output_kind(source).sidecar(),
         "licence": (read_sidecar(ready) or {}).get("licence", "unknown"),
+        **{k: (read_sidecar(ready) or {}).get(k, "unknown") for k in ("family", "variant")},
         "gpu": {"name": gpu_name, "compute_capability": list(capability)},
         "calibration": calibration_info,
         "versions": {**library_versions("onnx", "onnxruntime"), "tensorrt": trt.__version__},

@@ -101,9 +101,10 @@ def depth_errors(predicted: np.ndarray, measured: np.ndarray) -> dict[str, Any]:
 
 
 def disparity_of(prediction: np.ndarray, kind: OutputKind) -> np.ndarray:
-    """The prediction in disparity form (float32): a relative model's output as it is, 1 / metres of a metric one."""
+    """The prediction in disparity form (float32): a relative model's output as it is, 1 / depth of the
+    others (metres, or depth up to scale)."""
     prediction = np.asarray(prediction, np.float32)
-    if not kind.is_metric:
+    if not kind.is_depth:
         return prediction
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(prediction > 0, np.float32(1) / prediction, np.float32(np.nan))

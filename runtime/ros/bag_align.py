@@ -300,12 +300,17 @@ def check_conversion(conversion: Any, kind: OutputKind, stabilize: bool) -> Any:
     models; a metric model's metres are published as they are (``--align-to`` corrects their scale)."""
     from dataclasses import replace
 
-    if kind.is_metric and conversion.metric is not None:
+    if kind.kind == "depth_up_to_scale":
+        raise InputError(
+            f"the model outputs {kind.describe()} ({kind.source}): the bag tool publishes relative inverse depth "
+            "or metres, and has no scale-only fit in depth yet; use a metres-per-focal model (DA3Metric) instead"
+        )
+    if kind.is_depth and conversion.metric is not None:
         raise InputError(
             f"the model outputs {kind.describe()} ({kind.source}): --metric-scale/--metric-shift convert relative "
             "inverse depth and do not apply; drop them (--align-to corrects a metric model's scale per frame)"
         )
-    if kind.is_metric and stabilize:
+    if kind.is_depth and stabilize:
         raise InputError(f"the model outputs {kind.describe()}: --stabilize is for relative models")
     return replace(conversion, output=kind)
 

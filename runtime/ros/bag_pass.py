@@ -18,6 +18,7 @@ import numpy as np
 from ..align import FlickerMeter, Stabilizer
 from ..align.frame import disparity_of
 from ..errors import InputError
+from ..metric import metres_from_focal, network_focal
 from ..pointcloud import Intrinsics, bounded_stride
 from ..preprocessing import check_image
 from .bag_writer import BagWriter
@@ -29,6 +30,7 @@ from .messages import (
     depth_messages,
     intrinsics_from_camera_info,
     message_to_image,
+    model_metres,
     output_messages,
 )
 from .topics import Topics
@@ -148,7 +150,11 @@ class BagPass:
         # A cycle holds as many frames as there are cameras, in bag order: with cameras that fire
         # together, one frame of each, their equal sizes one model call (predict_batch).
         cycles = batched(self.frames(every, max_frames, max_pixels), len(self.cameras))
-        for predictions in predictor.stream_batches(cycles):
+        # A model of depth per focal length: its raw output, made metres per frame from that frame's
+        # camera info (publish); the focal length is that of the image the network saw.
+        self.network_size = predictor.network_size
+        raw = self.conversion.output.needs_focal
+        for predictions in predictor.stream_batches(cycles, raw=raw) if raw else predictor.stream_batches(cycles):
             self.results.extend(predictions)
             self.flush()
         if self.aligner is not None:
@@ -251,7 +257,16 @@ class BagPass:
         topics, summary = camera.topics, camera.summary
         if camera.stabilizer is not None:
             prediction = camera.stabilizer(frame.image, prediction)
-        if self.aligner is None:
+        if self.conversion.output.needs_focal:  # metres only with this frame's focal length
+            messages = {}
+            if frame.intrinsics is not None:
+                k = frame.intrinsics.for_image(*frame.image.shape[:2])
+                focal = network_focal(k.fx, k.fy, frame.image.shape[:2], self.network_size(frame.image))
+                metres = model_metres(metres_from_focal(prediction, focal))
+                messages = output_messages(*args, frame.image, frame.intrinsics, self.conversion, None, metres)
+            else:
+                summary.frames_without_camera_info += 1
+        elif self.aligner is None:
             messages = depth_messages(*args, prediction, frame.image, frame.intrinsics, self.conversion)
         else:  # metres from this frame's fit, or none; a metric model's output is never relative
             relative = None if self.conversion.output.is_metric else prediction

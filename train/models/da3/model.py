@@ -78,6 +78,10 @@ class DepthAnything3(nn.Module):
             unused += [*self.cam_enc.parameters(), self.backbone.pretrained.camera_token]
         return unused
 
+    def deployable(self) -> DA3Depth:
+        """This network as the toolkit's backends and exports run it: ``(B, 3, H, W) -> (B, H, W)`` depth."""
+        return DA3Depth(self)
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(
@@ -94,3 +98,18 @@ class DepthAnything3(nn.Module):
         if self.spec.camera:
             out["extrinsics"], out["intrinsics"] = pose_to_cameras(self.cam_dec(camera), height, width)
         return out
+
+
+class DA3Depth(nn.Module):
+    """A ``DepthAnything3`` whose call returns its ``depth`` alone, with what the number means
+    (``output_kind``), the family, variant and licence beside it: what backends and exports run."""
+
+    def __init__(self, net: DepthAnything3) -> None:
+        super().__init__()
+        self.net = net
+        self.spec = net.spec
+        self.family, self.variant, self.licence = net.family, net.variant, net.licence
+        self.output_kind = net.spec.output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)["depth"]
