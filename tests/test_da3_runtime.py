@@ -87,3 +87,96 @@ def test_onnx_export_carries_family_variant_licence_and_kind(tmp_path, small_sna
         assert ort.info()["variant"] == "da3-small"
         a, b = ort.predict(picture()), pt.predict(picture())
     assert np.abs(a - b).max() / b.std() < 1e-3
+
+
+def _write_bag(path, focal: float | None, frames: int = 2) -> None:
+    """A ROS 2 bag of ``frames`` 48x64 bgr8 images on /cam/image_raw and, with ``focal``, a camera
+    info whose K has that focal length."""
+    from rosbags.rosbag2 import Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS2_HUMBLE)
+    types = store.types
+
+    def header(t: int):
+        stamp = types["builtin_interfaces/msg/Time"](sec=t // 10**9, nanosec=t % 10**9)
+        return types["std_msgs/msg/Header"](stamp=stamp, frame_id="cam_optical")
+
+    start = 1_700_000_000_000_000_000
+    with Writer(path, version=8) as writer:
+        image_conn = writer.add_connection("/cam/image_raw", "sensor_msgs/msg/Image", typestore=store)
+        if focal is not None:
+            info_conn = writer.add_connection("/cam/camera_info", "sensor_msgs/msg/CameraInfo", typestore=store)
+            roi = types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
+            k = np.array([focal, 0, 31.5, 0, focal, 23.5, 0, 0, 1], np.float64)
+            info = types["sensor_msgs/msg/CameraInfo"](
+                header=header(start), height=48, width=64, distortion_model="plumb_bob", d=np.zeros(5), k=k,
+                r=np.eye(3).ravel(), p=np.zeros(12), binning_x=0, binning_y=0, roi=roi,
+            )  # fmt: skip
+            writer.write(info_conn, start, store.serialize_cdr(info, "sensor_msgs/msg/CameraInfo"))
+        for i in range(frames):
+            t = start + (i + 1) * 100_000_000
+            pixels = picture(i)
+            msg = types["sensor_msgs/msg/Image"](
+                header=header(t), height=48, width=64, encoding="bgr8", is_bigendian=0, step=64 * 3,
+                data=pixels.reshape(-1),
+            )  # fmt: skip
+            writer.write(image_conn, t, store.serialize_cdr(msg, "sensor_msgs/msg/Image"))
+
+
+def _depth_images(path) -> dict[str, list[np.ndarray]]:
+    from rosbags.highlevel import AnyReader
+
+    out: dict[str, list[np.ndarray]] = {}
+    with AnyReader([path]) as reader:
+        for conn, _, raw in reader.messages():
+            msg = reader.deserialize(raw, conn.msgtype)
+            if conn.msgtype == "sensor_msgs/msg/Image" and msg.encoding == "32FC1":
+                out.setdefault(conn.topic, []).append(np.frombuffer(bytes(msg.data), "<f4").reshape(msg.height, -1))
+            elif conn.topic != "/cam/image_raw":
+                out.setdefault(conn.topic, [])
+    return out
+
+
+def test_bag_metres_from_camera_info_double_with_its_focal(tmp_path, metric_small):
+    pytest.importorskip("rosbags")
+    from runtime.ros.bag import process_bag
+
+    results = {}
+    with DepthPredictor(metric_small, input_size=SIZE) as predictor:
+        for name, focal in (("f", 80.0), ("2f", 160.0), ("none", None)):
+            _write_bag(tmp_path / name, focal)
+            summary = process_bag(
+                predictor, tmp_path / name, tmp_path / f"{name}.out", "/cam/image_raw", warn=lambda text: None
+            )
+            results[name] = (summary, _depth_images(tmp_path / f"{name}.out"))
+    single, double = results["f"][1], results["2f"][1]
+    assert "/cam/depth/relative_inverse" not in single and "/cam/depth/relative_inverse" not in double
+    assert len(single["/cam/depth/image"]) == 2
+    for a, b in zip(single["/cam/depth/image"], double["/cam/depth/image"], strict=True):
+        assert a.shape == (48, 64) and np.isfinite(a).all() and (a > 0).all()
+        np.testing.assert_allclose(b, 2 * a, rtol=1e-5)
+    summary, none = results["none"]
+    assert "/cam/depth/image" not in none and "/cam/depth/relative_inverse" not in none
+    assert summary.frames_without_camera_info == 2
+
+
+def test_depth_up_to_scale_aligns_with_a_scale_only_fit_in_depth():
+    """A DA3 network's depth is right up to one scale: the per-frame fit finds that scale alone
+    (an affine fit in disparity would bend the depth), and without a fit there are no metres."""
+    from runtime.align.frame import FrameAligner, SparseSamples
+    from runtime.metric import OutputKind
+
+    rng = np.random.default_rng(0)
+    truth = 2.0 + 18.0 * rng.random((40, 60))  # metres
+    prediction = (truth / 7.5).astype(np.float32)  # the network's depth: right up to the scale 7.5
+    sparse = np.zeros_like(truth)
+    picks = rng.random(truth.shape) < 0.1
+    sparse[picks] = truth[picks] * (1 + 0.01 * rng.standard_normal(picks.sum()))
+    aligner = FrameAligner(OutputKind("depth_up_to_scale"))
+    assert aligner.settings.fit.shift is False
+    result = aligner.align(prediction, SparseSamples.from_map(sparse), 0)
+    assert result.status == "fit" and result.record["shift"] == 0.0
+    assert np.nanmax(np.abs(result.depth - truth) / truth) < 0.02
+    fresh = FrameAligner(OutputKind("depth_up_to_scale"))
+    assert fresh.align(prediction, None, 0, "no scan").depth is None

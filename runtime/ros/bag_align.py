@@ -295,15 +295,16 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-def check_conversion(conversion: Any, kind: OutputKind, stabilize: bool) -> Any:
+def check_conversion(conversion: Any, kind: OutputKind, stabilize: bool, aligned: bool = False) -> Any:
     """The run's conversion for a model of ``kind``: constants and stabilising are for relative
     models; a metric model's metres are published as they are (``--align-to`` corrects their scale)."""
     from dataclasses import replace
 
-    if kind.kind == "depth_up_to_scale":
+    if kind.kind == "depth_up_to_scale" and not aligned:
         raise InputError(
             f"the model outputs {kind.describe()} ({kind.source}): the bag tool publishes relative inverse depth "
-            "or metres, and has no scale-only fit in depth yet; use a metres-per-focal model (DA3Metric) instead"
+            "or metres; give --align-to TOPIC (a scale per frame from the bag's lidar or depth camera), or use a "
+            "metres-per-focal model (DA3Metric)"
         )
     if kind.is_depth and conversion.metric is not None:
         raise InputError(

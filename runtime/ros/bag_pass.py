@@ -269,7 +269,7 @@ class BagPass:
         elif self.aligner is None:
             messages = depth_messages(*args, prediction, frame.image, frame.intrinsics, self.conversion)
         else:  # metres from this frame's fit, or none; a metric model's output is never relative
-            relative = None if self.conversion.output.is_metric else prediction
+            relative = None if self.conversion.output.is_depth else prediction
             metres = self.aligner.align(frame, prediction).depth
             messages = output_messages(*args, frame.image, frame.intrinsics, self.conversion, relative, metres)
         summary.metric += "metric" in messages
