@@ -322,7 +322,8 @@ def load_model(
         except CheckpointError as exc:
             if "pretrained.pos_embed" not in state:  # none of the families' keys
                 raise CheckpointError(
-                    f"{path}: fits no known family (tried {', '.join(FAMILIES)}); its first keys: "
+                    f"{path}: not a Depth Anything V2 checkpoint, nor of any known family (tried "
+                    f"{', '.join(FAMILIES)}); its first keys: "
                     f"{', '.join(list(raw)[:3]) or '(none)'}"
                 ) from None
             raise CheckpointError(f"{path}: {exc}") from None
