@@ -28,7 +28,7 @@ from .ros.bag import (
     process_bag,
     rosbags_modules,
 )
-from .ros.bag_align import BagAligner, add_align_args, align_request
+from .ros.bag_align import BagAligner, add_align_args, align_request, check_conversion
 from .ros.messages import Conversion
 from .ros.topics import Topics, plan_cameras
 
@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     predictor = build_predictor(args, args.model)
+    # What the model outputs decides what may be published: refused here, before any progress bar.
+    check_conversion(Conversion(metric), predictor.output, args.stabilize, args.align_to is not None)
     if predictor.output.needs_focal:
         print(
             f"note: the model outputs {predictor.output.describe()}: metres from each frame's camera info, "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -180,3 +181,52 @@ def test_depth_up_to_scale_aligns_with_a_scale_only_fit_in_depth():
     assert np.nanmax(np.abs(result.depth - truth) / truth) < 0.02
     fresh = FrameAligner(OutputKind("depth_up_to_scale"))
     assert fresh.align(prediction, None, 0, "no scan").depth is None
+
+
+def test_export_of_a_checkpoint_named_as_another_variant_is_one_line_and_exit_2(tmp_path, small_snapshot, capsys):
+    from export.onnx import main as export_main
+
+    weights = tmp_path / "bare" / "model.safetensors"  # the weights without their config.json
+    weights.parent.mkdir()
+    shutil.copy(small_snapshot / "model.safetensors", weights)
+    code = export_main(["--checkpoint", str(weights), "--variant", "da3-base", "--output", str(tmp_path / "x.onnx")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and not (tmp_path / "x.onnx").exists()
+    assert len(err) == 1 and "does not fit Depth Anything 3 da3-base" in err[0] and "da3-small" in err[0]
+    code = export_main(["--checkpoint", str(small_snapshot), "--variant", "da3mono-large"])
+    assert code == 2 and "names da3-small, but da3mono-large was asked for" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bag_cli_with_a_da3metric_large_snapshot(tmp_path):
+    """The published layout end to end: ``--model DA3METRIC-LARGE/`` (ViT-L weights, 1.3 GB written here)."""
+    from runtime.bag import main as bag_main
+    from tests.da3_fixtures import keys
+
+    state = da3_state_dict("da3mono-large")  # DA3Metric-Large has the same keys
+    assert [k for k, _ in keys("da3mono-large")] == list(state)
+    snapshot = write_snapshot(tmp_path / "DA3METRIC-LARGE", "da3metric-large", state)
+    del state
+    metres = {}
+    for name, focal in (("f", 80.0), ("2f", 160.0), ("none", None)):
+        _write_bag(tmp_path / name, focal, frames=1)
+        out = tmp_path / f"{name}.out"
+        args = [str(tmp_path / name), "--model", str(snapshot), "--output", str(out)]
+        assert bag_main([*args, "--image-topic", "/cam/image_raw", "--size", "56"]) == 0
+        metres[name] = _depth_images(out)
+    assert "/cam/depth/relative_inverse" not in metres["f"]
+    np.testing.assert_allclose(metres["2f"]["/cam/depth/image"][0], 2 * metres["f"]["/cam/depth/image"][0], rtol=1e-5)
+    assert "/cam/depth/image" not in metres["none"]
+
+
+def test_bag_cli_refuses_depth_up_to_scale_without_align_to(tmp_path, small_snapshot, capsys):
+    pytest.importorskip("rosbags")
+    from runtime.bag import main as bag_main
+
+    _write_bag(tmp_path / "in", 80.0, frames=1)
+    out = tmp_path / "out"
+    args = ["--model", str(small_snapshot), "--output", str(out), "--image-topic", "/cam/image_raw", "--size", "56"]
+    code = bag_main([str(tmp_path / "in"), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and not out.exists()
+    assert len(err) == 1 and "depth up to an unknown scale" in err[0] and "--align-to" in err[0]
