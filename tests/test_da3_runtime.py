@@ -230,3 +230,14 @@ def test_bag_cli_refuses_depth_up_to_scale_without_align_to(tmp_path, small_snap
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and not out.exists()
     assert len(err) == 1 and "depth up to an unknown scale" in err[0] and "--align-to" in err[0]
+
+
+def test_node_refuses_the_depth_anything_3_kinds_in_one_line():
+    from runtime.metric import OutputKind
+    from runtime.ros.node import check_node_output
+
+    for kind in ("depth_up_to_scale", "metres_per_focal"):
+        with pytest.raises(InputError, match="the ROS 2 node does not run models of"):
+            check_node_output(OutputKind(kind))
+    check_node_output(OutputKind("relative"))
+    check_node_output(OutputKind("metric", 20.0))
