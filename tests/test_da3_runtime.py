@@ -72,7 +72,7 @@ def test_metres_per_focal_needs_the_focal_length_and_scales_with_it(metric_small
             DepthPredictor(metric_small, input_size=SIZE, focal=bad)
 
 
-def test_onnx_export_carries_family_variant_licence_and_kind(tmp_path, small_snapshot):
+def test_onnx_and_openvino_exports_carry_family_variant_licence_and_kind(tmp_path, small_snapshot):
     onnx = pytest.importorskip("onnx")
     from export.onnx import main as export_main
 
@@ -88,6 +88,22 @@ def test_onnx_export_carries_family_variant_licence_and_kind(tmp_path, small_sna
         assert ort.info()["variant"] == "da3-small"
         a, b = ort.predict(picture()), pt.predict(picture())
     assert np.abs(a - b).max() / b.std() < 1e-3
+
+    ov = pytest.importorskip("openvino")
+    from export.openvino import main as openvino_main
+
+    xml = tmp_path / "da3s.xml"
+    assert openvino_main(["--onnx", str(out), "--fp32", "--output", str(xml)]) == 0
+    ir = ov.Core().read_model(str(xml))
+    assert ir.get_rt_info(["dav2_edge", "family"]).astype(str) == "depth-anything-3"
+    assert ir.get_rt_info(["dav2_edge", "variant"]).astype(str) == "da3-small"
+    with DepthPredictor(xml) as vino:
+        assert (vino.output_kind, vino.info()["family"], vino.info()["licence"]) == (
+            "depth_up_to_scale",
+            "depth-anything-3",
+            "Apache-2.0",
+        )
+        assert np.abs(vino.predict(picture()) - a).max() / a.std() < 1e-3
 
 
 def _write_bag(path, focal: float | None, frames: int = 2) -> None:
