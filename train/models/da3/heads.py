@@ -19,6 +19,7 @@ from .variants import DA3Spec
 POS_EMBED_RATIO = 0.1
 POS_EMBED_OMEGA = 100.0
 RAY_CHANNELS = 7  # 6 ray values + confidence
+POS_CACHE_SIZES = 8  # input sizes whose position embeddings are kept for inference
 
 
 def _fusion(features: int, skip: bool = True) -> FusionBlock:
@@ -64,6 +65,7 @@ class _Reassemble(nn.Module):
             ]
         )
         self.pos_embed = pos_embed
+        self._pos_cache: dict[tuple, torch.Tensor] = {}
         self.scratch = nn.Module()
         for i, ch in enumerate(c, start=1):
             setattr(self.scratch, f"layer{i}_rn", nn.Conv2d(ch, spec.features, 3, padding=1, bias=False))
@@ -71,7 +73,15 @@ class _Reassemble(nn.Module):
     def add_pos(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         if not self.pos_embed:
             return x
-        return x + uv_position_embedding(x.shape[1], x.shape[2], x.shape[3], width / height, x.device).to(x.dtype)
+        key = (x.shape[1], x.shape[2], x.shape[3], width / height, x.device, x.dtype, torch.is_inference_mode_enabled())
+        table = self._pos_cache.get(key) if not torch.is_grad_enabled() else None
+        if table is None:  # a few ms of sines at full resolution: kept per size for inference
+            table = uv_position_embedding(x.shape[1], x.shape[2], x.shape[3], width / height, x.device).to(x.dtype)
+            if not torch.is_grad_enabled() and not torch.jit.is_tracing():
+                if len(self._pos_cache) >= POS_CACHE_SIZES:
+                    self._pos_cache.clear()
+                self._pos_cache[key] = table
+        return x + table
 
     def levels(self, features: list[torch.Tensor], height: int, width: int) -> list[torch.Tensor]:
         ph, pw = height // PATCH_SIZE, width // PATCH_SIZE
