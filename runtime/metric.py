@@ -125,7 +125,7 @@ def resolve_output_kind(found: OutputKind | None, kind: str | None, max_depth: f
     A user's ``kind``/``max_depth`` that contradicts the file is refused: the artefact is the
     authority on what it computes.
     """
-    if kind is None and max_depth is not None and (found is None or found.kind in (RELATIVE, METRIC)):
+    if kind is None and max_depth is not None:
         kind = METRIC
     if found is None:
         if kind is None:

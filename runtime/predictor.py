@@ -271,7 +271,7 @@ class DepthPredictor:
         from .align import Stabilizer
 
         stabilizer = Stabilizer() if stabilize is True else stabilize or None
-        if stabilizer is not None and self.output.is_metric:
+        if stabilizer is not None and self.output.is_depth:
             raise InputError(f"the model outputs {self.output.describe()}: stabilize is for relative models")
         return self._pipelined(frames, lambda frame: self.predict(frame, rgb), depth, stabilizer)
 

@@ -257,3 +257,14 @@ def test_node_refuses_the_depth_anything_3_kinds_in_one_line():
             check_node_output(OutputKind(kind))
     check_node_output(OutputKind("relative"))
     check_node_output(OutputKind("metric", 20.0))
+
+
+def test_requests_that_contradict_a_da3_model_are_refused(small_snapshot, metric_small):
+    with pytest.raises(InputError, match="depth up to an unknown scale"):
+        DepthPredictor(small_snapshot, input_size=SIZE, max_depth=20.0)
+    with DepthPredictor(metric_small, input_size=SIZE, focal=100.0) as predictor:
+        with pytest.raises(InputError, match="stabilize is for relative models"):
+            next(predictor.stream([picture()], stabilize=True))
+        assert predictor.info()["output"]["focal"] == [100.0, 100.0]
+        with pytest.raises(InputError, match="not both"):
+            predictor.predict(picture(), focal=100.0, intrinsics=(100.0, 100.0, 32.0, 24.0))

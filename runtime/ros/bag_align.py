@@ -306,6 +306,10 @@ def check_conversion(conversion: Any, kind: OutputKind, stabilize: bool, aligned
             "or metres; give --align-to TOPIC (a scale per frame from the bag's lidar or depth camera), or use a "
             "metres-per-focal model (DA3Metric)"
         )
+    if kind.needs_focal and aligned:
+        raise InputError(
+            f"the model outputs {kind.describe()}: its metres come from each frame's camera info; drop --align-to"
+        )
     if kind.is_depth and conversion.metric is not None:
         raise InputError(
             f"the model outputs {kind.describe()} ({kind.source}): --metric-scale/--metric-shift convert relative "
