@@ -19,7 +19,10 @@ from .metric import OutputKind, metres_from_focal, network_focal, resolve_output
 
 class DepthPredictor:
     """Depth for images, at the images' own resolution: relative inverse depth (larger = nearer)
-    or, from a metric model, metres (``output_kind``, ``max_depth``, ``info()["output"]``).
+    or, from a metric model, metres (``output_kind``, ``max_depth``, ``info()["output"]``); from a
+    Depth Anything 3 network depth up to scale, or metres from a depth-per-focal-length model
+    (DA3Metric) with the camera's focal length (``focal=`` or ``intrinsics=``, at the resolution
+    of the images given; without one it refuses to give metres).
 
     ``model`` is a file or a ``torch.nn.Module``; the suffix picks the backend (``.pth`` and
     ``.safetensors``: torch, ``.onnx``: onnxruntime, ``.engine``/``.plan``: tensorrt, ``.xml``:
@@ -148,7 +151,8 @@ class DepthPredictor:
 
     @property
     def output_kind(self) -> str:
-        """``"relative"`` (inverse depth, unitless, larger = nearer) or ``"metric"`` (metres)."""
+        """``"relative"`` (inverse depth, unitless, larger = nearer), ``"metric"`` (metres),
+        ``"depth_up_to_scale"`` or ``"metres_per_focal"`` (``runtime.metric``)."""
         return self.output.kind
 
     @property
