@@ -278,11 +278,14 @@ FAMILIES = ("Depth Anything V2", "Depth Anything 3")
 
 
 def _load_da3(path: Path, variant: str | None, map_location: str | torch.device) -> torch.nn.Module:
-    from .da3.checkpoint import load_da3
+    """A ``DepthAnything3`` in eval mode from a snapshot folder, or a ``model.safetensors`` + ``variant``."""
+    from .da3.checkpoint import build_da3, resolve_files, strip_prefix
 
     try:
-        return load_da3(path, variant, map_location)
-    except ValueError as exc:
+        weights, name = resolve_files(path, variant)
+        raw, _ = read_checkpoint(weights, map_location)
+        return build_da3(strip_prefix(raw), name, str(path)).to(map_location)
+    except ValueError as exc:  # CheckpointError is one too
         raise CheckpointError(str(exc)) from None
 
 

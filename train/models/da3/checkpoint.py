@@ -1,4 +1,4 @@
-"""Loading the published Depth Anything 3 checkpoints, strictly.
+"""The rules for loading the published Depth Anything 3 checkpoints strictly (``load_model`` reads them).
 
 A Hugging Face snapshot folder (``config.json`` naming the model, ``model.safetensors`` with the
 network's keys under ``model.``), or that ``model.safetensors`` alone with the model named by the
@@ -112,14 +112,3 @@ def resolve_files(path: Path, variant: str | None) -> tuple[Path, str]:
             f"(variant= / --variant, one of {', '.join(DA3_VARIANTS)})"
         )
     return weights, get_da3_spec(name).name
-
-
-def load_da3(path: str | Path, variant: str | None = None, map_location: str | torch.device = "cpu") -> DepthAnything3:
-    """A ``DepthAnything3`` in eval mode from a snapshot folder, or a ``model.safetensors`` + ``variant``."""
-    from ..checkpoint import read_checkpoint
-
-    path = Path(path)
-    weights, name = resolve_files(path, variant)
-    raw, _ = read_checkpoint(weights, map_location)
-    model = build_da3(strip_prefix(raw), name, str(path))
-    return model.to(map_location)
