@@ -248,6 +248,8 @@ def quantize_int8(
             "input_shape": source_meta.get("input_shape"),
             "encoder": source_meta.get("encoder"),
             "licence": source_meta.get("licence", "unknown"),
+            "family": source_meta.get("family", "depth-anything-v2" if source_meta.get("encoder") else "unknown"),
+            "variant": source_meta.get("variant", source_meta.get("encoder") or "unknown"),
             "sha256": sha256_file(output),
             "seconds": round(seconds, 2),
             "calibration_seconds": round(calibration_seconds, 2),
