@@ -98,7 +98,8 @@ def export_onnx(
     tolerance: float = FP32_TOLERANCE,
     source: str = "",
 ) -> OnnxExport:
-    """Export ``model`` (a ``DepthAnythingV2``) to ``output``; verified against PyTorch before it lands.
+    """Export ``model`` (a ``DepthAnythingV2``, or a ``DepthAnything3`` whose ``depth`` becomes the
+    graph's output) to ``output``; verified against PyTorch before it lands.
 
     Nothing appears under ``output`` unless the file passed ``onnx.checker`` and, with
     ``verify``, ONNX Runtime matched PyTorch within ``tolerance`` (``MAX_REL_STD``) on a photograph.
@@ -115,6 +116,8 @@ def export_onnx(
     output = Path(output)
     if output.suffix != ".onnx":
         raise ExportRequestError(f"{output}: the output name must end in .onnx")
+    if hasattr(model, "deployable"):  # a Depth Anything 3 network: its depth output
+        model = model.deployable()
     model = model.eval().float().cpu()
     started = time.perf_counter()
     workdir = staging_dir(output)
