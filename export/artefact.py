@@ -72,6 +72,15 @@ class Artefact:
     def encoder(self) -> str | None:
         return self.facts.get("encoder")
 
+    def identity(self) -> dict[str, str]:
+        """The model's family and variant, carried by every artefact made from this one (a file
+        from before families were recorded: Depth Anything V2 when it names an encoder)."""
+        encoder = self.encoder
+        return {
+            "family": self.facts.get("family", "depth-anything-v2" if encoder else "unknown"),
+            "variant": self.facts.get("variant", encoder or "unknown"),
+        }
+
     @property
     def calibration(self) -> dict | None:
         return self.facts.get("calibration")

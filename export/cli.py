@@ -38,11 +38,20 @@ def parse_hw(text: str) -> tuple[int, int]:
 
 
 def add_source_args(parser: argparse.ArgumentParser, onnx: bool = False) -> None:
-    parser.add_argument("--checkpoint", type=Path, help="model checkpoint: official .pth, HF or own .safetensors")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="model checkpoint: official .pth, HF or own .safetensors, or a Depth Anything 3 snapshot folder",
+    )
     parser.add_argument(
         "--encoder",
         choices=("vitt", "vits", "vitb", "vitl", "vitg"),
         help="encoder (read from the checkpoint if omitted)",
+    )
+    parser.add_argument(
+        "--variant",
+        help="the Depth Anything 3 model (da3-small, da3-base, da3mono-large, da3metric-large) of a "
+        "model.safetensors without its config.json",
     )
     if onnx:
         parser.add_argument("--onnx", type=Path, help="FP32 ONNX from python -m export.onnx (instead of --checkpoint)")

@@ -30,7 +30,15 @@ from .formats import FORMATS
 from .graph import save_onnx
 from .metrics import FP32_TOLERANCE, MAX_REL_STD, Comparison, check_sizes, compare, run_onnxruntime, verification_input
 from .reference import other_size, torch_runner, write_reference
-from .source import check_hw, default_output, licence_note, load_source_model, model_licence, source_stem
+from .source import (
+    check_hw,
+    default_output,
+    licence_note,
+    load_source_model,
+    model_identity,
+    model_licence,
+    source_stem,
+)
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "depth"
@@ -93,7 +101,8 @@ def export_onnx(
     tolerance: float = FP32_TOLERANCE,
     source: str = "",
 ) -> OnnxExport:
-    """Export ``model`` (a ``DepthAnythingV2``) to ``output``; verified against PyTorch before it lands.
+    """Export ``model`` (a ``DepthAnythingV2``, or a ``DepthAnything3`` whose ``depth`` becomes the
+    graph's output) to ``output``; verified against PyTorch before it lands.
 
     Nothing appears under ``output`` unless the file passed ``onnx.checker`` and, with
     ``verify``, ONNX Runtime matched PyTorch within ``tolerance`` (``MAX_REL_STD``) on a photograph.
@@ -110,6 +119,8 @@ def export_onnx(
     output = Path(output)
     if output.suffix != ".onnx":
         raise ExportRequestError(f"{output}: the output name must end in .onnx")
+    if hasattr(model, "deployable"):  # a Depth Anything 3 network: its depth output
+        model = model.deployable()
     model = model.eval().float().cpu()
     started = time.perf_counter()
     workdir = staging_dir(output)
@@ -120,12 +131,15 @@ def export_onnx(
         spec = getattr(model, "spec", None)
         max_depth = getattr(model, "max_depth", None)
         output_kind = OutputKind("metric", float(max_depth)) if max_depth is not None else OutputKind()
+        if isinstance(getattr(model, "output_kind", None), str):  # Depth Anything 3: the network says
+            output_kind = OutputKind(model.output_kind)
         metadata = {
             "producer": "dav2-edge",
             "encoder": getattr(spec, "name", "custom"),
             "input_shape": "dynamic" if dynamic else f"1x3x{height}x{width}",
             **output_kind.metadata(),  # output_kind and max_depth: what every artefact made from it outputs
             "licence": model_licence(model),
+            **model_identity(model),
         }
         with stage("checking and saving the ONNX file"):
             _finalise(raw, staged, metadata, slim)
@@ -166,6 +180,7 @@ def export_onnx(
             **output_kind.sidecar(),
             "source": source,
             "licence": model_licence(model),
+            **model_identity(model),
             "sha256": sha256_file(output),
             "export_seconds": round(result.seconds, 2),
             "verification": {
@@ -238,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     height, width = args.size or (518, 518)
     args.height, args.width = args.height or height, args.width or width
     with stage("loading the checkpoint"):
-        model = load_source_model(args.checkpoint, args.encoder)
+        model = load_source_model(args.checkpoint, args.encoder, args.variant)
     stem = source_stem(None, args.checkpoint, model.spec.name)
     output = args.output or default_output(
         stem, f"_{'dynamic' if args.dynamic else f'{args.height}x{args.width}'}.onnx"

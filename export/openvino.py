@@ -111,6 +111,8 @@ def export_openvino(
         with stage("saving and verifying the IR"):
             for key, value in output_kind.metadata().items():  # read back by runtime.backends.openvino
                 model.set_rt_info(value, ["dav2_edge", key])
+            for key, value in {**source.identity(), "licence": source.licence}.items():  # what the model is
+                model.set_rt_info(value, ["dav2_edge", key])
             ov.save_model(model, str(staged), compress_to_fp16=precision != "fp32")
             check = verify_ir(ov, staged, onnx_path, shape)
         if not check.max_rel_std <= TOLERANCES[precision]:  # NaN fails too
@@ -135,6 +137,7 @@ def export_openvino(
         "input_shape": [d.get_length() if d.is_static else None for d in model.input(0).get_partial_shape()],
         "encoder": source.encoder,
         "licence": source.licence,
+        **source.identity(),
         **source.source_facts(),
         "quantization": quantization,
         "calibration": calibration.describe() if calibration is not None else None,

@@ -27,15 +27,16 @@ def check_precision(precision: str) -> None:
         raise ExportRequestError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
-def load_source_model(checkpoint: str | Path | None, encoder: str | None) -> Any:
+def load_source_model(checkpoint: str | Path | None, encoder: str | None, variant: str | None = None) -> Any:
     """The PyTorch model to export: a checkpoint, or random weights of ``encoder`` (with a warning)."""
     from train.models import CheckpointError, DepthAnythingV2, load_model
 
     if checkpoint is not None:
         try:
-            return load_model(checkpoint, encoder=encoder)
+            model = load_model(checkpoint, encoder=encoder, variant=variant)
         except CheckpointError as exc:
             raise ExportRequestError(str(exc)) from exc
+        return model.deployable() if hasattr(model, "deployable") else model
     if encoder is None:
         raise ExportRequestError("give `checkpoint` (a .pth/.safetensors file) or `encoder` for random weights")
     print(
@@ -54,6 +55,14 @@ def model_licence(model: Any) -> str:
     """The licence ``train.models.load_model`` found for the weights; ``unknown`` for a module built
     elsewhere."""
     return getattr(model, "licence", None) or "unknown"
+
+
+def model_identity(model: Any) -> dict[str, str]:
+    """The model's family and variant, as every artefact made from it carries them."""
+    return {
+        "family": getattr(model, "family", None) or "unknown",
+        "variant": getattr(model, "variant", None) or getattr(getattr(model, "spec", None), "name", None) or "unknown",
+    }
 
 
 def licence_note(licence: str | None, artefact: str | Path) -> None:

@@ -29,7 +29,7 @@ from .ros.bag import (
     process_bag,
     rosbags_modules,
 )
-from .ros.bag_align import BagAligner, add_align_args, align_request
+from .ros.bag_align import BagAligner, add_align_args, align_request, check_conversion
 from .ros.messages import Conversion
 from .ros.topics import Topics, plan_cameras
 
@@ -156,7 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     predictor = build_predictor(args, args.model)
-    if predictor.output.is_metric and aligner is not None:
+    # What the model outputs decides what may be published: refused here, before any progress bar.
+    check_conversion(Conversion(metric), predictor.output, args.stabilize, args.align_to is not None)
+    if predictor.output.needs_focal:
+        print(
+            f"note: the model outputs {predictor.output.describe()}: metres from each frame's camera info, "
+            "none for frames without one"
+        )
+    elif predictor.output.is_metric and aligner is not None:
         print(
             f"note: the model outputs {predictor.output.describe()} ({predictor.output.source}): its scale is "
             f"corrected frame by frame against {args.align_to} (frames without a fit: the model's own metres)"
@@ -168,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
             "note: no --metric-scale or --align-to: publishing relative inverse depth only, no metric depth or points"
         )
     for topics in cameras:
-        if topics.camera_info is None and (metric is not None or predictor.output.is_metric):
+        if topics.camera_info is None and predictor.output.needs_focal:
+            print(f"note: no camera info for {topics.image} in the bag: no metres for it (they need the focal length)")
+        elif topics.camera_info is None and (metric is not None or predictor.output.is_metric):
             print(f"note: no camera info for {topics.image} in the bag: no point clouds for it")
     total = 0
     for topics in cameras:

@@ -25,7 +25,12 @@ from commands.errors import InputError
 
 RELATIVE = "relative"
 METRIC = "metric"
-OUTPUT_KINDS = (RELATIVE, METRIC)
+# Depth Anything 3: depth up to an unknown scale (DA3Mono, the any-view networks), and depth per
+# focal length (DA3Metric: metres = focal * output / 300, focal in pixels of the network's input).
+DEPTH_UP_TO_SCALE = "depth_up_to_scale"
+METRES_PER_FOCAL = "metres_per_focal"
+OUTPUT_KINDS = (RELATIVE, METRIC, DEPTH_UP_TO_SCALE, METRES_PER_FOCAL)
+FOCAL_DIVISOR = 300.0
 
 
 @dataclass(frozen=True)
@@ -47,20 +52,34 @@ class OutputKind:
             self.max_depth is not None and math.isfinite(self.max_depth) and self.max_depth > 0
         ):
             raise InputError(f"a metric model needs a positive max_depth in metres, got {self.max_depth!r}")
-        if self.kind == RELATIVE and self.max_depth is not None:
-            raise InputError(f"max_depth ({self.max_depth}) belongs to metric models; a relative model has none")
+        if self.kind != METRIC and self.max_depth is not None:
+            raise InputError(f"max_depth ({self.max_depth}) belongs to metric models; a {self.kind} model has none")
 
     @property
     def is_metric(self) -> bool:
         return self.kind == METRIC
 
     @property
+    def needs_focal(self) -> bool:
+        """Metres need the camera's focal length (``metres_per_focal``)."""
+        return self.kind == METRES_PER_FOCAL
+
+    @property
+    def is_depth(self) -> bool:
+        """Larger = farther (depth, in metres or up to scale), not inverse depth."""
+        return self.kind != RELATIVE
+
+    @property
     def unit(self) -> str | None:
-        return "m" if self.is_metric else None
+        return "m" if self.is_metric or self.needs_focal else None
 
     def describe(self) -> str:
         if self.is_metric:
             return f"metric depth in metres (up to {self.max_depth:g} m)"
+        if self.kind == DEPTH_UP_TO_SCALE:
+            return "depth up to an unknown scale (larger = farther)"
+        if self.kind == METRES_PER_FOCAL:
+            return f"depth per focal length (metres = focal in pixels x output / {FOCAL_DIVISOR:g})"
         return "relative inverse depth (unitless, larger = nearer)"
 
     def metadata(self) -> dict[str, str]:
@@ -210,3 +229,27 @@ def fit_scale_shift(relative: np.ndarray, known: np.ndarray, trim: float = 0.0) 
         )
     rms = float(np.sqrt(np.mean((scale * x + shift - y) ** 2)))
     return ScaleShift(scale, shift, rms, int(x.size))
+
+
+def check_focal(focal: Any, what: str = "focal length") -> float:
+    """``focal`` as a float, or ``InputError`` when it is not a positive finite number of pixels."""
+    try:
+        value = float(focal)
+    except (TypeError, ValueError):
+        raise InputError(f"the {what} must be a number of pixels, got {focal!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise InputError(f"the {what} must be a positive finite number of pixels, got {focal!r}")
+    return value
+
+
+def network_focal(fx: float, fy: float, image_hw: tuple[int, int], network_hw: tuple[int, int]) -> float:
+    """The focal length in pixels of the image the network sees, from the camera's ``fx``/``fy`` at the
+    image's own size: each scaled by the resize along its axis, then averaged (as the official
+    code averages ``fx`` and ``fy``)."""
+    fx, fy = check_focal(fx, "focal length fx"), check_focal(fy, "focal length fy")
+    return 0.5 * (fx * network_hw[1] / image_hw[1] + fy * network_hw[0] / image_hw[0])
+
+
+def metres_from_focal(output: np.ndarray, focal_network: float) -> np.ndarray:
+    """A ``metres_per_focal`` model's output in metres: ``focal * output / 300``."""
+    return (np.asarray(output, np.float32) * np.float32(check_focal(focal_network) / FOCAL_DIVISOR)).astype(np.float32)

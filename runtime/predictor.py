@@ -15,14 +15,17 @@ from commands.errors import InputError
 from . import preprocessing as pre
 from .backends import backend_class, resolve_backend
 from .backends.base import describe_source
-from .metric import OutputKind, resolve_output_kind
+from .metric import OutputKind, metres_from_focal, network_focal, resolve_output_kind
 
 RUN_PRECISIONS = ("fp32", "fp16", "bf16")  # what precision= may ask a backend to run in
 
 
 class DepthPredictor:
     """Depth for images, at the images' own resolution: relative inverse depth (larger = nearer)
-    or, from a metric model, metres (``output_kind``, ``max_depth``, ``info()["output"]``).
+    or, from a metric model, metres (``output_kind``, ``max_depth``, ``info()["output"]``); from a
+    Depth Anything 3 network depth up to scale, or metres from a depth-per-focal-length model
+    (DA3Metric) with the camera's focal length (``focal=`` or ``intrinsics=``, at the resolution
+    of the images given; without one it refuses to give metres).
 
     ``model`` is a file or a ``torch.nn.Module``; the suffix picks the backend (``.pth`` and
     ``.safetensors``: torch, ``.onnx``: onnxruntime, ``.engine``/``.plan``: tensorrt, ``.xml``:
@@ -63,6 +66,8 @@ class DepthPredictor:
         verify: bool | str | Path = False,
         output_kind: str | None = None,
         max_depth: float | None = None,
+        focal: float | None = None,
+        intrinsics: Any = None,
         **backend_options: Any,
     ) -> None:
         if not isinstance(input_size, int) or input_size < pre.PATCH_SIZE:
@@ -84,6 +89,11 @@ class DepthPredictor:
         except InputError:
             self._backend.close()
             raise
+        try:
+            self.camera = self._camera(focal, intrinsics)
+        except (InputError, ValueError):
+            self._backend.close()
+            raise
         self.input_size = input_size
         self.rgb = rgb
         model_hw = self._backend.input_spec.fixed_hw
@@ -103,13 +113,53 @@ class DepthPredictor:
                 self._backend.close()
                 raise
 
+    def _camera(self, focal: Any, intrinsics: Any) -> tuple[float, float] | None:
+        """``(fx, fy)`` in pixels of the input images from ``focal=`` or ``intrinsics=`` (a 3x3 matrix,
+        an ``Intrinsics``, or ``(fx, fy, cx, cy)``); only a ``metres_per_focal`` model takes one."""
+        if focal is None and intrinsics is None:
+            return None
+        if not self.output.needs_focal:
+            raise InputError(
+                f"focal=/intrinsics= are for models whose output is depth per focal length; "
+                f"{self._source} outputs {self.output.describe()}"
+            )
+        if focal is not None and intrinsics is not None:
+            raise InputError("give focal= or intrinsics=, not both")
+        if focal is not None:
+            fx = fy = focal
+        elif hasattr(intrinsics, "fx"):
+            fx, fy = intrinsics.fx, intrinsics.fy
+        else:
+            k = np.asarray(intrinsics, dtype=np.float64)
+            if k.shape == (3, 3):
+                fx, fy = k[0, 0], k[1, 1]
+            elif k.shape == (4,):
+                fx, fy = k[0], k[1]
+            else:
+                raise InputError(f"intrinsics must be a 3x3 matrix or (fx, fy, cx, cy), got shape {k.shape}")
+        network_focal(fx, fy, (1, 1), (1, 1))  # checks both: positive, finite
+        return float(fx), float(fy)
+
+    def _no_focal(self) -> InputError:
+        return InputError(
+            f"{self._source} outputs {self.output.describe()}: metres need the camera's focal length; "
+            "pass focal= (pixels) or intrinsics= (to DepthPredictor or predict)"
+        )
+
+    def _to_metres(self, image: np.ndarray, output: np.ndarray, camera: tuple[float, float] | None) -> np.ndarray:
+        if camera is None:
+            raise self._no_focal()
+        focal = network_focal(*camera, image.shape[:2], self.network_size(image))
+        return metres_from_focal(output, focal)
+
     @property
     def backend(self) -> str:
         return self._backend.name
 
     @property
     def output_kind(self) -> str:
-        """``"relative"`` (inverse depth, unitless, larger = nearer) or ``"metric"`` (metres)."""
+        """``"relative"`` (inverse depth, unitless, larger = nearer), ``"metric"`` (metres),
+        ``"depth_up_to_scale"`` or ``"metres_per_focal"`` (``runtime.metric``)."""
         return self.output.kind
 
     @property
@@ -138,19 +188,35 @@ class DepthPredictor:
             return self.fixed_size
         return pre.dynamic_size(*pre.check_image(image).shape[:2], self.input_size, self.max_long_side)
 
-    def predict(self, image: np.ndarray, rgb: bool | None = None) -> np.ndarray:
-        """``H x W`` float32 depth for one image."""
-        return self.predict_batch([image], rgb)[0]
+    def predict(
+        self, image: np.ndarray, rgb: bool | None = None, focal: float | None = None, intrinsics: Any = None
+    ) -> np.ndarray:
+        """``H x W`` float32 depth for one image (metres from a ``metres_per_focal`` model, with the
+        focal length given here or to the predictor)."""
+        return self.predict_batch([image], rgb, focal=focal, intrinsics=intrinsics)[0]
 
-    def predict_batch(self, images: Iterable[np.ndarray], rgb: bool | None = None) -> list[np.ndarray]:
+    def predict_batch(
+        self,
+        images: Iterable[np.ndarray],
+        rgb: bool | None = None,
+        raw: bool = False,
+        focal: float | None = None,
+        intrinsics: Any = None,
+    ) -> list[np.ndarray]:
         """Depth for several images (say one frame per camera) in as few model calls as the model
         allows: images whose network inputs have one size run as one batch, in chunks of the
         most the model takes a call (a fixed batch, a TensorRT profile's maximum; a short chunk is
         padded to the fewest it takes), and chunks run at once where the backend runs several
         calls at once (``streams``). The numbers ``predict`` gives each image, up to the float
-        rounding of a batched matrix product."""
+        rounding of a batched matrix product. A ``metres_per_focal`` model's output becomes metres
+        with the focal length (``focal=``/``intrinsics=`` here, else the predictor's); ``raw=True``
+        returns the network's output as it is (depth per focal length), for callers that scale it
+        per frame (the bag tool, from each frame's camera info)."""
         rgb = self.rgb if rgb is None else rgb
         images = list(images)
+        camera = self._camera(focal, intrinsics) if (focal is not None or intrinsics is not None) else self.camera
+        if self.output.needs_focal and not raw and camera is None:
+            raise self._no_focal()
         pipeline = self._backend.pipeline  # pre- and post-processing on the model's device, if any
         keys = []  # per image: its network input, or (its shape, its network size) for the pipeline
         for index, image in enumerate(images):
@@ -191,6 +257,8 @@ class DepthPredictor:
         for chunk, maps in zip(chunks, outputs):
             for i, depth_map in zip(chunk, maps):
                 depth[i] = depth_map
+        if self.output.needs_focal and not raw:
+            depth = [self._to_metres(image, out, camera) for image, out in zip(images, depth)]
         return depth
 
     def stream(
@@ -214,16 +282,21 @@ class DepthPredictor:
         from .align import Stabilizer
 
         stabilizer = Stabilizer() if stabilize is True else stabilize or None
-        if stabilizer is not None and self.output.is_metric:
+        if stabilizer is not None and self.output.is_depth:
             raise InputError(f"the model outputs {self.output.describe()}: stabilize is for relative models")
         return self._pipelined(frames, lambda frame: self.predict(frame, rgb), depth, stabilizer)
 
     def stream_batches(
-        self, batches: Iterable[Sequence[np.ndarray]], rgb: bool | None = None, depth: int | None = None
+        self,
+        batches: Iterable[Sequence[np.ndarray]],
+        rgb: bool | None = None,
+        depth: int | None = None,
+        raw: bool = False,
     ) -> Iterator[list[np.ndarray]]:
         """``stream`` for several cameras: each item is a list of frames (say the newest frame of
-        each camera), run as one ``predict_batch``; results come back in order, one list per item."""
-        return self._pipelined(batches, lambda frames: self.predict_batch(frames, rgb), depth)
+        each camera), run as one ``predict_batch`` (``raw`` as there); results come back in order,
+        one list per item."""
+        return self._pipelined(batches, lambda frames: self.predict_batch(frames, rgb, raw=raw), depth)
 
     def _pipelined(
         self,
@@ -253,7 +326,7 @@ class DepthPredictor:
         return {
             **self._backend.info(),
             "model": self._source,
-            "output": self.output.info(),
+            "output": {**self.output.info(), **({"focal": list(self.camera)} if self.camera else {})},
             "input_size": self.input_size,
             "max_long_side": self.max_long_side,
             "verification": self.verification.to_dict() if self.verification is not None else None,

@@ -273,6 +273,7 @@ def quantize_int8(
             "input_shape": source.get("input_shape"),
             "encoder": source.encoder,
             "licence": source.licence,
+            **source.identity(),
             "sha256": sha256_file(output),
             "seconds": round(seconds, 2),
             "calibration_seconds": round(calibration_seconds, 2),

@@ -319,6 +319,7 @@ def build_trt(request: TrtRequest) -> Artefact:
         "encoder": source_record.encoder,
         **source_record.output_kind().sidecar(),
         "licence": record.licence,
+        **record.identity(),
         "gpu": {"name": gpu_name, "compute_capability": list(capability)},
         "calibration": calibration_info,
         "versions": {**library_versions("onnx", "onnxruntime"), "tensorrt": trt.__version__},

@@ -101,9 +101,10 @@ def depth_errors(predicted: np.ndarray, measured: np.ndarray) -> dict[str, Any]:
 
 
 def disparity_of(prediction: np.ndarray, kind: OutputKind) -> np.ndarray:
-    """The prediction in disparity form (float32): a relative model's output as it is, 1 / metres of a metric one."""
+    """The prediction in disparity form (float32): a relative model's output as it is, 1 / depth of the
+    others (metres, or depth up to scale)."""
     prediction = np.asarray(prediction, np.float32)
-    if not kind.is_metric:
+    if not kind.is_depth:
         return prediction
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(prediction > 0, np.float32(1) / prediction, np.float32(np.nan))
@@ -119,13 +120,14 @@ class FrameResult:
 class FrameAligner:
     """Per-frame metric depth from a prediction and a sparse source, through the temporal filter.
 
-    Relative models get scale and shift in disparity; metric models (``kind.is_metric``) a scale
-    correction only, and their own metres, uncorrected, on frames without a usable fit.
+    Relative models get scale and shift in disparity; models of depth (``kind.is_depth``: metric, or
+    depth up to scale) a scale only (fitted on 1/depth with residuals relative to the measured
+    depth), and metric models their own metres, uncorrected, on frames without a usable fit.
     """
 
     def __init__(self, kind: OutputKind, settings: AlignSettings | None = None) -> None:
         settings = settings or AlignSettings()
-        if kind.is_metric and settings.fit.shift:
+        if kind.is_depth and settings.fit.shift:  # depth (metres or up to scale): a scale only
             settings = replace(settings, fit=replace(settings.fit, shift=False))
         self.kind, self.settings = kind, settings
         self.filter = TemporalFilter(settings.temporal, shift=settings.fit.shift)

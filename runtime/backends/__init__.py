@@ -17,6 +17,7 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "tensorrt": ("runtime.backends.tensorrt", "TensorRTBackend"),
     "openvino": ("runtime.backends.openvino", "OpenVINOBackend"),
 }
+SNAPSHOT_CONFIG = "config.json"  # a Hugging Face snapshot folder (Depth Anything 3) holds one
 SUFFIXES: dict[str, str] = {
     ".pth": "torch",
     ".pt": "torch",
@@ -30,6 +31,10 @@ SUFFIXES: dict[str, str] = {
 
 def resolve_backend(model: Any, backend: str = "auto") -> str:
     """The backend name for ``model``: ``backend`` when given, else from the file suffix."""
+    if isinstance(model, (str, Path)) and (Path(model) / SNAPSHOT_CONFIG).is_file():
+        if backend not in ("auto", "torch"):  # a Depth Anything 3 snapshot folder: PyTorch weights
+            raise ModelFileError(f"{model} is a checkpoint folder, which the torch backend runs, not {backend}")
+        return "torch"
     if isinstance(model, (str, Path)) and Path(model).is_dir():
         inside = sorted(p.name for p in Path(model).iterdir() if p.suffix.lower() in SUFFIXES)
         hint = f" (it holds {', '.join(inside[:5])})" if inside else ""

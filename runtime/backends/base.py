@@ -97,6 +97,23 @@ class Backend(ABC):
     licence: str = "unknown"
     # What the model outputs, as the artefact says it (None: it says nothing; the predictor decides).
     output_kind: OutputKind | None = None
+    # The model family and variant (``depth-anything-v2``/``vits``, ``depth-anything-3``/``da3-small``),
+    # from the artefact's metadata or the checkpoint; ``unknown`` where it says nothing.
+    family: str = "unknown"
+    variant: str = "unknown"
+
+    def read_identity(self, *sources: Any) -> None:
+        """``licence``, ``family`` and ``variant`` from the first of ``sources`` (ONNX metadata, rt_info,
+        a sidecar: mappings) that holds each; an artefact from before ``family`` existed with an
+        ``encoder`` is Depth Anything V2."""
+        for key in ("licence", "family", "variant"):
+            found = next((str(m[key]) for m in sources if m and m.get(key)), None)
+            if found is not None:
+                setattr(self, key, found)
+        if self.family == "unknown":
+            encoder = next((str(m["encoder"]) for m in sources if m and m.get("encoder")), None)
+            if encoder is not None:
+                self.family, self.variant = "depth-anything-v2", encoder
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -189,6 +206,8 @@ class Backend(ABC):
             "input_name": self.input_spec.name,
             "input_shape": list(self.input_spec.shape),
             "licence": self.licence,
+            "family": self.family,
+            "variant": self.variant,
             "versions": self.versions(),
         }
 

@@ -137,7 +137,7 @@ class OnnxRuntimeBackend(Backend):
         self._output = outputs[0].name
         self._providers = self._session.get_providers()
         self.precision = provider_settings(self._providers[0], artefact, precision, ort.__version__)[1]
-        self.licence = meta.get("licence", self.licence)
+        self.read_identity(self._session.get_modelmeta().custom_metadata_map, meta)
         self.output_kind = OutputKind.from_metadata(
             self._session.get_modelmeta().custom_metadata_map, "ONNX metadata"
         ) or OutputKind.from_metadata(meta, "sidecar")

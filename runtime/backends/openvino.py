@@ -232,7 +232,7 @@ class OpenVINOBackend(Backend):
         self.takes_images = check_preprocess(preprocess) == "model"
         self._path, self._config = path, config
         meta = read_sidecar(path) or {}
-        self.licence = meta.get("licence", self.licence)
+        self.read_identity(meta)
         try:
             network, model_ir = self._read(core)
             self._weights = artefact_precision(network, meta)

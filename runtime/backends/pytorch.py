@@ -120,6 +120,8 @@ class TorchBackend(Backend):
                 raise ModelFileError(str(exc)) from exc
         if not isinstance(model, torch.nn.Module):
             raise ModelFileError(f"the torch backend needs a torch.nn.Module, got {type(model).__name__}")
+        if hasattr(model, "deployable"):  # a Depth Anything 3 network: its depth output, what it means
+            model = model.deployable()
         self.licence = getattr(model, "licence", None) or self.licence
         self.device = resolve_device(torch, device)
         self.precision = resolve_precision(self.device, precision)
@@ -159,6 +161,10 @@ class TorchBackend(Backend):
         if hasattr(model, "max_depth"):  # a DepthAnythingV2: its head says what it outputs
             kind = "metric" if model.max_depth is not None else "relative"
             self.output_kind = OutputKind(kind, model.max_depth, "checkpoint")
+        elif isinstance(getattr(model, "output_kind", None), str):  # Depth Anything 3 (DA3Depth)
+            self.output_kind = OutputKind(model.output_kind, None, "checkpoint")
+        self.family = getattr(model, "family", None) or self.family
+        self.variant = getattr(model, "variant", None) or getattr(getattr(model, "spec", None), "name", self.variant)
 
     def _precision(self) -> contextlib.AbstractContextManager:
         """The call's number format: FP32 for real on CUDA (TF32 off, see ``exact_fp32_cuda``),

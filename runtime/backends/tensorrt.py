@@ -244,7 +244,7 @@ class TensorRTBackend(Backend):
             warnings.warn(message, stacklevel=2)
         self.device = f"cuda:{self._index} ({gpu_name})"
         self.precision = precision or built or "unknown"
-        self.licence = (meta or {}).get("licence", self.licence)
+        self.read_identity(meta or {})
         self.output_kind = OutputKind.from_metadata(meta, "sidecar")
         self._cuda.activate()
         try:

@@ -22,9 +22,9 @@ from commands.errors import InputError
 
 from ..align import AlignSettings, FrameAligner, FrameResult, SparseSamples, Stabilizer, sample_points
 from ..align.frame import DROP_REASONS
-from ..metric import OutputKind
+from ..metric import OutputKind, metres_from_focal, network_focal
 from ..pointcloud import Intrinsics
-from .messages import Conversion, depth_messages, metric_depth, output_messages
+from .messages import Conversion, depth_messages, metric_depth, model_metres, output_messages
 from .settings import DEFAULTS, check_model_rules
 from .sparse import sensor_frame
 from .tf import NoTransformError, TfTree, TransformTimeError, frame_name, stamp_ns, transform_msg_matrix
@@ -295,12 +295,15 @@ class FramePipeline:
         aligned = aligned or aligner is not None
         self.conversion = check_model_rules(kind, conversion, stabilizer is not None, aligned, str)
         self.kind, self.stabilizer, self.aligner, self.aligned = kind, stabilizer, aligner, aligned
+        # A metres-per-focal model's network input size for an image (``DepthPredictor.network_size``):
+        # its focal length is that of the image the network saw.
+        self.network_size: Callable[[np.ndarray], tuple[int, int]] | None = None
 
     @property
     def outputs(self) -> list[str]:
         """The message keys this pipeline may publish: ``relative``, ``metric``, ``points``."""
-        metres = self.kind.is_metric or self.conversion.metric is not None or self.aligned
-        return ([] if self.kind.is_metric else ["relative"]) + (["metric", "points"] if metres else [])
+        metres = self.kind.is_depth or self.conversion.metric is not None or self.aligned
+        return ([] if self.kind.is_depth else ["relative"]) + (["metric", "points"] if metres else [])
 
     def process(
         self,
@@ -317,6 +320,13 @@ class FramePipeline:
         (stabilised) prediction; default: the pipeline's own aligner at the frame's header."""
         if self.stabilizer is not None:
             prediction = self.stabilizer(image, prediction)
+        if self.kind.needs_focal:  # metres only with this frame's focal length: none without camera info
+            if intrinsics is None or self.network_size is None:
+                return {}, None
+            k = intrinsics.for_image(*image.shape[:2])
+            focal = network_focal(k.fx, k.fy, image.shape[:2], self.network_size(image))
+            metres = model_metres(metres_from_focal(prediction, focal))
+            return output_messages(make, blob, header, image, intrinsics, self.conversion, None, metres), metres
         if align is None and self.aligner is not None:
             aligner = self.aligner
             align = lambda values: aligner.align(header, values, intrinsics)  # noqa: E731
@@ -327,7 +337,7 @@ class FramePipeline:
             metric = self.conversion.metric
             return messages, prediction if metric is None else metric_depth(prediction, metric)
         metres = align(prediction).depth
-        relative = None if self.kind.is_metric else prediction
+        relative = None if self.kind.is_depth else prediction
         return output_messages(make, blob, header, image, intrinsics, self.conversion, relative, metres), metres
 
     def messages(

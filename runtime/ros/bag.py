@@ -166,7 +166,9 @@ def process_bag(
     rb = rosbags_modules()
     input_path, output = Path(input_path), Path(output)
     images = _per_camera(image_topic) or []
-    conversion = check_conversion(conversion or Conversion(), getattr(predictor, "output", OutputKind()), stabilize)
+    conversion = check_conversion(
+        conversion or Conversion(), getattr(predictor, "output", OutputKind()), stabilize, align_to is not None
+    )
     if every < 1 or (max_frames is not None and max_frames < 1):
         raise InputError(f"every and max_frames must be positive, got {every} and {max_frames}")
     check_output(input_path, output)

@@ -358,9 +358,9 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-def check_conversion(conversion: Any, kind: OutputKind, stabilize: bool) -> Any:
+def check_conversion(conversion: Any, kind: OutputKind, stabilize: bool, aligned: bool = False) -> Any:
     """The run's conversion for a model of ``kind`` (the rules: ``runtime.ros.settings.check_model_rules``)."""
-    return check_model_rules(kind, conversion, stabilize, aligned=False)
+    return check_model_rules(kind, conversion, stabilize, aligned)
 
 
 MAX_TIME_OFFSET = 60.0  # seconds: a sensor message farther from its image is no match for it

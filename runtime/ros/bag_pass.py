@@ -162,7 +162,12 @@ class BagPass:
         # A cycle holds as many frames as there are cameras, in bag order: with cameras that fire
         # together, one frame of each, their equal sizes one model call (predict_batch).
         cycles = batched(self.frames(every, max_frames, max_pixels), len(self.cameras))
-        for predictions in predictor.stream_batches(cycles):
+        # A model of depth per focal length: its raw output, made metres per frame from that frame's
+        # camera info (publish); the focal length is that of the image the network saw.
+        for camera in self.cameras:
+            camera.pipeline.network_size = predictor.network_size
+        raw = self.conversion.output.needs_focal
+        for predictions in predictor.stream_batches(cycles, raw=raw) if raw else predictor.stream_batches(cycles):
             self.results.extend(predictions)
             self.flush()
         self.ended = True
@@ -286,6 +291,8 @@ class BagPass:
     def publish(self, frame: _Frame, prediction: np.ndarray) -> None:
         frame.intrinsics = frame.camera.infos.get(frame.stamp, frame.intrinsics)  # its own stamp's, if any
         camera, topics, summary = frame.camera, frame.camera.topics, frame.camera.summary
+        if camera.pipeline.kind.needs_focal and frame.intrinsics is None:
+            summary.frames_without_camera_info += 1  # metres only with this frame's focal length
         align = None if self.aligner is None else (lambda values: self.aligner.align(frame, values))
         messages, published = camera.pipeline.process(
             self.writer.make, _blob, frame.header, frame.image, prediction, frame.intrinsics, align

@@ -59,6 +59,15 @@ RCLPY_MISSING = (
 )
 
 
+def check_node_output(kind: Any) -> None:
+    """The node publishes relative inverse depth and metres; Depth Anything 3's kinds need what it does
+    not do yet (a focal length per camera from its camera info; a scale-only fit's topics)."""
+    if kind.kind in ("depth_up_to_scale", "metres_per_focal"):
+        raise InputError(
+            f"the ROS 2 node does not run models of {kind.describe()} yet; use the bag tool (python -m runtime.bag)"
+        )
+
+
 @dataclass
 class NodeSettings:
     """The node's parameters, from the command line or ``--ros-args -p name:=value``."""
@@ -327,6 +336,11 @@ def run_node(settings: NodeSettings, ros_args: list[str]) -> int:
         settings.check()
         log = node.get_logger()
         predictor = build_predictor(settings.predictor_args(), settings.model)
+        try:
+            check_node_output(predictor.output)
+        except InputError:
+            predictor.close()
+            raise
         log.info(f"{predictor!r}: {predictor.output.describe()}")
         types = {IMAGE: Image, POINT_CLOUD2: PointCloud2, POINT_FIELD: PointField}
         transforms = None

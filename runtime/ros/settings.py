@@ -17,7 +17,7 @@ from typing import Any, Callable
 from commands.errors import InputError
 
 from ..align import AlignSettings, FilterSettings, FitSettings
-from ..metric import OutputKind
+from ..metric import DEPTH_UP_TO_SCALE, OutputKind
 
 
 @dataclass(frozen=True)
@@ -67,13 +67,24 @@ def check_model_rules(
     they are; an alignment corrects their scale per frame), and constants and a fit per frame
     do not go together."""
     scale = f"{name('metric_scale')}/{name('metric_shift')}"
-    if kind.is_metric and conversion.metric is not None:
+    if kind.kind == DEPTH_UP_TO_SCALE and not aligned:
+        raise InputError(
+            f"the model outputs {kind.describe()} ({kind.source}): robots get relative inverse depth or metres; "
+            "give a sparse metric source to fit a scale per frame (the bag tool's --align-to), or use a "
+            "metres-per-focal model (DA3Metric)"
+        )
+    if kind.needs_focal and aligned:
+        raise InputError(
+            f"the model outputs {kind.describe()}: its metres come from each frame's camera info; drop the "
+            "per-frame alignment (--align-to)"
+        )
+    if kind.is_depth and conversion.metric is not None:
         raise InputError(
             f"the model outputs {kind.describe()} ({kind.source}): {scale} are for relative models "
             "(they convert relative inverse depth) and do not apply; drop them (an alignment corrects a metric "
             "model's scale per frame)"
         )
-    if kind.is_metric and stabilize:
+    if kind.is_depth and stabilize:
         raise InputError(f"the model outputs {kind.describe()}: {name('stabilize')} is for relative models")
     if aligned and conversion.metric is not None:
         raise InputError(f"give a fit per frame or {name('metric_scale')} (constants), not both")

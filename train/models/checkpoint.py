@@ -274,19 +274,46 @@ def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tens
         raise CheckpointError("; ".join(parts))
 
 
+FAMILIES = ("Depth Anything V2", "Depth Anything 3")
+
+
+def _load_da3(path: Path, variant: str | None, map_location: str | torch.device) -> torch.nn.Module:
+    """A ``DepthAnything3`` in eval mode from a snapshot folder, or a ``model.safetensors`` + ``variant``."""
+    from .da3.checkpoint import build_da3, resolve_files, strip_prefix
+
+    try:
+        weights, name = resolve_files(path, variant)
+        raw, _ = read_checkpoint(weights, map_location)
+        return build_da3(strip_prefix(raw), name, str(path)).to(map_location)
+    except ValueError as exc:  # CheckpointError is one too
+        raise CheckpointError(str(exc)) from None
+
+
 def load_model(
     path: str | Path,
     encoder: str | ModelSpec | None = None,
     max_depth: float | None = None,
     map_location: str | torch.device = "cpu",
-) -> DepthAnythingV2:
-    """A ``DepthAnythingV2`` in eval mode from any supported checkpoint file.
+    variant: str | None = None,
+) -> torch.nn.Module:
+    """A model in eval mode from any supported checkpoint: a ``DepthAnythingV2`` from an official
+    ``.pth``, a Hugging Face ``-hf`` or our ``.safetensors``; a ``DepthAnything3`` from a Depth
+    Anything 3 snapshot folder or its ``model.safetensors`` (``variant`` names the model when no
+    ``config.json`` does).
 
     The encoder comes from ``encoder``, else from our metadata, else from the tensor shapes.
     ``max_depth`` selects the metric head (official metric checkpoints carry no marker).
     """
+    from .da3.checkpoint import is_da3_state
+
     path = Path(path)
+    if path.is_dir() and ((path / "config.json").is_file() or variant is not None):
+        return _load_da3(path, variant, map_location)
     raw, metadata = read_checkpoint(path, map_location)
+    if is_da3_state(list(raw)):
+        return _load_da3(path, variant, map_location)
+    if variant is not None:
+        raise CheckpointError(f"{path}: variant={variant!r} names a Depth Anything 3 model, but this is not one")
     state, _source = to_official(raw)
     if encoder is not None:
         spec = get_spec(encoder)
@@ -296,6 +323,12 @@ def load_model(
         try:
             spec = infer_spec(state)
         except CheckpointError as exc:
+            if "pretrained.pos_embed" not in state:  # none of the families' keys
+                raise CheckpointError(
+                    f"{path}: not a Depth Anything V2 checkpoint, nor of any known family (tried "
+                    f"{', '.join(FAMILIES)}); its first keys: "
+                    f"{', '.join(list(raw)[:3]) or '(none)'}"
+                ) from None
             raise CheckpointError(f"{path}: {exc}") from None
     if max_depth is None:
         max_depth = _max_depth_from_metadata(path, metadata)

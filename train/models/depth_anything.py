@@ -30,6 +30,12 @@ class DepthAnythingV2(nn.Module):
     def encoder(self) -> str:
         return self.spec.name
 
+    family = "depth-anything-v2"
+
+    @property
+    def variant(self) -> str:
+        return self.spec.name
+
     def unused_parameters(self) -> list[torch.nn.Parameter]:
         """Parameters kept for the official state-dict names that no forward pass uses:
         DINOv2's mask token and the deepest fusion block's skip unit (it has no skip input).

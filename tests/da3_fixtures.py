@@ -1,0 +1,53 @@
+"""Depth Anything 3 reference files (``tests/data/official_families``) and the deterministic weights
+they were computed with: the parity recipe (``tests/parity.py``) with one change, the depth head's
+last bias (one or two values) centred on 0.5 so the exp activation works on a sensible range."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tests.parity import deterministic_tensor
+
+DATA = Path(__file__).resolve().parent / "data" / "official_families"
+SIZE = (266, 364)
+
+
+def keys(name: str) -> list[tuple[str, list[int]]]:
+    return json.loads((DATA / f"keys_{name}.json").read_text())
+
+
+def da3_state_dict(name: str) -> dict[str, torch.Tensor]:
+    state = {}
+    for key, shape in keys(name):
+        t = deterministic_tensor(key, shape)
+        if key.startswith("head.scratch.output_conv2") and key.endswith("bias") and len(shape) == 1 and shape[0] <= 2:
+            t = (0.5 + 0.02 * (t - t.mean())).astype(np.float32)
+        state[key] = torch.from_numpy(t)
+    return state
+
+
+def reference_input() -> torch.Tensor:
+    return torch.from_numpy(np.load(DATA / f"in_{SIZE[0]}x{SIZE[1]}.npy"))
+
+
+def reference(name: str, output: str) -> np.ndarray:
+    """The official output without its view axis: ``(1, ...)``."""
+    path = DATA / f"{name}_{output}_{SIZE[0]}x{SIZE[1]}.npy"
+    if not path.is_file():
+        path = DATA / f"{name}_head_{output}_{SIZE[0]}x{SIZE[1]}.npy"
+    return np.load(path)[:, 0]
+
+
+def write_snapshot(folder: Path, name: str, state: dict[str, torch.Tensor], config: bool = True) -> Path:
+    """A Hugging Face style snapshot: ``config.json`` naming the model, keys under ``model.``."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({f"model.{k}": v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
+    if config:
+        (folder / "config.json").write_text(json.dumps({"model_name": name}))
+    return folder
