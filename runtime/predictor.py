@@ -144,6 +144,8 @@ class DepthPredictor:
         rounding of a batched matrix product."""
         rgb = self.rgb if rgb is None else rgb
         images = list(images)
+        if self._backend.stream_names:  # Video Depth Anything: each image as a stream's first frame
+            return [self.video_stream(max_gap=None).push(image, rgb=rgb) for image in images]
         pipeline = self._backend.pipeline  # pre- and post-processing on the model's device, if any
         keys = []  # per image: its network input, or (its shape, its network size) for the pipeline
         for index, image in enumerate(images):
@@ -200,16 +202,30 @@ class DepthPredictor:
 
         Up to ``depth`` frames are in flight (default: the backend's concurrency + 2); frames
         are read from the iterable only as results are consumed. Each result equals ``predict``
-        on its frame. ``stabilize=True`` (or a ``runtime.align.Stabilizer``, to read its flicker
+        on its frame. A Video Depth Anything model runs the frames one after another through its
+        streaming step instead, each with the cached hidden states of the frames before it (as
+        ``video_stream().push``). ``stabilize=True`` (or a ``runtime.align.Stabilizer``, to read its flicker
         figures afterwards) puts each frame's relative depth on the scale of the frames before it,
         so values and colours hold still.
         """
         from .align import Stabilizer
 
+        if self._backend.stream_names:  # Video Depth Anything: the cache carries frame to frame
+            if stabilize:
+                raise InputError("Video Depth Anything streams are steady by construction: drop stabilize")
+            video = self.video_stream(max_gap=None, rgb=rgb)
+            return (video.push(frame) for frame in frames)
         stabilizer = Stabilizer() if stabilize is True else stabilize or None
         if stabilizer is not None and self.output.is_metric:
             raise InputError(f"the model outputs {self.output.describe()}: stabilize is for relative models")
         return self._pipelined(frames, lambda frame: self.predict(frame, rgb), depth, stabilizer)
+
+    def video_stream(self, max_gap: float | None = 1.0, name: str = "stream", rgb: bool | None = None) -> Any:
+        """A ``runtime.video_stream.VideoStream`` (Video Depth Anything models): ``push(frame,
+        stamp)`` frame by frame with the model's cached hidden states; one per camera."""
+        from .video_stream import VideoStream
+
+        return VideoStream(self, max_gap, name, rgb)
 
     def stream_batches(
         self, batches: Iterable[Sequence[np.ndarray]], rgb: bool | None = None, depth: int | None = None

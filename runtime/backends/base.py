@@ -82,6 +82,11 @@ class Backend(ABC):
     licence: str = "unknown"
     # What the model outputs, as the artefact says it (None: it says nothing; the predictor decides).
     output_kind: OutputKind | None = None
+    # A Video Depth Anything stream model: its inputs after the image (``runtime.video_state``).
+    stream_names: tuple = ()
+    # The model family and variant where the artefact names them (ONNX metadata, rt_info, sidecar).
+    family: str = ""
+    variant: str = ""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -141,6 +146,21 @@ class Backend(ABC):
             out = self._infer(batch)
         return out.reshape(batch.shape[0], *out.shape[-2:]).astype(np.float32, copy=False)
 
+    def step(self, batch: np.ndarray, slot_pos: np.ndarray, caches: list) -> list:
+        """One frame of a stream model: ``[depth (1, h, w), hidden0..3]`` (see ``runtime.video_stream``)."""
+        batch = self.check_batch(batch)
+        with self._gate():
+            if self._closed:
+                raise RuntimeError(f"the {self.name} backend was closed")
+            return self._step(batch, slot_pos, caches)
+
+    def _step(self, batch: np.ndarray, slot_pos: np.ndarray, caches: list) -> list:
+        raise NotImplementedError(f"the {self.name} backend runs no stream models")
+
+    def stream_shapes(self, height: int, width: int) -> list:
+        """The cache tensors' shapes for an ``height x width`` network input."""
+        raise NotImplementedError(f"the {self.name} backend runs no stream models")
+
     def infer_on_device(self, batch: Any) -> Any:
         """Run a ``(N, 3, H, W)`` batch that ``pipeline`` made on the device; ``(N, H, W)`` there."""
         with self._gate():
@@ -174,6 +194,7 @@ class Backend(ABC):
             "input_name": self.input_spec.name,
             "input_shape": list(self.input_spec.shape),
             "licence": self.licence,
+            **({"family": self.family, "variant": self.variant} if self.family else {}),
             "versions": self.versions(),
         }
 

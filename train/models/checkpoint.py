@@ -21,6 +21,8 @@ from runtime.io.files import atomic_write
 
 from .depth_anything import DepthAnythingV2
 from .variants import VARIANTS, ModelSpec, get_spec
+from .video.checkpoint import is_video_state, load_video_model
+from .video.network import VideoDepthAnything
 
 FORMAT_TAG = "dav2-edge"
 _WRAPPER_KEYS = ("model", "state_dict", "module")
@@ -279,15 +281,26 @@ def load_model(
     encoder: str | ModelSpec | None = None,
     max_depth: float | None = None,
     map_location: str | torch.device = "cpu",
-) -> DepthAnythingV2:
+    metric: bool | None = None,
+) -> DepthAnythingV2 | VideoDepthAnything:
     """A ``DepthAnythingV2`` in eval mode from any supported checkpoint file.
 
     The encoder comes from ``encoder``, else from our metadata, else from the tensor shapes.
     ``max_depth`` selects the metric head (official metric checkpoints carry no marker).
+    A Video Depth Anything ``.pth`` gives a ``VideoDepthAnything`` (``metric``: the metric
+    checkpoint under another file name; see ``train.models.video.checkpoint``).
     """
     path = Path(path)
     raw, metadata = read_checkpoint(path, map_location)
     state, _source = to_official(raw)
+    if is_video_state(state):  # Video Depth Anything: its own network (train.models.video)
+        try:
+            spec = get_spec(encoder) if encoder is not None else infer_spec(state)
+            return load_video_model(path, state, metadata, spec, metric).to(map_location)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: a Video Depth Anything checkpoint, but {exc}") from None
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
     if encoder is not None:
         spec = get_spec(encoder)
     elif "spec" in metadata:

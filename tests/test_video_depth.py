@@ -1,0 +1,114 @@
+"""Video Depth Anything: the official checkpoints load strictly, and the stream matches the
+official streaming code frame by frame (``tests/data/official_families``)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from runtime import DepthPredictor
+from runtime.errors import InputError
+from runtime.video_state import RECENT, SLOTS, WINDOW, StreamState, slot_positions, stream_input_size
+from train.models import CheckpointError, load_model
+from train.models.video import VideoDepthAnything
+
+from .video_fixtures import frames_bgr, official_stream, vda_state_dict, worst_rel_std
+
+# max|ours - official| / std(official) per frame, the DA-V2 parity bar (reached: about 3e-5).
+PARITY = 1e-4
+
+
+@pytest.fixture(scope="module")
+def vda_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("vda") / "video_depth_anything_vits.pth"
+    torch.save(vda_state_dict(), path)
+    return path
+
+
+def official_window(frames: int) -> list[list[int]]:
+    """The frame ids each frame attends to, by the official list's own rules (a model of
+    ``infer_video_depth_one``'s bookkeeping, positions 0..30; the new frame is 31)."""
+    ids, windows = [0] * WINDOW, [[]]
+    for k in range(1, frames):
+        windows.append(ids[0:2] + ids[-(WINDOW - 3) :])
+        ids.append(k)
+        if k + WINDOW > 42:  # the official gap: (32 - 10) * 2 - 1 - (10 - 8) + 1
+            del ids[1]
+    return windows
+
+
+def test_the_ring_of_slots_keeps_the_official_window():
+    stored = {0: 0}  # slot -> frame id held there
+    for k, window in enumerate(official_window(120)):
+        pos = slot_positions(k)
+        if k == 0:
+            assert (pos == -1).all()
+            stored = dict.fromkeys(range(SLOTS), 0)  # the first frame fills every slot
+            continue
+        seen = sorted((int(p), stored[s]) for s, p in enumerate(pos) if p >= 0)
+        assert [p for p, _ in seen] == list(range(WINDOW - 1))
+        assert [f for _, f in seen] == window, k
+        stored[1 + k % (SLOTS - 1)] = k
+    assert len(window) == 2 + RECENT
+
+
+def test_official_checkpoint_loads_strictly_with_family_and_licence(vda_checkpoint, tmp_path):
+    model = load_model(vda_checkpoint)
+    assert isinstance(model, VideoDepthAnything)
+    assert (model.family, model.variant, model.licence) == (
+        "video-depth-anything",
+        "Video-Depth-Anything-Small",
+        "Apache-2.0",
+    )
+    assert not model.metric
+    metric = tmp_path / "metric_video_depth_anything_vits.pth"
+    metric.write_bytes(vda_checkpoint.read_bytes())
+    model = load_model(metric)
+    assert model.metric and model.variant == "Metric-Video-Depth-Anything-Small" and model.licence == "none stated"
+    state = vda_state_dict()
+    del state["head.motion_modules.3.temporal_transformer.proj_out.bias"]
+    state["head.motion_modules.9.extra"] = torch.zeros(1)
+    broken = tmp_path / "broken.pth"
+    torch.save(state, broken)
+    with pytest.raises(
+        CheckpointError, match=r"VideoDepthAnything\('vits'\).*missing keys: head\.motion_modules\.3.*unexpected"
+    ):
+        load_model(broken)
+
+
+def test_stream_matches_the_official_streaming_code(vda_checkpoint):
+    reference = official_stream()
+    with DepthPredictor(vda_checkpoint, input_size=266) as predictor:
+        assert predictor.info()["family"] == "video-depth-anything"
+        errors = [worst_rel_std(d, r) for d, r in zip(predictor.stream(frames_bgr()), reference, strict=True)]
+        assert max(errors) <= PARITY, errors
+        # Each frame alone (no cache) is the first frame only: the cache is what makes the rest.
+        alone = predictor.predict_batch(list(frames_bgr()[-2:]))
+    assert worst_rel_std(alone[0], reference[-2]) > 100 * PARITY
+
+
+def test_gaps_and_size_changes_reset_out_of_order_is_refused(vda_checkpoint, caplog):
+    frames = frames_bgr()
+    with DepthPredictor(vda_checkpoint, input_size=266) as predictor:
+        video = predictor.video_stream(max_gap=0.5, name="cam0")
+        first = video.push(frames[0], stamp=10.0)
+        video.push(frames[1], stamp=10.1)
+        with caplog.at_level(logging.WARNING, logger="runtime.video"):
+            again = video.push(frames[0], stamp=12.0)  # a pause: starts again, same as a first frame
+        np.testing.assert_allclose(again, first, rtol=0, atol=1e-5)
+        assert video.resets == [(2, "1.900 s since the last frame (more than max_gap=0.5 s)")]
+        assert "cam0: Video Depth Anything state reset at frame 2" in caplog.text
+        with pytest.raises(InputError, match=r"cam0: frame at t=11\.000000 s arrives after t=12\.000000 s"):
+            video.push(frames[1], stamp=11.0)
+        video.push(frames[1][:, :300], stamp=12.1)
+        assert video.resets[-1][1] == "frame size changed from 320x240 to 300x240"
+
+
+def test_wide_frames_get_the_official_smaller_input():
+    assert stream_input_size(240, 320, 518) == 518
+    assert stream_input_size(360, 1280, 518) == 252  # ratio 3.56: int(518 * 1.777 / 3.56) = 258 -> 18 patches
+    with pytest.raises(InputError, match="max_gap"):
+        StreamState(max_gap=0)
