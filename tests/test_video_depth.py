@@ -112,3 +112,30 @@ def test_wide_frames_get_the_official_smaller_input():
     assert stream_input_size(360, 1280, 518) == 252  # ratio 3.56: int(518 * 1.777 / 3.56) = 258 -> 18 patches
     with pytest.raises(InputError, match="max_gap"):
         StreamState(max_gap=0)
+
+
+def test_exported_stream_runs_in_onnxruntime_like_the_official_code(vda_checkpoint, tmp_path, monkeypatch):
+    """``python -m export.onnx --checkpoint video_depth_anything_vits.pth --size 266x350`` as
+    written; the stream through the ONNX file (a plain session under the predictor) matches the
+    official output frame by frame."""
+    import onnx
+
+    from export.onnx import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / vda_checkpoint.name).write_bytes(vda_checkpoint.read_bytes())
+    assert main(["--checkpoint", vda_checkpoint.name, "--size", "266x350"]) == 0
+    path = tmp_path / "artifacts" / "video_depth_anything_vits_266x350.onnx"
+    graph = onnx.load(str(path))
+    assert [i.name for i in graph.graph.input] == ["image", "slot_pos", "cache0", "cache1", "cache2", "cache3"]
+    meta = {p.key: p.value for p in graph.metadata_props}
+    assert (meta["family"], meta["variant"], meta["licence"]) == (
+        "video-depth-anything",
+        "Video-Depth-Anything-Small",
+        "Apache-2.0",
+    )
+    with DepthPredictor(path) as predictor:
+        assert predictor.backend == "onnxruntime" and predictor.info()["variant"] == "Video-Depth-Anything-Small"
+        errors = [worst_rel_std(d, r) for d, r in zip(predictor.stream(frames_bgr()), official_stream(), strict=True)]
+    assert max(errors) <= 1e-3, errors  # reached: about 3e-5
+    assert main(["--checkpoint", vda_checkpoint.name, "--size", "266x350", "--dynamic"]) == 2
