@@ -34,6 +34,7 @@ from .quantize.options import ACCURACY_METHODS, Int8Options
 from .reference import FP16_TOLERANCE, onnx_runner, other_size, write_reference
 from .source import PRECISIONS, check_precision, default_output, licence_note
 from .verify import FP32_TOLERANCE, MAX_REL_STD, compare, run_onnxruntime, verification_input
+from .video import is_stream_graph, quantize_stream_openvino, verify_stream_ir
 
 # Largest MAX_REL_STD against ONNX Runtime FP32 an IR may show on the verification photo. Measured
 # on vits with the parity weights at 98x98 / 266x266 / 518x518: fp32 2e-5 / 5e-5 / 6e-5, fp16
@@ -77,7 +78,11 @@ def export_openvino(
         model = ov.convert_model(str(onnx_path))
     output_kind = onnx_output_kind(onnx_path)
     quantization = budget = None
-    if precision == "int8":
+    stream = is_stream_graph(model)  # Video Depth Anything: the cache in and out (export.video)
+    if precision == "int8" and stream:
+        with stage("quantizing the stream step (temporal modules in float)"):
+            model, quantization = quantize_stream_openvino(ov, model, calibration)
+    elif precision == "int8":
         from .quantize.openvino_int8 import quantize_openvino
 
         options = int8 or Int8Options(Path(), len(calibration), budget=None)
@@ -96,7 +101,9 @@ def export_openvino(
             for key, value in output_kind.metadata().items():  # read back by runtime.backends.openvino
                 model.set_rt_info(value, ["dav2_edge", key])
             ov.save_model(model, str(staged), compress_to_fp16=precision != "fp32")
-            check = verify_ir(ov, staged, onnx_path, shape)
+            check, shape = (
+                verify_stream_ir(ov, staged, onnx_path) if stream else (verify_ir(ov, staged, onnx_path, shape), shape)
+            )
         if not check.max_rel_std <= TOLERANCES[precision]:  # NaN fails too
             raise ExportError(
                 f"the {precision} IR differs from ONNX Runtime FP32 at {shape[0]}x{shape[1]}: {check}, over the "
@@ -120,6 +127,7 @@ def export_openvino(
         "input_shape": [d.get_length() if d.is_static else None for d in model.input(0).get_partial_shape()],
         "encoder": source_meta.get("encoder"),
         "licence": source_meta.get("licence", "unknown"),
+        **{k: source_meta[k] for k in ("family", "variant", "stream") if k in source_meta},
         "source_onnx": str(onnx_path),
         "source_sha256": sha256_file(onnx_path),
         "quantization": quantization,
@@ -135,6 +143,9 @@ def export_openvino(
         "versions": library_versions("openvino", "nncf"),
     }
     write_sidecar(output, data)
+    if stream:  # a stream's reference is its verification over frames, in the sidecar
+        licence_note(data["licence"], output)
+        return data
     with stage("writing the reference"):
         write_reference(
             output,

@@ -146,3 +146,64 @@ def verify_stream(model: Any, path: Path, height: int, width: int, tolerance: fl
             f"over the tolerance {tolerance:g}; the file was not written"
         )
     return worst
+
+
+def is_stream_graph(model: Any) -> bool:
+    """An OpenVINO model (or ONNX-imported one) that is a stream step."""
+    return tuple(p.any_name for p in model.inputs)[1:] == STREAM_INPUTS
+
+
+def openvino_step(ov: Any, model: Any) -> Any:
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    names = [p.any_name for p in model.inputs]
+
+    def step(batch: np.ndarray, slot_pos: np.ndarray, cache: list[np.ndarray]) -> list[np.ndarray]:
+        request.infer(dict(zip(names, (batch, slot_pos, *cache), strict=True)))
+        return [request.get_output_tensor(i).data.copy() for i in range(len(compiled.outputs))]
+
+    return step
+
+
+def stream_shape(model: Any) -> tuple[tuple[int, int], list[tuple[int, ...]]]:
+    image = model.input(0).get_shape()
+    return (int(image[2]), int(image[3])), [tuple(p.get_shape()) for p in model.inputs[2:]]
+
+
+def verify_stream_ir(ov: Any, xml: Path, onnx_path: Path) -> tuple[Comparison, tuple[int, int]]:
+    """The saved IR's stream (f32 inference) against ONNX Runtime on the source ONNX; the worst frame."""
+    model = ov.Core().read_model(str(xml))
+    (height, width), shapes = stream_shape(model)
+    batches = stream_frames(height, width)
+    got = run_stream(openvino_step(ov, model), shapes, batches)
+    expected = run_stream(onnxruntime_step(onnx_path), shapes, batches)
+    checks = [compare(g, e) for g, e in zip(got, expected, strict=True)]
+    return max(checks, key=lambda c: c.max_rel_std if c.max_rel_std == c.max_rel_std else float("inf")), (height, width)
+
+
+# The temporal modules' ops stay in float in INT8 IRs: their attention over 32 frames and their
+# GroupNorm/LayerNorm statistics are what keeps depth steady from frame to frame.
+FLOAT_PATTERNS = (".*motion_modules.*",)
+
+
+def quantize_stream_openvino(ov: Any, model: Any, images: Any) -> tuple[Any, dict]:
+    """NNCF INT8 of a stream step: calibrated on the images run as one stream (each input carries
+    the cache the float model built over the images before it); the motion modules in float."""
+    nncf = require("nncf", "openvino", "NNCF")
+    _, shapes = stream_shape(model)
+    float_step = openvino_step(ov, model)
+    names = [p.any_name for p in model.inputs]
+    feeds, state = [], StreamState(max_gap=None)
+    for batch in images:
+        slot_pos, cache = state.inputs(shapes)
+        feeds.append(dict(zip(names, (batch, slot_pos.copy(), *(c.copy() for c in cache)), strict=True)))
+        state.update(float_step(batch, slot_pos, cache)[1:])
+    quantized = nncf.quantize(
+        model,
+        nncf.Dataset(feeds),
+        preset=nncf.QuantizationPreset.MIXED,
+        model_type=nncf.ModelType.TRANSFORMER,
+        subset_size=len(feeds),
+        ignored_scope=nncf.IgnoredScope(patterns=list(FLOAT_PATTERNS), validate=False),
+    )
+    return quantized, {"method": "nncf.quantize (stream feeds)", "float": list(FLOAT_PATTERNS), "frames": len(feeds)}

@@ -101,6 +101,12 @@ class DepthPredictor:
         return self._backend.name
 
     @property
+    def is_stream_model(self) -> bool:
+        """A Video Depth Anything model: frames run one after another with a cache
+        (``video_stream``, one per camera), not as independent images."""
+        return bool(self._backend.stream_names)
+
+    @property
     def output_kind(self) -> str:
         """``"relative"`` (inverse depth, unitless, larger = nearer) or ``"metric"`` (metres)."""
         return self.output.kind

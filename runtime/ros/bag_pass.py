@@ -97,6 +97,7 @@ class _Camera:
         self.meter = FlickerMeter()
         self.summary = Summary()
         self.seen = self.taken = 0  # image messages read; frames sent to the model
+        self.video: Any = None  # a Video Depth Anything model's stream state (VideoStream)
 
     def finish(self) -> Summary:
         self.summary.flicker = self.meter.figure
@@ -147,10 +148,18 @@ class BagPass:
         start = time.perf_counter()
         # A cycle holds as many frames as there are cameras, in bag order: with cameras that fire
         # together, one frame of each, their equal sizes one model call (predict_batch).
-        cycles = batched(self.frames(every, max_frames, max_pixels), len(self.cameras))
-        for predictions in predictor.stream_batches(cycles):
-            self.results.extend(predictions)
-            self.flush()
+        if getattr(predictor, "is_stream_model", False):  # Video Depth Anything: a stream per camera
+            for image in self.frames(every, max_frames, max_pixels):
+                frame = self.events[-1][1]  # the frame just queued
+                if frame.camera.video is None:
+                    frame.camera.video = predictor.video_stream(name=frame.topic)
+                self.results.append(frame.camera.video.push(image, stamp=frame.timestamp * 1e-9))
+                self.flush()
+        else:
+            cycles = batched(self.frames(every, max_frames, max_pixels), len(self.cameras))
+            for predictions in predictor.stream_batches(cycles):
+                self.results.extend(predictions)
+                self.flush()
         if self.aligner is not None:
             self.aligner.read_rest(self.reader)
         self.flush()

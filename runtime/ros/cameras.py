@@ -35,6 +35,7 @@ class Camera:
     # Its newest usable camera info's intrinsics, in the slot node.camera_info_receiver fills.
     slot: list[Intrinsics | None] = field(default_factory=lambda: [None])
     publishers: dict[str, Any] = field(default_factory=dict)
+    video: Any = None  # a Video Depth Anything model's stream state for this camera (VideoStream)
 
     @property
     def intrinsics(self) -> Intrinsics | None:
@@ -102,6 +103,30 @@ class CameraSlots:
         return sum(slot.dropped for slot in self.slots)
 
 
+def header_seconds(header: Any) -> float:
+    """A ROS 1 or ROS 2 header's stamp in seconds."""
+    stamp = header.stamp
+    return stamp.sec + 1e-9 * getattr(stamp, "nanosec", getattr(stamp, "nsec", 0))
+
+
+def predict(predictor: Any, taken: list, images: list, warn: Callable[[str], None]) -> list:
+    """``predict_batch``; a Video Depth Anything model runs each camera's frame through that
+    camera's own stream instead (its cache, resets on a pause; a frame older than the last is
+    warned about and left out: ``None``)."""
+    if not getattr(predictor, "is_stream_model", False):
+        return predictor.predict_batch(images)
+    depths = []
+    for (camera, message), image in zip(taken, images):
+        if camera.video is None:
+            camera.video = predictor.video_stream(name=camera.image)
+        try:
+            depths.append(camera.video.push(image, stamp=header_seconds(message.header)))
+        except InputError as exc:
+            warn(f"frame skipped: {exc}")
+            depths.append(None)
+    return depths
+
+
 def run_cycle(
     predictor: Any,
     cameras: list[Camera],
@@ -123,7 +148,9 @@ def run_cycle(
         taken.append((cameras[index], message))
     if not images:
         return 0
-    for (camera, message), image, depth in zip(taken, images, predictor.predict_batch(images)):
+    for (camera, message), image, depth in zip(taken, images, predict(predictor, taken, images, warn)):
+        if depth is None:
+            continue
         pipeline: FramePipeline = camera.pipeline
         if camera.intrinsics is not None and "points" in pipeline.outputs:
             note = camera_size_note(camera.intrinsics, *depth.shape)
