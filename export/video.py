@@ -42,6 +42,12 @@ def video_metadata(model: Any) -> dict[str, str]:
 
 
 def check_video_request(model: Any, dynamic: bool) -> None:
+    if model.metric:
+        raise ExportRequestError(
+            f"{model.variant} outputs metres with no stated bound, which an artefact's output kind cannot say "
+            "yet (relative, or metric up to max_depth): export the relative checkpoint, or run this one in "
+            "PyTorch with output_kind='metric' and max_depth"
+        )
     if dynamic:
         raise ExportRequestError(
             f"{getattr(model, 'variant', 'Video Depth Anything')} exports at one fixed size (its cache's shape "

@@ -74,6 +74,11 @@ class DepthPredictor:
             self.output: OutputKind = resolve_output_kind(
                 self._backend.output_kind, output_kind, max_depth, self._source
             )
+            if self._backend.variant.startswith("Metric-") and self.output.source == "default":
+                raise InputError(
+                    f"{self._source} ({self._backend.variant}) outputs metres with no stated bound: pass "
+                    "output_kind='metric' and max_depth=<metres> (--output-kind metric --max-depth M)"
+                )
         except InputError:
             self._backend.close()
             raise
