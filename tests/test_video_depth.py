@@ -19,8 +19,10 @@ from .video_fixtures import frames_bgr, official_stream, vda_state_dict, worst_r
 
 # max|ours - official| / std(official) per frame, the DA-V2 parity bar (reached: about 3e-5).
 PARITY = 1e-4
-# The INT8 IR against the official stream (random weights, six calibration frames): reached TBD.
-INT8_BAR = 2.0
+# The INT8 IR (motion modules in float) against the official stream: 1.7-2.3 with these random
+# weights and noise frames (0.66 against FP32 on a photograph), so this bound catches a broken
+# artefact, not a loss of accuracy, as export.openvino's INT8 tolerance does.
+INT8_BAR = 4.0
 
 
 @pytest.fixture(scope="module")
