@@ -32,8 +32,9 @@ WIDE_RATIO = 1.78
 
 log = logging.getLogger("runtime.video")
 # The exported stream graph's extra inputs (after the image) and outputs (after depth).
-STREAM_INPUTS = ("slot_pos", "cache0", "cache1", "cache2", "cache3")
-STREAM_OUTPUTS = ("hidden0", "hidden1", "hidden2", "hidden3")
+CACHES = 8  # two attention blocks in each of the four motion modules
+STREAM_INPUTS = ("slot_pos", *(f"cache{i}" for i in range(CACHES)))
+STREAM_OUTPUTS = tuple(f"hidden{i}" for i in range(CACHES))
 
 
 def stream_input_size(height: int, width: int, input_size: int) -> int:
@@ -109,20 +110,21 @@ class StreamState:
             self.stamp = stamp
 
     def inputs(self, shapes: Sequence[tuple[int, ...]]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """``slot_pos`` and the four cache arrays for the next frame (zeros before the first)."""
+        """``slot_pos`` and the eight cache arrays ``(tokens, SLOTS, C)`` for the next frame (zeros
+        before the first)."""
         if self.cache is None:
             self.cache = [np.zeros(shape, dtype=np.float32) for shape in shapes]
             self.count = 0
         return slot_positions(self.count), self.cache
 
     def update(self, hidden: Sequence[np.ndarray]) -> None:
-        """Store the frame's hidden states ``(2, tokens, 1, C)`` (the graph's outputs)."""
+        """Store the frame's hidden states ``(tokens, 1, C)`` (the graph's outputs)."""
         assert self.cache is not None, "inputs() first"
         for cache, h in zip(self.cache, hidden):
             h = np.asarray(h, dtype=np.float32)
             if self.count == 0:
                 cache[...] = h  # broadcast over the slots: the official list starts as copies
             else:
-                cache[:, :, 1 + self.count % RING, :] = h[:, :, 0, :]
+                cache[:, 1 + self.count % RING] = h[:, 0]
         self.count += 1
         self.frames += 1

@@ -147,7 +147,7 @@ class Backend(ABC):
         return out.reshape(batch.shape[0], *out.shape[-2:]).astype(np.float32, copy=False)
 
     def step(self, batch: np.ndarray, slot_pos: np.ndarray, caches: list) -> list:
-        """One frame of a stream model: ``[depth (1, h, w), hidden0..3]`` (see ``runtime.video_stream``)."""
+        """One frame of a stream model: ``[depth (1, h, w), hidden0..7]`` (see ``runtime.video_stream``)."""
         batch = self.check_batch(batch)
         with self._gate():
             if self._closed:

@@ -44,20 +44,20 @@ class TemporalDPTHead(DPTHead):
         for tokens, project, resize in zip(features, self.projects, self.resize_layers, strict=True):
             grid = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[-1], patches_h, patches_w)
             levels.append(resize(project(grid)))
-        caches = caches if caches is not None else [None] * MODULES
+        caches = [caches[2 * i : 2 * i + 2] for i in range(MODULES)] if caches is not None else [None] * MODULES
         mm = self.motion_modules
         hidden = []
         l3, h = mm[0](levels[2], caches[0], slot_pos)
-        hidden.append(h)
+        hidden += h
         l4, h = mm[1](levels[3], caches[1], slot_pos)
-        hidden.append(h)
+        hidden += h
         s = self.scratch
         l1, l2 = s.layer1_rn(levels[0]), s.layer2_rn(levels[1])
         l3, l4 = s.layer3_rn(l3), s.layer4_rn(l4)
         path, h = mm[2](s.refinenet4(l4, size=l3.shape[2:]), caches[2], slot_pos)
-        hidden.append(h)
+        hidden += h
         path, h = mm[3](s.refinenet3(path, l3, size=l2.shape[2:]), caches[3], slot_pos)
-        hidden.append(h)
+        hidden += h
         path = s.refinenet2(path, l2, size=l1.shape[2:])
         path = s.refinenet1(path, l1)
         out = s.output_conv1(path)
@@ -67,14 +67,14 @@ class TemporalDPTHead(DPTHead):
         return s.output_conv2(out), hidden
 
 
-def state_shapes(spec: ModelSpec, height: int, width: int) -> list[tuple[int, int, int, int]]:
-    """The four cache tensors' shapes ``(2, tokens, SLOTS, channels)`` for a network input of
-    ``height x width`` (multiples of 14)."""
+def state_shapes(spec: ModelSpec, height: int, width: int) -> list[tuple[int, int, int]]:
+    """The eight cache tensors' shapes ``(tokens, SLOTS, channels)`` (two attention blocks per
+    motion module) for a network input of ``height x width`` (multiples of 14)."""
     ph, pw = height // PATCH_SIZE, width // PATCH_SIZE
     half = ((ph - 1) // 2 + 1) * ((pw - 1) // 2 + 1)  # level 4: a stride-2 convolution
     c = spec.out_channels
     sizes = [(ph * pw, c[2]), (half, c[3]), (ph * pw, spec.features), (4 * ph * pw, spec.features)]
-    return [(2, n, SLOTS, ch) for n, ch in sizes]
+    return [(n, SLOTS, ch) for n, ch in sizes for _ in range(2)]
 
 
 class VideoDepthAnything(nn.Module):
@@ -123,18 +123,13 @@ class VideoDepthAnything(nn.Module):
         depth, _ = self.head.forward_step(self.pretrained(x), ph, pw)
         return F.relu(depth).squeeze(1)
 
-    def step(
-        self,
-        x: torch.Tensor,
-        slot_pos: torch.Tensor,
-        cache0: torch.Tensor,
-        cache1: torch.Tensor,
-        cache2: torch.Tensor,
-        cache3: torch.Tensor,
-    ) -> tuple[torch.Tensor, ...]:
-        """One streamed frame ``(1, 3, H, W)``: depth ``(1, H, W)`` and the frame's four hidden
-        states ``(2, tokens, 1, C)`` for the cache. ``slot_pos`` ``(SLOTS,)`` int64: each cache
-        slot's position in the window, ``-1`` where unused (all ``-1``: the first frame)."""
+    def step(self, x: torch.Tensor, slot_pos: torch.Tensor, *caches: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One streamed frame ``(1, 3, H, W)``: depth ``(1, H, W)`` and the frame's eight hidden
+        states ``(tokens, 1, C)`` for the cache (``caches``: eight ``(tokens, SLOTS, C)``,
+        ``state_shapes``). ``slot_pos`` ``(SLOTS,)`` int64: each cache slot's position in the
+        window, ``-1`` where unused (all ``-1``: the first frame)."""
         ph, pw = self._check(x)
-        depth, hidden = self.head.forward_step(self.pretrained(x), ph, pw, [cache0, cache1, cache2, cache3], slot_pos)
+        if len(caches) != 2 * MODULES:
+            raise ValueError(f"step takes {2 * MODULES} cache tensors (state_shapes), got {len(caches)}")
+        depth, hidden = self.head.forward_step(self.pretrained(x), ph, pw, list(caches), slot_pos)
         return (F.relu(depth).squeeze(1), *hidden)

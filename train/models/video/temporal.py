@@ -68,10 +68,11 @@ class TemporalAttention(nn.Module):
         # (heads, N, d) @ (heads, d, C): each head's query mapped back through W_k.
         qk = torch.matmul(q.reshape(n, HEADS, d).transpose(0, 1), self.to_k.weight.reshape(HEADS, d, c))
         qk = qk.transpose(0, 1)  # (N, heads, C)
-        logits = torch.matmul(qk, cache.transpose(1, 2)) + torch.matmul(qk, slot_pe.t()) + mask
+        logits = torch.matmul(qk, cache.transpose(1, 2)) + (torch.matmul(qk, slot_pe.t()) + mask)  # (N, heads, S)
         own = (qk * xq[:, None, :]).sum(-1, keepdim=True)
         weights = torch.softmax(torch.cat([logits, own], dim=-1), dim=-1)
         cached, mine = weights[..., :-1], weights[..., -1:]
+        # sum over the slots of weight * (h + pe), then W_v per head
         mixed = torch.matmul(cached, cache) + torch.matmul(cached, slot_pe) + mine * xq[:, None, :]
         values = torch.matmul(mixed.transpose(0, 1), self.to_v.weight.reshape(HEADS, d, c).transpose(1, 2))
         return self.to_out[0](values.transpose(0, 1).reshape(n, c))
@@ -117,32 +118,32 @@ class TemporalTransformer(nn.Module):
 
 class TemporalModule(nn.Module):
     """One motion module: ``(B, C, h, w)`` maps of the new frame(s) in, the same out, plus the
-    hidden states this frame adds to the cache, ``(2, B*h*w, 1, C)``.
+    hidden states this frame adds to the cache, two ``(B*h*w, 1, C)`` (one per attention block).
 
-    ``cache``: ``(2, h*w, S, C)`` (one per attention block); ``None`` for frames seen alone (the
-    first frame of a stream, or independent images: then ``B`` may exceed one)."""
+    ``caches``: two ``(h*w, S, C)``; ``None`` for frames seen alone (the first frame of a stream,
+    or independent images: then ``B`` may exceed one)."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.temporal_transformer = TemporalTransformer(dim)
 
     def forward(
-        self, x: torch.Tensor, cache: torch.Tensor | None = None, slot_pos: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, x: torch.Tensor, caches: list[torch.Tensor] | None = None, slot_pos: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         t = self.temporal_transformer
         block = t.transformer_blocks[0]
         b, c, h, w = x.shape
         tokens = t.norm(x).permute(0, 2, 3, 1).reshape(b * h * w, c)
         tokens = t.proj_in(tokens)
-        if cache is None:
-            cache = tokens.new_zeros(2, b * h * w, 0, c)
+        if caches is None:
+            caches = [tokens.new_zeros(b * h * w, 0, c)] * 2
             slot_pos = torch.zeros(0, dtype=torch.int64, device=x.device)
         hidden = []
-        for i, (attention, norm) in enumerate(zip(block.attention_blocks, block.norms, strict=False)):
+        for attention, norm, cache in zip(block.attention_blocks, block.norms, caches, strict=True):
             normed = norm(tokens)
-            hidden.append(normed)
-            tokens = attention(normed, cache[i], slot_pos) + tokens
+            hidden.append(normed[:, None, :])
+            tokens = attention(normed, cache, slot_pos) + tokens
         tokens = block.ff(block.ff_norm(tokens)) + tokens
         tokens = t.proj_out(tokens)
         out = tokens.reshape(b, h, w, c).permute(0, 3, 1, 2) + x
-        return out, torch.stack(hidden)[:, :, None, :]
+        return out, hidden
