@@ -3,7 +3,7 @@
 The graph takes the frame and the cache as explicit inputs and returns the depth and the
 frame's hidden states, so a plain ONNX Runtime or OpenVINO session runs the stream:
 
-    inputs   image (1, 3, H, W) float32, slot_pos (42,) int64, cache0..cache7 (tokens, 42, C)
+    inputs   image (1, 3, H, W) float32, slot_pos (31,) int64, cache0..cache7 (tokens, 31, C)
     outputs  depth (1, H, W), hidden0..hidden7 (tokens, 1, C)
 
 Between frames the caller writes the hidden states into the cache and moves ``slot_pos`` on

@@ -6,11 +6,19 @@ appended; once 42 are held, the second entry is dropped before each append. Fram
 to the entries ``[0, 1]`` and the last 29: the first frame (position 0), the frame 41 back
 (position 1) and the last 29 frames (positions 2..30); itself at 31.
 
-The same window in fixed memory: ``SLOTS`` = 42 slots, slot 0 the first frame, slots 1..41 a
-ring of the last 41 frames (all holding the first frame at the start, as the official list
-does). ``slot_positions()`` is the exported graph's ``slot_pos`` input; ``update()`` writes the
-frame's hidden states (the graph's outputs) into their slot in place, so no frame copies the
-whole cache. A plain ONNX Runtime or OpenVINO session runs the stream with these two calls.
+The same window in fixed memory, split in what the network reads and what waits:
+
+- the window, ``SLOTS`` = 31 slots, the exported graph's cache inputs: slot 0 the first frame,
+  slot 1 the frame 41 back, slots 2..30 a ring of the last 29 frames;
+- the waiting frames, ``WAITING`` = 11 slots kept here only: the frames 40 to 30 back, each of
+  which reaches position 1 in its turn.
+
+All hold the first frame at the start, as the official list does. After each frame three slots
+move (the new frame into the ring, the frame it replaces into the waiting ring, the oldest waiting
+frame to slot 1), in place: no frame copies the cache, and the network attends to the 31 frames
+of the window and nothing else. ``slot_positions()`` is the graph's ``slot_pos`` input and
+``update()`` stores the graph's outputs: a plain ONNX Runtime or OpenVINO session runs the
+stream with these two calls.
 """
 
 from __future__ import annotations
@@ -23,10 +31,10 @@ import numpy as np
 
 from .errors import InputError
 
-SLOTS = 42
 WINDOW = 32  # positions: the first frame, the frame 41 back, the last 29, the new frame
-RING = SLOTS - 1
-RECENT = WINDOW - 3  # 29
+SLOTS = WINDOW - 1  # the cache the network reads: 31 frames
+RECENT = WINDOW - 3  # 29, in a ring at slots 2..30
+WAITING = 11  # the frames 40..30 back: the official list holds 42 = 1 + 41
 # The official stream shrinks the network input of frames wider than 16:9 (memory).
 WIDE_RATIO = 1.78
 
@@ -47,14 +55,14 @@ def stream_input_size(height: int, width: int, input_size: int) -> int:
 
 
 def slot_positions(frame_index: int) -> np.ndarray:
-    """``(SLOTS,)`` int64: each slot's position in frame ``frame_index``'s window, -1 if unused."""
+    """``(SLOTS,)`` int64: each slot's position in frame ``frame_index``'s window (all -1 for a
+    first frame: nothing cached)."""
     pos = np.full(SLOTS, -1, dtype=np.int64)
     if frame_index == 0:
         return pos
-    pos[0] = 0
-    pos[1 + frame_index % RING] = 1  # the frame 41 back (the first frame's copy early on)
-    for p in range(2, WINDOW - 1):
-        pos[1 + (frame_index - (WINDOW - 1) + p) % RING] = p
+    pos[0], pos[1] = 0, 1
+    for frame in range(frame_index - RECENT, frame_index):  # the last 29, oldest at position 2
+        pos[2 + frame % RECENT] = frame - frame_index + SLOTS
     return pos
 
 
@@ -72,6 +80,7 @@ class StreamState:
         self.max_gap = max_gap
         self.name = name
         self.cache: list[np.ndarray] | None = None
+        self.waiting: list[np.ndarray] = []
         self.count = 0  # frames since the last start
         self.frames = 0  # frames in all
         self.size: tuple[int, int] | None = None
@@ -114,17 +123,24 @@ class StreamState:
         before the first)."""
         if self.cache is None:
             self.cache = [np.zeros(shape, dtype=np.float32) for shape in shapes]
+            self.waiting = [np.zeros((s[0], WAITING, *s[2:]), dtype=np.float32) for s in shapes]
             self.count = 0
         return slot_positions(self.count), self.cache
 
     def update(self, hidden: Sequence[np.ndarray]) -> None:
         """Store the frame's hidden states ``(tokens, 1, C)`` (the graph's outputs)."""
         assert self.cache is not None, "inputs() first"
-        for cache, h in zip(self.cache, hidden):
+        k = self.count
+        ring, queue = 2 + k % RECENT, (k - RECENT) % WAITING
+        for cache, waiting, h in zip(self.cache, self.waiting, hidden):
             h = np.asarray(h, dtype=np.float32)
-            if self.count == 0:
-                cache[...] = h  # broadcast over the slots: the official list starts as copies
-            else:
-                cache[:, 1 + self.count % RING] = h[:, 0]
+            if k == 0:  # the official list starts as copies of the first frame
+                cache[...] = h
+                waiting[...] = h
+                continue
+            leaving = cache[:, ring].copy()  # frame k - 29 leaves the window ...
+            cache[:, ring] = h[:, 0]
+            cache[:, 1] = waiting[:, queue]  # ... frame k - 40 takes position 1 for frame k + 1
+            waiting[:, queue] = leaving
         self.count += 1
         self.frames += 1

@@ -11,7 +11,7 @@ import torch
 
 from runtime import DepthPredictor
 from runtime.errors import InputError
-from runtime.video_state import RECENT, SLOTS, WINDOW, StreamState, slot_positions, stream_input_size
+from runtime.video_state import RECENT, SLOTS, WINDOW, StreamState, stream_input_size
 from train.models import CheckpointError, load_model
 from train.models.video import VideoDepthAnything
 
@@ -44,19 +44,19 @@ def official_window(frames: int) -> list[list[int]]:
     return windows
 
 
-def test_the_ring_of_slots_keeps_the_official_window():
-    stored = {0: 0}  # slot -> frame id held there
+def test_the_window_and_the_waiting_frames_keep_the_official_window():
+    """Frame ids as hidden states: what each frame attends to, in position order, is what the
+    official list gives it, over 120 frames (the waiting frames come round several times)."""
+    state = StreamState(max_gap=None)
     for k, window in enumerate(official_window(120)):
-        pos = slot_positions(k)
+        pos, (cache,) = state.inputs([(1, SLOTS, 1)])
         if k == 0:
             assert (pos == -1).all()
-            stored = dict.fromkeys(range(SLOTS), 0)  # the first frame fills every slot
-            continue
-        seen = sorted((int(p), stored[s]) for s, p in enumerate(pos) if p >= 0)
-        assert [p for p, _ in seen] == list(range(WINDOW - 1))
-        assert [f for _, f in seen] == window, k
-        stored[1 + k % (SLOTS - 1)] = k
-    assert len(window) == 2 + RECENT
+        else:
+            assert sorted(pos) == list(range(SLOTS))
+            assert [int(cache[0, s, 0]) for s in np.argsort(pos)] == window, k
+        state.update([np.full((1, 1, 1), k, dtype=np.float32)])
+    assert len(window) == 2 + RECENT == SLOTS
 
 
 def test_official_checkpoint_loads_strictly_with_family_and_licence(vda_checkpoint, tmp_path):

@@ -17,7 +17,7 @@ from ..decoder import DPTHead
 from ..variants import PATCH_SIZE, ModelSpec, get_spec
 from .temporal import TemporalModule
 
-SLOTS = 42  # frames of hidden states the official window keeps: the first and the last 41
+SLOTS = 31  # cached frames a new frame attends to (runtime.video_state keeps 11 more waiting)
 MODULES = 4
 
 
