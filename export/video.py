@@ -37,7 +37,7 @@ def video_metadata(model: Any) -> dict[str, str]:
     return {
         "family": model.family,
         "variant": getattr(model, "variant", ""),
-        "stream": "video-depth-anything-42",  # the cache layout of runtime.video_state
+        "stream": "video-depth-anything-31",  # the cache layout of runtime.video_state (a 31-frame window)
     }
 
 
