@@ -135,7 +135,8 @@ def test_exported_stream_runs_in_onnxruntime_like_the_official_code(vda_checkpoi
     assert main(["--checkpoint", vda_checkpoint.name, "--size", "266x350"]) == 0
     path = tmp_path / "artifacts" / "video_depth_anything_vits_266x350.onnx"
     graph = onnx.load(str(path))
-    assert [i.name for i in graph.graph.input] == ["image", "slot_pos", "cache0", "cache1", "cache2", "cache3"]
+    assert [i.name for i in graph.graph.input] == ["image", "slot_pos", *(f"cache{i}" for i in range(8))]
+    assert [o.name for o in graph.graph.output] == ["depth", *(f"hidden{i}" for i in range(8))]
     meta = {p.key: p.value for p in graph.metadata_props}
     assert (meta["family"], meta["variant"], meta["licence"]) == (
         "video-depth-anything",
