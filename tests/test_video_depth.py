@@ -177,5 +177,5 @@ def test_openvino_ir_runs_the_stream_and_int8_keeps_the_motion_modules_in_float(
             assert predictor.info()["family"] == "video-depth-anything"
             depth = list(predictor.stream(frames_bgr()))
         errors[precision] = max(worst_rel_std(d, r) for d, r in zip(depth, reference, strict=True))
-    assert errors["fp32"] <= 1e-3, errors  # reached: 3.9e-5
+    assert errors["fp32"] <= 1e-3, errors  # reached: 4.3e-5
     assert errors["int8"] <= INT8_BAR, errors

@@ -254,7 +254,7 @@ class OpenVINOBackend(Backend):
             raise ModelFileError(f"{path}: OpenVINO cannot load it ({load_error(exc)})") from exc
         if self._cache is not None:
             prune_cache(self._cache)
-        names = tuple(p.any_name for p in network.inputs)
+        names = tuple(next(iter(sorted(p.get_names())), "") for p in network.inputs)
         if names[1:] == STREAM_INPUTS:  # a Video Depth Anything stream step
             self.stream_names, self._stream_inputs = STREAM_INPUTS, names
             self._stream_shapes = [tuple(p.get_shape()) for p in network.inputs[2:]]
