@@ -39,6 +39,7 @@ from .source import (
     model_licence,
     source_stem,
 )
+from .video import check_video_request, export_step, is_video_model, verify_stream, video_metadata
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "depth"
@@ -126,8 +127,14 @@ def export_onnx(
     workdir = staging_dir(output)
     try:
         raw, staged = workdir / "raw.onnx", workdir / output.name
+        video = is_video_model(model)  # Video Depth Anything: its streaming step, the cache explicit
+        if video:
+            check_video_request(model, dynamic)
         with stage("tracing the model to ONNX"):
-            _torch_export(model, raw, height, width, dynamic, opset)
+            if video:
+                export_step(model, raw, height, width, opset)
+            else:
+                _torch_export(model, raw, height, width, dynamic, opset)
         spec = getattr(model, "spec", None)
         max_depth = getattr(model, "max_depth", None)
         output_kind = OutputKind("metric", float(max_depth)) if max_depth is not None else OutputKind()
@@ -140,13 +147,17 @@ def export_onnx(
             **output_kind.metadata(),  # output_kind and max_depth: what every artefact made from it outputs
             "licence": model_licence(model),
             **model_identity(model),
+            **(video_metadata(model) if video else {}),
         }
         with stage("checking and saving the ONNX file"):
             _finalise(raw, staged, metadata, slim)
         raw.unlink()
         seconds = time.perf_counter() - started
         result = OnnxExport(output, seconds)
-        if verify:
+        if verify and video:
+            with stage(f"verifying the stream with ONNX Runtime at {height}x{width}"):
+                result.checks[f"{height}x{width}"] = verify_stream(model, staged, height, width, tolerance)
+        elif verify:
             for h, w in check_sizes(height, width, dynamic):
                 batch = verification_input(h, w)
                 with torch.inference_mode():
@@ -181,6 +192,7 @@ def export_onnx(
             "source": source,
             "licence": model_licence(model),
             **model_identity(model),
+            **(video_metadata(model) if video else {}),
             "sha256": sha256_file(output),
             "export_seconds": round(result.seconds, 2),
             "verification": {
@@ -193,8 +205,10 @@ def export_onnx(
         },
     ).write()
     sizes = [(height, width), other_size(height, width)] if dynamic else [(height, width)]
-    with stage("writing the reference"):
-        reference = write_reference(output, "fp32", sizes, torch_runner(model), "PyTorch FP32")
+    reference = None
+    if not video:  # a stream's reference is its verification over frames, in the sidecar
+        with stage("writing the reference"):
+            reference = write_reference(output, "fp32", sizes, torch_runner(model), "PyTorch FP32")
     licence_note(record.licence, output)
     result.artefact = replace(record, reference=reference)
     return result

@@ -45,6 +45,7 @@ from .quantize.openvino_int8 import compile_f32 as _compile_f32
 from .quantize.options import ACCURACY_METHODS, Int8Options
 from .reference import FP16_TOLERANCE, onnx_runner, other_size, write_reference
 from .source import PRECISIONS, check_precision, default_output, licence_note
+from .video import is_stream_graph, quantize_stream_openvino, verify_stream_ir
 
 # Largest MAX_REL_STD against ONNX Runtime FP32 an IR may show on the verification photo. Measured
 # on vits with the parity weights at 98x98 / 266x266 / 518x518: fp32 2e-5 / 5e-5 / 6e-5, fp16
@@ -93,7 +94,11 @@ def export_openvino(
         model = ov.convert_model(str(onnx_path))
     output_kind = source.output_kind()
     quantization = budget = None
-    if precision == "int8":
+    stream = is_stream_graph(model)  # Video Depth Anything: the cache in and out (export.video)
+    if precision == "int8" and stream:
+        with stage("quantizing the stream step (temporal modules in float)"):
+            model, quantization = quantize_stream_openvino(ov, model, calibration)
+    elif precision == "int8":
         from .quantize.openvino_int8 import quantize_openvino
 
         options = int8 or Int8Options(Path(), len(calibration), budget=None)
@@ -114,7 +119,9 @@ def export_openvino(
             for key, value in {**source.identity(), "licence": source.licence}.items():  # what the model is
                 model.set_rt_info(value, ["dav2_edge", key])
             ov.save_model(model, str(staged), compress_to_fp16=precision != "fp32")
-            check = verify_ir(ov, staged, onnx_path, shape)
+            check, shape = (
+                verify_stream_ir(ov, staged, onnx_path) if stream else (verify_ir(ov, staged, onnx_path, shape), shape)
+            )
         if not check.max_rel_std <= TOLERANCES[precision]:  # NaN fails too
             raise ExportError(
                 f"the {precision} IR differs from ONNX Runtime FP32 at {shape[0]}x{shape[1]}: {check}, over the "
@@ -138,6 +145,7 @@ def export_openvino(
         "encoder": source.encoder,
         "licence": source.licence,
         **source.identity(),
+        **({"stream": source.get("stream")} if source.get("stream") else {}),
         **source.source_facts(),
         "quantization": quantization,
         "calibration": calibration.describe() if calibration is not None else None,
@@ -152,6 +160,9 @@ def export_openvino(
         "versions": library_versions("openvino", "nncf"),
     }
     record = source.made(output, data).write()
+    if stream:  # a stream's reference is its verification over frames, in the sidecar
+        licence_note(record.licence, output)
+        return record
     with stage("writing the reference"):
         reference = write_reference(
             output,

@@ -86,6 +86,11 @@ class DepthPredictor:
             self.output: OutputKind = resolve_output_kind(
                 self._backend.output_kind, output_kind, max_depth, self._source
             )
+            if self._backend.variant.startswith("Metric-") and self.output.source == "default":
+                raise InputError(
+                    f"{self._source} ({self._backend.variant}) outputs metres with no stated bound: pass "
+                    "output_kind='metric' and max_depth=<metres> (--output-kind metric --max-depth M)"
+                )
         except InputError:
             self._backend.close()
             raise
@@ -157,6 +162,12 @@ class DepthPredictor:
         return self._backend.name
 
     @property
+    def is_stream_model(self) -> bool:
+        """A Video Depth Anything model: frames run one after another with a cache
+        (``video_stream``, one per camera), not as independent images."""
+        return bool(self._backend.stream_names)
+
+    @property
     def output_kind(self) -> str:
         """``"relative"`` (inverse depth, unitless, larger = nearer), ``"metric"`` (metres),
         ``"depth_up_to_scale"`` or ``"metres_per_focal"`` (``runtime.metric``)."""
@@ -214,6 +225,8 @@ class DepthPredictor:
         per frame (the bag tool, from each frame's camera info)."""
         rgb = self.rgb if rgb is None else rgb
         images = list(images)
+        if self._backend.stream_names:  # Video Depth Anything: each image as a stream's first frame
+            return [self.video_stream(max_gap=None).push(image, rgb=rgb) for image in images]
         camera = self._camera(focal, intrinsics) if (focal is not None or intrinsics is not None) else self.camera
         if self.output.needs_focal and not raw and camera is None:
             raise self._no_focal()
@@ -275,16 +288,30 @@ class DepthPredictor:
 
         Up to ``depth`` frames are in flight (default: the backend's concurrency + 2); frames
         are read from the iterable only as results are consumed. Each result equals ``predict``
-        on its frame. ``stabilize=True`` (or a ``runtime.align.Stabilizer``, to read its flicker
+        on its frame. A Video Depth Anything model runs the frames one after another through its
+        streaming step instead, each with the cached hidden states of the frames before it (as
+        ``video_stream().push``). ``stabilize=True`` (or a ``runtime.align.Stabilizer``, to read its flicker
         figures afterwards) puts each frame's relative depth on the scale of the frames before it,
         so values and colours hold still.
         """
         from .align import Stabilizer
 
+        if self._backend.stream_names:  # Video Depth Anything: the cache carries frame to frame
+            if stabilize:
+                raise InputError("Video Depth Anything streams are steady by construction: drop stabilize")
+            video = self.video_stream(max_gap=None, rgb=rgb)
+            return (video.push(frame) for frame in frames)
         stabilizer = Stabilizer() if stabilize is True else stabilize or None
         if stabilizer is not None and self.output.is_depth:
             raise InputError(f"the model outputs {self.output.describe()}: stabilize is for relative models")
         return self._pipelined(frames, lambda frame: self.predict(frame, rgb), depth, stabilizer)
+
+    def video_stream(self, max_gap: float | None = 1.0, name: str = "stream", rgb: bool | None = None) -> Any:
+        """A ``runtime.video_stream.VideoStream`` (Video Depth Anything models): ``push(frame,
+        stamp)`` frame by frame with the model's cached hidden states; one per camera."""
+        from .video_stream import VideoStream
+
+        return VideoStream(self, max_gap, name, rgb)
 
     def stream_batches(
         self,

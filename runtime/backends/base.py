@@ -101,6 +101,8 @@ class Backend(ABC):
     # from the artefact's metadata or the checkpoint; ``unknown`` where it says nothing.
     family: str = "unknown"
     variant: str = "unknown"
+    # A Video Depth Anything stream model: its inputs after the image (``runtime.video_state``).
+    stream_names: tuple = ()
 
     def read_identity(self, *sources: Any) -> None:
         """``licence``, ``family`` and ``variant`` from the first of ``sources`` (ONNX metadata, rt_info,
@@ -172,6 +174,21 @@ class Backend(ABC):
                 raise RuntimeError(f"the {self.name} backend was closed")
             out = self._infer(batch)
         return out.reshape(batch.shape[0], *out.shape[-2:]).astype(np.float32, copy=False)
+
+    def step(self, batch: np.ndarray, slot_pos: np.ndarray, caches: list) -> list:
+        """One frame of a stream model: ``[depth (1, h, w), hidden0..7]`` (see ``runtime.video_stream``)."""
+        batch = self.check_batch(batch)
+        with self._gate():
+            if self._closed:
+                raise RuntimeError(f"the {self.name} backend was closed")
+            return self._step(batch, slot_pos, caches)
+
+    def _step(self, batch: np.ndarray, slot_pos: np.ndarray, caches: list) -> list:
+        raise NotImplementedError(f"the {self.name} backend runs no stream models")
+
+    def stream_shapes(self, height: int, width: int) -> list:
+        """The cache tensors' shapes for an ``height x width`` network input."""
+        raise NotImplementedError(f"the {self.name} backend runs no stream models")
 
     def infer_on_device(self, batch: Any) -> Any:
         """Run a ``(N, 3, H, W)`` batch that ``pipeline`` made on the device; ``(N, H, W)`` there."""

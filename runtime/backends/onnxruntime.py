@@ -26,6 +26,7 @@ from commands.errors import ModelFileError, require
 from ..int8_cpu import mismatch, this_cpu
 from ..metadata import read_sidecar
 from ..metric import OutputKind
+from ..video_state import STREAM_INPUTS
 from .base import Backend, InputSpec, check_depth_output, check_streams
 from .profiling import Profile, events_after, onnxruntime_events, onnxruntime_layers, onnxruntime_runs, timed_calls
 
@@ -127,7 +128,13 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:  # ORT raises its own exception types for bad files
             raise ModelFileError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from exc
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
-        if len(inputs) != 1 or len(outputs) != 1 or inputs[0].type != "tensor(float)":
+        custom = self._session.get_modelmeta().custom_metadata_map
+        if tuple(i.name for i in inputs[1:]) == STREAM_INPUTS:  # a Video Depth Anything stream step
+            self.stream_names = STREAM_INPUTS
+            self._stream_shapes = [tuple(i.shape) for i in inputs[2:]]
+            self._stream_inputs = [i.name for i in inputs]
+            self.family, self.variant = custom.get("family", ""), custom.get("variant", "")
+        elif len(inputs) != 1 or len(outputs) != 1 or inputs[0].type != "tensor(float)":
             raise ModelFileError(f"{path}: expected one float32 image input and one output")
         dims = inputs[0].shape
         if len(dims) != 4:
@@ -137,10 +144,10 @@ class OnnxRuntimeBackend(Backend):
         self._output = outputs[0].name
         self._providers = self._session.get_providers()
         self.precision = provider_settings(self._providers[0], artefact, precision, ort.__version__)[1]
-        self.read_identity(self._session.get_modelmeta().custom_metadata_map, meta)
-        self.output_kind = OutputKind.from_metadata(
-            self._session.get_modelmeta().custom_metadata_map, "ONNX metadata"
-        ) or OutputKind.from_metadata(meta, "sidecar")
+        self.read_identity(custom, meta)
+        self.output_kind = OutputKind.from_metadata(custom, "ONNX metadata") or OutputKind.from_metadata(
+            meta, "sidecar"
+        )
         self.device = self._providers[0].replace("ExecutionProvider", "").lower()
         self._io_binding = self._providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
         self._threads = options.intra_op_num_threads
@@ -168,6 +175,13 @@ class OnnxRuntimeBackend(Backend):
         binding.bind_output(self._output, "cuda")
         session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
+
+    def _step(self, batch: np.ndarray, slot_pos: np.ndarray, caches: list) -> list:
+        # CPU inputs are read where they lie: the cache is not copied per frame.
+        return self._session.run(None, dict(zip(self._stream_inputs, (batch, slot_pos, *caches))))
+
+    def stream_shapes(self, height: int, width: int) -> list:
+        return self._stream_shapes
 
     def _profile(self, batch: np.ndarray, calls: int) -> Profile:
         # Profiling is a session option: a second session, whose trace goes to a temporary folder.

@@ -33,6 +33,7 @@ from commands.errors import ModelFileError, require
 
 from ..metadata import read_sidecar
 from ..metric import OutputKind
+from ..video_state import STREAM_INPUTS
 from .base import Backend, InputSpec, check_depth_output, check_streams
 from .openvino_pre import check_preprocess, embed_preprocessing
 from .profiling import Profile, openvino_counters, openvino_fused_types, openvino_layers, timed_calls
@@ -176,6 +177,15 @@ def compiled_execution(compiled: Any) -> dict[str, Any]:
     return {"format": dominant, "hint": hint, "matrix_layers": dict(layers)}
 
 
+def rt_info_value(model: Any, key: str) -> str:
+    """A string the export wrote into rt_info (``dav2_edge``) or the ONNX metadata OpenVINO
+    imported (``framework``); empty when neither has it."""
+    for section in ("dav2_edge", "framework"):
+        if model.has_rt_info([section, key]):
+            return model.get_rt_info([section, key]).astype(str)
+    return ""
+
+
 def rt_info_output_kind(model: Any) -> OutputKind | None:
     """The output kind in a model's rt_info: ``dav2_edge`` (written by export.openvino), else
     ``framework`` (an ONNX file's metadata, as OpenVINO imports it)."""
@@ -245,7 +255,12 @@ class OpenVINOBackend(Backend):
             raise ModelFileError(f"{path}: OpenVINO cannot load it ({load_error(exc)})") from exc
         if self._cache is not None:
             prune_cache(self._cache)
-        if len(self._compiled.inputs) != 1 or len(self._compiled.outputs) != 1:
+        names = tuple(next(iter(sorted(p.get_names())), "") for p in network.inputs)
+        if names[1:] == STREAM_INPUTS:  # a Video Depth Anything stream step
+            self.stream_names, self._stream_inputs = STREAM_INPUTS, names
+            self._stream_shapes = [tuple(p.get_shape()) for p in network.inputs[2:]]
+            self.family, self.variant = (rt_info_value(network, key) for key in ("family", "variant"))
+        elif len(self._compiled.inputs) != 1 or len(self._compiled.outputs) != 1:
             raise ModelFileError(f"{path}: expected one image input and one output")
         port = network.input(0)  # the network's own input, before any pre-processing put in front
         shape = port.get_partial_shape()
@@ -302,6 +317,17 @@ class OpenVINOBackend(Backend):
             return request.get_output_tensor(0).data.copy()
         finally:
             self._requests.put(request)
+
+    def _step(self, batch: np.ndarray, slot_pos: np.ndarray, caches: list) -> list:
+        request = self._requests.get()
+        try:  # shared, not copied: the cache is read where it lies
+            request.infer(dict(zip(self._stream_inputs, (batch, slot_pos, *caches))), share_inputs=True)
+            return [request.get_output_tensor(i).data.copy() for i in range(len(self._compiled.outputs))]
+        finally:
+            self._requests.put(request)
+
+    def stream_shapes(self, height: int, width: int) -> list:
+        return self._stream_shapes
 
     def _read(self, core: Any) -> tuple[Any, Any]:
         """The network as read, and the model to compile: the network with the pre-processing in

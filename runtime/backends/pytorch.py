@@ -91,6 +91,12 @@ def check_cuda_precision(precision: str, gpu: str, capability: tuple[int, int]) 
         )
 
 
+def video_output_kind(model: Any) -> OutputKind | None:
+    """Relative inverse depth for the relative checkpoints; the metric ones output metres with no
+    bound, which the output kinds do not express yet: ``None`` (the predictor's default)."""
+    return None if model.metric else OutputKind("relative", None, "checkpoint")
+
+
 class TorchBackend(Backend):
     name = "torch"
 
@@ -158,6 +164,12 @@ class TorchBackend(Backend):
         self.pipeline = (
             TorchImagePipeline(torch, self.device, self._half if self._cast else None) if on_device else None
         )
+        if hasattr(model, "step") and hasattr(model, "state_shapes"):  # Video Depth Anything
+            from ..video_state import STREAM_INPUTS
+
+            self.stream_names = STREAM_INPUTS
+            self.family, self.variant = model.family, getattr(model, "variant", "")
+            self.output_kind = video_output_kind(model)
         if hasattr(model, "max_depth"):  # a DepthAnythingV2: its head says what it outputs
             kind = "metric" if model.max_depth is not None else "relative"
             self.output_kind = OutputKind(kind, model.max_depth, "checkpoint")
@@ -182,6 +194,18 @@ class TorchBackend(Backend):
     def _infer_on_device(self, batch: Any) -> Any:
         with self._torch.inference_mode(), self._precision():
             return self._model(batch)
+
+    def _step(self, batch: np.ndarray, slot_pos: np.ndarray, caches: list) -> list:
+        t = self._torch
+        tensors = [t.from_numpy(a).to(self.device) for a in (batch, slot_pos, *caches)]
+        with t.inference_mode(), self._precision():
+            outputs = self._model.step(
+                *[x.to(self._half) if self._cast and x.is_floating_point() else x for x in tensors]
+            )
+        return [o.float().cpu().numpy() for o in outputs]
+
+    def stream_shapes(self, height: int, width: int) -> list:
+        return self._model.state_shapes(height, width)
 
     def _profile(self, batch: np.ndarray, calls: int) -> Profile:
         profiler = self._torch.profiler

@@ -108,6 +108,7 @@ class _Camera:
         self.meter = FlickerMeter()
         self.summary = Summary()
         self.seen = self.taken = 0  # image messages read; frames sent to the model
+        self.video: Any = None  # a Video Depth Anything model's stream state (VideoStream)
 
     def finish(self) -> Summary:
         self.summary.flicker = self.meter.figure  # of what was published (metres when there are any)
@@ -161,15 +162,23 @@ class BagPass:
         start = time.perf_counter()
         # A cycle holds as many frames as there are cameras, in bag order: with cameras that fire
         # together, one frame of each, their equal sizes one model call (predict_batch).
-        cycles = batched(self.frames(every, max_frames, max_pixels), len(self.cameras))
-        # A model of depth per focal length: its raw output, made metres per frame from that frame's
-        # camera info (publish); the focal length is that of the image the network saw.
-        for camera in self.cameras:
+        for camera in self.cameras:  # a metres-per-focal model: the focal length of the image the network saw
             camera.pipeline.network_size = predictor.network_size
-        raw = self.conversion.output.needs_focal
-        for predictions in predictor.stream_batches(cycles, raw=raw) if raw else predictor.stream_batches(cycles):
-            self.results.extend(predictions)
-            self.flush()
+        if getattr(predictor, "is_stream_model", False):  # Video Depth Anything: a stream per camera
+            for image in self.frames(every, max_frames, max_pixels):
+                frame = self.events[-1][1]  # the frame just queued
+                if frame.camera.video is None:
+                    frame.camera.video = predictor.video_stream(name=frame.topic)
+                self.results.append(frame.camera.video.push(image, stamp=frame.timestamp * 1e-9))
+                self.flush()
+        else:
+            cycles = batched(self.frames(every, max_frames, max_pixels), len(self.cameras))
+            # A model of depth per focal length: its raw output, made metres per frame from that
+            # frame's camera info (publish).
+            raw = self.conversion.output.needs_focal
+            for predictions in predictor.stream_batches(cycles, raw=raw) if raw else predictor.stream_batches(cycles):
+                self.results.extend(predictions)
+                self.flush()
         self.ended = True
         if self.aligner is not None:
             self.aligner.read_rest(self.reader)

@@ -42,6 +42,7 @@ class Camera:
     infos: OrderedDict = field(default_factory=OrderedDict)
     publishers: dict[str, Any] = field(default_factory=dict)
     said: set = field(default_factory=set)  # warnings given once
+    video: Any = None  # a Video Depth Anything model's stream state for this camera (VideoStream)
 
     @property
     def intrinsics(self) -> Intrinsics | None:
@@ -113,6 +114,30 @@ class CameraSlots:
         return sum(slot.dropped for slot in self.slots)
 
 
+def header_seconds(header: Any) -> float:
+    """A ROS 1 or ROS 2 header's stamp in seconds."""
+    stamp = header.stamp
+    return stamp.sec + 1e-9 * getattr(stamp, "nanosec", getattr(stamp, "nsec", 0))
+
+
+def predict(predictor: Any, taken: list, images: list, warn: Callable[[str], None]) -> list:
+    """``predict_batch``; a Video Depth Anything model runs each camera's frame through that
+    camera's own stream instead (its cache, resets on a pause; a frame older than the last is
+    warned about and left out: ``None``)."""
+    if not getattr(predictor, "is_stream_model", False):
+        return predictor.predict_batch(images)
+    depths = []
+    for (camera, message), image in zip(taken, images):
+        if camera.video is None:
+            camera.video = predictor.video_stream(name=camera.image)
+        try:
+            depths.append(camera.video.push(image, stamp=header_seconds(message.header)))
+        except InputError as exc:
+            warn(f"frame skipped: {exc}")
+            depths.append(None)
+    return depths
+
+
 def run_cycle(
     predictor: Any,
     cameras: list[Camera],
@@ -135,7 +160,9 @@ def run_cycle(
     if not images:
         return 0
     published = 0
-    for (camera, message), image, depth in zip(taken, images, predictor.predict_batch(images)):
+    for (camera, message), image, depth in zip(taken, images, predict(predictor, taken, images, warn)):
+        if depth is None:
+            continue
         pipeline: FramePipeline = camera.pipeline
         intrinsics = camera.intrinsics_at(stamp_ns(message.header))
         if intrinsics is not None and "points" in pipeline.outputs:

@@ -1,4 +1,4 @@
-"""Depth Anything V2 models: encoder table, model, checkpoint loading and saving."""
+"""Depth Anything V2 and Video Depth Anything models: encoder table, model, checkpoint loading and saving."""
 
 import sys
 
@@ -13,6 +13,7 @@ from .depth_anything import DepthAnythingV2
 from .student import build_student
 from .teacher_model import build_teacher, freeze
 from .variants import PATCH_SIZE, VARIANTS, ModelSpec, get_spec
+from .video import VideoDepthAnything
 
 __all__ = [
     "PATCH_SIZE",
@@ -20,6 +21,7 @@ __all__ = [
     "CheckpointError",
     "DepthAnythingV2",
     "ModelSpec",
+    "VideoDepthAnything",
     "build_student",
     "build_teacher",
     "freeze",

@@ -21,6 +21,7 @@ from runtime.io.files import atomic_write
 
 from .depth_anything import DepthAnythingV2
 from .variants import VARIANTS, ModelSpec, get_spec
+from .video.checkpoint import is_video_state, load_video_model
 
 FORMAT_TAG = "dav2-edge"
 _WRAPPER_KEYS = ("model", "state_dict", "module")
@@ -295,14 +296,17 @@ def load_model(
     max_depth: float | None = None,
     map_location: str | torch.device = "cpu",
     variant: str | None = None,
+    metric: bool | None = None,
 ) -> torch.nn.Module:
     """A model in eval mode from any supported checkpoint: a ``DepthAnythingV2`` from an official
     ``.pth``, a Hugging Face ``-hf`` or our ``.safetensors``; a ``DepthAnything3`` from a Depth
     Anything 3 snapshot folder or its ``model.safetensors`` (``variant`` names the model when no
-    ``config.json`` does).
+    ``config.json`` does); a ``VideoDepthAnything`` from a Video Depth Anything ``.pth``.
 
     The encoder comes from ``encoder``, else from our metadata, else from the tensor shapes.
     ``max_depth`` selects the metric head (official metric checkpoints carry no marker).
+    A Video Depth Anything ``.pth`` gives a ``VideoDepthAnything`` (``metric``: the metric
+    checkpoint under another file name; see ``train.models.video.checkpoint``).
     """
     from .da3.checkpoint import is_da3_state
 
@@ -315,6 +319,14 @@ def load_model(
     if variant is not None:
         raise CheckpointError(f"{path}: variant={variant!r} names a Depth Anything 3 model, but this is not one")
     state, _source = to_official(raw)
+    if is_video_state(state):  # Video Depth Anything: its own network (train.models.video)
+        try:
+            spec = get_spec(encoder) if encoder is not None else infer_spec(state)
+            return load_video_model(path, state, metadata, spec, metric).to(map_location)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: a Video Depth Anything checkpoint, but {exc}") from None
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
     if encoder is not None:
         spec = get_spec(encoder)
     elif "spec" in metadata:

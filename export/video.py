@@ -1,0 +1,215 @@
+"""ONNX export of a Video Depth Anything model as its streaming step.
+
+The graph takes the frame and the cache as explicit inputs and returns the depth and the
+frame's hidden states, so a plain ONNX Runtime or OpenVINO session runs the stream:
+
+    inputs   image (1, 3, H, W) float32, slot_pos (31,) int64, cache0..cache7 (tokens, 31, C)
+    outputs  depth (1, H, W), hidden0..hidden7 (tokens, 1, C)
+
+Between frames the caller writes the hidden states into the cache and moves ``slot_pos`` on
+(``runtime.video_state.StreamState``: two calls). One fixed input size per graph: the cache's
+token counts follow from it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from commands.errors import require
+from runtime.accuracy import Comparison, compare
+from runtime.video_state import STREAM_INPUTS, STREAM_OUTPUTS, StreamState, slot_positions
+
+from .errors import ExportError, ExportRequestError
+
+VERIFY_FRAMES = 3
+
+
+def is_video_model(model: Any) -> bool:
+    return getattr(model, "family", "") == "video-depth-anything"
+
+
+def video_metadata(model: Any) -> dict[str, str]:
+    """What every artefact of the model says about it (ONNX metadata, rt_info, sidecars)."""
+    return {
+        "family": model.family,
+        "variant": getattr(model, "variant", ""),
+        "stream": "video-depth-anything-31",  # the cache layout of runtime.video_state (a 31-frame window)
+    }
+
+
+def check_video_request(model: Any, dynamic: bool) -> None:
+    if model.metric:
+        raise ExportRequestError(
+            f"{model.variant} outputs metres with no stated bound, which an artefact's output kind cannot say "
+            "yet (relative, or metric up to max_depth): export the relative checkpoint, or run this one in "
+            "PyTorch with output_kind='metric' and max_depth"
+        )
+    if dynamic:
+        raise ExportRequestError(
+            f"{getattr(model, 'variant', 'Video Depth Anything')} exports at one fixed size (its cache's shape "
+            "follows from it): drop --dynamic and give --size HxW"
+        )
+
+
+class _Step:
+    """``torch.nn.Module`` wrapper whose forward is the model's streaming step."""
+
+    def __new__(cls, model: Any) -> Any:
+        import torch
+
+        class Step(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, *args: Any) -> Any:
+                return self.model.step(*args)
+
+        return Step()
+
+
+def stream_frames(height: int, width: int, frames: int = VERIFY_FRAMES) -> list[np.ndarray]:
+    """A photograph panning sideways, as network inputs: what the stream exports are checked on."""
+    from runtime.preprocessing import prepare_fixed
+
+    from .metrics import verification_photos
+
+    photo = next(iter(verification_photos().values()))
+    return [prepare_fixed(np.roll(photo, 6 * t, axis=1), (height, width)) for t in range(frames)]
+
+
+def run_stream(step: Any, shapes: list[tuple[int, ...]], batches: list[np.ndarray]) -> list[np.ndarray]:
+    """Depth per frame from ``step(image, slot_pos, caches) -> [depth, hidden...]``."""
+    state, depths = StreamState(max_gap=None), []
+    for batch in batches:
+        slot_pos, cache = state.inputs(shapes)
+        outputs = step(batch, slot_pos, cache)
+        state.update(outputs[1:])
+        depths.append(np.asarray(outputs[0]))
+    return depths
+
+
+def torch_step(model: Any) -> Any:
+    import torch
+
+    def step(batch: np.ndarray, slot_pos: np.ndarray, cache: list[np.ndarray]) -> list[np.ndarray]:
+        with torch.inference_mode():
+            out = model.step(torch.from_numpy(batch), torch.from_numpy(slot_pos), *map(torch.from_numpy, cache))
+        return [o.numpy() for o in out]
+
+    return step
+
+
+def onnxruntime_step(path: str | Path) -> Any:
+    ort = require("onnxruntime", "onnx", "ONNX Runtime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = ["image", *STREAM_INPUTS]
+
+    def step(batch: np.ndarray, slot_pos: np.ndarray, cache: list[np.ndarray]) -> list[np.ndarray]:
+        return session.run(None, dict(zip(names, (batch, slot_pos, *cache), strict=True)))
+
+    return step
+
+
+def export_step(model: Any, path: Path, height: int, width: int, opset: int) -> None:
+    import torch
+
+    shapes = model.state_shapes(height, width)
+    args = (
+        torch.zeros(1, 3, height, width),
+        torch.from_numpy(slot_positions(5)),  # traced as tensor arithmetic: any positions run
+        *(torch.zeros(s) for s in shapes),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _Step(model),
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["image", *STREAM_INPUTS],
+            output_names=["depth", *STREAM_OUTPUTS],
+            do_constant_folding=True,
+        )
+
+
+def verify_stream(model: Any, path: Path, height: int, width: int, tolerance: float) -> Comparison:
+    """ONNX Runtime against PyTorch over a few streamed frames; the worst frame."""
+    batches = stream_frames(height, width)
+    shapes = model.state_shapes(height, width)
+    expected = run_stream(torch_step(model), shapes, batches)
+    got = run_stream(onnxruntime_step(path), shapes, batches)
+    checks = [compare(g, e) for g, e in zip(got, expected, strict=True)]
+    worst = max(checks, key=lambda c: c.max_rel_std if c.max_rel_std == c.max_rel_std else float("inf"))
+    if not worst.max_rel_std <= tolerance:
+        raise ExportError(
+            f"the exported stream differs from PyTorch over {len(batches)} frames at {height}x{width}: {worst}, "
+            f"over the tolerance {tolerance:g}; the file was not written"
+        )
+    return worst
+
+
+def is_stream_graph(model: Any) -> bool:
+    """An OpenVINO model (or ONNX-imported one) that is a stream step."""
+    return tuple(p.any_name for p in model.inputs)[1:] == STREAM_INPUTS
+
+
+def openvino_step(ov: Any, model: Any) -> Any:
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    names = [p.any_name for p in model.inputs]
+
+    def step(batch: np.ndarray, slot_pos: np.ndarray, cache: list[np.ndarray]) -> list[np.ndarray]:
+        request.infer(dict(zip(names, (batch, slot_pos, *cache), strict=True)))
+        return [request.get_output_tensor(i).data.copy() for i in range(len(compiled.outputs))]
+
+    return step
+
+
+def stream_shape(model: Any) -> tuple[tuple[int, int], list[tuple[int, ...]]]:
+    image = model.input(0).get_shape()
+    return (int(image[2]), int(image[3])), [tuple(p.get_shape()) for p in model.inputs[2:]]
+
+
+def verify_stream_ir(ov: Any, xml: Path, onnx_path: Path) -> tuple[Comparison, tuple[int, int]]:
+    """The saved IR's stream (f32 inference) against ONNX Runtime on the source ONNX; the worst frame."""
+    model = ov.Core().read_model(str(xml))
+    (height, width), shapes = stream_shape(model)
+    batches = stream_frames(height, width)
+    got = run_stream(openvino_step(ov, model), shapes, batches)
+    expected = run_stream(onnxruntime_step(onnx_path), shapes, batches)
+    checks = [compare(g, e) for g, e in zip(got, expected, strict=True)]
+    return max(checks, key=lambda c: c.max_rel_std if c.max_rel_std == c.max_rel_std else float("inf")), (height, width)
+
+
+# The temporal modules' ops stay in float in INT8 IRs: their attention over 32 frames and their
+# GroupNorm/LayerNorm statistics are what keeps depth steady from frame to frame.
+FLOAT_PATTERNS = (".*motion_modules.*",)
+
+
+def quantize_stream_openvino(ov: Any, model: Any, images: Any) -> tuple[Any, dict]:
+    """NNCF INT8 of a stream step: calibrated on the images run as one stream (each input carries
+    the cache the float model built over the images before it); the motion modules in float."""
+    nncf = require("nncf", "openvino", "NNCF")
+    _, shapes = stream_shape(model)
+    float_step = openvino_step(ov, model)
+    names = [p.any_name for p in model.inputs]
+    feeds, state = [], StreamState(max_gap=None)
+    for batch in images:
+        slot_pos, cache = state.inputs(shapes)
+        feeds.append(dict(zip(names, (batch, slot_pos.copy(), *(c.copy() for c in cache)), strict=True)))
+        state.update(float_step(batch, slot_pos, cache)[1:])
+    quantized = nncf.quantize(
+        model,
+        nncf.Dataset(feeds),
+        preset=nncf.QuantizationPreset.MIXED,
+        model_type=nncf.ModelType.TRANSFORMER,
+        subset_size=len(feeds),
+        ignored_scope=nncf.IgnoredScope(patterns=list(FLOAT_PATTERNS), validate=False),
+    )
+    return quantized, {"method": "nncf.quantize (stream feeds)", "float": list(FLOAT_PATTERNS), "frames": len(feeds)}

@@ -1,0 +1,146 @@
+"""The cached hidden states a Video Depth Anything stream carries from frame to frame.
+
+The official streaming code (``video_depth_stream.py``, ``infer_video_depth_one``) keeps a list
+of per-frame hidden states: the first frame's 32 times at the start, then each new frame
+appended; once 42 are held, the second entry is dropped before each append. Frame ``k`` attends
+to the entries ``[0, 1]`` and the last 29: the first frame (position 0), the frame 41 back
+(position 1) and the last 29 frames (positions 2..30); itself at 31.
+
+The same window in fixed memory, split in what the network reads and what waits:
+
+- the window, ``SLOTS`` = 31 slots, the exported graph's cache inputs: slot 0 the first frame,
+  slot 1 the frame 41 back, slots 2..30 a ring of the last 29 frames;
+- the waiting frames, ``WAITING`` = 11 slots kept here only: the frames 40 to 30 back, each of
+  which reaches position 1 in its turn.
+
+All hold the first frame at the start, as the official list does. After each frame three slots
+move (the new frame into the ring, the frame it replaces into the waiting ring, the oldest waiting
+frame to slot 1), in place: no frame copies the cache, and the network attends to the 31 frames
+of the window and nothing else. ``slot_positions()`` is the graph's ``slot_pos`` input and
+``update()`` stores the graph's outputs: a plain ONNX Runtime or OpenVINO session runs the
+stream with these two calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Sequence
+
+import numpy as np
+
+from commands.errors import InputError
+
+WINDOW = 32  # positions: the first frame, the frame 41 back, the last 29, the new frame
+SLOTS = WINDOW - 1  # the cache the network reads: 31 frames
+RECENT = WINDOW - 3  # 29, in a ring at slots 2..30
+WAITING = 11  # the frames 40..30 back: the official list holds 42 = 1 + 41
+# The official stream shrinks the network input of frames wider than 16:9 (memory).
+WIDE_RATIO = 1.78
+
+log = logging.getLogger("runtime.video")
+# The exported stream graph's extra inputs (after the image) and outputs (after depth).
+CACHES = 8  # two attention blocks in each of the four motion modules
+STREAM_INPUTS = ("slot_pos", *(f"cache{i}" for i in range(CACHES)))
+STREAM_OUTPUTS = tuple(f"hidden{i}" for i in range(CACHES))
+
+
+def stream_input_size(height: int, width: int, input_size: int) -> int:
+    """The short side the official stream resizes a ``height x width`` video to: ``input_size``,
+    or less for frames wider than 16:9 (``input_size * 1.777 / ratio``, to a multiple of 14)."""
+    ratio = max(height, width) / min(height, width)
+    if ratio > WIDE_RATIO:
+        return max(14, int(round(int(input_size * 1.777 / ratio) / 14) * 14))
+    return input_size
+
+
+def slot_positions(frame_index: int) -> np.ndarray:
+    """``(SLOTS,)`` int64: each slot's position in frame ``frame_index``'s window (all -1 for a
+    first frame: nothing cached)."""
+    pos = np.full(SLOTS, -1, dtype=np.int64)
+    if frame_index == 0:
+        return pos
+    pos[0], pos[1] = 0, 1
+    for frame in range(frame_index - RECENT, frame_index):  # the last 29, oldest at position 2
+        pos[2 + frame % RECENT] = frame - frame_index + SLOTS
+    return pos
+
+
+class StreamState:
+    """One stream's cache, frame count, frame size and last time stamp.
+
+    ``max_gap``: seconds between frames beyond which the stream starts again (a bag or camera
+    pause); ``None`` never. A size change also starts again. Each start after the first is
+    logged and kept in ``resets`` as ``(frame_number, reason)``.
+    """
+
+    def __init__(self, max_gap: float | None = 1.0, name: str = "stream") -> None:
+        if max_gap is not None and not (isinstance(max_gap, (int, float)) and max_gap > 0 and math.isfinite(max_gap)):
+            raise InputError(f"max_gap must be a positive number of seconds or None, got {max_gap!r}")
+        self.max_gap = max_gap
+        self.name = name
+        self.cache: list[np.ndarray] | None = None
+        self.waiting: list[np.ndarray] = []
+        self.count = 0  # frames since the last start
+        self.frames = 0  # frames in all
+        self.size: tuple[int, int] | None = None
+        self.stamp: float | None = None
+        self.resets: list[tuple[int, str]] = []
+
+    def reset(self, reason: str = "") -> None:
+        """Start again: the next frame is a first frame (no cache)."""
+        if reason:
+            self.resets.append((self.frames, reason))
+            log.warning("%s: Video Depth Anything state reset at frame %d: %s", self.name, self.frames, reason)
+        self.cache, self.count = None, 0
+
+    def admit(self, size: tuple[int, int], stamp: float | None = None) -> None:
+        """Check a frame before it runs: out of order is refused; a gap or a size change resets."""
+        if stamp is not None:
+            stamp = float(stamp)
+            if not math.isfinite(stamp):
+                raise InputError(f"{self.name}: frame time stamp {stamp!r} is not a finite number of seconds")
+            if self.stamp is not None and stamp <= self.stamp:
+                raise InputError(
+                    f"{self.name}: frame at t={stamp:.6f} s arrives after t={self.stamp:.6f} s; Video Depth "
+                    "Anything streams need frames in time order (sort them, or reset the stream)"
+                )
+        if self.size is not None and tuple(size) != self.size:
+            self.reset(f"frame size changed from {self.size[1]}x{self.size[0]} to {size[1]}x{size[0]}")
+        elif (
+            stamp is not None
+            and self.stamp is not None
+            and self.max_gap is not None
+            and stamp - self.stamp > self.max_gap
+        ):
+            self.reset(f"{stamp - self.stamp:.3f} s since the last frame (more than max_gap={self.max_gap:g} s)")
+        self.size = tuple(size)
+        if stamp is not None:
+            self.stamp = stamp
+
+    def inputs(self, shapes: Sequence[tuple[int, ...]]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """``slot_pos`` and the eight cache arrays ``(tokens, SLOTS, C)`` for the next frame (zeros
+        before the first)."""
+        if self.cache is None:
+            self.cache = [np.zeros(shape, dtype=np.float32) for shape in shapes]
+            self.waiting = [np.zeros((s[0], WAITING, *s[2:]), dtype=np.float32) for s in shapes]
+            self.count = 0
+        return slot_positions(self.count), self.cache
+
+    def update(self, hidden: Sequence[np.ndarray]) -> None:
+        """Store the frame's hidden states ``(tokens, 1, C)`` (the graph's outputs)."""
+        assert self.cache is not None, "inputs() first"
+        k = self.count
+        ring, queue = 2 + k % RECENT, (k - RECENT) % WAITING
+        for cache, waiting, h in zip(self.cache, self.waiting, hidden):
+            h = np.asarray(h, dtype=np.float32)
+            if k == 0:  # the official list starts as copies of the first frame
+                cache[...] = h
+                waiting[...] = h
+                continue
+            leaving = cache[:, ring].copy()  # frame k - 29 leaves the window ...
+            cache[:, ring] = h[:, 0]
+            cache[:, 1] = waiting[:, queue]  # ... frame k - 40 takes position 1 for frame k + 1
+            waiting[:, queue] = leaving
+        self.count += 1
+        self.frames += 1

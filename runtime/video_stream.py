@@ -1,0 +1,59 @@
+"""``VideoStream``: Video Depth Anything frame by frame, carrying its cached hidden states.
+
+One object per camera: ``push(frame, stamp)`` runs one frame through the model's stream step
+(any backend whose model is a stream graph: PyTorch, ONNX Runtime, OpenVINO) and stores the
+frame's hidden states for the next one (``runtime.video_state``). Frames out of time order are
+refused; a gap longer than ``max_gap`` seconds or a new frame size starts the stream again and
+says so (a log line, ``resets``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from commands.errors import InputError
+
+from . import preprocessing as pre
+from .video_state import StreamState, stream_input_size
+
+
+class VideoStream:
+    def __init__(
+        self, predictor: Any, max_gap: float | None = 1.0, name: str = "stream", rgb: bool | None = None
+    ) -> None:
+        backend = predictor._backend
+        if not backend.stream_names:
+            raise InputError(f"{predictor._source} is not a Video Depth Anything stream model: use predict or stream")
+        self.predictor, self.backend = predictor, backend
+        self.rgb = predictor.rgb if rgb is None else rgb
+        self.state = StreamState(max_gap, name)
+        self._size: tuple[int, int] | None = None
+
+    @property
+    def resets(self) -> list[tuple[int, str]]:
+        """``(frame_number, reason)`` for every time the stream started again."""
+        return self.state.resets
+
+    def reset(self, reason: str = "") -> None:
+        self.state.reset(reason)
+
+    def network_input(self, image: np.ndarray, rgb: bool) -> np.ndarray:
+        """The official stream's input: the model's fixed size, or the keep-aspect resize with the
+        short side at ``input_size`` (smaller for frames wider than 16:9)."""
+        p = self.predictor
+        if p.fixed_size is not None:
+            return pre.prepare_fixed(image, p.fixed_size, rgb)
+        height, width = image.shape[:2]
+        return pre.prepare_dynamic(image, stream_input_size(height, width, p.input_size), rgb, p.max_long_side)
+
+    def push(self, frame: np.ndarray, stamp: float | None = None, rgb: bool | None = None) -> np.ndarray:
+        """Depth (``H x W`` float32, at the frame's size) for the next frame of the stream."""
+        image = pre.check_image(frame)
+        batch = self.network_input(image, self.rgb if rgb is None else rgb)
+        self.state.admit(image.shape[:2], stamp)
+        slot_pos, cache = self.state.inputs(self.backend.stream_shapes(*batch.shape[2:]))
+        outputs = self.backend.step(batch, slot_pos, cache)
+        self.state.update(outputs[1:])
+        return pre.resize_depth(np.asarray(outputs[0]).reshape(batch.shape[2:]), *image.shape[:2])

@@ -1,0 +1,71 @@
+"""Video Depth Anything in the bag tool and the node: each camera carries its own stream state
+from frame to frame; a pause starts it again, an old frame is left out."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from rosbags.rosbag2 import Writer as Writer2
+from rosbags.typesys import Stores, get_typestore
+
+from runtime import DepthPredictor
+from runtime.ros.bag import process_bag
+from runtime.ros.cameras import plan_cameras, predict
+
+from .scene_bag import Messages
+from .test_bag import read_topics
+from .video_fixtures import frames_bgr, official_stream, vda_state_dict, worst_rel_std
+
+TOPIC = "/cam/image_raw"
+
+
+@pytest.fixture(scope="module")
+def vda(tmp_path_factory):
+    path = tmp_path_factory.mktemp("vda") / "video_depth_anything_vits.pth"
+    torch.save(vda_state_dict(), path)
+    with DepthPredictor(path, input_size=266) as predictor:
+        yield predictor
+
+
+def test_bag_tool_streams_each_camera_and_restarts_after_a_pause(vda, tmp_path, caplog):
+    store = get_typestore(Stores.ROS2_HUMBLE)
+    messages = Messages(store)
+    stamps = [1_000_000_000 + 100_000_000 * i for i in range(4)] + [9_000_000_000]  # a pause before the last
+    frames = frames_bgr()[: len(stamps)]
+    bag = tmp_path / "in"
+    with Writer2(bag, version=8) as writer:
+        conn = writer.add_connection(TOPIC, "sensor_msgs/msg/Image", typestore=store)
+        for t, frame in zip(stamps, frames, strict=True):
+            writer.write(conn, t, store.serialize_cdr(messages.image(t, frame), "sensor_msgs/msg/Image"))
+    with caplog.at_level(logging.WARNING, logger="runtime.video"):
+        summary = process_bag(vda, bag, tmp_path / "out", TOPIC)
+    assert summary.frames == 5
+    got = [
+        np.frombuffer(bytes(m.data), "<f4").reshape(240, 320)
+        for _, _, m in read_topics(tmp_path / "out")["/cam/depth/relative_inverse"]
+    ]
+    reference = official_stream()
+    assert max(worst_rel_std(d, r) for d, r in zip(got[:4], reference, strict=False)) <= 1e-4
+    assert worst_rel_std(got[4], reference[0]) > 1e-2  # frame 4 alone, not frame 0
+    np.testing.assert_allclose(got[4], vda.predict(frames[4]), rtol=0, atol=1e-5)  # started again
+    assert f"{TOPIC}: Video Depth Anything state reset at frame 4: 7.700 s since the last frame" in caplog.text
+
+
+def test_node_cycle_keeps_a_stream_per_camera_and_leaves_out_old_frames(vda):
+    cameras = plan_cameras(["/a/image_raw", "/b/image_raw"])
+    frames, warned = frames_bgr(), []
+
+    def message(t: float):
+        return SimpleNamespace(header=SimpleNamespace(stamp=SimpleNamespace(sec=int(t), nanosec=int(t % 1 * 1e9))))
+
+    reference = official_stream()
+    for i in range(3):
+        taken = [(cameras[0], message(10 + 0.1 * i)), (cameras[1], message(20 + 0.1 * i))]
+        depths = predict(vda, taken, [frames[i], frames[i]], warned.append)
+        assert all(worst_rel_std(d, reference[i]) <= 1e-4 for d in depths)  # each camera its own stream
+    old = predict(vda, [(cameras[0], message(10.05))], [frames[3]], warned.append)
+    assert old == [None] and "frame skipped: /a/image_raw: frame at t=10.050000 s arrives after" in warned[0]

@@ -1,0 +1,44 @@
+"""The official Video Depth Anything references (``tests/data/official_families``) and the
+deterministic weights they were made with: the parity recipe, with the head's last bias at 0.5."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .parity import deterministic_tensor
+
+DATA = Path(__file__).resolve().parent / "data" / "official_families"
+HEAD_BIAS = "head.scratch.output_conv2.2.bias"
+
+
+def vda_keys() -> list[tuple[str, list[int]]]:
+    return json.loads((DATA / "keys_vda_vits.json").read_text())
+
+
+def vda_state_dict() -> dict:
+    import torch
+
+    state = {}
+    for key, shape in vda_keys():
+        t = deterministic_tensor(key, shape)
+        if key == HEAD_BIAS:
+            t = (0.5 + 0.02 * (t - t.mean())).astype(np.float32)
+        state[key] = torch.from_numpy(t)
+    return state
+
+
+def frames_bgr() -> np.ndarray:
+    """Six 240x320 frames of a slowly panning scene, BGR as the toolkit takes them."""
+    return np.ascontiguousarray(np.load(DATA / "vda_frames_rgb.npy")[..., ::-1])
+
+
+def official_stream() -> np.ndarray:
+    """The official ``infer_video_depth_one(frame, input_size=266, fp32=True)`` outputs, in order."""
+    return np.load(DATA / "vda_stream_depth.npy")
+
+
+def worst_rel_std(ours: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(ours - ref).max() / ref.std())
