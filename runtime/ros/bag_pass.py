@@ -162,7 +162,7 @@ class BagPass:
         start = time.perf_counter()
         # A cycle holds as many frames as there are cameras, in bag order: with cameras that fire
         # together, one frame of each, their equal sizes one model call (predict_batch).
-        for camera in self.cameras:  # a metres-per-focal model: the focal length of the image the network saw
+        for camera in self.cameras.values():  # a metres-per-focal model: the focal length of the image the network saw
             camera.pipeline.network_size = predictor.network_size
         if getattr(predictor, "is_stream_model", False):  # Video Depth Anything: a stream per camera
             for image in self.frames(every, max_frames, max_pixels):
