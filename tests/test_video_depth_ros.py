@@ -14,7 +14,7 @@ from rosbags.typesys import Stores, get_typestore
 
 from runtime import DepthPredictor
 from runtime.ros.bag import process_bag
-from runtime.ros.cameras import plan_cameras, predict
+from runtime.ros.cameras import node_cameras, predict
 
 from .scene_bag import Messages
 from .test_bag import read_topics
@@ -56,7 +56,7 @@ def test_bag_tool_streams_each_camera_and_restarts_after_a_pause(vda, tmp_path, 
 
 
 def test_node_cycle_keeps_a_stream_per_camera_and_leaves_out_old_frames(vda):
-    cameras = plan_cameras(["/a/image_raw", "/b/image_raw"])
+    cameras = node_cameras(["/a/image_raw", "/b/image_raw"])
     frames, warned = frames_bgr(), []
 
     def message(t: float):

@@ -12,6 +12,7 @@ from train.data.datasets import PseudoLabelDataset
 from train.engine import TrainConfig, train
 from train.losses import DistillationLoss, FeatureAlignedLoss
 from train.models import DepthAnythingV2, ModelSpec, build_student, load_backbone, load_model
+from train.models.checkpoint import CheckpointError
 from train.models.selection import select_weights
 
 
@@ -31,7 +32,13 @@ def distill(
     ``init_from`` (a larger Depth Anything V2 checkpoint) it starts from a selection of its weights."""
     model = build_student(student)
     if init_from is not None:
-        select_weights(model, load_model(init_from))
+        larger = load_model(init_from)
+        if type(larger) is not DepthAnythingV2:  # a Depth Anything 3 or Video Depth Anything network
+            raise CheckpointError(
+                f"{init_from}: init_from takes a Depth Anything V2 checkpoint (weight selection slices its "
+                f"encoder and DPT head), not a {type(larger).__name__}"
+            )
+        select_weights(model, larger)
     if init_backbone is not None:
         load_backbone(model, init_backbone)
     dataset = PseudoLabelDataset(labels, cfg.crop)

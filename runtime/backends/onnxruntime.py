@@ -133,7 +133,6 @@ class OnnxRuntimeBackend(Backend):
             self.stream_names = STREAM_INPUTS
             self._stream_shapes = [tuple(i.shape) for i in inputs[2:]]
             self._stream_inputs = [i.name for i in inputs]
-            self.family, self.variant = custom.get("family", ""), custom.get("variant", "")
         elif len(inputs) != 1 or len(outputs) != 1 or inputs[0].type != "tensor(float)":
             raise ModelFileError(f"{path}: expected one float32 image input and one output")
         dims = inputs[0].shape

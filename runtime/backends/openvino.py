@@ -242,7 +242,6 @@ class OpenVINOBackend(Backend):
         self.takes_images = check_preprocess(preprocess) == "model"
         self._path, self._config = path, config
         meta = read_sidecar(path) or {}
-        self.read_identity(meta)
         try:
             network, model_ir = self._read(core)
             self._weights = artefact_precision(network, meta)
@@ -255,11 +254,11 @@ class OpenVINOBackend(Backend):
             raise ModelFileError(f"{path}: OpenVINO cannot load it ({load_error(exc)})") from exc
         if self._cache is not None:
             prune_cache(self._cache)
+        self.read_identity({key: rt_info_value(network, key) for key in ("family", "variant", "licence")}, meta)
         names = tuple(next(iter(sorted(p.get_names())), "") for p in network.inputs)
         if names[1:] == STREAM_INPUTS:  # a Video Depth Anything stream step
             self.stream_names, self._stream_inputs = STREAM_INPUTS, names
             self._stream_shapes = [tuple(p.get_shape()) for p in network.inputs[2:]]
-            self.family, self.variant = (rt_info_value(network, key) for key in ("family", "variant"))
         elif len(self._compiled.inputs) != 1 or len(self._compiled.outputs) != 1:
             raise ModelFileError(f"{path}: expected one image input and one output")
         port = network.input(0)  # the network's own input, before any pre-processing put in front

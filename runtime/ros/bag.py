@@ -161,13 +161,15 @@ def process_bag(
     the output; ``stabilize``:
     relative depth on the scale of the frames before it, per camera.
     """
+    from .align import FramePipeline
     from .bag_align import BagAligner, alignment_json_path, check_conversion
 
     rb = rosbags_modules()
     input_path, output = Path(input_path), Path(output)
     images = _per_camera(image_topic) or []
+    aligned = align_to is not None or (align_options or {}).get("aligner") is not None
     conversion = check_conversion(
-        conversion or Conversion(), getattr(predictor, "output", OutputKind()), stabilize, align_to is not None
+        conversion or Conversion(), getattr(predictor, "output", OutputKind()), stabilize, aligned
     )
     if every < 1 or (max_frames is not None and max_frames < 1):
         raise InputError(f"every and max_frames must be positive, got {every} and {max_frames}")
@@ -177,9 +179,7 @@ def process_bag(
     try:
         types = {c.topic: c.msgtype for c in reader.connections}
         per_camera = (camera_info_topic, depth_topic, metric_depth_topic, points_topic)
-        aligned = align_to is not None or (align_options or {}).get("aligner") is not None
-        metres = conversion.output.is_metric or conversion.metric is not None or aligned
-        writes = ([] if conversion.output.is_metric else ["relative"]) + (["metric", "points"] if metres else [])
+        writes = FramePipeline(conversion.output, conversion, aligned=aligned).outputs  # what the run publishes
         cameras = plan_cameras(
             types, images, *map(_per_camera, per_camera), copy=copy_topics, copy_all=copy_all, writes=writes
         )
