@@ -135,3 +135,21 @@ def mismatch(recorded: dict | None) -> str | None:
         f"measured on {recorded.get('measured_on', '?')}) but this CPU computes {here['arithmetic']}: {effect}; "
         f"re-export with --int8-arithmetic auto on this CPU, or check it with python -m runtime.verify"
     )
+
+
+def budget_breach(model: object, ran: dict, summary: str) -> str:
+    """The one line for an INT8 model over its reference's tolerance on this CPU's INT8 kernels
+    (``ran``: the check's run record): the arithmetic, the missing feature, what to re-export."""
+    here = this_cpu()
+    missing = " (no AVX512_VNNI or AVX_VNNI on this CPU)" if here["class"] == "avx2" else ""
+    made_for = ran.get("int8_made_for")
+    why = (
+        f"it was made for {made_for} CPUs: re-export it on this one with python -m export.quantize --target cpu "
+        "--int8-arithmetic auto"
+        if made_for and made_for != here["class"]
+        else "re-export it, or check the precision= it runs with"
+    )
+    return (
+        f"{model} breaks its INT8 budget (is over its reference's tolerance) on this CPU's "
+        f"{ran['int8_arithmetic']}{missing}: {summary}; {why}"
+    )

@@ -429,22 +429,9 @@ def require_within(result: VerifyResult, model: Any) -> VerifyResult:
         return result
     ran = result.ran
     if ran.get("int8_arithmetic") and not result.other_file:  # this CPU's INT8 kernels: name the arithmetic
-        from .int8_cpu import this_cpu
+        from .int8_cpu import budget_breach
 
-        here = this_cpu()
-        missing = " (no AVX512_VNNI or AVX_VNNI on this CPU)" if here["class"] == "avx2" else ""
-        made_for = ran.get("int8_made_for")
-        why = (
-            f"it was made for {made_for} CPUs: re-export it on this one with python -m export.quantize --target cpu "
-            "--int8-arithmetic auto"
-            if made_for and made_for != here["class"]
-            else "re-export it, or check the precision= it runs with"
-        )
-        raise ReferenceMismatch(
-            f"{model} breaks its INT8 budget (is over its reference's tolerance) on this CPU's "
-            f"{ran['int8_arithmetic']}{missing}: {result.summary()}; {why}",
-            result,
-        )
+        raise ReferenceMismatch(budget_breach(model, ran, result.summary()), result)
     why = (
         "The artefact is damaged or runs in another precision than it was exported for: re-export it, or check "
         "the precision= it runs with"

@@ -82,6 +82,16 @@ def test_openvino_reports_its_real_precision_and_bf16_stays_close(photo, ir_fp32
     assert compare(bf16.predict(photo), fp32).max_rel_std < BF16_MAX_REL
 
 
+def test_the_blob_cache_never_serves_another_precision(tmp_path, photo, ir_fp32):
+    # OpenVINO's blob key can leave the precision hint out: a blob compiled for f16 then ran the
+    # FP32 artefact in f16 on the next load, silently. Each precision keeps its own blobs.
+    DepthPredictor(ir_fp32, precision="fp16", cache_dir=tmp_path).predict(photo)
+    again = DepthPredictor(ir_fp32, cache_dir=tmp_path)
+    assert again.info()["precision"] == "fp32"
+    uncached = DepthPredictor(ir_fp32, cache_dir=None)
+    assert compare(again.predict(photo), uncached.predict(photo)).max_rel_std < 1e-5
+
+
 def test_fp16_ir_stays_close(photo, ir_fp16, ir_fp32):
     fp16 = DepthPredictor(ir_fp16, precision="fp32")
     assert fp16.info()["weights"] == "fp16"

@@ -169,7 +169,7 @@ def test_no_transform_path_is_refused_before_anything_is_written_and_extrinsics_
     assert json.loads((tmp_path / "out.bag.alignment.json").read_text())["transforms"] == "--extrinsics"
     for extra, message in [
         (["--metric-scale", "0.5"], "not both"),
-        (["--max-time-offset", "-1"], "--max-time-offset must be"),
+        (["--max-time-offset", "-1"], "--max-time-offset: '-1' is out of range"),
         (["--held-out", "0.95"], "--held-out must be in"),
         (["--extrinsics", "1", "2"], "6 numbers"),
     ]:

@@ -131,7 +131,9 @@ def test_float_layers_refuses_nodes_int8_never_quantizes_as_the_qdq_path_does(tm
     for kind in ("Sqrt", "Reshape"):  # reported "in float" on OpenVINO before
         never = next(n.name for n in nodes if n.op_type == kind)
         options = replace(OPTIONS, budget=None, float_layers=(never,))
-        with pytest.raises(ExportRequestError, match=f"--float-layers: '{never}' is not a layer OpenVINO quantizes"):
+        with pytest.raises(
+            ExportRequestError, match=f"`int8.float_layers`: '{never}' is not a layer OpenVINO quantizes"
+        ):
             export_openvino(source, tmp_path / "m.xml", "int8", split.base, SIZE, options)
         with pytest.raises(ExportRequestError, match="is not a layer ONNX Q/DQ quantizes"):
             check_float_layers((never,), select_nodes(onnx.load(str(source)), ())[0], "ONNX Q/DQ")

@@ -85,12 +85,12 @@ def default_cache_dir() -> Path:
 
 
 def cache_size(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.glob("*") if p.is_file())
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def prune_cache(folder: Path, limit: int = CACHE_LIMIT_BYTES) -> list[Path]:
     """Remove the least recently written blobs until ``folder`` holds at most ``limit`` bytes."""
-    blobs = sorted((p for p in folder.glob("*") if p.is_file()), key=lambda p: p.stat().st_mtime)
+    blobs = sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_mtime)
     total = sum(p.stat().st_size for p in blobs)
     removed = []
     for blob in blobs[:-1]:  # the newest is the model just compiled
@@ -228,9 +228,6 @@ class OpenVINOBackend(Backend):
             raise ValueError(f"precision must be one of {', '.join(PRECISION_HINTS)}, got {precision!r}")
         core = ov.Core()
         self._cache = None if cache_dir is None else default_cache_dir() if cache_dir == "auto" else Path(cache_dir)
-        if self._cache is not None:
-            self._cache.mkdir(parents=True, exist_ok=True)
-            core.set_property({"CACHE_DIR": str(self._cache)})
         config: dict[str, Any] = {"PERFORMANCE_HINT": performance_hint.upper()}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
@@ -249,6 +246,12 @@ class OpenVINOBackend(Backend):
                 precision = "fp32"  # the device's bf16/f16 default would change an FP32 artefact's numbers
             if precision is not None:
                 config["INFERENCE_PRECISION_HINT"] = PRECISION_HINTS[precision]
+            if self._cache is not None:
+                # A folder per inference precision: OpenVINO's blob key can leave the hint out (seen
+                # with 2026.4 on a Sapphire Rapids CPU: the f16 blob then served FP32 and bf16 requests).
+                folder = self._cache / config.get("INFERENCE_PRECISION_HINT", "default")
+                folder.mkdir(parents=True, exist_ok=True)
+                core.set_property({"CACHE_DIR": str(folder)})
             self._compiled = core.compile_model(model_ir, self.device, config)
         except RuntimeError as exc:
             raise ModelFileError(f"{path}: OpenVINO cannot load it ({load_error(exc)})") from exc
