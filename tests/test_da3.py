@@ -135,7 +135,7 @@ def test_checkpoint_named_as_another_variant_says_what_it_fits(tmp_path, small_s
 def test_partial_checkpoint_is_refused_with_the_missing_keys(tmp_path, small_state):
     state = {k: v for k, v in small_state.items() if not k.startswith("cam_dec.")}
     folder = write_snapshot(tmp_path / "partial", "da3-small", state)
-    with pytest.raises(CheckpointError, match=r"missing: cam_dec\.backbone\.0\.weight"):
+    with pytest.raises(CheckpointError, match=r"missing keys: cam_dec\.backbone\.0\.weight"):
         load_model(folder)
 
 

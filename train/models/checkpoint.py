@@ -20,12 +20,12 @@ import torch
 from runtime.io.files import atomic_write
 
 from .depth_anything import DepthAnythingV2
+from .state import listed, state_mismatch
 from .variants import VARIANTS, ModelSpec, get_spec
 from .video.checkpoint import is_video_state, load_video_model
 
 FORMAT_TAG = "dav2-edge"
 _WRAPPER_KEYS = ("model", "state_dict", "module")
-_LIST_LIMIT = 8
 
 
 # The published weights' licences, by encoder. Depth-Anything-V2's README (DepthAnything/
@@ -248,30 +248,12 @@ def _max_depth_from_metadata(path: Path, metadata: Mapping[str, str]) -> float |
     return None
 
 
-def _describe(keys: list[str]) -> str:
-    shown = ", ".join(keys[:_LIST_LIMIT])
-    return f"{shown}, ... ({len(keys)} in all)" if len(keys) > _LIST_LIMIT else shown
-
-
 def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "") -> None:
     """Raise ``CheckpointError`` naming every missing, unexpected and mis-shaped tensor."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    wrong = [
-        f"{k} {tuple(state_dict[k].shape)} != {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state_dict and state_dict[k].shape != v.shape
-    ]
-    if missing or unexpected or wrong:
+    problems = state_mismatch(model.state_dict(), state_dict)
+    if problems:
         prefix = f"{source}: " if source else ""
-        parts = [f"{prefix}the checkpoint does not fit DepthAnythingV2({model.spec.name!r})"]
-        if missing:
-            parts.append(f"missing keys: {_describe(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {_describe(unexpected)}")
-        if wrong:
-            parts.append(f"wrong shapes: {_describe(wrong)}")
+        parts = [f"{prefix}the checkpoint does not fit DepthAnythingV2({model.spec.name!r})", *problems]
         raise CheckpointError("; ".join(parts))
 
 
@@ -409,9 +391,9 @@ def load_backbone(model: DepthAnythingV2, path: str | Path) -> list[str]:
     if missing or wrong:
         parts = [f"{path}: not DINOv2 {model.spec.name} encoder weights"]
         if missing:
-            parts.append(f"missing keys: {_describe(missing)}")
+            parts.append(f"missing keys: {listed(missing)}")
         if wrong:
-            parts.append(f"wrong shapes: {_describe(wrong)}")
+            parts.append(f"wrong shapes: {listed(wrong)}")
         raise CheckpointError("; ".join(parts))
     model.pretrained.load_state_dict({k: state.get(k, v) for k, v in expected.items()})
     return sorted(k for k in state if k not in expected)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..state import state_mismatch
 from .model import DepthAnything3
 from .variants import DA3_VARIANTS, get_da3_spec
 
@@ -50,22 +51,6 @@ def snapshot_model_name(folder: Path) -> str | None:
     return name
 
 
-def _mismatch(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> list[str]:
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [
-        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    parts = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shapes", wrong)):
-        if keys:
-            more = f", ... ({len(keys)} in all)" if len(keys) > _LIST_LIMIT else ""
-            parts.append(f"{label}: {', '.join(keys[:_LIST_LIMIT])}{more}")
-    return parts
-
-
 def fitting_variants(state: Mapping[str, torch.Tensor]) -> list[str]:
     """The variants whose state dict has exactly these keys and shapes (mono and metric share one)."""
     shapes = {k: tuple(v.shape) for k, v in state.items()}
@@ -82,7 +67,7 @@ def build_da3(state: Mapping[str, torch.Tensor], variant: str, source: str) -> D
     """A ``DepthAnything3`` of ``variant`` holding ``state`` (official names, no prefix), strictly."""
     spec = get_da3_spec(variant)
     model = DepthAnything3(spec)
-    parts = _mismatch(model.state_dict(), state)
+    parts = state_mismatch(model.state_dict(), state, _LIST_LIMIT)
     if parts:
         fits = [f for f in fitting_variants(state) if f != spec.name]
         hint = f"; its tensors fit {' or '.join(fits)}: name that model instead" if fits else ""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..state import state_mismatch
 from ..variants import ModelSpec
 from .network import VideoDepthAnything
 
@@ -40,23 +41,9 @@ def licence(encoder: str, metric: bool) -> str:
     return NO_LICENCE if metric else LICENCES[encoder]
 
 
-def _listed(keys: list[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
-
-
 def describe_mismatch(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> str:
     """Missing, unexpected and mis-shaped tensors; empty when the state fits."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [
-        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    named = (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong))
-    return "; ".join(f"{what}: {_listed(keys)}" for what, keys in named if keys)
+    return "; ".join(state_mismatch(model.state_dict(), state))
 
 
 def load_video_model(
