@@ -145,7 +145,7 @@ def _torch_gemm(dtype_name: str, m: int, k: int, layers: int):
 def _openvino_int8_gemm(m: int, k: int, layers: int):
     """The same chain in INT8 as OpenVINO's CPU plugin runs it (FakeQuantize on both inputs
     becomes an int8 x int8 kernel), so activations stay quantized between layers."""
-    from runtime.backends.openvino import import_openvino, telemetry_off
+    from runtime.backends.openvino import import_openvino, openvino_core, telemetry_off
 
     ov = import_openvino()  # telemetry off, or an error naming the extra
     with telemetry_off():
@@ -161,7 +161,7 @@ def _openvino_int8_gemm(m: int, k: int, layers: int):
     for _ in range(layers):
         w = ops.constant((rng.standard_normal((k, k)) / math.sqrt(k)).astype(np.float32))
         y = ops.matmul(fq(y, 4.0, 256), fq(w, 0.1, 255), False, False)
-    compiled = ov.Core().compile_model(ov.Model([y], [param]), "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+    compiled = openvino_core().compile_model(ov.Model([y], [param]), "CPU", {"PERFORMANCE_HINT": "LATENCY"})
     request = compiled.create_infer_request()
     x = rng.standard_normal((m, k)).astype(np.float32)
     return (lambda: request.infer({0: x})), 2 * m * k * k * layers

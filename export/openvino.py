@@ -21,7 +21,7 @@ import numpy as np
 
 from commands.errors import require
 from commands.runner import command, stage
-from runtime.backends.openvino import RT_INFO_PRECISION, import_openvino, load_error, telemetry_off
+from runtime.backends.openvino import RT_INFO_PRECISION, import_openvino, load_error, openvino_core, telemetry_off
 from runtime.io.files import staging_dir
 from runtime.metadata import library_versions, sha256_file, sidecar_path
 from runtime.reference import reference_path
@@ -182,7 +182,7 @@ def verify_ir(ov, xml: Path, onnx_path: Path, shape: tuple[int, int]):
     """``compare`` of the IR at ``xml`` (f32 inference) with ONNX Runtime FP32 on ``onnx_path``."""
     batch = verification_input(*shape)
     try:
-        got = _compile_f32(ov, ov.Core().read_model(str(xml)))({0: batch})[0]
+        got = _compile_f32(ov, openvino_core().read_model(str(xml)))({0: batch})[0]
     except RuntimeError as exc:
         raise ExportError(f"the saved IR cannot be read back ({load_error(exc)}); nothing was written") from exc
     return compare(np.asarray(got), run_onnxruntime(onnx_path, batch))

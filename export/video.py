@@ -21,6 +21,8 @@ import numpy as np
 
 from commands.errors import require
 from runtime.accuracy import Comparison, compare
+from runtime.backends.openvino import openvino_core
+from runtime.backends.signal_stack import alternate_stack_kept
 from runtime.video_state import STREAM_INPUTS, STREAM_OUTPUTS, StreamState, slot_positions
 
 from .errors import ExportError, ExportRequestError
@@ -160,7 +162,7 @@ def is_stream_graph(model: Any) -> bool:
 
 
 def openvino_step(ov: Any, model: Any) -> Any:
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = openvino_core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
     names = [p.any_name for p in model.inputs]
 
@@ -178,7 +180,7 @@ def stream_shape(model: Any) -> tuple[tuple[int, int], list[tuple[int, ...]]]:
 
 def verify_stream_ir(ov: Any, xml: Path, onnx_path: Path) -> tuple[Comparison, tuple[int, int]]:
     """The saved IR's stream (f32 inference) against ONNX Runtime on the source ONNX; the worst frame."""
-    model = ov.Core().read_model(str(xml))
+    model = openvino_core().read_model(str(xml))
     (height, width), shapes = stream_shape(model)
     batches = stream_frames(height, width)
     got = run_stream(openvino_step(ov, model), shapes, batches)
@@ -204,12 +206,13 @@ def quantize_stream_openvino(ov: Any, model: Any, images: Any) -> tuple[Any, dic
         slot_pos, cache = state.inputs(shapes)
         feeds.append(dict(zip(names, (batch, slot_pos.copy(), *(c.copy() for c in cache)), strict=True)))
         state.update(float_step(batch, slot_pos, cache)[1:])
-    quantized = nncf.quantize(
-        model,
-        nncf.Dataset(feeds),
-        preset=nncf.QuantizationPreset.MIXED,
-        model_type=nncf.ModelType.TRANSFORMER,
-        subset_size=len(feeds),
-        ignored_scope=nncf.IgnoredScope(patterns=list(FLOAT_PATTERNS), validate=False),
-    )
+    with alternate_stack_kept():  # NNCF's own OpenVINO Cores: see runtime.backends.signal_stack
+        quantized = nncf.quantize(
+            model,
+            nncf.Dataset(feeds),
+            preset=nncf.QuantizationPreset.MIXED,
+            model_type=nncf.ModelType.TRANSFORMER,
+            subset_size=len(feeds),
+            ignored_scope=nncf.IgnoredScope(patterns=list(FLOAT_PATTERNS), validate=False),
+        )
     return quantized, {"method": "nncf.quantize (stream feeds)", "float": list(FLOAT_PATTERNS), "frames": len(feeds)}

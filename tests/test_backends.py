@@ -8,13 +8,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
-import openvino
 import pytest
 
 from benchmarks.cpu import detect
 from export.metrics import compare
 from export.openvino import export_openvino
 from runtime import DepthPredictor, InputError, ModelFileError
+from runtime.backends.openvino import openvino_core
 from tests.conftest import REPO
 
 # Stated bounds against FP32 in the one metric of the project, max|a - b| / std(ref)
@@ -68,7 +68,7 @@ def test_openvino_reports_its_real_precision_and_bf16_stays_close(photo, ir_fp32
     default = DepthPredictor(ir_fp32)
     assert default.info()["precision"] == "fp32"  # the artefact's, not the CPU's bf16 default
     bf16 = DepthPredictor(ir_fp32, precision="bf16")
-    core = openvino.Core()
+    core = openvino_core()
     names = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
     for asked, hint in (("bf16", "bf16"), ("fp16", "f16")):
         # As compiled, not as asked: OpenVINO runs another format where the CPU has no units for

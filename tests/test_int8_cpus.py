@@ -24,6 +24,7 @@ from export.quantize.calibration import CalibrationSet
 from export.quantize.qdq import quantize_int8
 from export.reference import write_int8_reference
 from runtime import DepthPredictor
+from runtime.backends.openvino import openvino_core
 from runtime.int8_cpu import classify, this_cpu
 from runtime.preprocessing import prepare_fixed
 from runtime.reference import ReferenceMismatch, load_reference, reference_path, save_reference
@@ -247,9 +248,8 @@ def test_openvino_int8_gives_the_same_numbers_on_avx2_and_vnni(tmp_path, calib_t
     batch = np.concatenate([prepare_fixed(image, SIZE) for image in held_out_photos()])
     np.save(tmp_path / "held.npy", batch)
     _emulated(RUN_OPENVINO, str(tmp_path / "held.npy"), str(tmp_path / "avx2.npy"), str(ir))
-    import openvino as ov
 
-    model = ov.Core().compile_model(str(ir), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    model = openvino_core().compile_model(str(ir), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     here = np.concatenate([model(batch[i : i + 1])[0] for i in range(len(batch))])
     emulated = np.load(tmp_path / "avx2.npy")
     assert np.abs(emulated - here).max() <= 1e-3 * np.abs(here).max()

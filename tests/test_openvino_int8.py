@@ -18,6 +18,7 @@ from export.quantize import search
 from export.quantize.budget import quant_report_path
 from export.quantize.options import DEFAULT_ACCURACY_BUDGET, Int8Options
 from export.quantize.search import group_of
+from runtime.backends.openvino import openvino_core
 
 SIZE = (56, 56)
 OPTIONS = Int8Options(Path(), samples=10, held_out=4)
@@ -28,9 +29,8 @@ def quantized_layers(xml: Path, onnx_path: Path) -> set[str]:
     import onnx
 
     from export.quantize.openvino_int8 import QuantizerWalk, layer_names
-    from runtime.backends.openvino import import_openvino
 
-    model = import_openvino().Core().read_model(str(xml))
+    model = openvino_core().read_model(str(xml))
     walk = QuantizerWalk(layer_names(model, onnx.load(str(onnx_path))))
     return set().union(*walk.quantizers(model).values())
 

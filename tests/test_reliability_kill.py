@@ -23,6 +23,7 @@ import pytest
 from export.metrics import compare, run_onnxruntime, verification_input
 from export.onnx import export_onnx
 from runtime import DepthPredictor
+from runtime.backends.openvino import openvino_core
 from runtime.metadata import read_sidecar, sha256_file
 from runtime.reference import reference_path
 from tests.conftest import REPO
@@ -156,7 +157,6 @@ def test_killed_onnx_exports_leave_no_wrong_model_and_no_debris(tmp_path, tiny_s
 
 
 def test_killed_openvino_exports_leave_no_mixed_pair_and_no_debris(tmp_path, tiny_spec):
-    import openvino as ov
 
     models = two_tiny_models(tiny_spec)
     sources = [export_onnx(m, tmp_path / f"src{i}.onnx", SIZE, SIZE).path for i, m in enumerate(models)]
@@ -165,7 +165,7 @@ def test_killed_openvino_exports_leave_no_mixed_pair_and_no_debris(tmp_path, tin
     assert compare(references[0], references[1]).max_rel_std > 1
 
     def computes(xml: Path) -> int | None:
-        compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        compiled = openvino_core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         out = np.asarray(compiled({0: x})[0])
         matches = [i for i, ref in enumerate(references) if compare(out, ref).max_rel_std <= 0.1]
         return matches[0] if matches else None

@@ -11,6 +11,7 @@ import torch
 
 from commands.errors import InputError
 from runtime import DepthPredictor
+from runtime.backends.openvino import openvino_core
 from runtime.video_state import RECENT, SLOTS, WINDOW, StreamState, stream_input_size
 from train.models import CheckpointError, load_model
 from train.models.video import VideoDepthAnything
@@ -154,7 +155,6 @@ def test_openvino_ir_runs_the_stream_and_int8_keeps_the_motion_modules_in_float(
     from export.onnx import export_onnx
     from export.openvino import export_openvino
     from export.quantize.calibration import CalibrationSet
-    from runtime.backends.openvino import import_openvino
 
     from .sa1b import make_shard
 
@@ -167,8 +167,7 @@ def test_openvino_ir_runs_the_stream_and_int8_keeps_the_motion_modules_in_float(
     images = CalibrationSet(shard.parent, 6, (266, 350), 0, None, progress=False, minimum=0)
     int8 = export_openvino(onnx, tmp_path / "vda.int8.xml", "int8", images)
     assert int8["quantization"]["float"] == [".*motion_modules.*"] and int8["quantization"]["frames"] == 6
-    ov = import_openvino()
-    ir = ov.Core().read_model(str(tmp_path / "vda.int8.xml"))
+    ir = openvino_core().read_model(str(tmp_path / "vda.int8.xml"))
     # what the FakeQuantize ops feed: INT8 layers; none inside a motion module (a module's output
     # may be quantized where it enters the next convolution)
     fed = [

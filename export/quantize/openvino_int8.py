@@ -51,7 +51,9 @@ MAX_RESTORE_STEPS = 20
 
 
 def compile_f32(ov, model):
-    return ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    from runtime.backends.openvino import openvino_core
+
+    return openvino_core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
 
 def layer_names(model, onnx_model) -> dict[str, str]:
@@ -223,8 +225,10 @@ class Nncf:
         self.samples = len(images)
 
     def quantize(self, smoothed: bool, compress: bool, floats=frozenset(), restore: dict | None = None):
-        """With ``floats`` (ONNX names) in float too; ``restore``: NNCF's accuracy control's arguments."""
+        """With ``floats`` (ONNX names) in float too; ``restore``: NNCF's accuracy control's arguments.
+        NNCF makes and frees OpenVINO Cores of its own: see ``runtime.backends.signal_stack``."""
         from runtime.backends.openvino import telemetry_off
+        from runtime.backends.signal_stack import alternate_stack_kept
 
         nncf = self.nncf
         common = {
@@ -235,9 +239,9 @@ class Nncf:
         }
         parameters = settings(nncf, smoothed, compress)
         if restore is None:
-            with stage("quantizing with NNCF"), telemetry_off(), nncf_quiet():
+            with stage("quantizing with NNCF"), telemetry_off(), nncf_quiet(), alternate_stack_kept():
                 return nncf.quantize(self.model.clone(), self.dataset, advanced_parameters=parameters, **common)
-        with stage("NNCF's accuracy control"), telemetry_off():  # its info lines are its progress
+        with stage("NNCF's accuracy control"), telemetry_off(), alternate_stack_kept():  # its info lines: progress
             return nncf.quantize_with_accuracy_control(
                 self.model.clone(), self.dataset, advanced_quantization_parameters=parameters, **restore, **common
             )

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,6 +130,26 @@ def import_openvino() -> ModuleType:
         return require("openvino", "openvino", "OpenVINO")
 
 
+_CORE: Any = None
+_CORE_LOCK = threading.Lock()
+
+
+def openvino_core() -> Any:
+    """The process's one ``openvino.Core``: made at first use, never freed.
+
+    Every Core this toolkit uses is this one, as OpenVINO advises. A Core gives the thread that
+    compiles on it an alternate signal stack of its own and puts back, when freed, the one it
+    found; two Cores freed in the order they were made leave the thread's alternate stack in
+    unmapped memory, and the next signal Python handles there (a DataLoader worker's SIGCHLD,
+    SIGTERM, Ctrl-C) kills the process with SIGSEGV and no trace (OpenVINO 2026.4 on the CPU
+    device; tests/test_openvino_core.py shows it in a subprocess)."""
+    global _CORE
+    with _CORE_LOCK:
+        if _CORE is None:
+            _CORE = import_openvino().Core()
+        return _CORE
+
+
 def load_error(exc: BaseException) -> str:
     """The lines of an OpenVINO exception that say what is wrong, without its source locations."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -226,7 +247,7 @@ class OpenVINOBackend(Backend):
             raise ValueError(f"performance_hint must be LATENCY or THROUGHPUT, not {performance_hint!r}")
         if precision is not None and precision not in PRECISION_HINTS:
             raise ValueError(f"precision must be one of {', '.join(PRECISION_HINTS)}, got {precision!r}")
-        core = ov.Core()
+        core = openvino_core()
         self._cache = None if cache_dir is None else default_cache_dir() if cache_dir == "auto" else Path(cache_dir)
         config: dict[str, Any] = {"PERFORMANCE_HINT": performance_hint.upper()}
         if threads:
@@ -251,7 +272,7 @@ class OpenVINOBackend(Backend):
                 # with 2026.4 on a Sapphire Rapids CPU: the f16 blob then served FP32 and bf16 requests).
                 folder = self._cache / config.get("INFERENCE_PRECISION_HINT", "default")
                 folder.mkdir(parents=True, exist_ok=True)
-                core.set_property({"CACHE_DIR": str(folder)})
+                config["CACHE_DIR"] = str(folder)  # for this compile only: the Core is shared
             self._compiled = core.compile_model(model_ir, self.device, config)
         except RuntimeError as exc:
             raise ModelFileError(f"{path}: OpenVINO cannot load it ({load_error(exc)})") from exc
@@ -341,9 +362,10 @@ class OpenVINOBackend(Backend):
     def _profile(self, batch: np.ndarray, calls: int) -> Profile:
         # PERF_COUNT is a compile-time property: a second compiled model, without the blob cache
         # (a profiled blob is not worth 50 MB of disk), so the ordinary requests stay unprofiled.
-        core = self._ov.Core()
+        core = openvino_core()
         model, compiled_from = self._read(core)
-        compiled = core.compile_model(compiled_from, self.device, {**self._config, "PERF_COUNT": True})
+        config = {key: value for key, value in self._config.items() if key != "CACHE_DIR"}
+        compiled = core.compile_model(compiled_from, self.device, {**config, "PERF_COUNT": True})
         request = compiled.create_infer_request()
         request.infer({0: batch})
         warm = openvino_counters(request.get_profiling_info())
