@@ -59,7 +59,8 @@ def test_every_int8_export_refuses_counts_below_one(module, option, value, messa
 
 # In a fresh interpreter, as a supervisor's SIGTERM meets a command: sent to the pytest process
 # itself, the signal found the alternate signal stack of Python's faulthandler unmapped after the
-# OpenVINO tests (a segfault inside kill()), a state no command process is in.
+# OpenVINO tests (a segfault inside kill(): OpenVINO Cores freed in load order, mended since by
+# runtime/backends/signal_stack.py), a state no command process is in.
 SIGTERM_PROBE = """
 import os, signal, sys
 from commands.runner import Terminated, command, sigterm_as_interrupt
