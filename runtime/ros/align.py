@@ -25,7 +25,7 @@ from ..align.frame import DROP_REASONS
 from ..metric import OutputKind, metres_from_focal, network_focal
 from ..pointcloud import Intrinsics
 from .messages import Conversion, depth_messages, metric_depth, model_metres, output_messages
-from .settings import DEFAULTS, check_model_rules
+from .settings import DEFAULTS, check_model_rules, published_outputs
 from .sparse import sensor_frame
 from .tf import NoTransformError, TfTree, TransformTimeError, frame_name, stamp_ns, transform_msg_matrix
 
@@ -302,8 +302,7 @@ class FramePipeline:
     @property
     def outputs(self) -> list[str]:
         """The message keys this pipeline may publish: ``relative``, ``metric``, ``points``."""
-        metres = self.kind.is_depth or self.conversion.metric is not None or self.aligned
-        return ([] if self.kind.is_depth else ["relative"]) + (["metric", "points"] if metres else [])
+        return published_outputs(self.kind, self.conversion.metric is not None, self.aligned)
 
     def process(
         self,

@@ -133,22 +133,22 @@ class BagPass:
 
     def __init__(
         self,
-        reader: Any,
+        plan: Any,
         writer: BagWriter,
-        cameras: list[Topics],
         conversion: Conversion,
-        errors: tuple[type[Exception], ...],
         progress: Callable[[int], Any] | None,
         warn: Callable[[str], None],
-        aligner: Any = None,
         stabilize: bool = False,
     ) -> None:
-        self.reader, self.writer, self.conversion = reader, writer, conversion
-        aligned = aligner is not None
-        self.cameras = {topics.image: _Camera(topics, stabilize, conversion, aligned) for topics in cameras}
-        self.copy_topics = set(cameras[0].copy)
-        self.errors, self.progress, self.warn = errors, progress, warn
-        self.aligner = aligner  # a BagAligner: one sensor for every camera, a fit per camera
+        """The pass of ``plan`` (a ``runtime.ros.bag_plan.BagPlan``: its open bag, cameras, copied
+        topics and aligner) into ``writer``."""
+        self.reader, self.writer, self.conversion = plan.reader, writer, conversion
+        aligned = plan.aligner is not None
+        self.cameras = {topics.image: _Camera(topics, stabilize, conversion, aligned) for topics in plan.cameras}
+        self.copy_topics = set(plan.copy)
+        self.errors = (plan.rb.highlevel.AnyReaderError, plan.rb.serde.SerdeError)
+        self.progress, self.warn = progress, warn
+        self.aligner = plan.aligner  # a BagAligner: one sensor for every camera, a fit per camera
         self.copied = 0
         self.ended = False  # every message the pass reads has been read
         self.read_time = -1  # bag time of the last message read

@@ -9,8 +9,11 @@ from typing import Any
 class BagWriter:
     """A rosbags writer for one output bag: copied connections and the new depth topics."""
 
-    def __init__(self, rb: Any, path: Path, kind: str, reader: Any) -> None:
-        self._reader, self.kind = reader, kind
+    def __init__(self, plan: Any, path: Path) -> None:
+        """The output of ``plan`` (a ``runtime.ros.bag_plan.BagPlan``: its storage, its input's
+        connections) written at ``path``."""
+        rb, kind = plan.rb, plan.storage
+        self._reader, self.kind = plan.reader, kind
         if kind == "rosbag1":
             self._writer = rb.rosbag1.Writer(path)
             self.store = rb.typesys.get_typestore(rb.typesys.Stores.ROS1_NOETIC)
