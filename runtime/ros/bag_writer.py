@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .messages import MessageFactory
+
 
 class BagWriter:
     """A rosbags writer for one output bag: copied connections and the new depth topics."""
@@ -25,6 +27,7 @@ class BagWriter:
         self._writer.open()
         self._copies: dict[int, Any] = {}
         self._new: dict[str, Any] = {}
+        self.factory = MessageFactory(self.make)  # rosbags' messages hold uint8[] fields as numpy arrays
 
     def copy_connection(self, conn: Any) -> Any:
         """The output connection for an input connection, with its definition and QoS."""
