@@ -195,3 +195,23 @@ def test_tf2_lookup_errors_become_counted_reasons():
     result = aligner.align(MESSAGES.header(T0, "camera"), np.ones((4, 4), np.float32), INTRINSICS)
     assert result.depth is None and result.record["reason"].startswith("no transform: no transform between")
     assert aligner.log.reasons == {"no transform": 1}
+
+
+def test_a_depth_camera_message_takes_its_own_stamps_camera_info_in_the_node():
+    """As the bag tool does (runtime.ros.stamps.ByStamp): a newer camera info of another stamp (here
+    one that cannot be used) does not take away the one a depth image was recorded with."""
+    settings = NodeSettings(model="m", sparse_depth_type="image", extrinsics="0 0 0 0 0 0")
+    settings.check()
+    pipeline = settings.pipeline(OutputKind(), fixed_transform(np.eye(4)))
+    depth = scenes.render(scenes.Scene())
+    image, relative = scenes.relative_frame(depth, 2.0, 0.3)
+    millimetres = np.rint(depth * 1000).astype("<u2")
+    sensor_stamp = T0 + 5_000_000
+    pipeline.aligner.add_sensor(MESSAGES.image(sensor_stamp, millimetres, "16UC1", "depth_optical"))
+    pipeline.aligner.set_sensor_info(INTRINSICS, sensor_stamp)
+    pipeline.aligner.set_sensor_info(None, T0 + 40_000_000)  # newer, another stamp, unusable
+    header = MESSAGES.header(T0, "camera_optical")
+    messages = pipeline.messages(MessageFactory(make), header, image, relative.astype(np.float32), INTRINSICS)
+    metres = metres_of(messages["metric"])
+    assert np.mean(np.abs(metres[1:] - depth[1:]) / depth[1:]) < 0.01
+    assert pipeline.aligner.sensor_intrinsics is None  # the newest, for messages without their own
