@@ -163,6 +163,11 @@ class BagAligner:
         )
 
     @property
+    def buffered(self) -> list[int]:
+        """The sensor messages held for frames (their indexes in the bag, in bag order)."""
+        return sorted(self._buffer)
+
+    @property
     def topics(self) -> set[str]:
         """Topics the main pass must hand to :meth:`observe`."""
         return {self.topic, *self.tf_topics} | ({self.sensor_info_topic} if self.sensor_info_topic else set())
