@@ -1,7 +1,7 @@
 """``python -m runtime.bag``: depth and point clouds for the images in a ROS bag, written to a new bag.
 
-The command: options, checks before the model loads, progress and the summary. The work is
-``runtime.ros.bag.process_bag``.
+The command: options, the plan made before the model loads (``runtime.ros.bag_plan``: the bag
+opened and checked once), progress and the summary. The plan is run by ``runtime.ros.bag.run_plan``.
 """
 
 from __future__ import annotations
@@ -16,22 +16,14 @@ from commands.runner import CommandError, command
 
 from .align.stabilize import flicker_lines
 from .cli import add_predictor_args, build_predictor, check_metric_options, positive_int, positive_metres, topic_name
-from .metric import OutputKind, ScaleShift
+from .metric import OutputKind, ScaleShift, declared_output_kind
 from .pointcloud import MAX_POINTS
 from .ros.align import DEFAULT_MAX_TIME_OFFSET
-from .ros.bag import (
-    STORAGES,
-    Summary,
-    camera_infos,
-    check_output,
-    open_bag,
-    output_storage,
-    process_bag,
-    rosbags_modules,
-)
-from .ros.bag_align import BagAligner, add_align_args, align_request, check_conversion
+from .ros.bag import STORAGES, BagPlan, CameraRequest, Summary, open_plan, run_plan
+from .ros.bag_align import add_align_args, align_request, check_conversion
 from .ros.messages import Conversion
-from .ros.topics import Topics, plan_cameras
+from .ros.settings import published_outputs
+from .ros.topics import Topics
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -117,47 +109,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _check_request(args: argparse.Namespace) -> tuple[dict[str, int], list[Topics], BagAligner | None]:
-    """Check the bag, its topics, the sensor and its transforms, and the output before the model is loaded."""
+def _check_request(args: argparse.Namespace) -> BagPlan:
+    """The run's plan, made before the model loads: the bag opened once, its topics, the sensor and
+    its transforms, and the output checked (the plan is open: close it)."""
     align = align_request(args)  # usage errors in the alignment options, before the bag is read
-    rb = rosbags_modules()
-    check_output(args.input, args.output)
-    reader = open_bag(rb, args.input)
-    try:
-        types = {c.topic: c.msgtype for c in reader.connections}
-        counts = {t: sum(c.msgcount for c in reader.connections if c.topic == t) for t in types}
-        cameras = plan_cameras(
-            types,
-            args.image_topic,
-            args.camera_info_topic,
-            args.depth_topic,
-            args.metric_depth_topic,
-            args.points_topic,
-            args.copy_topics,
-            args.copy_all,
-            # what the run writes, as far as it is known before the model loads (a metric model's
-            # outputs are checked again once it is: runtime.ros.bag.process_bag)
-            ["relative"] + (["metric", "points"] if args.metric_scale is not None or args.align_to else []),
-        )
-        output_storage(args.input, args.output, args.storage, reader.is2)
-        aligner = None
-        if args.align_to is not None:
-            aligner = BagAligner.prepare(reader, args.align_to, camera_infos(cameras), **align)
-    finally:
-        reader.close()
-    return counts, cameras, aligner
+    request = CameraRequest(
+        args.image_topic,
+        args.camera_info_topic,
+        args.depth_topic,
+        args.metric_depth_topic,
+        args.points_topic,
+        args.copy_topics,
+        args.copy_all,
+    )
+    # What the run writes, from the same rule as FramePipeline.outputs and with what the artefact
+    # says it outputs (its sidecar) before it loads; checked again once it is (run_plan).
+    kind = declared_output_kind(args.model, args.output_kind, args.max_depth)
+    writes = published_outputs(kind, args.metric_scale is not None, args.align_to is not None)
+    options = {"storage": args.storage, "align_to": args.align_to, "align_options": align}
+    return open_plan(request, args.input, args.output, writes=writes, **options)
 
 
 @command("python -m runtime.bag", sigterm=True)
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    counts, cameras, aligner = _check_request(args)
+    with _check_request(args) as plan:
+        return _run(args, plan)
+
+
+def _run(args: argparse.Namespace, plan: BagPlan) -> int:
     metric = None if args.metric_scale is None else ScaleShift(args.metric_scale, args.metric_shift, math.nan, 0)
     from tqdm import tqdm
 
+    aligner = plan.aligner
     predictor = build_predictor(args, args.model)
     # What the model outputs decides what may be published: refused here, before any progress bar.
     check_conversion(Conversion(metric), predictor.output, args.stabilize, args.align_to is not None)
+    plan.expect(published_outputs(predictor.output, metric is not None, aligner is not None))
     if predictor.output.needs_focal:
         print(
             f"note: the model outputs {predictor.output.describe()}: metres from each frame's camera info, "
@@ -174,38 +162,25 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "note: no --metric-scale or --align-to: publishing relative inverse depth only, no metric depth or points"
         )
-    for topics in cameras:
+    for topics in plan.cameras:
         if topics.camera_info is None and predictor.output.needs_focal:
             print(f"note: no camera info for {topics.image} in the bag: no metres for it (they need the focal length)")
         elif topics.camera_info is None and (metric is not None or predictor.output.is_metric):
             print(f"note: no camera info for {topics.image} in the bag: no point clouds for it")
-    total = 0
-    for topics in cameras:
-        frames = -(-counts[topics.image] // args.every)
-        total += min(frames, args.max_frames) if args.max_frames else frames
     conversion = Conversion(metric, args.point_stride, args.max_range, not args.no_point_colors, args.max_points)
-    desc = ", ".join(topics.image for topics in cameras)
-    with tqdm(total=total, unit="frame", desc=desc, dynamic_ncols=True) as bar:
-        summary = process_bag(
+    desc = ", ".join(topics.image for topics in plan.cameras)
+    with tqdm(total=plan.frames(args.every, args.max_frames), unit="frame", desc=desc, dynamic_ncols=True) as bar:
+        summary = run_plan(
+            plan,
             predictor,
-            args.input,
-            args.output,
-            [topics.image for topics in cameras],
-            camera_info_topic=[topics.camera_info for topics in cameras],
-            depth_topic=[topics.relative for topics in cameras],
-            metric_depth_topic=[topics.metric for topics in cameras],
-            points_topic=[topics.points for topics in cameras],
-            copy_topics=cameras[0].copy,
-            conversion=conversion,
+            conversion,
             every=args.every,
             max_frames=args.max_frames,
-            storage=args.storage,
             progress=bar.update,
             warn=lambda text: bar.write(f"warning: {text}", file=sys.stderr),
-            align_to=args.align_to,
-            align_options={"aligner": aligner},
             stabilize=args.stabilize,
         )
+    cameras = plan.cameras
     _report(args.output, cameras, conversion, summary, predictor.output)
     empty = [topics.image for topics in cameras if not summary.cameras[topics.image].frames]
     if not summary.frames:

@@ -16,6 +16,7 @@ metric depth at some pixels, ``fit_scale_shift`` finds them by least squares in 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -152,6 +153,24 @@ def resolve_output_kind(found: OutputKind | None, kind: str | None, max_depth: f
             "drop --output-kind/--max-depth, or re-export the model"
         )
     return found
+
+
+def declared_output_kind(model: Any, kind: str | None = None, max_depth: float | None = None) -> OutputKind:
+    """What ``model`` outputs as far as is known before it loads: its sidecar (every export writes
+    one), then the user's ``kind``/``max_depth``, else relative. A checkpoint's head, ONNX metadata
+    or OpenVINO rt_info say it only at load (``DepthPredictor.output``), where a run checks again."""
+    from .metadata import read_sidecar
+
+    found = None
+    if isinstance(model, (str, os.PathLike)):
+        try:
+            found = OutputKind.from_metadata(read_sidecar(model), "sidecar")
+        except ValueError:  # an unreadable sidecar: the load says so
+            found = None
+    try:
+        return resolve_output_kind(found, kind, max_depth, str(model))
+    except InputError:  # a request the load refuses, in its own words
+        return found or OutputKind(source="default")
 
 
 @dataclass(frozen=True)

@@ -80,8 +80,78 @@ class DepthPredictor:
                 f"precision must be one of {', '.join(RUN_PRECISIONS)} (or None: the artefact's own), got {precision!r}"
             )
         name = resolve_backend(model, backend)
-        self._backend = backend_class(name)(model, device=device, precision=precision, **backend_options)
-        self._source = describe_source(model)
+        self._attach(
+            backend_class(name)(model, device=device, precision=precision, **backend_options),
+            describe_source(model),
+            input_size,
+            rgb,
+            fixed_size,
+            output_kind,
+            max_depth,
+            focal,
+            intrinsics,
+        )
+        self.verification = None
+        if verify:
+            from .reference import reference_for, require_within, verify_backend
+
+            try:
+                reference = reference_for(model, None if verify is True else verify)
+                self.verification = require_within(verify_backend(self._backend, reference), model)
+            except BaseException:
+                self._backend.close()
+                raise
+
+    @classmethod
+    def from_backend(
+        cls,
+        backend: Any,
+        source: str = "a backend",
+        input_size: int = 518,
+        rgb: bool = False,
+        fixed_size: tuple[int, int] | None = None,
+        max_long_side: int | None = None,
+        output_kind: str | None = None,
+        max_depth: float | None = None,
+        focal: float | None = None,
+        intrinsics: Any = None,
+    ) -> DepthPredictor:
+        """A predictor around a backend object that is already built: the public seam for one.
+
+        ``backend`` has the backend protocol of :class:`runtime.backends.base.Backend` (its
+        ``name``, ``input_spec``, ``device``, ``precision``, ``output_kind``, ``variant``,
+        ``max_concurrency``, ``takes_images``, ``pipeline``, ``stream_names``, ``infer(batch)``,
+        ``info()`` and ``close()``): one of ``runtime.backends``, or one wrapped to record the
+        batches it runs. ``source`` names the model in messages; the other arguments are the
+        constructor's. The predictor owns the backend: ``close()`` closes it."""
+        predictor = cls.__new__(cls)
+        try:
+            if not isinstance(input_size, int) or input_size < pre.PATCH_SIZE:
+                raise ValueError(f"input_size must be an integer of at least {pre.PATCH_SIZE}, got {input_size!r}")
+            predictor.max_long_side = pre.check_long_side(
+                pre.default_long_side(input_size) if max_long_side is None else max_long_side, input_size
+            )
+        except ValueError:
+            backend.close()
+            raise
+        predictor._attach(backend, source, input_size, rgb, fixed_size, output_kind, max_depth, focal, intrinsics)
+        predictor.verification = None
+        return predictor
+
+    def _attach(
+        self,
+        backend: Any,
+        source: str,
+        input_size: int,
+        rgb: bool,
+        fixed_size: tuple[int, int] | None,
+        output_kind: str | None,
+        max_depth: float | None,
+        focal: float | None,
+        intrinsics: Any,
+    ) -> None:
+        """Take ``backend`` (closed again when what is asked of it is refused)."""
+        self._backend, self._source = backend, source
         try:
             self.output: OutputKind = resolve_output_kind(
                 self._backend.output_kind, output_kind, max_depth, self._source
@@ -103,20 +173,11 @@ class DepthPredictor:
         self.rgb = rgb
         model_hw = self._backend.input_spec.fixed_hw
         if fixed_size is not None and model_hw is not None and tuple(fixed_size) != model_hw:
+            self._backend.close()
             raise ValueError(f"fixed_size {tuple(fixed_size)} differs from the model's fixed input {model_hw}")
         # A fixed-shape model always gets its own shape; a dynamic one may be pinned to one
         # (steady latency, and the same input a fixed-shape engine would see).
         self.fixed_size = model_hw or (tuple(fixed_size) if fixed_size is not None else None)
-        self.verification = None
-        if verify:
-            from .reference import reference_for, require_within, verify_backend
-
-            try:
-                reference = reference_for(model, None if verify is True else verify)
-                self.verification = require_within(verify_backend(self._backend, reference), model)
-            except BaseException:
-                self._backend.close()
-                raise
 
     def _camera(self, focal: Any, intrinsics: Any) -> tuple[float, float] | None:
         """``(fx, fy)`` in pixels of the input images from ``focal=`` or ``intrinsics=`` (a 3x3 matrix,

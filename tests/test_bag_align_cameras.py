@@ -116,7 +116,7 @@ def test_each_camera_is_fitted_on_its_own_to_the_shared_lidar(tmp_path, relative
             assert f["scale"] == pytest.approx(1 / (gain * scenes.NEAREST), rel=0.02)
             assert f["shift"] == pytest.approx(-shift / (gain * scenes.NEAREST), abs=0.02 * abs(f["scale"]))
     # each scan released once both its frames were fitted and it is older than the reorder window
-    kept = [summary.alignment.stamps[k] for k in summary.alignment._buffer]
+    kept = [summary.alignment.stamps[k] for k in summary.alignment.buffered]
     assert kept and min(kept) >= max(expected[CAM0]["stamps"]) - (REORDER + 0.05) * 1e9 - 5e6
 
 
@@ -166,8 +166,8 @@ def test_a_camera_that_stops_holds_no_scans_back_and_frames_without_camera_info_
             waiting.append(frame)
         while waiting and aligner.ready(waiting[0]):
             aligner.align(waiting.pop(0), np.ones((4, 4), np.float32))
-        largest = max(largest, len(aligner._buffer))
+        largest = max(largest, len(aligner.buffered))
     assert not waiting and aligner.logs[CAM0].statuses == {"none": 40} and len(aligner.logs[CAM1].records) == 3
     # held back for a second of cam1's lag, then let go: the buffer keeps the reorder window only
-    assert largest <= 13 and list(aligner._buffer) == [34, 35, 36, 37, 38, 39]
+    assert largest <= 13 and aligner.buffered == [34, 35, 36, 37, 38, 39]
     assert all(r["reason"] == "no camera info" for r in aligner.log.records)

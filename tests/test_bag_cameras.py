@@ -19,6 +19,7 @@ from runtime.pointcloud import Intrinsics, depth_to_points
 from runtime.ros.bag import process_bag
 from runtime.ros.messages import Conversion, metric_depth
 from runtime.ros.topics import plan_cameras
+from tests.recording import recorded_predictor
 from tests.scene_bag import IMAGE, INFO, Messages
 from tests.test_bag import decode_pointcloud2, frame, read_topics, run_cli, stamp_ns
 
@@ -61,30 +62,21 @@ def write_cameras_bag(path, cameras: list[str], frames: int = 4) -> dict[str, li
     return expected
 
 
-def counted_batches(predictor, monkeypatch) -> list[int]:
-    """The batch of every model call, recorded around the real backend's own call."""
-    sizes: list[int] = []
-    inner = predictor._backend._infer
-    monkeypatch.setattr(predictor._backend, "_infer", lambda batch: sizes.append(batch.shape[0]) or inner(batch))
-    return sizes
-
-
 def as_depth(msg) -> np.ndarray:
     return np.frombuffer(bytes(msg.data), "<f4").reshape(msg.height, msg.width)
 
 
 @pytest.mark.parametrize("cameras", [["/cam0/image_raw", "/cam1/image_raw"], ["/cam0/image_raw", "/cam2/image_raw"]])
-def test_each_camera_gets_its_own_depth_and_points_and_equal_sizes_share_a_call(
-    tmp_path, predictor, monkeypatch, cameras
-):
+def test_each_camera_gets_its_own_depth_and_points_and_equal_sizes_share_a_call(tmp_path, tiny_model, cameras):
     bag, out = tmp_path / "in", tmp_path / "out"
     expected = write_cameras_bag(bag, cameras)
+    predictor, recorded = recorded_predictor(tiny_model, input_size=56)  # its model calls recorded
     single = [predictor.predict(image) for topic in cameras for _, _, image in expected[topic]]  # one at a time
-    calls = counted_batches(predictor, monkeypatch)
+    recorded.batches.clear()
     scale = ScaleShift(0.5, 0.1, float("nan"), 0)
     summary = process_bag(predictor, bag, out, cameras, conversion=Conversion(scale))
     same_size = CAMERAS[cameras[0]][2] == CAMERAS[cameras[1]][2]
-    assert calls == ([2] * 4 if same_size else [1] * 8)  # a cycle of two equal frames is one model call
+    assert recorded.sizes == ([2] * 4 if same_size else [1] * 8)  # a cycle of two equal frames is one model call
     assert summary.frames == 8 and [s.frames for s in summary.cameras.values()] == [4, 4]
     got = read_topics(out)
     namespaces = [topic.rsplit("/", 1)[0] for topic in cameras]

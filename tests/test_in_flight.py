@@ -14,6 +14,7 @@ import pytest
 from export.metrics import compare
 from export.openvino import export_openvino
 from runtime import DepthPredictor
+from tests.recording import recorded_predictor
 
 # Same model, same input: a run with its own share of the threads sums in another order at most.
 ROUNDING = 1e-5
@@ -105,14 +106,11 @@ def test_one_stream_serialises_calls(photo, tiny_onnx, tiny_ir, tiny_dynamic_onn
 
 
 def test_a_batch_of_equal_frames_is_one_call_on_a_dynamic_model(photo, tiny_dynamic_onnx, monkeypatch):
-    predictor = DepthPredictor(tiny_dynamic_onnx, input_size=56)
-    shapes = []
-    inner = predictor._backend._infer
-    monkeypatch.setattr(predictor._backend, "_infer", lambda batch: shapes.append(batch.shape) or inner(batch))
+    predictor, recorded = recorded_predictor(tiny_dynamic_onnx, input_size=56)
     frames = cameras(photo)
     sizes = Counter(predictor.prepare(f).shape for f in frames)
     depth = predictor.predict_batch(frames)
-    assert sorted(s[0] for s in shapes) == sorted(sizes.values()) and max(sizes.values()) > 1  # a call per size
+    assert sorted(recorded.sizes) == sorted(sizes.values()) and max(sizes.values()) > 1  # a call per size
     assert len(depth) == 4
     for got, frame in zip(depth, frames, strict=True):
         assert compare(got, predictor.predict(frame)).max_rel_std <= ROUNDING
@@ -171,27 +169,19 @@ def fixed_batch_onnx(dynamic: Path, out: Path, batch: int) -> Path:
     return out
 
 
-def counted_batches(predictor: DepthPredictor, monkeypatch) -> list[int]:
-    """The batch of every model call, recorded around the real backend's own call."""
-    sizes: list[int] = []
-    inner = predictor._backend._infer
-    monkeypatch.setattr(predictor._backend, "_infer", lambda batch: sizes.append(batch.shape[0]) or inner(batch))
-    return sizes
-
-
 def test_a_fixed_batch_model_gets_full_batches_padded_with_the_last_frame(
     tmp_path, photo, tiny_dynamic_onnx, monkeypatch
 ):
     single = DepthPredictor(tiny_dynamic_onnx, input_size=56)
-    predictor = DepthPredictor(fixed_batch_onnx(tiny_dynamic_onnx, tmp_path / "b2.onnx", 2), input_size=56)
+    batch2 = fixed_batch_onnx(tiny_dynamic_onnx, tmp_path / "b2.onnx", 2)
+    predictor, recorded = recorded_predictor(batch2, input_size=56)
     assert predictor.input_shape == (2, 3, None, None)
-    calls = counted_batches(predictor, monkeypatch)
     frames = [photo, photo[::-1].copy(), photo[:, ::-1].copy()]  # one size: batches of 2, 2 (the last padded)
     for got, frame in zip(predictor.predict_batch(frames), frames, strict=True):
         assert compare(got, single.predict(frame)).max_rel_std <= ROUNDING
-    assert calls == [2, 2]
+    assert recorded.sizes == [2, 2]
     assert compare(predictor.predict(photo), single.predict(photo)).max_rel_std <= ROUNDING  # alone: padded too
-    assert calls == [2, 2, 2]
+    assert recorded.sizes == [2, 2, 2]
 
 
 def test_an_engine_profile_bounds_the_batch_predict_batch_sends(photo, tiny_dynamic_onnx, monkeypatch):
@@ -207,12 +197,10 @@ def test_an_engine_profile_bounds_the_batch_predict_batch_sends(photo, tiny_dyna
         (((2, 3, 14, 14), (4, 3, 2072, 2072)), [3]),
         (((3, 3, 14, 14), (3, 3, 2072, 2072)), [3]),
     ]:
-        predictor = DepthPredictor(tiny_dynamic_onnx, input_size=56)
         spec = spec_from_dims("image", (-1, 3, -1, -1), profile)
         assert (spec.min_batch, spec.max_batch) == (profile[0][0], profile[1][0])
-        predictor._backend.input_spec = spec
-        calls = counted_batches(predictor, monkeypatch)
+        predictor, recorded = recorded_predictor(tiny_dynamic_onnx, spec=spec, input_size=56)
         for got, expected in zip(predictor.predict_batch(frames), want, strict=True):
             assert compare(got, expected).max_rel_std <= ROUNDING
         predictor.predict_batch(frames[:1])
-        assert calls == [*batches, profile[0][0]]  # one frame alone: padded to the profile's minimum
+        assert recorded.sizes == [*batches, profile[0][0]]  # one frame alone: padded to the profile's minimum

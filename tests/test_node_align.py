@@ -17,7 +17,7 @@ from runtime import DepthPredictor, InputError, ScaleShift
 from runtime.metric import OutputKind
 from runtime.pointcloud import Intrinsics
 from runtime.ros.align import FramePipeline, LiveAligner, buffer_transforms, fixed_transform, tree_transforms
-from runtime.ros.messages import Conversion
+from runtime.ros.messages import Conversion, MessageFactory
 from runtime.ros.node import NodeSettings, parse_args
 from runtime.ros.tf import NoTransformError, TfTree, TransformTimeError
 from tests import scenes
@@ -97,7 +97,7 @@ def test_a_metric_model_publishes_its_metres_on_depth_image_and_no_relative_topi
     image = scenes.encode(depth / 20.0)
     prediction = predictor.predict(image)
     header = MESSAGES.header(T0, "camera_optical")
-    messages = pipeline.messages(make, np.ascontiguousarray, header, image, prediction, INTRINSICS)
+    messages = pipeline.messages(MessageFactory(make), header, image, prediction, INTRINSICS)
     assert set(messages) == {"metric", "points"}
     np.testing.assert_array_equal(metres_of(messages["metric"]), prediction)
     assert messages["metric"].encoding == "32FC1" and messages["metric"].header.frame_id == "camera_optical"
@@ -134,19 +134,19 @@ def test_the_live_fit_matches_each_frame_to_the_nearest_scan_through_tf():
         aligner.add_sensor(MESSAGES.cloud(stamp + 30_000_000, scenes.Lidar().scan(depth, rng)))
         aligner.add_sensor(MESSAGES.cloud(stamp - 70_000_000, rng.normal(size=(100, 3)).astype(np.float32)))
         header = MESSAGES.header(stamp, "camera_optical")
-        messages = pipeline.messages(make, np.ascontiguousarray, header, image, relative.astype(np.float32), INTRINSICS)
+        messages = pipeline.messages(MessageFactory(make), header, image, relative.astype(np.float32), INTRINSICS)
         assert set(messages) == {"relative", "metric", "points"}
         metres = metres_of(messages["metric"])
         errors.append(np.mean(np.abs(metres[1:] - depth[1:]) / depth[1:]))
     assert max(errors) < 0.02 and list(aligner.log.statuses) == ["fit"]
     late = MESSAGES.header(T0 + 2_000_000_000, "camera_optical")
-    out = pipeline.messages(make, np.ascontiguousarray, late, image, relative.astype(np.float32), INTRINSICS)
+    out = pipeline.messages(MessageFactory(make), late, image, relative.astype(np.float32), INTRINSICS)
     assert set(out) == {"relative"}  # nothing within 50 ms and past the hold: no metres, never a guess
     assert aligner.log.records[-1]["reason"] == "no sensor message within 50 ms (nearest 1770 ms)"
     # Scans are kept for 2 s behind the newest: one 3 s later leaves the first frame's scan gone.
     aligner.add_sensor(MESSAGES.cloud(T0 + 3_000_000_000, np.ones((5, 3), np.float32)))
     first = MESSAGES.header(T0, "camera_optical")
-    pipeline.messages(make, np.ascontiguousarray, first, image, relative.astype(np.float32), INTRINSICS)
+    pipeline.messages(MessageFactory(make), first, image, relative.astype(np.float32), INTRINSICS)
     assert aligner.log.records[-1]["reason"] == "no sensor message within 50 ms (nearest 3000 ms)"
 
 
@@ -160,10 +160,10 @@ def test_extrinsics_and_a_depth_camera_without_tf():
     pipeline.aligner.add_sensor(MESSAGES.image(T0 + 5_000_000, millimetres, "16UC1", "depth_optical"))
     header = MESSAGES.header(T0, "camera_optical")
     # Before the depth camera's own camera info: no metres (never the colour camera's intrinsics).
-    early = pipeline.messages(make, np.ascontiguousarray, header, image, relative.astype(np.float32), INTRINSICS)
+    early = pipeline.messages(MessageFactory(make), header, image, relative.astype(np.float32), INTRINSICS)
     assert "metric" not in early and "own camera info" in pipeline.aligner.log.records[-1]["reason"]
     pipeline.aligner.set_sensor_info(INTRINSICS)
-    messages = pipeline.messages(make, np.ascontiguousarray, header, image, relative.astype(np.float32), INTRINSICS)
+    messages = pipeline.messages(MessageFactory(make), header, image, relative.astype(np.float32), INTRINSICS)
     metres = metres_of(messages["metric"])
     assert np.mean(np.abs(metres[1:] - depth[1:]) / depth[1:]) < 0.01
 
@@ -195,3 +195,23 @@ def test_tf2_lookup_errors_become_counted_reasons():
     result = aligner.align(MESSAGES.header(T0, "camera"), np.ones((4, 4), np.float32), INTRINSICS)
     assert result.depth is None and result.record["reason"].startswith("no transform: no transform between")
     assert aligner.log.reasons == {"no transform": 1}
+
+
+def test_a_depth_camera_message_takes_its_own_stamps_camera_info_in_the_node():
+    """As the bag tool does (runtime.ros.stamps.ByStamp): a newer camera info of another stamp (here
+    one that cannot be used) does not take away the one a depth image was recorded with."""
+    settings = NodeSettings(model="m", sparse_depth_type="image", extrinsics="0 0 0 0 0 0")
+    settings.check()
+    pipeline = settings.pipeline(OutputKind(), fixed_transform(np.eye(4)))
+    depth = scenes.render(scenes.Scene())
+    image, relative = scenes.relative_frame(depth, 2.0, 0.3)
+    millimetres = np.rint(depth * 1000).astype("<u2")
+    sensor_stamp = T0 + 5_000_000
+    pipeline.aligner.add_sensor(MESSAGES.image(sensor_stamp, millimetres, "16UC1", "depth_optical"))
+    pipeline.aligner.set_sensor_info(INTRINSICS, sensor_stamp)
+    pipeline.aligner.set_sensor_info(None, T0 + 40_000_000)  # newer, another stamp, unusable
+    header = MESSAGES.header(T0, "camera_optical")
+    messages = pipeline.messages(MessageFactory(make), header, image, relative.astype(np.float32), INTRINSICS)
+    metres = metres_of(messages["metric"])
+    assert np.mean(np.abs(metres[1:] - depth[1:]) / depth[1:]) < 0.01
+    assert pipeline.aligner.sensor_intrinsics is None  # the newest, for messages without their own

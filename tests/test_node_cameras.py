@@ -17,8 +17,9 @@ from rosbags.typesys import Stores, get_typestore
 from runtime import InputError, ScaleShift
 from runtime.pointcloud import Intrinsics, depth_to_points
 from runtime.ros.cameras import CameraSlots, node_cameras, run_cycle, split_topics
-from runtime.ros.messages import metric_depth
+from runtime.ros.messages import MessageFactory, metric_depth
 from runtime.ros.node import NodeSettings, camera_info_receiver, parse_args
+from tests.recording import recorded_predictor
 from tests.scene_bag import Messages
 from tests.test_bag import decode_pointcloud2, frame
 
@@ -89,7 +90,8 @@ def test_a_cycle_takes_the_newest_frame_of_every_camera_that_has_one():
     assert slots.take(timeout=30) is None  # closed: returns at once
 
 
-def test_one_batched_call_per_cycle_with_each_cameras_numbers_intrinsics_and_topics(predictor, monkeypatch):
+def test_one_batched_call_per_cycle_with_each_cameras_numbers_intrinsics_and_topics(tiny_model):
+    predictor, recorded = recorded_predictor(tiny_model, input_size=56)  # its model calls recorded
     settings = NodeSettings(
         model="m", metric_scale=0.5, metric_shift=0.1, image_topics="/cam0/image_raw /cam1/image_raw"
     )
@@ -99,15 +101,13 @@ def test_one_batched_call_per_cycle_with_each_cameras_numbers_intrinsics_and_top
     for camera, matrix in zip(cameras, matrices, strict=True):
         camera.pipeline = settings.pipeline(predictor.output, None)
         camera.publishers = {key: Sink() for key in camera.pipeline.outputs}
-        camera_info_receiver(camera.slot, log)(MESSAGES.info(T0, "x", matrix, (32, 48)))
+        camera_info_receiver(camera.infos, log)(MESSAGES.info(T0, "x", matrix, (32, 48)))
     images = [frame(0), frame(5)]
     single = [predictor.predict(image) for image in images]
-    calls = []
-    inner = predictor._backend._infer
-    monkeypatch.setattr(predictor._backend, "_infer", lambda batch: calls.append(batch.shape[0]) or inner(batch))
+    recorded.batches.clear()
     cycle = [(k, MESSAGES.image(T0 + k, image, "bgr8", f"cam{k}_optical")) for k, image in enumerate(images)]
-    assert run_cycle(predictor, cameras, cycle, make, np.ascontiguousarray, log.warning) == 2
-    assert calls == [2]  # both cameras' frames in one model call
+    assert run_cycle(predictor, cameras, cycle, MessageFactory(make), log.warning) == 2
+    assert recorded.sizes == [2]  # both cameras' frames in one model call
     scale = ScaleShift(0.5, 0.1, float("nan"), 0)
     for k, camera in enumerate(cameras):
         (relative,) = camera.publishers["relative"].messages
@@ -122,6 +122,6 @@ def test_one_batched_call_per_cycle_with_each_cameras_numbers_intrinsics_and_top
         np.testing.assert_allclose(decode_pointcloud2(points)[0], cloud.points, rtol=1e-5, atol=1e-6)
     # A frame that cannot be decoded is named and left out; the other camera's frame goes on.
     bad = MESSAGES.image(T0, np.zeros((32, 48), "<f4"), "32FC1")
-    assert run_cycle(predictor, cameras, [(0, bad), cycle[1]], make, np.ascontiguousarray, log.warning) == 1
-    assert calls == [2, 1] and "/cam0/image_raw: frame skipped" in log.lines[-1] and "32FC1" in log.lines[-1]
+    assert run_cycle(predictor, cameras, [(0, bad), cycle[1]], MessageFactory(make), log.warning) == 1
+    assert recorded.sizes == [2, 1] and "/cam0/image_raw: frame skipped" in log.lines[-1] and "32FC1" in log.lines[-1]
     assert [len(c.publishers["relative"].messages) for c in cameras] == [1, 2]

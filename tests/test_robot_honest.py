@@ -17,6 +17,7 @@ pytest.importorskip("rosbags", reason="the bag tool needs the 'ros' extra (rosba
 from runtime import DepthPredictor, InputError
 from runtime.ros.bag import process_bag
 from runtime.ros.cameras import node_cameras, run_cycle, split_topics
+from runtime.ros.messages import MessageFactory
 from runtime.ros.node import NodeSettings
 from tests import scenes
 from tests.robot_bags import Robot
@@ -136,6 +137,6 @@ def test_the_nodes_cycle_leaves_out_only_the_camera_whose_frame_is_bad(predictor
     log = Log()
     tiny = MESSAGES.image(T0, frame(0, 6, 6), "bgr8", "cam0_optical")  # decodes, but smaller than a patch
     good = MESSAGES.image(T0, frame(1), "bgr8", "cam1_optical")
-    assert run_cycle(predictor, cameras, [(0, tiny), (1, good)], make, np.ascontiguousarray, log.warning) == 1
+    assert run_cycle(predictor, cameras, [(0, tiny), (1, good)], MessageFactory(make), log.warning) == 1
     assert [len(c.publishers["relative"].messages) for c in cameras] == [0, 1]
     assert log.lines[-1].startswith("/cam0/image_raw: frame skipped")

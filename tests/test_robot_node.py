@@ -10,6 +10,7 @@ pytest.importorskip("rosbags", reason="real message objects come from rosbags' t
 
 from runtime import DepthPredictor
 from runtime.ros.align import tree_transforms
+from runtime.ros.messages import MessageFactory
 from runtime.ros.node import NodeSettings
 from runtime.ros.node_core import NodeCore
 from tests import scenes
@@ -29,8 +30,7 @@ def test_the_core_publishes_each_cameras_fitted_metres_without_rclpy(tmp_path):
         settings,
         DepthPredictor(model),
         tree_transforms(tree()),
-        make,
-        np.ascontiguousarray,
+        MessageFactory(make),
         log,
         lambda key, topic: sinks.setdefault(topic, Sink()),
     )
@@ -63,7 +63,7 @@ def test_the_core_says_once_when_the_sensor_can_never_give_metres(tmp_path):
     log = Log()
     errors: list[str] = []
     log.error = lambda text, **_: errors.append(text)
-    core = NodeCore(settings, DepthPredictor(model), None, make, np.ascontiguousarray, log, lambda *_: Sink())
+    core = NodeCore(settings, DepthPredictor(model), None, MessageFactory(make), log, lambda *_: Sink())
     for k in range(3):  # an 8-bit "depth" image: no metres whatever the transforms
         core.sensor(MESSAGES.image(T0 + k, np.full((8, 8), 3, np.uint8), "8UC1"))
     assert len(errors) == 1 and "sparse_depth can never give metres as sent" in errors[0] and "'8UC1'" in errors[0]

@@ -97,7 +97,7 @@ def test_a_camera_whose_stamps_run_slightly_backwards_keeps_every_lidar_fit(tmp_
 
 def test_the_node_pairs_a_frame_with_the_camera_info_of_its_stamp():
     camera = node_cameras([])[0]
-    receive = camera_info_receiver(camera.slot, SimpleNamespace(warning=print), camera.infos)
+    receive = camera_info_receiver(camera.infos, SimpleNamespace(warning=print))
     first, second = scenes.K.copy(), scenes.K.copy()
     second[0, 0] = second[1, 1] = 150.0
     receive(MESSAGES.info(START, "camera_optical", first))

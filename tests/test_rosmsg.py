@@ -20,6 +20,7 @@ from runtime.ros.messages import (
     IMAGE,
     Conversion,
     LatestOnly,
+    MessageFactory,
     compressed_to_numpy,
     depth_messages,
     image_to_numpy,
@@ -28,6 +29,7 @@ from runtime.ros.messages import (
 )
 from runtime.ros.node import NodeSettings, camera_info_receiver, main, serve, split_ros_args
 from runtime.ros.node import parse_args as node_args
+from runtime.ros.stamps import ByStamp
 
 BGR = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4 * 5, 3)[np.random.default_rng(0).permutation(20)].reshape(4, 5, 3)
 
@@ -101,7 +103,7 @@ def test_depth_messages_follow_the_conventions():
     relative = np.array([[1.0, 2.0], [4.0, 0.0]], np.float32)
     image = np.zeros((2, 2, 3), np.uint8)
     header = SimpleNamespace(frame_id="cam")
-    only = depth_messages(record, bytes, header, relative, image, None, Conversion())
+    only = depth_messages(MessageFactory(record, bytes), header, relative, image, None, Conversion())
     assert list(only) == ["relative"]  # no metric conversion: nothing in metres, no points
     msg = only["relative"]
     assert (msg.msgtype, msg.encoding, msg.step, msg.is_bigendian, msg.header) == (
@@ -113,12 +115,14 @@ def test_depth_messages_follow_the_conventions():
     )
     np.testing.assert_array_equal(np.frombuffer(msg.data, "<f4").reshape(2, 2), relative)
     metric = Conversion(ScaleShift(0.5, 0.0, float("nan"), 0))
-    no_camera = depth_messages(record, bytes, header, relative, image, None, metric)
+    no_camera = depth_messages(MessageFactory(record, bytes), header, relative, image, None, metric)
     assert list(no_camera) == ["relative", "metric"]
     depth = np.frombuffer(no_camera["metric"].data, "<f4").reshape(2, 2)
     np.testing.assert_allclose(depth[0], [2.0, 1.0])
     assert np.isnan(depth[1, 1])  # REP 118: NaN where there is no depth, not inf or 0
-    everything = depth_messages(record, bytes, header, relative, image, Intrinsics(1.0, 1.0, 0.5, 0.5), metric)
+    everything = depth_messages(
+        MessageFactory(record, bytes), header, relative, image, Intrinsics(1.0, 1.0, 0.5, 0.5), metric
+    )
     points = everything["points"]
     assert points.msgtype == "sensor_msgs/msg/PointCloud2" and points.width == 3 and points.is_dense
     assert [f.name for f in points.fields] == ["x", "y", "z", "rgb"] and points.header is header
@@ -209,13 +213,13 @@ class RosLog:
 
 
 def test_a_camera_info_the_lens_model_refuses_means_no_points_not_a_dead_node():
-    log, slot = RosLog(), [None]
-    receive = camera_info_receiver(slot, log)
+    log, infos = RosLog(), ByStamp(4)
+    receive = camera_info_receiver(infos, log)
     common = {"k": [500.0, 0, 320.5, 0, 510.0, 240.5, 0, 0, 1], "width": 640, "height": 480}
     receive(SimpleNamespace(d=[0.1] * 5, distortion_model="plumb_bob", **common))
-    assert slot[0] is not None and not log.lines
+    assert infos.newest is not None and not log.lines
     receive(SimpleNamespace(d=[0.1] * 6, distortion_model="plumb_bob", **common))
-    assert slot[0] is None
+    assert infos.newest is None
     assert log.lines == [
         (
             "warning",
@@ -236,7 +240,9 @@ def test_the_depth_worker_logs_a_failing_frame_and_keeps_serving(predictor):
         image = message_to_image(msg, IMAGE)
         relative = predictor.predict(image)
         published.append(
-            depth_messages(record, bytes, None, relative, image, Intrinsics(9.0, 9.0, 7.0, 7.0), conversion)
+            depth_messages(
+                MessageFactory(record, bytes), None, relative, image, Intrinsics(9.0, 9.0, 7.0, 7.0), conversion
+            )
         )
 
     running = [True]

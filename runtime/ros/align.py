@@ -13,7 +13,6 @@ import bisect
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
 from typing import Any, Callable
 
 import numpy as np
@@ -24,13 +23,15 @@ from ..align import AlignSettings, FrameAligner, FrameResult, SparseSamples, Sta
 from ..align.frame import DROP_REASONS
 from ..metric import OutputKind, metres_from_focal, network_focal
 from ..pointcloud import Intrinsics
-from .messages import Conversion, depth_messages, metric_depth, model_metres, output_messages
-from .settings import DEFAULTS, check_model_rules
+from .messages import Conversion, MessageFactory, depth_messages, metric_depth, model_metres, output_messages
+from .settings import DEFAULTS, check_model_rules, published_outputs
 from .sparse import sensor_frame
+from .stamps import ByStamp, nearest
 from .tf import NoTransformError, TfTree, TransformTimeError, frame_name, stamp_ns, transform_msg_matrix
 
 DEFAULT_MAX_TIME_OFFSET = DEFAULTS.max_time_offset  # seconds between an image and its sensor message
 MAX_SENSOR_MESSAGES = 100  # the node's sensor buffer, whatever the stamps say (2 s of a 50 Hz sensor)
+SENSOR_INFOS = 32  # the sensor's own camera infos kept by stamp
 
 # camera frame, sensor frame, sensor stamp (ns) -> 4x4 taking sensor points into the camera frame
 # (typing's Callable: collections.abc's cannot be subscripted at run time on Python 3.8)
@@ -44,16 +45,6 @@ def tree_transforms(tree: TfTree) -> Transforms:
 def fixed_transform(matrix: np.ndarray) -> Transforms:
     """Extrinsics given by hand: the same sensor-to-camera transform whatever the frames are called."""
     return lambda camera, sensor, stamp: matrix
-
-
-def nearest(stamps: Sequence[int], stamp: int, max_offset_ns: int) -> tuple[int | None, int | None]:
-    """Index of the sorted ``stamps`` nearest to ``stamp`` if within ``max_offset_ns``, and the offset."""
-    if not len(stamps):
-        return None, None
-    i = bisect.bisect_left(stamps, stamp)
-    best = min((j for j in (i - 1, i) if 0 <= j < len(stamps)), key=lambda j: abs(stamps[j] - stamp))
-    offset = abs(stamps[best] - stamp)
-    return (best if offset <= max_offset_ns else None), offset
 
 
 def frame_samples(
@@ -182,7 +173,7 @@ class LiveAligner:
         self.msgtype, self.transforms = msgtype, transforms
         self.max_offset = int(max_time_offset * 1e9)
         self.keep = int(keep * 1e9)
-        self.sensor_intrinsics: Intrinsics | None = None
+        self.sensor_infos: ByStamp[Intrinsics] = ByStamp(SENSOR_INFOS)  # the sensor's own camera infos
         self.log = AlignmentLog()
         self.warn = warn or (lambda text: None)
         self.resets = 0  # times the sensor's clock jumped and the buffer started again
@@ -215,8 +206,15 @@ class LiveAligner:
     def buffered(self) -> int:
         return len(self._stamps)
 
-    def set_sensor_info(self, intrinsics: Intrinsics | None) -> None:
-        self.sensor_intrinsics = intrinsics
+    def set_sensor_info(self, intrinsics: Intrinsics | None, stamp: int | None = None) -> None:
+        """The sensor's camera info (``None``: unusable); a sensor message takes the one with its stamp."""
+        with self._lock:
+            self.sensor_infos.add(stamp, intrinsics)
+
+    @property
+    def sensor_intrinsics(self) -> Intrinsics | None:
+        """The newest of the sensor's camera infos."""
+        return self.sensor_infos.newest
 
     def align(self, header: Any, prediction: np.ndarray, intrinsics: Intrinsics | None) -> FrameResult:
         start = time.perf_counter()
@@ -224,6 +222,7 @@ class LiveAligner:
         with self._lock:
             index, offset = nearest(self._stamps, stamp, self.max_offset)
             msg = None if index is None else self._messages[index]
+            info = None if msg is None else self.sensor_infos.at(self._stamps[index])
         samples, missing = None, ""
         if intrinsics is None:
             missing = "no camera info"
@@ -238,7 +237,7 @@ class LiveAligner:
                 prediction.shape,
                 self.transforms,
                 self.aligner,
-                self.sensor_intrinsics,
+                info,
             )
         result = self.aligner.align(prediction, samples, stamp, missing)
         self.log.add(result, time.perf_counter() - start)
@@ -302,13 +301,11 @@ class FramePipeline:
     @property
     def outputs(self) -> list[str]:
         """The message keys this pipeline may publish: ``relative``, ``metric``, ``points``."""
-        metres = self.kind.is_depth or self.conversion.metric is not None or self.aligned
-        return ([] if self.kind.is_depth else ["relative"]) + (["metric", "points"] if metres else [])
+        return published_outputs(self.kind, self.conversion.metric is not None, self.aligned)
 
     def process(
         self,
-        make: Callable[..., Any],
-        blob: Callable[[np.ndarray], Any],
+        factory: MessageFactory,
         header: Any,
         image: np.ndarray,
         prediction: np.ndarray,
@@ -326,27 +323,26 @@ class FramePipeline:
             k = intrinsics.for_image(*image.shape[:2])
             focal = network_focal(k.fx, k.fy, image.shape[:2], self.network_size(image))
             metres = model_metres(metres_from_focal(prediction, focal))
-            return output_messages(make, blob, header, image, intrinsics, self.conversion, None, metres), metres
+            return output_messages(factory, header, image, intrinsics, self.conversion, None, metres), metres
         if align is None and self.aligner is not None:
             aligner = self.aligner
             align = lambda values: aligner.align(header, values, intrinsics)  # noqa: E731
         if align is None:
-            messages = depth_messages(make, blob, header, prediction, image, intrinsics, self.conversion)
+            messages = depth_messages(factory, header, prediction, image, intrinsics, self.conversion)
             if self.kind.is_metric:
                 return messages, prediction
             metric = self.conversion.metric
             return messages, prediction if metric is None else metric_depth(prediction, metric)
         metres = align(prediction).depth
         relative = None if self.kind.is_depth else prediction
-        return output_messages(make, blob, header, image, intrinsics, self.conversion, relative, metres), metres
+        return output_messages(factory, header, image, intrinsics, self.conversion, relative, metres), metres
 
     def messages(
         self,
-        make: Callable[..., Any],
-        blob: Callable[[np.ndarray], Any],
+        factory: MessageFactory,
         header: Any,
         image: np.ndarray,
         prediction: np.ndarray,
         intrinsics: Intrinsics | None,
     ) -> dict[str, Any]:
-        return self.process(make, blob, header, image, prediction, intrinsics)[0]
+        return self.process(factory, header, image, prediction, intrinsics)[0]

@@ -11,6 +11,11 @@ and writes a new bag of the same ROS version, with per camera (``<ns>``: its ima
   metres (REP 118, NaN = invalid) and, with camera info, ``<ns>/depth/points`` (``PointCloud2``,
   the camera's optical frame). A metric model's output is never published as relative depth.
 
+The run is planned once (``runtime.ros.bag_plan``: the bag opened, the cameras' topics, the
+output storage, the ``--align-to`` index) and the plan is handed to the pass and the writer:
+``process_bag`` is ``open_plan`` then ``run_plan``; the command (``runtime.bag``) opens the plan
+before the model loads and runs it after.
+
 Every output message keeps its source image's header (stamp, frame_id) and bag time. The
 input is only read; the output is written under a hidden temporary name beside it and renamed
 at the end, so an interrupted run never leaves a bag under the name that looks complete.
@@ -22,94 +27,41 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, Union
 
-from commands.errors import InputError, OutputError, require
+from commands.errors import InputError, OutputError
 from commands.runner import DISK_ERRNOS
 
-from ..io.files import check_writable_folder, staging_dir
+from ..io.files import staging_dir
 from ..metric import OutputKind
 from .bag_pass import BagPass, Summary
+from .bag_plan import (
+    STORAGES,
+    BagPlan,
+    CameraRequest,
+    check_output,
+    open_bag,
+    open_plan,
+    output_storage,
+    rosbags_modules,
+)
 from .bag_writer import BagWriter
 from .messages import Conversion
-from .topics import plan_cameras
+from .settings import published_outputs
 
 __all__ = [
     "STORAGES",
+    "BagPlan",
+    "CameraRequest",
     "Summary",
-    "camera_infos",
     "check_output",
     "open_bag",
+    "open_plan",
     "output_storage",
     "process_bag",
     "rosbags_modules",
+    "run_plan",
 ]
-
-STORAGES = ("mcap", "sqlite3")
-_STORAGE_SUFFIX = {".mcap": "mcap", ".db3": "sqlite3"}
-_ROSBAGS_NOTE = "rosbags needs Python >= 3.10"
-
-
-def camera_infos(cameras: Sequence[Any]) -> dict[str, str | None]:
-    """``{image topic: camera info topic}`` of the planned cameras, as ``BagAligner.prepare`` takes them."""
-    return {topics.image: topics.camera_info for topics in cameras}
-
-
-def rosbags_modules() -> Any:
-    """The ``rosbags`` modules this tool uses, or an error naming the extra."""
-    require("rosbags", "ros", "rosbags (reading and writing ROS bags)", _ROSBAGS_NOTE)
-    import rosbags.highlevel
-    import rosbags.rosbag1
-    import rosbags.rosbag2
-    import rosbags.serde
-    import rosbags.typesys
-
-    return rosbags
-
-
-def output_storage(input_path: Path, output: Path, storage: str | None, is_ros2: bool) -> str:
-    """``"rosbag1"``, ``"mcap"`` or ``"sqlite3"`` for the output, checked against the input."""
-    if not is_ros2:
-        if output.suffix != ".bag":
-            raise InputError(f"the input is a ROS 1 bag, so the output must be a .bag file too, got {output}")
-        if storage is not None:
-            raise InputError("--storage chooses a ROS 2 storage; a ROS 1 input gives a ROS 1 .bag")
-        return "rosbag1"
-    if output.suffix == ".bag":
-        raise InputError(
-            f"the input is a ROS 2 bag, so the output is a ROS 2 bag folder, not a .bag file: {output} "
-            "(copied messages stay in their CDR bytes)"
-        )
-    if storage is not None:
-        return storage
-    if input_path.is_dir():
-        found = {_STORAGE_SUFFIX[p.suffix] for p in input_path.iterdir() if p.suffix in _STORAGE_SUFFIX}
-        return found.pop() if len(found) == 1 else "mcap"
-    return _STORAGE_SUFFIX.get(input_path.suffix, "mcap")
-
-
-def open_bag(rb: Any, path: Path) -> Any:
-    """An open ``AnyReader`` for a ROS 1 or ROS 2 bag, or an ``InputError`` saying why not."""
-    if not path.exists():
-        raise InputError(f"no such bag: {path}")
-    # Used only for bags that carry no message definitions (old ROS 2 recordings).
-    store = rb.typesys.get_typestore(rb.typesys.Stores.ROS2_HUMBLE)
-    try:
-        reader = rb.highlevel.AnyReader([path], default_typestore=store)
-        reader.open()
-    except (rb.highlevel.AnyReaderError, rb.rosbag1.ReaderError, rb.rosbag2.ReaderError, OSError) as exc:
-        raise InputError(f"cannot read {path} as a ROS bag: {exc}") from exc
-    return reader
-
-
-def check_output(input_path: Path, output: Path) -> None:
-    if output.exists() or output.is_symlink():
-        raise InputError(f"{output} exists; choose another --output or remove it (bags are never overwritten)")
-    if output.resolve() == input_path.resolve():
-        raise InputError("the output must differ from the input bag")
-    check_writable_folder(output.parent, "--output")
-
 
 TopicOrTopics = Union[str, Sequence[str]]  # typing's Union: the alias is evaluated at run time on Python 3.8
 
@@ -157,53 +109,68 @@ def process_bag(
     ``InputError`` for an unusable request (missing topic, output present) before anything is
     written. ``align_to``: a PointCloud2 or depth image topic each camera's frames are fitted to,
     frame by frame and camera by camera (``runtime.ros.bag_align``; ``align_options`` are
-    ``BagAligner.prepare``'s, or ``{"aligner": prepared}``), its per-frame record written beside
-    the output; ``stabilize``:
+    ``BagAligner.prepare``'s), its per-frame record written beside the output; ``stabilize``:
     relative depth on the scale of the frames before it, per camera.
     """
-    from .align import FramePipeline
-    from .bag_align import BagAligner, alignment_json_path, check_conversion
+    from .bag_align import check_conversion
 
-    rb = rosbags_modules()
-    input_path, output = Path(input_path), Path(output)
-    images = _per_camera(image_topic) or []
-    aligned = align_to is not None or (align_options or {}).get("aligner") is not None
-    conversion = check_conversion(
-        conversion or Conversion(), getattr(predictor, "output", OutputKind()), stabilize, aligned
-    )
+    kind = getattr(predictor, "output", OutputKind())
+    conversion = check_conversion(conversion or Conversion(), kind, stabilize, align_to is not None)
+    _check_counts(every, max_frames)
+    per_camera = (camera_info_topic, depth_topic, metric_depth_topic, points_topic)
+    request = CameraRequest(_per_camera(image_topic) or [], *map(_per_camera, per_camera), copy_topics, copy_all)
+    writes = published_outputs(kind, conversion.metric is not None, align_to is not None)
+    with open_plan(
+        request, input_path, output, writes=writes, storage=storage, align_to=align_to, align_options=align_options
+    ) as plan:
+        return run_plan(plan, predictor, conversion, every, max_frames, max_pixels, progress, warn, stabilize)
+
+
+def _check_counts(every: int, max_frames: int | None) -> None:
     if every < 1 or (max_frames is not None and max_frames < 1):
         raise InputError(f"every and max_frames must be positive, got {every} and {max_frames}")
+
+
+def run_plan(
+    plan: BagPlan,
+    predictor: Any,
+    conversion: Conversion | None = None,
+    every: int = 1,
+    max_frames: int | None = None,
+    max_pixels: int | None = None,
+    progress: Callable[[int], Any] | None = None,
+    warn: Callable[[str], None] = lambda text: print(f"warning: {text}", file=sys.stderr),
+    stabilize: bool = False,
+) -> Summary:
+    """Run a plan (``open_plan``) with a loaded ``predictor``: the pass, then the output under its
+    name (see :func:`process_bag`). What the model outputs is checked against the plan first."""
+    from .bag_align import alignment_json_path, check_conversion
+
+    aligned = plan.aligner is not None
+    kind = getattr(predictor, "output", OutputKind())
+    conversion = check_conversion(conversion or Conversion(), kind, stabilize, aligned)
+    _check_counts(every, max_frames)
+    plan.expect(published_outputs(kind, conversion.metric is not None, aligned))
+    input_path, output = plan.input, plan.output
     check_output(input_path, output)
-    reader = open_bag(rb, input_path)
     staging = None
     try:
-        types = {c.topic: c.msgtype for c in reader.connections}
-        per_camera = (camera_info_topic, depth_topic, metric_depth_topic, points_topic)
-        writes = FramePipeline(conversion.output, conversion, aligned=aligned).outputs  # what the run publishes
-        cameras = plan_cameras(
-            types, images, *map(_per_camera, per_camera), copy=copy_topics, copy_all=copy_all, writes=writes
-        )
-        kind = output_storage(input_path, output, storage, reader.is2)
         staging = staging_dir(output)
-        writer = BagWriter(rb, staging / output.name, kind, reader)
-        errors = (rb.highlevel.AnyReaderError, rb.serde.SerdeError)
-        options = dict(align_options or {})
-        aligner = options.pop("aligner", None)
-        if align_to is not None and aligner is None:
-            aligner = BagAligner.prepare(reader, align_to, camera_infos(cameras), **options)
-        if aligner is not None:
-            for note in aligner.notes:  # re-parented frames, invalid transforms, frames that disagree
+        writer = BagWriter(plan, staging / output.name)
+        if plan.aligner is not None:
+            for note in plan.notes:  # re-parented frames, invalid transforms, frames that disagree
                 warn(note)
-            aligner.start(conversion.output)
-        run = BagPass(reader, writer, cameras, conversion, errors, progress, warn, aligner, stabilize)
+            plan.aligner.start(conversion.output)
+        run = BagPass(plan, writer, conversion, progress, warn, stabilize)
         summary = run.run(predictor, every, max_frames, max_pixels)
         writer.close()
         if summary.frames:  # a bag of copies alone is no result: nothing goes under the output name
             check_output(input_path, output)  # something else may have created it meanwhile
-            if aligner is not None:  # the record lands first: a bag under its name is always complete
+            if plan.aligner is not None:  # the record lands first: a bag under its name is always complete
                 summary.alignment_json = alignment_json_path(output)
                 os.replace(
-                    aligner.write_json(staging / summary.alignment_json.name, output.name), summary.alignment_json
+                    plan.aligner.write_json(staging / summary.alignment_json.name, output.name),
+                    summary.alignment_json,
                 )
             os.replace(staging / output.name, output)
         return summary
@@ -212,6 +179,5 @@ def process_bag(
             raise OutputError(exc.errno, exc.strerror, str(output)) from exc
         raise
     finally:
-        reader.close()
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)

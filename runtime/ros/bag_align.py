@@ -22,7 +22,7 @@ import bisect
 import json
 import math
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable
@@ -46,6 +46,7 @@ from .align import (
 from .bag_index import index_sensor
 from .messages import intrinsics_from_camera_info
 from .settings import DEFAULTS, RobotAlign, align_settings, check_model_rules
+from .stamps import ByStamp, nearest
 from .tf import TfTree, frame_name, stamp_ns
 
 # How far (seconds of image stamp) a camera's frames may trail the newest frame of any camera and
@@ -93,8 +94,7 @@ class BagAligner:
         self.sensor_info_topic = sensor_info_topic
         self.tree, self.tf_topics, self.notes = tree, list(tf_topics), list(notes)
         self.settings, self.max_offset = settings, int(max_time_offset * 1e9)
-        self.sensor_intrinsics: Intrinsics | None = None  # the newest of the sensor's own camera infos
-        self._sensor_infos: OrderedDict = OrderedDict()  # stamp -> intrinsics, the newest few
+        self.sensor_infos: ByStamp[Intrinsics] = ByStamp(SENSOR_INFOS)  # the sensor's own camera infos
         self.kind: OutputKind | None = None
         self.aligners: dict[str | None, FrameAligner] = {}  # per camera (image topic): fits never mix
         self.log = AlignmentLog()  # every camera's frames, in the order they were written
@@ -163,6 +163,11 @@ class BagAligner:
         )
 
     @property
+    def buffered(self) -> list[int]:
+        """The sensor messages held for frames (their indexes in the bag, in bag order)."""
+        return sorted(self._buffer)
+
+    @property
     def topics(self) -> set[str]:
         """Topics the main pass must hand to :meth:`observe`."""
         return {self.topic, *self.tf_topics} | ({self.sensor_info_topic} if self.sensor_info_topic else set())
@@ -191,20 +196,19 @@ class BagAligner:
                 pass  # counted when the structure was read
             return
         if topic == self.sensor_info_topic:
+            stamp = None
             try:
                 msg = deserialize()
-                self.sensor_intrinsics = intrinsics_from_camera_info(msg)
-                self._sensor_infos[stamp_ns(msg.header)] = self.sensor_intrinsics
-                while len(self._sensor_infos) > SENSOR_INFOS:
-                    self._sensor_infos.popitem(last=False)
+                stamp = stamp_ns(msg.header)
+                self.sensor_infos.add(stamp, intrinsics_from_camera_info(msg))
             except Exception:
-                self.sensor_intrinsics = None
+                self.sensor_infos.add(stamp, None)
             return
         index, self.read = self.read, self.read + 1
         if self.times[index] < self._bound() and not self._needed[index]:
             return  # no frame can still use it
         try:
-            self._buffer[index] = (deserialize(), self.sensor_intrinsics)
+            self._buffer[index] = (deserialize(), self.sensor_infos.newest)
         except Exception as exc:
             self._buffer[index] = f"cannot deserialise: {exc}"
 
@@ -224,13 +228,8 @@ class BagAligner:
         the bag."""
         low = bisect.bisect_left(self.times, bag_time - REORDER * 1e9 - self.max_offset)
         high = bisect.bisect_right(self.times, bag_time + SEARCH * 1e9)
-        best, key = None, None
-        for k in range(low, high):  # nearest in stamp; of equal stamps (a looping clock), nearest in the bag
-            here = (abs(self.stamps[k] - stamp), abs(self.times[k] - bag_time))
-            if key is None or here < key:
-                best, key = k, here
-        offset = None if key is None else key[0]
-        return (best if offset is not None and offset <= self.max_offset else None), offset
+        # nearest in stamp; of equal stamps (a looping clock), nearest in the bag
+        return nearest(self.stamps, stamp, self.max_offset, range(low, high), lambda k: abs(self.times[k] - bag_time))
 
     def _tf_edges(self, frame: Any, index: int) -> set[str]:
         """The ``/tf`` edges between the frame's camera and its sensor message's frame."""
@@ -299,7 +298,7 @@ class BagAligner:
                 missing = f"sensor message unusable: {held}"
             else:
                 msg, info = held
-                info = self._sensor_infos.get(self.stamps[index], info)  # one with its stamp serves it
+                info = self.sensor_infos.at(self.stamps[index], info)  # one with its stamp serves it
                 samples, missing = frame_samples(
                     msg,
                     self.msgtype,

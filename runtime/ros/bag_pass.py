@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -30,12 +30,12 @@ from .messages import (
     intrinsics_from_camera_info,
     message_to_image,
 )
+from .stamps import ByStamp
 from .tf import stamp_ns
 from .topics import Topics
 
 CAMERA_INFOS = 32  # a camera's camera infos kept by stamp
 INFO_WAIT = 0.5  # seconds of bag time a frame waits for its camera's next message (a camera info of its stamp)
-_blob = np.ascontiguousarray  # rosbags' message classes hold uint8[] fields as numpy arrays
 
 
 @dataclass
@@ -100,8 +100,7 @@ class _Camera:
 
     def __init__(self, topics: Topics, stabilize: bool, conversion: Conversion, aligned: bool) -> None:
         self.topics = topics
-        self.intrinsics: Intrinsics | None = None  # the newest camera info's
-        self.infos: OrderedDict = OrderedDict()  # stamp -> intrinsics (None: unusable), the newest few
+        self.infos: ByStamp[Intrinsics] = ByStamp(CAMERA_INFOS)  # its camera infos (None: unusable)
         self.seq = 0  # its image and camera info messages read
         self.pipeline = FramePipeline(conversion.output, conversion, Stabilizer() if stabilize else None, None, aligned)
         self.stabilizer = self.pipeline.stabilizer
@@ -133,22 +132,22 @@ class BagPass:
 
     def __init__(
         self,
-        reader: Any,
+        plan: Any,
         writer: BagWriter,
-        cameras: list[Topics],
         conversion: Conversion,
-        errors: tuple[type[Exception], ...],
         progress: Callable[[int], Any] | None,
         warn: Callable[[str], None],
-        aligner: Any = None,
         stabilize: bool = False,
     ) -> None:
-        self.reader, self.writer, self.conversion = reader, writer, conversion
-        aligned = aligner is not None
-        self.cameras = {topics.image: _Camera(topics, stabilize, conversion, aligned) for topics in cameras}
-        self.copy_topics = set(cameras[0].copy)
-        self.errors, self.progress, self.warn = errors, progress, warn
-        self.aligner = aligner  # a BagAligner: one sensor for every camera, a fit per camera
+        """The pass of ``plan`` (a ``runtime.ros.bag_plan.BagPlan``: its open bag, cameras, copied
+        topics and aligner) into ``writer``."""
+        self.reader, self.writer, self.conversion = plan.reader, writer, conversion
+        aligned = plan.aligner is not None
+        self.cameras = {topics.image: _Camera(topics, stabilize, conversion, aligned) for topics in plan.cameras}
+        self.copy_topics = set(plan.copy)
+        self.errors = (plan.rb.highlevel.AnyReaderError, plan.rb.serde.SerdeError)
+        self.progress, self.warn = progress, warn
+        self.aligner = plan.aligner  # a BagAligner: one sensor for every camera, a fit per camera
         self.copied = 0
         self.ended = False  # every message the pass reads has been read
         self.read_time = -1  # bag time of the last message read
@@ -259,7 +258,7 @@ class BagPass:
             except self.errors as exc:
                 self.skip(camera, timestamp, f"cannot deserialise {conn.msgtype}: {exc}")
                 continue
-            self.events.append(("frame", _Frame(timestamp, msg.header, image, camera.intrinsics, camera, camera.seq)))
+            self.events.append(("frame", _Frame(timestamp, msg.header, image, camera.infos.newest, camera, camera.seq)))
             if self.aligner is not None:
                 self.aligner.match(self.events[-1][1])
             yield image
@@ -274,19 +273,14 @@ class BagPass:
         try:
             msg = self.reader.deserialize(raw, conn.msgtype)
             stamp = stamp_ns(msg.header)
-            camera.intrinsics = intrinsics_from_camera_info(msg)
-            camera.infos[stamp] = camera.intrinsics
+            camera.infos.add(stamp, intrinsics_from_camera_info(msg))
         except (InputError, *self.errors) as exc:
-            if stamp is not None:
-                camera.infos[stamp] = None
+            camera.infos.add(stamp, None)
             camera.summary.camera_infos_skipped += 1
             self.warn_once(
                 (conn.topic, str(exc)),
                 f"camera info on {conn.topic} at {timestamp} ns skipped, no points until a good one: {exc}",
             )
-            camera.intrinsics = None
-        while len(camera.infos) > CAMERA_INFOS:
-            camera.infos.popitem(last=False)
 
     def warn_once(self, key: object, text: str) -> None:
         if key not in self.said:
@@ -298,13 +292,13 @@ class BagPass:
         self.step()
 
     def publish(self, frame: _Frame, prediction: np.ndarray) -> None:
-        frame.intrinsics = frame.camera.infos.get(frame.stamp, frame.intrinsics)  # its own stamp's, if any
+        frame.intrinsics = frame.camera.infos.at(frame.stamp, frame.intrinsics)  # its own stamp's, if any
         camera, topics, summary = frame.camera, frame.camera.topics, frame.camera.summary
         if camera.pipeline.kind.needs_focal and frame.intrinsics is None:
             summary.frames_without_camera_info += 1  # metres only with this frame's focal length
         align = None if self.aligner is None else (lambda values: self.aligner.align(frame, values))
         messages, published = camera.pipeline.process(
-            self.writer.make, _blob, frame.header, frame.image, prediction, frame.intrinsics, align
+            self.writer.factory, frame.header, frame.image, prediction, frame.intrinsics, align
         )
         summary.metric += "metric" in messages
         if published is not None:  # the flicker of what is published: metres when there are any

@@ -5,12 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .messages import MessageFactory
+
 
 class BagWriter:
     """A rosbags writer for one output bag: copied connections and the new depth topics."""
 
-    def __init__(self, rb: Any, path: Path, kind: str, reader: Any) -> None:
-        self._reader, self.kind = reader, kind
+    def __init__(self, plan: Any, path: Path) -> None:
+        """The output of ``plan`` (a ``runtime.ros.bag_plan.BagPlan``: its storage, its input's
+        connections) written at ``path``."""
+        rb, kind = plan.rb, plan.storage
+        self._reader, self.kind = plan.reader, kind
         if kind == "rosbag1":
             self._writer = rb.rosbag1.Writer(path)
             self.store = rb.typesys.get_typestore(rb.typesys.Stores.ROS1_NOETIC)
@@ -22,6 +27,7 @@ class BagWriter:
         self._writer.open()
         self._copies: dict[int, Any] = {}
         self._new: dict[str, Any] = {}
+        self.factory = MessageFactory(self.make)  # rosbags' messages hold uint8[] fields as numpy arrays
 
     def copy_connection(self, conn: Any) -> Any:
         """The output connection for an input connection, with its definition and QoS."""

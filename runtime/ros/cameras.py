@@ -8,22 +8,21 @@ Plain logic, tested without rclpy; the node (``runtime.ros.node``) subscribes an
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-import numpy as np
 
 from commands.errors import InputError
 
 from ..pointcloud import Intrinsics
 from ..preprocessing import check_image
 from .align import FramePipeline
-from .messages import IMAGE, LatestOnly, camera_size_note, message_to_image
+from .messages import IMAGE, LatestOnly, MessageFactory, camera_size_note, message_to_image
+from .stamps import ByStamp
 from .tf import stamp_ns
 from .topics import camera_namespace, default_topics, repeated
 
+CAMERA_INFOS = 16  # a camera's camera infos kept by stamp
 # One camera without image_topics: relative names, set with --ros-args -r image:=... as before.
 RELATIVE = {"relative": "depth/relative_inverse", "metric": "depth/image", "points": "depth/points"}
 
@@ -36,21 +35,21 @@ class Camera:
     camera_info: str
     outputs: dict[str, str]  # "relative", "metric", "points" -> topic
     pipeline: Any = None  # its FramePipeline (its own stabiliser and fit state)
-    # Its newest usable camera info's intrinsics, in the slot node.camera_info_receiver fills,
-    # and the last few by stamp (a frame takes the one with its own stamp, as message_filters pairs them).
-    slot: list[Intrinsics | None] = field(default_factory=lambda: [None])
-    infos: OrderedDict = field(default_factory=OrderedDict)
+    # Its camera infos' intrinsics (node_core.camera_info_receiver fills them): the newest, and the
+    # last few by stamp (a frame takes the one with its own stamp, as message_filters pairs them).
+    infos: ByStamp = field(default_factory=lambda: ByStamp(CAMERA_INFOS))
     publishers: dict[str, Any] = field(default_factory=dict)
     said: set = field(default_factory=set)  # warnings given once
     video: Any = None  # a Video Depth Anything model's stream state for this camera (VideoStream)
 
     @property
     def intrinsics(self) -> Intrinsics | None:
-        return self.slot[0]
+        """The newest camera info's (``None``: none yet, or it could not be used)."""
+        return self.infos.newest
 
     def intrinsics_at(self, stamp: int) -> Intrinsics | None:
         """The camera info with the frame's stamp, else the newest."""
-        return self.infos.get(stamp, self.slot[0])
+        return self.infos.at(stamp)
 
 
 def split_topics(text: str) -> list[str]:
@@ -142,8 +141,7 @@ def run_cycle(
     predictor: Any,
     cameras: list[Camera],
     cycle: list[tuple[int, Any]],
-    make: Callable[..., Any],
-    blob: Callable[[np.ndarray], Any],
+    factory: MessageFactory,
     warn: Callable[[str], None],
 ) -> int:
     """Depth for one cycle: decode each camera's frame (one that cannot be decoded is warned about
@@ -170,7 +168,7 @@ def run_cycle(
             if note:
                 warn(f"{camera.camera_info}: {note}")
         try:
-            messages = pipeline.messages(make, blob, message.header, image, depth, intrinsics)
+            messages = pipeline.messages(factory, message.header, image, depth, intrinsics)
         except InputError as exc:
             warn(f"{camera.image}: frame skipped: {exc}")
             continue

@@ -1,10 +1,11 @@
 """ROS messages <-> numpy, with no ROS library imported: shared by the bag tool and the ROS 2 node.
 
 Messages are read by attribute (``msg.height``, ``msg.data``, ...), so the message objects of
-``rosbags`` (ROS 1 and ROS 2) and of ``rclpy`` work alike. Outgoing messages are built by a
-``make(type_name, **fields)`` callable the transport supplies, and their byte payloads by its
-``blob(uint8 array)``, because each library wants its own container (a numpy array for
-``rosbags``, ``array.array('B')`` for ``rclpy``).
+``rosbags`` (ROS 1 and ROS 2) and of ``rclpy`` work alike. Outgoing messages are built by the
+transport's :class:`MessageFactory`, one object handed from the bag writer or the node through
+the frame pipeline to the functions here: its ``make(type_name, **fields)`` builds a message and
+its ``blob(uint8 array)`` a byte payload, because each library wants its own container (a numpy
+array for ``rosbags``, ``array.array('B')`` for ``rclpy``).
 
 Published depth follows REP 118 and the toolkit's conventions: ``32FC1``, the source image's
 header, relative inverse depth (unitless) under its own topic and metric depth in metres only
@@ -159,11 +160,21 @@ def metric_depth(relative: np.ndarray, conversion: ScaleShift) -> np.ndarray:
     return depth
 
 
-def depth_message(make: Callable[..., Any], blob: Callable[[np.ndarray], Any], header: Any, depth: np.ndarray) -> Any:
+@dataclass(frozen=True)
+class MessageFactory:
+    """How one transport builds outgoing messages (see the module doc): ``make(type name,
+    **fields)``, and ``blob(uint8 array)`` for byte payloads (default: a contiguous numpy array,
+    as ``rosbags`` holds ``uint8[]`` fields)."""
+
+    make: Callable[..., Any]
+    blob: Callable[[np.ndarray], Any] = np.ascontiguousarray
+
+
+def depth_message(factory: MessageFactory, header: Any, depth: np.ndarray) -> Any:
     """A ``32FC1`` little-endian ``sensor_msgs/Image`` of ``depth`` with the source's ``header``."""
     depth = np.ascontiguousarray(depth, dtype="<f4")
     height, width = depth.shape
-    return make(
+    return factory.make(
         IMAGE,
         header=header,
         height=height,
@@ -171,23 +182,21 @@ def depth_message(make: Callable[..., Any], blob: Callable[[np.ndarray], Any], h
         encoding="32FC1",
         is_bigendian=0,
         step=4 * width,
-        data=blob(depth.reshape(-1).view(np.uint8)),
+        data=factory.blob(depth.reshape(-1).view(np.uint8)),
     )
 
 
-def pointcloud2_message(
-    make: Callable[..., Any], blob: Callable[[np.ndarray], Any], header: Any, cloud: PointCloud
-) -> Any:
+def pointcloud2_message(factory: MessageFactory, header: Any, cloud: PointCloud) -> Any:
     """A dense, unorganised ``sensor_msgs/PointCloud2`` (x, y, z[, rgb] float32) with ``header``.
 
     ``is_dense`` is "True if there are no invalid points" (PointCloud2.msg): ``depth_to_points``
     keeps finite points only, so it holds."""
     layout = pointcloud2_layout(cloud)
     fields = [
-        make(POINT_FIELD, name=name, offset=offset, datatype=datatype, count=count)
+        factory.make(POINT_FIELD, name=name, offset=offset, datatype=datatype, count=count)
         for name, offset, datatype, count in layout.fields
     ]
-    return make(
+    return factory.make(
         POINT_CLOUD2,
         header=header,
         height=1,
@@ -196,7 +205,7 @@ def pointcloud2_message(
         is_bigendian=False,
         point_step=layout.point_step,
         row_step=layout.row_step,
-        data=blob(layout.data),
+        data=factory.blob(layout.data),
         is_dense=True,
     )
 
@@ -214,8 +223,7 @@ class Conversion:
 
 
 def depth_messages(
-    make: Callable[..., Any],
-    blob: Callable[[np.ndarray], Any],
+    factory: MessageFactory,
     header: Any,
     relative: np.ndarray,
     image: np.ndarray,
@@ -226,9 +234,9 @@ def depth_messages(
     output), ``metric`` (a metric model's output, or a relative one's through the conversion's
     scale and shift) and ``points`` (with metric depth and intrinsics)."""
     if conversion.output.is_metric:
-        return output_messages(make, blob, header, image, intrinsics, conversion, None, model_metres(relative))
+        return output_messages(factory, header, image, intrinsics, conversion, None, model_metres(relative))
     metres = None if conversion.metric is None else metric_depth(relative, conversion.metric)
-    return output_messages(make, blob, header, image, intrinsics, conversion, relative, metres)
+    return output_messages(factory, header, image, intrinsics, conversion, relative, metres)
 
 
 def model_metres(depth: np.ndarray) -> np.ndarray:
@@ -238,8 +246,7 @@ def model_metres(depth: np.ndarray) -> np.ndarray:
 
 
 def output_messages(
-    make: Callable[..., Any],
-    blob: Callable[[np.ndarray], Any],
+    factory: MessageFactory,
     header: Any,
     image: np.ndarray,
     intrinsics: Intrinsics | None,
@@ -248,15 +255,15 @@ def output_messages(
     metres: np.ndarray | None,
 ) -> dict[str, Any]:
     """The messages for relative inverse depth and/or metres (``None``: not published)."""
-    messages = {} if relative is None else {"relative": depth_message(make, blob, header, relative)}
+    messages = {} if relative is None else {"relative": depth_message(factory, header, relative)}
     if metres is None:
         return messages
-    messages["metric"] = depth_message(make, blob, header, metres)
+    messages["metric"] = depth_message(factory, header, metres)
     if intrinsics is not None:
         colours = image if conversion.colour_points else None
         stride = bounded_stride(*metres.shape, conversion.point_stride, conversion.max_points)
         cloud = depth_to_points(metres, intrinsics, colours, stride, conversion.max_range)
-        messages["points"] = pointcloud2_message(make, blob, header, cloud)
+        messages["points"] = pointcloud2_message(factory, header, cloud)
     return messages
 
 

@@ -48,6 +48,7 @@ from .messages import (
     POINT_FIELD,
     Conversion,
     LatestOnly,
+    MessageFactory,
 )
 from .node_core import CAMERA_INFOS, NodeCore, camera_info_receiver  # noqa: F401 - the callback lives with the core
 from .settings import DEFAULTS, RobotAlign, align_settings
@@ -363,8 +364,7 @@ def run_node(settings: NodeSettings, ros_args: list[str]) -> int:
             settings,
             predictor,
             transforms,
-            lambda msgtype, **fields: types[msgtype](**fields),
-            _blob,
+            MessageFactory(lambda msgtype, **fields: types[msgtype](**fields), _blob),
             log,
             lambda key, topic: node.create_publisher(kinds[key], topic, 1),
         )

@@ -4,7 +4,7 @@ sparse sensor's aligners, the newest-frame slots, and what each callback does. T
 builder, subscribes the callbacks below, hands over publishers and spins; tests drive this
 class with real message objects and a real predictor.
 
-    core = NodeCore(settings, predictor, transforms, make, blob, log, publisher)
+    core = NodeCore(settings, predictor, transforms, factory, log, publisher)
     core.image(0)(msg); core.camera_info(0)(info); core.sensor(cloud)   # the subscriptions
     core.step(timeout=0.5)                                              # the worker's loop body
 """
@@ -13,38 +13,33 @@ from __future__ import annotations
 
 import functools
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from typing import Any, Callable
 
 from commands.errors import InputError
 
-from ..pointcloud import Intrinsics
-from .cameras import CameraSlots, node_cameras, run_cycle, split_topics
-from .messages import intrinsics_from_camera_info
+from .cameras import CAMERA_INFOS, CameraSlots, node_cameras, run_cycle, split_topics  # noqa: F401 - CAMERA_INFOS: the node's
+from .messages import MessageFactory, intrinsics_from_camera_info
 from .sparse import sensor_problem
+from .stamps import ByStamp
 from .tf import stamp_ns
 
 STATUS_EVERY = 10.0  # seconds between the log's rate lines
-CAMERA_INFOS = 16  # a camera's camera infos kept by stamp
 
 
-def camera_info_receiver(
-    slot: list[Intrinsics | None], log: Any, by_stamp: OrderedDict | None = None
-) -> Callable[[Any], None]:
-    """The ``camera_info`` callback: the newest usable intrinsics in ``slot[0]``, ``None`` (no points,
-    with a warning) after one that cannot be used; with ``by_stamp``, the last ``CAMERA_INFOS`` by
-    their stamps too (a frame takes the one with its own stamp)."""
+def camera_info_receiver(infos: ByStamp, log: Any) -> Callable[[Any], None]:
+    """The ``camera_info`` callback: each message's intrinsics into ``infos`` (a frame takes the
+    one with its own stamp, else the newest: ``runtime.ros.stamps``); ``None`` (no points, with a
+    warning) for one that cannot be used."""
 
     def receive(msg: Any) -> None:
         try:
-            slot[0] = intrinsics_from_camera_info(msg)
+            intrinsics = intrinsics_from_camera_info(msg)
         except ValueError as exc:  # InputError, or numbers that are not numbers
             log.warning(f"camera info unusable, no points: {exc}", throttle_duration_sec=10.0)
-            slot[0] = None
-        if by_stamp is not None and getattr(msg, "header", None) is not None:
-            by_stamp[stamp_ns(msg.header)] = slot[0]
-            while len(by_stamp) > CAMERA_INFOS:
-                by_stamp.popitem(last=False)
+            intrinsics = None
+        header = getattr(msg, "header", None)
+        infos.add(None if header is None else stamp_ns(header), intrinsics)
 
     return receive
 
@@ -52,9 +47,10 @@ def camera_info_receiver(
 class NodeCore:
     """What the node does, without rclpy (see the module doc).
 
-    ``transforms`` serves the sparse sensor (tf2 or extrinsics; ``None`` without one); ``make`` and
-    ``blob`` build messages; ``log`` has the ROS logger's ``info``/``warning``; ``publisher(key,
-    topic)`` returns an object with ``publish(message)`` for each output a camera publishes.
+    ``transforms`` serves the sparse sensor (tf2 or extrinsics; ``None`` without one); ``factory``
+    (a ``runtime.ros.messages.MessageFactory``) builds the messages; ``log`` has the ROS logger's
+    ``info``/``warning``; ``publisher(key, topic)`` returns an object with ``publish(message)`` for
+    each output a camera publishes.
     """
 
     def __init__(
@@ -62,12 +58,11 @@ class NodeCore:
         settings: Any,
         predictor: Any,
         transforms: Any,
-        make: Callable[..., Any],
-        blob: Callable[[Any], Any],
+        factory: MessageFactory,
         log: Any,
         publisher: Callable[[str, str], Any],
     ) -> None:
-        self.settings, self.predictor, self.make, self.blob, self.log = settings, predictor, make, blob, log
+        self.settings, self.predictor, self.factory, self.log = settings, predictor, factory, log
         self.cameras = node_cameras(split_topics(settings.image_topics))
         for camera in self.cameras:  # each its own stabiliser and fit state
             camera.pipeline = settings.pipeline(predictor.output, transforms)
@@ -76,7 +71,7 @@ class NodeCore:
             camera.publishers = {key: publisher(key, camera.outputs[key]) for key in camera.pipeline.outputs}
         self.aligners = [c.pipeline.aligner for c in self.cameras if c.pipeline.aligner is not None]
         self.latest = CameraSlots(len(self.cameras))
-        self._infos = [camera_info_receiver(c.slot, log, c.infos) for c in self.cameras]
+        self._infos = [camera_info_receiver(c.infos, log) for c in self.cameras]
         self.published = 0
         self._sensor_usable = self._sensor_said = False
         self._done, self._since = 0, time.monotonic()
@@ -116,8 +111,9 @@ class NodeCore:
         except (InputError, ValueError) as exc:
             self.log.warning(f"sparse_depth camera info unusable: {exc}", throttle_duration_sec=10.0)
             info = None
-        for aligner in self.aligners:
-            aligner.set_sensor_info(info)
+        header = getattr(msg, "header", None)
+        for aligner in self.aligners:  # a sensor message takes the one with its stamp
+            aligner.set_sensor_info(info, None if header is None else stamp_ns(header))
 
     def handle(self, cycle: list[tuple[int, Any]]) -> int:
         """One cycle of the cameras' newest frames: depth, each camera's messages, the rate line."""
@@ -125,8 +121,7 @@ class NodeCore:
             self.predictor,
             self.cameras,
             cycle,
-            self.make,
-            self.blob,
+            self.factory,
             lambda text: self.log.warning(text, throttle_duration_sec=5.0),
         )
         self.published += done

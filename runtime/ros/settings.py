@@ -59,6 +59,14 @@ def align_settings(values: RobotAlign, name: Callable[[str], str] = flag) -> Ali
     return AlignSettings(fit, FilterSettings(hold=values.hold), held_out=values.held_out)
 
 
+def published_outputs(kind: OutputKind, constants: bool, aligned: bool) -> list[str]:
+    """What a run publishes per camera (``relative``, ``metric``, ``points``) for a model of ``kind``:
+    relative inverse depth unless the model outputs depth, metres from the model, from constants
+    (``constants``) or from a fit per frame (``aligned``). Points also need a camera's camera info."""
+    metres = kind.is_depth or constants or aligned
+    return ([] if kind.is_depth else ["relative"]) + (["metric", "points"] if metres else [])
+
+
 def check_model_rules(
     kind: OutputKind, conversion: Any, stabilize: bool, aligned: bool, name: Callable[[str], str] = flag
 ) -> Any:
