@@ -17,7 +17,7 @@ from commands.errors import require
 
 # The metrics live in the runtime, which checks artefacts against their references without
 # PyTorch; the exports use them under these names.
-from runtime.accuracy import ABS_REL_ALIGNED, MAX_REL_STD, Comparison, abs_rel, compare
+from runtime.accuracy import ABS_REL_ALIGNED, FP32_TOLERANCE, MAX_REL_STD, Comparison, abs_rel, compare
 
 __all__ = [
     "ABS_REL_ALIGNED",
@@ -32,11 +32,6 @@ __all__ = [
     "verification_input",
     "verification_photos",
 ]
-
-# FP32 vs FP32 on the verification photo, measured with the parity weights: vits 6.5e-5 to
-# 9.3e-5, vitb 1.1e-4 to 1.6e-4, vitl 1.4e-4 (518x518 and the dynamic check sizes). Error grows
-# with depth; a damaged model (one weight tensor 10 % off) is off by 1e-2 or more.
-FP32_TOLERANCE = 5e-4
 
 
 class OnnxRuntimeRunner:

@@ -123,13 +123,15 @@ def export_onnx(
     if hasattr(model, "deployable"):  # a Depth Anything 3 network: its depth output
         model = model.deployable()
     model = model.eval().float().cpu()
+    video = is_video_model(model)  # Video Depth Anything: its streaming step, the cache explicit
+    if video:
+        check_video_request(model, dynamic)
+    # What the model says of itself, in the ONNX metadata and the record alike.
+    identity = {"licence": model_licence(model), **model_identity(model), **(video_metadata(model) if video else {})}
     started = time.perf_counter()
     workdir = staging_dir(output)
     try:
         raw, staged = workdir / "raw.onnx", workdir / output.name
-        video = is_video_model(model)  # Video Depth Anything: its streaming step, the cache explicit
-        if video:
-            check_video_request(model, dynamic)
         with stage("tracing the model to ONNX"):
             if video:
                 export_step(model, raw, height, width, opset)
@@ -145,9 +147,7 @@ def export_onnx(
             "encoder": getattr(spec, "name", "custom"),
             "input_shape": "dynamic" if dynamic else f"1x3x{height}x{width}",
             **output_kind.metadata(),  # output_kind and max_depth: what every artefact made from it outputs
-            "licence": model_licence(model),
-            **model_identity(model),
-            **(video_metadata(model) if video else {}),
+            **identity,
         }
         with stage("checking and saving the ONNX file"):
             _finalise(raw, staged, metadata, slim)
@@ -178,6 +178,8 @@ def export_onnx(
             item.replace(output.parent / item.name)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    sizes = [(height, width), other_size(height, width)] if dynamic else [(height, width)]
+    runner = torch_runner(model)
     record = Artefact(
         output,
         {
@@ -190,9 +192,7 @@ def export_onnx(
             "encoder": metadata["encoder"],
             **output_kind.sidecar(),
             "source": source,
-            "licence": model_licence(model),
-            **model_identity(model),
-            **(video_metadata(model) if video else {}),
+            **identity,
             "sha256": sha256_file(output),
             "export_seconds": round(result.seconds, 2),
             "verification": {
@@ -204,11 +204,10 @@ def export_onnx(
             "versions": library_versions("torch", "onnx", "onnxruntime"),
         },
     ).write()
-    sizes = [(height, width), other_size(height, width)] if dynamic else [(height, width)]
     reference = None
     if not video:  # a stream's reference is its verification over frames, in the sidecar
         with stage("writing the reference"):
-            reference = write_reference(output, "fp32", sizes, torch_runner(model), "PyTorch FP32")
+            reference = write_reference(output, "fp32", sizes, runner, "PyTorch FP32")
     licence_note(record.licence, output)
     result.artefact = replace(record, reference=reference)
     return result

@@ -145,6 +145,7 @@ def quantize_int8(
     onnx_path: str | Path | Artefact,
     calibration: CalibrationSet,
     output: str | Path,
+    *,
     method: str = DEFAULT_METHOD,
     target: str = "tensorrt",
     keep_fp: tuple[str, ...] = (),
@@ -152,7 +153,6 @@ def quantize_int8(
     cache_dir: str | Path | None = None,
     form: str | None = None,
     arithmetic: str = "auto",
-    *,
     write: bool = True,
 ) -> QuantizeResult:
     """Calibrate ``onnx_path`` (a path, or the record of the source) on ``calibration`` and write a
