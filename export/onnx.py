@@ -128,6 +128,8 @@ def export_onnx(
         check_video_request(model, dynamic)
     # What the model says of itself, in the ONNX metadata and the record alike.
     identity = {"licence": model_licence(model), **model_identity(model), **(video_metadata(model) if video else {})}
+    licence_note(identity["licence"], output)
+    sizes = [(height, width), other_size(height, width)] if dynamic else [(height, width)]
     started = time.perf_counter()
     workdir = staging_dir(output)
     try:
@@ -169,8 +171,14 @@ def export_onnx(
                         f"ONNX Runtime differs from PyTorch at {h}x{w}: {comparison}, over the tolerance "
                         f"{tolerance:g}; the file was not written"
                     )
+        written = None
+        if not video:  # a stream's reference is its verification over frames, in the sidecar
+            with stage("writing the reference"):
+                runner = torch_runner(model)
+                written = write_reference(staged, "fp32", sizes, runner, "PyTorch FP32")
         # The old sidecar, reference and model go first: an external .data file must never land
-        # beside an older .onnx, and a new model never sits beside an old model's metadata.
+        # beside an older .onnx, and a new model never sits beside an old model's metadata; the
+        # model lands last, after its reference.
         sidecar_path(output).unlink(missing_ok=True)
         reference_path(output).unlink(missing_ok=True)
         output.unlink(missing_ok=True)
@@ -178,8 +186,6 @@ def export_onnx(
             item.replace(output.parent / item.name)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    sizes = [(height, width), other_size(height, width)] if dynamic else [(height, width)]
-    runner = torch_runner(model)
     record = Artefact(
         output,
         {
@@ -204,12 +210,7 @@ def export_onnx(
             "versions": library_versions("torch", "onnx", "onnxruntime"),
         },
     ).write()
-    reference = None
-    if not video:  # a stream's reference is its verification over frames, in the sidecar
-        with stage("writing the reference"):
-            reference = write_reference(output, "fp32", sizes, runner, "PyTorch FP32")
-    licence_note(record.licence, output)
-    result.artefact = replace(record, reference=reference)
+    result.artefact = replace(record, reference=reference_path(output) if written is not None else None)
     return result
 
 

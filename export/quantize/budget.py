@@ -291,10 +291,11 @@ def export_int8(source: Artefact, output: Path, options: Int8Options, shape: tup
                 percentile=options.percentile,
                 cache_dir=cache,
                 arithmetic=arithmetic,
+                write=False,
             )
             print(f"INT8 Q/DQ: {len(result.quantized)} layers INT8, no accuracy check (accuracy budget off)")
             reference = write_int8_reference(output, source.path, shape, (), None)
-            return replace(result.artefact, reference=reference)
+            return replace(result.artefact, reference=reference).write()
     checked = quantize_with_budget(source, images, output, options, target, cache)
     floats = len(checked.reverted) + len(options.float_layers)
     notes = f", {floats} back in float" if floats else ""

@@ -405,7 +405,7 @@ def engine_step(job: TrtJob, ready: Ready, target: Target, started: float) -> Ar
         )
         replace(engine, path=staged).write()
         if reference is not None:
-            stamp_reference(staged)  # the reference names the engine it was checked with
+            stamp_reference(staged, reference)  # the reference names the engine it was checked with
         # Old files go first and the engine lands last: never a new engine beside old metadata.
         for old in (output, sidecar_path(output), reference_path(output)):
             old.unlink(missing_ok=True)
