@@ -29,6 +29,7 @@ __all__ = [
     "check_sizes",
     "compare",
     "run_onnxruntime",
+    "verification_frames",
     "verification_input",
     "verification_photos",
 ]
@@ -83,9 +84,16 @@ def verification_photos(names: tuple[str, ...] = ("motorcycle_left.png",)) -> di
 
 def verification_input(height: int, width: int) -> np.ndarray:
     """A real photograph (bundled sample) when available, else a textured synthetic scene."""
+    return verification_frames(height, width, 1)[0]
+
+
+def verification_frames(height: int, width: int, frames: int) -> list[np.ndarray]:
+    """``verification_input`` panning sideways (6 pixels a frame), as network inputs: the first
+    frame is ``verification_input`` itself; what the stream exports are checked on."""
     from runtime.preprocessing import prepare_fixed
 
-    return prepare_fixed(next(iter(verification_photos().values())), (height, width))
+    photo = next(iter(verification_photos().values()))
+    return [prepare_fixed(np.roll(photo, 6 * t, axis=1), (height, width)) for t in range(frames)]
 
 
 def check_sizes(height: int, width: int, dynamic: bool) -> list[tuple[int, int]]:

@@ -28,7 +28,7 @@ from .cli import add_size_arg, add_source_args, patch_multiple, speaks_flags
 from .errors import ExportError, ExportRequestError
 from .formats import FORMATS
 from .graph import save_onnx
-from .metrics import FP32_TOLERANCE, MAX_REL_STD, Comparison, check_sizes, compare, run_onnxruntime, verification_input
+from .metrics import FP32_TOLERANCE, MAX_REL_STD, Comparison, check_sizes, compare, run_onnxruntime, verification_frames
 from .reference import other_size, torch_runner, write_reference
 from .source import (
     check_hw,
@@ -39,7 +39,14 @@ from .source import (
     model_licence,
     source_stem,
 )
-from .video import check_video_request, export_step, is_video_model, verify_stream, video_metadata
+from .video import (
+    VERIFY_FRAMES,
+    check_video_request,
+    export_step,
+    is_video_model,
+    verify_stream,
+    video_metadata,
+)
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "depth"
@@ -130,6 +137,11 @@ def export_onnx(
     identity = {"licence": model_licence(model), **model_identity(model), **(video_metadata(model) if video else {})}
     licence_note(identity["licence"], output)
     sizes = [(height, width), other_size(height, width)] if dynamic else [(height, width)]
+    # The inputs it is verified on, prepared before the staging folder exists: at each size checked
+    # a photograph (a stream: the photograph panning over a few frames).
+    inputs: dict[tuple[int, int], list] = {}
+    for h, w in check_sizes(height, width, dynamic) if verify else ():
+        inputs[h, w] = verification_frames(h, w, VERIFY_FRAMES if video else 1)
     started = time.perf_counter()
     workdir = staging_dir(output)
     try:
@@ -158,10 +170,9 @@ def export_onnx(
         result = OnnxExport(output, seconds)
         if verify and video:
             with stage(f"verifying the stream with ONNX Runtime at {height}x{width}"):
-                result.checks[f"{height}x{width}"] = verify_stream(model, staged, height, width, tolerance)
+                result.checks[f"{height}x{width}"] = verify_stream(model, staged, inputs[height, width], tolerance)
         elif verify:
-            for h, w in check_sizes(height, width, dynamic):
-                batch = verification_input(h, w)
+            for (h, w), (batch,) in inputs.items():
                 with torch.inference_mode():
                     expected = model(torch.from_numpy(batch)).numpy()
                 with stage(f"verifying with ONNX Runtime at {h}x{w}"):
