@@ -58,10 +58,13 @@ def make_openvino(source, output: Path, precision: str, options: dict):
 
 
 def make_tensorrt(source, output: Path, precision: str, options: dict):
+    """A record is handed down as it is (its sidecar is not read again); a path names an ONNX, or
+    a checkpoint to export first."""
     from .artefact import Artefact
     from .trt.build import TrtRequest, build_trt
 
-    onnx = source.path if isinstance(source, Artefact) else source
-    if isinstance(onnx, (str, Path)) and Path(onnx).suffix != ".onnx":
-        return build_trt(TrtRequest(precision, checkpoint=Path(onnx), output=output, **options))
-    return build_trt(TrtRequest(precision, onnx=Path(onnx), output=output, **options))
+    if isinstance(source, Artefact):
+        return build_trt(TrtRequest(precision, onnx=source, output=output, **options))
+    if Path(source).suffix != ".onnx":
+        return build_trt(TrtRequest(precision, checkpoint=Path(source), output=output, **options))
+    return build_trt(TrtRequest(precision, onnx=Path(source), output=output, **options))

@@ -17,7 +17,7 @@ from commands.errors import require
 
 # The metrics live in the runtime, which checks artefacts against their references without
 # PyTorch; the exports use them under these names.
-from runtime.accuracy import ABS_REL_ALIGNED, MAX_REL_STD, Comparison, abs_rel, compare
+from runtime.accuracy import ABS_REL_ALIGNED, FP32_TOLERANCE, MAX_REL_STD, Comparison, abs_rel, compare
 
 __all__ = [
     "ABS_REL_ALIGNED",
@@ -29,14 +29,10 @@ __all__ = [
     "check_sizes",
     "compare",
     "run_onnxruntime",
+    "verification_frames",
     "verification_input",
     "verification_photos",
 ]
-
-# FP32 vs FP32 on the verification photo, measured with the parity weights: vits 6.5e-5 to
-# 9.3e-5, vitb 1.1e-4 to 1.6e-4, vitl 1.4e-4 (518x518 and the dynamic check sizes). Error grows
-# with depth; a damaged model (one weight tensor 10 % off) is off by 1e-2 or more.
-FP32_TOLERANCE = 5e-4
 
 
 class OnnxRuntimeRunner:
@@ -88,9 +84,16 @@ def verification_photos(names: tuple[str, ...] = ("motorcycle_left.png",)) -> di
 
 def verification_input(height: int, width: int) -> np.ndarray:
     """A real photograph (bundled sample) when available, else a textured synthetic scene."""
+    return verification_frames(height, width, 1)[0]
+
+
+def verification_frames(height: int, width: int, frames: int) -> list[np.ndarray]:
+    """``verification_input`` panning sideways (6 pixels a frame), as network inputs: the first
+    frame is ``verification_input`` itself; what the stream exports are checked on."""
     from runtime.preprocessing import prepare_fixed
 
-    return prepare_fixed(next(iter(verification_photos().values())), (height, width))
+    photo = next(iter(verification_photos().values()))
+    return [prepare_fixed(np.roll(photo, 6 * t, axis=1), (height, width)) for t in range(frames)]
 
 
 def check_sizes(height: int, width: int, dynamic: bool) -> list[tuple[int, int]]:

@@ -28,7 +28,7 @@ from .cli import add_size_arg, add_source_args, patch_multiple, speaks_flags
 from .errors import ExportError, ExportRequestError
 from .formats import FORMATS
 from .graph import save_onnx
-from .metrics import FP32_TOLERANCE, MAX_REL_STD, Comparison, check_sizes, compare, run_onnxruntime, verification_input
+from .metrics import FP32_TOLERANCE, MAX_REL_STD, Comparison, check_sizes, compare, run_onnxruntime, verification_frames
 from .reference import other_size, torch_runner, write_reference
 from .source import (
     check_hw,
@@ -39,7 +39,14 @@ from .source import (
     model_licence,
     source_stem,
 )
-from .video import check_video_request, export_step, is_video_model, verify_stream, video_metadata
+from .video import (
+    VERIFY_FRAMES,
+    check_video_request,
+    export_step,
+    is_video_model,
+    verify_stream,
+    video_metadata,
+)
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "depth"
@@ -123,13 +130,22 @@ def export_onnx(
     if hasattr(model, "deployable"):  # a Depth Anything 3 network: its depth output
         model = model.deployable()
     model = model.eval().float().cpu()
+    video = is_video_model(model)  # Video Depth Anything: its streaming step, the cache explicit
+    if video:
+        check_video_request(model, dynamic)
+    # What the model says of itself, in the ONNX metadata and the record alike.
+    identity = {"licence": model_licence(model), **model_identity(model), **(video_metadata(model) if video else {})}
+    licence_note(identity["licence"], output)
+    sizes = [(height, width), other_size(height, width)] if dynamic else [(height, width)]
+    # The inputs it is verified on, prepared before the staging folder exists: at each size checked
+    # a photograph (a stream: the photograph panning over a few frames).
+    inputs: dict[tuple[int, int], list] = {}
+    for h, w in check_sizes(height, width, dynamic) if verify else ():
+        inputs[h, w] = verification_frames(h, w, VERIFY_FRAMES if video else 1)
     started = time.perf_counter()
     workdir = staging_dir(output)
     try:
         raw, staged = workdir / "raw.onnx", workdir / output.name
-        video = is_video_model(model)  # Video Depth Anything: its streaming step, the cache explicit
-        if video:
-            check_video_request(model, dynamic)
         with stage("tracing the model to ONNX"):
             if video:
                 export_step(model, raw, height, width, opset)
@@ -145,9 +161,7 @@ def export_onnx(
             "encoder": getattr(spec, "name", "custom"),
             "input_shape": "dynamic" if dynamic else f"1x3x{height}x{width}",
             **output_kind.metadata(),  # output_kind and max_depth: what every artefact made from it outputs
-            "licence": model_licence(model),
-            **model_identity(model),
-            **(video_metadata(model) if video else {}),
+            **identity,
         }
         with stage("checking and saving the ONNX file"):
             _finalise(raw, staged, metadata, slim)
@@ -156,10 +170,9 @@ def export_onnx(
         result = OnnxExport(output, seconds)
         if verify and video:
             with stage(f"verifying the stream with ONNX Runtime at {height}x{width}"):
-                result.checks[f"{height}x{width}"] = verify_stream(model, staged, height, width, tolerance)
+                result.checks[f"{height}x{width}"] = verify_stream(model, staged, inputs[height, width], tolerance)
         elif verify:
-            for h, w in check_sizes(height, width, dynamic):
-                batch = verification_input(h, w)
+            for (h, w), (batch,) in inputs.items():
                 with torch.inference_mode():
                     expected = model(torch.from_numpy(batch)).numpy()
                 with stage(f"verifying with ONNX Runtime at {h}x{w}"):
@@ -169,8 +182,14 @@ def export_onnx(
                         f"ONNX Runtime differs from PyTorch at {h}x{w}: {comparison}, over the tolerance "
                         f"{tolerance:g}; the file was not written"
                     )
+        written = None
+        if not video:  # a stream's reference is its verification over frames, in the sidecar
+            with stage("writing the reference"):
+                runner = torch_runner(model)
+                written = write_reference(staged, "fp32", sizes, runner, "PyTorch FP32")
         # The old sidecar, reference and model go first: an external .data file must never land
-        # beside an older .onnx, and a new model never sits beside an old model's metadata.
+        # beside an older .onnx, and a new model never sits beside an old model's metadata; the
+        # model lands last, after its reference.
         sidecar_path(output).unlink(missing_ok=True)
         reference_path(output).unlink(missing_ok=True)
         output.unlink(missing_ok=True)
@@ -190,9 +209,7 @@ def export_onnx(
             "encoder": metadata["encoder"],
             **output_kind.sidecar(),
             "source": source,
-            "licence": model_licence(model),
-            **model_identity(model),
-            **(video_metadata(model) if video else {}),
+            **identity,
             "sha256": sha256_file(output),
             "export_seconds": round(result.seconds, 2),
             "verification": {
@@ -204,13 +221,7 @@ def export_onnx(
             "versions": library_versions("torch", "onnx", "onnxruntime"),
         },
     ).write()
-    sizes = [(height, width), other_size(height, width)] if dynamic else [(height, width)]
-    reference = None
-    if not video:  # a stream's reference is its verification over frames, in the sidecar
-        with stage("writing the reference"):
-            reference = write_reference(output, "fp32", sizes, torch_runner(model), "PyTorch FP32")
-    licence_note(record.licence, output)
-    result.artefact = replace(record, reference=reference)
+    result.artefact = replace(record, reference=reference_path(output) if written is not None else None)
     return result
 
 

@@ -19,7 +19,8 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from runtime.accuracy import ABS_REL_ALIGNED, MAX_REL_STD
+from runtime.accuracy import ABS_REL_ALIGNED, precision_rule
+from runtime.accuracy import FP16_TOLERANCE as FP16_TOLERANCE  # where export.openvino and the tests look
 from runtime.reference import (
     Reference,
     artefact_digest,
@@ -32,12 +33,9 @@ from runtime.reference import (
     save_reference,
 )
 
-from .metrics import FP32_TOLERANCE, verification_photos
-from .quantize.options import DEFAULT_ACCURACY_BUDGET
+from .artefact import Artefact
+from .metrics import verification_photos
 
-# FP16 against FP32 by MAX_REL_STD: FP16-compressed IRs measured 9e-3 to 1.9e-2 on vits (98 to
-# 518 pixels); a wrong engine (NVIDIA/TensorRT#4723, a sign-flipped weight) is off by 1 or more.
-FP16_TOLERANCE = 0.1
 PHOTOS = ("motorcycle_left.png", "chelsea.png")
 # An INT8 export made with --accuracy-budget off has no measured accuracy: its reference holds it to
 # this loose bound (aligned AbsRel on the photographs), which tells a broken artefact from a working
@@ -46,15 +44,6 @@ UNMEASURED_INT8_TOLERANCE = 0.2
 MAX_HELD_OUT = 2  # held-out calibration images a reference keeps: enough to see INT8 error, few MB
 
 Runner = Callable[[np.ndarray], np.ndarray]  # (1, 3, H, W) float32 -> (1, H, W) FP32 output
-
-
-def precision_rule(precision: str, budget: float | None = None) -> tuple[str, float]:
-    """The metric and tolerance an artefact of ``precision`` is held to against FP32."""
-    if "int8" in precision:
-        return ABS_REL_ALIGNED, float(budget if budget is not None else DEFAULT_ACCURACY_BUDGET)
-    if "fp16" in precision or "bf16" in precision:
-        return MAX_REL_STD, FP16_TOLERANCE
-    return MAX_REL_STD, FP32_TOLERANCE
 
 
 def other_size(height: int, width: int) -> tuple[int, int]:
@@ -78,23 +67,45 @@ def write_reference(
     sizes: Sequence[tuple[int, int]],
     runner: Runner | None = None,
     against: str = "",
-    source: str | Path | None = None,
+    source: str | Path | Artefact | None = None,
     held_out: Sequence[np.ndarray] = (),
     budget: float | None = None,
+    default_sizes: Sequence[tuple[int, int]] = (),
     **extra,
 ) -> Path | None:
     """Write ``<artefact>.reference.npz`` and return its path (``None``, with a note, when neither
-    the source's reference nor an FP32 runner can give one).
+    the source's reference nor an FP32 runner can give one); ``make_reference`` says how."""
+    made = make_reference(artefact, precision, sizes, runner, against, source, held_out, budget, default_sizes, **extra)
+    return made.path if made is not None else None
 
-    ``sizes``: the artefact's input size, or for a dynamic artefact its main size and one other.
-    Inputs come from the reference beside ``source`` at those sizes; sizes it lacks get bundled
-    photographs (two for a static artefact, one per size for a dynamic one) and ``held_out``
-    calibration batches (normalised ``(1, 3, H, W)``) are added, both run through ``runner``.
+
+def make_reference(
+    artefact: str | Path,
+    precision: str,
+    sizes: Sequence[tuple[int, int]] | None,
+    runner: Runner | None = None,
+    against: str = "",
+    source: str | Path | Artefact | None = None,
+    held_out: Sequence[np.ndarray] = (),
+    budget: float | None = None,
+    default_sizes: Sequence[tuple[int, int]] = (),
+    **extra,
+) -> Reference | None:
+    """Write ``<artefact>.reference.npz`` and return it as written (its ``path`` set), or ``None``.
+
+    ``sizes``: the artefact's input size, or for a dynamic artefact its main size and one other;
+    ``None``: the sizes of the source's reference, else ``default_sizes``.
+    Inputs come from the reference of ``source`` (a record, or a file given from outside the run)
+    at those sizes; sizes it lacks get bundled photographs (two for a static artefact, one per size
+    for a dynamic one) and ``held_out`` calibration batches (normalised ``(1, 3, H, W)``) are
+    added, both run through ``runner``.
     """
+    base = source_reference(source)
+    base_ref: Reference | None = load_reference(base) if base is not None else None
+    if sizes is None:
+        sizes = list(dict.fromkeys(base_ref.sizes)) if base_ref is not None else default_sizes
     sizes = [tuple(int(v) for v in s) for s in sizes]
     images, outputs, inputs = [], [], []
-    base = find_reference(source) if source is not None else None
-    base_ref: Reference | None = load_reference(base) if base is not None else None
     if base_ref is not None:
         for image, output, item in zip(base_ref.images, base_ref.outputs, base_ref.meta["inputs"]):
             if tuple(image.shape[:2]) in sizes:
@@ -135,7 +146,16 @@ def write_reference(
     meta = make_meta(artefact, precision, metric, tolerance, inputs, origins, **extra)
     if Path(artefact).is_file():  # which artefact this is the reference of (an engine: stamped once built)
         meta["artefact_sha256"] = artefact_digest(artefact)
-    return save_reference(reference_path(artefact), Reference(images, outputs, meta))
+    made = Reference(images, outputs, meta)
+    made.path = save_reference(reference_path(artefact), made)
+    return made
+
+
+def source_reference(source: str | Path | Artefact | None) -> Path | None:
+    """The reference of ``source``: its record's, or the one beside a file given from outside the run."""
+    if isinstance(source, Artefact):
+        return source.reference
+    return find_reference(source) if source is not None else None
 
 
 def torch_runner(model) -> Runner:
@@ -175,23 +195,25 @@ def write_int8_reference(
     against = "ONNX Runtime FP32 on the source ONNX"
     extra = {} if budget is not None else {"measured": False}
     budget = budget if budget is not None else UNMEASURED_INT8_TOLERANCE
-    return write_reference(output, "int8", sizes, onnx_runner(source), against, source, held_out, budget, **extra)
+    runner = onnx_runner(source)
+    return write_reference(output, "int8", sizes, runner, against, source, held_out, budget, **extra)
 
 
-def write_fp16_reference(output: Path, source: Path, sizes: Sequence[tuple[int, int]] | None = None) -> Path | None:
-    """The reference of an FP16-typed copy of ``source`` (FP32 or Q/DQ INT8): the source's inputs
-    and FP32 outputs (ONNX Runtime on an FP32 source where the source has none), held to FP16's
-    bound, or to the INT8 budget for a Q/DQ source. ``sizes``: default the source's input size."""
+def write_fp16_reference(
+    output: Path, source: Path | Artefact, sizes: Sequence[tuple[int, int]] | None = None
+) -> Path | None:
+    """The reference of an FP16-typed copy of ``source`` (FP32 or Q/DQ INT8; a path or its record):
+    the source's inputs and FP32 outputs (ONNX Runtime on an FP32 source where the source has
+    none), held to FP16's bound, or to the INT8 budget for a Q/DQ source. ``sizes``: default the
+    source's input size."""
     from .graph import input_hw, is_quantized, load_onnx
 
-    model = load_onnx(source, load_external_data=False)
-    known = find_reference(source)
-    if sizes is None and known is not None:
-        sizes = list(dict.fromkeys(load_reference(known).sizes))
-    if sizes is None:
-        hw = input_hw(model) or (518, 518)
-        sizes = [hw] if input_hw(model) else [hw, other_size(*hw)]
+    path = source.path if isinstance(source, Artefact) else source
+    model = load_onnx(path, load_external_data=False)
+    hw = input_hw(model)
+    own = [hw] if hw else [(518, 518), other_size(518, 518)]
     quantized = is_quantized(model)
-    runner = None if quantized else onnx_runner(source)  # a Q/DQ model's outputs are not FP32 outputs
+    runner = None if quantized else onnx_runner(path)  # a Q/DQ model's outputs are not FP32 outputs
     against = "ONNX Runtime FP32 on the source ONNX"
-    return write_reference(output, "int8" if quantized else "fp16", sizes, runner, against, source)
+    precision = "int8" if quantized else "fp16"
+    return write_reference(output, precision, sizes, runner, against, source, default_sizes=own)

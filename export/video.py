@@ -26,6 +26,7 @@ from runtime.backends.signal_stack import alternate_stack_kept
 from runtime.video_state import STREAM_INPUTS, STREAM_OUTPUTS, StreamState, slot_positions
 
 from .errors import ExportError, ExportRequestError
+from .metrics import verification_frames
 
 VERIFY_FRAMES = 3
 
@@ -76,12 +77,7 @@ class _Step:
 
 def stream_frames(height: int, width: int, frames: int = VERIFY_FRAMES) -> list[np.ndarray]:
     """A photograph panning sideways, as network inputs: what the stream exports are checked on."""
-    from runtime.preprocessing import prepare_fixed
-
-    from .metrics import verification_photos
-
-    photo = next(iter(verification_photos().values()))
-    return [prepare_fixed(np.roll(photo, 6 * t, axis=1), (height, width)) for t in range(frames)]
+    return verification_frames(height, width, frames)
 
 
 def run_stream(step: Any, shapes: list[tuple[int, ...]], batches: list[np.ndarray]) -> list[np.ndarray]:
@@ -140,9 +136,9 @@ def export_step(model: Any, path: Path, height: int, width: int, opset: int) -> 
         )
 
 
-def verify_stream(model: Any, path: Path, height: int, width: int, tolerance: float) -> Comparison:
-    """ONNX Runtime against PyTorch over a few streamed frames; the worst frame."""
-    batches = stream_frames(height, width)
+def verify_stream(model: Any, path: Path, batches: list[np.ndarray], tolerance: float) -> Comparison:
+    """ONNX Runtime against PyTorch over a few streamed frames (``stream_frames``); the worst frame."""
+    height, width = batches[0].shape[-2:]
     shapes = model.state_shapes(height, width)
     expected = run_stream(torch_step(model), shapes, batches)
     got = run_stream(onnxruntime_step(path), shapes, batches)

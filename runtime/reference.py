@@ -143,11 +143,12 @@ def artefact_digest(artefact: str | Path) -> str:
     return digest.hexdigest()
 
 
-def stamp_reference(artefact: str | Path) -> None:
+def stamp_reference(artefact: str | Path, reference: Reference | None = None) -> None:
     """Record in the reference beside ``artefact`` the digest of the artefact as it is now (for
-    artefacts written after their reference: a TensorRT engine)."""
+    artefacts written after their reference: a TensorRT engine). ``reference``: that reference as
+    its writer holds it, so the file is not read back."""
     path = reference_path(artefact)
-    reference = load_reference(path)
+    reference = reference if reference is not None else load_reference(path)
     reference.meta["artefact_sha256"] = artefact_digest(artefact)
     save_reference(path, reference)
 

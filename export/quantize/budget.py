@@ -179,7 +179,16 @@ def quantize_with_budget(
         base.parent.mkdir()
         with stage("calibrating and quantizing"):
             result = quantize_int8(
-                model, split, base, method, target, keep, percentile, cache_dir, write=False, arithmetic=arithmetic
+                model,
+                split,
+                base,
+                method=method,
+                target=target,
+                keep_fp=keep,
+                percentile=percentile,
+                cache_dir=cache_dir,
+                arithmetic=arithmetic,
+                write=False,
             )
         bases[smoothed] = (base, result.quantized, result.artefact)
         as_written = target == "tensorrt" or not CpuPlan.of(arithmetic).native
@@ -273,11 +282,20 @@ def export_int8(source: Artefact, output: Path, options: Int8Options, shape: tup
             check_float_layers(options.float_layers, select_nodes(load_onnx(source.path), ())[0], "ONNX Q/DQ")
             arithmetic = options.int8_arithmetic if target == "cpu" else "auto"
             result = quantize_int8(
-                source, images, output, options.method, target, keep, options.percentile, cache, arithmetic=arithmetic
+                source,
+                images,
+                output,
+                method=options.method,
+                target=target,
+                keep_fp=keep,
+                percentile=options.percentile,
+                cache_dir=cache,
+                arithmetic=arithmetic,
+                write=False,
             )
             print(f"INT8 Q/DQ: {len(result.quantized)} layers INT8, no accuracy check (accuracy budget off)")
             reference = write_int8_reference(output, source.path, shape, (), None)
-            return replace(result.artefact, reference=reference)
+            return replace(result.artefact, reference=reference).write()
     checked = quantize_with_budget(source, images, output, options, target, cache)
     floats = len(checked.reverted) + len(options.float_layers)
     notes = f", {floats} back in float" if floats else ""

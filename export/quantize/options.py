@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runtime.accuracy import DEFAULT_ACCURACY_BUDGET
+
 from ..errors import ExportRequestError
 
 DEFAULT_CALIB_SAMPLES = 500  # TensorRT's and OpenVINO's guidance: a few hundred images at deployment size
-DEFAULT_ACCURACY_BUDGET = 0.01
 DEFAULT_ACCURACY_IMAGES = 8
 SMOOTH_MODES = ("auto", "on", "off")
 METHODS = ("percentile", "entropy", "minmax")

@@ -145,6 +145,7 @@ def quantize_int8(
     onnx_path: str | Path | Artefact,
     calibration: CalibrationSet,
     output: str | Path,
+    *,
     method: str = DEFAULT_METHOD,
     target: str = "tensorrt",
     keep_fp: tuple[str, ...] = (),
@@ -152,7 +153,6 @@ def quantize_int8(
     cache_dir: str | Path | None = None,
     form: str | None = None,
     arithmetic: str = "auto",
-    *,
     write: bool = True,
 ) -> QuantizeResult:
     """Calibrate ``onnx_path`` (a path, or the record of the source) on ``calibration`` and write a
@@ -185,7 +185,6 @@ def quantize_int8(
     quantize, kept = select_nodes(model, DEFAULT_KEEP_FP + tuple(keep_fp))
     if not quantize:
         raise ExportRequestError(f"{onnx_path}: no Conv/MatMul/Gemm node left to quantize after `keep_fp`")
-    source_hash = sha256_file(onnx_path)
     large = model.ByteSize() > PROTOBUF_LIMIT  # vitg: protobuf cannot hold it in one file
     symmetric = target == "tensorrt"
     extra = {
@@ -203,6 +202,7 @@ def quantize_int8(
     started = time.perf_counter()
     output.parent.mkdir(parents=True, exist_ok=True)
     workdir = staging_dir(output)  # .<name>.<pid>-<host>.<random>: the next run removes it if this one is killed
+    source_hash = sha256_file(onnx_path)  # with the calibration set's key, the key of the cached ranges
     try:
         prepared = workdir / "prepared.onnx"
         # No symbolic shape inference: it stops on the dynamic decoder ("Incomplete symbolic shape

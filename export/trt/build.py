@@ -1,6 +1,9 @@
-"""Build a TensorRT engine: ``build_trt`` runs the whole pipeline (source ONNX, INT8 calibration,
-FP16 typing, the parser-rule check, the build, the sidecar); ``build_engine`` is the thin part
-that calls TensorRT. ``python -m export.trt`` and the benchmark both call ``build_trt``.
+"""Build a TensorRT engine: ``build_trt`` runs the pipeline as named steps that hand one record
+down: ``plan_job`` (every check that needs nothing written), ``source_step`` (the FP32 or given
+ONNX), ``ready_step`` (INT8 calibration, FP16 typing, references, the parser rules), then
+``engine_step`` (the build attempts, each checked against the reference, and the engine's
+record, written once). ``export.trt.engine`` is the thin part that calls TensorRT.
+``python -m export.trt`` and the benchmark both call ``build_trt``.
 
 The TensorRT-ready ONNX is always written first and is portable: ``onnx_only`` stops there
 (calibrate on a workstation, then on the Jetson ``python -m export.trt --int8 --onnx <it>`` or
@@ -14,39 +17,45 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from commands.errors import MissingDependencyError, require
 from commands.runner import stage
-from runtime.io.files import atomic_write_bytes, staging_dir
-from runtime.metadata import library_versions, sha256_file, sidecar_path, write_sidecar
-from runtime.reference import find_reference, reference_path, stamp_reference
+from runtime.io.files import staging_dir
+from runtime.metadata import library_versions, sidecar_path
+from runtime.reference import reference_path, stamp_reference
 
 from ..artefact import Artefact
 from ..errors import ExportError, ExportRequestError
 from ..graph import load_onnx
 from ..onnx import source_onnx
 from ..quantize.fp16 import FP32_OPS, fp16_artefact
-from ..reference import onnx_runner, write_fp16_reference, write_reference
+from ..reference import make_reference, onnx_runner, write_fp16_reference, write_reference
 from ..source import check_hw, default_output, licence_note, source_stem
 from .decisions import (
     DEFAULT_TARGET,
     JETPACK_NOTE,
     BuildPlan,
     EngineAttempt,
+    OnnxFacts,
     Profile,
     checked_build,
     engine_attempts,
+    engine_sizes,
     export_opset,
     fp32_island_nodes,
+    islands_onnx,
     match_layers,
     onnx_facts,
     plan_build,
+    plan_facts,
     refusal_message,
     split_layernorm_nodes,
     timing_cache_path,
     trtexec_command,
+    verification_record,
 )
+from .engine import build_engine, gpu_info, run_reference
 from .rules import TrtCompatibilityError, TrtVersion, check_onnx, known_releases, require_compatible
 
 if TYPE_CHECKING:
@@ -59,7 +68,7 @@ class TrtRequest:
     ``checkpoint``/``encoder`` (exported to ONNX first), at ``size`` or over ``profile``."""
 
     precision: str = "fp16"
-    onnx: Path | None = None
+    onnx: Path | Artefact | None = None  # a path, or the record of an ONNX made in the same run
     checkpoint: Path | None = None
     encoder: str | None = None
     output: Path | None = None
@@ -111,266 +120,292 @@ def source_hint(request: TrtRequest, version: TrtVersion) -> str:
     )
 
 
-def pin_layers_fp32(trt, network, names: tuple[str, ...]) -> int:
-    """Set FP32 precision and output types on the named layers; how many were found."""
-    wanted, pinned = set(names), 0
-    for index in range(network.num_layers):
-        layer = network.get_layer(index)
-        if layer.name in wanted:
-            layer.precision = trt.float32
-            for output in range(layer.num_outputs):
-                layer.set_output_type(output, trt.float32)
-            pinned += 1
-    return pinned
+@dataclass(frozen=True)
+class TrtJob:
+    """What ``plan_job`` settles before anything is written: the release and its build plan, the
+    given ONNX's record and facts, the input size (or the profile's opt size) and the output."""
+
+    request: TrtRequest
+    trt: Any  # the tensorrt module, None where it is not installed
+    version: TrtVersion
+    plan: BuildPlan
+    given: Artefact | None
+    given_facts: OnnxFacts | None
+    height: int
+    width: int
+    output: Path
+
+    @property
+    def sizes(self) -> list[tuple[int, int]]:
+        return engine_sizes(self.height, self.width, self.request.profile)
 
 
-def build_engine(
-    trt,
-    onnx_path: Path,
-    plan: BuildPlan,
-    profile: Profile | None,
-    input_name: str,
-    workspace_mib: int,
-    timing_cache: Path | None,
-) -> bytes:
-    """Parse ``onnx_path`` and build a serialised engine, reusing and updating the timing cache."""
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    flags = 0
-    for name in plan.network_flags:
-        flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ExportError(f"TensorRT could not parse {onnx_path}: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
-    for flag in plan.builder_flags:
-        config.set_flag(getattr(trt.BuilderFlag, flag))
-    for flag in plan.cleared_flags:
-        config.clear_flag(getattr(trt.BuilderFlag, flag))
-    if plan.fp32_layers:
-        pinned = pin_layers_fp32(trt, network, plan.fp32_layers)
-        print(f"pinned {pinned} of {len(plan.fp32_layers)} layers to FP32")
-    if profile is not None:
-        optimisation = builder.create_optimization_profile()
-        shapes = profile.shapes()
-        optimisation.set_shape(input_name, shapes["min"], shapes["opt"], shapes["max"])
-        config.add_optimization_profile(optimisation)
-    if timing_cache is not None:
-        cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
-        if not config.set_timing_cache(cache, ignore_mismatch=False):
-            print(f"warning: {timing_cache} does not match this TensorRT/GPU; starting a new timing cache")
-            config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise ExportError("TensorRT failed to build the engine; its log above says why")
-    if timing_cache is not None:
-        atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
-    return bytes(serialized)
+@dataclass(frozen=True)
+class Ready:
+    """What ``ready_step`` made: the TensorRT-ready ONNX's record, the FP32 source's, the FP32 or
+    Q/DQ record the ready one was typed from (None where it is not on this machine), the build
+    attempts and the layers every attempt pins to FP32."""
+
+    record: Artefact
+    source: Artefact
+    facts: OnnxFacts  # of the source ONNX
+    pretyped: Artefact | None
+    attempts: list[EngineAttempt]
+    base_pins: tuple[str, ...] = ()
+    calibration: dict | None = None
 
 
 def build_trt(request: TrtRequest) -> Artefact:
     """Build the engine ``request`` describes (or, with ``onnx_only``, its TensorRT-ready ONNX);
     returns the record of what it wrote. Every ONNX on the way is checked against the target release's
     parser rules before anything is built or handed to trtexec."""
-    trt = installed_tensorrt()
+    job = plan_job(request, installed_tensorrt())
+    started = time.perf_counter()
+    source, facts = source_step(job)
+    ready = ready_step(job, source, facts)
+    target = handoff(job, ready)
+    if request.onnx_only:
+        return ready.record
+    return engine_step(job, ready, target, started)
+
+
+def plan_job(request: TrtRequest, trt) -> TrtJob:
+    """Every check of ``request`` that needs nothing written; the given ONNX's record is read here, once."""
     if trt is None and not request.onnx_only:
         raise ExportRequestError(
             "TensorRT is not installed here: pip install 'dav2-edge[tensorrt]' (" + JETPACK_NOTE + "), "
             "or pass --onnx-only to write the TensorRT-ready ONNX and build it on the target"
         )
-    given = onnx_facts(request.onnx) if request.onnx is not None else None
-    prequantized = given is not None and given.quantized
+    given = Artefact.of(request.onnx) if request.onnx is not None else None
+    facts = onnx_facts(given.path) if given is not None else None
+    prequantized = facts is not None and facts.quantized
     if prequantized and request.precision != "int8":
         raise ExportRequestError(
-            f"{request.onnx} is already quantized (Q/DQ INT8): pass `precision='int8'` or the FP32 ONNX"
+            f"{given.path} is already quantized (Q/DQ INT8): pass `precision='int8'` or the FP32 ONNX"
         )
     if not prequantized:
         if request.precision == "int8" and request.int8 is None:
             raise ExportRequestError(
                 "`precision='int8'` needs calibration images: pass `int8.calib_dir`, SA-1B shards or an image folder"
             )
-        if request.onnx is None and request.checkpoint is None and request.encoder is None:
+        if given is None and request.checkpoint is None and request.encoder is None:
             raise ExportRequestError("give `onnx`, `checkpoint` or `encoder`")
     version = target_version(trt, request.trt_version)
     plan = plan_build(version, request.precision, request.weakly_typed)
-    profile = request.profile
-    size = request.size
-    if given is not None and given.dynamic and profile is None:
-        raise ExportRequestError(f"{request.onnx} has a dynamic input: give `profile` for the engine")
-    if given is not None and given.hw is not None:
-        if size is not None and tuple(size) != given.hw:
+    profile, size = request.profile, request.size
+    if facts is not None and facts.dynamic and profile is None:
+        raise ExportRequestError(f"{given.path} has a dynamic input: give `profile` for the engine")
+    if facts is not None and facts.hw is not None:
+        if size is not None and tuple(size) != facts.hw:
             raise ExportRequestError(
-                f"{request.onnx} takes {given.hw[0]}x{given.hw[1]} inputs; drop `size` or re-export it"
+                f"{given.path} takes {facts.hw[0]}x{facts.hw[1]} inputs; drop `size` or re-export it"
             )
-        size = given.hw
+        size = facts.hw
     height, width = profile.opt[1:] if profile else check_hw(*(size or (518, 518)))
-    stem = source_stem(request.onnx, request.checkpoint, request.encoder)
+    stem = source_stem(given.path if given else None, request.checkpoint, request.encoder)
     output = request.output or default_output(stem, f".{request.precision}.engine")
     if output.suffix not in (".engine", ".plan"):
         raise ExportRequestError(f"{output}: engine files end in .engine or .plan")
-    folder = output.parent
-    folder.mkdir(parents=True, exist_ok=True)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    return TrtJob(request, trt, version, plan, given, facts, height, width, output)
 
-    started = time.perf_counter()
-    with stage("exporting the ONNX model"):
-        source_record = source_onnx(
-            request.onnx,
-            request.checkpoint,
-            request.encoder,
-            folder,
-            height,
-            width,
-            dynamic=profile is not None,
-            opset=export_opset(version),
-        )
-    source = source_record.path
-    facts = given or onnx_facts(source)
-    if profile is not None and not facts.dynamic:
+
+def source_step(job: TrtJob) -> tuple[Artefact, OnnxFacts]:
+    """The record and facts of the ONNX the engine starts from (the given one, or an export of the
+    checkpoint at the release's opset), checked against the release's parser rules."""
+    request, version = job.request, job.version
+    source = job.given
+    if source is None:
+        with stage("exporting the ONNX model"):
+            source = source_onnx(
+                None,
+                request.checkpoint,
+                request.encoder,
+                job.output.parent,
+                job.height,
+                job.width,
+                dynamic=request.profile is not None,
+                opset=export_opset(version),
+            )
+    facts = job.given_facts or onnx_facts(source.path)
+    if request.profile is not None and not facts.dynamic:
         raise ExportRequestError(
-            f"{source} has a fixed input shape (batch 1); export it with `dynamic` to give it a `profile`"
+            f"{source.path} has a fixed input shape (batch 1); export it with `dynamic` to give it a `profile`"
         )
-    if facts.typed_fp16 and not plan.typed_fp16:
-        raise ExportRequestError(f"{source} is FP16-typed (made for TensorRT >= 10); give the FP32 ONNX it came from")
+    if facts.typed_fp16 and not job.plan.typed_fp16:
+        raise ExportRequestError(
+            f"{source.path} is FP16-typed (made for TensorRT >= 10); give the FP32 ONNX it came from"
+        )
     if not facts.quantized and not facts.typed_fp16:
         with stage("checking the source ONNX"):
-            findings = check_onnx(source, version)
+            findings = check_onnx(source.path, version)
         if findings:
-            raise ExportError(str(TrtCompatibilityError(source, version, findings)) + source_hint(request, version))
+            raise ExportError(
+                str(TrtCompatibilityError(source.path, version, findings)) + source_hint(request, version)
+            )
+    return source, facts
 
-    # The ONNX TensorRT reads: typed FP16 and/or Q/DQ INT8 variants are written beside the
-    # engine; a plain FP32 model (flag-based FP16 and FP32 builds) is used as it is.
-    record = source_record  # the record of the ONNX TensorRT reads, step by step
-    sizes = engine_sizes(height, width, profile)
+
+def ready_step(job: TrtJob, source: Artefact, facts: OnnxFacts) -> Ready:
+    """The ONNX TensorRT reads, with its reference: typed FP16 and/or Q/DQ INT8 variants are written
+    beside the engine; a plain FP32 model (flag-based FP16 and FP32 builds) is used as it is."""
+    request, plan, version, output, sizes = job.request, job.plan, job.version, job.output, job.sizes
+    record = source
     if plan.quantized and not facts.quantized:
         from ..quantize.budget import export_int8
 
         qdq = output.with_name(output.stem + (".qdq-fp32.onnx" if plan.typed_fp16 else plan.onnx_suffix))
-        record = export_int8(source_record, qdq, request.int8, (height, width), "tensorrt")
-    calibration_info = record.calibration if plan.quantized or facts.quantized else None
-    pretyped_record = record if not facts.typed_fp16 else typed_from(record)
-    ready = record.path
-    pretyped = pretyped_record.path if pretyped_record is not None else None
-    nodes_of = load_onnx(pretyped or ready, load_external_data=False)
+        record = export_int8(source, qdq, request.int8, (job.height, job.width), "tensorrt")
+    calibration = record.calibration if plan.quantized or facts.quantized else None
+    pretyped = record if not facts.typed_fp16 else typed_from(record)
     if request.fp32_layers and pretyped is None:
         raise ExportRequestError(
-            f"{ready} is FP16-typed already: `fp32_layers` needs the FP32 or Q/DQ ONNX it was typed from"
+            f"{record.path} is FP16-typed already: `fp32_layers` needs the FP32 or Q/DQ ONNX it was typed from"
         )
+    nodes_of = load_onnx((pretyped or record).path, load_external_data=False)
     attempts = engine_attempts(plan, fp32_island_nodes(nodes_of), match_layers(nodes_of, request.fp32_layers))
     if plan.typed_fp16 and not facts.typed_fp16:
         with stage("converting to an FP16-typed graph"):
-            record = fp16_artefact(
-                pretyped_record, output.with_name(output.stem + plan.onnx_suffix), FP32_OPS, attempts[0].fp32_nodes
-            )
-            ready = record.path
-            write_fp16_reference(ready, pretyped, sizes)
+            typed = output.with_name(output.stem + plan.onnx_suffix)
+            record = fp16_artefact(pretyped, typed, FP32_OPS, attempts[0].fp32_nodes)
+            record = replace(record, reference=write_fp16_reference(typed, pretyped, sizes))
         casts = record.get("cast_nodes", {})
         print(f"FP16-typed graph: {casts.get('total')} Cast nodes, {casts.get('per_frame')} of them per frame")
-    elif find_reference(ready) is None and not facts.quantized and not facts.typed_fp16:
-        write_reference(ready, "fp32", sizes, onnx_runner(ready), "ONNX Runtime FP32 on the source ONNX")
+    elif record.reference is None and not facts.quantized and not facts.typed_fp16:
+        against = "ONNX Runtime FP32 on the source ONNX"
+        record = replace(
+            record, reference=write_reference(record.path, "fp32", sizes, onnx_runner(record.path), against)
+        )
+    ready = record.path
     with stage(f"checking the TensorRT {version} parser rules"):
         require_compatible(ready, version)
     base_pins = () if plan.strongly_typed else tuple(split_layernorm_nodes(load_onnx(ready, load_external_data=False)))
     if plan.typed_fp16 and len(attempts) > 1 and request.onnx_only and pretyped is not None:
         # The fallback's ONNX travels with the TensorRT-ready one: the device cannot retype it.
         with stage("writing the fallback's FP16-typed graph"):
-            fp16_artefact(pretyped_record, islands_onnx(ready), FP32_OPS, attempts[1].fp32_nodes)
-            write_fp16_reference(islands_onnx(ready), pretyped, sizes)  # every file written has its reference
-    print(f"TensorRT-ready ONNX: {ready} (passes the TensorRT {version} parser rules)")
-
-    gpu_name, capability = ("<target GPU>", (0, 0))
-    if trt is not None:
-        from runtime.backends.cuda import open_cuda
-
-        cuda = open_cuda(0)
-        gpu_name, capability = cuda.device_info()
-        cuda.close()
-    cache_folder = request.timing_cache or folder
-    timing = timing_cache_path(cache_folder, str(version), gpu_name, capability) if trt is not None else None
-    first_plan = plan.pin_fp32([*base_pins, *attempts[0].fp32_nodes])
-    command = trtexec_command(ready, output, first_plan, facts.input_name, profile, request.workspace_mib, timing)
-    print(f"equivalent trtexec command (build on the target device):\n  {command}")
-    licence_note(record.get("licence"), ready)
-    if request.onnx_only:
-        return record
-
-    def onnx_for(attempt: EngineAttempt) -> Path:
-        """The ONNX an attempt builds from: the ready one, or for a strongly typed fallback the one
-        with the islands typed FP32 (written beside it by --onnx-only, or now from its source)."""
-        if not plan.strongly_typed or attempt is attempts[0]:
-            return ready
-        if pretyped is not None:  # never an islands ONNX left by an earlier run from another source
-            with stage("writing the fallback's FP16-typed graph"):
-                fp16_artefact(pretyped_record, islands_onnx(ready), FP32_OPS, attempt.fp32_nodes)
-        require_compatible(islands_onnx(ready), version)
-        return islands_onnx(ready)
-
+            islands = fp16_artefact(pretyped, islands_onnx(ready), FP32_OPS, attempts[1].fp32_nodes)
+            write_fp16_reference(islands.path, pretyped, sizes)  # every file written has its reference
     if plan.strongly_typed and pretyped is None and not islands_onnx(ready).is_file():
         attempts = attempts[:1]  # an FP16-typed ONNX without its source: nothing to retype
-    meta = {
-        "format": "tensorrt",
-        "precision": request.precision,
-        "strongly_typed": plan.strongly_typed,
-        "input_name": facts.input_name,
-        "input_shape": [1, 3, height, width] if profile is None else None,
-        "profile": {k: list(v) for k, v in profile.shapes().items()} if profile else None,
-        "encoder": source_record.encoder,
-        **source_record.output_kind().sidecar(),
-        "licence": record.licence,
-        **record.identity(),
-        "gpu": {"name": gpu_name, "compute_capability": list(capability)},
-        "calibration": calibration_info,
-        "versions": {**library_versions("onnx", "onnxruntime"), "tensorrt": trt.__version__},
-    }
+    print(f"TensorRT-ready ONNX: {ready} (passes the TensorRT {version} parser rules)")
+    return Ready(record, source, facts, pretyped, attempts, base_pins, calibration)
+
+
+@dataclass(frozen=True)
+class Target:
+    """The GPU the engine is built on (a placeholder without TensorRT) and its timing cache."""
+
+    gpu: str
+    capability: tuple[int, int]
+    timing: Path | None
+
+
+def handoff(job: TrtJob, ready: Ready) -> Target:
+    """The GPU and timing cache of the build, and the equivalent trtexec command, printed for
+    building on the target device."""
+    request, trt = job.request, job.trt
+    gpu, capability = gpu_info(trt)
+    folder = request.timing_cache or job.output.parent
+    timing = timing_cache_path(folder, str(job.version), gpu, capability) if trt is not None else None
+    first_plan = job.plan.pin_fp32([*ready.base_pins, *ready.attempts[0].fp32_nodes])
+    ready_path, name = ready.record.path, ready.facts.input_name
+    command = trtexec_command(ready_path, job.output, first_plan, name, request.profile, request.workspace_mib, timing)
+    print(f"equivalent trtexec command (build on the target device):\n  {command}")
+    licence_note(ready.record.get("licence"), ready_path)
+    return Target(gpu, capability, timing)
+
+
+class EngineAttempts:
+    """The engine's attempts, each built under the staging name with its record beside it (the
+    backend checks its TensorRT release and GPU from there) and measured against the reference;
+    ``engine`` is the record as the last attempt built left it."""
+
+    def __init__(self, job: TrtJob, ready: Ready, engine: Artefact, staged: Path, target: Target):
+        self.job, self.ready, self.engine, self.staged = job, ready, engine, staged
+        self.gpu, self.timing = target.gpu, target.timing
+
+    def onnx_for(self, attempt: EngineAttempt) -> Path:
+        """The ONNX an attempt builds from: the ready one, or for a strongly typed fallback the one
+        with the islands typed FP32 (written beside it by --onnx-only, or now from its source)."""
+        ready, plan = self.ready, self.job.plan
+        if not plan.strongly_typed or attempt is ready.attempts[0]:
+            return ready.record.path
+        islands = islands_onnx(ready.record.path)
+        if ready.pretyped is not None:  # never an islands ONNX left by an earlier run from another source
+            with stage("writing the fallback's FP16-typed graph"):
+                fp16_artefact(ready.pretyped, islands, FP32_OPS, attempt.fp32_nodes)
+        require_compatible(islands, self.job.version)
+        return islands
+
+    def build(self, attempt: EngineAttempt) -> Path:
+        job, request = self.job, self.job.request
+        attempt_plan = job.plan.pin_fp32([*self.ready.base_pins, *attempt.fp32_nodes])
+        built_from = self.onnx_for(attempt)
+        name = self.ready.facts.input_name
+        print(f"building TensorRT {job.trt.__version__} {request.precision} engine on {self.gpu}, {attempt.label} ...")
+        with stage("building the engine"):
+            engine = build_engine(
+                job.trt, built_from, attempt_plan, request.profile, name, request.workspace_mib, self.timing
+            )
+        self.staged.write_bytes(engine)
+        command = trtexec_command(
+            built_from, job.output, attempt_plan, name, request.profile, request.workspace_mib, self.timing
+        )
+        self.engine = self.engine.updated(
+            **Artefact(built_from).source_facts(), trtexec=command, **plan_facts(attempt_plan)
+        )
+        replace(self.engine, path=self.staged).write()  # the backend checks its TensorRT release and GPU
+        return self.staged
+
+    def refuse(self, results: list) -> str:
+        return refusal_message(
+            self.ready.attempts, results, self.job.version, self.job.output, self.job.plan.strongly_typed
+        )
+
+
+def engine_step(job: TrtJob, ready: Ready, target: Target, started: float) -> Artefact:
+    """Build the engine from ``ready`` (each attempt checked against the reference until one is
+    within tolerance) and write its record once, with the engine landing last."""
+    request, output, trt = job.request, job.output, job.trt
+    profile, source = request.profile, ready.source
+    engine = ready.record.made(
+        output,
+        {
+            "format": "tensorrt",
+            "precision": request.precision,
+            "strongly_typed": job.plan.strongly_typed,
+            "input_name": ready.facts.input_name,
+            "input_shape": [1, 3, job.height, job.width] if profile is None else None,
+            "profile": {k: list(v) for k, v in profile.shapes().items()} if profile else None,
+            "encoder": source.encoder,
+            **source.output_kind().sidecar(),
+            "licence": ready.record.licence,
+            **ready.record.identity(),
+            "gpu": {"name": target.gpu, "compute_capability": list(target.capability)},
+            "calibration": ready.calibration,
+            "versions": {**library_versions("onnx", "onnxruntime"), "tensorrt": trt.__version__},
+        },
+    )
     workdir = staging_dir(output)
     try:
         staged = workdir / output.name
-        reference = engine_reference(staged, request.precision, sizes, ready)
-
-        def build_candidate(attempt: EngineAttempt) -> Path:
-            attempt_plan = plan.pin_fp32([*base_pins, *attempt.fp32_nodes])
-            built_from = onnx_for(attempt)
-            print(f"building TensorRT {trt.__version__} {request.precision} engine on {gpu_name}, {attempt.label} ...")
-            with stage("building the engine"):
-                engine = build_engine(
-                    trt, built_from, attempt_plan, profile, facts.input_name, request.workspace_mib, timing
-                )
-            staged.write_bytes(engine)
-            meta.update(
-                source_onnx=str(built_from),
-                source_sha256=sha256_file(built_from),
-                trtexec=trtexec_command(
-                    built_from, output, attempt_plan, facts.input_name, profile, request.workspace_mib, timing
-                ),
-                **plan_facts(attempt_plan),
-            )
-            write_sidecar(staged, meta)  # the backend checks its TensorRT release and GPU
-            return staged
-
-        def refuse(results: list) -> str:
-            return refusal_message(attempts, results, version, output, plan.strongly_typed)
-
+        reference = engine_reference(staged, request.precision, job.sizes, ready.record)
+        attempts = EngineAttempts(job, ready, engine, staged, target)
         if reference is None:
-            print(f"warning: no reference for {ready}: the engine is NOT checked (export it with this toolkit)")
-            attempt, results = attempts[0], []
-            build_candidate(attempt)
+            note = "the engine is NOT checked (export it with this toolkit)"
+            print(f"warning: no reference for {ready.record.path}: {note}")
+            attempt, results = ready.attempts[0], []
+            attempts.build(attempt)
         else:
-            _, attempt, results = checked_build(
-                attempts, build_candidate, lambda e: run_reference(e, reference), refuse
-            )
-        engine = Artefact(
-            output,
-            {
-                **meta,  # as the kept attempt left it
-                "build_seconds": round(time.perf_counter() - started, 1),
-                "verification": verification_record(reference, attempts, results, attempt),
-            },
+            measure = lambda built: run_reference(built, reference)  # noqa: E731
+            _, attempt, results = checked_build(ready.attempts, attempts.build, measure, attempts.refuse)
+        engine = attempts.engine.updated(  # as the kept attempt left it
+            build_seconds=round(time.perf_counter() - started, 1),
+            verification=verification_record(reference, ready.attempts, results, attempt),
         )
-        write_sidecar(staged, dict(engine.facts))
-        if reference_path(staged).is_file():
-            stamp_reference(staged)  # the reference names the engine it was checked with
+        replace(engine, path=staged).write()
+        if reference is not None:
+            stamp_reference(staged, reference)  # the reference names the engine it was checked with
         # Old files go first and the engine lands last: never a new engine beside old metadata.
         for old in (output, sidecar_path(output), reference_path(output)):
             old.unlink(missing_ok=True)
@@ -382,15 +417,7 @@ def build_trt(request: TrtRequest) -> Artefact:
     if results:
         print(f"engine checked against its reference, {attempt.label}: {results[-1].summary()}")
     print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
-    return replace(engine, reference=find_reference(output))
-
-
-def engine_sizes(height: int, width: int, profile: Profile | None) -> list[tuple[int, int]]:
-    """The sizes an engine's reference holds: its own, or the profile's opt size and one other."""
-    if profile is None:
-        return [(height, width)]
-    other = profile.min[1:] if profile.min[1:] != profile.opt[1:] else profile.max[1:]
-    return [(height, width)] if other == (height, width) else [(height, width), tuple(other)]
+    return replace(engine, reference=reference_path(output) if reference is not None else None)
 
 
 def typed_from(ready: Artefact) -> Artefact | None:
@@ -399,44 +426,6 @@ def typed_from(ready: Artefact) -> Artefact | None:
     return Artefact.read(source) if source and Path(source).is_file() else None
 
 
-def islands_onnx(ready: Path) -> Path:
-    """Where the FP16-typed ONNX with the FP32 islands goes: named after the ready one, so a copy
-    of ``<ready>*`` takes it along."""
-    return ready.with_name(ready.name + ".fp32-islands.onnx")
-
-
-def engine_reference(staged: Path, precision: str, sizes: list, ready: Path):
-    """The engine's reference (written beside the staged engine), from the ready ONNX's."""
-    from runtime.reference import load_reference
-
-    written = write_reference(staged, precision, sizes, None, source=ready)
-    return load_reference(written) if written is not None else None
-
-
-def run_reference(engine: Path, reference):
-    """The engine on its reference's inputs, through the runtime's TensorRT backend."""
-    from runtime.backends.tensorrt import TensorRTBackend
-    from runtime.reference import verify_backend
-
-    with stage("running the engine on its reference"), TensorRTBackend(engine) as backend:
-        return verify_backend(backend, reference)
-
-
-def plan_facts(plan: BuildPlan) -> dict:
-    return {"builder_flags": list(plan.builder_flags), "fp32_layers": len(plan.fp32_layers)}
-
-
-def verification_record(reference, attempts: list, results: list, chosen: EngineAttempt) -> dict:
-    """What the engine's sidecar says about its check: every attempt's error and the one kept."""
-    if reference is None:
-        return {"checked": False, "why": "no reference beside the TensorRT-ready ONNX"}
-    final = results[-1]
-    return {
-        "checked": True,
-        "against": reference.meta.get("outputs_from"),
-        "metric": final.metric,
-        "tolerance": final.tolerance,
-        "error": final.value,
-        "attempts": [{"build": a.label, "error": r.value} for a, r in zip(attempts, results)],
-        "fp32_nodes": len(chosen.fp32_nodes),
-    }
+def engine_reference(staged: Path, precision: str, sizes: list, ready: Artefact):
+    """The engine's reference (written beside the staged engine, and kept in memory), from the ready ONNX's."""
+    return make_reference(staged, precision, sizes, None, source=ready)

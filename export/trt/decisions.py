@@ -337,3 +337,41 @@ def checked_build(
         print(f"engine {attempt.label}: {result.summary()}")
         candidate.unlink(missing_ok=True)
     raise EngineOverTolerance(refuse(results), results)
+
+
+# ----------------------------------------------------------------------------------------------
+# What an engine's record says of its sizes, its build and its check.
+
+
+def engine_sizes(height: int, width: int, profile: Profile | None) -> list[tuple[int, int]]:
+    """The sizes an engine's reference holds: its own, or the profile's opt size and one other."""
+    if profile is None:
+        return [(height, width)]
+    other = profile.min[1:] if profile.min[1:] != profile.opt[1:] else profile.max[1:]
+    return [(height, width)] if other == (height, width) else [(height, width), tuple(other)]
+
+
+def islands_onnx(ready: Path) -> Path:
+    """Where the FP16-typed ONNX with the FP32 islands goes: named after the ready one, so a copy
+    of ``<ready>*`` takes it along."""
+    return ready.with_name(ready.name + ".fp32-islands.onnx")
+
+
+def plan_facts(plan: BuildPlan) -> dict:
+    return {"builder_flags": list(plan.builder_flags), "fp32_layers": len(plan.fp32_layers)}
+
+
+def verification_record(reference, attempts: list, results: list, chosen: EngineAttempt) -> dict:
+    """What the engine's sidecar says about its check: every attempt's error and the one kept."""
+    if reference is None:
+        return {"checked": False, "why": "no reference beside the TensorRT-ready ONNX"}
+    final = results[-1]
+    return {
+        "checked": True,
+        "against": reference.meta.get("outputs_from"),
+        "metric": final.metric,
+        "tolerance": final.tolerance,
+        "error": final.value,
+        "attempts": [{"build": a.label, "error": r.value} for a, r in zip(attempts, results)],
+        "fp32_nodes": len(chosen.fp32_nodes),
+    }

@@ -114,7 +114,8 @@ def iter_images(
     try:
         for candidate in candidates:
             try:
-                image = decode(read_bytes(candidate, tars), max_pixels)
+                data = read_bytes(candidate, tars)
+                image = decode(data, max_pixels)
             except ImageTooLargeError:
                 (corrupt if too_large is None else too_large).append(candidate.name)
                 continue
