@@ -85,11 +85,12 @@ def test_profile_splits_the_model_call_by_kind_and_accounts_for_it(artefacts, ca
     assert 0.9 <= profile["coverage"] <= 1.1
     if "int8" not in case:
         assert "int8_matmul" not in kinds
-    # "other" lists the 8 costliest ops with no kind; below GAP_SHARE of the call an op's rank among
-    # them is timing noise (the explicit-attention model has a dozen such ops of 0.01-0.5 %).
-    leftovers = {
-        op.split("(")[0] for op, ms in profile["other_ops_ms"].items() if ms >= GAP_SHARE * profile["layers_ms"]
-    }
+    # "other" lists the 8 costliest ops with no kind; below GAP_SHARE of the call an op type's rank
+    # among them is timing noise (the explicit-attention model has a dozen such ops of 0.01-0.5 %).
+    by_type: dict[str, float] = {}
+    for op, ms in profile["other_ops_ms"].items():
+        by_type[op.split("(")[0]] = by_type.get(op.split("(")[0], 0.0) + ms
+    leftovers = {op for op, ms in by_type.items() if ms >= GAP_SHARE * profile["layers_ms"]}
     assert leftovers <= OTHER_BY_DESIGN[backend], f"ops with no kind in the {backend} table: {leftovers}"
     runner.close()
 

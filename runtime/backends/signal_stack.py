@@ -34,28 +34,45 @@ def _mapped(address: int) -> bool:
     return False
 
 
+def _libc():
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def current_stack() -> _Stack | None:
+    """The calling thread's alternate signal stack as the kernel has it (None off Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    stack = _Stack()
+    return stack if _libc().sigaltstack(None, ctypes.byref(stack)) == 0 else None
+
+
 def mend_alternate_stack() -> bool:
     """Give the calling thread a fresh alternate signal stack if its present one lies in unmapped
     memory; ``True`` when one was given."""
-    if not sys.platform.startswith("linux"):
-        return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    current = _Stack()
-    if libc.sigaltstack(None, ctypes.byref(current)) != 0 or current.flags & SS_DISABLE:
-        return False
-    if _mapped(current.sp or 0):
+    current = current_stack()
+    if current is None or current.flags & SS_DISABLE or _mapped(current.sp or 0):
         return False
     memory = ctypes.create_string_buffer(STACK_BYTES)
     _kept.append(memory)
     fresh = _Stack(ctypes.addressof(memory), 0, STACK_BYTES)
-    return libc.sigaltstack(ctypes.byref(fresh), None) == 0
+    return _libc().sigaltstack(ctypes.byref(fresh), None) == 0
 
 
 @contextlib.contextmanager
 def alternate_stack_kept() -> Iterator[None]:
-    """Run a block that makes and frees OpenVINO Cores of its own (NNCF); mend the stack after."""
+    """Run a block that makes and frees OpenVINO Cores of its own (NNCF), then give the thread back
+    the alternate stack it had before the block: a stack a freed Core put back may lie in memory
+    that is unmapped, or mapped again for something else (a signal would then write over it).
+    Cores the block leaves alive (or that an exception's traceback holds) are freed later and
+    may still put back a stack of theirs; the unmapped case is mended again then, by the next
+    block or by ``mend_alternate_stack``."""
+    before = current_stack()
     try:
         yield
     finally:
         gc.collect()  # free what the block left in reference cycles now, not at a later signal
+        after = current_stack()
+        if before is not None and after is not None and (after.sp, after.size) != (before.sp, before.size):
+            restored = _Stack(before.sp, before.flags & SS_DISABLE, before.size)
+            _libc().sigaltstack(ctypes.byref(restored), None)
         mend_alternate_stack()
