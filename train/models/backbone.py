@@ -33,6 +33,15 @@ class PatchEmbed(nn.Module):
 ATTENTION_KINDS = ("fused", "explicit")
 
 
+def set_attention_kind(model: nn.Module, kind: str) -> None:
+    """Switch every :class:`Attention` layer inside ``model`` to ``kind`` (``ATTENTION_KINDS``)."""
+    if kind not in ATTENTION_KINDS:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTION_KINDS)}, got {kind!r}")
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.kind = kind
+
+
 class Attention(nn.Module):
     """Multi-head self-attention. ``kind="fused"`` (default) calls PyTorch's fused
     ``scaled_dot_product_attention``; ``"explicit"`` forms ``softmax(QK^T / sqrt(d)) V`` step by

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backbone import ATTENTION_KINDS, Attention, DinoVisionTransformer
+from .backbone import DinoVisionTransformer, set_attention_kind
 from .decoder import DPTHead
 from .variants import PATCH_SIZE, ModelSpec, get_spec
 
@@ -44,11 +44,7 @@ class DepthAnythingV2(nn.Module):
 
     def set_attention(self, kind: str) -> DepthAnythingV2:
         """Switch every attention layer to ``"fused"`` (default) or ``"explicit"`` (see ``Attention``)."""
-        if kind not in ATTENTION_KINDS:
-            raise ValueError(f"attention must be one of {', '.join(ATTENTION_KINDS)}, got {kind!r}")
-        for module in self.modules():
-            if isinstance(module, Attention):
-                module.kind = kind
+        set_attention_kind(self, kind)
         return self
 
     def set_activation_checkpointing(self, enabled: bool = True) -> DepthAnythingV2:

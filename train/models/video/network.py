@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbone import ATTENTION_KINDS, Attention, DinoVisionTransformer
+from ..backbone import DinoVisionTransformer, set_attention_kind
 from ..decoder import DPTHead
 from ..variants import PATCH_SIZE, ModelSpec, get_spec
 from .temporal import TemporalModule
@@ -97,11 +97,7 @@ class VideoDepthAnything(nn.Module):
         return self.spec.name
 
     def set_attention(self, kind: str) -> VideoDepthAnything:
-        if kind not in ATTENTION_KINDS:
-            raise ValueError(f"attention must be one of {', '.join(ATTENTION_KINDS)}, got {kind!r}")
-        for module in self.modules():
-            if isinstance(module, Attention):
-                module.kind = kind
+        set_attention_kind(self, kind)
         return self
 
     def state_shapes(self, height: int, width: int) -> list[tuple[int, int, int, int]]:
