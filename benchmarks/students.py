@@ -24,6 +24,7 @@ import tarfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,15 +64,16 @@ def scenes_shard(path: Path, count: int, size: tuple[int, int], seed: int) -> Pa
     return path.parent
 
 
-def held_out_abs_rel(model_path: Path, crop: int, count: int, size: tuple[int, int]) -> float:
-    """Mean AbsRel against the true inverse depth of held-out scenes (after the scale-and-shift
-    fit relative depth is compared under, as ``train.eval``)."""
+def held_out_abs_rel(model: Path | Any, crop: int, count: int, size: tuple[int, int]) -> float:
+    """Mean AbsRel of ``model`` (a checkpoint's path or the network) against the true inverse depth
+    of held-out scenes (after the scale-and-shift fit relative depth is compared under, as
+    ``train.eval``), on the CPU in FP32."""
     from runtime import DepthPredictor
     from train.data.synthetic import SyntheticScenes
     from train.eval import depth_metrics
 
     held = SyntheticScenes(count, size=size, seed=HELD_OUT_SEED)
-    predictor = DepthPredictor(model_path, device="cpu", precision="fp32", input_size=crop)
+    predictor = DepthPredictor(model, device="cpu", precision="fp32", input_size=crop)
     scores = []
     for i in range(len(held)):
         scene = held[i]

@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from runtime import DepthPredictor
+from benchmarks.students import held_out_abs_rel
 from tests.conftest import REPO
 from train.data.synthetic import SyntheticScenes
-from train.eval import depth_metrics
 from train.models import DepthAnythingV2, ModelSpec, load_backbone, load_model
 
 SPEC = ModelSpec(
@@ -58,14 +57,7 @@ def scenes_shard(path, count: int, seed: int, corrupt: bool = True):
 
 
 def abs_rel_on_held_out(model) -> float:
-    held = SyntheticScenes(8, size=(140, 179), seed=99)
-    predictor = DepthPredictor(model, input_size=int(CROP))
-    scores = []
-    for i in range(len(held)):
-        scene = held[i]
-        gt = np.where(scene.mask, 1.0 / np.maximum(scene.depth, 1e-6), np.nan)
-        scores.append(depth_metrics(predictor.predict(scene.image), gt)["abs_rel"])
-    return float(np.mean(scores))
+    return held_out_abs_rel(model, int(CROP), 8, (140, 179))
 
 
 def test_three_stages_end_to_end(tmp_path):
