@@ -150,13 +150,19 @@ def test_the_live_fit_matches_each_frame_to_the_nearest_scan_through_tf():
     assert aligner.log.records[-1]["reason"] == "no sensor message within 50 ms (nearest 3000 ms)"
 
 
-def test_extrinsics_and_a_depth_camera_without_tf():
+def depth_camera_scene():
+    """A node's pipeline fed by a depth camera placed by fixed extrinsics (no tf), and one scene:
+    its depth, the colour image with the network's relative output, and the depth image in mm."""
     settings = NodeSettings(model="m", sparse_depth_type="image", extrinsics="0 0 0 0 0 0")
     settings.check()
     pipeline = settings.pipeline(OutputKind(), fixed_transform(np.eye(4)))
     depth = scenes.render(scenes.Scene())
     image, relative = scenes.relative_frame(depth, 2.0, 0.3)
-    millimetres = np.rint(depth * 1000).astype("<u2")
+    return pipeline, depth, image, relative, np.rint(depth * 1000).astype("<u2")
+
+
+def test_extrinsics_and_a_depth_camera_without_tf():
+    pipeline, depth, image, relative, millimetres = depth_camera_scene()
     pipeline.aligner.add_sensor(MESSAGES.image(T0 + 5_000_000, millimetres, "16UC1", "depth_optical"))
     header = MESSAGES.header(T0, "camera_optical")
     # Before the depth camera's own camera info: no metres (never the colour camera's intrinsics).
@@ -200,12 +206,7 @@ def test_tf2_lookup_errors_become_counted_reasons():
 def test_a_depth_camera_message_takes_its_own_stamps_camera_info_in_the_node():
     """As the bag tool does (runtime.ros.stamps.ByStamp): a newer camera info of another stamp (here
     one that cannot be used) does not take away the one a depth image was recorded with."""
-    settings = NodeSettings(model="m", sparse_depth_type="image", extrinsics="0 0 0 0 0 0")
-    settings.check()
-    pipeline = settings.pipeline(OutputKind(), fixed_transform(np.eye(4)))
-    depth = scenes.render(scenes.Scene())
-    image, relative = scenes.relative_frame(depth, 2.0, 0.3)
-    millimetres = np.rint(depth * 1000).astype("<u2")
+    pipeline, depth, image, relative, millimetres = depth_camera_scene()
     sensor_stamp = T0 + 5_000_000
     pipeline.aligner.add_sensor(MESSAGES.image(sensor_stamp, millimetres, "16UC1", "depth_optical"))
     pipeline.aligner.set_sensor_info(INTRINSICS, sensor_stamp)
