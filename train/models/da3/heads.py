@@ -22,6 +22,13 @@ RAY_CHANNELS = 7  # 6 ray values + confidence
 POS_CACHE_SIZES = 8  # input sizes whose position embeddings are kept for inference
 
 
+def _output_conv2(features: int, channels: int) -> nn.Sequential:
+    """The last convolutions of a DPT output (``output_conv2`` and the sky's): 3x3, ReLU, 1x1."""
+    return nn.Sequential(
+        nn.Conv2d(features // 2, HEAD_HIDDEN, 3, padding=1), nn.ReLU(), nn.Conv2d(HEAD_HIDDEN, channels, 1)
+    )
+
+
 def _fusion(features: int, skip: bool = True) -> FusionBlock:
     block = FusionBlock(features)
     if not skip:
@@ -114,12 +121,8 @@ class DPT(_Reassemble):
         for i in range(1, 5):
             setattr(s, f"refinenet{i}", _fusion(f, skip=i != 4))
         s.output_conv1 = nn.Conv2d(f, f // 2, 3, padding=1)
-        s.output_conv2 = nn.Sequential(
-            nn.Conv2d(f // 2, HEAD_HIDDEN, 3, padding=1), nn.ReLU(), nn.Conv2d(HEAD_HIDDEN, 1, 1)
-        )
-        s.sky_output_conv2 = nn.Sequential(
-            nn.Conv2d(f // 2, HEAD_HIDDEN, 3, padding=1), nn.ReLU(), nn.Conv2d(HEAD_HIDDEN, 1, 1)
-        )
+        s.output_conv2 = _output_conv2(f, 1)
+        s.sky_output_conv2 = _output_conv2(f, 1)
 
     def forward(self, features: list[torch.Tensor], height: int, width: int) -> dict[str, torch.Tensor]:
         s = self.scratch
@@ -166,9 +169,7 @@ class DualDPT(_Reassemble):
             for i in range(1, 5):
                 setattr(s, f"refinenet{i}{suffix}", _fusion(f, skip=i != 4))
         s.output_conv1 = nn.Conv2d(f, f // 2, 3, padding=1)
-        s.output_conv2 = nn.Sequential(
-            nn.Conv2d(f // 2, HEAD_HIDDEN, 3, padding=1), nn.ReLU(), nn.Conv2d(HEAD_HIDDEN, 2, 1)
-        )
+        s.output_conv2 = _output_conv2(f, 2)
         s.output_conv1_aux = nn.ModuleList(
             nn.Sequential(*(nn.Conv2d(a, b, 3, padding=1) for a, b in [(f, f // 2), (f // 2, f)] * 2 + [(f, f // 2)]))
             for _ in range(4)
