@@ -19,7 +19,7 @@ from typing import Any
 
 from runtime.metadata import read_sidecar, sha256_file, write_sidecar
 from runtime.metric import OutputKind
-from runtime.reference import find_reference
+from runtime.reference import Reference, find_reference, load_reference
 
 # Keys the sidecar writer adds itself: never carried from one artefact's record to another's.
 WRITER_KEYS = ("schema_version", "artefact")
@@ -27,18 +27,26 @@ WRITER_KEYS = ("schema_version", "artefact")
 
 @dataclass(frozen=True)
 class Artefact:
-    """``path`` and its sidecar's facts; ``reference`` where its reference was written."""
+    """``path`` and its sidecar's facts; ``reference`` where its reference was written, and
+    ``reference_data`` that reference as its writer holds it (or as read beside a given file), so
+    a later step of the same run never reads it back."""
 
     path: Path
     facts: Mapping[str, Any] = field(default_factory=dict)
     reference: Path | None = None
+    reference_data: Reference | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def read(cls, path: str | Path) -> Artefact:
-        """The record of a file made by an earlier run (or elsewhere: then its facts are empty)."""
+        """The record of a file made by an earlier run (or elsewhere: then its facts are empty),
+        with the file's SHA-256 as it is now (taken here, once: a step made from it never hashes
+        it again, and a sidecar whose file was changed since cannot lend it a stale hash)."""
         path = Path(path)
         facts = {k: v for k, v in (read_sidecar(path) or {}).items() if k not in WRITER_KEYS}
-        return cls(path, facts, find_reference(path))
+        if path.is_file():
+            facts["sha256"] = sha256_file(path)
+        reference = find_reference(path)
+        return cls(path, facts, reference, load_reference(reference) if reference is not None else None)
 
     @classmethod
     def of(cls, source: str | Path | Artefact) -> Artefact:
@@ -94,15 +102,26 @@ class Artefact:
         """The record of ``path``, made from this artefact: ``facts`` are the new file's own."""
         return Artefact(Path(path), dict(facts), reference)
 
+    def with_reference(self, made: Reference | None) -> Artefact:
+        """This record with the reference its step wrote (``made.path`` where it lies now)."""
+        return replace(self, reference=made.path if made is not None else None, reference_data=made)
+
     def updated(self, **facts: Any) -> Artefact:
         return replace(self, facts={**self.facts, **facts})
 
     def without(self, *keys: str) -> Artefact:
         return replace(self, facts={k: v for k, v in self.facts.items() if k not in keys})
 
+    @property
+    def sha256(self) -> str:
+        """The file's SHA-256: recorded by the step that wrote it, or taken when it was read."""
+        if "sha256" not in self.facts:
+            raise ValueError(f"the record of {self.path} has no SHA-256: read it with Artefact.read")
+        return self.facts["sha256"]
+
     def source_facts(self) -> dict[str, str]:
         """What a file made from this one records about it."""
-        return {"source_onnx": str(self.path), "source_sha256": sha256_file(self.path)}
+        return {"source_onnx": str(self.path), "source_sha256": self.sha256}
 
     def write(self) -> Artefact:
         """The sidecar, written once and atomically."""

@@ -12,7 +12,7 @@ import argparse
 import shutil
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from .errors import ExportError, ExportRequestError
 from .formats import FORMATS
 from .graph import save_onnx
 from .metrics import FP32_TOLERANCE, MAX_REL_STD, Comparison, check_sizes, compare, run_onnxruntime, verification_frames
-from .reference import other_size, torch_runner, write_reference
+from .reference import make_reference, other_size, torch_runner
 from .source import (
     check_hw,
     default_output,
@@ -186,7 +186,7 @@ def export_onnx(
         if not video:  # a stream's reference is its verification over frames, in the sidecar
             with stage("writing the reference"):
                 runner = torch_runner(model)
-                written = write_reference(staged, "fp32", sizes, runner, "PyTorch FP32")
+                written = make_reference(staged, "fp32", sizes, runner, "PyTorch FP32")
         # The old sidecar, reference and model go first: an external .data file must never land
         # beside an older .onnx, and a new model never sits beside an old model's metadata; the
         # model lands last, after its reference.
@@ -221,7 +221,9 @@ def export_onnx(
             "versions": library_versions("torch", "onnx", "onnxruntime"),
         },
     ).write()
-    result.artefact = replace(record, reference=reference_path(output) if written is not None else None)
+    if written is not None:
+        written.path = reference_path(output)  # where it landed
+    result.artefact = record.with_reference(written)
     return result
 
 

@@ -170,7 +170,7 @@ def export_openvino(
             [shape] if _static_hw(model) else [shape, other_size(*shape)],
             onnx_runner(onnx_path),
             "ONNX Runtime FP32 on the source ONNX",
-            source=onnx_path,
+            source=source,
             held_out=calibration.held_out_batches() if budget is not None else (),
             budget=budget,
         )

@@ -19,8 +19,9 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from runtime.accuracy import ABS_REL_ALIGNED, precision_rule
 from runtime.accuracy import FP16_TOLERANCE as FP16_TOLERANCE  # where export.openvino and the tests look
+from runtime.accuracy import precision_rule
+from runtime.inherited_reference import carried_inputs
 from runtime.reference import (
     Reference,
     artefact_digest,
@@ -100,22 +101,15 @@ def make_reference(
     for a dynamic one) and ``held_out`` calibration batches (normalised ``(1, 3, H, W)``) are
     added, both run through ``runner``.
     """
-    base = source_reference(source)
-    base_ref: Reference | None = load_reference(base) if base is not None else None
+    base_ref = source_reference(source)
     if sizes is None:
         sizes = list(dict.fromkeys(base_ref.sizes)) if base_ref is not None else default_sizes
     sizes = [tuple(int(v) for v in s) for s in sizes]
-    images, outputs, inputs = [], [], []
-    if base_ref is not None:
-        for image, output, item in zip(base_ref.images, base_ref.outputs, base_ref.meta["inputs"]):
-            if tuple(image.shape[:2]) in sizes:
-                images.append(image)
-                outputs.append(output)
-                inputs.append({"outputs_from": base_ref.meta.get("outputs_from", ""), **item})
-        if budget is None and base_ref.metric == ABS_REL_ALIGNED:
-            budget = base_ref.tolerance  # an INT8 source's budget carries over to what is built from it
-            if base_ref.meta.get("measured", True) is False:
-                extra = {"measured": False, **extra}  # and so does an unmeasured one's loose bound
+    images, outputs, inputs, carried = carried_inputs(base_ref, sizes) if base_ref is not None else ([], [], [], {})
+    if budget is None and "budget" in carried:
+        budget = carried["budget"]  # an INT8 source's budget carries over to what is built from it
+        if carried.get("measured", True) is False:
+            extra = {"measured": False, **extra}  # and so does an unmeasured one's loose bound
     # A static artefact gets two photographs; a dynamic one a photograph per size.
     names = {sizes[0]: PHOTOS} if len(sizes) == 1 else {s: (PHOTOS[i % len(PHOTOS)],) for i, s in enumerate(sizes)}
     new: list[tuple[str, str, np.ndarray]] = []
@@ -151,11 +145,13 @@ def make_reference(
     return made
 
 
-def source_reference(source: str | Path | Artefact | None) -> Path | None:
-    """The reference of ``source``: its record's, or the one beside a file given from outside the run."""
+def source_reference(source: str | Path | Artefact | None) -> Reference | None:
+    """The reference of ``source``: as its record holds it, or read from beside a file given from
+    outside the run."""
     if isinstance(source, Artefact):
-        return source.reference
-    return find_reference(source) if source is not None else None
+        return source.reference_data
+    found = find_reference(source) if source is not None else None
+    return load_reference(found) if found is not None else None
 
 
 def torch_runner(model) -> Runner:
@@ -182,30 +178,32 @@ def onnx_runner(path: str | Path) -> Runner | None:
 
 
 def write_int8_reference(
-    output: Path, source: Path, shape: tuple[int, int], held_out: Sequence[np.ndarray], budget: float | None
-) -> Path | None:
+    output: Path, source: Path | Artefact, shape: tuple[int, int], held_out: Sequence[np.ndarray], budget: float | None
+) -> Reference | None:
     """The reference of an INT8 Q/DQ ONNX quantized from the FP32 ``source`` at ``shape``: FP32
     outputs of the source on photographs and the held-out calibration images, held to ``budget``.
     ``budget=None`` (``--accuracy-budget off``, nothing measured): the reference says it is
     unmeasured and holds the artefact only to ``UNMEASURED_INT8_TOLERANCE``, a broken-artefact bound."""
     from .graph import input_hw, load_onnx
 
-    dynamic = input_hw(load_onnx(source, load_external_data=False)) is None
+    source = Artefact.of(source)
+    dynamic = input_hw(load_onnx(source.path, load_external_data=False)) is None
     sizes = [shape, other_size(*shape)] if dynamic else [shape]
     against = "ONNX Runtime FP32 on the source ONNX"
     extra = {} if budget is not None else {"measured": False}
     budget = budget if budget is not None else UNMEASURED_INT8_TOLERANCE
-    runner = onnx_runner(source)
-    return write_reference(output, "int8", sizes, runner, against, source, held_out, budget, **extra)
+    runner = onnx_runner(source.path)
+    return make_reference(output, "int8", sizes, runner, against, source, held_out, budget, **extra)
 
 
-def write_fp16_reference(
-    output: Path, source: Path | Artefact, sizes: Sequence[tuple[int, int]] | None = None
-) -> Path | None:
-    """The reference of an FP16-typed copy of ``source`` (FP32 or Q/DQ INT8; a path or its record):
-    the source's inputs and FP32 outputs (ONNX Runtime on an FP32 source where the source has
-    none), held to FP16's bound, or to the INT8 budget for a Q/DQ source. ``sizes``: default the
-    source's input size."""
+def write_typed_reference(
+    output: Path, source: Path | Artefact, sizes: Sequence[tuple[int, int]] | None = None, precision: str = "fp16"
+) -> Reference | None:
+    """The reference of ``output``, a copy of ``source`` (FP32 or Q/DQ INT8; a path or its record)
+    typed to ``precision`` (``fp32``: the source itself, as a TensorRT build reads it): the
+    source's inputs and FP32 outputs (ONNX Runtime on an FP32 source where the source has none),
+    held to that precision's bound, or to the INT8 budget for a Q/DQ source. ``sizes``: default
+    the source's input size."""
     from .graph import input_hw, is_quantized, load_onnx
 
     path = source.path if isinstance(source, Artefact) else source
@@ -215,5 +213,5 @@ def write_fp16_reference(
     quantized = is_quantized(model)
     runner = None if quantized else onnx_runner(path)  # a Q/DQ model's outputs are not FP32 outputs
     against = "ONNX Runtime FP32 on the source ONNX"
-    precision = "int8" if quantized else "fp16"
-    return write_reference(output, precision, sizes, runner, against, source, default_sizes=own)
+    precision = "int8" if quantized else precision
+    return make_reference(output, precision, sizes, runner, against, source, default_sizes=own)

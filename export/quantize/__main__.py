@@ -14,7 +14,7 @@ from ..cli import add_calibration_args, add_size_arg, speaks_flags
 from ..errors import ExportRequestError
 from ..formats import FORMATS
 from ..graph import input_hw, load_onnx
-from ..reference import write_fp16_reference
+from ..reference import write_typed_reference
 from .budget import export_int8
 from .fp16 import to_fp16
 from .options import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS, Int8Options
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         output = args.output or args.onnx.with_name(args.onnx.stem + ".fp16.onnx")
         with stage("converting to an FP16-typed graph"):
             to_fp16(args.onnx, output)
-        write_fp16_reference(output, args.onnx)
+        write_typed_reference(output, args.onnx)
         print(f"wrote {output}")
         return 0
     if args.target != "cpu" and args.int8_arithmetic != "auto":

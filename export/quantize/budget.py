@@ -42,7 +42,7 @@ from .options import BUDGET_DEFAULTS, Int8Options
 from .probes import QdqProbes
 from .qdq import quantize_int8, select_nodes
 from .search import Search, suggestion
-from .smooth import find_sites, smooth
+from .smooth import DEFAULT_ALPHA, find_sites, smooth
 
 # With --allow-fewer, the held-out share shrinks first, to no fewer than this many images.
 MIN_HELD_OUT = 2
@@ -171,10 +171,11 @@ def quantize_with_budget(
     bases: dict[bool, tuple[Path, list[str]]] = {}
 
     def make(smoothed: bool) -> QdqProbes:
-        model = source
-        if smoothed:
-            model = replace(source, path=workdir / "smoothed.onnx")
+        model, key = source, None
+        if smoothed:  # a function of the source, the calibration images and alpha: keyed by them
+            model = replace(source.without("sha256"), path=workdir / "smoothed.onnx")
             smooth(source_model, model.path, split)
+            key = f"{source.sha256[:16]}-smoothed-{DEFAULT_ALPHA}"
         base = workdir / ("smoothed" if smoothed else "plain") / output.name
         base.parent.mkdir()
         with stage("calibrating and quantizing"):
@@ -189,6 +190,7 @@ def quantize_with_budget(
                 cache_dir=cache_dir,
                 arithmetic=arithmetic,
                 write=False,
+                model_key=key,
             )
         bases[smoothed] = (base, result.quantized, result.artefact)
         as_written = target == "tensorrt" or not CpuPlan.of(arithmetic).native
@@ -294,8 +296,8 @@ def export_int8(source: Artefact, output: Path, options: Int8Options, shape: tup
                 write=False,
             )
             print(f"INT8 Q/DQ: {len(result.quantized)} layers INT8, no accuracy check (accuracy budget off)")
-            reference = write_int8_reference(output, source.path, shape, (), None)
-            return replace(result.artefact, reference=reference).write()
+            reference = write_int8_reference(output, source, shape, (), None)
+            return result.artefact.with_reference(reference).write()
     checked = quantize_with_budget(source, images, output, options, target, cache)
     floats = len(checked.reverted) + len(options.float_layers)
     notes = f", {floats} back in float" if floats else ""
@@ -305,5 +307,5 @@ def export_int8(source: Artefact, output: Path, options: Int8Options, shape: tup
         f"{images.held_out} held-out images (budget {options.budget}; report {quant_report_path(output)}, "
         f"{checked.seconds:.0f} s)"
     )
-    reference = write_int8_reference(output, source.path, shape, images.held_out_batches(), options.budget)
-    return replace(checked.artefact, reference=reference)
+    reference = write_int8_reference(output, source, shape, images.held_out_batches(), options.budget)
+    return checked.artefact.with_reference(reference)

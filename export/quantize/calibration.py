@@ -91,22 +91,11 @@ class CalibrationSet:
         self.num_samples = num_samples
         self.seed = seed
         self.max_pixels = max_pixels
-        try:
-            candidates, rejected = sa1b.list_candidates(self.source)
-        except (FileNotFoundError, ValueError) as exc:
-            raise CalibrationError(str(exc)) from exc
-        if not candidates:
-            raise CalibrationError(
-                f"{self.source}: no images found (give SA-1B .tar shards or .jpg/.jpeg/.png files); "
-                "INT8 is never calibrated on nothing"
-            )
-        order = np.random.default_rng(seed).permutation(len(candidates))
-        self._order = [candidates[i] for i in order]
-        self.report = CalibrationReport(num_samples, rejected_members=rejected)
+        self.report = CalibrationReport(num_samples)
+        self._order: list = []
         # No default cache location: the source may be read-only, and an export writes only
         # under its own output folder (the CLIs pass one there).
-        self.cache_path = Path(cache_dir) / f"calib-{self.key}.npy" if cache_dir is not None else None
-        self._data = self._load_or_build(progress)
+        self._data = self._load_or_build(None if cache_dir is None else Path(cache_dir), progress)
         found = len(self.report.used)
         floor = min(num_samples, MIN_IMAGES) if allow_fewer else num_samples
         floor = floor if minimum is None else minimum
@@ -131,7 +120,21 @@ class CalibrationSet:
             digest.update(f"{candidate.container.resolve()}|{candidate.member}|{candidate.size}\n".encode())
         return digest.hexdigest()[:20]
 
-    def _load_or_build(self, progress: bool) -> np.ndarray:
+    def _load_or_build(self, cache_dir: Path | None, progress: bool) -> np.ndarray:
+        """The source listed and put in the seed's order, then its preprocessed samples: from the
+        cache when it holds this order's, else read (and cached)."""
+        try:
+            candidates, self.report.rejected_members = sa1b.list_candidates(self.source)
+        except (FileNotFoundError, ValueError) as exc:
+            raise CalibrationError(str(exc)) from exc
+        if not candidates:
+            raise CalibrationError(
+                f"{self.source}: no images found (give SA-1B .tar shards or .jpg/.jpeg/.png files); "
+                "INT8 is never calibrated on nothing"
+            )
+        order = np.random.default_rng(self.seed).permutation(len(candidates))
+        self._order = [candidates[i] for i in order]
+        self.cache_path = cache_dir / f"calib-{self.key}.npy" if cache_dir is not None else None
         report_path = self.cache_path.with_suffix(".json") if self.cache_path else None
         if self.cache_path is not None and self.cache_path.is_file() and report_path.is_file():
             cached = json.loads(report_path.read_text())

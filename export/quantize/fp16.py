@@ -275,7 +275,7 @@ def fp16_artefact(
         model = convert_opset(model, FP16_QDQ_OPSET)
     converted = convert_to_fp16(model, keep_fp32_ops, keep_fp32_nodes)
     atomic_write(output, lambda tmp: save_onnx(converted, tmp, location=output.name + ".data"))
-    made = replace(source, path=output, reference=None).updated(
+    made = replace(source, path=output, reference=None, reference_data=None).updated(
         precision="fp16" if source.precision == "fp32" else f"{source.precision}+fp16",
         typed_fp16=True,
         opset=model_opset(converted),

@@ -154,6 +154,7 @@ def quantize_int8(
     form: str | None = None,
     arithmetic: str = "auto",
     write: bool = True,
+    model_key: str | None = None,
 ) -> QuantizeResult:
     """Calibrate ``onnx_path`` (a path, or the record of the source) on ``calibration`` and write a
     Q/DQ INT8 model to ``output``, atomically; the result carries the new file's record, which is
@@ -163,7 +164,8 @@ def quantize_int8(
     calibration set's key and the method, so a rerun skips the slow part and a changed input
     never reuses stale ranges. The cpu target's weights take the form of the CPUs of ``arithmetic``
     (``auto``: this CPU's class; ``export.quantize.arithmetic``) unless ``form`` (a key of
-    ``CPU_FORMS``) names one.
+    ``CPU_FORMS``) names one. ``model_key`` stands for the source's hash in that key where the
+    source is derived in a working folder and its record carries none (a smoothed copy).
     """
     if method not in METHODS:
         raise ExportRequestError(f"calibration method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -202,7 +204,9 @@ def quantize_int8(
     started = time.perf_counter()
     output.parent.mkdir(parents=True, exist_ok=True)
     workdir = staging_dir(output)  # .<name>.<pid>-<host>.<random>: the next run removes it if this one is killed
-    source_hash = sha256_file(onnx_path)  # with the calibration set's key, the key of the cached ranges
+    # The model's hash, with the calibration set's key, keys the cached ranges: the record's own
+    # (or ``model_key``, for a model derived from it in a working folder, such as a smoothed one).
+    source_hash = model_key or source.sha256
     try:
         prepared = workdir / "prepared.onnx"
         # No symbolic shape inference: it stops on the dynamic decoder ("Incomplete symbolic shape

@@ -21,16 +21,17 @@ from typing import TYPE_CHECKING, Any
 
 from commands.errors import MissingDependencyError, require
 from commands.runner import stage
+from runtime.inherited_reference import inherited_reference
 from runtime.io.files import staging_dir
 from runtime.metadata import library_versions, sidecar_path
-from runtime.reference import reference_path, stamp_reference
+from runtime.reference import Reference, reference_path, stamp_reference
 
 from ..artefact import Artefact
 from ..errors import ExportError, ExportRequestError
 from ..graph import load_onnx
 from ..onnx import source_onnx
 from ..quantize.fp16 import FP32_OPS, fp16_artefact
-from ..reference import make_reference, onnx_runner, write_fp16_reference, write_reference
+from ..reference import write_typed_reference
 from ..source import check_hw, default_output, licence_note, source_stem
 from .decisions import (
     DEFAULT_TARGET,
@@ -123,7 +124,8 @@ def source_hint(request: TrtRequest, version: TrtVersion) -> str:
 @dataclass(frozen=True)
 class TrtJob:
     """What ``plan_job`` settles before anything is written: the release and its build plan, the
-    given ONNX's record and facts, the input size (or the profile's opt size) and the output."""
+    given ONNX's record and facts (and, for an FP16-typed one, its source's record), the input
+    size (or the profile's opt size) and the output."""
 
     request: TrtRequest
     trt: Any  # the tensorrt module, None where it is not installed
@@ -131,6 +133,7 @@ class TrtJob:
     plan: BuildPlan
     given: Artefact | None
     given_facts: OnnxFacts | None
+    given_source: Artefact | None  # of an FP16-typed given ONNX: the record it was typed from, where it is here
     height: int
     width: int
     output: Path
@@ -151,6 +154,7 @@ class Ready:
     facts: OnnxFacts  # of the source ONNX
     pretyped: Artefact | None
     attempts: list[EngineAttempt]
+    expected: Reference | None  # the engine's reference, in memory until the engine lands beside it
     base_pins: tuple[str, ...] = ()
     calibration: dict | None = None
 
@@ -170,7 +174,8 @@ def build_trt(request: TrtRequest) -> Artefact:
 
 
 def plan_job(request: TrtRequest, trt) -> TrtJob:
-    """Every check of ``request`` that needs nothing written; the given ONNX's record is read here, once."""
+    """Every check of ``request`` that needs nothing written; the given ONNX's record (and an
+    FP16-typed one's source's) is read here, once."""
     if trt is None and not request.onnx_only:
         raise ExportRequestError(
             "TensorRT is not installed here: pip install 'dav2-edge[tensorrt]' (" + JETPACK_NOTE + "), "
@@ -207,7 +212,8 @@ def plan_job(request: TrtRequest, trt) -> TrtJob:
     if output.suffix not in (".engine", ".plan"):
         raise ExportRequestError(f"{output}: engine files end in .engine or .plan")
     output.parent.mkdir(parents=True, exist_ok=True)
-    return TrtJob(request, trt, version, plan, given, facts, height, width, output)
+    given_source = typed_from(given) if facts is not None and facts.typed_fp16 else None
+    return TrtJob(request, trt, version, plan, given, facts, given_source, height, width, output)
 
 
 def source_step(job: TrtJob) -> tuple[Artefact, OnnxFacts]:
@@ -257,25 +263,30 @@ def ready_step(job: TrtJob, source: Artefact, facts: OnnxFacts) -> Ready:
         qdq = output.with_name(output.stem + (".qdq-fp32.onnx" if plan.typed_fp16 else plan.onnx_suffix))
         record = export_int8(source, qdq, request.int8, (job.height, job.width), "tensorrt")
     calibration = record.calibration if plan.quantized or facts.quantized else None
-    pretyped = record if not facts.typed_fp16 else typed_from(record)
+    pretyped = record if not facts.typed_fp16 else job.given_source
     if request.fp32_layers and pretyped is None:
         raise ExportRequestError(
             f"{record.path} is FP16-typed already: `fp32_layers` needs the FP32 or Q/DQ ONNX it was typed from"
         )
     nodes_of = load_onnx((pretyped or record).path, load_external_data=False)
     attempts = engine_attempts(plan, fp32_island_nodes(nodes_of), match_layers(nodes_of, request.fp32_layers))
-    if plan.typed_fp16 and not facts.typed_fp16:
+    typing = plan.typed_fp16 and not facts.typed_fp16
+    if typing:
         with stage("converting to an FP16-typed graph"):
-            typed = output.with_name(output.stem + plan.onnx_suffix)
-            record = fp16_artefact(pretyped, typed, FP32_OPS, attempts[0].fp32_nodes)
-            record = replace(record, reference=write_fp16_reference(typed, pretyped, sizes))
+            record = fp16_artefact(
+                pretyped, output.with_name(output.stem + plan.onnx_suffix), FP32_OPS, attempts[0].fp32_nodes
+            )
         casts = record.get("cast_nodes", {})
         print(f"FP16-typed graph: {casts.get('total')} Cast nodes, {casts.get('per_frame')} of them per frame")
-    elif record.reference is None and not facts.quantized and not facts.typed_fp16:
-        against = "ONNX Runtime FP32 on the source ONNX"
-        record = replace(
-            record, reference=write_reference(record.path, "fp32", sizes, onnx_runner(record.path), against)
+    if typing or (record.reference is None and not facts.quantized and not facts.typed_fp16):
+        # The ready ONNX's reference, from the record it was typed from (itself, where it is the FP32 source).
+        record = record.with_reference(
+            write_typed_reference(record.path, pretyped, sizes, "fp16" if typing else "fp32")
         )
+    # What the engine will be checked against: the ready ONNX's reference at the engine's precision.
+    expected = record.reference_data and inherited_reference(
+        record.reference_data, output.name, request.precision, sizes
+    )
     ready = record.path
     with stage(f"checking the TensorRT {version} parser rules"):
         require_compatible(ready, version)
@@ -284,11 +295,11 @@ def ready_step(job: TrtJob, source: Artefact, facts: OnnxFacts) -> Ready:
         # The fallback's ONNX travels with the TensorRT-ready one: the device cannot retype it.
         with stage("writing the fallback's FP16-typed graph"):
             islands = fp16_artefact(pretyped, islands_onnx(ready), FP32_OPS, attempts[1].fp32_nodes)
-            write_fp16_reference(islands.path, pretyped, sizes)  # every file written has its reference
+            write_typed_reference(islands.path, pretyped, sizes)  # every file written has its reference
     if plan.strongly_typed and pretyped is None and not islands_onnx(ready).is_file():
         attempts = attempts[:1]  # an FP16-typed ONNX without its source: nothing to retype
     print(f"TensorRT-ready ONNX: {ready} (passes the TensorRT {version} parser rules)")
-    return Ready(record, source, facts, pretyped, attempts, base_pins, calibration)
+    return Ready(record, source, facts, pretyped, attempts, expected, base_pins, calibration)
 
 
 @dataclass(frozen=True)
@@ -324,23 +335,27 @@ class EngineAttempts:
         self.job, self.ready, self.engine, self.staged = job, ready, engine, staged
         self.gpu, self.timing = target.gpu, target.timing
 
-    def onnx_for(self, attempt: EngineAttempt) -> Path:
-        """The ONNX an attempt builds from: the ready one, or for a strongly typed fallback the one
-        with the islands typed FP32 (written beside it by --onnx-only, or now from its source)."""
+    def onnx_for(self, attempt: EngineAttempt) -> Artefact:
+        """The record of the ONNX an attempt builds from: the ready one, or for a strongly typed
+        fallback the one with the islands typed FP32 (made now from its source, or the one
+        --onnx-only wrote beside it, read)."""
         ready, plan = self.ready, self.job.plan
         if not plan.strongly_typed or attempt is ready.attempts[0]:
-            return ready.record.path
+            return ready.record
         islands = islands_onnx(ready.record.path)
         if ready.pretyped is not None:  # never an islands ONNX left by an earlier run from another source
             with stage("writing the fallback's FP16-typed graph"):
-                fp16_artefact(ready.pretyped, islands, FP32_OPS, attempt.fp32_nodes)
+                made = fp16_artefact(ready.pretyped, islands, FP32_OPS, attempt.fp32_nodes)
+        else:
+            made = Artefact.read(islands)
         require_compatible(islands, self.job.version)
-        return islands
+        return made
 
     def build(self, attempt: EngineAttempt) -> Path:
         job, request = self.job, self.job.request
         attempt_plan = job.plan.pin_fp32([*self.ready.base_pins, *attempt.fp32_nodes])
-        built_from = self.onnx_for(attempt)
+        built = self.onnx_for(attempt)
+        built_from = built.path
         name = self.ready.facts.input_name
         print(f"building TensorRT {job.trt.__version__} {request.precision} engine on {self.gpu}, {attempt.label} ...")
         with stage("building the engine"):
@@ -351,9 +366,7 @@ class EngineAttempts:
         command = trtexec_command(
             built_from, job.output, attempt_plan, name, request.profile, request.workspace_mib, self.timing
         )
-        self.engine = self.engine.updated(
-            **Artefact(built_from).source_facts(), trtexec=command, **plan_facts(attempt_plan)
-        )
+        self.engine = self.engine.updated(**built.source_facts(), trtexec=command, **plan_facts(attempt_plan))
         replace(self.engine, path=self.staged).write()  # the backend checks its TensorRT release and GPU
         return self.staged
 
@@ -389,7 +402,7 @@ def engine_step(job: TrtJob, ready: Ready, target: Target, started: float) -> Ar
     workdir = staging_dir(output)
     try:
         staged = workdir / output.name
-        reference = engine_reference(staged, request.precision, job.sizes, ready.record)
+        reference = ready.expected
         attempts = EngineAttempts(job, ready, engine, staged, target)
         if reference is None:
             note = "the engine is NOT checked (export it with this toolkit)"
@@ -405,7 +418,7 @@ def engine_step(job: TrtJob, ready: Ready, target: Target, started: float) -> Ar
         )
         replace(engine, path=staged).write()
         if reference is not None:
-            stamp_reference(staged, reference)  # the reference names the engine it was checked with
+            stamp_reference(staged, reference)  # written once, naming the engine it was checked with
         # Old files go first and the engine lands last: never a new engine beside old metadata.
         for old in (output, sidecar_path(output), reference_path(output)):
             old.unlink(missing_ok=True)
@@ -417,15 +430,12 @@ def engine_step(job: TrtJob, ready: Ready, target: Target, started: float) -> Ar
     if results:
         print(f"engine checked against its reference, {attempt.label}: {results[-1].summary()}")
     print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
-    return replace(engine, reference=reference_path(output) if reference is not None else None)
+    if reference is not None:
+        reference.path = reference_path(output)
+    return engine.with_reference(reference)
 
 
 def typed_from(ready: Artefact) -> Artefact | None:
     """The record of the FP32 or Q/DQ ONNX an FP16-typed one was made from, when it is on this machine."""
     source = ready.get("source_onnx")
     return Artefact.read(source) if source and Path(source).is_file() else None
-
-
-def engine_reference(staged: Path, precision: str, sizes: list, ready: Artefact):
-    """The engine's reference (written beside the staged engine, and kept in memory), from the ready ONNX's."""
-    return make_reference(staged, precision, sizes, None, source=ready)

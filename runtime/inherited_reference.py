@@ -1,0 +1,60 @@
+"""What an artefact built from another inherits of that one's reference (``runtime.reference``):
+its inputs at the new artefact's sizes, their FP32 outputs, and the bound an INT8 source was held
+to. The exports use it where no FP32 model is at hand: a TensorRT engine built on a Jetson from a
+Q/DQ ONNX is checked against the reference that travelled with the ONNX.
+
+Python 3.8 clean: ``export.trt`` runs on JetPack 5.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+
+from .accuracy import ABS_REL_ALIGNED, precision_rule
+from .reference import Reference, make_meta
+
+
+def carried_inputs(
+    base: Reference, sizes: Sequence[tuple[int, int]]
+) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]], dict[str, Any]]:
+    """``base``'s inputs at ``sizes`` (images, FP32 outputs, their meta entries naming where the
+    outputs came from) and what carries over to an artefact built from it: an INT8 source's budget
+    (``budget``), and an unmeasured one's loose bound (``measured``: False)."""
+    images, outputs, inputs = [], [], []
+    for image, output, item in zip(base.images, base.outputs, base.meta["inputs"]):
+        if tuple(image.shape[:2]) in sizes:
+            images.append(image)
+            outputs.append(output)
+            inputs.append({"outputs_from": base.meta.get("outputs_from", ""), **item})
+    carried: dict[str, Any] = {}
+    if base.metric == ABS_REL_ALIGNED:
+        carried["budget"] = base.tolerance
+        if base.meta.get("measured", True) is False:
+            carried["measured"] = False
+    return images, outputs, inputs, carried
+
+
+def inherited_reference(
+    base: Reference, artefact: str, precision: str, sizes: Sequence[tuple[int, int]]
+) -> Reference | None:
+    """The reference of ``artefact`` (its file name), built at ``precision`` from the artefact
+    ``base`` belongs to: ``base``'s inputs and outputs at ``sizes``, held to ``precision``'s rule
+    (or the carried INT8 budget); in memory, for its writer to save once the artefact is final.
+    ``None``, with a note, when ``base`` has no input at those sizes."""
+    sizes = [tuple(int(v) for v in s) for s in sizes]
+    images, outputs, inputs, carried = carried_inputs(base, sizes)
+    missing = [f"{h}x{w}" for h, w in sizes if all(tuple(i.shape[:2]) != (h, w) for i in images)]
+    if missing:
+        print(
+            f"note: the source's reference has no input at {', '.join(missing)} for {artefact}; "
+            "its reference keeps what the source's holds",
+            file=sys.stderr,
+        )
+    if not images:
+        return None
+    metric, tolerance = precision_rule(precision, carried.pop("budget", None))
+    origins = "; ".join(dict.fromkeys(item["outputs_from"] for item in inputs))
+    return Reference(images, outputs, make_meta(artefact, precision, metric, tolerance, inputs, origins, **carried))
