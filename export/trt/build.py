@@ -284,9 +284,9 @@ def ready_step(job: TrtJob, source: Artefact, facts: OnnxFacts) -> Ready:
             write_typed_reference(record.path, pretyped, sizes, "fp16" if typing else "fp32")
         )
     # What the engine will be checked against: the ready ONNX's reference at the engine's precision.
-    expected = record.reference_data and inherited_reference(
-        record.reference_data, output.name, request.precision, sizes
-    )
+    expected = None
+    if record.reference_data is not None:
+        expected = inherited_reference(record.reference_data, output.name, request.precision, sizes)
     ready = record.path
     with stage(f"checking the TensorRT {version} parser rules"):
         require_compatible(ready, version)
