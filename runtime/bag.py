@@ -20,9 +20,8 @@ from .metric import OutputKind, ScaleShift, declared_output_kind
 from .pointcloud import MAX_POINTS
 from .ros.align import DEFAULT_MAX_TIME_OFFSET
 from .ros.bag import STORAGES, BagPlan, CameraRequest, Summary, open_plan, run_plan
-from .ros.bag_align import add_align_args, align_request, check_conversion
 from .ros.messages import Conversion
-from .ros.settings import published_outputs
+from .ros.settings import add_align_args, align_request, check_model_rules, published_outputs
 from .ros.topics import Topics
 
 
@@ -144,7 +143,7 @@ def _run(args: argparse.Namespace, plan: BagPlan) -> int:
     aligner = plan.aligner
     predictor = build_predictor(args, args.model)
     # What the model outputs decides what may be published: refused here, before any progress bar.
-    check_conversion(Conversion(metric), predictor.output, args.stabilize, args.align_to is not None)
+    check_model_rules(predictor.output, Conversion(metric), args.stabilize, args.align_to is not None)
     plan.expect(published_outputs(predictor.output, metric is not None, aligner is not None))
     if predictor.output.needs_focal:
         print(
