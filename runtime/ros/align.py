@@ -16,7 +16,7 @@ import bisect
 import threading
 import time
 from collections import Counter
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -149,6 +149,7 @@ class AlignmentLog:
         return lines
 
 
+@runtime_checkable
 class SensorAligner(Protocol):
     """Sensor input for one camera's frames, as the frame pipeline sees it in both tools: the
     bag tool's (``BagAligner.camera(topic)``, the sensor index of a bag) and the node's
