@@ -122,9 +122,12 @@ def _check_request(args: argparse.Namespace) -> BagPlan:
         args.copy_all,
     )
     # What the run writes, from the same rule as FramePipeline.outputs and with what the artefact
-    # says it outputs (its sidecar) before it loads; checked again once it is (run_plan).
+    # says it outputs (its ONNX metadata or rt_info, its sidecar) before it loads. A checkpoint
+    # that says it only at load is planned with no outputs (no clash refused on a guess); the
+    # plan is checked again once the model is loaded (BagPlan.expect), before anything is written.
     kind = declared_output_kind(args.model, args.output_kind, args.max_depth)
-    writes = published_outputs(kind, args.metric_scale is not None, args.align_to is not None)
+    constants, aligned = args.metric_scale is not None, args.align_to is not None
+    writes = [] if kind is None else published_outputs(kind, constants, aligned)
     options = {"storage": args.storage, "align_to": args.align_to, "align_options": align}
     return open_plan(request, args.input, args.output, writes=writes, **options)
 
