@@ -20,9 +20,8 @@ from .metric import OutputKind, ScaleShift, declared_output_kind
 from .pointcloud import MAX_POINTS
 from .ros.align import DEFAULT_MAX_TIME_OFFSET
 from .ros.bag import STORAGES, BagPlan, CameraRequest, Summary, open_plan, run_plan
-from .ros.bag_align import add_align_args, align_request, check_conversion
 from .ros.messages import Conversion
-from .ros.settings import published_outputs
+from .ros.settings import add_align_args, align_request, check_model_rules, published_outputs
 from .ros.topics import Topics
 
 
@@ -123,9 +122,12 @@ def _check_request(args: argparse.Namespace) -> BagPlan:
         args.copy_all,
     )
     # What the run writes, from the same rule as FramePipeline.outputs and with what the artefact
-    # says it outputs (its sidecar) before it loads; checked again once it is (run_plan).
+    # says it outputs (its ONNX metadata or rt_info, its sidecar) before it loads. A checkpoint
+    # that says it only at load is planned with no outputs (no clash refused on a guess); the
+    # plan is checked again once the model is loaded (BagPlan.expect), before anything is written.
     kind = declared_output_kind(args.model, args.output_kind, args.max_depth)
-    writes = published_outputs(kind, args.metric_scale is not None, args.align_to is not None)
+    constants, aligned = args.metric_scale is not None, args.align_to is not None
+    writes = [] if kind is None else published_outputs(kind, constants, aligned)
     options = {"storage": args.storage, "align_to": args.align_to, "align_options": align}
     return open_plan(request, args.input, args.output, writes=writes, **options)
 
@@ -144,7 +146,7 @@ def _run(args: argparse.Namespace, plan: BagPlan) -> int:
     aligner = plan.aligner
     predictor = build_predictor(args, args.model)
     # What the model outputs decides what may be published: refused here, before any progress bar.
-    check_conversion(Conversion(metric), predictor.output, args.stabilize, args.align_to is not None)
+    check_model_rules(predictor.output, Conversion(metric), args.stabilize, args.align_to is not None)
     plan.expect(published_outputs(predictor.output, metric is not None, aligner is not None))
     if predictor.output.needs_focal:
         print(

@@ -155,18 +155,47 @@ def resolve_output_kind(found: OutputKind | None, kind: str | None, max_depth: f
     return found
 
 
-def declared_output_kind(model: Any, kind: str | None = None, max_depth: float | None = None) -> OutputKind:
-    """What ``model`` outputs as far as is known before it loads: its sidecar (every export writes
-    one), then the user's ``kind``/``max_depth``, else relative. A checkpoint's head, ONNX metadata
-    or OpenVINO rt_info say it only at load (``DepthPredictor.output``), where a run checks again."""
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")  # their head says what they output, at load
+
+
+def artefact_output_kind(model: str | os.PathLike) -> OutputKind | None:
+    """What an artefact says it outputs in itself, read without loading it, as its backend reads
+    it at load: an ONNX file's metadata; an OpenVINO IR's rt_info (``dav2_edge``, else
+    ``framework``); ``None`` for other files or one that says nothing."""
+    from .metadata import ir_rt_info, onnx_metadata
+
+    suffix = os.fspath(model).lower().rsplit(".", 1)[-1]
+    if suffix == "onnx":
+        return OutputKind.from_metadata(onnx_metadata(model), "ONNX metadata")
+    if suffix == "xml":
+        sections = ir_rt_info(model)
+        for section in ("dav2_edge", "framework"):
+            values = {
+                key: value for key, value in sections.get(section, {}).items() if key in ("output_kind", "max_depth")
+            }
+            found = OutputKind.from_metadata(values, f"OpenVINO rt_info ({section})")
+            if found is not None:
+                return found
+    return None
+
+
+def declared_output_kind(model: Any, kind: str | None = None, max_depth: float | None = None) -> OutputKind | None:
+    """What ``model`` outputs as far as is known before it loads, as the load will find it: what the
+    artefact says in itself (ONNX metadata, OpenVINO rt_info: :func:`artefact_output_kind`), else
+    its sidecar (every export writes one), then the user's ``kind``/``max_depth``, else relative.
+    ``None`` when only the load can tell: a checkpoint (its head) with no sidecar and nothing given."""
     from .metadata import read_sidecar
 
     found = None
     if isinstance(model, (str, os.PathLike)):
         try:
-            found = OutputKind.from_metadata(read_sidecar(model), "sidecar")
-        except ValueError:  # an unreadable sidecar: the load says so
+            found = artefact_output_kind(model) or OutputKind.from_metadata(read_sidecar(model), "sidecar")
+        except (ValueError, InputError):  # unreadable or contradictory metadata: the load says so
             found = None
+        path = os.fspath(model)
+        checkpoint = path.lower().endswith(CHECKPOINT_SUFFIXES) or os.path.isdir(path)
+        if found is None and kind is None and max_depth is None and checkpoint:
+            return None
     try:
         return resolve_output_kind(found, kind, max_depth, str(model))
     except InputError:  # a request the load refuses, in its own words

@@ -165,7 +165,8 @@ def test_a_camera_that_stops_holds_no_scans_back_and_frames_without_camera_info_
             aligner.match(frame)
             waiting.append(frame)
         while waiting and aligner.ready(waiting[0]):
-            aligner.align(waiting.pop(0), np.ones((4, 4), np.float32))
+            frame = waiting.pop(0)  # through the camera's sensor input, as the frame pipeline calls it
+            aligner.camera(frame.topic).align(frame.header, np.ones((4, 4), np.float32), frame.intrinsics)
         largest = max(largest, len(aligner.buffered))
     assert not waiting and aligner.logs[CAM0].statuses == {"none": 40} and len(aligner.logs[CAM1].records) == 3
     # held back for a second of cam1's lag, then let go: the buffer keeps the reorder window only

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("rosbags", reason="the bag tool needs the 'ros' extra (rosbags)")
 
 from runtime import DepthPredictor, InputError
-from runtime.metadata import write_sidecar
+from runtime.metadata import ir_rt_info, onnx_metadata, write_sidecar
 from runtime.metric import OutputKind, declared_output_kind
 from runtime.ros import bag_align, bag_plan
 from runtime.ros.bag import CameraRequest, open_plan, process_bag, run_plan
@@ -81,28 +81,59 @@ def test_expect_checks_the_topics_again_without_reopening(tmp_path):
             plan.expect(["relative"])
 
 
-def test_declared_output_kind_reads_the_sidecar_before_the_model_loads(tmp_path):
+def test_declared_output_kind_reads_the_artefact_and_its_sidecar_before_the_model_loads(tmp_path):
+    import onnx
+
     assert declared_output_kind(metric_model(tmp_path / "m.onnx")).is_metric
-    assert declared_output_kind(metric_model(tmp_path / "bare.onnx", sidecar=False)).kind == "relative"  # unknown
-    assert declared_output_kind(tmp_path / "bare.onnx", "metric", 20.0).is_metric  # what the user said
+    bare = metric_model(tmp_path / "bare.onnx", sidecar=False)  # its kind only in its ONNX metadata
+    assert onnx_metadata(bare) == {p.key: p.value for p in onnx.load(bare).metadata_props}  # read, not loaded
+    found = declared_output_kind(bare)
+    assert found.is_metric and found.max_depth == 20.0 and found.source == "ONNX metadata"
+    assert found == DepthPredictor(bare).output  # what the load finds
+    relative = scenes.affine_onnx(tmp_path / "relative.onnx")  # says nothing: relative, as the load has it
+    assert declared_output_kind(relative).kind == "relative" == DepthPredictor(relative).output.kind
+    assert declared_output_kind(relative, "metric", 20.0).is_metric  # what the user said
     assert declared_output_kind(tmp_path / "m.onnx", "relative").is_metric  # a contradiction: the load refuses it
+    assert declared_output_kind(tmp_path / "head.pth") is None  # a checkpoint's head: only its load can tell
+    assert declared_output_kind(tmp_path / "head.pth", "metric", 20.0).is_metric
+    (tmp_path / "junk.onnx").write_bytes(b"\xff" * 64)
+    assert (
+        onnx_metadata(tmp_path / "junk.onnx") == {} and declared_output_kind(tmp_path / "junk.onnx").kind == "relative"
+    )
+
+
+def test_declared_output_kind_reads_an_openvino_irs_rt_info(tmp_path):
+    from export.openvino import export_openvino
+    from runtime.metadata import sidecar_path
+
+    export_openvino(metric_model(tmp_path / "m.onnx", sidecar=False), tmp_path / "m.xml", "fp32")
+    ir = tmp_path / "m.xml"
+    sidecar_path(ir).unlink()  # the rt_info alone
+    assert ir_rt_info(ir)["dav2_edge"]["output_kind"] == "metric"
+    found = declared_output_kind(ir)
+    assert found.is_metric and found.max_depth == 20.0 and found.source == "OpenVINO rt_info (dav2_edge)"
+    assert found == DepthPredictor(ir, device="cpu").output
 
 
 def run_bag(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "runtime.bag", *args], cwd=REPO, capture_output=True, text=True)
 
 
-def test_a_metric_runs_topics_are_planned_from_its_sidecar(tmp_path, relative_model):
+@pytest.mark.parametrize("sidecar", [True, False], ids=["sidecar", "ONNX metadata only"])
+def test_a_metric_runs_topics_are_planned_from_what_the_artefact_says(tmp_path, relative_model, sidecar):
     """A recorded topic under the relative output's name is copied by a metric model's --copy-all run:
-    the plan made before the model loads knows the model writes no relative depth (its sidecar)."""
+    the plan made before the model loads knows the model writes no relative depth, from its sidecar
+    or, with none, from the ONNX file's own metadata (read without loading it)."""
     bag = robot_bag(tmp_path / "in")
-    model = metric_model(tmp_path / "metric.onnx")
+    model = metric_model(tmp_path / "metric.onnx", sidecar=sidecar)
     run = run_bag(
         str(bag), "--image-topic", CAMERA, "--model", str(model), "--output", str(tmp_path / "o"), "--copy-all"
     )
     assert run.returncode == 0, run.stderr
-    got = read_topics(tmp_path / "o")
-    assert len(got[RECORDED]) == 2 and len(got["/cam/depth/image"]) == 2  # copied, and the model's metres
+    recorded, got = read_topics(bag), read_topics(tmp_path / "o")
+    assert set(got) == set(recorded) | {"/cam/depth/image", "/cam/depth/points"}  # every recorded topic, and metres
+    assert [raw for _, raw, _ in got[RECORDED]] == [raw for _, raw, _ in recorded[RECORDED]]  # copied, nothing added
+    assert len(got["/cam/depth/image"]) == 2 and len(got["/cam/depth/points"]) == 2
     relative = run_bag(
         str(bag), "--image-topic", CAMERA, "--model", str(relative_model), "--output", str(tmp_path / "r"), "--copy-all"
     )

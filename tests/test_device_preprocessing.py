@@ -19,6 +19,7 @@ from runtime import preprocessing as pre
 from runtime.backends.tensorrt import device_pipeline_torch
 from runtime.backends.torch_pre import TorchImagePipeline
 from tests.conftest import REPO
+from tests.recording import overlap_predictor
 
 # PyTorch's bicubic against OpenCV's INTER_CUBIC: the same kernel and grid, measured at most 4e-5
 # apart on [0, 1] images, so at most 2e-4 in normalised units; depth moves less than that.
@@ -49,9 +50,10 @@ def test_the_torch_pipeline_resizes_depth_back_as_the_numpy_path(photo):
         np.testing.assert_allclose(got, pre.resize_depth(depth, height, width), atol=1e-5)
 
 
-def test_device_preprocessing_gives_the_numbers_of_the_opencv_path(tiny_model, photo, monkeypatch):
+def test_device_preprocessing_gives_the_numbers_of_the_opencv_path(tiny_model, photo):
     numpy_path = DepthPredictor(tiny_model, device="cpu", input_size=56)
-    device_path = DepthPredictor(tiny_model, device="cpu", input_size=56, preprocess="device")
+    # the device path's model calls counted by a real torch backend (tests/recording.py)
+    device_path, calls = overlap_predictor(tiny_model, device="cpu", input_size=56, preprocess="device")
     assert (numpy_path.info()["preprocess"], device_path.info()["preprocess"]) == ("numpy", "device")
     images = frames(photo)
     want = [numpy_path.predict(image) for image in images]
@@ -59,12 +61,9 @@ def test_device_preprocessing_gives_the_numbers_of_the_opencv_path(tiny_model, p
         got = device_path.predict(image)
         assert got.shape == image.shape[:2] and got.dtype == np.float32
         assert compare(got, expected).max_rel_std <= DEPTH_MAX_REL
-    calls = []
-    backend = device_path._backend
-    inner = backend._infer_on_device
-    monkeypatch.setattr(backend, "_infer_on_device", lambda batch: calls.append(batch.shape) or inner(batch))
+    calls.shapes.clear()
     batched = device_path.predict_batch(images)
-    assert sorted(shape[0] for shape in calls) == [1, 1, 2]  # the photo and its flip share a size: one call
+    assert sorted(shape[0] for shape in calls.shapes) == [1, 1, 2]  # the photo and its flip share a size: one call
     for got, expected in zip(batched, want, strict=True):
         assert compare(got, expected).max_rel_std <= DEPTH_MAX_REL
     assert [d.shape for d in device_path.stream(images)] == [i.shape[:2] for i in images]

@@ -3,7 +3,6 @@ numbers single calls give, in order, on real ONNX Runtime and OpenVINO; and they
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 from export.metrics import compare
 from export.openvino import export_openvino
 from runtime import DepthPredictor
-from tests.recording import recorded_predictor
+from tests.recording import overlap_predictor, recorded_predictor
 
 # Same model, same input: a run with its own share of the threads sums in another order at most.
 ROUNDING = 1e-5
@@ -45,45 +44,27 @@ def cameras(photo: np.ndarray) -> list[np.ndarray]:
     return [photo, np.ascontiguousarray(photo[::-1]), cv2.resize(photo, (320, 240)), photo[40:, 60:].copy()]
 
 
-def open_predictor(kind: str, tiny_onnx, tiny_ir, tiny_dynamic_onnx, streams: int) -> DepthPredictor:
+def open_predictor(kind: str, tiny_onnx, tiny_ir, tiny_dynamic_onnx, streams: int, count: bool = False):
+    """The predictor of ``kind``; with ``count``, ``(predictor, Overlap)`` counting its backend's
+    calls at once (``tests/recording.py``: a real backend through ``DepthPredictor.from_backend``)."""
     if kind == "openvino":
-        return DepthPredictor(tiny_ir, device="cpu", precision="fp32", streams=streams, cache_dir=None, input_size=56)
-    model = tiny_onnx if kind == "onnxruntime static" else tiny_dynamic_onnx
-    return DepthPredictor(model, streams=streams, input_size=56)
-
-
-class Overlap:
-    """Counts how many model calls run at once, around the backend's own call."""
-
-    def __init__(self, predictor: DepthPredictor, monkeypatch) -> None:
-        backend = predictor._backend
-        inner = backend._infer
-        self.now = self.most = 0
-        self.lock = threading.Lock()
-
-        def counted(batch, *args):
-            with self.lock:
-                self.now += 1
-                self.most = max(self.most, self.now)
-            try:
-                return inner(batch, *args)
-            finally:
-                with self.lock:
-                    self.now -= 1
-
-        monkeypatch.setattr(backend, "_infer", counted)
+        model, options = tiny_ir, {"device": "cpu", "precision": "fp32", "streams": streams, "cache_dir": None}
+    else:
+        model, options = (tiny_onnx if kind == "onnxruntime static" else tiny_dynamic_onnx), {"streams": streams}
+    if count:
+        return overlap_predictor(model, input_size=56, **options)
+    return DepthPredictor(model, input_size=56, **options)
 
 
 @pytest.mark.parametrize("kind", ["openvino", "onnxruntime static", "onnxruntime dynamic"])
 def test_streams_keep_calls_in_flight_with_the_numbers_of_single_calls(
-    kind, photo, tiny_onnx, tiny_ir, tiny_dynamic_onnx, monkeypatch
+    kind, photo, tiny_onnx, tiny_ir, tiny_dynamic_onnx
 ):
     frames = cameras(photo)
     single = open_predictor(kind, tiny_onnx, tiny_ir, tiny_dynamic_onnx, streams=1)
     reference = [single.predict(f) for f in frames]
-    predictor = open_predictor(kind, tiny_onnx, tiny_ir, tiny_dynamic_onnx, streams=2)
-    assert predictor.info()["streams"] == 2 and predictor._backend.max_concurrency == 2
-    overlap = Overlap(predictor, monkeypatch)
+    predictor, overlap = open_predictor(kind, tiny_onnx, tiny_ir, tiny_dynamic_onnx, streams=2, count=True)
+    assert predictor.info()["streams"] == 2
     streamed = list(predictor.stream(iter(frames * 6)))
     assert len(streamed) == 24
     for i, depth in enumerate(streamed):  # in order, each the single call's numbers
@@ -98,14 +79,13 @@ def test_streams_keep_calls_in_flight_with_the_numbers_of_single_calls(
         assert compare(got, want).max_rel_std <= ROUNDING
 
 
-def test_one_stream_serialises_calls(photo, tiny_onnx, tiny_ir, tiny_dynamic_onnx, monkeypatch):
-    predictor = open_predictor("onnxruntime static", tiny_onnx, tiny_ir, tiny_dynamic_onnx, streams=1)
-    overlap = Overlap(predictor, monkeypatch)
+def test_one_stream_serialises_calls(photo, tiny_onnx, tiny_ir, tiny_dynamic_onnx):
+    predictor, overlap = open_predictor("onnxruntime static", tiny_onnx, tiny_ir, tiny_dynamic_onnx, 1, count=True)
     assert len(list(predictor.stream([photo] * 6))) == 6
     assert overlap.most == 1
 
 
-def test_a_batch_of_equal_frames_is_one_call_on_a_dynamic_model(photo, tiny_dynamic_onnx, monkeypatch):
+def test_a_batch_of_equal_frames_is_one_call_on_a_dynamic_model(photo, tiny_dynamic_onnx):
     predictor, recorded = recorded_predictor(tiny_dynamic_onnx, input_size=56)
     frames = cameras(photo)
     sizes = Counter(predictor.prepare(f).shape for f in frames)
@@ -169,9 +149,7 @@ def fixed_batch_onnx(dynamic: Path, out: Path, batch: int) -> Path:
     return out
 
 
-def test_a_fixed_batch_model_gets_full_batches_padded_with_the_last_frame(
-    tmp_path, photo, tiny_dynamic_onnx, monkeypatch
-):
+def test_a_fixed_batch_model_gets_full_batches_padded_with_the_last_frame(tmp_path, photo, tiny_dynamic_onnx):
     single = DepthPredictor(tiny_dynamic_onnx, input_size=56)
     batch2 = fixed_batch_onnx(tiny_dynamic_onnx, tmp_path / "b2.onnx", 2)
     predictor, recorded = recorded_predictor(batch2, input_size=56)
@@ -184,7 +162,7 @@ def test_a_fixed_batch_model_gets_full_batches_padded_with_the_last_frame(
     assert recorded.sizes == [2, 2, 2]
 
 
-def test_an_engine_profile_bounds_the_batch_predict_batch_sends(photo, tiny_dynamic_onnx, monkeypatch):
+def test_an_engine_profile_bounds_the_batch_predict_batch_sends(photo, tiny_dynamic_onnx):
     """The TensorRT backend's input spec from a profile of batch 1..2 (``export.trt --batch 2``) and
     from one of batch 2..4, on a real backend: chunks of at most the profile's maximum, padded to its minimum."""
     from runtime.backends.tensorrt import spec_from_dims

@@ -1,6 +1,9 @@
 """Per-frame alignment to a sparse sensor, shared by the bag tool and the ROS 2 node.
 
-A frame (its header, intrinsics and prediction) is matched to the sensor message nearest in
+Sensor input is behind one interface, :class:`SensorAligner`: ``align(header, prediction,
+intrinsics)`` for a frame, the same call from the frame pipeline in both tools, whether the
+sensor comes from a bag's index (``runtime.ros.bag_align.BagAligner.camera``) or a live
+subscription (:class:`LiveAligner`). A frame is matched to the sensor message nearest in
 time within ``max_time_offset``; the message's points go through the transform between the
 sensor's frame and the camera's (the tf tree, or extrinsics given by hand), are projected into
 the image and fitted (``runtime.align``). What could not be used is counted by reason in an
@@ -13,7 +16,7 @@ import bisect
 import threading
 import time
 from collections import Counter
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -144,6 +147,19 @@ class AlignmentLog:
                 f"delta1 {scores['delta1']:.3f}, RMSE {scores['rmse']:.3f} m"
             )
         return lines
+
+
+@runtime_checkable
+class SensorAligner(Protocol):
+    """Sensor input for one camera's frames, as the frame pipeline sees it in both tools: the
+    bag tool's (``BagAligner.camera(topic)``, the sensor index of a bag) and the node's
+    (:class:`LiveAligner`, a live subscription). ``align`` fits a frame's prediction to the sensor
+    message matched to the frame's ``header`` (its stamp and optical frame), projected with the
+    frame's ``intrinsics`` (``None``: no camera info, no fit); ``log`` counts what it did."""
+
+    log: AlignmentLog
+
+    def align(self, header: Any, prediction: np.ndarray, intrinsics: Intrinsics | None) -> FrameResult: ...
 
 
 class LiveAligner:
@@ -278,8 +294,8 @@ class FramePipeline:
     the messages.
 
     ``kind`` is the model's output; ``conversion`` its constants (relative models only);
-    ``stabilizer`` and ``aligner`` (the node's :class:`LiveAligner`) are optional; the bag tool
-    hands its own alignment to :meth:`process` per frame. A metric model's output is never
+    ``stabilizer`` and ``aligner`` (a :class:`SensorAligner`: the node's :class:`LiveAligner`, the
+    bag tool's ``BagAligner.camera(topic)``) are optional. A metric model's output is never
     published as relative depth; a relative model gets metres only from constants or a fit.
     """
 
@@ -288,12 +304,11 @@ class FramePipeline:
         kind: OutputKind,
         conversion: Conversion,
         stabilizer: Stabilizer | None = None,
-        aligner: LiveAligner | None = None,
-        aligned: bool = False,
+        aligner: SensorAligner | None = None,
     ) -> None:
-        aligned = aligned or aligner is not None
-        self.conversion = check_model_rules(kind, conversion, stabilizer is not None, aligned, str)
-        self.kind, self.stabilizer, self.aligner, self.aligned = kind, stabilizer, aligner, aligned
+        self.aligned = aligner is not None
+        self.conversion = check_model_rules(kind, conversion, stabilizer is not None, self.aligned, str)
+        self.kind, self.stabilizer, self.aligner = kind, stabilizer, aligner
         # A metres-per-focal model's network input size for an image (``DepthPredictor.network_size``):
         # its focal length is that of the image the network saw.
         self.network_size: Callable[[np.ndarray], tuple[int, int]] | None = None
@@ -310,11 +325,10 @@ class FramePipeline:
         image: np.ndarray,
         prediction: np.ndarray,
         intrinsics: Intrinsics | None,
-        align: Callable[[np.ndarray], FrameResult] | None = None,
     ) -> tuple[dict[str, Any], np.ndarray | None]:
         """The frame's messages, and what they publish as depth (metres when there are any; the
-        relative depth otherwise; ``None`` for an aligned frame without metres). ``align`` fits a
-        (stabilised) prediction; default: the pipeline's own aligner at the frame's header."""
+        relative depth otherwise; ``None`` for an aligned frame without metres). With an aligner,
+        the (stabilised) prediction is fitted by ``aligner.align(header, prediction, intrinsics)``."""
         if self.stabilizer is not None:
             prediction = self.stabilizer(image, prediction)
         if self.kind.needs_focal:  # metres only with this frame's focal length: none without camera info
@@ -324,16 +338,13 @@ class FramePipeline:
             focal = network_focal(k.fx, k.fy, image.shape[:2], self.network_size(image))
             metres = model_metres(metres_from_focal(prediction, focal))
             return output_messages(factory, header, image, intrinsics, self.conversion, None, metres), metres
-        if align is None and self.aligner is not None:
-            aligner = self.aligner
-            align = lambda values: aligner.align(header, values, intrinsics)  # noqa: E731
-        if align is None:
+        if self.aligner is None:
             messages = depth_messages(factory, header, prediction, image, intrinsics, self.conversion)
             if self.kind.is_metric:
                 return messages, prediction
             metric = self.conversion.metric
             return messages, prediction if metric is None else metric_depth(prediction, metric)
-        metres = align(prediction).depth
+        metres = self.aligner.align(header, prediction, intrinsics).depth
         relative = None if self.kind.is_depth else prediction
         return output_messages(factory, header, image, intrinsics, self.conversion, relative, metres), metres
 

@@ -47,7 +47,7 @@ from .bag_plan import (
 )
 from .bag_writer import BagWriter
 from .messages import Conversion
-from .settings import published_outputs
+from .settings import check_model_rules, published_outputs
 
 __all__ = [
     "STORAGES",
@@ -112,10 +112,8 @@ def process_bag(
     ``BagAligner.prepare``'s), its per-frame record written beside the output; ``stabilize``:
     relative depth on the scale of the frames before it, per camera.
     """
-    from .bag_align import check_conversion
-
     kind = getattr(predictor, "output", OutputKind())
-    conversion = check_conversion(conversion or Conversion(), kind, stabilize, align_to is not None)
+    conversion = check_model_rules(kind, conversion or Conversion(), stabilize, align_to is not None)
     _check_counts(every, max_frames)
     per_camera = (camera_info_topic, depth_topic, metric_depth_topic, points_topic)
     request = CameraRequest(_per_camera(image_topic) or [], *map(_per_camera, per_camera), copy_topics, copy_all)
@@ -144,11 +142,11 @@ def run_plan(
 ) -> Summary:
     """Run a plan (``open_plan``) with a loaded ``predictor``: the pass, then the output under its
     name (see :func:`process_bag`). What the model outputs is checked against the plan first."""
-    from .bag_align import alignment_json_path, check_conversion
+    from .bag_align import alignment_json_path
 
     aligned = plan.aligner is not None
     kind = getattr(predictor, "output", OutputKind())
-    conversion = check_conversion(conversion or Conversion(), kind, stabilize, aligned)
+    conversion = check_model_rules(kind, conversion or Conversion(), stabilize, aligned)
     _check_counts(every, max_frames)
     plan.expect(published_outputs(kind, conversion.metric is not None, aligned))
     input_path, output = plan.input, plan.output

@@ -32,7 +32,6 @@ import numpy as np
 from commands.errors import InputError
 
 from ..align import AlignSettings, FrameAligner, FrameResult
-from ..cli import number
 from ..io.files import atomic_write_bytes
 from ..metric import OutputKind
 from ..pointcloud import Intrinsics
@@ -45,7 +44,6 @@ from .align import (
 )
 from .bag_index import index_sensor
 from .messages import intrinsics_from_camera_info
-from .settings import DEFAULTS, RobotAlign, align_settings, check_model_rules
 from .stamps import ByStamp, nearest
 from .tf import TfTree, frame_name, stamp_ns
 
@@ -215,7 +213,7 @@ class BagAligner:
     def match(self, frame: Any) -> None:
         """Note the sensor message a frame (just read) will be fitted to."""
         index, offset = self._nearest(int(frame.timestamp), stamp_ns(frame.header))
-        self._matches[id(frame)] = (index, offset, frame)
+        self._matches[id(frame.header)] = (index, offset, frame)  # the header its fit is asked with
         if index is not None:
             self._needed[index] += 1
             self._latest[frame.topic] = max(self._latest.get(frame.topic, frame.timestamp), frame.timestamp)
@@ -249,7 +247,7 @@ class BagAligner:
     def ready(self, frame: Any) -> bool:
         """Whether the frame's sensor message and the ``/tf`` records around its stamp are in (a
         ``/tf`` edge that stopped is waited for ``TF_WAIT`` seconds of bag time at most)."""
-        index = self._matches[id(frame)][0]
+        index = self._matches[id(frame.header)][0]
         if index is None or self.ended:
             return True
         if index >= self.read:
@@ -279,14 +277,23 @@ class BagAligner:
                 return
         self.ended = True
 
-    def align(self, frame: Any, prediction: np.ndarray) -> FrameResult:
-        """Metric depth for a frame whose sensor message has been read (or that has none)."""
-        aligner = self._camera(frame.topic)
+    def camera(self, topic: str | None) -> CameraSensor:
+        """That camera's sensor input: the frame pipeline's ``SensorAligner``, as the node's
+        ``LiveAligner`` is (``runtime.ros.align``)."""
+        self._camera(topic)
+        return CameraSensor(self, topic)
+
+    def align_camera(
+        self, camera: str | None, header: Any, prediction: np.ndarray, intrinsics: Intrinsics | None
+    ) -> FrameResult:
+        """Metric depth for a frame of ``camera`` (its ``header`` as read: :meth:`match` noted it)
+        whose sensor message has been read (or that has none)."""
+        aligner = self._camera(camera)
         started = time.perf_counter()
-        index, offset, _ = self._matches.pop(id(frame))
+        index, offset, frame = self._matches.pop(id(header))
         samples, missing = None, ""
         limit = self.max_offset / 1e6
-        if frame.intrinsics is None:
+        if intrinsics is None:
             missing = "no camera info"
         elif index is None and offset is None:
             missing = f"no sensor message within {limit:.0f} ms (none recorded within {SEARCH:.0f} s of the frame)"
@@ -300,25 +307,18 @@ class BagAligner:
                 msg, info = held
                 info = self.sensor_infos.at(self.stamps[index], info)  # one with its stamp serves it
                 samples, missing = frame_samples(
-                    msg,
-                    self.msgtype,
-                    frame.header.frame_id,
-                    frame.intrinsics,
-                    prediction.shape,
-                    self.transforms,
-                    aligner,
-                    info,
+                    msg, self.msgtype, header.frame_id, intrinsics, prediction.shape, self.transforms, aligner, info
                 )
         if index is not None:  # a frame without camera info was matched too: release its message all the same
             self._needed[index] -= 1
             self._evict()
-        result = aligner.align(prediction, samples, stamp_ns(frame.header), missing)
-        extra = {"camera": frame.topic, "bag_time_ns": int(frame.timestamp)}
+        result = aligner.align(prediction, samples, stamp_ns(header), missing)
+        extra = {"camera": camera, "bag_time_ns": int(frame.timestamp)}
         if offset is not None:
             extra["sensor_offset_ms"] = round(offset / 1e6, 3)
         seconds = time.perf_counter() - started
         self.log.add(result, seconds, **extra)
-        self.logs[frame.topic].add(result, seconds, **extra)
+        self.logs[camera].add(result, seconds, **extra)
         return result
 
     def _bound(self) -> float:
@@ -351,94 +351,23 @@ class BagAligner:
         return atomic_write_bytes(path, (json.dumps(document, indent=1, default=_plain) + "\n").encode())
 
 
+class CameraSensor:
+    """One camera's side of a :class:`BagAligner` (its own fit and log): ``align(header,
+    prediction, intrinsics)``, the one sensor interface of the frame pipeline
+    (``runtime.ros.align.SensorAligner``)."""
+
+    def __init__(self, bag: BagAligner, camera: str | None) -> None:
+        self.bag, self.camera = bag, camera
+
+    @property
+    def log(self) -> AlignmentLog:
+        return self.bag.logs[self.camera]
+
+    def align(self, header: Any, prediction: np.ndarray, intrinsics: Intrinsics | None) -> FrameResult:
+        return self.bag.align_camera(self.camera, header, prediction, intrinsics)
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON")
-
-
-def check_conversion(conversion: Any, kind: OutputKind, stabilize: bool, aligned: bool = False) -> Any:
-    """The run's conversion for a model of ``kind`` (the rules: ``runtime.ros.settings.check_model_rules``)."""
-    return check_model_rules(kind, conversion, stabilize, aligned)
-
-
-MAX_TIME_OFFSET = 60.0  # seconds: a sensor message farther from its image is no match for it
-
-
-def add_align_args(parser: Any, metres: Callable[[str], float], max_time_offset: float) -> None:
-    """The bag command's options for per-frame alignment and stabilising."""
-    group = parser.add_argument_group("metric depth per frame from the bag's own sensor")
-    group.add_argument(
-        "--align-to",
-        metavar="TOPIC",
-        help="a PointCloud2 (lidar) or depth Image (16UC1 mm, 32FC1 m) topic: metric depth and points per frame "
-        "from that frame's fit (with several --image-topic: a fit per camera, each with its own camera info and "
-        "optical frame), transforms from the bag's /tf_static and /tf",
-    )
-    group.add_argument(
-        "--extrinsics",
-        nargs="+",
-        type=number(-1e6, 1e6),
-        metavar="N",
-        help="the sensor's pose in the camera's optical frame, instead of tf: x y z yaw pitch roll, "
-        "or x y z qx qy qz qw (one camera only: several cameras take their transforms from tf)",
-    )
-    group.add_argument(
-        "--max-time-offset",
-        type=number(0, MAX_TIME_OFFSET),
-        default=max_time_offset,
-        metavar="S",
-        help=f"longest time between an image and its sensor message, 0 to {MAX_TIME_OFFSET:g} seconds "
-        f"(default {max_time_offset})",
-    )
-    group.add_argument(
-        "--held-out",
-        type=float,
-        default=DEFAULTS.held_out,
-        help="share of each frame's sensor points kept out of the fit to score it",
-    )
-    group.add_argument(
-        "--hold",
-        type=float,
-        default=DEFAULTS.hold,
-        metavar="S",
-        help=f"seconds a good fit is held for frames without one (default {DEFAULTS.hold})",
-    )
-    group.add_argument(
-        "--depth-range",
-        nargs=2,
-        type=metres,
-        default=(DEFAULTS.min_depth, DEFAULTS.max_depth),
-        metavar=("MIN", "MAX"),
-        help=f"sensor depths used, metres (default {DEFAULTS.min_depth} {DEFAULTS.max_depth:g})",
-    )
-    group.add_argument(
-        "--min-inliers",
-        type=int,
-        default=DEFAULTS.min_inliers,
-        metavar="N",
-        help=f"fewest inliers a frame's fit may have (default {DEFAULTS.min_inliers})",
-    )
-    parser.add_argument(
-        "--stabilize",
-        action="store_true",
-        help="relative depth on the scale of the frames before it (no flicker); for relative models",
-    )
-
-
-def align_request(args: Any) -> dict[str, Any]:
-    """``BagAligner.prepare`` keyword arguments from the command's options; ``InputError`` for bad ones."""
-    from .tf import parse_extrinsics
-
-    if args.align_to is None:
-        given = [flag for flag in ("extrinsics",) if getattr(args, flag) is not None]
-        if given:
-            raise InputError(f"--{given[0]} describes the sensor of --align-to; give --align-to TOPIC too")
-        return {}
-    low, high = args.depth_range
-    values = RobotAlign(DEFAULTS.max_time_offset, args.held_out, args.hold, low, high, args.min_inliers)
-    settings = align_settings(values)
-    if not 0 <= args.max_time_offset < float("inf"):
-        raise InputError(f"--max-time-offset must be a number of seconds >= 0, got {args.max_time_offset}")
-    extrinsics = None if args.extrinsics is None else parse_extrinsics(args.extrinsics)
-    return {"extrinsics": extrinsics, "settings": settings, "max_time_offset": args.max_time_offset}

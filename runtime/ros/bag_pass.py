@@ -96,13 +96,15 @@ class _Frame:
 
 class _Camera:
     """One camera's topics and what the pass keeps for it: its latest intrinsics, its frame
-    pipeline (its own stabiliser; the node's ``FramePipeline``), its flicker meter, its counts."""
+    pipeline (its own stabiliser and its side of the plan's aligner: the node's ``FramePipeline``
+    with ``BagAligner.camera(topic)`` as its sensor input), its flicker meter, its counts."""
 
-    def __init__(self, topics: Topics, stabilize: bool, conversion: Conversion, aligned: bool) -> None:
+    def __init__(self, topics: Topics, stabilize: bool, conversion: Conversion, aligner: Any) -> None:
         self.topics = topics
         self.infos: ByStamp[Intrinsics] = ByStamp(CAMERA_INFOS)  # its camera infos (None: unusable)
         self.seq = 0  # its image and camera info messages read
-        self.pipeline = FramePipeline(conversion.output, conversion, Stabilizer() if stabilize else None, None, aligned)
+        sensor = None if aligner is None else aligner.camera(topics.image)
+        self.pipeline = FramePipeline(conversion.output, conversion, Stabilizer() if stabilize else None, sensor)
         self.stabilizer = self.pipeline.stabilizer
         self.meter = FlickerMeter()
         self.summary = Summary()
@@ -142,8 +144,7 @@ class BagPass:
         """The pass of ``plan`` (a ``runtime.ros.bag_plan.BagPlan``: its open bag, cameras, copied
         topics and aligner) into ``writer``."""
         self.reader, self.writer, self.conversion = plan.reader, writer, conversion
-        aligned = plan.aligner is not None
-        self.cameras = {topics.image: _Camera(topics, stabilize, conversion, aligned) for topics in plan.cameras}
+        self.cameras = {topics.image: _Camera(topics, stabilize, conversion, plan.aligner) for topics in plan.cameras}
         self.copy_topics = set(plan.copy)
         self.errors = (plan.rb.highlevel.AnyReaderError, plan.rb.serde.SerdeError)
         self.progress, self.warn = progress, warn
@@ -296,9 +297,8 @@ class BagPass:
         camera, topics, summary = frame.camera, frame.camera.topics, frame.camera.summary
         if camera.pipeline.kind.needs_focal and frame.intrinsics is None:
             summary.frames_without_camera_info += 1  # metres only with this frame's focal length
-        align = None if self.aligner is None else (lambda values: self.aligner.align(frame, values))
         messages, published = camera.pipeline.process(
-            self.writer.factory, frame.header, frame.image, prediction, frame.intrinsics, align
+            self.writer.factory, frame.header, frame.image, prediction, frame.intrinsics
         )
         summary.metric += "metric" in messages
         if published is not None:  # the flicker of what is published: metres when there are any

@@ -6,6 +6,7 @@ held-out share, the hold time, the sensor depth range, the fewest inliers); ``al
 turns them into :class:`runtime.align.AlignSettings`, refusing bad ones in one line named as
 the caller's options are (``--min-inliers`` or ``min_inliers``). ``check_model_rules`` is the one
 place for what a metric model refuses (constants and stabilising) and what cannot go together.
+``add_align_args`` and ``align_request``: the bag command's options for them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Callable
 from commands.errors import InputError
 
 from ..align import AlignSettings, FilterSettings, FitSettings
+from ..cli import number
 from ..metric import DEPTH_UP_TO_SCALE, OutputKind
 
 
@@ -97,3 +99,85 @@ def check_model_rules(
     if aligned and conversion.metric is not None:
         raise InputError(f"give a fit per frame or {name('metric_scale')} (constants), not both")
     return replace(conversion, output=kind)
+
+
+MAX_TIME_OFFSET = 60.0  # seconds: a sensor message farther from its image is no match for it
+
+
+def add_align_args(parser: Any, metres: Callable[[str], float], max_time_offset: float) -> None:
+    """The bag command's options for per-frame alignment and stabilising."""
+    group = parser.add_argument_group("metric depth per frame from the bag's own sensor")
+    group.add_argument(
+        "--align-to",
+        metavar="TOPIC",
+        help="a PointCloud2 (lidar) or depth Image (16UC1 mm, 32FC1 m) topic: metric depth and points per frame "
+        "from that frame's fit (with several --image-topic: a fit per camera, each with its own camera info and "
+        "optical frame), transforms from the bag's /tf_static and /tf",
+    )
+    group.add_argument(
+        "--extrinsics",
+        nargs="+",
+        type=number(-1e6, 1e6),
+        metavar="N",
+        help="the sensor's pose in the camera's optical frame, instead of tf: x y z yaw pitch roll, "
+        "or x y z qx qy qz qw (one camera only: several cameras take their transforms from tf)",
+    )
+    group.add_argument(
+        "--max-time-offset",
+        type=number(0, MAX_TIME_OFFSET),
+        default=max_time_offset,
+        metavar="S",
+        help=f"longest time between an image and its sensor message, 0 to {MAX_TIME_OFFSET:g} seconds "
+        f"(default {max_time_offset})",
+    )
+    group.add_argument(
+        "--held-out",
+        type=float,
+        default=DEFAULTS.held_out,
+        help="share of each frame's sensor points kept out of the fit to score it",
+    )
+    group.add_argument(
+        "--hold",
+        type=float,
+        default=DEFAULTS.hold,
+        metavar="S",
+        help=f"seconds a good fit is held for frames without one (default {DEFAULTS.hold})",
+    )
+    group.add_argument(
+        "--depth-range",
+        nargs=2,
+        type=metres,
+        default=(DEFAULTS.min_depth, DEFAULTS.max_depth),
+        metavar=("MIN", "MAX"),
+        help=f"sensor depths used, metres (default {DEFAULTS.min_depth} {DEFAULTS.max_depth:g})",
+    )
+    group.add_argument(
+        "--min-inliers",
+        type=int,
+        default=DEFAULTS.min_inliers,
+        metavar="N",
+        help=f"fewest inliers a frame's fit may have (default {DEFAULTS.min_inliers})",
+    )
+    parser.add_argument(
+        "--stabilize",
+        action="store_true",
+        help="relative depth on the scale of the frames before it (no flicker); for relative models",
+    )
+
+
+def align_request(args: Any) -> dict[str, Any]:
+    """``BagAligner.prepare`` keyword arguments from the command's options; ``InputError`` for bad ones."""
+    from .tf import parse_extrinsics
+
+    if args.align_to is None:
+        given = [flag for flag in ("extrinsics",) if getattr(args, flag) is not None]
+        if given:
+            raise InputError(f"--{given[0]} describes the sensor of --align-to; give --align-to TOPIC too")
+        return {}
+    low, high = args.depth_range
+    values = RobotAlign(DEFAULTS.max_time_offset, args.held_out, args.hold, low, high, args.min_inliers)
+    settings = align_settings(values)
+    if not 0 <= args.max_time_offset < float("inf"):
+        raise InputError(f"--max-time-offset must be a number of seconds >= 0, got {args.max_time_offset}")
+    extrinsics = None if args.extrinsics is None else parse_extrinsics(args.extrinsics)
+    return {"extrinsics": extrinsics, "settings": settings, "max_time_offset": args.max_time_offset}
