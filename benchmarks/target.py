@@ -47,6 +47,32 @@ NOT_SEARCHED = {
 }
 
 
+# A later student times only the kinds that ran within this factor of the fastest kind for the
+# benchmark's model at the largest size: kinds rank alike across students of one family (vits and
+# a vitt selected from it, 2026-12-07: 0.29 and 0.35 for ONNX Runtime INT8 against OpenVINO INT8,
+# 0.38 and 0.35 for PyTorch BF16 against OpenVINO BF16), and a kind at half the rate is not near.
+FOLLOW_FACTOR = 2.0
+
+
+def kinds_to_follow(first: list[dict], factor: float = FOLLOW_FACTOR) -> tuple[set | None, dict[str, str]]:
+    """From the benchmark's model's points at the largest size: the ``(backend, precision)`` kinds
+    a later student times there (None: all, when nothing was measured), and the others with the
+    measurement that leaves them out."""
+    if not first:
+        return None, {}
+    best = max(first, key=lambda p: p["fps"])
+    kept, why = set(), {}
+    for p in first:
+        if p["fps"] * factor >= best["fps"]:
+            kept.add((p["backend"], p["precision"]))
+        else:
+            why[f"{p['backend']} {p['precision']}"] = (
+                f"for later students: {p['fps']:.2f} frames/s for {p['student']} at {p['side']}, under 1/{factor:g} of "
+                f"{best['backend']} {best['precision']}'s {best['fps']:.2f}; kinds rank alike across students"
+            )
+    return kept, why
+
+
 def levers_for(backend: str, precision: str, precision_arg: str | None) -> tuple[list[tuple], dict[str, str]]:
     """The levers the search measures on one configuration, and the others with the reason."""
     kept, why = [], {}

@@ -25,7 +25,7 @@ from .artifacts import ModelSource
 from .machine import usable_cores
 from .runner import Config, Settings, make_configs, reference_outputs
 from .stats import depth_metrics
-from .target import choose, kinds_worth_timing, levers_for, next_side, side_grid, why_not_met
+from .target import choose, kinds_to_follow, kinds_worth_timing, levers_for, next_side, side_grid, why_not_met
 from .throughput import stream_options
 
 SEARCH_BACKENDS = ("torch", "onnxruntime", "openvino")
@@ -217,8 +217,15 @@ def search(
         load_model(s.path).encoder + ("" if s is source else " student"): s for s in [source, *students]
     }
 
+    follow = None  # the kinds later students time at the largest size (None: all)
     for name, student in students_by_name.items():
-        first = [p for p in (run(name, c) for c in configs_at(student, grid[-1])) if p]
+        at_top = configs_at(student, grid[-1])
+        if follow is not None:
+            at_top = [c for c in at_top if (c.backend, c.precision) in follow]
+        first = [p for p in (run(name, c) for c in at_top) if p]
+        if student is source:
+            follow, why = kinds_to_follow(first)
+            skipped.update(why)
         for top in sorted(first, key=lambda p: -p["fps"])[:walked]:
             kind = (top["backend"], top["precision"])
             measured = {top["side"]: top["fps"]}

@@ -18,6 +18,7 @@ from benchmarks.target import (
     NO_FUSION,
     PREPROCESS_IN_MODEL,
     choose,
+    kinds_to_follow,
     kinds_worth_timing,
     levers_for,
     next_side,
@@ -116,6 +117,20 @@ def test_a_lever_point_is_chosen_when_faster_at_the_same_accuracy_and_named_in_t
     target |= {"points": [plain, lever], "levers": {NO_FUSION: "a diagnostic"}}
     text = "\n".join(target_lines({"target": target}))
     assert "int8, pre-processing in the model at 462x462" in text and f"lever {NO_FUSION}: a diagnostic" in text
+
+
+def test_later_students_time_only_the_kinds_near_the_fastest_for_the_first():
+    first = [
+        point("vits", "openvino", "int8", 518, 8.19, 0.0004),
+        point("vits", "openvino", "fp16/bf16", 518, 7.63, 0.0001),
+        point("vits", "torch", "bf16", 518, 2.88, 0.0013),
+        point("vits", "onnxruntime", "fp32", 518, 4.10, 0.0),  # exactly half: still followed
+    ]
+    kept, why = kinds_to_follow(first)
+    assert kept == {("openvino", "int8"), ("openvino", "fp16/bf16"), ("onnxruntime", "fp32")}
+    assert set(why) == {"torch bf16"} and "2.88 frames/s for vits at 518" in why["torch bf16"]
+    assert "openvino int8's 8.19" in why["torch bf16"]
+    assert kinds_to_follow([]) == (None, {})  # nothing measured: a later student times every kind
 
 
 @pytest.mark.parametrize(
