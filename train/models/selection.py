@@ -13,9 +13,10 @@ convolution layer's output spreads sqrt(2) less than the large model's. LayerNor
 spread in every encoder block, but the DPT head has none, and its eight layers in series from the
 projections to the last convolution left a vitt selected from random vits weights with 0.09 of
 vits' output spread at 266x266 (5.4e-4 against 6.2e-3, about a constant 0.5: too flat for the FP32
-export's own check); with the factor below it keeps 0.70 of it (4.3e-3). So every selected weight whose inputs were cut is multiplied by
-sqrt(large fan-in / small fan-in), the factor that keeps a sum of independent inputs at the large
-model's spread; biases and normalisation parameters are taken as they are.
+export's own check); with the factor below it keeps 0.70 of it (4.3e-3). So every selected
+weight whose inputs were cut is multiplied by sqrt(large fan-in / small fan-in), the factor that
+keeps a sum of independent inputs at the large model's spread; biases and normalisation
+parameters are taken as they are.
 """
 
 from __future__ import annotations
