@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
     if args.target_fps is not None:
-        from .target_run import search, selected_student
+        from .target_run import SEARCH_BACKENDS, search, selected_student
 
         students = [ModelSource(p, str(p)) for p in args.student] or [selected_student(source, workdir)]
         with phases.timed("target search"):
@@ -386,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
                 ceilings,
                 steps=2 if quick else 4,
                 walked=1 if quick else 2,
+                backends=tuple(b for b in SEARCH_BACKENDS if b in backends),
             )
         data["phases"] = {k: round(v, 1) for k, v in phases.seconds.items()}
         data["wall_seconds"] = round(time.perf_counter() - started, 1)

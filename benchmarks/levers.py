@@ -36,15 +36,12 @@ from .profile import KINDS, add_efficiency
 from .ranking import same_rounds_ratio
 from .roofline import add_throughput
 from .runner import Config, Settings, make_configs
+from .target import LEVERS as TARGET_LEVERS
 
 BASELINE = "as the benchmark runs it"
-LEVERS: list[tuple[str, str | None, dict]] = [
-    (BASELINE, None, {}),
-    ("float parts in f32", "fp32", {}),
-    ("no attention fusion", None, {"properties": {"SNIPPETS_MODE": "DISABLE"}}),
-    ("pre-processing in the model", None, {"preprocess": "model"}),
-    ("denormals flushed", None, {"properties": {"CPU_DENORMALS_OPTIMIZATION": True}}),
-]
+# The levers themselves live with the frame-rate target's search, which measures the ones a
+# deployment can take (benchmarks.target.LEVERS, NOT_SEARCHED).
+LEVERS: list[tuple[str, str | None, dict]] = [(BASELINE, None, {}), *TARGET_LEVERS]
 
 
 def lever_configs(base: Config) -> list[Config]:

@@ -6,7 +6,10 @@ The walk over input sizes is coarse to fine: each kind is measured at the larges
 then at the size its measured rate says should just meet the target (the model's work grows
 with the square of the side), then halfway between the largest size known to meet it and the
 smallest known to miss it, until they are neighbours on the grid of multiples of 14 or the
-steps run out. A handful of measurements per kind, not a grid.
+steps run out. A handful of measurements per kind, not a grid. Then the levers of
+``benchmarks.levers`` that a deployment can take (``LEVERS``, less ``NOT_SEARCHED``) are measured
+once each on the configuration the walk would recommend: a lever changes the speed, hardly the
+accuracy, so it can only make that choice faster or let it meet the target.
 """
 
 from __future__ import annotations
@@ -24,6 +27,65 @@ MIN_SIDE = 140  # 10x10 patches: below it a DPT head has too little to fuse
 # AbsRel differences below this are noise between two runs of the same model (INT8 against FP32 at
 # one size on the bundled photographs moves by about 1e-3): the faster of such rows is recommended.
 SAME_ACCURACY = 0.005
+
+
+F32_FLOATS = "float parts in f32"
+NO_FUSION = "no attention fusion"
+PREPROCESS_IN_MODEL = "pre-processing in the model"
+DENORMALS = "denormals flushed"
+# What ``benchmarks.levers`` measures on OpenVINO: (name, the compiled model's precision or None for
+# the row's own, extra DepthPredictor options).
+LEVERS: list[tuple[str, str | None, dict]] = [
+    (F32_FLOATS, "fp32", {}),
+    (NO_FUSION, None, {"properties": {"SNIPPETS_MODE": "DISABLE"}}),
+    (PREPROCESS_IN_MODEL, None, {"preprocess": "model"}),
+    (DENORMALS, None, {"properties": {"CPU_DENORMALS_OPTIMIZATION": True}}),
+]
+NOT_SEARCHED = {
+    NO_FUSION: "a diagnostic, not a deployment choice: it turns OpenVINO's fused attention kernel off to "
+    "measure what the kernel gives (0.99-1.00x the model call of vits INT8 518, docs/measurements.md)",
+}
+
+
+# A later student times only the kinds that ran within this factor of the fastest kind for the
+# benchmark's model at the largest size: kinds rank alike across students of one family (vits and
+# a vitt selected from it, 2026-12-07: 0.29 and 0.35 for ONNX Runtime INT8 against OpenVINO INT8,
+# 0.38 and 0.35 for PyTorch BF16 against OpenVINO BF16), and a kind at half the rate is not near.
+FOLLOW_FACTOR = 2.0
+
+
+def kinds_to_follow(first: list[dict], factor: float = FOLLOW_FACTOR) -> tuple[set | None, dict[str, str]]:
+    """From the benchmark's model's points at the largest size: the ``(backend, precision)`` kinds
+    a later student times there (None: all, when nothing was measured), and the others with the
+    measurement that leaves them out."""
+    if not first:
+        return None, {}
+    best = max(first, key=lambda p: p["fps"])
+    kept, why = set(), {}
+    for p in first:
+        if p["fps"] * factor >= best["fps"]:
+            kept.add((p["backend"], p["precision"]))
+        else:
+            why[f"{p['backend']} {p['precision']}"] = (
+                f"for later students: {p['fps']:.2f} frames/s for {p['student']} at {p['side']}, under 1/{factor:g} of "
+                f"{best['backend']} {best['precision']}'s {best['fps']:.2f}; kinds rank alike across students"
+            )
+    return kept, why
+
+
+def levers_for(backend: str, precision: str, precision_arg: str | None) -> tuple[list[tuple], dict[str, str]]:
+    """The levers the search measures on one configuration, and the others with the reason."""
+    kept, why = [], {}
+    for name, compiled, options in LEVERS:
+        if name in NOT_SEARCHED:
+            why[name] = NOT_SEARCHED[name]
+        elif backend != "openvino":
+            why[name] = f"an OpenVINO option; the configuration to refine runs on {backend}"
+        elif name == F32_FLOATS and not (precision == "int8" and precision_arg == "bf16"):
+            why[name] = f"only for an INT8 IR whose float parts run in bf16; this one is {precision}, {precision_arg}"
+        else:
+            kept.append((name, compiled, options))
+    return kept, why
 
 
 def side_grid(max_side: int, min_side: int = MIN_SIDE) -> list[int]:
@@ -95,8 +157,7 @@ def choose(points: list[dict], need: float, budget: float) -> tuple[dict | None,
 def why_not_met(closest: dict, need: float, ceilings: dict[str, dict], cameras: int) -> str:
     """One sentence: the closest configuration's work per frame against this CPU's measured
     matrix-multiply ceiling, so the user sees whether any backend could reach the target."""
-    name = f"{closest['student']} {closest['backend']} {closest['precision']} at {closest['side']}"
-    text = f"closest: {name}, {closest['fps']:.2f} frames/s per camera against {need:g} wanted"
+    text = f"closest: {describe(closest)}, {closest['fps']:.2f} frames/s per camera against {need:g} wanted"
     ops = closest.get("ops")
     if ops and ceilings:
         fmt, ceiling = max(ceilings.items(), key=lambda kv: kv[1]["ops_per_s"])
@@ -108,6 +169,12 @@ def why_not_met(closest: dict, need: float, ceilings: dict[str, dict], cameras: 
             "is what is left"
         )
     return text
+
+
+def describe(point: dict) -> str:
+    """A configuration in words: student, backend, precision, lever (when one), size."""
+    lever = f", {point['lever']}" if point.get("lever") else ""
+    return f"{point['student']} {point['backend']} {point['precision']}{lever} at {point['size'][0]}x{point['size'][1]}"
 
 
 def target_lines(data: dict) -> list[str]:
@@ -127,23 +194,23 @@ def target_lines(data: dict) -> list[str]:
     ]
     if chosen:
         lines.append(
-            f"- **{'Chosen' if target['status'] == 'met' else 'Closest'}**: {chosen['student']} "
-            f"{chosen['backend']} {chosen['precision']} at {chosen['size'][0]}x{chosen['size'][1]}, "
+            f"- **{'Chosen' if target['status'] == 'met' else 'Closest'}**: {describe(chosen)}, "
             f"{chosen['frames_in_flight']} frame(s) in flight: {chosen['fps']:.2f} frames/s per camera measured "
             f"end to end, AbsRel {chosen['abs_rel']:.4f} against the largest model"
         )
     if target.get("why"):
         lines.append(f"- **Why**: {target['why']}")
     lines += [f"- not timed: {kind}: {reason}" for kind, reason in (target.get("skipped") or {}).items()]
+    lines += [f"- lever {name}: {note}" for name, note in (target.get("levers") or {}).items()]
     lines += [
         "",
-        "| student | backend | precision | size | in flight | frames/s per camera | AbsRel vs largest |",
-        "|---|---|---|---|---|---|---|",
+        "| student | backend | precision | lever | size | in flight | frames/s per camera | AbsRel vs largest |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for p in sorted(target["points"], key=lambda p: -p["fps"]):
         lines.append(
-            f"| {p['student']} | {p['backend']} | {p['precision']} | {p['size'][0]}x{p['size'][1]} "
-            f"| {p['frames_in_flight']} | {p['fps']:.2f} | {p['abs_rel']:.4f} |"
+            f"| {p['student']} | {p['backend']} | {p['precision']} | {p.get('lever') or '-'} "
+            f"| {p['size'][0]}x{p['size'][1]} | {p['frames_in_flight']} | {p['fps']:.2f} | {p['abs_rel']:.4f} |"
         )
     lines += ["", "Figure: `target_frontier.png` (frames/s against accuracy)."]
     return lines
@@ -164,7 +231,7 @@ def frontier_figure(target: dict):
             [max(p["abs_rel"], 1e-5) for p in mine], [p["fps"] for p in mine], marker=marker, label=student, s=30
         )
     for p in target["points"]:
-        label = f"{p['backend'][:4]} {p['precision']} {p['side']}"
+        label = f"{p['backend'][:4]} {p['precision']}{' +' if p.get('lever') else ''} {p['side']}"
         ax.annotate(label, (max(p["abs_rel"], 1e-5), p["fps"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
     chosen = target.get("chosen")
     if chosen:

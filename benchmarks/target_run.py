@@ -3,9 +3,10 @@ of ``benchmarks.target`` asks for, and pick the one that meets N frames/s per ca
 
 Searched: the student (the benchmark's model, and a vitt: ``--student`` or, without one, a vitt
 selected from the model's weights by ``train.models.selection``, not distilled), the input size
-(multiples of 14, the model's aspect), the backend and precision (the benchmark's own artefacts,
-built and cached by ``benchmarks.runner``; PyTorch and formats this CPU does not compute natively
-are left out), and the frames in flight (one call after another, or one per core through
+(multiples of 14, the model's aspect), the backend and precision (PyTorch and the benchmark's own
+artefacts, built and cached by ``benchmarks.runner``; formats this CPU does not compute natively
+are left out), the levers of ``benchmarks.levers`` a deployment can take (on the configuration the
+walk would recommend), and the frames in flight (one call after another, or one per core through
 ``stream`` on a predictor with streams, as ``benchmarks.throughput``). Each configuration runs
 the cameras' frames end to end (``predict`` with pre- and post-processing, plus the per-frame
 metric alignment and point cloud with ``--target-points``); its accuracy is AbsRel against the
@@ -22,12 +23,12 @@ import numpy as np
 
 from .artifacts import ModelSource
 from .machine import usable_cores
-from .runner import EXPLICIT_ATTENTION, Config, Settings, make_configs, reference_outputs
+from .runner import Config, Settings, make_configs, reference_outputs
 from .stats import depth_metrics
-from .target import choose, kinds_worth_timing, next_side, side_grid, why_not_met
+from .target import choose, kinds_to_follow, kinds_worth_timing, levers_for, next_side, side_grid, why_not_met
 from .throughput import stream_options
 
-SEARCH_BACKENDS = ("onnxruntime", "openvino")
+SEARCH_BACKENDS = ("torch", "onnxruntime", "openvino")
 
 
 def selected_student(source: ModelSource, workdir: Path) -> ModelSource:
@@ -166,9 +167,11 @@ def search(
     ceilings: dict,
     steps: int = 3,
     walked: int = 1,
+    backends: tuple[str, ...] = SEARCH_BACKENDS,
 ) -> dict:
-    """The ``target`` section: every student's worthwhile kinds at the largest size, then the
-    fastest ``walked`` kinds of each walked over sizes (``steps`` more measurements each)."""
+    """The ``target`` section: every student's worthwhile kinds (of ``backends``) at the largest
+    size, then the fastest ``walked`` kinds of each walked over sizes (``steps`` more measurements
+    each), then the levers on the configuration that would be recommended (one measurement each)."""
     from train.models import load_model
 
     reference = reference_outputs(source, images, base)
@@ -177,8 +180,9 @@ def search(
     all_points, skipped = [], {}
 
     def configs_at(student: ModelSource, side: int) -> list[Config]:
-        every = make_configs(student, [_size_for(base, side)], settings, False)
-        usable = [c for c in every if c.backend in SEARCH_BACKENDS and c.variant != EXPLICIT_ATTENTION]
+        every = [c for c in make_configs(student, [_size_for(base, side)], settings, False) if c.variant is None]
+        usable = [c for c in every if c.backend in backends]
+        skipped.update({f"{c.backend} {c.precision}": "not among --backends" for c in every if c not in usable})
         kept, why = kinds_worth_timing([(c.backend, c.precision) for c in usable], settings.cpu)
         skipped.update(why)
         return [c for c in usable if (c.backend, c.precision) in kept]
@@ -190,7 +194,7 @@ def search(
         except Exception as exc:  # a kind that fails to build or run is left out, and said so
             skipped[f"{student_name} {config.label}"] = f"{exc.__class__.__name__}: {exc}"
             return None
-        point.update(student=student_name, ops=work_of(student_name, config.size))
+        point.update(student=student_name, lever=config.variant, ops=work_of(student_name, config.size))
         all_points.append(point)
         return point
 
@@ -213,8 +217,15 @@ def search(
         load_model(s.path).encoder + ("" if s is source else " student"): s for s in [source, *students]
     }
 
+    follow = None  # the kinds later students time at the largest size (None: all)
     for name, student in students_by_name.items():
-        first = [p for p in (run(name, c) for c in configs_at(student, grid[-1])) if p]
+        at_top = configs_at(student, grid[-1])
+        if follow is not None:
+            at_top = [c for c in at_top if (c.backend, c.precision) in follow]
+        first = [p for p in (run(name, c) for c in at_top) if p]
+        if student is source:
+            follow, why = kinds_to_follow(first)
+            skipped.update(why)
         for top in sorted(first, key=lambda p: -p["fps"])[:walked]:
             kind = (top["backend"], top["precision"])
             measured = {top["side"]: top["fps"]}
@@ -227,6 +238,26 @@ def search(
                 if point is None:
                     break
                 measured[side] = point["fps"]
+    # The levers on the configuration the walk would recommend: faster at the same arithmetic
+    # (within the budget), it is chosen; the other configurations keep their rows as measured.
+    provisional, _ = choose(all_points, need, budget)
+    levers: dict[str, str] = {}
+    if provisional is not None:
+        student = students_by_name[provisional["student"]]
+        kind = (provisional["backend"], provisional["precision"])
+        config = next(c for c in configs_at(student, provisional["side"]) if (c.backend, c.precision) == kind)
+        todo, levers = levers_for(config.backend, config.precision, config.precision_arg)
+        for lever, compiled, options in todo:
+            options = {**config.options, **options}
+            precision_arg = compiled or config.precision_arg
+            twin = Config(config.backend, config.precision, config.size, config.build, precision_arg, config.device)
+            twin.variant, twin.options = lever, options
+            point = run(provisional["student"], twin)
+            levers[lever] = (
+                f"measured on {provisional['student']} {twin.label}"
+                if point
+                else f"failed on {twin.label} (under not timed)"
+            )
     chosen, status = choose(all_points, need, budget)
     return {
         "fps": need,
@@ -239,5 +270,6 @@ def search(
         "chosen": chosen,
         "why": None if status == "met" or chosen is None else why_not_met(chosen, need, ceilings, cameras),
         "skipped": skipped,
+        "levers": levers,
         "points": all_points,
     }

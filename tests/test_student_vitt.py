@@ -36,20 +36,40 @@ def test_weight_selection_takes_whole_heads_and_the_same_channels_everywhere():
     small = DepthAnythingV2("vits")
     tiny = select_weights(DepthAnythingV2("vitt"), small)
     big, sel = small.pretrained.blocks[3], tiny.pretrained.blocks[3]
+    # A weight that reads half the inputs is scaled by sqrt(2), so its sums keep their spread.
+    half = 2**0.5
     # q, k and v of the first three 64-wide heads, each reading the first 192 residual channels.
     for part in range(3):
         rows = slice(part * 384, part * 384 + 192)
-        assert torch.equal(sel.attn.qkv.weight[part * 192 : (part + 1) * 192], big.attn.qkv.weight[rows, :192])
+        assert torch.equal(sel.attn.qkv.weight[part * 192 : (part + 1) * 192], big.attn.qkv.weight[rows, :192] * half)
         assert torch.equal(sel.attn.qkv.bias[part * 192 : (part + 1) * 192], big.attn.qkv.bias[rows])
-    assert torch.equal(sel.mlp.fc1.weight, big.mlp.fc1.weight[:768, :192])
+    assert torch.equal(sel.mlp.fc1.weight, big.mlp.fc1.weight[:768, :192] * half)
+    assert torch.equal(sel.mlp.fc2.weight, big.mlp.fc2.weight[:192, :768] * half)
+    assert torch.equal(sel.norm1.weight, big.norm1.weight[:192])  # not a sum over inputs: as it is
     assert torch.equal(tiny.pretrained.pos_embed, small.pretrained.pos_embed[..., :192])
     head, big_head = tiny.depth_head, small.depth_head
-    assert torch.equal(head.projects[3].weight, big_head.projects[3].weight[:192, :192])
-    assert torch.equal(head.scratch.output_conv2[0].weight, big_head.scratch.output_conv2[0].weight[:, :16])
+    assert torch.equal(head.projects[3].weight, big_head.projects[3].weight[:192, :192] * half)
+    # A transposed convolution reads its inputs along dimension 0.
+    assert torch.equal(head.resize_layers[0].weight, big_head.resize_layers[0].weight[:24, :24] * half)
+    assert torch.equal(head.scratch.output_conv2[0].weight, big_head.scratch.output_conv2[0].weight[:, :16] * half)
+    # The last convolution reads all 32 of its inputs in both: taken as it is.
+    assert torch.equal(head.scratch.output_conv2[2].weight, big_head.scratch.output_conv2[2].weight)
     with pytest.raises(ValueError, match="head width"):
         select_weights(DepthAnythingV2("vitt"), DepthAnythingV2("vitg"))
     with pytest.raises(ValueError, match="relative or two metric"):
         select_weights(DepthAnythingV2("vitt"), DepthAnythingV2("vits", max_depth=20.0))
+
+
+def test_a_selected_vitt_keeps_most_of_its_source_output_spread():
+    """The DPT head has no normalisation: without the fan-in factor its eight layers in series
+    shrank a vitt selected from random vits weights to under 0.12 of vits' output spread."""
+    torch.manual_seed(0)
+    small = DepthAnythingV2("vits").eval()
+    tiny = select_weights(DepthAnythingV2("vitt"), small).eval()
+    image = torch.randn(1, 3, 140, 140, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ratio = float(tiny(image).std() / small(image).std())
+    assert 0.5 < ratio < 2.0, ratio
 
 
 def test_vitt_student_through_the_three_stages_export_int8_and_every_backend(tmp_path):

@@ -11,7 +11,21 @@ import torch
 from benchmarks.artifacts import ModelSource
 from benchmarks.cpu import why_not_worth_it
 from benchmarks.runner import Settings
-from benchmarks.target import choose, kinds_worth_timing, next_side, side_grid, target_lines, why_not_met
+from benchmarks.target import (
+    DENORMALS,
+    F32_FLOATS,
+    LEVERS,
+    NO_FUSION,
+    PREPROCESS_IN_MODEL,
+    choose,
+    kinds_to_follow,
+    kinds_worth_timing,
+    levers_for,
+    next_side,
+    side_grid,
+    target_lines,
+    why_not_met,
+)
 from runtime.io.samples import sample_images
 from tests.test_bench_cpu import EPYC_AVX2, GRAVITON3, ORIN, SAPPHIRE_RAPIDS, ZEN4, arm, x86
 from train.models import DepthAnythingV2, ModelSpec, save_model
@@ -80,6 +94,45 @@ def test_choice_is_the_most_accurate_that_meets_then_the_fastest_whatever_its_la
     assert "30.0 G operations per frame" in text and "1500 G/s (int8)" in text and "50.0 frames/s" in text
 
 
+def test_levers_are_searched_on_openvino_only_and_f32_floats_only_on_a_bf16_int8_row():
+    names = {name for name, _, _ in LEVERS}
+    kept, why = levers_for("openvino", "int8", "bf16")  # the INT8 row on a CPU with BF16 units
+    assert {name for name, _, _ in kept} == names - {NO_FUSION} and set(why) == {NO_FUSION}
+    assert dict((n, c) for n, c, _ in kept)[F32_FLOATS] == "fp32"  # f32 floats: the compiled precision
+    kept, why = levers_for("openvino", "int8", None)  # no BF16 units: its floats already run in f32
+    assert F32_FLOATS not in {n for n, _, _ in kept} and "bf16" in why[F32_FLOATS]
+    kept, why = levers_for("openvino", "fp16/f32", "fp32")
+    assert F32_FLOATS in why and len(kept) == 2
+    for backend in ("onnxruntime", "torch"):
+        kept, why = levers_for(backend, "fp32", None)
+        assert kept == [] and set(why) == names and "OpenVINO option" in why[F32_FLOATS]
+
+
+def test_a_lever_point_is_chosen_when_faster_at_the_same_accuracy_and_named_in_the_report():
+    plain = point("vits", "openvino", "int8", 462, 11.0, 0.006)
+    lever = point("vits", "openvino", "int8", 462, 11.8, 0.0062) | {"lever": "pre-processing in the model"}
+    chosen, status = choose([plain, lever], 10.0, 0.1)
+    assert status == "met" and chosen is lever
+    target = {"fps": 10.0, "cameras": 1, "budget": 0.1, "reference": "vits", "status": status, "chosen": chosen}
+    target |= {"points": [plain, lever], "levers": {NO_FUSION: "a diagnostic"}}
+    text = "\n".join(target_lines({"target": target}))
+    assert "int8, pre-processing in the model at 462x462" in text and f"lever {NO_FUSION}: a diagnostic" in text
+
+
+def test_later_students_time_only_the_kinds_near_the_fastest_for_the_first():
+    first = [
+        point("vits", "openvino", "int8", 518, 8.19, 0.0004),
+        point("vits", "openvino", "fp16/bf16", 518, 7.63, 0.0001),
+        point("vits", "torch", "bf16", 518, 2.88, 0.0013),
+        point("vits", "onnxruntime", "fp32", 518, 4.10, 0.0),  # exactly half: still followed
+    ]
+    kept, why = kinds_to_follow(first)
+    assert kept == {("openvino", "int8"), ("openvino", "fp16/bf16"), ("onnxruntime", "fp32")}
+    assert set(why) == {"torch bf16"} and "2.88 frames/s for vits at 518" in why["torch bf16"]
+    assert "openvino int8's 8.19" in why["torch bf16"]
+    assert kinds_to_follow([]) == (None, {})  # nothing measured: a later student times every kind
+
+
 @pytest.mark.parametrize(
     "cpu,int8,bf16",
     [
@@ -92,13 +145,15 @@ def test_choice_is_the_most_accurate_that_meets_then_the_fastest_whatever_its_la
 )
 def test_int8_and_bf16_are_timed_only_where_the_cpu_has_their_units(cpu, int8, bf16):
     kinds = [("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp16/f32"), ("openvino", "fp16/bf16")]
+    kinds += [("torch", "fp32"), ("torch", "bf16")]
     kept, skipped = kinds_worth_timing(kinds, cpu)
     assert (("onnxruntime", "int8") in kept) == int8 and (("openvino", "fp16/bf16") in kept) == bf16
-    assert ("onnxruntime", "fp32") in kept and ("openvino", "fp16/f32") in kept
+    assert (("torch", "bf16") in kept) == bf16
+    assert ("onnxruntime", "fp32") in kept and ("openvino", "fp16/f32") in kept and ("torch", "fp32") in kept
     if not int8:
         assert "dot-product" in skipped["onnxruntime int8"] and "dot-product" in why_not_worth_it(cpu, "int8")
     if not bf16:
-        assert "emulated" in skipped["openvino fp16/bf16"]
+        assert "emulated" in skipped["openvino fp16/bf16"] and "emulated" in skipped["torch bf16"]
 
 
 def test_a_small_real_search_writes_its_section(tmp_path):
@@ -126,8 +181,21 @@ def test_a_small_real_search_writes_its_section(tmp_path):
     sides = {(p["student"], p["side"]) for p in target["points"]}
     assert {("tiny", 168), ("tiny student", 168), ("tiny", 140), ("tiny student", 140)} <= sides
     kinds = {(p["backend"], p["precision"]) for p in target["points"] if p["side"] == 168}
-    assert ("onnxruntime", "fp32") in kinds and ("openvino", "fp16/f32") in kinds
+    assert ("onnxruntime", "fp32") in kinds and ("openvino", "fp16/f32") in kinds and ("torch", "fp32") in kinds
     assert (("onnxruntime", "int8") in kinds) == cpu.native("int8")
+    assert (("torch", "bf16") in kinds) == cpu.native("bf16")
+    # The levers: each measured on the closest configuration or said why not, never left out.
+    assert set(target["levers"]) == {name for name, _, _ in LEVERS}
+    lever_points = [p for p in target["points"] if p["lever"]]
+    measured = {n for n, v in target["levers"].items() if v.startswith("measured")}
+    assert {p["lever"] for p in lever_points} == measured
+    walked, _ = choose([p for p in target["points"] if not p["lever"]], 1e6, 0.5)
+    if walked["backend"] == "openvino":  # the levers refine what the walk would recommend
+        assert measured >= {PREPROCESS_IN_MODEL, DENORMALS}
+        assert all((p["student"], p["precision"], p["side"]) == (walked["student"], walked["precision"], walked["side"])
+                   for p in lever_points)  # fmt: skip
+    else:
+        assert not measured and "OpenVINO option" in target["levers"][DENORMALS]
     reference = next(
         p for p in target["points"] if (p["student"], p["backend"], p["side"]) == ("tiny", "onnxruntime", 168)
     )
