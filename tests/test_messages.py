@@ -84,4 +84,7 @@ def test_ctrl_c_in_pseudo_label_says_what_was_kept(tmp_path, tiny_spec):
     assert child.returncode == 130, err
     assert f"interrupted: finished shards are kept in {output} (each with its index)" in err
     assert "nothing was written" not in err
+    # The progress bar ends first: the one line is the last thing on stderr, on a line of its own
+    # (the bar was redrawn after it, and the line began mid-bar).
+    assert err.rstrip().splitlines()[-1].startswith("interrupted: finished shards are kept"), err[-400:]
     assert (output / "a" / "_images.json").is_file() and not (output / "b" / "_images.json").exists()

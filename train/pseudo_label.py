@@ -248,49 +248,51 @@ def label_source(
     totals["unreadable"] = []
     bar = tqdm(desc=f"pseudo-labels (rank {rank})", total=0, unit="img", disable=not progress)
     started = time.perf_counter()
-    for shard in todo:
-        try:
-            found, rejected = shard.members()
-        except ValueError as exc:  # a truncated or damaged tar: counted, the other shards go on
-            totals["unreadable"].append(str(exc))
-            continue
-        bar.total += len(found)
-        bar.set_postfix(shard=shard.name)
-        corrupt: list[str] = []
-        entries: list[dict] = []
-
-        def write(tmp: Path, found=found, corrupt=corrupt, entries=entries) -> None:
-            writer = LabelWriter(tmp, label_format)
+    try:  # the bar ends before an interruption's one line, not after it
+        for shard in todo:
             try:
-                for i, label in label_images(teacher, found, size, batch_size, workers, amp):
-                    bar.update()
-                    if label is None:
-                        corrupt.append(found[i].name)
-                    else:
-                        writer.add({"member": found[i].member, "key": f"m{i}", "shape": list(label.shape)}, label)
-            finally:
-                entries += writer.close()
+                found, rejected = shard.members()
+            except ValueError as exc:  # a truncated or damaged tar: counted, the other shards go on
+                totals["unreadable"].append(str(exc))
+                continue
+            bar.total += len(found)
+            bar.set_postfix(shard=shard.name)
+            corrupt: list[str] = []
+            entries: list[dict] = []
 
-        labels_name = f"{shard.name}{SUFFIX[label_format]}"
-        (output / labels_name).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(output / labels_name, write)
-        entries.sort(key=lambda entry: int(entry["key"][1:]))
-        index = {
-            "container": str(shard.container.resolve()),
-            "labels": labels_name,
-            **settings,
-            "entries": entries,
-            "corrupt": sorted(corrupt),
-            "rejected": rejected,
-        }
-        if shard.loose:
-            index["members"] = [c.member for c in found]
-        atomic_write_bytes(output / f"{shard.name}.json", json.dumps(index, indent=1).encode())
-        totals["shards"] += 1
-        totals["images"] += len(entries)
-        totals["corrupt"] += len(corrupt)
-        totals["rejected"] += len(rejected)
-    bar.close()
+            def write(tmp: Path, found=found, corrupt=corrupt, entries=entries) -> None:
+                writer = LabelWriter(tmp, label_format)
+                try:
+                    for i, label in label_images(teacher, found, size, batch_size, workers, amp):
+                        bar.update()
+                        if label is None:
+                            corrupt.append(found[i].name)
+                        else:
+                            writer.add({"member": found[i].member, "key": f"m{i}", "shape": list(label.shape)}, label)
+                finally:
+                    entries += writer.close()
+
+            labels_name = f"{shard.name}{SUFFIX[label_format]}"
+            (output / labels_name).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(output / labels_name, write)
+            entries.sort(key=lambda entry: int(entry["key"][1:]))
+            index = {
+                "container": str(shard.container.resolve()),
+                "labels": labels_name,
+                **settings,
+                "entries": entries,
+                "corrupt": sorted(corrupt),
+                "rejected": rejected,
+            }
+            if shard.loose:
+                index["members"] = [c.member for c in found]
+            atomic_write_bytes(output / f"{shard.name}.json", json.dumps(index, indent=1).encode())
+            totals["shards"] += 1
+            totals["images"] += len(entries)
+            totals["corrupt"] += len(corrupt)
+            totals["rejected"] += len(rejected)
+    finally:
+        bar.close()
     totals["seconds"] = time.perf_counter() - started
     return totals
 
