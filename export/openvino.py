@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +42,7 @@ from .metrics import FP32_TOLERANCE, MAX_REL_STD, compare, run_onnxruntime, veri
 from .onnx import source_onnx
 from .quantize.openvino_int8 import compile_f32 as _compile_f32
 from .quantize.options import ACCURACY_METHODS, Int8Options
-from .reference import FP16_TOLERANCE, UNMEASURED_INT8_TOLERANCE, onnx_runner, other_size, write_reference
+from .reference import FP16_TOLERANCE, UNMEASURED_INT8_TOLERANCE, make_reference, onnx_runner, other_size
 from .source import PRECISIONS, check_precision, default_output, licence_note
 from .video import is_stream_graph, quantize_stream_openvino, verify_stream_ir
 
@@ -167,7 +166,7 @@ def export_openvino(
     # the broken-artefact bound, as export.quantize's does (not the 0.01 budget it never met).
     unmeasured = {"measured": False} if precision == "int8" and budget is None else {}
     with stage("writing the reference"):
-        reference = write_reference(
+        reference = make_reference(
             output,
             precision,
             [shape] if _static_hw(model) else [shape, other_size(*shape)],
@@ -179,7 +178,7 @@ def export_openvino(
             **unmeasured,
         )
     licence_note(record.licence, output)
-    return replace(record, reference=reference)
+    return record.with_reference(reference)
 
 
 def verify_ir(ov, xml: Path, onnx_path: Path, shape: tuple[int, int]):

@@ -149,6 +149,8 @@ def source_reference(source: str | Path | Artefact | None) -> Reference | None:
     """The reference of ``source``: as its record holds it, or read from beside a file given from
     outside the run."""
     if isinstance(source, Artefact):
+        if source.reference is not None and source.reference_data is None:
+            raise ValueError(f"the record of {source.path} names its reference without holding it (with_reference)")
         return source.reference_data
     found = find_reference(source) if source is not None else None
     return load_reference(found) if found is not None else None
