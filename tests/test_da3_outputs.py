@@ -312,8 +312,11 @@ def test_node_gives_metres_per_camera_from_its_camera_info_and_sky_as_inf(mono_m
 
 def test_node_depth_confidence_topic_when_asked_and_refused_without_the_output(small_metric, tiny_model):
     pytest.importorskip("rosbags")
+    from runtime.ros.node import parse_args
     from tests.test_node_cameras import MESSAGES, T0
 
+    assert parse_args(["--model", "m.onnx", "--confidence"])[0].confidence is True
+    assert parse_args(["--model", "m.onnx"])[0].confidence is False
     with DepthPredictor(small_metric, input_size=SIZE) as predictor:
         core, sinks, _ = _node(predictor)
         assert "depth/confidence" not in sinks  # off by default
