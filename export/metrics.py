@@ -58,6 +58,10 @@ class OnnxRuntimeRunner:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: batch})[0]
 
+    def outputs(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output of the model for one batch, in the graph's order (depth first)."""
+        return self.session.run(None, {self.input_name: batch})
+
     def run_all(self, batches: list[np.ndarray]) -> list[np.ndarray]:
         return [self(batch) for batch in batches]
 

@@ -28,7 +28,15 @@ from .cli import add_size_arg, add_source_args, patch_multiple, speaks_flags
 from .errors import ExportError, ExportRequestError
 from .formats import FORMATS
 from .graph import save_onnx
-from .metrics import FP32_TOLERANCE, MAX_REL_STD, Comparison, check_sizes, compare, run_onnxruntime, verification_frames
+from .metrics import (
+    FP32_TOLERANCE,
+    MAX_REL_STD,
+    Comparison,
+    OnnxRuntimeRunner,
+    check_sizes,
+    compare,
+    verification_frames,
+)
 from .reference import make_reference, other_size, torch_runner
 from .source import (
     check_hw,
@@ -59,13 +67,18 @@ class OnnxExport:
     path: Path
     seconds: float
     checks: dict[str, Comparison] = field(default_factory=dict)
+    extra_checks: dict[str, dict[str, Comparison]] = field(default_factory=dict)  # output -> size -> check
     artefact: Artefact | None = None  # the record of what was written (its sidecar's facts)
 
 
-def _torch_export(model: Any, path: Path, height: int, width: int, dynamic: bool, opset: int) -> None:
+def _torch_export(
+    model: Any, path: Path, height: int, width: int, dynamic: bool, opset: int, extras: tuple = ()
+) -> None:
     import torch
 
-    axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "batch", 1: "height", 2: "width"}}
+    names = [OUTPUT_NAME, *extras]  # a DA3 network's sky map or depth confidence after depth
+    axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
+    axes.update({name: {0: "batch", 1: "height", 2: "width"} for name in names})
     with warnings.catch_warnings():
         # The legacy exporter's deprecation notice and the tracer's notes on shape arithmetic,
         # which the dynamic-size checks below verify instead of trusting.
@@ -77,7 +90,7 @@ def _torch_export(model: Any, path: Path, height: int, width: int, dynamic: bool
             dynamo=False,
             opset_version=opset,
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=names,
             dynamic_axes=axes if dynamic else None,
             do_constant_folding=True,
         )
@@ -127,8 +140,10 @@ def export_onnx(
     output = Path(output)
     if output.suffix != ".onnx":
         raise ExportRequestError(f"{output}: the output name must end in .onnx")
-    if hasattr(model, "deployable"):  # a Depth Anything 3 network: its depth output
-        model = model.deployable()
+    graph = model  # what is traced: a Depth Anything 3 network with its sky map or depth confidence
+    if hasattr(model, "deployable"):
+        graph, model = model.deployable(extras=True).eval().float().cpu(), model.deployable()
+    extras = tuple(getattr(graph, "extra_outputs", ()))
     model = model.eval().float().cpu()
     video = is_video_model(model)  # Video Depth Anything: its streaming step, the cache explicit
     if video:
@@ -150,7 +165,7 @@ def export_onnx(
             if video:
                 export_step(model, raw, height, width, opset)
             else:
-                _torch_export(model, raw, height, width, dynamic, opset)
+                _torch_export(graph, raw, height, width, dynamic, opset, extras)
         spec = getattr(model, "spec", None)
         max_depth = getattr(model, "max_depth", None)
         output_kind = OutputKind("metric", float(max_depth)) if max_depth is not None else OutputKind()
@@ -162,6 +177,7 @@ def export_onnx(
             "input_shape": "dynamic" if dynamic else f"1x3x{height}x{width}",
             **output_kind.metadata(),  # output_kind and max_depth: what every artefact made from it outputs
             **identity,
+            **({"extra_outputs": ",".join(extras)} if extras else {}),
         }
         with stage("checking and saving the ONNX file"):
             _finalise(raw, staged, metadata, slim)
@@ -174,14 +190,21 @@ def export_onnx(
         elif verify:
             for (h, w), (batch,) in inputs.items():
                 with torch.inference_mode():
-                    expected = model(torch.from_numpy(batch)).numpy()
+                    expected = graph(torch.from_numpy(batch))
+                expected = [t.numpy() for t in (expected if extras else (expected,))]
                 with stage(f"verifying with ONNX Runtime at {h}x{w}"):
-                    result.checks[f"{h}x{w}"] = comparison = compare(run_onnxruntime(staged, batch), expected)
-                if not comparison.max_rel_std <= tolerance:  # NaN fails too
-                    raise ExportError(
-                        f"ONNX Runtime differs from PyTorch at {h}x{w}: {comparison}, over the tolerance "
-                        f"{tolerance:g}; the file was not written"
-                    )
+                    got = OnnxRuntimeRunner(staged).outputs(batch)
+                for name, a, b in zip((OUTPUT_NAME, *extras), got, expected):
+                    comparison = compare(a, b)
+                    if name == OUTPUT_NAME:
+                        result.checks[f"{h}x{w}"] = comparison
+                    else:  # the sidecar's verification.extra_outputs
+                        result.extra_checks.setdefault(name, {})[f"{h}x{w}"] = comparison
+                    if not comparison.max_rel_std <= tolerance:  # NaN fails too
+                        raise ExportError(
+                            f"ONNX Runtime differs from PyTorch at {h}x{w} ({name}): {comparison}, over the "
+                            f"tolerance {tolerance:g}; the file was not written"
+                        )
         written = None
         if not video:  # a stream's reference is its verification over frames, in the sidecar
             with stage("writing the reference"):
@@ -217,7 +240,13 @@ def export_onnx(
                 "metric": MAX_REL_STD,
                 "tolerance": tolerance,
                 "checks": {k: vars(v) for k, v in result.checks.items()},
+                **(
+                    {"extra_outputs": {n: {k: vars(v) for k, v in c.items()} for n, c in result.extra_checks.items()}}
+                    if extras
+                    else {}
+                ),
             },
+            **({"extra_outputs": list(extras)} if extras else {}),
             "versions": library_versions("torch", "onnx", "onnxruntime"),
         },
     ).write()

@@ -21,7 +21,7 @@ from .pointcloud import MAX_POINTS
 from .ros.align import DEFAULT_MAX_TIME_OFFSET
 from .ros.bag import STORAGES, BagPlan, CameraRequest, Summary, open_plan, run_plan
 from .ros.messages import Conversion
-from .ros.settings import add_align_args, align_request, check_model_rules, published_outputs
+from .ros.settings import add_align_args, align_request, check_confidence, check_model_rules, published_outputs
 from .ros.topics import Topics
 
 
@@ -94,6 +94,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--max-frames", type=positive_int, help="stop after this many frames of each camera (the output ends there)"
     )
+    parser.add_argument(
+        "--confidence",
+        action="store_true",
+        help="also write the model's depth confidence, 32FC1, unitless, larger = surer, beside each depth image "
+        "(<ns>/depth/confidence; models with that output: DA3-Small/Base)",
+    )
     parser.add_argument("--storage", choices=STORAGES, help="ROS 2 output storage (default: the input's)")
     add_align_args(parser, positive_metres, DEFAULT_MAX_TIME_OFFSET)
     args = parser.parse_args(argv)
@@ -127,7 +133,7 @@ def _check_request(args: argparse.Namespace) -> BagPlan:
     # plan is checked again once the model is loaded (BagPlan.expect), before anything is written.
     kind = declared_output_kind(args.model, args.output_kind, args.max_depth)
     constants, aligned = args.metric_scale is not None, args.align_to is not None
-    writes = [] if kind is None else published_outputs(kind, constants, aligned)
+    writes = [] if kind is None else published_outputs(kind, constants, aligned, args.confidence)
     options = {"storage": args.storage, "align_to": args.align_to, "align_options": align}
     return open_plan(request, args.input, args.output, writes=writes, **options)
 
@@ -147,7 +153,8 @@ def _run(args: argparse.Namespace, plan: BagPlan) -> int:
     predictor = build_predictor(args, args.model)
     # What the model outputs decides what may be published: refused here, before any progress bar.
     check_model_rules(predictor.output, Conversion(metric), args.stabilize, args.align_to is not None)
-    plan.expect(published_outputs(predictor.output, metric is not None, aligner is not None))
+    check_confidence(predictor.extra_outputs, args.confidence)
+    plan.expect(published_outputs(predictor.output, metric is not None, aligner is not None, args.confidence))
     if predictor.output.needs_focal:
         print(
             f"note: the model outputs {predictor.output.describe()}: metres from each frame's camera info, "
@@ -170,6 +177,7 @@ def _run(args: argparse.Namespace, plan: BagPlan) -> int:
         elif topics.camera_info is None and (metric is not None or predictor.output.is_metric):
             print(f"note: no camera info for {topics.image} in the bag: no point clouds for it")
     conversion = Conversion(metric, args.point_stride, args.max_range, not args.no_point_colors, args.max_points)
+    conversion.confidence = args.confidence
     desc = ", ".join(topics.image for topics in plan.cameras)
     with tqdm(total=plan.frames(args.every, args.max_frames), unit="frame", desc=desc, dynamic_ncols=True) as bar:
         summary = run_plan(
@@ -241,6 +249,10 @@ def _camera_lines(
             )
         if camera.frames_without_camera_info:
             lines.append(f"  {camera.frames_without_camera_info} frames without usable camera info: no points")
+        if camera.sky_pixels:
+            lines.append(f"    {camera.sky_pixels} sky pixels published as +inf (REP 117), none in the point clouds")
+    if camera.confidence:
+        lines.append(f"  {topics.confidence}: {camera.confidence} depth confidence images (32FC1, larger = surer)")
     if camera.camera_infos_skipped:
         lines.append(f"  skipped {camera.camera_infos_skipped} camera info messages that could not be used")
     lines += flicker_lines(camera.flicker, camera.flicker_unstabilized, camera.flicker_collapsed)

@@ -16,6 +16,7 @@ from . import preprocessing as pre
 from .backends import backend_class, resolve_backend
 from .backends.base import describe_source
 from .metric import OutputKind, metres_from_focal, network_focal, resolve_output_kind
+from .prediction import assemble, with_outputs
 
 RUN_PRECISIONS = ("fp32", "fp16", "bf16")  # what precision= may ask a backend to run in
 
@@ -310,16 +311,22 @@ class DepthPredictor:
         size = spec.max_batch or max(len(images), 1)
         chunks = [members[i : i + size] for members in groups.values() for i in range(0, len(members), size)]
 
+        extras = self._backend.extra_outputs  # a DA3 network's sky map or depth confidence
+
         def run(chunk: list[int]) -> list[np.ndarray]:
             # A model that takes no fewer than N images a call (a fixed batch, a profile's minimum)
             # gets the last image again; the rows it gives for the copies are dropped.
             padded = chunk + chunk[-1:] * (spec.min_batch - len(chunk))
             if pipeline is None:
-                output = self._backend.infer(np.concatenate([keys[i] for i in padded]))
-                return [pre.resize_depth(output[row], *images[i].shape[:2]) for row, i in enumerate(chunk)]
-            batch = pipeline.prepare([images[i] for i in padded], keys[chunk[0]][1], rgb)
-            output = self._backend.infer_on_device(batch)
-            return [pipeline.finish(output[row], *images[i].shape[:2]) for row, i in enumerate(chunk)]
+                batch = np.concatenate([keys[i] for i in padded])
+                outs = self._backend.infer_outputs(batch) if extras else {"depth": self._backend.infer(batch)}
+                finish = pre.resize_depth
+            else:
+                batch = pipeline.prepare([images[i] for i in padded], keys[chunk[0]][1], rgb)
+                output = self._backend.infer_on_device(batch)
+                outs, finish = output if extras else {"depth": output}, pipeline.finish
+            maps = [{k: finish(v[row], *images[i].shape[:2]) for k, v in outs.items()} for row, i in enumerate(chunk)]
+            return [assemble(m) for m in maps]
 
         lanes = min(len(chunks), self._backend.max_concurrency)
         if lanes > 1:
@@ -332,8 +339,15 @@ class DepthPredictor:
             for i, depth_map in zip(chunk, maps):
                 depth[i] = depth_map
         if self.output.needs_focal and not raw:
-            depth = [self._to_metres(image, out, camera) for image, out in zip(images, depth)]
+            depth = [with_outputs(self._to_metres(image, out, camera), out) for image, out in zip(images, depth)]
         return depth
+
+    @property
+    def extra_outputs(self) -> tuple:
+        """The model's per-pixel outputs besides depth (``runtime.prediction``): ``("sky",)`` for
+        DA3Mono/Metric, ``("depth_conf",)`` for the DA3 any-view networks, else none. ``predict``
+        then returns a ``Prediction`` whose ``sky`` (mask) and ``confidence`` hold them."""
+        return tuple(self._backend.extra_outputs)
 
     def stream(
         self,

@@ -249,13 +249,13 @@ def test_bag_cli_refuses_depth_up_to_scale_without_align_to(tmp_path, small_snap
     assert len(err) == 1 and "depth up to an unknown scale" in err[0] and "--align-to" in err[0]
 
 
-def test_node_refuses_the_depth_anything_3_kinds_in_one_line():
+def test_node_refuses_depth_up_to_scale_in_one_line():
     from runtime.metric import OutputKind
     from runtime.ros.node import check_node_output
 
-    for kind in ("depth_up_to_scale", "metres_per_focal"):
-        with pytest.raises(InputError, match="the ROS 2 node does not run models of"):
-            check_node_output(OutputKind(kind))
+    with pytest.raises(InputError, match="the ROS 2 node does not run models of"):
+        check_node_output(OutputKind("depth_up_to_scale"))
+    check_node_output(OutputKind("metres_per_focal"))  # metres from each camera's camera info
     check_node_output(OutputKind("relative"))
     check_node_output(OutputKind("metric", 20.0))
 

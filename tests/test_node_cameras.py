@@ -60,6 +60,7 @@ def test_cameras_are_named_by_their_image_topics_or_remapped_as_one():
         "relative": "/stereo/right/depth/relative_inverse",
         "metric": "/stereo/right/depth/image",
         "points": "/stereo/right/depth/points",
+        "confidence": "/stereo/right/depth/confidence",  # published when asked for (confidence)
     }
     settings, _ = parse_args(["--model", "m.onnx", "--image-topic", "/cam0/image_raw", "--image-topic", "/cam1/image"])
     assert settings.image_topics == "/cam0/image_raw /cam1/image" and settings.check()

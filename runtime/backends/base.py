@@ -103,6 +103,9 @@ class Backend(ABC):
     variant: str = "unknown"
     # A Video Depth Anything stream model: its inputs after the image (``runtime.video_state``).
     stream_names: tuple = ()
+    # Per-pixel outputs after depth (``runtime.prediction.EXTRA_OUTPUTS``: a DA3 network's sky
+    # map or depth confidence), which ``infer_outputs`` returns by name.
+    extra_outputs: tuple = ()
 
     def read_identity(self, *sources: Any) -> None:
         """``licence``, ``family`` and ``variant`` from the first of ``sources`` (ONNX metadata, rt_info,
@@ -175,6 +178,18 @@ class Backend(ABC):
             out = self._infer(batch)
         return out.reshape(batch.shape[0], *out.shape[-2:]).astype(np.float32, copy=False)
 
+    def infer_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """``infer`` with the model's ``extra_outputs`` too: ``{"depth": ..., name: ...}``, each ``(N, H, W)``."""
+        batch = self.check_batch(batch)
+        with self._gate():
+            if self._closed:
+                raise RuntimeError(f"the {self.name} backend was closed")
+            outs = self._infer_outputs(batch)
+        return {k: v.reshape(batch.shape[0], *v.shape[-2:]).astype(np.float32, copy=False) for k, v in outs.items()}
+
+    def _infer_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return {"depth": self._infer(batch)}
+
     def step(self, batch: np.ndarray, slot_pos: np.ndarray, caches: list) -> list:
         """One frame of a stream model: ``[depth (1, h, w), hidden0..7]`` (see ``runtime.video_stream``)."""
         batch = self.check_batch(batch)
@@ -225,6 +240,7 @@ class Backend(ABC):
             "licence": self.licence,
             "family": self.family,
             "variant": self.variant,
+            **({"extra_outputs": list(self.extra_outputs)} if self.extra_outputs else {}),
             "versions": self.versions(),
         }
 

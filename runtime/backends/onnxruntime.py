@@ -26,6 +26,7 @@ from commands.errors import ModelFileError, require
 from ..int8_cpu import mismatch, this_cpu
 from ..metadata import read_sidecar
 from ..metric import OutputKind
+from ..prediction import extras_of
 from ..video_state import STREAM_INPUTS
 from .base import Backend, InputSpec, check_depth_output, check_streams
 from .profiling import Profile, events_after, onnxruntime_events, onnxruntime_layers, onnxruntime_runs, timed_calls
@@ -133,8 +134,13 @@ class OnnxRuntimeBackend(Backend):
             self.stream_names = STREAM_INPUTS
             self._stream_shapes = [tuple(i.shape) for i in inputs[2:]]
             self._stream_inputs = [i.name for i in inputs]
-        elif len(inputs) != 1 or len(outputs) != 1 or inputs[0].type != "tensor(float)":
-            raise ModelFileError(f"{path}: expected one float32 image input and one output")
+        elif len(inputs) != 1 or inputs[0].type != "tensor(float)":
+            raise ModelFileError(f"{path}: expected one float32 image input")
+        else:  # depth, and a DA3 network's sky map or depth confidence after it
+            try:
+                self.extra_outputs = extras_of([o.name for o in outputs], path)
+            except ValueError as exc:
+                raise ModelFileError(str(exc)) from None
         dims = inputs[0].shape
         if len(dims) != 4:
             raise ModelFileError(f"{path}: input {inputs[0].name!r} has shape {dims}; expected (N, 3, H, W)")
@@ -174,6 +180,11 @@ class OnnxRuntimeBackend(Backend):
         binding.bind_output(self._output, "cuda")
         session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
+
+    def _infer_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        names = [self._output, *self.extra_outputs]
+        values = self._session.run(names, {self.input_spec.name: batch})
+        return {"depth": values[0], **dict(zip(self.extra_outputs, values[1:]))}
 
     def _step(self, batch: np.ndarray, slot_pos: np.ndarray, caches: list) -> list:
         # CPU inputs are read where they lie: the cache is not copied per frame.

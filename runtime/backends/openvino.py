@@ -34,6 +34,7 @@ from commands.errors import ModelFileError, require
 
 from ..metadata import read_sidecar
 from ..metric import OutputKind
+from ..prediction import extras_of
 from ..video_state import STREAM_INPUTS
 from .base import Backend, InputSpec, check_depth_output, check_streams
 from .openvino_pre import check_preprocess, embed_preprocessing
@@ -283,8 +284,14 @@ class OpenVINOBackend(Backend):
         if names[1:] == STREAM_INPUTS:  # a Video Depth Anything stream step
             self.stream_names, self._stream_inputs = STREAM_INPUTS, names
             self._stream_shapes = [tuple(p.get_shape()) for p in network.inputs[2:]]
-        elif len(self._compiled.inputs) != 1 or len(self._compiled.outputs) != 1:
-            raise ModelFileError(f"{path}: expected one image input and one output")
+        elif len(self._compiled.inputs) != 1:
+            raise ModelFileError(f"{path}: expected one image input")
+        else:  # depth, and a DA3 network's sky map or depth confidence after it
+            try:
+                self.extra_outputs = extras_of([o.get_any_name() for o in network.outputs], path)
+            except (ValueError, RuntimeError) as exc:
+                if len(network.outputs) != 1:  # unnamed outputs: only a single one is depth
+                    raise ModelFileError(f"{path}: expected one image input and one output ({exc})") from None
         port = network.input(0)  # the network's own input, before any pre-processing put in front
         shape = port.get_partial_shape()
         if shape.rank.get_length() != 4:
@@ -340,6 +347,15 @@ class OpenVINOBackend(Backend):
             return request.get_output_tensor(0).data.copy()
         finally:
             self._requests.put(request)
+
+    def _infer_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        request = self._requests.get()
+        try:
+            request.infer({0: batch})
+            values = [request.get_output_tensor(i).data.copy() for i in range(1 + len(self.extra_outputs))]
+        finally:
+            self._requests.put(request)
+        return {"depth": values[0], **dict(zip(self.extra_outputs, values[1:]))}
 
     def _step(self, batch: np.ndarray, slot_pos: np.ndarray, caches: list) -> list:
         request = self._requests.get()

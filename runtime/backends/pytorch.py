@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from commands.errors import ModelFileError, require
+from commands.errors import InputError, ModelFileError, require
 
 from ..metric import OutputKind
 from .base import Backend, InputSpec
@@ -126,8 +126,9 @@ class TorchBackend(Backend):
                 raise ModelFileError(str(exc)) from exc
         if not isinstance(model, torch.nn.Module):
             raise ModelFileError(f"the torch backend needs a torch.nn.Module, got {type(model).__name__}")
-        if hasattr(model, "deployable"):  # a Depth Anything 3 network: its depth output, what it means
-            model = model.deployable()
+        if hasattr(model, "deployable"):  # a Depth Anything 3 network: depth and its sky map or confidence
+            model = model.deployable(extras=True)
+        self.extra_outputs = tuple(getattr(model, "extra_outputs", ()))
         self.licence = getattr(model, "licence", None) or self.licence
         self.device = resolve_device(torch, device)
         self.precision = resolve_precision(self.device, precision)
@@ -142,7 +143,10 @@ class TorchBackend(Backend):
         if hasattr(model, "set_attention"):
             model.set_attention(attention)
         elif attention != "fused":
-            raise ValueError(f"attention={attention!r} needs a DepthAnythingV2 model, got {type(model).__name__}")
+            raise InputError(
+                f"attention={attention!r}: {type(model).__name__} has no attention switch (Depth Anything V2 and 3 "
+                "and Video Depth Anything have one); drop attention="
+            )
         self.attention = attention
         # The half format asked for, if any: on CUDA the weights and inputs are cast to it, on the
         # CPU (bf16) autocast runs the matrix work in it.
@@ -188,12 +192,24 @@ class TorchBackend(Backend):
         return self._torch.autocast(self.device.split(":")[0], dtype=self._half)
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
+        return self._infer_outputs(batch)["depth"]
+
+    def _infer_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         x = self._torch.from_numpy(batch).to(self.device, non_blocking=True)
-        return self._infer_on_device(x.to(self._half) if self._cast else x).float().cpu().numpy()
+        outs = self._run(x.to(self._half) if self._cast else x)
+        return {name: out.float().cpu().numpy() for name, out in outs.items()}
 
     def _infer_on_device(self, batch: Any) -> Any:
+        """Depth on the device; with extra outputs a dict of them by name, depth first."""
+        outs = self._run(batch)
+        return outs if self.extra_outputs else outs["depth"]
+
+    def _run(self, batch: Any) -> dict[str, Any]:
         with self._torch.inference_mode(), self._precision():
-            return self._model(batch)
+            out = self._model(batch)
+        if not self.extra_outputs:
+            return {"depth": out}
+        return {"depth": out[0], **dict(zip(self.extra_outputs, out[1:]))}
 
     def _step(self, batch: np.ndarray, slot_pos: np.ndarray, caches: list) -> list:
         t = self._torch

@@ -26,7 +26,16 @@ from ..align import AlignSettings, FrameAligner, FrameResult, SparseSamples, Sta
 from ..align.frame import DROP_REASONS
 from ..metric import OutputKind, metres_from_focal, network_focal
 from ..pointcloud import Intrinsics
-from .messages import Conversion, MessageFactory, depth_messages, metric_depth, model_metres, output_messages
+from .messages import (
+    Conversion,
+    MessageFactory,
+    depth_message,
+    depth_messages,
+    metric_depth,
+    model_metres,
+    output_messages,
+    sky_as_far,
+)
 from .settings import DEFAULTS, check_model_rules, published_outputs
 from .sparse import sensor_frame
 from .stamps import ByStamp, nearest
@@ -316,7 +325,9 @@ class FramePipeline:
     @property
     def outputs(self) -> list[str]:
         """The message keys this pipeline may publish: ``relative``, ``metric``, ``points``."""
-        return published_outputs(self.kind, self.conversion.metric is not None, self.aligned)
+        return published_outputs(
+            self.kind, self.conversion.metric is not None, self.aligned, self.conversion.confidence
+        )
 
     def process(
         self,
@@ -328,7 +339,26 @@ class FramePipeline:
     ) -> tuple[dict[str, Any], np.ndarray | None]:
         """The frame's messages, and what they publish as depth (metres when there are any; the
         relative depth otherwise; ``None`` for an aligned frame without metres). With an aligner,
-        the (stabilised) prediction is fitted by ``aligner.align(header, prediction, intrinsics)``."""
+        the (stabilised) prediction is fitted by ``aligner.align(header, prediction, intrinsics)``.
+
+        A prediction with a sky mask (``runtime.prediction``) publishes its sky as ``+inf`` metres
+        (REP 117), left out of fits and point clouds; with ``conversion.confidence`` its depth
+        confidence goes out beside the frame's depth (``confidence``)."""
+        messages, published = self._process(factory, header, image, prediction, intrinsics)
+        confidence = getattr(prediction, "confidence", None)
+        if self.conversion.confidence and confidence is not None and ("metric" in messages or "relative" in messages):
+            messages["confidence"] = depth_message(factory, header, confidence)
+        return messages, published
+
+    def _process(
+        self,
+        factory: MessageFactory,
+        header: Any,
+        image: np.ndarray,
+        prediction: np.ndarray,
+        intrinsics: Intrinsics | None,
+    ) -> tuple[dict[str, Any], np.ndarray | None]:
+        sky = getattr(prediction, "sky", None)
         if self.stabilizer is not None:
             prediction = self.stabilizer(image, prediction)
         if self.kind.needs_focal:  # metres only with this frame's focal length: none without camera info
@@ -336,7 +366,7 @@ class FramePipeline:
                 return {}, None
             k = intrinsics.for_image(*image.shape[:2])
             focal = network_focal(k.fx, k.fy, image.shape[:2], self.network_size(image))
-            metres = model_metres(metres_from_focal(prediction, focal))
+            metres = sky_as_far(model_metres(metres_from_focal(prediction, focal)), sky)
             return output_messages(factory, header, image, intrinsics, self.conversion, None, metres), metres
         if self.aligner is None:
             messages = depth_messages(factory, header, prediction, image, intrinsics, self.conversion)
@@ -344,7 +374,8 @@ class FramePipeline:
                 return messages, prediction
             metric = self.conversion.metric
             return messages, prediction if metric is None else metric_depth(prediction, metric)
-        metres = self.aligner.align(header, prediction, intrinsics).depth
+        fitted = prediction if sky is None else np.where(sky, np.float32(np.nan), prediction)  # no fit on sky
+        metres = sky_as_far(self.aligner.align(header, fitted, intrinsics).depth, sky)
         relative = None if self.kind.is_depth else prediction
         return output_messages(factory, header, image, intrinsics, self.conversion, relative, metres), metres
 

@@ -8,8 +8,10 @@ and writes a new bag of the same ROS version, with per camera (``<ns>``: its ima
 - the chosen input topics, copied byte for byte (default: the image and camera info topics);
 - ``<ns>/depth/relative_inverse``: the model's relative inverse depth, ``32FC1``, unitless;
 - with ``--metric-scale``, ``--align-to`` or a metric model: ``<ns>/depth/image``, depth in
-  metres (REP 118, NaN = invalid) and, with camera info, ``<ns>/depth/points`` (``PointCloud2``,
-  the camera's optical frame). A metric model's output is never published as relative depth.
+  metres (REP 118, NaN = invalid; +inf = sky, REP 117, from a model with a sky output) and, with
+  camera info, ``<ns>/depth/points`` (``PointCloud2``, the camera's optical frame, no sky). A
+  metric model's output is never published as relative depth;
+- with ``--confidence`` (a model with a depth confidence output): ``<ns>/depth/confidence``.
 
 The run is planned once (``runtime.ros.bag_plan``: the bag opened, the cameras' topics, the
 output storage, the ``--align-to`` index) and the plan is handed to the pass and the writer:
@@ -47,7 +49,7 @@ from .bag_plan import (
 )
 from .bag_writer import BagWriter
 from .messages import Conversion
-from .settings import check_model_rules, published_outputs
+from .settings import check_confidence, check_model_rules, published_outputs
 
 __all__ = [
     "STORAGES",
@@ -117,7 +119,7 @@ def process_bag(
     _check_counts(every, max_frames)
     per_camera = (camera_info_topic, depth_topic, metric_depth_topic, points_topic)
     request = CameraRequest(_per_camera(image_topic) or [], *map(_per_camera, per_camera), copy_topics, copy_all)
-    writes = published_outputs(kind, conversion.metric is not None, align_to is not None)
+    writes = published_outputs(kind, conversion.metric is not None, align_to is not None, conversion.confidence)
     with open_plan(
         request, input_path, output, writes=writes, storage=storage, align_to=align_to, align_options=align_options
     ) as plan:
@@ -148,7 +150,8 @@ def run_plan(
     kind = getattr(predictor, "output", OutputKind())
     conversion = check_model_rules(kind, conversion or Conversion(), stabilize, aligned)
     _check_counts(every, max_frames)
-    plan.expect(published_outputs(kind, conversion.metric is not None, aligned))
+    check_confidence(getattr(predictor, "extra_outputs", ()), conversion.confidence)
+    plan.expect(published_outputs(kind, conversion.metric is not None, aligned, conversion.confidence))
     input_path, output = plan.input, plan.output
     check_output(input_path, output)
     staging = None

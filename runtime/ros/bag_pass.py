@@ -53,6 +53,8 @@ class Summary:
     largest_stride: int = 1
     seconds: float = 0.0
     metric: int = 0  # frames with metric depth published
+    confidence: int = 0  # frames with their depth confidence published
+    sky_pixels: int = 0  # pixels published as +inf because the model saw sky there
     flicker: float | None = None  # of the published depth (runtime.align.stabilize); one camera's
     flicker_unstabilized: float | None = None  # of the model's output, when stabilised
     flicker_collapsed: int = 0  # published frames that were flat maps (no flicker figure then)
@@ -301,12 +303,16 @@ class BagPass:
             self.writer.factory, frame.header, frame.image, prediction, frame.intrinsics
         )
         summary.metric += "metric" in messages
+        summary.confidence += "confidence" in messages
+        sky = getattr(prediction, "sky", None)
+        summary.sky_pixels += int(sky.sum()) if sky is not None and "metric" in messages else 0
         if published is not None:  # the flicker of what is published: metres when there are any
             camera.meter.update(frame.image, published)
         for key, topic, msgtype in [
             ("relative", topics.relative, IMAGE),
             ("metric", topics.metric, IMAGE),
             ("points", topics.points, POINT_CLOUD2),
+            ("confidence", topics.confidence, IMAGE),
         ]:
             if key in messages:
                 size = self.writer.publish(topic, msgtype, frame.timestamp, messages[key])

@@ -18,7 +18,7 @@ from typing import Any
 from commands.errors import InputError, require
 
 from ..io.files import check_writable_folder
-from .topics import WRITES, Topics, plan_cameras
+from .topics import DEPTH_WRITES, WRITES, Topics, plan_cameras
 
 STORAGES = ("mcap", "sqlite3")
 _STORAGE_SUFFIX = {".mcap": "mcap", ".db3": "sqlite3"}
@@ -109,7 +109,7 @@ class BagPlan:
     request: CameraRequest
     types: dict[str, str]  # topic -> message type
     counts: dict[str, int]  # topic -> messages
-    writes: list[str]  # what the run publishes per camera: relative, metric, points
+    writes: list[str]  # what the run publishes per camera: relative, metric, points, confidence
     cameras: list[Topics]
     storage: str  # the output's: rosbag1, mcap or sqlite3
     aligner: Any = None  # a prepared BagAligner (--align-to)
@@ -151,7 +151,7 @@ def open_plan(
     input_path: str | Path,
     output: str | Path,
     *,
-    writes: Collection[str] = WRITES,
+    writes: Collection[str] = DEPTH_WRITES,
     storage: str | None = None,
     align_to: str | None = None,
     align_options: dict[str, Any] | None = None,

@@ -20,11 +20,16 @@ from .align import FramePipeline
 from .messages import IMAGE, LatestOnly, MessageFactory, camera_size_note, message_to_image
 from .stamps import ByStamp
 from .tf import stamp_ns
-from .topics import camera_namespace, default_topics, repeated
+from .topics import camera_namespace, confidence_topic, default_topics, repeated
 
 CAMERA_INFOS = 16  # a camera's camera infos kept by stamp
 # One camera without image_topics: relative names, set with --ros-args -r image:=... as before.
-RELATIVE = {"relative": "depth/relative_inverse", "metric": "depth/image", "points": "depth/points"}
+RELATIVE = {
+    "relative": "depth/relative_inverse",
+    "metric": "depth/image",
+    "points": "depth/points",
+    "confidence": "depth/confidence",
+}
 
 
 @dataclass
@@ -33,7 +38,7 @@ class Camera:
 
     image: str
     camera_info: str
-    outputs: dict[str, str]  # "relative", "metric", "points" -> topic
+    outputs: dict[str, str]  # "relative", "metric", "points", "confidence" -> topic
     pipeline: Any = None  # its FramePipeline (its own stabiliser and fit state)
     # Its camera infos' intrinsics (node_core.camera_info_receiver fills them): the newest, and the
     # last few by stamp (a frame takes the one with its own stamp, as message_filters pairs them).
@@ -75,6 +80,7 @@ def node_cameras(image_topics: Sequence[str]) -> list[Camera]:
                 "camera driver does, /<camera>/image_raw"
             )
         outputs = dict(zip(("relative", "metric", "points"), default_topics(topic, IMAGE)))
+        outputs["confidence"] = confidence_topic(topic, IMAGE)
         cameras.append(Camera(topic, f"{namespace}/camera_info", outputs))
     return cameras
 
@@ -124,7 +130,9 @@ def predict(predictor: Any, taken: list, images: list, warn: Callable[[str], Non
     camera's own stream instead (its cache, resets on a pause; a frame older than the last is
     warned about and left out: ``None``)."""
     if not getattr(predictor, "is_stream_model", False):
-        return predictor.predict_batch(images)
+        # A metres-per-focal model: its own output, made metres per camera from that camera's
+        # camera info (FramePipeline), as the bag tool does.
+        return predictor.predict_batch(images, raw=predictor.output.needs_focal)
     depths = []
     for (camera, message), image in zip(taken, images):
         if camera.video is None:
@@ -163,6 +171,10 @@ def run_cycle(
             continue
         pipeline: FramePipeline = camera.pipeline
         intrinsics = camera.intrinsics_at(stamp_ns(message.header))
+        if intrinsics is None and pipeline.kind.needs_focal:
+            warn(
+                f"{camera.image}: no usable camera info on {camera.camera_info}: no metres (they need its focal length)"
+            )
         if intrinsics is not None and "points" in pipeline.outputs:
             note = camera_size_note(intrinsics, *depth.shape)
             if note:

@@ -220,6 +220,7 @@ class Conversion:
     colour_points: bool = True
     max_points: int | None = MAX_POINTS  # a larger stride beyond this many points per cloud; None: no bound
     output: OutputKind = field(default_factory=OutputKind)  # what the model's output is
+    confidence: bool = False  # publish the model's depth confidence (DA3 any-view networks)
 
 
 def depth_messages(
@@ -243,6 +244,14 @@ def model_metres(depth: np.ndarray) -> np.ndarray:
     """A metric model's output as published: metres, NaN where not positive and finite (REP 118)."""
     depth = np.asarray(depth, np.float32)
     return np.where(np.isfinite(depth) & (depth > 0), depth, np.float32(np.nan)).astype(np.float32)
+
+
+def sky_as_far(metres: np.ndarray | None, sky: np.ndarray | None) -> np.ndarray | None:
+    """Metres with the model's sky pixels at ``+inf`` (REP 117: too far to measure), so no point
+    comes from them; ``metres`` as it is without a sky mask."""
+    if metres is None or sky is None:
+        return metres
+    return np.where(sky, np.float32(np.inf), metres).astype(np.float32)
 
 
 def output_messages(

@@ -61,11 +61,13 @@ RCLPY_MISSING = (
 
 
 def check_node_output(kind: Any) -> None:
-    """The node publishes relative inverse depth and metres; Depth Anything 3's kinds need what it does
-    not do yet (a focal length per camera from its camera info; a scale-only fit's topics)."""
-    if kind.kind in ("depth_up_to_scale", "metres_per_focal"):
+    """The node publishes relative inverse depth and metres (a metres-per-focal model's from each
+    camera's camera info); a model of depth up to scale needs what it does not do yet (a
+    scale-only fit's topics)."""
+    if kind.kind == "depth_up_to_scale":
         raise InputError(
-            f"the ROS 2 node does not run models of {kind.describe()} yet; use the bag tool (python -m runtime.bag)"
+            f"the ROS 2 node does not run models of {kind.describe()} yet; use the bag tool (python -m runtime.bag "
+            "--align-to), or a metres-per-focal model (DA3Metric)"
         )
 
 
@@ -97,6 +99,7 @@ class NodeSettings:
     min_inliers: int = DEFAULTS.min_inliers  # fewest inliers a frame's fit may have
     stabilize: bool = False  # relative depth on the scale of the frames before it
     image_topics: str = ""  # several cameras: their image topics, separated by spaces; "": one, on 'image'
+    confidence: bool = False  # also publish the model's depth confidence (depth/confidence; DA3-Small/Base)
 
     def check_alignment(self) -> None:
         """The output kind, alignment and stabilising parameters (``InputError`` naming the bad one)."""
@@ -183,7 +186,9 @@ class NodeSettings:
 
     def conversion(self) -> Conversion:
         metric = ScaleShift(self.metric_scale, self.metric_shift, float("nan"), 0) if self.metric_scale else None
-        return Conversion(metric, self.point_stride, self.max_range or None, self.point_colors, self.max_points)
+        conversion = Conversion(metric, self.point_stride, self.max_range or None, self.point_colors, self.max_points)
+        conversion.confidence = bool(self.confidence)
+        return conversion
 
 
 def split_ros_args(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -259,6 +264,7 @@ def parse_args(argv: list[str]) -> tuple[NodeSettings, list[str]]:
         "each camera's camera info at <ns>/camera_info and depth at <ns>/depth/...; a cycle takes the newest frame "
         "of every camera, one batched model call",
     )
+    parser.add_argument("--confidence", action="store_true", help="also publish depth/confidence (32FC1)")
     args = parser.parse_args(ours)
     try:  # ROS parameters given with -p are checked by NodeSettings.check once declared
         check_metric_options(args.metric_scale or None, args.metric_shift, args.max_range or None)
@@ -290,6 +296,7 @@ def parse_args(argv: list[str]) -> tuple[NodeSettings, list[str]]:
         min_inliers=args.min_inliers,
         stabilize=args.stabilize,
         image_topics=" ".join(args.image_topic),
+        confidence=args.confidence,
     )
     return settings, ros
 
@@ -359,7 +366,7 @@ def run_node(settings: NodeSettings, ros_args: list[str]) -> int:
                 (tf2_ros.LookupException, tf2_ros.ConnectivityException),
                 (tf2_ros.TransformException,),
             )
-        kinds = {"relative": Image, "metric": Image, "points": PointCloud2}
+        kinds = {"relative": Image, "metric": Image, "points": PointCloud2, "confidence": Image}
         core = NodeCore(
             settings,
             predictor,

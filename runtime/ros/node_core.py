@@ -20,6 +20,7 @@ from commands.errors import InputError
 
 from .cameras import CAMERA_INFOS, CameraSlots, node_cameras, run_cycle, split_topics  # noqa: F401 - CAMERA_INFOS: the node's
 from .messages import MessageFactory, intrinsics_from_camera_info
+from .settings import check_confidence
 from .sparse import sensor_problem
 from .stamps import ByStamp
 from .tf import stamp_ns
@@ -64,8 +65,11 @@ class NodeCore:
     ) -> None:
         self.settings, self.predictor, self.factory, self.log = settings, predictor, factory, log
         self.cameras = node_cameras(split_topics(settings.image_topics))
+        check_confidence(getattr(predictor, "extra_outputs", ()), getattr(settings, "confidence", False), "confidence")
         for camera in self.cameras:  # each its own stabiliser and fit state
             camera.pipeline = settings.pipeline(predictor.output, transforms)
+            # a metres-per-focal model: the focal length of the image the network saw
+            camera.pipeline.network_size = getattr(predictor, "network_size", None)
             if camera.pipeline.aligner is not None:
                 camera.pipeline.aligner.warn = log.warning
             camera.publishers = {key: publisher(key, camera.outputs[key]) for key in camera.pipeline.outputs}

@@ -61,12 +61,23 @@ def align_settings(values: RobotAlign, name: Callable[[str], str] = flag) -> Ali
     return AlignSettings(fit, FilterSettings(hold=values.hold), held_out=values.held_out)
 
 
-def published_outputs(kind: OutputKind, constants: bool, aligned: bool) -> list[str]:
-    """What a run publishes per camera (``relative``, ``metric``, ``points``) for a model of ``kind``:
-    relative inverse depth unless the model outputs depth, metres from the model, from constants
-    (``constants``) or from a fit per frame (``aligned``). Points also need a camera's camera info."""
+def published_outputs(kind: OutputKind, constants: bool, aligned: bool, confidence: bool = False) -> list[str]:
+    """What a run publishes per camera (``relative``, ``metric``, ``points``, ``confidence``) for a
+    model of ``kind``: relative inverse depth unless the model outputs depth, metres from the model,
+    from constants (``constants``) or from a fit per frame (``aligned``), and the model's depth
+    confidence when asked for (``confidence``). Points also need a camera's camera info."""
     metres = kind.is_depth or constants or aligned
-    return ([] if kind.is_depth else ["relative"]) + (["metric", "points"] if metres else [])
+    outputs = ([] if kind.is_depth else ["relative"]) + (["metric", "points"] if metres else [])
+    return outputs + (["confidence"] if confidence else [])
+
+
+def check_confidence(extra_outputs: Any, asked: bool, name: str = "--confidence") -> None:
+    """``InputError`` when the depth confidence is asked for from a model without one."""
+    if asked and "depth_conf" not in tuple(extra_outputs):
+        raise InputError(
+            f"{name}: the model has no depth confidence output (the Depth Anything 3 any-view networks, "
+            "DA3-Small/Base, have one; an exported one carries it as the ONNX output depth_conf); drop it"
+        )
 
 
 def check_model_rules(

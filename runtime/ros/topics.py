@@ -12,7 +12,8 @@ from commands.errors import InputError
 from .messages import CAMERA_INFO, COMPRESSED_IMAGE, IMAGE
 
 IMAGE_TYPES = (IMAGE, COMPRESSED_IMAGE)
-WRITES = ("relative", "metric", "points")  # every output a run may write
+WRITES = ("relative", "metric", "points", "confidence")  # every output a run may write
+DEPTH_WRITES = WRITES[:3]  # what a run writes unless told (the depth confidence is asked for)
 
 
 @dataclass
@@ -25,6 +26,7 @@ class Topics:
     metric: str
     points: str
     copy: list[str]
+    confidence: str = ""  # the depth confidence (32FC1, unitless), written when asked for
 
 
 def base_topic(topic: str, msgtype: str) -> str:
@@ -48,6 +50,11 @@ def default_topics(image_topic: str, image_type: str) -> tuple[str, str, str]:
     """``(relative, metric, points)`` topic names beside the camera's image topic."""
     namespace = camera_namespace(image_topic, image_type)
     return f"{namespace}/depth/relative_inverse", f"{namespace}/depth/image", f"{namespace}/depth/points"
+
+
+def confidence_topic(image_topic: str, image_type: str) -> str:
+    """The depth confidence's topic beside the camera's depth: ``<ns>/depth/confidence``."""
+    return f"{camera_namespace(image_topic, image_type)}/depth/confidence"
 
 
 def find_camera_info(image_topic: str, image_type: str, types: dict[str, str], guess: bool = True) -> str | None:
@@ -87,7 +94,7 @@ def plan_cameras(
     points: Sequence[str] | None = None,
     copy: list[str] | None = None,
     copy_all: bool = False,
-    writes: Collection[str] = WRITES,
+    writes: Collection[str] = DEPTH_WRITES,
 ) -> list[Topics]:
     """Check the requested topics of each camera against the bag's ``{topic: msgtype}`` and fill in
     defaults; one :class:`Topics` per image topic, in order, sharing one list of copied topics.
@@ -133,11 +140,16 @@ def plan_cameras(
             )
         defaults = default_topics(image, types[image])
         outputs = [mine[flag] or default for flag, default in zip(PER_CAMERA[1:], defaults)]
-        cameras.append(Topics(image, camera_info, *outputs, []))
+        cameras.append(Topics(image, camera_info, *outputs, [], confidence_topic(image, types[image])))
     outputs = [
         topic
         for camera in cameras
-        for key, topic in (("relative", camera.relative), ("metric", camera.metric), ("points", camera.points))
+        for key, topic in (
+            ("relative", camera.relative),
+            ("metric", camera.metric),
+            ("points", camera.points),
+            ("confidence", camera.confidence),
+        )
         if key in writes and (key != "points" or camera.camera_info is not None)
     ]
     if copy_all:

@@ -11,10 +11,10 @@ tokens concatenated to the last local block's. Parameter names are the official 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..backbone import LN_EPS, LayerScale, Mlp, PatchEmbed, interpolate_pos_embed
+from ..backbone import Attention as DinoAttention
 from ..variants import PATCH_SIZE, PRETRAIN_SIZE
 from ..variants import VARIANTS as ENCODERS
 from .variants import DA3Spec
@@ -52,10 +52,14 @@ class Rope2D:
         return torch.cat((ty * cy + _rotate_half(ty) * sy, tx * cx + _rotate_half(tx) * sx), dim=-1)
 
 
-class Attention(nn.Module):
+class Attention(DinoAttention):
+    """DINOv2's attention with QK-norm and RoPE; ``kind`` ("fused" or "explicit") as DA-V2's
+    (``set_attention_kind``). Its modules are made here, in the official order."""
+
     def __init__(self, dim: int, num_heads: int, qk_norm: bool) -> None:
-        super().__init__()
+        nn.Module.__init__(self)
         self.num_heads = num_heads
+        self.kind = "fused"
         head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, dim * 3)
         self.q_norm = nn.LayerNorm(head_dim, eps=DEFAULT_LN_EPS) if qk_norm else nn.Identity()
@@ -68,8 +72,7 @@ class Attention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = rope(q), rope(k)
-        x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+        return self.proj(self.attend(q, k, v).transpose(1, 2).reshape(b, n, c))
 
 
 class Block(nn.Module):

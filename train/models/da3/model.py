@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..backbone import set_attention_kind
 from ..variants import PATCH_SIZE
 from .backbone import DA3Encoder
 from .camera import CameraDec, CameraEnc, pose_to_cameras
@@ -71,6 +72,12 @@ class DepthAnything3(nn.Module):
         self.head.ray = bool(enabled)
         return self
 
+    def set_attention(self, kind: str) -> DepthAnything3:
+        """Switch every attention layer to ``"fused"`` (default) or ``"explicit"``, as DA-V2's
+        (``train.models.backbone.Attention``)."""
+        set_attention_kind(self, kind)
+        return self
+
     def unused_parameters(self) -> list[nn.Parameter]:
         """Weights held for the official names that a single-view forward never reads."""
         unused = []
@@ -78,9 +85,11 @@ class DepthAnything3(nn.Module):
             unused += [*self.cam_enc.parameters(), self.backbone.pretrained.camera_token]
         return unused
 
-    def deployable(self) -> DA3Depth:
-        """This network as the toolkit's backends and exports run it: ``(B, 3, H, W) -> (B, H, W)`` depth."""
-        return DA3Depth(self)
+    def deployable(self, extras: bool = False) -> DA3Depth:
+        """This network as the toolkit's backends and exports run it: ``(B, 3, H, W) -> (B, H, W)``
+        depth; with ``extras`` a tuple of depth and the spec's ``extra_outputs`` (sky map or depth
+        confidence), each ``(B, H, W)``."""
+        return DA3Depth(self, self.spec.extra_outputs if extras else ())
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if x.ndim != 4 or x.shape[1] != 3:
@@ -101,15 +110,27 @@ class DepthAnything3(nn.Module):
 
 
 class DA3Depth(nn.Module):
-    """A ``DepthAnything3`` whose call returns its ``depth`` alone, with what the number means
-    (``output_kind``), the family, variant and licence beside it: what backends and exports run."""
+    """A ``DepthAnything3`` whose call returns its ``depth`` (and, named in ``extra_outputs``, the
+    per-pixel outputs after it, as a tuple), with what the number means (``output_kind``), the
+    family, variant and licence beside it: what backends and exports run."""
 
-    def __init__(self, net: DepthAnything3) -> None:
+    def __init__(self, net: DepthAnything3, extra_outputs: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.net = net
         self.spec = net.spec
         self.family, self.variant, self.licence = net.family, net.variant, net.licence
         self.output_kind = net.spec.output
+        unknown = [name for name in extra_outputs if name not in net.spec.extra_outputs]
+        if unknown:
+            raise ValueError(f"{net.variant} has no output {unknown[0]!r}; it has {', '.join(net.spec.extra_outputs)}")
+        self.extra_outputs = tuple(extra_outputs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)["depth"]
+    def set_attention(self, kind: str) -> DA3Depth:
+        self.net.set_attention(kind)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        out = self.net(x)
+        if not self.extra_outputs:
+            return out["depth"]
+        return (out["depth"], *(out[name] for name in self.extra_outputs))

@@ -53,6 +53,12 @@ class DA3Spec:
             return ("depth", "sky")
         return ("depth", "depth_conf", "extrinsics", "intrinsics")
 
+    @property
+    def extra_outputs(self) -> tuple[str, ...]:
+        """The per-pixel outputs a deployed network may return after ``depth``: the sky map (the
+        mono and metric networks) or the depth confidence (the any-view networks)."""
+        return ("sky",) if self.head == "dpt" else ("depth_conf",)
+
 
 _ANYVIEW = {"out_layers": (5, 7, 9, 11), "alt_start": 4, "qknorm_start": 4, "rope_start": 4, "cat_token": True}
 _MONO = {"out_layers": (4, 11, 17, 23), "alt_start": -1, "qknorm_start": -1, "rope_start": -1, "cat_token": False}
