@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
         "snapshot folder or model.safetensors, or a Video Depth Anything .pth",
     )
     parser.add_argument(
-        "--teacher-variant",
+        "--variant",
         help="the Depth Anything 3 model a bare model.safetensors holds (e.g. da3metric-large); a snapshot "
         "folder's config.json names it",
     )
@@ -366,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     env = setup_distributed()
-    teacher = build_teacher(args.teacher, variant=args.teacher_variant).to(env.device)
+    teacher = build_teacher(args.teacher, variant=args.variant).to(env.device)
     try:
         totals = label_source(
             teacher,
