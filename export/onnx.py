@@ -169,7 +169,7 @@ def export_onnx(
         spec = getattr(model, "spec", None)
         max_depth = getattr(model, "max_depth", None)
         output_kind = OutputKind("metric", float(max_depth)) if max_depth is not None else OutputKind()
-        if isinstance(getattr(model, "output_kind", None), str):  # Depth Anything 3: the network says
+        if max_depth is None and isinstance(getattr(model, "output_kind", None), str):  # DA3, a DA3 student
             output_kind = OutputKind(model.output_kind)
         metadata = {
             "producer": "dav2-edge",

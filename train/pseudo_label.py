@@ -8,8 +8,18 @@ memory on CUDA. A batch's labels are the one-at-a-time labels up to float roundi
 tar file or the loose images of one folder, keyed by its path relative to ``--source``
 (``<output>/<dir>/<name>.tar.json``, ``<output>/<dir>/_images.json``). Each finished shard gets
 its label file (``--label-format``, see ``train.data.labels``) and, written last, its index, which
-records the size, format, precision and teacher: a restarted run skips every shard whose index and
-label file are there, and refuses to mix in labels made with other settings.
+records the size, format, precision and teacher (its family, variant, licence and output kind): a
+restarted run skips every shard whose index and label file are there, and refuses to mix in labels
+made with other settings.
+
+The teacher is any family ``train.models.load_model`` reads (Depth Anything V2, a Depth Anything 3
+snapshot folder, a Video Depth Anything ``.pth`` used one image at a time). A label is the
+teacher's output as it is, in the teacher's kind. For a ``metres_per_focal`` teacher (DA3Metric)
+that is depth per focal length at the label's resolution: metres = focal * label / 300 with focal
+in pixels of the image the teacher saw, which is the labelled image at the label's size (SA-1B
+has no camera information, so no focal length is known or needed: the index says ``focal_px``
+null and ``focal_at`` "label resolution"). The student is trained on the same pixel grid (its
+crops rescale the label as ``train.data.datasets`` says), so it learns the same per-focal number.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ from train.data import sa1b
 from train.data.labels import FORMATS, SUFFIX, LabelWriter
 from train.engine import setup_distributed
 from train.models import build_teacher
+from train.models.teacher_model import teacher_identity
 
 AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -243,6 +254,9 @@ def label_source(
     shards = plan_shards(source, output)[rank::world]
     settings = {"size": size, "format": label_format, "amp": amp}
     settings["teacher"] = {"checkpoint": str(checkpoint) if checkpoint else None, "sha256": teacher_digest(teacher)}
+    settings["teacher"].update(teacher_identity(teacher, str(checkpoint or "the teacher")))
+    if settings["teacher"]["output_kind"] == "metres_per_focal":  # what focal the labels are per
+        settings["teacher"].update(focal_px=None, focal_at="label resolution")
     todo = [shard for shard in shards if not already_done(shard, output, settings)]  # refused before any work
     totals = {"shards": 0, "skipped_done": len(shards) - len(todo), "images": 0, "corrupt": 0, "rejected": 0}
     totals["unreadable"] = []
@@ -302,7 +316,18 @@ MAX_SIZE = 2044  # the teacher's input short side: 518 in the paper; 2044 is alr
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train.pseudo_label", description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher", type=Path, required=True, help="teacher checkpoint (stage 1 output)")
+    parser.add_argument(
+        "--teacher",
+        type=Path,
+        required=True,
+        help="teacher: a Depth Anything V2 checkpoint (stage 1 output or published), a Depth Anything 3 "
+        "snapshot folder or model.safetensors, or a Video Depth Anything .pth",
+    )
+    parser.add_argument(
+        "--variant",
+        help="the Depth Anything 3 model a bare model.safetensors holds (e.g. da3metric-large); a snapshot "
+        "folder's config.json names it",
+    )
     parser.add_argument("--source", type=Path, required=True, help="SA-1B tar shards or an image folder")
     parser.add_argument("--output", type=Path, required=True, help="pseudo-label folder")
     parser.add_argument(
@@ -343,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     env = setup_distributed()
-    teacher = build_teacher(args.teacher).to(env.device)
+    teacher = build_teacher(args.teacher, variant=args.variant).to(env.device)
     try:
         totals = label_source(
             teacher,

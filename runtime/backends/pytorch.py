@@ -175,7 +175,8 @@ class TorchBackend(Backend):
             self.family, self.variant = model.family, getattr(model, "variant", "")
             self.output_kind = video_output_kind(model)
         if hasattr(model, "max_depth"):  # a DepthAnythingV2: its head says what it outputs
-            kind = "metric" if model.max_depth is not None else "relative"
+            # a student distilled from a Depth Anything 3 teacher says its kind (output_kind)
+            kind = "metric" if model.max_depth is not None else getattr(model, "output_kind", "relative")
             self.output_kind = OutputKind(kind, model.max_depth, "checkpoint")
         elif isinstance(getattr(model, "output_kind", None), str):  # Depth Anything 3 (DA3Depth)
             self.output_kind = OutputKind(model.output_kind, None, "checkpoint")

@@ -326,7 +326,8 @@ def load_model(
             raise CheckpointError(f"{path}: {exc}") from None
     if max_depth is None:
         max_depth = _max_depth_from_metadata(path, metadata)
-    model = DepthAnythingV2(spec, max_depth=max_depth)
+    kind = metadata.get("output_kind") if metadata.get("format") == FORMAT_TAG and max_depth is None else None
+    model = DepthAnythingV2(spec, max_depth=max_depth, output_kind=kind or None)  # a distilled student's kind
     check_state_dict(model, state, str(path))
     model.load_state_dict(state, strict=True)
     model.licence = checkpoint_licence(metadata, spec)  # travels into every artefact's sidecar
@@ -356,6 +357,7 @@ def save_model(
         "encoder": model.spec.name,
         "spec": model.spec.to_json(),
         "max_depth": "" if model.max_depth is None else repr(float(model.max_depth)),
+        "output_kind": model.output_kind,
     }
     meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
     weights = model.state_dict() if state_dict is None else state_dict

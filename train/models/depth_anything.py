@@ -9,20 +9,32 @@ from .backbone import DinoVisionTransformer, set_attention_kind
 from .decoder import DPTHead
 from .variants import PATCH_SIZE, ModelSpec, get_spec
 
+# What the relative (ReLU) head can be trained to output: see runtime.metric's output kinds.
+HEAD_KINDS = ("relative", "depth_up_to_scale", "metres_per_focal")
+
 
 class DepthAnythingV2(nn.Module):
     """Relative inverse depth ``(B, H, W)`` from normalised images ``(B, 3, H, W)``.
 
     ``H`` and ``W`` must be multiples of 14. With ``max_depth`` set, the head ends in a
     sigmoid and the output is metric depth in ``[0, max_depth]`` (the metric checkpoints).
+    ``output_kind`` says what a relative head's number is: ``relative`` inverse depth (the published
+    models), or, for a student distilled from a Depth Anything 3 teacher, ``depth_up_to_scale`` or
+    ``metres_per_focal`` (``runtime.metric``): the same network, trained on other targets.
     """
 
-    def __init__(self, encoder: str | ModelSpec = "vits", max_depth: float | None = None) -> None:
+    def __init__(
+        self, encoder: str | ModelSpec = "vits", max_depth: float | None = None, output_kind: str | None = None
+    ) -> None:
         super().__init__()
         self.spec = get_spec(encoder)
         if max_depth is not None and max_depth <= 0:
             raise ValueError(f"max_depth must be positive, got {max_depth}")
+        if output_kind not in (None, *(HEAD_KINDS if max_depth is None else ("metric",))):
+            allowed = ", ".join(HEAD_KINDS) if max_depth is None else "metric"
+            raise ValueError(f"output_kind {output_kind!r} does not fit this head; it takes {allowed}")
         self.max_depth = max_depth
+        self.output_kind = "metric" if max_depth is not None else (output_kind or "relative")
         self.pretrained = DinoVisionTransformer(self.spec)
         self.depth_head = DPTHead(self.spec, metric=max_depth is not None)
 
