@@ -334,3 +334,23 @@ def test_every_int8_command_takes_float_layers_comma_separated_or_repeated(comma
         "/c/MatMul",
     ]
     assert Int8Options.from_args(parser.parse_args(argv)).float_layers == ("/a/MatMul", "/b/Conv", "/c/MatMul")
+
+
+def test_smoothquant_after_a_plain_run_in_the_same_cache_gives_what_a_fresh_cache_gives(tmp_path, stressed):
+    """The smoothed model's calibration ranges are its own: a plain run's cached ranges (same
+    source, same images, same cache folder) never stand in for them."""
+    paths, calibration = stressed
+    split = HeldOutSplit(calibration, 4)
+    shared, fresh = tmp_path / "shared", tmp_path / "fresh"
+    quiet = {"log": lambda *_: None}
+    quantize_with_budget(
+        paths[17], split, tmp_path / "a.onnx", Int8Options(budget=10.0, smooth="off"), cache_dir=shared, **quiet
+    )
+    after_plain = quantize_with_budget(
+        paths[17], split, tmp_path / "b.onnx", Int8Options(budget=10.0, smooth="on"), cache_dir=shared, **quiet
+    )
+    alone = quantize_with_budget(
+        paths[17], split, tmp_path / "c.onnx", Int8Options(budget=10.0, smooth="on"), cache_dir=fresh, **quiet
+    )
+    assert len(list(shared.glob("ranges-*.json"))) == 2
+    assert after_plain.error == alone.error

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import glob
+import hashlib
 import json
 import shutil
 from collections.abc import Iterator
@@ -175,7 +176,7 @@ def quantize_with_budget(
         if smoothed:  # a function of the source, the calibration images and alpha: keyed by them
             model = replace(source.without("sha256"), path=workdir / "smoothed.onnx")
             smooth(source_model, model.path, split)
-            key = f"{source.sha256[:16]}-smoothed-{DEFAULT_ALPHA}"
+            key = hashlib.sha256(f"{source.sha256} smoothed {DEFAULT_ALPHA}".encode()).hexdigest()
         base = workdir / ("smoothed" if smoothed else "plain") / output.name
         base.parent.mkdir()
         with stage("calibrating and quantizing"):

@@ -205,7 +205,8 @@ def quantize_int8(
     output.parent.mkdir(parents=True, exist_ok=True)
     workdir = staging_dir(output)  # .<name>.<pid>-<host>.<random>: the next run removes it if this one is killed
     # The model's hash, with the calibration set's key, keys the cached ranges: the record's own
-    # (or ``model_key``, for a model derived from it in a working folder, such as a smoothed one).
+    # (or ``model_key``, a hash of what a model derived in a working folder is made of, such as a
+    # smoothed one: its first 16 characters differ from the source's).
     source_hash = model_key or source.sha256
     try:
         prepared = workdir / "prepared.onnx"
