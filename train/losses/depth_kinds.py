@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .common import EPS, mean_over_images, prepare
-from .gradient_matching import DistillationLoss, gradient_matching_loss
+from .gradient_matching import DistillationLoss, GradientMatched
 from .scale_invariant import silog_loss
 
 
@@ -54,35 +54,31 @@ def scale_invariant_depth_loss(
     return mean_over_images(losses, pred)
 
 
-class ScaleInvariantDepthLoss(nn.Module):
+class ScaleInvariantDepthLoss(GradientMatched):
     """``L = L_si-depth + alpha * L_gm`` for depth-up-to-scale labels. ``last`` keeps the parts."""
 
+    part = "si_depth"
+
     def __init__(self, alpha: float = 2.0, trim: float = 0.1, scales: int = 4) -> None:
-        super().__init__()
-        self.alpha, self.trim, self.scales = alpha, trim, scales
-        self.last: dict[str, float] = {}
+        super().__init__(alpha, scales)
+        self.trim = trim
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        si = scale_invariant_depth_loss(pred, target, mask, self.trim)
-        gm = gradient_matching_loss(pred, target, mask, self.scales)
-        self.last = {"si_depth": float(si.detach()), "gm": float(gm.detach())}
-        return si + self.alpha * gm
+    def main(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return scale_invariant_depth_loss(pred, target, mask, self.trim)
 
 
-class AbsoluteDepthLoss(nn.Module):
+class AbsoluteDepthLoss(GradientMatched):
     """``L = L_silog(lambda 0.5) + alpha * L_gm`` for labels whose number is the answer (metres,
     metres per focal length). ``last`` keeps the parts."""
 
-    def __init__(self, alpha: float = 2.0, lam: float = 0.5, scales: int = 4) -> None:
-        super().__init__()
-        self.alpha, self.lam, self.scales = alpha, lam, scales
-        self.last: dict[str, float] = {}
+    part = "silog"
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        silog = silog_loss(pred, target, mask, self.lam)
-        gm = gradient_matching_loss(pred, target, mask, self.scales)
-        self.last = {"silog": float(silog.detach()), "gm": float(gm.detach())}
-        return silog + self.alpha * gm
+    def __init__(self, alpha: float = 2.0, lam: float = 0.5, scales: int = 4) -> None:
+        super().__init__(alpha, scales)
+        self.lam = lam
+
+    def main(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return silog_loss(pred, target, mask, self.lam)
 
 
 def loss_for_kind(kind: str, alpha: float = 2.0, trim: float = 0.1) -> nn.Module:

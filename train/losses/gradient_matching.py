@@ -43,16 +43,35 @@ def gradient_matching_loss(
     return total
 
 
-class DistillationLoss(nn.Module):
-    """``L = L_ssi + alpha * L_gm`` (alpha = 2 as in Depth Anything V2). ``last`` keeps the parts."""
+class GradientMatched(nn.Module):
+    """``L = main + alpha * L_gm``: a loss on the values (``main``, named ``part``) and multi-scale
+    gradient matching for the edges. ``last`` keeps the parts."""
 
-    def __init__(self, alpha: float = 2.0, trim: float = 0.1, scales: int = 4) -> None:
+    part = "main"
+
+    def __init__(self, alpha: float = 2.0, scales: int = 4) -> None:
         super().__init__()
-        self.alpha, self.trim, self.scales = alpha, trim, scales
+        self.alpha, self.scales = alpha, scales
         self.last: dict[str, float] = {}
 
+    def main(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
     def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        ssi = ssi_loss(pred, target, mask, self.trim)
+        first = self.main(pred, target, mask)
         gm = gradient_matching_loss(pred, target, mask, self.scales)
-        self.last = {"ssi": float(ssi.detach()), "gm": float(gm.detach())}
-        return ssi + self.alpha * gm
+        self.last = {self.part: float(first.detach()), "gm": float(gm.detach())}
+        return first + self.alpha * gm
+
+
+class DistillationLoss(GradientMatched):
+    """``L = L_ssi + alpha * L_gm`` (alpha = 2 as in Depth Anything V2). ``last`` keeps the parts."""
+
+    part = "ssi"
+
+    def __init__(self, alpha: float = 2.0, trim: float = 0.1, scales: int = 4) -> None:
+        super().__init__(alpha, scales)
+        self.trim = trim
+
+    def main(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return ssi_loss(pred, target, mask, self.trim)
