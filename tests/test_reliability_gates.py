@@ -41,7 +41,8 @@ def test_onnx_gate_rejects_a_damaged_model(tmp_path, tiny_model, monkeypatch, fa
 
     monkeypatch.setattr(exporter, "_finalise", finalise_then_damage)
     with pytest.raises(
-        ExportError, match=rf"differs from PyTorch at 56x56 \(depth\): max error .* over the tolerance {FP32_TOLERANCE:g}"
+        ExportError,
+        match=rf"differs from PyTorch at 56x56 \(depth\): max error .* over the tolerance {FP32_TOLERANCE:g}",
     ):
         export_onnx(tiny_model, tmp_path / "tiny.onnx", 56, 56)
     assert list(tmp_path.iterdir()) == []
