@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 
-from runtime.metadata import read_sidecar, sha256_file
+from runtime.metadata import artefact_digest, read_sidecar
 
 DEFAULT_CHECKPOINT = Path("checkpoints/depth_anything_v2_vits.pth")
 # The published ViT-S checkpoint, the same file as DEFAULT_CHECKPOINT (loaded with weights_only).
@@ -31,7 +31,7 @@ class ModelSource:
 
     @property
     def tag(self) -> str:
-        return sha256_file(self.path)[:12]
+        return artefact_digest(self.path)[:12]
 
 
 def hub_address() -> tuple[str, int]:
@@ -148,4 +148,4 @@ def calibration_folder(calib_dir: Path | None, workdir: Path, count: int) -> tup
 def fresh(artefact: Path, source: Path) -> bool:
     """The artefact exists and was built from ``source`` as it is now."""
     meta = read_sidecar(artefact) if artefact.is_file() else None
-    return bool(meta) and meta.get("source_sha256") == sha256_file(source)
+    return bool(meta) and meta.get("source_sha256") == artefact_digest(source)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from runtime.metadata import read_sidecar, sha256_file, write_sidecar
+from runtime.metadata import artefact_digest, read_sidecar, write_sidecar
 from runtime.metric import OutputKind
 from runtime.reference import Reference, find_reference, load_reference
 
@@ -44,7 +44,7 @@ class Artefact:
         path = Path(path)
         facts = {k: v for k, v in (read_sidecar(path) or {}).items() if k not in WRITER_KEYS}
         if path.is_file():
-            facts["sha256"] = sha256_file(path)
+            facts["sha256"] = artefact_digest(path)
         reference = find_reference(path)
         return cls(path, facts, reference, load_reference(reference) if reference is not None else None)
 

@@ -19,7 +19,7 @@ from typing import Any
 from commands.errors import require
 from commands.runner import command, stage
 from runtime.io.files import staging_dir
-from runtime.metadata import library_versions, sha256_file, sidecar_path
+from runtime.metadata import artefact_digest, library_versions, sidecar_path
 from runtime.metric import OutputKind
 from runtime.reference import reference_path
 
@@ -233,7 +233,7 @@ def export_onnx(
             **output_kind.sidecar(),
             "source": source,
             **identity,
-            "sha256": sha256_file(output),
+            "sha256": artefact_digest(output),
             "export_seconds": round(result.seconds, 2),
             "verification": {
                 "against": "PyTorch FP32",

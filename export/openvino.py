@@ -22,7 +22,7 @@ from commands.errors import require
 from commands.runner import command, stage
 from runtime.backends.openvino import RT_INFO_PRECISION, import_openvino, load_error, openvino_core, telemetry_off
 from runtime.io.files import staging_dir
-from runtime.metadata import library_versions, sha256_file, sidecar_path
+from runtime.metadata import artefact_digest, library_versions, sidecar_path
 from runtime.reference import reference_path
 
 from .artefact import Artefact
@@ -155,7 +155,7 @@ def export_openvino(
             "checks": {f"{shape[0]}x{shape[1]}": vars(check)},
         },
         "seconds": round(time.perf_counter() - started, 2),
-        "sha256": sha256_file(output.with_suffix(".bin")),
+        "sha256": artefact_digest(output),  # the .xml and its .bin
         "versions": library_versions("openvino", "nncf"),
     }
     record = source.made(output, data).write()

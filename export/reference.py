@@ -22,9 +22,9 @@ import numpy as np
 from runtime.accuracy import FP16_TOLERANCE as FP16_TOLERANCE  # where export.openvino and the tests look
 from runtime.accuracy import precision_rule
 from runtime.inherited_reference import carried_inputs
+from runtime.metadata import artefact_digest
 from runtime.reference import (
     Reference,
-    artefact_digest,
     find_reference,
     image_of,
     load_reference,

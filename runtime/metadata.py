@@ -50,6 +50,26 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def artefact_files(artefact: str | Path) -> list[Path]:
+    """The artefact's file and the weights beside it (an IR's ``.bin``, an ONNX's ``<name>.data``)."""
+    artefact = Path(artefact)
+    weights = artefact.with_suffix(".bin") if artefact.suffix == ".xml" else artefact.with_name(artefact.name + ".data")
+    return [artefact] + ([weights] if weights.is_file() else [])
+
+
+def artefact_digest(artefact: str | Path) -> str:
+    """SHA-256 over the artefact's files (``artefact_files``; the file's own SHA-256 where no
+    weights lie beside it): every export record's ``sha256`` and ``source_sha256``, and which
+    artefact a reference belongs to. Two ONNX files of one graph with other weights in their
+    ``.data`` differ here, as they must for anything keyed by it (cached calibration ranges)."""
+    digest = hashlib.sha256()
+    for path in artefact_files(artefact):
+        with open(path, "rb") as f:
+            for block in iter(lambda f=f: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def library_versions(*distributions: str) -> dict[str, str]:
     """Installed versions of the named distributions (absent ones are left out)."""
     found = {}

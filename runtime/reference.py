@@ -15,7 +15,6 @@ its FP32 output (``H x W`` float32), and ``meta`` a JSON string.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import time
@@ -32,6 +31,7 @@ from commands.runner import CommandError
 
 from .accuracy import ABS_REL_ALIGNED, MAX_REL_STD, compare, depth_metrics
 from .io.files import atomic_write
+from .metadata import artefact_digest
 from .preprocessing import MEAN, STD
 
 FORMAT = "dav2-edge reference"
@@ -124,23 +124,6 @@ class Reference:
                 f"{self.path or 'the reference'} holds inputs at {sizes} but the model takes "
                 f"{fixed_hw[0]}x{fixed_hw[1]}: it belongs to another artefact; pass the model's own with --reference"
             )
-
-
-def artefact_files(artefact: str | Path) -> list[Path]:
-    """The artefact's file and the weights beside it (an IR's ``.bin``, an ONNX's ``<name>.data``)."""
-    artefact = Path(artefact)
-    weights = artefact.with_suffix(".bin") if artefact.suffix == ".xml" else artefact.with_name(artefact.name + ".data")
-    return [artefact] + ([weights] if weights.is_file() else [])
-
-
-def artefact_digest(artefact: str | Path) -> str:
-    """sha256 over the artefact's files (``artefact_files``): which artefact a reference belongs to."""
-    digest = hashlib.sha256()
-    for path in artefact_files(artefact):
-        with open(path, "rb") as f:
-            for block in iter(lambda f=f: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def stamp_reference(artefact: str | Path, reference: Reference | None = None) -> None:

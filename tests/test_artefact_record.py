@@ -50,6 +50,26 @@ def test_a_given_file_is_hashed_as_it_is_now_not_as_its_sidecar_says(given):
     assert record.reference_data is not None and record.reference_data.path == reference_path(given)
 
 
+def test_the_hash_covers_weights_kept_beside_the_onnx(tmp_path, given):
+    """An ONNX whose weights lie in ``<name>.data`` (as models over 2 GB are saved): another
+    weight there is another artefact, though the ``.onnx`` file is the same byte for byte."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(given)
+    for name, scale in (("a", 1.0), ("b", 1.5)):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        first = copy.graph.initializer[0]
+        first.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(first) * scale, first.name))
+        folder = tmp_path / name
+        folder.mkdir()
+        onnx.save_model(copy, folder / "m.onnx", save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    a, b = Artefact.read(tmp_path / "a" / "m.onnx"), Artefact.read(tmp_path / "b" / "m.onnx")
+    assert (tmp_path / "a" / "m.onnx").read_bytes() == (tmp_path / "b" / "m.onnx").read_bytes()
+    assert a.sha256 != b.sha256
+
+
 def test_a_record_without_its_hash_is_refused_rather_than_hashed_again(given):
     with pytest.raises(ValueError, match="no SHA-256"):
         Artefact(given).source_facts()
@@ -96,7 +116,7 @@ def test_no_step_reads_back_what_the_run_wrote(tmp_path, tiny_checkpoint, monkey
     for module in (export.artefact, export.reference):
         monkeypatch.setattr(module, "load_reference", spy(module.load_reference, reads.append))
     for module in (export.artefact, export.quantize.budget, export.quantize.fp16, export.quantize.qdq, export.onnx):
-        monkeypatch.setattr(module, "sha256_file", spy(module.sha256_file, lambda p: hashed.update([p])))
+        monkeypatch.setattr(module, "artefact_digest", spy(module.artefact_digest, lambda p: hashed.update([p])))
     out = tmp_path / "out"
     int8 = Int8Options(calib_dir=tmp_path / "calib", samples=6, held_out=2)
     request = TrtRequest(

@@ -30,7 +30,7 @@ import numpy as np
 
 from commands.runner import stage
 from runtime.io.files import atomic_write, atomic_write_bytes, staging_dir
-from runtime.metadata import sha256_file, sidecar_path
+from runtime.metadata import artefact_digest, sidecar_path
 
 from ..artefact import Artefact
 from ..errors import ExportError, ExportRequestError
@@ -244,7 +244,7 @@ def quantize_with_budget(
             for k in ("budget", "metric", "method", "error", "plain_error", "int8_layers", "float_layers", "smoothed")
         }
         made = replace(based, path=output).updated(
-            quantization=quantization, **source.source_facts(), sha256=sha256_file(output), accuracy=accuracy
+            quantization=quantization, **source.source_facts(), sha256=artefact_digest(output), accuracy=accuracy
         )
         made.write()
         quantized_now = [n for n in quantized if n not in outcome.floats]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.io.files import atomic_write
-from runtime.metadata import sha256_file
+from runtime.metadata import artefact_digest
 
 from ..artefact import Artefact
 from ..graph import (
@@ -283,6 +283,6 @@ def fp16_artefact(
         fp32_nodes=len(set(keep_fp32_nodes)),
         cast_nodes=dict(zip(("total", "per_frame"), cast_counts(converted))),
         **source.source_facts(),
-        sha256=sha256_file(output),
+        sha256=artefact_digest(output),
     )
     return made.write()

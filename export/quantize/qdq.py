@@ -29,7 +29,7 @@ import numpy as np
 
 from commands.errors import require
 from runtime.io.files import atomic_write, staging_dir
-from runtime.metadata import library_versions, sha256_file
+from runtime.metadata import artefact_digest, library_versions
 
 from ..artefact import Artefact
 from ..errors import ExportRequestError
@@ -279,7 +279,7 @@ def quantize_int8(
             "encoder": source.encoder,
             "licence": source.licence,
             **source.identity(),
-            "sha256": sha256_file(output),
+            "sha256": artefact_digest(output),
             "seconds": round(seconds, 2),
             "calibration_seconds": round(calibration_seconds, 2),
             "versions": library_versions("onnx", "onnxruntime"),
