@@ -24,7 +24,7 @@ from export.metrics import compare, run_onnxruntime, verification_input
 from export.onnx import export_onnx
 from runtime import DepthPredictor
 from runtime.backends.openvino import openvino_core
-from runtime.metadata import read_sidecar, sha256_file
+from runtime.metadata import artefact_digest, read_sidecar
 from runtime.reference import reference_path
 from tests.conftest import REPO
 
@@ -105,29 +105,29 @@ def staged(folder: Path, name: str) -> Callable[[], bool]:
     return lambda: any((p / name).is_file() for p in folder.glob(f".{name}.*") if p.is_dir())
 
 
-def assert_sound(path: Path, computes: Callable[[Path], int | None], digest_of: Path) -> None:
+def assert_sound(path: Path, computes: Callable[[Path], int | None]) -> None:
     """Nothing, or an artefact that computes model A or B with metadata and a reference that fit it."""
     if not path.exists():
         return
     assert computes(path) is not None, f"{path} is loadable but computes neither model"
     meta = read_sidecar(path)
     if meta is not None:
-        assert meta["sha256"] == sha256_file(digest_of), "the sidecar describes another file"
+        assert meta["sha256"] == artefact_digest(path), "the sidecar describes another file"  # with its .bin
     if reference_path(path).exists():  # an old model's reference beside a new model would fail it
         assert DepthPredictor(path, verify=True).info()["verification"]["passed"]
 
 
-def interrupt_everywhere(argv_a, argv_b, path, computes, digest_of) -> None:
+def interrupt_everywhere(argv_a, argv_b, path, computes) -> None:
     """Build A; kill B while verifying, then after each of its file operations; finish B."""
     run_cli(argv_a)
     assert computes(path) == 0
     assert run_cli(argv_b, kill_when=staged(path.parent, path.name))
-    assert_sound(path, computes, digest_of)
+    assert_sound(path, computes)
     assert hidden(path.parent), "a kill while verifying leaves a temporary folder (removed by the next run)"
     ops = 0
     while run_cli(argv_b, kill_after_ops=ops + 1):
         ops += 1
-        assert_sound(path, computes, digest_of)
+        assert_sound(path, computes)
     assert ops >= 3  # old metadata, old artefact, new artefact, new metadata: each step was cut
     assert computes(path) == 1
 
@@ -152,7 +152,7 @@ def test_killed_onnx_exports_leave_no_wrong_model_and_no_debris(tmp_path, tiny_s
     out = tmp_path / "out"
     path = out / "m.onnx"
     argv = ["export.onnx", "--height", str(SIZE), "--width", str(SIZE), "--output", str(path), "--checkpoint"]
-    interrupt_everywhere([*argv, str(checkpoints[0])], [*argv, str(checkpoints[1])], path, computes, path)
+    interrupt_everywhere([*argv, str(checkpoints[0])], [*argv, str(checkpoints[1])], path, computes)
     assert sorted(p.name for p in out.iterdir()) == ["m.onnx", "m.onnx.json", "m.onnx.reference.npz"]
 
 
@@ -173,5 +173,5 @@ def test_killed_openvino_exports_leave_no_mixed_pair_and_no_debris(tmp_path, tin
     out = tmp_path / "out"
     xml = out / "m.xml"
     argv = ["export.openvino", "--fp16", "--shape", f"{SIZE}x{SIZE}", "--output", str(xml), "--onnx"]
-    interrupt_everywhere([*argv, str(sources[0])], [*argv, str(sources[1])], xml, computes, xml.with_suffix(".bin"))
+    interrupt_everywhere([*argv, str(sources[0])], [*argv, str(sources[1])], xml, computes)
     assert sorted(p.name for p in out.iterdir()) == ["m.bin", "m.xml", "m.xml.json", "m.xml.reference.npz"]
