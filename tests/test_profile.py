@@ -21,7 +21,16 @@ GAP_SHARE = 0.02  # an op costing this share of the model call or more is a gap 
 # What the tables leave to "other" on purpose (element-wise work, allocation, PyTorch's Python
 # between ops): any other op type among the costliest "other" ops is a gap in a table.
 OTHER_BY_DESIGN = {
-    "torch": {"python", "aten::add", "aten::mul", "aten::sub", "aten::div", "aten::clamp_min", "aten::relu"}
+    "torch": {
+        "python",
+        "aten::add",
+        "aten::mul",
+        "aten::sub",
+        "aten::div",
+        "aten::reciprocal",
+        "aten::clamp_min",
+        "aten::relu",
+    }
     | {"aten::empty", "aten::empty_strided", "aten::arange", "aten::fill_", "aten::zero_", "aten::resize_"},
     "onnxruntime": {"Add", "Mul", "Sub", "Div", "Relu", "Sqrt", "Pow"},
     "openvino": {"Subgraph", "Eltwise", "Add", "Multiply", "Relu", "Subtract", "PowerStatic"},
