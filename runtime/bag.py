@@ -15,13 +15,21 @@ from commands.errors import InputError
 from commands.runner import CommandError, command
 
 from .align.stabilize import flicker_lines
-from .cli import add_predictor_args, build_predictor, check_metric_options, positive_int, positive_metres, topic_name
+from .cli import add_predictor_args, build_predictor, check_metric_options, positive_int, topic_name
 from .metric import OutputKind, ScaleShift, declared_output_kind
 from .pointcloud import MAX_POINTS
 from .ros.align import DEFAULT_MAX_TIME_OFFSET
 from .ros.bag import STORAGES, BagPlan, CameraRequest, Summary, open_plan, run_plan
 from .ros.messages import Conversion
-from .ros.settings import add_align_args, align_request, check_confidence, check_model_rules, published_outputs
+from .ros.settings import (
+    SHARED_OPTIONS,
+    add_align_args,
+    align_request,
+    check_confidence,
+    check_model_rules,
+    check_parsed,
+    published_outputs,
+)
 from .ros.topics import Topics
 
 
@@ -77,11 +85,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--metric-shift", type=float, default=0.0, help="see --metric-scale (default 0)")
     parser.add_argument(
-        "--point-stride", type=positive_int, default=1, help="use every Nth pixel in x and y for points"
+        "--point-stride",
+        type=SHARED_OPTIONS["point_stride"],
+        default=1,
+        help="use every Nth pixel in x and y for points",
     )
     parser.add_argument(
         "--max-points",
-        type=positive_int,
+        type=SHARED_OPTIONS["max_points"],
         default=MAX_POINTS,
         help=f"most points per cloud (default {MAX_POINTS:,}: a whole 1920x1080 frame); larger frames take every "
         "Nth pixel, said in the summary",
@@ -101,7 +112,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(<ns>/depth/confidence; models with that output: DA3-Small/Base)",
     )
     parser.add_argument("--storage", choices=STORAGES, help="ROS 2 output storage (default: the input's)")
-    add_align_args(parser, positive_metres, DEFAULT_MAX_TIME_OFFSET)
+    add_align_args(parser, DEFAULT_MAX_TIME_OFFSET)
     args = parser.parse_args(argv)
     if args.copy_all and args.copy_topics is not None:
         parser.error("give --copy-topics or --copy-all, not both")
@@ -111,6 +122,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         check_metric_options(args.metric_scale, args.metric_shift, args.max_range)
     except InputError as exc:
         parser.error(str(exc))
+    check_parsed(args, parser.error)
     return args
 
 

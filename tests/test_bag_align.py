@@ -170,7 +170,7 @@ def test_no_transform_path_is_refused_before_anything_is_written_and_extrinsics_
     for extra, message in [
         (["--metric-scale", "0.5"], "not both"),
         (["--max-time-offset", "-1"], "--max-time-offset: '-1' is out of range"),
-        (["--held-out", "0.95"], "--held-out must be in"),
+        (["--held-out", "0.95"], "--held-out: '0.95' is out of range"),
         (["--extrinsics", "1", "2"], "6 numbers"),
     ]:
         bad = run_bag(str(bag), *common, "--output", str(tmp_path / "bad.bag"), *extra)

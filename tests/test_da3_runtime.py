@@ -249,15 +249,20 @@ def test_bag_cli_refuses_depth_up_to_scale_without_align_to(tmp_path, small_snap
     assert len(err) == 1 and "depth up to an unknown scale" in err[0] and "--align-to" in err[0]
 
 
-def test_node_refuses_depth_up_to_scale_in_one_line():
+def test_node_refuses_depth_up_to_scale_without_sparse_depth_in_one_line():
+    """The bag tool's rule under the node's parameter names (the node's run: tests/test_node_da3.py)."""
     from runtime.metric import OutputKind
-    from runtime.ros.node import check_node_output
+    from runtime.ros.node import NodeSettings, check_node_output
 
-    with pytest.raises(InputError, match="the ROS 2 node does not run models of"):
-        check_node_output(OutputKind("depth_up_to_scale"))
-    check_node_output(OutputKind("metres_per_focal"))  # metres from each camera's camera info
-    check_node_output(OutputKind("relative"))
-    check_node_output(OutputKind("metric", 20.0))
+    plain, aligned = NodeSettings(model="m"), NodeSettings(model="m", sparse_depth_type="points")
+    with pytest.raises(InputError, match=r"depth up to an unknown scale .*\(sparse_depth_type\)"):
+        check_node_output(OutputKind("depth_up_to_scale"), plain)
+    check_node_output(OutputKind("depth_up_to_scale"), aligned)  # a scale-only fit per frame
+    check_node_output(OutputKind("metres_per_focal"), plain)  # metres from each camera's camera info
+    with pytest.raises(InputError, match=r"drop the per-frame alignment \(sparse_depth_type\)"):
+        check_node_output(OutputKind("metres_per_focal"), aligned)
+    check_node_output(OutputKind("relative"), plain)
+    check_node_output(OutputKind("metric", 20.0), plain)
 
 
 def test_requests_that_contradict_a_da3_model_are_refused(small_snapshot, metric_small):

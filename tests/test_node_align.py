@@ -50,11 +50,11 @@ def test_parameters_are_checked_one_by_one():
     for fields, match in [
         ({"sparse_depth_type": "lidar"}, "sparse_depth_type must be"),
         ({"output_kind": "disparity"}, "output_kind must be"),
-        ({"max_time_offset": float("nan")}, "max_time_offset must be a number of seconds >= 0"),
+        ({"max_time_offset": float("nan")}, "max_time_offset: 'nan' is out of range: give a number from 0 to 60"),
         ({"min_sensor_depth": 5.0, "max_sensor_depth": 1.0}, "min_sensor_depth/max_sensor_depth: the sensor depth"),
-        ({"min_inliers": 1}, "min_inliers must be >= 2"),
-        ({"hold": -1.0}, "hold must be"),
-        ({"held_out": 0.95}, "held_out must be in"),
+        ({"min_inliers": 1}, "min_inliers: '1' is out of range: give a whole number at least 2"),
+        ({"hold": -1.0}, "hold: '-1.0' is out of range"),
+        ({"held_out": 0.95}, "held_out: '0.95' is out of range"),
         ({"extrinsics": "0 0 0 0 0 0"}, "set sparse_depth_type too"),
         ({"extrinsics": "0 0 0", "sparse_depth_type": "points"}, "6 numbers"),
     ]:

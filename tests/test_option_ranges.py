@@ -88,6 +88,53 @@ def test_bag_tool(option, value, rule, capsys):
     assert f"argument {option}: '{value}'" in line and rule in line
 
 
+# Options the bag tool and the ROS 2 node share: one rule each (runtime.ros.settings.SHARED_OPTIONS).
+# Before, the node parsed these as plain numbers and checked them only once rclpy had started (or,
+# for the depth range's bounds, never on the command line): a bad value was an rclpy error here.
+SHARED = [
+    ("--depth-range", ["0", "5"], "'0': give a number of metres from 0.001 to 100000"),
+    ("--depth-range", ["1", "nan"], "'nan': give a number of metres"),
+    ("--depth-range", ["5", "1"], "--depth-range: the sensor depth range must be min < max, got 5.0..1.0"),
+    ("--max-time-offset", ["1e300"], "'1e300' is out of range: give a number from 0 to 60"),
+    ("--held-out", ["0.95"], "'0.95' is out of range: give a number from 0 to 0.9"),
+    ("--hold", ["inf"], "'inf' is out of range: give a number at least 0"),
+    ("--min-inliers", ["1"], "'1' is out of range: give a whole number at least 2"),
+    ("--point-stride", ["0"], "'0': must be 1 or more"),
+    ("--max-points", ["-1"], "'-1': must be 1 or more"),
+]
+
+
+@pytest.mark.parametrize("option,values,rule", SHARED)
+def test_the_bag_tool_and_the_node_refuse_a_shared_option_alike(option, values, rule, capsys):
+    from runtime.bag import parse_args as bag
+    from runtime.ros.node import parse_args as node
+
+    lines = []
+    for parse, argv in ((bag, ["in.bag", "--output", "o", "--image-topic", "/cam"]), (node, [])):
+        line = _refused(parse, [*argv, "--model", "m.onnx", option, *values], capsys)
+        lines.append(line.split(" error: ", 1)[1])  # after the program's name
+    assert lines[0] == lines[1] and rule in lines[0], lines
+
+
+@pytest.mark.parametrize(
+    "parameter,value,rule",
+    [
+        ("min_sensor_depth", 0.0, "min_sensor_depth/max_sensor_depth: '0.0': give a number of metres from 0.001"),
+        ("max_time_offset", 1e300, "max_time_offset: '1e+300' is out of range: give a number from 0 to 60"),
+        ("held_out", 0.95, "held_out: '0.95' is out of range: give a number from 0 to 0.9"),
+        ("min_inliers", 1, "min_inliers: '1' is out of range: give a whole number at least 2"),
+        ("point_stride", 0, "point_stride: '0': must be 1 or more"),
+    ],
+)
+def test_the_nodes_ros_parameters_take_the_same_rules(parameter, value, rule):
+    from runtime import InputError
+    from runtime.ros.node import NodeSettings
+
+    with pytest.raises(InputError) as refused:
+        NodeSettings(model="m.onnx", **{parameter: value}).check()
+    assert str(refused.value).startswith(rule)
+
+
 def test_bag_tool_extrinsics_are_finite(capsys):
     from runtime.bag import parse_args
 

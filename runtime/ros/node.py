@@ -4,12 +4,15 @@
         -r camera_info:=/camera/camera_info
 
 Subscribes to ``image`` (``sensor_msgs/Image``) and ``camera_info``; publishes, with each
-source image's header, ``depth/relative_inverse`` (32FC1, unitless; not for a metric model)
+source image's header, ``depth/relative_inverse`` (32FC1, unitless; not for a model of depth)
 and, from a metric model, a metric conversion (``metric_scale``, ``metric_shift``) or a fit per
 frame to ``sparse_depth`` (``sparse_depth_type:=points`` for a PointCloud2, ``image`` for a
 depth image; transforms from tf or ``extrinsics``), ``depth/image`` (32FC1 metres, REP 118)
-and ``depth/points`` (``PointCloud2`` in the camera's optical frame). When inference is slower
-than the camera, only the newest frame waits: older ones are dropped, never queued.
+and ``depth/points`` (``PointCloud2`` in the camera's optical frame). A model of depth up to
+scale (DA3-Small/Base, DA3Mono) needs ``sparse_depth``: its metres are a scale-only fit in depth
+per frame, as the bag tool's ``--align-to`` gives them, and it has no relative topic. When
+inference is slower than the camera, only the newest frame waits: older ones are dropped, never
+queued. The options the bag tool also has are checked by its rules (``runtime.ros.settings``).
 
 The node is a thin shell: decoding, message building, point clouds and the frame-dropping
 policy live in :mod:`runtime.ros.messages` and :mod:`runtime.pointcloud`, shared with the bag tool
@@ -51,7 +54,15 @@ from .messages import (
     MessageFactory,
 )
 from .node_core import CAMERA_INFOS, NodeCore, camera_info_receiver  # noqa: F401 - the callback lives with the core
-from .settings import DEFAULTS, RobotAlign, align_settings
+from .settings import (
+    DEFAULTS,
+    SHARED_OPTIONS,
+    RobotAlign,
+    align_settings,
+    check_model_rules,
+    check_parsed,
+    check_shared,
+)
 from .tf import parse_extrinsics
 
 RCLPY_MISSING = (
@@ -60,15 +71,30 @@ RCLPY_MISSING = (
 )
 
 
-def check_node_output(kind: Any) -> None:
-    """The node publishes relative inverse depth and metres (a metres-per-focal model's from each
-    camera's camera info); a model of depth up to scale needs what it does not do yet (a
-    scale-only fit's topics)."""
-    if kind.kind == "depth_up_to_scale":
-        raise InputError(
-            f"the ROS 2 node does not run models of {kind.describe()} yet; use the bag tool (python -m runtime.bag "
-            "--align-to), or a metres-per-focal model (DA3Metric)"
-        )
+def parameter_name(name: str) -> str:
+    """A shared setting's name as the node's parameters spell it (``runtime.ros.settings``)."""
+    return {"depth_range": "min_sensor_depth/max_sensor_depth", "align_to": "sparse_depth_type"}.get(name, name)
+
+
+def check_node_output(kind: Any, settings: NodeSettings) -> None:
+    """What a model of ``kind`` may publish with these parameters, by the bag tool's rules
+    (``runtime.ros.settings.check_model_rules``): a model of depth up to scale gets metres only
+    from a scale-only fit per frame to ``sparse_depth`` (``sparse_depth_type``), as the bag tool's
+    only from ``--align-to``; ``InputError`` naming the parameter otherwise."""
+    aligned = bool(settings.sparse_depth_type)
+    check_model_rules(kind, settings.conversion(), settings.stabilize, aligned, parameter_name)
+
+
+def load_predictor(settings: NodeSettings) -> Any:
+    """The node's predictor (the shared builder) with its output checked against the parameters
+    (:func:`check_node_output`); on a refusal it is closed before the ``InputError`` goes on."""
+    predictor = build_predictor(settings.predictor_args(), settings.model)
+    try:
+        check_node_output(predictor.output, settings)
+    except InputError:
+        predictor.close()
+        raise
+    return predictor
 
 
 @dataclass
@@ -125,9 +151,7 @@ class NodeSettings:
             self.max_sensor_depth,
             self.min_inliers,
         )
-        return align_settings(
-            values, lambda name: "min_sensor_depth/max_sensor_depth" if name == "depth_range" else name
-        )
+        return align_settings(values, parameter_name)
 
     def predictor_args(self) -> argparse.Namespace:
         """The shared predictor options (``runtime.cli.build_predictor``) these parameters give."""
@@ -160,11 +184,10 @@ class NodeSettings:
     def check(self) -> NodeSettings:
         if not self.model:
             raise InputError("no model: give --model PATH or --ros-args -p model:=PATH")
-        if self.input_size < 14 or self.point_stride < 1 or self.max_points < 1:
-            raise InputError(
-                f"input_size must be >= 14, point_stride and max_points >= 1, got {self.input_size}, "
-                f"{self.point_stride}, {self.max_points}"
-            )
+        if self.input_size < 14:
+            raise InputError(f"input_size must be >= 14, got {self.input_size}")
+        check_shared("point_stride", self.point_stride, parameter_name)
+        check_shared("max_points", self.max_points, parameter_name)
         # The bag tool's rules; 0 turns the scale and the range cut off (NaN is not 0: refused).
         check_metric_options(self.metric_scale or None, self.metric_shift, self.max_range or None, str)
         self.check_alignment()
@@ -228,32 +251,46 @@ def parse_args(argv: list[str]) -> tuple[NodeSettings, list[str]]:
         help="metric disparity (1/m) = scale * relative + shift; > 0 publishes depth/image and depth/points",
     )
     parser.add_argument("--metric-shift", type=float, default=defaults.metric_shift, help="see --metric-scale")
-    parser.add_argument("--point-stride", type=int, default=defaults.point_stride, help="every Nth pixel for points")
+    shared = SHARED_OPTIONS  # the bag tool's rules for the options it shares
+    parser.add_argument(
+        "--point-stride", type=shared["point_stride"], default=defaults.point_stride, help="every Nth pixel for points"
+    )
     parser.add_argument("--max-range", type=float, default=defaults.max_range, help="drop points beyond (m); 0: none")
     parser.add_argument("--no-point-colors", action="store_true", help="points without the rgb field")
     parser.add_argument(
-        "--max-points", type=int, default=defaults.max_points, help="most points per cloud; larger frames thinned"
+        "--max-points",
+        type=shared["max_points"],
+        default=defaults.max_points,
+        help="most points per cloud; larger frames thinned",
     )
     parser.add_argument(
         "--sparse-depth-type",
         choices=("points", "image"),
         default=None,
-        help="fit metric depth per frame to 'sparse_depth': a PointCloud2 (points) or a depth image (image)",
+        help="fit metric depth per frame to 'sparse_depth': a PointCloud2 (points) or a depth image (image); "
+        "a model of depth up to scale (DA3-Small/Base, DA3Mono) needs it (the bag tool's --align-to)",
     )
     parser.add_argument("--extrinsics", default="", help="the sensor's pose in the camera frame instead of tf")
-    parser.add_argument("--max-time-offset", type=float, default=defaults.max_time_offset, help="seconds")
-    parser.add_argument("--held-out", type=float, default=defaults.held_out, help="share of points that scores a fit")
-    parser.add_argument("--hold", type=float, default=defaults.hold, help="seconds a good fit is held")
+    parser.add_argument(
+        "--max-time-offset", type=shared["max_time_offset"], default=defaults.max_time_offset, help="seconds"
+    )
+    parser.add_argument(
+        "--held-out", type=shared["held_out"], default=defaults.held_out, help="share of points that scores a fit"
+    )
+    parser.add_argument("--hold", type=shared["hold"], default=defaults.hold, help="seconds a good fit is held")
     parser.add_argument(
         "--depth-range",
         nargs=2,
-        type=float,
+        type=shared["depth_range"],
         default=(defaults.min_sensor_depth, defaults.max_sensor_depth),
         metavar=("MIN", "MAX"),
         help="sensor depths used, metres (parameters min_sensor_depth, max_sensor_depth)",
     )
     parser.add_argument(
-        "--min-inliers", type=int, default=defaults.min_inliers, help="fewest inliers a frame's fit may have"
+        "--min-inliers",
+        type=shared["min_inliers"],
+        default=defaults.min_inliers,
+        help="fewest inliers a frame's fit may have",
     )
     parser.add_argument("--stabilize", action="store_true", help="relative depth on one scale across frames")
     parser.add_argument(
@@ -270,6 +307,7 @@ def parse_args(argv: list[str]) -> tuple[NodeSettings, list[str]]:
         check_metric_options(args.metric_scale or None, args.metric_shift, args.max_range or None)
     except InputError as exc:
         parser.error(str(exc))
+    check_parsed(args, parser.error)
     fixed = isinstance(args.size, tuple)
     settings = NodeSettings(
         args.model,
@@ -343,12 +381,7 @@ def run_node(settings: NodeSettings, ros_args: list[str]) -> int:
             setattr(settings, name, node.declare_parameter(name, default).value)
         settings.check()
         log = node.get_logger()
-        predictor = build_predictor(settings.predictor_args(), settings.model)
-        try:
-            check_node_output(predictor.output)
-        except InputError:
-            predictor.close()
-            raise
+        predictor = load_predictor(settings)
         log.info(f"{predictor!r}: {predictor.output.describe()}")
         types = {IMAGE: Image, POINT_CLOUD2: PointCloud2, POINT_FIELD: PointField}
         transforms = None

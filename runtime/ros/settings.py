@@ -4,21 +4,25 @@ of defaults and each rule in one place, filled from argparse options or ROS para
 ``RobotAlign`` holds what both take (the time between an image and its sensor message, the
 held-out share, the hold time, the sensor depth range, the fewest inliers); ``align_settings``
 turns them into :class:`runtime.align.AlignSettings`, refusing bad ones in one line named as
-the caller's options are (``--min-inliers`` or ``min_inliers``). ``check_model_rules`` is the one
-place for what a metric model refuses (constants and stabilising) and what cannot go together.
-``add_align_args`` and ``align_request``: the bag command's options for them.
+the caller's options are (``--min-inliers`` or ``min_inliers``). ``SHARED_OPTIONS`` is the one
+table of the rules of the options both commands take: each is the argparse type of the bag tool's
+option and of the node's, and checks the node's ROS parameter of that name (``check_shared``), so
+a bad value is refused with the same line and exit code 2 by either. ``check_model_rules`` is the
+one place for what a model refuses (constants and stabilising for a metric model, no metres without
+a fit for a model of depth up to scale) and what cannot go together. ``add_align_args`` and
+``align_request``: the bag command's options for them.
 """
 
 from __future__ import annotations
 
-import math
+import argparse
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from commands.errors import InputError
 
 from ..align import AlignSettings, FilterSettings, FitSettings
-from ..cli import number
+from ..cli import number, positive_int, positive_metres
 from ..metric import DEPTH_UP_TO_SCALE, OutputKind
 
 
@@ -42,21 +46,53 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+MAX_TIME_OFFSET = 60.0  # seconds: a sensor message farther from its image is no match for it
+MAX_HELD_OUT = 0.9  # share of a frame's sensor points kept out of its fit
+
+# The options the bag tool and the node share, one rule each: the argparse type of both commands'
+# option (``--depth-range`` takes two values, each checked) and the check of the node's ROS parameter.
+SHARED_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "point_stride": positive_int,
+    "max_points": positive_int,
+    "max_time_offset": number(0, MAX_TIME_OFFSET),
+    "held_out": number(0, MAX_HELD_OUT),
+    "hold": number(0),
+    "depth_range": positive_metres,
+    "min_inliers": number(2, integer=True),
+}
+
+
+def check_shared(name: str, value: Any, spell: Callable[[str], str] = flag) -> Any:
+    """A shared option's value given as a number (a ROS parameter, a keyword argument), checked by the
+    rule its command-line option is parsed with: ``InputError`` naming it as ``spell`` does."""
+    try:
+        return SHARED_OPTIONS[name](str(value))
+    except argparse.ArgumentTypeError as exc:
+        raise InputError(f"{spell(name)}: {exc}") from None
+
+
+def check_depth_range(low: float, high: float, spell: Callable[[str], str] = flag) -> None:
+    """The sensor depth range's own rule: its minimum below its maximum."""
+    if not low < high:
+        raise InputError(f"{spell('depth_range')}: the sensor depth range must be min < max, got {low}..{high}")
+
+
+def check_parsed(args: Any, error: Callable[[str], Any]) -> None:
+    """The rules between shared options once both commands' parsers have read them (``error``: the
+    parser's, one line and exit code 2)."""
+    try:
+        check_depth_range(*args.depth_range)
+    except InputError as exc:
+        error(str(exc))
+
+
 def align_settings(values: RobotAlign, name: Callable[[str], str] = flag) -> AlignSettings:
     """The alignment settings, or an ``InputError`` naming the option (``name`` spells it)."""
-    if not (math.isfinite(values.max_time_offset) and values.max_time_offset >= 0):
-        raise InputError(f"{name('max_time_offset')} must be a number of seconds >= 0, got {values.max_time_offset}")
-    if not (math.isfinite(values.hold) and values.hold >= 0):
-        raise InputError(f"{name('hold')} must be a number of seconds >= 0, got {values.hold}")
-    if not 0 <= values.held_out < 0.9:
-        raise InputError(f"{name('held_out')} must be in [0, 0.9), got {values.held_out}")
-    if not 0 < values.min_depth < values.max_depth < math.inf:
-        raise InputError(
-            f"{name('depth_range')}: the sensor depth range must be 0 < min < max, got "
-            f"{values.min_depth}..{values.max_depth}"
-        )
-    if values.min_inliers < 2:
-        raise InputError(f"{name('min_inliers')} must be >= 2, got {values.min_inliers}")
+    for setting in ("max_time_offset", "held_out", "hold", "min_inliers"):
+        check_shared(setting, getattr(values, setting), name)
+    for depth in (values.min_depth, values.max_depth):
+        check_shared("depth_range", depth, name)
+    check_depth_range(values.min_depth, values.max_depth, name)
     fit = FitSettings(min_inliers=values.min_inliers, min_depth=values.min_depth, max_depth=values.max_depth)
     return AlignSettings(fit, FilterSettings(hold=values.hold), held_out=values.held_out)
 
@@ -91,13 +127,13 @@ def check_model_rules(
     if kind.kind == DEPTH_UP_TO_SCALE and not aligned:
         raise InputError(
             f"the model outputs {kind.describe()} ({kind.source}): robots get relative inverse depth or metres; "
-            "give a sparse metric source to fit a scale per frame (the bag tool's --align-to), or use a "
+            f"give a sparse metric source to fit a scale per frame ({name('align_to')}), or use a "
             "metres-per-focal model (DA3Metric)"
         )
     if kind.needs_focal and aligned:
         raise InputError(
             f"the model outputs {kind.describe()}: its metres come from each frame's camera info; drop the "
-            "per-frame alignment (--align-to)"
+            f"per-frame alignment ({name('align_to')})"
         )
     if kind.is_depth and conversion.metric is not None:
         raise InputError(
@@ -112,11 +148,8 @@ def check_model_rules(
     return replace(conversion, output=kind)
 
 
-MAX_TIME_OFFSET = 60.0  # seconds: a sensor message farther from its image is no match for it
-
-
-def add_align_args(parser: Any, metres: Callable[[str], float], max_time_offset: float) -> None:
-    """The bag command's options for per-frame alignment and stabilising."""
+def add_align_args(parser: Any, max_time_offset: float) -> None:
+    """The bag command's options for per-frame alignment and stabilising (the shared ones by ``SHARED_OPTIONS``)."""
     group = parser.add_argument_group("metric depth per frame from the bag's own sensor")
     group.add_argument(
         "--align-to",
@@ -135,7 +168,7 @@ def add_align_args(parser: Any, metres: Callable[[str], float], max_time_offset:
     )
     group.add_argument(
         "--max-time-offset",
-        type=number(0, MAX_TIME_OFFSET),
+        type=SHARED_OPTIONS["max_time_offset"],
         default=max_time_offset,
         metavar="S",
         help=f"longest time between an image and its sensor message, 0 to {MAX_TIME_OFFSET:g} seconds "
@@ -143,13 +176,14 @@ def add_align_args(parser: Any, metres: Callable[[str], float], max_time_offset:
     )
     group.add_argument(
         "--held-out",
-        type=float,
+        type=SHARED_OPTIONS["held_out"],
         default=DEFAULTS.held_out,
-        help="share of each frame's sensor points kept out of the fit to score it",
+        help=f"share of each frame's sensor points kept out of the fit to score it, 0 to {MAX_HELD_OUT:g} "
+        f"(default {DEFAULTS.held_out})",
     )
     group.add_argument(
         "--hold",
-        type=float,
+        type=SHARED_OPTIONS["hold"],
         default=DEFAULTS.hold,
         metavar="S",
         help=f"seconds a good fit is held for frames without one (default {DEFAULTS.hold})",
@@ -157,14 +191,14 @@ def add_align_args(parser: Any, metres: Callable[[str], float], max_time_offset:
     group.add_argument(
         "--depth-range",
         nargs=2,
-        type=metres,
+        type=SHARED_OPTIONS["depth_range"],
         default=(DEFAULTS.min_depth, DEFAULTS.max_depth),
         metavar=("MIN", "MAX"),
         help=f"sensor depths used, metres (default {DEFAULTS.min_depth} {DEFAULTS.max_depth:g})",
     )
     group.add_argument(
         "--min-inliers",
-        type=int,
+        type=SHARED_OPTIONS["min_inliers"],
         default=DEFAULTS.min_inliers,
         metavar="N",
         help=f"fewest inliers a frame's fit may have (default {DEFAULTS.min_inliers})",
@@ -186,9 +220,7 @@ def align_request(args: Any) -> dict[str, Any]:
             raise InputError(f"--{given[0]} describes the sensor of --align-to; give --align-to TOPIC too")
         return {}
     low, high = args.depth_range
-    values = RobotAlign(DEFAULTS.max_time_offset, args.held_out, args.hold, low, high, args.min_inliers)
+    values = RobotAlign(args.max_time_offset, args.held_out, args.hold, low, high, args.min_inliers)
     settings = align_settings(values)
-    if not 0 <= args.max_time_offset < float("inf"):
-        raise InputError(f"--max-time-offset must be a number of seconds >= 0, got {args.max_time_offset}")
     extrinsics = None if args.extrinsics is None else parse_extrinsics(args.extrinsics)
     return {"extrinsics": extrinsics, "settings": settings, "max_time_offset": args.max_time_offset}
