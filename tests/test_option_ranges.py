@@ -135,6 +135,17 @@ def test_the_nodes_ros_parameters_take_the_same_rules(parameter, value, rule):
     assert str(refused.value).startswith(rule)
 
 
+def test_the_largest_held_out_share_the_commands_accept_runs():
+    """0.9 is inside the options' range ("0 to 0.9"), so the alignment they configure takes it too."""
+    from runtime.ros.node import NodeSettings
+    from runtime.ros.settings import MAX_HELD_OUT
+
+    NodeSettings(model="m.onnx", held_out=MAX_HELD_OUT, sparse_depth_type="points").check()
+    from runtime.align import AlignSettings
+
+    assert AlignSettings(held_out=MAX_HELD_OUT).held_out == MAX_HELD_OUT
+
+
 def test_bag_tool_extrinsics_are_finite(capsys):
     from runtime.bag import parse_args
 

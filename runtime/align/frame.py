@@ -31,8 +31,8 @@ class AlignSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.held_out < 0.9:
-            raise ValueError(f"held_out must be in [0, 0.9), got {self.held_out}")
+        if not 0 <= self.held_out <= 0.9:  # the commands' bound (runtime.ros.settings.MAX_HELD_OUT)
+            raise ValueError(f"held_out must be in [0, 0.9], got {self.held_out}")
 
 
 @dataclass
