@@ -36,7 +36,9 @@ def load_source_model(checkpoint: str | Path | None, encoder: str | None, varian
             model = load_model(checkpoint, encoder=encoder, variant=variant)
         except CheckpointError as exc:
             raise ExportRequestError(str(exc)) from exc
-        return model.deployable() if hasattr(model, "deployable") else model
+        # A Depth Anything 3 network as loaded: export_onnx traces its depth with its sky map or
+        # depth confidence (``deployable(extras=True)``); its deployable form would drop them.
+        return model
     if encoder is None:
         raise ExportRequestError("give `checkpoint` (a .pth/.safetensors file) or `encoder` for random weights")
     print(

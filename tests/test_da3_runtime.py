@@ -79,8 +79,13 @@ def test_onnx_and_openvino_exports_carry_family_variant_licence_and_kind(tmp_pat
 
     out = tmp_path / "da3s.onnx"
     assert export_main(["--checkpoint", str(small_snapshot), "--size", "56x70", "--output", str(out)]) == 0
-    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    written = onnx.load(str(out))
+    # The command's export carries the any-view network's depth confidence after depth, like export_onnx
+    # of the network does (the command once exported its deployable form, which has depth alone).
+    assert [o.name for o in written.graph.output] == ["depth", "depth_conf"]
+    meta = {p.key: p.value for p in written.metadata_props}
     assert meta["family"] == "depth-anything-3" and meta["variant"] == "da3-small"
+    assert meta["extra_outputs"] == "depth_conf"
     assert meta["output_kind"] == "depth_up_to_scale" and meta["licence"] == "Apache-2.0"
     sidecar = json.loads((tmp_path / "da3s.onnx.json").read_text())
     assert sidecar["family"] == "depth-anything-3" and sidecar["output_kind"] == "depth_up_to_scale"
@@ -89,6 +94,7 @@ def test_onnx_and_openvino_exports_carry_family_variant_licence_and_kind(tmp_pat
         assert ort.info()["variant"] == "da3-small"
         a, b = ort.predict(picture()), pt.predict(picture())
     assert np.abs(a - b).max() / b.std() < 1e-3
+    assert a.confidence is not None and np.abs(a.confidence - b.confidence).max() / b.confidence.std() < 1e-3
 
     pytest.importorskip("openvino")
     from export.openvino import main as openvino_main
