@@ -338,10 +338,13 @@ def main(argv: list[str] | None = None) -> int:
         reliability["reliable"] = reliability["reliable"] and swept["reliable"]
         reliability["machine_state"].update(swept["machine_state"])
     rows, best = rank(rows, args.accuracy_budget, reliability["reliable"])
+    from .given import checkpoint_facts
+
     data = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_facts(cpu),
         "model": source.description,
+        "model_facts": checkpoint_facts(rows),
         "notice": source.notice,
         "images": images_text,
         "calibration": calibration_text,
