@@ -345,7 +345,7 @@ def markdown(data: dict) -> str:
     libs = ", ".join(f"{k} {v}" for k, v in machine["libraries"].items())
     features = (machine.get("cpu_features") or {}).get("summary", "not read")
     lines = [
-        "# Depth Anything V2 edge benchmark",
+        "# Depth Anything edge benchmark",
         "",
         *warning_lines(data),
         f"- **Machine**: {machine['cpu']}, {machine['usable_cores']} usable cores"
