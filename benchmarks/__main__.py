@@ -33,7 +33,8 @@ SWEEP = (518, 434, 364, 308)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="Latency and accuracy of Depth Anything V2 per backend, precision and input size. "
+        description="Latency and accuracy of a Depth Anything model (V2, 3, Video Depth Anything) per backend, "
+        "precision and input size. "
         "Rows are timed in interleaved rounds, each in a worker process of its own; the report checks "
         "that the machine was quiet and the numbers possible, and says so at the top when not.",
         epilog=f"Exit codes: 0 report written; 1 failed; 2 bad usage, no model or no images; {EXIT_UNRELIABLE} "
@@ -42,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--checkpoint",
         type=Path,
-        help="model (default: checkpoints/depth_anything_v2_vits.pth, "
+        help="model: a checkpoint file or a Depth Anything 3 snapshot folder (default: "
+        "checkpoints/depth_anything_v2_vits.pth, "
         "else the Hugging Face hub or its local cache, else random weights with a notice)",
     )
     parser.add_argument(
@@ -52,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="FILE",
         help="benchmark this artefact as it is (engine, OpenVINO IR or ONNX file; repeatable) instead of building "
-        "artefacts from a checkpoint: timed, and scored against the reference beside it; needs no PyTorch",
+        "artefacts from a checkpoint: timed (a Video Depth Anything graph as a stream step), and scored against the "
+        "reference beside it; needs no PyTorch. A checkpoint (.pth, .safetensors, a Depth Anything 3 snapshot "
+        "folder) is a PyTorch FP32 row at the size the other models share",
     )
     parser.add_argument("--no-hub", action="store_true", help="never try the Hugging Face hub")
     parser.add_argument("--images", type=Path, help="folder of evaluation images (default: bundled photographs)")
@@ -338,10 +342,13 @@ def main(argv: list[str] | None = None) -> int:
         reliability["reliable"] = reliability["reliable"] and swept["reliable"]
         reliability["machine_state"].update(swept["machine_state"])
     rows, best = rank(rows, args.accuracy_budget, reliability["reliable"])
+    from .given import checkpoint_facts
+
     data = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_facts(cpu),
         "model": source.description,
+        "model_facts": checkpoint_facts(rows),
         "notice": source.notice,
         "images": images_text,
         "calibration": calibration_text,

@@ -7,6 +7,7 @@ never reused after the inputs changed.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from dataclasses import dataclass
@@ -31,6 +32,11 @@ class ModelSource:
 
     @property
     def tag(self) -> str:
+        if self.path.is_dir():  # a Depth Anything 3 snapshot folder: its files, in name order
+            digest = hashlib.sha256()
+            for path in sorted(p for p in self.path.iterdir() if p.is_file()):
+                digest.update(path.name.encode() + b"\0" + artefact_digest(path).encode())
+            return digest.hexdigest()[:12]
         return artefact_digest(self.path)[:12]
 
 
@@ -68,7 +74,12 @@ def resolve_model(checkpoint: Path | None, workdir: Path, use_hub: bool = True) 
     """--checkpoint, else the default location, else the hub (or its cache), else random weights,
     with a notice that says which sources were tried and why each gave nothing."""
     if checkpoint is not None:
-        if not checkpoint.is_file():
+        if checkpoint.is_dir() and not (checkpoint / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{checkpoint} is a folder without config.json: pass a checkpoint file, or a Depth Anything 3 "
+                "snapshot folder (config.json + model.safetensors)"
+            )
+        if not checkpoint.exists():
             raise FileNotFoundError(f"{checkpoint}: no such checkpoint file")
         return ModelSource(checkpoint, f"{checkpoint}")
     if DEFAULT_CHECKPOINT.is_file():

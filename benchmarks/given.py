@@ -47,8 +47,13 @@ def calibration_text(meta: dict) -> str | None:
     )
 
 
+CHECKPOINT = "checkpoint"  # a model given as its checkpoint: the FP32 network itself, run by PyTorch
+NO_LICENCE = "none stated"
+
+
 def artefact_facts(path: Path, backend: str, meta: dict, reference: Path | None) -> dict:
-    """What the report says about an artefact: its sidecar's facts and its reference."""
+    """What the report says about an artefact: its sidecar's facts (the model's too, which
+    ``model_facts`` completes from what the runtime read once it ran) and its reference."""
     gpu = meta.get("gpu") or {}
     return {
         "artefact": str(path),
@@ -57,10 +62,32 @@ def artefact_facts(path: Path, backend: str, meta: dict, reference: Path | None)
         "calibration": calibration_text(meta),
         "tensorrt": (meta.get("versions") or {}).get("tensorrt"),
         "built_on": gpu.get("name"),
-        "licence": meta.get("licence", "unknown"),
+        "family": meta.get("family"),
+        "variant": meta.get("variant"),
+        "output_kind": meta.get("output_kind"),
+        "extra_outputs": None,
+        "stream": meta.get("stream"),
+        "licence": meta.get("licence"),
         "sidecar": bool(meta),
         "reference": str(reference) if reference else None,
+        "export_check": meta.get("verification"),
     }
+
+
+def model_facts(fact: dict, result: dict) -> None:
+    """``fact``'s family, variant, output kind, extra outputs and licence as the runtime read them
+    from the model (its worker's ``info``), where the sidecar said nothing; a licence nobody
+    states is said so."""
+    info = result.get("info") or {}
+    for key in ("family", "variant", "licence"):
+        if not fact.get(key) or fact[key] == "unknown":
+            fact[key] = info.get(key) if info.get(key) not in (None, "unknown") else fact.get(key)
+    fact["output_kind"] = (info.get("output") or {}).get("kind") or fact.get("output_kind")
+    if info:
+        fact["extra_outputs"] = list(info.get("extra_outputs") or [])
+        fact["stream"] = fact.get("stream") or (info.get("stream") and "yes")
+    if not fact.get("licence") or fact["licence"] == "unknown":
+        fact["licence"] = NO_LICENCE
 
 
 def model_input_hw(path: Path, backend: str) -> tuple[int, int] | None:
@@ -70,16 +97,28 @@ def model_input_hw(path: Path, backend: str) -> tuple[int, int] | None:
         return loaded.input_spec.fixed_hw
 
 
-def artefact_config(path: Path, index: int, settings: Settings, label: str | None = None) -> tuple[Config, dict]:
+def artefact_config(
+    path: Path,
+    index: int,
+    settings: Settings,
+    label: str | None = None,
+    checkpoint_size: tuple[int, int] | None = None,
+) -> tuple[Config, dict]:
     """The row of one artefact (``label``: its name in the report, default the file name), its
     worker's job (with its reference's images to time on) written under ``artefacts/<index>`` in the
-    work folder, and its facts. A missing file, or one no backend loads, is a usage error (exit code 2)."""
-    if not path.is_file():
+    work folder, and its facts. A checkpoint (a ``.pth``, ``.safetensors`` or a Depth Anything 3 snapshot
+    folder) is a PyTorch FP32 row at ``checkpoint_size`` (default 518x518). A missing file, or one no
+    backend loads, is a usage error (exit code 2)."""
+    if not path.exists():
         raise FileNotFoundError(f"{path}: no such model file")
-    backend = resolve_backend(path)
-    meta = read_sidecar(path) or {}
+    backend = resolve_backend(path)  # a folder other than a checkpoint snapshot: one line (ModelFileError)
+    meta = read_sidecar(path) if path.is_file() else None
+    meta = meta or {}
     fixed = model_input_hw(path, backend)
-    found = find_reference(path)
+    if backend == "torch":  # a checkpoint: the FP32 network, at the size the other models run at
+        meta = {"precision": "fp32", **meta}
+        fixed = fixed or checkpoint_size
+    found = find_reference(path) if path.is_file() else None
     reference = check_belongs(load_reference(found), path) if found else None
     if reference is not None:
         reference.fits(fixed)
@@ -106,10 +145,17 @@ def score_artefact(config: Config) -> None:
     if not result.get("end_to_end"):
         return
     if not verification:
-        result.update(status=STATUS_OK, error="not scored: no reference beside it")
+        if config.backend == "torch":
+            why = "not scored: the checkpoint is the FP32 network the references are made with"
+        elif (result.get("info") or {}).get("stream"):
+            why = "not scored: a stream model's export writes no reference (its sidecar holds the streamed check)"
+        else:
+            why = "not scored: no reference beside it"
+        result.update(status=STATUS_OK, error=why)
         return
-    inputs = verification["inputs"]
-    result["vs_fp32"] = {k: float(np.mean([i[k] for i in inputs])) for k in ("abs_rel", "delta1")}
+    scores = verification.get("kind_scores") or verification["inputs"]
+    result["vs_fp32"] = {k: float(np.mean([i[k] for i in scores])) for k in ("abs_rel", "delta1")}
+    result["vs_fp32"]["metric"] = verification.get("kind_metric")
     result["status"] = STATUS_OK if verification["passed"] else STATUS_INVALID
     if not verification["passed"]:
         result["error"] = (
@@ -130,9 +176,10 @@ def run_artefacts(models: list[Path], args, warmup: int, runs: int, rounds: int)
     models = distinct(models)
     labels = row_labels(models)
     configs, facts = [], []
+    size = checkpoint_size(models)
     for index, path in enumerate(models):
         try:
-            config, fact = artefact_config(path, index, settings, labels[index])
+            config, fact = artefact_config(path, index, settings, labels[index], size)
         except ValueError as exc:  # a reference or sidecar that cannot be read: a usage error
             raise ModelFileError(str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}") from exc
         configs.append(config)
@@ -142,6 +189,7 @@ def run_artefacts(models: list[Path], args, warmup: int, runs: int, rounds: int)
     timed = time_rows(ready, settings)
     for config, fact in zip(configs, facts):
         score_artefact(config)
+        model_facts(fact, config.result)
         fact["verification"] = config.result.get("verification")
     rows = [c.row() for c in configs]
     reliability = assess(rows, {}, {"main rounds": timed["machine_state"]}, cpu.native("bf16"))
@@ -197,3 +245,25 @@ def row_labels(models: list[Path]) -> list[str]:
     """Each row's name: the file name, or where two files share one, the path as given."""
     names = [path.name for path in models]
     return [path.name if names.count(path.name) == 1 else str(path) for path in models]
+
+
+def checkpoint_facts(rows: list[dict]) -> dict | None:
+    """The model of a checkpoint run, as the first row that ran read it (``model_facts``)."""
+    ran = next((row for row in rows if row.get("info")), None)
+    if ran is None:
+        return None
+    fact = {"family": None, "variant": None, "output_kind": None, "extra_outputs": None, "licence": None}
+    model_facts(fact, ran)
+    return fact
+
+
+def checkpoint_size(models: list[Path]) -> tuple[int, int]:
+    """The size a checkpoint given with ``--model`` runs at: the one fixed size the other models
+    share (so the rows compare), else 518x518. Reads each model's sidecar only."""
+    sizes = set()
+    for path in models:
+        meta = read_sidecar(path) if path.is_file() and path.suffix.lower() not in (".pth", ".safetensors") else None
+        shape = (meta or {}).get("input_shape")
+        if isinstance(shape, list) and len(shape) == 4 and all(isinstance(v, int) for v in shape[2:]):
+            sizes.add((shape[2], shape[3]))
+    return sizes.pop() if len(sizes) == 1 else (518, 518)

@@ -241,23 +241,70 @@ def accuracy_line(data: dict) -> str:
     else:
         against = "PyTorch FP32 on the same input"
     return (
-        f"- **Accuracy**: AbsRel and δ1 after least-squares scale-and-shift alignment (disparity space) against "
-        f"{against}; budget AbsRel ≤ {data['accuracy_budget']}."
+        f"- **Accuracy**: AbsRel and δ1 against {against}, as each model's output kind means its numbers: relative "
+        "inverse depth after a least-squares scale and shift in disparity, depth up to scale after a least-squares "
+        f"scale alone in depth, metres as they are; budget AbsRel ≤ {data['accuracy_budget']}."
     )
 
 
+# What an output kind's numbers are (``runtime.metric``), as the report says it.
+KIND_TEXT = {
+    "relative": "relative inverse depth (larger = nearer)",
+    "depth_up_to_scale": "depth up to scale",
+    "metric": "metres",
+    "metres_per_focal": "metres per focal length (needs the camera's focal length)",
+}
+
+
+def model_cells(fact: dict) -> str:
+    """The model's family, variant, output kind, extra outputs and licence as table cells."""
+    kind = fact.get("output_kind")
+    extra = fact.get("extra_outputs")
+    family = (fact.get("family") or "unknown") + (" (stream)" if fact.get("stream") else "")
+    cells = [
+        family,
+        fact.get("variant") or "unknown",
+        KIND_TEXT.get(kind, kind or "unknown"),
+        ", ".join(extra) if extra else ("none" if extra is not None else "unknown"),
+        fact.get("licence") or "none stated",
+    ]
+    return " | ".join(_cell(c) for c in cells)
+
+
+def model_line(data: dict) -> list[str]:
+    """A checkpoint run's model: what it is, what its numbers are, its extra outputs and licence."""
+    fact = data.get("model_facts")
+    if not fact:
+        return []
+    family, variant, kind, extra, licence = model_cells(fact).split(" | ")
+    return [
+        f"- **Model outputs**: family {family}, variant {variant}; its numbers are {kind}; extra outputs: {extra}; "
+        f"licence: {licence}"
+    ]
+
+
 def artefact_lines(data: dict) -> list[str]:
-    """The artefacts of a ``--model`` run: file, sidecar facts, reference and its check."""
+    """The artefacts of a ``--model`` run: file, the model it holds (family, variant, what its
+    numbers are, its extra outputs, licence), sidecar facts, reference and its check."""
     facts = data.get("artefacts") or []
     if not facts:
         return []
     lines = [
-        "| artefact | backend | precision | calibration | TensorRT | licence | verify against its reference |",
-        "|" + "---|" * 7,
+        "| artefact | backend | precision | family | variant | output kind | extra outputs | licence | calibration "
+        "| TensorRT | verify against its reference |",
+        "|" + "---|" * 11,
     ]
     for fact in facts:
         check = fact.get("verification")
-        if not fact.get("reference"):
+        exported = fact.get("export_check") or {}
+        if fact["backend"] == "torch":
+            verdict = "the FP32 network itself: not checked"
+        elif not fact.get("reference") and fact.get("stream") and exported.get("metric"):
+            verdict = (
+                f"a stream export writes no reference; its export's streamed check: {_cell(exported['metric'])} "
+                f"within {exported.get('tolerance')}"
+            )
+        elif not fact.get("reference"):
             verdict = "no reference beside it: not checked"
         elif not check:
             verdict = "not run"
@@ -269,8 +316,8 @@ def artefact_lines(data: dict) -> list[str]:
             )
         built = f" (built on {fact['built_on']})" if fact.get("built_on") else ""
         lines.append(
-            f"| `{fact['artefact']}` | {fact['backend']} | {fact['precision']} | {fact.get('calibration') or '-'} "
-            f"| {(fact.get('tensorrt') or '-') + built} | {fact['licence']} | {verdict} |"
+            f"| `{fact['artefact']}` | {fact['backend']} | {fact['precision']} | {model_cells(fact)} "
+            f"| {fact.get('calibration') or '-'} | {(fact.get('tensorrt') or '-') + built} | {verdict} |"
         )
     return ["", "## Artefacts", "", *lines, ""]
 
@@ -298,7 +345,7 @@ def markdown(data: dict) -> str:
     libs = ", ".join(f"{k} {v}" for k, v in machine["libraries"].items())
     features = (machine.get("cpu_features") or {}).get("summary", "not read")
     lines = [
-        "# Depth Anything V2 edge benchmark",
+        "# Depth Anything edge benchmark",
         "",
         *warning_lines(data),
         f"- **Machine**: {machine['cpu']}, {machine['usable_cores']} usable cores"
@@ -318,6 +365,7 @@ def markdown(data: dict) -> str:
         reliability_line(data),
         phase_line(data),
         accuracy_line(data),
+        *model_line(data),
         *ceiling_lines(data),
         *artefact_lines(data),
         "",

@@ -20,7 +20,7 @@ from commands.errors import MissingDependencyError
 from .artifacts import ModelSource, calibration_folder, fresh
 from .cpu import CpuFeatures
 from .roofline import compute_format
-from .stats import depth_metrics
+from .stats import KIND_METRICS, depth_metrics, kind_metrics
 
 STATUS_OK = "ok"
 STATUS_INVALID = "exported but failed validation"
@@ -229,6 +229,8 @@ def reference_outputs(source: ModelSource, images: dict[str, np.ndarray], size: 
     from runtime import DepthPredictor
 
     predictor = DepthPredictor(source.path, device="cpu", precision="fp32", fixed_size=size)
+    if predictor.is_stream_model:  # the images as one stream, in order, as every row runs them
+        return dict(zip(images, predictor.stream(list(images.values()))))
     return {name: predictor.predict(image) for name, image in images.items()}
 
 
@@ -253,6 +255,8 @@ def prepare(config: Config, settings: Settings, images_npz: Path, timing_image: 
         result["trace"] = traceback.format_exc(limit=3)
         return False
     size_bytes = artefact.stat().st_size
+    if artefact.is_dir():  # a checkpoint snapshot folder: its files
+        size_bytes = sum(p.stat().st_size for p in artefact.iterdir() if p.is_file())
     if artefact.suffix == ".xml":
         size_bytes += artefact.with_suffix(".bin").stat().st_size
     result.update(artefact=str(artefact), artefact_mib=size_bytes / 2**20)
@@ -288,9 +292,15 @@ def score(config: Config, references: dict, ground_truth: dict[str, np.ndarray],
     """Accuracy of a timed row against PyTorch FP32 at its size (and ground truth where known)."""
     result = config.result
     predicted = dict(np.load(result["outputs"]))
-    per_image = [depth_metrics(predicted[name], ref) for name, ref in references.items()]
+    # As the model's output kind means its numbers (depth up to scale: a scale alone, in depth).
+    kind = ((result.get("info") or {}).get("output") or {}).get("kind") or "relative"
+    per_image = [kind_metrics(predicted[name], ref, kind) for name, ref in references.items()]
     result["vs_fp32"] = {k: float(np.mean([m[k] for m in per_image])) for k in ("abs_rel", "delta1")}
-    result["vs_gt"] = {
-        name: depth_metrics(predicted[name], gt) for name, gt in ground_truth.items() if name in predicted
-    }
+    result["vs_fp32"]["metric"] = KIND_METRICS[kind]
+    # The ground truth is disparity (the bundled stereo pair): comparable with relative models only.
+    result["vs_gt"] = (
+        {name: depth_metrics(predicted[name], gt) for name, gt in ground_truth.items() if name in predicted}
+        if kind == "relative"
+        else {}
+    )
     result["status"] = STATUS_INVALID if result["vs_fp32"]["abs_rel"] > max_abs_rel else STATUS_OK

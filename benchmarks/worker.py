@@ -92,14 +92,42 @@ class Row:
 
             self.synchronize = torch.cuda.synchronize
         self.verification = None
-        if config.get("reference"):
-            from runtime.reference import load_reference, verify_backend
-
-            reference = load_reference(config["reference"])
-            self.verification = verify_backend(self.predictor._backend, reference).to_dict()
-        self.batch = self.predictor.prepare(self.first)
         self.backend = self.predictor._backend
+        if config.get("reference") and not self.predictor.is_stream_model:
+            self.verification = self.verify(config["reference"])
+        self.batch = self.predictor.prepare(self.first)
+        self.video = self.state = None
+        if self.predictor.is_stream_model:  # timed as a stream step with its cache full (from frame 2)
+            self.video = self.predictor.video_stream(max_gap=None)
+            for _ in range(2):
+                self.video.push(self.first)
+            self.state = self.video.state.inputs(self.backend.stream_shapes(*self.batch.shape[2:]))
         self.memory: dict | None = None  # peak memory, read before the profiled pass adds its own
+
+    def verify(self, path: str) -> dict:
+        """The row's check against its reference (``runtime.reference``), with AbsRel and delta1 as the
+        model's output kind means its numbers (``benchmarks.stats.kind_metrics``)."""
+        from runtime.reference import load_reference, score
+
+        from .stats import KIND_METRICS, kind_metrics
+
+        reference = load_reference(path)
+        reference.fits(self.backend.input_spec.fixed_hw)
+        started = time.perf_counter()
+        outputs = [self.backend.infer(batch)[0] for batch in reference.inputs()]
+        info = self.backend.info()
+        result = score(reference, outputs, info.get("precision"))
+        result.seconds = time.perf_counter() - started
+        result.ran = {k: info.get(k) for k in ("backend", "device", "precision")}
+        result.ran.update({k: info[k] for k in ("int8_arithmetic", "int8_made_for") if k in info})
+        kind = self.predictor.output.kind
+        per_input = [kind_metrics(o, r.reshape(o.shape), kind) for o, r in zip(outputs, reference.outputs)]
+        return {
+            **result.to_dict(),
+            "kind": kind,
+            "kind_metric": KIND_METRICS[kind],
+            "kind_scores": [{k: m[k] for k in ("abs_rel", "delta1")} for m in per_input],
+        }
 
     def open(self, predictor_class, **extra):
         config = self.config
@@ -114,6 +142,7 @@ class Row:
 
     def hello(self) -> dict:
         info = {k: v for k, v in self.predictor.info().items() if k != "model"}
+        info["stream"] = self.predictor.is_stream_model
         return {
             "cold_start_s": self.cold_start,
             "info": info,
@@ -126,15 +155,31 @@ class Row:
         tensor and an end-to-end ``predict`` on the image."""
         from .stats import time_calls
 
+        if self.video is not None:  # one stream step on a full cache; e2e: the next frame pushed
+            slot_pos, caches = self.state
+            calls_of = {
+                "model": lambda: self.backend.step(self.batch, slot_pos, caches),
+                "e2e": lambda: self.video.push(self.first),
+            }
+        else:
+            calls_of = {
+                "model": lambda: self.backend.infer(self.batch),
+                "e2e": lambda: self.predictor.predict(self.first),
+            }
         return time_calls(
-            {"model": lambda: self.backend.infer(self.batch), "e2e": lambda: self.predictor.predict(self.first)},
+            calls_of,
             calls,
             warmup,
             synchronize=self.synchronize,
         )
 
     def outputs(self, path: str) -> dict:
-        outputs = {name: self.predictor.predict(image) for name, image in self.images.items()}
+        """The row's outputs on every image (a stream model: the images as one stream, in order)."""
+        names = list(self.images)
+        if self.video is not None:
+            outputs = dict(zip(names, self.predictor.stream([self.images[n] for n in names])))
+        else:
+            outputs = {name: self.predictor.predict(image) for name, image in self.images.items()}
         np.savez_compressed(path, **outputs)
         return {}
 
@@ -143,6 +188,8 @@ class Row:
         (its second model does not count in the row's peak memory); a backend without a profiler,
         or one that fails, costs the row its profile only."""
         self.memory = self.memory or self.peak_memory()
+        if self.video is not None:
+            return {"unavailable": "a stream model's step is not profiled"}
         try:
             return {"profile": self.backend.profile(self.batch, calls).to_dict()}
         except Exception as exc:
@@ -157,6 +204,8 @@ class Row:
         from .throughput import measure
 
         self.memory = self.memory or self.peak_memory()
+        if self.video is not None:
+            return {"unavailable": "a stream model runs one camera's frames in order: no frames per second for several"}
         in_flight = None
         try:
             in_flight = self.open(DepthPredictor, **options) if options else self.predictor

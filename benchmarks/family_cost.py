@@ -1,0 +1,223 @@
+"""``python -m benchmarks.family_cost``: per-frame cost and peak memory of each model family here
+(Depth Anything V2 Small, Depth Anything 3 Small on one view, Video Depth Anything Small streaming)
+on PyTorch FP32, ONNX Runtime FP32 and OpenVINO INT8, at square sizes.
+
+Run from the repository (the weights are the tests' deterministic ones: the cost does not depend
+on their values), in steps that each fit a few minutes, so a shared machine's lock is never held
+long::
+
+    python -m benchmarks.family_cost setup  --size 266   # weights, FP32 ONNX, INT8 IR (cached)
+    python -m benchmarks.family_cost time   --size 266   # interleaved rounds, one process
+    python -m benchmarks.family_cost memory --size 266   # a fresh process per family and backend
+
+Each frame is a square BGR frame of the size asked (the test frames resized), so every backend's
+network input is that size square; a frame's cost is ``predict`` (Video Depth Anything:
+``video_stream().push``, one stream step with its cache full) including pre- and post-processing.
+Rounds are interleaved: each round runs one frame of every family and backend in turn, after
+three warm-up frames each (a stream's cache is full-size from its second frame). The INT8 IRs are
+calibrated on crops of the bundled photographs with ``--accuracy-budget off``: deterministic
+weights do not meet an INT8 accuracy budget, and only the cost is measured here. Peak memory is
+``ru_maxrss`` of a fresh process (started by this light process, which imports neither PyTorch nor
+a backend) that loads one model and runs six frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+FAMILIES = ("dav2-s", "da3-small", "vda-small")
+BACKENDS = ("torch-fp32", "ort-fp32", "ov-int8")
+NAMES = {
+    "dav2-s": "Depth Anything V2 Small",
+    "da3-small": "DA3-Small (one view)",
+    "vda-small": "Video Depth Anything Small (stream)",
+    "torch-fp32": "PyTorch FP32",
+    "ort-fp32": "ONNX Runtime FP32",
+    "ov-int8": "OpenVINO INT8",
+}
+CHECKPOINTS = {
+    "dav2-s": "depth_anything_v2_vits.pth",
+    "da3-small": "DA3-SMALL",
+    "vda-small": "video_depth_anything_vits.pth",
+}
+THREADS = 2
+# Twelve calibration images (two held out), no accuracy check: deterministic weights do not meet an
+# INT8 budget, and only the cost is measured.
+INT8_OPTIONS = ("--calib-samples", "12", "--accuracy-images", "2", "--allow-fewer", "--accuracy-budget", "off")
+
+
+def checkpoint(out: Path, family: str) -> Path:
+    return out / CHECKPOINTS[family]
+
+
+def artefact(out: Path, family: str, backend: str, size: int) -> Path:
+    if backend == "torch-fp32":
+        return checkpoint(out, family)
+    return out / (f"{family}_{size}x{size}" + (".onnx" if backend == "ort-fp32" else ".int8.xml"))
+
+
+def write_weights(out: Path) -> None:
+    """The deterministic weights of the parity tests, as the published files are laid out."""
+    import torch
+
+    from tests.da3_fixtures import da3_state_dict, write_snapshot
+    from tests.parity import deterministic_state_dict, official_keys
+    from tests.video_fixtures import vda_state_dict
+
+    out.mkdir(parents=True, exist_ok=True)
+    if not checkpoint(out, "dav2-s").is_file():
+        state = deterministic_state_dict(official_keys("vits"))
+        torch.save({k: torch.from_numpy(v) for k, v in state.items()}, checkpoint(out, "dav2-s"))
+    if not (checkpoint(out, "da3-small") / "config.json").is_file():
+        write_snapshot(checkpoint(out, "da3-small"), "da3-small", da3_state_dict("da3-small"))
+    if not checkpoint(out, "vda-small").is_file():
+        torch.save(vda_state_dict(), checkpoint(out, "vda-small"))
+
+
+def setup(out: Path, size: int, families: list[str]) -> None:
+    """Weights, then per family the FP32 ONNX and the INT8 IR at ``size`` (each by its command, in a
+    process of its own; what exists is kept)."""
+    from .artifacts import calibration_folder
+
+    write_weights(out)
+    calib, _ = calibration_folder(None, out, 12)
+    for family in families:
+        onnx = artefact(out, family, "ort-fp32", size)
+        steps = [
+            (onnx, ["export.onnx", "--checkpoint", str(checkpoint(out, family)), "--size", f"{size}x{size}"]),
+            (
+                artefact(out, family, "ov-int8", size),
+                ["export.openvino", "--onnx", str(onnx), "--int8", "--calib-dir", str(calib), *INT8_OPTIONS],
+            ),
+        ]
+        for path, command in steps:
+            if path.is_file():
+                continue
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-m", *command, "--output", str(path)], check=True)
+            print(f"{path.name}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+
+
+def frames(size: int) -> list:
+    import cv2
+
+    from tests.video_fixtures import frames_bgr
+
+    return [cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in frames_bgr()]
+
+
+def runner(model: Path, size: int):
+    """A predictor of ``model`` and a call that runs its next frame (a stream model: the next step)."""
+    from runtime import DepthPredictor
+
+    predictor = DepthPredictor(str(model), input_size=size, device="cpu")
+    video = predictor.video_stream(max_gap=None) if predictor.is_stream_model else None
+    shown, count = frames(size), [0]
+
+    def call():
+        frame = shown[count[0] % len(shown)]
+        count[0] += 1
+        return video.push(frame) if video is not None else predictor.predict(frame)
+
+    return predictor, call
+
+
+def time_rows(out: Path, size: int, families: list[str], backends: list[str], rounds: int) -> dict:
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(THREADS)
+    rows = {(f, b): runner(artefact(out, f, b, size), size) for f in families for b in backends}
+    for _, call in rows.values():
+        for _ in range(3):
+            call()
+    times: dict = {key: [] for key in rows}
+    for _ in range(rounds):
+        for key, (_, call) in rows.items():
+            started = time.perf_counter()
+            call()
+            times[key].append(time.perf_counter() - started)
+    result = {}
+    for (family, backend), seconds in times.items():
+        base = times.get(("dav2-s", backend))
+        ratio = np.median(np.asarray(seconds) / np.asarray(base)) if base else None
+        result[f"{family} {backend}"] = {
+            "ms": round(1e3 * float(np.median(seconds)), 1),
+            "p90_ms": round(1e3 * float(np.percentile(seconds, 90)), 1),
+            "vs_dav2_s_same_rounds": None if ratio is None else round(float(ratio), 3),
+        }
+    for predictor, _ in rows.values():
+        predictor.close()
+    return result
+
+
+def peak(model: Path, size: int) -> dict:
+    """This process: load ``model``, run six frames; its peak resident memory. PyTorch is imported
+    for a checkpoint only (a robot running an ONNX or IR has no PyTorch in its process)."""
+    if model.is_dir() or model.suffix == ".pth":
+        import torch
+
+        torch.set_num_threads(THREADS)
+    _, call = runner(model, size)
+    for _ in range(6):
+        call()
+    return {
+        "ru_maxrss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "torch_imported": "torch" in sys.modules,
+    }
+
+
+def memory(out: Path, size: int, families: list[str], backends: list[str]) -> dict:
+    result = {}
+    for family in families:
+        for backend in backends:
+            model = artefact(out, family, backend, size)
+            command = [sys.executable, "-m", "benchmarks.family_cost", "peak", "--model", str(model)]
+            done = subprocess.run([*command, "--size", str(size)], capture_output=True, text=True)
+            if done.returncode:
+                raise RuntimeError(f"{family} {backend}: {done.stderr.strip().splitlines()[-1:]}")
+            result[f"{family} {backend}"] = json.loads(done.stdout.strip().splitlines()[-1])
+            print(family, backend, result[f"{family} {backend}"], file=sys.stderr, flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.family_cost", description=__doc__.split("\n\n")[0])
+    parser.add_argument("step", choices=("setup", "time", "memory", "peak"))
+    parser.add_argument("--size", type=int, default=266, help="square network input (a multiple of 14; default 266)")
+    parser.add_argument("--out", type=Path, default=Path("artifacts/family_cost"), help="models and artefacts")
+    parser.add_argument("--families", default=",".join(FAMILIES), help=f"comma list of {', '.join(FAMILIES)}")
+    parser.add_argument("--backends", default=",".join(BACKENDS), help=f"comma list of {', '.join(BACKENDS)}")
+    parser.add_argument("--rounds", type=int, default=8, help="timed rounds (default 8)")
+    parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)  # peak: the model of this fresh process
+    args = parser.parse_args(argv)
+    families = [f for f in args.families.split(",") if f]
+    backends = [b for b in args.backends.split(",") if b]
+    if args.size % 14 or set(families) - set(FAMILIES) or set(backends) - set(BACKENDS):
+        parser.error("--size must be a multiple of 14, --families and --backends from the lists in --help")
+    if args.step == "setup":
+        setup(args.out, args.size, families)
+        return 0
+    if args.step == "peak":
+        print(json.dumps(peak(args.model, args.size)))
+        return 0
+    measure = time_rows if args.step == "time" else memory
+    extra = (args.rounds,) if args.step == "time" else ()
+    result = {
+        "step": args.step,
+        "size": f"{args.size}x{args.size}",
+        "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "rows": measure(args.out, args.size, families, backends, *extra),
+    }
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
