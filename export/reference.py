@@ -2,7 +2,7 @@
 
 A reference holds a few network inputs at the artefact's input size (bundled photographs, and for
 INT8 the images held out of calibration), their FP32 outputs, and the metric and tolerance of the
-artefact's precision. ``write_reference`` makes one from an FP32 runner (PyTorch for
+artefact's precision. ``make_reference`` makes one from an FP32 runner (PyTorch for
 ``export.onnx``, ONNX Runtime on the FP32 source ONNX for the others), reusing the source's own
 reference where it has inputs at the wanted sizes: so an engine built on a Jetson from a Q/DQ ONNX
 (where neither PyTorch nor the FP32 model exist) inherits the reference that travelled with it.
@@ -62,24 +62,6 @@ def _photos_at(size: tuple[int, int], names: tuple[str, ...]) -> list[tuple[str,
     ]
 
 
-def write_reference(
-    artefact: str | Path,
-    precision: str,
-    sizes: Sequence[tuple[int, int]],
-    runner: Runner | None = None,
-    against: str = "",
-    source: str | Path | Artefact | None = None,
-    held_out: Sequence[np.ndarray] = (),
-    budget: float | None = None,
-    default_sizes: Sequence[tuple[int, int]] = (),
-    **extra,
-) -> Path | None:
-    """Write ``<artefact>.reference.npz`` and return its path (``None``, with a note, when neither
-    the source's reference nor an FP32 runner can give one); ``make_reference`` says how."""
-    made = make_reference(artefact, precision, sizes, runner, against, source, held_out, budget, default_sizes, **extra)
-    return made.path if made is not None else None
-
-
 def make_reference(
     artefact: str | Path,
     precision: str,
@@ -92,7 +74,8 @@ def make_reference(
     default_sizes: Sequence[tuple[int, int]] = (),
     **extra,
 ) -> Reference | None:
-    """Write ``<artefact>.reference.npz`` and return it as written (its ``path`` set), or ``None``.
+    """Write ``<artefact>.reference.npz`` and return it as written (its ``path`` set), or ``None``
+    (with a note) when neither the source's reference nor an FP32 runner can give one.
 
     ``sizes``: the artefact's input size, or for a dynamic artefact its main size and one other;
     ``None``: the sizes of the source's reference, else ``default_sizes``.
