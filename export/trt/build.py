@@ -280,9 +280,7 @@ def ready_step(job: TrtJob, source: Artefact, facts: OnnxFacts) -> Ready:
         print(f"FP16-typed graph: {casts.get('total')} Cast nodes, {casts.get('per_frame')} of them per frame")
     if typing or (record.reference is None and not facts.quantized and not facts.typed_fp16):
         # The ready ONNX's reference, from the record it was typed from (itself, where it is the FP32 source).
-        record = record.with_reference(
-            write_typed_reference(record.path, pretyped, sizes, "fp16" if typing else "fp32")
-        )
+        record = record.with_reference(write_typed_reference(record, pretyped, sizes, "fp16" if typing else "fp32"))
     # What the engine will be checked against: the ready ONNX's reference at the engine's precision.
     expected = None
     if record.reference_data is not None:
@@ -295,7 +293,7 @@ def ready_step(job: TrtJob, source: Artefact, facts: OnnxFacts) -> Ready:
         # The fallback's ONNX travels with the TensorRT-ready one: the device cannot retype it.
         with stage("writing the fallback's FP16-typed graph"):
             islands = fp16_artefact(pretyped, islands_onnx(ready), FP32_OPS, attempts[1].fp32_nodes)
-            write_typed_reference(islands.path, pretyped, sizes)  # every file written has its reference
+            write_typed_reference(islands, pretyped, sizes)  # every file written has its reference
     if plan.strongly_typed and pretyped is None and not islands_onnx(ready).is_file():
         attempts = attempts[:1]  # an FP16-typed ONNX without its source: nothing to retype
     print(f"TensorRT-ready ONNX: {ready} (passes the TensorRT {version} parser rules)")
