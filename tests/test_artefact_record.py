@@ -106,11 +106,10 @@ def spy_on_reads_and_hashes(monkeypatch, reads: list[Path], hashed: Counter) -> 
     same bytes were hashed (counted by digest, so a file hashed staged and again where it landed
     counts twice)."""
 
-    def spy(function, log, by_result=False):
+    def spy(function, log):
         def call(path, *args, **kwargs):
-            result = function(path, *args, **kwargs)
-            log(result if by_result else Path(path))
-            return result
+            log(Path(path))
+            return function(path, *args, **kwargs)
 
         return call
 
@@ -118,7 +117,18 @@ def spy_on_reads_and_hashes(monkeypatch, reads: list[Path], hashed: Counter) -> 
     for module in (export.artefact, export.reference):
         monkeypatch.setattr(module, "load_reference", spy(module.load_reference, reads.append))
     for module in (*DIGESTING, export.onnx):
-        monkeypatch.setattr(module, "artefact_digest", spy(module.artefact_digest, lambda d: hashed.update([d]), True))
+        monkeypatch.setattr(module, "artefact_digest", hashed_spy(module.artefact_digest, hashed))
+
+
+def hashed_spy(function, hashed: Counter):
+    """``function`` (an artefact digest) counting each digest it returns in ``hashed``."""
+
+    def call(path, *args, **kwargs):
+        result = function(path, *args, **kwargs)
+        hashed.update([result])
+        return result
+
+    return call
 
 
 def test_no_step_reads_back_what_the_run_wrote(tmp_path, tiny_checkpoint, monkeypatch):
@@ -167,3 +177,21 @@ def test_quantize_fp16_reads_the_given_reference_once_and_hashes_its_output_once
     typed = load_reference(reference_path(output))
     assert typed.meta["artefact_sha256"] == made["sha256"] == sha256_file(output)
     assert typed.meta["precision"] == "fp16"
+
+
+def test_an_openvino_ir_is_hashed_once_for_its_record_and_its_reference(given, tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    import export.openvino
+    from export.openvino import main as openvino_main
+
+    reads: list[Path] = []
+    hashed: Counter = Counter()
+    spy_on_reads_and_hashes(monkeypatch, reads, hashed)
+    monkeypatch.setattr(export.openvino, "artefact_digest", hashed_spy(export.openvino.artefact_digest, hashed))
+    xml = tmp_path / "out" / "m.xml"
+    xml.parent.mkdir()
+    assert openvino_main(["--onnx", str(given), "--fp16", "--output", str(xml)]) == 0
+    assert Counter(reads) == {given: 1, reference_path(given): 1}
+    assert [d for d, n in hashed.items() if n > 1] == []
+    made = json.loads(sidecar_path(xml).read_text())
+    assert load_reference(reference_path(xml)).meta["artefact_sha256"] == made["sha256"]
