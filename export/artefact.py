@@ -98,9 +98,10 @@ class Artefact:
         """The INT8 accuracy budget's summary, where the artefact was held to one."""
         return self.facts.get("accuracy")
 
-    def made(self, path: str | Path, facts: Mapping[str, Any], reference: Path | None = None) -> Artefact:
-        """The record of ``path``, made from this artefact: ``facts`` are the new file's own."""
-        return Artefact(Path(path), dict(facts), reference)
+    def made(self, path: str | Path, facts: Mapping[str, Any]) -> Artefact:
+        """The record of ``path``, made from this artefact: ``facts`` are the new file's own (its
+        reference, where its step writes one, comes with ``with_reference``)."""
+        return Artefact(Path(path), dict(facts))
 
     def with_reference(self, made: Reference | None) -> Artefact:
         """This record with the reference its step wrote (``made.path`` where it lies now)."""

@@ -206,10 +206,11 @@ def export_onnx(
                             f"tolerance {tolerance:g}; the file was not written"
                         )
         written = None
+        digest = artefact_digest(staged)  # the record's and the reference's: landing is a rename, same bytes
         if not video:  # a stream's reference is its verification over frames, in the sidecar
             with stage("writing the reference"):
                 runner = torch_runner(model)
-                written = make_reference(staged, "fp32", sizes, runner, "PyTorch FP32")
+                written = make_reference(staged, "fp32", sizes, runner, "PyTorch FP32", sha256=digest)
         # The old sidecar, reference and model go first: an external .data file must never land
         # beside an older .onnx, and a new model never sits beside an old model's metadata; the
         # model lands last, after its reference.
@@ -233,7 +234,7 @@ def export_onnx(
             **output_kind.sidecar(),
             "source": source,
             **identity,
-            "sha256": artefact_digest(output),
+            "sha256": digest,
             "export_seconds": round(result.seconds, 2),
             "verification": {
                 "against": "PyTorch FP32",

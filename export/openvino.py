@@ -175,6 +175,7 @@ def export_openvino(
             source=source,
             held_out=calibration.held_out_batches() if budget is not None else (),
             budget=UNMEASURED_INT8_TOLERANCE if unmeasured else budget,
+            sha256=record.sha256,  # the IR as its record hashed it: the same bytes
             **unmeasured,
         )
     licence_note(record.licence, output)

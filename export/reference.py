@@ -2,7 +2,7 @@
 
 A reference holds a few network inputs at the artefact's input size (bundled photographs, and for
 INT8 the images held out of calibration), their FP32 outputs, and the metric and tolerance of the
-artefact's precision. ``write_reference`` makes one from an FP32 runner (PyTorch for
+artefact's precision. ``make_reference`` makes one from an FP32 runner (PyTorch for
 ``export.onnx``, ONNX Runtime on the FP32 source ONNX for the others), reusing the source's own
 reference where it has inputs at the wanted sizes: so an engine built on a Jetson from a Q/DQ ONNX
 (where neither PyTorch nor the FP32 model exist) inherits the reference that travelled with it.
@@ -62,24 +62,6 @@ def _photos_at(size: tuple[int, int], names: tuple[str, ...]) -> list[tuple[str,
     ]
 
 
-def write_reference(
-    artefact: str | Path,
-    precision: str,
-    sizes: Sequence[tuple[int, int]],
-    runner: Runner | None = None,
-    against: str = "",
-    source: str | Path | Artefact | None = None,
-    held_out: Sequence[np.ndarray] = (),
-    budget: float | None = None,
-    default_sizes: Sequence[tuple[int, int]] = (),
-    **extra,
-) -> Path | None:
-    """Write ``<artefact>.reference.npz`` and return its path (``None``, with a note, when neither
-    the source's reference nor an FP32 runner can give one); ``make_reference`` says how."""
-    made = make_reference(artefact, precision, sizes, runner, against, source, held_out, budget, default_sizes, **extra)
-    return made.path if made is not None else None
-
-
 def make_reference(
     artefact: str | Path,
     precision: str,
@@ -90,16 +72,19 @@ def make_reference(
     held_out: Sequence[np.ndarray] = (),
     budget: float | None = None,
     default_sizes: Sequence[tuple[int, int]] = (),
+    sha256: str | None = None,
     **extra,
 ) -> Reference | None:
-    """Write ``<artefact>.reference.npz`` and return it as written (its ``path`` set), or ``None``.
+    """Write ``<artefact>.reference.npz`` and return it as written (its ``path`` set), or ``None``
+    (with a note) when neither the source's reference nor an FP32 runner can give one.
 
     ``sizes``: the artefact's input size, or for a dynamic artefact its main size and one other;
     ``None``: the sizes of the source's reference, else ``default_sizes``.
     Inputs come from the reference of ``source`` (a record, or a file given from outside the run)
     at those sizes; sizes it lacks get bundled photographs (two for a static artefact, one per size
     for a dynamic one) and ``held_out`` calibration batches (normalised ``(1, 3, H, W)``) are
-    added, both run through ``runner``.
+    added, both run through ``runner``. ``sha256``: the artefact's digest where its step has taken
+    it already (for its record: the same bytes are not hashed twice); else taken here.
     """
     base_ref = source_reference(source)
     if sizes is None:
@@ -138,8 +123,10 @@ def make_reference(
     metric, tolerance = precision_rule(precision, budget)
     origins = "; ".join(dict.fromkeys(item["outputs_from"] for item in inputs))
     meta = make_meta(artefact, precision, metric, tolerance, inputs, origins, **extra)
-    if Path(artefact).is_file():  # which artefact this is the reference of (an engine: stamped once built)
-        meta["artefact_sha256"] = artefact_digest(artefact)
+    if sha256 is None and Path(artefact).is_file():
+        sha256 = artefact_digest(artefact)
+    if sha256 is not None:  # which artefact this is the reference of (an engine: stamped once built)
+        meta["artefact_sha256"] = sha256
     made = Reference(images, outputs, meta)
     made.path = save_reference(reference_path(artefact), made)
     return made
@@ -180,9 +167,14 @@ def onnx_runner(path: str | Path) -> Runner | None:
 
 
 def write_int8_reference(
-    output: Path, source: Path | Artefact, shape: tuple[int, int], held_out: Sequence[np.ndarray], budget: float | None
+    output: Path | Artefact,
+    source: Path | Artefact,
+    shape: tuple[int, int],
+    held_out: Sequence[np.ndarray],
+    budget: float | None,
 ) -> Reference | None:
-    """The reference of an INT8 Q/DQ ONNX quantized from the FP32 ``source`` at ``shape``: FP32
+    """The reference of ``output``, an INT8 Q/DQ ONNX (or its record, whose hash it reuses)
+    quantized from the FP32 ``source`` at ``shape``: FP32
     outputs of the source on photographs and the held-out calibration images, held to ``budget``.
     ``budget=None`` (``--accuracy-budget off``, nothing measured): the reference says it is
     unmeasured and holds the artefact only to ``UNMEASURED_INT8_TOLERANCE``, a broken-artefact bound."""
@@ -195,17 +187,21 @@ def write_int8_reference(
     extra = {} if budget is not None else {"measured": False}
     budget = budget if budget is not None else UNMEASURED_INT8_TOLERANCE
     runner = onnx_runner(source.path)
-    return make_reference(output, "int8", sizes, runner, against, source, held_out, budget, **extra)
+    path, sha256 = _path_and_hash(output)
+    return make_reference(path, "int8", sizes, runner, against, source, held_out, budget, sha256=sha256, **extra)
 
 
 def write_typed_reference(
-    output: Path, source: Path | Artefact, sizes: Sequence[tuple[int, int]] | None = None, precision: str = "fp16"
+    output: Path | Artefact,
+    source: Path | Artefact,
+    sizes: Sequence[tuple[int, int]] | None = None,
+    precision: str = "fp16",
 ) -> Reference | None:
     """The reference of ``output``, a copy of ``source`` (FP32 or Q/DQ INT8; a path or its record)
     typed to ``precision`` (``fp32``: the source itself, as a TensorRT build reads it): the
     source's inputs and FP32 outputs (ONNX Runtime on an FP32 source where the source has none),
     held to that precision's bound, or to the INT8 budget for a Q/DQ source. ``sizes``: default
-    the source's input size."""
+    the source's input size. ``output`` as a record: its hash is reused, not taken again."""
     from .graph import input_hw, is_quantized, load_onnx
 
     path = source.path if isinstance(source, Artefact) else source
@@ -216,4 +212,10 @@ def write_typed_reference(
     runner = None if quantized else onnx_runner(path)  # a Q/DQ model's outputs are not FP32 outputs
     against = "ONNX Runtime FP32 on the source ONNX"
     precision = "int8" if quantized else precision
-    return make_reference(output, precision, sizes, runner, against, source, default_sizes=own)
+    path, sha256 = _path_and_hash(output)
+    return make_reference(path, precision, sizes, runner, against, source, default_sizes=own, sha256=sha256)
+
+
+def _path_and_hash(output: Path | Artefact) -> tuple[Path, str | None]:
+    """An artefact's path and, given its record, the hash its step took."""
+    return (output.path, output.get("sha256")) if isinstance(output, Artefact) else (Path(output), None)

@@ -98,12 +98,13 @@ def test_an_int8_budget_and_an_unmeasured_bound_carry_over_to_what_is_built_from
     assert inherited_reference(base, "e.engine", "fp16", [(14, 14)]) is None  # no input at that size
 
 
-def test_no_step_reads_back_what_the_run_wrote(tmp_path, tiny_checkpoint, monkeypatch):
-    """INT8 with its budget, from a checkpoint, to the TensorRT 10 ready ONNX (FP16-typed Q/DQ):
-    no sidecar or reference the run wrote is read, and no file is hashed twice."""
-    make_shard(tmp_path / "calib" / "sa_000000.tar", count=10, faults=False)
-    reads: list[Path] = []
-    hashed: Counter = Counter()
+DIGESTING = (export.artefact, export.reference, export.quantize.budget, export.quantize.fp16, export.quantize.qdq)
+
+
+def spy_on_reads_and_hashes(monkeypatch, reads: list[Path], hashed: Counter) -> None:
+    """``reads``: every sidecar and reference read by the export steps; ``hashed``: how often the
+    same bytes were hashed (counted by digest, so a file hashed staged and again where it landed
+    counts twice)."""
 
     def spy(function, log):
         def call(path, *args, **kwargs):
@@ -115,8 +116,29 @@ def test_no_step_reads_back_what_the_run_wrote(tmp_path, tiny_checkpoint, monkey
     monkeypatch.setattr(export.artefact, "read_sidecar", spy(export.artefact.read_sidecar, reads.append))
     for module in (export.artefact, export.reference):
         monkeypatch.setattr(module, "load_reference", spy(module.load_reference, reads.append))
-    for module in (export.artefact, export.quantize.budget, export.quantize.fp16, export.quantize.qdq, export.onnx):
-        monkeypatch.setattr(module, "artefact_digest", spy(module.artefact_digest, lambda p: hashed.update([p])))
+    for module in (*DIGESTING, export.onnx):
+        monkeypatch.setattr(module, "artefact_digest", hashed_spy(module.artefact_digest, hashed))
+
+
+def hashed_spy(function, hashed: Counter):
+    """``function`` (an artefact digest) counting each digest it returns in ``hashed``."""
+
+    def call(path, *args, **kwargs):
+        result = function(path, *args, **kwargs)
+        hashed.update([result])
+        return result
+
+    return call
+
+
+def test_no_step_reads_back_what_the_run_wrote(tmp_path, tiny_checkpoint, monkeypatch):
+    """INT8 with its budget, from a checkpoint, to the TensorRT 10 ready ONNX (FP16-typed Q/DQ):
+    no sidecar or reference the run wrote is read, and no file is hashed twice."""
+    make_shard(tmp_path / "calib" / "sa_000000.tar", count=10, faults=False)
+    reads: list[Path] = []
+    hashed: Counter = Counter()
+
+    spy_on_reads_and_hashes(monkeypatch, reads, hashed)
     out = tmp_path / "out"
     int8 = Int8Options(calib_dir=tmp_path / "calib", samples=6, held_out=2)
     request = TrtRequest(
@@ -131,5 +153,45 @@ def test_no_step_reads_back_what_the_run_wrote(tmp_path, tiny_checkpoint, monkey
     record = build_trt(request)
     assert record.path.is_file() and record.reference is not None and record.reference.is_file()
     assert [p for p in reads if out in p.parents] == []
-    assert {p: n for p, n in hashed.items() if n > 1} == {}
+    # the exported ONNX is hashed once, staged, for its reference and its record (landing is a
+    # rename); the INT8 ONNX once, for its record and its reference
+    assert hashed and [d for d, n in hashed.items() if n > 1] == []
     assert record.reference_data is not None and record.reference_data.path == record.reference
+
+
+def test_quantize_fp16_reads_the_given_reference_once_and_hashes_its_output_once(given, tmp_path, monkeypatch):
+    """``export.quantize --fp16``: the given ONNX's sidecar and reference are read once (its
+    record carries the reference to the typed copy's), and the copy is hashed once (its record
+    and its reference share the digest)."""
+    import export.quantize.__main__ as quantize_main
+
+    reads: list[Path] = []
+    hashed: Counter = Counter()
+    spy_on_reads_and_hashes(monkeypatch, reads, hashed)
+    output = tmp_path / "out" / "m.fp16.onnx"
+    output.parent.mkdir()
+    assert quantize_main.main(["--onnx", str(given), "--fp16", "--output", str(output)]) == 0
+    assert Counter(reads) == {given: 1, reference_path(given): 1}  # its sidecar, its reference
+    assert [d for d, n in hashed.items() if n > 1] == []
+    made = json.loads(sidecar_path(output).read_text())
+    typed = load_reference(reference_path(output))
+    assert typed.meta["artefact_sha256"] == made["sha256"] == sha256_file(output)
+    assert typed.meta["precision"] == "fp16"
+
+
+def test_an_openvino_ir_is_hashed_once_for_its_record_and_its_reference(given, tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    import export.openvino
+    from export.openvino import main as openvino_main
+
+    reads: list[Path] = []
+    hashed: Counter = Counter()
+    spy_on_reads_and_hashes(monkeypatch, reads, hashed)
+    monkeypatch.setattr(export.openvino, "artefact_digest", hashed_spy(export.openvino.artefact_digest, hashed))
+    xml = tmp_path / "out" / "m.xml"
+    xml.parent.mkdir()
+    assert openvino_main(["--onnx", str(given), "--fp16", "--output", str(xml)]) == 0
+    assert Counter(reads) == {given: 1, reference_path(given): 1}
+    assert [d for d, n in hashed.items() if n > 1] == []
+    made = json.loads(sidecar_path(xml).read_text())
+    assert load_reference(reference_path(xml)).meta["artefact_sha256"] == made["sha256"]

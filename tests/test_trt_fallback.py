@@ -18,7 +18,7 @@ import pytest
 
 from export.graph import FLOAT, Graph, inferred
 from export.quantize.fp16 import FP32_OPS, to_fp16
-from export.reference import write_reference
+from export.reference import make_reference
 from export.trt.decisions import (
     EngineOverTolerance,
     checked_build,
@@ -30,7 +30,7 @@ from export.trt.decisions import (
 )
 from export.trt.rules import TrtVersion, check_onnx
 from runtime.backends.onnxruntime import OnnxRuntimeBackend
-from runtime.reference import load_reference, reference_path, verify_backend
+from runtime.reference import reference_path, verify_backend
 from tests.conftest import REPO
 from tests.test_reference import flip_largest_onnx_weight
 from tests.test_trt_logic import gpu_ready
@@ -95,7 +95,8 @@ def attempt_results(tmp_path: Path, tiny: Path, first_damaged: bool, second_dama
     ONNX (the first as exported, the fallback FP16-typed with its islands in FP32), damaged where
     asked, and measures it on the reference with ONNX Runtime."""
     # the engine's reference: the ONNX's inputs and FP32 outputs, held to FP16's bound
-    reference = load_reference(write_reference(tmp_path / "m.fp16.engine", "fp16", [(56, 84)], source=tiny))
+    reference = make_reference(tmp_path / "m.fp16.engine", "fp16", [(56, 84)], source=tiny)
+    assert reference is not None
     built: list[Path] = []
 
     def build(attempt) -> Path:

@@ -16,7 +16,7 @@ from ..formats import FORMATS
 from ..graph import input_hw, load_onnx
 from ..reference import write_typed_reference
 from .budget import export_int8
-from .fp16 import to_fp16
+from .fp16 import fp16_artefact
 from .options import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS, Int8Options
 from .qdq import TARGETS
 
@@ -76,9 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.fp16:
         output = args.output or args.onnx.with_name(args.onnx.stem + ".fp16.onnx")
+        source = Artefact.read(args.onnx)  # its sidecar and reference, read once
         with stage("converting to an FP16-typed graph"):
-            to_fp16(args.onnx, output)
-        write_typed_reference(output, args.onnx)
+            typed = fp16_artefact(source, output)
+        write_typed_reference(typed, source)
         print(f"wrote {output}")
         return 0
     if args.target != "cpu" and args.int8_arithmetic != "auto":

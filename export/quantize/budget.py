@@ -243,8 +243,10 @@ def quantize_with_budget(
             k: record[k]
             for k in ("budget", "metric", "method", "error", "plain_error", "int8_layers", "float_layers", "smoothed")
         }
+        # The calibrated model moved here is the bytes quantize_int8 hashed; a probe's model is new.
+        digest = artefact_digest(output) if outcome.floats else based.sha256
         made = replace(based, path=output).updated(
-            quantization=quantization, **source.source_facts(), sha256=artefact_digest(output), accuracy=accuracy
+            quantization=quantization, **source.source_facts(), sha256=digest, accuracy=accuracy
         )
         made.write()
         quantized_now = [n for n in quantized if n not in outcome.floats]
@@ -297,7 +299,7 @@ def export_int8(source: Artefact, output: Path, options: Int8Options, shape: tup
                 write=False,
             )
             print(f"INT8 Q/DQ: {len(result.quantized)} layers INT8, no accuracy check (accuracy budget off)")
-            reference = write_int8_reference(output, source, shape, (), None)
+            reference = write_int8_reference(result.artefact, source, shape, (), None)
             return result.artefact.with_reference(reference).write()
     checked = quantize_with_budget(source, images, output, options, target, cache)
     floats = len(checked.reverted) + len(options.float_layers)
@@ -308,5 +310,5 @@ def export_int8(source: Artefact, output: Path, options: Int8Options, shape: tup
         f"{images.held_out} held-out images (budget {options.budget}; report {quant_report_path(output)}, "
         f"{checked.seconds:.0f} s)"
     )
-    reference = write_int8_reference(output, source, shape, images.held_out_batches(), options.budget)
+    reference = write_int8_reference(checked.artefact, source, shape, images.held_out_batches(), options.budget)
     return checked.artefact.with_reference(reference)

@@ -57,6 +57,7 @@ from .decisions import (
     verification_record,
 )
 from .engine import build_engine, gpu_info, run_reference
+from .outputs import exp_tail_nodes, extra_outputs_fact, onnx_outputs
 from .rules import TrtCompatibilityError, TrtVersion, check_onnx, known_releases, require_compatible
 
 if TYPE_CHECKING:
@@ -157,6 +158,7 @@ class Ready:
     expected: Reference | None  # the engine's reference, in memory until the engine lands beside it
     base_pins: tuple[str, ...] = ()
     calibration: dict | None = None
+    outputs: tuple[str, ...] = ("depth",)  # the ONNX's outputs, depth first: every one the engine keeps
 
 
 def build_trt(request: TrtRequest) -> Artefact:
@@ -269,7 +271,9 @@ def ready_step(job: TrtJob, source: Artefact, facts: OnnxFacts) -> Ready:
             f"{record.path} is FP16-typed already: `fp32_layers` needs the FP32 or Q/DQ ONNX it was typed from"
         )
     nodes_of = load_onnx((pretyped or record).path, load_external_data=False)
-    attempts = engine_attempts(plan, fp32_island_nodes(nodes_of), match_layers(nodes_of, request.fp32_layers))
+    attempts = engine_attempts(
+        plan, fp32_island_nodes(nodes_of), match_layers(nodes_of, request.fp32_layers), exp_tail_nodes(nodes_of)
+    )
     typing = plan.typed_fp16 and not facts.typed_fp16
     if typing:
         with stage("converting to an FP16-typed graph"):
@@ -280,13 +284,14 @@ def ready_step(job: TrtJob, source: Artefact, facts: OnnxFacts) -> Ready:
         print(f"FP16-typed graph: {casts.get('total')} Cast nodes, {casts.get('per_frame')} of them per frame")
     if typing or (record.reference is None and not facts.quantized and not facts.typed_fp16):
         # The ready ONNX's reference, from the record it was typed from (itself, where it is the FP32 source).
-        record = record.with_reference(
-            write_typed_reference(record.path, pretyped, sizes, "fp16" if typing else "fp32")
-        )
+        record = record.with_reference(write_typed_reference(record, pretyped, sizes, "fp16" if typing else "fp32"))
     # What the engine will be checked against: the ready ONNX's reference at the engine's precision.
     expected = None
+    outputs = tuple(onnx_outputs(nodes_of))
     if record.reference_data is not None:
         expected = inherited_reference(record.reference_data, output.name, request.precision, sizes)
+    if expected is not None:  # it holds depth; it says which outputs the engine has besides
+        expected.meta.update(extra_outputs_fact(outputs))
     ready = record.path
     with stage(f"checking the TensorRT {version} parser rules"):
         require_compatible(ready, version)
@@ -295,11 +300,11 @@ def ready_step(job: TrtJob, source: Artefact, facts: OnnxFacts) -> Ready:
         # The fallback's ONNX travels with the TensorRT-ready one: the device cannot retype it.
         with stage("writing the fallback's FP16-typed graph"):
             islands = fp16_artefact(pretyped, islands_onnx(ready), FP32_OPS, attempts[1].fp32_nodes)
-            write_typed_reference(islands.path, pretyped, sizes)  # every file written has its reference
+            write_typed_reference(islands, pretyped, sizes)  # every file written has its reference
     if plan.strongly_typed and pretyped is None and not islands_onnx(ready).is_file():
         attempts = attempts[:1]  # an FP16-typed ONNX without its source: nothing to retype
     print(f"TensorRT-ready ONNX: {ready} (passes the TensorRT {version} parser rules)")
-    return Ready(record, source, facts, pretyped, attempts, expected, base_pins, calibration)
+    return Ready(record, source, facts, pretyped, attempts, expected, base_pins, calibration, outputs)
 
 
 @dataclass(frozen=True)
@@ -359,9 +364,8 @@ class EngineAttempts:
         name = self.ready.facts.input_name
         print(f"building TensorRT {job.trt.__version__} {request.precision} engine on {self.gpu}, {attempt.label} ...")
         with stage("building the engine"):
-            engine = build_engine(
-                job.trt, built_from, attempt_plan, request.profile, name, request.workspace_mib, self.timing
-            )
+            settings = (request.profile, name, request.workspace_mib, self.timing, self.ready.outputs)
+            engine = build_engine(job.trt, built_from, attempt_plan, *settings)
         self.staged.write_bytes(engine)
         command = trtexec_command(
             built_from, job.output, attempt_plan, name, request.profile, request.workspace_mib, self.timing
@@ -392,6 +396,7 @@ def engine_step(job: TrtJob, ready: Ready, target: Target, started: float) -> Ar
             "profile": {k: list(v) for k, v in profile.shapes().items()} if profile else None,
             "encoder": source.encoder,
             **source.output_kind().sidecar(),
+            **extra_outputs_fact(ready.outputs),
             "licence": ready.record.licence,
             **ready.record.identity(),
             "gpu": {"name": target.gpu, "compute_capability": list(target.capability)},

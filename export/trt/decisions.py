@@ -19,7 +19,7 @@ import re
 import shlex
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from ..errors import ExportError, ExportRequestError
 from ..graph import FLOAT16, Graph, is_quantized, load_onnx, model_opset
@@ -275,13 +275,17 @@ class EngineAttempt:
     fp32_nodes: tuple[str, ...]
 
 
-def engine_attempts(plan: BuildPlan, islands: list[str], asked: list[str]) -> list[EngineAttempt]:
+def engine_attempts(
+    plan: BuildPlan, islands: list[str], asked: list[str], pinned: Sequence[str] = ()
+) -> list[EngineAttempt]:
     """The builds to try in turn: as planned (with the ``--fp32-layers`` asked for), then, where the
-    build has FP16 arithmetic to take back, with the FP32 islands too. An FP32 build has none."""
-    first = EngineAttempt("as built" if not asked else f"with {len(asked)} --fp32-layers nodes in FP32", tuple(asked))
-    wider = tuple(dict.fromkeys([*asked, *islands]))
+    build has FP16 arithmetic to take back, with the FP32 islands too. An FP32 build has none.
+    ``pinned``: nodes every build with FP16 arithmetic keeps in FP32 (``outputs.exp_tail_nodes``)."""
     has_fp16 = plan.typed_fp16 or "FP16" in plan.builder_flags
-    if not has_fp16 or set(wider) == set(asked):
+    kept = tuple(dict.fromkeys([*(pinned if has_fp16 else ()), *asked]))
+    first = EngineAttempt("as built" if not asked else f"with {len(asked)} --fp32-layers nodes in FP32", kept)
+    wider = tuple(dict.fromkeys([*kept, *islands]))
+    if not has_fp16 or set(wider) == set(kept):
         return [first]
     return [first, EngineAttempt(f"rebuilt with {ISLANDS} in FP32 ({len(wider)} nodes)", wider)]
 

@@ -11,6 +11,7 @@ from runtime.io.files import atomic_write_bytes
 
 from ..errors import ExportError
 from .decisions import BuildPlan, Profile
+from .outputs import check_network_outputs
 
 
 def pin_layers_fp32(trt, network, names: tuple[str, ...]) -> int:
@@ -34,8 +35,10 @@ def build_engine(
     input_name: str,
     workspace_mib: int,
     timing_cache: Path | None,
+    outputs: tuple[str, ...] = ("depth",),
 ) -> bytes:
-    """Parse ``onnx_path`` and build a serialised engine, reusing and updating the timing cache."""
+    """Parse ``onnx_path`` and build a serialised engine, reusing and updating the timing cache;
+    the network must output every one of the ONNX's ``outputs`` (depth and its extra outputs)."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 0
@@ -46,6 +49,8 @@ def build_engine(
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ExportError(f"TensorRT could not parse {onnx_path}: {errors}")
+    marked = [network.get_output(i).name for i in range(network.num_outputs)]
+    check_network_outputs(outputs, marked, onnx_path)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
     for flag in plan.builder_flags:

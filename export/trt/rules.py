@@ -203,6 +203,11 @@ REDUCE_OPS = {
     "ReduceSumSquare": 18,
 }  # op -> first opset where axes is an input
 SRC_CONSTANTS = "onnx-tensorrt 8.5-GA docs/operators.md; 10.1-GA onnxOpImporters.cpp and importerUtils.cpp"
+# TopK takes K <= 3840 in every release here: TensorRT 8.5-11 NvInfer.h, ITopKLayer::setK ("only
+# values up to 3840 are supported"); TensorRT operator docs, TopK ("k <= d, k <= 3840"). A sort
+# exports as a TopK over the whole axis: the DA3 mono/metric sky step sorts every pixel of the image.
+TOPK_MAX_K = 3840
+SRC_TOPK = "TensorRT 8.5-11 NvInfer.h ITopKLayer::setK and the operator docs' TopK: k <= 3840"
 
 
 def _attr(node: Any, name: str, default: Any = None) -> Any:
@@ -321,6 +326,16 @@ def _check_node(node: Any, graph: Graph, version: TrtVersion) -> list[Finding]:
             add("resize-transform", f"Resize coordinate transformation {transform!r}", DOC_85)
         if _attr(node, "antialias", 0):
             add("resize-antialias", "Resize with antialias", "onnx-tensorrt 10.15 GA docs/operators.md")
+    elif op == "TopK":
+        bound = _topk_bound(node, graph)
+        if bound is None or bound > TOPK_MAX_K:
+            values = f"{bound} values" if bound is not None else "a number of values known only at run time"
+            add(
+                "topk-k",
+                f"TopK of {values} (a sort over the whole axis); TensorRT takes K <= {TOPK_MAX_K}"
+                + (": the sky step of a DA3 mono/metric graph sorts every pixel" if _outputs_sky(graph) else ""),
+                SRC_TOPK,
+            )
     indices = CONSTANT_INPUTS.get(op, ()) + (CONSTANT_INPUTS_8X.get(op, ()) if version.major == 8 else ())
     if op in REDUCE_OPS and graph.opset >= REDUCE_OPS[op]:
         indices += (1,)
@@ -334,6 +349,26 @@ def _check_node(node: Any, graph: Graph, version: TrtVersion) -> list[Finding]:
                 SRC_CONSTANTS,
             )
     return found
+
+
+def _topk_bound(node: Any, graph: Graph) -> int | None:
+    """The most values a TopK returns: its constant K, else the length of its axis (K <= it), or
+    ``None`` where neither is known before run time."""
+    k = graph.array(node.input[1]) if len(node.input) > 1 else None
+    if k is not None:
+        return int(k.reshape(-1)[0])
+    axis = _attr(node, "axis", -1)
+    graph_proto = graph.model.graph
+    for info in (*graph_proto.value_info, *graph_proto.input, *graph_proto.output):
+        if info.name == node.input[0] and info.type.HasField("tensor_type"):
+            dims = info.type.tensor_type.shape.dim
+            if -len(dims) <= axis < len(dims) and dims[axis].HasField("dim_value"):
+                return int(dims[axis].dim_value)
+    return None
+
+
+def _outputs_sky(graph: Graph) -> bool:
+    return any(o.name == "sky" for o in graph.model.graph.output)
 
 
 def _check_qdq(node: Any, graph: Graph, version: TrtVersion) -> list[Finding]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import queue
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -20,12 +20,14 @@ from commands.errors import MissingDependencyError, ModelFileError, require
 
 from ..metadata import read_sidecar
 from ..metric import OutputKind
+from ..prediction import extras_of
 from .base import Backend, InputSpec, check_depth_output, check_streams
 from .cuda import open_cuda, parse_device
 from .profiling import LayerTimeRecorder, Profile, timed_calls
 from .torch_pre import TorchImagePipeline
 
 JETPACK_NOTE = "on Jetson TensorRT comes with JetPack (python3-libnvinfer), not from pip"
+DEPTH = "depth"  # the depth output's name in every engine built from this toolkit's ONNX (export.onnx)
 
 
 def rebuild_hint(engine: Path) -> str:
@@ -91,6 +93,55 @@ def engine_profile(dims: tuple[int, ...], profile_shape: Callable[[], Any]) -> t
     return tuple(low), tuple(high)
 
 
+def engine_io(
+    engine: Path, tensors: Sequence[tuple[str, bool, bool, tuple[int, ...]]], meta: dict[str, Any] | None
+) -> tuple[str, str, tuple[str, ...]]:
+    """The engine's input, its depth output and the outputs after depth (a DA3 network's ``sky`` or
+    ``depth_conf``), from its I/O tensors as TensorRT lists them (``ICudaEngine.num_io_tensors``,
+    ``get_tensor_name``, ``get_tensor_mode``, ``get_tensor_dtype``, ``get_tensor_shape``: 8.5-11),
+    each ``(name, is_input, is_float32, shape)``. The outputs are found by name, not by position
+    (the engine's order is not documented to be the ONNX's): one output is depth whatever its name;
+    several are ``depth`` and the extra outputs the sidecar names (``extra_outputs``, in its order),
+    no more, no fewer. ``ModelFileError`` otherwise."""
+    for name, _, is_float, _ in tensors:
+        if not is_float:
+            raise ModelFileError(f"{engine}: tensor {name!r} is not float32; export engines with FP32 I/O")
+    inputs = [name for name, is_input, _, _ in tensors if is_input]
+    outputs = [name for name, is_input, _, _ in tensors if not is_input]
+    said = list((meta or {}).get("extra_outputs") or [])
+    if len(inputs) != 1 or not outputs:
+        raise ModelFileError(f"{engine}: expected one input and a depth output, found {inputs} and {outputs}")
+    if len(outputs) == 1 and not said:
+        return inputs[0], outputs[0], ()
+    others = [n for n in outputs if n != DEPTH]
+    if DEPTH not in outputs:
+        raise ModelFileError(f"{engine}: outputs {', '.join(outputs)} and none named {DEPTH!r}; {rebuild_hint(engine)}")
+    if meta is not None and sorted(others) != sorted(said):
+        raise ModelFileError(
+            f"{engine}: its outputs after depth are {', '.join(others) or 'none'} but its sidecar says "
+            f"{', '.join(said) or 'none'}; the engine and {engine.name}.json are of different builds: "
+            + rebuild_hint(engine)
+        )
+    try:
+        extras = extras_of([DEPTH, *(said if meta is not None else others)], engine)
+    except ValueError as exc:
+        raise ModelFileError(str(exc)) from None
+    return inputs[0], DEPTH, extras
+
+
+def output_buffers(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[tuple[int, ...], int]]:
+    """Each output's shape and size in bytes (float32) once the input shape is set
+    (``IExecutionContext.get_tensor_shape``): an engine that still reports a dynamic dimension
+    cannot be given a buffer."""
+    buffers = {}
+    for name, shape in shapes.items():
+        shape = tuple(int(d) for d in shape)
+        if any(d < 0 for d in shape):
+            raise RuntimeError(f"TensorRT reports output {name!r} of shape {shape} after the input shape was set")
+        buffers[name] = (shape, int(np.prod(shape, dtype=np.int64)) * 4)
+    return buffers
+
+
 PREPROCESS = ("auto", "numpy", "device")
 
 
@@ -133,8 +184,8 @@ class Lane:
     """One execution context on a CUDA stream of its own, with its own buffers: one call in
     flight. Several lanes let several calls overlap on the GPU (``streams``)."""
 
-    def __init__(self, engine: Any, cuda: Any, tensors: tuple[str, str], profiler: Any = None) -> None:
-        self.cuda, (self.input, self.output) = cuda, tensors
+    def __init__(self, engine: Any, cuda: Any, tensors: tuple[str, tuple[str, ...]], profiler: Any = None) -> None:
+        self.cuda, (self.input, self.outputs) = cuda, tensors  # outputs: depth first, then the extra ones
         self.buffers: dict[str, tuple[int, int, np.ndarray, int]] = {}  # name -> (device, host ptr, host, bytes)
         cuda.activate()
         try:
@@ -155,24 +206,30 @@ class Lane:
             self.buffers[tensor] = held
         return held[0], held[1], held[2]
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output of the engine on ``batch``, by name (each needs an address: ``execute_async_v3``)."""
         cuda, context = self.cuda, self.context
         cuda.activate()
         try:
             context.set_input_shape(self.input, batch.shape)
-            out_shape = tuple(context.get_tensor_shape(self.output))
-            out_bytes = int(np.prod(out_shape)) * 4
+            layout = output_buffers({name: tuple(context.get_tensor_shape(name)) for name in self.outputs})
             in_dev, in_ptr, in_host = self._buffer(self.input, batch.nbytes)
-            out_dev, out_ptr, out_host = self._buffer(self.output, out_bytes)
             in_host[: batch.nbytes] = batch.reshape(-1).view(np.uint8)
             cuda.to_device(in_dev, in_ptr, batch.nbytes)
             context.set_tensor_address(self.input, in_dev)
-            context.set_tensor_address(self.output, out_dev)
+            held = {}
+            for name, (_, nbytes) in layout.items():
+                held[name] = self._buffer(name, nbytes)
+                context.set_tensor_address(name, held[name][0])
             if not context.execute_async_v3(cuda.stream_handle):
                 raise RuntimeError("TensorRT execution failed; see the TensorRT log above")
-            cuda.to_host(out_ptr, out_dev, out_bytes)
+            for name, (_, nbytes) in layout.items():
+                cuda.to_host(held[name][1], held[name][0], nbytes)
             cuda.synchronize()
-            return out_host[:out_bytes].view(np.float32).reshape(out_shape).copy()
+            return {
+                name: held[name][2][:nbytes].view(np.float32).reshape(shape).copy()
+                for name, (shape, nbytes) in layout.items()
+            }
         finally:
             cuda.deactivate()
 
@@ -188,18 +245,22 @@ class Lane:
             lane.wait_stream(caller)
             batch = batch.contiguous()
             context.set_input_shape(self.input, tuple(batch.shape))
+            layout = output_buffers({name: tuple(context.get_tensor_shape(name)) for name in self.outputs})
             with torch.cuda.stream(lane):
-                out = torch.empty(
-                    tuple(context.get_tensor_shape(self.output)), dtype=torch.float32, device=batch.device
-                )
+                outs = {
+                    name: torch.empty(shape, dtype=torch.float32, device=batch.device)
+                    for name, (shape, _) in layout.items()
+                }
             context.set_tensor_address(self.input, batch.data_ptr())
-            context.set_tensor_address(self.output, out.data_ptr())
+            for name, out in outs.items():
+                context.set_tensor_address(name, out.data_ptr())
             if not context.execute_async_v3(cuda.stream_handle):
                 raise RuntimeError("TensorRT execution failed; see the TensorRT log above")
             batch.record_stream(lane)  # not reused by PyTorch's allocator before the engine has read it
             caller.wait_stream(lane)
-            out.record_stream(caller)
-            return out
+            for out in outs.values():
+                out.record_stream(caller)
+            return outs
         finally:
             cuda.deactivate()
 
@@ -254,20 +315,24 @@ class TensorRTBackend(Backend):
                 raise ModelFileError(f"{path}: TensorRT could not deserialise it; {rebuild_hint(path)}")
         finally:
             self._cuda.deactivate()
-        inputs, outputs = [], []
-        for i in range(self._engine.num_io_tensors):
-            tensor = self._engine.get_tensor_name(i)
-            is_input = self._engine.get_tensor_mode(tensor) == trt.TensorIOMode.INPUT
-            (inputs if is_input else outputs).append(tensor)
-            if self._engine.get_tensor_dtype(tensor) != trt.DataType.FLOAT:
-                raise ModelFileError(f"{path}: tensor {tensor!r} is not float32; export engines with FP32 I/O")
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise ModelFileError(f"{path}: expected one input and one output, found {inputs} and {outputs}")
-        self._tensors = (inputs[0], outputs[0])
-        check_depth_output(path, tuple(self._engine.get_tensor_shape(outputs[0])))
-        dims = tuple(self._engine.get_tensor_shape(inputs[0]))
-        self._profile_range = engine_profile(dims, lambda: self._engine.get_tensor_profile_shape(inputs[0], 0))
-        self.input_spec = spec_from_dims(inputs[0], dims, self._profile_range)
+        engine = self._engine
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        tensors = [
+            (
+                name,
+                engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
+                engine.get_tensor_dtype(name) == trt.DataType.FLOAT,
+                tuple(engine.get_tensor_shape(name)),
+            )
+            for name in names
+        ]
+        image, depth, self.extra_outputs = engine_io(path, tensors, meta)
+        self._tensors = (image, (depth, *self.extra_outputs))
+        for name in self._tensors[1]:
+            check_depth_output(path, tuple(engine.get_tensor_shape(name)))  # each one map per image
+        dims = tuple(engine.get_tensor_shape(image))
+        self._profile_range = engine_profile(dims, lambda: engine.get_tensor_profile_shape(image, 0))
+        self.input_spec = spec_from_dims(image, dims, self._profile_range)
         self._torch = device_pipeline_torch(preprocess)
         if self._torch is not None:
             self.pipeline = TorchImagePipeline(self._torch, f"cuda:{self._index}")
@@ -276,21 +341,31 @@ class TensorRTBackend(Backend):
         for i in range(self.max_concurrency):
             self._lanes.put(Lane(self._engine, self._cuda if i == 0 else open_cuda(self._index), self._tensors))
 
-    def _infer(self, batch: np.ndarray) -> np.ndarray:
+    def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         check_profile(batch.shape, *self._profile_range)
         lane = self._lanes.get()
         try:
-            return lane.run(batch)
+            outs = lane.run(batch)
         finally:
             self._lanes.put(lane)
+        depth = outs.pop(self._tensors[1][0])
+        return {"depth": depth, **outs}  # the extra outputs under their own names, as ONNX Runtime's
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        return self._run(batch)["depth"]
+
+    def _infer_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return self._run(batch)
 
     def _infer_on_device(self, batch: Any) -> Any:
         check_profile(tuple(batch.shape), *self._profile_range)
         lane = self._lanes.get()
         try:
-            return lane.run_device(self._torch, batch)
+            outs = lane.run_device(self._torch, batch)
         finally:
             self._lanes.put(lane)
+        depth = outs.pop(self._tensors[1][0])
+        return {"depth": depth, **outs} if self.extra_outputs else depth
 
     def _profile(self, batch: np.ndarray, calls: int) -> Profile:
         check_profile(batch.shape, *self._profile_range)

@@ -43,13 +43,20 @@ def _sincos(dim: int, pos: torch.Tensor) -> torch.Tensor:
     return torch.cat((out.sin(), out.cos()), dim=1)
 
 
+def _centred_steps(span: float, count: int, device: torch.device) -> torch.Tensor:
+    """``torch.linspace(-span * (count - 1) / count, span * (count - 1) / count, count)`` in float32
+    arithmetic: ONNX export writes ``linspace`` in float64, which TensorRT's parser casts down
+    with clamping (``export.trt.rules``' no-double rule refuses it)."""
+    index = torch.arange(count, dtype=torch.float32, device=device)
+    return (2.0 * index - (count - 1)) * (span / count)
+
+
 def uv_position_embedding(channels: int, rows: int, cols: int, aspect: float, device: torch.device) -> torch.Tensor:
     """The any-view head's ``(channels, rows, cols)`` sine-cosine embedding of a UV grid spanning the
     image's aspect ratio, normalised by its diagonal (x first, then y), times 0.1."""
     diag = math.sqrt(aspect**2 + 1.0)
     span_x, span_y = aspect / diag, 1.0 / diag
-    xs = torch.linspace(-span_x * (cols - 1) / cols, span_x * (cols - 1) / cols, cols, device=device)
-    ys = torch.linspace(-span_y * (rows - 1) / rows, span_y * (rows - 1) / rows, rows, device=device)
+    xs, ys = _centred_steps(span_x, cols, device), _centred_steps(span_y, rows, device)
     uu, vv = torch.meshgrid(xs, ys, indexing="xy")
     emb = torch.cat((_sincos(channels // 2, uu), _sincos(channels // 2, vv)), dim=-1)
     return emb.reshape(rows, cols, channels).permute(2, 0, 1)[None] * POS_EMBED_RATIO
