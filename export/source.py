@@ -36,7 +36,7 @@ def load_source_model(checkpoint: str | Path | None, encoder: str | None, varian
             model = load_model(checkpoint, encoder=encoder, variant=variant)
         except CheckpointError as exc:
             raise ExportRequestError(str(exc)) from exc
-        return model.deployable() if hasattr(model, "deployable") else model
+        return model  # a DA3 network whole: export_onnx traces it with its sky map or depth confidence
     if encoder is None:
         raise ExportRequestError("give `checkpoint` (a .pth/.safetensors file) or `encoder` for random weights")
     print(
