@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+from export.graph import load_onnx
 from export.quantize.budget import quant_report_path
 from export.quantize.search import group_of
 from runtime import DepthPredictor
@@ -199,6 +200,12 @@ def test_metres_per_focal_int8_with_its_sky(tmp_path, mono_metric, calib):
     assert quantize_main([*args, *CALIBRATION]) == 0
     report = json.loads(quant_report_path(int8).read_text())
     assert report["metric"] == ABS_REL_DEPTH and report["extra_outputs"] == ["sky"]
+    # The sky head's convolutions stay in float, as the depth's output convolutions do.
+    graph = load_onnx(int8, load_external_data=False).graph
+    dequantized = {out for node in graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    sky_convs = [n for n in graph.node if n.op_type == "Conv" and "sky_output_conv2" in n.name]
+    assert len(sky_convs) == 2 and not any(set(n.input) & dequantized for n in sky_convs)
+    assert any(set(n.input) & dequantized for n in graph.node if n.op_type == "Conv")  # the rest: INT8
     assert set(report["errors"]) == {"depth", "sky"} and report["error"] <= BUDGET
     assert load_reference(reference_path(int8)).metric == ABS_REL_DEPTH
     image = picture(56, 70)

@@ -313,9 +313,9 @@ def export_int8(source: Artefact, output: Path, options: Int8Options, shape: tup
     notes = f", {floats} back in float" if floats else ""
     notes += ", outliers migrated" if checked.smoothed else ""
     print(
-        f"INT8 Q/DQ: {len(checked.quantized)} layers INT8{notes}; {checked.metric} vs FP32 {checked.error:.4f} on "
-        f"{images.held_out} held-out images (budget {options.budget}; report {quant_report_path(output)}, "
-        f"{checked.seconds:.0f} s)"
+        f"INT8 Q/DQ: {len(checked.quantized)} layers INT8{notes}; AbsRel vs FP32 {checked.error:.4f} on "
+        f"{images.held_out} held-out images (budget {options.budget}; by {checked.metric}; report "
+        f"{quant_report_path(output)}, {checked.seconds:.0f} s)"
     )
     reference = write_int8_reference(output, source, shape, images.held_out_batches(), options.budget)
     return checked.artefact.with_reference(reference)
