@@ -111,6 +111,26 @@ def test_extra_outputs_are_measured_as_what_they_mean():
     assert measure([[2 * depth, conf * 1.02]], [[depth, conf]]) == pytest.approx(0.02)  # the worst counts
 
 
+def test_the_reference_holds_an_int8_artefact_and_what_is_built_from_it_to_the_kinds_metric():
+    """``runtime.verify`` scores by the reference's metric, and an engine built from a DA3 INT8 ONNX
+    (``export.trt`` on a Jetson) inherits it with the budget."""
+    from runtime.inherited_reference import inherited_reference
+    from runtime.reference import Reference, make_meta, score
+
+    image = np.zeros((14, 28, 3), np.uint8)
+    depth = np.linspace(1.0, 5.0, 14 * 28, dtype=np.float32).reshape(14, 28)
+    inputs = [{"name": "held_out_0", "outputs_from": "ONNX Runtime FP32"}]
+    meta = make_meta(
+        "m.int8.onnx", "int8", ABS_REL_SCALED, 0.05, inputs, "ONNX Runtime FP32", output_kind="depth_up_to_scale"
+    )
+    engine = inherited_reference(Reference([image], [depth], meta), "m.engine", "int8", [(14, 28)])
+    assert (engine.metric, engine.tolerance, engine.meta["output_kind"]) == (ABS_REL_SCALED, 0.05, "depth_up_to_scale")
+    assert score(engine, [2.0 * depth]).passed  # the scale is what such a model does not know
+    shifted = 1.0 / (1.0 / depth + 0.3)
+    result = score(engine, [shifted])
+    assert not result.passed and result.abs_rel_metric == ABS_REL_SCALED  # a shift in disparity is an error
+
+
 def test_da3_layers_group_by_block_and_pyramid_level():
     """A DA3 graph names its layers under ``/net/``: the search's groups are its blocks and DPT levels,
     not one group for the whole encoder."""

@@ -223,6 +223,7 @@ def quantize_with_budget(
             "smoothed": outcome.smoothed,
             "accepted": outcome.met,
         }
+        record["errors"] = outcome.prober.parts(frozenset(outcome.floats))  # depth and each extra output
         report = quant_report_path(output)
         if not outcome.met:
             write_report(report, record)
@@ -232,7 +233,6 @@ def quantize_with_budget(
                 f"{suggestion(record['would_meet_budget'], str(report))}; nothing was written. "
                 "Raise --accuracy-budget, or use FP16"
             )
-        record["errors"] = outcome.prober.parts(frozenset(outcome.floats))  # depth and each extra output
         if outcome.floats:  # the last probe's model is the artefact
             probe = outcome.prober.build(frozenset(outcome.floats))
             atomic_write(output, lambda tmp: save_onnx(probe, tmp, location=output.name + ".data"))
