@@ -4,7 +4,9 @@ inputs they are measured on, and one way to run an ONNX model with ONNX Runtime.
 - ``MAX_REL_STD``, ``max|a - b| / std(ref)``: the gate of every FP32/FP16 export, the parity
   tests, the sidecars and the CLIs' reports (``compare``).
 - ``ABS_REL_ALIGNED``: AbsRel against FP32 after least-squares scale-and-shift alignment, mean
-  over held-out images: the INT8 accuracy budget and the benchmark's accuracy columns (``abs_rel``).
+  over held-out images: the INT8 accuracy budget of relative models and the benchmark's accuracy
+  columns (``abs_rel``); ``ABS_REL_SCALED`` (scale fit in depth) and ``ABS_REL_DEPTH`` (no
+  alignment) the budget of the other output kinds (``int8_measure``, ``runtime.accuracy``).
 """
 
 from __future__ import annotations
@@ -17,18 +19,32 @@ from commands.errors import require
 
 # The metrics live in the runtime, which checks artefacts against their references without
 # PyTorch; the exports use them under these names.
-from runtime.accuracy import ABS_REL_ALIGNED, FP32_TOLERANCE, MAX_REL_STD, Comparison, abs_rel, compare
+from runtime.accuracy import (
+    ABS_REL_ALIGNED,
+    FP32_TOLERANCE,
+    MAX_REL_STD,
+    Comparison,
+    Int8Measure,
+    abs_rel,
+    compare,
+    int8_metric,
+    short_name,
+)
 
 __all__ = [
     "ABS_REL_ALIGNED",
     "FP32_TOLERANCE",
     "MAX_REL_STD",
     "Comparison",
+    "Int8Measure",
     "OnnxRuntimeRunner",
     "abs_rel",
     "check_sizes",
     "compare",
+    "int8_measure",
+    "int8_metric",
     "run_onnxruntime",
+    "short_name",
     "verification_frames",
     "verification_input",
     "verification_photos",
@@ -64,6 +80,21 @@ class OnnxRuntimeRunner:
 
     def run_all(self, batches: list[np.ndarray]) -> list[np.ndarray]:
         return [self(batch) for batch in batches]
+
+
+def int8_measure(path: str | Path) -> Int8Measure:
+    """What an INT8 model quantized from the ONNX at ``path`` is held to: the metric of its output
+    kind on ``depth`` and, for a DA3 network, its extra outputs (``sky``, ``depth_conf``) against
+    FP32 within the same budget; both read from the ONNX metadata."""
+    from .graph import load_onnx, onnx_output_kind
+
+    model = load_onnx(path, load_external_data=False)
+    values = {entry.key: entry.value for entry in model.metadata_props}
+    extras = tuple(n for n in values.get("extra_outputs", "").split(",") if n)
+    outputs = [o.name for o in model.graph.output]
+    if outputs[1 : 1 + len(extras)] != list(extras):
+        extras = ()  # outputs after depth that are not the named extras (a stream's state): depth only
+    return Int8Measure(int8_metric(onnx_output_kind(path).kind), extras)
 
 
 def run_onnxruntime(path: str | Path, batch: np.ndarray, as_written: bool = False) -> np.ndarray:

@@ -38,7 +38,7 @@ from .cli import (
 from .errors import ExportError, ExportRequestError
 from .formats import FORMATS
 from .graph import input_hw, load_onnx
-from .metrics import FP32_TOLERANCE, MAX_REL_STD, compare, run_onnxruntime, verification_input
+from .metrics import FP32_TOLERANCE, MAX_REL_STD, compare, run_onnxruntime, short_name, verification_input
 from .onnx import source_onnx
 from .quantize.openvino_int8 import compile_f32 as _compile_f32
 from .quantize.options import ACCURACY_METHODS, Int8Options
@@ -248,9 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     accuracy = (data.get("quantization") or {}).get("accuracy")
     if accuracy:
         floats = f", {len(accuracy['float_layers'])} in float" if accuracy["float_layers"] else ""
+        errors = accuracy.get("errors") or {}
+        extra = "".join(f", {name} {value:.4f}" for name, value in errors.items() if name != "depth")
         print(
             f"INT8 AbsRel vs FP32 on {accuracy['held_out_images']} held-out images: {accuracy['error']:.4f} "
-            f"(plain INT8 {accuracy['plain_error']:.4f}, budget {accuracy['budget']}); {accuracy['int8_layers']} "
+            f"(by {short_name(accuracy['metric'])}{extra}; plain INT8 {accuracy['plain_error']:.4f}, budget "
+            f"{accuracy['budget']}); {accuracy['int8_layers']} "
             f"layers INT8{floats}{', outliers migrated' if accuracy['smoothed'] else ''} "
             f"(report {output}.quant.json)"
         )

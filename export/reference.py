@@ -120,7 +120,12 @@ def make_reference(
     if not images:
         print(f"note: {Path(artefact).name} has no reference (no source reference, no FP32 model)", file=sys.stderr)
         return None
-    metric, tolerance = precision_rule(precision, budget)
+    kind = source_kind(source, base_ref)
+    metric, tolerance = precision_rule(precision, budget, kind)
+    if carried.get("metric") and "int8" in precision:
+        metric = carried["metric"]  # an INT8 source's metric carries over with its budget
+    if kind is not None:
+        extra = {"output_kind": kind, **extra}
     origins = "; ".join(dict.fromkeys(item["outputs_from"] for item in inputs))
     meta = make_meta(artefact, precision, metric, tolerance, inputs, origins, **extra)
     if sha256 is None and Path(artefact).is_file():
@@ -130,6 +135,17 @@ def make_reference(
     made = Reference(images, outputs, meta)
     made.path = save_reference(reference_path(artefact), made)
     return made
+
+
+def source_kind(source: str | Path | Artefact | None, base: Reference | None) -> str | None:
+    """The output kind of ``source`` (its record, its ONNX metadata, or its reference), or ``None``."""
+    if isinstance(source, Artefact):
+        return source.output_kind().kind
+    if source is not None and Path(source).suffix == ".onnx" and Path(source).is_file():
+        from .graph import onnx_output_kind
+
+        return onnx_output_kind(source).kind
+    return base.meta.get("output_kind") if base is not None else None
 
 
 def source_reference(source: str | Path | Artefact | None) -> Reference | None:

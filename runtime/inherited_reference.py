@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .accuracy import ABS_REL_ALIGNED, precision_rule
+from .accuracy import INT8_METRICS, precision_rule
 from .reference import Reference, make_meta
 
 
@@ -22,7 +22,7 @@ def carried_inputs(
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]], dict[str, Any]]:
     """``base``'s inputs at ``sizes`` (images, FP32 outputs, their meta entries naming where the
     outputs came from) and what carries over to an artefact built from it: an INT8 source's budget
-    (``budget``), and an unmeasured one's loose bound (``measured``: False)."""
+    (``budget``) and metric (``metric``), and an unmeasured one's loose bound (``measured``: False)."""
     images, outputs, inputs = [], [], []
     for image, output, item in zip(base.images, base.outputs, base.meta["inputs"]):
         if tuple(image.shape[:2]) in sizes:
@@ -30,8 +30,8 @@ def carried_inputs(
             outputs.append(output)
             inputs.append({"outputs_from": base.meta.get("outputs_from", ""), **item})
     carried: dict[str, Any] = {}
-    if base.metric == ABS_REL_ALIGNED:
-        carried["budget"] = base.tolerance
+    if base.metric in INT8_METRICS:
+        carried["budget"], carried["metric"] = base.tolerance, base.metric
         if base.meta.get("measured", True) is False:
             carried["measured"] = False
     return images, outputs, inputs, carried
@@ -55,6 +55,12 @@ def inherited_reference(
         )
     if not images:
         return None
-    metric, tolerance = precision_rule(precision, carried.pop("budget", None))
+    kind = base.meta.get("output_kind")
+    metric, tolerance = precision_rule(precision, carried.pop("budget", None), kind)
+    carried_metric = carried.pop("metric", None)
+    if carried_metric and "int8" in precision:
+        metric = carried_metric
+    if kind is not None:
+        carried["output_kind"] = kind
     origins = "; ".join(dict.fromkeys(item["outputs_from"] for item in inputs))
     return Reference(images, outputs, make_meta(artefact, precision, metric, tolerance, inputs, origins, **carried))

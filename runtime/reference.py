@@ -3,7 +3,9 @@
 Every export writes one beside what it writes: a few network inputs at the artefact's input size
 (bundled photographs and, for INT8, images held out of calibration), their FP32 outputs, and the
 metric and tolerance the artefact's precision is held to (FP32/FP16: ``MAX_REL_STD``, the worst
-input counts; INT8: ``ABS_REL_ALIGNED``, the mean over inputs against the accuracy budget). The
+input counts; INT8: the metric of the model's output kind (``runtime.accuracy.int8_metric``:
+``ABS_REL_ALIGNED`` for relative models, ``ABS_REL_SCALED`` for depth up to scale, ``ABS_REL_DEPTH``
+for metres), the mean over inputs against the accuracy budget). The
 device that builds or loads the artefact checks it against them (``runtime.verify``) with numpy
 and the backend library alone.
 
@@ -29,7 +31,7 @@ import numpy as np
 from commands.errors import InputError
 from commands.runner import CommandError
 
-from .accuracy import ABS_REL_ALIGNED, MAX_REL_STD, compare, depth_metrics
+from .accuracy import INT8_METRICS, MAX_REL_STD, compare, int8_metric, kind_metrics, short_name
 from .io.files import atomic_write
 from .metadata import artefact_digest
 from .preprocessing import MEAN, STD
@@ -37,7 +39,7 @@ from .preprocessing import MEAN, STD
 FORMAT = "dav2-edge reference"
 VERSION = 1
 SUFFIX = ".reference.npz"
-METRICS = (MAX_REL_STD, ABS_REL_ALIGNED)
+METRICS = (MAX_REL_STD, *INT8_METRICS)
 # A run in bf16 (OpenVINO's default on CPUs with bf16 units, kept for FP16 IRs; precision="bf16"
 # elsewhere) rounds every matrix input to an 8-bit mantissa. On vits at 518x518 with the parity
 # weights, against FP32 on the two reference photographs: FP16 IR in bf16 max|a-b|/std 0.31 and
@@ -96,6 +98,12 @@ class Reference:
     @property
     def tolerance(self) -> float:
         return float(self.meta["tolerance"])
+
+    @property
+    def abs_rel_metric(self) -> str:
+        """The AbsRel every check reports: the reference's own metric for INT8, else the one of the
+        model's output kind (relative where the reference does not say)."""
+        return self.metric if self.metric in INT8_METRICS else int8_metric(self.meta.get("output_kind"))
 
     @property
     def names(self) -> list[str]:
@@ -272,12 +280,13 @@ class VerifyResult:
     metric: str
     tolerance: float
     checks: list[InputCheck]
-    value: float  # MAX_REL_STD: the worst input; ABS_REL_ALIGNED: the mean over inputs
+    value: float  # MAX_REL_STD: the worst input; an INT8 metric: the mean over inputs
     reference: str = ""
     ran: dict[str, Any] = field(default_factory=dict)  # backend, device, precision that ran
     seconds: float = 0.0
     note: str = ""  # why the tolerance is not the artefact's own
     other_file: str = ""  # the reference records another file's digest (``check_belongs``)
+    abs_rel_metric: str = ""  # what each input's ``abs_rel`` is (``Reference.abs_rel_metric``)
 
     @property
     def passed(self) -> bool:
@@ -292,13 +301,18 @@ class VerifyResult:
 
     def lines(self) -> list[str]:
         return [
-            f"  {c.name} {c.size[0]}x{c.size[1]}: max|a-b|/std {c.max_rel_std:.3g}, aligned AbsRel {c.abs_rel:.3g}"
+            f"  {c.name} {c.size[0]}x{c.size[1]}: max|a-b|/std {c.max_rel_std:.3g}, {self.abs_rel_name} {c.abs_rel:.3g}"
             for c in self.checks
         ]
+
+    @property
+    def abs_rel_name(self) -> str:
+        return short_name(self.abs_rel_metric) if self.abs_rel_metric else "aligned AbsRel"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "metric": self.metric,
+            "abs_rel_metric": self.abs_rel_metric,
             "tolerance": self.tolerance,
             "value": self.value,
             "passed": self.passed,
@@ -327,13 +341,13 @@ def score(reference: Reference, outputs: list[np.ndarray], ran: str | None = Non
         got = np.asarray(got, dtype=np.float32).reshape(want.shape)
         finite = bool(np.isfinite(got).all())
         max_rel_std = compare(got, want).max_rel_std if finite else float("nan")
-        aligned = depth_metrics(got, want) if finite else {"abs_rel": float("nan"), "delta1": float("nan")}
+        aligned = kind_metrics(got, want, reference.abs_rel_metric) if finite else {"abs_rel": np.nan, "delta1": np.nan}
         value = max_rel_std if reference.metric == MAX_REL_STD else aligned["abs_rel"]
         size = (int(want.shape[0]), int(want.shape[1]))
         checks.append(InputCheck(name, size, value, max_rel_std, aligned["abs_rel"], aligned["delta1"]))
     values = [c.value for c in checks]
     value = float(max(values, key=lambda v: np.inf if np.isnan(v) else v))
-    if reference.metric == ABS_REL_ALIGNED:
+    if reference.metric in INT8_METRICS:
         value = float(np.mean(values))
     tolerance = reference.tolerance_for(ran)
     notes = [unmeasured_note(reference.meta), reference.other_file]
@@ -344,6 +358,7 @@ def score(reference: Reference, outputs: list[np.ndarray], ran: str | None = Non
         )
     note = "; ".join(n for n in notes if n)
     result = VerifyResult(reference.metric, tolerance, checks, value, str(reference.path or ""), note=note)
+    result.abs_rel_metric = reference.abs_rel_metric
     result.other_file = reference.other_file
     return result
 

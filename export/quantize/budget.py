@@ -1,7 +1,9 @@
 """INT8 held to an accuracy budget: the images, the ONNX Q/DQ path of the method, and its report.
 
 After calibration the INT8 model is compared with the FP32 model on images held out of the
-calibration set (AbsRel after least-squares scale-and-shift alignment, the benchmark's metric);
+calibration set (AbsRel by the metric of its output kind, ``export.metrics.int8_measure``: after a
+scale-and-shift fit in disparity for relative models, after a scale fit in depth for depth up to
+scale, unaligned for metres; a DA3 network's sky mask and depth confidence within the same budget);
 over budget, ``export.quantize.search`` decides on outlier migration (``export.quantize.smooth``)
 and which layers go back to float, measuring each choice by removing Q/DQ pairs from one
 quantized graph (``export.quantize.probes``). The last probe's model is the artefact: nothing is
@@ -35,7 +37,7 @@ from runtime.metadata import artefact_digest, sidecar_path
 from ..artefact import Artefact
 from ..errors import ExportError, ExportRequestError
 from ..graph import load_onnx, save_onnx
-from ..metrics import ABS_REL_ALIGNED, OnnxRuntimeRunner
+from ..metrics import OnnxRuntimeRunner, int8_measure
 from ..reference import write_int8_reference
 from .arithmetic import CpuPlan
 from .calibration import MIN_IMAGES, CalibrationError, CalibrationSet
@@ -142,6 +144,7 @@ class BudgetResult:
     quantized: list[str] = field(default_factory=list)
     seconds: float = 0.0
     artefact: Artefact | None = None
+    metric: str = "AbsRel"  # the metric's short name, with the extra outputs it also holds
 
 
 def quantize_with_budget(
@@ -165,8 +168,10 @@ def quantize_with_budget(
     # Exact names as patterns: glob.escape keeps a name with [ or * meaning itself.
     keep = tuple(options.keep_fp) + tuple(glob.escape(name) for name in float_layers)
     held = split.held_out_batches()
+    measure = int8_measure(source.path)
     with stage("running the FP32 model on the held-out images"):
-        references = OnnxRuntimeRunner(source.path).run_all(held)
+        runner = OnnxRuntimeRunner(source.path)
+        references = [runner.outputs(batch) for batch in held]
     workdir = staging_dir(output)  # .<name>.<pid>-<host>.<random>: the next run removes it if this one is killed
     cache_dir = cache_dir or workdir  # every base model is calibrated once
     bases: dict[bool, tuple[Path, list[str]]] = {}
@@ -195,7 +200,7 @@ def quantize_with_budget(
             )
         bases[smoothed] = (base, result.quantized, result.artefact)
         as_written = target == "tensorrt" or not CpuPlan.of(arithmetic).native
-        return QdqProbes(base, model.path, result.quantized, target, held, references, workdir, as_written)
+        return QdqProbes(base, model.path, result.quantized, target, held, references, workdir, as_written, measure)
 
     try:
         search = Search(make, budget, log, float_layers)
@@ -204,7 +209,8 @@ def quantize_with_budget(
         base, quantized, based = bases[outcome.smoothed]
         record = {
             "budget": budget,
-            "metric": ABS_REL_ALIGNED,
+            "metric": measure.metric,
+            **({"extra_outputs": list(measure.extras)} if measure.extras else {}),
             "method": "sensitivity",
             "target": target,
             "calibration_images": len(split),
@@ -217,12 +223,13 @@ def quantize_with_budget(
             "smoothed": outcome.smoothed,
             "accepted": outcome.met,
         }
+        record["errors"] = outcome.prober.parts(frozenset(outcome.floats))  # depth and each extra output
         report = quant_report_path(output)
         if not outcome.met:
             write_report(report, record)
             raise ExportError(
-                f"INT8 misses the accuracy budget: AbsRel {outcome.error:.4f} > {budget} with {len(outcome.floats)} "
-                f"layers back in float (plain INT8 {outcome.plain_error:.4f}); "
+                f"INT8 misses the accuracy budget: {measure.label()} {outcome.error:.4f} > {budget} with "
+                f"{len(outcome.floats)} layers back in float (plain INT8 {outcome.plain_error:.4f}); "
                 f"{suggestion(record['would_meet_budget'], str(report))}; nothing was written. "
                 "Raise --accuracy-budget, or use FP16"
             )
@@ -241,8 +248,9 @@ def quantize_with_budget(
         }
         accuracy = {
             k: record[k]
-            for k in ("budget", "metric", "method", "error", "plain_error", "int8_layers", "float_layers", "smoothed")
+            for k in ("budget", "metric", "method", "error", "errors", "plain_error", "int8_layers", "float_layers")
         }
+        accuracy["smoothed"] = record["smoothed"]
         # The calibrated model moved here is the bytes quantize_int8 hashed; a probe's model is new.
         digest = artefact_digest(output) if outcome.floats else based.sha256
         made = replace(based, path=output).updated(
@@ -259,6 +267,7 @@ def quantize_with_budget(
             quantized_now,
             record["seconds"],
             made,
+            measure.label(),
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -307,8 +316,8 @@ def export_int8(source: Artefact, output: Path, options: Int8Options, shape: tup
     notes += ", outliers migrated" if checked.smoothed else ""
     print(
         f"INT8 Q/DQ: {len(checked.quantized)} layers INT8{notes}; AbsRel vs FP32 {checked.error:.4f} on "
-        f"{images.held_out} held-out images (budget {options.budget}; report {quant_report_path(output)}, "
-        f"{checked.seconds:.0f} s)"
+        f"{images.held_out} held-out images (budget {options.budget}; by {checked.metric}; report "
+        f"{quant_report_path(output)}, {checked.seconds:.0f} s)"
     )
     reference = write_int8_reference(checked.artefact, source, shape, images.held_out_batches(), options.budget)
     return checked.artefact.with_reference(reference)

@@ -36,7 +36,7 @@ from commands.runner import stage
 
 from ..errors import ExportError
 from ..graph import load_onnx
-from ..metrics import ABS_REL_ALIGNED, OnnxRuntimeRunner, abs_rel
+from ..metrics import Int8Measure, OnnxRuntimeRunner, int8_measure
 from .budget import check_float_layers, quant_report_path, write_report
 from .options import Int8Options
 from .qdq import DEFAULT_KEEP_FP, QUANTIZED_OPS
@@ -121,9 +121,12 @@ class OpenVinoProbes:
     FakeQuantize); ``requantize(floats)`` is NNCF with ``floats`` ignored too, for the rare layer
     whose FakeQuantize it shares with an INT8 layer through a common Reshape or Transpose."""
 
-    def __init__(self, ov, float_model, quantized, names, held, references, requantize) -> None:
+    def __init__(
+        self, ov, float_model, quantized, names, held, references, requantize, measure: Int8Measure | None = None
+    ) -> None:
         self.ov, self.quantized, self.names = ov, quantized, names
         self.held, self.references, self.requantize = held, references, requantize
+        self.measure = measure or Int8Measure()
         self.walk = QuantizerWalk(names)
         self.fq_layers = self.walk.quantizers(quantized)
         order = dict.fromkeys(n for layers in self.fq_layers.values() for n in sorted(layers))
@@ -181,8 +184,21 @@ class OpenVinoProbes:
         return built if built is not None else self.requantize(floats)
 
     def error(self, floats: frozenset[str]) -> float:
-        compiled = compile_f32(self.ov, self.model(floats))
-        return abs_rel([np.asarray(compiled(batch)[0]) for batch in self.held], self.references)
+        return self.measure(run_all_outputs(compile_f32(self.ov, self.model(floats)), self.held), self.references)
+
+    def parts(self, floats: frozenset[str]) -> dict:
+        """The error of each output (depth, and each extra output the measure holds)."""
+        outputs = run_all_outputs(compile_f32(self.ov, self.model(floats)), self.held)
+        return self.measure.parts(outputs, self.references)
+
+
+def run_all_outputs(compiled, batches) -> list[list[np.ndarray]]:
+    """Every output of a compiled model (in the graph's order, depth first) for each batch."""
+    found = []
+    for batch in batches:
+        result = compiled(batch)
+        found.append([np.asarray(result[index]) for index in range(len(compiled.outputs))])
+    return found
 
 
 @contextlib.contextmanager
@@ -283,18 +299,21 @@ def quantize_openvino(ov, model, onnx_path: Path, images, output: Path, options:
         smoothed = options.smooth != "off"  # nothing measured to decide by: NNCF's default for transformers
         return nncf.quantize(smoothed, True), describe(smoothed, nncf.fixed, "none (--accuracy-budget off)")
     held = images.held_out_batches()
+    measure = int8_measure(onnx_path)
     with stage("running the FP32 model on the held-out images"):
-        references = OnnxRuntimeRunner(onnx_path).run_all(held)
+        runner = OnnxRuntimeRunner(onnx_path)
+        references = [runner.outputs(batch) for batch in held]
     record = {
         "budget": options.budget,
-        "metric": ABS_REL_ALIGNED,
+        "metric": measure.metric,
+        **({"extra_outputs": list(measure.extras)} if measure.extras else {}),
         "method": options.accuracy_method,
         "target": "openvino",
         "calibration_images": len(images),
         "held_out_images": len(held),
     }
     if options.accuracy_method == "nncf":
-        final, found = nncf_accuracy_control(ov, nncf, held, references, options.budget)
+        final, found = nncf_accuracy_control(ov, nncf, held, references, options.budget, measure)
         smoothed = True
     else:
 
@@ -302,7 +321,8 @@ def quantize_openvino(ov, model, onnx_path: Path, images, output: Path, options:
             def requantize(floats):
                 return nncf.quantize(smoothed, False, floats)
 
-            return OpenVinoProbes(ov, model, nncf.quantize(smoothed, False), names, held, references, requantize)
+            quantized = nncf.quantize(smoothed, False)
+            return OpenVinoProbes(ov, model, quantized, names, held, references, requantize, measure)
 
         search = Search(make, options.budget, fixed=options.float_layers)
         ln_fed = {m.name for s in find_sites(onnx_model) for m in s.matmuls}
@@ -311,6 +331,7 @@ def quantize_openvino(ov, model, onnx_path: Path, images, output: Path, options:
         found = {**search.report(outcome), "error": outcome.error, "accepted": outcome.met}
         found.update(reverted=outcome.floats, int8_layers=len(outcome.prober.layers) - len(outcome.floats))
         final = outcome.prober.model(frozenset(outcome.floats)) if outcome.met else None
+        found["errors"] = outcome.prober.parts(frozenset(outcome.floats))  # depth and each extra output
         smoothed = outcome.smoothed
     reverted = found["reverted"]
     record.update(found, float_layers=[*options.float_layers, *reverted], smoothed=smoothed)
@@ -323,7 +344,8 @@ def quantize_openvino(ov, model, onnx_path: Path, images, output: Path, options:
             else "NNCF's accuracy control reports none of its probes; --accuracy-method sensitivity reports each"
         )
         raise ExportError(
-            f"OpenVINO INT8 misses the accuracy budget: AbsRel {record['error']:.4f} > {options.budget} with "
+            f"OpenVINO INT8 misses the accuracy budget: {measure.label()} {record['error']:.4f} > {options.budget} "
+            "with "
             f"{len(reverted)} layers back in float (plain INT8 {record['plain_error']:.4f}); {hint}; nothing was "
             "written. Raise --accuracy-budget, or use FP16"
         )
@@ -333,20 +355,23 @@ def quantize_openvino(ov, model, onnx_path: Path, images, output: Path, options:
     quantization = describe(smoothed, nncf.fixed + ov_names(reverted, names), options.accuracy_method)
     keys = ("budget", "metric", "method", "error", "plain_error", "int8_layers", "float_layers", "smoothed")
     quantization["accuracy"] = {**{k: record[k] for k in keys}, "held_out_images": len(held)}
+    if "errors" in record:
+        quantization["accuracy"]["errors"] = record["errors"]
     return final, quantization
 
 
-def nncf_accuracy_control(ov, nncf: Nncf, held, references, budget: float) -> tuple:
+def nncf_accuracy_control(ov, nncf: Nncf, held, references, budget: float, measure=None) -> tuple:
     """NNCF's own accuracy control (the same settings and ignored scope, SmoothQuant on): its
-    ranking, layers back in float until the AbsRel against ONNX Runtime FP32 on the held-out images
-    drops by at most ``budget``."""
+    ranking, layers back in float until the error (``measure``) against ONNX Runtime FP32 on the
+    held-out images drops by at most ``budget``."""
     from nncf import Dataset
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
     started = time.perf_counter()
+    measure = measure or Int8Measure()
 
     def validate(compiled, items) -> tuple[float, list[float]]:
-        per_image = [-abs_rel([np.asarray(compiled(batch)[0])], [ref]) for batch, ref in items]
+        per_image = [-measure(run_all_outputs(compiled, [batch]), [ref]) for batch, ref in items]
         return float(np.mean(per_image)), per_image
 
     def error_of(candidate) -> float:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..graph import PROTOBUF_LIMIT, Graph, load_onnx, save_onnx
-from ..metrics import OnnxRuntimeRunner, abs_rel
+from ..metrics import Int8Measure, OnnxRuntimeRunner
 
 # The most held-out activations ``warm`` keeps in memory (vits at 518x518 needs about 0.3 GiB).
 CACHE_BYTES = 2 << 30
@@ -55,8 +55,12 @@ class QdqProbes:
         references: list[np.ndarray],
         workdir: Path,
         as_written: bool | None = None,
+        measure: Int8Measure | None = None,
     ) -> None:
+        """``references``: per held-out image its FP32 depth, or every FP32 output (graph order)
+        where ``measure`` holds extra outputs too."""
         self.path, self.layers, self.held, self.references = quantized, list(layers), held, references
+        self.measure = measure or Int8Measure()
         self.model = load_onnx(quantized)
         # The TensorRT target's pairs run as written (float simulation, the same on every CPU); the
         # cpu target as ONNX Runtime runs it, unless ``as_written`` says this CPU computes another
@@ -204,6 +208,14 @@ class QdqProbes:
         return part
 
     def error(self, floats: frozenset[str]) -> float:
+        return self.measure(self.outputs(floats), self.references)
+
+    def parts(self, floats: frozenset[str]) -> dict:
+        """The error of each output (depth, and each extra output the measure holds)."""
+        return self.measure.parts(self.outputs(floats), self.references)
+
+    def outputs(self, floats: frozenset[str]) -> list[list[np.ndarray]]:
+        """Every output of the model with ``floats`` in float, per held-out image."""
         model = self.build(floats)
         usable = set(self.cache) - self._tainted(floats) if self.cache else set()
         if usable:
@@ -218,8 +230,8 @@ class QdqProbes:
         outputs = []
         for index, batch in enumerate(self.held):
             feeds = {name: self.cache[name][index] if name in self.cache else batch for name in names}
-            outputs.append(runner.session.run(None, feeds)[0])
-        return abs_rel(outputs, self.references)
+            outputs.append(runner.session.run(None, feeds))
+        return outputs
 
 
 def _value_info(name: str):

@@ -41,8 +41,12 @@ from .options import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS
 
 TARGETS = ("tensorrt", "cpu")
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
-# Node names follow the PyTorch module path ("/pretrained/patch_embed/proj/Conv", ...).
-DEFAULT_KEEP_FP = ("*/patch_embed/*", "*/output_conv1/*", "*/output_conv2/*")
+# Node names follow the PyTorch module path ("/pretrained/patch_embed/proj/Conv", ...). The output
+# convolutions stay in float: depth (and DA3-Small/Base's depth confidence, the same convolutions'
+# second channel) comes out of them through exp. So does DA3Mono/Metric's sky head
+# (``sky_output_conv2``, two small convolutions beside ``output_conv2``): its map is thresholded at
+# 0.3, and every pixel that crosses it gets the invented far depth of the sky step.
+DEFAULT_KEEP_FP = ("*/patch_embed/*", "*/output_conv1/*", "*/output_conv2/*", "*/sky_output_conv2/*")
 
 
 @dataclass

@@ -26,7 +26,8 @@ from typing import Protocol
 # An unreachable budget ends after this many layers went back to float, in minutes, with the numbers.
 MAX_REVERTS = 20
 # DPT modules of one pyramid level: projects.i and resize_layers.i feed layer{i+1}_rn and refinenet{i+1}.
-_DPT = re.compile(r"^/?depth_head/(?:(?:projects|resize_layers)\.(\d+)|layer(\d+)_rn|refinenet(\d+))/")
+# Depth Anything 3's graphs name the network inside its wrapper (``/net/...``) and its DPT ``head``.
+_DPT = re.compile(r"^/?(?:net/)?(depth_head|head)/(?:(?:projects|resize_layers)\.(\d+)|layer(\d+)_rn|refinenet(\d+))/")
 
 
 class Prober(Protocol):
@@ -41,13 +42,18 @@ class Prober(Protocol):
 
 def group_of(node: str) -> str:
     """``/pretrained/blocks.3/attn/qkv/MatMul`` -> ``pretrained/blocks.3``; DPT layers by pyramid level
-    (``/depth_head/refinenet2/...`` -> ``depth_head/level2``)."""
+    (``/depth_head/refinenet2/...`` -> ``depth_head/level2``); a DA3 graph's ``/net/`` prefix dropped
+    (``/net/pretrained/blocks.3/...`` -> ``pretrained/blocks.3``, ``/net/head/refinenet2/...`` ->
+    ``head/level2``)."""
     match = _DPT.match(node)
     if match:
-        index = match.group(1)
-        level = int(index) + 1 if index is not None else int(match.group(2) or match.group(3))
-        return f"depth_head/level{level}"
-    return "/".join(node.strip("/").split("/")[:2])
+        head, index = match.group(1), match.group(2)
+        level = int(index) + 1 if index is not None else int(match.group(3) or match.group(4))
+        return f"{head}/level{level}"
+    parts = node.strip("/").split("/")
+    if parts[0] == "net" and len(parts) > 2:
+        parts = parts[1:]
+    return "/".join(parts[:2])
 
 
 @dataclass
