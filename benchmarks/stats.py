@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from runtime.accuracy import align_scale_shift, depth_metrics
+from runtime.accuracy import align_scale_shift, depth_metrics, int8_metric
+from runtime.accuracy import kind_metrics as runtime_kind_metrics
 
 __all__ = ["Latency", "align_scale_shift", "depth_metrics", "kind_metrics", "summarize", "time_calls"]
 
@@ -25,30 +26,15 @@ KIND_METRICS = {
 }
 
 
-def kind_metrics(pred: np.ndarray, ref: np.ndarray, kind: str = "relative", min_fraction: float = 1e-3) -> dict:
-    """AbsRel and delta1 of ``pred`` against ``ref`` as the output kind means its numbers:
-    relative inverse depth after a scale and shift in disparity (``depth_metrics``); depth up to
-    scale after the one least-squares scale in depth that best matches (a shift would change the
-    shape of the scene); metres (or metres per focal length) as they are. Depth is compared where
-    the reference is finite and above ``min_fraction`` of its largest value."""
+def kind_metrics(pred: np.ndarray, ref: np.ndarray, kind: str = "relative") -> dict:
+    """AbsRel and delta1 of ``pred`` against ``ref`` as the output kind means its numbers, by the
+    metric an INT8 artefact of that kind is held to (``runtime.accuracy.int8_metric``): relative
+    inverse depth after a scale and shift in disparity; depth up to scale after one least-squares
+    scale in depth (a shift would change the shape of the scene); metres (or metres per focal
+    length) as they are."""
     if kind not in KIND_METRICS:
         raise ValueError(f"no metric for output kind {kind!r}; known: {', '.join(KIND_METRICS)}")
-    if kind == "relative":
-        return depth_metrics(pred, ref, min_fraction)
-    ref = np.asarray(ref, dtype=np.float64)
-    pred = np.asarray(pred, dtype=np.float64)
-    finite = np.isfinite(ref)
-    floor = min_fraction * (ref[finite].max() if finite.any() else 1.0)
-    mask = finite & (ref > floor)
-    if mask.sum() < 2:
-        raise ValueError("the reference has fewer than two valid pixels")
-    x, y = pred[mask], ref[mask]
-    if not np.isfinite(x).all():  # a NaN or inf where the reference has depth: as far off as can be
-        return {"abs_rel": float("nan"), "delta1": 0.0, "scale": float("nan")}
-    scale = float(np.dot(x, y) / np.dot(x, x)) if kind == "depth_up_to_scale" and np.dot(x, x) > 0 else 1.0
-    depth = np.maximum(scale * x, floor)
-    ratio = np.maximum(depth / y, y / depth)
-    return {"abs_rel": float(np.mean(np.abs(depth - y) / y)), "delta1": float(np.mean(ratio < 1.25)), "scale": scale}
+    return runtime_kind_metrics(pred, ref, int8_metric(kind))
 
 
 @dataclass(frozen=True)
