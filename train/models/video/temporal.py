@@ -64,18 +64,36 @@ class TemporalAttention(nn.Module):
         d = c // HEADS
         slot_pe, mask, current = self.window_positions(slot_pos)
         xq = x + current
-        q = self.to_q(xq) * d**-0.5
+        # The new frame's query, key and value in one product (the weights are joined at export).
+        weight = torch.cat([self.to_q.weight * d**-0.5, self.to_k.weight, self.to_v.weight])
+        q, k_own, v_own = F.linear(xq, weight).split(c, dim=-1)  # (N, C) each
+        # The cache enters two batched products per patch: (heads x C) by (C x S) and back.
         # (heads, N, d) @ (heads, d, C): each head's query mapped back through W_k.
         qk = torch.matmul(q.reshape(n, HEADS, d).transpose(0, 1), self.to_k.weight.reshape(HEADS, d, c))
-        qk = qk.transpose(0, 1)  # (N, heads, C)
-        logits = torch.matmul(qk, cache.transpose(1, 2)) + (torch.matmul(qk, slot_pe.t()) + mask)  # (N, heads, S)
-        own = (qk * xq[:, None, :]).sum(-1, keepdim=True)
+        logits = torch.matmul(qk.transpose(0, 1), cache.transpose(1, 2))  # (N, heads, S)
+        # The slots' position embeddings are the same for every patch: their keys and values are
+        # formed once, and each head's share is a block of one product with the (N, C) tokens.
+        pe_kv = F.linear(slot_pe, weight[c:])  # (S, 2C): W_k pe, W_v pe
+        pe_logits = torch.matmul(q, _per_head(pe_kv[:, :c].t(), d)) + mask.repeat(HEADS)  # (N, heads * S)
+        own = (q * k_own).reshape(n, HEADS, d).sum(-1, keepdim=True)
+        logits = logits + pe_logits.reshape(n, HEADS, -1)
         weights = torch.softmax(torch.cat([logits, own], dim=-1), dim=-1)
         cached, mine = weights[..., :-1], weights[..., -1:]
-        # sum over the slots of weight * (h + pe), then W_v per head
-        mixed = torch.matmul(cached, cache) + torch.matmul(cached, slot_pe) + mine * xq[:, None, :]
+        # W_v sum(a h) per head, plus W_v sum(a pe) and the new frame's a W_v (x + pe)
+        mixed = torch.matmul(cached, cache)  # (N, heads, C)
         values = torch.matmul(mixed.transpose(0, 1), self.to_v.weight.reshape(HEADS, d, c).transpose(1, 2))
-        return self.to_out[0](values.transpose(0, 1).reshape(n, c))
+        values = values.transpose(0, 1).reshape(n, c)
+        pe_values = torch.matmul(cached.reshape(n, -1), _per_head(pe_kv[:, c:].t(), d).t())
+        own_values = (mine * v_own.reshape(n, HEADS, d)).reshape(n, c)
+        return self.to_out[0](values + pe_values + own_values)
+
+
+def _per_head(table: torch.Tensor, d: int) -> torch.Tensor:
+    """``(HEADS * d, S)`` per-head rows -> the block-diagonal ``(HEADS * d, HEADS * S)``: head
+    ``h``'s rows meet only head ``h``'s columns, so one product gives every head's ``(N, S)``."""
+    rows, slots = table.shape
+    eye = torch.eye(HEADS, dtype=table.dtype, device=table.device)
+    return (table.reshape(HEADS, d, 1, slots) * eye[:, None, :, None]).reshape(rows, HEADS * slots)
 
 
 class GEGLU(nn.Module):
@@ -84,8 +102,9 @@ class GEGLU(nn.Module):
         self.proj = nn.Linear(dim, hidden * 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        value, gate = self.proj(x).chunk(2, dim=-1)
-        return value * F.gelu(gate)
+        # Two products on the halves of the weight, not one split after: no copy of the halves.
+        (w_value, w_gate), (b_value, b_gate) = self.proj.weight.chunk(2), self.proj.bias.chunk(2)
+        return F.linear(x, w_value, b_value) * F.gelu(F.linear(x, w_gate, b_gate))
 
 
 class FeedForward(nn.Module):
