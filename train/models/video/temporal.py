@@ -47,53 +47,49 @@ class TemporalAttention(nn.Module):
         self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
         self.pos_encoder = PositionTable(dim)
 
-    def window_positions(self, slot_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per slot its position embedding (zeros outside the window) and additive mask (0 or -inf),
-        and the new frame's embedding: position = number of cached frames in the window."""
-        pe = self.pos_encoder.pe[0]
+    def window_index(self, slot_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each slot's row of the position tables (``WINDOW``: outside the window, no embedding,
+        logit ``-inf``) and the new frame's position: the number of cached frames in the window."""
         valid = slot_pos >= 0
-        padded = torch.cat([pe, torch.zeros_like(pe[:1])])
-        slot_pe = padded[torch.where(valid, slot_pos, torch.full_like(slot_pos, pe.shape[0]))]
-        mask = torch.where(valid, torch.zeros_like(slot_pe[:, 0]), torch.full_like(slot_pe[:, 0], float("-inf")))
-        current = pe[valid.to(torch.int64).sum()]
-        return slot_pe, mask, current
+        return torch.where(valid, slot_pos, torch.full_like(slot_pos, WINDOW)), valid.to(torch.int64).sum()
 
     def forward(self, x: torch.Tensor, cache: torch.Tensor, slot_pos: torch.Tensor) -> torch.Tensor:
         """``x``: ``(N, C)`` normalised tokens of the new frame; ``cache``: ``(N, S, C)``."""
         n, c = x.shape
         d = c // HEADS
-        slot_pe, mask, current = self.window_positions(slot_pos)
-        xq = x + current
-        # The new frame's query, key and value in one product (the weights are joined at export).
+        index, current = self.window_index(slot_pos)
+        pe = self.pos_encoder.pe[0]  # (WINDOW, C)
+        padded = torch.cat([pe, torch.zeros_like(pe[:1])])  # row WINDOW: a slot outside the window
+        eye = torch.eye(HEADS, dtype=x.dtype, device=x.device)
+        # Tables of the weights alone (constant in an exported graph), read by window position:
         weight = torch.cat([self.to_q.weight * d**-0.5, self.to_k.weight, self.to_v.weight])
-        q, k_own, v_own = F.linear(xq, weight).split(c, dim=-1)  # (N, C) each
+        # the new frame's q, k, v of (x + pe): x's product plus pe's row
+        q, k_own, v_own = (F.linear(x, weight) + F.linear(pe, weight)[current]).split(c, dim=-1)  # (N, C) each
+        # each head's keys and values of the position embeddings, (heads, WINDOW + 1, C): head h's
+        # rows are zero outside its channels, so one product serves every head
+        pe_k, pe_v = (
+            (f(padded).reshape(1, -1, HEADS, d) * eye[:, None, :, None]).reshape(HEADS, -1, c)
+            for f in (self.to_k, self.to_v)
+        )
+        masks = torch.cat([torch.zeros(HEADS, WINDOW), torch.full((HEADS, 1), float("-inf"))], 1).to(x)
+
         # The cache enters two batched products per patch: (heads x C) by (C x S) and back.
         # (heads, N, d) @ (heads, d, C): each head's query mapped back through W_k.
         qk = torch.matmul(q.reshape(n, HEADS, d).transpose(0, 1), self.to_k.weight.reshape(HEADS, d, c))
         logits = torch.matmul(qk.transpose(0, 1), cache.transpose(1, 2))  # (N, heads, S)
-        # The slots' position embeddings are the same for every patch: their keys and values are
-        # formed once, and each head's share is a block of one product with the (N, C) tokens.
-        pe_kv = F.linear(slot_pe, weight[c:])  # (S, 2C): W_k pe, W_v pe
-        pe_logits = torch.matmul(q, _per_head(pe_kv[:, :c].t(), d)) + mask.repeat(HEADS)  # (N, heads * S)
+        # the slots' positions: q . W_k pe for every head in one product (N, C) @ (C, heads * S)
+        pe_logits = torch.matmul(q, pe_k[:, index].reshape(-1, c).t()) + masks[:, index].reshape(-1)
         own = (q * k_own).reshape(n, HEADS, d).sum(-1, keepdim=True)
         logits = logits + pe_logits.reshape(n, HEADS, -1)
         weights = torch.softmax(torch.cat([logits, own], dim=-1), dim=-1)
         cached, mine = weights[..., :-1], weights[..., -1:]
-        # W_v sum(a h) per head, plus W_v sum(a pe) and the new frame's a W_v (x + pe)
+        # W_v sum(a h) per head, plus sum(a W_v pe) and the new frame's a W_v (x + pe)
         mixed = torch.matmul(cached, cache)  # (N, heads, C)
         values = torch.matmul(mixed.transpose(0, 1), self.to_v.weight.reshape(HEADS, d, c).transpose(1, 2))
         values = values.transpose(0, 1).reshape(n, c)
-        pe_values = torch.matmul(cached.reshape(n, -1), _per_head(pe_kv[:, c:].t(), d).t())
+        pe_values = torch.matmul(cached.reshape(n, -1), pe_v[:, index].reshape(-1, c))
         own_values = (mine * v_own.reshape(n, HEADS, d)).reshape(n, c)
         return self.to_out[0](values + pe_values + own_values)
-
-
-def _per_head(table: torch.Tensor, d: int) -> torch.Tensor:
-    """``(HEADS * d, S)`` per-head rows -> the block-diagonal ``(HEADS * d, HEADS * S)``: head
-    ``h``'s rows meet only head ``h``'s columns, so one product gives every head's ``(N, S)``."""
-    rows, slots = table.shape
-    eye = torch.eye(HEADS, dtype=table.dtype, device=table.device)
-    return (table.reshape(HEADS, d, 1, slots) * eye[:, None, :, None]).reshape(rows, HEADS * slots)
 
 
 class GEGLU(nn.Module):
