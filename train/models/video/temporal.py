@@ -60,36 +60,33 @@ class TemporalAttention(nn.Module):
         index, current = self.window_index(slot_pos)
         pe = self.pos_encoder.pe[0]  # (WINDOW, C)
         padded = torch.cat([pe, torch.zeros_like(pe[:1])])  # row WINDOW: a slot outside the window
-        eye = torch.eye(HEADS, dtype=x.dtype, device=x.device)
         # Tables of the weights alone (constant in an exported graph), read by window position:
         weight = torch.cat([self.to_q.weight * d**-0.5, self.to_k.weight, self.to_v.weight])
         # the new frame's q, k, v of (x + pe): x's product plus pe's row
         q, k_own, v_own = (F.linear(x, weight) + F.linear(pe, weight)[current]).split(c, dim=-1)  # (N, C) each
-        # each head's keys and values of the position embeddings, (heads, WINDOW + 1, C): head h's
-        # rows are zero outside its channels, so one product serves every head
-        pe_k, pe_v = (
-            (f(padded).reshape(1, -1, HEADS, d) * eye[:, None, :, None]).reshape(HEADS, -1, c)
-            for f in (self.to_k, self.to_v)
-        )
-        masks = torch.cat([torch.zeros(HEADS, WINDOW), torch.full((HEADS, 1), float("-inf"))], 1).to(x)
+        # each head's keys and values of the position embeddings: (heads, WINDOW + 1, d), the last
+        # row (a slot outside the window) zero, its logit -inf
+        pe_k, pe_v = (f(padded).reshape(-1, HEADS, d).transpose(0, 1) for f in (self.to_k, self.to_v))
+        mask = torch.cat([torch.zeros(WINDOW), torch.full((1,), float("-inf"))]).to(x)[index]
 
         # The cache enters two batched products per patch: (heads x C) by (C x S) and back.
+        per_head = q.reshape(n, HEADS, d).transpose(0, 1)  # (heads, N, d)
         # (heads, N, d) @ (heads, d, C): each head's query mapped back through W_k.
-        qk = torch.matmul(q.reshape(n, HEADS, d).transpose(0, 1), self.to_k.weight.reshape(HEADS, d, c))
+        qk = torch.matmul(per_head, self.to_k.weight.reshape(HEADS, d, c))
         logits = torch.matmul(qk.transpose(0, 1), cache.transpose(1, 2))  # (N, heads, S)
-        # the slots' positions: q . W_k pe for every head in one product (N, C) @ (C, heads * S)
-        pe_logits = torch.matmul(q, pe_k[:, index].reshape(-1, c).t()) + masks[:, index].reshape(-1)
+        # the slots' positions: q . W_k pe per head, (heads, N, d) @ (heads, d, S)
+        pe_logits = torch.matmul(per_head, pe_k[:, index].transpose(1, 2)) + mask
         own = (q * k_own).reshape(n, HEADS, d).sum(-1, keepdim=True)
-        logits = logits + pe_logits.reshape(n, HEADS, -1)
+        logits = logits + pe_logits.transpose(0, 1)
         weights = torch.softmax(torch.cat([logits, own], dim=-1), dim=-1)
         cached, mine = weights[..., :-1], weights[..., -1:]
         # W_v sum(a h) per head, plus sum(a W_v pe) and the new frame's a W_v (x + pe)
         mixed = torch.matmul(cached, cache)  # (N, heads, C)
+        per_head = cached.transpose(0, 1)  # (heads, N, S)
         values = torch.matmul(mixed.transpose(0, 1), self.to_v.weight.reshape(HEADS, d, c).transpose(1, 2))
-        values = values.transpose(0, 1).reshape(n, c)
-        pe_values = torch.matmul(cached.reshape(n, -1), pe_v[:, index].reshape(-1, c))
+        values = (values + torch.matmul(per_head, pe_v[:, index])).transpose(0, 1).reshape(n, c)
         own_values = (mine * v_own.reshape(n, HEADS, d)).reshape(n, c)
-        return self.to_out[0](values + pe_values + own_values)
+        return self.to_out[0](values + own_values)
 
 
 class GEGLU(nn.Module):
