@@ -138,9 +138,10 @@ class StreamState:
                 cache[...] = h
                 waiting[...] = h
                 continue
-            leaving = cache[:, ring].copy()  # frame k - 29 leaves the window ...
+            # Three copies, no temporary: frame k - 40 takes position 1 for frame k + 1, frame
+            # k - 29 leaves the window for the waiting slot it freed, frame k takes its ring slot.
+            cache[:, 1] = waiting[:, queue]
+            waiting[:, queue] = cache[:, ring]
             cache[:, ring] = h[:, 0]
-            cache[:, 1] = waiting[:, queue]  # ... frame k - 40 takes position 1 for frame k + 1
-            waiting[:, queue] = leaving
         self.count += 1
         self.frames += 1

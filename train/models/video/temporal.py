@@ -47,35 +47,46 @@ class TemporalAttention(nn.Module):
         self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
         self.pos_encoder = PositionTable(dim)
 
-    def window_positions(self, slot_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per slot its position embedding (zeros outside the window) and additive mask (0 or -inf),
-        and the new frame's embedding: position = number of cached frames in the window."""
-        pe = self.pos_encoder.pe[0]
+    def window_index(self, slot_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each slot's row of the position tables (``WINDOW``: outside the window, no embedding,
+        logit ``-inf``) and the new frame's position: the number of cached frames in the window."""
         valid = slot_pos >= 0
-        padded = torch.cat([pe, torch.zeros_like(pe[:1])])
-        slot_pe = padded[torch.where(valid, slot_pos, torch.full_like(slot_pos, pe.shape[0]))]
-        mask = torch.where(valid, torch.zeros_like(slot_pe[:, 0]), torch.full_like(slot_pe[:, 0], float("-inf")))
-        current = pe[valid.to(torch.int64).sum()]
-        return slot_pe, mask, current
+        return torch.where(valid, slot_pos, torch.full_like(slot_pos, WINDOW)), valid.to(torch.int64).sum()
 
     def forward(self, x: torch.Tensor, cache: torch.Tensor, slot_pos: torch.Tensor) -> torch.Tensor:
         """``x``: ``(N, C)`` normalised tokens of the new frame; ``cache``: ``(N, S, C)``."""
         n, c = x.shape
         d = c // HEADS
-        slot_pe, mask, current = self.window_positions(slot_pos)
-        xq = x + current
-        q = self.to_q(xq) * d**-0.5
+        index, current = self.window_index(slot_pos)
+        pe = self.pos_encoder.pe[0]  # (WINDOW, C)
+        padded = torch.cat([pe, torch.zeros_like(pe[:1])])  # row WINDOW: a slot outside the window
+        # Tables of the weights alone (constant in an exported graph), read by window position:
+        weight = torch.cat([self.to_q.weight * d**-0.5, self.to_k.weight, self.to_v.weight])
+        # the new frame's q, k, v of (x + pe): x's product plus pe's row
+        q, k_own, v_own = (F.linear(x, weight) + F.linear(pe, weight)[current]).split(c, dim=-1)  # (N, C) each
+        # each head's keys and values of the position embeddings: (heads, WINDOW + 1, d), the last
+        # row (a slot outside the window) zero, its logit -inf
+        pe_k, pe_v = (f(padded).reshape(-1, HEADS, d).transpose(0, 1) for f in (self.to_k, self.to_v))
+        mask = torch.cat([torch.zeros(WINDOW), torch.full((1,), float("-inf"))]).to(x)[index]
+
+        # The cache enters two batched products per patch: (heads x C) by (C x S) and back.
+        per_head = q.reshape(n, HEADS, d).transpose(0, 1)  # (heads, N, d)
         # (heads, N, d) @ (heads, d, C): each head's query mapped back through W_k.
-        qk = torch.matmul(q.reshape(n, HEADS, d).transpose(0, 1), self.to_k.weight.reshape(HEADS, d, c))
-        qk = qk.transpose(0, 1)  # (N, heads, C)
-        logits = torch.matmul(qk, cache.transpose(1, 2)) + (torch.matmul(qk, slot_pe.t()) + mask)  # (N, heads, S)
-        own = (qk * xq[:, None, :]).sum(-1, keepdim=True)
+        qk = torch.matmul(per_head, self.to_k.weight.reshape(HEADS, d, c))
+        logits = torch.matmul(qk.transpose(0, 1), cache.transpose(1, 2))  # (N, heads, S)
+        # the slots' positions: q . W_k pe per head, (heads, N, d) @ (heads, d, S)
+        pe_logits = torch.matmul(per_head, pe_k[:, index].transpose(1, 2)) + mask
+        own = (q * k_own).reshape(n, HEADS, d).sum(-1, keepdim=True)
+        logits = logits + pe_logits.transpose(0, 1)
         weights = torch.softmax(torch.cat([logits, own], dim=-1), dim=-1)
         cached, mine = weights[..., :-1], weights[..., -1:]
-        # sum over the slots of weight * (h + pe), then W_v per head
-        mixed = torch.matmul(cached, cache) + torch.matmul(cached, slot_pe) + mine * xq[:, None, :]
+        # W_v sum(a h) per head, plus sum(a W_v pe) and the new frame's a W_v (x + pe)
+        mixed = torch.matmul(cached, cache)  # (N, heads, C)
+        per_head = cached.transpose(0, 1)  # (heads, N, S)
         values = torch.matmul(mixed.transpose(0, 1), self.to_v.weight.reshape(HEADS, d, c).transpose(1, 2))
-        return self.to_out[0](values.transpose(0, 1).reshape(n, c))
+        values = (values + torch.matmul(per_head, pe_v[:, index])).transpose(0, 1).reshape(n, c)
+        own_values = (mine * v_own.reshape(n, HEADS, d)).reshape(n, c)
+        return self.to_out[0](values + own_values)
 
 
 class GEGLU(nn.Module):
@@ -84,8 +95,9 @@ class GEGLU(nn.Module):
         self.proj = nn.Linear(dim, hidden * 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        value, gate = self.proj(x).chunk(2, dim=-1)
-        return value * F.gelu(gate)
+        # Two products on the halves of the weight, not one split after: no copy of the halves.
+        (w_value, w_gate), (b_value, b_gate) = self.proj.weight.chunk(2), self.proj.bias.chunk(2)
+        return F.linear(x, w_value, b_value) * F.gelu(F.linear(x, w_gate, b_gate))
 
 
 class FeedForward(nn.Module):
