@@ -408,9 +408,13 @@ def verify_backend(backend: Any, reference: Reference) -> VerifyResult:
     """Run every reference input through ``backend`` (a ``runtime.backends`` backend) and score it."""
     reference.fits(backend.input_spec.fixed_hw)
     started = time.perf_counter()
-    outputs = [backend.infer(batch)[0] for batch in reference.inputs()]
+    run = backend.infer_outputs if backend.extra_outputs else lambda b: {"depth": backend.infer(b)}
+    runs = [run(batch) for batch in reference.inputs()]
     info = backend.info()
-    result = score(reference, outputs, info.get("precision"))
+    result = score(reference, [run["depth"][0] for run in runs], info.get("precision"))
+    broken = sorted({k for run in runs for k, v in run.items() if k != "depth" and not np.isfinite(v).all()})
+    if broken:  # the reference holds depth; a sky map or confidence must at least be numbers (inf: FP16 overflow)
+        result.value, result.note = float("nan"), "; ".join(filter(None, [result.note, f"non-finite {broken}"]))
     result.seconds = time.perf_counter() - started
     result.ran = {k: info.get(k) for k in ("backend", "device", "precision")}
     result.ran.update({k: info[k] for k in ("int8_arithmetic", "int8_made_for") if k in info})

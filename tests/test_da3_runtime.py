@@ -280,3 +280,29 @@ def test_requests_that_contradict_a_da3_model_are_refused(small_snapshot, metric
         assert predictor.info()["output"]["focal"] == [100.0, 100.0]
         with pytest.raises(InputError, match="not both"):
             predictor.predict(picture(), focal=100.0, intrinsics=(100.0, 100.0, 32.0, 24.0))
+
+
+def test_verify_fails_an_artefact_whose_extra_output_is_not_finite(tmp_path, small_snapshot):
+    """The reference holds depth only; an engine or IR whose depth confidence overflowed (an FP16
+    exp: inf) must still fail its check, not pass on its depth (found in review of the TensorRT path)."""
+    onnx = pytest.importorskip("onnx")
+    from export.onnx import main as export_main
+    from runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from runtime.reference import load_reference, reference_path, verify_backend
+
+    out = tmp_path / "da3s.onnx"
+    assert export_main(["--checkpoint", str(small_snapshot), "--size", "56x70", "--output", str(out)]) == 0
+    reference = load_reference(reference_path(out))
+    with OnnxRuntimeBackend(out) as backend:
+        assert backend.extra_outputs == ("depth_conf",)
+        assert verify_backend(backend, reference).passed
+    model = onnx.load(str(out))
+    producer = next(n for n in model.graph.node if "depth_conf" in n.output)
+    producer.output[list(producer.output).index("depth_conf")] = "depth_conf_raw"
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(np.inf, np.float32), "overflow"))
+    model.graph.node.append(onnx.helper.make_node("Mul", ["depth_conf_raw", "overflow"], ["depth_conf"]))
+    broken = tmp_path / "overflowed.onnx"
+    onnx.save(model, str(broken))
+    with OnnxRuntimeBackend(broken) as backend:
+        result = verify_backend(backend, reference)
+    assert not result.passed and "non-finite ['depth_conf']" in result.note
