@@ -60,7 +60,7 @@ TRT = ["--onnx-only", "--trt-version", V, "--size", "56x56"]
         (TRT_CLI, (export.onnx, "export_onnx"), ["--fp16", *TRT, "--encoder", "vits"], "exporting the ONNX model"),
         (QUANTIZE_CLI, (BUDGET, "CalibrationSet"), [], "reading calibration images"),
         (QUANTIZE_CLI, (BUDGET, "quantize_int8"), [], "calibrating and quantizing"),
-        (QUANTIZE_CLI, (QUANTIZE_CLI, "to_fp16"), ["--fp16"], "converting to an FP16-typed graph"),
+        (QUANTIZE_CLI, (QUANTIZE_CLI, "fp16_artefact"), ["--fp16"], "converting to an FP16-typed graph"),
     ],
 )
 def test_a_failing_stage_is_one_line_and_a_log(

@@ -20,6 +20,7 @@ from tests import scenes
 from tests.da3_fixtures import da3_state_dict, write_snapshot
 from tests.test_node_align import make, metres_of, tree
 from tests.test_node_cameras import Log, Sink
+from tests.test_robot_node import replay_into
 
 SIZE = 56  # network short side: small and fast
 SCALE = 3.0  # the sensor sees the network's depth times this
@@ -50,7 +51,7 @@ def test_the_node_and_the_bag_tool_give_depth_up_to_scale_the_same_scale_only_me
     and that number is the sensor's ``SCALE``."""
     from runtime.ros.bag import process_bag
     from tests.robot_bags import Robot
-    from tests.scene_bag import CAMERA, CAMERA_INFO, CLOUD, LIDAR, START
+    from tests.scene_bag import CAMERA, CLOUD, LIDAR, START
     from tests.test_bag import read_topics
 
     settings = NodeSettings(model=str(snapshot), input_size=SIZE, sparse_depth_type="points").check()
@@ -78,14 +79,7 @@ def test_the_node_and_the_bag_tool_give_depth_up_to_scale_the_same_scale_only_me
     publisher = lambda key, topic: sinks.setdefault(topic, Sink())  # noqa: E731
     core = NodeCore(settings, predictor, tree_transforms(tree()), MessageFactory(make), Log(), publisher)
     assert sorted(sinks) == ["depth/image", "depth/points"]  # no relative topic, as the bag tool
-    events = sorted(robot.events, key=lambda e: (e[0], e[1]))
-    for k, (_, _, topic, _, message) in enumerate(events):
-        {CAMERA_INFO: core.camera_info(0), LIDAR: core.sensor, CAMERA: core.image(0)}.get(topic, lambda m: None)(
-            message
-        )
-        if k + 1 == len(events) or events[k + 1][2] == CAMERA:  # a frame's scan is in: the worker's step
-            core.step(timeout=5)
-    core.close()
+    replay_into(core, robot)
     predictor.close()
     from_node = [metres_of(m) for m in sinks["depth/image"].messages]
     assert len(from_node) == len(from_bag) == 3 and len(sinks["depth/points"].messages) == 3

@@ -77,7 +77,7 @@ def test_the_bag_tool_and_the_node_give_a_frame_the_same_metres_through_one_sens
     from runtime.ros.bag import process_bag
     from runtime.ros.bag_align import CameraSensor
     from tests.robot_bags import Robot
-    from tests.scene_bag import CAMERA, CAMERA_INFO, LIDAR, START
+    from tests.scene_bag import CAMERA, LIDAR, START
     from tests.test_bag import read_topics
 
     model = scenes.affine_onnx(tmp_path / "relative.onnx")
@@ -95,14 +95,7 @@ def test_the_bag_tool_and_the_node_give_a_frame_the_same_metres_through_one_sens
     settings = NodeSettings(model=str(model), sparse_depth_type="points").check()
     publisher = lambda key, topic: sinks.setdefault(topic, Sink())  # noqa: E731
     core = NodeCore(settings, DepthPredictor(model), tree_transforms(tree()), MessageFactory(make), Log(), publisher)
-    events = sorted(robot.events, key=lambda e: (e[0], e[1]))
-    for k, (_, _, topic, _, message) in enumerate(events):
-        {CAMERA_INFO: core.camera_info(0), LIDAR: core.sensor, CAMERA: core.image(0)}.get(topic, lambda m: None)(
-            message
-        )
-        if k + 1 == len(events) or events[k + 1][2] == CAMERA:  # a frame's scan is in: the worker's step
-            core.step(timeout=5)
-    core.close()
+    replay_into(core, robot)
     from_node = [metres_of(m) for m in sinks["depth/image"].messages]
     assert len(from_node) == len(from_bag) == 3
     for node, bag_metres, truth in zip(from_node, from_bag, robot.depth, strict=True):
@@ -113,3 +106,18 @@ def test_the_bag_tool_and_the_node_give_a_frame_the_same_metres_through_one_sens
     bag_side = summary.alignment.camera(CAMERA)
     assert isinstance(bag_side, CameraSensor) and isinstance(bag_side, SensorAligner)
     assert bag_side.log.statuses == {"fit": 3}
+
+
+def replay_into(core: NodeCore, robot) -> None:
+    """A recorded robot's messages, in stamp order, into the node's callbacks (camera 0), a worker
+    step after each frame once its scan is in; then the node is closed."""
+    from tests.scene_bag import CAMERA, CAMERA_INFO, LIDAR
+
+    events = sorted(robot.events, key=lambda e: (e[0], e[1]))
+    for k, (_, _, topic, _, message) in enumerate(events):
+        {CAMERA_INFO: core.camera_info(0), LIDAR: core.sensor, CAMERA: core.image(0)}.get(topic, lambda m: None)(
+            message
+        )
+        if k + 1 == len(events) or events[k + 1][2] == CAMERA:  # a frame's scan is in: the worker's step
+            core.step(timeout=5)
+    core.close()
