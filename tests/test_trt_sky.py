@@ -137,3 +137,27 @@ def test_the_engine_applies_the_step_only_where_its_sidecar_says_so(tmp_path):
     assert engine_sky_step(engine, None, ("sky",)) is False
     with pytest.raises(ModelFileError, match="leaves the sky step to the runtime but it has no 'sky' output"):
         engine_sky_step(engine, {"sky_step": "runtime"}, ("depth_conf",))
+
+
+def test_onnx_runtime_applies_the_step_to_a_sky_less_graph(metric_onnx, tmp_path):
+    """The sky-less ONNX through the runtime (``DepthPredictor`` on ONNX Runtime): the same depth as
+    the original graph, within 1e-6 relative, with the same sky mask; the step at network
+    resolution, before the resize to the image."""
+    from runtime import DepthPredictor
+    from runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from tests.test_da3_outputs import picture
+
+    sky_less = tmp_path / "metric.sky-less.onnx"
+    onnx.save(cut_sky_step(onnx.load(str(metric_onnx)), metric_onnx), str(sky_less))
+    batch = _inputs(1)
+    with OnnxRuntimeBackend(metric_onnx) as want, OnnxRuntimeBackend(sky_less) as got:
+        expected = want.infer(batch)
+        assert np.abs(got.infer(batch) - expected).max() <= 1e-6 * np.abs(expected).max()
+        outs = got.infer_outputs(batch)
+        assert np.abs(outs["depth"] - expected).max() <= 1e-6 * np.abs(expected).max()
+        assert np.array_equal(sky_mask(outs["sky"]), sky_mask(want.infer_outputs(batch)["sky"]))
+    image = picture(height=48, width=64)
+    with DepthPredictor(metric_onnx, focal=80.0) as want, DepthPredictor(sky_less, focal=80.0) as got:
+        a, b = want.predict(image), got.predict(image)
+    assert np.abs(np.asarray(b) - np.asarray(a)).max() <= 1e-6 * np.abs(np.asarray(a)).max()
+    assert np.array_equal(a.sky, b.sky) and a.sky.any() and not a.sky.all()
