@@ -18,7 +18,7 @@ from export.errors import ExportError
 from export.metrics import OnnxRuntimeRunner
 from export.trt.build import TrtRequest, plan_job, ready_step, source_step
 from export.trt.rules import TrtVersion, check_model, check_onnx
-from export.trt.sky_step import cut_sky_step, sky_step_input
+from export.trt.sky_step import cut_sky_step, sky_step_fact, sky_step_input
 from runtime.backends.tensorrt import engine_sky_step
 from runtime.metadata import read_sidecar
 from runtime.prediction import sky_mask
@@ -93,7 +93,7 @@ def test_the_ready_onnx_leaves_the_sky_step_to_the_runtime(metric_onnx, tmp_path
     model = onnx.load(str(ready.record.path), load_external_data=False)
     assert ready.outputs == ("depth", "sky") and [o.name for o in model.graph.output] == ["depth", "sky"]
     assert not any(n.op_type == "TopK" for n in model.graph.node)
-    assert {p.key: p.value for p in model.metadata_props}["sky_step"] == "runtime"  # the engine's sidecar reads it
+    assert sky_step_fact(model) == {"sky_step": "runtime"} and sky_step_fact(original) == {}  # the engine's sidecar
     assert ready.expected is not None and ready.expected.meta["sky_step"] == "runtime"
     sky_less = tmp_path / "m.fp16.sky-less.onnx"
     assert read_sidecar(sky_less)["sky_step"] == "runtime" and ready.source.path == sky_less
