@@ -16,9 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from commands.errors import require
-
-# The metrics live in the runtime, which checks artefacts against their references without
-# PyTorch; the exports use them under these names.
 from runtime.accuracy import (
     ABS_REL_ALIGNED,
     FP32_TOLERANCE,
@@ -30,6 +27,10 @@ from runtime.accuracy import (
     int8_metric,
     short_name,
 )
+
+# The metrics live in the runtime, which checks artefacts against their references without
+# PyTorch; the exports use them under these names.
+from runtime.sky import runtime_sky_step, sky_to_far
 
 __all__ = [
     "ABS_REL_ALIGNED",
@@ -70,13 +71,20 @@ class OnnxRuntimeRunner:
         model = path if isinstance(path, bytes) else str(path)
         self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        meta = self.session.get_modelmeta().custom_metadata_map
+        names = [o.name for o in self.session.get_outputs()]
+        # a graph that leaves the DA3 sky step to the runtime (export.trt's sky-less graph): applied here
+        self._sky = names.index("sky") if runtime_sky_step(meta) and "sky" in names else None
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: batch})[0]
+        return self.outputs(batch)[0]
 
     def outputs(self, batch: np.ndarray) -> list[np.ndarray]:
         """Every output of the model for one batch, in the graph's order (depth first)."""
-        return self.session.run(None, {self.input_name: batch})
+        outs = self.session.run(None, {self.input_name: batch})
+        if self._sky is not None:
+            outs[0] = sky_to_far(outs[0], outs[self._sky])
+        return outs
 
     def run_all(self, batches: list[np.ndarray]) -> list[np.ndarray]:
         return [self(batch) for batch in batches]

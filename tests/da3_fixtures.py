@@ -21,8 +21,13 @@ def keys(name: str) -> list[tuple[str, list[int]]]:
 
 
 def da3_state_dict(name: str) -> dict[str, torch.Tensor]:
+    return deterministic_weights(keys(name))
+
+
+def deterministic_weights(named_shapes: list[tuple[str, list[int]]]) -> dict[str, torch.Tensor]:
+    """The fixtures' weights for any DA3 network's keys (a smaller test network's too)."""
     state = {}
-    for key, shape in keys(name):
+    for key, shape in named_shapes:
         t = deterministic_tensor(key, shape)
         if key.startswith("head.scratch.output_conv2") and key.endswith("bias") and len(shape) == 1 and shape[0] <= 2:
             t = (0.5 + 0.02 * (t - t.mean())).astype(np.float32)

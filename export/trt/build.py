@@ -59,6 +59,7 @@ from .decisions import (
 from .engine import build_engine, gpu_info, run_reference
 from .outputs import exp_tail_nodes, extra_outputs_fact, onnx_outputs
 from .rules import TrtCompatibilityError, TrtVersion, check_onnx, known_releases, require_compatible
+from .sky_step import sky_less_source, sky_step_fact
 
 if TYPE_CHECKING:
     from ..quantize.options import Int8Options
@@ -236,6 +237,7 @@ def source_step(job: TrtJob) -> tuple[Artefact, OnnxFacts]:
                 opset=export_opset(version),
             )
     facts = job.given_facts or onnx_facts(source.path)
+    source, facts = sky_less_source(source, facts, job.output, job.plan.quantized)  # DA3 mono/metric
     if request.profile is not None and not facts.dynamic:
         raise ExportRequestError(
             f"{source.path} has a fixed input shape (batch 1); export it with `dynamic` to give it a `profile`"
@@ -291,7 +293,7 @@ def ready_step(job: TrtJob, source: Artefact, facts: OnnxFacts) -> Ready:
     if record.reference_data is not None:
         expected = inherited_reference(record.reference_data, output.name, request.precision, sizes)
     if expected is not None:  # it holds depth; it says which outputs the engine has besides
-        expected.meta.update(extra_outputs_fact(outputs))
+        expected.meta.update({**extra_outputs_fact(outputs), **sky_step_fact(nodes_of)})
     ready = record.path
     with stage(f"checking the TensorRT {version} parser rules"):
         require_compatible(ready, version)
@@ -397,6 +399,7 @@ def engine_step(job: TrtJob, ready: Ready, target: Target, started: float) -> Ar
             "encoder": source.encoder,
             **source.output_kind().sidecar(),
             **extra_outputs_fact(ready.outputs),
+            **sky_step_fact(load_onnx(ready.record.path, load_external_data=False)),
             "licence": ready.record.licence,
             **ready.record.identity(),
             "gpu": {"name": target.gpu, "compute_capability": list(target.capability)},

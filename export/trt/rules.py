@@ -203,11 +203,20 @@ REDUCE_OPS = {
     "ReduceSumSquare": 18,
 }  # op -> first opset where axes is an input
 SRC_CONSTANTS = "onnx-tensorrt 8.5-GA docs/operators.md; 10.1-GA onnxOpImporters.cpp and importerUtils.cpp"
-# TopK takes K <= 3840 in every release here: TensorRT 8.5-11 NvInfer.h, ITopKLayer::setK ("only
-# values up to 3840 are supported"); TensorRT operator docs, TopK ("k <= d, k <= 3840"). A sort
-# exports as a TopK over the whole axis: the DA3 mono/metric sky step sorts every pixel of the image.
-TOPK_MAX_K = 3840
-SRC_TOPK = "TensorRT 8.5-11 NvInfer.h ITopKLayer::setK and the operator docs' TopK: k <= 3840"
+# TopK's K, per release: the 10.x operator docs' TopK says "k <= d, k <= 3840" (docs.nvidia.com/
+# deeplearning/tensorrt/latest/_static/operators/TopK.html); the archived TensorRT 8.6.0 EA operator
+# page says "k <= d, k <= 1024" (.../tensorrt/archives/tensorrt-860-ea/operators/docs/TopK.html),
+# so the 8.x releases are held to 1024. A sort exports as a TopK over the whole axis: the DA3
+# mono/metric sky step sorts every pixel of the image (export.trt leaves it to the runtime).
+TOPK_MAX_K = 3840  # 10.x and later
+TOPK_MAX_K_8X = 1024
+SRC_TOPK = "TensorRT 10.x operator docs, TopK: k <= 3840"
+SRC_TOPK_8X = "TensorRT 8.6.0 EA operator docs (archives/tensorrt-860-ea), TopK: k <= 1024"
+
+
+def topk_max_k(version: TrtVersion) -> int:
+    """The most values TensorRT ``version``'s TopK takes."""
+    return TOPK_MAX_K_8X if version.major == 8 else TOPK_MAX_K
 
 
 def _attr(node: Any, name: str, default: Any = None) -> Any:
@@ -327,14 +336,14 @@ def _check_node(node: Any, graph: Graph, version: TrtVersion) -> list[Finding]:
         if _attr(node, "antialias", 0):
             add("resize-antialias", "Resize with antialias", "onnx-tensorrt 10.15 GA docs/operators.md")
     elif op == "TopK":
-        bound = _topk_bound(node, graph)
-        if bound is None or bound > TOPK_MAX_K:
+        bound, most = _topk_bound(node, graph), topk_max_k(version)
+        if bound is None or bound > most:
             values = f"{bound} values" if bound is not None else "a number of values known only at run time"
             add(
                 "topk-k",
-                f"TopK of {values} (a sort over the whole axis); TensorRT takes K <= {TOPK_MAX_K}"
+                f"TopK of {values} (a sort over the whole axis); TensorRT {version} takes K <= {most}"
                 + (": the sky step of a DA3 mono/metric graph sorts every pixel" if _outputs_sky(graph) else ""),
-                SRC_TOPK,
+                SRC_TOPK_8X if version.major == 8 else SRC_TOPK,
             )
     indices = CONSTANT_INPUTS.get(op, ()) + (CONSTANT_INPUTS_8X.get(op, ()) if version.major == 8 else ())
     if op in REDUCE_OPS and graph.opset >= REDUCE_OPS[op]:

@@ -26,7 +26,8 @@ from commands.errors import ModelFileError, require
 from ..int8_cpu import mismatch, this_cpu
 from ..metadata import read_sidecar
 from ..metric import OutputKind
-from ..prediction import extras_of
+from ..prediction import SKY, extras_of
+from ..sky import apply_sky_step, check_runtime_sky_step, sky_to_far
 from ..video_state import STREAM_INPUTS
 from .base import Backend, InputSpec, check_depth_output, check_streams
 from .profiling import Profile, events_after, onnxruntime_events, onnxruntime_layers, onnxruntime_runs, timed_calls
@@ -130,6 +131,7 @@ class OnnxRuntimeBackend(Backend):
             raise ModelFileError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from exc
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
         custom = self._session.get_modelmeta().custom_metadata_map
+        self._sky_step = False  # a graph that leaves the DA3 sky step to the runtime (export.trt's sky-less ONNX)
         if tuple(i.name for i in inputs[1:]) == STREAM_INPUTS:  # a Video Depth Anything stream step
             self.stream_names = STREAM_INPUTS
             self._stream_shapes = [tuple(i.shape) for i in inputs[2:]]
@@ -139,6 +141,7 @@ class OnnxRuntimeBackend(Backend):
         else:  # depth, and a DA3 network's sky map or depth confidence after it
             try:
                 self.extra_outputs = extras_of([o.name for o in outputs], path)
+                self._sky_step = check_runtime_sky_step(custom, self.extra_outputs, path)
             except ValueError as exc:
                 raise ModelFileError(str(exc)) from None
         dims = inputs[0].shape
@@ -173,6 +176,8 @@ class OnnxRuntimeBackend(Backend):
 
     def _infer(self, batch: np.ndarray, session: Any = None) -> np.ndarray:
         session = session or self._session
+        if self._sky_step:
+            return sky_to_far(*session.run([self._output, SKY], {self.input_spec.name: batch}))
         if not self._io_binding:
             return session.run([self._output], {self.input_spec.name: batch})[0]
         binding = session.io_binding()
@@ -184,7 +189,8 @@ class OnnxRuntimeBackend(Backend):
     def _infer_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         names = [self._output, *self.extra_outputs]
         values = self._session.run(names, {self.input_spec.name: batch})
-        return {"depth": values[0], **dict(zip(self.extra_outputs, values[1:]))}
+        outs = {"depth": values[0], **dict(zip(self.extra_outputs, values[1:]))}
+        return apply_sky_step(outs) if self._sky_step else outs
 
     def _step(self, batch: np.ndarray, slot_pos: np.ndarray, caches: list) -> list:
         # CPU inputs are read where they lie: the cache is not copied per frame.

@@ -21,6 +21,7 @@ from commands.errors import MissingDependencyError, ModelFileError, require
 from ..metadata import read_sidecar
 from ..metric import OutputKind
 from ..prediction import extras_of
+from ..sky import RUNTIME, SKY_STEP, apply_sky_step, check_runtime_sky_step, sky_to_far
 from .base import Backend, InputSpec, check_depth_output, check_streams
 from .cuda import open_cuda, parse_device
 from .profiling import LayerTimeRecorder, Profile, timed_calls
@@ -127,6 +128,16 @@ def engine_io(
     except ValueError as exc:
         raise ModelFileError(str(exc)) from None
     return inputs[0], DEPTH, extras
+
+
+def engine_sky_step(engine: Path, meta: dict[str, Any] | None, extras: tuple[str, ...]) -> bool:
+    """Whether the runtime applies the DA3 sky step to the engine's depth: its sidecar says the step
+    is the runtime's (``sky_step: runtime``, an engine built from the graph without the step, whose
+    TopK TensorRT cannot build); an engine without that fact keeps its old meaning."""
+    try:
+        return check_runtime_sky_step(meta, extras, engine)
+    except ValueError as exc:
+        raise ModelFileError(f"{exc}; {rebuild_hint(engine)}") from None
 
 
 def output_buffers(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[tuple[int, ...], int]]:
@@ -327,6 +338,7 @@ class TensorRTBackend(Backend):
             for name in names
         ]
         image, depth, self.extra_outputs = engine_io(path, tensors, meta)
+        self._sky_step = engine_sky_step(path, meta, self.extra_outputs)
         self._tensors = (image, (depth, *self.extra_outputs))
         for name in self._tensors[1]:
             check_depth_output(path, tuple(engine.get_tensor_shape(name)))  # each one map per image
@@ -349,7 +361,8 @@ class TensorRTBackend(Backend):
         finally:
             self._lanes.put(lane)
         depth = outs.pop(self._tensors[1][0])
-        return {"depth": depth, **outs}  # the extra outputs under their own names, as ONNX Runtime's
+        result = {"depth": depth, **outs}  # the extra outputs under their own names, as ONNX Runtime's
+        return apply_sky_step(result) if self._sky_step else result  # at network resolution
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         return self._run(batch)["depth"]
@@ -365,6 +378,9 @@ class TensorRTBackend(Backend):
         finally:
             self._lanes.put(lane)
         depth = outs.pop(self._tensors[1][0])
+        if self._sky_step:  # on the host, as ``_run``: the step's sort is no work for a GPU kernel here
+            far = sky_to_far(depth.cpu().numpy(), outs["sky"].cpu().numpy())
+            depth = self._torch.from_numpy(far).to(depth.device)
         return {"depth": depth, **outs} if self.extra_outputs else depth
 
     def _profile(self, batch: np.ndarray, calls: int) -> Profile:
@@ -389,6 +405,7 @@ class TensorRTBackend(Backend):
             "profile": [list(low), list(high)],
             "streams": self.max_concurrency,
             "preprocess": "device" if self.pipeline else "numpy",
+            **({SKY_STEP: RUNTIME} if self._sky_step else {}),
         }
 
     def _release(self) -> None:

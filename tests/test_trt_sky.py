@@ -1,0 +1,163 @@
+"""TensorRT engines of the Depth Anything 3 mono/metric graphs: the TensorRT-ready ONNX leaves the
+sky step out (TensorRT's TopK cannot sort every pixel) and the runtime applies it on the host with
+numpy. Tested without TensorRT: the numpy step against the network's torch step, the step-less
+ready ONNX against the 8.6 and 10.x parser rules, ONNX Runtime on it plus the numpy step against
+the original graph, the facts the engine's sidecar and reference carry, and what is refused."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from commands.errors import ModelFileError
+from export.errors import ExportError
+from export.metrics import OnnxRuntimeRunner
+from export.trt.build import TrtRequest, plan_job, ready_step, source_step
+from export.trt.rules import TrtVersion, check_model, check_onnx
+from export.trt.sky_step import cut_sky_step, sky_step_fact, sky_step_input
+from runtime.backends.tensorrt import engine_sky_step
+from runtime.metadata import read_sidecar
+from runtime.prediction import sky_mask
+from runtime.sky import sky_to_far
+from tests.da3_fixtures import deterministic_weights
+from tests.test_trt_outputs import _topk_model
+from train.models.da3 import DA3_VARIANTS, METRES_PER_FOCAL, DepthAnything3
+from train.models.da3.model import sky_to_far as torch_sky_to_far
+
+SIZE = (56, 70)
+
+
+@pytest.fixture(scope="module")
+def metric_onnx(tmp_path_factory):
+    """A DA3Metric-shaped network on a ViT-S with the fixtures' deterministic weights, its sky head's
+    bias set so that about half of a test input is sky; exported at 56x70 (the sky step in the graph)."""
+    from export.onnx import export_onnx
+    from tests.test_da3_outputs import SMALL_MONO
+
+    spec = dataclasses.replace(
+        DA3_VARIANTS["da3mono-large"], name="da3metric-test", output=METRES_PER_FOCAL, **SMALL_MONO
+    )
+    net = DepthAnything3(spec).eval()
+    net.load_state_dict(deterministic_weights([(k, list(v.shape)) for k, v in net.state_dict().items()]))
+    last, seen = net.head.scratch.sky_output_conv2[-1], []
+    hook = last.register_forward_hook(lambda module, args, out: seen.append(out.detach()))
+    with torch.no_grad():
+        net(torch.from_numpy(_inputs(1)))
+        last.bias.add_(0.3 - float(seen[-1].median()))
+    hook.remove()
+    return export_onnx(net, tmp_path_factory.mktemp("da3") / "metric.onnx", *SIZE).path
+
+
+def _inputs(batch: int) -> np.ndarray:
+    return np.random.default_rng(1).standard_normal((batch, 3, *SIZE)).astype(np.float32)
+
+
+def test_the_numpy_sky_step_is_the_networks():
+    rng = np.random.default_rng(0)
+    depth = rng.uniform(0.5, 50.0, (5, 40, 60)).astype(np.float32)
+    sky = rng.uniform(0.0, 1.0, (5, 40, 60)).astype(np.float32)
+    sky[1] = 0.0
+    sky[1, 0, :10] = 0.9  # 10 sky pixels: too few, the depth stays
+    sky[2] = 0.9
+    sky[2, 0, :11] = 0.1  # 11 non-sky pixels: the step applies
+    sky[3] = 0.9
+    sky[3, 0, :10] = 0.1  # 10 non-sky pixels: too few
+    sky[4, :, :7] = 0.3  # at the threshold is sky
+    want = torch_sky_to_far(torch.from_numpy(depth), torch.from_numpy(sky)).numpy()
+    got = sky_to_far(depth, sky)
+    assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
+    assert np.array_equal(got[1], depth[1]) and np.array_equal(got[3], depth[3])
+    for image in (0, 2, 4):
+        changed = got[image] != depth[image]
+        assert changed.any() and np.array_equal(changed, sky[image] >= 0.3)
+    one = sky_to_far(depth[0], sky[0])  # one (H, W) map, and a (B, 1, H, W) one
+    assert np.array_equal(one, got[0]) and np.array_equal(sky_to_far(depth[:, None], sky)[:, 0], got)
+    with pytest.raises(ValueError, match="not maps of one size"):
+        sky_to_far(depth, sky[:, :20])
+
+
+@pytest.mark.parametrize("release", ["8.6", "10.3"])
+def test_the_ready_onnx_leaves_the_sky_step_to_the_runtime(metric_onnx, tmp_path, release):
+    original = onnx.load(str(metric_onnx), load_external_data=False)
+    version = TrtVersion.parse(release)
+    assert "topk-k" in [f.rule for f in check_model(original, version)]  # as exported, refused
+    request = TrtRequest(precision="fp16", onnx=metric_onnx, onnx_only=True, trt_version=release)
+    request.output = tmp_path / "m.fp16.engine"
+    job = plan_job(request, None)
+    ready = ready_step(job, *source_step(job))
+    assert check_onnx(ready.record.path, version) == []  # the 8.6 and the 10.x parser rules
+    model = onnx.load(str(ready.record.path), load_external_data=False)
+    assert ready.outputs == ("depth", "sky") and [o.name for o in model.graph.output] == ["depth", "sky"]
+    assert not any(n.op_type == "TopK" for n in model.graph.node)
+    assert sky_step_fact(model) == {"sky_step": "runtime"} and sky_step_fact(original) == {}  # the engine's sidecar
+    assert ready.expected is not None and ready.expected.meta["sky_step"] == "runtime"
+    sky_less = tmp_path / "m.fp16.sky-less.onnx"
+    assert read_sidecar(sky_less)["sky_step"] == "runtime" and ready.source.path == sky_less
+
+    # ONNX Runtime on the step-less graph, plus the runtime's numpy step, is the original graph
+    batch = _inputs(1)
+    want_depth, want_sky = OnnxRuntimeRunner(metric_onnx).session.run(None, {"image": batch})
+    raw, sky = OnnxRuntimeRunner(sky_less).session.run(None, {"image": batch})
+    assert 10 < int(sky_mask(sky[0]).sum()) < sky[0].size - 10  # the step applies
+    assert not np.allclose(raw, want_depth)
+    got = sky_to_far(raw, sky)
+    assert np.abs(got - want_depth).max() <= 1e-6 * np.abs(want_depth).max()
+    assert np.array_equal(sky_mask(sky), sky_mask(want_sky))
+    # and the references made from it (the engine's check) hold the step-applied depth
+    assert np.abs(OnnxRuntimeRunner(sky_less)(batch) - want_depth).max() <= 1e-6 * np.abs(want_depth).max()
+
+
+def test_what_the_sky_step_cut_refuses(metric_onnx, tiny_onnx, tmp_path):
+    request = TrtRequest(precision="int8", onnx=metric_onnx, onnx_only=True, trt_version="10.3")
+    request.output, request.int8 = tmp_path / "m.int8.engine", object()
+    job = plan_job(request, None)
+    with pytest.raises(ExportError, match="INT8 engines of a Depth Anything 3 mono/metric graph"):
+        source_step(job)
+    assert not list(tmp_path.glob("*.onnx"))  # nothing half-written
+    tiny = onnx.load(str(tiny_onnx), load_external_data=False)
+    assert sky_step_input(tiny) is None
+    with pytest.raises(ExportError, match="no sky step of this toolkit's Depth Anything 3 export"):
+        cut_sky_step(tiny, tiny_onnx)
+    # a sort of another graph is not taken for the step: the parser rules refuse it, per release
+    other = _topk_model(None, 2000)
+    assert sky_step_input(other) is None
+    (found,) = check_model(other, TrtVersion.parse("8.6"))
+    assert found.rule == "topk-k" and "TensorRT 8.6 takes K <= 1024" in found.message and "860-ea" in found.source
+    assert check_model(other, TrtVersion.parse("10.3")) == []
+
+
+def test_the_engine_applies_the_step_only_where_its_sidecar_says_so(tmp_path):
+    engine = tmp_path / "m.engine"
+    assert engine_sky_step(engine, {"sky_step": "runtime"}, ("sky",)) is True
+    assert engine_sky_step(engine, {"extra_outputs": ["sky"]}, ("sky",)) is False  # an engine from before
+    assert engine_sky_step(engine, None, ("sky",)) is False
+    with pytest.raises(ModelFileError, match="leaves the sky step to the runtime but it has no 'sky' output"):
+        engine_sky_step(engine, {"sky_step": "runtime"}, ("depth_conf",))
+
+
+def test_onnx_runtime_applies_the_step_to_a_sky_less_graph(metric_onnx, tmp_path):
+    """The sky-less ONNX through the runtime (``DepthPredictor`` on ONNX Runtime): the same depth as
+    the original graph, within 1e-6 relative, with the same sky mask; the step at network
+    resolution, before the resize to the image."""
+    from runtime import DepthPredictor
+    from runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from tests.test_da3_outputs import picture
+
+    sky_less = tmp_path / "metric.sky-less.onnx"
+    onnx.save(cut_sky_step(onnx.load(str(metric_onnx)), metric_onnx), str(sky_less))
+    batch = _inputs(1)
+    with OnnxRuntimeBackend(metric_onnx) as want, OnnxRuntimeBackend(sky_less) as got:
+        expected = want.infer(batch)
+        assert np.abs(got.infer(batch) - expected).max() <= 1e-6 * np.abs(expected).max()
+        outs = got.infer_outputs(batch)
+        assert np.abs(outs["depth"] - expected).max() <= 1e-6 * np.abs(expected).max()
+        assert np.array_equal(sky_mask(outs["sky"]), sky_mask(want.infer_outputs(batch)["sky"]))
+    image = picture(height=48, width=64)
+    with DepthPredictor(metric_onnx, focal=80.0) as want, DepthPredictor(sky_less, focal=80.0) as got:
+        a, b = want.predict(image), got.predict(image)
+    assert np.abs(np.asarray(b) - np.asarray(a)).max() <= 1e-6 * np.abs(np.asarray(a)).max()
+    assert np.array_equal(a.sky, b.sky) and a.sky.any() and not a.sky.all()
