@@ -2,7 +2,7 @@
 (Depth Anything V2 Small, Depth Anything 3 Small on one view, Video Depth Anything Small streaming)
 on PyTorch FP32, ONNX Runtime FP32 and OpenVINO INT8, at square sizes.
 
-Run from the repository (the weights are the tests' deterministic ones: the cost does not depend
+Run from the repository (deterministic weights, ``benchmarks.weights``: the cost does not depend
 on their values), in steps that each fit a few minutes, so a shared machine's lock is never held
 long::
 
@@ -10,8 +10,8 @@ long::
     python -m benchmarks.family_cost time   --size 266   # interleaved rounds, one process
     python -m benchmarks.family_cost memory --size 266   # a fresh process per family and backend
 
-Each frame is a square BGR frame of the size asked (the test frames resized), so every backend's
-network input is that size square; a frame's cost is ``predict`` (Video Depth Anything:
+Each frame is a square BGR frame of the size asked (a slow pan across the bundled photograph,
+resized), so every backend's network input is that size square; a frame's cost is ``predict`` (Video Depth Anything:
 ``video_stream().push``, one stream step with its cache full) including pre- and post-processing.
 Rounds are interleaved: each round runs one frame of every family and backend in turn, after
 three warm-up frames each (a stream's cache is full-size from its second frame). The INT8 IRs are
@@ -63,21 +63,14 @@ def artefact(out: Path, family: str, backend: str, size: int) -> Path:
 
 
 def write_weights(out: Path) -> None:
-    """The deterministic weights of the parity tests, as the published files are laid out."""
-    import torch
-
-    from tests.da3_fixtures import da3_state_dict, write_snapshot
-    from tests.parity import deterministic_state_dict, official_keys
-    from tests.video_fixtures import vda_state_dict
+    """Deterministic weights (``benchmarks.weights``), as the published files are laid out."""
+    from .weights import write_checkpoint
 
     out.mkdir(parents=True, exist_ok=True)
-    if not checkpoint(out, "dav2-s").is_file():
-        state = deterministic_state_dict(official_keys("vits"))
-        torch.save({k: torch.from_numpy(v) for k, v in state.items()}, checkpoint(out, "dav2-s"))
-    if not (checkpoint(out, "da3-small") / "config.json").is_file():
-        write_snapshot(checkpoint(out, "da3-small"), "da3-small", da3_state_dict("da3-small"))
-    if not checkpoint(out, "vda-small").is_file():
-        torch.save(vda_state_dict(), checkpoint(out, "vda-small"))
+    for family in FAMILIES:
+        path = checkpoint(out, family)
+        if not (path / "config.json" if path.suffix != ".pth" else path).is_file():
+            write_checkpoint(family, path)
 
 
 def setup(out: Path, size: int, families: list[str]) -> None:
@@ -107,9 +100,9 @@ def setup(out: Path, size: int, families: list[str]) -> None:
 def frames(size: int) -> list:
     import cv2
 
-    from tests.video_fixtures import frames_bgr
+    from .weights import panning_frames
 
-    return [cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in frames_bgr()]
+    return [cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in panning_frames()]
 
 
 def runner(model: Path, size: int):

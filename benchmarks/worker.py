@@ -101,6 +101,9 @@ class Row:
             self.video = self.predictor.video_stream(max_gap=None)
             for _ in range(2):
                 self.video.push(self.first)
+            # The step's input as the stream makes it (its own size rule: smaller for frames wider
+            # than 16:9), so that it fits the cache the pushes left.
+            self.batch = self.video.network_input(self.first, self.video.rgb)
             self.state = self.video.state.inputs(self.backend.stream_shapes(*self.batch.shape[2:]))
         self.memory: dict | None = None  # peak memory, read before the profiled pass adds its own
 

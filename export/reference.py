@@ -33,6 +33,7 @@ from runtime.reference import (
     reference_path,
     save_reference,
 )
+from runtime.verify_result import BROKEN_INT8_TOLERANCE
 
 from .artefact import Artefact
 from .metrics import verification_photos
@@ -41,8 +42,7 @@ PHOTOS = ("motorcycle_left.png", "chelsea.png")
 # An INT8 export made with --accuracy-budget off has no measured accuracy: its reference holds it to
 # this loose bound (aligned AbsRel on the photographs), which tells a broken artefact from a working
 # one and says nothing of how precise it is; the reference records "measured": false.
-UNMEASURED_INT8_TOLERANCE = 0.2
-MAX_HELD_OUT = 2  # held-out calibration images a reference keeps: enough to see INT8 error, few MB
+UNMEASURED_INT8_TOLERANCE = BROKEN_INT8_TOLERANCE
 
 Runner = Callable[[np.ndarray], np.ndarray]  # (1, 3, H, W) float32 -> (1, H, W) FP32 output
 
@@ -83,7 +83,9 @@ def make_reference(
     Inputs come from the reference of ``source`` (a record, or a file given from outside the run)
     at those sizes; sizes it lacks get bundled photographs (two for a static artefact, one per size
     for a dynamic one) and ``held_out`` calibration batches (normalised ``(1, 3, H, W)``) are
-    added, both run through ``runner``. ``sha256``: the artefact's digest where its step has taken
+    added, both run through ``runner``: all of them, each marked as an input the budget was
+    measured on (where a budget was measured), so the reference judges exactly what the export
+    did. ``sha256``: the artefact's digest where its step has taken
     it already (for its record: the same bytes are not hashed twice); else taken here.
     """
     base_ref = source_reference(source)
@@ -97,15 +99,20 @@ def make_reference(
             extra = {"measured": False, **extra}  # and so does an unmeasured one's loose bound
     # A static artefact gets two photographs; a dynamic one a photograph per size.
     names = {sizes[0]: PHOTOS} if len(sizes) == 1 else {s: (PHOTOS[i % len(PHOTOS)],) for i, s in enumerate(sizes)}
-    new: list[tuple[str, str, np.ndarray]] = []
+    new: list[tuple[str, str, np.ndarray, dict]] = []
     for size in sizes:
         if all(tuple(i.shape[:2]) != size for i in images):
-            new += [(name, "bundled photograph", image) for name, image in _photos_at(size, names[size])]
-    for index, batch in enumerate(list(held_out)[:MAX_HELD_OUT]):
+            new += [(name, "bundled photograph", image, {}) for name, image in _photos_at(size, names[size])]
+    # Every image the budget was measured on, marked so (``runtime.verify_result``): the reference's
+    # check then takes the budget's number over exactly those, as the export did.
+    measured = budget is not None and extra.get("measured", True) is not False
+    for index, batch in enumerate(held_out):
         image = image_of(batch)
-        if tuple(image.shape[:2]) not in sizes:
+        same = tuple(image.shape[:2]) in sizes
+        if not same:
             image = cv2.resize(image, (sizes[0][1], sizes[0][0]), interpolation=cv2.INTER_CUBIC)
-        new.append((f"held_out_{index}", "calibration image held out of calibration", image))
+        marks = {"budget": True} if measured and same else {}
+        new.append((f"held_out_{index}", "calibration image held out of calibration", image, marks))
     if new and runner is None:
         print(
             f"note: no FP32 model here to compute reference outputs for {len(new)} inputs of {Path(artefact).name}; "
@@ -113,10 +120,10 @@ def make_reference(
             file=sys.stderr,
         )
         new = []
-    for name, origin, image in new:
+    for name, origin, image, marks in new:
         images.append(image)
         outputs.append(np.asarray(runner(network_input(image)), dtype=np.float32).reshape(image.shape[:2]))
-        inputs.append({"name": name, "source": origin, "size": list(image.shape[:2]), "outputs_from": against})
+        inputs.append({"name": name, "source": origin, "size": list(image.shape[:2]), "outputs_from": against, **marks})
     if not images:
         print(f"note: {Path(artefact).name} has no reference (no source reference, no FP32 model)", file=sys.stderr)
         return None

@@ -5,9 +5,9 @@ Every export writes one beside what it writes: a few network inputs at the artef
 metric and tolerance the artefact's precision is held to (FP32/FP16: ``MAX_REL_STD``, the worst
 input counts; INT8: the metric of the model's output kind (``runtime.accuracy.int8_metric``:
 ``ABS_REL_ALIGNED`` for relative models, ``ABS_REL_SCALED`` for depth up to scale, ``ABS_REL_DEPTH``
-for metres), the mean over inputs against the accuracy budget). The
-device that builds or loads the artefact checks it against them (``runtime.verify``) with numpy
-and the backend library alone.
+for metres), the mean over the inputs the budget was measured on against the accuracy budget,
+``runtime.verify_result``). The device that builds or loads the artefact checks it against them
+(``runtime.verify``) with numpy and the backend library alone.
 
 The file is a plain ``.npz`` read with ``allow_pickle=False``: ``image_<i>`` holds input i as an
 ``H x W x 3`` uint8 RGB image at the network size (the network input is its ImageNet
@@ -22,7 +22,7 @@ import json
 import time
 import zipfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +31,14 @@ import numpy as np
 from commands.errors import InputError
 from commands.runner import CommandError
 
-from .accuracy import INT8_METRICS, MAX_REL_STD, compare, int8_metric, kind_metrics, short_name
+from .accuracy import INT8_METRICS, MAX_REL_STD, compare, int8_metric, kind_metrics
 from .io.files import atomic_write
 from .metadata import artefact_digest
 from .preprocessing import MEAN, STD
+from .verify_result import InputCheck as InputCheck  # re-exported: the result types live there
+from .verify_result import VerifyResult as VerifyResult
+from .verify_result import judged_value, unmeasured_note
+from .verify_result import worst_input as worst_input
 
 FORMAT = "dav2-edge reference"
 VERSION = 1
@@ -110,6 +114,11 @@ class Reference:
         return [item["name"] for item in self.meta["inputs"]]
 
     @property
+    def in_budget(self) -> list[bool]:
+        """Per input: whether the INT8 budget was measured on it (``runtime.verify_result``)."""
+        return [item.get("budget") is True for item in self.meta["inputs"]]
+
+    @property
     def sizes(self) -> list[tuple[int, int]]:
         return [(int(i.shape[0]), int(i.shape[1])) for i in self.images]
 
@@ -142,17 +151,6 @@ def stamp_reference(artefact: str | Path, reference: Reference | None = None) ->
     reference = reference if reference is not None else load_reference(path)
     reference.meta["artefact_sha256"] = artefact_digest(artefact)
     save_reference(path, reference)
-
-
-def unmeasured_note(meta: dict[str, Any]) -> str:
-    """What the reference of an artefact whose accuracy was not measured checks, or ``""``."""
-    if meta.get("measured", True):
-        return ""
-    return (
-        f"unmeasured {meta.get('precision')} export (--accuracy-budget off): its reference checks only that it is "
-        f"not broken ({meta.get('metric', '').split(',')[0]} <= {float(meta.get('tolerance', 0)):g} on photographs), "
-        "not its accuracy; export with --accuracy-budget to measure it"
-    )
 
 
 def make_meta(
@@ -263,92 +261,19 @@ def load_reference(path: str | Path) -> Reference:
     return Reference(images, [o.astype(np.float32) for o in outputs], meta, path)
 
 
-@dataclass
-class InputCheck:
-    name: str
-    size: tuple[int, int]
-    value: float  # the reference's metric on this input
-    max_rel_std: float
-    abs_rel: float
-    delta1: float
-
-
-@dataclass
-class VerifyResult:
-    """An artefact's outputs against its reference: per input, and the number the tolerance holds."""
-
-    metric: str
-    tolerance: float
-    checks: list[InputCheck]
-    value: float  # MAX_REL_STD: the worst input; an INT8 metric: the mean over inputs
-    reference: str = ""
-    ran: dict[str, Any] = field(default_factory=dict)  # backend, device, precision that ran
-    seconds: float = 0.0
-    note: str = ""  # why the tolerance is not the artefact's own
-    other_file: str = ""  # the reference records another file's digest (``check_belongs``)
-    abs_rel_metric: str = ""  # what each input's ``abs_rel`` is (``Reference.abs_rel_metric``)
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.value <= self.tolerance)  # NaN fails
-
-    def summary(self) -> str:
-        verdict = "within" if self.passed else "OVER"
-        return (
-            f"{self.metric} {self.value:.3g} ({verdict} the tolerance {self.tolerance:g}) "
-            f"on {len(self.checks)} reference inputs"
-        )
-
-    def lines(self) -> list[str]:
-        return [
-            f"  {c.name} {c.size[0]}x{c.size[1]}: max|a-b|/std {c.max_rel_std:.3g}, {self.abs_rel_name} {c.abs_rel:.3g}"
-            for c in self.checks
-        ]
-
-    @property
-    def abs_rel_name(self) -> str:
-        return short_name(self.abs_rel_metric) if self.abs_rel_metric else "aligned AbsRel"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "metric": self.metric,
-            "abs_rel_metric": self.abs_rel_metric,
-            "tolerance": self.tolerance,
-            "value": self.value,
-            "passed": self.passed,
-            "reference": self.reference,
-            "ran": self.ran,
-            "seconds": round(self.seconds, 3),
-            "note": self.note,
-            "inputs": [
-                {
-                    "name": c.name,
-                    "size": list(c.size),
-                    "max_rel_std": c.max_rel_std,
-                    "abs_rel": c.abs_rel,
-                    "delta1": c.delta1,
-                }
-                for c in self.checks
-            ],
-        }
-
-
 def score(reference: Reference, outputs: list[np.ndarray], ran: str | None = None) -> VerifyResult:
     """How far ``outputs`` (one ``H x W`` or ``1 x H x W`` map per reference input, computed in the
     format ``ran``) are from the reference, in both metrics, judged by the reference's own."""
     checks = []
-    for name, got, want in zip(reference.names, outputs, reference.outputs):
+    for name, in_budget, got, want in zip(reference.names, reference.in_budget, outputs, reference.outputs):
         got = np.asarray(got, dtype=np.float32).reshape(want.shape)
         finite = bool(np.isfinite(got).all())
         max_rel_std = compare(got, want).max_rel_std if finite else float("nan")
         aligned = kind_metrics(got, want, reference.abs_rel_metric) if finite else {"abs_rel": np.nan, "delta1": np.nan}
         value = max_rel_std if reference.metric == MAX_REL_STD else aligned["abs_rel"]
         size = (int(want.shape[0]), int(want.shape[1]))
-        checks.append(InputCheck(name, size, value, max_rel_std, aligned["abs_rel"], aligned["delta1"]))
-    values = [c.value for c in checks]
-    value = float(max(values, key=lambda v: np.inf if np.isnan(v) else v))
-    if reference.metric in INT8_METRICS:
-        value = float(np.mean(values))
+        checks.append(InputCheck(name, size, value, max_rel_std, aligned["abs_rel"], aligned["delta1"], in_budget))
+    value, others_tolerance = judged_value(checks, reference.metric in INT8_METRICS)
     tolerance = reference.tolerance_for(ran)
     notes = [unmeasured_note(reference.meta), reference.other_file]
     if tolerance != reference.tolerance:
@@ -358,6 +283,7 @@ def score(reference: Reference, outputs: list[np.ndarray], ran: str | None = Non
         )
     note = "; ".join(n for n in notes if n)
     result = VerifyResult(reference.metric, tolerance, checks, value, str(reference.path or ""), note=note)
+    result.others_tolerance = others_tolerance
     result.abs_rel_metric = reference.abs_rel_metric
     result.other_file = reference.other_file
     return result
@@ -419,11 +345,6 @@ def verify_backend(backend: Any, reference: Reference) -> VerifyResult:
     result.ran = {k: info.get(k) for k in ("backend", "device", "precision")}
     result.ran.update({k: info[k] for k in ("int8_arithmetic", "int8_made_for") if k in info})
     return result
-
-
-def worst_input(result: VerifyResult) -> str:
-    """The name of the input farthest from the reference (a NaN output counts as farthest)."""
-    return max(result.checks, key=lambda c: np.inf if np.isnan(c.value) else c.value).name
 
 
 def require_within(result: VerifyResult, model: Any) -> VerifyResult:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tests.parity import deterministic_tensor
+from benchmarks.weights import family_tensor
 
 DATA = Path(__file__).resolve().parent / "data" / "official_families"
 SIZE = (266, 364)
@@ -28,10 +28,7 @@ def deterministic_weights(named_shapes: list[tuple[str, list[int]]]) -> dict[str
     """The fixtures' weights for any DA3 network's keys (a smaller test network's too)."""
     state = {}
     for key, shape in named_shapes:
-        t = deterministic_tensor(key, shape)
-        if key.startswith("head.scratch.output_conv2") and key.endswith("bias") and len(shape) == 1 and shape[0] <= 2:
-            t = (0.5 + 0.02 * (t - t.mean())).astype(np.float32)
-        state[key] = torch.from_numpy(t)
+        state[key] = torch.from_numpy(family_tensor("da3", key, shape))
     return state
 
 

@@ -3,17 +3,18 @@
 The reference outputs there were computed by the official Depth-Anything-V2 code for weights
 that anyone can rebuild from the key list alone: every tensor comes from numpy's PCG64 seeded
 with the CRC-32 of its key, scaled by the kind of tensor it is. This is the project's own
-implementation of that recipe.
+implementation of that recipe (``benchmarks.weights``, where cost measurements use it without
+the test tree).
 """
 
 from __future__ import annotations
 
 import json
-import math
-import zlib
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.weights import deterministic_tensor
 
 DATA = Path(__file__).resolve().parent / "data" / "official_parity"
 ENCODERS = ("vits", "vitb", "vitl", "vitg")
@@ -28,23 +29,6 @@ def official_keys(encoder: str) -> list[tuple[str, list[int]]]:
 def reference_output(height: int, width: int) -> np.ndarray:
     """The official vits's ``(1, H, W)`` output for ``deterministic_input(H, W)``."""
     return np.load(DATA / f"out_vits_{height}x{width}.npy")
-
-
-def _scaled(key: str, noise: np.ndarray) -> np.ndarray:
-    if key == "depth_head.scratch.output_conv2.2.bias":
-        return 0.5 + 0.02 * noise  # a positive last bias keeps the final ReLU from zeroing the map
-    if key.endswith(("cls_token", "pos_embed", "mask_token")):
-        return 0.02 * noise
-    if key.endswith("gamma") or (noise.ndim == 1 and key.endswith("weight")):
-        return 1.0 + 0.1 * noise  # LayerScale and norm gains around one
-    if noise.ndim == 1:
-        return 0.02 * noise
-    return noise / math.sqrt(math.prod(noise.shape[1:]))  # fan-in scaling for conv and linear weights
-
-
-def deterministic_tensor(key: str, shape: list[int]) -> np.ndarray:
-    noise = np.random.default_rng(zlib.crc32(key.encode())).standard_normal(tuple(shape))
-    return _scaled(key, noise).astype(np.float32)
 
 
 def deterministic_state_dict(keys: list[tuple[str, list[int]]]) -> dict[str, np.ndarray]:

@@ -151,3 +151,28 @@ def test_a_model_with_no_licence_says_so():
     assert fact["licence"] == "none stated"
     line = next(line for line in artefact_lines({"artefacts": [fact]}) if line.startswith("| `m.onnx`"))
     assert "| depth-anything-v2 | vits | relative inverse depth (larger = nearer) | none | none stated |" in line
+
+
+def test_the_stream_step_timed_takes_the_input_the_stream_makes_of_a_wide_frame(tmp_path):
+    """A PyTorch Video Depth Anything row with a frame wider than 16:9: the timed step takes the
+    input the stream itself makes of the frame (``VideoStream.network_input``), the one its cache
+    fits, and steps on it. (Every row pins its size, so ``predictor.prepare`` gives the same today;
+    the batch is taken from the stream so that the two cannot part.)"""
+    import torch
+
+    from benchmarks.worker import Row
+    from tests.video_fixtures import frames_bgr, vda_state_dict
+
+    torch.save(vda_state_dict(), tmp_path / "video_depth_anything_vits.pth")
+    wide = np.ascontiguousarray(np.concatenate([frames_bgr()[0]] * 3, axis=1)[:120])  # 120x960, 8:1
+    np.savez(tmp_path / "images.npz", wide=wide)
+    config = {"model": str(tmp_path / "video_depth_anything_vits.pth"), "backend": "torch", "device": "cpu"}
+    config.update(precision_arg=None, size=[28, 98], images=str(tmp_path / "images.npz"), timing_image="wide")
+    row = Row(config)
+    assert row.video is not None and row.predictor.is_stream_model
+    assert np.array_equal(row.batch, row.video.network_input(wide, row.video.rgb))
+    slot_pos, _ = row.state
+    assert (slot_pos >= 0).any()  # the cache the pushes left, at the stream's size
+    timed = row.time(0, 1)  # the step on that cache and this batch runs
+    assert len(timed["model"]) == 1
+    row.predictor.close()

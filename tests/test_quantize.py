@@ -166,7 +166,8 @@ def test_trt_int8_onnx_only_from_an_sa1b_shard(tmp_path, vits_checkpoint):
     # what travels to the device: the reference (photos and held-out images, the INT8 budget) and
     # the strongly typed fallback's ONNX, which the device cannot make from an FP16-typed graph
     reference = load_reference(reference_path(ready))
-    assert reference.meta["precision"] == "int8" and reference.tolerance == 1.0 and len(reference.names) == 4
+    assert reference.meta["precision"] == "int8" and reference.tolerance == 1.0 and len(reference.names) == 2 + 3
+    assert sum(reference.in_budget) == 3  # every held-out image the budget was measured on, marked
     assert (out / "vits.int8.trt-int8.onnx.fp32-islands.onnx").is_file()
     # everything it wrote is inside the output folder (the shard folder is untouched)
     assert {p.name for p in tmp_path.iterdir()} == {"sa1b", "out"}

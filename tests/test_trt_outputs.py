@@ -28,6 +28,7 @@ from tests.test_trt_logic import gpu_ready
 from train.models.da3 import DA3_VARIANTS, METRES_PER_FOCAL, DepthAnything3
 
 SIZE = (56, 70)
+FP16_LARGEST = float(np.finfo(np.float16).max)  # 65504
 
 
 @pytest.fixture(scope="module")
@@ -121,15 +122,37 @@ def test_a_weakly_typed_fp16_build_pins_the_exp_heads_as_layer_precisions(small_
     assert all(f"{name}:fp32" in command for name in pins)
 
 
-def test_fp16_overflows_where_the_pins_take_over():
-    """The numbers behind the pins: exp of a logit over ln(65504) is inf in FP16, and a logit's FP16
-    rounding is a relative error of exp's output as large as the logit times 2^-11."""
-    assert 11.0 < FP16_EXP_LIMIT < 11.1
-    with np.errstate(over="ignore"):
-        assert np.isinf(np.exp(np.float16(11.1))) and np.isfinite(np.exp(np.float32(11.1)))
-    logit = np.float32(10.0)
-    rounded = np.float32(np.float16(logit + np.float32(2**-8)))  # a logit between two FP16 values
-    assert abs(np.exp(rounded) / np.exp(logit + np.float32(2**-8)) - 1) > 2e-3
+def test_the_pins_are_where_fp16_overflows_when_the_logits_pass_ln_65504(small_onnx):
+    """The pinned nodes, taken from the graph, against what the graph computes: with the logit
+    Conv's bias raised so that logits pass ``FP16_EXP_LIMIT`` (ln 65504), ONNX Runtime in FP32 gives
+    values over FP16's largest exactly at the pinned nodes after each Exp (the Exps and the
+    confidence's +1: inf in an FP16 engine), and the pinned nodes before it are exactly those that
+    carry the logit into an Exp (over ln 65504, finite in FP16, where their rounding is exp's
+    relative error). No node outside the pins overflows."""
+    import onnxruntime as ort
+
+    model = onnx.load(str(small_onnx))
+    pinned = exp_tail_nodes(model)
+    nodes = {n.name: n for n in model.graph.node}
+    conv = next(nodes[n] for n in pinned if nodes[n].op_type == "Conv")
+    bias = next(i for i in model.graph.initializer if i.name == conv.input[2])
+    raised = onnx.numpy_helper.to_array(bias) + np.float32(FP16_EXP_LIMIT + 1.0)
+    bias.CopyFrom(onnx.numpy_helper.from_array(raised.astype(np.float32), bias.name))
+    graph = Graph(inferred(model))
+    names = [n.output[0] for n in model.graph.node if graph.types.get(n.output[0]) == TensorProto.FLOAT]
+    del model.graph.output[:]
+    model.graph.output.extend(helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in names)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    image = np.random.default_rng(0).standard_normal((1, 3, *SIZE)).astype(np.float32)
+    largest = {t: float(np.abs(v).max()) for t, v in zip(names, session.run(names, {"image": image}), strict=True)}
+    node_of = {n.output[0]: n.name for n in model.graph.node}
+    overflows = {node_of[t] for t, v in largest.items() if v > FP16_LARGEST}
+    exps = {n for n in pinned if nodes[n].op_type == "Exp"}
+    after = {n for n in pinned if n in exps or nodes[n].op_type == "Add"}
+    assert overflows == after and len(exps) == 2
+    before = set(pinned) - after
+    assert all(FP16_EXP_LIMIT < largest[nodes[n].output[0]] < FP16_LARGEST for n in before)
+    assert {nodes[n].op_type for n in before} == {"Conv", "Gather"}
 
 
 def test_the_build_refuses_a_network_that_lost_an_output():

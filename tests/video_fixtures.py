@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .parity import deterministic_tensor
+from benchmarks.weights import family_tensor
 
 DATA = Path(__file__).resolve().parent / "data" / "official_families"
 HEAD_BIAS = "head.scratch.output_conv2.2.bias"
@@ -23,10 +23,7 @@ def vda_state_dict() -> dict:
 
     state = {}
     for key, shape in vda_keys():
-        t = deterministic_tensor(key, shape)
-        if key == HEAD_BIAS:
-            t = (0.5 + 0.02 * (t - t.mean())).astype(np.float32)
-        state[key] = torch.from_numpy(t)
+        state[key] = torch.from_numpy(family_tensor("vda", key, shape))
     return state
 
 

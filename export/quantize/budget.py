@@ -33,6 +33,7 @@ import numpy as np
 from commands.runner import stage
 from runtime.io.files import atomic_write, atomic_write_bytes, staging_dir
 from runtime.metadata import artefact_digest, sidecar_path
+from runtime.reference import image_of, network_input
 
 from ..artefact import Artefact
 from ..errors import ExportError, ExportRequestError
@@ -73,7 +74,10 @@ class HeldOutSplit:
             yield sample
 
     def held_out_batches(self) -> list[np.ndarray]:
-        return list(self.base)[len(self) :]
+        """The held-out images as the reference beside the artefact will hold them (8-bit RGB,
+        ``runtime.reference.image_of``, normalised again): the budget is measured on exactly the
+        inputs ``runtime.verify`` runs, not on float resizes an 8-bit image cannot give."""
+        return [network_input(image_of(batch)) for batch in list(self.base)[len(self) :]]
 
     def describe(self) -> dict:
         return {**self.base.describe(), "count": len(self), "held_out": self.held_out}

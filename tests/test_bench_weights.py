@@ -1,0 +1,52 @@
+"""``benchmarks.family_cost`` makes its weights and frames without the test tree
+(``benchmarks.weights``), and they are the official-parity fixtures' weights."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from tests.conftest import REPO
+
+NO_TESTS = """
+import sys
+from pathlib import Path
+
+class NoTests:
+    def find_spec(self, name, path=None, target=None):
+        if name == "tests" or name.startswith("tests."):
+            raise ImportError("a benchmark imported the test tree: " + name)
+
+sys.meta_path.insert(0, NoTests())
+from benchmarks.family_cost import frames, write_weights
+
+write_weights(Path(sys.argv[1]))
+shown = frames(28)
+assert len(shown) == 6 and all(f.shape == (28, 28, 3) and f.dtype.name == "uint8" for f in shown)
+assert any((a != b).any() for a, b in zip(shown, shown[1:]))  # a pan, not one frame six times
+"""
+
+
+def test_family_cost_needs_no_test_tree_and_writes_the_fixture_weights(tmp_path):
+    import torch
+
+    from benchmarks.family_cost import checkpoint
+    from tests.da3_fixtures import da3_state_dict
+    from tests.parity import deterministic_state_dict, official_keys
+    from tests.video_fixtures import vda_state_dict
+    from train.models import load_model
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", NO_TESTS, str(tmp_path)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    dav2 = torch.load(checkpoint(tmp_path, "dav2-s"), weights_only=True)
+    assert all(np.array_equal(dav2[k].numpy(), v) for k, v in deterministic_state_dict(official_keys("vits")).items())
+    vda = torch.load(checkpoint(tmp_path, "vda-small"), weights_only=True)
+    assert vda.keys() == vda_state_dict().keys()
+    assert all(torch.equal(vda[k], v) for k, v in vda_state_dict().items())
+    da3 = load_model(checkpoint(tmp_path, "da3-small"))
+    want = da3_state_dict("da3-small")
+    assert all(torch.equal(da3.state_dict()[k], v) for k, v in want.items())
