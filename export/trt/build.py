@@ -59,6 +59,7 @@ from .decisions import (
 from .engine import build_engine, gpu_info, run_reference
 from .outputs import exp_tail_nodes, extra_outputs_fact, onnx_outputs
 from .rules import TrtCompatibilityError, TrtVersion, check_onnx, known_releases, require_compatible
+from .stream import refuse_stream
 
 if TYPE_CHECKING:
     from ..quantize.options import Int8Options
@@ -177,7 +178,8 @@ def build_trt(request: TrtRequest) -> Artefact:
 
 def plan_job(request: TrtRequest, trt) -> TrtJob:
     """Every check of ``request`` that needs nothing written; the given ONNX's record (and an
-    FP16-typed one's source's) is read here, once."""
+    FP16-typed one's source's) is read here, once. A stream graph is refused first (``stream``)."""
+    refuse_stream(Artefact.of(request.onnx).path if request.onnx is not None else None)
     if trt is None and not request.onnx_only:
         raise ExportRequestError(
             "TensorRT is not installed here: pip install 'dav2-edge[tensorrt]' (" + JETPACK_NOTE + "), "
@@ -235,6 +237,8 @@ def source_step(job: TrtJob) -> tuple[Artefact, OnnxFacts]:
                 dynamic=request.profile is not None,
                 opset=export_opset(version),
             )
+    if job.given is None:  # a checkpoint's export: the step of a Video Depth Anything model
+        refuse_stream(source.path)
     facts = job.given_facts or onnx_facts(source.path)
     if request.profile is not None and not facts.dynamic:
         raise ExportRequestError(
