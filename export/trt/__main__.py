@@ -18,8 +18,9 @@ from ..cli import add_calibration_args, add_precision_args, add_size_arg, add_so
 from ..errors import ExportRequestError
 from ..formats import FORMATS
 from ..quantize.options import DEFAULT_METHOD, METHODS, Int8Options
-from .build import TrtRequest, build_trt, installed_tensorrt, target_version
+from .build import TrtRequest, build_trt
 from .decisions import DEFAULT_TARGET, Profile
+from .installed import installed_tensorrt, target_version
 from .rules import TrtVersion, check_onnx, grouped
 
 

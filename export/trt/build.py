@@ -13,13 +13,11 @@ the printed ``trtexec`` command).
 from __future__ import annotations
 
 import shutil
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from commands.errors import MissingDependencyError, require
 from commands.runner import stage
 from runtime.inherited_reference import inherited_reference
 from runtime.io.files import staging_dir
@@ -34,7 +32,6 @@ from ..quantize.fp16 import FP32_OPS, fp16_artefact
 from ..reference import write_typed_reference
 from ..source import check_hw, default_output, licence_note, source_stem
 from .decisions import (
-    DEFAULT_TARGET,
     JETPACK_NOTE,
     BuildPlan,
     EngineAttempt,
@@ -57,9 +54,11 @@ from .decisions import (
     verification_record,
 )
 from .engine import build_engine, gpu_info, run_reference
+from .installed import installed_tensorrt, target_version
 from .outputs import exp_tail_nodes, extra_outputs_fact, onnx_outputs
-from .rules import TrtCompatibilityError, TrtVersion, check_onnx, known_releases, require_compatible
+from .rules import TrtCompatibilityError, TrtVersion, check_onnx, require_compatible
 from .sky_step import sky_less_source, sky_step_fact
+from .stream import refuse_stream
 
 if TYPE_CHECKING:
     from ..quantize.options import Int8Options
@@ -84,32 +83,6 @@ class TrtRequest:
     trt_version: str | None = None  # the target when TensorRT is not installed here
     onnx_only: bool = False
     fp32_layers: tuple[str, ...] = ()  # node-name globs built in FP32 (--fp32-layers)
-
-
-def installed_tensorrt():
-    """The tensorrt module, or ``None`` when it is not installed."""
-    try:
-        return require("tensorrt", "tensorrt", "TensorRT", JETPACK_NOTE)
-    except MissingDependencyError:
-        return None
-
-
-def target_version(trt, requested: str | None) -> TrtVersion:
-    """The installed TensorRT, or the release named by --trt-version (default: JetPack 6's), which
-    must be one whose rules are known (an installed newer release is checked with the newest table)."""
-    wanted = TrtVersion.target(requested) if requested else None
-    if trt is None:
-        return wanted or TrtVersion.target(DEFAULT_TARGET)
-    version = TrtVersion.parse(trt.__version__)
-    if wanted is not None and wanted != version:
-        raise ExportRequestError(f"`trt_version` {requested} differs from the installed TensorRT {trt.__version__}")
-    if not version.known:
-        print(
-            f"note: TensorRT {trt.__version__} is newer than the parser rules this project encodes "
-            f"({known_releases()}); checking against the nearest table",
-            file=sys.stderr,
-        )
-    return version
 
 
 def source_hint(request: TrtRequest, version: TrtVersion) -> str:
@@ -178,7 +151,8 @@ def build_trt(request: TrtRequest) -> Artefact:
 
 def plan_job(request: TrtRequest, trt) -> TrtJob:
     """Every check of ``request`` that needs nothing written; the given ONNX's record (and an
-    FP16-typed one's source's) is read here, once."""
+    FP16-typed one's source's) is read here, once. A stream graph is refused first (``stream``)."""
+    refuse_stream(Artefact.of(request.onnx).path if request.onnx is not None else None)
     if trt is None and not request.onnx_only:
         raise ExportRequestError(
             "TensorRT is not installed here: pip install 'dav2-edge[tensorrt]' (" + JETPACK_NOTE + "), "
@@ -236,6 +210,8 @@ def source_step(job: TrtJob) -> tuple[Artefact, OnnxFacts]:
                 dynamic=request.profile is not None,
                 opset=export_opset(version),
             )
+    if job.given is None:  # a checkpoint's export: the step of a Video Depth Anything model
+        refuse_stream(source.path)
     facts = job.given_facts or onnx_facts(source.path)
     source, facts = sky_less_source(source, facts, job.output, job.plan.quantized)  # DA3 mono/metric
     if request.profile is not None and not facts.dynamic:

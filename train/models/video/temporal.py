@@ -51,7 +51,9 @@ class TemporalAttention(nn.Module):
         """Each slot's row of the position tables (``WINDOW``: outside the window, no embedding,
         logit ``-inf``) and the new frame's position: the number of cached frames in the window."""
         valid = slot_pos >= 0
-        return torch.where(valid, slot_pos, torch.full_like(slot_pos, WINDOW)), valid.to(torch.int64).sum()
+        # The count summed in float32 (exact up to 2**24): TensorRT 8.x's ReduceSum takes no integers.
+        current = valid.to(torch.float32).sum().to(torch.int64)
+        return torch.where(valid, slot_pos, torch.full_like(slot_pos, WINDOW)), current
 
     def forward(self, x: torch.Tensor, cache: torch.Tensor, slot_pos: torch.Tensor) -> torch.Tensor:
         """``x``: ``(N, C)`` normalised tokens of the new frame; ``cache``: ``(N, S, C)``."""

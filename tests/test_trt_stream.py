@@ -1,0 +1,123 @@
+"""Video Depth Anything's stream graph and TensorRT, without TensorRT: the exported step passes the
+project's parser rules per release, its facts (every shape static), the precision decision (the
+motion modules in FP32 in an FP16 engine), and ``python -m export.trt`` refusing it in one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from export.graph import Graph
+from export.onnx import export_onnx
+from export.quantize.fp16 import FP32_OPS, convert_to_fp16
+from export.trt.rules import TrtVersion, check_model
+from export.trt.stream import MOTION_MODULES, fp32_stream_nodes, is_stream_graph, stream_shapes
+from train.models import load_model
+
+from .video_fixtures import vda_state_dict
+
+REPO = Path(__file__).resolve().parents[1]
+HEIGHT, WIDTH = 56, 84  # 4x6 patches: the smallest quick export with every level of the head
+
+
+@pytest.fixture(scope="module")
+def stream(tmp_path_factory):
+    """The stream step exported at opset 17 (10.x, 11, 8.6) and 16 (what export.trt exports for 8.5)."""
+    import onnx
+
+    folder = tmp_path_factory.mktemp("vda_trt")
+    checkpoint = folder / "video_depth_anything_vits.pth"
+    torch.save(vda_state_dict(), checkpoint)
+    model = load_model(checkpoint)
+    paths = {}
+    for opset in (17, 16):
+        paths[opset] = folder / f"vda_{opset}.onnx"
+        export_onnx(model, paths[opset], HEIGHT, WIDTH, verify=False, opset=opset)
+    loaded = {o: onnx.load(str(p)) for o, p in paths.items()}
+    return {"model": model, "checkpoint": checkpoint, "paths": paths, **loaded}
+
+
+@pytest.mark.parametrize("release", ["8.6", "10.3", "10.15", "11.0"])
+def test_the_stream_graph_passes_the_parser_rules(stream, release):
+    # before the export fix the 8.x releases failed on an INT64 ReduceSum (the window's frame count)
+    assert check_model(stream[17], TrtVersion.target(release)) == []
+
+
+def test_for_tensorrt_85_the_export_at_opset_16_passes_and_17_fails_only_on_layernorm(stream):
+    version = TrtVersion.target("8.5")
+    assert check_model(stream[16], version) == []
+    findings = check_model(stream[17], version)
+    assert findings and {(f.rule, f.op) for f in findings} == {("operator", "LayerNormalization")}
+
+
+def test_the_stream_graph_is_recognised_and_every_shape_is_static(stream):
+    model, graph = stream["model"], stream[17]
+    assert is_stream_graph(graph)
+    shapes = stream_shapes(graph)
+    caches = [tuple(s) for s in model.state_shapes(HEIGHT, WIDTH)]
+    assert shapes["image"] == (1, 3, HEIGHT, WIDTH) and shapes["depth"] == (1, HEIGHT, WIDTH)
+    assert shapes["slot_pos"] == (caches[0][1],) == (31,)
+    assert [shapes[f"cache{i}"] for i in range(8)] == caches
+    assert [shapes[f"hidden{i}"] for i in range(8)] == [(n, 1, c) for n, _, c in caches]
+    graph.graph.input[2].type.tensor_type.shape.dim[0].dim_param = "tokens"
+    from export.errors import ExportRequestError
+
+    with pytest.raises(ExportRequestError, match="'cache0' has a dynamic shape"):
+        stream_shapes(graph)
+    graph.graph.input[1].name = "positions"
+    assert not is_stream_graph(graph)
+
+
+def test_an_fp16_engine_keeps_the_motion_modules_in_fp32(stream):
+    graph = stream[17]
+    pinned = fp32_stream_nodes(graph)
+    kinds = {n.op_type for n in graph.graph.node if n.name in set(pinned)}
+    # all four modules, with their attention (Softmax) and norms, and nothing of the encoder
+    assert {n.split("/")[1] for n in pinned} == {f"motion_modules.{i}" for i in range(4)}
+    assert {"Softmax", "MatMul", "LayerNormalization"} <= kinds
+    assert not [n.name for n in graph.graph.node if MOTION_MODULES in n.name and n.name not in pinned]
+    # the FP16-typed graph a strongly typed build reads: the pinned nodes compute in FP32 and it
+    # still passes the parser rules
+    typed = convert_to_fp16(graph, FP32_OPS, pinned)
+    assert check_model(typed, TrtVersion.target("10.3")) == []
+    types = Graph(__import__("onnx").shape_inference.infer_shapes(typed))
+    fed = {
+        types.type_name(i)
+        for n in typed.graph.node
+        if MOTION_MODULES in n.name and n.op_type in ("MatMul", "Softmax", "LayerNormalization")
+        for i in n.input[:1]
+    }
+    assert fed == {"FP32"}, fed
+    encoder = {
+        types.type_name(n.input[0])
+        for n in typed.graph.node
+        if n.name.startswith("/pretrained/blocks.") and n.op_type == "MatMul"
+    }
+    assert encoder == {"FP16"}, encoder
+
+
+def run_trt(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "export.trt", *argv], cwd=cwd, capture_output=True, text=True, env=env)
+
+
+def test_export_trt_checks_a_stream_graph_and_refuses_to_build_it_in_one_line(stream, tmp_path):
+    path = str(stream["paths"][17])
+    done = run_trt("--check", path, "--trt-version", "10.3", cwd=tmp_path)
+    assert done.returncode == 0 and "passes every TensorRT 10.3 parser rule" in done.stdout, done.stdout
+    out = tmp_path / "out" / "vda.fp16.engine"
+    for extra in (["--onnx-only"], []):  # before the TensorRT-is-missing check: nothing is attempted
+        done = run_trt("--onnx", path, "--trt-version", "10.3", "--output", str(out), *extra, cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip().count("\n") == 0 and "is a Video Depth Anything stream graph" in done.stderr
+        assert not out.parent.exists()
+    # a checkpoint: its stream ONNX is exported (verified, usable with ONNX Runtime), then refused
+    args = ("--checkpoint", str(stream["checkpoint"]), "--size", f"{HEIGHT}x{WIDTH}", "--onnx-only")
+    done = run_trt(*args, "--trt-version", "10.3", "--output", str(out), cwd=tmp_path)
+    assert done.returncode == 2 and "is a Video Depth Anything stream graph" in done.stderr.splitlines()[-1]
+    assert [p.name for p in out.parent.glob("*.onnx")] == [f"video_depth_anything_vits.{HEIGHT}x{WIDTH}.onnx"]
+    assert not list(out.parent.glob("*.engine*"))
