@@ -118,6 +118,15 @@ def test_what_the_sky_step_cut_refuses(metric_onnx, tiny_onnx, tmp_path):
     with pytest.raises(ExportError, match="INT8 engines of a Depth Anything 3 mono/metric graph"):
         source_step(job)
     assert not list(tmp_path.glob("*.onnx"))  # nothing half-written
+    # the sky-less graph given again, for INT8: the same refusal (found in review)
+    sky_less = tmp_path / "given" / "metric.sky-less.onnx"
+    sky_less.parent.mkdir()
+    onnx.save(cut_sky_step(onnx.load(str(metric_onnx)), metric_onnx), str(sky_less))
+    request = TrtRequest(precision="int8", onnx=sky_less, onnx_only=True, trt_version="10.3")
+    request.output, request.int8 = tmp_path / "m.int8.engine", object()
+    with pytest.raises(ExportError, match="INT8 engines of a Depth Anything 3 mono/metric graph"):
+        source_step(plan_job(request, None))
+    assert not list(tmp_path.glob("*.onnx"))
     tiny = onnx.load(str(tiny_onnx), load_external_data=False)
     assert sky_step_input(tiny) is None
     with pytest.raises(ExportError, match="no sky step of this toolkit's Depth Anything 3 export"):
@@ -130,11 +139,19 @@ def test_what_the_sky_step_cut_refuses(metric_onnx, tiny_onnx, tmp_path):
     assert check_model(other, TrtVersion.parse("10.3")) == []
 
 
-def test_the_engine_applies_the_step_only_where_its_sidecar_says_so(tmp_path):
+def test_an_engine_with_a_sky_output_gets_the_step_whatever_its_sidecar_says(tmp_path):
+    """A sky-less engine built by the printed trtexec command has no sidecar: its depth would be the
+    network's raw values on sky pixels (found in review). The step changes nothing on a depth whose
+    sky is already far, so an engine with the step inside gets the same depth from it."""
     engine = tmp_path / "m.engine"
     assert engine_sky_step(engine, {"sky_step": "runtime"}, ("sky",)) is True
-    assert engine_sky_step(engine, {"extra_outputs": ["sky"]}, ("sky",)) is False  # an engine from before
-    assert engine_sky_step(engine, None, ("sky",)) is False
+    assert engine_sky_step(engine, {"extra_outputs": ["sky"]}, ("sky",)) is True  # an engine from before
+    assert engine_sky_step(engine, None, ("sky",)) is True  # no sidecar
+    assert engine_sky_step(engine, None, ("depth_conf",)) is False
+    rng = np.random.default_rng(0)
+    depth, sky = rng.uniform(1, 10, (2, 20, 30)).astype(np.float32), rng.uniform(0, 1, (2, 20, 30))
+    once = sky_to_far(depth, sky)
+    assert (once != depth).any() and np.array_equal(sky_to_far(once, sky), once)
     with pytest.raises(ModelFileError, match="leaves the sky step to the runtime but it has no 'sky' output"):
         engine_sky_step(engine, {"sky_step": "runtime"}, ("depth_conf",))
 
@@ -161,3 +178,55 @@ def test_onnx_runtime_applies_the_step_to_a_sky_less_graph(metric_onnx, tmp_path
         a, b = want.predict(image), got.predict(image)
     assert np.abs(np.asarray(b) - np.asarray(a)).max() <= 1e-6 * np.abs(np.asarray(a)).max()
     assert np.array_equal(a.sky, b.sky) and a.sky.any() and not a.sky.all()
+
+
+def test_a_dynamic_export_with_inferred_shapes_is_cut(tmp_path):
+    """Shape inference (onnxslim, polygraphy) names a dynamic export's sizes with symbols of its own
+    (``unk__2`` against ``height``): they name no size, so they are no mismatch (found in review).
+    A tiny network with the toolkit's sky step, exported with dynamic axes."""
+    import torch
+    import torch.nn.functional as F
+    from onnx import shape_inference
+
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.depth, self.sky = torch.nn.Conv2d(3, 1, 3, padding=1), torch.nn.Conv2d(3, 1, 3, padding=1)
+
+        def forward(self, x):
+            size = x.shape[-2:]
+            depth = F.interpolate(torch.exp(self.depth(x)), size=size, mode="bilinear", align_corners=True)[:, 0]
+            sky = F.interpolate(torch.sigmoid(self.sky(x)), size=size, mode="bilinear", align_corners=True)[:, 0]
+            return torch_sky_to_far(depth, sky), sky
+
+    path = tmp_path / "tiny.onnx"
+    axes = {"image": {0: "batch", 2: "height", 3: "width"}, "depth": {0: "batch", 1: "height", 2: "width"}}
+    torch.onnx.export(
+        Tiny().eval(), (torch.zeros(1, 3, 28, 35),), str(path), dynamo=False, opset_version=17,
+        input_names=["image"], output_names=["depth", "sky"], dynamic_axes={**axes, "sky": axes["depth"]},
+    )  # fmt: skip
+    inferred = shape_inference.infer_shapes(onnx.load(str(path)))
+    raw = sky_step_input(inferred)
+    named = {i.name: i for i in inferred.graph.value_info}
+    assert raw in named and named[raw].type.tensor_type.shape.dim[1].dim_param  # a symbol of its own
+    cut = cut_sky_step(inferred, path)
+    assert [o.name for o in cut.graph.output] == ["depth", "sky"] and sky_step_fact(cut)
+    bad = onnx.load(str(path))
+    bad.graph.value_info.append(onnx.helper.make_tensor_value_info(sky_step_input(bad), onnx.TensorProto.FLOAT, [1, 7]))
+    with pytest.raises(ExportError, match="re-export"):
+        cut_sky_step(bad, path)
+
+
+def test_openvino_refuses_a_graph_that_leaves_the_step_to_the_runtime(metric_onnx, tmp_path, capsys):
+    """OpenVINO does not apply the sky step: the sky-less ONNX, run or converted there, would give the
+    network's raw depth on sky pixels (found in review). One line; nothing written."""
+    pytest.importorskip("openvino")
+    from export.openvino import main as openvino_main
+    from runtime.backends.openvino import OpenVINOBackend
+
+    sky_less = tmp_path / "metric.sky-less.onnx"
+    onnx.save(cut_sky_step(onnx.load(str(metric_onnx)), metric_onnx), str(sky_less))
+    with pytest.raises(ModelFileError, match="OpenVINO does not apply"):
+        OpenVINOBackend(sky_less)
+    assert openvino_main(["--onnx", str(sky_less), "--fp32", "--output", str(tmp_path / "m.xml")]) == 2
+    assert "an IR does not apply" in capsys.readouterr().err and not (tmp_path / "m.xml").exists()

@@ -68,7 +68,7 @@ def cut_sky_step(model: Any, path: Any) -> Any:
     graph = model.graph
     info = {i.name: i for i in (*graph.value_info, *graph.output)}
     shapes = [_dims(info[name]) for name in (raw, DEPTH) if name in info]
-    if len(shapes) == 2 and None not in shapes and shapes[0] != shapes[1]:
+    if len(shapes) == 2 and None not in shapes and not _may_match(*shapes):
         raise ExportError(
             f"{path}: the sky step's depth input has shape {shapes[0]}, not the depth output's {shapes[1]}; "
             "re-export the model with python -m export.onnx"
@@ -93,6 +93,13 @@ def cut_sky_step(model: Any, path: Any) -> Any:
     return model
 
 
+def _may_match(a: tuple, b: tuple) -> bool:
+    """Two shapes that can be one: the same rank, and fixed sizes equal where both are fixed (a
+    symbolic size, as shape inference names a dynamic export's, names no size)."""
+    fixed = [(x, y) for x, y in zip(a, b) if isinstance(x, int) and isinstance(y, int) and x and y]
+    return len(a) == len(b) and all(x == y for x, y in fixed)
+
+
 def _dims(info: Any) -> tuple | None:
     if not info.type.HasField("tensor_type") or not info.type.tensor_type.HasField("shape"):
         return None
@@ -113,13 +120,17 @@ def sky_less_source(source: Any, facts: Any, output: Any, quantized: bool) -> tu
     from ..graph import load_onnx, save_onnx
     from .decisions import onnx_facts
 
-    if facts.quantized or facts.typed_fp16 or sky_step_input(load_onnx(source.path, False)) is None:
+    model = load_onnx(source.path, False)
+    cut_already = bool(sky_step_fact(model))  # a sky-less ONNX given again
+    if facts.quantized or facts.typed_fp16 or (sky_step_input(model) is None and not cut_already):
         return source, facts
     if quantized:
         raise ExportError(
             f"{source.path}: INT8 engines of a Depth Anything 3 mono/metric graph (its sky step left to the "
             "runtime) are not built yet; build an fp16 or fp32 engine"
         )
+    if cut_already:
+        return source, facts
     path = output.with_name(output.stem + ".sky-less.onnx")
     save_onnx(cut_sky_step(load_onnx(source.path), source.path), path)
     kept = {k: v for k, v in source.facts.items() if k not in ("sha256", "accuracy", "verification")}

@@ -21,7 +21,7 @@ from commands.errors import MissingDependencyError, ModelFileError, require
 from ..metadata import read_sidecar
 from ..metric import OutputKind
 from ..prediction import extras_of
-from ..sky import RUNTIME, SKY_STEP, apply_sky_step, check_runtime_sky_step, sky_to_far
+from ..sky import RUNTIME, SKY, SKY_STEP, apply_sky_step, check_runtime_sky_step, sky_to_far
 from .base import Backend, InputSpec, check_depth_output, check_streams
 from .cuda import open_cuda, parse_device
 from .profiling import LayerTimeRecorder, Profile, timed_calls
@@ -133,9 +133,11 @@ def engine_io(
 def engine_sky_step(engine: Path, meta: dict[str, Any] | None, extras: tuple[str, ...]) -> bool:
     """Whether the runtime applies the DA3 sky step to the engine's depth: its sidecar says the step
     is the runtime's (``sky_step: runtime``, an engine built from the graph without the step, whose
-    TopK TensorRT cannot build); an engine without that fact keeps its old meaning."""
+    TopK TensorRT cannot build). The step changes nothing on a depth whose sky is already far, so an
+    engine with a ``sky`` output gets it whatever its sidecar says: one built by the printed trtexec
+    command has no sidecar, and an engine of the whole graph is left as it was."""
     try:
-        return check_runtime_sky_step(meta, extras, engine)
+        return check_runtime_sky_step(meta, extras, engine) or SKY in extras
     except ValueError as exc:
         raise ModelFileError(f"{exc}; {rebuild_hint(engine)}") from None
 
