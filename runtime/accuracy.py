@@ -139,8 +139,9 @@ def scaled_depth_metrics(pred_depth: np.ndarray, ref_depth: np.ndarray, scale: b
     p, r = pred[mask], ref[mask]
     if scale:
         q = p / r
-        denominator = float(np.sum(q * q))
-        p = p * (float(np.sum(q)) / denominator if denominator > 0 else 1.0)
+        numerator, denominator = float(np.sum(q)), float(np.sum(q * q))
+        # No positive scale fits a map of the wrong sign (or of zeros): no fit, and NaN fails every bound.
+        p = p * (numerator / denominator if denominator > 0 and numerator > 0 else float("nan"))
     ratio = np.maximum(p / r, r / np.maximum(p, 1e-12))
     return {
         "abs_rel": float(np.mean(np.abs(p - r) / r)),

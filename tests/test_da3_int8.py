@@ -90,6 +90,9 @@ def test_depth_metrics_forgive_what_the_kind_cannot_know_and_nothing_else():
     assert kind_metrics(shifted, depth, ABS_REL_SCALED)["abs_rel"] > 0.3
     # ... which the affine fit in disparity (DA-V2's metric) would have called perfect.
     assert depth_metrics(1.0 / shifted, 1.0 / depth)["abs_rel"] < 1e-9
+    # A map of the wrong sign (or zeros) has no positive scale: it fails, not a perfect score (found in review).
+    for wrong in (-depth, -2.0 * depth, 0.0 * depth):
+        assert np.isnan(kind_metrics(wrong, depth, ABS_REL_SCALED)["abs_rel"])
     # Metres (per focal length): the scale is the product, nothing is fitted.
     assert kind_metrics(1.1 * depth, depth, ABS_REL_DEPTH)["abs_rel"] == pytest.approx(0.1)
     assert kind_metrics(depth, depth, ABS_REL_DEPTH)["delta1"] == 1.0

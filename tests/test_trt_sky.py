@@ -230,3 +230,12 @@ def test_openvino_refuses_a_graph_that_leaves_the_step_to_the_runtime(metric_onn
         OpenVINOBackend(sky_less)
     assert openvino_main(["--onnx", str(sky_less), "--fp32", "--output", str(tmp_path / "m.xml")]) == 2
     assert "an IR does not apply" in capsys.readouterr().err and not (tmp_path / "m.xml").exists()
+    from export.quantize.__main__ import main as quantize_main
+
+    calib = tmp_path / "calib"  # never read: the refusal comes first
+    calib.mkdir()
+    assert (
+        quantize_main(["--onnx", str(sky_less), "--calib-dir", str(calib), "--output", str(tmp_path / "q.onnx")]) == 2
+    )
+    assert "quantize the ONNX export it was cut from" in capsys.readouterr().err
+    assert not (tmp_path / "q.onnx").exists()
