@@ -22,9 +22,9 @@ from commands.errors import require
 from commands.runner import command, stage
 from runtime.backends.openvino import RT_INFO_PRECISION, import_openvino, load_error, openvino_core, telemetry_off
 from runtime.io.files import staging_dir
-from runtime.metadata import artefact_digest, library_versions, onnx_metadata, sidecar_path
+from runtime.metadata import artefact_digest, library_versions, sidecar_path
 from runtime.reference import reference_path
-from runtime.sky import runtime_sky_step
+from runtime.sky import sky_step_refusal
 
 from .artefact import Artefact
 from .cli import (
@@ -231,11 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     height, width = args.size or (518, 518)
     output.parent.mkdir(parents=True, exist_ok=True)
     source = source_onnx(args.onnx, args.checkpoint, args.encoder, output.parent, height, width, args.dynamic)
-    if runtime_sky_step(onnx_metadata(source.path)):
-        raise ExportRequestError(
-            f"{source.path} leaves the Depth Anything 3 sky step to the runtime (export.trt's TensorRT-ready "
-            "graph), which an IR does not apply: convert the ONNX export it was cut from"
-        )
+    refusal = sky_step_refusal(source.path, "an OpenVINO IR")
+    if refusal:
+        raise ExportRequestError(refusal)
     fixed = input_hw(load_onnx(source.path, load_external_data=False))  # a static ONNX's own size, as export.quantize
     if fixed is not None and args.size is not None and tuple(args.size) != fixed:
         raise ExportRequestError(

@@ -11,10 +11,12 @@ step, if any, is in the graph. Python 3.8 clean, no torch."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from .metadata import onnx_metadata, read_sidecar
 from .prediction import SKY, SKY_THRESHOLD
 
 SKY_STEP = "sky_step"  # the sidecar/metadata key
@@ -26,6 +28,22 @@ SKY_QUANTILE = 0.99
 def runtime_sky_step(meta: Mapping[str, Any] | None) -> bool:
     """Whether an artefact's metadata (sidecar or ONNX metadata) leaves the sky step to the runtime."""
     return (meta or {}).get(SKY_STEP) == RUNTIME
+
+
+def sky_step_refusal(path: Any, tool: str, meta: Mapping[str, Any] | None = None) -> str | None:
+    """The one line that refuses ``path`` to ``tool`` (OpenVINO, an IR conversion, INT8
+    quantization: none applies the sky step) where the file leaves the DA3 sky step to the
+    runtime, by its sidecar (``meta`` when already read) or, for an ONNX, its metadata; ``None``
+    where it does not. Each caller raises it as its own error, with its own exit code."""
+    path = Path(path)
+    facts = dict((read_sidecar(path) or {}) if meta is None else meta)
+    facts.update(onnx_metadata(path) if path.suffix == ".onnx" else {})
+    if not runtime_sky_step(facts):
+        return None
+    return (
+        f"{path} leaves the Depth Anything 3 sky step to the runtime (export.trt's TensorRT-ready graph) "
+        f"and {tool} does not apply it: use the ONNX export it was cut from, or run this file with ONNX Runtime"
+    )
 
 
 def check_runtime_sky_step(meta: Mapping[str, Any] | None, extra_outputs: Any, path: Any) -> bool:

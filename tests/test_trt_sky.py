@@ -22,7 +22,7 @@ from export.trt.sky_step import cut_sky_step, sky_step_fact, sky_step_input
 from runtime.backends.tensorrt import engine_sky_step
 from runtime.metadata import read_sidecar
 from runtime.prediction import sky_mask
-from runtime.sky import sky_to_far
+from runtime.sky import sky_step_refusal, sky_to_far
 from tests.da3_fixtures import deterministic_weights
 from tests.test_trt_outputs import _topk_model
 from train.models.da3 import DA3_VARIANTS, METRES_PER_FOCAL, DepthAnything3
@@ -219,17 +219,24 @@ def test_a_dynamic_export_with_inferred_shapes_is_cut(tmp_path):
 
 def test_openvino_refuses_a_graph_that_leaves_the_step_to_the_runtime(metric_onnx, tmp_path, capsys):
     """OpenVINO does not apply the sky step: the sky-less ONNX, run or converted there, would give the
-    network's raw depth on sky pixels (found in review). One line; nothing written."""
+    network's raw depth on sky pixels (found in review). One line, the same for the backend, the IR
+    conversion and INT8 quantization (``runtime.sky.sky_step_refusal``), each with its own exit;
+    nothing written. The original graph is not refused."""
     pytest.importorskip("openvino")
     from export.openvino import main as openvino_main
     from runtime.backends.openvino import OpenVINOBackend
 
     sky_less = tmp_path / "metric.sky-less.onnx"
     onnx.save(cut_sky_step(onnx.load(str(metric_onnx)), metric_onnx), str(sky_less))
-    with pytest.raises(ModelFileError, match="OpenVINO does not apply"):
+    assert sky_step_refusal(metric_onnx, "OpenVINO") is None
+    assert sky_step_refusal(sky_less, "OpenVINO", meta={}) is not None  # the ONNX's own metadata says it
+    with pytest.raises(ModelFileError) as refused:
         OpenVINOBackend(sky_less)
+    assert str(refused.value) == sky_step_refusal(sky_less, "OpenVINO")
+    assert "\n" not in str(refused.value) and "ONNX export it was cut from" in str(refused.value)
     assert openvino_main(["--onnx", str(sky_less), "--fp32", "--output", str(tmp_path / "m.xml")]) == 2
-    assert "an IR does not apply" in capsys.readouterr().err and not (tmp_path / "m.xml").exists()
+    assert sky_step_refusal(sky_less, "an OpenVINO IR") in capsys.readouterr().err
+    assert not (tmp_path / "m.xml").exists()
     from export.quantize.__main__ import main as quantize_main
 
     calib = tmp_path / "calib"  # never read: the refusal comes first
@@ -237,5 +244,5 @@ def test_openvino_refuses_a_graph_that_leaves_the_step_to_the_runtime(metric_onn
     assert (
         quantize_main(["--onnx", str(sky_less), "--calib-dir", str(calib), "--output", str(tmp_path / "q.onnx")]) == 2
     )
-    assert "quantize the ONNX export it was cut from" in capsys.readouterr().err
+    assert sky_step_refusal(sky_less, "INT8 quantization") in capsys.readouterr().err
     assert not (tmp_path / "q.onnx").exists()

@@ -8,8 +8,7 @@ from pathlib import Path
 
 from commands.runner import command, stage
 from runtime.int8_cpu import CHOICES as INT8_ARITHMETICS
-from runtime.metadata import onnx_metadata
-from runtime.sky import runtime_sky_step
+from runtime.sky import sky_step_refusal
 
 from ..artefact import Artefact
 from ..cli import add_calibration_args, add_size_arg, speaks_flags
@@ -93,11 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output or args.onnx.with_name(
         args.onnx.stem + f".int8{'' if args.target == 'tensorrt' else '-cpu'}.onnx"
     )
-    if runtime_sky_step(onnx_metadata(args.onnx)):  # its FP32 outputs and the probes' would differ on sky
-        raise ExportRequestError(
-            f"{args.onnx} leaves the Depth Anything 3 sky step to the runtime (export.trt's TensorRT-ready graph): "
-            "quantize the ONNX export it was cut from"
-        )
+    refusal = sky_step_refusal(args.onnx, "INT8 quantization")  # its FP32 outputs and the probes' differ on sky
+    if refusal:
+        raise ExportRequestError(refusal)
     shape = args.size or input_hw(load_onnx(args.onnx, load_external_data=False)) or (518, 518)
     output.parent.mkdir(parents=True, exist_ok=True)
     export_int8(Artefact.read(args.onnx), output, Int8Options.from_args(args), shape, args.target)

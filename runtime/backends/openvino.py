@@ -32,10 +32,10 @@ import numpy as np
 
 from commands.errors import ModelFileError, require
 
-from ..metadata import onnx_metadata, read_sidecar
+from ..metadata import read_sidecar
 from ..metric import OutputKind
 from ..prediction import extras_of
-from ..sky import runtime_sky_step
+from ..sky import sky_step_refusal
 from ..video_state import STREAM_INPUTS
 from .base import Backend, InputSpec, check_depth_output, check_streams
 from .openvino_pre import check_preprocess, embed_preprocessing
@@ -262,11 +262,9 @@ class OpenVINOBackend(Backend):
         self.takes_images = check_preprocess(preprocess) == "model"
         self._path, self._config = path, config
         meta = read_sidecar(path) or {}
-        if runtime_sky_step({**meta, **(onnx_metadata(path) if path.suffix == ".onnx" else {})}):
-            raise ModelFileError(
-                f"{path} leaves the Depth Anything 3 sky step to the runtime (the TensorRT-ready graph), which "
-                "OpenVINO does not apply: use the ONNX export it was cut from, or run this file with ONNX Runtime"
-            )
+        refusal = sky_step_refusal(path, "OpenVINO", meta)
+        if refusal:
+            raise ModelFileError(refusal)
         try:
             network, model_ir = self._read(core)
             self._weights = artefact_precision(network, meta)
