@@ -20,7 +20,7 @@ from commands.errors import MissingDependencyError
 from .artifacts import ModelSource, calibration_folder, fresh
 from .cpu import CpuFeatures
 from .roofline import compute_format
-from .stats import KIND_METRICS, depth_metrics, kind_metrics
+from .stats import depth_metrics, kind_metrics, kind_wording
 
 STATUS_OK = "ok"
 STATUS_INVALID = "exported but failed validation"
@@ -296,7 +296,7 @@ def score(config: Config, references: dict, ground_truth: dict[str, np.ndarray],
     kind = ((result.get("info") or {}).get("output") or {}).get("kind") or "relative"
     per_image = [kind_metrics(predicted[name], ref, kind) for name, ref in references.items()]
     result["vs_fp32"] = {k: float(np.mean([m[k] for m in per_image])) for k in ("abs_rel", "delta1")}
-    result["vs_fp32"]["metric"] = KIND_METRICS[kind]
+    result["vs_fp32"]["metric"] = kind_wording(kind)
     # The ground truth is disparity (the bundled stereo pair): comparable with relative models only.
     result["vs_gt"] = (
         {name: depth_metrics(predicted[name], gt) for name, gt in ground_truth.items() if name in predicted}

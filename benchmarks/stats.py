@@ -17,8 +17,9 @@ from runtime.accuracy import kind_metrics as runtime_kind_metrics
 
 __all__ = ["Latency", "align_scale_shift", "depth_metrics", "kind_metrics", "summarize", "time_calls"]
 
-# How each output kind is compared with its reference (``kind_metrics``), as the report says it.
-KIND_METRICS = {
+# How each output kind is compared with its reference (``kind_metrics``), as the report says it:
+# the wording alone; the kinds and their metrics are the runtime's (``runtime.accuracy.KIND_METRICS``).
+KIND_WORDING = {
     "relative": "after a least-squares scale and shift in disparity (the zero-shot protocol)",
     "depth_up_to_scale": "after a least-squares scale alone in depth",
     "metric": "in metres as output, no fit",
@@ -32,9 +33,14 @@ def kind_metrics(pred: np.ndarray, ref: np.ndarray, kind: str = "relative") -> d
     inverse depth after a scale and shift in disparity; depth up to scale after one least-squares
     scale in depth (a shift would change the shape of the scene); metres (or metres per focal
     length) as they are."""
-    if kind not in KIND_METRICS:
-        raise ValueError(f"no metric for output kind {kind!r}; known: {', '.join(KIND_METRICS)}")
     return runtime_kind_metrics(pred, ref, int8_metric(kind))
+
+
+def kind_wording(kind: str) -> str:
+    """How the report says ``kind``'s outputs were compared; ``ValueError`` for a kind the runtime
+    has no metric for."""
+    int8_metric(kind)
+    return KIND_WORDING[kind]
 
 
 @dataclass(frozen=True)

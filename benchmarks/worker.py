@@ -112,7 +112,7 @@ class Row:
         model's output kind means its numbers (``benchmarks.stats.kind_metrics``)."""
         from runtime.reference import load_reference, score
 
-        from .stats import KIND_METRICS, kind_metrics
+        from .stats import kind_metrics, kind_wording
 
         reference = load_reference(path)
         reference.fits(self.backend.input_spec.fixed_hw)
@@ -128,7 +128,7 @@ class Row:
         return {
             **result.to_dict(),
             "kind": kind,
-            "kind_metric": KIND_METRICS[kind],
+            "kind_metric": kind_wording(kind),
             "kind_scores": [{k: m[k] for k in ("abs_rel", "delta1")} for m in per_input],
         }
 

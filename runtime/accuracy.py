@@ -39,7 +39,7 @@ FP16_TOLERANCE = 0.1
 ABS_REL_SCALED = "AbsRel vs FP32 in depth after a least-squares scale fit, mean over held-out images"
 ABS_REL_DEPTH = "AbsRel vs FP32 in depth without alignment, mean over held-out images"
 INT8_METRICS = (ABS_REL_ALIGNED, ABS_REL_SCALED, ABS_REL_DEPTH)
-# Output kind (runtime.metric) -> the INT8 metric; a kind not named here is relative.
+# Output kind (runtime.metric.OUTPUT_KINDS) -> the INT8 metric: the one table of the kinds' metrics.
 KIND_METRICS = {
     "relative": ABS_REL_ALIGNED,
     "depth_up_to_scale": ABS_REL_SCALED,
@@ -50,8 +50,14 @@ DEFAULT_ACCURACY_BUDGET = 0.01  # an INT8 artefact's AbsRel against FP32, unless
 
 
 def int8_metric(kind: str | None = None) -> str:
-    """The metric an INT8 artefact of output kind ``kind`` is held to (``None``: relative)."""
-    return KIND_METRICS.get(kind or "relative", ABS_REL_ALIGNED)
+    """The metric an INT8 artefact of output kind ``kind`` is held to. ``None`` (or empty): relative,
+    as the artefacts and references written before the output kind was recorded were (DA-V2's
+    relative models); ``ValueError`` for a kind not in ``KIND_METRICS``."""
+    if not kind:
+        return ABS_REL_ALIGNED
+    if kind not in KIND_METRICS:
+        raise ValueError(f"no metric for output kind {kind!r}; known: {', '.join(KIND_METRICS)}")
+    return KIND_METRICS[kind]
 
 
 def short_name(metric: str) -> str:

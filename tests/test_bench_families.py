@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.stats import kind_metrics
+from benchmarks.stats import KIND_WORDING, kind_metrics, kind_wording
 from tests.conftest import REPO
 
 SIZE = (56, 70)
@@ -52,6 +52,17 @@ def bench(tmp_path: Path, *argv: str) -> tuple[subprocess.CompletedProcess, dict
     if not (report / "report.json").is_file():
         return done, {}, ""
     return done, json.loads((report / "report.json").read_text()), (report / "report.md").read_text()
+
+
+def test_the_report_words_every_kind_the_runtime_has_a_metric_for():
+    """The kinds and their metrics are the runtime's table; the benchmark keeps only the wording."""
+    from runtime.accuracy import KIND_METRICS
+    from runtime.metric import OUTPUT_KINDS
+
+    assert set(KIND_WORDING) == set(KIND_METRICS) == set(OUTPUT_KINDS)
+    assert all(kind_wording(kind) for kind in OUTPUT_KINDS)
+    with pytest.raises(ValueError, match="no metric for output kind 'metres'"):
+        kind_wording("metres")
 
 
 def test_depth_up_to_scale_is_scored_by_one_scale_in_depth():

@@ -76,7 +76,13 @@ def test_each_output_kind_names_its_own_int8_metric():
         ABS_REL_DEPTH,
         ABS_REL_DEPTH,
     ]
-    assert int8_metric(None) == ABS_REL_ALIGNED  # a file that says nothing is relative
+    assert int8_metric(None) == int8_metric("") == ABS_REL_ALIGNED  # a file that says nothing is relative
+    # A kind the runtime does not know is refused in one line naming the known ones; it fell back to
+    # the relative metric before (found in review), so a misspelt kind was scored as relative.
+    with pytest.raises(ValueError, match=r"^no metric for output kind 'metres'; known: relative, depth_up_to_scale"):
+        int8_metric("metres")
+    with pytest.raises(ValueError, match="no metric for output kind 'Relative'"):
+        precision_rule("int8", None, "Relative")
     assert precision_rule("int8", None, "depth_up_to_scale") == (ABS_REL_SCALED, DEFAULT_ACCURACY_BUDGET)
     assert precision_rule("int8", 0.03) == (ABS_REL_ALIGNED, 0.03)  # DA-V2 relative: as before
 
