@@ -88,6 +88,32 @@ def test_official_checkpoint_loads_strictly_with_family_and_licence(vda_checkpoi
         load_model(broken)
 
 
+def test_the_temporal_attention_makes_no_tensor_per_call(vda_checkpoint):
+    """The attention's window mask is a buffer made once, moved with the module and kept out of the
+    state dict (the official checkpoints load strictly): a call makes no tensor from nothing, which
+    on a GPU was a host tensor copied to the device at every call (found in review)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    from train.models.video.temporal import TemporalAttention
+
+    assert set(load_model(vda_checkpoint).state_dict()) == set(vda_state_dict())
+    made = []
+
+    class FromNothing(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not any(isinstance(leaf, torch.Tensor) for leaf in tree_leaves((args, kwargs or {}))):
+                made.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    attention = TemporalAttention(64).eval().double()
+    x, cache, slot_pos = torch.randn(6, 64).double(), torch.randn(6, 3, 64).double(), torch.tensor([0, -1, 1])
+    with torch.no_grad(), FromNothing():
+        out = attention(x, cache, slot_pos)
+    assert made == [] and out.dtype == torch.float64 and torch.isfinite(out).all()
+    assert attention.window_mask.dtype == torch.float64 and "window_mask" not in attention.state_dict()
+
+
 def test_stream_matches_the_official_streaming_code(vda_checkpoint):
     reference = official_stream()
     with DepthPredictor(vda_checkpoint, input_size=266) as predictor:

@@ -46,6 +46,11 @@ class TemporalAttention(nn.Module):
         self.to_v = nn.Linear(dim, dim, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
         self.pos_encoder = PositionTable(dim)
+        # Each window row's logit term: 0 in the window, -inf at row WINDOW (a slot outside it). Made
+        # once and moved with the module (not per call on the CPU and copied to the device); not in
+        # the state dict, so the official checkpoints load strictly.
+        window_mask = torch.cat([torch.zeros(WINDOW), torch.full((1,), float("-inf"))])
+        self.register_buffer("window_mask", window_mask, persistent=False)
 
     def window_index(self, slot_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each slot's row of the position tables (``WINDOW``: outside the window, no embedding,
@@ -69,7 +74,7 @@ class TemporalAttention(nn.Module):
         # each head's keys and values of the position embeddings: (heads, WINDOW + 1, d), the last
         # row (a slot outside the window) zero, its logit -inf
         pe_k, pe_v = (f(padded).reshape(-1, HEADS, d).transpose(0, 1) for f in (self.to_k, self.to_v))
-        mask = torch.cat([torch.zeros(WINDOW), torch.full((1,), float("-inf"))]).to(x)[index]
+        mask = self.window_mask.to(x.dtype)[index]
 
         # The cache enters two batched products per patch: (heads x C) by (C x S) and back.
         per_head = q.reshape(n, HEADS, d).transpose(0, 1)  # (heads, N, d)
