@@ -21,6 +21,7 @@ Python 3.8 clean: ``export.trt`` runs on JetPack 5.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from runtime.video_state import STREAM_INPUTS
@@ -65,3 +66,24 @@ def refuse_stream(path: Any) -> None:
     (``None``: no ONNX given, nothing to refuse)."""
     if path is not None and is_stream_graph(load_onnx(path, load_external_data=False)):
         raise ExportRequestError(f"{path} {STREAM_REFUSAL}")
+
+
+def checkpoint_is_stream(path: Any) -> bool:
+    """Whether the checkpoint at ``path`` exports as a stream graph (a Video Depth Anything
+    checkpoint, told as ``train.models.load_model`` tells it: by its temporal head's tensor names),
+    known before any ONNX is exported: a ``.pth`` is read onto PyTorch's meta device (names and
+    shapes, no weights). ``None`` or a folder (a Depth Anything 3 snapshot): ``False``; a file that
+    is no checkpoint: ``ExportRequestError``, as its export would raise."""
+    if path is None or Path(path).is_dir():
+        return False
+    from train.models import CheckpointError
+    from train.models.checkpoint import read_checkpoint, sniff, to_official
+    from train.models.da3.checkpoint import is_da3_state
+    from train.models.video.checkpoint import is_video_state
+
+    path = Path(path)
+    try:
+        raw, _ = read_checkpoint(path, "cpu" if path.is_file() and sniff(path) == "safetensors" else "meta")
+    except CheckpointError as exc:
+        raise ExportRequestError(str(exc)) from exc
+    return not is_da3_state(list(raw)) and is_video_state(to_official(raw)[0])
