@@ -9,6 +9,7 @@ long::
     python -m benchmarks.family_cost setup  --size 266   # weights, FP32 ONNX, INT8 IR (cached)
     python -m benchmarks.family_cost time   --size 266   # interleaved rounds, one process
     python -m benchmarks.family_cost memory --size 266   # a fresh process per family and backend
+    python -m benchmarks.family_cost flicker --size 266  # Video Depth Anything: streamed against alone
 
 Each frame is a square BGR frame of the size asked (a slow pan across the bundled photograph,
 resized), so every backend's network input is that size square; a frame's cost is ``predict`` (Video Depth Anything:
@@ -19,6 +20,13 @@ calibrated on crops of the bundled photographs with ``--accuracy-budget off``: d
 weights do not meet an INT8 accuracy budget, and only the cost is measured here. Peak memory is
 ``ru_maxrss`` of a fresh process (started by this light process, which imports neither PyTorch nor
 a backend) that loads one model and runs six frames.
+
+``flicker`` is what the temporal head is for: the flicker figure (``runtime.align.FlickerMeter``:
+the median change of the output on pixels whose image did not change, as a share of the depth
+range) of Video Depth Anything Small streamed and with each frame alone, per backend, on the six
+panning frames and on the first of them held still with sensor noise (Gaussian, sigma 3 grey
+levels, 8 frames). With deterministic weights it shows the cache at work, not what the published
+checkpoints reach.
 """
 
 from __future__ import annotations
@@ -180,9 +188,41 @@ def memory(out: Path, size: int, families: list[str], backends: list[str]) -> di
     return result
 
 
+def flicker(out: Path, size: int, backends: list[str]) -> dict:
+    """The flicker figure of Video Depth Anything Small streamed and each frame alone (see the
+    module doc), per backend and scene."""
+    import numpy as np
+
+    from runtime import DepthPredictor
+    from runtime.align.stabilize import FlickerMeter
+
+    if "torch-fp32" in backends:
+        import torch
+
+        torch.set_num_threads(THREADS)
+    panning = frames(size)
+    rng = np.random.default_rng(0)
+    still = [np.clip(panning[0] + rng.normal(0, 3, panning[0].shape), 0, 255).astype(np.uint8) for _ in range(8)]
+    scenes = {"panning (6 frames)": panning, "still with sensor noise (8 frames)": still}
+    result = {}
+    for backend in backends:
+        model = artefact(out, "vda-small", backend, size)
+        with DepthPredictor(str(model), input_size=size, device="cpu") as predictor:
+            for scene, shown in scenes.items():
+                streamed, alone = FlickerMeter(), FlickerMeter()
+                for frame, depth in zip(shown, predictor.stream(shown)):
+                    streamed.update(frame, depth)
+                for frame, depth in zip(shown, predictor.predict_batch(shown)):
+                    alone.update(frame, depth)
+                figures = {"stream (temporal head)": streamed.figure, "each frame alone": alone.figure}
+                result.setdefault(f"vda-small {backend}", {})[scene] = figures
+                print(backend, scene, figures, file=sys.stderr, flush=True)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.family_cost", description=__doc__.split("\n\n")[0])
-    parser.add_argument("step", choices=("setup", "time", "memory", "peak"))
+    parser.add_argument("step", choices=("setup", "time", "memory", "flicker", "peak"))
     parser.add_argument("--size", type=int, default=266, help="square network input (a multiple of 14; default 266)")
     parser.add_argument("--out", type=Path, default=Path("artifacts/family_cost"), help="models and artefacts")
     parser.add_argument("--families", default=",".join(FAMILIES), help=f"comma list of {', '.join(FAMILIES)}")
@@ -200,13 +240,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.step == "peak":
         print(json.dumps(peak(args.model, args.size)))
         return 0
-    measure = time_rows if args.step == "time" else memory
-    extra = (args.rounds,) if args.step == "time" else ()
+    if args.step == "flicker":
+        rows = flicker(args.out, args.size, backends)
+    elif args.step == "time":
+        rows = time_rows(args.out, args.size, families, backends, args.rounds)
+    else:
+        rows = memory(args.out, args.size, families, backends)
     result = {
         "step": args.step,
         "size": f"{args.size}x{args.size}",
         "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "rows": measure(args.out, args.size, families, backends, *extra),
+        "rows": rows,
     }
     print(json.dumps(result, indent=1))
     return 0

@@ -1,8 +1,10 @@
 """``benchmarks.family_cost`` makes its weights and frames without the test tree
-(``benchmarks.weights``), and they are the official-parity fixtures' weights."""
+(``benchmarks.weights``), and they are the official-parity fixtures' weights; its ``flicker`` step
+(Video Depth Anything streamed against each frame alone) runs without the test tree too."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -29,6 +31,17 @@ assert len(shown) == 6 and all(f.shape == (28, 28, 3) and f.dtype.name == "uint8
 assert any((a != b).any() for a, b in zip(shown, shown[1:]))  # a pan, not one frame six times
 """
 
+FLICKER = (
+    NO_TESTS.split("from benchmarks.family_cost")[0]
+    + """
+from benchmarks.family_cost import checkpoint, main
+from benchmarks.weights import write_checkpoint
+
+write_checkpoint("vda-small", checkpoint(Path(sys.argv[1]), "vda-small"))
+sys.exit(main(["flicker", "--size", "56", "--backends", "torch-fp32", "--out", sys.argv[1]]))
+"""
+)
+
 
 def test_family_cost_needs_no_test_tree_and_writes_the_fixture_weights(tmp_path):
     import torch
@@ -50,3 +63,19 @@ def test_family_cost_needs_no_test_tree_and_writes_the_fixture_weights(tmp_path)
     da3 = load_model(checkpoint(tmp_path, "da3-small"))
     want = da3_state_dict("da3-small")
     assert all(torch.equal(da3.state_dict()[k], v) for k, v in want.items())
+
+
+def test_the_flicker_step_measures_the_stream_against_each_frame_alone(tmp_path):
+    """The flicker measurement that was ``tests/perf/video_depth.py``'s own, as a benchmark step:
+    both scenes, both ways, a figure each (``None`` would be a collapsed or unmeasurable output)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", FLICKER, str(tmp_path)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert (result["step"], result["size"]) == ("flicker", "56x56")
+    scenes = result["rows"]["vda-small torch-fp32"]
+    assert set(scenes) == {"panning (6 frames)", "still with sensor noise (8 frames)"}
+    for figures in scenes.values():
+        assert set(figures) == {"stream (temporal head)", "each frame alone"}
+        assert all(isinstance(v, float) and 0.0 <= v < 1.0 for v in figures.values()), figures
+    assert not (REPO / "tests" / "perf" / "video_depth.py").exists()  # folded in here: one place to measure
