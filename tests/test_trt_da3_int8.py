@@ -34,6 +34,7 @@ from runtime.accuracy import ABS_REL_SCALED
 from runtime.reference import load_reference, reference_path, score
 from runtime.sky import sky_to_far
 from tests.da3_fixtures import deterministic_weights
+from tests.test_trt_logic import gpu_ready
 from train.models.da3 import DA3_VARIANTS, DepthAnything3
 
 SIZE = (56, 70)
@@ -269,3 +270,17 @@ def test_an_engine_profile_without_the_calibration_size_is_checked_at_it(tiny_sp
     request.profile = Profile.build((28, 56), (42, 70), (42, 84))
     with pytest.raises(ExportRequestError, match="give --min/--opt/--max that take 56x56"):
         _ready(request)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpu_ready(), reason="needs TensorRT and a CUDA GPU")
+def test_an_int8_engine_of_a_da3_mono_graph_passes_its_own_check(mono_onnx, calib, tmp_path):
+    """On a GPU: the INT8 engine is built, checked against the Q/DQ graph's reference during the
+    build (the runtime's step applied to its depth) and again by ``runtime.verify``. Not run on the
+    machine these tests were written on (no GPU): docs/tensorrt-jetson.md says what is unmeasured."""
+    from export.trt.build import build_trt
+
+    request = TrtRequest(precision="int8", onnx=mono_onnx, int8=_int8(calib), output=tmp_path / "m.int8.engine")
+    record = build_trt(request)
+    assert record.get("sky_step") == "runtime" and record.get("verification", {}).get("checked")
+    assert _verify(record.path) == 0
