@@ -9,6 +9,9 @@ carries the same fact and the runtime applies the step on the host (``runtime.sk
 same numbers. A graph is cut only where its ``depth`` output is the step as this toolkit writes it
 (``Reshape(Where(keep, Reshape(raw), far))`` with a TopK in ``far``'s making and ``sky`` beside);
 any other graph with a TopK over too many values is left to the parser rules, which refuse it.
+INT8 engines start from the cut graph too: calibrated on it (the budget's probes apply the
+runtime's step, ``export.quantize.probes``), or, for a Q/DQ graph quantized with the step inside,
+its cut copy with its reference (``cut_source``).
 
 Python 3.8 clean: ``export.trt`` runs on JetPack 5.
 """
