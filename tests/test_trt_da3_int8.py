@@ -214,6 +214,20 @@ def test_export_quantize_for_tensorrt_writes_the_sky_less_graph(mono_onnx, calib
     request = TrtRequest(precision="int8", onnx=output, onnx_only=True, trt_version="8.6")
     request.output = tmp_path / "out" / "m.int8.engine"
     assert _ready(request).record.path == output
+    # TensorRT 10's strongly typed build: the FP16-typed copy keeps the fact and the budget's marks
+    request = TrtRequest(precision="int8", onnx=output, onnx_only=True, trt_version="10.3")
+    request.output = tmp_path / "out10" / "m.int8.engine"
+    typed = _ready(request)
+    assert typed.record.path != output and check_onnx(typed.record.path, TrtVersion.parse("10.3")) == []
+    assert sky_step_fact(onnx.load(str(typed.record.path), load_external_data=False))
+    assert typed.expected.meta["sky_step"] == "runtime" and any(typed.expected.in_budget)
+    # the sky-less FP32 graph it was quantized from, given to export.trt --int8: calibrated as it is
+    sky_less = output.with_name("mono.sky-less.onnx")
+    request = TrtRequest(precision="int8", onnx=sky_less, onnx_only=True, trt_version="8.6", int8=_int8(calib))
+    request.output = tmp_path / "q" / "again.int8.engine"
+    again = _ready(request)
+    assert again.source.path == sky_less and sky_step_fact(onnx.load(str(again.record.path)))
+    assert json.loads(quant_report_path(again.record.path).read_text())["accepted"] and _verify(again.record.path) == 0
 
 
 # -- an engine built at another size than its Q/DQ ONNX's calibration -----------------------------
