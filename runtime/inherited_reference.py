@@ -43,7 +43,8 @@ def inherited_reference(
     """The reference of ``artefact`` (its file name), built at ``precision`` from the artefact
     ``base`` belongs to: ``base``'s inputs and outputs at ``sizes``, held to ``precision``'s rule
     (or the carried INT8 budget); in memory, for its writer to save once the artefact is final.
-    ``None``, with a note, when ``base`` has no input at those sizes."""
+    ``None``, with a note, when ``base`` has no input at those sizes; ``ValueError`` where ``base``
+    marks the inputs its INT8 budget was measured on and ``sizes`` leave every one of them out."""
     sizes = [tuple(int(v) for v in s) for s in sizes]
     images, outputs, inputs, carried = carried_inputs(base, sizes)
     missing = [f"{h}x{w}" for h, w in sizes if all(tuple(i.shape[:2]) != (h, w) for i in images)]
@@ -55,6 +56,14 @@ def inherited_reference(
         )
     if not images:
         return None
+    if any(base.in_budget) and not any(item.get("budget") is True for item in inputs):
+        # Judged by the rule of references without marks, the photographs' mean would be held to a
+        # budget no one measured on them (export.trt.budget_sizes adds the budget's size first).
+        measured = sorted({f"{h}x{w}" for (h, w), mark in zip(base.sizes, base.in_budget) if mark})
+        raise ValueError(
+            f"the INT8 budget of {base.meta.get('artefact')} was measured at {', '.join(measured)}, not among "
+            f"{artefact}'s sizes {', '.join(f'{h}x{w}' for h, w in sizes)}: check it at that size too"
+        )
     kind = base.meta.get("output_kind")
     metric, tolerance = precision_rule(precision, carried.pop("budget", None), kind)
     carried_metric = carried.pop("metric", None)

@@ -111,22 +111,8 @@ def test_the_ready_onnx_leaves_the_sky_step_to_the_runtime(metric_onnx, tmp_path
     assert np.abs(OnnxRuntimeRunner(sky_less)(batch) - want_depth).max() <= 1e-6 * np.abs(want_depth).max()
 
 
-def test_what_the_sky_step_cut_refuses(metric_onnx, tiny_onnx, tmp_path):
-    request = TrtRequest(precision="int8", onnx=metric_onnx, onnx_only=True, trt_version="10.3")
-    request.output, request.int8 = tmp_path / "m.int8.engine", object()
-    job = plan_job(request, None)
-    with pytest.raises(ExportError, match="INT8 engines of a Depth Anything 3 mono/metric graph"):
-        source_step(job)
-    assert not list(tmp_path.glob("*.onnx"))  # nothing half-written
-    # the sky-less graph given again, for INT8: the same refusal (found in review)
-    sky_less = tmp_path / "given" / "metric.sky-less.onnx"
-    sky_less.parent.mkdir()
-    onnx.save(cut_sky_step(onnx.load(str(metric_onnx)), metric_onnx), str(sky_less))
-    request = TrtRequest(precision="int8", onnx=sky_less, onnx_only=True, trt_version="10.3")
-    request.output, request.int8 = tmp_path / "m.int8.engine", object()
-    with pytest.raises(ExportError, match="INT8 engines of a Depth Anything 3 mono/metric graph"):
-        source_step(plan_job(request, None))
-    assert not list(tmp_path.glob("*.onnx"))
+def test_what_the_sky_step_cut_refuses(tiny_onnx):
+    """(INT8 engines of these graphs, refused here before, are built: tests/test_trt_da3_int8.py.)"""
     tiny = onnx.load(str(tiny_onnx), load_external_data=False)
     assert sky_step_input(tiny) is None
     with pytest.raises(ExportError, match="no sky step of this toolkit's Depth Anything 3 export"):

@@ -97,7 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         raise ExportRequestError(refusal)
     shape = args.size or input_hw(load_onnx(args.onnx, load_external_data=False)) or (518, 518)
     output.parent.mkdir(parents=True, exist_ok=True)
-    export_int8(Artefact.read(args.onnx), output, Int8Options.from_args(args), shape, args.target)
+    source = Artefact.read(args.onnx)
+    if args.target == "tensorrt":  # a DA3 mono/metric graph: its TensorRT-ready copy, without the sky step
+        from ..trt.sky_step import sky_less_for_quantizing
+
+        source = sky_less_for_quantizing(source, output)
+    export_int8(source, output, Int8Options.from_args(args), shape, args.target)
     print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
     return 0
 

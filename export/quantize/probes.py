@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.sky import SKY, runtime_sky_step, sky_to_far
+
 from ..graph import PROTOBUF_LIMIT, Graph, load_onnx, save_onnx
 from ..metrics import Int8Measure, OnnxRuntimeRunner
 
@@ -73,6 +75,11 @@ class QdqProbes:
         self.workdir = workdir
         self.cache: dict[str, list[np.ndarray]] = {}  # FP32 activations per held-out image
         self.fixed = Graph(self.model).image_independent()
+        # A graph that leaves the DA3 sky step to the runtime (export.trt's sky-less graph): its
+        # probes' depth gets the step, as the references' (``OnnxRuntimeRunner``) and the runtime's do.
+        meta = {p.key: p.value for p in self.source.metadata_props}
+        names = [o.name for o in self.model.graph.output]
+        self.sky = names.index(SKY) if runtime_sky_step(meta) and SKY in names else None
         self._last: tuple[frozenset[str], object] | None = None
 
     def _pairs(self, source_model, outputs_quantized: bool) -> list[QdqPair]:
@@ -230,7 +237,10 @@ class QdqProbes:
         outputs = []
         for index, batch in enumerate(self.held):
             feeds = {name: self.cache[name][index] if name in self.cache else batch for name in names}
-            outputs.append(runner.session.run(None, feeds))
+            outs = runner.session.run(None, feeds)
+            if self.sky is not None:
+                outs[0] = sky_to_far(outs[0], outs[self.sky])
+            outputs.append(outs)
         return outputs
 
 

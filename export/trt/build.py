@@ -31,6 +31,7 @@ from ..onnx import source_onnx
 from ..quantize.fp16 import FP32_OPS, fp16_artefact
 from ..reference import write_typed_reference
 from ..source import check_hw, default_output, licence_note, source_stem
+from .budget_sizes import budget_sizes
 from .decisions import (
     JETPACK_NOTE,
     BuildPlan,
@@ -213,7 +214,7 @@ def source_step(job: TrtJob) -> tuple[Artefact, OnnxFacts]:
     if job.given is None:  # a checkpoint's export: the step of a Video Depth Anything model
         refuse_stream(source.path)
     facts = job.given_facts or onnx_facts(source.path)
-    source, facts = sky_less_source(source, facts, job.output, job.plan.quantized)  # DA3 mono/metric
+    source, facts = sky_less_source(source, facts, job.output)  # DA3 mono/metric, INT8 too
     if request.profile is not None and not facts.dynamic:
         raise ExportRequestError(
             f"{source.path} has a fixed input shape (batch 1); export it with `dynamic` to give it a `profile`"
@@ -243,6 +244,7 @@ def ready_step(job: TrtJob, source: Artefact, facts: OnnxFacts) -> Ready:
         qdq = output.with_name(output.stem + (".qdq-fp32.onnx" if plan.typed_fp16 else plan.onnx_suffix))
         record = export_int8(source, qdq, request.int8, (job.height, job.width), "tensorrt")
     calibration = record.calibration if plan.quantized or facts.quantized else None
+    sizes = budget_sizes(record.reference_data, sizes, request.profile, record.path)  # INT8: its budget's too
     pretyped = record if not facts.typed_fp16 else job.given_source
     if request.fp32_layers and pretyped is None:
         raise ExportRequestError(

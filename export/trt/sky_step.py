@@ -9,6 +9,9 @@ carries the same fact and the runtime applies the step on the host (``runtime.sk
 same numbers. A graph is cut only where its ``depth`` output is the step as this toolkit writes it
 (``Reshape(Where(keep, Reshape(raw), far))`` with a TopK in ``far``'s making and ``sky`` beside);
 any other graph with a TopK over too many values is left to the parser rules, which refuse it.
+INT8 engines start from the cut graph too: calibrated on it (the budget's probes apply the
+runtime's step, ``export.quantize.probes``), or, for a Q/DQ graph quantized with the step inside,
+its cut copy with its reference (``cut_source``).
 
 Python 3.8 clean: ``export.trt`` runs on JetPack 5.
 """
@@ -113,28 +116,60 @@ def sky_step_fact(model: Any) -> dict:
     return {SKY_STEP: RUNTIME} if any(p.key == SKY_STEP and p.value == RUNTIME for p in model.metadata_props) else {}
 
 
-def sky_less_source(source: Any, facts: Any, output: Any, quantized: bool) -> tuple:
+def sky_less_source(source: Any, facts: Any, output: Any) -> tuple:
     """The record and facts of the ONNX an engine starts from: ``source`` itself, or for a graph
-    with the sky step its copy without the step (``<engine>.sky-less.onnx``, with its record)."""
-    from ..artefact import Artefact
-    from ..graph import load_onnx, save_onnx
+    with the sky step (FP32, or a Q/DQ INT8 graph ``export.quantize`` made before it cut the step)
+    its copy without the step (``<engine>.sky-less.onnx``, with its record and, for a Q/DQ graph,
+    its reference: ``cut_source``). An FP16-typed graph is left to the parser rules."""
+    from ..graph import load_onnx
     from .decisions import onnx_facts
 
     model = load_onnx(source.path, False)
-    cut_already = bool(sky_step_fact(model))  # a sky-less ONNX given again
-    if facts.quantized or facts.typed_fp16 or (sky_step_input(model) is None and not cut_already):
-        return source, facts
-    if quantized:
-        raise ExportError(
-            f"{source.path}: INT8 engines of a Depth Anything 3 mono/metric graph (its sky step left to the "
-            "runtime) are not built yet; build an fp16 or fp32 engine"
-        )
-    if cut_already:
-        return source, facts
+    if facts.typed_fp16 or sky_step_fact(model) or sky_step_input(model) is None:
+        return source, facts  # a sky-less ONNX given again is taken as it is, for INT8 too
     path = output.with_name(output.stem + ".sky-less.onnx")
-    save_onnx(cut_sky_step(load_onnx(source.path), source.path), path)
-    kept = {k: v for k, v in source.facts.items() if k not in ("sha256", "accuracy", "verification")}
-    made = Artefact(path, {**kept, SKY_STEP: RUNTIME, **(source.source_facts() if "sha256" in source.facts else {})})
-    made.write()
+    made = cut_source(source, path)
     print(f"sky step left to the runtime (TensorRT's TopK cannot sort every pixel): {path}")
-    return Artefact.read(path), onnx_facts(path)
+    return made, onnx_facts(path)
+
+
+def cut_source(source: Any, path: Any) -> Any:
+    """Write ``source`` (a record) without its sky step at ``path``, with its record, and return
+    that record (read back, with its hash). A Q/DQ INT8 source's reference comes along: the cut
+    graph plus the runtime's step computes what the whole graph did (``runtime.sky``, the same
+    numbers), so the FP32 outputs it holds (the step applied), the budget it was measured against
+    and the inputs it was measured on (``"budget": true``) all stay true of the cut graph."""
+    from runtime.metadata import artefact_digest
+    from runtime.reference import Reference, reference_path, save_reference
+
+    from ..artefact import Artefact
+    from ..graph import is_quantized, load_onnx, save_onnx
+
+    model = cut_sky_step(load_onnx(source.path), source.path)
+    quantized = is_quantized(model)
+    save_onnx(model, path)
+    # An FP32 record's accuracy is its own export's check; a Q/DQ record's is its budget, true of the cut graph too.
+    dropped = ("sha256", "verification") if quantized else ("sha256", "accuracy", "verification")
+    kept = {k: v for k, v in source.facts.items() if k not in dropped}
+    Artefact(path, {**kept, SKY_STEP: RUNTIME, **(source.source_facts() if "sha256" in source.facts else {})}).write()
+    base = source.reference_data
+    if quantized and base is not None:
+        meta = {**base.meta, "artefact": path.name, "artefact_sha256": artefact_digest(path), SKY_STEP: RUNTIME}
+        save_reference(reference_path(path), Reference(base.images, base.outputs, meta))
+    return Artefact.read(path)
+
+
+def sky_less_for_quantizing(source: Any, output: Any) -> Any:
+    """The FP32 graph ``python -m export.quantize --target tensorrt`` quantizes for ``output``:
+    ``source`` (a record) itself, or for a graph with the sky step its copy without the step,
+    written beside ``output`` (``<source>.sky-less.onnx``): the Q/DQ graph is then TensorRT-ready,
+    its budget measured on the depth after the runtime's step (``export.quantize.probes``)."""
+    from ..graph import is_quantized, load_onnx
+
+    model = load_onnx(source.path, False)
+    if is_quantized(model) or sky_step_input(model) is None:
+        return source
+    path = output.with_name(source.path.stem + ".sky-less.onnx")
+    made = cut_source(source, path)
+    print(f"sky step left to the runtime (TensorRT's TopK cannot sort every pixel): quantizing {path}")
+    return made
