@@ -57,7 +57,10 @@ def verify_stream_backend(backend: Any, reference: Reference) -> VerifyResult:
     """Run a stream reference's frames through ``backend.step`` (any ``runtime.backends`` backend
     of a stream model) with the cache carried, and score every frame; the worst one is judged."""
     if not is_stream_reference(reference):
-        raise ReferenceFileError(f"{reference.path or 'the reference'} holds single images, not a stream's frames")
+        raise ReferenceFileError(
+            f"{reference.path or 'the reference'} holds single images, not a stream's frames: pass the stream "
+            "model's own reference (--reference FILE), or export the stream again"
+        )
     if not backend.stream_names:
         raise ReferenceFileError(
             f"{reference.path or 'the reference'} holds a Video Depth Anything stream's frames but the model "

@@ -83,6 +83,15 @@ def test_every_backend_passes_its_stream_frame_by_frame(stream, backend_class):
     assert result.value == max(c.max_rel_std for c in result.checks)  # the worst frame is judged
 
 
+def test_a_stream_model_is_not_checked_on_single_images(stream):
+    from runtime.reference import Reference, ReferenceFileError
+
+    ref = stream["reference"]
+    single = Reference(ref.images, ref.outputs, {k: v for k, v in ref.meta.items() if k != "stream"})
+    with OnnxRuntimeBackend(stream["path"]) as backend, pytest.raises(ReferenceFileError, match="holds single images"):
+        check_backend(backend, single)
+
+
 @pytest.mark.parametrize("backend_class", BACKENDS, ids=["onnxruntime", "openvino"])
 def test_a_broken_cache_carry_or_slot_pos_fails_from_the_second_frame(stream, backend_class):
     """What a single-image check cannot see: every frame run as a first frame (slot_pos all -1, the
@@ -279,11 +288,7 @@ def test_a_stream_engine_builds_checks_frame_by_frame_and_streams(stream, tmp_pa
         assert backend.stream_names == STREAM_INPUTS
         assert check_backend(backend, load_reference(reference_path(engine.path))).passed
     with DepthPredictor(engine.path) as predictor:
-        video = predictor.video_stream() if hasattr(predictor, "video_stream") else None
-        if video is None:
-            from runtime.video_stream import VideoStream
-
-            video = VideoStream(predictor, max_gap=None)
+        video = predictor.video_stream(max_gap=None)
         frame = (np.random.default_rng(0).random((HEIGHT, WIDTH, 3)) * 255).astype(np.uint8)
         depths = [video.push(frame) for _ in range(3)]
     assert all(d.shape == (HEIGHT, WIDTH) and np.isfinite(d).all() for d in depths)
