@@ -119,6 +119,10 @@ def test_runtime_verify_checks_a_stream_and_fails_a_perturbed_motion_module(stre
     import onnx
     from onnx import numpy_helper
 
+    from runtime import DepthPredictor
+
+    with DepthPredictor(stream["path"], verify=True) as predictor:  # the same check when a model loads
+        assert predictor.verification.passed and len(predictor.verification.checks) == FRAMES
     done = run_module("runtime.verify", str(stream["path"]), cwd=tmp_path)
     assert done.returncode == 0 and "PASSED" in done.stdout and "frame_3" in done.stdout, done.stdout + done.stderr
     graph = onnx.load(str(stream["path"]))

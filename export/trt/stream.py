@@ -174,9 +174,12 @@ def stream_reference(record: Artefact, fp32: Artefact | None, precision: str) ->
     if own is not None and is_stream_reference(own):
         return own
     base = fp32.reference_data if fp32 is not None else None
-    if fp32 is not None and (base is None or not is_stream_reference(base)):
+    digest = (fp32.get("sha256") or artefact_digest(fp32.path)) if fp32 is not None else None
+    if fp32 is not None and (
+        base is None or not is_stream_reference(base) or base.meta.get("artefact_sha256", digest) != digest
+    ):  # none, or one of another file: made again from the FP32 stream ONNX
         base = make_stream_reference(fp32.path, fp32.path, "fp32")
-        base.meta["artefact_sha256"] = fp32.get("sha256") or artefact_digest(fp32.path)
+        base.meta["artefact_sha256"] = digest
         base.path = save_reference(reference_path(fp32.path), base)
     if base is None:
         return None
