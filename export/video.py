@@ -23,6 +23,7 @@ from commands.errors import require
 from runtime.accuracy import Comparison, compare
 from runtime.backends.openvino import openvino_core
 from runtime.backends.signal_stack import alternate_stack_kept
+from runtime.stream_check import stream_depths
 from runtime.video_state import STREAM_INPUTS, STREAM_OUTPUTS, StreamState, slot_positions
 
 from .errors import ExportError, ExportRequestError
@@ -82,13 +83,7 @@ def stream_frames(height: int, width: int, frames: int = VERIFY_FRAMES) -> list[
 
 def run_stream(step: Any, shapes: list[tuple[int, ...]], batches: list[np.ndarray]) -> list[np.ndarray]:
     """Depth per frame from ``step(image, slot_pos, caches) -> [depth, hidden...]``."""
-    state, depths = StreamState(max_gap=None), []
-    for batch in batches:
-        slot_pos, cache = state.inputs(shapes)
-        outputs = step(batch, slot_pos, cache)
-        state.update(outputs[1:])
-        depths.append(np.asarray(outputs[0]))
-    return depths
+    return stream_depths(step, shapes, batches)
 
 
 def torch_step(model: Any) -> Any:

@@ -71,5 +71,7 @@ def inherited_reference(
         metric = carried_metric
     if kind is not None:
         carried["output_kind"] = kind
+    if "stream" in base.meta:  # a Video Depth Anything stream's frames: checked in order, the cache carried
+        carried["stream"] = base.meta["stream"]
     origins = "; ".join(dict.fromkeys(item["outputs_from"] for item in inputs))
     return Reference(images, outputs, make_meta(artefact, precision, metric, tolerance, inputs, origins, **carried))

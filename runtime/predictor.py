@@ -94,11 +94,12 @@ class DepthPredictor:
         )
         self.verification = None
         if verify:
-            from .reference import reference_for, require_within, verify_backend
+            from .reference import reference_for, require_within
+            from .stream_check import check_backend  # a stream's reference: frame by frame
 
             try:
                 reference = reference_for(model, None if verify is True else verify)
-                self.verification = require_within(verify_backend(self._backend, reference), model)
+                self.verification = require_within(check_backend(self._backend, reference), model)
             except BaseException:
                 self._backend.close()
                 raise

@@ -5,7 +5,8 @@ It runs the artefact (TensorRT engine, OpenVINO IR or ONNX file) on the backend 
 through ``DepthPredictor``'s backend (numpy and that backend's library; no PyTorch, no onnx
 package), on the inputs of its reference (``<artefact>.reference.npz``, written by every export;
 see ``runtime.reference``), prints the numbers per input and exits 0 within the reference's
-tolerance, 1 over it, 2 when no reference is found or a file cannot be read.
+tolerance, 1 over it, 2 when no reference is found or a file cannot be read. A Video Depth
+Anything stream's reference is checked frame by frame with the cache carried (``runtime.stream_check``).
 ``DepthPredictor(..., verify=True)`` does the same check when it loads a model.
 """
 
@@ -16,7 +17,8 @@ from pathlib import Path
 
 from commands.runner import command, stage
 
-from .reference import reference_for, require_within, verify_backend
+from .reference import reference_for, require_within
+from .stream_check import check_backend
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     with stage("loading the model"):
         predictor = DepthPredictor(args.model, backend=args.backend, device=args.device, precision=args.precision)
     with predictor, stage("running the reference inputs"):
-        result = verify_backend(predictor._backend, reference)
+        result = check_backend(predictor._backend, reference)
     ran = result.ran
     print(f"{args.model} on {ran['backend']} ({ran['device']}, {ran['precision']}) against {reference.path}:")
     print("\n".join(result.lines()))

@@ -1,11 +1,10 @@
 """Video Depth Anything's stream graph and TensorRT, without TensorRT: the exported step passes the
 project's parser rules per release, its facts (every shape static), the precision decision (the
-motion modules in FP32 in an FP16 engine), and ``python -m export.trt`` refusing it in one line."""
+motion modules in FP32 in an FP16 engine). ``tests/test_trt_stream_check.py``: the frame-by-frame
+check and ``python -m export.trt`` building it."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -79,7 +78,9 @@ def test_an_fp16_engine_keeps_the_motion_modules_in_fp32(stream):
     # all four modules, with their attention (Softmax) and norms, and nothing of the encoder
     assert {n.split("/")[1] for n in pinned} == {f"motion_modules.{i}" for i in range(4)}
     assert {"Softmax", "MatMul", "LayerNormalization"} <= kinds
-    assert not [n.name for n in graph.graph.node if MOTION_MODULES in n.name and n.name not in pinned]
+    # what is left out is shape arithmetic and constants (INT64 outputs a pinned 8.x layer must not get)
+    left = {n.op_type for n in graph.graph.node if MOTION_MODULES in n.name and n.name not in pinned}
+    assert "Softmax" not in left and "MatMul" not in left and "Constant" in left and "Shape" in left, left
     # the FP16-typed graph a strongly typed build reads: the pinned nodes compute in FP32 and it
     # still passes the parser rules
     typed = convert_to_fp16(graph, FP32_OPS, pinned)
@@ -98,26 +99,3 @@ def test_an_fp16_engine_keeps_the_motion_modules_in_fp32(stream):
         if n.name.startswith("/pretrained/blocks.") and n.op_type == "MatMul"
     }
     assert encoder == {"FP16"}, encoder
-
-
-def run_trt(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**__import__("os").environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "export.trt", *argv], cwd=cwd, capture_output=True, text=True, env=env)
-
-
-def test_export_trt_checks_a_stream_graph_and_refuses_to_build_it_in_one_line(stream, tmp_path):
-    path = str(stream["paths"][17])
-    done = run_trt("--check", path, "--trt-version", "10.3", cwd=tmp_path)
-    assert done.returncode == 0 and "passes every TensorRT 10.3 parser rule" in done.stdout, done.stdout
-    out = tmp_path / "out" / "vda.fp16.engine"
-    for extra in (["--onnx-only"], []):  # before the TensorRT-is-missing check: nothing is attempted
-        done = run_trt("--onnx", path, "--trt-version", "10.3", "--output", str(out), *extra, cwd=tmp_path)
-        assert done.returncode == 2, done.stderr
-        assert done.stderr.strip().count("\n") == 0 and "is a Video Depth Anything stream graph" in done.stderr
-        assert not out.parent.exists()
-    # a checkpoint: its stream ONNX is exported (verified, usable with ONNX Runtime), then refused
-    args = ("--checkpoint", str(stream["checkpoint"]), "--size", f"{HEIGHT}x{WIDTH}", "--onnx-only")
-    done = run_trt(*args, "--trt-version", "10.3", "--output", str(out), cwd=tmp_path)
-    assert done.returncode == 2 and "is a Video Depth Anything stream graph" in done.stderr.splitlines()[-1]
-    assert [p.name for p in out.parent.glob("*.onnx")] == [f"video_depth_anything_vits.{HEIGHT}x{WIDTH}.onnx"]
-    assert not list(out.parent.glob("*.engine*"))

@@ -59,7 +59,14 @@ from .installed import installed_tensorrt, target_version
 from .outputs import exp_tail_nodes, extra_outputs_fact, onnx_outputs
 from .rules import TrtCompatibilityError, TrtVersion, check_onnx, require_compatible
 from .sky_step import sky_less_source, sky_step_fact
-from .stream import refuse_stream
+from .stream import (
+    check_stream_checkpoint,
+    check_stream_request,
+    fp32_stream_nodes,
+    is_stream_graph,
+    stream_fact,
+    stream_reference,
+)
 
 if TYPE_CHECKING:
     from ..quantize.options import Int8Options
@@ -152,8 +159,12 @@ def build_trt(request: TrtRequest) -> Artefact:
 
 def plan_job(request: TrtRequest, trt) -> TrtJob:
     """Every check of ``request`` that needs nothing written; the given ONNX's record (and an
-    FP16-typed one's source's) is read here, once. A stream graph is refused first (``stream``)."""
-    refuse_stream(Artefact.of(request.onnx).path if request.onnx is not None else None)
+    FP16-typed one's source's) is read here, once. A stream graph asked with a profile or in INT8 is
+    refused first (``stream``)."""
+    given_path = Artefact.of(request.onnx).path if request.onnx is not None else None
+    check_stream_request(given_path, request.precision, request.profile)
+    if given_path is None:  # a checkpoint: known before its export
+        check_stream_checkpoint(request.checkpoint, request.precision, request.profile)
     if trt is None and not request.onnx_only:
         raise ExportRequestError(
             "TensorRT is not installed here: pip install 'dav2-edge[tensorrt]' (" + JETPACK_NOTE + "), "
@@ -212,7 +223,7 @@ def source_step(job: TrtJob) -> tuple[Artefact, OnnxFacts]:
                 opset=export_opset(version),
             )
     if job.given is None:  # a checkpoint's export: the step of a Video Depth Anything model
-        refuse_stream(source.path)
+        check_stream_request(source.path, request.precision, request.profile)
     facts = job.given_facts or onnx_facts(source.path)
     source, facts = sky_less_source(source, facts, job.output)  # DA3 mono/metric, INT8 too
     if request.profile is not None and not facts.dynamic:
@@ -251,9 +262,8 @@ def ready_step(job: TrtJob, source: Artefact, facts: OnnxFacts) -> Ready:
             f"{record.path} is FP16-typed already: `fp32_layers` needs the FP32 or Q/DQ ONNX it was typed from"
         )
     nodes_of = load_onnx((pretyped or record).path, load_external_data=False)
-    attempts = engine_attempts(
-        plan, fp32_island_nodes(nodes_of), match_layers(nodes_of, request.fp32_layers), exp_tail_nodes(nodes_of)
-    )
+    pinned = [*exp_tail_nodes(nodes_of), *fp32_stream_nodes(nodes_of)]  # a stream's motion modules too
+    attempts = engine_attempts(plan, fp32_island_nodes(nodes_of), match_layers(nodes_of, request.fp32_layers), pinned)
     typing = plan.typed_fp16 and not facts.typed_fp16
     if typing:
         with stage("converting to an FP16-typed graph"):
@@ -262,7 +272,10 @@ def ready_step(job: TrtJob, source: Artefact, facts: OnnxFacts) -> Ready:
             )
         casts = record.get("cast_nodes", {})
         print(f"FP16-typed graph: {casts.get('total')} Cast nodes, {casts.get('per_frame')} of them per frame")
-    if typing or (record.reference is None and not facts.quantized and not facts.typed_fp16):
+    stream = is_stream_graph(nodes_of)
+    if stream:  # a stream's reference: frames in order with the cache carried (export.trt.stream)
+        record = record.with_reference(stream_reference(record, pretyped, "fp16" if typing else "fp32"))
+    elif typing or (record.reference is None and not facts.quantized and not facts.typed_fp16):
         # The ready ONNX's reference, from the record it was typed from (itself, where it is the FP32 source).
         record = record.with_reference(write_typed_reference(record, pretyped, sizes, "fp16" if typing else "fp32"))
     # What the engine will be checked against: the ready ONNX's reference at the engine's precision.
@@ -280,7 +293,8 @@ def ready_step(job: TrtJob, source: Artefact, facts: OnnxFacts) -> Ready:
         # The fallback's ONNX travels with the TensorRT-ready one: the device cannot retype it.
         with stage("writing the fallback's FP16-typed graph"):
             islands = fp16_artefact(pretyped, islands_onnx(ready), FP32_OPS, attempts[1].fp32_nodes)
-            write_typed_reference(islands, pretyped, sizes)  # every file written has its reference
+            # every file written has its reference
+            stream_reference(islands, pretyped, "fp16") if stream else write_typed_reference(islands, pretyped, sizes)
     if plan.strongly_typed and pretyped is None and not islands_onnx(ready).is_file():
         attempts = attempts[:1]  # an FP16-typed ONNX without its source: nothing to retype
     print(f"TensorRT-ready ONNX: {ready} (passes the TensorRT {version} parser rules)")
@@ -378,6 +392,7 @@ def engine_step(job: TrtJob, ready: Ready, target: Target, started: float) -> Ar
             **source.output_kind().sidecar(),
             **extra_outputs_fact(ready.outputs),
             **sky_step_fact(load_onnx(ready.record.path, load_external_data=False)),
+            **stream_fact(load_onnx(ready.record.path, load_external_data=False), job.version.major),
             "licence": ready.record.licence,
             **ready.record.identity(),
             "gpu": {"name": target.gpu, "compute_capability": list(target.capability)},

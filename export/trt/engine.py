@@ -92,9 +92,10 @@ def gpu_info(trt) -> tuple[str, tuple[int, int]]:
 
 
 def run_reference(engine: Path, reference):
-    """The engine on its reference's inputs, through the runtime's TensorRT backend."""
+    """The engine on its reference's inputs, through the runtime's TensorRT backend (a stream
+    engine: the reference's frames in order, the cache carried, ``runtime.stream_check``)."""
     from runtime.backends.tensorrt import TensorRTBackend
-    from runtime.reference import verify_backend
+    from runtime.stream_check import check_backend
 
     with stage("running the engine on its reference"), TensorRTBackend(engine) as backend:
-        return verify_backend(backend, reference)
+        return check_backend(backend, reference)

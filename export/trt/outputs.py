@@ -26,6 +26,8 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+from runtime.video_state import STREAM_OUTPUTS
+
 from ..errors import ExportError
 from ..graph import Graph
 
@@ -100,5 +102,5 @@ def check_network_outputs(onnx: Sequence[str], network: Sequence[str], path: Any
 
 def extra_outputs_fact(names: Sequence[str]) -> dict:
     """What an engine's sidecar and reference say of its outputs after ``depth`` (as the ONNX's)."""
-    extras = [n for n in names[1:]]
+    extras = [n for n in names[1:] if n not in STREAM_OUTPUTS]  # a stream's hidden states are no map
     return {"extra_outputs": extras} if extras else {}

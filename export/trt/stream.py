@@ -3,18 +3,25 @@
 The stream ONNX (``docs/video-depth-anything.md``: inputs ``image``, ``slot_pos``, ``cache0`` ..
 ``cache7``; outputs ``depth``, ``hidden0`` .. ``hidden7``; every shape static) passes this
 project's parser rules of TensorRT 8.5 (at opset 16, which ``export.trt`` exports at for 8.5),
-8.6, 10.x and 11 (``tests/test_trt_stream.py``). What ``export.trt`` cannot do with it yet is
-check an engine: its references and its FP16-typed graphs' references run single images
-(``runtime.reference``), while a stream is checked frame by frame with its cache carried
-(``export.video.verify_stream``). An engine that nothing checked is not written, so a stream graph
-is refused in one line before anything is built (``STREAM_REFUSAL``).
+8.6, 10.x and 11 (``tests/test_trt_stream.py``). ``export.trt`` builds it as a static engine (no
+optimisation profile: ``--min/--opt/--max/--batch`` are refused in one line) and checks the engine
+frame by frame with the cache carried, against the stream's reference (``stream_reference``: a few
+frames of a photograph panning sideways and each frame's FP32 depth, computed with ONNX Runtime on
+the FP32 stream ONNX and written beside it, so it travels with ``--onnx-only``'s ONNX to the
+device; ``runtime.stream_check`` runs the check on any backend).
 
-The precision decision for when it builds (``fp32_stream_nodes``): the four motion modules stay
-FP32 in an FP16 or INT8 engine, as the OpenVINO INT8 IR keeps them in float; their attention over
-the 31 cached frames and their norms are what keep depth steady, and LayerNorm and Softmax are
-what overflows in FP16 on TensorRT (NVIDIA/TensorRT#2564). The pins are node names, the form both
-``engine.pin_layers_fp32`` (weakly typed) and ``quantize.fp16.fp16_artefact`` (FP32 types in a
-strongly typed graph) take.
+The precision decision (``fp32_stream_nodes``): the four motion modules stay FP32 in an FP16
+engine, as the OpenVINO INT8 IR keeps them in float; their attention over the 31 cached frames and
+their norms are what keep depth steady, and LayerNorm and Softmax are what overflows in FP16 on
+TensorRT (NVIDIA/TensorRT#2564). The pins are node names, the form both ``engine.pin_layers_fp32``
+(weakly typed) and ``quantize.fp16.fp16_artefact`` (FP32 types in a strongly typed graph) take.
+INT8 stream engines are refused (``INT8_REFUSAL``): calibrating a stream needs its inputs with the
+cache carried (``export.video.quantize_stream_openvino`` does it for OpenVINO), which the TensorRT
+INT8 path (single images, ``export.quantize``) does not make.
+
+``slot_pos`` is INT64 in the ONNX; what the engine's I/O tensor is follows the release
+(``SLOT_POS_DTYPES``): the 8.x parser casts INT64 inputs down to INT32, 10.x keeps INT64. The
+runtime reads the engine's own dtype (``runtime.backends.trt_stream``); the record says it too.
 
 Python 3.8 clean: ``export.trt`` runs on JetPack 5.
 """
@@ -24,18 +31,39 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from runtime.accuracy import precision_rule
+from runtime.inherited_reference import inherited_reference
+from runtime.metadata import artefact_digest
+from runtime.reference import Reference, image_of, make_meta, network_input, reference_path, save_reference
+from runtime.stream_check import is_stream_reference, stream_depths, stream_meta
 from runtime.video_state import STREAM_INPUTS
 
+from ..artefact import Artefact
 from ..errors import ExportRequestError
-from ..graph import load_onnx
+from ..graph import Graph, load_onnx
+from ..metrics import verification_frames
 
 IMAGE = "image"
 MOTION_MODULES = "/motion_modules."  # the node-name scope PyTorch gives the temporal head's modules
-STREAM_REFUSAL = (
-    "is a Video Depth Anything stream graph (image, slot_pos, cache0..7); it passes the TensorRT parser "
-    "rules (`python -m export.trt --check` shows it), but export.trt checks engines on single images, not "
-    "frame by frame with the cache, and writes no engine it has not checked: run the stream with ONNX "
-    "Runtime or OpenVINO (runtime.DepthPredictor)"
+FRAMES = 4  # the reference's frames: the first (empty cache) and three that read the cache
+AGAINST = "ONNX Runtime FP32 on the stream ONNX, frame by frame with the cache carried"
+# What the engine's slot_pos I/O tensor is, per major release (the ONNX's is INT64).
+SLOT_POS_DTYPES = {8: "int32", 10: "int64", 11: "int64"}
+SRC_SLOT_POS = (
+    "onnx-tensorrt 8.5-GA/8.6-GA onnx2trt_utils.cpp convertDtype: ONNX INT64 -> DataType.kINT32 (8.x has no "
+    "INT64 tensors); 10.x/11.x: INT64 -> DataType.kINT64 (added in TensorRT 10.0)"
+)
+PROFILE_REFUSAL = (
+    "is a Video Depth Anything stream graph: its engine is static (the cache's shape follows from the "
+    "frame size), so it takes no --min/--opt/--max/--batch profile; drop them (re-export the stream at "
+    "another --size for another frame size)"
+)
+INT8_REFUSAL = (
+    "is a Video Depth Anything stream graph: export.trt builds it in FP16 or FP32, not INT8 (calibrating a "
+    "stream needs its frames with the cache carried, which the TensorRT INT8 path does not make yet); "
+    "build --fp16, or use the OpenVINO INT8 stream (python -m export.openvino --int8)"
 )
 
 
@@ -57,15 +85,19 @@ def stream_shapes(model: Any) -> dict:
 
 
 def fp32_stream_nodes(model: Any) -> list:
-    """The nodes an FP16 or INT8 engine of the stream keeps in FP32: every node of the motion modules."""
-    return [n.name for n in model.graph.node if MOTION_MODULES in n.name]
+    """The nodes an FP16 engine of the stream keeps in FP32: every node of the motion modules that
+    computes floats (their shape arithmetic and constants are no layers to pin: a TensorRT 8.x
+    layer pinned to FP32 has its outputs set to FP32, which an INT64 shape must not be)."""
+    import onnx
 
-
-def refuse_stream(path: Any) -> None:
-    """``ExportRequestError`` (exit code 2), one line, when the ONNX at ``path`` is a stream graph
-    (``None``: no ONNX given, nothing to refuse)."""
-    if path is not None and is_stream_graph(load_onnx(path, load_external_data=False)):
-        raise ExportRequestError(f"{path} {STREAM_REFUSAL}")
+    if not any(MOTION_MODULES in n.name for n in model.graph.node):
+        return []
+    types = Graph(onnx.shape_inference.infer_shapes(model))
+    return [
+        n.name
+        for n in model.graph.node
+        if MOTION_MODULES in n.name and n.op_type != "Constant" and all(types.type_name(o) == "FP32" for o in n.output)
+    ]
 
 
 def checkpoint_is_stream(path: Any) -> bool:
@@ -87,3 +119,102 @@ def checkpoint_is_stream(path: Any) -> bool:
     except CheckpointError as exc:
         raise ExportRequestError(str(exc)) from exc
     return not is_da3_state(list(raw)) and is_video_state(to_official(raw)[0])
+
+
+def slot_pos_dtype(major: int) -> str:
+    """The numpy dtype of a release's engine's ``slot_pos`` input (``SLOT_POS_DTYPES``)."""
+    return SLOT_POS_DTYPES[8 if major < 10 else min(major, 11)]
+
+
+def stream_refusal(precision: str, profile: Any) -> str | None:
+    """Why an engine of a stream graph cannot be built as asked (the rest of one line), or ``None``."""
+    if profile is not None:
+        return PROFILE_REFUSAL
+    if "int8" in precision:
+        return INT8_REFUSAL
+    return None
+
+
+def check_stream_request(path: Any, precision: str, profile: Any) -> bool:
+    """Whether the ONNX at ``path`` is a stream graph (``None``: no ONNX given, not yet known);
+    ``ExportRequestError`` (exit code 2), one line, for a stream engine asked with a profile or in INT8."""
+    if path is None:
+        return False
+    model = load_onnx(path, load_external_data=False)
+    if not is_stream_graph(model):
+        return False
+    why = stream_refusal(precision, profile)
+    if why is not None:
+        raise ExportRequestError(f"{path} {why}")
+    stream_shapes(model)  # every shape static, or one line now
+    return True
+
+
+def check_stream_checkpoint(path: Any, precision: str, profile: Any) -> None:
+    """``check_stream_request`` for a checkpoint, before its ONNX is exported: a Video Depth Anything
+    checkpoint (``checkpoint_is_stream``) asked with a profile or in INT8 is refused in one line."""
+    why = stream_refusal(precision, profile) if path is not None else None
+    if why is not None and checkpoint_is_stream(path):
+        raise ExportRequestError(f"{path} {why}")
+
+
+def stream_fact(model: Any, major: int) -> dict:
+    """What an engine's record says of a stream graph (nothing for another graph)."""
+    if not is_stream_graph(model):
+        return {}
+    return {"stream": stream_meta(FRAMES)["stream"]["layout"], "slot_pos_dtype": slot_pos_dtype(major)}
+
+
+def make_stream_reference(onnx_path: Path, artefact: Path, precision: str, frames: int = FRAMES) -> Reference:
+    """The stream reference of ``artefact``, made from the FP32 stream ONNX at ``onnx_path`` with
+    ONNX Runtime: ``frames`` frames of a photograph panning sideways (kept as uint8 images, the
+    network inputs their exact normalisation), each frame's depth with the cache carried; held to
+    ``precision``'s tolerance, the worst frame judged. In memory (``save_reference`` writes it)."""
+    from commands.errors import require
+
+    ort = require("onnxruntime", "onnx", "ONNX Runtime")
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    height, width = session.get_inputs()[0].shape[2:]
+    images = [image_of(batch) for batch in verification_frames(height, width, frames)]
+
+    def step(batch: np.ndarray, slot_pos: np.ndarray, cache: list) -> list:
+        return session.run(None, dict(zip(names, (batch, slot_pos, *cache))))
+
+    shapes = [tuple(i.shape) for i in session.get_inputs()[2:]]
+    depths = stream_depths(step, shapes, [network_input(image) for image in images])
+    kind = Artefact.of(onnx_path).output_kind().kind
+    metric, tolerance = precision_rule(precision, None, kind)
+    source = "a photograph panning sideways (6 pixels a frame)"
+    inputs = [
+        {"name": f"frame_{i}", "source": source, "size": [height, width], "outputs_from": AGAINST}
+        for i in range(len(images))
+    ]
+    meta = make_meta(artefact, precision, metric, tolerance, inputs, AGAINST, output_kind=kind, **stream_meta(frames))
+    return Reference(images, [d.reshape(height, width).astype(np.float32) for d in depths], meta)
+
+
+def stream_reference(record: Artefact, fp32: Artefact | None, precision: str) -> Reference | None:
+    """The stream reference of ``record`` (the TensorRT-ready stream ONNX, written beside it where
+    it has none): its own where it has one, else the FP32 ``fp32``'s (made and written beside that
+    one with ONNX Runtime where it has none) at ``precision``; ``None`` where neither is here (an
+    FP16-typed ONNX without its reference or source: its engine is not checked)."""
+    own = record.reference_data
+    if own is not None and is_stream_reference(own):
+        return own
+    base = fp32.reference_data if fp32 is not None else None
+    digest = (fp32.get("sha256") or artefact_digest(fp32.path)) if fp32 is not None else None
+    if fp32 is not None and (
+        base is None or not is_stream_reference(base) or base.meta.get("artefact_sha256", digest) != digest
+    ):  # none, or one of another file: made again from the FP32 stream ONNX
+        base = make_stream_reference(fp32.path, fp32.path, "fp32")
+        base.meta["artefact_sha256"] = digest
+        base.path = save_reference(reference_path(fp32.path), base)
+    if base is None:
+        return None
+    if fp32 is not None and record.path == fp32.path:
+        return base
+    made = inherited_reference(base, record.path.name, precision, base.sizes)
+    made.meta["artefact_sha256"] = record.get("sha256") or artefact_digest(record.path)
+    made.path = save_reference(reference_path(record.path), made)
+    return made

@@ -22,10 +22,12 @@ from ..metadata import read_sidecar
 from ..metric import OutputKind
 from ..prediction import extras_of
 from ..sky import RUNTIME, SKY, SKY_STEP, apply_sky_step, check_runtime_sky_step, sky_to_far
+from ..video_state import STREAM_INPUTS
 from .base import Backend, InputSpec, check_depth_output, check_streams
 from .cuda import open_cuda, parse_device
 from .profiling import LayerTimeRecorder, Profile, timed_calls
 from .torch_pre import TorchImagePipeline
+from .trt_stream import IMAGE, engine_tensors, run_step, stream_io
 
 JETPACK_NOTE = "on Jetson TensorRT comes with JetPack (python3-libnvinfer), not from pip"
 DEPTH = "depth"  # the depth output's name in every engine built from this toolkit's ONNX (export.onnx)
@@ -329,17 +331,14 @@ class TensorRTBackend(Backend):
         finally:
             self._cuda.deactivate()
         engine = self._engine
-        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        tensors = [
-            (
-                name,
-                engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
-                engine.get_tensor_dtype(name) == trt.DataType.FLOAT,
-                tuple(engine.get_tensor_shape(name)),
+        tensors = engine_tensors(trt, engine)
+        self._stream = stream_io(path, tensors)  # a Video Depth Anything stream step (trt_stream), or None
+        if self._stream is not None:
+            self.stream_names, image, depth, self.extra_outputs = STREAM_INPUTS, IMAGE, DEPTH, ()
+        else:
+            image, depth, self.extra_outputs = engine_io(
+                path, [(n, i, d == "float32", s) for n, i, d, s in tensors], meta
             )
-            for name in names
-        ]
-        image, depth, self.extra_outputs = engine_io(path, tensors, meta)
         self._sky_step = engine_sky_step(path, meta, self.extra_outputs)
         self._tensors = (image, (depth, *self.extra_outputs))
         for name in self._tensors[1]:
@@ -384,6 +383,21 @@ class TensorRTBackend(Backend):
             far = sky_to_far(depth.cpu().numpy(), outs["sky"].cpu().numpy())
             depth = self._torch.from_numpy(far).to(depth.device)
         return {"depth": depth, **outs} if self.extra_outputs else depth
+
+    def _step(self, batch: np.ndarray, slot_pos: np.ndarray, caches: list) -> list:
+        if self._stream is None:
+            raise NotImplementedError(f"{self._tensors[0]!r} is the only input of this engine: it runs no stream")
+        feeds = self._stream.feeds(batch, slot_pos, caches)
+        lane = self._lanes.get()
+        try:
+            return run_step(lane, self._stream, feeds)
+        finally:
+            self._lanes.put(lane)
+
+    def stream_shapes(self, height: int, width: int) -> list:
+        if self._stream is None:
+            return super().stream_shapes(height, width)
+        return self._stream.cache_shapes
 
     def _profile(self, batch: np.ndarray, calls: int) -> Profile:
         check_profile(batch.shape, *self._profile_range)

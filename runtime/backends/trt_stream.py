@@ -1,0 +1,155 @@
+"""Video Depth Anything stream engines on TensorRT: which engine is one, what its tensors must be,
+and one frame run with the cache carried by the caller (``runtime.video_state.StreamState``).
+
+A stream engine is built from the stream ONNX (``export.video``): inputs ``image``, ``slot_pos``,
+``cache0`` .. ``cache7``; outputs ``depth``, ``hidden0`` .. ``hidden7``; every shape static (no
+optimisation profile). Every tensor is FP32 but ``slot_pos``, whose engine dtype follows the
+release that built it (``export.trt.stream.SLOT_POS_DTYPES``: INT32 on 8.x, whose parser casts the
+ONNX's INT64 inputs down; INT64 on 10.x and 11.x): the engine's own dtype is what is fed, the
+positions (-1..30) being exact in both. Everything here but ``engine_tensors`` and ``run_step``
+(the TensorRT and CUDA calls) is plain logic, tested without TensorRT.
+
+Each frame copies the image and the eight caches to the GPU and the depth and eight hidden states
+back: the cache stays where ``StreamState`` keeps it, on the host, as with ONNX Runtime and OpenVINO.
+
+Python 3.8 clean: it runs on JetPack 5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from commands.errors import InputError, ModelFileError
+
+from ..video_state import STREAM_INPUTS, STREAM_OUTPUTS
+
+IMAGE, DEPTH, SLOT_POS = "image", "depth", STREAM_INPUTS[0]
+SLOT_POS_DTYPES = ("int32", "int64")  # what a 8.x and a 10.x/11.x engine's slot_pos is
+Tensor = tuple  # (name, is_input, dtype name, shape): an engine I/O tensor as plain data
+
+
+def dtype_name(trt: Any, dtype: Any) -> str:
+    """The numpy name of a ``trt.DataType`` this runtime binds (``DataType.INT64``: 10.0 and later)."""
+    names = {trt.DataType.FLOAT: "float32", trt.DataType.INT32: "int32"}
+    if hasattr(trt.DataType, "INT64"):
+        names[trt.DataType.INT64] = "int64"
+    return names.get(dtype, str(dtype))
+
+
+def engine_tensors(trt: Any, engine: Any) -> list:
+    """Every I/O tensor of ``engine`` as ``(name, is_input, dtype, shape)`` (TensorRT 8.5-11 name API)."""
+    tensors = []
+    for name in (engine.get_tensor_name(i) for i in range(engine.num_io_tensors)):
+        is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+        shape = tuple(int(d) for d in engine.get_tensor_shape(name))
+        tensors.append((name, is_input, dtype_name(trt, engine.get_tensor_dtype(name)), shape))
+    return tensors
+
+
+@dataclass(frozen=True)
+class StreamIO:
+    """A stream engine's tensors: each one's static shape, and the dtype its ``slot_pos`` takes."""
+
+    engine: Path
+    shapes: dict
+    slot_pos_dtype: str
+
+    @property
+    def cache_shapes(self) -> list:
+        return [self.shapes[name] for name in STREAM_INPUTS[1:]]
+
+    @property
+    def outputs(self) -> tuple:
+        return (DEPTH, *STREAM_OUTPUTS)
+
+    def feeds(self, batch: np.ndarray, slot_pos: np.ndarray, caches: Sequence[np.ndarray]) -> dict:
+        """The engine's inputs by name, as contiguous arrays of its dtypes; ``InputError`` for a cache
+        or ``slot_pos`` of another shape (a cache made for another frame size or model)."""
+        slot_pos = np.asarray(slot_pos)
+        if len(caches) != len(STREAM_INPUTS) - 1:
+            raise InputError(f"a stream frame takes {len(STREAM_INPUTS) - 1} caches, got {len(caches)}")
+        feeds = {IMAGE: np.ascontiguousarray(batch, dtype=np.float32)}
+        if slot_pos.dtype.kind != "i" or slot_pos.min(initial=0) < -1:  # positions -1..30: exact in int32
+            raise InputError(f"slot_pos must hold whole positions >= -1, got {slot_pos.dtype} {slot_pos[:4]}...")
+        feeds[SLOT_POS] = np.ascontiguousarray(slot_pos, dtype=self.slot_pos_dtype)
+        for name, cache in zip(STREAM_INPUTS[1:], caches):
+            feeds[name] = np.ascontiguousarray(cache, dtype=np.float32)
+        for name, array in feeds.items():
+            if array.shape != self.shapes[name]:
+                raise InputError(
+                    f"{self.engine}: stream input {name!r} is fixed at {self.shapes[name]}, got {array.shape}; "
+                    "the cache belongs to another frame size or model (start the stream again)"
+                )
+        return feeds
+
+    def results(self, outputs: dict) -> list:
+        """``[depth, hidden0..7]``, the order ``Backend.step`` returns."""
+        return [outputs[name] for name in self.outputs]
+
+
+def stream_io(engine: Path, tensors: Sequence[Tensor]) -> StreamIO | None:
+    """The stream engine's tensors, or ``None`` for an engine that is no stream (no ``slot_pos``
+    or cache input). ``ModelFileError`` for a stream engine whose tensors are not the stream
+    ONNX's: names, FP32 (``slot_pos``: INT32 or INT64), every shape static."""
+    inputs = {name for name, is_input, _, _ in tensors if is_input}
+    if not inputs & set(STREAM_INPUTS):
+        return None
+    outputs = {name for name, is_input, _, _ in tensors if not is_input}
+    want_in, want_out = {IMAGE, *STREAM_INPUTS}, {DEPTH, *STREAM_OUTPUTS}
+    rebuild = "rebuild it from the stream ONNX: python -m export.trt --onnx <the stream .onnx>"
+    if inputs != want_in or outputs != want_out:
+        missing, extra = (
+            sorted((want_in | want_out) - inputs - outputs),
+            sorted((inputs | outputs) - want_in - want_out),
+        )
+        raise ModelFileError(
+            f"{engine}: a Video Depth Anything stream engine's tensors are image, slot_pos, cache0..7 in and depth, "
+            f"hidden0..7 out; missing {missing or 'none'}, unexpected {extra or 'none'}: {rebuild}"
+        )
+    shapes, slot_dtype = {}, ""
+    for name, _, dtype, shape in tensors:
+        if name == SLOT_POS:
+            if dtype not in SLOT_POS_DTYPES:
+                raise ModelFileError(f"{engine}: slot_pos is {dtype}, not int32 or int64: {rebuild}")
+            slot_dtype = dtype
+        elif dtype != "float32":
+            raise ModelFileError(f"{engine}: stream tensor {name!r} is {dtype}, not float32: {rebuild}")
+        if any(int(d) < 0 for d in shape):
+            raise ModelFileError(f"{engine}: stream tensor {name!r} has a dynamic shape {tuple(shape)}: {rebuild}")
+        shapes[name] = tuple(int(d) for d in shape)
+    return StreamIO(engine, shapes, slot_dtype)
+
+
+def run_step(lane: Any, io: StreamIO, feeds: dict) -> list:
+    """One frame on ``lane`` (a ``tensorrt.Lane``: its context, CUDA stream and buffers): every input
+    copied to the GPU and bound, every output bound and copied back; ``[depth, hidden0..7]``."""
+    cuda, context = lane.cuda, lane.context
+    cuda.activate()
+    try:
+        for name, array in feeds.items():
+            device, host_ptr, host = lane._buffer(name, array.nbytes)
+            host[: array.nbytes] = array.reshape(-1).view(np.uint8)
+            cuda.to_device(device, host_ptr, array.nbytes)
+            context.set_tensor_address(name, device)
+        held = {}
+        for name in io.outputs:
+            nbytes = int(np.prod(io.shapes[name], dtype=np.int64)) * 4
+            held[name] = (*lane._buffer(name, nbytes), nbytes)
+            context.set_tensor_address(name, held[name][0])
+        if not context.execute_async_v3(cuda.stream_handle):
+            raise RuntimeError("TensorRT execution failed; see the TensorRT log above")
+        for device, host_ptr, _, nbytes in held.values():
+            cuda.to_host(host_ptr, device, nbytes)
+        cuda.synchronize()
+        return io.results(
+            {
+                name: host[:nbytes].view(np.float32).reshape(io.shapes[name]).copy()
+                for name, (_, _, host, nbytes) in held.items()
+            }
+        )
+    finally:
+        cuda.deactivate()
