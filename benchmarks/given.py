@@ -148,7 +148,10 @@ def score_artefact(config: Config) -> None:
         if config.backend == "torch":
             why = "not scored: the checkpoint is the FP32 network the references are made with"
         elif (result.get("info") or {}).get("stream"):
-            why = "not scored: a stream model's export writes no reference (its sidecar holds the streamed check)"
+            why = (
+                "not scored: no stream reference beside it (export.trt writes one; export.onnx and export.openvino "
+                "record their streamed check in the sidecar)"
+            )
         else:
             why = "not scored: no reference beside it"
         result.update(status=STATUS_OK, error=why)

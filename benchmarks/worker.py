@@ -93,7 +93,7 @@ class Row:
             self.synchronize = torch.cuda.synchronize
         self.verification = None
         self.backend = self.predictor._backend
-        if config.get("reference") and not self.predictor.is_stream_model:
+        if config.get("reference"):
             self.verification = self.verify(config["reference"])
         self.batch = self.predictor.prepare(self.first)
         self.video = self.state = None
@@ -107,17 +107,26 @@ class Row:
             self.state = self.video.state.inputs(self.backend.stream_shapes(*self.batch.shape[2:]))
         self.memory: dict | None = None  # peak memory, read before the profiled pass adds its own
 
-    def verify(self, path: str) -> dict:
+    def verify(self, path: str) -> dict | None:
         """The row's check against its reference (``runtime.reference``), with AbsRel and delta1 as the
         model's output kind means its numbers (``benchmarks.stats.kind_metrics``)."""
         from runtime.reference import load_reference, score
+        from runtime.stream_check import is_stream_reference, stream_depths
 
         from .stats import kind_metrics, kind_wording
 
         reference = load_reference(path)
+        stream = self.predictor.is_stream_model
+        if stream != is_stream_reference(reference):
+            return None  # a stream model is scored on a stream's frames only (and a single-image model never)
         reference.fits(self.backend.input_spec.fixed_hw)
         started = time.perf_counter()
-        outputs = [self.backend.infer(batch)[0] for batch in reference.inputs()]
+        batches = reference.inputs()
+        if stream:  # frame by frame, the cache carried, as runtime.stream_check checks it
+            shapes = self.backend.stream_shapes(*batches[0].shape[2:])
+            outputs = [d.reshape(d.shape[-2:]) for d in stream_depths(self.backend.step, shapes, batches)]
+        else:
+            outputs = [self.backend.infer(batch)[0] for batch in batches]
         info = self.backend.info()
         result = score(reference, outputs, info.get("precision"))
         result.seconds = time.perf_counter() - started

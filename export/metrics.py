@@ -130,13 +130,13 @@ def verification_input(height: int, width: int) -> np.ndarray:
     return verification_frames(height, width, 1)[0]
 
 
-def verification_frames(height: int, width: int, frames: int) -> list[np.ndarray]:
-    """``verification_input`` panning sideways (6 pixels a frame), as network inputs: the first
-    frame is ``verification_input`` itself; what the stream exports are checked on."""
+def verification_frames(height: int, width: int, frames: int, shift: int = 6) -> list[np.ndarray]:
+    """``verification_input`` panning sideways (``shift`` pixels a frame), as network inputs: the
+    first frame is ``verification_input`` itself; what the stream exports are checked on."""
     from runtime.preprocessing import prepare_fixed
 
     photo = next(iter(verification_photos().values()))
-    return [prepare_fixed(np.roll(photo, 6 * t, axis=1), (height, width)) for t in range(frames)]
+    return [prepare_fixed(np.roll(photo, shift * t, axis=1), (height, width)) for t in range(frames)]
 
 
 def check_sizes(height: int, width: int, dynamic: bool) -> list[tuple[int, int]]:

@@ -6,7 +6,9 @@ cache carried from frame to frame. The check runs the frames in order through th
 ``step`` with the cache carried the same way (``runtime.video_state.StreamState``) and scores each
 frame's depth; the worst frame is held to the precision's tolerance (``runtime.reference.score``).
 A wrong cache carry, a wrong ``slot_pos`` or a broken motion module shows from the second frame on,
-which a single-image check (every frame a first frame) cannot see.
+which a single-image check (every frame a first frame) cannot see; how far it shows depends on the
+weights, and FP16's bound (0.1) is coarse: on the test weights a cache one frame stale is over it,
+a reversed ``slot_pos`` only over FP32's (``export.trt.stream.FRAMES`` says the figures).
 
 ``check_backend`` is what ``python -m runtime.verify`` and ``export.trt``'s engine check call: the
 frame-by-frame check for a stream reference, ``verify_backend`` for any other.

@@ -115,11 +115,39 @@ def test_a_stream_graph_is_timed_as_a_stream_step(tmp_path, models):
     assert done.returncode == 0, done.stderr
     for row in data["rows"]:
         assert row["status"] == "ok" and row["info"]["stream"] and row["model_call"]["median"] > 0, row
-        assert "stream model's export writes no reference" in row["error"]  # said, not hidden
+        assert "no stream reference beside it" in row["error"]  # said, not hidden
     for fact in data["artefacts"]:
         assert fact["family"] == "video-depth-anything" and fact["variant"] == "Video-Depth-Anything-Small"
         assert fact["output_kind"] == "relative" and fact["licence"] == "Apache-2.0"
     assert "video-depth-anything (stream)" in text and "streamed check" in text
+
+
+def test_a_stream_graph_with_a_stream_reference_is_scored_frame_by_frame(tmp_path, models):
+    """export.trt writes a stream reference beside the stream ONNX: the row is scored on its frames
+    with the cache carried; a reference one frame of which is off marks the row invalid."""
+    import shutil
+
+    from export.trt.stream import make_stream_reference
+    from runtime.reference import Reference, reference_path, save_reference
+
+    paths = {}
+    for name in ("good", "off"):
+        paths[name] = tmp_path / name / "vda.onnx"
+        paths[name].parent.mkdir()
+        for file in models.glob("vda.onnx*"):
+            shutil.copy(file, paths[name].parent / file.name)
+        reference = make_stream_reference(paths[name], paths[name], "fp32")
+        if name == "off":  # the third frame's depth, the cache it read in wrong
+            outputs = [o * (1.3 if i == 2 else 1.0) for i, o in enumerate(reference.outputs)]
+            reference = Reference(reference.images, outputs, reference.meta)
+        save_reference(reference_path(paths[name]), reference)
+    done, data, _ = bench(tmp_path / "bench", "--model", str(paths["good"]), "--model", str(paths["off"]))
+    assert done.returncode == 1, done.stderr  # one row failed validation
+    rows = {Path(row["variant"]).parent.name: row for row in data["rows"]}
+    assert rows["good"]["status"] == "ok" and rows["good"]["verification"]["passed"], rows["good"]
+    assert len(rows["good"]["verification"]["inputs"]) == len(reference.outputs)
+    assert rows["good"]["vs_fp32"]["abs_rel"] < 1e-4
+    assert rows["off"]["status"] != "ok" and not rows["off"]["verification"]["passed"]
 
 
 def test_the_worker_steps_the_stream_it_times(tmp_path, models):

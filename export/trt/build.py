@@ -379,6 +379,7 @@ def engine_step(job: TrtJob, ready: Ready, target: Target, started: float) -> Ar
     within tolerance) and write its record once, with the engine landing last."""
     request, output, trt = job.request, job.output, job.trt
     profile, source = request.profile, ready.source
+    graph = load_onnx(ready.record.path, load_external_data=False)  # read once: its facts below
     engine = ready.record.made(
         output,
         {
@@ -391,8 +392,8 @@ def engine_step(job: TrtJob, ready: Ready, target: Target, started: float) -> Ar
             "encoder": source.encoder,
             **source.output_kind().sidecar(),
             **extra_outputs_fact(ready.outputs),
-            **sky_step_fact(load_onnx(ready.record.path, load_external_data=False)),
-            **stream_fact(load_onnx(ready.record.path, load_external_data=False), job.version.major),
+            **sky_step_fact(graph),
+            **stream_fact(graph, job.version.major),
             "licence": ready.record.licence,
             **ready.record.identity(),
             "gpu": {"name": target.gpu, "compute_capability": list(target.capability)},
