@@ -23,7 +23,6 @@ HEADS = 8
 WINDOW = 32  # frames one attention sees: 31 cached and the new one
 GROUPS = 32  # GroupNorm groups before the temporal transformer
 FF_MULT = 4
-COMBINED_MAX_DIM = 64
 
 
 class PositionTable(nn.Module):
@@ -47,9 +46,6 @@ class TemporalAttention(nn.Module):
         self.to_v = nn.Linear(dim, dim, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
         self.pos_encoder = PositionTable(dim)
-        # Narrow blocks multiply by each head's W_k^T W_q and W_o W_v, (C x C) per head, which
-        # skips the per-head layouts; wide ones keep the factors (8 x the products' work).
-        self.combined = dim <= COMBINED_MAX_DIM
 
     def window_index(self, slot_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each slot's row of the position tables (``WINDOW``: outside the window, no embedding,
@@ -65,35 +61,34 @@ class TemporalAttention(nn.Module):
         d = c // HEADS
         index, current = self.window_index(slot_pos)
         pe = self.pos_encoder.pe[0]  # (WINDOW, C)
-        # each slot's position embedding (row WINDOW, a slot outside the window: zeros, logit -inf)
-        slot_pe = torch.cat([pe, torch.zeros_like(pe[:1])])[index]  # (S, C)
+        padded = torch.cat([pe, torch.zeros_like(pe[:1])])  # row WINDOW: a slot outside the window
+        # Tables of the weights alone (constant in an exported graph), read by window position:
+        weight = torch.cat([self.to_q.weight * d**-0.5, self.to_k.weight, self.to_v.weight])
+        # the new frame's q, k, v of (x + pe): x's product plus pe's row
+        q, k_own, v_own = (F.linear(x, weight) + F.linear(pe, weight)[current]).split(c, dim=-1)  # (N, C) each
+        # each head's keys and values of the position embeddings: (heads, WINDOW + 1, d), the last
+        # row (a slot outside the window) zero, its logit -inf
+        pe_k, pe_v = (f(padded).reshape(-1, HEADS, d).transpose(0, 1) for f in (self.to_k, self.to_v))
         mask = torch.cat([torch.zeros(WINDOW), torch.full((1,), float("-inf"))]).to(x)[index]
-        xpe = x + pe[current]  # the new frame's tokens at its window position
-        w_q = (self.to_q.weight * d**-0.5).reshape(HEADS, d, c)
-        w_k, w_v = self.to_k.weight.reshape(HEADS, d, c), self.to_v.weight.reshape(HEADS, d, c)
-        # Each head's query mapped back through W_k, (N, heads, C): with k = W_k (h + pe) a logit
-        # is qk . (h + pe), for the cached frames, their positions and the new frame alike.
-        if self.combined:  # one product by the heads' W_k^T W_q, (heads * C, C): no per-head layout
-            qk = F.linear(xpe, torch.matmul(w_k.transpose(1, 2), w_q).reshape(HEADS * c, c)).reshape(n, HEADS, c)
-        else:
-            per_head = F.linear(xpe, w_q.reshape(c, c)).reshape(n, HEADS, d).transpose(0, 1)  # (heads, N, d)
-            qk = torch.matmul(per_head, w_k).transpose(0, 1)  # (N, heads, C)
-        slots = slot_pe.shape[0]
-        # the positions' logits, one 2D product (N * heads, C) by (C, S) for all tokens
-        pe_logits = torch.matmul(qk.reshape(n * HEADS, c), slot_pe.t()).reshape(n, HEADS, slots)
-        logits = torch.matmul(qk, cache.transpose(1, 2)) + pe_logits + mask  # (N, heads, S)
-        own = (qk * xpe[:, None, :]).sum(-1, keepdim=True)
+
+        # The cache enters two batched products per patch: (heads x C) by (C x S) and back.
+        per_head = q.reshape(n, HEADS, d).transpose(0, 1)  # (heads, N, d)
+        # (heads, N, d) @ (heads, d, C): each head's query mapped back through W_k.
+        qk = torch.matmul(per_head, self.to_k.weight.reshape(HEADS, d, c))
+        logits = torch.matmul(qk.transpose(0, 1), cache.transpose(1, 2))  # (N, heads, S)
+        # the slots' positions: q . W_k pe per head, (heads, N, d) @ (heads, d, S)
+        pe_logits = torch.matmul(per_head, pe_k[:, index].transpose(1, 2)) + mask
+        own = (q * k_own).reshape(n, HEADS, d).sum(-1, keepdim=True)
+        logits = logits + pe_logits.transpose(0, 1)
         weights = torch.softmax(torch.cat([logits, own], dim=-1), dim=-1)
         cached, mine = weights[..., :-1], weights[..., -1:]
-        # sum(a (h + pe)) over the window and the new frame, per head (N, heads, C); W_v after
-        pe_mixed = torch.matmul(cached.reshape(n * HEADS, slots), slot_pe).reshape(n, HEADS, c)
-        mixed = torch.matmul(cached, cache) + pe_mixed + mine * xpe[:, None, :]
-        out = self.to_out[0]
-        if self.combined:  # W_o W_v per head in one product, (C, heads * C)
-            w_ov = torch.matmul(out.weight.reshape(c, HEADS, d).transpose(0, 1), w_v)  # (heads, C, C)
-            return F.linear(mixed.reshape(n, HEADS * c), w_ov.transpose(0, 1).reshape(c, HEADS * c), out.bias)
-        values = torch.matmul(mixed.transpose(0, 1), w_v.transpose(1, 2))  # (heads, N, d)
-        return out(values.transpose(0, 1).reshape(n, c))
+        # W_v sum(a h) per head, plus sum(a W_v pe) and the new frame's a W_v (x + pe)
+        mixed = torch.matmul(cached, cache)  # (N, heads, C)
+        per_head = cached.transpose(0, 1)  # (heads, N, S)
+        values = torch.matmul(mixed.transpose(0, 1), self.to_v.weight.reshape(HEADS, d, c).transpose(1, 2))
+        values = (values + torch.matmul(per_head, pe_v[:, index])).transpose(0, 1).reshape(n, c)
+        own_values = (mine * v_own.reshape(n, HEADS, d)).reshape(n, c)
+        return self.to_out[0](values + own_values)
 
 
 class GEGLU(nn.Module):
