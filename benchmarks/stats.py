@@ -33,12 +33,13 @@ def kind_metrics(pred: np.ndarray, ref: np.ndarray, kind: str = "relative") -> d
     inverse depth after a scale and shift in disparity; depth up to scale after one least-squares
     scale in depth (a shift would change the shape of the scene); metres (or metres per focal
     length) as they are."""
-    return runtime_kind_metrics(pred, ref, int8_metric(kind))
+    return runtime_kind_metrics(pred, ref, int8_metric(kind or "relative"))
 
 
 def kind_wording(kind: str) -> str:
     """How the report says ``kind``'s outputs were compared; ``ValueError`` for a kind the runtime
     has no metric for."""
+    kind = kind or "relative"  # no kind: an older DA-V2 artefact, relative as int8_metric takes it
     int8_metric(kind)
     return KIND_WORDING[kind]
 

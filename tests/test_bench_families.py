@@ -63,6 +63,8 @@ def test_the_report_words_every_kind_the_runtime_has_a_metric_for():
     assert all(kind_wording(kind) for kind in OUTPUT_KINDS)
     with pytest.raises(ValueError, match="no metric for output kind 'metres'"):
         kind_wording("metres")
+    for missing in (None, ""):  # an older artefact that says no kind: relative, as int8_metric takes it
+        assert kind_wording(missing) == kind_wording("relative")
 
 
 def test_depth_up_to_scale_is_scored_by_one_scale_in_depth():

@@ -121,10 +121,28 @@ def checkpoint_is_stream(path: Any) -> bool:
 
     path = Path(path)
     try:
-        raw, _ = read_checkpoint(path, "cpu" if path.is_file() and sniff(path) == "safetensors" else "meta")
+        if path.is_file() and sniff(path) == "safetensors":
+            raw = safetensors_shapes(path)
+        else:
+            raw, _ = read_checkpoint(path, "meta")
     except CheckpointError as exc:
         raise ExportRequestError(str(exc)) from exc
     return not is_da3_state(list(raw)) and is_video_state(to_official(raw)[0])
+
+
+def safetensors_shapes(path: Path) -> dict:
+    """A ``.safetensors`` file's tensors by name as meta tensors of their shapes: its header read,
+    not its weights (a Depth Anything 3 file is gigabytes)."""
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    from train.models import CheckpointError
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
 
 
 def slot_pos_dtype(major: int) -> str:
