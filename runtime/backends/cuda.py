@@ -154,7 +154,12 @@ class PyCuda:
         copy(self.stream)  # with a stream: asynchronous on it
 
     def zero(self, device: int, nbytes: int) -> None:
-        self.cuda.memset_d8_async(device, 0, nbytes, self.stream)
+        memset = getattr(self.cuda, "memset_d8_async", None)  # newer pycuda; else the stream's work first
+        if memset is not None:
+            memset(device, 0, nbytes, self.stream)
+        else:
+            self.stream.synchronize()
+            self.cuda.memset_d8(device, 0, nbytes)
 
     @property
     def stream_handle(self) -> int:
