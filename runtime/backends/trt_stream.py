@@ -7,7 +7,8 @@ optimisation profile). Every tensor is FP32 but ``slot_pos``, whose engine dtype
 release that built it (``export.trt.stream.SLOT_POS_DTYPES``: INT32 on 8.x, whose parser casts the
 ONNX's INT64 inputs down; INT64 on 10.x and 11.x): the engine's own dtype is what is fed, the
 positions (-1..30) being exact in both. Everything here but ``engine_tensors`` and ``run_step``
-(the TensorRT and CUDA calls) is plain logic, tested without TensorRT.
+(the TensorRT and CUDA calls) is plain logic, tested without TensorRT; ``DeviceCache`` makes its
+CUDA calls through ``runtime.backends.cuda`` and is tested on an emulated address space.
 
 A ``VideoStream`` keeps its cache on the GPU (``DeviceCache``, the backend's ``stream_store``): the
 eight caches, their waiting frames and the hidden states are device buffers made once per stream,
