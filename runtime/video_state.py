@@ -16,7 +16,9 @@ The same window in fixed memory, split in what the network reads and what waits:
 All hold the first frame at the start, as the official list does. After each frame three slots
 move (the new frame into the ring, the frame it replaces into the waiting ring, the oldest waiting
 frame to slot 1), in place: no frame copies the cache, and the network attends to the 31 frames
-of the window and nothing else. ``slot_positions()`` is the graph's ``slot_pos`` input and
+of the window and nothing else. These moves are ``runtime.stream_plan.frame_plan``: numpy runs
+them here (``HostCache``), a GPU backend on its own buffers (``stream_store``), the same plan.
+``slot_positions()`` is the graph's ``slot_pos`` input and
 ``update()`` stores the graph's outputs: a plain ONNX Runtime or OpenVINO session runs the
 stream with these two calls.
 """
@@ -25,16 +27,19 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from commands.errors import InputError
 
-WINDOW = 32  # positions: the first frame, the frame 41 back, the last 29, the new frame
-SLOTS = WINDOW - 1  # the cache the network reads: 31 frames
-RECENT = WINDOW - 3  # 29, in a ring at slots 2..30
-WAITING = 11  # the frames 40..30 back: the official list holds 42 = 1 + 41
+from .stream_plan import RECENT, SLOTS, WAITING, WINDOW, HostCache, frame_plan
+
+__all__ = [
+    "CACHES", "RECENT", "SLOTS", "STREAM_INPUTS", "STREAM_OUTPUTS", "WAITING", "WIDE_RATIO", "WINDOW", "StreamState",
+    "slot_positions", "stream_input_size",
+]  # fmt: skip
+
 # The official stream shrinks the network input of frames wider than 16:9 (memory).
 WIDE_RATIO = 1.78
 
@@ -74,25 +79,38 @@ class StreamState:
     logged and kept in ``resets`` as ``(frame_number, reason)``.
     """
 
-    def __init__(self, max_gap: float | None = 1.0, name: str = "stream") -> None:
+    def __init__(
+        self, max_gap: float | None = 1.0, name: str = "stream", store: Callable[[list], Any] | None = None
+    ) -> None:
         if max_gap is not None and not (isinstance(max_gap, (int, float)) and max_gap > 0 and math.isfinite(max_gap)):
             raise InputError(f"max_gap must be a positive number of seconds or None, got {max_gap!r}")
         self.max_gap = max_gap
         self.name = name
-        self.cache: list[np.ndarray] | None = None
-        self.waiting: list[np.ndarray] = []
+        # store(shapes): where the cache lives (HostCache: numpy; a backend's own: its device).
+        self._new_store = store or HostCache
+        self.store: Any = None
+        self._stale = False  # reset since the store was last zeroed
         self.count = 0  # frames since the last start
         self.frames = 0  # frames in all
         self.size: tuple[int, int] | None = None
         self.stamp: float | None = None
         self.resets: list[tuple[int, str]] = []
 
+    @property
+    def cache(self) -> list | None:
+        """The window's arrays (a ``HostCache``), or ``None`` before the first frame or after a reset."""
+        return None if self.store is None or self._stale else getattr(self.store, "cache", None)
+
+    @property
+    def waiting(self) -> list:
+        return [] if self.store is None else getattr(self.store, "waiting", [])
+
     def reset(self, reason: str = "") -> None:
         """Start again: the next frame is a first frame (no cache)."""
         if reason:
             self.resets.append((self.frames, reason))
             log.warning("%s: Video Depth Anything state reset at frame %d: %s", self.name, self.frames, reason)
-        self.cache, self.count = None, 0
+        self._stale, self.count = True, 0
 
     def admit(self, size: tuple[int, int], stamp: float | None = None) -> None:
         """Check a frame before it runs: out of order is refused; a gap or a size change resets."""
@@ -118,30 +136,31 @@ class StreamState:
         if stamp is not None:
             self.stamp = stamp
 
-    def inputs(self, shapes: Sequence[tuple[int, ...]]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """``slot_pos`` and the eight cache arrays ``(tokens, SLOTS, C)`` for the next frame (zeros
-        before the first)."""
-        if self.cache is None:
-            self.cache = [np.zeros(shape, dtype=np.float32) for shape in shapes]
-            self.waiting = [np.zeros((s[0], WAITING, *s[2:]), dtype=np.float32) for s in shapes]
-            self.count = 0
-        return slot_positions(self.count), self.cache
+    def inputs(self, shapes: Sequence[tuple[int, ...]]) -> tuple[np.ndarray, Any]:
+        """``slot_pos`` and the eight caches ``(tokens, SLOTS, C)`` for the next frame (zeros before
+        the first): the store's, made once per stream and size (another size makes a new one, a
+        reset zeroes it)."""
+        shapes = [tuple(int(d) for d in s) for s in shapes]
+        if self.store is None or self.store.shapes != shapes:
+            if self.store is not None:
+                self.store.close()
+            self.store, self._stale, self.count = None, False, 0
+            self.store = self._new_store(shapes)
+        elif self._stale:
+            self.store.zero()
+            self._stale = False
+        return slot_positions(self.count), self.store.inputs()
 
-    def update(self, hidden: Sequence[np.ndarray]) -> None:
-        """Store the frame's hidden states ``(tokens, 1, C)`` (the graph's outputs)."""
-        assert self.cache is not None, "inputs() first"
-        k = self.count
-        ring, queue = 2 + k % RECENT, (k - RECENT) % WAITING
-        for cache, waiting, h in zip(self.cache, self.waiting, hidden):
-            h = np.asarray(h, dtype=np.float32)
-            if k == 0:  # the official list starts as copies of the first frame
-                cache[...] = h
-                waiting[...] = h
-                continue
-            # Three copies, no temporary: frame k - 40 takes position 1 for frame k + 1, frame
-            # k - 29 leaves the window for the waiting slot it freed, frame k takes its ring slot.
-            cache[:, 1] = waiting[:, queue]
-            waiting[:, queue] = cache[:, ring]
-            cache[:, ring] = h[:, 0]
+    def update(self, hidden: Sequence[Any]) -> None:
+        """Store the frame's hidden states ``(tokens, 1, C)`` (the graph's outputs): this frame's
+        plan of slot copies (``runtime.stream_plan.frame_plan``) run by the store."""
+        assert self.store is not None and not self._stale, "inputs() first"
+        self.store.apply(frame_plan(self.count), hidden)
         self.count += 1
         self.frames += 1
+
+    def close(self) -> None:
+        """Free the store (a device's buffers); the next frame makes a new one."""
+        if self.store is not None:
+            self.store.close()
+        self.store, self.count = None, 0

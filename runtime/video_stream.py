@@ -1,7 +1,7 @@
 """``VideoStream``: Video Depth Anything frame by frame, carrying its cached hidden states.
 
 One object per camera: ``push(frame, stamp)`` runs one frame through the model's stream step
-(any backend whose model is a stream graph: PyTorch, ONNX Runtime, OpenVINO) and stores the
+(any backend whose model is a stream graph: PyTorch, ONNX Runtime, OpenVINO, TensorRT) and stores the
 frame's hidden states for the next one (``runtime.video_state``). Frames out of time order are
 refused; a gap longer than ``max_gap`` seconds or a new frame size starts the stream again and
 says so (a log line, ``resets``).
@@ -28,7 +28,7 @@ class VideoStream:
             raise InputError(f"{predictor._source} is not a Video Depth Anything stream model: use predict or stream")
         self.predictor, self.backend = predictor, backend
         self.rgb = predictor.rgb if rgb is None else rgb
-        self.state = StreamState(max_gap, name)
+        self.state = StreamState(max_gap, name, store=backend.stream_store)  # TensorRT: on the GPU
         self._size: tuple[int, int] | None = None
 
     @property
@@ -38,6 +38,10 @@ class VideoStream:
 
     def reset(self, reason: str = "") -> None:
         self.state.reset(reason)
+
+    def close(self) -> None:
+        """Free the stream's cache (GPU buffers with TensorRT); a later frame starts the stream again."""
+        self.state.close()
 
     def network_input(self, image: np.ndarray, rgb: bool) -> np.ndarray:
         """The official stream's input: the model's fixed size, or the keep-aspect resize with the

@@ -20,6 +20,7 @@ from commands.errors import InputError, ModelFileError
 
 from ..metric import OutputKind
 from ..preprocessing import PATCH_SIZE
+from ..stream_plan import HostCache
 from .profiling import Profile
 
 
@@ -204,6 +205,11 @@ class Backend(ABC):
     def stream_shapes(self, height: int, width: int) -> list:
         """The cache tensors' shapes for an ``height x width`` network input."""
         raise NotImplementedError(f"the {self.name} backend runs no stream models")
+
+    def stream_store(self, shapes: list) -> Any:
+        """Where a stream's cache lives between frames (``runtime.video_state.StreamState``): numpy
+        here; a GPU backend keeps it in device buffers of its own."""
+        return HostCache(shapes)
 
     def infer_on_device(self, batch: Any) -> Any:
         """Run a ``(N, 3, H, W)`` batch that ``pipeline`` made on the device; ``(N, H, W)`` there."""

@@ -76,6 +76,14 @@ class CudaPython:
         kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
         self._ok(self.rt.cudaMemcpyAsync(host, device, nbytes, kind, self.stream))
 
+    def copy_2d(self, dst: int, dpitch: int, src: int, spitch: int, width: int, height: int) -> None:
+        """``height`` rows of ``width`` bytes, device to device, at the pitches given (``cudaMemcpy2DAsync``)."""
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+        self._ok(self.rt.cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, height, kind, self.stream))
+
+    def zero(self, device: int, nbytes: int) -> None:
+        self._ok(self.rt.cudaMemsetAsync(device, 0, nbytes, self.stream))
+
     @property
     def stream_handle(self) -> int:
         return int(self.stream)
@@ -136,6 +144,22 @@ class PyCuda:
 
     def to_host(self, host: int, device: int, nbytes: int) -> None:
         self.cuda.memcpy_dtoh_async(self._pinned[host][:nbytes], device, self.stream)
+
+    def copy_2d(self, dst: int, dpitch: int, src: int, spitch: int, width: int, height: int) -> None:
+        """``height`` rows of ``width`` bytes, device to device, at the pitches given (``cuMemcpy2DAsync``)."""
+        copy = self.cuda.Memcpy2D()
+        copy.set_src_device(src)
+        copy.set_dst_device(dst)
+        copy.src_pitch, copy.dst_pitch, copy.width_in_bytes, copy.height = spitch, dpitch, width, height
+        copy(self.stream)  # with a stream: asynchronous on it
+
+    def zero(self, device: int, nbytes: int) -> None:
+        memset = getattr(self.cuda, "memset_d8_async", None)  # newer pycuda; else the stream's work first
+        if memset is not None:
+            memset(device, 0, nbytes, self.stream)
+        else:
+            self.stream.synchronize()
+            self.cuda.memset_d8(device, 0, nbytes)
 
     @property
     def stream_handle(self) -> int:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from commands.errors import MissingDependencyError, ModelFileError, require
+from commands.errors import InputError, MissingDependencyError, ModelFileError, require
 
 from ..metadata import read_sidecar
 from ..metric import OutputKind
@@ -27,7 +27,7 @@ from .base import Backend, InputSpec, check_depth_output, check_streams
 from .cuda import open_cuda, parse_device
 from .profiling import LayerTimeRecorder, Profile, timed_calls
 from .torch_pre import TorchImagePipeline
-from .trt_stream import IMAGE, engine_tensors, run_step, stream_io
+from .trt_stream import IMAGE, DeviceCache, engine_tensors, run_step, stream_io
 
 JETPACK_NOTE = "on Jetson TensorRT comes with JetPack (python3-libnvinfer), not from pip"
 DEPTH = "depth"  # the depth output's name in every engine built from this toolkit's ONNX (export.onnx)
@@ -387,12 +387,20 @@ class TensorRTBackend(Backend):
     def _step(self, batch: np.ndarray, slot_pos: np.ndarray, caches: list) -> list:
         if self._stream is None:
             raise NotImplementedError(f"{self._tensors[0]!r} is the only input of this engine: it runs no stream")
-        feeds = self._stream.feeds(batch, slot_pos, caches)
+        on_gpu = isinstance(caches, DeviceCache)  # a VideoStream's: bound where they lie, never copied
+        if on_gpu and caches.shapes != self._stream.cache_shapes:
+            raise InputError(f"the stream's GPU cache is {caches.shapes}, this engine's {self._stream.cache_shapes}")
+        feeds = self._stream.feeds(batch, slot_pos, None if on_gpu else caches)
         lane = self._lanes.get()
         try:
-            return run_step(lane, self._stream, feeds)
+            return run_step(lane, self._stream, feeds, caches.resident() if on_gpu else None)
         finally:
             self._lanes.put(lane)
+
+    def stream_store(self, shapes: list) -> Any:
+        if self._stream is None:
+            return super().stream_store(shapes)
+        return DeviceCache(open_cuda(self._index), shapes)  # a CUDA stream of its own for the cache's copies
 
     def stream_shapes(self, height: int, width: int) -> list:
         if self._stream is None:

@@ -7,10 +7,15 @@ optimisation profile). Every tensor is FP32 but ``slot_pos``, whose engine dtype
 release that built it (``export.trt.stream.SLOT_POS_DTYPES``: INT32 on 8.x, whose parser casts the
 ONNX's INT64 inputs down; INT64 on 10.x and 11.x): the engine's own dtype is what is fed, the
 positions (-1..30) being exact in both. Everything here but ``engine_tensors`` and ``run_step``
-(the TensorRT and CUDA calls) is plain logic, tested without TensorRT.
+(the TensorRT and CUDA calls) is plain logic, tested without TensorRT; ``DeviceCache`` makes its
+CUDA calls through ``runtime.backends.cuda`` and is tested on an emulated address space.
 
-Each frame copies the image and the eight caches to the GPU and the depth and eight hidden states
-back: the cache stays where ``StreamState`` keeps it, on the host, as with ONNX Runtime and OpenVINO.
+A ``VideoStream`` keeps its cache on the GPU (``DeviceCache``, the backend's ``stream_store``): the
+eight caches, their waiting frames and the hidden states are device buffers made once per stream,
+bound to the engine where they lie, and moved between frames by ``runtime.stream_plan``'s copies
+run as ``cudaMemcpy2DAsync``; only the image and ``slot_pos`` go in and the depth comes back
+(``transfers``). Caches given as numpy arrays (``stream_check``, a caller of ``step``) are copied in
+and the hidden states out, as with ONNX Runtime and OpenVINO.
 
 Python 3.8 clean: it runs on JetPack 5.
 """
@@ -25,6 +30,7 @@ import numpy as np
 
 from commands.errors import InputError, ModelFileError
 
+from ..stream_plan import CACHE, HIDDEN, QUEUE, buffer_shapes, copy_2d, nbytes
 from ..video_state import STREAM_INPUTS, STREAM_OUTPUTS
 
 IMAGE, DEPTH, SLOT_POS = "image", "depth", STREAM_INPUTS[0]
@@ -66,17 +72,18 @@ class StreamIO:
     def outputs(self) -> tuple:
         return (DEPTH, *STREAM_OUTPUTS)
 
-    def feeds(self, batch: np.ndarray, slot_pos: np.ndarray, caches: Sequence[np.ndarray]) -> dict:
-        """The engine's inputs by name, as contiguous arrays of its dtypes; ``InputError`` for a cache
-        or ``slot_pos`` of another shape (a cache made for another frame size or model)."""
+    def feeds(self, batch: np.ndarray, slot_pos: np.ndarray, caches: Sequence[np.ndarray] | None) -> dict:
+        """The engine's inputs by name, as contiguous arrays of its dtypes (no caches: ``None``, the
+        caches lie on the GPU); ``InputError`` for a cache or ``slot_pos`` of another shape (a cache
+        made for another frame size or model)."""
         slot_pos = np.asarray(slot_pos)
-        if len(caches) != len(STREAM_INPUTS) - 1:
+        if caches is not None and len(caches) != len(STREAM_INPUTS) - 1:
             raise InputError(f"a stream frame takes {len(STREAM_INPUTS) - 1} caches, got {len(caches)}")
         feeds = {IMAGE: np.ascontiguousarray(batch, dtype=np.float32)}
         if slot_pos.dtype.kind != "i" or slot_pos.min(initial=0) < -1:  # positions -1..30: exact in int32
             raise InputError(f"slot_pos must hold whole positions >= -1, got {slot_pos.dtype} {slot_pos[:4]}...")
         feeds[SLOT_POS] = np.ascontiguousarray(slot_pos, dtype=self.slot_pos_dtype)
-        for name, cache in zip(STREAM_INPUTS[1:], caches):
+        for name, cache in zip(STREAM_INPUTS[1:], caches or ()):
             feeds[name] = np.ascontiguousarray(cache, dtype=np.float32)
         for name, array in feeds.items():
             if array.shape != self.shapes[name]:
@@ -124,10 +131,26 @@ def stream_io(engine: Path, tensors: Sequence[Tensor]) -> StreamIO | None:
     return StreamIO(engine, shapes, slot_dtype)
 
 
-def run_step(lane: Any, io: StreamIO, feeds: dict) -> list:
-    """One frame on ``lane`` (a ``tensorrt.Lane``: its context, CUDA stream and buffers): every input
-    copied to the GPU and bound, every output bound and copied back; ``[depth, hidden0..7]``."""
-    cuda, context = lane.cuda, lane.context
+def transfers(io: StreamIO, fed: Sequence[str], resident: Sequence[str]) -> tuple:
+    """``(in, out)``: the tensors a frame copies to the GPU (those ``fed`` from the host) and back (every
+    output not ``resident``, i.e. not in a device buffer of the caller's), each ``(name, bytes)``."""
+    sizes = {name: nbytes(shape) for name, shape in io.shapes.items()}
+    sizes[SLOT_POS] = nbytes(io.shapes[SLOT_POS], np.dtype(io.slot_pos_dtype).itemsize)
+    both = set(fed) & set(resident)
+    if both:
+        raise ValueError(f"{sorted(both)} both fed from the host and resident on the GPU")
+    return (
+        [(name, sizes[name]) for name in fed],
+        [(name, sizes[name]) for name in io.outputs if name not in resident],
+    )
+
+
+def run_step(lane: Any, io: StreamIO, feeds: dict, resident: dict | None = None) -> list:
+    """One frame on ``lane`` (a ``tensorrt.Lane``: its context, CUDA stream and buffers): the ``feeds``
+    copied to the GPU and bound, the ``resident`` tensors (name: device address) bound where they
+    lie, the other outputs bound and copied back; ``[depth, hidden0..7]`` (a resident one: its address)."""
+    cuda, context, resident = lane.cuda, lane.context, dict(resident or {})
+    back = transfers(io, list(feeds), list(resident))[1]
     cuda.activate()
     try:
         for name, array in feeds.items():
@@ -135,21 +158,101 @@ def run_step(lane: Any, io: StreamIO, feeds: dict) -> list:
             host[: array.nbytes] = array.reshape(-1).view(np.uint8)
             cuda.to_device(device, host_ptr, array.nbytes)
             context.set_tensor_address(name, device)
+        for name, device in resident.items():
+            context.set_tensor_address(name, device)
         held = {}
-        for name in io.outputs:
-            nbytes = int(np.prod(io.shapes[name], dtype=np.int64)) * 4
-            held[name] = (*lane._buffer(name, nbytes), nbytes)
+        for name, size in back:
+            held[name] = (*lane._buffer(name, size), size)
             context.set_tensor_address(name, held[name][0])
         if not context.execute_async_v3(cuda.stream_handle):
             raise RuntimeError("TensorRT execution failed; see the TensorRT log above")
-        for device, host_ptr, _, nbytes in held.values():
-            cuda.to_host(host_ptr, device, nbytes)
+        for device, host_ptr, _, size in held.values():
+            cuda.to_host(host_ptr, device, size)
         cuda.synchronize()
-        return io.results(
-            {
-                name: host[:nbytes].view(np.float32).reshape(io.shapes[name]).copy()
-                for name, (_, _, host, nbytes) in held.items()
-            }
-        )
+        outputs = {
+            name: host[:size].view(np.float32).reshape(io.shapes[name]).copy()
+            for name, (_, _, host, size) in held.items()
+        }
+        return io.results({**resident, **outputs})
     finally:
         cuda.deactivate()
+
+
+def device_buffers(shapes: Sequence[tuple]) -> list:
+    """Each cache's three device buffers and their sizes in bytes: ``[{CACHE: n, QUEUE: n, HIDDEN: n}]``."""
+    return [{name: nbytes(shape) for name, shape in buffer_shapes(s).items()} for s in shapes]
+
+
+def device_copies(plan: Sequence[Any], shapes: Sequence[tuple], pointers: Sequence[dict]) -> list:
+    """``plan`` on buffers at ``pointers`` (one ``{CACHE, QUEUE, HIDDEN: address}`` per cache) as the
+    arguments of ``cudaMemcpy2DAsync``: ``(dst, dpitch, src, spitch, width, height)``, addresses in bytes."""
+    copies = []
+    for shape, at in zip(shapes, pointers):
+        for op in plan:
+            c = copy_2d(op, shape)
+            copies.append((at[c.dst] + c.dst_offset, c.dpitch, at[c.src] + c.src_offset, c.spitch, c.width, c.height))
+    return copies
+
+
+def resident_tensors(pointers: Sequence[dict]) -> dict:
+    """The engine tensors bound to a ``DeviceCache``: ``cache<i>`` to its window, ``hidden<i>`` to its hidden state."""
+    names = zip(STREAM_INPUTS[1:], STREAM_OUTPUTS, pointers)
+    return {k: v for cache, hidden, at in names for k, v in ((cache, at[CACHE]), (hidden, at[HIDDEN]))}
+
+
+class DeviceCache:
+    """One stream's cache on the GPU (a ``StreamState`` store): per cache its window, waiting frames
+    and hidden state, allocated once (zeros), zeroed on a reset; ``apply`` runs a frame's plan as
+    device-to-device 2-D copies on a CUDA stream of its own (``cuda``), finished before it returns."""
+
+    def __init__(self, cuda: Any, shapes: Sequence[tuple]) -> None:
+        self.cuda, self.shapes = cuda, [tuple(int(d) for d in s) for s in shapes]
+        self.sizes, self.pointers = device_buffers(self.shapes), []
+        cuda.activate()
+        try:
+            self.pointers = [{name: cuda.alloc(n) for name, n in sizes.items()} for sizes in self.sizes]
+        finally:
+            cuda.deactivate()
+        self.zero()
+
+    def zero(self) -> None:
+        self.cuda.activate()
+        try:
+            for at, sizes in zip(self.pointers, self.sizes):
+                for name in (CACHE, QUEUE):
+                    self.cuda.zero(at[name], sizes[name])
+            self.cuda.synchronize()
+        finally:
+            self.cuda.deactivate()
+
+    def inputs(self) -> DeviceCache:
+        return self
+
+    def resident(self) -> dict:
+        return resident_tensors(self.pointers)
+
+    def apply(self, plan: Sequence[Any], hidden: Sequence[Any]) -> None:
+        ours = [at[HIDDEN] for at in self.pointers]
+        if len(hidden) != len(ours) or not all(isinstance(h, int) and h == at for h, at in zip(hidden, ours)):
+            raise ValueError("these hidden states are not in this stream's device buffers (another stream's step?)")
+        self.cuda.activate()
+        try:
+            for copy in device_copies(plan, self.shapes, self.pointers):
+                self.cuda.copy_2d(*copy)
+            self.cuda.synchronize()
+        finally:
+            self.cuda.deactivate()
+
+    def close(self) -> None:
+        if self.cuda is None:
+            return
+        self.cuda.activate()
+        try:
+            for at in self.pointers:
+                for pointer in at.values():
+                    self.cuda.free(pointer)
+            self.pointers = []
+        finally:
+            self.cuda.deactivate()
+        self.cuda.close()
+        self.cuda = None
