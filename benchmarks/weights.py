@@ -46,27 +46,34 @@ def family_tensor(family: str, key: str, shape: list[int]) -> np.ndarray:
 
 
 def network_keys(family: str) -> list[tuple[str, list[int]]]:
-    """The ``(key, shape)`` pairs of the family's small network as published: DA-V2 vits
-    (``dav2-s``), DA3-Small (``da3-small``), Video Depth Anything Small (``vda-small``)."""
+    """The ``(key, shape)`` pairs of the family's network as published: DA-V2 vits / vitl
+    (``dav2-s``, ``dav2-l``), DA3-Small (``da3-small``), DA3Mono-Large (``da3-mono-large``), Video
+    Depth Anything Small (``vda-small``). Built on the meta device: shapes only, no memory."""
+    import torch
+
     from train.models import DepthAnythingV2, VideoDepthAnything, get_spec
     from train.models.da3 import DA3_VARIANTS, DepthAnything3
 
     make = {
         "dav2-s": lambda: DepthAnythingV2(get_spec("vits")),
+        "dav2-l": lambda: DepthAnythingV2(get_spec("vitl")),
         "da3-small": lambda: DepthAnything3(DA3_VARIANTS["da3-small"]),
+        "da3-mono-large": lambda: DepthAnything3(DA3_VARIANTS["da3mono-large"]),
         "vda-small": lambda: VideoDepthAnything("vits"),
     }[family]
-    return [(key, list(value.shape)) for key, value in make().state_dict().items()]
+    with torch.device("meta"):
+        model = make()
+    return [(key, list(value.shape)) for key, value in model.state_dict().items()]
 
 
 def write_checkpoint(family: str, path: Path) -> Path:
     """The family's deterministic weights at ``path`` laid out as published: a ``.pth`` state dict
-    (DA-V2, Video Depth Anything) or a Hugging Face snapshot folder (DA3-Small)."""
+    (DA-V2, Video Depth Anything) or a Hugging Face snapshot folder (DA3)."""
     import torch
 
-    rule = {"dav2-s": "dav2", "da3-small": "da3", "vda-small": "vda"}[family]
+    rule = family.split("-")[0][:4]  # dav2, da3, vda
     state = {k: torch.from_numpy(family_tensor(rule, k, s)) for k, s in network_keys(family)}
-    if family != "da3-small":
+    if rule != "da3":
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(state, path)
         return path
@@ -76,7 +83,8 @@ def write_checkpoint(family: str, path: Path) -> Path:
 
     path.mkdir(parents=True, exist_ok=True)
     save_file({f"model.{k}": v.contiguous() for k, v in state.items()}, str(path / "model.safetensors"))
-    (path / "config.json").write_text(json.dumps({"model_name": "da3-small"}))
+    name = {"da3-small": "da3-small", "da3-mono-large": "da3mono-large"}[family]
+    (path / "config.json").write_text(json.dumps({"model_name": name}))
     return path
 
 

@@ -79,3 +79,31 @@ def test_the_flicker_step_measures_the_stream_against_each_frame_alone(tmp_path)
         assert set(figures) == {"stream (temporal head)", "each frame alone"}
         assert all(isinstance(v, float) and 0.0 <= v < 1.0 for v in figures.values()), figures
     assert not (REPO / "tests" / "perf" / "video_depth.py").exists()  # folded in here: one place to measure
+
+
+def test_the_vit_l_families_are_asked_by_name_and_compared_with_dav2_l(capsys):
+    """DA3Mono-Large and DA-V2-L are measured only when ``--families`` names them (the default stays
+    the small networks), each ViT-L family's time is a ratio to DA-V2-L, and DA3Mono-Large's
+    deterministic weights are made for the official network's keys in their order (the fixture's)."""
+    import pytest
+
+    from benchmarks.family_cost import FAMILIES, baseline, family_list, main
+    from benchmarks.weights import network_keys
+    from tests.da3_fixtures import keys
+
+    assert "da3-mono-large" not in FAMILIES and "dav2-l" not in FAMILIES
+    assert family_list(" dav2-l,da3-mono-large,") == ["dav2-l", "da3-mono-large"]
+    assert [baseline(f) for f in ("dav2-s", "da3-small", "vda-small", "dav2-l", "da3-mono-large")] == [
+        "dav2-s",
+        "dav2-s",
+        "dav2-s",
+        "dav2-l",
+        "dav2-l",
+    ]
+    with pytest.raises(SystemExit) as refused:
+        main(["time", "--families", "da3-mono-large,da3-metric-large"])
+    assert refused.value.code == 2
+    assert "da3-metric-large not of" in capsys.readouterr().err
+    assert network_keys("da3-mono-large") == [(k, list(s)) for k, s in keys("da3mono-large")]
+    vitl = dict(network_keys("dav2-l"))
+    assert vitl["pretrained.pos_embed"] == [1, 1370, 1024] and len(vitl) > len(network_keys("dav2-s"))
