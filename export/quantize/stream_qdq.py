@@ -110,10 +110,13 @@ class StreamCalibration:
 
 
 def motion_nodes(model: Any) -> set:
-    """Names of the motion modules' nodes."""
+    """Names of the motion modules' nodes (not the Q/DQ pairs named after a motion module's output
+    tensor: those quantize the input of the head convolution that reads it)."""
     import fnmatch
 
-    return {n.name for n in model.graph.node if any(fnmatch.fnmatchcase(n.name, p) for p in MOTION_SCOPE)}
+    qdq = ("QuantizeLinear", "DequantizeLinear")
+    scope = [n for n in model.graph.node if any(fnmatch.fnmatchcase(n.name, p) for p in MOTION_SCOPE)]
+    return {n.name for n in scope if n.op_type not in qdq}
 
 
 def float_motion_inputs(model: Any) -> int:
@@ -153,22 +156,22 @@ def held_out_reference(
     return Reference([image_of(b) for b in batches], [d.astype(np.float32) for d in fp32], meta)
 
 
-def export_stream_int8(source: Artefact, output: Path, options: Any, shape: tuple, target: str) -> Artefact:
-    """``export.quantize.budget.export_int8`` for a stream graph: the Q/DQ stream ONNX at ``output``
-    with its stream reference and record, within ``options.budget``; over it, ``ExportError`` (one
+def check_stream_target(path: Path, target: str) -> None:
+    """A stream's INT8 Q/DQ is TensorRT's: ``ExportRequestError`` (one line) for another target."""
+    if target != "tensorrt":
+        raise ExportRequestError(f"{path} {CPU_REFUSAL}")
+
+
+def export_stream_int8(source: Artefact, output: Path, options: Any, images: Any, cache: Path) -> Artefact:
+    """``export.quantize.budget.export_int8`` for a stream graph, on ``images`` (its calibration
+    images, with the held-out ones where a budget is set): the Q/DQ stream ONNX at ``output`` with
+    its stream reference and record, within ``options.budget``; over it, ``ExportError`` (one
     line) and nothing written."""
     from runtime.reference import score
 
-    from .budget import check_float_layers, read_int8_images
-
-    if target != "tensorrt":
-        raise ExportRequestError(f"{source.path} {CPU_REFUSAL}")
     model = load_onnx(source.path)
-    check_float_layers(options.float_layers, select_nodes(model, ())[0], "ONNX Q/DQ")
     keep = (*MOTION_SCOPE, *options.keep_fp, *(glob.escape(name) for name in options.float_layers))
-    cache = output.parent / ".calib_cache"
-    with stage("reading calibration images"):
-        images = read_int8_images(options, shape, cache)
+    shape = tuple(getattr(images, "base", images).input_shape)
     if options.budget is not None:
         batches = images.held_out_batches()
         names = [f"held_out_{i}" for i in range(len(batches))]
