@@ -2,8 +2,9 @@
 reference (plain .npz, frames with the cache carried), the check on the real ONNX Runtime and
 OpenVINO backends (and its failing on a broken cache carry, a wrong slot_pos, a perturbed motion
 module), ``python -m export.trt`` accepting a stream graph (the TensorRT-ready ONNX and its
-reference with ``--onnx-only``; a profile or INT8 refused in one line), and the TensorRT backend's
-stream decisions as plain logic. The engine build and run itself is the ``gpu`` test at the end."""
+reference with ``--onnx-only``; a profile refused in one line; INT8 in ``test_trt_stream_int8``), and
+the TensorRT backend's stream decisions as plain logic. The engine build and run itself is the ``gpu``
+test at the end."""
 
 from __future__ import annotations
 
@@ -206,12 +207,11 @@ def test_a_stream_reference_of_other_weights_beside_the_onnx_is_made_again(strea
         assert load_reference(reference_path(source)).meta["artefact_sha256"] == artefact_digest(source)
 
 
-def test_export_trt_refuses_a_stream_profile_or_int8_in_one_line(stream, tmp_path):
+def test_export_trt_refuses_a_stream_profile_in_one_line(stream, tmp_path):
     path, out = str(stream["path"]), tmp_path / "out" / "vda.engine"
     cases = {
         ("--batch", "2"): "takes no --min/--opt/--max/--batch profile",
         ("--min", "56x84", "--opt", "56x84", "--max", "56x84"): "takes no --min/--opt/--max/--batch profile",
-        ("--int8", "--calib-dir", str(tmp_path)): "not INT8",
     }
     for extra, message in cases.items():
         args = ("--onnx", path, "--trt-version", "10.3", "--output", str(out), "--onnx-only", *extra)
@@ -219,15 +219,6 @@ def test_export_trt_refuses_a_stream_profile_or_int8_in_one_line(stream, tmp_pat
         assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, (extra, done.stderr)
         assert message in done.stderr and "Video Depth Anything stream graph" in done.stderr, done.stderr
         assert not out.parent.exists()
-
-
-def test_export_trt_refuses_an_int8_stream_checkpoint_before_exporting_it(stream, tmp_path):
-    out = tmp_path / "out" / "vda.int8.engine"
-    args = ("--checkpoint", str(stream["checkpoint"]), "--size", f"{HEIGHT}x{WIDTH}", "--onnx-only")
-    done = run_trt(*args, "--int8", "--calib-dir", str(tmp_path), "--output", str(out), cwd=tmp_path)
-    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
-    assert "not INT8" in done.stderr and str(stream["checkpoint"]) in done.stderr, done.stderr
-    assert not out.parent.exists() and not list(tmp_path.rglob("*.onnx"))  # refused before any export
 
 
 def test_export_trt_exports_a_checkpoint_stream_for_tensorrt_85(stream, tmp_path):

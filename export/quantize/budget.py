@@ -291,9 +291,17 @@ def export_int8(source: Artefact, output: Path, options: Int8Options, shape: tup
     quantize ``source`` for ``target``; returns the record of the INT8 ONNX (its sidecar written)."""
     if options.accuracy_method != "sensitivity":
         raise ExportRequestError("`accuracy_method='nncf'` is OpenVINO's (python -m export.openvino --int8)")
+    from .stream_qdq import check_stream_target, export_stream_int8, is_stream_onnx
+
+    stream = is_stream_onnx(source.path)  # Video Depth Anything: calibrated and measured as a stream
+    if stream:
+        check_stream_target(source.path, target)
+        check_float_layers(options.float_layers, select_nodes(load_onnx(source.path), ())[0], "ONNX Q/DQ")
     cache = output.parent / ".calib_cache"
     with stage("reading calibration images"):
         images = read_int8_images(options, shape, cache)
+    if stream:
+        return export_stream_int8(source, output, options, images, cache)
     keep = tuple(options.keep_fp) + tuple(glob.escape(name) for name in options.float_layers)
     with stage("calibrating and quantizing"):
         if options.budget is None:

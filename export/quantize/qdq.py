@@ -120,7 +120,8 @@ def collect_ranges(
     input_name = session.get_inputs()[0].name
     histograms = {name: AbsHistogram() for name in tensors}
     for sample in tqdm(calibration, total=len(calibration), desc="calibrating", unit="img", disable=not progress):
-        values = session.run(tensors, {input_name: sample})
+        # a sample is an image batch, or every input's feed (a stream's: export.quantize.stream_qdq)
+        values = session.run(tensors, sample if isinstance(sample, dict) else {input_name: sample})
         for name, value in zip(tensors, values):
             histograms[name].add(value)
     del session

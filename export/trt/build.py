@@ -159,8 +159,8 @@ def build_trt(request: TrtRequest) -> Artefact:
 
 def plan_job(request: TrtRequest, trt) -> TrtJob:
     """Every check of ``request`` that needs nothing written; the given ONNX's record (and an
-    FP16-typed one's source's) is read here, once. A stream graph asked with a profile or in INT8 is
-    refused first (``stream``)."""
+    FP16-typed one's source's) is read here, once. A stream graph asked with a profile is refused
+    first (``stream``)."""
     given_path = Artefact.of(request.onnx).path if request.onnx is not None else None
     check_stream_request(given_path, request.precision, request.profile)
     if given_path is None:  # a checkpoint: known before its export

@@ -15,9 +15,10 @@ engine, as the OpenVINO INT8 IR keeps them in float; their attention over the 31
 their norms are what keep depth steady, and LayerNorm and Softmax are what overflows in FP16 on
 TensorRT (NVIDIA/TensorRT#2564). The pins are node names, the form both ``engine.pin_layers_fp32``
 (weakly typed) and ``quantize.fp16.fp16_artefact`` (FP32 types in a strongly typed graph) take.
-INT8 stream engines are refused (``INT8_REFUSAL``): calibrating a stream needs its inputs with the
-cache carried (``export.video.quantize_stream_openvino`` does it for OpenVINO), which the TensorRT
-INT8 path (single images, ``export.quantize``) does not make.
+An INT8 stream engine builds from the Q/DQ stream ONNX of ``export.quantize.stream_qdq``
+(calibrated on the images run as one stream with the FP32 model's cache carried, the motion modules
+in float, held to the accuracy budget frame by frame); its reference is a stream reference of
+held-out frames, which the engine inherits with the budget (``stream_reference``).
 
 ``slot_pos`` is INT64 in the ONNX; what the engine's I/O tensor is follows the release
 (``SLOT_POS_DTYPES``): the 8.x parser casts INT64 inputs down to INT32, 10.x keeps INT64. The
@@ -42,7 +43,7 @@ from runtime.video_state import STREAM_INPUTS
 
 from ..artefact import Artefact
 from ..errors import ExportRequestError
-from ..graph import Graph, load_onnx
+from ..graph import Graph, is_quantized, load_onnx
 from ..metrics import verification_frames
 
 IMAGE = "image"
@@ -65,11 +66,6 @@ PROFILE_REFUSAL = (
     "is a Video Depth Anything stream graph: its engine is static (the cache's shape follows from the "
     "frame size), so it takes no --min/--opt/--max/--batch profile; drop them (re-export the stream at "
     "another --size for another frame size)"
-)
-INT8_REFUSAL = (
-    "is a Video Depth Anything stream graph: export.trt builds it in FP16 or FP32, not INT8 (calibrating a "
-    "stream needs its frames with the cache carried, which the TensorRT INT8 path does not make yet); "
-    "build --fp16, or use the OpenVINO INT8 stream (python -m export.openvino --int8)"
 )
 
 
@@ -154,14 +150,12 @@ def stream_refusal(precision: str, profile: Any) -> str | None:
     """Why an engine of a stream graph cannot be built as asked (the rest of one line), or ``None``."""
     if profile is not None:
         return PROFILE_REFUSAL
-    if "int8" in precision:
-        return INT8_REFUSAL
-    return None
+    return None  # INT8 too: export.quantize.stream_qdq calibrates the stream
 
 
 def check_stream_request(path: Any, precision: str, profile: Any) -> bool:
     """Whether the ONNX at ``path`` is a stream graph (``None``: no ONNX given, not yet known);
-    ``ExportRequestError`` (exit code 2), one line, for a stream engine asked with a profile or in INT8."""
+    ``ExportRequestError`` (exit code 2), one line, for a stream engine asked with a profile."""
     if path is None:
         return False
     model = load_onnx(path, load_external_data=False)
@@ -176,7 +170,7 @@ def check_stream_request(path: Any, precision: str, profile: Any) -> bool:
 
 def check_stream_checkpoint(path: Any, precision: str, profile: Any) -> None:
     """``check_stream_request`` for a checkpoint, before its ONNX is exported: a Video Depth Anything
-    checkpoint (``checkpoint_is_stream``) asked with a profile or in INT8 is refused in one line."""
+    checkpoint (``checkpoint_is_stream``) asked with a profile is refused in one line."""
     why = stream_refusal(precision, profile) if path is not None else None
     if why is not None and checkpoint_is_stream(path):
         raise ExportRequestError(f"{path} {why}")
@@ -228,15 +222,20 @@ def stream_reference(record: Artefact, fp32: Artefact | None, precision: str) ->
     """The stream reference of ``record`` (the TensorRT-ready stream ONNX, written beside it where
     it has none): its own where it has one, else the FP32 ``fp32``'s (made and written beside that
     one with ONNX Runtime where it has none) at ``precision``; ``None`` where neither is here (an
-    FP16-typed ONNX without its reference or source: its engine is not checked)."""
+    FP16-typed ONNX without its reference or source, or a Q/DQ one without its own: its engine is not
+    checked). A Q/DQ source's reference holds FP32 depths at its INT8 budget: what is typed from it
+    inherits that budget (``precision`` int8)."""
     own = record.reference_data
     if own is not None and is_stream_reference(own) and own.meta.get("artefact_sha256") == digest_of(record):
         return own  # the ready ONNX's own, written for this very file
     base = fp32.reference_data if fp32 is not None else None
     digest = digest_of(fp32) if fp32 is not None else None
-    if fp32 is not None and (
-        base is None or not is_stream_reference(base) or base.meta.get("artefact_sha256") != digest
-    ):  # none, one of another file, or one that does not say which file: made again from the FP32 stream ONNX
+    stale = base is None or not is_stream_reference(base) or base.meta.get("artefact_sha256") != digest
+    if fp32 is not None and is_quantized(load_onnx(fp32.path, load_external_data=False)):
+        if stale:
+            return None  # a Q/DQ graph's outputs are no FP32 depths to make one from
+        precision = "int8"
+    elif fp32 is not None and stale:  # none, one of another file, or one naming no file: made again from the FP32 ONNX
         base = make_stream_reference(fp32.path, fp32.path, "fp32")
         base.meta["artefact_sha256"] = digest
         base.path = save_reference(reference_path(fp32.path), base)
