@@ -173,9 +173,16 @@ def test_a_qdq_graph_with_the_sky_step_inside_is_cut_with_its_reference(mono_onn
     finding before, far from its cause."""
     from export.artefact import Artefact
     from export.quantize.budget import export_int8
+    from export.trt.build import build_trt
 
     given = export_int8(Artefact.read(mono_onnx), tmp_path / "given.int8.onnx", _int8(calib), SIZE, "tensorrt").path
     assert any(n.op_type == "TopK" for n in onnx.load(str(given), load_external_data=False).graph.node)
+    # refused after the cut (a profile for its fixed input): the cut copy, sidecar and reference go again
+    refused = TrtRequest(precision="int8", onnx=given, onnx_only=True, trt_version="8.6")
+    refused.output, refused.profile = tmp_path / "out" / "m.int8.engine", Profile.build((56, 70), (56, 70), (56, 70))
+    with pytest.raises(ExportRequestError, match="fixed input shape"):
+        build_trt(refused)
+    assert _sky_less_files(tmp_path) == []
     request = TrtRequest(precision="int8", onnx=given, onnx_only=True, trt_version="8.6")
     request.output = tmp_path / "out" / "m.int8.engine"
     ready = _ready(request)
@@ -228,6 +235,48 @@ def test_export_quantize_for_tensorrt_writes_the_sky_less_graph(mono_onnx, calib
     again = _ready(request)
     assert again.source.path == sky_less and sky_step_fact(onnx.load(str(again.record.path)))
     assert json.loads(quant_report_path(again.record.path).read_text())["accepted"] and _verify(again.record.path) == 0
+
+
+def _sky_less_files(folder) -> list:
+    return sorted(p.name for p in folder.rglob("*.sky-less.onnx*"))
+
+
+def test_a_refused_int8_command_leaves_no_sky_less_copy(mono_onnx, calib, tmp_path):
+    """The sky-less copy (and its sidecar) was written before the calibration images were read or
+    the budget met, and stayed behind when the command failed (found in review)."""
+    from export.quantize.__main__ import main as quantize_main
+    from export.trt.__main__ import main as trt_main
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    output = ["--output", str(tmp_path / "q" / "mono.int8.onnx")]
+    assert quantize_main(["--onnx", str(mono_onnx), "--calib-dir", str(empty), *output]) == 2
+    assert _sky_less_files(tmp_path) == []
+    trt = ["--onnx", str(mono_onnx), "--int8", "--onnx-only", "--trt-version", "8.6"]
+    assert trt_main([*trt, "--calib-dir", str(empty), "--output", str(tmp_path / "t" / "m.int8.engine")]) == 2
+    assert _sky_less_files(tmp_path) == []
+    calibration = ["--calib-dir", str(calib), "--calib-samples", "6", "--accuracy-images", "2"]
+    assert quantize_main(["--onnx", str(mono_onnx), *calibration, "--accuracy-budget", "0.000001", *output]) == 1
+    assert _sky_less_files(tmp_path) == [] and not (tmp_path / "q" / "mono.int8.onnx").exists()
+
+
+def test_export_quantize_takes_a_sky_less_graph_for_tensorrt_only(mono_onnx, calib, tmp_path, capsys):
+    """A sky-less FP32 graph (export.trt's cut) was refused to ``export.quantize`` for every target;
+    for TensorRT the budget's probes apply the runtime's step, as ``export.trt --int8`` does when
+    it calibrates that very file. ONNX Runtime's CPU Q/DQ graph is still refused."""
+    from export.artefact import Artefact
+    from export.quantize.__main__ import main as quantize_main
+    from export.trt.sky_step import cut_source
+
+    sky_less = cut_source(Artefact.read(mono_onnx), tmp_path / "mono.sky-less.onnx").path
+    calibration = ["--calib-dir", str(calib), "--calib-samples", "6", "--accuracy-images", "2"]
+    args = ["--onnx", str(sky_less), *calibration, "--accuracy-budget", str(BUDGET)]
+    output = tmp_path / "mono.sky-less.int8.onnx"
+    assert quantize_main(args) == 0 and sky_step_fact(onnx.load(str(output), load_external_data=False))
+    assert json.loads(quant_report_path(output).read_text())["accepted"] and _verify(output) == 0
+    capsys.readouterr()
+    assert quantize_main([*args, "--target", "cpu"]) == 2
+    assert "INT8 quantization for --target cpu does not apply it" in capsys.readouterr().err
 
 
 # -- an engine built at another size than its Q/DQ ONNX's calibration -----------------------------

@@ -206,7 +206,7 @@ def test_a_dynamic_export_with_inferred_shapes_is_cut(tmp_path):
 def test_openvino_refuses_a_graph_that_leaves_the_step_to_the_runtime(metric_onnx, tmp_path, capsys):
     """OpenVINO does not apply the sky step: the sky-less ONNX, run or converted there, would give the
     network's raw depth on sky pixels (found in review). One line, the same for the backend, the IR
-    conversion and INT8 quantization (``runtime.sky.sky_step_refusal``), each with its own exit;
+    conversion and INT8 quantization for the CPU (``runtime.sky.sky_step_refusal``), each with its own exit;
     nothing written. The original graph is not refused."""
     pytest.importorskip("openvino")
     from export.openvino import main as openvino_main
@@ -227,8 +227,7 @@ def test_openvino_refuses_a_graph_that_leaves_the_step_to_the_runtime(metric_onn
 
     calib = tmp_path / "calib"  # never read: the refusal comes first
     calib.mkdir()
-    assert (
-        quantize_main(["--onnx", str(sky_less), "--calib-dir", str(calib), "--output", str(tmp_path / "q.onnx")]) == 2
-    )
-    assert sky_step_refusal(sky_less, "INT8 quantization") in capsys.readouterr().err
+    args = ["--onnx", str(sky_less), "--calib-dir", str(calib), "--output", str(tmp_path / "q.onnx")]
+    assert quantize_main([*args, "--target", "cpu"]) == 2  # --target tensorrt takes it: test_trt_da3_int8.py
+    assert sky_step_refusal(sky_less, "INT8 quantization for --target cpu") in capsys.readouterr().err
     assert not (tmp_path / "q.onnx").exists()

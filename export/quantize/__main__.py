@@ -92,17 +92,20 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output or args.onnx.with_name(
         args.onnx.stem + f".int8{'' if args.target == 'tensorrt' else '-cpu'}.onnx"
     )
-    refusal = sky_step_refusal(args.onnx, "INT8 quantization")  # its FP32 outputs and the probes' differ on sky
+    # For TensorRT the probes and the runtime apply the step (export.trt --int8 calibrates such a file too).
+    refusal = sky_step_refusal(args.onnx, "INT8 quantization for --target cpu") if args.target == "cpu" else None
     if refusal:
         raise ExportRequestError(refusal)
     shape = args.size or input_hw(load_onnx(args.onnx, load_external_data=False)) or (518, 518)
     output.parent.mkdir(parents=True, exist_ok=True)
     source = Artefact.read(args.onnx)
-    if args.target == "tensorrt":  # a DA3 mono/metric graph: its TensorRT-ready copy, without the sky step
-        from ..trt.sky_step import sky_less_for_quantizing
+    from ..trt.sky_step import cut_removed_on_failure, quantize_cut_path, sky_less_for_quantizing
 
-        source = sky_less_for_quantizing(source, output)
-    export_int8(source, output, Int8Options.from_args(args), shape, args.target)
+    cut = quantize_cut_path(source.path, output) if args.target == "tensorrt" else None
+    with cut_removed_on_failure(cut):  # a refusal or a missed budget leaves no sky-less copy
+        if cut is not None:  # a DA3 mono/metric graph: its TensorRT-ready copy, without the sky step
+            source = sky_less_for_quantizing(source, output)
+        export_int8(source, output, Int8Options.from_args(args), shape, args.target)
     print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
     return 0
 

@@ -58,7 +58,7 @@ from .engine import build_engine, gpu_info, run_reference
 from .installed import installed_tensorrt, target_version
 from .outputs import exp_tail_nodes, extra_outputs_fact, onnx_outputs
 from .rules import TrtCompatibilityError, TrtVersion, check_onnx, require_compatible
-from .sky_step import sky_less_source, sky_step_fact
+from .sky_step import cut_removed_on_failure, engine_cut_path, sky_less_source, sky_step_fact
 from .stream import (
     check_stream_checkpoint,
     check_stream_request,
@@ -149,8 +149,9 @@ def build_trt(request: TrtRequest) -> Artefact:
     parser rules before anything is built or handed to trtexec."""
     job = plan_job(request, installed_tensorrt())
     started = time.perf_counter()
-    source, facts = source_step(job)
-    ready = ready_step(job, source, facts)
+    with cut_removed_on_failure(engine_cut_path(job.output)):  # a refusal leaves no sky-less copy
+        source, facts = source_step(job)
+        ready = ready_step(job, source, facts)
     target = handoff(job, ready)
     if request.onnx_only:
         return ready.record

@@ -18,8 +18,12 @@ Python 3.8 clean: ``export.trt`` runs on JetPack 5.
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
 
+from runtime.metadata import sidecar_path
+from runtime.reference import reference_path
 from runtime.sky import RUNTIME, SKY_STEP
 
 from ..errors import ExportError
@@ -127,7 +131,7 @@ def sky_less_source(source: Any, facts: Any, output: Any) -> tuple:
     model = load_onnx(source.path, False)
     if facts.typed_fp16 or sky_step_fact(model) or sky_step_input(model) is None:
         return source, facts  # a sky-less ONNX given again is taken as it is, for INT8 too
-    path = output.with_name(output.stem + ".sky-less.onnx")
+    path = engine_cut_path(output)
     made = cut_source(source, path)
     print(f"sky step left to the runtime (TensorRT's TopK cannot sort every pixel): {path}")
     return made, onnx_facts(path)
@@ -169,7 +173,37 @@ def sky_less_for_quantizing(source: Any, output: Any) -> Any:
     model = load_onnx(source.path, False)
     if is_quantized(model) or sky_step_input(model) is None:
         return source
-    path = output.with_name(source.path.stem + ".sky-less.onnx")
+    path = quantize_cut_path(source.path, output)
     made = cut_source(source, path)
     print(f"sky step left to the runtime (TensorRT's TopK cannot sort every pixel): quantizing {path}")
     return made
+
+
+def engine_cut_path(output: Any) -> Path:
+    """Where ``export.trt`` writes the sky-less copy of the ONNX the engine ``output`` starts from."""
+    output = Path(output)
+    return output.with_name(output.stem + ".sky-less.onnx")
+
+
+def quantize_cut_path(source: Any, output: Any) -> Path:
+    """Where ``export.quantize --target tensorrt`` writes the sky-less copy of ``source`` it
+    quantizes for ``output``."""
+    return Path(output).with_name(Path(source).stem + ".sky-less.onnx")
+
+
+@contextmanager
+def cut_removed_on_failure(path: Any) -> Iterator[None]:
+    """Around the steps from the cut (``cut_source`` at ``path``; ``None``: no cut) to the command's
+    last check: where any of them fails (a refusal, too few calibration images, a missed accuracy
+    budget), the sky-less copy, its sidecar and its reference are removed again, so a refused
+    command leaves nothing it wrote. Files that were there before the command (a sky-less ONNX
+    given as the source, or a finished run's) are left."""
+    files = () if path is None else (Path(path), sidecar_path(path), reference_path(path))
+    before = {f for f in files if f.exists()}
+    try:
+        yield
+    except BaseException:
+        for f in files:
+            if f not in before and f.exists():
+                f.unlink()
+        raise
