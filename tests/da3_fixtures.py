@@ -53,3 +53,24 @@ def write_snapshot(folder: Path, name: str, state: dict[str, torch.Tensor], conf
     if config:
         (folder / "config.json").write_text(json.dumps({"model_name": name}))
     return folder
+
+
+def sky_mono_net(name: str, inputs: np.ndarray, sky_quantile: float, **changes):
+    """A DA3Mono-shaped network on a ViT-S (``tests.test_da3_outputs.SMALL_MONO``) with the fixtures'
+    deterministic weights, its sky head's last bias moved so that the share ``1 - sky_quantile`` of
+    ``inputs``'s pixels is sky (over the official 0.3); ``changes``: other spec fields (``output``)."""
+    import dataclasses
+
+    from tests.test_da3_outputs import SMALL_MONO
+    from train.models.da3 import DA3_VARIANTS, DepthAnything3
+
+    spec = dataclasses.replace(DA3_VARIANTS["da3mono-large"], name=name, **SMALL_MONO, **changes)
+    net = DepthAnything3(spec).eval()
+    net.load_state_dict(deterministic_weights([(k, list(v.shape)) for k, v in net.state_dict().items()]))
+    last, seen = net.head.scratch.sky_output_conv2[-1], []
+    hook = last.register_forward_hook(lambda module, args, out: seen.append(out.detach()))
+    with torch.no_grad():
+        net(torch.from_numpy(inputs))
+        last.bias.add_(0.3 - float(seen[-1].quantile(sky_quantile)))
+    hook.remove()
+    return net

@@ -13,7 +13,6 @@ is a bound they meet, not a claim about a trained network (docs/depth-anything-3
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -33,9 +32,8 @@ from export.trt.sky_step import sky_step_fact
 from runtime.accuracy import ABS_REL_SCALED
 from runtime.reference import load_reference, reference_path, score
 from runtime.sky import sky_to_far
-from tests.da3_fixtures import deterministic_weights
+from tests.da3_fixtures import sky_mono_net
 from tests.test_trt_logic import gpu_ready
-from train.models.da3 import DA3_VARIANTS, DepthAnything3
 
 SIZE = (56, 70)
 BUDGET = 0.1  # untrained weights: see the module's docstring
@@ -60,17 +58,8 @@ def mono_onnx(tmp_path_factory):
     deterministic weights, the sky head's bias set so that part of each image is sky; exported at
     56x70 with the sky step in the graph."""
     from export.onnx import export_onnx
-    from tests.test_da3_outputs import SMALL_MONO
 
-    spec = dataclasses.replace(DA3_VARIANTS["da3mono-large"], name="da3mono-test", **SMALL_MONO)
-    net = DepthAnything3(spec).eval()
-    net.load_state_dict(deterministic_weights([(k, list(v.shape)) for k, v in net.state_dict().items()]))
-    last, seen = net.head.scratch.sky_output_conv2[-1], []
-    hook = last.register_forward_hook(lambda module, args, out: seen.append(out.detach()))
-    with torch.no_grad():
-        net(torch.from_numpy(_inputs(1)))
-        last.bias.add_(0.3 - float(seen[-1].quantile(0.7)))
-    hook.remove()
+    net = sky_mono_net("da3mono-test", _inputs(1), 0.7)
     return export_onnx(net, tmp_path_factory.mktemp("da3_trt") / "mono.onnx", *SIZE).path
 
 

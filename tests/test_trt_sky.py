@@ -6,8 +6,6 @@ the original graph, the facts the engine's sidecar and reference carry, and what
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import onnx
 import pytest
@@ -23,9 +21,9 @@ from runtime.backends.tensorrt import engine_sky_step
 from runtime.metadata import read_sidecar
 from runtime.prediction import sky_mask
 from runtime.sky import sky_step_refusal, sky_to_far
-from tests.da3_fixtures import deterministic_weights
+from tests.da3_fixtures import sky_mono_net
 from tests.test_trt_outputs import _topk_model
-from train.models.da3 import DA3_VARIANTS, METRES_PER_FOCAL, DepthAnything3
+from train.models.da3 import METRES_PER_FOCAL
 from train.models.da3.model import sky_to_far as torch_sky_to_far
 
 SIZE = (56, 70)
@@ -36,19 +34,8 @@ def metric_onnx(tmp_path_factory):
     """A DA3Metric-shaped network on a ViT-S with the fixtures' deterministic weights, its sky head's
     bias set so that about half of a test input is sky; exported at 56x70 (the sky step in the graph)."""
     from export.onnx import export_onnx
-    from tests.test_da3_outputs import SMALL_MONO
 
-    spec = dataclasses.replace(
-        DA3_VARIANTS["da3mono-large"], name="da3metric-test", output=METRES_PER_FOCAL, **SMALL_MONO
-    )
-    net = DepthAnything3(spec).eval()
-    net.load_state_dict(deterministic_weights([(k, list(v.shape)) for k, v in net.state_dict().items()]))
-    last, seen = net.head.scratch.sky_output_conv2[-1], []
-    hook = last.register_forward_hook(lambda module, args, out: seen.append(out.detach()))
-    with torch.no_grad():
-        net(torch.from_numpy(_inputs(1)))
-        last.bias.add_(0.3 - float(seen[-1].median()))
-    hook.remove()
+    net = sky_mono_net("da3metric-test", _inputs(1), 0.5, output=METRES_PER_FOCAL)
     return export_onnx(net, tmp_path_factory.mktemp("da3") / "metric.onnx", *SIZE).path
 
 
