@@ -36,6 +36,7 @@ from runtime.stream_plan import (
     run_plan_2d,
 )
 from runtime.video_state import STREAM_INPUTS, STREAM_OUTPUTS, StreamState, slot_positions
+from tests.test_trt_logic import gpu_ready
 
 SHAPES = [(5, SLOTS, 3), (4, SLOTS, 2, 3)] * 4  # eight small caches, half with two channel dimensions
 OTHER = [(7, SLOTS, 3), (6, SLOTS, 2, 3)] * 4  # the same stream at another frame size
@@ -276,15 +277,6 @@ def test_what_crosses_the_bus_per_frame_with_the_cache_on_the_host_and_on_the_gp
     assert plan_bytes(SMALL_266x378, 0) == (SLOTS + WAITING) * hidden_bytes
     with pytest.raises(ValueError, match="both fed"):
         transfers(io, ["cache0"], ["cache0"])
-
-
-def gpu_ready() -> bool:
-    try:
-        import tensorrt  # noqa: F401
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
 
 
 @pytest.mark.gpu

@@ -36,6 +36,7 @@ from runtime.inherited_reference import inherited_reference
 from runtime.reference import load_reference, reference_path, save_reference
 from runtime.stream_check import check_backend, is_stream_reference
 from runtime.video_state import STREAM_INPUTS, STREAM_OUTPUTS
+from tests.test_trt_logic import gpu_ready
 from train.models import load_model
 
 from .video_fixtures import vda_state_dict
@@ -301,14 +302,6 @@ def test_the_engine_record_says_stream_and_its_slot_pos_dtype(stream):
     assert stream_fact(graph, 10)["slot_pos_dtype"] == "int64" == SLOT_POS_DTYPES[11]
     graph.graph.input[1].name = "positions"
     assert stream_fact(graph, 10) == {}
-
-
-def gpu_ready() -> bool:
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
 
 
 @pytest.mark.gpu
