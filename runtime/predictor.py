@@ -17,6 +17,7 @@ from .backends import backend_class, resolve_backend
 from .backends.base import describe_source
 from .metric import OutputKind, metres_from_focal, network_focal, resolve_output_kind
 from .prediction import assemble, with_outputs
+from .video_stream import VideoStream, close_streams, first_frames, stream_frames
 
 RUN_PRECISIONS = ("fp32", "fp16", "bf16")  # what precision= may ask a backend to run in
 
@@ -289,7 +290,7 @@ class DepthPredictor:
         rgb = self.rgb if rgb is None else rgb
         images = list(images)
         if self._backend.stream_names:  # Video Depth Anything: each image as a stream's first frame
-            return [self.video_stream(max_gap=None).push(image, rgb=rgb) for image in images]
+            return first_frames(self, images, rgb)  # each stream closed after its frame
         camera = self._camera(focal, intrinsics) if (focal is not None or intrinsics is not None) else self.camera
         if self.output.needs_focal and not raw and camera is None:
             raise self._no_focal()
@@ -375,8 +376,7 @@ class DepthPredictor:
         if self._backend.stream_names:  # Video Depth Anything: the cache carries frame to frame
             if stabilize:
                 raise InputError("Video Depth Anything streams are steady by construction: drop stabilize")
-            video = self.video_stream(max_gap=None, rgb=rgb)
-            return (video.push(frame) for frame in frames)
+            return stream_frames(self, frames, rgb)  # its cache freed when the frames end
         stabilizer = Stabilizer() if stabilize is True else stabilize or None
         if stabilizer is not None and self.output.is_depth:
             raise InputError(f"the model outputs {self.output.describe()}: stabilize is for relative models")
@@ -385,8 +385,6 @@ class DepthPredictor:
     def video_stream(self, max_gap: float | None = 1.0, name: str = "stream", rgb: bool | None = None) -> Any:
         """A ``runtime.video_stream.VideoStream`` (Video Depth Anything models): ``push(frame,
         stamp)`` frame by frame with the model's cached hidden states; one per camera."""
-        from .video_stream import VideoStream
-
         return VideoStream(self, max_gap, name, rgb)
 
     def stream_batches(
@@ -436,6 +434,7 @@ class DepthPredictor:
         }
 
     def close(self) -> None:
+        close_streams(self)  # the streams still open (GPU buffers with TensorRT) before the backend
         self._backend.close()
 
     def __enter__(self) -> DepthPredictor:

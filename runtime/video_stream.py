@@ -4,12 +4,14 @@ One object per camera: ``push(frame, stamp)`` runs one frame through the model's
 (any backend whose model is a stream graph: PyTorch, ONNX Runtime, OpenVINO, TensorRT) and stores the
 frame's hidden states for the next one (``runtime.video_state``). Frames out of time order are
 refused; a gap longer than ``max_gap`` seconds or a new frame size starts the stream again and
-says so (a log line, ``resets``).
+says so (a log line, ``resets``). ``close()`` (or ``with``) frees its cache, GPU buffers with TensorRT;
+``DepthPredictor.close`` closes the streams it made that are still open.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import weakref
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -30,6 +32,7 @@ class VideoStream:
         self.rgb = predictor.rgb if rgb is None else rgb
         self.state = StreamState(max_gap, name, store=backend.stream_store)  # TensorRT: on the GPU
         self._size: tuple[int, int] | None = None
+        vars(predictor).setdefault("_video_streams", weakref.WeakSet()).add(self)  # close_streams
 
     @property
     def resets(self) -> list[tuple[int, str]]:
@@ -42,6 +45,12 @@ class VideoStream:
     def close(self) -> None:
         """Free the stream's cache (GPU buffers with TensorRT); a later frame starts the stream again."""
         self.state.close()
+
+    def __enter__(self) -> VideoStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def network_input(self, image: np.ndarray, rgb: bool) -> np.ndarray:
         """The official stream's input: the model's fixed size, or the keep-aspect resize with the
@@ -61,3 +70,26 @@ class VideoStream:
         outputs = self.backend.step(batch, slot_pos, cache)
         self.state.update(outputs[1:])
         return pre.resize_depth(np.asarray(outputs[0]).reshape(batch.shape[2:]), *image.shape[:2])
+
+
+def close_streams(predictor: Any) -> None:
+    """Close every stream ``predictor`` made that is still about (``DepthPredictor.close``)."""
+    for stream in list(vars(predictor).get("_video_streams", ())):
+        stream.close()
+
+
+def first_frames(predictor: Any, images: Iterable[np.ndarray], rgb: bool) -> list:
+    """Each image as the first frame of a stream of its own, closed at once (``predict_batch``)."""
+    depths = []
+    for image in images:
+        with VideoStream(predictor, max_gap=None) as video:
+            depths.append(video.push(image, rgb=rgb))
+    return depths
+
+
+def stream_frames(predictor: Any, frames: Iterable[np.ndarray], rgb: bool | None) -> Iterator[np.ndarray]:
+    """The frames as one stream (``DepthPredictor.stream``), closed when the frames run out, the
+    generator is closed or collected, or a frame fails."""
+    with VideoStream(predictor, max_gap=None, rgb=rgb) as video:
+        for frame in frames:
+            yield video.push(frame)

@@ -15,6 +15,7 @@ from rosbags.typesys import Stores, get_typestore
 from runtime import DepthPredictor
 from runtime.ros.bag import process_bag
 from runtime.ros.cameras import node_cameras, predict
+from runtime.stream_plan import HostCache
 
 from .scene_bag import Messages
 from .test_bag import read_topics
@@ -31,7 +32,18 @@ def vda(tmp_path_factory):
         yield predictor
 
 
-def test_bag_tool_streams_each_camera_and_restarts_after_a_pause(vda, tmp_path, caplog):
+def test_bag_tool_streams_each_camera_and_restarts_after_a_pause(vda, tmp_path, caplog, monkeypatch):
+    made, closed = [], []
+
+    class Counted(HostCache):  # the bag's stream keeps one store: closed when the bag is done
+        def __init__(self, shapes):
+            super().__init__(shapes)
+            made.append(self)
+
+        def close(self):
+            closed.append(self)
+
+    monkeypatch.setattr(vda._backend, "stream_store", Counted)
     store = get_typestore(Stores.ROS2_HUMBLE)
     messages = Messages(store)
     stamps = [1_000_000_000 + 100_000_000 * i for i in range(4)] + [9_000_000_000]  # a pause before the last
@@ -44,6 +56,7 @@ def test_bag_tool_streams_each_camera_and_restarts_after_a_pause(vda, tmp_path, 
     with caplog.at_level(logging.WARNING, logger="runtime.video"):
         summary = process_bag(vda, bag, tmp_path / "out", TOPIC)
     assert summary.frames == 5
+    assert len(made) == 1 and closed == made
     got = [
         np.frombuffer(bytes(m.data), "<f4").reshape(240, 320)
         for _, _, m in read_topics(tmp_path / "out")["/cam/depth/relative_inverse"]

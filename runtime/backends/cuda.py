@@ -146,20 +146,21 @@ class PyCuda:
         self.cuda.memcpy_dtoh_async(self._pinned[host][:nbytes], device, self.stream)
 
     def copy_2d(self, dst: int, dpitch: int, src: int, spitch: int, width: int, height: int) -> None:
-        """``height`` rows of ``width`` bytes, device to device, at the pitches given (``cuMemcpy2DAsync``)."""
+        """``height`` rows of ``width`` bytes, device to device, at the pitches given, synchronously
+        with ``cuMemcpy2DUnaligned`` once this stream's work is done. Not ``cuMemcpy2DAsync``: the
+        driver API documents that cuMemcpy2D/cuMemcpy2DAsync "may fail for pitches not computed by
+        cuMemAllocPitch()" on device-to-device copies (CUDA Driver API, Memory Management,
+        cuMemcpy2D), and a cache slot's pitch and offset are not (multiples of 256 bytes, not of
+        the pitch alignment); pycuda's ``Memcpy2D()(aligned=False)`` is the unaligned call."""
         copy = self.cuda.Memcpy2D()
         copy.set_src_device(src)
         copy.set_dst_device(dst)
         copy.src_pitch, copy.dst_pitch, copy.width_in_bytes, copy.height = spitch, dpitch, width, height
-        copy(self.stream)  # with a stream: asynchronous on it
+        self.stream.synchronize()  # the zeroing queued on this stream first (a no-op when idle)
+        copy(aligned=False)
 
     def zero(self, device: int, nbytes: int) -> None:
-        memset = getattr(self.cuda, "memset_d8_async", None)  # newer pycuda; else the stream's work first
-        if memset is not None:
-            memset(device, 0, nbytes, self.stream)
-        else:
-            self.stream.synchronize()
-            self.cuda.memset_d8(device, 0, nbytes)
+        self.cuda.memset_d8_async(device, 0, nbytes, self.stream)  # pycuda 2022.2 and later
 
     @property
     def stream_handle(self) -> int:

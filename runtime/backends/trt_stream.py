@@ -13,15 +13,17 @@ CUDA calls through ``runtime.backends.cuda`` and is tested on an emulated addres
 A ``VideoStream`` keeps its cache on the GPU (``DeviceCache``, the backend's ``stream_store``): the
 eight caches, their waiting frames and the hidden states are device buffers made once per stream,
 bound to the engine where they lie, and moved between frames by ``runtime.stream_plan``'s copies
-run as ``cudaMemcpy2DAsync``; only the image and ``slot_pos`` go in and the depth comes back
-(``transfers``). Caches given as numpy arrays (``stream_check``, a caller of ``step``) are copied in
-and the hidden states out, as with ONNX Runtime and OpenVINO.
+run as ``cudaMemcpy2DAsync`` (pycuda: ``cuMemcpy2DUnaligned``, ``runtime.backends.cuda``); only the
+image and ``slot_pos`` go in and the depth comes back (``transfers``). Caches given as numpy arrays
+(``stream_check``, a caller of ``step``) are copied in and the hidden states out, as with ONNX
+Runtime and OpenVINO.
 
 Python 3.8 clean: it runs on JetPack 5.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -168,7 +170,7 @@ def run_step(lane: Any, io: StreamIO, feeds: dict, resident: dict | None = None)
             raise RuntimeError("TensorRT execution failed; see the TensorRT log above")
         for device, host_ptr, _, size in held.values():
             cuda.to_host(host_ptr, device, size)
-        cuda.synchronize()
+        cuda.synchronize()  # keep: DeviceCache.apply's copies (another stream) read the hidden states after it
         outputs = {
             name: host[:size].view(np.float32).reshape(io.shapes[name]).copy()
             for name, (_, _, host, size) in held.items()
@@ -200,20 +202,48 @@ def resident_tensors(pointers: Sequence[dict]) -> dict:
     return {k: v for cache, hidden, at in names for k, v in ((cache, at[CACHE]), (hidden, at[HIDDEN]))}
 
 
+def release(cuda: Any, pointers: list) -> None:
+    """Free the device buffers at ``pointers`` (``[{name: address}]``, emptied as they go) and close
+    ``cuda``, closed even when a free fails. ``DeviceCache.close``, and its finalizer when a stream
+    is dropped unclosed (cuda-python's addresses are plain ints: nothing else would free them)."""
+    try:
+        cuda.activate()
+        try:
+            while pointers:
+                while pointers[-1]:
+                    cuda.free(pointers[-1].popitem()[1])
+                pointers.pop()
+        finally:
+            cuda.deactivate()
+    finally:
+        cuda.close()
+
+
 class DeviceCache:
     """One stream's cache on the GPU (a ``StreamState`` store): per cache its window, waiting frames
     and hidden state, allocated once (zeros), zeroed on a reset; ``apply`` runs a frame's plan as
-    device-to-device 2-D copies on a CUDA stream of its own (``cuda``), finished before it returns."""
+    device-to-device 2-D copies on a CUDA stream of its own (``cuda``), finished before it returns.
+    ``close`` frees the buffers and the helper; a cache dropped unclosed is freed when collected."""
 
     def __init__(self, cuda: Any, shapes: Sequence[tuple]) -> None:
         self.cuda, self.shapes = cuda, [tuple(int(d) for d in s) for s in shapes]
         self.sizes, self.pointers = device_buffers(self.shapes), []
-        cuda.activate()
+        # The backstop holds the helper and the pointer list, not self (or self would never be collected).
+        self._release = weakref.finalize(self, release, cuda, self.pointers)
+        self._release.atexit = False  # at exit the driver frees a process's memory itself
         try:
-            self.pointers = [{name: cuda.alloc(n) for name, n in sizes.items()} for sizes in self.sizes]
-        finally:
-            cuda.deactivate()
-        self.zero()
+            cuda.activate()
+            try:
+                for sizes in self.sizes:  # one at a time, each recorded at once: a failure frees the rest
+                    self.pointers.append({})
+                    for name, n in sizes.items():
+                        self.pointers[-1][name] = cuda.alloc(n)
+            finally:
+                cuda.deactivate()
+            self.zero()
+        except BaseException:
+            self.close()
+            raise
 
     def zero(self) -> None:
         self.cuda.activate()
@@ -235,6 +265,9 @@ class DeviceCache:
         ours = [at[HIDDEN] for at in self.pointers]
         if len(hidden) != len(ours) or not all(isinstance(h, int) and h == at for h, at in zip(hidden, ours)):
             raise ValueError("these hidden states are not in this stream's device buffers (another stream's step?)")
+        # Ordering rests on host synchronizations, keep them: run_step synchronizes the lane's stream
+        # (the engine has written hidden<i>) before this runs on another stream, and the synchronize
+        # below finishes the copies before the next frame's step reads cache<i>.
         self.cuda.activate()
         try:
             for copy in device_copies(plan, self.shapes, self.pointers):
@@ -244,15 +277,6 @@ class DeviceCache:
             self.cuda.deactivate()
 
     def close(self) -> None:
-        if self.cuda is None:
-            return
-        self.cuda.activate()
-        try:
-            for at in self.pointers:
-                for pointer in at.values():
-                    self.cuda.free(pointer)
-            self.pointers = []
-        finally:
-            self.cuda.deactivate()
-        self.cuda.close()
+        """Free the buffers and close the helper, once (the finalizer is spent by this call)."""
         self.cuda = None
+        self._release()

@@ -167,12 +167,17 @@ class BagPass:
         for camera in self.cameras.values():  # a metres-per-focal model: the focal length of the image the network saw
             camera.pipeline.network_size = predictor.network_size
         if getattr(predictor, "is_stream_model", False):  # Video Depth Anything: a stream per camera
-            for image in self.frames(every, max_frames, max_pixels):
-                frame = self.events[-1][1]  # the frame just queued
-                if frame.camera.video is None:
-                    frame.camera.video = predictor.video_stream(name=frame.topic)
-                self.results.append(frame.camera.video.push(image, stamp=frame.timestamp * 1e-9))
-                self.flush()
+            try:
+                for image in self.frames(every, max_frames, max_pixels):
+                    frame = self.events[-1][1]  # the frame just queued
+                    if frame.camera.video is None:
+                        frame.camera.video = predictor.video_stream(name=frame.topic)
+                    self.results.append(frame.camera.video.push(image, stamp=frame.timestamp * 1e-9))
+                    self.flush()
+            finally:  # the bag's streams end with it (their GPU buffers with TensorRT)
+                for camera in self.cameras.values():
+                    if camera.video is not None:
+                        camera.video.close()
         else:
             cycles = batched(self.frames(every, max_frames, max_pixels), len(self.cameras))
             # A model of depth per focal length: its raw output, made metres per frame from that
