@@ -376,7 +376,7 @@ class DepthPredictor:
         if self._backend.stream_names:  # Video Depth Anything: the cache carries frame to frame
             if stabilize:
                 raise InputError("Video Depth Anything streams are steady by construction: drop stabilize")
-            return stream_frames(self, frames, rgb)  # its cache freed when the frames end
+            return stream_frames(self, iter(frames), rgb)  # its cache freed when the frames end
         stabilizer = Stabilizer() if stabilize is True else stabilize or None
         if stabilizer is not None and self.output.is_depth:
             raise InputError(f"the model outputs {self.output.describe()}: stabilize is for relative models")
@@ -434,8 +434,10 @@ class DepthPredictor:
         }
 
     def close(self) -> None:
-        close_streams(self)  # the streams still open (GPU buffers with TensorRT) before the backend
-        self._backend.close()
+        try:  # the streams still open (GPU buffers with TensorRT) before the backend, which closes anyway
+            close_streams(self)
+        finally:
+            self._backend.close()
 
     def __enter__(self) -> DepthPredictor:
         return self

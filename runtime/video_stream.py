@@ -10,6 +10,8 @@ says so (a log line, ``resets``). ``close()`` (or ``with``) frees its cache, GPU
 
 from __future__ import annotations
 
+import logging
+import threading
 import weakref
 from typing import Any, Iterable, Iterator
 
@@ -19,6 +21,9 @@ from commands.errors import InputError
 
 from . import preprocessing as pre
 from .video_state import StreamState, stream_input_size
+
+log = logging.getLogger(__name__)
+_STREAMS = threading.Lock()  # guards each predictor's set of streams (made and closed from any thread)
 
 
 class VideoStream:
@@ -32,7 +37,12 @@ class VideoStream:
         self.rgb = predictor.rgb if rgb is None else rgb
         self.state = StreamState(max_gap, name, store=backend.stream_store)  # TensorRT: on the GPU
         self._size: tuple[int, int] | None = None
-        vars(predictor).setdefault("_video_streams", weakref.WeakSet()).add(self)  # close_streams
+        # push and close take it: a close from another thread (DepthPredictor.close) waits for the
+        # frame in flight, whose step has the cache's GPU buffers bound, instead of freeing them under it
+        self._lock = threading.Lock()
+        self.closed = False
+        with _STREAMS:
+            vars(predictor).setdefault("_video_streams", weakref.WeakSet()).add(self)  # close_streams
 
     @property
     def resets(self) -> list[tuple[int, str]]:
@@ -43,8 +53,11 @@ class VideoStream:
         self.state.reset(reason)
 
     def close(self) -> None:
-        """Free the stream's cache (GPU buffers with TensorRT); a later frame starts the stream again."""
-        self.state.close()
+        """Free the stream's cache (GPU buffers with TensorRT), after the frame in flight if any; a
+        later ``push`` is refused (open another stream with ``predictor.video_stream()``)."""
+        with self._lock:
+            self.closed = True
+            self.state.close()
 
     def __enter__(self) -> VideoStream:
         return self
@@ -65,17 +78,42 @@ class VideoStream:
         """Depth (``H x W`` float32, at the frame's size) for the next frame of the stream."""
         image = pre.check_image(frame)
         batch = self.network_input(image, self.rgb if rgb is None else rgb)
-        self.state.admit(image.shape[:2], stamp)
-        slot_pos, cache = self.state.inputs(self.backend.stream_shapes(*batch.shape[2:]))
-        outputs = self.backend.step(batch, slot_pos, cache)
-        self.state.update(outputs[1:])
-        return pre.resize_depth(np.asarray(outputs[0]).reshape(batch.shape[2:]), *image.shape[:2])
+        with self._lock:
+            if self.closed:
+                raise InputError(
+                    f"{self.state.name}: this Video Depth Anything stream was closed (by itself or by its "
+                    "predictor's close()); open another with predictor.video_stream()"
+                )
+            self.state.admit(image.shape[:2], stamp)
+            slot_pos, cache = self.state.inputs(self.backend.stream_shapes(*batch.shape[2:]))
+            outputs = self.backend.step(batch, slot_pos, cache)
+            self.state.update(outputs[1:])
+            depth = np.asarray(outputs[0]).reshape(batch.shape[2:])
+        return pre.resize_depth(depth, *image.shape[:2])
 
 
 def close_streams(predictor: Any) -> None:
     """Close every stream ``predictor`` made that is still about (``DepthPredictor.close``)."""
-    for stream in list(vars(predictor).get("_video_streams", ())):
+    with _STREAMS:
+        streams = list(vars(predictor).get("_video_streams", ()))
+    failed = None
+    for stream in streams:  # each one, whatever another's close raised (a sticky CUDA error)
+        try:
+            stream.close()
+        except Exception as exc:  # logged, and the first one raised once all are closed
+            log.warning("closing Video Depth Anything stream %s failed: %s", stream.state.name, exc)
+            failed = failed or exc
+    if failed is not None:
+        raise failed
+
+
+def close_quietly(stream: VideoStream) -> None:
+    """Close ``stream``, a failure logged rather than raised: cleanup after a pass, whose own error
+    (or result) is what the caller needs (the cache's finalizer frees what this could not)."""
+    try:
         stream.close()
+    except Exception as exc:  # cleanup: logged, never in place of the pass's own outcome
+        log.warning("closing Video Depth Anything stream %s failed: %s", stream.state.name, exc)
 
 
 def first_frames(predictor: Any, images: Iterable[np.ndarray], rgb: bool) -> list:

@@ -10,6 +10,7 @@ import gc
 import numpy as np
 import pytest
 
+from commands.errors import InputError
 from runtime.backends.trt_stream import DeviceCache
 from runtime.stream_plan import HostCache
 
@@ -106,3 +107,59 @@ def test_every_store_a_stream_model_makes_is_closed(tmp_path):
         kept.push(image)
         assert len(closed) == 6 and len(made) == 7
     assert len(closed) == len(made) == 7  # the predictor closed the stream it made
+    with pytest.raises(InputError, match="stream was closed"):  # not a silent new stream on a closed backend
+        kept.push(image)
+
+
+def test_a_close_from_another_thread_waits_for_the_frame_in_flight_and_the_backend_closes_anyway(tmp_path):
+    """DepthPredictor.close from another thread (the ROS node's shutdown) frees a stream's cache
+    after the step that has it bound, not under it; a stream whose close fails still lets the
+    predictor close its backend."""
+    import threading
+
+    import torch
+
+    from runtime import DepthPredictor
+
+    from .video_fixtures import vda_state_dict
+
+    checkpoint = tmp_path / "video_depth_anything_vits.pth"
+    torch.save(vda_state_dict(), checkpoint)
+    image = (np.random.default_rng(0).random((60, 80, 3)) * 255).astype(np.uint8)
+    predictor = DepthPredictor(str(checkpoint), input_size=56)
+    backend, events = predictor._backend, []
+    entered, release = threading.Event(), threading.Event()
+    step = backend.step
+
+    def slow_step(*args):
+        entered.set()
+        release.wait(10)
+        events.append("step done")
+        return step(*args)
+
+    backend.step = slow_step
+    video = predictor.video_stream()
+    worker = threading.Thread(target=video.push, args=(image,))
+    worker.start()
+    entered.wait(10)
+    closing = threading.Thread(target=lambda: (video.close(), events.append("closed")))
+    closing.start()
+    closing.join(0.3)
+    assert closing.is_alive() and events == []  # waiting for the frame in flight
+    release.set()
+    worker.join(10)
+    closing.join(10)
+    assert events == ["step done", "closed"]
+
+    other = predictor.video_stream()
+
+    def broken_close():
+        raise RuntimeError("sticky CUDA error")
+
+    other.state.close = broken_close
+    backend_closed = []
+    close_backend = backend.close
+    backend.close = lambda: (backend_closed.append(True), close_backend())
+    with pytest.raises(RuntimeError, match="sticky CUDA error"):
+        predictor.close()
+    assert backend_closed == [True]

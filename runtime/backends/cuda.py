@@ -158,6 +158,10 @@ class PyCuda:
         copy.src_pitch, copy.dst_pitch, copy.width_in_bytes, copy.height = spitch, dpitch, width, height
         self.stream.synchronize()  # the zeroing queued on this stream first (a no-op when idle)
         copy(aligned=False)
+        # A device-to-device copy returns before it is done even from this synchronous call (CUDA
+        # Runtime API, "API synchronization behavior"): wait for it in the context before the next
+        # frame's step reads the slot (the copy ran on the legacy default stream, not this one).
+        self.cuda.Context.synchronize()
 
     def zero(self, device: int, nbytes: int) -> None:
         self.cuda.memset_d8_async(device, 0, nbytes, self.stream)  # pycuda 2022.2 and later

@@ -20,6 +20,7 @@ from commands.errors import InputError
 from ..align import FlickerMeter, Stabilizer
 from ..pointcloud import Intrinsics, bounded_stride
 from ..preprocessing import check_image
+from ..video_stream import close_quietly
 from .align import FramePipeline
 from .bag_writer import BagWriter
 from .messages import (
@@ -174,10 +175,10 @@ class BagPass:
                         frame.camera.video = predictor.video_stream(name=frame.topic)
                     self.results.append(frame.camera.video.push(image, stamp=frame.timestamp * 1e-9))
                     self.flush()
-            finally:  # the bag's streams end with it (their GPU buffers with TensorRT)
+            finally:  # the bag's streams end with it (their GPU buffers with TensorRT), each one
                 for camera in self.cameras.values():
                     if camera.video is not None:
-                        camera.video.close()
+                        close_quietly(camera.video)
         else:
             cycles = batched(self.frames(every, max_frames, max_pixels), len(self.cameras))
             # A model of depth per focal length: its raw output, made metres per frame from that
