@@ -72,7 +72,7 @@ def _ready(request):
     return ready_step(job, *source_step(job))
 
 
-def _broken(qdq, folder):
+def scaled_activations(qdq, folder):
     """A copy of the Q/DQ graph whose activations' scales are a fifth of the calibrated ones (each
     activation clips at a fifth of its range), with the original's reference beside it."""
     import shutil
@@ -147,7 +147,7 @@ def test_an_int8_ready_onnx_leaves_the_sky_step_to_the_runtime_and_is_checked_on
     assert checked.value == pytest.approx(report["errors"]["depth"], rel=1e-4)
     assert _verify(qdq) == 0  # runtime.verify: ONNX Runtime's backend applies the step too
     # a broken Q/DQ graph fails the same check
-    broken = _broken(qdq, tmp_path)
+    broken = scaled_activations(qdq, tmp_path)
     failed = score(ready.expected, _as_the_runtime_runs_it(broken, reference))
     assert not failed.passed and failed.value > BUDGET
     capsys.readouterr()

@@ -27,6 +27,7 @@ from runtime.accuracy import INT8_METRICS
 from runtime.backends.onnxruntime import OnnxRuntimeBackend
 from runtime.reference import load_reference, reference_path
 from runtime.stream_check import check_backend, is_stream_reference
+from tests.test_trt_da3_int8 import scaled_activations
 from train.models import load_model
 
 from .video_fixtures import vda_state_dict
@@ -100,13 +101,7 @@ def test_a_broken_qdq_stream_fails_its_stream_reference(made, tmp_path):
     """Activation scales at a fifth of the calibrated ones (runtime.verify), or the cache not
     carried from frame to frame (zeros every frame): over the budget."""
     qdq = made["qdq"].path
-    model = onnx.load(str(qdq))
-    scales = {n.input[1] for n in model.graph.node if n.op_type == "QuantizeLinear"}
-    for init in model.graph.initializer:
-        if init.name in scales:
-            init.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(init) * np.float32(0.2), init.name))
-    broken = tmp_path / "broken.onnx"
-    onnx.save(model, str(broken))
+    broken = scaled_activations(qdq, tmp_path)
     reference = str(reference_path(qdq))
     done = run_module("runtime.verify", str(broken), "--reference", reference, cwd=tmp_path)
     assert done.returncode == 1 and "over its reference's tolerance" in done.stderr, done.stdout + done.stderr

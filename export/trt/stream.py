@@ -225,11 +225,12 @@ def stream_reference(record: Artefact, fp32: Artefact | None, precision: str) ->
     FP16-typed ONNX without its reference or source, or a Q/DQ one without its own: its engine is not
     checked). A Q/DQ source's reference holds FP32 depths at its INT8 budget: what is typed from it
     inherits that budget (``precision`` int8)."""
-    own = record.reference_data
-    if own is not None and is_stream_reference(own) and own.meta.get("artefact_sha256") == digest_of(record):
+    own, own_digest = record.reference_data, digest_of(record)  # each file read once for its digest
+    if own is not None and is_stream_reference(own) and own.meta.get("artefact_sha256") == own_digest:
         return own  # the ready ONNX's own, written for this very file
     base = fp32.reference_data if fp32 is not None else None
-    digest = digest_of(fp32) if fp32 is not None else None
+    same = fp32 is not None and fp32.path == record.path
+    digest = own_digest if same else digest_of(fp32) if fp32 is not None else None
     stale = base is None or not is_stream_reference(base) or base.meta.get("artefact_sha256") != digest
     if fp32 is not None and is_quantized(load_onnx(fp32.path, load_external_data=False)):
         if stale:
@@ -241,9 +242,9 @@ def stream_reference(record: Artefact, fp32: Artefact | None, precision: str) ->
         base.path = save_reference(reference_path(fp32.path), base)
     if base is None:
         return None
-    if fp32 is not None and record.path == fp32.path:
+    if same:
         return base
     made = inherited_reference(base, record.path.name, precision, base.sizes)
-    made.meta["artefact_sha256"] = digest_of(record)
+    made.meta["artefact_sha256"] = own_digest
     made.path = save_reference(reference_path(record.path), made)
     return made
