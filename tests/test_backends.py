@@ -117,7 +117,9 @@ def test_dynamic_models_use_the_keep_aspect_resize(photo, vits_dynamic_onnx, vit
 @pytest.mark.parametrize("kind", ["onnx_dynamic", "onnx_static", "openvino"])
 def test_batch_stream_and_threads_match_single_calls(kind, photo, vits_dynamic_onnx, vits_static_onnx, ir_fp32):
     model = {"onnx_dynamic": vits_dynamic_onnx.path, "onnx_static": vits_static_onnx, "openvino": ir_fp32}[kind]
-    predictor = DepthPredictor(model, precision="fp32" if kind == "openvino" else None)
+    # the dynamic model at a 266 short side: the same code paths as 518, a quarter of the tokens
+    size = {"input_size": 266} if kind == "onnx_dynamic" else {}
+    predictor = DepthPredictor(model, precision="fp32" if kind == "openvino" else None, **size)
     frames = [photo, np.ascontiguousarray(photo[:, ::-1]), cv2.resize(photo, (300, 200)), photo[50:, 40:].copy()]
     single = [predictor.predict(f) for f in frames]
     for got, want in zip(predictor.predict_batch(frames), single, strict=True):
@@ -127,7 +129,7 @@ def test_batch_stream_and_threads_match_single_calls(kind, photo, vits_dynamic_o
     for i, got in enumerate(streamed):
         assert compare(got, single[i % 4]).max_rel_std <= 1e-5
     with ThreadPoolExecutor(4) as pool:
-        threaded = list(pool.map(predictor.predict, frames * 4))
+        threaded = list(pool.map(predictor.predict, frames * 2))
     for i, got in enumerate(threaded):
         assert compare(got, single[i % 4]).max_rel_std <= 1e-5
 

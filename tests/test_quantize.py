@@ -21,13 +21,14 @@ from runtime.preprocessing import prepare_fixed
 from runtime.reference import load_reference, reference_path
 from tests.sa1b import held_out_photos, make_shard
 
-# Stated bounds for INT8 (and FP16) against FP32 on held-out photographs, calibrated and run
-# at the deployment resolution 518x518: the worst pixel relative to the map's peak, and the
-# mean relative error after the least-squares scale-and-shift alignment that relative depth is
-# compared under. The deterministic parity weights are random, not trained, and far more
-# fragile to quantization noise than a trained model: measured max 0.06-0.11, aligned
-# 0.035-0.10 (percentile 99.99 %, 12 calibration images). Hence the loose bars, plus a check
-# that INT8 is far closer to FP32 than an unrelated depth map is.
+# Stated bounds for INT8 (and FP16) against FP32 on held-out photographs: the worst pixel
+# relative to the map's peak, and the mean relative error after the least-squares scale-and-shift
+# alignment that relative depth is compared under. The deterministic parity weights are random,
+# not trained, and far more fragile to quantization noise than a trained model: measured at the
+# deployment resolution 518x518, max 0.06-0.11, aligned 0.035-0.10 (percentile 99.99 %, 12
+# calibration images). Hence the loose bars, plus a check that INT8 is far closer to FP32 than an
+# unrelated depth map is. The suite runs them at 266x266 (a quarter of the tokens; the same graph
+# and code paths), which keeps its time; the bars are the same.
 INT8_MAX_REL = 0.2
 INT8_ALIGNED_REL = 0.15
 # The cpu target for CPUs without VNNI stores 7-bit weights (export.quantize.arithmetic): half the
@@ -37,7 +38,7 @@ INT8_ALIGNED_REL_7BIT = 0.2
 # they compute the arithmetic the model was made for, whichever x86 CPU runs the test.
 NATIVE_RATIO, NATIVE_SLACK = 1.25, 0.005
 FP16_MAX_REL = 0.01
-SIZE = (518, 518)
+SIZE = (266, 266)
 
 
 def aligned_rel(pred: np.ndarray, ref: np.ndarray) -> float:
@@ -148,6 +149,8 @@ def test_trt_int8_onnx_only_from_an_sa1b_shard(tmp_path, vits_checkpoint):
             "1",
             "--trt-version",
             "10.3",
+            "--size",
+            "266x266",
             "--output",
             str(out / "vits.int8.engine"),
         ],
@@ -172,7 +175,7 @@ def test_trt_int8_onnx_only_from_an_sa1b_shard(tmp_path, vits_checkpoint):
     # everything it wrote is inside the output folder (the shard folder is untouched)
     assert {p.name for p in tmp_path.iterdir()} == {"sa1b", "out"}
     assert [p.name for p in (tmp_path / "sa1b").iterdir()] == ["sa_000000.tar"]
-    fp32 = DepthPredictor(out / "depth_anything_v2_vits.518x518.onnx")
+    fp32 = DepthPredictor(out / "depth_anything_v2_vits.266x266.onnx")
     int8 = DepthPredictor(ready)
     assert int8.input_shape == (1, 3, *SIZE)
     for image in held_out_photos():
