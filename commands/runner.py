@@ -38,7 +38,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from .errors import InputError, MissingDependencyError, ModelFileError, OutputError
 
@@ -176,11 +176,13 @@ def command(prog: str, sigterm: bool = False) -> Callable[[Callable[[list[str] |
 
     def wrap(main: Callable[[list[str] | None], int]) -> Callable[..., int]:
         @functools.wraps(main)
-        def run(argv: list[str] | None = None) -> int:
+        def run(argv: list[str] | None = None, **options: Any) -> int:
+            # options: keyword-only parameters of main that no flag reaches (callers in Python only)
+            call = functools.partial(main, **options) if options else main
             if not sigterm:
-                return run_command(main, argv, prog)
+                return run_command(call, argv, prog)
             with sigterm_as_interrupt():
-                return run_command(main, argv, prog)
+                return run_command(call, argv, prog)
 
         return run
 

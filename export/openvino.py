@@ -62,6 +62,8 @@ def export_openvino(
     calibration=None,
     verify_shape: tuple[int, int] | None = None,
     int8: Int8Options | None = None,
+    *,
+    tolerance: float | None = None,
 ) -> Artefact:
     """Convert an ONNX model (a path, or its record) to IR at ``output`` (``.xml`` + ``.bin``);
     returns the IR's record, also written to its sidecar.
@@ -72,6 +74,10 @@ def export_openvino(
     Nothing is written unless the saved IR, read back, matches ONNX Runtime FP32 on the source
     ONNX within ``TOLERANCES[precision]``. An interrupted export leaves the previous pair or
     none (never a new .bin beside an old .xml); the next export removes its temporary folder.
+
+    ``tolerance``: that bound instead of ``TOLERANCES[precision]``, for ``benchmarks.family_cost``
+    alone (the cost of a ViT-L INT8 IR whose numbers it does not use); no flag reaches it. The
+    record holds the bound the IR was held to, the error it had and, where they differ, the default.
     """
     ov = import_openvino()
     output = Path(output)
@@ -80,6 +86,7 @@ def export_openvino(
     source = Artefact.of(onnx_path)
     onnx_path = source.path
     check_precision(precision)
+    bound = TOLERANCES[precision] if tolerance is None else float(tolerance)
     if output.suffix != ".xml":
         raise ExportRequestError(f"{output}: OpenVINO IR files end in .xml")
     if precision == "int8" and calibration is None:
@@ -122,10 +129,10 @@ def export_openvino(
             check, shape = (
                 verify_stream_ir(ov, staged, onnx_path) if stream else (verify_ir(ov, staged, onnx_path, shape), shape)
             )
-        if not check.max_rel_std <= TOLERANCES[precision]:  # NaN fails too
+        if not check.max_rel_std <= bound:  # NaN fails too
             raise ExportError(
                 f"the {precision} IR differs from ONNX Runtime FP32 at {shape[0]}x{shape[1]}: {check}, over the "
-                f"tolerance {TOLERANCES[precision]:g}; nothing was written"
+                f"tolerance {bound:g}; nothing was written"
             )
         # Old metadata and .xml go first, the new .xml lands last: at every moment the folder
         # holds the old pair, no loadable pair, or the new pair.
@@ -152,7 +159,8 @@ def export_openvino(
         "verification": {
             "against": "ONNX Runtime FP32 on the source ONNX (IR run with f32 inference)",
             "metric": MAX_REL_STD,
-            "tolerance": TOLERANCES[precision],
+            "tolerance": bound,
+            **({"default_tolerance": TOLERANCES[precision]} if bound != TOLERANCES[precision] else {}),
             "checks": {f"{shape[0]}x{shape[1]}": vars(check)},
         },
         "seconds": round(time.perf_counter() - started, 2),
@@ -224,9 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 @command("python -m export.openvino")
 @speaks_flags
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, int8_tolerance: float | None = None) -> int:
+    """``int8_tolerance``: the INT8 IR's verification bound instead of ``TOLERANCES["int8"]``, for
+    ``benchmarks.family_cost``'s ViT-L cost only. Deliberately no flag: a user's IR is held to it."""
     args = build_parser().parse_args(argv)
     check_request(args)
+    if int8_tolerance is not None and args.precision != "int8":
+        raise ExportRequestError(f"int8_tolerance applies to --int8 only, not --{args.precision}")
     output = args.output or default_output(args_stem(args), f".{args.precision}.xml")
     height, width = args.size or (518, 518)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -248,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         options = Int8Options.from_args(args)
         with stage("reading the calibration images"):
             calibration = read_int8_images(options, (height, width), output.parent / ".calib_cache")
-    data = export_openvino(source, output, args.precision, calibration, (height, width), options)
+    hw = (height, width)
+    data = export_openvino(source, output, args.precision, calibration, hw, options, tolerance=int8_tolerance)
     accuracy = (data.get("quantization") or {}).get("accuracy")
     if accuracy:
         floats = f", {len(accuracy['float_layers'])} in float" if accuracy["float_layers"] else ""

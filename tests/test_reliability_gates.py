@@ -99,3 +99,40 @@ def test_openvino_gate_rejects_a_damaged_ir(tmp_path, vits_small_onnx, calibrati
         export_openvino(vits_small_onnx, out, precision, calib)
     assert list(out.parent.iterdir()) == []
     assert read_sidecar(out) is None
+
+
+def test_only_the_benchmarks_call_lifts_the_int8_bound(tmp_path, tiny_onnx, monkeypatch, capsys):
+    """A damaged INT8 IR, over the broken-artefact bound, lands only by ``benchmarks.family_cost``'s
+    ViT-L step (the keyword of its one call, which no flag of ``export.openvino`` reaches), with its
+    record saying the bound it was held to (infinite), the default and the error it had; the command
+    refuses the same IR right after, in the same process (the module's bound untouched)."""
+    import openvino
+
+    import export.openvino as command
+    from benchmarks.family_cost import FAMILIES, VIT_L, int8_command, int8_unbounded
+    from tests.sa1b import make_shard
+
+    assert [int8_command(f) for f in FAMILIES] == [["export.openvino"]] * len(FAMILIES)
+    assert all(int8_command(f) == ["benchmarks.family_cost", "int8-unbounded"] for f in VIT_L)
+    flags = " ".join(command.build_parser()._option_string_actions)
+    assert "toler" not in flags and "bound" not in flags, flags
+    save = openvino.save_model
+
+    def save_then_damage(model, path, *args, **kwargs):
+        save(model, path, *args, **kwargs)
+        negate_largest_weights(Path(path))
+
+    monkeypatch.setattr(openvino, "save_model", save_then_damage)
+    shards = make_shard(tmp_path / "sa1b" / "sa_000000.tar", count=6, faults=False).parent
+    argv = ["--onnx", str(tiny_onnx), "--int8", "--calib-dir", str(shards), "--calib-samples", "5"]
+    argv += ["--accuracy-budget", "off"]
+    lifted = tmp_path / "lifted" / "m.int8.xml"
+    assert int8_unbounded([*argv, "--output", str(lifted)]) == 0, capsys.readouterr().err
+    verification = read_sidecar(lifted)["verification"]
+    assert verification["tolerance"] == float("inf") and verification["default_tolerance"] == TOLERANCES["int8"]
+    ((error,),) = [[check["max_rel_std"]] for check in verification["checks"].values()]
+    assert error > TOLERANCES["int8"] == command.TOLERANCES["int8"] == 2.0
+    refused = tmp_path / "refused" / "m.int8.xml"
+    assert command.main([*argv, "--output", str(refused)]) == 1
+    assert f"over the tolerance {TOLERANCES['int8']:g}; nothing was written" in capsys.readouterr().err
+    assert not refused.exists() and read_sidecar(refused) is None
