@@ -9,11 +9,15 @@ frame's hidden states, so a plain ONNX Runtime or OpenVINO session runs the stre
 Between frames the caller writes the hidden states into the cache and moves ``slot_pos`` on
 (``runtime.video_state.StreamState``: two calls). One fixed input size per graph: the cache's
 token counts follow from it.
+
+Python 3.8 clean: ``export.trt.stream`` (JetPack 5) runs its stream graphs with ``OrtStream`` and
+tells them with ``is_stream_onnx``; PyTorch and OpenVINO are imported where they are used.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +31,8 @@ from runtime.stream_check import stream_depths
 from runtime.video_state import STREAM_INPUTS, STREAM_OUTPUTS, StreamState, slot_positions
 
 from .errors import ExportError, ExportRequestError
-from .metrics import verification_frames
+from .graph import load_onnx
+from .metrics import OnnxRuntimeRunner, verification_frames
 
 VERIFY_FRAMES = 3
 
@@ -97,15 +102,52 @@ def torch_step(model: Any) -> Any:
     return step
 
 
-def onnxruntime_step(path: str | Path) -> Any:
-    ort = require("onnxruntime", "onnx", "ONNX Runtime")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    names = ["image", *STREAM_INPUTS]
+def is_stream_inputs(names: Iterable[str], image: str | None = None) -> bool:
+    """The one test of a Video Depth Anything stream graph, by its input names in order: the frame
+    (named ``image`` where given: a TensorRT stream engine's runtime binds it by that name), then
+    ``slot_pos`` and ``cache0`` .. ``cache7`` (``runtime.video_state.STREAM_INPUTS``)."""
+    names = tuple(names)
+    return names[1:] == STREAM_INPUTS and (image is None or names[:1] == (image,))
 
-    def step(batch: np.ndarray, slot_pos: np.ndarray, cache: list[np.ndarray]) -> list[np.ndarray]:
-        return session.run(None, dict(zip(names, (batch, slot_pos, *cache), strict=True)))
 
-    return step
+def is_stream_onnx(model: Any, image: str | None = None) -> bool:
+    """Whether an ONNX model (an ``onnx.ModelProto``, or the file at a path: read without its
+    external data) is a stream graph (``is_stream_inputs``)."""
+    if isinstance(model, (str, Path)):
+        model = load_onnx(model, load_external_data=False)
+    return is_stream_inputs((i.name for i in model.graph.input), image)
+
+
+def is_stream_graph(model: Any) -> bool:
+    """An OpenVINO model (or ONNX-imported one) that is a stream step (``is_stream_inputs``)."""
+    return is_stream_inputs(p.any_name for p in model.inputs)
+
+
+class OrtStream:
+    """One ONNX Runtime CPU session of a stream graph as a ``step(image, slot_pos, cache) -> [depth,
+    hidden0..7]``, its inputs fed by the graph's own names and order. The session's options are
+    ``export.metrics.OnnxRuntimeRunner``'s: ONNX Runtime's defaults (its thread count, FP32
+    arithmetic), or with ``as_written`` a Q/DQ graph's pairs run as written (float simulation)."""
+
+    def __init__(self, path: str | Path, as_written: bool = False) -> None:
+        self.session = OnnxRuntimeRunner(path, as_written=as_written).session
+        inputs = self.session.get_inputs()
+        self.names = [i.name for i in inputs]
+        self.size = tuple(inputs[0].shape[2:])  # (height, width): one fixed size per stream graph
+        self.shapes = [tuple(i.shape) for i in inputs[2:]]
+
+    def feeds(self, batch: np.ndarray, slot_pos: np.ndarray, cache: list) -> dict:
+        values = (batch, slot_pos, *cache)
+        if len(values) != len(self.names):
+            raise ValueError(f"the stream graph takes {len(self.names)} inputs, got {len(values)}")
+        return dict(zip(self.names, values))
+
+    def __call__(self, batch: np.ndarray, slot_pos: np.ndarray, cache: list) -> list:
+        return self.session.run(None, self.feeds(batch, slot_pos, cache))
+
+    def depths(self, batches: list) -> list:
+        """Depth per frame, the frames as one stream with this model's own cache carried."""
+        return [np.asarray(d).reshape(d.shape[-2:]) for d in stream_depths(self, self.shapes, batches)]
 
 
 def export_step(model: Any, path: Path, height: int, width: int, opset: int) -> None:
@@ -136,8 +178,8 @@ def verify_stream(model: Any, path: Path, batches: list[np.ndarray], tolerance: 
     height, width = batches[0].shape[-2:]
     shapes = model.state_shapes(height, width)
     expected = run_stream(torch_step(model), shapes, batches)
-    got = run_stream(onnxruntime_step(path), shapes, batches)
-    checks = [compare(g, e) for g, e in zip(got, expected, strict=True)]
+    got = run_stream(OrtStream(path), shapes, batches)
+    checks = [compare(g, e) for g, e in zip(got, expected)]
     worst = max(checks, key=lambda c: c.max_rel_std if c.max_rel_std == c.max_rel_std else float("inf"))
     if not worst.max_rel_std <= tolerance:
         raise ExportError(
@@ -147,18 +189,13 @@ def verify_stream(model: Any, path: Path, batches: list[np.ndarray], tolerance: 
     return worst
 
 
-def is_stream_graph(model: Any) -> bool:
-    """An OpenVINO model (or ONNX-imported one) that is a stream step."""
-    return tuple(p.any_name for p in model.inputs)[1:] == STREAM_INPUTS
-
-
 def openvino_step(ov: Any, model: Any) -> Any:
     compiled = openvino_core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
     names = [p.any_name for p in model.inputs]
 
     def step(batch: np.ndarray, slot_pos: np.ndarray, cache: list[np.ndarray]) -> list[np.ndarray]:
-        request.infer(dict(zip(names, (batch, slot_pos, *cache), strict=True)))
+        request.infer(dict(zip(names, (batch, slot_pos, *cache))))
         return [request.get_output_tensor(i).data.copy() for i in range(len(compiled.outputs))]
 
     return step
@@ -175,8 +212,8 @@ def verify_stream_ir(ov: Any, xml: Path, onnx_path: Path) -> tuple[Comparison, t
     (height, width), shapes = stream_shape(model)
     batches = stream_frames(height, width)
     got = run_stream(openvino_step(ov, model), shapes, batches)
-    expected = run_stream(onnxruntime_step(onnx_path), shapes, batches)
-    checks = [compare(g, e) for g, e in zip(got, expected, strict=True)]
+    expected = run_stream(OrtStream(onnx_path), shapes, batches)
+    checks = [compare(g, e) for g, e in zip(got, expected)]
     return max(checks, key=lambda c: c.max_rel_std if c.max_rel_std == c.max_rel_std else float("inf")), (height, width)
 
 
@@ -195,7 +232,7 @@ def quantize_stream_openvino(ov: Any, model: Any, images: Any) -> tuple[Any, dic
     feeds, state = [], StreamState(max_gap=None)
     for batch in images:
         slot_pos, cache = state.inputs(shapes)
-        feeds.append(dict(zip(names, (batch, slot_pos.copy(), *(c.copy() for c in cache)), strict=True)))
+        feeds.append(dict(zip(names, (batch, slot_pos.copy(), *(c.copy() for c in cache)))))
         state.update(float_step(batch, slot_pos, cache)[1:])
     with alternate_stack_kept():  # NNCF's own OpenVINO Cores: see runtime.backends.signal_stack
         quantized = nncf.quantize(

@@ -203,3 +203,38 @@ def stress_tiny(tmp_path_factory, tiny_spec):
     path = export_onnx(stress_model(tiny_spec, STRESS_SEED), folder / "stress.onnx", 56, 56).path
     make_shard(folder / "sa1b" / "sa_0.tar", 14, faults=False)
     return path, HeldOutSplit(CalibrationSet(folder / "sa1b", 14, (56, 56), progress=False), 4)
+
+
+@pytest.fixture(scope="module")
+def calib_dir(tmp_path_factory) -> Path:
+    """A ``--calib-dir``: one SA-1B shard of 8 clean images (the INT8 tests' 6 + 2 held out); one
+    per module, as the tests write beside it."""
+    from tests.sa1b import make_shard
+
+    folder = tmp_path_factory.mktemp("calib") / "sa1b"
+    make_shard(folder / "sa_0.tar", 8, faults=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def vda_checkpoint(tmp_path_factory) -> Path:
+    """The Video Depth Anything test weights (``tests.video_fixtures``) as an official ``.pth``."""
+    from tests.video_fixtures import write_vda_checkpoint
+
+    return write_vda_checkpoint(tmp_path_factory.mktemp("vda"))
+
+
+@pytest.fixture(scope="module")
+def vda_stream(tmp_path_factory) -> dict:
+    """The test weights' stream step exported at opset 17 and ``STREAM_SIZE`` (56x84): the model,
+    its checkpoint and the ONNX path, in a folder of their own per module (tests write beside it)."""
+    from export.onnx import export_onnx
+    from tests.video_fixtures import STREAM_SIZE, write_vda_checkpoint
+    from train.models import load_model
+
+    folder = tmp_path_factory.mktemp("vda_stream")
+    checkpoint = write_vda_checkpoint(folder)
+    model = load_model(checkpoint)
+    path = folder / "vda.onnx"
+    export_onnx(model, path, *STREAM_SIZE, verify=False, opset=17)
+    return {"model": model, "checkpoint": checkpoint, "path": path}

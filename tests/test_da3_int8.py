@@ -53,15 +53,6 @@ def picture(height: int = 48, width: int = 64) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def calib(tmp_path_factory):
-    from tests.sa1b import make_shard
-
-    folder = tmp_path_factory.mktemp("da3_calib") / "sa1b"
-    make_shard(folder / "sa_0.tar", 8, faults=False)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def snapshot(tmp_path_factory):
     return write_snapshot(tmp_path_factory.mktemp("da3_int8") / "DA3-SMALL", "da3-small", da3_state_dict("da3-small"))
 
@@ -159,7 +150,7 @@ def _verify(artefact) -> dict:
         return verify_backend(predictor._backend, reference_for(artefact)).to_dict()
 
 
-def test_da3_small_snapshot_to_qdq_and_openvino_int8(tmp_path, snapshot, calib):
+def test_da3_small_snapshot_to_qdq_and_openvino_int8(tmp_path, snapshot, calib_dir):
     from export.onnx import main as onnx_main
     from export.openvino import main as openvino_main
     from export.quantize.__main__ import main as quantize_main
@@ -167,10 +158,20 @@ def test_da3_small_snapshot_to_qdq_and_openvino_int8(tmp_path, snapshot, calib):
     onnx = tmp_path / "da3s.onnx"
     assert onnx_main(["--checkpoint", str(snapshot), "--size", "56x70", "--output", str(onnx)]) == 0
     int8 = tmp_path / "da3s.int8-cpu.onnx"
-    args = ["--onnx", str(onnx), "--output", str(int8), "--calib-dir", str(calib), "--target", "cpu"]
+    args = ["--onnx", str(onnx), "--output", str(int8), "--calib-dir", str(calib_dir), "--target", "cpu"]
     assert quantize_main([*args, *CALIBRATION]) == 0
     xml = tmp_path / "da3s.int8.xml"
-    args = ["--checkpoint", str(snapshot), "--int8", "--size", "56x70", "--output", str(xml), "--calib-dir", str(calib)]
+    args = [
+        "--checkpoint",
+        str(snapshot),
+        "--int8",
+        "--size",
+        "56x70",
+        "--output",
+        str(xml),
+        "--calib-dir",
+        str(calib_dir),
+    ]
     assert openvino_main([*args, *CALIBRATION]) == 0
     image = picture()
     with DepthPredictor(onnx) as predictor:
@@ -219,13 +220,13 @@ def mono_metric():
     return net
 
 
-def test_metres_per_focal_int8_with_its_sky(tmp_path, mono_metric, calib):
+def test_metres_per_focal_int8_with_its_sky(tmp_path, mono_metric, calib_dir):
     from export.onnx import export_onnx
     from export.quantize.__main__ import main as quantize_main
 
     onnx = export_onnx(mono_metric, tmp_path / "metric.onnx", *SIZE).path
     int8 = tmp_path / "metric.int8-cpu.onnx"
-    args = ["--onnx", str(onnx), "--output", str(int8), "--calib-dir", str(calib), "--target", "cpu"]
+    args = ["--onnx", str(onnx), "--output", str(int8), "--calib-dir", str(calib_dir), "--target", "cpu"]
     assert quantize_main([*args, *CALIBRATION]) == 0
     report = json.loads(quant_report_path(int8).read_text())
     assert report["metric"] == ABS_REL_DEPTH and report["extra_outputs"] == ["sky"]

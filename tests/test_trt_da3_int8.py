@@ -44,15 +44,6 @@ def _inputs(batch: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def calib(tmp_path_factory):
-    from tests.sa1b import make_shard
-
-    folder = tmp_path_factory.mktemp("da3_trt_calib") / "sa1b"
-    make_shard(folder / "sa_0.tar", 8, faults=False)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def mono_onnx(tmp_path_factory):
     """A DA3Mono-shaped network (depth up to scale, with its sky head) on a ViT-S with the fixtures'
     deterministic weights, the sky head's bias set so that part of each image is sky; exported at
@@ -63,8 +54,8 @@ def mono_onnx(tmp_path_factory):
     return export_onnx(net, tmp_path_factory.mktemp("da3_trt") / "mono.onnx", *SIZE).path
 
 
-def _int8(calib) -> Int8Options:
-    return Int8Options(calib_dir=calib, samples=6, held_out=2, budget=BUDGET)
+def _int8(calib_dir) -> Int8Options:
+    return Int8Options(calib_dir=calib_dir, samples=6, held_out=2, budget=BUDGET)
 
 
 def _ready(request):
@@ -103,9 +94,9 @@ def _verify(path) -> int:
 
 
 def test_an_int8_ready_onnx_leaves_the_sky_step_to_the_runtime_and_is_checked_on_its_depth(
-    mono_onnx, calib, tmp_path, capsys
+    mono_onnx, calib_dir, tmp_path, capsys
 ):
-    request = TrtRequest(precision="int8", onnx=mono_onnx, onnx_only=True, trt_version="8.6", int8=_int8(calib))
+    request = TrtRequest(precision="int8", onnx=mono_onnx, onnx_only=True, trt_version="8.6", int8=_int8(calib_dir))
     request.output = tmp_path / "m.int8.engine"
     ready = _ready(request)
     qdq, sky_less = ready.record.path, tmp_path / "m.int8.sky-less.onnx"
@@ -155,7 +146,7 @@ def test_an_int8_ready_onnx_leaves_the_sky_step_to_the_runtime_and_is_checked_on
     assert "over its reference's tolerance" in capsys.readouterr().err
 
 
-def test_a_qdq_graph_with_the_sky_step_inside_is_cut_with_its_reference(mono_onnx, calib, tmp_path):
+def test_a_qdq_graph_with_the_sky_step_inside_is_cut_with_its_reference(mono_onnx, calib_dir, tmp_path):
     """A Q/DQ graph quantized with the step inside (``export.quantize`` before it cut the step): its
     budget was measured on the depth after the in-graph step, which the cut graph plus the runtime's
     step computes, so its reference carries over whole. It was refused by the parser rules' TopK
@@ -164,7 +155,7 @@ def test_a_qdq_graph_with_the_sky_step_inside_is_cut_with_its_reference(mono_onn
     from export.quantize.budget import export_int8
     from export.trt.build import build_trt
 
-    given = export_int8(Artefact.read(mono_onnx), tmp_path / "given.int8.onnx", _int8(calib), SIZE, "tensorrt").path
+    given = export_int8(Artefact.read(mono_onnx), tmp_path / "given.int8.onnx", _int8(calib_dir), SIZE, "tensorrt").path
     assert any(n.op_type == "TopK" for n in onnx.load(str(given), load_external_data=False).graph.node)
     # refused after the cut (a profile for its fixed input): the cut copy, sidecar and reference go again
     refused = TrtRequest(precision="int8", onnx=given, onnx_only=True, trt_version="8.6")
@@ -193,14 +184,14 @@ def test_a_qdq_graph_with_the_sky_step_inside_is_cut_with_its_reference(mono_onn
     assert score(ready.expected, got).passed and _verify(cut) == 0
 
 
-def test_export_quantize_for_tensorrt_writes_the_sky_less_graph(mono_onnx, calib, tmp_path):
+def test_export_quantize_for_tensorrt_writes_the_sky_less_graph(mono_onnx, calib_dir, tmp_path):
     """``python -m export.quantize --target tensorrt`` on a DA3 mono graph writes the TensorRT-ready
     Q/DQ graph (the step left to the runtime, its budget measured on the step's depth), which
     ``export.trt`` then takes as it is."""
     from export.quantize.__main__ import main as quantize_main
 
     output = tmp_path / "q" / "mono.int8.onnx"
-    calibration = ["--calib-dir", str(calib), "--calib-samples", "6", "--accuracy-images", "2"]
+    calibration = ["--calib-dir", str(calib_dir), "--calib-samples", "6", "--accuracy-images", "2"]
     args = ["--onnx", str(mono_onnx), "--output", str(output), *calibration, "--accuracy-budget", str(BUDGET)]
     assert quantize_main(args) == 0
     model = onnx.load(str(output), load_external_data=False)
@@ -219,7 +210,7 @@ def test_export_quantize_for_tensorrt_writes_the_sky_less_graph(mono_onnx, calib
     assert typed.expected.meta["sky_step"] == "runtime" and any(typed.expected.in_budget)
     # the sky-less FP32 graph it was quantized from, given to export.trt --int8: calibrated as it is
     sky_less = output.with_name("mono.sky-less.onnx")
-    request = TrtRequest(precision="int8", onnx=sky_less, onnx_only=True, trt_version="8.6", int8=_int8(calib))
+    request = TrtRequest(precision="int8", onnx=sky_less, onnx_only=True, trt_version="8.6", int8=_int8(calib_dir))
     request.output = tmp_path / "q" / "again.int8.engine"
     again = _ready(request)
     assert again.source.path == sky_less and sky_step_fact(onnx.load(str(again.record.path)))
@@ -230,7 +221,7 @@ def _sky_less_files(folder) -> list:
     return sorted(p.name for p in folder.rglob("*.sky-less.onnx*"))
 
 
-def test_a_refused_int8_command_leaves_no_sky_less_copy(mono_onnx, calib, tmp_path):
+def test_a_refused_int8_command_leaves_no_sky_less_copy(mono_onnx, calib_dir, tmp_path):
     """The sky-less copy (and its sidecar) was written before the calibration images were read or
     the budget met, and stayed behind when the command failed (found in review)."""
     from export.quantize.__main__ import main as quantize_main
@@ -244,12 +235,12 @@ def test_a_refused_int8_command_leaves_no_sky_less_copy(mono_onnx, calib, tmp_pa
     trt = ["--onnx", str(mono_onnx), "--int8", "--onnx-only", "--trt-version", "8.6"]
     assert trt_main([*trt, "--calib-dir", str(empty), "--output", str(tmp_path / "t" / "m.int8.engine")]) == 2
     assert _sky_less_files(tmp_path) == []
-    calibration = ["--calib-dir", str(calib), "--calib-samples", "6", "--accuracy-images", "2"]
+    calibration = ["--calib-dir", str(calib_dir), "--calib-samples", "6", "--accuracy-images", "2"]
     assert quantize_main(["--onnx", str(mono_onnx), *calibration, "--accuracy-budget", "0.000001", *output]) == 1
     assert _sky_less_files(tmp_path) == [] and not (tmp_path / "q" / "mono.int8.onnx").exists()
 
 
-def test_export_quantize_takes_a_sky_less_graph_for_tensorrt_only(mono_onnx, calib, tmp_path, capsys):
+def test_export_quantize_takes_a_sky_less_graph_for_tensorrt_only(mono_onnx, calib_dir, tmp_path, capsys):
     """A sky-less FP32 graph (export.trt's cut) was refused to ``export.quantize`` for every target;
     for TensorRT the budget's probes apply the runtime's step, as ``export.trt --int8`` does when
     it calibrates that very file. ONNX Runtime's CPU Q/DQ graph is still refused."""
@@ -258,7 +249,7 @@ def test_export_quantize_takes_a_sky_less_graph_for_tensorrt_only(mono_onnx, cal
     from export.trt.sky_step import cut_source
 
     sky_less = cut_source(Artefact.read(mono_onnx), tmp_path / "mono.sky-less.onnx").path
-    calibration = ["--calib-dir", str(calib), "--calib-samples", "6", "--accuracy-images", "2"]
+    calibration = ["--calib-dir", str(calib_dir), "--calib-samples", "6", "--accuracy-images", "2"]
     args = ["--onnx", str(sky_less), *calibration, "--accuracy-budget", str(BUDGET)]
     output = tmp_path / "mono.sky-less.int8.onnx"
     assert quantize_main(args) == 0 and sky_step_fact(onnx.load(str(output), load_external_data=False))
@@ -299,7 +290,7 @@ def test_the_budget_size_joins_an_engines_check_or_the_build_is_refused():
     assert any(inherited_reference(reference, "e.engine", "int8", [(42, 70), (56, 56)]).in_budget)
 
 
-def test_an_engine_profile_without_the_calibration_size_is_checked_at_it(tiny_spec, calib, tmp_path):
+def test_an_engine_profile_without_the_calibration_size_is_checked_at_it(tiny_spec, calib_dir, tmp_path):
     """A dynamic Q/DQ ONNX calibrated at 56x56, built with a profile tuned at 42x70: its engine's
     reference held the one photograph at 42x70 and judged its mean against the budget (the rule of
     references without marks, found in review); now it holds the budget's held-out images too."""
@@ -310,7 +301,7 @@ def test_an_engine_profile_without_the_calibration_size_is_checked_at_it(tiny_sp
 
     torch.manual_seed(0)
     fp32 = export_onnx(DepthAnythingV2(tiny_spec).eval(), tmp_path / "tiny.onnx", 56, 56, dynamic=True).path
-    qdq = export_int8(Artefact.read(fp32), tmp_path / "tiny.int8.onnx", _int8(calib), (56, 56), "tensorrt").path
+    qdq = export_int8(Artefact.read(fp32), tmp_path / "tiny.int8.onnx", _int8(calib_dir), (56, 56), "tensorrt").path
     request = TrtRequest(precision="int8", onnx=qdq, onnx_only=True, trt_version="8.6")
     request.output, request.profile = tmp_path / "out" / "t.engine", Profile.build((42, 56), (42, 70), (56, 84))
     expected = _ready(request).expected
@@ -326,13 +317,13 @@ def test_an_engine_profile_without_the_calibration_size_is_checked_at_it(tiny_sp
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not gpu_ready(), reason="needs TensorRT and a CUDA GPU")
-def test_an_int8_engine_of_a_da3_mono_graph_passes_its_own_check(mono_onnx, calib, tmp_path):
+def test_an_int8_engine_of_a_da3_mono_graph_passes_its_own_check(mono_onnx, calib_dir, tmp_path):
     """On a GPU: the INT8 engine is built, checked against the Q/DQ graph's reference during the
     build (the runtime's step applied to its depth) and again by ``runtime.verify``. Not run on the
     machine these tests were written on (no GPU): docs/tensorrt-jetson.md says what is unmeasured."""
     from export.trt.build import build_trt
 
-    request = TrtRequest(precision="int8", onnx=mono_onnx, int8=_int8(calib), output=tmp_path / "m.int8.engine")
+    request = TrtRequest(precision="int8", onnx=mono_onnx, int8=_int8(calib_dir), output=tmp_path / "m.int8.engine")
     record = build_trt(request)
     assert record.get("sky_step") == "runtime" and record.get("verification", {}).get("checked")
     assert _verify(record.path) == 0

@@ -8,36 +8,27 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from export.graph import Graph
 from export.onnx import export_onnx
 from export.quantize.fp16 import FP32_OPS, convert_to_fp16
 from export.trt.rules import TrtVersion, check_model
 from export.trt.stream import MOTION_MODULES, fp32_stream_nodes, is_stream_graph, stream_shapes
-from train.models import load_model
 
-from .video_fixtures import vda_state_dict
+from .video_fixtures import STREAM_SIZE
 
 REPO = Path(__file__).resolve().parents[1]
-HEIGHT, WIDTH = 56, 84  # 4x6 patches: the smallest quick export with every level of the head
+HEIGHT, WIDTH = STREAM_SIZE
 
 
 @pytest.fixture(scope="module")
-def stream(tmp_path_factory):
+def stream(vda_stream):
     """The stream step exported at opset 17 (10.x, 11, 8.6) and 16 (what export.trt exports for 8.5)."""
     import onnx
 
-    folder = tmp_path_factory.mktemp("vda_trt")
-    checkpoint = folder / "video_depth_anything_vits.pth"
-    torch.save(vda_state_dict(), checkpoint)
-    model = load_model(checkpoint)
-    paths = {}
-    for opset in (17, 16):
-        paths[opset] = folder / f"vda_{opset}.onnx"
-        export_onnx(model, paths[opset], HEIGHT, WIDTH, verify=False, opset=opset)
-    loaded = {o: onnx.load(str(p)) for o, p in paths.items()}
-    return {"model": model, "checkpoint": checkpoint, "paths": paths, **loaded}
+    model, path = vda_stream["model"], vda_stream["path"]
+    export_onnx(model, path.with_name("vda_16.onnx"), HEIGHT, WIDTH, verify=False, opset=16)
+    return {"model": model, 17: onnx.load(str(path)), 16: onnx.load(str(path.with_name("vda_16.onnx")))}
 
 
 @pytest.mark.parametrize("release", ["8.6", "10.3", "10.15", "11.0"])

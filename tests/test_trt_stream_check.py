@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from export.trt.outputs import extra_outputs_fact
 from export.trt.stream import (
@@ -37,28 +36,20 @@ from runtime.reference import load_reference, reference_path, save_reference
 from runtime.stream_check import check_backend, is_stream_reference
 from runtime.video_state import STREAM_INPUTS, STREAM_OUTPUTS
 from tests.test_trt_logic import gpu_ready
-from train.models import load_model
 
-from .video_fixtures import vda_state_dict
+from .video_fixtures import STREAM_SIZE
 
 REPO = Path(__file__).resolve().parents[1]
-HEIGHT, WIDTH = 56, 84  # the smallest quick export with every level of the head
+HEIGHT, WIDTH = STREAM_SIZE
 BACKENDS = (OnnxRuntimeBackend, OpenVINOBackend)
 
 
 @pytest.fixture(scope="module")
-def stream(tmp_path_factory):
+def stream(vda_stream):
     """The stream ONNX (opset 17) and its reference, written as export.trt writes it."""
-    from export.onnx import export_onnx
-
-    folder = tmp_path_factory.mktemp("vda_check")
-    checkpoint = folder / "video_depth_anything_vits.pth"
-    torch.save(vda_state_dict(), checkpoint)
-    model = load_model(checkpoint)
-    path = folder / "vda.onnx"
-    export_onnx(model, path, HEIGHT, WIDTH, verify=False, opset=17)
+    path = vda_stream["path"]
     save_reference(reference_path(path), make_stream_reference(path, path, "fp32"))
-    return {"model": model, "checkpoint": checkpoint, "path": path, "reference": load_reference(reference_path(path))}
+    return {**vda_stream, "reference": load_reference(reference_path(path))}
 
 
 def test_the_stream_reference_holds_frames_and_their_depth_with_the_cache_carried(stream):

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
 
 from export.artefact import Artefact
 from export.quantize.budget import export_int8
@@ -28,27 +27,22 @@ from runtime.backends.onnxruntime import OnnxRuntimeBackend
 from runtime.reference import load_reference, reference_path
 from runtime.stream_check import check_backend, is_stream_reference
 from tests.test_trt_da3_int8 import scaled_activations
-from train.models import load_model
 
-from .video_fixtures import vda_state_dict
+from .video_fixtures import STREAM_SIZE
 
 REPO = Path(__file__).resolve().parents[1]
-HEIGHT, WIDTH = 56, 84
+HEIGHT, WIDTH = STREAM_SIZE
 SAMPLES, HELD_OUT = 6, 3
 BUDGET = 0.15  # untrained weights, 6 calibration images: measured 0.067 (docs/video-depth-anything.md)
 
 
 @pytest.fixture(scope="module")
-def made(tmp_path_factory):
+def made(vda_stream):
     """The stream ONNX (opset 17), calibration images and the Q/DQ stream export_int8 makes of it."""
-    from export.onnx import export_onnx
     from tests.sa1b import make_shard
 
-    folder = tmp_path_factory.mktemp("vda_int8")
-    checkpoint = folder / "video_depth_anything_vits.pth"
-    torch.save(vda_state_dict(), checkpoint)
-    path = folder / "vda.onnx"
-    export_onnx(load_model(checkpoint), path, HEIGHT, WIDTH, verify=False, opset=17)
+    checkpoint, path = vda_stream["checkpoint"], vda_stream["path"]
+    folder = path.parent
     calib = folder / "sa1b"
     make_shard(calib / "sa_0.tar", SAMPLES + HELD_OUT, faults=False)
     qdq = export_int8(Artefact.read(path), folder / "vda.int8.onnx", options(calib), (HEIGHT, WIDTH), "tensorrt")

@@ -26,13 +26,6 @@ PARITY = 1e-4
 INT8_BAR = 4.0
 
 
-@pytest.fixture(scope="module")
-def vda_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("vda") / "video_depth_anything_vits.pth"
-    torch.save(vda_state_dict(), path)
-    return path
-
-
 def official_window(frames: int) -> list[list[int]]:
     """The frame ids each frame attends to, by the official list's own rules (a model of
     ``infer_video_depth_one``'s bookkeeping, positions 0..30; the new frame is 31)."""

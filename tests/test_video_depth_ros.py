@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 from rosbags.rosbag2 import Writer as Writer2
 from rosbags.typesys import Stores, get_typestore
 
@@ -19,16 +18,14 @@ from runtime.stream_plan import HostCache
 
 from .scene_bag import Messages
 from .test_bag import read_topics
-from .video_fixtures import frames_bgr, official_stream, vda_state_dict, worst_rel_std
+from .video_fixtures import frames_bgr, official_stream, worst_rel_std
 
 TOPIC = "/cam/image_raw"
 
 
 @pytest.fixture(scope="module")
-def vda(tmp_path_factory):
-    path = tmp_path_factory.mktemp("vda") / "video_depth_anything_vits.pth"
-    torch.save(vda_state_dict(), path)
-    with DepthPredictor(path, input_size=266) as predictor:
+def vda(vda_checkpoint):
+    with DepthPredictor(vda_checkpoint, input_size=266) as predictor:
         yield predictor
 
 

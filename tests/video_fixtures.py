@@ -12,6 +12,8 @@ from benchmarks.weights import family_tensor
 
 DATA = Path(__file__).resolve().parent / "data" / "official_families"
 HEAD_BIAS = "head.scratch.output_conv2.2.bias"
+CHECKPOINT = "video_depth_anything_vits.pth"  # the official file name
+STREAM_SIZE = (56, 84)  # 4x6 patches: the smallest quick stream export with every level of the head
 
 
 def vda_keys() -> list[tuple[str, list[int]]]:
@@ -25,6 +27,15 @@ def vda_state_dict() -> dict:
     for key, shape in vda_keys():
         state[key] = torch.from_numpy(family_tensor("vda", key, shape))
     return state
+
+
+def write_vda_checkpoint(folder: Path) -> Path:
+    """``vda_state_dict`` saved as ``folder/video_depth_anything_vits.pth``."""
+    import torch
+
+    path = folder / CHECKPOINT
+    torch.save(vda_state_dict(), path)
+    return path
 
 
 def frames_bgr() -> np.ndarray:

@@ -291,7 +291,8 @@ def export_int8(source: Artefact, output: Path, options: Int8Options, shape: tup
     quantize ``source`` for ``target``; returns the record of the INT8 ONNX (its sidecar written)."""
     if options.accuracy_method != "sensitivity":
         raise ExportRequestError("`accuracy_method='nncf'` is OpenVINO's (python -m export.openvino --int8)")
-    from .stream_qdq import check_stream_target, export_stream_int8, is_stream_onnx
+    from ..video import is_stream_onnx
+    from .stream_qdq import check_stream_target, export_stream_int8
 
     stream = is_stream_onnx(source.path)  # Video Depth Anything: calibrated and measured as a stream
     if stream:

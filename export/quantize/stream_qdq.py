@@ -41,14 +41,15 @@ from runtime.accuracy import precision_rule
 from runtime.io.files import staging_dir
 from runtime.metadata import artefact_digest, sidecar_path
 from runtime.reference import Reference, image_of, make_meta, network_input, reference_path, save_reference
-from runtime.stream_check import stream_depths, stream_meta
-from runtime.video_state import STREAM_INPUTS, StreamState
+from runtime.stream_check import stream_meta
+from runtime.video_state import StreamState
 
 from ..artefact import Artefact
 from ..errors import ExportError, ExportRequestError
 from ..graph import load_onnx, save_onnx
-from ..metrics import OnnxRuntimeRunner, verification_frames
+from ..metrics import verification_frames
 from ..reference import UNMEASURED_INT8_TOLERANCE
+from ..video import OrtStream
 from .qdq import quantize_int8, select_nodes
 
 MOTION_SCOPE = ("*/motion_modules.*",)  # node-name globs of the temporal head's modules: float
@@ -58,31 +59,6 @@ CPU_REFUSAL = (
     "is a Video Depth Anything stream graph: its INT8 Q/DQ is made for TensorRT (--target tensorrt); for "
     "CPUs use the OpenVINO INT8 stream (python -m export.openvino --int8)"
 )
-
-
-def is_stream_onnx(path: Path) -> bool:
-    """Whether the ONNX at ``path`` is a stream graph (its inputs by name)."""
-    model = load_onnx(path, load_external_data=False)
-    return tuple(i.name for i in model.graph.input)[1:] == STREAM_INPUTS
-
-
-class OrtStream:
-    """One ONNX Runtime session of a stream graph as a ``step(image, slot_pos, cache)``."""
-
-    def __init__(self, path: Path, as_written: bool = False) -> None:
-        self.session = OnnxRuntimeRunner(path, as_written=as_written).session
-        self.names = [i.name for i in self.session.get_inputs()]
-        self.shapes = [tuple(i.shape) for i in self.session.get_inputs()[2:]]
-
-    def feeds(self, batch: np.ndarray, slot_pos: np.ndarray, cache: list) -> dict:
-        return dict(zip(self.names, (batch, slot_pos, *cache), strict=True))
-
-    def __call__(self, batch: np.ndarray, slot_pos: np.ndarray, cache: list) -> list:
-        return self.session.run(None, self.feeds(batch, slot_pos, cache))
-
-    def depths(self, batches: list) -> list:
-        """Depth per frame, the frames as one stream with this model's own cache carried."""
-        return [np.asarray(d).reshape(d.shape[-2:]) for d in stream_depths(self, self.shapes, batches)]
 
 
 class StreamCalibration:

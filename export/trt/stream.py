@@ -38,13 +38,13 @@ from runtime.accuracy import precision_rule
 from runtime.inherited_reference import inherited_reference
 from runtime.metadata import artefact_digest
 from runtime.reference import Reference, image_of, make_meta, network_input, reference_path, save_reference
-from runtime.stream_check import is_stream_reference, stream_depths, stream_meta
-from runtime.video_state import STREAM_INPUTS
+from runtime.stream_check import is_stream_reference, stream_meta
 
 from ..artefact import Artefact
 from ..errors import ExportRequestError
 from ..graph import Graph, is_quantized, load_onnx
 from ..metrics import verification_frames
+from ..video import OrtStream, is_stream_onnx
 
 IMAGE = "image"
 MOTION_MODULES = "/motion_modules."  # the node-name scope PyTorch gives the temporal head's modules
@@ -70,8 +70,9 @@ PROFILE_REFUSAL = (
 
 
 def is_stream_graph(model: Any) -> bool:
-    """Whether ``model`` (an ``onnx.ModelProto``) is the streaming step: its inputs by name."""
-    return tuple(i.name for i in model.graph.input) == (IMAGE, *STREAM_INPUTS)
+    """Whether ``model`` (an ``onnx.ModelProto``) is the streaming step, its frame input named
+    ``image`` (what ``runtime.backends.trt_stream`` binds): ``export.video.is_stream_onnx``."""
+    return is_stream_onnx(model, IMAGE)
 
 
 def stream_shapes(model: Any) -> dict:
@@ -188,19 +189,10 @@ def make_stream_reference(onnx_path: Path, artefact: Path, precision: str, frame
     ONNX Runtime: ``frames`` frames of a photograph panning sideways (kept as uint8 images, the
     network inputs their exact normalisation), each frame's depth with the cache carried; held to
     ``precision``'s tolerance, the worst frame judged. In memory (``save_reference`` writes it)."""
-    from commands.errors import require
-
-    ort = require("onnxruntime", "onnx", "ONNX Runtime")
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
-    height, width = session.get_inputs()[0].shape[2:]
+    step = OrtStream(onnx_path)
+    height, width = step.size
     images = [image_of(batch) for batch in verification_frames(height, width, frames, SHIFT)]
-
-    def step(batch: np.ndarray, slot_pos: np.ndarray, cache: list) -> list:
-        return session.run(None, dict(zip(names, (batch, slot_pos, *cache))))
-
-    shapes = [tuple(i.shape) for i in session.get_inputs()[2:]]
-    depths = stream_depths(step, shapes, [network_input(image) for image in images])
+    depths = step.depths([network_input(image) for image in images])
     kind = Artefact.of(onnx_path).output_kind().kind
     metric, tolerance = precision_rule(precision, None, kind)
     source = f"a photograph panning sideways ({SHIFT} pixels a frame)"
