@@ -40,6 +40,7 @@ from .metrics import (
 from .reference import make_reference, other_size, torch_runner
 from .source import (
     check_hw,
+    check_output_folder,
     default_output,
     licence_note,
     load_source_model,
@@ -140,6 +141,7 @@ def export_onnx(
     output = Path(output)
     if output.suffix != ".onnx":
         raise ExportRequestError(f"{output}: the output name must end in .onnx")
+    check_output_folder(output)
     graph = model  # what is traced: a Depth Anything 3 network with its sky map or depth confidence
     if hasattr(model, "deployable"):
         graph, model = model.deployable(extras=True).eval().float().cpu(), model.deployable()
@@ -285,7 +287,8 @@ def source_onnx(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m export.onnx",
-        description="Export a Depth Anything V2 checkpoint to ONNX, verified against PyTorch with ONNX Runtime.",
+        description="Export a Depth Anything V2, Depth Anything 3 or Video Depth Anything checkpoint to ONNX, "
+        "verified against PyTorch with ONNX Runtime.",
         epilog=FORMATS["onnx"].help(),
     )
     add_source_args(parser)
@@ -309,8 +312,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     height, width = args.size or (518, 518)
     args.height, args.width = args.height or height, args.width or width
+    if args.output is not None:  # before the checkpoint loads
+        check_output_folder(args.output)
     with stage("loading the checkpoint"):
         model = load_source_model(args.checkpoint, args.encoder, args.variant)
+    if is_video_model(model):  # refused before anything is said of the export
+        check_video_request(model, args.dynamic)
     stem = source_stem(None, args.checkpoint, model.spec.name)
     output = args.output or default_output(
         stem, f"_{'dynamic' if args.dynamic else f'{args.height}x{args.width}'}.onnx"
