@@ -212,7 +212,9 @@ def export_onnx(
         if not video:  # a stream's reference is its verification over frames, in the sidecar
             with stage("writing the reference"):
                 runner = torch_runner(model)
-                written = make_reference(staged, "fp32", sizes, runner, "PyTorch FP32", sha256=digest)
+                written = make_reference(
+                    staged, "fp32", sizes, runner, "PyTorch FP32", sha256=digest, output_kind=output_kind.kind
+                )
         # The old sidecar, reference and model go first: an external .data file must never land
         # beside an older .onnx, and a new model never sits beside an old model's metadata; the
         # model lands last, after its reference.
