@@ -21,7 +21,7 @@ from commands.runner import command, stage
 from runtime.io.files import staging_dir
 from runtime.metadata import artefact_digest, library_versions, sidecar_path
 from runtime.metric import OutputKind
-from runtime.reference import reference_path
+from runtime.reference import Reference, reference_path, save_reference
 
 from .artefact import Artefact
 from .cli import add_size_arg, add_source_args, patch_multiple, speaks_flags
@@ -209,7 +209,10 @@ def export_onnx(
                         )
         written = None
         digest = artefact_digest(staged)  # the record's and the reference's: landing is a rename, same bytes
-        if not video:  # a stream's reference is its verification over frames, in the sidecar
+        if video:  # a stream's reference: frames of a panning photograph, the cache carried
+            with stage("writing the stream reference"):
+                written = _stream_reference(staged, digest)
+        else:
             with stage("writing the reference"):
                 runner = torch_runner(model)
                 written = make_reference(
@@ -259,6 +262,17 @@ def export_onnx(
         written.path = reference_path(output)  # where it landed
     result.artefact = record.with_reference(written)
     return result
+
+
+def _stream_reference(staged: Path, digest: str) -> Reference:
+    """The stream reference of the staged stream ONNX (ONNX Runtime, as export.trt --onnx-only
+    makes it), written beside it so that it lands with the model."""
+    from .trt.stream import make_stream_reference  # export.trt imports this module
+
+    made = make_stream_reference(staged, staged, "fp32")
+    made.meta["artefact_sha256"] = digest
+    made.path = save_reference(reference_path(staged), made)
+    return made
 
 
 def source_onnx(
