@@ -160,9 +160,13 @@ def export_openvino(
         "versions": library_versions("openvino", "nncf"),
     }
     record = source.made(output, data).write()
-    if stream:  # a stream's reference is its verification over frames, in the sidecar
+    if stream:  # a stream's reference: the source ONNX's frames (made with ONNX Runtime where it has none)
+        from .trt.stream import stream_reference
+
+        with stage("writing the stream reference"):
+            reference = stream_reference(record, source, precision)
         licence_note(record.licence, output)
-        return record
+        return record.with_reference(reference)
     # INT8 with --accuracy-budget off measured nothing: its reference says so and holds it only to
     # the broken-artefact bound, as export.quantize's does (not the 0.01 budget it never met).
     unmeasured = {"measured": False} if precision == "int8" and budget is None else {}

@@ -220,6 +220,7 @@ def test_a_plain_onnx_export_of_a_stream_carries_its_reference(vda_checkpoint, t
     from onnx import numpy_helper
 
     from export.onnx import main as export_main
+    from export.openvino import main as export_openvino_main
     from runtime.reference import reference_path
     from runtime.verify import main as verify_main
 
@@ -230,6 +231,10 @@ def test_a_plain_onnx_export_of_a_stream_carries_its_reference(vda_checkpoint, t
         assert predictor.verification.passed
     capsys.readouterr()
     assert verify_main([str(path)]) == 0 and "PASSED" in capsys.readouterr().out
+    ir = tmp_path / "vda.fp32.xml"
+    assert export_openvino_main(["--onnx", str(path), "--output", str(ir)]) == 0 and reference_path(ir).is_file()
+    capsys.readouterr()
+    assert verify_main([str(ir)]) == 0 and "PASSED" in capsys.readouterr().out
     graph = onnx.load(str(path))
     weights = {i.name: i for i in graph.graph.initializer}
     gemm = next(n for n in graph.graph.node if n.name == "/motion_modules.3/attention_blocks.1/to_out.0/Gemm")
