@@ -264,6 +264,23 @@ def flicker(out: Path, size: int, backends: list[str]) -> dict:
     return result
 
 
+def missing_setup(out: Path, size: int, families: list[str], backends: list[str]) -> str | None:
+    """One line naming what ``setup`` has not made yet for a timing step, or ``None`` when all is there."""
+    missing = [
+        artefact(out, family, backend, size)
+        for family in families
+        for backend in backends
+        if not artefact(out, family, backend, size).exists()
+    ]
+    if not missing:
+        return None
+    more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+    return (
+        f"error: {missing[0]}{more} not found: run `python -m benchmarks.family_cost setup --size {size} "
+        f"--out {out}` first (with the same --families)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None and sys.argv[1:2] == ["int8-unbounded"]:
         return int8_unbounded(sys.argv[2:])
@@ -289,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.step == "peak":
         print(json.dumps(peak(args.model, args.size)))
         return 0
+    missing = missing_setup(args.out, args.size, ["vda-small"] if args.step == "flicker" else families, backends)
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2  # a missing input file (docs/exit-codes.md)
     if args.step == "flicker":
         rows = flicker(args.out, args.size, backends)
     elif args.step == "time":

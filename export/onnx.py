@@ -21,7 +21,7 @@ from commands.runner import command, stage
 from runtime.io.files import staging_dir
 from runtime.metadata import artefact_digest, library_versions, sidecar_path
 from runtime.metric import OutputKind
-from runtime.reference import reference_path
+from runtime.reference import Reference, reference_path, save_reference
 
 from .artefact import Artefact
 from .cli import add_size_arg, add_source_args, patch_multiple, speaks_flags
@@ -40,6 +40,7 @@ from .metrics import (
 from .reference import make_reference, other_size, torch_runner
 from .source import (
     check_hw,
+    check_output_folder,
     default_output,
     licence_note,
     load_source_model,
@@ -140,6 +141,7 @@ def export_onnx(
     output = Path(output)
     if output.suffix != ".onnx":
         raise ExportRequestError(f"{output}: the output name must end in .onnx")
+    check_output_folder(output)
     graph = model  # what is traced: a Depth Anything 3 network with its sky map or depth confidence
     if hasattr(model, "deployable"):
         graph, model = model.deployable(extras=True).eval().float().cpu(), model.deployable()
@@ -207,10 +209,15 @@ def export_onnx(
                         )
         written = None
         digest = artefact_digest(staged)  # the record's and the reference's: landing is a rename, same bytes
-        if not video:  # a stream's reference is its verification over frames, in the sidecar
+        if video:  # a stream's reference: frames of a panning photograph, the cache carried
+            with stage("writing the stream reference"):
+                written = _stream_reference(staged, digest)
+        else:
             with stage("writing the reference"):
                 runner = torch_runner(model)
-                written = make_reference(staged, "fp32", sizes, runner, "PyTorch FP32", sha256=digest)
+                written = make_reference(
+                    staged, "fp32", sizes, runner, "PyTorch FP32", sha256=digest, output_kind=output_kind.kind
+                )
         # The old sidecar, reference and model go first: an external .data file must never land
         # beside an older .onnx, and a new model never sits beside an old model's metadata; the
         # model lands last, after its reference.
@@ -257,6 +264,17 @@ def export_onnx(
     return result
 
 
+def _stream_reference(staged: Path, digest: str) -> Reference:
+    """The stream reference of the staged stream ONNX (ONNX Runtime, as export.trt --onnx-only
+    makes it), written beside it so that it lands with the model."""
+    from .trt.stream import make_stream_reference  # export.trt imports this module
+
+    made = make_stream_reference(staged, staged, "fp32")
+    made.meta["artefact_sha256"] = digest
+    made.path = save_reference(reference_path(staged), made)
+    return made
+
+
 def source_onnx(
     onnx: Path | None,
     checkpoint: Path | None,
@@ -285,7 +303,8 @@ def source_onnx(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m export.onnx",
-        description="Export a Depth Anything V2 checkpoint to ONNX, verified against PyTorch with ONNX Runtime.",
+        description="Export a Depth Anything V2, Depth Anything 3 or Video Depth Anything checkpoint to ONNX, "
+        "verified against PyTorch with ONNX Runtime.",
         epilog=FORMATS["onnx"].help(),
     )
     add_source_args(parser)
@@ -309,8 +328,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     height, width = args.size or (518, 518)
     args.height, args.width = args.height or height, args.width or width
+    if args.output is not None:  # before the checkpoint loads
+        check_output_folder(args.output)
     with stage("loading the checkpoint"):
         model = load_source_model(args.checkpoint, args.encoder, args.variant)
+    if is_video_model(model):  # refused before anything is said of the export
+        check_video_request(model, args.dynamic)
     stem = source_stem(None, args.checkpoint, model.spec.name)
     output = args.output or default_output(
         stem, f"_{'dynamic' if args.dynamic else f'{args.height}x{args.width}'}.onnx"

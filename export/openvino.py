@@ -44,7 +44,7 @@ from .onnx import source_onnx
 from .quantize.openvino_int8 import compile_f32 as _compile_f32
 from .quantize.options import ACCURACY_METHODS, Int8Options
 from .reference import FP16_TOLERANCE, UNMEASURED_INT8_TOLERANCE, make_reference, onnx_runner, other_size
-from .source import PRECISIONS, check_precision, default_output, licence_note
+from .source import PRECISIONS, check_precision, default_output, licence_note, output_folder
 from .video import is_stream_graph, quantize_stream_openvino, verify_stream_ir
 
 # Largest MAX_REL_STD against ONNX Runtime FP32 an IR may show on the verification photo. Measured
@@ -168,9 +168,13 @@ def export_openvino(
         "versions": library_versions("openvino", "nncf"),
     }
     record = source.made(output, data).write()
-    if stream:  # a stream's reference is its verification over frames, in the sidecar
+    if stream:  # a stream's reference: the source ONNX's frames (made with ONNX Runtime where it has none)
+        from .trt.stream import stream_reference
+
+        with stage("writing the stream reference"):
+            reference = stream_reference(record, source, precision)
         licence_note(record.licence, output)
-        return record
+        return record.with_reference(reference)
     # INT8 with --accuracy-budget off measured nothing: its reference says so and holds it only to
     # the broken-artefact bound, as export.quantize's does (not the 0.01 budget it never met).
     unmeasured = {"measured": False} if precision == "int8" and budget is None else {}
@@ -241,7 +245,11 @@ def main(argv: list[str] | None = None, *, int8_tolerance: float | None = None) 
         raise ExportRequestError(f"int8_tolerance applies to --int8 only, not --{args.precision}")
     output = args.output or default_output(args_stem(args), f".{args.precision}.xml")
     height, width = args.size or (518, 518)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    with output_folder(output):  # removed again if the work fails or is refused
+        return _export(args, output, height, width)
+
+
+def _export(args: argparse.Namespace, output: Path, height: int, width: int) -> int:
     source = source_onnx(args.onnx, args.checkpoint, args.encoder, output.parent, height, width, args.dynamic)
     refusal = sky_step_refusal(source.path, "an OpenVINO IR")
     if refusal:

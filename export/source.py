@@ -3,7 +3,11 @@ and the names its outputs take by default."""
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +86,44 @@ def source_stem(onnx: Path | None, checkpoint: Path | None, encoder: str | None)
 def default_output(stem: str, suffix: str) -> Path:
     """``artifacts/<stem><suffix>``: where an export writes when no --output is given."""
     return Path("artifacts") / f"{stem}{suffix}"
+
+
+def check_output_folder(output: Path) -> Path:
+    """``output``, or ``ExportRequestError`` (exit 2) in one line when its folder cannot be written:
+    a file where a folder should be, or a folder that takes no new file (read-only, /proc). Every
+    export command checks this before any work; nothing is created (a missing folder is made when
+    the work succeeds, see :func:`output_folder`)."""
+    output = Path(output)
+    folder = output.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ExportRequestError(f"--output {output}: {folder} is a file, not a folder; choose another --output")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ExportRequestError(
+            f"--output {output}: cannot write in {folder} ({reason}); choose another --output"
+        ) from None
+    return output
+
+
+@contextmanager
+def output_folder(output: Path) -> Iterator[Path]:
+    """``output``'s folder, made if missing and removed again (with what the failed work left in it)
+    when the body raises: a refused or failed export leaves no empty folder behind."""
+    check_output_folder(output)
+    folder = Path(output).absolute().parent
+    created = folder
+    while not created.parent.exists():
+        created = created.parent
+    made = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        if made:
+            shutil.rmtree(created, ignore_errors=True)
+        raise

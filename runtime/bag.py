@@ -203,7 +203,7 @@ def _run(args: argparse.Namespace, plan: BagPlan) -> int:
             stabilize=args.stabilize,
         )
     cameras = plan.cameras
-    _report(args.output, cameras, conversion, summary, predictor.output)
+    _report(args.output, cameras, conversion, summary, predictor.output, plan.writes)
     empty = [topics.image for topics in cameras if not summary.cameras[topics.image].frames]
     if not summary.frames:
         raise CommandError(f"no frame of {', '.join(empty)} could be decoded: nothing was written to {args.output}")
@@ -219,7 +219,10 @@ def _run(args: argparse.Namespace, plan: BagPlan) -> int:
     return 0
 
 
-def _report(output: Path, cameras: list[Topics], conversion: Conversion, summary: Summary, kind: OutputKind) -> None:
+def _report(
+    output: Path, cameras: list[Topics], conversion: Conversion, summary: Summary, kind: OutputKind, writes: list[str]
+) -> None:
+    """``writes``: what the run published per camera (``BagPlan.writes``), the topics listed."""
     lines = []
     if summary.frames:
         several = f" of {len(cameras)} cameras" if len(cameras) > 1 else ""
@@ -228,7 +231,7 @@ def _report(output: Path, cameras: list[Topics], conversion: Conversion, summary
         camera = summary.cameras[topics.image]
         if len(cameras) > 1:  # a heading per camera; the lines under it name its own topics
             lines.append(f"  {topics.image}: {camera.frames} frames")
-        lines += _camera_lines(topics, conversion, camera, kind, summary.alignment)
+        lines += _camera_lines(topics, conversion, camera, kind, summary.alignment, writes)
         if summary.alignment is not None and topics.image in summary.alignment.logs:  # its own fits
             lines += summary.alignment.logs[topics.image].lines(summary.alignment.topic)
     if summary.alignment is not None and summary.alignment_json is not None:  # none when nothing was written
@@ -240,16 +243,14 @@ def _report(output: Path, cameras: list[Topics], conversion: Conversion, summary
 
 
 def _camera_lines(
-    topics: Topics, conversion: Conversion, camera: Summary, kind: OutputKind, alignment: object
+    topics: Topics, conversion: Conversion, camera: Summary, kind: OutputKind, alignment: object, writes: list[str]
 ) -> list[str]:
-    """The summary's lines on one camera's topics."""
+    """The summary's lines on one camera's topics: those in ``writes``, the metres' source named."""
     lines = []
-    if camera.frames and not kind.is_metric:
+    if camera.frames and "relative" in writes:
         lines.append(f"  {topics.relative}: {camera.frames} relative inverse depth images (32FC1, unitless)")
-    if camera.frames and (camera.metric or alignment is not None):
-        source = "a fit per frame" if alignment else "--metric-scale"
-        if kind.is_metric:
-            source = "the model's output" + (", its scale corrected per frame" if alignment else "")
+    if camera.frames and "metric" in writes and (camera.metric or alignment is not None):
+        source = _source(kind, alignment)
         lines.append(f"  {topics.metric}: {camera.metric} depth images in metres (32FC1, REP 118) from {source}")
         if camera.points:
             per_frame = camera.point_bytes / camera.points / 1e6
@@ -263,7 +264,7 @@ def _camera_lines(
             lines.append(f"  {camera.frames_without_camera_info} frames without usable camera info: no points")
         if camera.sky_pixels:
             lines.append(f"    {camera.sky_pixels} sky pixels published as +inf (REP 117), none in the point clouds")
-    if camera.confidence:
+    if camera.confidence and "confidence" in writes:
         lines.append(f"  {topics.confidence}: {camera.confidence} depth confidence images (32FC1, larger = surer)")
     if camera.camera_infos_skipped:
         lines.append(f"  skipped {camera.camera_infos_skipped} camera info messages that could not be used")
@@ -272,6 +273,16 @@ def _camera_lines(
         lines.append(f"  skipped {len(camera.skipped)} image messages that could not be decoded, e.g.:")
         lines += [f"    at {t} ns: {reason}" for t, reason in camera.skipped[:3]]
     return lines
+
+
+def _source(kind: OutputKind, alignment: object) -> str:
+    """Where a run's metres came from, for the summary."""
+    corrected = ", its scale corrected per frame" if alignment else ""
+    if kind.is_metric:
+        return "the model's output" + corrected
+    if kind.needs_focal:
+        return "the model's output and each frame's camera info (focal length)" + corrected
+    return "a fit per frame" if alignment else "--metric-scale"
 
 
 if __name__ == "__main__":

@@ -333,6 +333,9 @@ def reference_for(model: Any, reference: str | Path | None = None) -> Reference:
 def verify_backend(backend: Any, reference: Reference) -> VerifyResult:
     """Run every reference input through ``backend`` (a ``runtime.backends`` backend) and score it."""
     reference.fits(backend.input_spec.fixed_hw)
+    own = getattr(backend, "output_kind", None)
+    if not reference.meta.get("output_kind") and own is not None:  # a reference from before it was written
+        reference.meta["output_kind"] = own.kind  # the artefact's own: its AbsRel in the kind's metric
     started = time.perf_counter()
     run = backend.infer_outputs if backend.extra_outputs else lambda b: {"depth": backend.infer(b)}
     runs = [run(batch) for batch in reference.inputs()]

@@ -238,3 +238,37 @@ def test_stabilised_relative_depth_stops_flickering(tmp_path, relative_model):
     for relative, truth in zip(images(tmp_path / "steady", RELATIVE), expected.depth, strict=True):
         # every frame on the first frame's scale and shift
         np.testing.assert_allclose(relative[BODY], (gain * scenes.NEAREST / truth + offset)[BODY], rtol=2e-3, atol=2e-3)
+
+
+def _labelled(source: Path, path: Path, kind: str) -> Path:
+    """The metric affine model labelled with another output kind (as a DA3 export is)."""
+    import onnx
+
+    model = onnx.load(str(source))
+    for prop in model.metadata_props:
+        if prop.key == "output_kind":
+            prop.value = kind
+        elif prop.key == "max_depth":
+            prop.value = ""
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["metres_per_focal", "depth_up_to_scale"])
+def test_the_summary_lists_exactly_the_topics_the_bag_holds(tmp_path, metric_model, kind, capsys):
+    """DA3's kinds write no relative inverse depth: the summary's topic lines are the output bag's
+    topics, and its metres' source is the one used (camera info, or the fit per frame)."""
+    from runtime.bag import main as bag_main
+
+    bag = tmp_path / "in"
+    write_scene_bag(bag, "mcap", frames=2, metric_max_depth=20.0)
+    model = _labelled(metric_model, tmp_path / f"{kind}.onnx", kind)
+    args = [str(bag), "--image-topic", CAMERA, "--model", str(model), "--output", str(tmp_path / "out")]
+    align = ["--align-to", LIDAR] if kind == "depth_up_to_scale" else []
+    assert bag_main(args + align) == 0
+    out = capsys.readouterr().out
+    listed = {line.split(":")[0].strip() for line in out.splitlines() if line.startswith("  /")}
+    written = set(read_topics(tmp_path / "out")) - {CAMERA, "/cam/camera_info"}
+    assert listed == written == {METRIC, POINTS}, out
+    source = "a fit per frame" if align else "the model's output and each frame's camera info"
+    assert f"2 depth images in metres (32FC1, REP 118) from {source}" in out, out

@@ -217,3 +217,13 @@ def test_the_stream_step_timed_takes_the_input_the_stream_makes_of_a_wide_frame(
     timed = row.time(0, 1)  # the step on that cache and this batch runs
     assert len(timed["model"]) == 1
     row.predictor.close()
+
+
+@pytest.mark.parametrize("step", ["time", "memory", "flicker"])
+def test_a_timing_step_before_setup_is_one_line_naming_setup_and_exit_2(tmp_path, capsys, step):
+    from benchmarks.family_cost import main as family_cost
+
+    assert family_cost([step, "--size", "70", "--out", str(tmp_path / "cost")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not found: run `python -m benchmarks.family_cost setup --size 70" in err[0], err
+    assert not (tmp_path / "cost").exists()

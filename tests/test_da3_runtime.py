@@ -306,3 +306,24 @@ def test_verify_fails_an_artefact_whose_extra_output_is_not_finite(tmp_path, sma
     with OnnxRuntimeBackend(broken) as backend:
         result = verify_backend(backend, reference)
     assert not result.passed and "non-finite ['depth_conf']" in result.note
+
+
+def test_verify_of_a_da3_export_reports_abs_rel_after_a_scale_fit_in_depth(tmp_path, small_snapshot, capsys):
+    """The export's reference names the output kind; an older reference without it takes the
+    artefact's own (its ONNX metadata), not the relative models' fit in disparity."""
+    from export.onnx import main as export_main
+    from runtime.reference import load_reference, save_reference
+    from runtime.verify import main as verify_main
+
+    out = tmp_path / "da3s.onnx"
+    assert export_main(["--checkpoint", str(small_snapshot), "--size", "56x56", "--output", str(out)]) == 0
+    reference = load_reference(tmp_path / "da3s.onnx.reference.npz")
+    assert reference.meta["output_kind"] == "depth_up_to_scale"
+    capsys.readouterr()
+    for written in (True, False):
+        if not written:  # as exports before this wrote it
+            del reference.meta["output_kind"]
+            save_reference(tmp_path / "da3s.onnx.reference.npz", reference)
+        assert verify_main([str(out)]) == 0
+        said = capsys.readouterr().out
+        assert "AbsRel (scale fit in depth)" in said and "disparity" not in said, said

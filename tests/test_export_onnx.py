@@ -126,3 +126,33 @@ def test_cli_errors(argv, code, match):
     assert re.search(match, run.stdout + run.stderr)
     if "give" in match or "no such" in match:  # errors after parsing are one line
         assert len(run.stderr.strip().splitlines()) == 1
+
+
+def test_checkpoint_refusals_are_one_line_and_come_first(tmp_path, capsys):
+    """A pickle holding objects: the refusal alone (no torch warning on its protocol); an unknown
+    state dict names every family tried; a VDA --dynamic is refused before the export is announced."""
+    import argparse
+    import pickle
+    import warnings
+
+    from export.onnx import build_parser
+    from export.onnx import main as export_main
+    from tests.video_fixtures import vda_state_dict
+
+    assert "Video Depth Anything" in build_parser().format_help() and "Depth Anything 3" in build_parser().description
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(pickle.dumps({"x": argparse.Namespace(a=1)}, protocol=4))
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert export_main(["--checkpoint", str(evil), "--output", str(tmp_path / "e.onnx")]) == 2
+    assert not [w for w in said if "pickle protocol" in str(w.message)], [str(w.message) for w in said]
+    assert "refusing to load it" in capsys.readouterr().err
+    unknown = tmp_path / "random.pth"
+    torch.save({"foo.weight": torch.zeros(2)}, unknown)
+    assert export_main(["--checkpoint", str(unknown), "--output", str(tmp_path / "u.onnx")]) == 2
+    assert "tried Depth Anything V2, Depth Anything 3, Video Depth Anything" in capsys.readouterr().err
+    vda = tmp_path / "video_depth_anything_vits.pth"
+    torch.save(vda_state_dict(), vda)
+    assert export_main(["--checkpoint", str(vda), "--dynamic", "--output", str(tmp_path / "v.onnx")]) == 2
+    captured = capsys.readouterr()
+    assert "exporting" not in captured.out and len(captured.err.strip().splitlines()) == 1, captured

@@ -204,3 +204,36 @@ def test_openvino_ir_runs_the_stream_and_int8_keeps_the_motion_modules_in_float(
         errors[precision] = max(worst_rel_std(d, r) for d, r in zip(depth, reference, strict=True))
     assert errors["fp32"] <= 1e-3, errors  # reached: 4.3e-5
     assert errors["int8"] <= INT8_BAR, errors
+
+
+def test_a_plain_onnx_export_of_a_stream_carries_its_reference(vda_checkpoint, tmp_path, capsys):
+    """``export.onnx`` of a Video Depth Anything checkpoint writes the stream reference (as export.trt
+    --onnx-only does): runtime.verify passes the export and fails it with a motion module perturbed."""
+    import onnx
+    from onnx import numpy_helper
+
+    from export.onnx import main as export_main
+    from export.openvino import main as export_openvino_main
+    from runtime.reference import reference_path
+    from runtime.verify import main as verify_main
+
+    path = tmp_path / "vda.onnx"
+    assert export_main(["--checkpoint", str(vda_checkpoint), "--size", "112x112", "--output", str(path)]) == 0
+    assert reference_path(path).is_file()
+    with DepthPredictor(path, verify=True) as predictor:
+        assert predictor.verification.passed
+    capsys.readouterr()
+    assert verify_main([str(path)]) == 0 and "PASSED" in capsys.readouterr().out
+    ir = tmp_path / "vda.fp32.xml"
+    assert export_openvino_main(["--onnx", str(path), "--output", str(ir)]) == 0 and reference_path(ir).is_file()
+    capsys.readouterr()
+    assert verify_main([str(ir)]) == 0 and "PASSED" in capsys.readouterr().out
+    graph = onnx.load(str(path))
+    weights = {i.name: i for i in graph.graph.initializer}
+    gemm = next(n for n in graph.graph.node if n.name == "/motion_modules.3/attention_blocks.1/to_out.0/Gemm")
+    weight = weights[gemm.input[1]]
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * np.float32(1.5), weight.name))
+    perturbed = tmp_path / "perturbed.onnx"
+    onnx.save(graph, str(perturbed))
+    assert verify_main([str(perturbed), "--reference", str(reference_path(path))]) == 1
+    assert "over its reference's tolerance" in capsys.readouterr().err

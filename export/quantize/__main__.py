@@ -16,6 +16,7 @@ from ..errors import ExportRequestError
 from ..formats import FORMATS
 from ..graph import input_hw, load_onnx
 from ..reference import write_typed_reference
+from ..source import check_output_folder, output_folder
 from .budget import export_int8
 from .fp16 import fp16_artefact
 from .options import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS, Int8Options
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.fp16:
-        output = args.output or args.onnx.with_name(args.onnx.stem + ".fp16.onnx")
+        output = check_output_folder(args.output or args.onnx.with_name(args.onnx.stem + ".fp16.onnx"))
         source = Artefact.read(args.onnx)  # its sidecar and reference, read once
         with stage("converting to an FP16-typed graph"):
             typed = fp16_artefact(source, output)
@@ -97,7 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     if refusal:
         raise ExportRequestError(refusal)
     shape = args.size or input_hw(load_onnx(args.onnx, load_external_data=False)) or (518, 518)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    with output_folder(output):  # removed again if the work fails or is refused
+        _quantize(args, output, shape)
+    print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+def _quantize(args: argparse.Namespace, output: Path, shape: tuple[int, int]) -> None:
     source = Artefact.read(args.onnx)
     from ..trt.sky_step import cut_removed_on_failure, quantize_cut_path, sky_less_for_quantizing
 
@@ -106,8 +113,6 @@ def main(argv: list[str] | None = None) -> int:
         if cut is not None:  # a DA3 mono/metric graph: its TensorRT-ready copy, without the sky step
             source = sky_less_for_quantizing(source, output)
         export_int8(source, output, Int8Options.from_args(args), shape, args.target)
-    print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
-    return 0
 
 
 if __name__ == "__main__":

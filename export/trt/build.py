@@ -30,7 +30,7 @@ from ..graph import load_onnx
 from ..onnx import source_onnx
 from ..quantize.fp16 import FP32_OPS, fp16_artefact
 from ..reference import write_typed_reference
-from ..source import check_hw, default_output, licence_note, source_stem
+from ..source import check_hw, check_output_folder, default_output, licence_note, source_stem
 from .budget_sizes import budget_sizes
 from .decisions import (
     JETPACK_NOTE,
@@ -201,7 +201,7 @@ def plan_job(request: TrtRequest, trt) -> TrtJob:
     output = request.output or default_output(stem, f".{request.precision}.engine")
     if output.suffix not in (".engine", ".plan"):
         raise ExportRequestError(f"{output}: engine files end in .engine or .plan")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    check_output_folder(output).parent.mkdir(parents=True, exist_ok=True)
     given_source = typed_from(given) if facts is not None and facts.typed_fp16 else None
     return TrtJob(request, trt, version, plan, given, facts, given_source, height, width, output)
 

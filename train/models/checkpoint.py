@@ -11,6 +11,7 @@ import json
 import pickle
 import re
 import struct
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -187,7 +188,9 @@ _NOT_A_CHECKPOINT = {
 
 def _unpickle_safely(path: Path, map_location: str | torch.device) -> object:
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's note on a pickle's protocol: the refusal below says it all
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{path}: refusing to load it, it holds Python objects besides tensors and loading it "
@@ -257,7 +260,7 @@ def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tens
         raise CheckpointError("; ".join(parts))
 
 
-FAMILIES = ("Depth Anything V2", "Depth Anything 3")
+FAMILIES = ("Depth Anything V2", "Depth Anything 3", "Video Depth Anything")
 
 
 def _load_da3(path: Path, variant: str | None, map_location: str | torch.device) -> torch.nn.Module:

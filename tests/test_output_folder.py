@@ -1,0 +1,66 @@
+"""An export whose output folder cannot be written is refused up front, in one line, exit 2 (a file
+where the folder should be, a folder that takes no file), before any work; a refused export leaves
+no folder it made behind."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import export.onnx
+import export.openvino
+import export.quantize.__main__
+import export.trt.__main__
+from tests import scenes
+
+
+@pytest.fixture(scope="module")
+def static_onnx(tmp_path_factory):
+    return scenes.affine_onnx(tmp_path_factory.mktemp("model") / "affine.onnx")
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_an_output_under_a_file_is_one_line_and_exit_2_for_every_export(tmp_path, static_onnx, capsys):
+    picture = tmp_path / "frame1.png"
+    picture.write_bytes(b"not a folder")
+    commands = [
+        (export.onnx.main, ["--encoder", "vits", "--size", "28x28", "--output", str(picture / "x.onnx")]),
+        (export.openvino.main, ["--onnx", str(static_onnx), "--output", str(picture / "x.xml")]),
+        (export.quantize.__main__.main, ["--onnx", str(static_onnx), "--fp16", "--output", str(picture / "x.onnx")]),
+        (
+            export.quantize.__main__.main,
+            ["--onnx", str(static_onnx), "--calib-dir", str(tmp_path), "--output", str(picture / "x.onnx")],
+        ),
+        (export.trt.__main__.main, ["--onnx", str(static_onnx), "--onnx-only", "--output", str(picture / "x.engine")]),
+    ]
+    for main, argv in commands:
+        assert main(argv) == 2, argv
+        line = _one_line(capsys)
+        assert f"{picture} is a file, not a folder; choose another --output" in line, line
+        assert "Errno" not in line and "log" not in line
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+def test_a_folder_that_takes_no_file_is_named_without_a_temporary_name(capsys):
+    assert export.onnx.main(["--encoder", "vits", "--size", "28x28", "--output", "/proc/x.onnx"]) == 2
+    line = _one_line(capsys)
+    assert line.startswith("error: --output /proc/x.onnx: cannot write in /proc") and ".x.onnx." not in line
+
+
+def test_refused_openvino_and_quantize_runs_leave_no_folder(tmp_path, static_onnx, capsys):
+    # a static ONNX asked at another size: refused after the output is known
+    out = tmp_path / "new" / "deeper" / "x.xml"
+    assert export.openvino.main(["--onnx", str(static_onnx), "--size", "28x28", "--output", str(out)]) == 2
+    assert "takes 112x168 images" in _one_line(capsys) and not (tmp_path / "new").exists()
+    empty = tmp_path / "no_images"
+    empty.mkdir()
+    out = tmp_path / "q" / "x.int8-cpu.onnx"
+    assert export.quantize.__main__.main(["--onnx", str(static_onnx), "--calib-dir", str(empty), "--output", str(out)])
+    capsys.readouterr()
+    assert not (tmp_path / "q").exists()
