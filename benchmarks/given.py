@@ -149,8 +149,8 @@ def score_artefact(config: Config) -> None:
             why = "not scored: the checkpoint is the FP32 network the references are made with"
         elif (result.get("info") or {}).get("stream"):
             why = (
-                "not scored: no stream reference beside it (export.trt writes one; export.onnx and export.openvino "
-                "record their streamed check in the sidecar)"
+                "not scored: no stream reference beside it (every export writes one since 2026-12-07; an older "
+                "export.onnx or export.openvino recorded its streamed check in the sidecar)"
             )
         else:
             why = "not scored: no reference beside it"

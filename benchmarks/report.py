@@ -301,8 +301,8 @@ def artefact_lines(data: dict) -> list[str]:
             verdict = "the FP32 network itself: not checked"
         elif not fact.get("reference") and fact.get("stream") and exported.get("metric"):
             verdict = (
-                f"a stream export writes no reference; its export's streamed check: {_cell(exported['metric'])} "
-                f"within {exported.get('tolerance')}"
+                "no stream reference beside it (an older export); its export's streamed check: "
+                f"{_cell(exported['metric'])} within {exported.get('tolerance')}"
             )
         elif not fact.get("reference"):
             verdict = "no reference beside it: not checked"
