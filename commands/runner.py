@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import inspect
 import os
 import signal
 import sys
@@ -178,6 +179,8 @@ def command(prog: str, sigterm: bool = False) -> Callable[[Callable[[list[str] |
         @functools.wraps(main)
         def run(argv: list[str] | None = None, **options: Any) -> int:
             # options: keyword-only parameters of main that no flag reaches (callers in Python only)
+            if options:  # a wrong keyword is the Python caller's TypeError here, not a failed command
+                inspect.signature(main).bind(argv, **options)
             call = functools.partial(main, **options) if options else main
             if not sigterm:
                 return run_command(call, argv, prog)

@@ -86,6 +86,8 @@ def export_openvino(
     source = Artefact.of(onnx_path)
     onnx_path = source.path
     check_precision(precision)
+    if tolerance is not None and precision != "int8":
+        raise ExportRequestError(f"a tolerance other than the default applies to int8 only, not {precision}")
     bound = TOLERANCES[precision] if tolerance is None else float(tolerance)
     if output.suffix != ".xml":
         raise ExportRequestError(f"{output}: OpenVINO IR files end in .xml")
@@ -246,10 +248,10 @@ def main(argv: list[str] | None = None, *, int8_tolerance: float | None = None) 
     output = args.output or default_output(args_stem(args), f".{args.precision}.xml")
     height, width = args.size or (518, 518)
     with output_folder(output):  # removed again if the work fails or is refused
-        return _export(args, output, height, width)
+        return _export(args, output, height, width, int8_tolerance)
 
 
-def _export(args: argparse.Namespace, output: Path, height: int, width: int) -> int:
+def _export(args: argparse.Namespace, output: Path, height: int, width: int, int8_tolerance: float | None) -> int:
     source = source_onnx(args.onnx, args.checkpoint, args.encoder, output.parent, height, width, args.dynamic)
     refusal = sky_step_refusal(source.path, "an OpenVINO IR")
     if refusal:

@@ -113,11 +113,24 @@ def test_da3_snapshot_onnx_and_ir_rows_with_their_outputs_and_licence(tmp_path, 
 
 
 def test_a_stream_graph_is_timed_as_a_stream_step(tmp_path, models):
-    done, data, text = bench(tmp_path, "--model", str(models / "vda.onnx"), "--model", str(models / "vda.xml"))
+    """The ONNX with the stream reference its export wrote is scored on the reference's frames run
+    as one stream; an IR without one (an export older than the references) is timed, not scored,
+    and says so."""
+    from runtime.reference import reference_path
+
+    older = tmp_path / "older"
+    older.mkdir()
+    for part in [*models.glob("vda.xml*"), models / "vda.bin"]:
+        if part != reference_path(models / "vda.xml"):  # the IR, its weights and sidecar, no reference
+            (older / part.name).write_bytes(part.read_bytes())
+    assert reference_path(models / "vda.onnx").is_file() and not reference_path(older / "vda.xml").exists()
+    done, data, text = bench(tmp_path, "--model", str(models / "vda.onnx"), "--model", str(older / "vda.xml"))
     assert done.returncode == 0, done.stderr
-    for row in data["rows"]:
+    rows = {Path(row["variant"]).suffix: row for row in data["rows"]}
+    for row in rows.values():
         assert row["status"] == "ok" and row["info"]["stream"] and row["model_call"]["median"] > 0, row
-        assert "no stream reference beside it" in row["error"]  # said, not hidden
+    assert rows[".onnx"]["verification"]["passed"] and rows[".onnx"]["vs_fp32"]["abs_rel"] < 1e-4
+    assert "no stream reference beside it" in rows[".xml"]["error"]  # said, not hidden
     for fact in data["artefacts"]:
         assert fact["family"] == "video-depth-anything" and fact["variant"] == "Video-Depth-Anything-Small"
         assert fact["output_kind"] == "relative" and fact["licence"] == "Apache-2.0"

@@ -60,6 +60,12 @@ def test_the_stream_graph_is_recognised_and_every_shape_is_static(stream):
         stream_shapes(graph)
     graph.graph.input[1].name = "positions"
     assert not is_stream_graph(graph)
+    # the frame by another name: a stream for ONNX Runtime and OpenVINO, not for a TensorRT engine,
+    # whose runtime binds the frame by the name image
+    from export.video import STREAM_INPUTS, is_stream_inputs
+
+    assert is_stream_inputs(("frame", *STREAM_INPUTS)) and not is_stream_inputs(("frame", *STREAM_INPUTS), "image")
+    assert is_stream_inputs(("image", *STREAM_INPUTS), "image")
 
 
 def test_an_fp16_engine_keeps_the_motion_modules_in_fp32(stream):
