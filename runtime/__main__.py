@@ -2,7 +2,8 @@
 
 Every input is checked (it exists, a folder holds images or videos, no two inputs would write
 the same output, every video and camera opens) and the output folder tried before the model is
-loaded. The run exits 1 when an input was skipped, 130 when Ctrl-C left inputs unprocessed.
+loaded. The run exits 1 when an input was skipped, 130 when Ctrl-C left inputs unprocessed (143
+for SIGTERM: ``commands.runner`` says which, as for the bag tool).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import cv2
 import numpy as np
 
 from commands.errors import InputError
-from commands.runner import CommandError, command, exit_code
+from commands.runner import CommandError, Terminated, command
 
 from .align.stabilize import flicker_lines
-from .cli import add_predictor_args, add_streams_arg, build_predictor
+from .cli import add_predictor_args, add_streams_arg, build_predictor, focal_pixels
 from .io.files import atomic_write_bytes, check_writable_folder
 from .io.video import VIDEO_SUFFIXES, depth_frame
 
@@ -48,6 +49,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
     )
     add_streams_arg(parser)
+    parser.add_argument(
+        "--focal",
+        type=focal_pixels,
+        metavar="PIXELS",
+        help="the camera's focal length in pixels of the input images (at their own size): metres from a "
+        "depth-per-focal-length model (DA3Metric), which needs it; other models refuse it",
+    )
     parser.add_argument("--output-dir", type=Path, default=Path("outputs"), help="where to write (default outputs/)")
     parser.add_argument("--colormap", default="inferno", help="inferno, turbo, viridis, magma or gray")
     parser.add_argument(
@@ -195,8 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     check_writable_folder(args.output_dir, "--output-dir")
     open_sources(jobs)
     predictor = build_predictor(args, load_default_model(args.model))
+    if predictor.output.needs_focal and predictor.camera is None:
+        raise InputError(
+            f"{predictor.output.describe()}: metres need the camera's focal length; pass --focal PIXELS "
+            "(of the input images)"
+        )
     print(f"{predictor!r}: {predictor.output.describe()}", file=sys.stderr)
-    if args.stabilize and predictor.output.is_metric:
+    if args.stabilize and predictor.output.is_depth:
         raise InputError(f"the model outputs {predictor.output.describe()}: --stabilize is for relative models")
     skipped = []
     for index, job in enumerate(jobs):
@@ -204,21 +217,19 @@ def main(argv: list[str] | None = None) -> int:
         replaced = " (replaced an earlier file)" if out.exists() else ""
         try:
             if job.kind == "image":
-                line, stop = _depth_image(predictor, job, out, args), False
+                line, stop = _depth_image(predictor, job, out, args), None
             else:
                 line, stop = _depth_video(predictor, job, out, args)
         except InputError as exc:
             print(f"skipped {job.label}: {exc}", file=sys.stderr)
             skipped.append(job.label)
             continue
-        except KeyboardInterrupt as exc:
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: commands.runner says which, exits 130 or 143
             left = f"; {_not_done(jobs[index + 1 :])}" if index + 1 < len(jobs) else ""
-            print(f"interrupted during {job.label}: nothing written for it{left}", file=sys.stderr)
-            return exit_code(exc)
+            raise type(exc)(f"during {job.label}: nothing written for it{left}") from None
         print(f"{line} -> {out}{replaced}")
-        if stop and index + 1 < len(jobs):  # Ctrl-C ended a recording: finalised; the rest never started
-            print(f"stopped by Ctrl-C: {_not_done(jobs[index + 1 :])}", file=sys.stderr)
-            return exit_code(KeyboardInterrupt())
+        if stop is not None and index + 1 < len(jobs):  # a recording stopped, finalised; the rest never started
+            raise type(stop)(_not_done(jobs[index + 1 :]))
     if skipped:
         raise CommandError(f"{len(skipped)} of {len(jobs)} inputs skipped ({_listed(skipped)}): see above")
     return 0
@@ -236,11 +247,11 @@ def _depth_image(predictor, job: Job, out: Path, args: argparse.Namespace) -> st
         buffer = io.BytesIO()
         np.save(buffer, depth)
         atomic_write_bytes(out.with_suffix(".npy"), buffer.getvalue())
-    unit = " m" if kind.is_metric else " (relative inverse depth)"
+    unit = " m" if kind.unit == "m" else " (depth up to scale)" if kind.is_depth else " (relative inverse depth)"
     return f"{job.label}: {image.shape[1]}x{image.shape[0]} depth range {depth.min():.3g}..{depth.max():.3g}{unit}"
 
 
-def _depth_video(predictor, job: Job, out: Path, args: argparse.Namespace) -> tuple[str, bool]:
+def _depth_video(predictor, job: Job, out: Path, args: argparse.Namespace) -> tuple[str, BaseException | None]:
     from tqdm import tqdm
 
     from .io.video import frame_count, open_capture, write_depth_video
@@ -261,13 +272,14 @@ def _depth_video(predictor, job: Job, out: Path, args: argparse.Namespace) -> tu
             stabilize=args.stabilize,
         )
     fps_note = "" if summary.fps_reported else " (the source reports no frame rate: assumed)"
-    stopped = ", stopped by Ctrl-C" if summary.interrupted else ""
+    stop = (summary.interrupt or KeyboardInterrupt()) if summary.interrupted else None
+    stopped = "" if stop is None else f", stopped by {'SIGTERM' if isinstance(stop, Terminated) else 'Ctrl-C'}"
     line = (
         f"{job.label}: {summary.frames} frames at {summary.fps:.3g} fps{fps_note}, "
         f"processed at {summary.processing_fps:.2f} frames/s{stopped}"
     )
     line += "".join(f";{text[1:]}" for text in flicker_lines(summary.flicker, summary.flicker_unstabilized))
-    return line, summary.interrupted
+    return line, stop
 
 
 if __name__ == "__main__":

@@ -165,6 +165,18 @@ def positive_metres(text: str) -> float:
     return value
 
 
+def focal_pixels(text: str) -> float:
+    """argparse type for ``--focal``: the rules of ``DepthPredictor(focal=)`` (``check_focal``)."""
+    from .metric import check_focal
+
+    try:
+        return check_focal(float(text))
+    except InputError as exc:  # an InputError is a ValueError: first
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of pixels") from None
+
+
 def add_streams_arg(parser: argparse.ArgumentParser) -> None:
     """``--streams`` for commands that run frames through ``DepthPredictor.stream``."""
     parser.add_argument(
@@ -182,6 +194,7 @@ def build_predictor(args: argparse.Namespace, model: Any):
     from .predictor import DepthPredictor
 
     streams = getattr(args, "streams", 1)
+    focal = getattr(args, "focal", None)  # python -m runtime's --focal
     return DepthPredictor(
         model,
         backend=args.backend,
@@ -191,4 +204,5 @@ def build_predictor(args: argparse.Namespace, model: Any):
         max_depth=args.max_depth,
         **size_options(args.size),
         **({"streams": streams} if streams != 1 else {}),
+        **({"focal": focal} if focal is not None else {}),
     )

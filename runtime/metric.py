@@ -280,7 +280,10 @@ def fit_scale_shift(relative: np.ndarray, known: np.ndarray, trim: float = 0.0) 
 
 
 def check_focal(focal: Any, what: str = "focal length") -> float:
-    """``focal`` as a float, or ``InputError`` when it is not a positive finite number of pixels."""
+    """``focal`` as a float, or ``InputError`` when it is not a positive finite number of pixels
+    (``True`` and ``"300"`` are not numbers of pixels)."""
+    if isinstance(focal, (bool, np.bool_, str, bytes)):
+        raise InputError(f"the {what} must be a number of pixels, got {focal!r}")
     try:
         value = float(focal)
     except (TypeError, ValueError):
@@ -301,3 +304,33 @@ def network_focal(fx: float, fy: float, image_hw: tuple[int, int], network_hw: t
 def metres_from_focal(output: np.ndarray, focal_network: float) -> np.ndarray:
     """A ``metres_per_focal`` model's output in metres: ``focal * output / 300``."""
     return (np.asarray(output, np.float32) * np.float32(check_focal(focal_network) / FOCAL_DIVISOR)).astype(np.float32)
+
+
+def camera_focal(focal: Any, intrinsics: Any, output: OutputKind, source: str) -> tuple[float, float] | None:
+    """``(fx, fy)`` in pixels of the input images from ``focal=`` or ``intrinsics=`` (a 3x3 matrix, an
+    ``Intrinsics``, or ``(fx, fy, cx, cy)``); only a ``metres_per_focal`` model takes one."""
+    if focal is None and intrinsics is None:
+        return None
+    if not output.needs_focal:
+        raise InputError(
+            f"focal=/intrinsics= are for models whose output is depth per focal length; {source} outputs "
+            f"{output.describe()}"
+        )
+    if focal is not None and intrinsics is not None:
+        raise InputError("give focal= or intrinsics=, not both")
+    if focal is not None:
+        fx = fy = focal
+    elif hasattr(intrinsics, "fx"):
+        fx, fy = intrinsics.fx, intrinsics.fy
+    else:
+        k = np.asarray(intrinsics)
+        if k.dtype.kind not in "iuf":
+            raise InputError(f"intrinsics must be numbers of pixels, got {intrinsics!r}")
+        k = k.astype(np.float64)
+        if k.shape == (3, 3):
+            fx, fy = k[0, 0], k[1, 1]
+        elif k.shape == (4,):
+            fx, fy = k[0], k[1]
+        else:
+            raise InputError(f"intrinsics must be a 3x3 matrix or (fx, fy, cx, cy), got shape {k.shape}")
+    return check_focal(fx, "focal length fx"), check_focal(fy, "focal length fy")

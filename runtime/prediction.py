@@ -41,7 +41,15 @@ class Prediction(np.ndarray):
         return out
 
     def __array_finalize__(self, obj: Any) -> None:
-        self.sky = self.confidence = None  # a view or a result of arithmetic: another map
+        self.sky = self.confidence = None  # a view (reshape, copy): another map
+
+    def __getitem__(self, key: Any) -> Any:  # a slice: a plain array (its sky would not match it)
+        return self.view(np.ndarray)[key]
+
+    def __array_wrap__(self, out: Any, context: Any = None, return_scalar: bool = False) -> Any:
+        # arithmetic and reductions (d * 2, d.mean()): plain arrays and numbers, not Predictions
+        out = np.asarray(out)
+        return out[()] if return_scalar or out.ndim == 0 else out
 
     def __reduce__(self) -> Any:  # pickled as its depth, sky and confidence
         return (Prediction, (np.asarray(self), self.sky, self.confidence))

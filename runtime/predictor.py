@@ -15,7 +15,7 @@ from commands.errors import InputError
 from . import preprocessing as pre
 from .backends import backend_class, resolve_backend
 from .backends.base import describe_source
-from .metric import OutputKind, metres_from_focal, network_focal, resolve_output_kind
+from .metric import OutputKind, camera_focal, metres_from_focal, network_focal, resolve_output_kind
 from .prediction import assemble, with_outputs
 from .video_stream import VideoStream, close_streams, first_frames, stream_frames
 
@@ -183,31 +183,7 @@ class DepthPredictor:
         self.fixed_size = model_hw or (tuple(fixed_size) if fixed_size is not None else None)
 
     def _camera(self, focal: Any, intrinsics: Any) -> tuple[float, float] | None:
-        """``(fx, fy)`` in pixels of the input images from ``focal=`` or ``intrinsics=`` (a 3x3 matrix,
-        an ``Intrinsics``, or ``(fx, fy, cx, cy)``); only a ``metres_per_focal`` model takes one."""
-        if focal is None and intrinsics is None:
-            return None
-        if not self.output.needs_focal:
-            raise InputError(
-                f"focal=/intrinsics= are for models whose output is depth per focal length; "
-                f"{self._source} outputs {self.output.describe()}"
-            )
-        if focal is not None and intrinsics is not None:
-            raise InputError("give focal= or intrinsics=, not both")
-        if focal is not None:
-            fx = fy = focal
-        elif hasattr(intrinsics, "fx"):
-            fx, fy = intrinsics.fx, intrinsics.fy
-        else:
-            k = np.asarray(intrinsics, dtype=np.float64)
-            if k.shape == (3, 3):
-                fx, fy = k[0, 0], k[1, 1]
-            elif k.shape == (4,):
-                fx, fy = k[0], k[1]
-            else:
-                raise InputError(f"intrinsics must be a 3x3 matrix or (fx, fy, cx, cy), got shape {k.shape}")
-        network_focal(fx, fy, (1, 1), (1, 1))  # checks both: positive, finite
-        return float(fx), float(fy)
+        return camera_focal(focal, intrinsics, self.output, self._source)
 
     def _no_focal(self) -> InputError:
         return InputError(
@@ -357,6 +333,8 @@ class DepthPredictor:
         rgb: bool | None = None,
         depth: int | None = None,
         stabilize: bool | Any = False,
+        focal: float | None = None,
+        intrinsics: Any = None,
     ) -> Iterator[np.ndarray]:
         """Depth for each frame of a video, in order, with several frames in flight: the
         pre-processing, inference and post-processing of neighbouring frames overlap, and as many
@@ -369,10 +347,13 @@ class DepthPredictor:
         streaming step instead, each with the cached hidden states of the frames before it (as
         ``video_stream().push``). ``stabilize=True`` (or a ``runtime.align.Stabilizer``, to read its flicker
         figures afterwards) puts each frame's relative depth on the scale of the frames before it,
-        so values and colours hold still.
+        so values and colours hold still. ``focal``/``intrinsics``: as ``predict``'s, for every frame.
         """
         from .align import Stabilizer
 
+        self._backend.require_open()  # refused at the call, not at the first frame
+        if focal is not None or intrinsics is not None:
+            self._camera(focal, intrinsics)  # checked at the call too
         if self._backend.stream_names:  # Video Depth Anything: the cache carries frame to frame
             if stabilize:
                 raise InputError("Video Depth Anything streams are steady by construction: drop stabilize")
@@ -380,7 +361,7 @@ class DepthPredictor:
         stabilizer = Stabilizer() if stabilize is True else stabilize or None
         if stabilizer is not None and self.output.is_depth:
             raise InputError(f"the model outputs {self.output.describe()}: stabilize is for relative models")
-        return self._pipelined(frames, lambda frame: self.predict(frame, rgb), depth, stabilizer)
+        return self._pipelined(frames, lambda f: self.predict(f, rgb, focal, intrinsics), depth, stabilizer)
 
     def video_stream(self, max_gap: float | None = 1.0, name: str = "stream", rgb: bool | None = None) -> Any:
         """A ``runtime.video_stream.VideoStream`` (Video Depth Anything models): ``push(frame,

@@ -74,9 +74,13 @@ def slot_positions(frame_index: int) -> np.ndarray:
 class StreamState:
     """One stream's cache, frame count, frame size and last time stamp.
 
-    ``max_gap``: seconds between frames beyond which the stream starts again (a bag or camera
-    pause); ``None`` never. A size change also starts again. Each start after the first is
-    logged and kept in ``resets`` as ``(frame_number, reason)``.
+    ``max_gap``: seconds between frames beyond which the stream starts again, forward (a bag or
+    camera pause) or back (a clock that jumped back: a bag played in a loop, a restarted driver, a
+    sim clock reset; as tf2_ros's buffer clears itself when time jumps back); ``None`` never, and a
+    frame older than the last is then refused until ``reset()``. A size change also starts again.
+    Each start after the first is logged and kept in ``resets`` as ``(frame_number, reason)``. A
+    frame older than the last by ``max_gap`` or less (a late frame) is refused, and so is a second
+    frame with the last one's stamp (the first of equal stamps is kept, as message_filters does).
     """
 
     def __init__(
@@ -106,35 +110,59 @@ class StreamState:
         return [] if self.store is None else getattr(self.store, "waiting", [])
 
     def reset(self, reason: str = "") -> None:
-        """Start again: the next frame is a first frame (no cache)."""
+        """Start again: the next frame is a first frame (no cache), at any stamp."""
         if reason:
             self.resets.append((self.frames, reason))
             log.warning("%s: Video Depth Anything state reset at frame %d: %s", self.name, self.frames, reason)
-        self._stale, self.count = True, 0
+        self._stale, self.count, self.stamp = True, 0, None
 
     def admit(self, size: tuple[int, int], stamp: float | None = None) -> None:
-        """Check a frame before it runs: out of order is refused; a gap or a size change resets."""
+        """Check a frame before it runs: a gap of more than ``max_gap`` either way or a size change
+        resets; a repeated stamp, or an older one within ``max_gap``, is refused."""
+        reason = ""
         if stamp is not None:
             stamp = float(stamp)
             if not math.isfinite(stamp):
                 raise InputError(f"{self.name}: frame time stamp {stamp!r} is not a finite number of seconds")
-            if self.stamp is not None and stamp <= self.stamp:
-                raise InputError(
-                    f"{self.name}: frame at t={stamp:.6f} s arrives after t={self.stamp:.6f} s; Video Depth "
-                    "Anything streams need frames in time order (sort them, or reset the stream)"
-                )
+            if self.stamp is not None:
+                reason = self._stamp_gap(stamp)
         if self.size is not None and tuple(size) != self.size:
-            self.reset(f"frame size changed from {self.size[1]}x{self.size[0]} to {size[1]}x{size[0]}")
-        elif (
-            stamp is not None
-            and self.stamp is not None
-            and self.max_gap is not None
-            and stamp - self.stamp > self.max_gap
-        ):
-            self.reset(f"{stamp - self.stamp:.3f} s since the last frame (more than max_gap={self.max_gap:g} s)")
+            reason = f"frame size changed from {self.size[1]}x{self.size[0]} to {size[1]}x{size[0]}"
+        if reason:
+            self.reset(reason)
         self.size = tuple(size)
         if stamp is not None:
             self.stamp = stamp
+
+    def _stamp_gap(self, stamp: float) -> str:
+        """Why the frame at ``stamp`` starts the stream again ("" when it does not); ``InputError``
+        for a frame that cannot follow the last one."""
+        last, gap = self.stamp, self.max_gap
+        assert last is not None
+        if stamp == last:
+            raise InputError(
+                f"{self.name}: a second frame at t={stamp:.6f} s (the same stamp as the last); left out, the "
+                "first frame of a stamp is kept"
+            )
+        if stamp > last:
+            return (
+                ""
+                if gap is None or stamp - last <= gap
+                else f"{stamp - last:.3f} s since the last frame (more than max_gap={gap:g} s)"
+            )
+        back = last - stamp
+        if gap is None:
+            raise InputError(
+                f"{self.name}: frame at t={stamp:.6f} s is {back:.6f} s older than the last (t={last:.6f} s); this "
+                "stream has no max_gap: call reset() to start it again from this frame, or give max_gap to "
+                "start again on a jump back"
+            )
+        if back > gap:  # the clock jumped back: a looping bag, a restarted driver, a sim clock reset
+            return f"time jumped back {back:.3f} s (more than max_gap={gap:g} s)"
+        raise InputError(
+            f"{self.name}: frame at t={stamp:.6f} s is {back:.6f} s older than the last (t={last:.6f} s): left "
+            f"out (a late frame; a jump back of more than max_gap={gap:g} s starts the stream again)"
+        )
 
     def inputs(self, shapes: Sequence[tuple[int, ...]]) -> tuple[np.ndarray, Any]:
         """``slot_pos`` and the eight caches ``(tokens, SLOTS, C)`` for the next frame (zeros before

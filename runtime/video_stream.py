@@ -2,9 +2,10 @@
 
 One object per camera: ``push(frame, stamp)`` runs one frame through the model's stream step
 (any backend whose model is a stream graph: PyTorch, ONNX Runtime, OpenVINO, TensorRT) and stores the
-frame's hidden states for the next one (``runtime.video_state``). Frames out of time order are
-refused; a gap longer than ``max_gap`` seconds or a new frame size starts the stream again and
-says so (a log line, ``resets``). ``close()`` (or ``with``) frees its cache, GPU buffers with TensorRT;
+frame's hidden states for the next one (``runtime.video_state``). A late frame (older than the
+last by ``max_gap`` or less) and a repeated stamp are refused; a gap longer than ``max_gap`` seconds,
+forward or back (a clock that jumped back), or a new frame size starts the stream again and says so
+(a log line, ``resets``). ``close()`` (or ``with``) frees its cache, GPU buffers with TensorRT;
 ``DepthPredictor.close`` closes the streams it made that are still open.
 """
 
@@ -31,6 +32,7 @@ class VideoStream:
         self, predictor: Any, max_gap: float | None = 1.0, name: str = "stream", rgb: bool | None = None
     ) -> None:
         backend = predictor._backend
+        backend.require_open()  # a closed predictor makes no stream
         if not backend.stream_names:
             raise InputError(f"{predictor._source} is not a Video Depth Anything stream model: use predict or stream")
         self.predictor, self.backend = predictor, backend
@@ -50,6 +52,7 @@ class VideoStream:
         return self.state.resets
 
     def reset(self, reason: str = "") -> None:
+        """Start again: the next frame is a first frame, at any stamp."""
         self.state.reset(reason)
 
     def close(self) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .metric import OUTPUT_KINDS, RELATIVE
+
 COLORMAPS = {
     "inferno": cv2.COLORMAP_INFERNO,
     "turbo": cv2.COLORMAP_TURBO,
@@ -23,18 +25,20 @@ def colorize(
 ) -> np.ndarray:
     """HxWx3 uint8 BGR image of a depth map, min..max (or ``vmin``..``vmax``) stretched over the colormap.
 
-    Near is bright for both kinds of output: ``kind="relative"`` (inverse depth, larger = nearer)
-    and ``kind="metric"`` (metres, smaller = nearer; ``vmin``/``vmax`` in metres). Non-finite
-    pixels, and metres that are not positive, are drawn black.
+    Near is bright for every output kind (``runtime.metric.OUTPUT_KINDS``, what
+    ``DepthPredictor.output_kind`` says): ``"relative"`` (inverse depth, larger = nearer) as it is;
+    the depth kinds (``"metric"``, ``"depth_up_to_scale"``, ``"metres_per_focal"``: larger =
+    farther; ``vmin``/``vmax`` in their units) turned round. Non-finite pixels, and depth that is
+    not positive, are drawn black.
     """
     if colormap not in COLORMAPS:
         raise ValueError(f"unknown colormap {colormap!r}; choose one of {', '.join(COLORMAPS)}")
-    if kind not in ("relative", "metric"):
-        raise ValueError(f"kind must be 'relative' or 'metric', got {kind!r}")
+    if kind not in OUTPUT_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(OUTPUT_KINDS)}, got {kind!r}")
     depth = np.asarray(depth, dtype=np.float32)
     if depth.ndim != 2:
         raise ValueError(f"expected an HxW depth map, got shape {depth.shape}")
-    if kind == "metric":  # nearer = larger, as relative inverse depth has it
+    if kind != RELATIVE:  # depth: nearer = larger, as relative inverse depth has it
         depth = np.where(depth > 0, -depth, np.nan).astype(np.float32)
         vmin, vmax = (None if vmax is None else -vmax), (None if vmin is None else -vmin)
     finite = np.isfinite(depth)

@@ -84,9 +84,20 @@ def test_the_sky_mask_is_the_official_sky_steps_pixels(mono_metric):
     assert far.size == 1 and far[0] == pytest.approx(np.quantile(raw[~sky], 0.99), rel=1e-5)
     # Metres keep the mask; what is derived from a prediction is a plain map.
     assert isinstance(metres, Prediction) and np.array_equal(metres.sky, sky)
-    assert (metres[1:]).sky is None and (metres * 2).sky is None
+    assert type(metres[1:]) is np.ndarray and type(metres * 2) is np.ndarray  # plain maps, as documented
     again = pickle.loads(pickle.dumps(metres))
     assert np.array_equal(again.sky, sky) and np.array_equal(again.depth, metres.depth)
+
+
+def test_what_is_derived_from_a_prediction_is_plain():
+    depth = np.arange(12, dtype=np.float32).reshape(3, 4) + 1
+    prediction = Prediction(depth, sky=depth > 6, confidence=depth * 2)
+    for derived in (prediction[1:], prediction[:, ::2], prediction * 2, prediction + prediction, np.sqrt(prediction)):
+        assert type(derived) is np.ndarray  # was a Prediction whose sky was None
+    mean = prediction.mean()
+    assert type(mean) is np.float32 and mean == depth.mean()  # was a 0-d Prediction
+    assert type(prediction.max(axis=0)) is np.ndarray and type(prediction[0, 0]) is np.float32
+    assert prediction.sky is not None and np.array_equal(prediction.depth, depth)  # the prediction keeps its maps
 
 
 def test_exported_onnx_and_openvino_carry_the_sky_output(tmp_path, mono_metric):

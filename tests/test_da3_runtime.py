@@ -68,9 +68,21 @@ def test_metres_per_focal_needs_the_focal_length_and_scales_with_it(metric_small
     focal_network = 0.5 * (300.0 * w / 64 + 300.0 * h / 48)
     np.testing.assert_allclose(metres, raw * focal_network / 300.0, rtol=1e-6)
     np.testing.assert_allclose(doubled, 2 * metres, rtol=1e-6)
-    for bad in (0.0, -5.0, float("nan"), float("inf"), "wide"):
+    for bad in (0.0, -5.0, float("nan"), float("inf"), "wide", True, np.bool_(True), "300", b"300"):
         with pytest.raises(InputError, match="focal length"):
             DepthPredictor(metric_small, input_size=SIZE, focal=bad)
+    with DepthPredictor(metric_small, input_size=SIZE) as predictor:
+        for bad in (True, "600"):  # a bool was 1 px, a string was read as a number
+            with pytest.raises(InputError, match=r"^the focal length fx must be a number of pixels, got "):
+                predictor.predict(image, focal=bad)
+        with pytest.raises(InputError, match="intrinsics must be numbers"):
+            predictor.predict(image, intrinsics=("300", "300", "32", "24"))
+        # focal= per call to stream, as to predict (a TypeError before); checked at the call
+        streamed = list(predictor.stream([image, image], focal=300.0))
+        with pytest.raises(InputError, match="focal length"):
+            predictor.stream([image], focal=True)
+    for depth in streamed:
+        np.testing.assert_allclose(depth, metres, rtol=1e-6)
 
 
 def test_onnx_and_openvino_exports_carry_family_variant_licence_and_kind(tmp_path, small_snapshot):

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from runtime import DepthPredictor, InputError, colorize
+from runtime.accuracy import KIND_METRICS
 from runtime.metadata import read_sidecar
-from runtime.metric import OutputKind, resolve_output_kind
+from runtime.metric import OUTPUT_KINDS, OutputKind, resolve_output_kind
 from tests import scenes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,6 +147,17 @@ def test_colours_show_near_bright_for_both_kinds():
     assert ranged[2, -1, 0] == 128 and ranged[2, 0, 0] == 242  # 10 m and 1 m on a 0-20 m scale
     with pytest.raises(ValueError, match="kind must be"):
         colorize(metres, kind="metres")
+
+
+@pytest.mark.parametrize("kind", ["depth_up_to_scale", "metres_per_focal"])
+def test_colours_take_every_output_kind_depth_kinds_near_bright(kind):
+    """Every kind DepthPredictor.output_kind says (DA3's two were a ValueError after the model ran)."""
+    assert set(OUTPUT_KINDS) == set(KIND_METRICS)
+    depth = np.tile(np.linspace(1.0, 10.0, 64, dtype=np.float32), (4, 1))
+    depth[0, 0] = -1.0
+    np.testing.assert_array_equal(colorize(depth, "gray", kind=kind), colorize(depth, "gray", kind="metric"))
+    gray = colorize(depth, "gray", kind=kind)
+    assert gray[2, 0].tolist() == [255] * 3 and gray[2, -1].tolist() == [0] * 3 and gray[0, 0].tolist() == [0] * 3
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -93,3 +93,34 @@ def test_a_full_disk_stops_the_run_in_one_line_naming_the_output(tmp_path, tiny_
         f"error: cannot write {disk / 'a_depth.png'}: No space left on device; nothing is left under the output name"
     )
     assert run.left == []  # no temporary left behind either
+
+
+def test_depth_anything_3_kinds_run_and_metres_per_focal_needs_focal(tmp_path, photo, capsys):
+    """DA3-Small (depth up to scale) colours after it runs (a ValueError from colorize before); a
+    depth-per-focal-length model is refused in one line before any input runs without --focal, and
+    --focal has DepthPredictor's rules."""
+    from runtime.__main__ import main
+    from tests.da3_fixtures import da3_state_dict, write_snapshot
+
+    image = tmp_path / "scene.png"
+    cv2.imwrite(str(image), cv2.resize(photo, (64, 48)))
+    small = write_snapshot(tmp_path / "DA3-SMALL", "da3-small", da3_state_dict("da3-small"))
+    out = tmp_path / "out"
+    assert main([str(image), "--model", str(small), "--size", "56", "--output-dir", str(out)]) == 0
+    assert cv2.imread(str(out / "scene_depth.png")).shape == (48, 64, 3)
+    assert "(depth up to scale)" in capsys.readouterr().out
+    for bad in ("0", "nan", "wide"):
+        run = run_cli(str(image), "--model", str(small), "--focal", bad)
+        assert run.returncode == 2 and "error: argument --focal: " in run.stderr.splitlines()[-1], run.stderr
+    state = da3_state_dict("da3mono-large")  # DA3Metric-Large's keys
+    metric = write_snapshot(tmp_path / "DA3METRIC-LARGE", "da3metric-large", state)
+    del state
+    args = [str(image), "--model", str(metric), "--size", "56", "--output-dir", str(tmp_path / "m"), "--save-npy"]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pass --focal PIXELS" in err and not (tmp_path / "m" / "scene_depth.png").exists()
+    assert main([*args, "--focal", "80"]) == 0
+    metres = np.load(tmp_path / "m" / "scene_depth.npy")
+    assert main([*args, "--focal", "160"]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "m" / "scene_depth.npy"), 2 * metres, rtol=1e-5)

@@ -149,7 +149,12 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_the_model_loa
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "Read-only file system" in run.stderr
 
 
-def test_ctrl_c_with_inputs_left_exits_130_and_names_them(tmp_path, tiny_checkpoint, photo):
+@pytest.mark.parametrize(
+    "sig, code, word", [(signal.SIGINT, 130, "interrupted: "), (signal.SIGTERM, 143, "terminated (SIGTERM): ")]
+)
+def test_ctrl_c_or_sigterm_with_inputs_left_exits_130_or_143_and_names_them(
+    tmp_path, tiny_checkpoint, photo, sig, code, word
+):
     clip = write_video(tmp_path / "long.mp4", frames=3000, fps=30.0)
     cv2.imwrite(str(tmp_path / "after.png"), cv2.resize(photo, (64, 48)))
     out = tmp_path / "out"
@@ -166,8 +171,8 @@ def test_ctrl_c_with_inputs_left_exits_130_and_names_them(tmp_path, tiny_checkpo
         time.sleep(0.01)
     time.sleep(0.5)
     assert proc.poll() is None, "the video finished before it could be interrupted"
-    os.kill(proc.pid, signal.SIGINT)
+    os.kill(proc.pid, sig)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
-    assert f"1 input not processed ({tmp_path / 'after.png'})" in stderr
+    assert proc.returncode == code, stderr  # SIGTERM was 130, "stopped by Ctrl-C"
+    assert stderr.rstrip().splitlines()[-1] == f"{word}1 input not processed ({tmp_path / 'after.png'})"
     assert not (out / "after_depth.png").exists()

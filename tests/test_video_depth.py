@@ -118,7 +118,7 @@ def test_stream_matches_the_official_streaming_code(vda_checkpoint):
     assert worst_rel_std(alone[0], reference[-2]) > 100 * PARITY
 
 
-def test_gaps_and_size_changes_reset_out_of_order_is_refused(vda_checkpoint, caplog):
+def test_gaps_and_size_changes_reset_late_and_repeated_frames_are_refused(vda_checkpoint, caplog):
     frames = frames_bgr()
     with DepthPredictor(vda_checkpoint, input_size=266) as predictor:
         video = predictor.video_stream(max_gap=0.5, name="cam0")
@@ -129,8 +129,10 @@ def test_gaps_and_size_changes_reset_out_of_order_is_refused(vda_checkpoint, cap
         np.testing.assert_allclose(again, first, rtol=0, atol=1e-5)
         assert video.resets == [(2, "1.900 s since the last frame (more than max_gap=0.5 s)")]
         assert "cam0: Video Depth Anything state reset at frame 2" in caplog.text
-        with pytest.raises(InputError, match=r"cam0: frame at t=11\.000000 s arrives after t=12\.000000 s"):
-            video.push(frames[1], stamp=11.0)
+        with pytest.raises(InputError, match=r"cam0: frame at t=11\.800000 s is 0\.200000 s older than the last"):
+            video.push(frames[1], stamp=11.8)  # a late frame (within max_gap): left out
+        with pytest.raises(InputError, match=r"cam0: a second frame at t=12\.000000 s \(the same stamp as the last\)"):
+            video.push(frames[1], stamp=12.0)
         video.push(frames[1][:, :300], stamp=12.1)
         assert video.resets[-1][1] == "frame size changed from 320x240 to 300x240"
 

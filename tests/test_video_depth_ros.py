@@ -65,7 +65,7 @@ def test_bag_tool_streams_each_camera_and_restarts_after_a_pause(vda, tmp_path, 
     assert f"{TOPIC}: Video Depth Anything state reset at frame 4: 7.700 s since the last frame" in caplog.text
 
 
-def test_node_cycle_keeps_a_stream_per_camera_and_leaves_out_old_frames(vda):
+def test_node_cycle_keeps_a_stream_per_camera_leaves_out_late_frames_and_restarts_on_a_jump_back(vda):
     cameras = node_cameras(["/a/image_raw", "/b/image_raw"])
     frames, warned = frames_bgr(), []
 
@@ -78,4 +78,9 @@ def test_node_cycle_keeps_a_stream_per_camera_and_leaves_out_old_frames(vda):
         depths = predict(vda, taken, [frames[i], frames[i]], warned.append)
         assert all(worst_rel_std(d, reference[i]) <= 1e-4 for d in depths)  # each camera its own stream
     old = predict(vda, [(cameras[0], message(10.05))], [frames[3]], warned.append)
-    assert old == [None] and "frame skipped: /a/image_raw: frame at t=10.050000 s arrives after" in warned[0]
+    assert old == [None] and "frame skipped: /a/image_raw: frame at t=10.050000 s is 0.150000 s older" in warned[0]
+    # The clock jumped back (a bag played in a loop, a restarted driver): that camera starts again.
+    looped = predict(vda, [(cameras[0], message(1.0))], [frames[0]], warned.append)
+    assert worst_rel_std(looped[0], reference[0]) <= 1e-4 and len(warned) == 1
+    assert cameras[0].video.resets == [(3, "time jumped back 9.200 s (more than max_gap=1 s)")]
+    assert cameras[1].video.resets == []

@@ -253,6 +253,11 @@ class Backend(ABC):
     def _release(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing to free
         """Free library resources; called once by ``close``."""
 
+    def require_open(self) -> None:
+        """``RuntimeError`` (one line) once the backend is closed: for calls that would reach a freed model."""
+        if self._closed:
+            raise RuntimeError(f"the {self.name} backend was closed")
+
     def close(self) -> None:
         with self._lock:
             if not self._closed:

@@ -222,6 +222,7 @@ class TorchBackend(Backend):
         return [o.float().cpu().numpy() for o in outputs]
 
     def stream_shapes(self, height: int, width: int) -> list:
+        self.require_open()  # the module is dropped at close
         return self._model.state_shapes(height, width)
 
     def _profile(self, batch: np.ndarray, calls: int) -> Profile:

@@ -44,6 +44,7 @@ class VideoSummary:
     seconds: float
     interrupted: bool
     fps_reported: bool  # False: the source gave no frame rate and DEFAULT_FPS was used
+    interrupt: BaseException | None = None  # what stopped it: KeyboardInterrupt, or Terminated (SIGTERM)
     flicker: float | None = None  # of the depth written (runtime.align.stabilize)
     flicker_unstabilized: float | None = None  # of the model's output, when stabilised
 
@@ -226,10 +227,10 @@ def write_depth_video(
                     summary.frames += 1
                     if progress is not None:
                         progress(1)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (commands.runner.Terminated)
                 if writer is None:
                     raise
-                summary.interrupted = True
+                summary.interrupted, summary.interrupt = True, exc
             if writer is None:
                 raise InputError(f"no frames could be read from {name}")
             writer.release()
