@@ -84,3 +84,20 @@ def test_node_cycle_keeps_a_stream_per_camera_leaves_out_late_frames_and_restart
     assert worst_rel_std(looped[0], reference[0]) <= 1e-4 and len(warned) == 1
     assert cameras[0].video.resets == [(3, "time jumped back 9.200 s (more than max_gap=1 s)")]
     assert cameras[1].video.resets == []
+
+
+def test_a_repeated_stamp_in_a_bag_leaves_that_frame_out_and_the_bag_goes_on(vda, tmp_path):
+    """Two images on one topic at the same bag time: the stream refuses the second (its stamp is
+    the last one's), and the bag tool leaves it out and goes on (it ended the run before)."""
+    store = get_typestore(Stores.ROS2_HUMBLE)
+    messages = Messages(store)
+    stamps = [1_000_000_000, 1_100_000_000, 1_100_000_000, 1_200_000_000]
+    bag = tmp_path / "in"
+    with Writer2(bag, version=8) as writer:
+        conn = writer.add_connection(TOPIC, "sensor_msgs/msg/Image", typestore=store)
+        for t, frame in zip(stamps, frames_bgr()[: len(stamps)], strict=True):
+            writer.write(conn, t, store.serialize_cdr(messages.image(t, frame), "sensor_msgs/msg/Image"))
+    summary = process_bag(vda, bag, tmp_path / "out", TOPIC)
+    assert summary.frames == 3 and len(summary.skipped) == 1 == len(summary.cameras[TOPIC].skipped)
+    assert summary.skipped[0][0] == 1_100_000_000 and "the same stamp as the last" in summary.skipped[0][1]
+    assert len(read_topics(tmp_path / "out")["/cam/depth/relative_inverse"]) == 3

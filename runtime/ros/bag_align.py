@@ -219,6 +219,14 @@ class BagAligner:
             self._latest[frame.topic] = max(self._latest.get(frame.topic, frame.timestamp), frame.timestamp)
             self._evict()
 
+    def forget(self, frame: Any) -> None:
+        """A frame :meth:`match` noted that will not be fitted (left out after it was read): its
+        sensor message is released as a fitted frame's is."""
+        index, _, _ = self._matches.pop(id(frame.header), (None, None, None))
+        if index is not None:
+            self._needed[index] -= 1
+            self._evict()
+
     def _nearest(self, bag_time: int, stamp: int) -> tuple[int | None, int | None]:
         """The sensor message nearest the frame's stamp among those recorded near the frame (from
         ``REORDER`` seconds of bag time before it to ``SEARCH`` after), and its offset: a clock that

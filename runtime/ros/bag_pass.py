@@ -173,7 +173,15 @@ class BagPass:
                     frame = self.events[-1][1]  # the frame just queued
                     if frame.camera.video is None:
                         frame.camera.video = predictor.video_stream(name=frame.topic)
-                    self.results.append(frame.camera.video.push(image, stamp=frame.timestamp * 1e-9))
+                    try:
+                        result = frame.camera.video.push(image, stamp=frame.timestamp * 1e-9)
+                    except InputError as exc:  # a repeated time stamp: that frame left out, the bag goes on
+                        self.events.pop()  # the frame frames() just queued
+                        if self.aligner is not None:
+                            self.aligner.forget(frame)
+                        self.skip(frame.camera, frame.timestamp, str(exc))
+                        continue
+                    self.results.append(result)
                     self.flush()
             finally:  # the bag's streams end with it (their GPU buffers with TensorRT), each one
                 for camera in self.cameras.values():
