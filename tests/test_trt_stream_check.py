@@ -37,7 +37,7 @@ from runtime.stream_check import check_backend, is_stream_reference
 from runtime.video_state import STREAM_INPUTS, STREAM_OUTPUTS
 from tests.test_trt_logic import gpu_ready
 
-from .video_fixtures import STREAM_SIZE
+from .video_fixtures import STREAM_SIZE, perturbed_motion_module
 
 REPO = Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH = STREAM_SIZE
@@ -120,22 +120,13 @@ def run_module(module: str, *argv: str, cwd: Path) -> subprocess.CompletedProces
 
 
 def test_runtime_verify_checks_a_stream_and_fails_a_perturbed_motion_module(stream, tmp_path):
-    import onnx
-    from onnx import numpy_helper
-
     from runtime import DepthPredictor
 
     with DepthPredictor(stream["path"], verify=True) as predictor:  # the same check when a model loads
         assert predictor.verification.passed and len(predictor.verification.checks) == FRAMES
     done = run_module("runtime.verify", str(stream["path"]), cwd=tmp_path)
     assert done.returncode == 0 and "PASSED" in done.stdout and "frame_3" in done.stdout, done.stdout + done.stderr
-    graph = onnx.load(str(stream["path"]))
-    weights = {i.name: i for i in graph.graph.initializer}
-    gemm = next(n for n in graph.graph.node if n.name == "/motion_modules.3/attention_blocks.1/to_out.0/Gemm")
-    weight = weights[gemm.input[1]]
-    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * np.float32(1.5), weight.name))
-    perturbed = tmp_path / "perturbed.onnx"
-    onnx.save(graph, str(perturbed))
+    perturbed = perturbed_motion_module(stream["path"], tmp_path / "perturbed.onnx")
     reference = str(reference_path(stream["path"]))
     done = run_module("runtime.verify", str(perturbed), "--reference", reference, "--backend", "openvino", cwd=tmp_path)
     assert done.returncode == 1 and "over its reference's tolerance" in done.stderr, done.stdout + done.stderr

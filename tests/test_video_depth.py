@@ -16,7 +16,7 @@ from runtime.video_state import RECENT, SLOTS, WINDOW, StreamState, stream_input
 from train.models import CheckpointError, load_model
 from train.models.video import VideoDepthAnything
 
-from .video_fixtures import frames_bgr, official_stream, vda_state_dict, worst_rel_std
+from .video_fixtures import frames_bgr, official_stream, perturbed_motion_module, vda_state_dict, worst_rel_std
 
 # max|ours - official| / std(official) per frame, the DA-V2 parity bar (reached: about 3e-5).
 PARITY = 1e-4
@@ -211,9 +211,6 @@ def test_openvino_ir_runs_the_stream_and_int8_keeps_the_motion_modules_in_float(
 def test_a_plain_onnx_export_of_a_stream_carries_its_reference(vda_checkpoint, tmp_path, capsys):
     """``export.onnx`` of a Video Depth Anything checkpoint writes the stream reference (as export.trt
     --onnx-only does): runtime.verify passes the export and fails it with a motion module perturbed."""
-    import onnx
-    from onnx import numpy_helper
-
     from export.onnx import main as export_main
     from export.openvino import main as export_openvino_main
     from runtime.reference import reference_path
@@ -230,12 +227,6 @@ def test_a_plain_onnx_export_of_a_stream_carries_its_reference(vda_checkpoint, t
     assert export_openvino_main(["--onnx", str(path), "--output", str(ir)]) == 0 and reference_path(ir).is_file()
     capsys.readouterr()
     assert verify_main([str(ir)]) == 0 and "PASSED" in capsys.readouterr().out
-    graph = onnx.load(str(path))
-    weights = {i.name: i for i in graph.graph.initializer}
-    gemm = next(n for n in graph.graph.node if n.name == "/motion_modules.3/attention_blocks.1/to_out.0/Gemm")
-    weight = weights[gemm.input[1]]
-    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * np.float32(1.5), weight.name))
-    perturbed = tmp_path / "perturbed.onnx"
-    onnx.save(graph, str(perturbed))
+    perturbed = perturbed_motion_module(path, tmp_path / "perturbed.onnx")
     assert verify_main([str(perturbed), "--reference", str(reference_path(path))]) == 1
     assert "over its reference's tolerance" in capsys.readouterr().err

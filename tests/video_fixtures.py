@@ -50,3 +50,21 @@ def official_stream() -> np.ndarray:
 
 def worst_rel_std(ours: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(ours - ref).max() / ref.std())
+
+
+MOTION_GEMM = "/motion_modules.3/attention_blocks.1/to_out.0/Gemm"
+
+
+def perturbed_motion_module(onnx_path: Path, output: Path, factor: float = 1.5) -> Path:
+    """A copy of a stream ONNX with the last motion module's attention output weight scaled by
+    ``factor``: a damaged temporal head that a stream check must catch."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(onnx_path))
+    weights = {i.name: i for i in graph.graph.initializer}
+    gemm = next(n for n in graph.graph.node if n.name == MOTION_GEMM)
+    weight = weights[gemm.input[1]]
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * np.float32(factor), weight.name))
+    onnx.save(graph, str(output))
+    return output
