@@ -277,7 +277,7 @@ def missing_setup(out: Path, size: int, families: list[str], backends: list[str]
     more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
     return (
         f"error: {missing[0]}{more} not found: run `python -m benchmarks.family_cost setup --size {size} "
-        f"--out {out}` first (with the same --families)"
+        f"--out {out}` first (with the same --families; flicker needs vda-small among them)"
     )
 
 

@@ -211,7 +211,7 @@ def export_onnx(
         digest = artefact_digest(staged)  # the record's and the reference's: landing is a rename, same bytes
         if video:  # a stream's reference: frames of a panning photograph, the cache carried
             with stage("writing the stream reference"):
-                written = _stream_reference(staged, digest)
+                written = _stream_reference(staged, digest, model)
         else:
             with stage("writing the reference"):
                 runner = torch_runner(model)
@@ -264,12 +264,13 @@ def export_onnx(
     return result
 
 
-def _stream_reference(staged: Path, digest: str) -> Reference:
-    """The stream reference of the staged stream ONNX (ONNX Runtime, as export.trt --onnx-only
-    makes it), written beside it so that it lands with the model."""
+def _stream_reference(staged: Path, digest: str, model: Any) -> Reference:
+    """The stream reference of the staged stream ONNX, its depths from the PyTorch ``model`` (not
+    from ONNX Runtime: checked in ONNX Runtime, it would be that runtime against itself), written
+    beside it so that it lands with the model."""
     from .trt.stream import make_stream_reference  # export.trt imports this module
 
-    made = make_stream_reference(staged, staged, "fp32")
+    made = make_stream_reference(staged, staged, "fp32", model=model)
     made.meta["artefact_sha256"] = digest
     made.path = save_reference(reference_path(staged), made)
     return made

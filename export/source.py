@@ -3,7 +3,6 @@ and the names its outputs take by default."""
 
 from __future__ import annotations
 
-import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -98,22 +97,21 @@ def check_output_folder(output: Path) -> Path:
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir():
-        raise ExportRequestError(f"--output {output}: {folder} is a file, not a folder; choose another --output")
+        raise ExportRequestError(f"{output}: {folder} is a file, not a folder; choose another --output")
     try:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise ExportRequestError(
-            f"--output {output}: cannot write in {folder} ({reason}); choose another --output"
-        ) from None
+        raise ExportRequestError(f"{output}: cannot write in {folder} ({reason}); choose another --output") from None
     return output
 
 
 @contextmanager
 def output_folder(output: Path) -> Iterator[Path]:
-    """``output``'s folder, made if missing and removed again (with what the failed work left in it)
-    when the body raises: a refused or failed export leaves no empty folder behind."""
+    """``output``'s folder, made if missing and removed again when the body raises, each folder this
+    call made from the innermost out while it is empty: a refused or failed export leaves no empty
+    folder behind, and never removes a file (another export's, started beside it) it finds there."""
     check_output_folder(output)
     folder = Path(output).absolute().parent
     created = folder
@@ -125,5 +123,13 @@ def output_folder(output: Path) -> Iterator[Path]:
         yield folder
     except BaseException:
         if made:
-            shutil.rmtree(created, ignore_errors=True)
+            current = folder
+            while True:
+                try:
+                    current.rmdir()  # only an empty folder
+                except OSError:
+                    break
+                if current == created:
+                    break
+                current = current.parent
         raise

@@ -47,7 +47,10 @@ class Prediction(np.ndarray):
         return self.view(np.ndarray)[key]
 
     def __array_wrap__(self, out: Any, context: Any = None, return_scalar: bool = False) -> Any:
-        # arithmetic and reductions (d * 2, d.mean()): plain arrays and numbers, not Predictions
+        # arithmetic and reductions (d * 2, d.mean()): plain arrays and numbers, not Predictions;
+        # in place (d *= 2) the Prediction itself, its sky and confidence kept
+        if out is self:
+            return self
         out = np.asarray(out)
         return out[()] if return_scalar or out.ndim == 0 else out
 

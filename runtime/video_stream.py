@@ -52,8 +52,10 @@ class VideoStream:
         return self.state.resets
 
     def reset(self, reason: str = "") -> None:
-        """Start again: the next frame is a first frame, at any stamp."""
-        self.state.reset(reason)
+        """Start again: the next frame is a first frame, at any stamp (after the frame in flight, if
+        any: a reset from another thread, a clock-jump callback, waits for it)."""
+        with self._lock:
+            self.state.reset(reason)
 
     def close(self) -> None:
         """Free the stream's cache (GPU buffers with TensorRT), after the frame in flight if any; a

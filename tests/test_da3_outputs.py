@@ -98,6 +98,9 @@ def test_what_is_derived_from_a_prediction_is_plain():
     assert type(mean) is np.float32 and mean == depth.mean()  # was a 0-d Prediction
     assert type(prediction.max(axis=0)) is np.ndarray and type(prediction[0, 0]) is np.float32
     assert prediction.sky is not None and np.array_equal(prediction.depth, depth)  # the prediction keeps its maps
+    doubled, scaled = prediction.depth * 2, prediction
+    scaled *= 2  # in place: the same Prediction, its maps kept (was rebound to a plain array)
+    assert scaled is prediction and prediction.sky is not None and np.array_equal(prediction.depth, doubled)
 
 
 def test_exported_onnx_and_openvino_carry_the_sky_output(tmp_path, mono_metric):

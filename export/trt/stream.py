@@ -56,6 +56,7 @@ MOTION_MODULES = "/motion_modules."  # the node-name scope PyTorch gives the tem
 FRAMES = 8
 SHIFT = 40
 AGAINST = "ONNX Runtime FP32 on the stream ONNX, frame by frame with the cache carried"
+AGAINST_TORCH = "PyTorch FP32, frame by frame with the cache carried"
 # What the engine's slot_pos I/O tensor is, per major release (the ONNX's is INT64).
 SLOT_POS_DTYPES = {8: "int32", 10: "int64", 11: "int64"}
 SRC_SLOT_POS = (
@@ -184,23 +185,34 @@ def stream_fact(model: Any, major: int) -> dict:
     return {"stream": stream_meta(FRAMES)["stream"]["layout"], "slot_pos_dtype": slot_pos_dtype(major)}
 
 
-def make_stream_reference(onnx_path: Path, artefact: Path, precision: str, frames: int = FRAMES) -> Reference:
+def make_stream_reference(
+    onnx_path: Path, artefact: Path, precision: str, frames: int = FRAMES, model: Any = None
+) -> Reference:
     """The stream reference of ``artefact``, made from the FP32 stream ONNX at ``onnx_path`` with
-    ONNX Runtime: ``frames`` frames of a photograph panning sideways (kept as uint8 images, the
-    network inputs their exact normalisation), each frame's depth with the cache carried; held to
-    ``precision``'s tolerance, the worst frame judged. In memory (``save_reference`` writes it)."""
-    step = OrtStream(onnx_path)
-    height, width = step.size
+    ONNX Runtime, or with the PyTorch ``model`` it was exported from where given (``export.onnx``:
+    a reference the exported file's own runtime made would check that runtime against itself):
+    ``frames`` frames of a photograph panning sideways (kept as uint8 images, the network inputs
+    their exact normalisation), each frame's depth with the cache carried; held to ``precision``'s
+    tolerance, the worst frame judged. In memory (``save_reference`` writes it)."""
+    ort = OrtStream(onnx_path)
+    height, width = ort.size
     images = [image_of(batch) for batch in verification_frames(height, width, frames, SHIFT)]
-    depths = step.depths([network_input(image) for image in images])
+    batches = [network_input(image) for image in images]
+    against = AGAINST if model is None else AGAINST_TORCH
+    if model is None:
+        depths = ort.depths(batches)
+    else:
+        from ..video import run_stream, torch_step  # PyTorch only here: export.trt imports this module
+
+        depths = run_stream(torch_step(model), model.state_shapes(height, width), batches)
     kind = Artefact.of(onnx_path).output_kind().kind
     metric, tolerance = precision_rule(precision, None, kind)
     source = f"a photograph panning sideways ({SHIFT} pixels a frame)"
     inputs = [
-        {"name": f"frame_{i}", "source": source, "size": [height, width], "outputs_from": AGAINST}
+        {"name": f"frame_{i}", "source": source, "size": [height, width], "outputs_from": against}
         for i in range(len(images))
     ]
-    meta = make_meta(artefact, precision, metric, tolerance, inputs, AGAINST, output_kind=kind, **stream_meta(frames))
+    meta = make_meta(artefact, precision, metric, tolerance, inputs, against, output_kind=kind, **stream_meta(frames))
     return Reference(images, [d.reshape(height, width).astype(np.float32) for d in depths], meta)
 
 
@@ -231,7 +243,10 @@ def stream_reference(record: Artefact, fp32: Artefact | None, precision: str) ->
     elif fp32 is not None and stale:  # none, one of another file, or one naming no file: made again from the FP32 ONNX
         base = make_stream_reference(fp32.path, fp32.path, "fp32")
         base.meta["artefact_sha256"] = digest
-        base.path = save_reference(reference_path(fp32.path), base)
+        try:  # kept beside the FP32 ONNX for the next build; in memory where that folder is read-only
+            base.path = save_reference(reference_path(fp32.path), base)
+        except OSError:
+            base.path = None
     if base is None:
         return None
     if same:
