@@ -36,7 +36,8 @@ from commands.errors import InputError
 from .stream_plan import RECENT, SLOTS, WAITING, WINDOW, HostCache, frame_plan
 
 __all__ = [
-    "CACHES", "RECENT", "SLOTS", "STREAM_INPUTS", "STREAM_OUTPUTS", "WAITING", "WIDE_RATIO", "WINDOW", "StreamState",
+    "CACHES", "RECENT", "SLOTS", "STREAM_INPUTS", "STREAM_OUTPUTS", "WAITING", "WIDE_RATIO", "WINDOW", "StampRefused",
+    "StreamState",
     "slot_positions", "stream_input_size",
 ]  # fmt: skip
 
@@ -44,6 +45,13 @@ __all__ = [
 WIDE_RATIO = 1.78
 
 log = logging.getLogger("runtime.video")
+
+
+class StampRefused(InputError):
+    """A frame whose stamp cannot follow the last one's (repeated, or a little older): that frame is
+    left out, the stream goes on (the bag tool and the node skip it and say why)."""
+
+
 # The exported stream graph's extra inputs (after the image) and outputs (after depth).
 CACHES = 8  # two attention blocks in each of the four motion modules
 STREAM_INPUTS = ("slot_pos", *(f"cache{i}" for i in range(CACHES)))
@@ -140,7 +148,7 @@ class StreamState:
         last, gap = self.stamp, self.max_gap
         assert last is not None
         if stamp == last:
-            raise InputError(
+            raise StampRefused(
                 f"{self.name}: a second frame at t={stamp:.6f} s (the same stamp as the last); left out, the "
                 "first frame of a stamp is kept"
             )
@@ -152,14 +160,14 @@ class StreamState:
             )
         back = last - stamp
         if gap is None:
-            raise InputError(
+            raise StampRefused(
                 f"{self.name}: frame at t={stamp:.6f} s is {back:.6f} s older than the last (t={last:.6f} s); this "
                 "stream has no max_gap: call reset() to start it again from this frame, or give max_gap to "
                 "start again on a jump back"
             )
         if back > gap:  # the clock jumped back: a looping bag, a restarted driver, a sim clock reset
             return f"time jumped back {back:.3f} s (more than max_gap={gap:g} s)"
-        raise InputError(
+        raise StampRefused(
             f"{self.name}: frame at t={stamp:.6f} s is {back:.6f} s older than the last (t={last:.6f} s): left "
             f"out (a late frame; a jump back of more than max_gap={gap:g} s starts the stream again)"
         )

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from commands.errors import InputError
 from runtime.accuracy import precision_rule
 from runtime.inherited_reference import inherited_reference
 from runtime.metadata import artefact_digest
@@ -194,12 +195,16 @@ def make_stream_reference(
     ``frames`` frames of a photograph panning sideways (kept as uint8 images, the network inputs
     their exact normalisation), each frame's depth with the cache carried; held to ``precision``'s
     tolerance, the worst frame judged. In memory (``save_reference`` writes it)."""
-    ort = OrtStream(onnx_path)
-    height, width = ort.size
+    ort = OrtStream(onnx_path) if model is None else None  # no session only to read the size
+    if ort is not None:
+        height, width = ort.size
+    else:
+        dims = load_onnx(onnx_path, load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+        height, width = int(dims[2].dim_value), int(dims[3].dim_value)
     images = [image_of(batch) for batch in verification_frames(height, width, frames, SHIFT)]
     batches = [network_input(image) for image in images]
     against = AGAINST if model is None else AGAINST_TORCH
-    if model is None:
+    if ort is not None:
         depths = ort.depths(batches)
     else:
         from ..video import run_stream, torch_step  # PyTorch only here: export.trt imports this module
@@ -245,7 +250,7 @@ def stream_reference(record: Artefact, fp32: Artefact | None, precision: str) ->
         base.meta["artefact_sha256"] = digest
         try:  # kept beside the FP32 ONNX for the next build; in memory where that folder is read-only
             base.path = save_reference(reference_path(fp32.path), base)
-        except OSError:
+        except (OSError, InputError):  # atomic_write says a folder it may not write in as an InputError
             base.path = None
     if base is None:
         return None

@@ -20,6 +20,7 @@ from commands.errors import InputError
 from ..align import FlickerMeter, Stabilizer
 from ..pointcloud import Intrinsics, bounded_stride
 from ..preprocessing import check_image
+from ..video_state import StampRefused
 from ..video_stream import close_quietly
 from .align import FramePipeline
 from .bag_writer import BagWriter
@@ -175,7 +176,7 @@ class BagPass:
                         frame.camera.video = predictor.video_stream(name=frame.topic)
                     try:
                         result = frame.camera.video.push(image, stamp=frame.timestamp * 1e-9)
-                    except InputError as exc:  # a repeated time stamp: that frame left out, the bag goes on
+                    except StampRefused as exc:  # a repeated time stamp: that frame left out, the bag goes on
                         self.events.pop()  # the frame frames() just queued
                         if self.aligner is not None:
                             self.aligner.forget(frame)
