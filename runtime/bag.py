@@ -270,7 +270,7 @@ def _camera_lines(
         lines.append(f"  skipped {camera.camera_infos_skipped} camera info messages that could not be used")
     lines += flicker_lines(camera.flicker, camera.flicker_unstabilized, camera.flicker_collapsed)
     if camera.skipped:
-        lines.append(f"  left out {len(camera.skipped)} image messages (undecodable, or a repeated stamp), e.g.:")
+        lines.append(f"  skipped {len(camera.skipped)} image messages (undecodable, or a repeated stamp), e.g.:")
         lines += [f"    at {t} ns: {reason}" for t, reason in camera.skipped[:3]]
     return lines
 
