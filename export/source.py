@@ -4,12 +4,13 @@ and the names its outputs take by default."""
 from __future__ import annotations
 
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from commands.errors import InputError
+from runtime.io.files import check_writable_folder
 from runtime.preprocessing import PATCH_SIZE
 
 from .errors import ExportRequestError
@@ -90,20 +91,13 @@ def default_output(stem: str, suffix: str) -> Path:
 def check_output_folder(output: Path) -> Path:
     """``output``, or ``ExportRequestError`` (exit 2) in one line when its folder cannot be written:
     a file where a folder should be, or a folder that takes no new file (read-only, /proc). Every
-    export command checks this before any work; nothing is created (a missing folder is made when
-    the work succeeds, see :func:`output_folder`)."""
+    export command checks this before any work (``runtime.io.files.check_writable_folder``); nothing
+    is created (a missing folder is made when the work succeeds, see :func:`output_folder`)."""
     output = Path(output)
-    folder = output.absolute().parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise ExportRequestError(f"{output}: {folder} is a file, not a folder; choose another --output")
     try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise ExportRequestError(f"{output}: cannot write in {folder} ({reason}); choose another --output") from None
+        check_writable_folder(output.absolute().parent, "--output", named=output)
+    except InputError as exc:
+        raise ExportRequestError(str(exc)) from None
     return output
 
 

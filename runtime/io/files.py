@@ -63,23 +63,24 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
     return removed
 
 
-def check_writable_folder(folder: str | Path, option: str) -> None:
+def check_writable_folder(folder: str | Path, option: str, named: str | Path | None = None) -> None:
     """Raise ``InputError`` unless files can be written in ``folder`` (or, if it does not exist
     yet, in the folder it would be made in): checked before a command loads its model, so a
-    read-only folder or a file in the way ends the run at once, in one line."""
+    read-only folder or a file in the way ends the run at once, in one line. The line names
+    ``named`` (an output file in that folder) where given, else ``option`` and the folder."""
     folder = Path(folder)
+    what = f"{option} {folder}" if named is None else str(named)
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise InputError(f"{option} {folder}: {existing} is a file, not a folder; choose another {option}")
+        raise InputError(f"{what}: {existing} is a file, not a folder; choose another {option}")
     try:
         with tempfile.NamedTemporaryFile(prefix=".dav2-write-check.", dir=existing):
             pass
     except OSError as exc:
-        raise InputError(
-            f"{option} {folder}: cannot write in {existing} ({exc.strerror}); choose another {option}"
-        ) from exc
+        reason = exc.strerror or type(exc).__name__
+        raise InputError(f"{what}: cannot write in {existing} ({reason}); choose another {option}") from None
 
 
 def named_for_output(exc: OSError, path: Path) -> BaseException:
