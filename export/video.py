@@ -37,6 +37,10 @@ from .metrics import OnnxRuntimeRunner, verification_frames
 VERIFY_FRAMES = 3
 
 
+# What a stream reference made with OrtStream says its depths came from.
+ORT_STREAM = "ONNX Runtime FP32 on the stream ONNX, frame by frame with the cache carried"
+
+
 def is_video_model(model: Any) -> bool:
     return getattr(model, "family", "") == "video-depth-anything"
 

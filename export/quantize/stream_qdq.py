@@ -49,12 +49,12 @@ from ..errors import ExportError, ExportRequestError
 from ..graph import load_onnx, save_onnx
 from ..metrics import verification_frames
 from ..reference import UNMEASURED_INT8_TOLERANCE
+from ..video import ORT_STREAM as AGAINST
 from ..video import OrtStream
 from .qdq import quantize_int8, select_nodes
 
 MOTION_SCOPE = ("*/motion_modules.*",)  # node-name globs of the temporal head's modules: float
 UNMEASURED_FRAMES = 4  # --accuracy-budget off: the reference's frames (a photograph panning sideways)
-AGAINST = "ONNX Runtime FP32 on the stream ONNX, frame by frame with the cache carried"
 CPU_REFUSAL = (
     "is a Video Depth Anything stream graph: its INT8 Q/DQ is made for TensorRT (--target tensorrt); for "
     "CPUs use the OpenVINO INT8 stream (python -m export.openvino --int8)"

@@ -45,7 +45,7 @@ from ..artefact import Artefact
 from ..errors import ExportRequestError
 from ..graph import Graph, is_quantized, load_onnx
 from ..metrics import verification_frames
-from ..video import OrtStream, is_stream_onnx
+from ..video import ORT_STREAM, OrtStream, is_stream_onnx
 
 IMAGE = "image"
 MOTION_MODULES = "/motion_modules."  # the node-name scope PyTorch gives the temporal head's modules
@@ -56,7 +56,7 @@ MOTION_MODULES = "/motion_modules."  # the node-name scope PyTorch gives the tem
 # under FP16's bound on those weights, over FP32's (5e-4).
 FRAMES = 8
 SHIFT = 40
-AGAINST = "ONNX Runtime FP32 on the stream ONNX, frame by frame with the cache carried"
+AGAINST = ORT_STREAM
 AGAINST_TORCH = "PyTorch FP32, frame by frame with the cache carried"
 # What the engine's slot_pos I/O tensor is, per major release (the ONNX's is INT64).
 SLOT_POS_DTYPES = {8: "int32", 10: "int64", 11: "int64"}
