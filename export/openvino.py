@@ -23,7 +23,7 @@ from commands.runner import command, stage
 from runtime.backends.openvino import RT_INFO_PRECISION, import_openvino, load_error, openvino_core, telemetry_off
 from runtime.io.files import staging_dir
 from runtime.metadata import artefact_digest, library_versions, sidecar_path
-from runtime.reference import reference_path
+from runtime.reference import reference_path, save_reference
 from runtime.sky import sky_step_refusal
 
 from .artefact import Artefact
@@ -43,6 +43,7 @@ from .metrics import FP32_TOLERANCE, MAX_REL_STD, compare, run_onnxruntime, shor
 from .onnx import source_onnx
 from .quantize.openvino_int8 import compile_f32 as _compile_f32
 from .quantize.options import ACCURACY_METHODS, Int8Options
+from .quantize.stream_budget import OV_KEPT, accuracy_line, measure_stream_ir, stream_float_layers
 from .reference import FP16_TOLERANCE, UNMEASURED_INT8_TOLERANCE, make_reference, onnx_runner, other_size
 from .source import PRECISIONS, check_precision, default_output, licence_note, output_folder
 from .video import is_stream_graph, quantize_stream_openvino, verify_stream_ir
@@ -105,8 +106,15 @@ def export_openvino(
     quantization = budget = None
     stream = is_stream_graph(model)  # Video Depth Anything: the cache in and out (export.video)
     if precision == "int8" and stream:
+        budget = int8.budget if int8 is not None else None
+        if budget is not None and not hasattr(calibration, "held_out_batches"):
+            raise ExportRequestError(
+                "an accuracy budget needs held-out images: pass export.quantize.budget's read_int8_images"
+            )
+        floats = stream_float_layers(model, onnx_path, int8.float_layers if int8 is not None else ())
         with stage("quantizing the stream step (temporal modules in float)"):
-            model, quantization = quantize_stream_openvino(ov, model, calibration)
+            model, quantization = quantize_stream_openvino(ov, model, calibration, floats)
+        quantization["float_layers"] = list(int8.float_layers if int8 is not None else ())
     elif precision == "int8":
         from .quantize.openvino_int8 import quantize_openvino
 
@@ -136,6 +144,9 @@ def export_openvino(
                 f"the {precision} IR differs from ONNX Runtime FP32 at {shape[0]}x{shape[1]}: {check}, over the "
                 f"tolerance {bound:g}; nothing was written"
             )
+        if stream and precision == "int8":  # held to the budget before anything lands
+            with stage("measuring the INT8 stream frame by frame against the FP32 stream"):
+                measured = measure_stream_ir(staged, source, calibration, budget, quantization["float_layers"])
         # Old metadata and .xml go first, the new .xml lands last: at every moment the folder
         # holds the old pair, no loadable pair, or the new pair.
         sidecar_path(output).unlink(missing_ok=True)
@@ -169,7 +180,14 @@ def export_openvino(
         "sha256": artefact_digest(output),  # the .xml and its .bin
         "versions": library_versions("openvino", "nncf"),
     }
+    if stream and precision == "int8":
+        reference, data["accuracy"] = measured
     record = source.made(output, data).write()
+    if stream and precision == "int8":  # the measured frames and their FP32 depths
+        reference.meta["artefact_sha256"] = record.sha256
+        reference.path = save_reference(reference_path(output), reference)
+        licence_note(record.licence, output)
+        return record.with_reference(reference)
     if stream:  # a stream's reference: the source ONNX's frames (made with ONNX Runtime where it has none)
         from .trt.stream import stream_reference
 
@@ -284,6 +302,8 @@ def _export(args: argparse.Namespace, output: Path, height: int, width: int, int
             f"layers INT8{floats}{', outliers migrated' if accuracy['smoothed'] else ''} "
             f"(report {output}.quant.json)"
         )
+    if data.get("accuracy"):  # a stream's
+        print(accuracy_line(data["accuracy"], OV_KEPT))
     size = output.with_suffix(".bin").stat().st_size / 2**20
     verification = data["verification"]
     ((shape, check),) = verification["checks"].items()

@@ -226,9 +226,10 @@ def verify_stream_ir(ov: Any, xml: Path, onnx_path: Path) -> tuple[Comparison, t
 FLOAT_PATTERNS = (".*motion_modules.*",)
 
 
-def quantize_stream_openvino(ov: Any, model: Any, images: Any) -> tuple[Any, dict]:
+def quantize_stream_openvino(ov: Any, model: Any, images: Any, floats: Iterable[str] = ()) -> tuple[Any, dict]:
     """NNCF INT8 of a stream step: calibrated on the images run as one stream (each input carries
-    the cache the float model built over the images before it); the motion modules in float."""
+    the cache the float model built over the images before it); the motion modules, and the
+    OpenVINO ops ``floats``, in float."""
     nncf = require("nncf", "openvino", "NNCF")
     _, shapes = stream_shape(model)
     float_step = openvino_step(ov, model)
@@ -245,6 +246,6 @@ def quantize_stream_openvino(ov: Any, model: Any, images: Any) -> tuple[Any, dic
             preset=nncf.QuantizationPreset.MIXED,
             model_type=nncf.ModelType.TRANSFORMER,
             subset_size=len(feeds),
-            ignored_scope=nncf.IgnoredScope(patterns=list(FLOAT_PATTERNS), validate=False),
+            ignored_scope=nncf.IgnoredScope(patterns=list(FLOAT_PATTERNS), names=list(floats), validate=False),
         )
     return quantized, {"method": "nncf.quantize (stream feeds)", "float": list(FLOAT_PATTERNS), "frames": len(feeds)}

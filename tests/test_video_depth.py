@@ -184,10 +184,12 @@ def test_openvino_ir_runs_the_stream_and_int8_keeps_the_motion_modules_in_float(
     reference = official_stream()
     fp32 = export_openvino(onnx, tmp_path / "vda.fp32.xml", "fp32")
     assert fp32["family"] == "video-depth-anything" and fp32["licence"] == "Apache-2.0"
-    shard = make_shard(tmp_path / "calib" / "sa_000000.tar", count=6, faults=False)
-    images = CalibrationSet(shard.parent, 6, (266, 350), 0, None, progress=False, minimum=0)
+    # 10 images: on 6, these weights' INT8 stream is over the broken-artefact bound (AbsRel 0.213 > 0.2)
+    shard = make_shard(tmp_path / "calib" / "sa_000000.tar", count=10, faults=False)
+    images = CalibrationSet(shard.parent, 10, (266, 350), 0, None, progress=False, minimum=0)
     int8 = export_openvino(onnx, tmp_path / "vda.int8.xml", "int8", images)
-    assert int8["quantization"]["float"] == [".*motion_modules.*"] and int8["quantization"]["frames"] == 6
+    assert int8["quantization"]["float"] == [".*motion_modules.*"] and int8["quantization"]["frames"] == 10
+    assert int8["accuracy"]["method"] == "unmeasured" and int8["accuracy"]["broken_check"]["value"] <= 0.2
     ir = openvino_core().read_model(str(tmp_path / "vda.int8.xml"))
     # what the FakeQuantize ops feed: INT8 layers; none inside a motion module (a module's output
     # may be quantized where it enters the next convolution)
@@ -200,8 +202,9 @@ def test_openvino_ir_runs_the_stream_and_int8_keeps_the_motion_modules_in_float(
     assert fed and not [n for n in fed if "motion_modules" in n], [n for n in fed if "motion_modules" in n]
     errors = {}
     for precision in ("fp32", "int8"):
-        with DepthPredictor(tmp_path / f"vda.{precision}.xml") as predictor:
+        with DepthPredictor(tmp_path / f"vda.{precision}.xml", verify=True) as predictor:
             assert predictor.info()["family"] == "video-depth-anything"
+            assert predictor.verification.passed, predictor.verification.summary()  # its own reference
             depth = list(predictor.stream(frames_bgr()))
         errors[precision] = max(worst_rel_std(d, r) for d, r in zip(depth, reference, strict=True))
     assert errors["fp32"] <= 1e-3, errors  # reached: 4.3e-5

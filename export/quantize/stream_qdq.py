@@ -34,27 +34,22 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from commands.runner import stage
-from runtime.accuracy import precision_rule
 from runtime.io.files import staging_dir
 from runtime.metadata import artefact_digest, sidecar_path
-from runtime.reference import Reference, image_of, make_meta, network_input, reference_path, save_reference
-from runtime.stream_check import stream_meta
+from runtime.reference import reference_path, save_reference
 from runtime.video_state import StreamState
 
 from ..artefact import Artefact
-from ..errors import ExportError, ExportRequestError
+from ..errors import ExportRequestError
 from ..graph import load_onnx, save_onnx
-from ..metrics import verification_frames
-from ..reference import UNMEASURED_INT8_TOLERANCE
-from ..video import ORT_STREAM as AGAINST
 from ..video import OrtStream
 from .qdq import quantize_int8, select_nodes
+from .stream_budget import accuracy_line, accuracy_record, budget_frames, held_out_reference, judge_stream
 
 MOTION_SCOPE = ("*/motion_modules.*",)  # node-name globs of the temporal head's modules: float
-UNMEASURED_FRAMES = 4  # --accuracy-budget off: the reference's frames (a photograph panning sideways)
+KEPT = "motion modules in float"
+REMEDY = "Raise --accuracy-budget, add --float-layers, or build --fp16"
 CPU_REFUSAL = (
     "is a Video Depth Anything stream graph: its INT8 Q/DQ is made for TensorRT (--target tensorrt); for "
     "CPUs use the OpenVINO INT8 stream (python -m export.openvino --int8)"
@@ -116,22 +111,6 @@ def float_motion_inputs(model: Any) -> int:
     return rewired
 
 
-def held_out_reference(
-    output: Path, batches: list, fp32: list, kind: str | None, budget: float | None, names: list
-) -> Reference:
-    """The Q/DQ stream's reference: ``batches`` (network inputs of 8-bit images) as one stream and the
-    FP32 stream's depth of each, held to ``budget`` by the output kind's INT8 metric (every frame
-    marked as measured); ``budget=None``: unmeasured, held to the broken-artefact bound."""
-    metric, tolerance = precision_rule("int8", budget if budget is not None else UNMEASURED_INT8_TOLERANCE, kind)
-    height, width = batches[0].shape[-2:]
-    marks = {"budget": True} if budget is not None else {}
-    inputs = [{"name": n, "size": [height, width], "outputs_from": AGAINST, **marks} for n in names]
-    extra = {"measured": False} if budget is None else {}
-    meta = make_meta(output, "int8", metric, tolerance, inputs, AGAINST, output_kind=kind, **stream_meta(len(names)))
-    meta.update(extra)
-    return Reference([image_of(b) for b in batches], [d.astype(np.float32) for d in fp32], meta)
-
-
 def check_stream_target(path: Path, target: str) -> None:
     """A stream's INT8 Q/DQ is TensorRT's: ``ExportRequestError`` (one line) for another target."""
     if target != "tensorrt":
@@ -143,17 +122,10 @@ def export_stream_int8(source: Artefact, output: Path, options: Any, images: Any
     images, with the held-out ones where a budget is set): the Q/DQ stream ONNX at ``output`` with
     its stream reference and record, within ``options.budget``; over it, ``ExportError`` (one
     line) and nothing written."""
-    from runtime.reference import score
-
     model = load_onnx(source.path)
     keep = (*MOTION_SCOPE, *options.keep_fp, *(glob.escape(name) for name in options.float_layers))
     shape = tuple(getattr(images, "base", images).input_shape)
-    if options.budget is not None:
-        batches = images.held_out_batches()
-        names = [f"held_out_{i}" for i in range(len(batches))]
-    else:  # nothing measured: the reference is a photograph panning sideways
-        batches = [network_input(image_of(b)) for b in verification_frames(*shape, UNMEASURED_FRAMES)]
-        names = [f"frame_{i}" for i in range(len(batches))]
+    batches, names = budget_frames(images, options.budget, shape)
     kind = source.output_kind().kind
     workdir = staging_dir(output)
     try:
@@ -177,15 +149,8 @@ def export_stream_int8(source: Artefact, output: Path, options: Any, images: Any
         with stage("measuring the INT8 stream frame by frame against the FP32 stream"):
             fp32 = OrtStream(source.path).depths(batches)
             reference = held_out_reference(output, batches, fp32, kind, options.budget, names)
-            checked = score(reference, OrtStream(staged, as_written=True).depths(batches), "int8")
-        error = checked.value
-        label = reference.metric
-        if options.budget is not None and not error <= options.budget:
-            raise ExportError(
-                f"the INT8 stream misses the accuracy budget: {label} {error:.4f} > {options.budget} over "
-                f"{len(batches)} held-out frames (the cache carried, motion modules in float); nothing was "
-                "written. Raise --accuracy-budget, add --float-layers, or build --fp16"
-            )
+            depths = OrtStream(staged, as_written=True).depths(batches)
+            checked = judge_stream(reference, depths, options.budget, KEPT, REMEDY)
         for old in (output, sidecar_path(output), reference_path(output)):
             old.unlink(missing_ok=True)
         for item in sorted(workdir.glob(output.name + "*"), key=lambda p: p.name == output.name):
@@ -202,23 +167,13 @@ def export_stream_int8(source: Artefact, output: Path, options: Any, images: Any
         "float_layers": list(options.float_layers),
         "search": "none (plain INT8, the motion modules in float)",
     }
-    measured = options.budget is not None
-    accuracy = {
-        "budget": options.budget,
-        "metric": label,
-        "method": "stream" if measured else "unmeasured",
-        "error": round(float(error), 6) if measured else None,
-        "frames": len(batches),
-        "int8_layers": len(result.quantized),
-        "float_layers": [*MOTION_SCOPE, *options.float_layers],
-    }
+    accuracy = accuracy_record(checked, options.budget, len(batches), [*MOTION_SCOPE, *options.float_layers])
+    accuracy["int8_layers"] = len(result.quantized)
     made = replace(result.artefact, path=output).updated(
         quantization=quantization, **source.source_facts(), sha256=digest, accuracy=accuracy
     )
     made.write()
     reference.meta["artefact_sha256"] = digest
     reference.path = save_reference(reference_path(output), reference)
-    what = f"{label} vs the FP32 stream {error:.4f} over {len(batches)} held-out frames, the cache carried"
-    what = what + f" (budget {options.budget})" if measured else "no accuracy check (accuracy budget off)"
-    print(f"INT8 Q/DQ stream: {len(result.quantized)} layers INT8, the motion modules in float; {what}")
+    print(accuracy_line(accuracy, f"Q/DQ, {len(result.quantized)} layers INT8, the motion modules in float"))
     return made.with_reference(reference)
