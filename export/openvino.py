@@ -41,9 +41,10 @@ from .formats import FORMATS
 from .graph import input_hw, load_onnx
 from .metrics import FP32_TOLERANCE, MAX_REL_STD, compare, run_onnxruntime, short_name, verification_input
 from .onnx import source_onnx
+from .quantize.openvino_int8 import checked_layer_names, ov_names
 from .quantize.openvino_int8 import compile_f32 as _compile_f32
 from .quantize.options import ACCURACY_METHODS, Int8Options
-from .quantize.stream_budget import OV_KEPT, accuracy_line, measure_stream_ir, stream_float_layers
+from .quantize.stream_budget import OV_KEPT, accuracy_line, measure_stream_ir
 from .reference import FP16_TOLERANCE, UNMEASURED_INT8_TOLERANCE, make_reference, onnx_runner, other_size
 from .source import PRECISIONS, check_precision, default_output, licence_note, output_folder
 from .video import is_stream_graph, quantize_stream_openvino, verify_stream_ir
@@ -111,10 +112,12 @@ def export_openvino(
             raise ExportRequestError(
                 "an accuracy budget needs held-out images: pass export.quantize.budget's read_int8_images"
             )
-        floats = stream_float_layers(model, onnx_path, int8.float_layers if int8 is not None else ())
+        wanted = check_stream_int8(int8)
+        names = checked_layer_names(model, load_onnx(onnx_path), wanted) if wanted else {}
+        floats = ov_names(wanted, names)  # NNCF's ignored scope names OpenVINO ops
         with stage("quantizing the stream step (temporal modules in float)"):
             model, quantization = quantize_stream_openvino(ov, model, calibration, floats)
-        quantization["float_layers"] = list(int8.float_layers if int8 is not None else ())
+        quantization.update(float_layers=list(wanted), float_ops=floats)
     elif precision == "int8":
         from .quantize.openvino_int8 import quantize_openvino
 
@@ -213,6 +216,23 @@ def export_openvino(
         )
     licence_note(record.licence, output)
     return record.with_reference(reference)
+
+
+def check_stream_int8(int8: Int8Options | None) -> tuple[str, ...]:
+    """The stream's INT8 options it cannot follow, refused in one line; its ``--float-layers``."""
+    if int8 is None:
+        return ()
+    if int8.accuracy_method != "sensitivity":
+        raise ExportRequestError(
+            f"--accuracy-method {int8.accuracy_method}: a stream graph's INT8 is held to its budget by measuring "
+            "the stream as a whole (no per-layer search, no NNCF accuracy control); drop the option"
+        )
+    if int8.smooth != "auto":
+        raise ExportRequestError(
+            f"--smooth {int8.smooth}: a stream graph's INT8 uses NNCF's transformer preset (its SmoothQuant), "
+            "not this project's outlier migration; drop the option"
+        )
+    return int8.float_layers
 
 
 def verify_ir(ov, xml: Path, onnx_path: Path, shape: tuple[int, int]):

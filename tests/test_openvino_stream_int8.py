@@ -47,13 +47,20 @@ def test_the_budget_is_measured_refused_with_nothing_written_verify_passes_what_
     # --float-layers: ONNX node names, checked, kept in float (a DPT head convolution INT8 quantizes)
     kept = "/refinenet1/out_conv/Conv"
     assert any(name.startswith(kept) for name in int8_fed(out)), sorted(int8_fed(out))[:20]
-    assert export_openvino([*base, "--accuracy-budget", "5", "--float-layers", "/no/such/Conv"]) == 2
-    assert "is not a layer OpenVINO quantizes" in capsys.readouterr().err
+    for wrong, said in (
+        (["--float-layers", "/no/such/Conv"], "is not a layer OpenVINO quantizes"),
+        (["--float-layers", "/pretrained/blocks.0/attn/Softmax"], "is not a layer OpenVINO quantizes"),  # never INT8
+        (["--accuracy-method", "nncf"], "drop the option"),
+        (["--smooth", "off"], "drop the option"),
+    ):
+        assert export_openvino([*base, "--accuracy-budget", "5", *wrong]) == 2, wrong
+        assert said in capsys.readouterr().err, wrong
     assert json.loads(sidecar_path(out).read_text())["sha256"] == record["sha256"]  # the IR there is untouched
     assert export_openvino([*base, "--accuracy-budget", "5", "--float-layers", kept]) == 0
     assert not any(name.startswith(kept) for name in int8_fed(out))
     record = json.loads(sidecar_path(out).read_text())
     assert record["quantization"]["float_layers"] == [kept] and kept in record["accuracy"]["float_layers"]
+    assert [op for op in record["quantization"]["float_ops"] if op.startswith(kept)], record["quantization"]
 
 
 def int8_fed(path) -> set:

@@ -284,16 +284,22 @@ def kept_in_float(names: dict[str, str], options: Int8Options) -> list[str]:
     return [*keep, *options.float_layers]
 
 
+def checked_layer_names(model, onnx_model, float_layers: tuple[str, ...]) -> dict[str, str]:
+    """``layer_names``, with each of ``float_layers`` (``--float-layers``: ONNX node names) checked
+    to be a layer NNCF quantizes: a Sqrt or Reshape never is (as on the Q/DQ path)."""
+    names = layer_names(model, onnx_model)
+    kinds = (*QUANTIZED_OPS, "ConvTranspose", "Resize")  # NNCF also quantizes the head's upsampling layers
+    quantizable = {node.name for node in onnx_model.graph.node if node.op_type in kinds}
+    check_float_layers(float_layers, sorted(set(names.values()) & quantizable), "OpenVINO")
+    return names
+
+
 def quantize_openvino(ov, model, onnx_path: Path, images, output: Path, options: Int8Options) -> tuple:
     """NNCF INT8 of ``model`` (converted from ``onnx_path``) calibrated on ``images`` (a
     ``HeldOutSplit`` when ``options.budget`` is set); returns the model and the quantization record.
     With a budget, ``<output>.quant.json`` is written whatever the outcome."""
     onnx_model = load_onnx(onnx_path)
-    names = layer_names(model, onnx_model)
-    # Only layers INT8 quantizes can be kept in float (as on the Q/DQ path): a Sqrt or Reshape never is.
-    kinds = (*QUANTIZED_OPS, "ConvTranspose", "Resize")  # NNCF also quantizes the head's upsampling layers
-    quantizable = {node.name for node in onnx_model.graph.node if node.op_type in kinds}
-    check_float_layers(options.float_layers, sorted(set(names.values()) & quantizable), "OpenVINO")
+    names = checked_layer_names(model, onnx_model, options.float_layers)
     nncf = Nncf(model, images, names, kept_in_float(names, options))
     if options.budget is None:
         smoothed = options.smooth != "off"  # nothing measured to decide by: NNCF's default for transformers

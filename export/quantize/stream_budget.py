@@ -57,23 +57,25 @@ def held_out_reference(
     return Reference([image_of(b) for b in batches], [d.astype(np.float32) for d in fp32], meta)
 
 
-def judge_stream(reference: Reference, depths: list, budget: float | None, kept: str, remedy: str) -> VerifyResult:
+def judge_stream(reference: Reference, depths: list, budget: float | None, kept: str, fp16: str) -> VerifyResult:
     """``score`` of the INT8 stream's ``depths`` against ``reference``; over ``budget``,
-    ``ExportError`` in one line naming what stayed in float (``kept``) and what to do (``remedy``).
+    ``ExportError`` in one line naming what stayed in float (``kept``) and what to do (``fp16``: how
+    the format makes an FP16 artefact instead).
     With the budget off, over the reference's broken-artefact bound too: an export never writes
     what ``runtime.verify`` fails against the reference written with it."""
     checked = score(reference, depths, "int8")
     if budget is not None and not checked.value <= budget:  # NaN fails too
         raise ExportError(
             f"the INT8 stream misses the accuracy budget: {reference.metric} {checked.value:.4f} > {budget} over "
-            f"{len(depths)} held-out frames (the cache carried, {kept}); nothing was written. {remedy}"
+            f"{len(depths)} held-out frames (the cache carried, {kept}); nothing was written. Raise --accuracy-budget, "
+            f"add --float-layers, or {fp16}"
         )
     if not checked.value <= reference.tolerance:  # budget off: what runtime.verify would fail at once
         raise ExportError(
             f"the INT8 stream is broken: {reference.metric} {checked.value:.4f} > {reference.tolerance:g} (the bound "
             f"that tells a broken artefact; accuracy budget off) over {len(depths)} frames of a photograph panning "
             f"sideways (the cache carried, {kept}); nothing was written. Calibrate on more images, add "
-            "--float-layers, or export --fp16"
+            f"--float-layers, or {fp16}"
         )
     return checked
 
@@ -106,23 +108,9 @@ def accuracy_line(accuracy: dict, layers: str) -> str:
     )
 
 
-# OpenVINO: NNCF's ignored scope names OpenVINO ops, --float-layers names ONNX nodes.
+# OpenVINO (export.openvino --int8 of a stream graph)
 OV_KEPT = "the motion modules in float"
-OV_REMEDY = "Raise --accuracy-budget, add --float-layers, or export --fp16"
-
-
-def stream_float_layers(model: Any, onnx_path: Path, names: tuple[str, ...]) -> list[str]:
-    """The OpenVINO ops of ``names`` (``--float-layers``: ONNX node names, each checked to be one
-    INT8 would quantize, as on the single-image path), for NNCF's ignored scope."""
-    if not names:
-        return []
-    from ..graph import load_onnx
-    from .budget import check_float_layers
-    from .openvino_int8 import layer_names, ov_names
-
-    ops = layer_names(model, load_onnx(onnx_path, load_external_data=False))
-    check_float_layers(names, sorted(set(ops.values())), "OpenVINO")
-    return ov_names(names, ops)
+OV_FP16 = "export --fp16"
 
 
 def measure_stream_ir(xml: Path, source: Any, images: Any, budget: float | None, floats: tuple) -> tuple:
@@ -138,7 +126,5 @@ def measure_stream_ir(xml: Path, source: Any, images: Any, budget: float | None,
     batches, names = budget_frames(images, budget, shape)
     fp32 = OrtStream(source.path).depths(batches)
     reference = held_out_reference(xml, batches, fp32, source.output_kind().kind, budget, names)
-    checked = judge_stream(
-        reference, run_stream(openvino_step(None, model), shapes, batches), budget, OV_KEPT, OV_REMEDY
-    )
+    checked = judge_stream(reference, run_stream(openvino_step(None, model), shapes, batches), budget, OV_KEPT, OV_FP16)
     return reference, accuracy_record(checked, budget, len(batches), [*FLOAT_PATTERNS, *floats])
