@@ -224,20 +224,35 @@ def vda_checkpoint(tmp_path_factory) -> Path:
     return write_vda_checkpoint(tmp_path_factory.mktemp("vda"))
 
 
-@pytest.fixture(scope="module")
-def vda_stream(tmp_path_factory) -> dict:
-    """The test weights' stream step exported at opset 17 and ``STREAM_SIZE`` (56x84): the model,
-    its checkpoint and the ONNX path, in a folder of their own per module (tests write beside it)."""
+@pytest.fixture(scope="session")
+def vda_stream_export(tmp_path_factory) -> Path:
+    """The test weights' checkpoint and their stream step exported at opset 17 and ``STREAM_SIZE``
+    (with the files the export writes beside it), once per session: ``vda_stream`` copies them."""
     from export.onnx import export_onnx
     from tests.video_fixtures import STREAM_SIZE, write_vda_checkpoint
     from train.models import load_model
 
-    folder = tmp_path_factory.mktemp("vda_stream")
+    folder = tmp_path_factory.mktemp("vda_stream_export")
     checkpoint = write_vda_checkpoint(folder)
-    model = load_model(checkpoint)
-    path = folder / "vda.onnx"
-    export_onnx(model, path, *STREAM_SIZE, verify=False, opset=17)
-    return {"model": model, "checkpoint": checkpoint, "path": path}
+    export_onnx(load_model(checkpoint), folder / "vda.onnx", *STREAM_SIZE, verify=False, opset=17)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def vda_stream(tmp_path_factory, vda_stream_export) -> dict:
+    """The test weights' stream step exported at opset 17 and ``STREAM_SIZE`` (56x84): the model,
+    its checkpoint and the ONNX path, in a folder of their own per module (tests write beside it):
+    a copy of the session's one export (``vda_stream_export``), the model loaded from the copy."""
+    import shutil
+
+    from tests.video_fixtures import CHECKPOINT
+    from train.models import load_model
+
+    folder = tmp_path_factory.mktemp("vda_stream")
+    for item in vda_stream_export.iterdir():
+        shutil.copy2(item, folder / item.name)
+    checkpoint = folder / CHECKPOINT
+    return {"model": load_model(checkpoint), "checkpoint": checkpoint, "path": folder / "vda.onnx"}
 
 
 @pytest.fixture(scope="session")
@@ -257,3 +272,16 @@ def teacher_and_labels(tmp_path_factory) -> dict:
     label += ["--output", str(folder / "labels"), "--size", CROP]
     run = stage(*label)
     return {"teacher": teacher, "source": source, "labels": folder / "labels", "label": label, "stdout": run.stdout}
+
+
+@pytest.fixture(scope="session")
+def da3metric_large_snapshot(tmp_path_factory) -> Path:
+    """A DA3METRIC-LARGE snapshot folder (ViT-L: the fixtures' deterministic weights under
+    DA3Mono-Large's keys, which DA3Metric-Large shares; 1.3 GB), written once per session for the
+    commands that load the published layout. Read only."""
+    from tests.da3_fixtures import da3_state_dict, write_snapshot
+
+    state = da3_state_dict("da3mono-large")
+    snapshot = write_snapshot(tmp_path_factory.mktemp("da3metric") / "DA3METRIC-LARGE", "da3metric-large", state)
+    del state
+    return snapshot
