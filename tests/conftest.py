@@ -272,16 +272,3 @@ def teacher_and_labels(tmp_path_factory) -> dict:
     label += ["--output", str(folder / "labels"), "--size", CROP]
     run = stage(*label)
     return {"teacher": teacher, "source": source, "labels": folder / "labels", "label": label, "stdout": run.stdout}
-
-
-@pytest.fixture(scope="session")
-def da3metric_large_snapshot(tmp_path_factory) -> Path:
-    """A DA3METRIC-LARGE snapshot folder (ViT-L: the fixtures' deterministic weights under
-    DA3Mono-Large's keys, which DA3Metric-Large shares; 1.3 GB), written once per session for the
-    commands that load the published layout. Read only."""
-    from tests.da3_fixtures import da3_state_dict, write_snapshot
-
-    state = da3_state_dict("da3mono-large")
-    snapshot = write_snapshot(tmp_path_factory.mktemp("da3metric") / "DA3METRIC-LARGE", "da3metric-large", state)
-    del state
-    return snapshot
