@@ -81,7 +81,10 @@ def test_vitt_student_through_the_three_stages_export_int8_and_every_backend(tmp
     torch.manual_seed(1)
     vits = save_model(DepthAnythingV2("vits"), tmp_path / "vits.safetensors")
     no_spec = [a for a in COMMON if a not in ("--spec", SPEC.to_json())]
-    args = ["--labels", str(teacher_and_labels["labels"]), "--student", "vitt", "--steps", "120", *no_spec]
+    # 60 steps: held-out AbsRel 0.45 of the untrained vitt's after 60 and 0.47 after 120 from a
+    # 120-step teacher's labels, 0.53 after 60 from the fixture's 60-step teacher (2026-12-07,
+    # Sapphire Rapids class Xeon), against the 0.8 bar below
+    args = ["--labels", str(teacher_and_labels["labels"]), "--student", "vitt", "--steps", "60", *no_spec]
     stage("train.distill", *args, "--output", str(tmp_path / "student"), "--init-from", str(vits))
     student_path = tmp_path / "student" / "model.safetensors"
     student = load_model(student_path)
@@ -90,7 +93,9 @@ def test_vitt_student_through_the_three_stages_export_int8_and_every_backend(tmp
     assert summary["loss_last"][0] < summary["loss_first"][0]
     torch.manual_seed(0)
     untrained = abs_rel_on_held_out(DepthAnythingV2("vitt"))
-    assert abs_rel_on_held_out(student) < 0.8 * untrained
+    learned = abs_rel_on_held_out(student)
+    print(f"held-out AbsRel: untrained vitt {untrained:.3f}, student {learned:.3f}")
+    assert learned < 0.8 * untrained
 
     size = (int(CROP), int(CROP))
     onnx = export_onnx(student, tmp_path / "vitt.onnx", *size).path

@@ -73,6 +73,9 @@ def test_three_stages_end_to_end(tmp_path, teacher_and_labels):
     label = teacher_and_labels["label"]
     again = stage(*label[: label.index("--output")], "--output", str(tmp_path / "labels"), "--size", CROP)
     assert "1 shards already done" in again.stdout  # no work repeated
+    # 60 steps: the student's held-out AbsRel was 0.235 of the untrained model's after 60 and 0.232
+    # after 120 from a 120-step teacher's labels, 0.272 after 60 from the fixture's 60-step teacher
+    # (2026-12-07, Sapphire Rapids class Xeon), against the 0.6 bar below
     stage(
         "train.distill",
         "--labels",
@@ -80,9 +83,9 @@ def test_three_stages_end_to_end(tmp_path, teacher_and_labels):
         "--output",
         str(tmp_path / "student"),
         "--steps",
-        "120",
-        "--save-every",
         "60",
+        "--save-every",
+        "30",
         *COMMON,
     )
     torch.manual_seed(0)
