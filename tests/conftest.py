@@ -224,17 +224,53 @@ def vda_checkpoint(tmp_path_factory) -> Path:
     return write_vda_checkpoint(tmp_path_factory.mktemp("vda"))
 
 
-@pytest.fixture(scope="module")
-def vda_stream(tmp_path_factory) -> dict:
-    """The test weights' stream step exported at opset 17 and ``STREAM_SIZE`` (56x84): the model,
-    its checkpoint and the ONNX path, in a folder of their own per module (tests write beside it)."""
+@pytest.fixture(scope="session")
+def vda_stream_export(tmp_path_factory) -> Path:
+    """The test weights' checkpoint and their stream step exported at opset 17 and ``STREAM_SIZE``
+    (with the files the export writes beside it), once per session: ``vda_stream`` copies them."""
     from export.onnx import export_onnx
     from tests.video_fixtures import STREAM_SIZE, write_vda_checkpoint
     from train.models import load_model
 
-    folder = tmp_path_factory.mktemp("vda_stream")
+    folder = tmp_path_factory.mktemp("vda_stream_export")
     checkpoint = write_vda_checkpoint(folder)
-    model = load_model(checkpoint)
-    path = folder / "vda.onnx"
-    export_onnx(model, path, *STREAM_SIZE, verify=False, opset=17)
-    return {"model": model, "checkpoint": checkpoint, "path": path}
+    export_onnx(load_model(checkpoint), folder / "vda.onnx", *STREAM_SIZE, verify=False, opset=17)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def vda_stream(tmp_path_factory, vda_stream_export) -> dict:
+    """The test weights' stream step exported at opset 17 and ``STREAM_SIZE`` (56x84): the model,
+    its checkpoint and the ONNX path, in a folder of their own per module (tests write beside it):
+    a copy of the session's one export (``vda_stream_export``), the model loaded from the copy."""
+    import shutil
+
+    from tests.video_fixtures import CHECKPOINT
+    from train.models import load_model
+
+    folder = tmp_path_factory.mktemp("vda_stream")
+    for item in vda_stream_export.iterdir():
+        shutil.copy2(item, folder / item.name)
+    checkpoint = folder / CHECKPOINT
+    return {"model": load_model(checkpoint), "checkpoint": checkpoint, "path": folder / "vda.onnx"}
+
+
+@pytest.fixture(scope="session")
+def teacher_and_labels(tmp_path_factory) -> dict:
+    """Stages 1 and 2 of the three-stage distillation as ``tests/test_training.py`` runs them: a tiny
+    teacher (60 steps, a checkpoint every 30) and its labels of a 40-image shard (with one corrupt
+    image), with the labelling's output. Shared by the tests that start from them (stage 3 and the
+    vitt student): read only, a test that labels or trains again does so in a copy of its own.
+    60 steps: the teacher's held-out AbsRel was 0.258 of the untrained model's (0.232 after 120;
+    2026-12-07, Sapphire Rapids class Xeon), against test_training's 0.6 bar."""
+    from tests.test_training import COMMON, CROP, scenes_shard, stage
+
+    folder = tmp_path_factory.mktemp("distill")
+    teacher = folder / "teacher"
+    stage("train.teacher", "--data", "synthetic:64", "--output", str(teacher), "--steps", "60", "--save-every", "30",
+          *COMMON)  # fmt: skip
+    source = scenes_shard(folder / "sa1b" / "sa_000000.tar", 40, seed=7)
+    label = ["train.pseudo_label", "--teacher", str(teacher / "model.safetensors"), "--source", str(source)]
+    label += ["--output", str(folder / "labels"), "--size", CROP]
+    run = stage(*label)
+    return {"teacher": teacher, "source": source, "labels": folder / "labels", "label": label, "stdout": run.stdout}

@@ -6,17 +6,15 @@ PyTorch at tiny sizes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from benchmarks.stats import KIND_WORDING, kind_metrics, kind_wording
-from tests.conftest import REPO
 
 SIZE = (56, 70)
 QUICK = ["--quick", "--runs", "2", "--rounds", "2", "--warmup", "1", "--no-profile", "--throughput", "none"]
@@ -42,12 +40,18 @@ def models(tmp_path_factory) -> Path:
     return folder
 
 
-def bench(tmp_path: Path, *argv: str) -> tuple[subprocess.CompletedProcess, dict, str]:
+def bench(tmp_path: Path, *argv: str) -> tuple[SimpleNamespace, dict, str]:
+    """``python -m benchmarks argv`` (quick settings, its folders under ``tmp_path``, run from there)
+    as a call of its ``main`` in this process, as tests/test_benchmark_report.py runs it: the same
+    report and exit code without a fresh interpreter importing PyTorch each time. Its output is in
+    the test's captured output."""
+    from benchmarks.__main__ import main
+
     tmp_path.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "benchmarks", *argv, *QUICK]
-    command += ["--work-dir", str(tmp_path / "work"), "--report-dir", str(tmp_path / "report")]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    dirs = ["--work-dir", str(tmp_path / "work"), "--report-dir", str(tmp_path / "report")]
+    with contextlib.chdir(tmp_path):
+        code = main([*argv, *QUICK, *dirs])
+    done = SimpleNamespace(returncode=code, stderr=f"python -m benchmarks exited {code} (its output is above)")
     report = tmp_path / "report"
     if not (report / "report.json").is_file():
         return done, {}, ""

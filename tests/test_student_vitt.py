@@ -15,7 +15,7 @@ from export.quantize.calibration import CalibrationSet
 from export.quantize.qdq import quantize_int8
 from runtime import DepthPredictor
 from tests.sa1b import held_out_photos, make_shard
-from tests.test_training import COMMON, CROP, SPEC, abs_rel_on_held_out, scenes_shard, stage
+from tests.test_training import COMMON, CROP, SPEC, abs_rel_on_held_out, stage
 from train.models import DepthAnythingV2, load_model, save_model
 from train.models.selection import select_weights
 
@@ -74,27 +74,17 @@ def test_a_selected_vitt_keeps_most_of_its_source_output_spread():
     assert 0.5 < ratio < 2.0, ratio
 
 
-def test_vitt_student_through_the_three_stages_export_int8_and_every_backend(tmp_path):
+def test_vitt_student_through_the_three_stages_export_int8_and_every_backend(tmp_path, teacher_and_labels):
     """A tiny teacher labels, a vitt student (started by weight selection from a vits) learns from
-    its labels; the student then exports, quantizes both ways and runs on every CPU backend."""
-    stage("train.teacher", "--data", "synthetic:64", "--output", str(tmp_path / "teacher"), "--steps", "120", *COMMON)
-    source = scenes_shard(tmp_path / "sa1b" / "sa_000000.tar", 40, seed=7)
-    teacher = str(tmp_path / "teacher" / "model.safetensors")
-    stage(
-        "train.pseudo_label",
-        "--teacher",
-        teacher,
-        "--source",
-        str(source),
-        "--output",
-        str(tmp_path / "labels"),
-        "--size",
-        CROP,
-    )
+    its labels; the student then exports, quantizes both ways and runs on every CPU backend. The
+    teacher and its labels are stages 1 and 2 of tests/test_training.py (the session's fixture)."""
     torch.manual_seed(1)
     vits = save_model(DepthAnythingV2("vits"), tmp_path / "vits.safetensors")
     no_spec = [a for a in COMMON if a not in ("--spec", SPEC.to_json())]
-    args = ["--labels", str(tmp_path / "labels"), "--student", "vitt", "--steps", "120", *no_spec]
+    # 60 steps: held-out AbsRel 0.45 of the untrained vitt's after 60 and 0.47 after 120 from a
+    # 120-step teacher's labels, 0.53 after 60 from the fixture's 60-step teacher (2026-12-07,
+    # Sapphire Rapids class Xeon), against the 0.8 bar below
+    args = ["--labels", str(teacher_and_labels["labels"]), "--student", "vitt", "--steps", "60", *no_spec]
     stage("train.distill", *args, "--output", str(tmp_path / "student"), "--init-from", str(vits))
     student_path = tmp_path / "student" / "model.safetensors"
     student = load_model(student_path)
@@ -103,7 +93,9 @@ def test_vitt_student_through_the_three_stages_export_int8_and_every_backend(tmp
     assert summary["loss_last"][0] < summary["loss_first"][0]
     torch.manual_seed(0)
     untrained = abs_rel_on_held_out(DepthAnythingV2("vitt"))
-    assert abs_rel_on_held_out(student) < 0.8 * untrained
+    learned = abs_rel_on_held_out(student)
+    print(f"held-out AbsRel: untrained vitt {untrained:.3f}, student {learned:.3f}")
+    assert learned < 0.8 * untrained
 
     size = (int(CROP), int(CROP))
     onnx = export_onnx(student, tmp_path / "vitt.onnx", *size).path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -60,38 +61,21 @@ def abs_rel_on_held_out(model) -> float:
     return held_out_abs_rel(model, int(CROP), 8, (140, 179))
 
 
-def test_three_stages_end_to_end(tmp_path):
+def test_three_stages_end_to_end(tmp_path, teacher_and_labels):
+    # Stages 1 and 2 (the teacher, its labels) as the session's fixture ran them, for this test and
+    # the vitt student's; the labelling's second run and stage 3 work in a copy of the labels.
     started = time.perf_counter()
-    stage(
-        "train.teacher",
-        "--data",
-        "synthetic:64",
-        "--output",
-        str(tmp_path / "teacher"),
-        "--steps",
-        "120",
-        "--save-every",
-        "60",
-        *COMMON,
-    )
-    source = scenes_shard(tmp_path / "sa1b" / "sa_000000.tar", 40, seed=7)
-    label = [
-        "train.pseudo_label",
-        "--teacher",
-        str(tmp_path / "teacher" / "model.safetensors"),
-        "--source",
-        str(source),
-        "--output",
-        str(tmp_path / "labels"),
-        "--size",
-        CROP,
-    ]
-    run = stage(*label)
-    assert "40 images labelled in 1 shards" in run.stdout and "1 corrupt images skipped" in run.stdout
+    stdout = teacher_and_labels["stdout"]
+    assert "40 images labelled in 1 shards" in stdout and "1 corrupt images skipped" in stdout
+    shutil.copytree(teacher_and_labels["labels"], tmp_path / "labels")
     index = json.loads((tmp_path / "labels" / "sa_000000.tar.json").read_text())
     assert len(index["entries"]) == 40 and np.load(tmp_path / "labels" / "sa_000000.tar.npz")["m0"].dtype == np.float16
-    again = stage(*label)
+    label = teacher_and_labels["label"]
+    again = stage(*label[: label.index("--output")], "--output", str(tmp_path / "labels"), "--size", CROP)
     assert "1 shards already done" in again.stdout  # no work repeated
+    # 60 steps: the student's held-out AbsRel was 0.235 of the untrained model's after 60 and 0.232
+    # after 120 from a 120-step teacher's labels, 0.272 after 60 from the fixture's 60-step teacher
+    # (2026-12-07, Sapphire Rapids class Xeon), against the 0.6 bar below
     stage(
         "train.distill",
         "--labels",
@@ -99,14 +83,14 @@ def test_three_stages_end_to_end(tmp_path):
         "--output",
         str(tmp_path / "student"),
         "--steps",
-        "120",
-        "--save-every",
         "60",
+        "--save-every",
+        "30",
         *COMMON,
     )
     torch.manual_seed(0)
     untrained = abs_rel_on_held_out(DepthAnythingV2(SPEC))
-    teacher = abs_rel_on_held_out(load_model(tmp_path / "teacher" / "model.safetensors"))
+    teacher = abs_rel_on_held_out(load_model(teacher_and_labels["teacher"] / "model.safetensors"))
     student = abs_rel_on_held_out(load_model(tmp_path / "student" / "model.safetensors"))
     print(
         f"held-out AbsRel: untrained {untrained:.3f}, teacher {teacher:.3f}, student {student:.3f}, "
