@@ -70,7 +70,7 @@ def test_node_cycle_keeps_a_stream_per_camera_leaves_out_late_frames_and_restart
     frames, warned = frames_bgr(), []
 
     def message(t: float):
-        return SimpleNamespace(header=SimpleNamespace(stamp=SimpleNamespace(sec=int(t), nanosec=int(t % 1 * 1e9))))
+        return SimpleNamespace(header=SimpleNamespace(stamp=SimpleNamespace(sec=int(t), nanosec=round(t % 1 * 1e9))))
 
     reference = official_stream()
     for i in range(3):
@@ -101,3 +101,35 @@ def test_a_repeated_stamp_in_a_bag_leaves_that_frame_out_and_the_bag_goes_on(vda
     assert summary.frames == 3 and len(summary.skipped) == 1 == len(summary.cameras[TOPIC].skipped)
     assert summary.skipped[0][0] == 1_100_000_000 and "the same stamp as the last" in summary.skipped[0][1]
     assert len(read_topics(tmp_path / "out")["/cam/depth/relative_inverse"]) == 3
+
+
+def test_bag_times_50_ns_apart_are_two_stamps_not_a_repeated_one(vda, tmp_path):
+    """Bag times in integer nanoseconds reach the stream exactly: in float seconds a 2023 clock's
+    stamps 50 ns apart are one number, and the second frame was refused as a repeated stamp."""
+    store = get_typestore(Stores.ROS2_HUMBLE)
+    messages = Messages(store)
+    start = 1_700_000_000_000_000_000
+    stamps = [start, start + 50, start + 100_000_050, start + 200_000_050]
+    bag = tmp_path / "in"
+    with Writer2(bag, version=8) as writer:
+        conn = writer.add_connection(TOPIC, "sensor_msgs/msg/Image", typestore=store)
+        for t, frame in zip(stamps, frames_bgr()[: len(stamps)], strict=True):
+            writer.write(conn, t, store.serialize_cdr(messages.image(t, frame), "sensor_msgs/msg/Image"))
+    summary = process_bag(vda, bag, tmp_path / "out", TOPIC)
+    assert summary.skipped == [] and summary.frames == 4
+    written = read_topics(tmp_path / "out")["/cam/depth/relative_inverse"]
+    assert [t for t, _, _ in written] == stamps
+
+
+def test_node_stamps_50_ns_apart_are_two_frames_and_an_exact_repeat_is_named_to_the_nanosecond(vda):
+    camera = node_cameras(["/c/image_raw"])[0]
+    frames, warned = frames_bgr(), []
+
+    def message(sec: int, nanosec: int):
+        return SimpleNamespace(header=SimpleNamespace(stamp=SimpleNamespace(sec=sec, nanosec=nanosec)))
+
+    for i, nanosec in enumerate((0, 50)):
+        depth = predict(vda, [(camera, message(1_700_000_000, nanosec))], [frames[i]], warned.append)
+        assert depth[0] is not None and warned == []
+    assert predict(vda, [(camera, message(1_700_000_000, 50))], [frames[2]], warned.append) == [None]
+    assert "a second frame at t=1700000000.00000005 s (the same stamp as the last)" in warned[0]

@@ -175,7 +175,7 @@ class BagPass:
                     if frame.camera.video is None:
                         frame.camera.video = predictor.video_stream(name=frame.topic)
                     try:
-                        result = frame.camera.video.push(image, stamp=frame.timestamp * 1e-9)
+                        result = frame.camera.video.push(image, stamp_ns=frame.timestamp)  # exact ns
                     except StampRefused as exc:  # a repeated time stamp: that frame left out, the bag goes on
                         self.events.pop()  # the frame frames() just queued
                         if self.aligner is not None:
