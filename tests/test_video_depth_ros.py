@@ -133,3 +133,18 @@ def test_node_stamps_50_ns_apart_are_two_frames_and_an_exact_repeat_is_named_to_
         assert depth[0] is not None and warned == []
     assert predict(vda, [(camera, message(1_700_000_000, 50))], [frames[2]], warned.append) == [None]
     assert "a second frame at t=1700000000.00000005 s (the same stamp as the last)" in warned[0]
+
+
+def test_max_frames_counts_the_frames_written_not_one_left_out_for_its_stamp(vda, tmp_path):
+    store = get_typestore(Stores.ROS2_HUMBLE)
+    messages = Messages(store)
+    stamps = [1_000_000_000, 1_100_000_000, 1_100_000_000, 1_200_000_000, 1_300_000_000]
+    bag = tmp_path / "in"
+    with Writer2(bag, version=8) as writer:
+        conn = writer.add_connection(TOPIC, "sensor_msgs/msg/Image", typestore=store)
+        for t, frame in zip(stamps, frames_bgr()[: len(stamps)], strict=True):
+            writer.write(conn, t, store.serialize_cdr(messages.image(t, frame), "sensor_msgs/msg/Image"))
+    summary = process_bag(vda, bag, tmp_path / "out", TOPIC, max_frames=3)
+    assert summary.frames == 3 and [t for t, _ in summary.skipped] == [1_100_000_000]
+    written = read_topics(tmp_path / "out")["/cam/depth/relative_inverse"]
+    assert [t for t, _, _ in written] == [1_000_000_000, 1_100_000_000, 1_200_000_000]
