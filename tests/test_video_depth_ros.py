@@ -16,7 +16,9 @@ from runtime.ros.bag import process_bag
 from runtime.ros.cameras import node_cameras, predict
 from runtime.stream_plan import HostCache
 
-from .scene_bag import Messages
+from . import scenes
+from .robot_bags import Robot
+from .scene_bag import CAMERA, LIDAR, START, Messages
 from .test_bag import read_topics
 from .video_fixtures import frames_bgr, official_stream, worst_rel_std
 
@@ -148,3 +150,25 @@ def test_max_frames_counts_the_frames_written_not_one_left_out_for_its_stamp(vda
     assert summary.frames == 3 and [t for t, _ in summary.skipped] == [1_100_000_000]
     written = read_topics(tmp_path / "out")["/cam/depth/relative_inverse"]
     assert [t for t, _, _ in written] == [1_000_000_000, 1_100_000_000, 1_200_000_000]
+
+
+def test_an_align_to_run_releases_the_scan_of_a_frame_left_out_for_its_stamp_and_counts_it(vda, tmp_path):
+    """A second image at the bag time of frame 1 (a driver that published it twice): the stream
+    refuses it after the aligner matched it to frame 1's scan; the scan is released as an aligned
+    frame's is (BagAligner.forget), the summary lists the frame, each written frame gets its scan
+    (the random test network's depth fits no scene: no fit is kept, the scans are used all the same)."""
+    robot = Robot()
+    robot.tf(START - 1, scenes.CHAIN)
+    robot.info(START)
+    for i in range(4):
+        stamp = robot.frame(i)
+        if i == 1:
+            twice = robot.frame(i, stamp=stamp, lidar_delay=None)
+    summary = process_bag(vda, robot.write(tmp_path / "in"), tmp_path / "out", CAMERA, align_to=LIDAR)
+    aligner = summary.alignment
+    assert summary.frames == 4 and [t for t, _ in summary.skipped] == [twice]
+    assert "the same stamp as the last" in summary.skipped[0][1]
+    records = aligner.log.records
+    assert [r["stamp_ns"] for r in records] == [START + (i + 1) * 100_000_000 for i in range(4)]
+    assert all(r["sensor_offset_ms"] == 3.0 and r["fit_points"] > 1000 for r in records), records
+    assert aligner._matches == {} and set(aligner._needed.values()) <= {0}  # every scan released
