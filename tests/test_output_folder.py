@@ -106,3 +106,18 @@ def test_a_failed_openvino_run_from_a_checkpoint_removes_its_fp32_onnx_and_the_f
     assert export.openvino.main([*argv, str(there / "x.int8.xml")]) == 2
     # no ONNX left; the calibration cache (by content hash, for the next run) stays in a shared folder
     assert sorted(p.name for p in there.iterdir()) == [".calib_cache", "notes.txt"]
+
+
+def test_a_refused_trt_run_leaves_no_new_folder(tmp_path, static_onnx, capsys):
+    """export.trt checks its output's folder up front and makes it only for the work: a refusal
+    after plan_job's checks (a profile for a static ONNX; a checkpoint's INT8 with no images, after
+    its FP32 ONNX was exported) leaves no folder, no ONNX."""
+    out = tmp_path / "new" / "x.engine"
+    profile = ["--min", "112x168", "--opt", "112x168", "--max", "112x168"]
+    assert export.trt.__main__.main(["--onnx", str(static_onnx), "--onnx-only", *profile, "--output", str(out)]) == 2
+    assert "has a fixed input shape" in _one_line(capsys) and not (tmp_path / "new").exists()
+    empty = tmp_path / "no_images"
+    empty.mkdir()
+    argv = ["--encoder", "vits", "--size", "28x28", "--int8", "--calib-dir", str(empty), "--onnx-only"]
+    assert export.trt.__main__.main([*argv, "--output", str(out)]) == 2
+    assert "no_images: no images found" in capsys.readouterr().err and not (tmp_path / "new").exists()
