@@ -46,7 +46,15 @@ from .quantize.openvino_int8 import compile_f32 as _compile_f32
 from .quantize.options import ACCURACY_METHODS, Int8Options
 from .quantize.stream_budget import OV_KEPT, accuracy_line, measure_stream_ir
 from .reference import FP16_TOLERANCE, UNMEASURED_INT8_TOLERANCE, make_reference, onnx_runner, other_size
-from .source import PRECISIONS, check_precision, default_output, licence_note, output_folder
+from .source import (
+    CALIBRATION_CACHE,
+    PRECISIONS,
+    check_precision,
+    default_output,
+    intermediates,
+    licence_note,
+    output_folder,
+)
 from .video import is_stream_graph, quantize_stream_openvino, verify_stream_ir
 
 # Largest MAX_REL_STD against ONNX Runtime FP32 an IR may show on the verification photo. Measured
@@ -285,12 +293,19 @@ def main(argv: list[str] | None = None, *, int8_tolerance: float | None = None) 
         raise ExportRequestError(f"int8_tolerance applies to --int8 only, not --{args.precision}")
     output = args.output or default_output(args_stem(args), f".{args.precision}.xml")
     height, width = args.size or (518, 518)
-    with output_folder(output):  # removed again if the work fails or is refused
-        return _export(args, output, height, width, int8_tolerance)
+    fresh = not output.absolute().parent.exists()
+    # The folder removed again if the work fails or is refused, and before it the FP32 ONNX a
+    # checkpoint was exported to on the way (export.source.intermediates).
+    with output_folder(output), intermediates(output.parent, fresh) as made:
+        return _export(args, output, height, width, int8_tolerance, made)
 
 
-def _export(args: argparse.Namespace, output: Path, height: int, width: int, int8_tolerance: float | None) -> int:
+def _export(
+    args: argparse.Namespace, output: Path, height: int, width: int, int8_tolerance: float | None, made: list[Path]
+) -> int:
     source = source_onnx(args.onnx, args.checkpoint, args.encoder, output.parent, height, width, args.dynamic)
+    if args.onnx is None:
+        made.append(source.path)
     refusal = sky_step_refusal(source.path, "an OpenVINO IR")
     if refusal:
         raise ExportRequestError(refusal)
@@ -307,7 +322,7 @@ def _export(args: argparse.Namespace, output: Path, height: int, width: int, int
 
         options = Int8Options.from_args(args)
         with stage("reading the calibration images"):
-            calibration = read_int8_images(options, (height, width), output.parent / ".calib_cache")
+            calibration = read_int8_images(options, (height, width), output.parent / CALIBRATION_CACHE)
     hw = (height, width)
     data = export_openvino(source, output, args.precision, calibration, hw, options, tolerance=int8_tolerance)
     accuracy = (data.get("quantization") or {}).get("accuracy")

@@ -3,6 +3,7 @@ and the names its outputs take by default."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -126,4 +127,35 @@ def output_folder(output: Path) -> Iterator[Path]:
                 if current == created:
                     break
                 current = current.parent
+        raise
+
+
+CALIBRATION_CACHE = ".calib_cache"  # beside the output: calibration images by content hash
+
+
+@contextmanager
+def intermediates(folder: Path, fresh: bool = False) -> Iterator[list[Path]]:
+    """The files an export writes on its way to its output (the FP32 ONNX a checkpoint is exported
+    to first): the body lists each artefact in the yielded list. When the body raises, each listed
+    artefact, its record, reference and external data, is removed where it was not in ``folder``
+    before: a failed export leaves nothing it half-made (a complete ONNX it replaced stays). With
+    ``fresh`` (the run made ``folder``: no other export shares it), a calibration cache it made
+    goes too, so that :func:`output_folder` can remove the folder."""
+    folder = Path(folder)
+    before = {item.name for item in folder.iterdir()} if folder.is_dir() else set()
+    made: list[Path] = []
+    try:
+        yield made
+    except BaseException:
+        from runtime.metadata import sidecar_path
+        from runtime.reference import reference_path
+
+        for path in made:
+            path = Path(path)
+            for item in (path, sidecar_path(path), reference_path(path), path.with_name(path.name + ".data")):
+                if item.parent.absolute() == folder.absolute() and item.name not in before:
+                    item.unlink(missing_ok=True)
+        cache = folder / CALIBRATION_CACHE
+        if fresh and CALIBRATION_CACHE not in before and cache.is_dir():
+            shutil.rmtree(cache, ignore_errors=True)
         raise

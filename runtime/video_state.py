@@ -105,7 +105,7 @@ class StreamState:
         self.count = 0  # frames since the last start
         self.frames = 0  # frames in all
         self.size: tuple[int, int] | None = None
-        self.stamp: float | None = None
+        self.stamp_ns: int | None = None  # the last frame's, exact
         self.resets: list[tuple[int, str]] = []
 
     @property
@@ -117,59 +117,65 @@ class StreamState:
     def waiting(self) -> list:
         return [] if self.store is None else getattr(self.store, "waiting", [])
 
+    @property
+    def stamp(self) -> float | None:
+        """The last frame's stamp in seconds (``stamp_ns`` holds it exactly)."""
+        return None if self.stamp_ns is None else self.stamp_ns / 1e9
+
     def reset(self, reason: str = "") -> None:
         """Start again: the next frame is a first frame (no cache), at any stamp."""
         if reason:
             self.resets.append((self.frames, reason))
             log.warning("%s: Video Depth Anything state reset at frame %d: %s", self.name, self.frames, reason)
-        self._stale, self.count, self.stamp = True, 0, None
+        self._stale, self.count, self.stamp_ns = True, 0, None
 
-    def admit(self, size: tuple[int, int], stamp: float | None = None) -> None:
+    def admit(self, size: tuple[int, int], stamp: float | None = None, stamp_ns: int | None = None) -> None:
         """Check a frame before it runs: a gap of more than ``max_gap`` either way or a size change
-        resets; a repeated stamp, or an older one within ``max_gap``, is refused."""
+        resets; a repeated stamp, or an older one within ``max_gap``, is refused. ``stamp`` in
+        seconds, or ``stamp_ns`` in integer nanoseconds (a ROS stamp's sec and nanosec, a bag time:
+        compared exactly, as message_filters does; float seconds of a 2020s clock cannot tell apart
+        stamps ~240 ns apart)."""
         reason = ""
-        if stamp is not None:
-            stamp = float(stamp)
-            if not math.isfinite(stamp):
-                raise InputError(f"{self.name}: frame time stamp {stamp!r} is not a finite number of seconds")
-            if self.stamp is not None:
-                reason = self._stamp_gap(stamp)
+        ns = _stamp_ns(self.name, stamp, stamp_ns)
+        if ns is not None and self.stamp_ns is not None:
+            reason = self._stamp_gap(ns)
         if self.size is not None and tuple(size) != self.size:
             reason = f"frame size changed from {self.size[1]}x{self.size[0]} to {size[1]}x{size[0]}"
         if reason:
             self.reset(reason)
         self.size = tuple(size)
-        if stamp is not None:
-            self.stamp = stamp
+        if ns is not None:
+            self.stamp_ns = ns
 
-    def _stamp_gap(self, stamp: float) -> str:
-        """Why the frame at ``stamp`` starts the stream again ("" when it does not); ``InputError``
-        for a frame that cannot follow the last one."""
-        last, gap = self.stamp, self.max_gap
+    def _stamp_gap(self, stamp: int) -> str:
+        """Why the frame at ``stamp`` (ns) starts the stream again ("" when it does not);
+        ``StampRefused`` for a frame that cannot follow the last one."""
+        last, gap = self.stamp_ns, self.max_gap
         assert last is not None
         if stamp == last:
             raise StampRefused(
-                f"{self.name}: a second frame at t={stamp:.6f} s (the same stamp as the last); left out, the "
+                f"{self.name}: a second frame at t={_seconds(stamp)} s (the same stamp as the last); left out, the "
                 "first frame of a stamp is kept"
             )
         if stamp > last:
+            ahead = (stamp - last) / 1e9
             return (
                 ""
-                if gap is None or stamp - last <= gap
-                else f"{stamp - last:.3f} s since the last frame (more than max_gap={gap:g} s)"
+                if gap is None or ahead <= gap
+                else f"{ahead:.3f} s since the last frame (more than max_gap={gap:g} s)"
             )
         back = last - stamp
+        older = f"frame at t={_seconds(stamp)} s is {_seconds(back)} s older than the last (t={_seconds(last)} s)"
         if gap is None:
             raise StampRefused(
-                f"{self.name}: frame at t={stamp:.6f} s is {back:.6f} s older than the last (t={last:.6f} s); this "
-                "stream has no max_gap: call reset() to start it again from this frame, or give max_gap to "
-                "start again on a jump back"
+                f"{self.name}: {older}; this stream has no max_gap: call reset() to start it again from this frame, "
+                "or give max_gap to start again on a jump back"
             )
-        if back > gap:  # the clock jumped back: a looping bag, a restarted driver, a sim clock reset
-            return f"time jumped back {back:.3f} s (more than max_gap={gap:g} s)"
+        if back / 1e9 > gap:  # the clock jumped back: a looping bag, a restarted driver, a sim clock reset
+            return f"time jumped back {back / 1e9:.3f} s (more than max_gap={gap:g} s)"
         raise StampRefused(
-            f"{self.name}: frame at t={stamp:.6f} s is {back:.6f} s older than the last (t={last:.6f} s): left "
-            f"out (a late frame; a jump back of more than max_gap={gap:g} s starts the stream again)"
+            f"{self.name}: {older}: left out (a late frame; a jump back of more than max_gap={gap:g} s starts the "
+            "stream again)"
         )
 
     def inputs(self, shapes: Sequence[tuple[int, ...]]) -> tuple[np.ndarray, Any]:
@@ -200,3 +206,26 @@ class StreamState:
         if self.store is not None:
             self.store.close()
         self.store, self.count = None, 0
+
+
+def _stamp_ns(name: str, stamp: float | None, stamp_ns: int | None) -> int | None:
+    """A frame's stamp in integer nanoseconds, from seconds or nanoseconds (one of them at most)."""
+    if stamp is not None and stamp_ns is not None:
+        raise InputError(f"{name}: give a frame's stamp in seconds or in nanoseconds (stamp_ns), not both")
+    if stamp_ns is not None:
+        if isinstance(stamp_ns, bool) or not isinstance(stamp_ns, (int, np.integer)):
+            raise InputError(f"{name}: stamp_ns must be an integer number of nanoseconds, got {stamp_ns!r}")
+        return int(stamp_ns)
+    if stamp is None:
+        return None
+    seconds = float(stamp)
+    if not math.isfinite(seconds):
+        raise InputError(f"{name}: frame time stamp {stamp!r} is not a finite number of seconds")
+    return round(seconds * 1e9)
+
+
+def _seconds(ns: int) -> str:
+    """Nanoseconds as seconds, exactly: six decimals at least, nine when the stamp needs them."""
+    sign, ns = ("-", -ns) if ns < 0 else ("", ns)
+    fraction = f"{ns % 1_000_000_000:09d}"
+    return f"{sign}{ns // 1_000_000_000}.{fraction[:6]}{fraction[6:].rstrip('0')}"

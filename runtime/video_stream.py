@@ -79,8 +79,11 @@ class VideoStream:
         height, width = image.shape[:2]
         return pre.prepare_dynamic(image, stream_input_size(height, width, p.input_size), rgb, p.max_long_side)
 
-    def push(self, frame: np.ndarray, stamp: float | None = None, rgb: bool | None = None) -> np.ndarray:
-        """Depth (``H x W`` float32, at the frame's size) for the next frame of the stream."""
+    def push(
+        self, frame: np.ndarray, stamp: float | None = None, rgb: bool | None = None, stamp_ns: int | None = None
+    ) -> np.ndarray:
+        """Depth (``H x W`` float32, at the frame's size) for the next frame of the stream; its time
+        ``stamp`` in seconds, or ``stamp_ns`` in integer nanoseconds (a ROS stamp, compared exactly)."""
         image = pre.check_image(frame)
         batch = self.network_input(image, self.rgb if rgb is None else rgb)
         with self._lock:
@@ -89,7 +92,7 @@ class VideoStream:
                     f"{self.state.name}: this Video Depth Anything stream was closed (by itself or by its "
                     "predictor's close()); open another with predictor.video_stream()"
                 )
-            self.state.admit(image.shape[:2], stamp)
+            self.state.admit(image.shape[:2], stamp, stamp_ns)
             slot_pos, cache = self.state.inputs(self.backend.stream_shapes(*batch.shape[2:]))
             outputs = self.backend.step(batch, slot_pos, cache)
             self.state.update(outputs[1:])

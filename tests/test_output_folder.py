@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 
+import cv2
+import numpy as np
 import pytest
 
 import export.onnx
@@ -80,3 +82,42 @@ def test_a_failed_run_removes_only_the_empty_folders_it_made(tmp_path):
         with output_folder(tmp_path / "c" / "d" / "m.onnx"):
             raise RuntimeError("refused")
     assert not (tmp_path / "c").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+def test_a_failed_openvino_run_from_a_checkpoint_removes_its_fp32_onnx_and_the_folder_it_made(tmp_path, capsys):
+    """The calibration folder is read after the ONNX step: its refusal leaves neither the
+    intermediate FP32 ONNX (and its record) nor the new folder (nor the calibration cache made in
+    it); in a folder that was there, the run's ONNX goes and everything else stays."""
+    empty = tmp_path / "no_images"
+    empty.mkdir()
+    out = tmp_path / "new" / "x.int8.xml"
+    argv = ["--encoder", "vits", "--size", "28x28", "--int8", "--calib-dir", str(empty), "--output"]
+    assert export.openvino.main([*argv, str(out)]) == 2
+    assert "no_images: no images found" in capsys.readouterr().err and not (tmp_path / "new").exists()
+    one = tmp_path / "one_image"  # refused after the images were read (and cached)
+    one.mkdir()
+    cv2.imwrite(str(one / "a.png"), np.full((48, 64, 3), 100, np.uint8))
+    argv[argv.index(str(empty))] = str(one)
+    assert export.openvino.main([*argv, str(out)]) == 2
+    assert "one_image: asked for" in capsys.readouterr().err and not (tmp_path / "new").exists()
+    there = tmp_path / "there"
+    there.mkdir()
+    (there / "notes.txt").write_text("the user's")
+    assert export.openvino.main([*argv, str(there / "x.int8.xml")]) == 2
+    # no ONNX left; the calibration cache (by content hash, for the next run) stays in a shared folder
+    assert sorted(p.name for p in there.iterdir()) == [".calib_cache", "notes.txt"]
+
+
+def test_a_refused_trt_run_leaves_no_new_folder(tmp_path, static_onnx, capsys):
+    """export.trt checks its output's folder up front and makes it only for the work: a refusal
+    after plan_job's checks (a profile for a static ONNX; a checkpoint's INT8 with no images, after
+    its FP32 ONNX was exported) leaves no folder, no ONNX."""
+    out = tmp_path / "new" / "x.engine"
+    profile = ["--min", "112x168", "--opt", "112x168", "--max", "112x168"]
+    assert export.trt.__main__.main(["--onnx", str(static_onnx), "--onnx-only", *profile, "--output", str(out)]) == 2
+    assert "has a fixed input shape" in _one_line(capsys) and not (tmp_path / "new").exists()
+    empty = tmp_path / "no_images"
+    empty.mkdir()
+    argv = ["--encoder", "vits", "--size", "28x28", "--int8", "--calib-dir", str(empty), "--onnx-only"]
+    assert export.trt.__main__.main([*argv, "--output", str(out)]) == 2
+    assert "no_images: no images found" in capsys.readouterr().err and not (tmp_path / "new").exists()

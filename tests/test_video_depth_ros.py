@@ -16,7 +16,9 @@ from runtime.ros.bag import process_bag
 from runtime.ros.cameras import node_cameras, predict
 from runtime.stream_plan import HostCache
 
-from .scene_bag import Messages
+from . import scenes
+from .robot_bags import Robot
+from .scene_bag import CAMERA, LIDAR, START, Messages
 from .test_bag import read_topics
 from .video_fixtures import frames_bgr, official_stream, worst_rel_std
 
@@ -70,7 +72,7 @@ def test_node_cycle_keeps_a_stream_per_camera_leaves_out_late_frames_and_restart
     frames, warned = frames_bgr(), []
 
     def message(t: float):
-        return SimpleNamespace(header=SimpleNamespace(stamp=SimpleNamespace(sec=int(t), nanosec=int(t % 1 * 1e9))))
+        return SimpleNamespace(header=SimpleNamespace(stamp=SimpleNamespace(sec=int(t), nanosec=round(t % 1 * 1e9))))
 
     reference = official_stream()
     for i in range(3):
@@ -101,3 +103,72 @@ def test_a_repeated_stamp_in_a_bag_leaves_that_frame_out_and_the_bag_goes_on(vda
     assert summary.frames == 3 and len(summary.skipped) == 1 == len(summary.cameras[TOPIC].skipped)
     assert summary.skipped[0][0] == 1_100_000_000 and "the same stamp as the last" in summary.skipped[0][1]
     assert len(read_topics(tmp_path / "out")["/cam/depth/relative_inverse"]) == 3
+
+
+def test_bag_times_50_ns_apart_are_two_stamps_not_a_repeated_one(vda, tmp_path):
+    """Bag times in integer nanoseconds reach the stream exactly: in float seconds a 2023 clock's
+    stamps 50 ns apart are one number, and the second frame was refused as a repeated stamp."""
+    store = get_typestore(Stores.ROS2_HUMBLE)
+    messages = Messages(store)
+    start = 1_700_000_000_000_000_000
+    stamps = [start, start + 50, start + 100_000_050, start + 200_000_050]
+    bag = tmp_path / "in"
+    with Writer2(bag, version=8) as writer:
+        conn = writer.add_connection(TOPIC, "sensor_msgs/msg/Image", typestore=store)
+        for t, frame in zip(stamps, frames_bgr()[: len(stamps)], strict=True):
+            writer.write(conn, t, store.serialize_cdr(messages.image(t, frame), "sensor_msgs/msg/Image"))
+    summary = process_bag(vda, bag, tmp_path / "out", TOPIC)
+    assert summary.skipped == [] and summary.frames == 4
+    written = read_topics(tmp_path / "out")["/cam/depth/relative_inverse"]
+    assert [t for t, _, _ in written] == stamps
+
+
+def test_node_stamps_50_ns_apart_are_two_frames_and_an_exact_repeat_is_named_to_the_nanosecond(vda):
+    camera = node_cameras(["/c/image_raw"])[0]
+    frames, warned = frames_bgr(), []
+
+    def message(sec: int, nanosec: int):
+        return SimpleNamespace(header=SimpleNamespace(stamp=SimpleNamespace(sec=sec, nanosec=nanosec)))
+
+    for i, nanosec in enumerate((0, 50)):
+        depth = predict(vda, [(camera, message(1_700_000_000, nanosec))], [frames[i]], warned.append)
+        assert depth[0] is not None and warned == []
+    assert predict(vda, [(camera, message(1_700_000_000, 50))], [frames[2]], warned.append) == [None]
+    assert "a second frame at t=1700000000.00000005 s (the same stamp as the last)" in warned[0]
+
+
+def test_max_frames_counts_the_frames_written_not_one_left_out_for_its_stamp(vda, tmp_path):
+    store = get_typestore(Stores.ROS2_HUMBLE)
+    messages = Messages(store)
+    stamps = [1_000_000_000, 1_100_000_000, 1_100_000_000, 1_200_000_000, 1_300_000_000]
+    bag = tmp_path / "in"
+    with Writer2(bag, version=8) as writer:
+        conn = writer.add_connection(TOPIC, "sensor_msgs/msg/Image", typestore=store)
+        for t, frame in zip(stamps, frames_bgr()[: len(stamps)], strict=True):
+            writer.write(conn, t, store.serialize_cdr(messages.image(t, frame), "sensor_msgs/msg/Image"))
+    summary = process_bag(vda, bag, tmp_path / "out", TOPIC, max_frames=3)
+    assert summary.frames == 3 and [t for t, _ in summary.skipped] == [1_100_000_000]
+    written = read_topics(tmp_path / "out")["/cam/depth/relative_inverse"]
+    assert [t for t, _, _ in written] == [1_000_000_000, 1_100_000_000, 1_200_000_000]
+
+
+def test_an_align_to_run_releases_the_scan_of_a_frame_left_out_for_its_stamp_and_counts_it(vda, tmp_path):
+    """A second image at the bag time of frame 1 (a driver that published it twice): the stream
+    refuses it after the aligner matched it to frame 1's scan; the scan is released as an aligned
+    frame's is (BagAligner.forget), the summary lists the frame, each written frame gets its scan
+    (the random test network's depth fits no scene: no fit is kept, the scans are used all the same)."""
+    robot = Robot()
+    robot.tf(START - 1, scenes.CHAIN)
+    robot.info(START)
+    for i in range(4):
+        stamp = robot.frame(i)
+        if i == 1:
+            twice = robot.frame(i, stamp=stamp, lidar_delay=None)
+    summary = process_bag(vda, robot.write(tmp_path / "in"), tmp_path / "out", CAMERA, align_to=LIDAR)
+    aligner = summary.alignment
+    assert summary.frames == 4 and [t for t, _ in summary.skipped] == [twice]
+    assert "the same stamp as the last" in summary.skipped[0][1]
+    records = aligner.log.records
+    assert [r["stamp_ns"] for r in records] == [START + (i + 1) * 100_000_000 for i in range(4)]
+    assert all(r["sensor_offset_ms"] == 3.0 and r["fit_points"] > 1000 for r in records), records
+    assert aligner._matches == {} and set(aligner._needed.values()) <= {0}  # every scan released

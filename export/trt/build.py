@@ -24,6 +24,7 @@ from runtime.io.files import staging_dir
 from runtime.metadata import library_versions, sidecar_path
 from runtime.reference import Reference, reference_path, stamp_reference
 
+from .. import source as sources
 from ..artefact import Artefact
 from ..errors import ExportError, ExportRequestError
 from ..graph import load_onnx
@@ -149,9 +150,12 @@ def build_trt(request: TrtRequest) -> Artefact:
     parser rules before anything is built or handed to trtexec."""
     job = plan_job(request, installed_tensorrt())
     started = time.perf_counter()
-    with cut_removed_on_failure(engine_cut_path(job.output)):  # a refusal leaves no sky-less copy
-        source, facts = source_step(job)
-        ready = ready_step(job, source, facts)
+    fresh = not job.output.absolute().parent.exists()
+    # The folder is made after plan_job's checks; a refusal removes it, a checkpoint's FP32 ONNX and the cut
+    with sources.output_folder(job.output), sources.intermediates(job.output.parent, fresh) as made:
+        with cut_removed_on_failure(engine_cut_path(job.output)):
+            source, facts = source_step(job, made)
+            ready = ready_step(job, source, facts)
     target = handoff(job, ready)
     if request.onnx_only:
         return ready.record
@@ -201,14 +205,14 @@ def plan_job(request: TrtRequest, trt) -> TrtJob:
     output = request.output or default_output(stem, f".{request.precision}.engine")
     if output.suffix not in (".engine", ".plan"):
         raise ExportRequestError(f"{output}: engine files end in .engine or .plan")
-    check_output_folder(output).parent.mkdir(parents=True, exist_ok=True)
+    check_output_folder(output)  # made by build_trt when the work starts
     given_source = typed_from(given) if facts is not None and facts.typed_fp16 else None
     return TrtJob(request, trt, version, plan, given, facts, given_source, height, width, output)
 
 
-def source_step(job: TrtJob) -> tuple[Artefact, OnnxFacts]:
+def source_step(job: TrtJob, made: list[Path] | None = None) -> tuple[Artefact, OnnxFacts]:
     """The record and facts of the ONNX the engine starts from (the given one, or an export of the
-    checkpoint at the release's opset), checked against the release's parser rules."""
+    checkpoint at the release's opset, listed in ``made``), checked against the release's parser rules."""
     request, version = job.request, job.version
     source = job.given
     if source is None:
@@ -223,6 +227,8 @@ def source_step(job: TrtJob) -> tuple[Artefact, OnnxFacts]:
                 dynamic=request.profile is not None,
                 opset=export_opset(version),
             )
+        if made is not None:
+            made.append(source.path)
     if job.given is None:  # a checkpoint's export: the step of a Video Depth Anything model
         check_stream_request(source.path, request.precision, request.profile)
     facts = job.given_facts or onnx_facts(source.path)

@@ -87,6 +87,7 @@ class _Frame:
     intrinsics: Intrinsics | None  # the camera's newest before it; one with its own stamp replaces it
     camera: _Camera
     seq: int = 0  # the camera's messages read when it was read
+    refused: bool = False  # left out by its stream (StampRefused): not one of the camera's max_frames
 
     @property
     def stamp(self) -> int:
@@ -175,9 +176,10 @@ class BagPass:
                     if frame.camera.video is None:
                         frame.camera.video = predictor.video_stream(name=frame.topic)
                     try:
-                        result = frame.camera.video.push(image, stamp=frame.timestamp * 1e-9)
+                        result = frame.camera.video.push(image, stamp_ns=frame.timestamp)  # exact ns
                     except StampRefused as exc:  # a repeated time stamp: that frame left out, the bag goes on
                         self.events.pop()  # the frame frames() just queued
+                        frame.refused = True
                         if self.aligner is not None:
                             self.aligner.forget(frame)
                         self.skip(frame.camera, frame.timestamp, str(exc))
@@ -241,8 +243,8 @@ class BagPass:
 
     def frames(self, every: int, max_frames: int | None, max_pixels: int | None) -> Iterator[np.ndarray]:
         """Yield the frames to process, queueing them and the messages to copy. ``every`` and
-        ``max_frames`` count each camera's own frames; the pass ends when every camera has its
-        ``max_frames``."""
+        ``max_frames`` count each camera's own frames (``max_frames`` those it keeps: not one its
+        stream refused); the pass ends when every camera has its ``max_frames``."""
         reader, cameras = self.reader, self.cameras
         infos = {camera.topics.camera_info: camera for camera in cameras.values() if camera.topics.camera_info}
         wanted = set(cameras) | self.copy_topics | set(infos)
@@ -276,10 +278,13 @@ class BagPass:
             except self.errors as exc:
                 self.skip(camera, timestamp, f"cannot deserialise {conn.msgtype}: {exc}")
                 continue
-            self.events.append(("frame", _Frame(timestamp, msg.header, image, camera.infos.newest, camera, camera.seq)))
+            frame = _Frame(timestamp, msg.header, image, camera.infos.newest, camera, camera.seq)
+            self.events.append(("frame", frame))
             if self.aligner is not None:
-                self.aligner.match(self.events[-1][1])
+                self.aligner.match(frame)
             yield image
+            if frame.refused:  # left out (a repeated stamp): max_frames counts the frames written
+                continue
             camera.taken += 1
             done += max_frames is not None and camera.taken == max_frames
             if done == len(cameras):
