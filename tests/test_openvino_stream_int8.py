@@ -28,8 +28,7 @@ def test_the_budget_is_measured_refused_with_nothing_written_verify_passes_what_
     assert export_openvino([*base, "--accuracy-budget", "0.000001"]) == 1
     err = capsys.readouterr().err
     assert "misses the accuracy budget" in err and "held-out frames" in err and "--float-layers" in err, err
-    left = sorted(p.relative_to(tmp_path / "new").parts[0] for p in (tmp_path / "new").rglob("*") if p.is_file())
-    assert set(left) <= {".calib_cache"}, left  # the decoded calibration images, kept for the next run
+    assert not (tmp_path / "new").exists()  # the folder it made, with its calibration cache
     # a budget it meets: the record's error is what runtime.verify measures on the same frames
     assert export_openvino([*base, "--accuracy-budget", "5"]) == 0
     printed = capsys.readouterr().out
