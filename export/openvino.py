@@ -55,7 +55,7 @@ from .source import (
     licence_note,
     output_folder,
 )
-from .video import is_stream_graph, quantize_stream_openvino, verify_stream_ir
+from .video import is_stream_graph, is_stream_onnx, quantize_stream_openvino, verify_stream_ir
 
 # Largest MAX_REL_STD against ONNX Runtime FP32 an IR may show on the verification photo. Measured
 # on vits with the parity weights at 98x98 / 266x266 / 518x518: fp32 2e-5 / 5e-5 / 6e-5, fp16
@@ -235,6 +235,11 @@ def check_stream_int8(int8: Int8Options | None) -> tuple[str, ...]:
             f"--accuracy-method {int8.accuracy_method}: a stream graph's INT8 is held to its budget by measuring "
             "the stream as a whole (no per-layer search, no NNCF accuracy control); drop the option"
         )
+    if int8.keep_fp:
+        raise ExportRequestError(
+            "keep_fp: a stream graph's INT8 keeps the motion modules in float by its own scope; name more "
+            "layers with --float-layers (ONNX node names)"
+        )
     if int8.smooth != "auto":
         raise ExportRequestError(
             f"--smooth {int8.smooth}: a stream graph's INT8 uses NNCF's transformer preset (its SmoothQuant), "
@@ -309,7 +314,8 @@ def _export(
     refusal = sky_step_refusal(source.path, "an OpenVINO IR")
     if refusal:
         raise ExportRequestError(refusal)
-    fixed = input_hw(load_onnx(source.path, load_external_data=False))  # a static ONNX's own size, as export.quantize
+    graph = load_onnx(source.path, load_external_data=False)
+    fixed = input_hw(graph)  # a static ONNX's own size, as export.quantize
     if fixed is not None and args.size is not None and tuple(args.size) != fixed:
         raise ExportRequestError(
             f"{source.path} takes {fixed[0]}x{fixed[1]} images (a static ONNX), "
@@ -321,6 +327,8 @@ def _export(
         from .quantize.budget import read_int8_images
 
         options = Int8Options.from_args(args)
+        if is_stream_onnx(graph):
+            check_stream_int8(options)  # before any image is read
         with stage("reading the calibration images"):
             calibration = read_int8_images(options, (height, width), output.parent / CALIBRATION_CACHE)
     hw = (height, width)

@@ -49,8 +49,9 @@ def test_the_budget_is_measured_refused_with_nothing_written_verify_passes_what_
     for wrong, said in (
         (["--float-layers", "/no/such/Conv"], "is not a layer OpenVINO quantizes"),
         (["--float-layers", "/pretrained/blocks.0/attn/Softmax"], "is not a layer OpenVINO quantizes"),  # never INT8
-        (["--accuracy-method", "nncf"], "drop the option"),
-        (["--smooth", "off"], "drop the option"),
+        # refused before any image is read: a calibration folder that is not there is not reached
+        (["--accuracy-method", "nncf", "--calib-dir", str(tmp_path / "none")], "drop the option"),
+        (["--smooth", "off", "--calib-dir", str(tmp_path / "none")], "drop the option"),
     ):
         assert export_openvino([*base, "--accuracy-budget", "5", *wrong]) == 2, wrong
         assert said in capsys.readouterr().err, wrong

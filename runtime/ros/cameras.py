@@ -119,12 +119,6 @@ class CameraSlots:
         return sum(slot.dropped for slot in self.slots)
 
 
-def header_nanoseconds(header: Any) -> int:
-    """A ROS 1 or ROS 2 header's stamp in integer nanoseconds (exact, as message_filters compares them)."""
-    stamp = header.stamp
-    return int(stamp.sec) * 1_000_000_000 + int(getattr(stamp, "nanosec", getattr(stamp, "nsec", 0)))
-
-
 def predict(predictor: Any, taken: list, images: list, warn: Callable[[str], None]) -> list:
     """``predict_batch``; a Video Depth Anything model runs each camera's frame through that
     camera's own stream instead (its cache, resets on a pause; a frame older than the last is
@@ -138,7 +132,7 @@ def predict(predictor: Any, taken: list, images: list, warn: Callable[[str], Non
         if camera.video is None:
             camera.video = predictor.video_stream(name=camera.image)
         try:
-            depths.append(camera.video.push(image, stamp_ns=header_nanoseconds(message.header)))
+            depths.append(camera.video.push(image, stamp_ns=stamp_ns(message.header)))
         except InputError as exc:
             warn(f"frame skipped: {exc}")
             depths.append(None)
