@@ -43,15 +43,9 @@ def test_bag_tool_streams_each_camera_and_restarts_after_a_pause(vda, tmp_path, 
             closed.append(self)
 
     monkeypatch.setattr(vda._backend, "stream_store", Counted)
-    store = get_typestore(Stores.ROS2_HUMBLE)
-    messages = Messages(store)
     stamps = [1_000_000_000 + 100_000_000 * i for i in range(4)] + [9_000_000_000]  # a pause before the last
     frames = frames_bgr()[: len(stamps)]
-    bag = tmp_path / "in"
-    with Writer2(bag, version=8) as writer:
-        conn = writer.add_connection(TOPIC, "sensor_msgs/msg/Image", typestore=store)
-        for t, frame in zip(stamps, frames, strict=True):
-            writer.write(conn, t, store.serialize_cdr(messages.image(t, frame), "sensor_msgs/msg/Image"))
+    bag = image_bag(tmp_path / "in", stamps)
     with caplog.at_level(logging.WARNING, logger="runtime.video"):
         summary = process_bag(vda, bag, tmp_path / "out", TOPIC)
     assert summary.frames == 5
@@ -88,18 +82,22 @@ def test_node_cycle_keeps_a_stream_per_camera_leaves_out_late_frames_and_restart
     assert cameras[1].video.resets == []
 
 
-def test_a_repeated_stamp_in_a_bag_leaves_that_frame_out_and_the_bag_goes_on(vda, tmp_path):
-    """Two images on one topic at the same bag time: the stream refuses the second (its stamp is
-    the last one's), and the bag tool leaves it out and goes on (it ended the run before)."""
+def image_bag(bag, stamps: list[int]):
+    """A ROS 2 bag of the test frames on ``TOPIC``, one at each bag time (and header stamp) of ``stamps``."""
     store = get_typestore(Stores.ROS2_HUMBLE)
     messages = Messages(store)
-    stamps = [1_000_000_000, 1_100_000_000, 1_100_000_000, 1_200_000_000]
-    bag = tmp_path / "in"
     with Writer2(bag, version=8) as writer:
         conn = writer.add_connection(TOPIC, "sensor_msgs/msg/Image", typestore=store)
         for t, frame in zip(stamps, frames_bgr()[: len(stamps)], strict=True):
             writer.write(conn, t, store.serialize_cdr(messages.image(t, frame), "sensor_msgs/msg/Image"))
-    summary = process_bag(vda, bag, tmp_path / "out", TOPIC)
+    return bag
+
+
+def test_a_repeated_stamp_in_a_bag_leaves_that_frame_out_and_the_bag_goes_on(vda, tmp_path):
+    """Two images on one topic at the same bag time: the stream refuses the second (its stamp is
+    the last one's), and the bag tool leaves it out and goes on (it ended the run before)."""
+    stamps = [1_000_000_000, 1_100_000_000, 1_100_000_000, 1_200_000_000]
+    summary = process_bag(vda, image_bag(tmp_path / "in", stamps), tmp_path / "out", TOPIC)
     assert summary.frames == 3 and len(summary.skipped) == 1 == len(summary.cameras[TOPIC].skipped)
     assert summary.skipped[0][0] == 1_100_000_000 and "the same stamp as the last" in summary.skipped[0][1]
     assert len(read_topics(tmp_path / "out")["/cam/depth/relative_inverse"]) == 3
@@ -108,16 +106,9 @@ def test_a_repeated_stamp_in_a_bag_leaves_that_frame_out_and_the_bag_goes_on(vda
 def test_bag_times_50_ns_apart_are_two_stamps_not_a_repeated_one(vda, tmp_path):
     """Bag times in integer nanoseconds reach the stream exactly: in float seconds a 2023 clock's
     stamps 50 ns apart are one number, and the second frame was refused as a repeated stamp."""
-    store = get_typestore(Stores.ROS2_HUMBLE)
-    messages = Messages(store)
     start = 1_700_000_000_000_000_000
     stamps = [start, start + 50, start + 100_000_050, start + 200_000_050]
-    bag = tmp_path / "in"
-    with Writer2(bag, version=8) as writer:
-        conn = writer.add_connection(TOPIC, "sensor_msgs/msg/Image", typestore=store)
-        for t, frame in zip(stamps, frames_bgr()[: len(stamps)], strict=True):
-            writer.write(conn, t, store.serialize_cdr(messages.image(t, frame), "sensor_msgs/msg/Image"))
-    summary = process_bag(vda, bag, tmp_path / "out", TOPIC)
+    summary = process_bag(vda, image_bag(tmp_path / "in", stamps), tmp_path / "out", TOPIC)
     assert summary.skipped == [] and summary.frames == 4
     written = read_topics(tmp_path / "out")["/cam/depth/relative_inverse"]
     assert [t for t, _, _ in written] == stamps
@@ -138,15 +129,8 @@ def test_node_stamps_50_ns_apart_are_two_frames_and_an_exact_repeat_is_named_to_
 
 
 def test_max_frames_counts_the_frames_written_not_one_left_out_for_its_stamp(vda, tmp_path):
-    store = get_typestore(Stores.ROS2_HUMBLE)
-    messages = Messages(store)
     stamps = [1_000_000_000, 1_100_000_000, 1_100_000_000, 1_200_000_000, 1_300_000_000]
-    bag = tmp_path / "in"
-    with Writer2(bag, version=8) as writer:
-        conn = writer.add_connection(TOPIC, "sensor_msgs/msg/Image", typestore=store)
-        for t, frame in zip(stamps, frames_bgr()[: len(stamps)], strict=True):
-            writer.write(conn, t, store.serialize_cdr(messages.image(t, frame), "sensor_msgs/msg/Image"))
-    summary = process_bag(vda, bag, tmp_path / "out", TOPIC, max_frames=3)
+    summary = process_bag(vda, image_bag(tmp_path / "in", stamps), tmp_path / "out", TOPIC, max_frames=3)
     assert summary.frames == 3 and [t for t, _ in summary.skipped] == [1_100_000_000]
     written = read_topics(tmp_path / "out")["/cam/depth/relative_inverse"]
     assert [t for t, _, _ in written] == [1_000_000_000, 1_100_000_000, 1_200_000_000]
