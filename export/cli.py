@@ -112,8 +112,8 @@ def accuracy_budget(text: str) -> float | None:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number (an AbsRel such as 0.01) or 'off'") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError("the accuracy budget must be positive (or 'off')")
+    if not 0 < value < float("inf"):  # NaN too: inf would be written into JSON no reader takes
+        raise argparse.ArgumentTypeError("the accuracy budget must be a positive finite number (or 'off')")
     return value
 
 
@@ -125,7 +125,8 @@ def add_accuracy_args(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_ACCURACY_BUDGET,
         metavar="ABSREL",
         help=f"largest AbsRel vs FP32 on held-out images (default {DEFAULT_ACCURACY_BUDGET}); layers that break "
-        "it go back to float; 'off' skips the check",
+        "it go back to float (a Video Depth Anything stream is measured whole and refused instead); 'off' "
+        "skips the check",
     )
     parser.add_argument(
         "--accuracy-images",
@@ -146,7 +147,8 @@ def add_accuracy_args(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="NAMES",
         help="layers to keep in float, comma-separated or repeated: ONNX node names as the .quant.json report "
-        "names them (a refused export names a set that met the budget)",
+        "names them (a refused export names a set that met the budget; a stream graph writes no report: "
+        "its ONNX's node names)",
     )
 
 

@@ -294,6 +294,11 @@ def main(argv: list[str] | None = None, *, int8_tolerance: float | None = None) 
     ``benchmarks.family_cost``'s ViT-L cost only. Deliberately no flag: a user's IR is held to it."""
     args = build_parser().parse_args(argv)
     check_request(args)
+    if args.onnx is not None and args.dynamic:
+        raise ExportRequestError(
+            f"--dynamic applies to an export from --checkpoint/--encoder; {args.onnx} keeps its own input shapes: "
+            "export it with python -m export.onnx --dynamic"
+        )
     if int8_tolerance is not None and args.precision != "int8":
         raise ExportRequestError(f"int8_tolerance applies to --int8 only, not --{args.precision}")
     output = args.output or default_output(args_stem(args), f".{args.precision}.xml")

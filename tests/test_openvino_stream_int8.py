@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from export.openvino import main as export_openvino
 from runtime import DepthPredictor
@@ -59,6 +60,20 @@ def test_the_budget_is_measured_refused_with_nothing_written_verify_passes_what_
     with DepthPredictor(out, verify=True) as predictor:
         value = predictor.verification.value
     assert np.isclose(value, accuracy["error"], rtol=1e-3, atol=1e-6), (value, accuracy)
+
+
+def test_what_openvino_cannot_follow_is_refused_before_any_work(vda_stream, tmp_path, capsys):
+    """Found by a fresh-clone user: ``--accuracy-budget inf`` wrote an IR whose record and reference
+    held ``Infinity`` (no JSON reader takes it; ``runtime.verify`` called the reference damaged), and
+    ``--dynamic`` with ``--onnx`` was ignored (a static IR written, exit 0)."""
+    out = tmp_path / "new" / "vda.xml"
+    argv = ["--onnx", str(vda_stream["path"]), "--int8", "--calib-dir", str(tmp_path), "--output", str(out)]
+    with pytest.raises(SystemExit) as exited:
+        export_openvino([*argv, "--accuracy-budget", "inf"])
+    assert exited.value.code == 2 and "positive finite number" in capsys.readouterr().err
+    assert export_openvino(["--onnx", str(vda_stream["path"]), "--dynamic", "--output", str(out)]) == 2
+    assert "export it with python -m export.onnx --dynamic" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
 
 
 def int8_fed(path) -> set:
