@@ -59,7 +59,10 @@ def _int8(calib_dir) -> Int8Options:
 
 
 def _ready(request):
+    """``build_trt``'s steps up to the ready ONNX; the output folder made as ``build_trt`` makes it
+    once ``plan_job`` has checked the request (a refused build before removed it)."""
     job = plan_job(request, None)
+    job.output.parent.mkdir(parents=True, exist_ok=True)
     return ready_step(job, *source_step(job))
 
 
