@@ -29,6 +29,10 @@ def test_the_budget_is_measured_refused_with_nothing_written_verify_passes_what_
     assert export_openvino([*base, "--accuracy-budget", "0.000001"]) == 1
     err = capsys.readouterr().err
     assert "misses the accuracy budget" in err and "held-out frames" in err and "--float-layers" in err, err
+    # first with the motion modules' attention in float, then with the modules whole (the last refusal)
+    note = "with the motion modules' attention in float the INT8 stream is over its bound"
+    assert note in err and "quantizing again with the motion modules in float" in err, err
+    assert "(the cache carried, the motion modules in float)" in err.splitlines()[-1], err
     assert not (tmp_path / "new").exists()  # the folder it made, with its calibration cache
     for wrong, said in (
         (["--float-layers", "/no/such/Conv"], "is not a layer OpenVINO quantizes"),
@@ -48,7 +52,15 @@ def test_the_budget_is_measured_refused_with_nothing_written_verify_passes_what_
     assert "vs the FP32 stream" in printed and "(budget 5.0)" in printed, printed
     fed = int8_fed(out)
     assert not any(n.startswith(kept) for n in fed) and any(n.startswith(twin) for n in fed), sorted(fed)[:20]
+    # within the budget at the first try: the motion modules' attention in float, their projections
+    # and feed-forward INT8
+    assert "quantizing again" not in capsys.readouterr().err
+    assert not [n for n in fed if "attention_blocks" in n], sorted(n for n in fed if "attention_blocks" in n)
+    for part in ("proj_in", "ff/net.0", "ff/net.2", "proj_out"):
+        assert {n.split("/")[1] for n in fed if f"/{part}/" in n} == {f"motion_modules.{i}" for i in range(4)}, part
     record = json.loads(sidecar_path(out).read_text())
+    assert record["quantization"]["float"] == [".*motion_modules.*attention_blocks.*"], record["quantization"]
+    assert "the motion modules' attention in float" in printed, printed
     assert record["quantization"]["float_layers"] == [kept] and kept in record["accuracy"]["float_layers"]
     assert [op for op in record["quantization"]["float_ops"] if op.startswith(kept)], record["quantization"]
     accuracy = record["accuracy"]

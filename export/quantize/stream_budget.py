@@ -57,6 +57,15 @@ def held_out_reference(
     return Reference([image_of(b) for b in batches], [d.astype(np.float32) for d in fp32], meta)
 
 
+class StreamBudgetMissed(ExportError):
+    """An INT8 stream over its bound (``value > bound``): refused, or quantized again with more in
+    float where the export has more to try."""
+
+    def __init__(self, message: str, value: float, bound: float) -> None:
+        super().__init__(message)
+        self.value, self.bound = value, bound
+
+
 def judge_stream(reference: Reference, depths: list, budget: float | None, kept: str, fp16: str) -> VerifyResult:
     """``score`` of the INT8 stream's ``depths`` against ``reference``; over ``budget``,
     ``ExportError`` in one line naming what stayed in float (``kept``) and what to do (``fp16``: how
@@ -65,17 +74,21 @@ def judge_stream(reference: Reference, depths: list, budget: float | None, kept:
     what ``runtime.verify`` fails against the reference written with it."""
     checked = score(reference, depths, "int8")
     if budget is not None and not checked.value <= budget:  # NaN fails too
-        raise ExportError(
+        raise StreamBudgetMissed(
             f"the INT8 stream misses the accuracy budget: {reference.metric} {checked.value:.4f} > {budget} over "
             f"{len(depths)} held-out frames (the cache carried, {kept}); nothing was written. Raise --accuracy-budget, "
-            f"add --float-layers, or {fp16}"
+            f"add --float-layers, or {fp16}",
+            checked.value,
+            budget,
         )
     if not checked.value <= reference.tolerance:  # budget off: what runtime.verify would fail at once
-        raise ExportError(
+        raise StreamBudgetMissed(
             f"the INT8 stream is broken: {reference.metric} {checked.value:.4f} > {reference.tolerance:g} (the bound "
             f"that tells a broken artefact; accuracy budget off) over {len(depths)} frames of a photograph panning "
             f"sideways (the cache carried, {kept}); nothing was written. Calibrate on more images, add "
-            f"--float-layers, or {fp16}"
+            f"--float-layers, or {fp16}",
+            checked.value,
+            reference.tolerance,
         )
     return checked
 
@@ -109,22 +122,16 @@ def accuracy_line(accuracy: dict, layers: str) -> str:
 
 
 # OpenVINO (export.openvino --int8 of a stream graph)
-OV_KEPT = "the motion modules in float"
 OV_FP16 = "export --fp16"
 
 
-def measure_stream_ir(xml: Path, source: Any, images: Any, budget: float | None, floats: tuple) -> tuple:
-    """The staged INT8 stream IR at ``xml`` (f32 inference for its float parts, as the runtime runs
-    it) against the FP32 stream of ``source`` (ONNX Runtime): its reference (not yet written) and
-    its record's ``accuracy``; over ``budget``, ``ExportError`` and nothing written."""
-    from runtime.backends.openvino import openvino_core
-
-    from ..video import FLOAT_PATTERNS, OrtStream, openvino_step, run_stream, stream_shape
-
-    model = openvino_core().read_model(str(xml))
-    shape, shapes = stream_shape(model)
-    batches, names = budget_frames(images, budget, shape)
-    fp32 = OrtStream(source.path).depths(batches)
-    reference = held_out_reference(xml, batches, fp32, source.output_kind().kind, budget, names)
-    checked = judge_stream(reference, run_stream(openvino_step(None, model), shapes, batches), budget, OV_KEPT, OV_FP16)
-    return reference, accuracy_record(checked, budget, len(batches), [*FLOAT_PATTERNS, *floats])
+def measure_stream_ir(ir: Any, source: Any, images: Any, budget: float | None, floats: list, kept: str) -> tuple:
+    """The staged INT8 stream IR (an ``export.video.IrStream``) against the FP32 stream of
+    ``source`` (the same ONNX Runtime session): its reference (not yet written) and its record's
+    ``accuracy`` (``floats``: the float patterns and layers; ``kept``: what stayed in float, in
+    words); over ``budget``, ``StreamBudgetMissed`` and nothing written."""
+    batches, names = budget_frames(images, budget, ir.size)
+    fp32 = ir.fp32.depths(batches)
+    reference = held_out_reference(ir.path, batches, fp32, source.output_kind().kind, budget, names)
+    checked = judge_stream(reference, ir.depths(batches), budget, kept, OV_FP16)
+    return reference, accuracy_record(checked, budget, len(batches), floats)
