@@ -215,12 +215,13 @@ class IrStream:
     runs it) beside one ONNX Runtime FP32 session of its source ONNX: the export's checks run both
     on the same frames, each as one stream with its own cache carried."""
 
-    def __init__(self, xml: Path, onnx_path: Path) -> None:
+    def __init__(self, xml: Path, onnx_path: Path, fp32: OrtStream | None = None) -> None:
+        """``fp32``: the session of an earlier ``IrStream`` of the same source, else a new one."""
         self.path = xml
         model = openvino_core().read_model(str(xml))
         self.size, self.shapes = stream_shape(model)  # (height, width), the cache's shapes
         self.step = openvino_step(None, model)
-        self.fp32 = OrtStream(onnx_path)
+        self.fp32 = fp32 if fp32 is not None else OrtStream(onnx_path)
 
     def depths(self, batches: list) -> list:
         """The IR's depth per frame."""
@@ -236,7 +237,8 @@ class IrStream:
 
 # What an INT8 stream IR keeps in float, tried in this order (NNCF ignored-scope patterns over the
 # OpenVINO op names). First the motion modules' attention blocks: their products with the 31 cached
-# frames, the softmax and the norms before them are what keeps depth steady from frame to frame,
+# frames and the softmax are what keeps depth steady from frame to frame (the norms stay in float
+# in any case: NNCF quantizes no norm),
 # while each module's input and output projections and feed-forward run in INT8 (the stream's cost
 # per frame: docs/video-depth-anything.md#measured). When that IR misses its bound (the accuracy
 # budget, or with the budget off the broken-artefact bound), the four motion modules whole.

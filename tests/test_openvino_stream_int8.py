@@ -48,18 +48,21 @@ def test_the_budget_is_measured_refused_with_nothing_written_verify_passes_what_
     # the record's error is what runtime.verify measures on the same frames
     kept, twin = "/refinenet1/out_conv/Conv", "/refinenet2/out_conv/Conv"
     assert export_openvino([*base, "--accuracy-budget", "5", "--float-layers", kept]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "vs the FP32 stream" in printed and "(budget 5.0)" in printed, printed
     fed = int8_fed(out)
     assert not any(n.startswith(kept) for n in fed) and any(n.startswith(twin) for n in fed), sorted(fed)[:20]
     # within the budget at the first try: the motion modules' attention in float, their projections
     # and feed-forward INT8
-    assert "quantizing again" not in capsys.readouterr().err
+    assert "quantizing again" not in captured.err, captured.err
     assert not [n for n in fed if "attention_blocks" in n], sorted(n for n in fed if "attention_blocks" in n)
     for part in ("proj_in", "ff/net.0", "ff/net.2", "proj_out"):
         assert {n.split("/")[1] for n in fed if f"/{part}/" in n} == {f"motion_modules.{i}" for i in range(4)}, part
     record = json.loads(sidecar_path(out).read_text())
     assert record["quantization"]["float"] == [".*motion_modules.*attention_blocks.*"], record["quantization"]
+    assert record["quantization"]["kept"] == "the motion modules' attention in float"
+    assert "tried_first" not in record["quantization"], record["quantization"]
     assert "the motion modules' attention in float" in printed, printed
     assert record["quantization"]["float_layers"] == [kept] and kept in record["accuracy"]["float_layers"]
     assert [op for op in record["quantization"]["float_ops"] if op.startswith(kept)], record["quantization"]
@@ -112,4 +115,28 @@ def test_budget_off_still_refuses_what_runtime_verify_would_fail(vda_stream, cal
     assert export_openvino([*argv, "--accuracy-budget", "off", "--output", str(out)]) == 1
     err = capsys.readouterr().err
     assert "the INT8 stream is broken" in err and "> 0.2" in err and "accuracy budget off" in err, err
+    # both scopes tried: the motion modules' attention in float, then the modules whole
+    assert "quantizing again with the motion modules in float" in err, err
+    assert "(the cache carried, the motion modules in float)" in err.splitlines()[-1], err
     assert not out.exists() and not reference_path(out).exists() and not sidecar_path(out).exists()
+
+
+def test_a_first_ir_over_the_max_error_check_is_quantized_again_then_refused(vda_stream, calib_dir, tmp_path, capsys):
+    """The first INT8 stream IR (the motion modules' attention in float) over the max-error check
+    against ONNX Runtime is quantized again with the modules whole in float, as one over the
+    accuracy bound is, not refused at once; over it again, refused with nothing written. The bound
+    here is one no IR meets: the export's ``tolerance`` keyword, which no flag reaches."""
+    from export.errors import ExportError
+    from export.openvino import export_openvino as export_ir
+    from export.quantize.calibration import CalibrationSet
+    from tests.video_fixtures import STREAM_SIZE
+
+    images = CalibrationSet(calib_dir, 4, STREAM_SIZE, 0, None, progress=False, minimum=0)
+    out = tmp_path / "vda.int8.xml"
+    with pytest.raises(ExportError, match=r"IR differs from ONNX Runtime FP32.*nothing was written"):
+        export_ir(vda_stream["path"], out, "int8", images, tolerance=1e-9)
+    err = capsys.readouterr().err
+    assert "with the motion modules' attention in float the INT8 stream is over its bound" in err, err
+    assert err.count("quantizing again") == 1, err
+    assert not out.exists() and not reference_path(out).exists() and not sidecar_path(out).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], sorted(tmp_path.iterdir())
