@@ -238,10 +238,10 @@ class IrStream:
 # What an INT8 stream IR keeps in float, tried in this order (NNCF ignored-scope patterns over the
 # OpenVINO op names). First the motion modules' attention blocks: their products with the 31 cached
 # frames and the softmax are what keeps depth steady from frame to frame (the norms stay in float
-# in any case: NNCF quantizes no norm),
-# while each module's input and output projections and feed-forward run in INT8 (the stream's cost
-# per frame: docs/video-depth-anything.md#measured). When that IR misses its bound (the accuracy
-# budget, or with the budget off the broken-artefact bound), the four motion modules whole.
+# in any case: NNCF quantizes no norm), while each module's input and output projections and
+# feed-forward run in INT8 (the stream's cost per frame: docs/video-depth-anything.md#measured).
+# When that IR misses a bound (the max-error check against ONNX Runtime, the accuracy budget, or
+# with the budget off the broken-artefact bound), the four motion modules whole.
 STREAM_FLOAT_SCOPES = (
     ("the motion modules' attention", (".*motion_modules.*attention_blocks.*",)),
     ("the motion modules", (".*motion_modules.*",)),
