@@ -163,14 +163,14 @@ def export_openvino(
                 else:
                     check = verify_ir(ov, staged, onnx_path, shape)
             retry = stream and precision == "int8" and bool(scopes)  # a scope left to try
-            missed = None  # (value, bound) of a stream INT8 IR over a bound, tried again
+            missed = None  # (check, value, bound) of a stream INT8 IR over a bound, tried again
             if not check.max_rel_std <= bound:  # NaN fails too
                 if not retry:
                     raise ExportError(
                         f"the {precision} IR differs from ONNX Runtime FP32 at {shape[0]}x{shape[1]}: {check}, over "
                         f"the tolerance {bound:g}; nothing was written"
                     )
-                missed = (check.max_rel_std, bound)
+                missed = (f"max error vs ONNX Runtime FP32, {MAX_REL_STD}", check.max_rel_std, bound)
             elif not (stream and precision == "int8"):
                 break
             else:  # held to the budget before anything lands
@@ -181,15 +181,16 @@ def export_openvino(
                     except StreamBudgetMissed as exc:
                         if not retry:
                             raise
-                        missed = (exc.value, exc.bound)
+                        missed = (exc.check, exc.value, exc.bound)
                 if missed is None:
                     break
+            what, value, over = missed
             print(
-                f"note: with {quantization['kept']} the INT8 stream is over its bound ({missed[0]:.4f} > "
-                f"{missed[1]:g}); quantizing again with {scopes[0][0]} in float",
+                f"note: with {quantization['kept']} the INT8 stream is over its bound: {what} {value:.4f} > "
+                f"{over:g}; quantizing again with {scopes[0][0]} in float",
                 file=sys.stderr,
             )
-            tried = {"kept": quantization["kept"], "value": round(float(missed[0]), 6), "bound": missed[1]}
+            tried = {"kept": quantization["kept"], "check": what, "value": round(float(value), 6), "bound": over}
             ir = None  # the staged IR's compiled model goes before the next IR is saved over it
             model, quantization = requantize()
             quantization["tried_first"] = tried

@@ -30,8 +30,9 @@ def test_the_budget_is_measured_refused_with_nothing_written_verify_passes_what_
     err = capsys.readouterr().err
     assert "misses the accuracy budget" in err and "held-out frames" in err and "--float-layers" in err, err
     # first with the motion modules' attention in float, then with the modules whole (the last refusal)
-    note = "with the motion modules' attention in float the INT8 stream is over its bound"
-    assert note in err and "quantizing again with the motion modules in float" in err, err
+    note = "with the motion modules' attention in float the INT8 stream is over its bound: AbsRel"
+    assert note in err and "(the accuracy budget) " in err, err
+    assert "quantizing again with the motion modules in float" in err, err
     assert "(the cache carried, the motion modules in float)" in err.splitlines()[-1], err
     assert not (tmp_path / "new").exists()  # the folder it made, with its calibration cache
     for wrong, said in (
@@ -115,6 +116,7 @@ def test_budget_off_still_refuses_what_runtime_verify_would_fail(vda_stream, cal
     assert export_openvino([*argv, "--accuracy-budget", "off", "--output", str(out)]) == 1
     err = capsys.readouterr().err
     assert "the INT8 stream is broken" in err and "> 0.2" in err and "accuracy budget off" in err, err
+    assert "held-out" not in err, err  # a photograph, not held-out images, and the note and refusal say so
     # both scopes tried: the motion modules' attention in float, then the modules whole
     assert "quantizing again with the motion modules in float" in err, err
     assert "(the cache carried, the motion modules in float)" in err.splitlines()[-1], err
@@ -136,7 +138,7 @@ def test_a_first_ir_over_the_max_error_check_is_quantized_again_then_refused(vda
     with pytest.raises(ExportError, match=r"IR differs from ONNX Runtime FP32.*nothing was written"):
         export_ir(vda_stream["path"], out, "int8", images, tolerance=1e-9)
     err = capsys.readouterr().err
-    assert "with the motion modules' attention in float the INT8 stream is over its bound" in err, err
+    assert "with the motion modules' attention in float the INT8 stream is over its bound: max error vs" in err, err
     assert err.count("quantizing again") == 1, err
     assert not out.exists() and not reference_path(out).exists() and not sidecar_path(out).exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [], sorted(tmp_path.iterdir())

@@ -194,6 +194,7 @@ def test_openvino_ir_runs_the_stream_and_int8_over_its_bound_keeps_motion_module
     assert int8["quantization"]["float"] == [".*motion_modules.*"] and int8["quantization"]["frames"] == 10
     tried = int8["quantization"]["tried_first"]  # the first IR, the motion modules' attention in float
     assert tried["kept"] == "the motion modules' attention in float" and tried["value"] > tried["bound"] == 0.2
+    assert "broken-artefact bound" in tried["check"], tried
     assert "quantizing again with the motion modules in float" in capsys.readouterr().err
     assert int8["accuracy"]["method"] == "unmeasured" and int8["accuracy"]["broken_check"]["value"] <= 0.2
     ir = openvino_core().read_model(str(tmp_path / "vda.int8.xml"))

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.accuracy import precision_rule
+from runtime.accuracy import precision_rule, short_name
 from runtime.reference import Reference, image_of, make_meta, network_input, score
 from runtime.stream_check import stream_meta
 from runtime.verify_result import VerifyResult
@@ -58,12 +58,12 @@ def held_out_reference(
 
 
 class StreamBudgetMissed(ExportError):
-    """An INT8 stream over its bound (``value > bound``): refused, or quantized again with more in
-    float where the export has more to try."""
+    """An INT8 stream over its bound (``check``, in words: ``value > bound``): refused, or quantized
+    again with more in float where the export has more to try."""
 
-    def __init__(self, message: str, value: float, bound: float) -> None:
+    def __init__(self, message: str, check: str, value: float, bound: float) -> None:
         super().__init__(message)
-        self.value, self.bound = value, bound
+        self.check, self.value, self.bound = check, value, bound
 
 
 def judge_stream(reference: Reference, depths: list, budget: float | None, kept: str, fp16: str) -> VerifyResult:
@@ -78,15 +78,17 @@ def judge_stream(reference: Reference, depths: list, budget: float | None, kept:
             f"the INT8 stream misses the accuracy budget: {reference.metric} {checked.value:.4f} > {budget} over "
             f"{len(depths)} held-out frames (the cache carried, {kept}); nothing was written. Raise --accuracy-budget, "
             f"add --float-layers, or {fp16}",
+            f"{short_name(reference.metric)} vs the FP32 stream (the accuracy budget)",
             checked.value,
             budget,
         )
     if not checked.value <= reference.tolerance:  # budget off: what runtime.verify would fail at once
         raise StreamBudgetMissed(
-            f"the INT8 stream is broken: {reference.metric} {checked.value:.4f} > {reference.tolerance:g} (the bound "
-            f"that tells a broken artefact; accuracy budget off) over {len(depths)} frames of a photograph panning "
-            f"sideways (the cache carried, {kept}); nothing was written. Calibrate on more images, add "
-            f"--float-layers, or {fp16}",
+            f"the INT8 stream is broken: {short_name(reference.metric)} {checked.value:.4f} > "
+            f"{reference.tolerance:g} (the bound that tells a broken artefact; accuracy budget off) over "
+            f"{len(depths)} frames of a photograph panning sideways (the cache carried, {kept}); nothing was "
+            f"written. Calibrate on more images, add --float-layers, or {fp16}",
+            f"{short_name(reference.metric)} vs the FP32 stream on a photograph (the broken-artefact bound)",
             checked.value,
             reference.tolerance,
         )
