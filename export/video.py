@@ -264,7 +264,7 @@ def quantize_stream_openvino(
         slot_pos, cache = state.inputs(shapes)
         feeds.append(dict(zip(names, (batch, slot_pos.copy(), *(c.copy() for c in cache)))))
         state.update(float_step(batch, slot_pos, cache)[1:])
-    from .quantize.openvino_int8 import nncf_quiet  # its info lines (every ignored node) would bury ours
+    from .quantize.nncf_log import nncf_quiet  # its info lines (every ignored node) would bury ours
 
     with alternate_stack_kept(), nncf_quiet():  # NNCF's own OpenVINO Cores: see runtime.backends.signal_stack
         quantized = nncf.quantize(

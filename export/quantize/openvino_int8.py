@@ -23,11 +23,8 @@ the same numbers on CPUs without VNNI, where 8-bit weights can saturate AVX2's 1
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
-import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +35,7 @@ from ..errors import ExportError
 from ..graph import load_onnx
 from ..metrics import Int8Measure, OnnxRuntimeRunner, int8_measure
 from .budget import check_float_layers, quant_report_path, write_report
+from .nncf_log import nncf_quiet
 from .options import Int8Options
 from .qdq import DEFAULT_KEEP_FP, QUANTIZED_OPS
 from .search import Search, suggestion
@@ -199,19 +197,6 @@ def run_all_outputs(compiled, batches) -> list[list[np.ndarray]]:
         result = compiled(batch)
         found.append([np.asarray(result[index]) for index in range(len(compiled.outputs))])
     return found
-
-
-@contextlib.contextmanager
-def nncf_quiet() -> Iterator[None]:
-    """NNCF's warnings only: its info lines (every ignored node, with its graph index) would bury the
-    probes' progress. Its progress bars stay."""
-    logger = logging.getLogger("nncf")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def settings(nncf, smoothed: bool, compress_weights: bool):
