@@ -56,7 +56,14 @@ from .source import (
     licence_note,
     output_folder,
 )
-from .video import STREAM_FLOAT_SCOPES, IrStream, is_stream_graph, is_stream_onnx, quantize_stream_openvino
+from .video import (
+    STREAM_FLOAT_SCOPES,
+    IrStream,
+    is_stream_graph,
+    is_stream_onnx,
+    quantize_stream_openvino,
+    stream_feeds,
+)
 
 # Largest MAX_REL_STD against ONNX Runtime FP32 an IR may show on the verification photo. Measured
 # on vits with the parity weights at 98x98 / 266x266 / 518x518: fp32 2e-5 / 5e-5 / 6e-5, fp16
@@ -116,7 +123,8 @@ def export_openvino(
     quantization = budget = None
     scopes: list = []  # a stream INT8 IR's float scopes left to try (export.video.STREAM_FLOAT_SCOPES)
     stream = is_stream_graph(model)  # Video Depth Anything: the cache in and out (export.video)
-    if precision == "int8" and stream:
+    stream_int8 = stream and precision == "int8"  # measured against its budget, with float scopes to try
+    if stream_int8:
         budget = int8.budget if int8 is not None else None
         if budget is not None and not hasattr(calibration, "held_out_batches"):
             raise ExportRequestError(
@@ -126,11 +134,13 @@ def export_openvino(
         names = checked_layer_names(model, load_onnx(onnx_path), wanted) if wanted else {}
         floats = ov_names(wanted, names)  # NNCF's ignored scope names OpenVINO ops
         scopes, converted = list(STREAM_FLOAT_SCOPES), model
+        with stage("running the calibration images as one stream"):
+            feeds = stream_feeds(ov, converted, calibration)
 
         def requantize():  # the next scope of what stays in float
             scope = scopes.pop(0)
             with stage(f"quantizing the stream step ({scope[0]} in float)"):
-                quantized, record = quantize_stream_openvino(ov, converted, calibration, floats, scope)
+                quantized, record = quantize_stream_openvino(converted, feeds, floats, scope)
             return quantized, {**record, "float_layers": list(wanted), "float_ops": floats}
 
         model, quantization = requantize()
@@ -162,7 +172,7 @@ def export_openvino(
                     fp32_stream, check, shape = ir.fp32, ir.verify(), ir.size
                 else:
                     check = verify_ir(ov, staged, onnx_path, shape)
-            retry = stream and precision == "int8" and bool(scopes)  # a scope left to try
+            retry = stream_int8 and bool(scopes)  # a scope left to try
             missed = None  # (check, value, bound) of a stream INT8 IR over a bound, tried again
             if not check.max_rel_std <= bound:  # NaN fails too
                 if not retry:
@@ -171,7 +181,7 @@ def export_openvino(
                         f"the tolerance {bound:g}; nothing was written"
                     )
                 missed = (f"max error vs ONNX Runtime FP32, {MAX_REL_STD}", check.max_rel_std, bound)
-            elif not (stream and precision == "int8"):
+            elif not stream_int8:
                 break
             else:  # held to the budget before anything lands
                 with stage("measuring the INT8 stream frame by frame against the FP32 stream"):
@@ -227,10 +237,10 @@ def export_openvino(
         "sha256": artefact_digest(output),  # the .xml and its .bin
         "versions": library_versions("openvino", "nncf"),
     }
-    if stream and precision == "int8":
+    if stream_int8:
         reference, data["accuracy"] = measured
     record = source.made(output, data).write()
-    if stream and precision == "int8":  # the measured frames and their FP32 depths
+    if stream_int8:  # the measured frames and their FP32 depths
         reference.meta["artefact_sha256"] = record.sha256
         reference.path = save_reference(reference_path(output), reference)
         licence_note(record.licence, output)

@@ -248,14 +248,10 @@ STREAM_FLOAT_SCOPES = (
 )
 
 
-def quantize_stream_openvino(
-    ov: Any, model: Any, images: Any, floats: Iterable[str] = (), scope: tuple = STREAM_FLOAT_SCOPES[0]
-) -> tuple[Any, dict]:
-    """NNCF INT8 of a stream step: calibrated on the images run as one stream (each input carries
-    the cache the float model built over the images before it); ``scope`` (a ``STREAM_FLOAT_SCOPES``
-    entry), and the OpenVINO ops ``floats``, in float. ``model`` itself is left as it was."""
-    nncf = require("nncf", "openvino", "NNCF")
-    kept, patterns = scope
+def stream_feeds(ov: Any, model: Any, images: Any) -> list[dict]:
+    """The calibration images as one stream's inputs to a stream step (an OpenVINO model): each
+    carries the cache the float model built over the images before it. The same for every float
+    scope the INT8 export tries, so made once."""
     _, shapes = stream_shape(model)
     float_step = openvino_step(ov, model)
     names = [p.any_name for p in model.inputs]
@@ -264,6 +260,17 @@ def quantize_stream_openvino(
         slot_pos, cache = state.inputs(shapes)
         feeds.append(dict(zip(names, (batch, slot_pos.copy(), *(c.copy() for c in cache)))))
         state.update(float_step(batch, slot_pos, cache)[1:])
+    return feeds
+
+
+def quantize_stream_openvino(
+    model: Any, feeds: list[dict], floats: Iterable[str] = (), scope: tuple = STREAM_FLOAT_SCOPES[0]
+) -> tuple[Any, dict]:
+    """NNCF INT8 of a stream step, calibrated on ``feeds`` (``stream_feeds``); ``scope`` (a
+    ``STREAM_FLOAT_SCOPES`` entry), and the OpenVINO ops ``floats``, in float. ``model`` itself is
+    left as it was."""
+    nncf = require("nncf", "openvino", "NNCF")
+    kept, patterns = scope
     from .quantize.nncf_log import nncf_quiet  # its info lines (every ignored node) would bury ours
 
     with alternate_stack_kept(), nncf_quiet():  # NNCF's own OpenVINO Cores: see runtime.backends.signal_stack
