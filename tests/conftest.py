@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tests import parity
+from tests.machine_share import RUN, machine_share, remove_lock_files
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,6 +32,17 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     missing = parity.missing_files()
     if missing:
         raise pytest.UsageError(f"official parity data missing from {parity.DATA}: {', '.join(missing)}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    # an ``alone`` test has the machine to itself under pytest-xdist (tests/machine_share.py)
+    with machine_share(item.get_closest_marker("alone") is not None):
+        return (yield)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    remove_lock_files(os.environ.get(RUN))  # each worker at its end; the last one leaves none
 
 
 @pytest.fixture(autouse=True)

@@ -30,8 +30,10 @@ TINY = ["--no-hub", "--quick", "--sizes", "56x84", "--runs", "3", "--warmup", "1
 # Below this share of the CPU taken by other programs a machine counts as quiet for the quiet case;
 # a quiet machine measures 0-3 % here.
 QUIET = 0.05
-# A busy loop, bounded so that a test that dies cannot leave it running.
 LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the machine's state from /proc")
+# Every test here measures the machine or reads the run that did: none runs beside another worker's.
+pytestmark = pytest.mark.alone
+# A busy loop, bounded so that a test that dies cannot leave it running.
 HOG = "import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
 
 
