@@ -282,5 +282,8 @@ def quantize_stream_openvino(
             subset_size=len(feeds),
             ignored_scope=nncf.IgnoredScope(patterns=list(patterns), names=list(floats), validate=False),
         )
+    from .quantize.sq_fold import fold_smooth_quant_into_float
+
+    folded = fold_smooth_quant_into_float(quantized)  # SmoothQuant's multiplies before the float layers
     record = {"method": "nncf.quantize (stream feeds)", "float": list(patterns), "kept": f"{kept} in float"}
-    return quantized, {**record, "frames": len(feeds)}
+    return quantized, {**record, "frames": len(feeds), "smooth_quant_folded": folded}

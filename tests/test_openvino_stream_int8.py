@@ -64,6 +64,10 @@ def test_the_budget_is_measured_refused_with_nothing_written_verify_passes_what_
     assert record["quantization"]["float"] == [".*motion_modules.*attention_blocks.*"], record["quantization"]
     assert record["quantization"]["kept"] == "the motion modules' attention in float"
     assert "tried_first" not in record["quantization"], record["quantization"]
+    # SmoothQuant's multiplies before the float attention's layers are folded into their weights
+    # (export.quantize.sq_fold): those left feed INT8 layers' FakeQuantize ops only
+    assert record["quantization"]["smooth_quant_folded"] >= 8, record["quantization"]
+    assert not smooth_quant_before_float(out), smooth_quant_before_float(out)
     assert "the motion modules' attention in float" in printed, printed
     assert record["quantization"]["float_layers"] == [kept] and kept in record["accuracy"]["float_layers"]
     assert [op for op in record["quantization"]["float_ops"] if op.startswith(kept)], record["quantization"]
@@ -103,6 +107,19 @@ def int8_fed(path) -> set:
         if op.get_type_name() == "FakeQuantize"
         for target in op.output(0).get_target_inputs()
     }
+
+
+def smooth_quant_before_float(path) -> list:
+    """NNCF's SmoothQuant multiplies in the IR at ``path`` that feed a MatMul directly (a float one)."""
+    from runtime.backends.openvino import openvino_core
+
+    ir = openvino_core().read_model(str(path))
+    return [
+        op.get_friendly_name()
+        for op in ir.get_ops()
+        if op.get_type_name() == "Multiply" and op.get_friendly_name().endswith("nncf_smooth_quant")
+        and any(t.get_node().get_type_name() == "MatMul" for t in op.output(0).get_target_inputs())
+    ]  # fmt: skip
 
 
 def test_budget_off_still_refuses_what_runtime_verify_would_fail(vda_stream, calib_dir, tmp_path, capsys):

@@ -192,6 +192,7 @@ def test_openvino_ir_runs_the_stream_and_int8_over_its_bound_keeps_motion_module
     images = CalibrationSet(shard.parent, 10, (266, 350), 0, None, progress=False, minimum=0)
     int8 = export_openvino(onnx, tmp_path / "vda.int8.xml", "int8", images)
     assert int8["quantization"]["float"] == [".*motion_modules.*"] and int8["quantization"]["frames"] == 10
+    assert int8["quantization"]["smooth_quant_folded"] > 0  # before the float modules' linear layers
     tried = int8["quantization"]["tried_first"]  # the first IR, the motion modules' attention in float
     assert tried["kept"] == "the motion modules' attention in float" and tried["value"] > tried["bound"] == 0.2
     assert "broken-artefact bound" in tried["check"], tried
