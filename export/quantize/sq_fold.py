@@ -65,6 +65,8 @@ def fold_smooth_quant_into_float(model: Any) -> int:
         source, scale = found
         if scale.dtype != np.float32 or scale.size < 2 or scale.size != scale.shape[-1]:
             continue  # a per-channel scale along the last axis only
+        if node.get_output_partial_shape(0) != node.input_value(source).get_partial_shape():
+            continue  # the scale broadcasts the activation to another shape: not a per-channel scale
         scale = scale.reshape(-1)
         targets = list(node.output(0).get_target_inputs())
         if not targets or any(t.get_node().get_type_name() != "MatMul" for t in targets):
