@@ -16,6 +16,9 @@ from export.openvino import export_openvino
 from tests.conftest import REPO
 from tests.test_reference import flip_largest_onnx_weight
 
+# Benchmark runs whose rows are checked: under another worker's load a row can be flagged (alone).
+pytestmark = pytest.mark.alone
+
 QUICK = ["--quick", "--runs", "2", "--rounds", "2", "--warmup", "1"]
 
 

@@ -19,6 +19,9 @@ from tests.test_reliability import run_child
 from tests.test_training import COMMON, stage
 from train.models import DepthAnythingV2, load_model
 
+# Several ranks of a distributed job on local ports: not beside another worker's (alone).
+pytestmark = pytest.mark.alone
+
 SCENES = ["--data", "synthetic:16", "--save-every", "2"]
 
 

@@ -1,6 +1,6 @@
 """SmoothQuant's multiplies folded back into the float layers NNCF left in float.
 
-NNCF's SmoothQuant (3.x: ``nncf.quantization.algorithms.post_training.pipeline`` builds it with no
+NNCF's SmoothQuant (3.4: ``nncf.quantization.algorithms.post_training.pipeline`` builds it with no
 ignored scope) divides a MatMul's input by a per-channel scale, as a ``Multiply`` inserted before
 it, and multiplies the layer's weights by the same scale, also for the layers the ignored scope
 then keeps in float. Before an INT8 layer the multiply is folded into its ``FakeQuantize``; before
